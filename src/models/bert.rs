@@ -1,0 +1,540 @@
+//! BERT and its task heads, on candle tensors.
+//!
+//! Reference: transformers v4.57.6, `src/transformers/models/bert/modeling_bert.py`
+//! (<https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/bert/modeling_bert.py>).
+//! Module and field names follow the checkpoint keys, so `vb.pp("attention").pp("self")` reads
+//! like `bert.encoder.layer.0.attention.self.query.weight`.
+
+use candle_core::{Tensor, D};
+use candle_nn::VarBuilder;
+use serde::Deserialize;
+
+use crate::config::Labels;
+use crate::error::{Error, Result};
+use crate::layers::{
+    attention, padding_mask, require_positive, Activation, Embedding, LayerNorm, Linear,
+};
+use crate::models::{ModelInput, QuestionAnsweringOutput};
+
+/// `BertConfig` from `config.json`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BertConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    pub hidden_act: Activation,
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_type_vocab_size")]
+    pub type_vocab_size: usize,
+    #[serde(default = "default_layer_norm_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default)]
+    pub pad_token_id: usize,
+    #[serde(default = "default_position_embedding_type")]
+    pub position_embedding_type: String,
+    /// Class names of classification heads.
+    #[serde(default)]
+    pub id2label: Labels,
+    /// `single_label_classification`, `multi_label_classification` or `regression`.
+    #[serde(default)]
+    pub problem_type: Option<String>,
+}
+
+fn default_type_vocab_size() -> usize {
+    2
+}
+
+fn default_layer_norm_eps() -> f64 {
+    1e-12
+}
+
+fn default_position_embedding_type() -> String {
+    "absolute".to_string()
+}
+
+impl BertConfig {
+    pub(crate) fn validate(&self) -> Result<()> {
+        require_positive("vocab_size", self.vocab_size)?;
+        require_positive("hidden_size", self.hidden_size)?;
+        require_positive("num_hidden_layers", self.num_hidden_layers)?;
+        require_positive("num_attention_heads", self.num_attention_heads)?;
+        require_positive("intermediate_size", self.intermediate_size)?;
+        require_positive("max_position_embeddings", self.max_position_embeddings)?;
+        require_positive("type_vocab_size", self.type_vocab_size)?;
+        if self.hidden_size % self.num_attention_heads != 0 {
+            return Err(Error::InvalidConfig(format!(
+                "hidden_size {} is not divisible by num_attention_heads {}",
+                self.hidden_size, self.num_attention_heads
+            )));
+        }
+        if self.position_embedding_type != "absolute" {
+            return Err(Error::InvalidConfig(format!(
+                "position_embedding_type `{}` is not supported; only `absolute` is",
+                self.position_embedding_type
+            )));
+        }
+        Ok(())
+    }
+
+    /// Number of classes of a classification head: `id2label`'s size, else transformers' default 2.
+    pub fn num_labels(&self) -> usize {
+        if self.id2label.is_empty() {
+            2
+        } else {
+            self.id2label.len()
+        }
+    }
+}
+
+/// Where the encoder's weights sit: task checkpoints nest them under `bert.`, a bare
+/// `BertModel` checkpoint does not. We look for the word embeddings at each place once and say
+/// which keys we expected when neither holds them, instead of retrying prefixes on every miss.
+fn encoder_weights<'a>(vb: &VarBuilder<'a>) -> Result<VarBuilder<'a>> {
+    const KEY: &str = "embeddings.word_embeddings.weight";
+    if vb.contains_tensor(&format!("bert.{KEY}")) {
+        Ok(vb.pp("bert"))
+    } else if vb.contains_tensor(KEY) {
+        Ok(vb.clone())
+    } else {
+        Err(Error::InvalidWeights(format!(
+            "no BERT encoder in the checkpoint: expected `bert.{KEY}` or `{KEY}`"
+        )))
+    }
+}
+
+/// Word, position and token-type embeddings, summed and normalised.
+/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/bert/modeling_bert.py#L62>
+#[derive(Debug, Clone)]
+struct BertEmbeddings {
+    word_embeddings: Embedding,
+    position_embeddings: Embedding,
+    token_type_embeddings: Embedding,
+    layer_norm: LayerNorm,
+    max_positions: usize,
+}
+
+impl BertEmbeddings {
+    fn load(vb: VarBuilder, config: &BertConfig) -> Result<Self> {
+        let hidden = config.hidden_size;
+        Ok(Self {
+            word_embeddings: Embedding::load(vb.pp("word_embeddings"), config.vocab_size, hidden)?,
+            position_embeddings: Embedding::load(
+                vb.pp("position_embeddings"),
+                config.max_position_embeddings,
+                hidden,
+            )?,
+            token_type_embeddings: Embedding::load(
+                vb.pp("token_type_embeddings"),
+                config.type_vocab_size,
+                hidden,
+            )?,
+            layer_norm: LayerNorm::load(vb.pp("LayerNorm"), hidden, config.layer_norm_eps)?,
+            max_positions: config.max_position_embeddings,
+        })
+        // `embeddings.position_ids` (a buffer that older checkpoints saved) is simply never read.
+    }
+
+    fn forward(&self, input_ids: &Tensor, token_type_ids: Option<&Tensor>) -> Result<Tensor> {
+        let (_batch, seq) = input_ids.dims2()?;
+        if seq > self.max_positions {
+            return Err(Error::InputTooLong {
+                length: seq,
+                max: self.max_positions,
+            });
+        }
+        let device = input_ids.device();
+        // Right padding, so positions are 0..seq for every row.
+        let position_ids = Tensor::arange(0u32, seq as u32, device)?;
+        let token_type_ids = match token_type_ids {
+            Some(ids) => ids.clone(),
+            None => input_ids.zeros_like()?,
+        };
+        let words = self.word_embeddings.forward(input_ids)?;
+        let positions = self.position_embeddings.forward(&position_ids)?;
+        let types = self.token_type_embeddings.forward(&token_type_ids)?;
+        let sum = words.broadcast_add(&positions)?.add(&types)?;
+        self.layer_norm.forward(&sum)
+    }
+}
+
+/// `attention.self`: query, key and value projections and scaled dot-product attention.
+/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/bert/modeling_bert.py#L124>
+#[derive(Debug, Clone)]
+struct BertSelfAttention {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    num_heads: usize,
+    head_dim: usize,
+}
+
+impl BertSelfAttention {
+    fn load(vb: VarBuilder, config: &BertConfig) -> Result<Self> {
+        let hidden = config.hidden_size;
+        Ok(Self {
+            query: Linear::load(vb.pp("query"), hidden, hidden)?,
+            key: Linear::load(vb.pp("key"), hidden, hidden)?,
+            value: Linear::load(vb.pp("value"), hidden, hidden)?,
+            num_heads: config.num_attention_heads,
+            head_dim: hidden / config.num_attention_heads,
+        })
+    }
+
+    /// (batch, seq, hidden) -> (batch, heads, seq, head_dim)
+    fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
+        let (batch, seq, _) = x.dims3()?;
+        Ok(x.reshape((batch, seq, self.num_heads, self.head_dim))?
+            .transpose(1, 2)?)
+    }
+
+    fn forward(&self, hidden: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let (batch, seq, width) = hidden.dims3()?;
+        let q = self.split_heads(&self.query.forward(hidden)?)?;
+        let k = self.split_heads(&self.key.forward(hidden)?)?;
+        let v = self.split_heads(&self.value.forward(hidden)?)?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        // (batch, heads, seq, head_dim) -> (batch, seq, hidden)
+        let context = attention(&q, &k, &v, mask, scale)?;
+        Ok(context.transpose(1, 2)?.reshape((batch, seq, width))?)
+    }
+}
+
+/// A dense projection, then dropout (a no-op at inference), then a residual layer norm: the
+/// `BertSelfOutput` and `BertOutput` blocks.
+/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/bert/modeling_bert.py#L262>
+#[derive(Debug, Clone)]
+struct ResidualOutput {
+    dense: Linear,
+    layer_norm: LayerNorm,
+}
+
+impl ResidualOutput {
+    fn load(vb: VarBuilder, in_dim: usize, config: &BertConfig) -> Result<Self> {
+        Ok(Self {
+            dense: Linear::load(vb.pp("dense"), in_dim, config.hidden_size)?,
+            layer_norm: LayerNorm::load(
+                vb.pp("LayerNorm"),
+                config.hidden_size,
+                config.layer_norm_eps,
+            )?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        let x = self.dense.forward(x)?;
+        self.layer_norm.forward(&(x + residual)?)
+    }
+}
+
+/// One transformer block: `attention.{self,output}`, `intermediate`, `output`.
+/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/bert/modeling_bert.py#L404>
+#[derive(Debug, Clone)]
+struct BertLayer {
+    self_attention: BertSelfAttention,
+    attention_output: ResidualOutput,
+    intermediate: Linear,
+    activation: Activation,
+    output: ResidualOutput,
+}
+
+impl BertLayer {
+    fn load(vb: VarBuilder, config: &BertConfig) -> Result<Self> {
+        let attention = vb.pp("attention");
+        Ok(Self {
+            self_attention: BertSelfAttention::load(attention.pp("self"), config)?,
+            attention_output: ResidualOutput::load(
+                attention.pp("output"),
+                config.hidden_size,
+                config,
+            )?,
+            intermediate: Linear::load(
+                vb.pp("intermediate").pp("dense"),
+                config.hidden_size,
+                config.intermediate_size,
+            )?,
+            activation: config.hidden_act,
+            output: ResidualOutput::load(vb.pp("output"), config.intermediate_size, config)?,
+        })
+    }
+
+    fn forward(&self, hidden: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let attended = self.self_attention.forward(hidden, mask)?;
+        let hidden = self.attention_output.forward(&attended, hidden)?;
+        let inner = self
+            .activation
+            .forward(&self.intermediate.forward(&hidden)?)?;
+        self.output.forward(&inner, &hidden)
+    }
+}
+
+/// `pooler`: a dense layer and tanh on the first (`[CLS]`) token.
+/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/bert/modeling_bert.py#L507>
+#[derive(Debug, Clone)]
+struct BertPooler {
+    dense: Linear,
+}
+
+impl BertPooler {
+    fn load(vb: VarBuilder, config: &BertConfig) -> Result<Self> {
+        Ok(Self {
+            dense: Linear::load(vb.pp("dense"), config.hidden_size, config.hidden_size)?,
+        })
+    }
+
+    fn forward(&self, hidden: &Tensor) -> Result<Tensor> {
+        let first = hidden.narrow(1, 0, 1)?.squeeze(1)?;
+        Ok(self.dense.forward(&first)?.tanh()?)
+    }
+}
+
+/// What [`BertModel::forward`] returns.
+#[derive(Debug, Clone)]
+pub struct BertOutput {
+    /// (batch, seq, hidden)
+    pub last_hidden_state: Tensor,
+    /// (batch, hidden); `None` when the checkpoint has no pooler (masked-LM, token
+    /// classification and QA checkpoints are saved without one).
+    pub pooler_output: Option<Tensor>,
+}
+
+/// The BERT encoder: embeddings, `encoder.layer.*` and an optional pooler.
+/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/bert/modeling_bert.py#L646>
+#[derive(Debug, Clone)]
+pub struct BertModel {
+    embeddings: BertEmbeddings,
+    layers: Vec<BertLayer>,
+    pooler: Option<BertPooler>,
+    config: BertConfig,
+}
+
+impl BertModel {
+    /// Load from the encoder's own keys (`embeddings.*`, `encoder.*`, `pooler.*`), found at the
+    /// checkpoint's root or under `bert.`.
+    pub fn load(vb: VarBuilder, config: &BertConfig) -> Result<Self> {
+        let vb = encoder_weights(&vb)?;
+        let encoder = vb.pp("encoder").pp("layer");
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| BertLayer::load(encoder.pp(i), config))
+            .collect::<Result<Vec<_>>>()?;
+        let pooler = if vb.contains_tensor("pooler.dense.weight") {
+            Some(BertPooler::load(vb.pp("pooler"), config)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            embeddings: BertEmbeddings::load(vb.pp("embeddings"), config)?,
+            layers,
+            pooler,
+            config: config.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &BertConfig {
+        &self.config
+    }
+
+    pub fn forward(&self, input: &ModelInput) -> Result<BertOutput> {
+        let mut hidden = self
+            .embeddings
+            .forward(&input.input_ids, input.token_type_ids.as_ref())?;
+        let mask = input
+            .attention_mask
+            .as_ref()
+            .map(padding_mask)
+            .transpose()?;
+        for layer in &self.layers {
+            hidden = layer.forward(&hidden, mask.as_ref())?;
+        }
+        let pooler_output = self
+            .pooler
+            .as_ref()
+            .map(|pooler| pooler.forward(&hidden))
+            .transpose()?;
+        Ok(BertOutput {
+            last_hidden_state: hidden,
+            pooler_output,
+        })
+    }
+
+    fn word_embeddings(&self) -> &Tensor {
+        self.embeddings.word_embeddings.weight()
+    }
+}
+
+/// `BertForMaskedLM`: the encoder and `cls.predictions`.
+/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/bert/modeling_bert.py#L1176>
+#[derive(Debug, Clone)]
+pub struct BertForMaskedLM {
+    bert: BertModel,
+    transform: Linear,
+    activation: Activation,
+    layer_norm: LayerNorm,
+    decoder: Linear,
+}
+
+impl BertForMaskedLM {
+    pub fn load(vb: VarBuilder, config: &BertConfig) -> Result<Self> {
+        let bert = BertModel::load(vb.clone(), config)?;
+        let predictions = vb.pp("cls").pp("predictions");
+        let transform = predictions.pp("transform");
+        // The decoder is tied to the word embeddings, and safetensors conversion drops tied
+        // tensors, so `cls.predictions.decoder.weight` is usually absent; its bias is
+        // `cls.predictions.bias`.
+        // <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/bert/modeling_bert.py#L550>
+        let decoder_weight = if predictions.contains_tensor("decoder.weight") {
+            predictions.get((config.vocab_size, config.hidden_size), "decoder.weight")?
+        } else {
+            bert.word_embeddings().clone()
+        };
+        let decoder_bias = predictions.get(config.vocab_size, "bias")?;
+        Ok(Self {
+            transform: Linear::load(
+                transform.pp("dense"),
+                config.hidden_size,
+                config.hidden_size,
+            )?,
+            activation: config.hidden_act,
+            layer_norm: LayerNorm::load(
+                transform.pp("LayerNorm"),
+                config.hidden_size,
+                config.layer_norm_eps,
+            )?,
+            decoder: Linear::new(decoder_weight, Some(decoder_bias)),
+            bert,
+        })
+    }
+
+    /// Vocabulary logits, (batch, seq, vocab).
+    pub fn forward(&self, input: &ModelInput) -> Result<Tensor> {
+        let hidden = self.bert.forward(input)?.last_hidden_state;
+        let hidden = self.activation.forward(&self.transform.forward(&hidden)?)?;
+        let hidden = self.layer_norm.forward(&hidden)?;
+        self.decoder.forward(&hidden)
+    }
+
+    pub fn config(&self) -> &BertConfig {
+        self.bert.config()
+    }
+}
+
+/// `BertForSequenceClassification`: `classifier` on the pooler output.
+/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/bert/modeling_bert.py#L1402>
+#[derive(Debug, Clone)]
+pub struct BertForSequenceClassification {
+    bert: BertModel,
+    classifier: Linear,
+}
+
+impl BertForSequenceClassification {
+    pub fn load(vb: VarBuilder, config: &BertConfig) -> Result<Self> {
+        let bert = BertModel::load(vb.clone(), config)?;
+        if bert.pooler.is_none() {
+            return Err(Error::InvalidWeights(
+                "sequence classification needs the pooler (`bert.pooler.dense.*`), which the \
+                 checkpoint lacks"
+                    .to_string(),
+            ));
+        }
+        let classifier =
+            Linear::load(vb.pp("classifier"), config.hidden_size, config.num_labels())?;
+        Ok(Self { bert, classifier })
+    }
+
+    /// Class logits, (batch, num_labels).
+    pub fn forward(&self, input: &ModelInput) -> Result<Tensor> {
+        let pooled = self
+            .bert
+            .forward(input)?
+            .pooler_output
+            .ok_or_else(|| Error::InvalidWeights("the model has no pooler".to_string()))?;
+        self.classifier.forward(&pooled)
+    }
+
+    pub fn config(&self) -> &BertConfig {
+        self.bert.config()
+    }
+}
+
+/// `BertForTokenClassification`: `classifier` on every token.
+/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/bert/modeling_bert.py#L1617>
+#[derive(Debug, Clone)]
+pub struct BertForTokenClassification {
+    bert: BertModel,
+    classifier: Linear,
+}
+
+impl BertForTokenClassification {
+    pub fn load(vb: VarBuilder, config: &BertConfig) -> Result<Self> {
+        Ok(Self {
+            bert: BertModel::load(vb.clone(), config)?,
+            classifier: Linear::load(vb.pp("classifier"), config.hidden_size, config.num_labels())?,
+        })
+    }
+
+    /// Per-token class logits, (batch, seq, num_labels).
+    pub fn forward(&self, input: &ModelInput) -> Result<Tensor> {
+        let hidden = self.bert.forward(input)?.last_hidden_state;
+        self.classifier.forward(&hidden)
+    }
+
+    pub fn config(&self) -> &BertConfig {
+        self.bert.config()
+    }
+}
+
+/// `BertForQuestionAnswering`: `qa_outputs` gives a start and an end logit per token.
+/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/bert/modeling_bert.py#L1697>
+#[derive(Debug, Clone)]
+pub struct BertForQuestionAnswering {
+    bert: BertModel,
+    qa_outputs: Linear,
+}
+
+impl BertForQuestionAnswering {
+    pub fn load(vb: VarBuilder, config: &BertConfig) -> Result<Self> {
+        Ok(Self {
+            bert: BertModel::load(vb.clone(), config)?,
+            qa_outputs: Linear::load(vb.pp("qa_outputs"), config.hidden_size, 2)?,
+        })
+    }
+
+    pub fn forward(&self, input: &ModelInput) -> Result<QuestionAnsweringOutput> {
+        let hidden = self.bert.forward(input)?.last_hidden_state;
+        // (batch, seq, 2) -> two (batch, seq)
+        let logits = self.qa_outputs.forward(&hidden)?;
+        Ok(QuestionAnsweringOutput {
+            start_logits: logits
+                .narrow(D::Minus1, 0, 1)?
+                .squeeze(D::Minus1)?
+                .contiguous()?,
+            end_logits: logits
+                .narrow(D::Minus1, 1, 1)?
+                .squeeze(D::Minus1)?
+                .contiguous()?,
+        })
+    }
+
+    pub fn config(&self) -> &BertConfig {
+        self.bert.config()
+    }
+}
+
+macro_rules! bert_from_pretrained {
+    ($($model:ty),*) => {$(
+        impl crate::pretrained::FromPretrained for $model {
+            fn from_config(vb: VarBuilder, config: &crate::config::ModelConfig) -> Result<Self> {
+                Self::load(vb, config.bert()?)
+            }
+        }
+    )*};
+}
+
+bert_from_pretrained!(
+    BertModel,
+    BertForMaskedLM,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+    BertForQuestionAnswering
+);

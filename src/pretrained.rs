@@ -1,0 +1,94 @@
+//! `from_pretrained`: a model id or folder in, a loaded model out.
+
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+
+use crate::config::ModelConfig;
+use crate::error::Result;
+use crate::hub::{HubOptions, ModelSource};
+use crate::tokenizer::Tokenizer;
+use crate::weights::WeightFiles;
+
+/// Where to find a model and how to place its weights.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub hub: HubOptions,
+    /// The dtype the weights are converted to: f32, f16 or bf16.
+    pub dtype: DType,
+    pub device: Device,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            hub: HubOptions::from_env(),
+            dtype: DType::F32,
+            device: Device::Cpu,
+        }
+    }
+}
+
+impl LoadOptions {
+    pub fn with_hub(mut self, hub: HubOptions) -> Self {
+        self.hub = hub;
+        self
+    }
+
+    pub fn with_dtype(mut self, dtype: DType) -> Self {
+        self.dtype = dtype;
+        self
+    }
+
+    pub fn with_device(mut self, device: Device) -> Self {
+        self.device = device;
+        self
+    }
+}
+
+/// A model repository (Hub id or folder) with its parsed `config.json`.
+/// Weights and tokenizer files are only fetched when asked for.
+#[derive(Debug, Clone)]
+pub struct Pretrained {
+    source: ModelSource,
+    config: ModelConfig,
+}
+
+impl Pretrained {
+    /// Resolve `model` and read its `config.json`.
+    pub fn open(model: &str, hub: &HubOptions) -> Result<Self> {
+        let source = ModelSource::new(model, hub)?;
+        let config = ModelConfig::from_file(&source.require("config.json")?)?;
+        Ok(Self { source, config })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn source(&self) -> &ModelSource {
+        &self.source
+    }
+
+    /// Fetch the weights and open them as `dtype` on `device`.
+    pub fn var_builder(&self, dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
+        WeightFiles::resolve(&self.source)?.var_builder(dtype, device)
+    }
+
+    /// Fetch the tokenizer files and build the tokenizer.
+    pub fn tokenizer(&self) -> Result<Tokenizer> {
+        Tokenizer::from_source(&self.source)
+    }
+}
+
+/// Models that load from a checkpoint, like transformers' `from_pretrained`.
+pub trait FromPretrained: Sized {
+    /// Build the model from weights and the config that `config.json` dispatched to.
+    fn from_config(vb: VarBuilder, config: &ModelConfig) -> Result<Self>;
+
+    /// Load `model` (a Hub id or a local folder).
+    fn from_pretrained(model: &str, options: &LoadOptions) -> Result<Self> {
+        let pretrained = Pretrained::open(model, &options.hub)?;
+        let vb = pretrained.var_builder(options.dtype, &options.device)?;
+        Self::from_config(vb, pretrained.config())
+    }
+}
