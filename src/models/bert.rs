@@ -105,7 +105,7 @@ fn encoder_weights<'a>(vb: &VarBuilder<'a>) -> Result<VarBuilder<'a>> {
 }
 
 /// Word, position and token-type embeddings, summed and normalised.
-/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/bert/modeling_bert.py#L62>
+/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/bert/modeling_bert.py#L127>
 #[derive(Debug, Clone)]
 struct BertEmbeddings {
     word_embeddings: Embedding,
@@ -160,7 +160,7 @@ impl BertEmbeddings {
 }
 
 /// `attention.self`: query, key and value projections and scaled dot-product attention.
-/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/bert/modeling_bert.py#L124>
+/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/bert/modeling_bert.py#L191>
 #[derive(Debug, Clone)]
 struct BertSelfAttention {
     query: Linear,
@@ -203,7 +203,8 @@ impl BertSelfAttention {
 
 /// A dense projection, then dropout (a no-op at inference), then a residual layer norm: the
 /// `BertSelfOutput` and `BertOutput` blocks.
-/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/bert/modeling_bert.py#L262>
+/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/bert/modeling_bert.py#L428>
+/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/bert/modeling_bert.py#L517>
 #[derive(Debug, Clone)]
 struct ResidualOutput {
     dense: Linear,
@@ -229,7 +230,7 @@ impl ResidualOutput {
 }
 
 /// One transformer block: `attention.{self,output}`, `intermediate`, `output`.
-/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/bert/modeling_bert.py#L404>
+/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/bert/modeling_bert.py#L531>
 #[derive(Debug, Clone)]
 struct BertLayer {
     self_attention: BertSelfAttention,
@@ -270,7 +271,7 @@ impl BertLayer {
 }
 
 /// `pooler`: a dense layer and tanh on the first (`[CLS]`) token.
-/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/bert/modeling_bert.py#L507>
+/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/bert/modeling_bert.py#L691>
 #[derive(Debug, Clone)]
 struct BertPooler {
     dense: Linear,
@@ -300,7 +301,7 @@ pub struct BertOutput {
 }
 
 /// The BERT encoder: embeddings, `encoder.layer.*` and an optional pooler.
-/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/bert/modeling_bert.py#L646>
+/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/bert/modeling_bert.py#L842>
 #[derive(Debug, Clone)]
 pub struct BertModel {
     embeddings: BertEmbeddings,
@@ -364,7 +365,7 @@ impl BertModel {
 }
 
 /// `BertForMaskedLM`: the encoder and `cls.predictions`.
-/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/bert/modeling_bert.py#L1176>
+/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/bert/modeling_bert.py#L1230>
 #[derive(Debug, Clone)]
 pub struct BertForMaskedLM {
     bert: BertModel,
@@ -382,7 +383,7 @@ impl BertForMaskedLM {
         // The decoder is tied to the word embeddings, and safetensors conversion drops tied
         // tensors, so `cls.predictions.decoder.weight` is usually absent; its bias is
         // `cls.predictions.bias`.
-        // <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/bert/modeling_bert.py#L550>
+        // <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/bert/modeling_bert.py#L723>
         let decoder_weight = if predictions.contains_tensor("decoder.weight") {
             predictions.get((config.vocab_size, config.hidden_size), "decoder.weight")?
         } else {
@@ -420,7 +421,7 @@ impl BertForMaskedLM {
 }
 
 /// `BertForSequenceClassification`: `classifier` on the pooler output.
-/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/bert/modeling_bert.py#L1402>
+/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/bert/modeling_bert.py#L1444>
 #[derive(Debug, Clone)]
 pub struct BertForSequenceClassification {
     bert: BertModel,
@@ -458,7 +459,7 @@ impl BertForSequenceClassification {
 }
 
 /// `BertForTokenClassification`: `classifier` on every token.
-/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/bert/modeling_bert.py#L1617>
+/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/bert/modeling_bert.py#L1641>
 #[derive(Debug, Clone)]
 pub struct BertForTokenClassification {
     bert: BertModel,
@@ -485,7 +486,7 @@ impl BertForTokenClassification {
 }
 
 /// `BertForQuestionAnswering`: `qa_outputs` gives a start and an end logit per token.
-/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/bert/modeling_bert.py#L1697>
+/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/bert/modeling_bert.py#L1711>
 #[derive(Debug, Clone)]
 pub struct BertForQuestionAnswering {
     bert: BertModel,
