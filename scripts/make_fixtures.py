@@ -87,6 +87,7 @@ ROBERTA_INPUTS = [
     "naïve café 😀",
     "a",
     "The capital of France is<mask>.",
+    "Paris is the <mask> of France.",  # <mask> takes the space before it (lstrip)
     ["Who wrote the book?", "The book was written by people of the city in 1999."],
 ]
 # Prompts of different lengths, left-padded into one batch.

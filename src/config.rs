@@ -8,17 +8,23 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::models::bert::BertConfig;
+use crate::models::distilbert::DistilBertConfig;
+use crate::models::gpt2::Gpt2Config;
+use crate::models::roberta::RobertaConfig;
 
 /// A model's configuration, dispatched on the `model_type` field of `config.json`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "model_type", rename_all = "lowercase")]
 pub enum ModelConfig {
     Bert(BertConfig),
+    Roberta(RobertaConfig),
+    Distilbert(DistilBertConfig),
+    Gpt2(Gpt2Config),
 }
 
 impl ModelConfig {
     /// The `model_type` values this library implements.
-    pub const SUPPORTED: &'static [&'static str] = &["bert"];
+    pub const SUPPORTED: &'static [&'static str] = &["bert", "roberta", "distilbert", "gpt2"];
 
     /// Read and validate `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
@@ -50,12 +56,17 @@ impl ModelConfig {
     pub fn model_type(&self) -> &'static str {
         match self {
             ModelConfig::Bert(_) => "bert",
+            ModelConfig::Roberta(_) => "roberta",
+            ModelConfig::Distilbert(_) => "distilbert",
+            ModelConfig::Gpt2(_) => "gpt2",
         }
     }
 
     fn validate(&self) -> Result<()> {
         match self {
-            ModelConfig::Bert(config) => config.validate(),
+            ModelConfig::Bert(config) | ModelConfig::Roberta(config) => config.validate(),
+            ModelConfig::Distilbert(config) => config.validate(),
+            ModelConfig::Gpt2(config) => config.validate(),
         }
     }
 }
@@ -107,11 +118,25 @@ impl TryFrom<BTreeMap<String, String>> for Labels {
     }
 }
 
-impl ModelConfig {
-    /// The BERT config. Loading another architecture's checkpoint as BERT is an error.
-    pub fn bert(&self) -> Result<&BertConfig> {
-        match self {
-            ModelConfig::Bert(config) => Ok(config),
+/// `ModelConfig::$name()`: the config of one architecture, or an error naming the real one.
+macro_rules! config_accessor {
+    ($name:ident, $variant:ident, $config:ty, $wanted:literal) => {
+        impl ModelConfig {
+            #[doc = concat!("The config of a ", $wanted, " checkpoint; any other is an error.")]
+            pub fn $name(&self) -> Result<&$config> {
+                match self {
+                    ModelConfig::$variant(config) => Ok(config),
+                    other => Err(Error::WrongArchitecture {
+                        model_type: other.model_type().to_string(),
+                        wanted: $wanted,
+                    }),
+                }
+            }
         }
-    }
+    };
 }
+
+config_accessor!(bert, Bert, BertConfig, "BERT");
+config_accessor!(roberta, Roberta, RobertaConfig, "RoBERTa");
+config_accessor!(distilbert, Distilbert, DistilBertConfig, "DistilBERT");
+config_accessor!(gpt2, Gpt2, Gpt2Config, "GPT-2");

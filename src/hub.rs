@@ -112,7 +112,7 @@ fn home_dir() -> PathBuf {
 #[derive(Debug, Clone)]
 pub enum ModelSource {
     Folder(PathBuf),
-    Hub(HubRepo),
+    Hub(Box<HubRepo>),
 }
 
 impl ModelSource {
@@ -122,7 +122,7 @@ impl ModelSource {
         if path.is_dir() {
             return Ok(ModelSource::Folder(path.to_path_buf()));
         }
-        Ok(ModelSource::Hub(HubRepo::new(model, options)?))
+        Ok(ModelSource::Hub(Box::new(HubRepo::new(model, options)?)))
     }
 
     /// The name to show in messages.
@@ -239,7 +239,7 @@ impl HubRepo {
 
     /// What the cache knows of `file`: `Some(Some(path))` cached, `Some(None)` known to be
     /// absent, `None` unknown.
-    fn from_cache(&self, file: &str) -> Option<Option<PathBuf>> {
+    fn cached(&self, file: &str) -> Option<Option<PathBuf>> {
         let commit = self.cached_commit()?;
         let path = self.repo_dir().join("snapshots").join(&commit).join(file);
         if path.is_file() {
@@ -250,7 +250,7 @@ impl HubRepo {
     }
 
     fn get(&self, file: &str) -> Result<Option<PathBuf>> {
-        if let Some(known) = self.from_cache(file) {
+        if let Some(known) = self.cached(file) {
             return Ok(known);
         }
         let Some(api) = &self.api else {

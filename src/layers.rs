@@ -174,6 +174,21 @@ impl Activation {
     }
 }
 
+/// Check that `total` (e.g. the hidden size) splits evenly into `parts` (e.g. heads).
+pub(crate) fn require_divisible(
+    total_name: &str,
+    total: usize,
+    parts_name: &str,
+    parts: usize,
+) -> Result<()> {
+    if parts == 0 || !total.is_multiple_of(parts) {
+        return Err(Error::InvalidConfig(format!(
+            "{total_name} {total} is not divisible by {parts_name} {parts}"
+        )));
+    }
+    Ok(())
+}
+
 /// Check that a size from a config is positive.
 pub(crate) fn require_positive(name: &str, value: usize) -> Result<()> {
     if value == 0 {

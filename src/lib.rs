@@ -1,7 +1,7 @@
 //! # ferroformers
 //!
 //! Transformer inference in pure Rust, on [candle](https://github.com/huggingface/candle)
-//! tensors: BERT and its task heads, loaded from the Hugging Face Hub or a local folder the way
+//! tensors: BERT, RoBERTa, DistilBERT and GPT-2 with their task heads, loaded from the Hugging Face Hub or a local folder the way
 //! transformers' `from_pretrained` loads them, with outputs that match PyTorch.
 //!
 //! ```no_run
@@ -19,6 +19,23 @@
 //! # }
 //! ```
 
+/// `FromPretrained` for model types whose `load` takes the config that `ModelConfig::$accessor`
+/// returns: `from_pretrained_impls!(bert: BertModel, BertForMaskedLM)`.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! from_pretrained_impls {
+    ($accessor:ident: $($model:ty),* $(,)?) => {$(
+        impl $crate::pretrained::FromPretrained for $model {
+            fn from_config(
+                vb: candle_nn::VarBuilder,
+                config: &$crate::config::ModelConfig,
+            ) -> $crate::error::Result<Self> {
+                Self::load(vb, config.$accessor()?)
+            }
+        }
+    )*};
+}
+
 pub mod config;
 pub mod error;
 pub mod hub;
@@ -35,9 +52,20 @@ pub use error::{Error, Result};
 pub use hub::{HubOptions, ModelSource};
 pub use models::bert::{
     BertConfig, BertForMaskedLM, BertForQuestionAnswering, BertForSequenceClassification,
-    BertForTokenClassification, BertModel, BertOutput,
+    BertForTokenClassification, BertModel,
 };
-pub use models::{ModelInput, QuestionAnsweringOutput};
+pub use models::distilbert::{
+    DistilBertConfig, DistilBertForMaskedLM, DistilBertForQuestionAnswering,
+    DistilBertForSequenceClassification, DistilBertForTokenClassification, DistilBertModel,
+};
+pub use models::gpt2::{
+    Gpt2Config, Gpt2ForSequenceClassification, Gpt2LMHeadModel, Gpt2Model, KvCache,
+};
+pub use models::roberta::{
+    RobertaConfig, RobertaForMaskedLM, RobertaForQuestionAnswering,
+    RobertaForSequenceClassification, RobertaForTokenClassification, RobertaModel,
+};
+pub use models::{EncoderOutput, ModelInput, QuestionAnsweringOutput};
 pub use pooling::{l2_normalize, Pooling};
 pub use pretrained::{FromPretrained, LoadOptions, Pretrained};
 pub use tokenizer::{EncodeOptions, EncodedBatch, PaddingSide, TextInput, Tokenizer};

@@ -5,6 +5,7 @@
 //! Padding and truncation are decided per call. Whatever `tokenizer.json` stores is cleared at
 //! load: all-MiniLM-L6-v2's file, for one, pads every input to 128 tokens.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
@@ -142,6 +143,37 @@ impl SpecialToken {
     }
 }
 
+/// An entry of `added_tokens_decoder` in `tokenizer_config.json`: how transformers matches
+/// the token in text (RoBERTa's `<mask>`, for one, takes the space before it: `lstrip`).
+#[derive(Debug, Clone, Deserialize)]
+struct AddedTokenConfig {
+    content: String,
+    #[serde(default)]
+    lstrip: bool,
+    #[serde(default)]
+    rstrip: bool,
+    #[serde(default)]
+    single_word: bool,
+    #[serde(default = "default_true")]
+    normalized: bool,
+    #[serde(default)]
+    special: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl AddedTokenConfig {
+    fn to_added_token(&self) -> AddedToken {
+        AddedToken::from(self.content.clone(), self.special)
+            .lstrip(self.lstrip)
+            .rstrip(self.rstrip)
+            .single_word(self.single_word)
+            .normalized(self.normalized)
+    }
+}
+
 /// The fields of `tokenizer_config.json` this library reads.
 #[derive(Debug, Clone, Default, Deserialize)]
 struct TokenizerConfig {
@@ -159,6 +191,9 @@ struct TokenizerConfig {
     mask_token: Option<SpecialToken>,
     bos_token: Option<SpecialToken>,
     eos_token: Option<SpecialToken>,
+    /// Keyed by token id, as transformers writes it.
+    #[serde(default)]
+    added_tokens_decoder: BTreeMap<String, AddedTokenConfig>,
 }
 
 impl TokenizerConfig {
@@ -178,7 +213,7 @@ impl TokenizerConfig {
 
     fn model_max_length(&self) -> Option<usize> {
         self.model_max_length
-            .filter(|&n| n >= 1.0 && n < 1e9)
+            .filter(|n| (1.0..1e9).contains(n))
             .map(|n| n as usize)
     }
 }
@@ -406,7 +441,7 @@ fn wordpiece(vocab: &Path, config: &TokenizerConfig) -> Result<tokenizers::Token
         TokenizerConfig::token(&config.pad_token, "[PAD]"),
         TokenizerConfig::token(&config.mask_token, "[MASK]"),
     ];
-    add_specials(&mut tokenizer, &specials)?;
+    add_specials(&mut tokenizer, config, &specials)?;
     Ok(tokenizer)
 }
 
@@ -462,19 +497,37 @@ fn byte_level_bpe(
     {
         specials.push(token.content().to_string());
     }
-    add_specials(&mut tokenizer, &specials)?;
+    add_specials(&mut tokenizer, config, &specials)?;
     Ok(tokenizer)
 }
 
-/// Mark the special tokens that the vocabulary holds, so they are matched whole in the text.
-fn add_specials(tokenizer: &mut tokenizers::Tokenizer, tokens: &[String]) -> Result<()> {
-    let added: Vec<AddedToken> = tokens
-        .iter()
-        .filter(|token| tokenizer.token_to_id(token).is_some())
-        .map(|token| AddedToken::from(token.clone(), true))
-        .collect();
+/// Register the added tokens, so they are matched whole in the text: those listed in
+/// `added_tokens_decoder` with their matching rules, else the `defaults` the vocabulary holds,
+/// as special tokens.
+fn add_specials(
+    tokenizer: &mut tokenizers::Tokenizer,
+    config: &TokenizerConfig,
+    defaults: &[String],
+) -> Result<()> {
+    let added: Vec<AddedToken> = if config.added_tokens_decoder.is_empty() {
+        defaults
+            .iter()
+            .filter(|token| tokenizer.token_to_id(token).is_some())
+            .map(|token| AddedToken::from(token.clone(), true))
+            .collect()
+    } else {
+        config
+            .added_tokens_decoder
+            .values()
+            .map(AddedTokenConfig::to_added_token)
+            .collect()
+    };
+    let (special, normal): (Vec<_>, Vec<_>) = added.into_iter().partition(|token| token.special);
     tokenizer
-        .add_special_tokens(added)
+        .add_special_tokens(special)
         .map_err(|e| Error::tokenizer("cannot add the special tokens", e))?;
+    tokenizer
+        .add_tokens(normal)
+        .map_err(|e| Error::tokenizer("cannot add the added tokens", e))?;
     Ok(())
 }

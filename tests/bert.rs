@@ -24,7 +24,7 @@ fn load<M: FromPretrained>(name: &str, dtype: DType) -> M {
 }
 
 fn texts(name: &str) -> Vec<serde_json::Value> {
-    let path = fixture(&format!("bert/{name}/inputs.json"));
+    let path = fixture(&format!("{name}/inputs.json"));
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
@@ -67,10 +67,10 @@ fn assert_same_ids(actual: &Tensor, expected: &Tensor, what: &str) {
 
 #[test]
 fn tokenizer_json_matches_python_ids_masks_and_segments() {
-    let reference = reference("base");
+    let reference = reference("bert/base");
     let tokenizer =
-        Tokenizer::from_pretrained(&fixture_model("base"), &HubOptions::default()).unwrap();
-    let input = encode_fixture_inputs(&tokenizer, "base");
+        Tokenizer::from_pretrained(&fixture_model("bert/base"), &HubOptions::default()).unwrap();
+    let input = encode_fixture_inputs(&tokenizer, "bert/base");
     assert_same_ids(&input.input_ids, &reference["input_ids"], "input_ids");
     assert_same_ids(
         input.attention_mask.as_ref().unwrap(),
@@ -90,11 +90,13 @@ fn wordpiece_from_vocab_txt_matches_python_ids() {
     // tokenizer_config.json (do_lower_case), the way transformers' BertConverter builds it.
     let folder = fixture("bert/base-pytorch-bin");
     assert!(!folder.join("tokenizer.json").exists());
-    let reference = reference("base-pytorch-bin");
-    let tokenizer =
-        Tokenizer::from_pretrained(&fixture_model("base-pytorch-bin"), &HubOptions::default())
-            .unwrap();
-    let input = encode_fixture_inputs(&tokenizer, "base-pytorch-bin");
+    let reference = reference("bert/base-pytorch-bin");
+    let tokenizer = Tokenizer::from_pretrained(
+        &fixture_model("bert/base-pytorch-bin"),
+        &HubOptions::default(),
+    )
+    .unwrap();
+    let input = encode_fixture_inputs(&tokenizer, "bert/base-pytorch-bin");
     assert_same_ids(&input.input_ids, &reference["input_ids"], "input_ids");
     assert_same_ids(
         input.token_type_ids.as_ref().unwrap(),
@@ -113,8 +115,8 @@ fn base_model_matches_pytorch() {
     )
     .unwrap();
     assert!(weights.contains_key("embeddings.position_ids"));
-    let reference = reference("base");
-    let model: BertModel = load("base", DType::F32);
+    let reference = reference("bert/base");
+    let model: BertModel = load("bert/base", DType::F32);
     let output = model.forward(&reference_input(&reference)).unwrap();
     assert_close(
         &output.last_hidden_state,
@@ -136,8 +138,8 @@ fn base_model_matches_pytorch() {
 #[test]
 fn pytorch_bin_checkpoint_matches_pytorch() {
     // Same weights as `base`, stored only as pytorch_model.bin.
-    let reference = reference("base-pytorch-bin");
-    let model: BertModel = load("base-pytorch-bin", DType::F32);
+    let reference = reference("bert/base-pytorch-bin");
+    let model: BertModel = load("bert/base-pytorch-bin", DType::F32);
     let output = model.forward(&reference_input(&reference)).unwrap();
     assert_close(
         &output.last_hidden_state,
@@ -150,8 +152,8 @@ fn pytorch_bin_checkpoint_matches_pytorch() {
 #[test]
 fn masked_lm_with_tied_decoder_matches_pytorch() {
     // The checkpoint has no cls.predictions.decoder.weight: it is tied to the word embeddings.
-    let reference = reference("masked-lm");
-    let model: BertForMaskedLM = load("masked-lm", DType::F32);
+    let reference = reference("bert/masked-lm");
+    let model: BertForMaskedLM = load("bert/masked-lm", DType::F32);
     let logits = model.forward(&reference_input(&reference)).unwrap();
     assert_close(
         &logits,
@@ -163,8 +165,8 @@ fn masked_lm_with_tied_decoder_matches_pytorch() {
 
 #[test]
 fn sequence_classification_matches_pytorch_and_names_labels() {
-    let reference = reference("sequence-classification");
-    let model: BertForSequenceClassification = load("sequence-classification", DType::F32);
+    let reference = reference("bert/sequence-classification");
+    let model: BertForSequenceClassification = load("bert/sequence-classification", DType::F32);
     let logits = model.forward(&reference_input(&reference)).unwrap();
     assert_close(
         &logits,
@@ -180,8 +182,8 @@ fn sequence_classification_matches_pytorch_and_names_labels() {
 #[test]
 fn token_classification_from_shards_matches_pytorch() {
     // Saved with a 20KB shard limit: five shards and model.safetensors.index.json.
-    let reference = reference("token-classification");
-    let model: BertForTokenClassification = load("token-classification", DType::F32);
+    let reference = reference("bert/token-classification");
+    let model: BertForTokenClassification = load("bert/token-classification", DType::F32);
     let logits = model.forward(&reference_input(&reference)).unwrap();
     assert_close(
         &logits,
@@ -194,8 +196,8 @@ fn token_classification_from_shards_matches_pytorch() {
 
 #[test]
 fn question_answering_matches_pytorch() {
-    let reference = reference("question-answering");
-    let model: BertForQuestionAnswering = load("question-answering", DType::F32);
+    let reference = reference("bert/question-answering");
+    let model: BertForQuestionAnswering = load("bert/question-answering", DType::F32);
     let output = model.forward(&reference_input(&reference)).unwrap();
     assert_close(
         &output.start_logits,
@@ -216,10 +218,10 @@ fn question_answering_matches_pytorch() {
 fn padded_batch_equals_each_input_alone() {
     // Padding changes matrix shapes and so summation order: allow float noise, nothing more.
     const TOLERANCE: f32 = 1e-5;
-    let reference = reference("base");
-    let model: BertModel = load("base", DType::F32);
+    let reference = reference("bert/base");
+    let model: BertModel = load("bert/base", DType::F32);
     let batch = model.forward(&reference_input(&reference)).unwrap();
-    let token_model: BertForTokenClassification = load("token-classification", DType::F32);
+    let token_model: BertForTokenClassification = load("bert/token-classification", DType::F32);
     let token_batch = token_model.forward(&reference_input(&reference)).unwrap();
     let lengths = lengths(&reference);
     assert!(
@@ -254,8 +256,8 @@ fn padded_batch_equals_each_input_alone() {
 /// Without the attention mask, padding would leak into the real tokens: proves the mask is used.
 #[test]
 fn attention_mask_changes_padded_rows() {
-    let reference = reference("base");
-    let model: BertModel = load("base", DType::F32);
+    let reference = reference("bert/base");
+    let model: BertModel = load("bert/base", DType::F32);
     let mut input = reference_input(&reference);
     let masked = model.forward(&input).unwrap().last_hidden_state;
     input.attention_mask = None;
@@ -279,9 +281,9 @@ fn attention_mask_changes_padded_rows() {
 /// Compared with the f32 PyTorch reference; bf16 keeps 8 bits of mantissa, f16 11.
 #[test]
 fn half_precision_stays_close_to_f32() {
-    let reference = reference("base");
+    let reference = reference("bert/base");
     for (dtype, tolerance) in [(DType::F16, 1e-2), (DType::BF16, 6e-2)] {
-        let model: BertModel = load("base", dtype);
+        let model: BertModel = load("bert/base", dtype);
         let output = model.forward(&reference_input(&reference)).unwrap();
         assert_eq!(output.last_hidden_state.dtype(), dtype);
         let diff = max_abs_diff(&output.last_hidden_state, &reference["last_hidden_state"]);
@@ -289,8 +291,8 @@ fn half_precision_stays_close_to_f32() {
             diff <= tolerance,
             "{dtype:?}: max abs difference {diff} exceeds {tolerance}"
         );
-        let mlm: BertForMaskedLM = load("masked-lm", dtype);
-        let mlm_reference = common::reference("masked-lm");
+        let mlm: BertForMaskedLM = load("bert/masked-lm", dtype);
+        let mlm_reference = common::reference("bert/masked-lm");
         let logits = mlm.forward(&reference_input(&mlm_reference)).unwrap();
         let diff = max_abs_diff(&logits, &mlm_reference["logits"]);
         assert!(
@@ -304,8 +306,8 @@ fn half_precision_stays_close_to_f32() {
 #[test]
 fn base_model_loads_from_a_head_checkpoint_under_the_bert_prefix() {
     // masked-lm keys are `bert.embeddings...`; it was saved without a pooler.
-    let model: BertModel = load("masked-lm", DType::F32);
-    let reference = reference("masked-lm");
+    let model: BertModel = load("bert/masked-lm", DType::F32);
+    let reference = reference("bert/masked-lm");
     let output = model.forward(&reference_input(&reference)).unwrap();
     assert!(output.pooler_output.is_none());
     assert_eq!(
@@ -316,15 +318,17 @@ fn base_model_loads_from_a_head_checkpoint_under_the_bert_prefix() {
 
 #[test]
 fn head_without_its_weights_is_an_error_naming_the_tensor() {
-    let error =
-        BertForQuestionAnswering::from_pretrained(&fixture_model("base"), &options(DType::F32))
-            .expect_err("the base checkpoint has no qa_outputs");
+    let error = BertForQuestionAnswering::from_pretrained(
+        &fixture_model("bert/base"),
+        &options(DType::F32),
+    )
+    .expect_err("the base checkpoint has no qa_outputs");
     assert!(error.to_string().contains("qa_outputs"), "{error}");
 }
 
 #[test]
 fn input_longer_than_the_position_table_is_an_error() {
-    let model: BertModel = load("base", DType::F32);
+    let model: BertModel = load("bert/base", DType::F32);
     let ids = Tensor::ones((1, 65), DType::U32, &ferroformers::Device::Cpu).unwrap();
     match model.forward(&ModelInput::from_ids(ids)) {
         Err(Error::InputTooLong {
@@ -338,7 +342,7 @@ fn input_longer_than_the_position_table_is_an_error() {
 #[test]
 fn truncation_cuts_to_the_limit_with_special_tokens() {
     let tokenizer =
-        Tokenizer::from_pretrained(&fixture_model("base"), &HubOptions::default()).unwrap();
+        Tokenizer::from_pretrained(&fixture_model("bert/base"), &HubOptions::default()).unwrap();
     let long = "the quick brown fox ".repeat(40);
     let untruncated = tokenizer
         .encode(long.as_str(), &EncodeOptions::default())

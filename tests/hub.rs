@@ -181,7 +181,7 @@ fn downloads_exactly_what_is_needed_then_reuses_the_cache_without_requests() {
     let hub = FakeHub::start(&[("tiny/bert-ner", fixture("bert/token-classification"))]);
     let cache = tempfile::tempdir().unwrap();
     let options = LoadOptions::default().with_hub(hub_options(&hub, cache.path()));
-    let reference = reference("token-classification");
+    let reference = reference("bert/token-classification");
 
     let model = BertForTokenClassification::from_pretrained("tiny/bert-ner", &options).unwrap();
     let tokenizer = Tokenizer::from_pretrained("tiny/bert-ner", &options.hub).unwrap();
@@ -265,7 +265,7 @@ fn revision_is_sent_and_recorded_and_a_commit_revision_works_offline() {
     let offline =
         LoadOptions::default().with_hub(hub_options.with_revision(COMMIT).with_offline(true));
     let model = BertModel::from_pretrained("tiny/bert", &offline).unwrap();
-    let reference = reference("base");
+    let reference = reference("bert/base");
     let output = model.forward(&reference_input(&reference)).unwrap();
     assert_close(
         &output.last_hidden_state,
@@ -346,7 +346,7 @@ fn offline_mode_loads_from_a_python_layout_cache() {
         .with_endpoint("http://127.0.0.1:9");
     let options = LoadOptions::default().with_hub(hub.clone());
     let model = BertModel::from_pretrained("tiny/bert", &options).unwrap();
-    let reference = reference("base");
+    let reference = reference("bert/base");
     let output = model.forward(&reference_input(&reference)).unwrap();
     assert_close(
         &output.last_hidden_state,

@@ -5,16 +5,20 @@
 //! Module and field names follow the checkpoint keys, so `vb.pp("attention").pp("self")` reads
 //! like `bert.encoder.layer.0.attention.self.query.weight`.
 
-use candle_core::{Tensor, D};
+use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
 use crate::config::Labels;
 use crate::error::{Error, Result};
 use crate::layers::{
-    attention, padding_mask, require_positive, Activation, Embedding, LayerNorm, Linear,
+    attention, padding_mask, require_divisible, require_positive, Activation, Embedding, LayerNorm,
+    Linear,
 };
-use crate::models::{ModelInput, QuestionAnsweringOutput};
+use crate::models::{
+    base_model_weights, tied_weight, EncoderOutput, MaskedLmHead, ModelInput,
+    QuestionAnsweringOutput,
+};
 
 /// `BertConfig` from `config.json`.
 #[derive(Debug, Clone, Deserialize)]
@@ -63,12 +67,12 @@ impl BertConfig {
         require_positive("intermediate_size", self.intermediate_size)?;
         require_positive("max_position_embeddings", self.max_position_embeddings)?;
         require_positive("type_vocab_size", self.type_vocab_size)?;
-        if self.hidden_size % self.num_attention_heads != 0 {
-            return Err(Error::InvalidConfig(format!(
-                "hidden_size {} is not divisible by num_attention_heads {}",
-                self.hidden_size, self.num_attention_heads
-            )));
-        }
+        require_divisible(
+            "hidden_size",
+            self.hidden_size,
+            "num_attention_heads",
+            self.num_attention_heads,
+        )?;
         if self.position_embedding_type != "absolute" {
             return Err(Error::InvalidConfig(format!(
                 "position_embedding_type `{}` is not supported; only `absolute` is",
@@ -88,22 +92,6 @@ impl BertConfig {
     }
 }
 
-/// Where the encoder's weights sit: task checkpoints nest them under `bert.`, a bare
-/// `BertModel` checkpoint does not. We look for the word embeddings at each place once and say
-/// which keys we expected when neither holds them, instead of retrying prefixes on every miss.
-fn encoder_weights<'a>(vb: &VarBuilder<'a>) -> Result<VarBuilder<'a>> {
-    const KEY: &str = "embeddings.word_embeddings.weight";
-    if vb.contains_tensor(&format!("bert.{KEY}")) {
-        Ok(vb.pp("bert"))
-    } else if vb.contains_tensor(KEY) {
-        Ok(vb.clone())
-    } else {
-        Err(Error::InvalidWeights(format!(
-            "no BERT encoder in the checkpoint: expected `bert.{KEY}` or `{KEY}`"
-        )))
-    }
-}
-
 /// Word, position and token-type embeddings, summed and normalised.
 /// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/bert/modeling_bert.py#L127>
 #[derive(Debug, Clone)]
@@ -112,7 +100,6 @@ struct BertEmbeddings {
     position_embeddings: Embedding,
     token_type_embeddings: Embedding,
     layer_norm: LayerNorm,
-    max_positions: usize,
 }
 
 impl BertEmbeddings {
@@ -131,31 +118,68 @@ impl BertEmbeddings {
                 hidden,
             )?,
             layer_norm: LayerNorm::load(vb.pp("LayerNorm"), hidden, config.layer_norm_eps)?,
-            max_positions: config.max_position_embeddings,
         })
         // `embeddings.position_ids` (a buffer that older checkpoints saved) is simply never read.
     }
 
-    fn forward(&self, input_ids: &Tensor, token_type_ids: Option<&Tensor>) -> Result<Tensor> {
-        let (_batch, seq) = input_ids.dims2()?;
-        if seq > self.max_positions {
-            return Err(Error::InputTooLong {
-                length: seq,
-                max: self.max_positions,
-            });
-        }
-        let device = input_ids.device();
-        // Right padding, so positions are 0..seq for every row.
-        let position_ids = Tensor::arange(0u32, seq as u32, device)?;
+    /// `position_ids`: (batch, seq) or (seq,), already checked against the table size.
+    fn forward(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        position_ids: &Tensor,
+    ) -> Result<Tensor> {
         let token_type_ids = match token_type_ids {
             Some(ids) => ids.clone(),
             None => input_ids.zeros_like()?,
         };
         let words = self.word_embeddings.forward(input_ids)?;
-        let positions = self.position_embeddings.forward(&position_ids)?;
+        let positions = self.position_embeddings.forward(position_ids)?;
         let types = self.token_type_embeddings.forward(&token_type_ids)?;
         let sum = words.broadcast_add(&positions)?.add(&types)?;
         self.layer_norm.forward(&sum)
+    }
+}
+
+/// How position ids are numbered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Positions {
+    /// 0, 1, 2, ... for every row (BERT; batches are right-padded).
+    FromZero,
+    /// RoBERTa's numbering: real tokens count from `padding_idx + 1`, padding keeps
+    /// `padding_idx`, as transformers' `create_position_ids_from_input_ids` does.
+    /// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/roberta/modeling_roberta.py#L1537>
+    AfterPadding { padding_idx: u32 },
+}
+
+impl Positions {
+    /// The longest input the position table of `table_size` rows allows.
+    fn max_len(&self, table_size: usize) -> usize {
+        match self {
+            Positions::FromZero => table_size,
+            Positions::AfterPadding { padding_idx } => {
+                table_size.saturating_sub(*padding_idx as usize + 1)
+            }
+        }
+    }
+
+    /// (batch, seq) position ids for `input_ids`.
+    fn ids(&self, input_ids: &Tensor) -> Result<Tensor> {
+        let (batch, seq) = input_ids.dims2()?;
+        let device = input_ids.device();
+        Ok(match self {
+            Positions::FromZero => Tensor::arange(0u32, seq as u32, device)?
+                .unsqueeze(0)?
+                .broadcast_as((batch, seq))?,
+            Positions::AfterPadding { padding_idx } => {
+                // cumsum(not_pad) * not_pad + padding_idx, in f32 (exact for any real length).
+                let not_pad = input_ids
+                    .ne(*padding_idx)?
+                    .to_dtype(candle_core::DType::F32)?;
+                let counted = (not_pad.cumsum(1)? * &not_pad)?;
+                (counted + *padding_idx as f64)?.to_dtype(candle_core::DType::U32)?
+            }
+        })
     }
 }
 
@@ -290,16 +314,6 @@ impl BertPooler {
     }
 }
 
-/// What [`BertModel::forward`] returns.
-#[derive(Debug, Clone)]
-pub struct BertOutput {
-    /// (batch, seq, hidden)
-    pub last_hidden_state: Tensor,
-    /// (batch, hidden); `None` when the checkpoint has no pooler (masked-LM, token
-    /// classification and QA checkpoints are saved without one).
-    pub pooler_output: Option<Tensor>,
-}
-
 /// The BERT encoder: embeddings, `encoder.layer.*` and an optional pooler.
 /// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/bert/modeling_bert.py#L842>
 #[derive(Debug, Clone)]
@@ -307,6 +321,7 @@ pub struct BertModel {
     embeddings: BertEmbeddings,
     layers: Vec<BertLayer>,
     pooler: Option<BertPooler>,
+    positions: Positions,
     config: BertConfig,
 }
 
@@ -314,7 +329,17 @@ impl BertModel {
     /// Load from the encoder's own keys (`embeddings.*`, `encoder.*`, `pooler.*`), found at the
     /// checkpoint's root or under `bert.`.
     pub fn load(vb: VarBuilder, config: &BertConfig) -> Result<Self> {
-        let vb = encoder_weights(&vb)?;
+        Self::load_with(vb, config, "bert", Positions::FromZero)
+    }
+
+    /// Load an encoder with BERT's layout, whose task checkpoints nest it under `prefix`.
+    pub(crate) fn load_with(
+        vb: VarBuilder,
+        config: &BertConfig,
+        prefix: &str,
+        positions: Positions,
+    ) -> Result<Self> {
+        let vb = base_model_weights(&vb, prefix, "embeddings.word_embeddings.weight")?;
         let encoder = vb.pp("encoder").pp("layer");
         let layers = (0..config.num_hidden_layers)
             .map(|i| BertLayer::load(encoder.pp(i), config))
@@ -324,10 +349,12 @@ impl BertModel {
         } else {
             None
         };
+        // `embeddings.position_ids` (a buffer that older checkpoints saved) is never read.
         Ok(Self {
             embeddings: BertEmbeddings::load(vb.pp("embeddings"), config)?,
             layers,
             pooler,
+            positions,
             config: config.clone(),
         })
     }
@@ -336,10 +363,18 @@ impl BertModel {
         &self.config
     }
 
-    pub fn forward(&self, input: &ModelInput) -> Result<BertOutput> {
-        let mut hidden = self
-            .embeddings
-            .forward(&input.input_ids, input.token_type_ids.as_ref())?;
+    pub fn forward(&self, input: &ModelInput) -> Result<EncoderOutput> {
+        let (_batch, seq) = input.input_ids.dims2()?;
+        let max = self.positions.max_len(self.config.max_position_embeddings);
+        if seq > max {
+            return Err(Error::InputTooLong { length: seq, max });
+        }
+        let position_ids = self.positions.ids(&input.input_ids)?;
+        let mut hidden = self.embeddings.forward(
+            &input.input_ids,
+            input.token_type_ids.as_ref(),
+            &position_ids,
+        )?;
         let mask = input
             .attention_mask
             .as_ref()
@@ -353,14 +388,18 @@ impl BertModel {
             .as_ref()
             .map(|pooler| pooler.forward(&hidden))
             .transpose()?;
-        Ok(BertOutput {
+        Ok(EncoderOutput {
             last_hidden_state: hidden,
             pooler_output,
         })
     }
 
-    fn word_embeddings(&self) -> &Tensor {
+    pub(crate) fn word_embeddings(&self) -> &Tensor {
         self.embeddings.word_embeddings.weight()
+    }
+
+    pub(crate) fn has_pooler(&self) -> bool {
+        self.pooler.is_some()
     }
 }
 
@@ -369,10 +408,7 @@ impl BertModel {
 #[derive(Debug, Clone)]
 pub struct BertForMaskedLM {
     bert: BertModel,
-    transform: Linear,
-    activation: Activation,
-    layer_norm: LayerNorm,
-    decoder: Linear,
+    head: MaskedLmHead,
 }
 
 impl BertForMaskedLM {
@@ -380,18 +416,14 @@ impl BertForMaskedLM {
         let bert = BertModel::load(vb.clone(), config)?;
         let predictions = vb.pp("cls").pp("predictions");
         let transform = predictions.pp("transform");
-        // The decoder is tied to the word embeddings, and safetensors conversion drops tied
-        // tensors, so `cls.predictions.decoder.weight` is usually absent; its bias is
-        // `cls.predictions.bias`.
+        // The decoder is tied to the word embeddings, and its bias is `cls.predictions.bias`.
         // <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/bert/modeling_bert.py#L723>
-        let decoder_weight = if predictions.contains_tensor("decoder.weight") {
-            predictions.get((config.vocab_size, config.hidden_size), "decoder.weight")?
-        } else {
-            bert.word_embeddings().clone()
-        };
-        let decoder_bias = predictions.get(config.vocab_size, "bias")?;
-        Ok(Self {
-            transform: Linear::load(
+        let decoder = Linear::new(
+            tied_weight(&predictions, "decoder.weight", bert.word_embeddings())?,
+            Some(predictions.get(config.vocab_size, "bias")?),
+        );
+        let head = MaskedLmHead {
+            dense: Linear::load(
                 transform.pp("dense"),
                 config.hidden_size,
                 config.hidden_size,
@@ -402,17 +434,15 @@ impl BertForMaskedLM {
                 config.hidden_size,
                 config.layer_norm_eps,
             )?,
-            decoder: Linear::new(decoder_weight, Some(decoder_bias)),
-            bert,
-        })
+            decoder,
+        };
+        Ok(Self { bert, head })
     }
 
     /// Vocabulary logits, (batch, seq, vocab).
     pub fn forward(&self, input: &ModelInput) -> Result<Tensor> {
-        let hidden = self.bert.forward(input)?.last_hidden_state;
-        let hidden = self.activation.forward(&self.transform.forward(&hidden)?)?;
-        let hidden = self.layer_norm.forward(&hidden)?;
-        self.decoder.forward(&hidden)
+        self.head
+            .forward(&self.bert.forward(input)?.last_hidden_state)
     }
 
     pub fn config(&self) -> &BertConfig {
@@ -431,7 +461,7 @@ pub struct BertForSequenceClassification {
 impl BertForSequenceClassification {
     pub fn load(vb: VarBuilder, config: &BertConfig) -> Result<Self> {
         let bert = BertModel::load(vb.clone(), config)?;
-        if bert.pooler.is_none() {
+        if !bert.has_pooler() {
             return Err(Error::InvalidWeights(
                 "sequence classification needs the pooler (`bert.pooler.dense.*`), which the \
                  checkpoint lacks"
@@ -503,18 +533,7 @@ impl BertForQuestionAnswering {
 
     pub fn forward(&self, input: &ModelInput) -> Result<QuestionAnsweringOutput> {
         let hidden = self.bert.forward(input)?.last_hidden_state;
-        // (batch, seq, 2) -> two (batch, seq)
-        let logits = self.qa_outputs.forward(&hidden)?;
-        Ok(QuestionAnsweringOutput {
-            start_logits: logits
-                .narrow(D::Minus1, 0, 1)?
-                .squeeze(D::Minus1)?
-                .contiguous()?,
-            end_logits: logits
-                .narrow(D::Minus1, 1, 1)?
-                .squeeze(D::Minus1)?
-                .contiguous()?,
-        })
+        QuestionAnsweringOutput::from_logits(&self.qa_outputs.forward(&hidden)?)
     }
 
     pub fn config(&self) -> &BertConfig {
@@ -522,17 +541,8 @@ impl BertForQuestionAnswering {
     }
 }
 
-macro_rules! bert_from_pretrained {
-    ($($model:ty),*) => {$(
-        impl crate::pretrained::FromPretrained for $model {
-            fn from_config(vb: VarBuilder, config: &crate::config::ModelConfig) -> Result<Self> {
-                Self::load(vb, config.bert()?)
-            }
-        }
-    )*};
-}
-
-bert_from_pretrained!(
+crate::from_pretrained_impls!(
+    bert:
     BertModel,
     BertForMaskedLM,
     BertForSequenceClassification,

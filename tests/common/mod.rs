@@ -12,16 +12,14 @@ pub fn fixture(path: &str) -> PathBuf {
         .join(path)
 }
 
-/// A fixture folder as the `model` argument of `from_pretrained`.
+/// A fixture folder (`family/head`) as the `model` argument of `from_pretrained`.
 pub fn fixture_model(name: &str) -> String {
-    fixture(&format!("bert/{name}"))
-        .to_string_lossy()
-        .into_owned()
+    fixture(name).to_string_lossy().into_owned()
 }
 
-/// `reference.safetensors` of a fixture: the inputs and PyTorch's outputs.
+/// `reference.safetensors` of a fixture (`family/head`): the inputs and PyTorch's outputs.
 pub fn reference(name: &str) -> HashMap<String, Tensor> {
-    let path = fixture(&format!("bert/{name}/reference.safetensors"));
+    let path = fixture(&format!("{name}/reference.safetensors"));
     candle_core::safetensors::load(&path, &Device::Cpu).expect("fixture reference loads")
 }
 

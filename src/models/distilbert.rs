@@ -1,0 +1,377 @@
+//! DistilBERT and its task heads: the default checkpoints of transformers' sentiment and
+//! question-answering pipelines.
+//!
+//! Reference: transformers v4.57.6, `src/transformers/models/distilbert/modeling_distilbert.py`
+//! (<https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/distilbert/modeling_distilbert.py>).
+//! No token types; its config names differ from BERT's (`dim`, `n_layers`, `n_heads`,
+//! `hidden_dim`, `activation`).
+
+use candle_core::Tensor;
+use candle_nn::VarBuilder;
+use serde::Deserialize;
+
+use crate::config::Labels;
+use crate::error::{Error, Result};
+use crate::layers::{
+    attention, padding_mask, require_divisible, require_positive, Activation, Embedding, LayerNorm,
+    Linear,
+};
+use crate::models::{
+    base_model_weights, tied_weight, EncoderOutput, MaskedLmHead, ModelInput,
+    QuestionAnsweringOutput,
+};
+
+/// DistilBERT's layer norms use this epsilon; the config does not carry it.
+const LAYER_NORM_EPS: f64 = 1e-12;
+
+/// `DistilBertConfig` from `config.json`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DistilBertConfig {
+    pub vocab_size: usize,
+    pub dim: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub hidden_dim: usize,
+    #[serde(default = "default_activation")]
+    pub activation: Activation,
+    pub max_position_embeddings: usize,
+    /// Sinusoidal position embeddings are still stored in the checkpoint as
+    /// `embeddings.position_embeddings.weight`, so both settings load the same way.
+    #[serde(default)]
+    pub sinusoidal_pos_embds: bool,
+    #[serde(default)]
+    pub pad_token_id: usize,
+    #[serde(default)]
+    pub id2label: Labels,
+    #[serde(default)]
+    pub problem_type: Option<String>,
+}
+
+fn default_activation() -> Activation {
+    Activation::Gelu
+}
+
+impl DistilBertConfig {
+    pub(crate) fn validate(&self) -> Result<()> {
+        require_positive("vocab_size", self.vocab_size)?;
+        require_positive("dim", self.dim)?;
+        require_positive("n_layers", self.n_layers)?;
+        require_positive("n_heads", self.n_heads)?;
+        require_positive("hidden_dim", self.hidden_dim)?;
+        require_positive("max_position_embeddings", self.max_position_embeddings)?;
+        require_divisible("dim", self.dim, "n_heads", self.n_heads)?;
+        Ok(())
+    }
+
+    /// Number of classes: `id2label`'s size, else transformers' default 2.
+    pub fn num_labels(&self) -> usize {
+        if self.id2label.is_empty() {
+            2
+        } else {
+            self.id2label.len()
+        }
+    }
+}
+
+/// Word and position embeddings, summed and normalised.
+/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/distilbert/modeling_distilbert.py#L85>
+#[derive(Debug, Clone)]
+struct Embeddings {
+    word_embeddings: Embedding,
+    position_embeddings: Embedding,
+    layer_norm: LayerNorm,
+}
+
+impl Embeddings {
+    fn load(vb: VarBuilder, config: &DistilBertConfig) -> Result<Self> {
+        Ok(Self {
+            word_embeddings: Embedding::load(
+                vb.pp("word_embeddings"),
+                config.vocab_size,
+                config.dim,
+            )?,
+            position_embeddings: Embedding::load(
+                vb.pp("position_embeddings"),
+                config.max_position_embeddings,
+                config.dim,
+            )?,
+            layer_norm: LayerNorm::load(vb.pp("LayerNorm"), config.dim, LAYER_NORM_EPS)?,
+        })
+    }
+
+    fn forward(&self, input_ids: &Tensor) -> Result<Tensor> {
+        let seq = input_ids.dim(1)?;
+        let positions = Tensor::arange(0u32, seq as u32, input_ids.device())?;
+        let sum = self
+            .word_embeddings
+            .forward(input_ids)?
+            .broadcast_add(&self.position_embeddings.forward(&positions)?)?;
+        self.layer_norm.forward(&sum)
+    }
+}
+
+/// `attention`: `q_lin`, `k_lin`, `v_lin`, `out_lin`.
+/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/distilbert/modeling_distilbert.py#L131>
+#[derive(Debug, Clone)]
+struct MultiHeadSelfAttention {
+    q_lin: Linear,
+    k_lin: Linear,
+    v_lin: Linear,
+    out_lin: Linear,
+    n_heads: usize,
+    head_dim: usize,
+}
+
+impl MultiHeadSelfAttention {
+    fn load(vb: VarBuilder, config: &DistilBertConfig) -> Result<Self> {
+        let dim = config.dim;
+        Ok(Self {
+            q_lin: Linear::load(vb.pp("q_lin"), dim, dim)?,
+            k_lin: Linear::load(vb.pp("k_lin"), dim, dim)?,
+            v_lin: Linear::load(vb.pp("v_lin"), dim, dim)?,
+            out_lin: Linear::load(vb.pp("out_lin"), dim, dim)?,
+            n_heads: config.n_heads,
+            head_dim: dim / config.n_heads,
+        })
+    }
+
+    fn forward(&self, hidden: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let (batch, seq, dim) = hidden.dims3()?;
+        // (batch, seq, dim) -> (batch, heads, seq, head_dim)
+        let split = |x: Tensor| -> Result<Tensor> {
+            Ok(x.reshape((batch, seq, self.n_heads, self.head_dim))?
+                .transpose(1, 2)?)
+        };
+        let q = split(self.q_lin.forward(hidden)?)?;
+        let k = split(self.k_lin.forward(hidden)?)?;
+        let v = split(self.v_lin.forward(hidden)?)?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let context = attention(&q, &k, &v, mask, scale)?
+            .transpose(1, 2)?
+            .reshape((batch, seq, dim))?;
+        self.out_lin.forward(&context)
+    }
+}
+
+/// One block: attention, `sa_layer_norm`, `ffn.{lin1,lin2}`, `output_layer_norm`.
+/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/distilbert/modeling_distilbert.py#L435>
+#[derive(Debug, Clone)]
+struct TransformerBlock {
+    attention: MultiHeadSelfAttention,
+    sa_layer_norm: LayerNorm,
+    lin1: Linear,
+    activation: Activation,
+    lin2: Linear,
+    output_layer_norm: LayerNorm,
+}
+
+impl TransformerBlock {
+    fn load(vb: VarBuilder, config: &DistilBertConfig) -> Result<Self> {
+        let ffn = vb.pp("ffn");
+        Ok(Self {
+            attention: MultiHeadSelfAttention::load(vb.pp("attention"), config)?,
+            sa_layer_norm: LayerNorm::load(vb.pp("sa_layer_norm"), config.dim, LAYER_NORM_EPS)?,
+            lin1: Linear::load(ffn.pp("lin1"), config.dim, config.hidden_dim)?,
+            activation: config.activation,
+            lin2: Linear::load(ffn.pp("lin2"), config.hidden_dim, config.dim)?,
+            output_layer_norm: LayerNorm::load(
+                vb.pp("output_layer_norm"),
+                config.dim,
+                LAYER_NORM_EPS,
+            )?,
+        })
+    }
+
+    fn forward(&self, hidden: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let attended = self.attention.forward(hidden, mask)?;
+        let hidden = self.sa_layer_norm.forward(&(attended + hidden)?)?;
+        let inner = self.activation.forward(&self.lin1.forward(&hidden)?)?;
+        let out = self.lin2.forward(&inner)?;
+        self.output_layer_norm.forward(&(out + hidden)?)
+    }
+}
+
+/// The DistilBERT encoder: `embeddings` and `transformer.layer.*`. It has no pooler.
+/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/distilbert/modeling_distilbert.py#L593>
+#[derive(Debug, Clone)]
+pub struct DistilBertModel {
+    embeddings: Embeddings,
+    layers: Vec<TransformerBlock>,
+    config: DistilBertConfig,
+}
+
+impl DistilBertModel {
+    /// Load from `embeddings.*` and `transformer.*`, at the root or under `distilbert.`.
+    pub fn load(vb: VarBuilder, config: &DistilBertConfig) -> Result<Self> {
+        let vb = base_model_weights(&vb, "distilbert", "embeddings.word_embeddings.weight")?;
+        let layer = vb.pp("transformer").pp("layer");
+        Ok(Self {
+            embeddings: Embeddings::load(vb.pp("embeddings"), config)?,
+            layers: (0..config.n_layers)
+                .map(|i| TransformerBlock::load(layer.pp(i), config))
+                .collect::<Result<_>>()?,
+            config: config.clone(),
+        })
+    }
+
+    /// Token type ids are ignored: DistilBERT has none.
+    pub fn forward(&self, input: &ModelInput) -> Result<EncoderOutput> {
+        let seq = input.input_ids.dim(1)?;
+        let max = self.config.max_position_embeddings;
+        if seq > max {
+            return Err(Error::InputTooLong { length: seq, max });
+        }
+        let mut hidden = self.embeddings.forward(&input.input_ids)?;
+        let mask = input
+            .attention_mask
+            .as_ref()
+            .map(padding_mask)
+            .transpose()?;
+        for layer in &self.layers {
+            hidden = layer.forward(&hidden, mask.as_ref())?;
+        }
+        Ok(EncoderOutput {
+            last_hidden_state: hidden,
+            pooler_output: None,
+        })
+    }
+
+    pub fn config(&self) -> &DistilBertConfig {
+        &self.config
+    }
+
+    fn last_hidden_state(&self, input: &ModelInput) -> Result<Tensor> {
+        Ok(self.forward(input)?.last_hidden_state)
+    }
+}
+
+/// `DistilBertForMaskedLM`: `vocab_transform`, activation, `vocab_layer_norm`, then
+/// `vocab_projector`, tied to the word embeddings.
+/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/distilbert/modeling_distilbert.py#L739>
+#[derive(Debug, Clone)]
+pub struct DistilBertForMaskedLM {
+    distilbert: DistilBertModel,
+    head: MaskedLmHead,
+}
+
+impl DistilBertForMaskedLM {
+    pub fn load(vb: VarBuilder, config: &DistilBertConfig) -> Result<Self> {
+        let distilbert = DistilBertModel::load(vb.clone(), config)?;
+        let projector = vb.pp("vocab_projector");
+        let word_embeddings = distilbert.embeddings.word_embeddings.weight();
+        let head = MaskedLmHead {
+            dense: Linear::load(vb.pp("vocab_transform"), config.dim, config.dim)?,
+            activation: config.activation,
+            layer_norm: LayerNorm::load(vb.pp("vocab_layer_norm"), config.dim, LAYER_NORM_EPS)?,
+            decoder: Linear::new(
+                tied_weight(&projector, "weight", word_embeddings)?,
+                Some(projector.get(config.vocab_size, "bias")?),
+            ),
+        };
+        Ok(Self { distilbert, head })
+    }
+
+    /// Vocabulary logits, (batch, seq, vocab).
+    pub fn forward(&self, input: &ModelInput) -> Result<Tensor> {
+        self.head
+            .forward(&self.distilbert.last_hidden_state(input)?)
+    }
+
+    pub fn config(&self) -> &DistilBertConfig {
+        self.distilbert.config()
+    }
+}
+
+/// `DistilBertForSequenceClassification`: `pre_classifier`, ReLU, `classifier`, on the first
+/// token.
+/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/distilbert/modeling_distilbert.py#L851>
+#[derive(Debug, Clone)]
+pub struct DistilBertForSequenceClassification {
+    distilbert: DistilBertModel,
+    pre_classifier: Linear,
+    classifier: Linear,
+}
+
+impl DistilBertForSequenceClassification {
+    pub fn load(vb: VarBuilder, config: &DistilBertConfig) -> Result<Self> {
+        Ok(Self {
+            distilbert: DistilBertModel::load(vb.clone(), config)?,
+            pre_classifier: Linear::load(vb.pp("pre_classifier"), config.dim, config.dim)?,
+            classifier: Linear::load(vb.pp("classifier"), config.dim, config.num_labels())?,
+        })
+    }
+
+    /// Class logits, (batch, num_labels).
+    pub fn forward(&self, input: &ModelInput) -> Result<Tensor> {
+        let hidden = self.distilbert.last_hidden_state(input)?;
+        let first = hidden.narrow(1, 0, 1)?.squeeze(1)?;
+        let pooled = self.pre_classifier.forward(&first)?.relu()?;
+        self.classifier.forward(&pooled)
+    }
+
+    pub fn config(&self) -> &DistilBertConfig {
+        self.distilbert.config()
+    }
+}
+
+/// `DistilBertForTokenClassification`: `classifier` on every token.
+/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/distilbert/modeling_distilbert.py#L1067>
+#[derive(Debug, Clone)]
+pub struct DistilBertForTokenClassification {
+    distilbert: DistilBertModel,
+    classifier: Linear,
+}
+
+impl DistilBertForTokenClassification {
+    pub fn load(vb: VarBuilder, config: &DistilBertConfig) -> Result<Self> {
+        Ok(Self {
+            distilbert: DistilBertModel::load(vb.clone(), config)?,
+            classifier: Linear::load(vb.pp("classifier"), config.dim, config.num_labels())?,
+        })
+    }
+
+    /// Per-token class logits, (batch, seq, num_labels).
+    pub fn forward(&self, input: &ModelInput) -> Result<Tensor> {
+        self.classifier
+            .forward(&self.distilbert.last_hidden_state(input)?)
+    }
+
+    pub fn config(&self) -> &DistilBertConfig {
+        self.distilbert.config()
+    }
+}
+
+/// `DistilBertForQuestionAnswering`: `qa_outputs` gives a start and an end logit per token.
+/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/distilbert/modeling_distilbert.py#L957>
+#[derive(Debug, Clone)]
+pub struct DistilBertForQuestionAnswering {
+    distilbert: DistilBertModel,
+    qa_outputs: Linear,
+}
+
+impl DistilBertForQuestionAnswering {
+    pub fn load(vb: VarBuilder, config: &DistilBertConfig) -> Result<Self> {
+        Ok(Self {
+            distilbert: DistilBertModel::load(vb.clone(), config)?,
+            qa_outputs: Linear::load(vb.pp("qa_outputs"), config.dim, 2)?,
+        })
+    }
+
+    pub fn forward(&self, input: &ModelInput) -> Result<QuestionAnsweringOutput> {
+        let hidden = self.distilbert.last_hidden_state(input)?;
+        QuestionAnsweringOutput::from_logits(&self.qa_outputs.forward(&hidden)?)
+    }
+
+    pub fn config(&self) -> &DistilBertConfig {
+        self.distilbert.config()
+    }
+}
+
+crate::from_pretrained_impls!(
+    distilbert:
+    DistilBertModel,
+    DistilBertForMaskedLM,
+    DistilBertForSequenceClassification,
+    DistilBertForTokenClassification,
+    DistilBertForQuestionAnswering
+);

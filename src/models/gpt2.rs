@@ -1,0 +1,571 @@
+//! GPT-2: the base model, the LM head with a KV cache, and sequence classification.
+//!
+//! Reference: transformers v4.57.6, `src/transformers/models/gpt2/modeling_gpt2.py`
+//! (<https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/gpt2/modeling_gpt2.py>).
+//! transformers calls these `GPT2Model`, `GPT2LMHeadModel` and `GPT2ForSequenceClassification`.
+//!
+//! Checkpoint quirks, each handled where it appears below:
+//! - projections are `Conv1D`, whose weight is stored (in, out): the transpose of a linear layer;
+//! - `lm_head.weight` is tied to `wte` and usually absent;
+//! - old checkpoints carry `attn.bias` (the causal mask) and `attn.masked_bias` buffers, which are
+//!   never read: the mask is built from the input;
+//! - keys come with the `transformer.` prefix (task checkpoints) or without (the original `gpt2`).
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use serde::Deserialize;
+
+use crate::config::Labels;
+use crate::error::{Error, Result};
+use crate::layers::{
+    attention, padding_mask, require_divisible, require_positive, Activation, Embedding, LayerNorm,
+    Linear,
+};
+use crate::models::{base_model_weights, tied_weight};
+
+/// `GPT2Config` from `config.json`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Gpt2Config {
+    pub vocab_size: usize,
+    /// Size of the position table: prompt plus generated tokens may not exceed it.
+    pub n_positions: usize,
+    pub n_embd: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+    /// Width of the MLP; `None` means 4 × `n_embd`.
+    #[serde(default)]
+    pub n_inner: Option<usize>,
+    #[serde(default = "default_activation")]
+    pub activation_function: Activation,
+    #[serde(default = "default_layer_norm_epsilon")]
+    pub layer_norm_epsilon: f64,
+    #[serde(default = "default_true")]
+    pub scale_attn_weights: bool,
+    #[serde(default)]
+    pub scale_attn_by_inverse_layer_idx: bool,
+    #[serde(default)]
+    pub add_cross_attention: bool,
+    #[serde(default)]
+    pub bos_token_id: Option<u32>,
+    #[serde(default)]
+    pub eos_token_id: Option<u32>,
+    /// Used by sequence classification to find each row's last real token.
+    #[serde(default)]
+    pub pad_token_id: Option<u32>,
+    #[serde(default)]
+    pub id2label: Labels,
+    #[serde(default)]
+    pub problem_type: Option<String>,
+}
+
+fn default_activation() -> Activation {
+    Activation::GeluNew
+}
+
+fn default_layer_norm_epsilon() -> f64 {
+    1e-5
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Gpt2Config {
+    pub(crate) fn validate(&self) -> Result<()> {
+        require_positive("vocab_size", self.vocab_size)?;
+        require_positive("n_positions", self.n_positions)?;
+        require_positive("n_embd", self.n_embd)?;
+        require_positive("n_layer", self.n_layer)?;
+        require_positive("n_head", self.n_head)?;
+        require_divisible("n_embd", self.n_embd, "n_head", self.n_head)?;
+        if self.add_cross_attention {
+            return Err(Error::InvalidConfig(
+                "add_cross_attention (GPT-2 as an encoder-decoder's decoder) is not supported"
+                    .to_string(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn inner_size(&self) -> usize {
+        self.n_inner.unwrap_or(4 * self.n_embd)
+    }
+
+    /// Number of classes: `id2label`'s size, else transformers' default 2.
+    pub fn num_labels(&self) -> usize {
+        if self.id2label.is_empty() {
+            2
+        } else {
+            self.id2label.len()
+        }
+    }
+}
+
+/// A `Conv1D` layer as a [`Linear`]. GPT-2 stores these weights (in, out), transposed compared
+/// with `torch.nn.Linear`; a transposed view makes them (out, in) without copying.
+/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/pytorch_utils.py#L94>
+fn conv1d(vb: VarBuilder, in_dim: usize, out_dim: usize) -> Result<Linear> {
+    let weight = vb.get((in_dim, out_dim), "weight")?;
+    Ok(Linear::new(weight.t()?, Some(vb.get(out_dim, "bias")?)))
+}
+
+/// Keys and values of every layer, kept between decoding steps.
+///
+/// Each layer's buffer is allocated with room to spare and filled in place, so a decoding step
+/// writes only its new positions; the buffer grows by doubling when full.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    layers: Vec<LayerKv>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct LayerKv {
+    /// (batch, heads, capacity, head_dim) each.
+    keys: Option<Tensor>,
+    values: Option<Tensor>,
+    len: usize,
+}
+
+impl KvCache {
+    /// An empty cache for a model of `n_layer` layers.
+    pub fn new(n_layer: usize) -> Self {
+        Self {
+            layers: vec![LayerKv::default(); n_layer],
+        }
+    }
+
+    /// Number of positions cached.
+    pub fn len(&self) -> usize {
+        self.layers.first().map_or(0, |layer| layer.len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Forget the cached positions; the buffers are kept for reuse.
+    pub fn reset(&mut self) {
+        for layer in &mut self.layers {
+            layer.len = 0;
+        }
+    }
+
+    /// Positions the buffers hold before they must grow.
+    pub fn capacity(&self) -> usize {
+        self.layers
+            .first()
+            .and_then(|layer| layer.keys.as_ref())
+            .map_or(0, |keys| keys.dim(2).unwrap_or(0))
+    }
+
+    /// The batch size the cache holds, if it holds anything.
+    fn batch_size(&self) -> Option<usize> {
+        let layer = self.layers.first()?;
+        layer.keys.as_ref().filter(|_| layer.len > 0)?.dim(0).ok()
+    }
+}
+
+/// Room for this many positions at least, to avoid growing on every early step.
+const MIN_CACHE_CAPACITY: usize = 64;
+
+impl LayerKv {
+    /// Append (batch, heads, new, head_dim) keys and values; return all of them so far.
+    fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let new = k.dim(2)?;
+        let needed = self.len + new;
+        let capacity = self.keys.as_ref().map_or(0, |t| t.dim(2).unwrap_or(0));
+        let same_batch = self
+            .keys
+            .as_ref()
+            .is_some_and(|t| t.dim(0).ok() == k.dim(0).ok());
+        if needed > capacity || !same_batch {
+            let capacity = needed.max(2 * capacity).max(MIN_CACHE_CAPACITY);
+            self.keys = Some(grow(
+                self.keys.as_ref().filter(|_| same_batch),
+                k,
+                self.len,
+                capacity,
+            )?);
+            self.values = Some(grow(
+                self.values.as_ref().filter(|_| same_batch),
+                v,
+                self.len,
+                capacity,
+            )?);
+        }
+        let (keys, values) = match (&self.keys, &self.values) {
+            (Some(keys), Some(values)) => (keys, values),
+            _ => {
+                return Err(Error::InvalidInput(
+                    "the KV cache lost its buffers".to_string(),
+                ))
+            }
+        };
+        keys.slice_set(&k.contiguous()?, 2, self.len)?;
+        values.slice_set(&v.contiguous()?, 2, self.len)?;
+        self.len = needed;
+        Ok((keys.narrow(2, 0, needed)?, values.narrow(2, 0, needed)?))
+    }
+}
+
+/// A zeroed (batch, heads, capacity, head_dim) buffer shaped like `like`, holding the first
+/// `len` positions of `old`.
+fn grow(old: Option<&Tensor>, like: &Tensor, len: usize, capacity: usize) -> Result<Tensor> {
+    let (batch, heads, _, head_dim) = like.dims4()?;
+    let buffer = Tensor::zeros(
+        (batch, heads, capacity, head_dim),
+        like.dtype(),
+        like.device(),
+    )?;
+    if let Some(old) = old.filter(|_| len > 0) {
+        buffer.slice_set(&old.narrow(2, 0, len)?.contiguous()?, 2, 0)?;
+    }
+    Ok(buffer)
+}
+
+/// `attn`: causal self-attention with the fused `c_attn` projection.
+/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/gpt2/modeling_gpt2.py#L156>
+#[derive(Debug, Clone)]
+struct Gpt2Attention {
+    c_attn: Linear,
+    c_proj: Linear,
+    n_head: usize,
+    head_dim: usize,
+    scale: f64,
+}
+
+impl Gpt2Attention {
+    fn load(vb: VarBuilder, config: &Gpt2Config, layer_idx: usize) -> Result<Self> {
+        let n_embd = config.n_embd;
+        let head_dim = n_embd / config.n_head;
+        let mut scale = 1.0;
+        if config.scale_attn_weights {
+            scale /= (head_dim as f64).sqrt();
+        }
+        if config.scale_attn_by_inverse_layer_idx {
+            scale /= (layer_idx + 1) as f64;
+        }
+        Ok(Self {
+            c_attn: conv1d(vb.pp("c_attn"), n_embd, 3 * n_embd)?,
+            c_proj: conv1d(vb.pp("c_proj"), n_embd, n_embd)?,
+            n_head: config.n_head,
+            head_dim,
+            scale,
+        })
+    }
+
+    fn forward(
+        &self,
+        hidden: &Tensor,
+        mask: Option<&Tensor>,
+        cache: Option<&mut LayerKv>,
+    ) -> Result<Tensor> {
+        let (batch, seq, n_embd) = hidden.dims3()?;
+        let qkv = self.c_attn.forward(hidden)?;
+        // (batch, seq, n_embd) -> (batch, heads, seq, head_dim)
+        let head = |i: usize| -> Result<Tensor> {
+            Ok(qkv
+                .narrow(2, i * n_embd, n_embd)?
+                .reshape((batch, seq, self.n_head, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        let (q, k, v) = (head(0)?, head(1)?, head(2)?);
+        let (k, v) = match cache {
+            Some(cache) => cache.append(&k, &v)?,
+            None => (k, v),
+        };
+        let context = attention(&q, &k, &v, mask, self.scale)?
+            .transpose(1, 2)?
+            .reshape((batch, seq, n_embd))?;
+        self.c_proj.forward(&context)
+    }
+}
+
+/// `h.N`: pre-norm attention and MLP blocks with residuals.
+/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/gpt2/modeling_gpt2.py#L381>
+#[derive(Debug, Clone)]
+struct Gpt2Block {
+    ln_1: LayerNorm,
+    attn: Gpt2Attention,
+    ln_2: LayerNorm,
+    c_fc: Linear,
+    activation: Activation,
+    c_proj: Linear,
+}
+
+impl Gpt2Block {
+    fn load(vb: VarBuilder, config: &Gpt2Config, layer_idx: usize) -> Result<Self> {
+        let (n_embd, eps) = (config.n_embd, config.layer_norm_epsilon);
+        let mlp = vb.pp("mlp");
+        Ok(Self {
+            ln_1: LayerNorm::load(vb.pp("ln_1"), n_embd, eps)?,
+            attn: Gpt2Attention::load(vb.pp("attn"), config, layer_idx)?,
+            ln_2: LayerNorm::load(vb.pp("ln_2"), n_embd, eps)?,
+            c_fc: conv1d(mlp.pp("c_fc"), n_embd, config.inner_size())?,
+            activation: config.activation_function,
+            c_proj: conv1d(mlp.pp("c_proj"), config.inner_size(), n_embd)?,
+        })
+    }
+
+    fn forward(
+        &self,
+        hidden: &Tensor,
+        mask: Option<&Tensor>,
+        cache: Option<&mut LayerKv>,
+    ) -> Result<Tensor> {
+        let attended = self
+            .attn
+            .forward(&self.ln_1.forward(hidden)?, mask, cache)?;
+        let hidden = (hidden + attended)?;
+        let inner = self
+            .activation
+            .forward(&self.c_fc.forward(&self.ln_2.forward(&hidden)?)?)?;
+        Ok((hidden + self.c_proj.forward(&inner)?)?)
+    }
+}
+
+/// The GPT-2 decoder: `wte`, `wpe`, `h.*`, `ln_f`.
+/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/gpt2/modeling_gpt2.py#L693>
+#[derive(Debug, Clone)]
+pub struct Gpt2Model {
+    wte: Embedding,
+    wpe: Embedding,
+    blocks: Vec<Gpt2Block>,
+    ln_f: LayerNorm,
+    config: Gpt2Config,
+}
+
+impl Gpt2Model {
+    /// Load from `wte`, `wpe`, `h.*`, `ln_f`, at the root or under `transformer.`.
+    pub fn load(vb: VarBuilder, config: &Gpt2Config) -> Result<Self> {
+        let vb = base_model_weights(&vb, "transformer", "wte.weight")?;
+        let h = vb.pp("h");
+        Ok(Self {
+            wte: Embedding::load(vb.pp("wte"), config.vocab_size, config.n_embd)?,
+            wpe: Embedding::load(vb.pp("wpe"), config.n_positions, config.n_embd)?,
+            blocks: (0..config.n_layer)
+                .map(|i| Gpt2Block::load(h.pp(i), config, i))
+                .collect::<Result<_>>()?,
+            ln_f: LayerNorm::load(vb.pp("ln_f"), config.n_embd, config.layer_norm_epsilon)?,
+            config: config.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &Gpt2Config {
+        &self.config
+    }
+
+    /// An empty KV cache for this model.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.config.n_layer)
+    }
+
+    /// Hidden states of the new tokens, (batch, new, n_embd).
+    ///
+    /// `input_ids`: (batch, new), the tokens after those already in `cache`.
+    /// `attention_mask`: (batch, cached + new), 1 for real tokens and 0 for (left) padding,
+    /// covering the cached positions too. Position ids are counted from it, so each row of a
+    /// left-padded batch gives what it gives alone.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let (batch, new) = input_ids.dims2()?;
+        if new == 0 {
+            return Err(Error::InvalidInput("input_ids holds no token".to_string()));
+        }
+        let past = match cache.as_deref() {
+            Some(cache) => {
+                if cache.layers.len() != self.blocks.len() {
+                    return Err(Error::InvalidInput(format!(
+                        "the KV cache has {} layers, the model {}",
+                        cache.layers.len(),
+                        self.blocks.len()
+                    )));
+                }
+                if cache.batch_size().is_some_and(|b| b != batch) {
+                    return Err(Error::InvalidInput(
+                        "the batch size differs from the one in the KV cache".to_string(),
+                    ));
+                }
+                cache.len()
+            }
+            None => 0,
+        };
+        let total = past + new;
+        if total > self.config.n_positions {
+            return Err(Error::InputTooLong {
+                length: total,
+                max: self.config.n_positions,
+            });
+        }
+        if let Some(mask) = attention_mask {
+            if mask.dims() != [batch, total] {
+                return Err(Error::InvalidInput(format!(
+                    "attention_mask has shape {:?}, expected [{batch}, {total}] (cached + new tokens)",
+                    mask.dims()
+                )));
+            }
+        }
+        let device = input_ids.device();
+        let position_ids = position_ids(attention_mask, batch, past, new, device)?;
+        let mut hidden = self
+            .wte
+            .forward(input_ids)?
+            .add(&self.wpe.forward(&position_ids)?)?;
+        let mask = attention_bias(attention_mask, past, new, device)?;
+        for (i, block) in self.blocks.iter().enumerate() {
+            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            hidden = block.forward(&hidden, mask.as_ref(), layer_cache)?;
+        }
+        self.ln_f.forward(&hidden)
+    }
+}
+
+/// (batch, new) position ids of the new tokens. With a mask, positions count real tokens only,
+/// and padding gets 1, as transformers' `generate` does for GPT-2; without one, they continue
+/// from the cache.
+/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/gpt2/modeling_gpt2.py#L1100>
+fn position_ids(
+    attention_mask: Option<&Tensor>,
+    batch: usize,
+    past: usize,
+    new: usize,
+    device: &Device,
+) -> Result<Tensor> {
+    let Some(mask) = attention_mask else {
+        return Ok(Tensor::arange(past as u32, (past + new) as u32, device)?
+            .unsqueeze(0)?
+            .broadcast_as((batch, new))?
+            .contiguous()?);
+    };
+    // In f32: exact for any length a position table can have.
+    let real = mask.to_dtype(DType::F32)?;
+    let counted = (real.cumsum(1)? - 1.0)?;
+    // real * counted + (1 - real) * 1
+    let positions = ((&real * &counted)? + (1.0 - &real)?)?;
+    Ok(positions.narrow(1, past, new)?.to_dtype(DType::U32)?)
+}
+
+/// The additive f32 mask, (batch or 1, 1, new, past + new): causal, plus padding when given.
+/// `None` when nothing is masked (one new token and no padding).
+fn attention_bias(
+    attention_mask: Option<&Tensor>,
+    past: usize,
+    new: usize,
+    device: &Device,
+) -> Result<Option<Tensor>> {
+    let total = past + new;
+    let causal = if new > 1 {
+        let blocked: Vec<f32> = (0..new)
+            .flat_map(|i| (0..total).map(move |j| if j > past + i { f32::MIN } else { 0.0 }))
+            .collect();
+        Some(Tensor::from_vec(blocked, (1, 1, new, total), device)?)
+    } else {
+        None
+    };
+    let padding = attention_mask.map(padding_mask).transpose()?;
+    Ok(match (causal, padding) {
+        (Some(causal), Some(padding)) => Some(causal.broadcast_minimum(&padding)?),
+        (causal, padding) => causal.or(padding),
+    })
+}
+
+/// `GPT2LMHeadModel`: the decoder and `lm_head`, tied to `wte`.
+/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/gpt2/modeling_gpt2.py#L981>
+#[derive(Debug, Clone)]
+pub struct Gpt2LMHeadModel {
+    transformer: Gpt2Model,
+    lm_head: Linear,
+}
+
+impl Gpt2LMHeadModel {
+    pub fn load(vb: VarBuilder, config: &Gpt2Config) -> Result<Self> {
+        let transformer = Gpt2Model::load(vb.clone(), config)?;
+        let lm_head = Linear::new(
+            tied_weight(&vb.pp("lm_head"), "weight", transformer.wte.weight())?,
+            None,
+        );
+        Ok(Self {
+            transformer,
+            lm_head,
+        })
+    }
+
+    pub fn config(&self) -> &Gpt2Config {
+        self.transformer.config()
+    }
+
+    pub fn new_cache(&self) -> KvCache {
+        self.transformer.new_cache()
+    }
+
+    /// Logits of the new tokens, (batch, new, vocab). See [`Gpt2Model::forward`].
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let hidden = self.transformer.forward(input_ids, attention_mask, cache)?;
+        self.lm_head.forward(&hidden)
+    }
+}
+
+/// `GPT2ForSequenceClassification`: `score` on each row's last token that is not padding.
+/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/gpt2/modeling_gpt2.py#L1315>
+#[derive(Debug, Clone)]
+pub struct Gpt2ForSequenceClassification {
+    transformer: Gpt2Model,
+    score: Linear,
+}
+
+impl Gpt2ForSequenceClassification {
+    pub fn load(vb: VarBuilder, config: &Gpt2Config) -> Result<Self> {
+        let score = vb
+            .pp("score")
+            .get((config.num_labels(), config.n_embd), "weight")?;
+        Ok(Self {
+            transformer: Gpt2Model::load(vb.clone(), config)?,
+            score: Linear::new(score, None),
+        })
+    }
+
+    pub fn config(&self) -> &Gpt2Config {
+        self.transformer.config()
+    }
+
+    /// Class logits, (batch, num_labels). Each row is scored at its rightmost token that is not
+    /// `pad_token_id`, which works for left and right padding alike.
+    pub fn forward(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Result<Tensor> {
+        let (batch, seq) = input_ids.dims2()?;
+        let hidden = self.transformer.forward(input_ids, attention_mask, None)?;
+        let logits = self.score.forward(&hidden)?;
+        let last = match self.config().pad_token_id {
+            Some(pad) => {
+                let real = input_ids.ne(pad)?.to_dtype(DType::F32)?;
+                let index = Tensor::arange(0f32, seq as f32, input_ids.device())?;
+                real.broadcast_mul(&index)?.argmax(1)?
+            }
+            None if batch == 1 => Tensor::new(&[seq as u32 - 1], input_ids.device())?,
+            None => {
+                return Err(Error::InvalidInput(
+                    "a batch of several inputs needs pad_token_id in the config to find each \
+                     input's last token"
+                        .to_string(),
+                ))
+            }
+        };
+        let labels = logits.dim(2)?;
+        let index = last
+            .reshape((batch, 1, 1))?
+            .broadcast_as((batch, 1, labels))?
+            .contiguous()?;
+        Ok(logits.gather(&index, 1)?.squeeze(1)?)
+    }
+}
+
+crate::from_pretrained_impls!(gpt2: Gpt2Model, Gpt2LMHeadModel, Gpt2ForSequenceClassification);

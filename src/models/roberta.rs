@@ -1,0 +1,206 @@
+//! RoBERTa and its task heads.
+//!
+//! Reference: transformers v4.57.6, `src/transformers/models/roberta/modeling_roberta.py`
+//! (<https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/roberta/modeling_roberta.py>).
+//! The encoder is BERT's, key for key, so it is [`BertModel`] loaded from `roberta.*` with two
+//! differences handled there: positions start at `pad_token_id + 1` and skip padding, and
+//! there is a single token type (`type_vocab_size` 1). The heads differ and live here.
+
+use candle_core::Tensor;
+use candle_nn::VarBuilder;
+
+use crate::error::{Error, Result};
+use crate::layers::{Activation, LayerNorm, Linear};
+use crate::models::bert::{BertConfig, BertModel, Positions};
+use crate::models::{
+    tied_weight, EncoderOutput, MaskedLmHead, ModelInput, QuestionAnsweringOutput,
+};
+
+/// RoBERTa's `config.json` has BERT's fields; `pad_token_id` (1 in released checkpoints)
+/// decides the position numbering.
+pub type RobertaConfig = BertConfig;
+
+/// The RoBERTa encoder.
+/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/roberta/modeling_roberta.py#L704>
+#[derive(Debug, Clone)]
+pub struct RobertaModel {
+    encoder: BertModel,
+}
+
+impl RobertaModel {
+    /// Load from `embeddings.*`, `encoder.*`, `pooler.*`, at the root or under `roberta.`.
+    pub fn load(vb: VarBuilder, config: &RobertaConfig) -> Result<Self> {
+        let padding_idx = u32::try_from(config.pad_token_id).map_err(|_| {
+            Error::InvalidConfig(format!("pad_token_id {} is too large", config.pad_token_id))
+        })?;
+        let positions = Positions::AfterPadding { padding_idx };
+        Ok(Self {
+            encoder: BertModel::load_with(vb, config, "roberta", positions)?,
+        })
+    }
+
+    /// Token type ids are ignored: RoBERTa has a single type.
+    pub fn forward(&self, input: &ModelInput) -> Result<EncoderOutput> {
+        let input = ModelInput {
+            token_type_ids: None,
+            ..input.clone()
+        };
+        self.encoder.forward(&input)
+    }
+
+    pub fn config(&self) -> &RobertaConfig {
+        self.encoder.config()
+    }
+
+    fn word_embeddings(&self) -> &Tensor {
+        self.encoder.word_embeddings()
+    }
+
+    fn last_hidden_state(&self, input: &ModelInput) -> Result<Tensor> {
+        Ok(self.forward(input)?.last_hidden_state)
+    }
+}
+
+/// `RobertaForMaskedLM`: `lm_head` is dense, GELU, layer norm, then a decoder tied to the word
+/// embeddings, whose bias is `lm_head.bias`.
+/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/roberta/modeling_roberta.py#L1108>
+#[derive(Debug, Clone)]
+pub struct RobertaForMaskedLM {
+    roberta: RobertaModel,
+    head: MaskedLmHead,
+}
+
+impl RobertaForMaskedLM {
+    pub fn load(vb: VarBuilder, config: &RobertaConfig) -> Result<Self> {
+        let roberta = RobertaModel::load(vb.clone(), config)?;
+        let lm_head = vb.pp("lm_head");
+        let decoder = Linear::new(
+            tied_weight(&lm_head, "decoder.weight", roberta.word_embeddings())?,
+            Some(lm_head.get(config.vocab_size, "bias")?),
+        );
+        let head = MaskedLmHead {
+            dense: Linear::load(lm_head.pp("dense"), config.hidden_size, config.hidden_size)?,
+            // RobertaLMHead always applies exact GELU, whatever `hidden_act` says.
+            activation: Activation::Gelu,
+            layer_norm: LayerNorm::load(
+                lm_head.pp("layer_norm"),
+                config.hidden_size,
+                config.layer_norm_eps,
+            )?,
+            decoder,
+        };
+        Ok(Self { roberta, head })
+    }
+
+    /// Vocabulary logits, (batch, seq, vocab).
+    pub fn forward(&self, input: &ModelInput) -> Result<Tensor> {
+        self.head.forward(&self.roberta.last_hidden_state(input)?)
+    }
+
+    pub fn config(&self) -> &RobertaConfig {
+        self.roberta.config()
+    }
+}
+
+/// `RobertaForSequenceClassification`: `classifier.dense`, tanh, `classifier.out_proj`, on the
+/// `<s>` token (no pooler).
+/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/roberta/modeling_roberta.py#L1426>
+#[derive(Debug, Clone)]
+pub struct RobertaForSequenceClassification {
+    roberta: RobertaModel,
+    dense: Linear,
+    out_proj: Linear,
+}
+
+impl RobertaForSequenceClassification {
+    pub fn load(vb: VarBuilder, config: &RobertaConfig) -> Result<Self> {
+        let classifier = vb.pp("classifier");
+        Ok(Self {
+            roberta: RobertaModel::load(vb.clone(), config)?,
+            dense: Linear::load(
+                classifier.pp("dense"),
+                config.hidden_size,
+                config.hidden_size,
+            )?,
+            out_proj: Linear::load(
+                classifier.pp("out_proj"),
+                config.hidden_size,
+                config.num_labels(),
+            )?,
+        })
+    }
+
+    /// Class logits, (batch, num_labels).
+    pub fn forward(&self, input: &ModelInput) -> Result<Tensor> {
+        let hidden = self.roberta.last_hidden_state(input)?;
+        let first = hidden.narrow(1, 0, 1)?.squeeze(1)?;
+        let features = self.dense.forward(&first)?.tanh()?;
+        self.out_proj.forward(&features)
+    }
+
+    pub fn config(&self) -> &RobertaConfig {
+        self.roberta.config()
+    }
+}
+
+/// `RobertaForTokenClassification`: `classifier` on every token.
+/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/roberta/modeling_roberta.py#L1346>
+#[derive(Debug, Clone)]
+pub struct RobertaForTokenClassification {
+    roberta: RobertaModel,
+    classifier: Linear,
+}
+
+impl RobertaForTokenClassification {
+    pub fn load(vb: VarBuilder, config: &RobertaConfig) -> Result<Self> {
+        Ok(Self {
+            roberta: RobertaModel::load(vb.clone(), config)?,
+            classifier: Linear::load(vb.pp("classifier"), config.hidden_size, config.num_labels())?,
+        })
+    }
+
+    /// Per-token class logits, (batch, seq, num_labels).
+    pub fn forward(&self, input: &ModelInput) -> Result<Tensor> {
+        self.classifier
+            .forward(&self.roberta.last_hidden_state(input)?)
+    }
+
+    pub fn config(&self) -> &RobertaConfig {
+        self.roberta.config()
+    }
+}
+
+/// `RobertaForQuestionAnswering`: `qa_outputs` gives a start and an end logit per token.
+/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/roberta/modeling_roberta.py#L1449>
+#[derive(Debug, Clone)]
+pub struct RobertaForQuestionAnswering {
+    roberta: RobertaModel,
+    qa_outputs: Linear,
+}
+
+impl RobertaForQuestionAnswering {
+    pub fn load(vb: VarBuilder, config: &RobertaConfig) -> Result<Self> {
+        Ok(Self {
+            roberta: RobertaModel::load(vb.clone(), config)?,
+            qa_outputs: Linear::load(vb.pp("qa_outputs"), config.hidden_size, 2)?,
+        })
+    }
+
+    pub fn forward(&self, input: &ModelInput) -> Result<QuestionAnsweringOutput> {
+        let hidden = self.roberta.last_hidden_state(input)?;
+        QuestionAnsweringOutput::from_logits(&self.qa_outputs.forward(&hidden)?)
+    }
+
+    pub fn config(&self) -> &RobertaConfig {
+        self.roberta.config()
+    }
+}
+
+crate::from_pretrained_impls!(
+    roberta:
+    RobertaModel,
+    RobertaForMaskedLM,
+    RobertaForSequenceClassification,
+    RobertaForTokenClassification,
+    RobertaForQuestionAnswering
+);

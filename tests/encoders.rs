@@ -1,0 +1,244 @@
+//! RoBERTa and DistilBERT against PyTorch, head by head, on tiny random checkpoints made by
+//! scripts/make_fixtures.py with transformers 4.57.6.
+
+mod common;
+
+use common::*;
+use ferroformers::{
+    DType, DistilBertForMaskedLM, DistilBertForQuestionAnswering,
+    DistilBertForSequenceClassification, DistilBertForTokenClassification, DistilBertModel,
+    EncodeOptions, Error, FromPretrained, HubOptions, LoadOptions, ModelInput, RobertaForMaskedLM,
+    RobertaForQuestionAnswering, RobertaForSequenceClassification, RobertaForTokenClassification,
+    RobertaModel, Tensor, TextInput, Tokenizer,
+};
+
+/// f32 against PyTorch f32.
+const F32_TOLERANCE: f32 = 1e-4;
+/// Padding changes matrix shapes and so summation order: float noise, nothing more.
+const BATCH_TOLERANCE: f32 = 1e-5;
+
+fn load<M: FromPretrained>(name: &str) -> M {
+    let options = LoadOptions::default().with_hub(HubOptions::default().with_offline(true));
+    M::from_pretrained(&fixture_model(name), &options).expect("fixture model loads")
+}
+
+/// Check `forward`'s named outputs on the reference batch against PyTorch, then check that each
+/// input run alone, unpadded, gives its row of the batch.
+fn check<F>(name: &str, forward: F)
+where
+    F: Fn(&ModelInput) -> Vec<(&'static str, Tensor)>,
+{
+    let reference = reference(name);
+    let batch = forward(&reference_input(&reference));
+    for (key, actual) in &batch {
+        assert_close(
+            actual,
+            &reference[*key],
+            F32_TOLERANCE,
+            &format!("{name} {key}"),
+        );
+    }
+    let lengths = lengths(&reference);
+    assert!(
+        lengths.iter().any(|&l| l < lengths[0]),
+        "{name}: the batch must contain padding"
+    );
+    for (i, &len) in lengths.iter().enumerate() {
+        for ((key, alone), (_, batched)) in forward(&single_input(&reference, i, len))
+            .iter()
+            .zip(&batch)
+        {
+            // Per-token outputs keep the real positions of the row; per-input outputs the row.
+            let row_len = (batched.rank() == 3 || *key == "start_logits" || *key == "end_logits")
+                .then_some(len);
+            assert_close(
+                alone,
+                &row(batched, i, row_len),
+                BATCH_TOLERANCE,
+                &format!("{name} input {i} alone: {key}"),
+            );
+        }
+    }
+}
+
+#[test]
+fn roberta_base_matches_pytorch() {
+    let model: RobertaModel = load("roberta/base");
+    check("roberta/base", |input| {
+        let out = model.forward(input).unwrap();
+        vec![
+            ("last_hidden_state", out.last_hidden_state),
+            ("pooler_output", out.pooler_output.unwrap()),
+        ]
+    });
+}
+
+#[test]
+fn roberta_masked_lm_with_tied_decoder_matches_pytorch() {
+    let model: RobertaForMaskedLM = load("roberta/masked-lm");
+    check("roberta/masked-lm", |input| {
+        vec![("logits", model.forward(input).unwrap())]
+    });
+}
+
+#[test]
+fn roberta_sequence_classification_matches_pytorch() {
+    let model: RobertaForSequenceClassification = load("roberta/sequence-classification");
+    check("roberta/sequence-classification", |input| {
+        vec![("logits", model.forward(input).unwrap())]
+    });
+    assert_eq!(model.config().id2label.name(2), "positive");
+}
+
+#[test]
+fn roberta_token_classification_matches_pytorch() {
+    let model: RobertaForTokenClassification = load("roberta/token-classification");
+    check("roberta/token-classification", |input| {
+        vec![("logits", model.forward(input).unwrap())]
+    });
+}
+
+#[test]
+fn roberta_question_answering_matches_pytorch() {
+    let model: RobertaForQuestionAnswering = load("roberta/question-answering");
+    check("roberta/question-answering", |input| {
+        let out = model.forward(input).unwrap();
+        vec![
+            ("start_logits", out.start_logits),
+            ("end_logits", out.end_logits),
+        ]
+    });
+}
+
+#[test]
+fn roberta_positions_start_after_the_padding_index() {
+    // max_position_embeddings 66 with pad_token_id 1: positions 2..=65, so 64 tokens fit and
+    // 65 do not.
+    let model: RobertaModel = load("roberta/base");
+    let device = ferroformers::Device::Cpu;
+    let fits = Tensor::full(5u32, (1, 64), &device).unwrap();
+    assert!(model.forward(&ModelInput::from_ids(fits)).is_ok());
+    let too_long = Tensor::full(5u32, (1, 65), &device).unwrap();
+    match model.forward(&ModelInput::from_ids(too_long)) {
+        Err(Error::InputTooLong {
+            length: 65,
+            max: 64,
+        }) => {}
+        other => panic!("expected InputTooLong, got {other:?}"),
+    }
+}
+
+/// Tokenize the fixture's inputs with our tokenizer and compare with Python's ids and mask.
+fn check_tokenizer(name: &str) {
+    let reference = reference(name);
+    let items: Vec<serde_json::Value> = serde_json::from_str(
+        &std::fs::read_to_string(fixture(&format!("{name}/inputs.json"))).unwrap(),
+    )
+    .unwrap();
+    let inputs: Vec<TextInput> = items
+        .iter()
+        .map(|item| match item {
+            serde_json::Value::String(text) => TextInput::Single(text),
+            serde_json::Value::Array(pair) => {
+                TextInput::Pair(pair[0].as_str().unwrap(), pair[1].as_str().unwrap())
+            }
+            other => panic!("unexpected input {other}"),
+        })
+        .collect();
+    let tokenizer =
+        Tokenizer::from_pretrained(&fixture_model(name), &HubOptions::default()).unwrap();
+    let batch = tokenizer
+        .encode_batch(inputs, &EncodeOptions::default())
+        .unwrap();
+    let input = batch.to_input(&ferroformers::Device::Cpu).unwrap();
+    let ids = |t: &Tensor| t.to_dtype(DType::U32).unwrap().to_vec2::<u32>().unwrap();
+    assert_eq!(
+        ids(&input.input_ids),
+        ids(&reference["input_ids"]),
+        "{name}: input_ids"
+    );
+    assert_eq!(
+        ids(input.attention_mask.as_ref().unwrap()),
+        ids(&reference["attention_mask"]),
+        "{name}: attention_mask"
+    );
+}
+
+#[test]
+fn roberta_tokenizer_json_matches_python() {
+    check_tokenizer("roberta/base");
+}
+
+#[test]
+fn roberta_bpe_from_vocab_json_and_merges_matches_python() {
+    // This folder has no tokenizer.json: <s> ... </s></s> ... </s> from RobertaProcessing, and
+    // <mask> matched whole, built from vocab.json, merges.txt and tokenizer_config.json.
+    assert!(!fixture("roberta/sequence-classification/tokenizer.json").exists());
+    check_tokenizer("roberta/sequence-classification");
+}
+
+#[test]
+fn distilbert_tokenizer_matches_python() {
+    check_tokenizer("distilbert/base");
+}
+
+#[test]
+fn distilbert_base_matches_pytorch() {
+    let model: DistilBertModel = load("distilbert/base");
+    check("distilbert/base", |input| {
+        let out = model.forward(input).unwrap();
+        assert!(out.pooler_output.is_none());
+        vec![("last_hidden_state", out.last_hidden_state)]
+    });
+}
+
+#[test]
+fn distilbert_masked_lm_with_tied_projector_matches_pytorch() {
+    let model: DistilBertForMaskedLM = load("distilbert/masked-lm");
+    check("distilbert/masked-lm", |input| {
+        vec![("logits", model.forward(input).unwrap())]
+    });
+}
+
+#[test]
+fn distilbert_sequence_classification_matches_pytorch() {
+    let model: DistilBertForSequenceClassification = load("distilbert/sequence-classification");
+    check("distilbert/sequence-classification", |input| {
+        vec![("logits", model.forward(input).unwrap())]
+    });
+    assert_eq!(model.config().id2label.name(1), "POSITIVE");
+}
+
+#[test]
+fn distilbert_token_classification_matches_pytorch() {
+    let model: DistilBertForTokenClassification = load("distilbert/token-classification");
+    check("distilbert/token-classification", |input| {
+        vec![("logits", model.forward(input).unwrap())]
+    });
+}
+
+#[test]
+fn distilbert_question_answering_matches_pytorch() {
+    let model: DistilBertForQuestionAnswering = load("distilbert/question-answering");
+    check("distilbert/question-answering", |input| {
+        let out = model.forward(input).unwrap();
+        vec![
+            ("start_logits", out.start_logits),
+            ("end_logits", out.end_logits),
+        ]
+    });
+}
+
+#[test]
+fn loading_one_architecture_as_another_names_both() {
+    let options = LoadOptions::default();
+    let error =
+        RobertaModel::from_pretrained(&fixture_model("distilbert/base"), &options).unwrap_err();
+    match &error {
+        Error::WrongArchitecture { model_type, wanted } => {
+            assert_eq!(model_type, "distilbert");
+            assert_eq!(*wanted, "RoBERTa");
+        }
+        other => panic!("expected WrongArchitecture, got {other:?}"),
+    }
+}
