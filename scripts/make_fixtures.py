@@ -447,6 +447,99 @@ def make_byte_bpe(encoder: dict, merges: list):
     (out / "reference.json").write_text(json.dumps(reference, ensure_ascii=False, indent=1))
 
 
+GENERATION_PROMPTS = [
+    "The quick brown fox",
+    "Hello, my name is",
+    "In a shocking finding, scientists discovered a herd of unicorns living in",
+]
+
+
+def make_generation_references():
+    """Token ids from transformers' `generate` on the tiny GPT-2, and logits processors' outputs.
+
+    Cases with a made-up end-of-sequence token (one the model emits early) exercise stopping,
+    padding of finished rows, and finished beam hypotheses.
+    """
+    folder = FIXTURES / "gpt2" / "lm-head"
+    model = GPT2LMHeadModel.from_pretrained(folder, attn_implementation="eager").eval()
+    tokenizer = GPT2TokenizerFast.from_pretrained(folder)
+    tokenizer.padding_side = "left"
+
+    def run(prompts, **kwargs):
+        batch = tokenizer(prompts, return_tensors="pt", padding=True)
+        with torch.no_grad():
+            out = model.generate(**batch, **kwargs)
+        return {
+            "prompts": prompts,
+            "settings": kwargs,
+            "input_ids": batch["input_ids"].tolist(),
+            "attention_mask": batch["attention_mask"].tolist(),
+            "sequences": out.tolist(),
+        }
+
+    greedy = dict(do_sample=False, max_new_tokens=64)
+    cases = {
+        "greedy": run(GENERATION_PROMPTS[:1], **greedy),
+        "repetition_penalty": run(GENERATION_PROMPTS[:1], repetition_penalty=1.3, **greedy),
+        "no_repeat_ngram": run(GENERATION_PROMPTS[:1], no_repeat_ngram_size=3, **greedy),
+        "beam_search": run(GENERATION_PROMPTS[:1], num_beams=4, num_return_sequences=2, **greedy),
+        "batch": run(GENERATION_PROMPTS, **greedy),
+    }
+    # A token the greedy continuation emits at its 10th step, used as end-of-sequence below.
+    prompt_len = len(cases["greedy"]["input_ids"][0])
+    early_eos = cases["greedy"]["sequences"][0][prompt_len + 9]
+    eos = dict(eos_token_id=early_eos, pad_token_id=tokenizer.eos_token_id)
+    cases["greedy_eos"] = run(GENERATION_PROMPTS[:1], **greedy, **eos)
+    cases["min_new_tokens"] = run(GENERATION_PROMPTS[:1], min_new_tokens=20, **greedy, **eos)
+    cases["batch_eos"] = run(GENERATION_PROMPTS, **greedy, **eos)
+    cases["beam_eos"] = run(GENERATION_PROMPTS[:1], num_beams=4, num_return_sequences=3, **greedy, **eos)
+    cases["beam_early_stopping"] = run(
+        GENERATION_PROMPTS[:1], num_beams=3, early_stopping=True, length_penalty=0.5, **greedy, **eos
+    )
+    cases["beam_never"] = run(
+        GENERATION_PROMPTS[:1], num_beams=3, early_stopping="never", length_penalty=2.0, **greedy, **eos
+    )
+    out = FIXTURES / "generation"
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    (out / "generate.json").write_text(json.dumps(cases, ensure_ascii=False, indent=1))
+
+    # Logits processors on fixed random scores; -inf survives in safetensors, not in JSON.
+    from transformers.generation.logits_process import (
+        MinNewTokensLengthLogitsProcessor,
+        NoRepeatNGramLogitsProcessor,
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    torch.manual_seed(400)
+    vocab = 40
+    scores = torch.randn(3, vocab) * 3
+    input_ids = torch.tensor([[3, 7, 3, 9, 7, 3], [1, 2, 1, 2, 1, 5], [0, 0, 11, 12, 13, 11]])
+    processors = {
+        "repetition_penalty_1.5": RepetitionPenaltyLogitsProcessor(1.5),
+        "repetition_penalty_0.7": RepetitionPenaltyLogitsProcessor(0.7),
+        "no_repeat_ngram_2": NoRepeatNGramLogitsProcessor(2),
+        "no_repeat_ngram_3": NoRepeatNGramLogitsProcessor(3),
+        "min_new_tokens_eos_9": MinNewTokensLengthLogitsProcessor(
+            prompt_length_to_skip=2, min_new_tokens=5, eos_token_id=[9]
+        ),
+        "temperature_0.7": TemperatureLogitsWarper(0.7),
+        "top_k_5": TopKLogitsWarper(5),
+        "top_k_1_keep_2": TopKLogitsWarper(1, min_tokens_to_keep=2),
+        "top_p_0.8": TopPLogitsWarper(0.8),
+        "top_p_0.05": TopPLogitsWarper(0.05),
+        "top_p_0.3_keep_3": TopPLogitsWarper(0.3, min_tokens_to_keep=3),
+    }
+    tensors = {"scores": scores, "input_ids": input_ids}
+    for name, processor in processors.items():
+        tensors[name] = processor(input_ids, scores.clone())
+    save_file(tensors, out / "processors.safetensors")
+
+
 def make_minilm_reference(snapshot: pathlib.Path):
     from sentence_transformers import SentenceTransformer
 
@@ -472,6 +565,7 @@ def main():
     make_byte_bpe(encoder, merges)
     make_roberta(encoder, merges)
     make_gpt2(encoder, merges)
+    make_generation_references()
     make_minilm_reference(snapshot)
     shutil.rmtree(cache)
     total = sum(f.stat().st_size for f in FIXTURES.rglob("*") if f.is_file())

@@ -95,6 +95,10 @@ pub enum Error {
     )]
     InputTooLong { length: usize, max: usize },
 
+    /// A generation setting is out of range or settings contradict each other.
+    #[error("invalid generation setting: {0}")]
+    InvalidGeneration(String),
+
     /// The caller passed inputs that do not fit together (mismatched shapes, empty batch, ...).
     #[error("invalid input: {0}")]
     InvalidInput(String),

@@ -38,6 +38,7 @@ macro_rules! from_pretrained_impls {
 
 pub mod config;
 pub mod error;
+pub mod generation;
 pub mod hub;
 pub mod layers;
 pub mod models;

@@ -5,6 +5,7 @@ use candle_nn::VarBuilder;
 
 use crate::config::ModelConfig;
 use crate::error::Result;
+use crate::generation::GenerationConfig;
 use crate::hub::{HubOptions, ModelSource};
 use crate::tokenizer::Tokenizer;
 use crate::weights::WeightFiles;
@@ -72,6 +73,15 @@ impl Pretrained {
     /// Fetch the weights and open them as `dtype` on `device`.
     pub fn var_builder(&self, dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
         WeightFiles::resolve(&self.source)?.var_builder(dtype, device)
+    }
+
+    /// `generation_config.json`, or when the model has none, the generation fields of
+    /// `config.json` (end and pad tokens), as transformers' `GenerationConfig.from_model_config`.
+    pub fn generation_config(&self) -> Result<GenerationConfig> {
+        match self.source.get("generation_config.json")? {
+            Some(path) => GenerationConfig::from_file(&path),
+            None => GenerationConfig::from_file(&self.source.require("config.json")?),
+        }
     }
 
     /// Fetch the tokenizer files and build the tokenizer.

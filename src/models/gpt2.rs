@@ -150,6 +150,15 @@ impl KvCache {
         }
     }
 
+    /// Make row `i` of the cache a copy of row `parents[i]`, as beam search needs after each
+    /// step. Only rows whose parent is another row are copied.
+    pub fn reorder(&mut self, parents: &[usize]) -> Result<()> {
+        for layer in &mut self.layers {
+            layer.reorder(parents)?;
+        }
+        Ok(())
+    }
+
     /// Positions the buffers hold before they must grow.
     pub fn capacity(&self) -> usize {
         self.layers
@@ -205,6 +214,30 @@ impl LayerKv {
         values.slice_set(&v.contiguous()?, 2, self.len)?;
         self.len = needed;
         Ok((keys.narrow(2, 0, needed)?, values.narrow(2, 0, needed)?))
+    }
+}
+
+impl LayerKv {
+    fn reorder(&mut self, parents: &[usize]) -> Result<()> {
+        for buffer in [&self.keys, &self.values].into_iter().flatten() {
+            let batch = buffer.dim(0)?;
+            if parents.len() != batch || parents.iter().any(|&p| p >= batch) {
+                return Err(Error::InvalidInput(format!(
+                    "cannot reorder a cache of {batch} rows with parents {parents:?}"
+                )));
+            }
+            // Snapshot the source rows first: a row may be both read and overwritten.
+            let moved: Vec<(usize, Tensor)> = parents
+                .iter()
+                .enumerate()
+                .filter(|(row, parent)| row != *parent)
+                .map(|(row, &parent)| Ok((row, buffer.narrow(0, parent, 1)?.copy()?)))
+                .collect::<Result<_>>()?;
+            for (row, source) in moved {
+                buffer.slice_set(&source, 0, row)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -501,6 +534,11 @@ impl Gpt2LMHeadModel {
 
     pub fn new_cache(&self) -> KvCache {
         self.transformer.new_cache()
+    }
+
+    /// The device the weights are on.
+    pub fn device(&self) -> &Device {
+        self.transformer.wte.weight().device()
     }
 
     /// Logits of the new tokens, (batch, new, vocab). See [`Gpt2Model::forward`].

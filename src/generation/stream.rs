@@ -1,0 +1,80 @@
+//! Incremental decoding for streaming: text pieces come out as soon as they are valid UTF-8,
+//! so a character whose bytes span several tokens is never split, and the pieces concatenate
+//! to exactly the full decode.
+
+use crate::error::Result;
+use crate::tokenizer::Tokenizer;
+
+/// Turns generated token ids, one at a time, into text pieces.
+///
+/// Each step decodes the tokens since the last emitted piece together with the few before it
+/// (some tokenizers decode a token differently at the start of a text), and emits the new text
+/// only once it no longer ends in an incomplete character (U+FFFD).
+#[derive(Debug)]
+pub struct TokenStream<'a> {
+    tokenizer: &'a Tokenizer,
+    ids: Vec<u32>,
+    /// Start of the context decoded with the unread tokens.
+    prefix_offset: usize,
+    /// End of what was already emitted.
+    read_offset: usize,
+}
+
+impl<'a> TokenStream<'a> {
+    pub fn new(tokenizer: &'a Tokenizer) -> Self {
+        Self {
+            tokenizer,
+            ids: Vec::new(),
+            prefix_offset: 0,
+            read_offset: 0,
+        }
+    }
+
+    /// Add one token; returns the text it completes, if any.
+    pub fn push(&mut self, id: u32) -> Result<Option<String>> {
+        self.ids.push(id);
+        let context = self.decode(self.prefix_offset, self.read_offset)?;
+        let text = self.decode(self.prefix_offset, self.ids.len())?;
+        if text.len() <= context.len() || text.ends_with('\u{FFFD}') {
+            return Ok(None);
+        }
+        let Some(piece) = text.strip_prefix(context.as_str()) else {
+            // Decoding with one more token rewrote earlier text; emit from the first change.
+            let common = common_prefix(&context, &text);
+            return Ok(Some(self.advance(&text[common..])));
+        };
+        Ok(Some(self.advance(piece)))
+    }
+
+    /// Whatever is left at the end of generation (possibly an incomplete character, shown as
+    /// U+FFFD exactly as the full decode shows it).
+    pub fn finish(&mut self) -> Result<Option<String>> {
+        if self.read_offset == self.ids.len() {
+            return Ok(None);
+        }
+        let context = self.decode(self.prefix_offset, self.read_offset)?;
+        let text = self.decode(self.prefix_offset, self.ids.len())?;
+        let common = common_prefix(&context, &text);
+        let piece = text[common..].to_string();
+        self.read_offset = self.ids.len();
+        Ok((!piece.is_empty()).then_some(piece))
+    }
+
+    fn advance(&mut self, piece: &str) -> String {
+        self.prefix_offset = self.read_offset;
+        self.read_offset = self.ids.len();
+        piece.to_string()
+    }
+
+    fn decode(&self, start: usize, end: usize) -> Result<String> {
+        self.tokenizer.decode(&self.ids[start..end], true)
+    }
+}
+
+/// Length in bytes of the longest common prefix, on a character boundary.
+fn common_prefix(a: &str, b: &str) -> usize {
+    a.char_indices()
+        .zip(b.chars())
+        .find(|((_, ca), cb)| ca != cb)
+        .map_or(a.len().min(b.len()), |((i, _), _)| i)
+}

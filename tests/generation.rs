@@ -1,0 +1,527 @@
+//! Generation against transformers' `generate` (token for token) and its logits processors,
+//! on the tiny GPT-2 fixture. References made by scripts/make_fixtures.py, transformers 4.57.6.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::fixture;
+use ferroformers::generation::processors::{
+    processors_for, LogitsProcessor, MinNewTokens, NoRepeatNGram, RepetitionPenalty, Temperature,
+    TopK, TopP,
+};
+use ferroformers::generation::{
+    sample_index, GenerationConfig, Generator, PromptBatch, TokenStream,
+};
+use ferroformers::{
+    Device, Error, FromPretrained, Gpt2LMHeadModel, HubOptions, LoadOptions, Pretrained, Tokenizer,
+};
+use rand::SeedableRng;
+
+fn model_and_tokenizer() -> (Gpt2LMHeadModel, Tokenizer, Pretrained) {
+    let folder = fixture("gpt2/lm-head").to_string_lossy().into_owned();
+    let options = LoadOptions::default().with_hub(HubOptions::default().with_offline(true));
+    let pretrained = Pretrained::open(&folder, &options.hub).unwrap();
+    let model = Gpt2LMHeadModel::from_pretrained(&folder, &options).unwrap();
+    (model, pretrained.tokenizer().unwrap(), pretrained)
+}
+
+fn cases() -> serde_json::Map<String, serde_json::Value> {
+    let text = std::fs::read_to_string(fixture("generation/generate.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The model's generation_config.json with the case's settings on top, as `generate(**kwargs)`.
+fn config_for(settings: &serde_json::Value) -> GenerationConfig {
+    let base = std::fs::read_to_string(fixture("gpt2/lm-head/generation_config.json")).unwrap();
+    let mut merged: serde_json::Value = serde_json::from_str(&base).unwrap();
+    for (key, value) in settings.as_object().unwrap() {
+        merged[key] = value.clone();
+    }
+    serde_json::from_value(merged).unwrap()
+}
+
+fn rows(value: &serde_json::Value) -> Vec<Vec<u32>> {
+    serde_json::from_value(value.clone()).unwrap()
+}
+
+fn check_case(name: &str) {
+    let (model, tokenizer, _) = model_and_tokenizer();
+    let case = &cases()[name];
+    let config = config_for(&case["settings"]);
+    let prompts =
+        PromptBatch::new(rows(&case["input_ids"]), rows(&case["attention_mask"])).unwrap();
+    let ours = Generator::new(&model, &tokenizer)
+        .generate_ids(&prompts, &config)
+        .unwrap();
+    let expected = rows(&case["sequences"]);
+    assert_eq!(ours.len(), expected.len(), "{name}: number of sequences");
+    for (i, (a, b)) in ours.iter().zip(&expected).enumerate() {
+        assert_eq!(
+            a, b,
+            "{name}: sequence {i} differs from transformers' generate"
+        );
+    }
+}
+
+#[test]
+fn greedy_matches_transformers() {
+    check_case("greedy");
+}
+
+#[test]
+fn greedy_with_repetition_penalty_matches_transformers() {
+    check_case("repetition_penalty");
+}
+
+#[test]
+fn greedy_with_no_repeat_ngram_matches_transformers() {
+    check_case("no_repeat_ngram");
+}
+
+#[test]
+fn beam_search_with_two_returned_sequences_matches_transformers() {
+    check_case("beam_search");
+}
+
+#[test]
+fn batch_of_three_left_padded_prompts_matches_transformers() {
+    check_case("batch");
+}
+
+#[test]
+fn end_token_stops_and_finished_rows_are_padded_like_transformers() {
+    check_case("greedy_eos");
+    check_case("batch_eos");
+}
+
+#[test]
+fn min_new_tokens_holds_back_the_end_token_like_transformers() {
+    check_case("min_new_tokens");
+}
+
+#[test]
+fn beam_search_with_finished_hypotheses_matches_transformers() {
+    check_case("beam_eos");
+    check_case("beam_early_stopping");
+    check_case("beam_never");
+}
+
+#[test]
+fn every_reference_case_generates_at_least_64_tokens_where_required() {
+    let cases = cases();
+    for name in [
+        "greedy",
+        "repetition_penalty",
+        "no_repeat_ngram",
+        "beam_search",
+        "batch",
+    ] {
+        let case = &cases[name];
+        let prompt_len = rows(&case["input_ids"])[0].len();
+        for sequence in rows(&case["sequences"]) {
+            assert!(sequence.len() - prompt_len >= 64, "{name}");
+        }
+    }
+}
+
+/// Each processor on fixed random scores against the output of transformers' processor.
+#[test]
+fn processors_match_transformers_on_fixed_logits() {
+    let tensors =
+        candle_core::safetensors::load(fixture("generation/processors.safetensors"), &Device::Cpu)
+            .unwrap();
+    let scores: Vec<Vec<f32>> = tensors["scores"].to_vec2().unwrap();
+    let input_ids: Vec<Vec<u32>> = tensors["input_ids"]
+        .to_dtype(candle_core::DType::U32)
+        .unwrap()
+        .to_vec2()
+        .unwrap();
+    let processors: HashMap<&str, Box<dyn LogitsProcessor>> = HashMap::from([
+        (
+            "repetition_penalty_1.5",
+            Box::new(RepetitionPenalty::new(1.5).unwrap()) as Box<dyn LogitsProcessor>,
+        ),
+        (
+            "repetition_penalty_0.7",
+            Box::new(RepetitionPenalty::new(0.7).unwrap()),
+        ),
+        (
+            "no_repeat_ngram_2",
+            Box::new(NoRepeatNGram::new(2).unwrap()),
+        ),
+        (
+            "no_repeat_ngram_3",
+            Box::new(NoRepeatNGram::new(3).unwrap()),
+        ),
+        (
+            "min_new_tokens_eos_9",
+            Box::new(MinNewTokens::new(2, 5, vec![9])),
+        ),
+        ("temperature_0.7", Box::new(Temperature::new(0.7).unwrap())),
+        ("top_k_5", Box::new(TopK::new(5, 1).unwrap())),
+        ("top_k_1_keep_2", Box::new(TopK::new(1, 2).unwrap())),
+        ("top_p_0.8", Box::new(TopP::new(0.8, 1).unwrap())),
+        ("top_p_0.05", Box::new(TopP::new(0.05, 1).unwrap())),
+        ("top_p_0.3_keep_3", Box::new(TopP::new(0.3, 3).unwrap())),
+    ]);
+    for (name, processor) in &processors {
+        let expected: Vec<Vec<f32>> = tensors[*name].to_vec2().unwrap();
+        for (row, (ids, want)) in input_ids.iter().zip(&expected).enumerate() {
+            let mut got = scores[row].clone();
+            processor.process(ids, &mut got);
+            for (i, (g, w)) in got.iter().zip(want).enumerate() {
+                let same = (g.is_infinite() && g == w) || (g - w).abs() <= 1e-6;
+                assert!(
+                    same,
+                    "{name}, row {row}, token {i}: ours {g}, transformers {w}"
+                );
+            }
+        }
+        // Something changed, so the comparison is not vacuous.
+        assert_ne!(&expected, &scores, "{name} left the scores unchanged");
+    }
+}
+
+#[test]
+fn out_of_range_settings_are_errors_that_say_what_is_wrong() {
+    let sampling = GenerationConfig::default().sampling(0);
+    let cases: Vec<(GenerationConfig, &str)> = vec![
+        (
+            GenerationConfig {
+                temperature: 0.0,
+                ..sampling.clone()
+            },
+            "temperature",
+        ),
+        (
+            GenerationConfig {
+                temperature: -1.0,
+                ..sampling.clone()
+            },
+            "temperature",
+        ),
+        (
+            GenerationConfig {
+                top_p: 0.0,
+                ..sampling.clone()
+            },
+            "top_p",
+        ),
+        (
+            GenerationConfig {
+                top_p: 1.5,
+                ..sampling.clone()
+            },
+            "top_p",
+        ),
+        (
+            GenerationConfig {
+                top_k: Some(0),
+                ..sampling.clone()
+            },
+            "top_k",
+        ),
+        (
+            GenerationConfig {
+                repetition_penalty: -1.0,
+                ..GenerationConfig::default()
+            },
+            "repetition_penalty",
+        ),
+        (
+            GenerationConfig {
+                repetition_penalty: 0.0,
+                ..GenerationConfig::default()
+            },
+            "repetition_penalty",
+        ),
+        (
+            GenerationConfig {
+                num_beams: 0,
+                ..GenerationConfig::default()
+            },
+            "num_beams",
+        ),
+        (
+            GenerationConfig {
+                num_beams: 2,
+                num_return_sequences: 3,
+                ..GenerationConfig::default()
+            },
+            "num_return_sequences",
+        ),
+        (
+            GenerationConfig {
+                max_new_tokens: Some(0),
+                ..GenerationConfig::default()
+            },
+            "max_new_tokens",
+        ),
+        (
+            GenerationConfig {
+                stop_strings: vec![String::new()],
+                ..GenerationConfig::default()
+            },
+            "stop strings",
+        ),
+    ];
+    for (config, field) in cases {
+        match config.validate() {
+            Err(Error::InvalidGeneration(message)) => {
+                assert!(message.contains(field), "{field}: {message}")
+            }
+            other => panic!("{field}: expected InvalidGeneration, got {other:?}"),
+        }
+    }
+    assert!(
+        TopK::new(0, 1).is_err() && TopP::new(0.0, 1).is_err() && Temperature::new(0.0).is_err()
+    );
+    assert!(RepetitionPenalty::new(-0.5).is_err() && NoRepeatNGram::new(0).is_err());
+}
+
+#[test]
+fn max_new_tokens_beyond_the_context_is_an_error() {
+    let (model, tokenizer, _) = model_and_tokenizer();
+    let config = GenerationConfig::default().with_max_new_tokens(model.config().n_positions);
+    let error = Generator::new(&model, &tokenizer)
+        .generate(&["Hello"], &config)
+        .unwrap_err();
+    assert!(matches!(error, Error::InvalidGeneration(_)), "{error:?}");
+    assert!(error.to_string().contains("positions"), "{error}");
+}
+
+#[test]
+fn sampling_is_reproducible_for_a_seed() {
+    let (model, tokenizer, pretrained) = model_and_tokenizer();
+    let generator = Generator::new(&model, &tokenizer);
+    let config = pretrained
+        .generation_config()
+        .unwrap()
+        .with_max_new_tokens(30)
+        .sampling(7);
+    let first = generator
+        .generate(&["The quick brown fox", "Hello"], &config)
+        .unwrap();
+    let second = generator
+        .generate(&["The quick brown fox", "Hello"], &config)
+        .unwrap();
+    assert_eq!(first, second);
+    let other_seed = generator
+        .generate(
+            &["The quick brown fox", "Hello"],
+            &config.clone().sampling(8),
+        )
+        .unwrap();
+    assert_ne!(
+        first, other_seed,
+        "a different seed should give a different sample"
+    );
+    let greedy = generator
+        .generate(&["The quick brown fox"], &config.clone().greedy())
+        .unwrap();
+    assert_ne!(
+        first[0], greedy[0],
+        "sampling should not collapse to greedy"
+    );
+}
+
+/// Pearson's chi-square statistic of observed counts against expected probabilities.
+fn chi_square(counts: &[usize], probs: &[f64]) -> f64 {
+    let n: usize = counts.iter().sum();
+    counts
+        .iter()
+        .zip(probs)
+        .map(|(&c, &p)| {
+            let expected = p * n as f64;
+            (c as f64 - expected).powi(2) / expected
+        })
+        .sum()
+}
+
+#[test]
+fn sampled_tokens_follow_the_distribution() {
+    // 20,000 draws from a fixed distribution; the 0.1% critical value of chi-square with
+    // 4 degrees of freedom is 18.47, so a correct sampler fails this about once in 1000 seeds
+    // (and this seed is fixed).
+    let probs = [0.5f32, 0.2, 0.15, 0.1, 0.05];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1234);
+    let mut counts = [0usize; 5];
+    for _ in 0..20_000 {
+        counts[sample_index(&probs, &mut rng)] += 1;
+    }
+    let statistic = chi_square(&counts, &probs.map(f64::from));
+    assert!(
+        statistic < 18.47,
+        "chi-square {statistic} for counts {counts:?}"
+    );
+
+    // Through the warpers: temperature 0.5 sharpens, top-k 3 keeps the three best.
+    let logits = [2.0f32, 1.0, 0.5, 0.0, -1.0];
+    let config = GenerationConfig {
+        temperature: 0.5,
+        top_k: Some(3),
+        ..GenerationConfig::default().sampling(0)
+    };
+    let processors = processors_for(&config, 0).unwrap();
+    let mut scores = logits.to_vec();
+    for processor in &processors {
+        processor.process(&[], &mut scores);
+    }
+    let kept: Vec<f64> = logits[..3]
+        .iter()
+        .map(|&l| (f64::from(l) / 0.5).exp())
+        .collect();
+    let total: f64 = kept.iter().sum();
+    let expected: Vec<f64> = kept.iter().map(|k| k / total).collect();
+    let probs = ferroformers_softmax(&scores);
+    let mut counts = [0usize; 5];
+    for _ in 0..20_000 {
+        counts[sample_index(&probs, &mut rng)] += 1;
+    }
+    assert_eq!(
+        counts[3] + counts[4],
+        0,
+        "top-k must remove the two worst tokens"
+    );
+    // 2 degrees of freedom: 0.1% critical value 13.82.
+    let statistic = chi_square(&counts[..3], &expected);
+    assert!(
+        statistic < 13.82,
+        "chi-square {statistic} for counts {counts:?}"
+    );
+}
+
+fn ferroformers_softmax(scores: &[f32]) -> Vec<f32> {
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
+    let sum: f32 = exps.iter().sum();
+    exps.iter().map(|e| e / sum).collect()
+}
+
+#[test]
+fn streaming_never_splits_a_multibyte_character() {
+    let (_, tokenizer, _) = model_and_tokenizer();
+    let text = "naïve café 😀 中文 ok";
+    let ids = tokenizer
+        .encode(text, &Default::default())
+        .unwrap()
+        .get_ids()
+        .to_vec();
+    // The byte-level vocabulary is reduced, so the emoji and CJK bytes are separate tokens:
+    // some tokens on their own are not valid UTF-8.
+    let broken = ids
+        .iter()
+        .filter(|&&id| tokenizer.decode(&[id], false).unwrap().contains('\u{FFFD}'))
+        .count();
+    assert!(
+        broken >= 4,
+        "the test needs tokens that split characters, found {broken}"
+    );
+
+    let mut stream = TokenStream::new(&tokenizer);
+    let mut pieces = Vec::new();
+    for &id in &ids {
+        pieces.extend(stream.push(id).unwrap());
+    }
+    pieces.extend(stream.finish().unwrap());
+    assert!(pieces.iter().all(|p| !p.contains('\u{FFFD}')), "{pieces:?}");
+    assert_eq!(pieces.concat(), text);
+    assert!(
+        pieces.len() > 5,
+        "pieces come out as tokens arrive: {pieces:?}"
+    );
+}
+
+#[test]
+fn streamed_pieces_concatenate_to_the_generated_text() {
+    let (model, tokenizer, pretrained) = model_and_tokenizer();
+    let config = pretrained
+        .generation_config()
+        .unwrap()
+        .with_max_new_tokens(40);
+    let generator = Generator::new(&model, &tokenizer);
+    let prompt = "In a shocking finding";
+    let mut pieces = Vec::new();
+    let streamed = generator
+        .generate_stream(prompt, &config, |piece| pieces.push(piece.to_string()))
+        .unwrap();
+    let plain = generator.generate(&[prompt], &config).unwrap();
+    assert_eq!(streamed, plain[0]);
+    assert_eq!(format!("{prompt}{}", pieces.concat()), streamed.text);
+    assert_eq!(streamed.token_ids.len(), 40);
+}
+
+#[test]
+fn a_stop_string_ends_generation_and_stays_in_the_text() {
+    let (model, tokenizer, pretrained) = model_and_tokenizer();
+    let generator = Generator::new(&model, &tokenizer);
+    let config = pretrained
+        .generation_config()
+        .unwrap()
+        .with_max_new_tokens(64);
+    let prompt = "The quick brown fox";
+    let full = generator.generate(&[prompt], &config).unwrap().remove(0);
+    // A stop string made of two consecutive new tokens that the text before them lacks, so it
+    // is first completed by the second of them.
+    let prompt_ids = tokenizer
+        .encode(prompt, &Default::default())
+        .unwrap()
+        .get_ids()
+        .to_vec();
+    let ids = &full.token_ids;
+    let (end, stop) = (10..ids.len() - 1)
+        .find_map(|k| {
+            let stop = tokenizer.decode(&ids[k..k + 2], true).unwrap();
+            let before = tokenizer
+                .decode(&[prompt_ids.as_slice(), &ids[..k + 1]].concat(), true)
+                .unwrap();
+            let clean = stop.chars().count() >= 2 && !stop.contains('\u{FFFD}');
+            (clean && !before.contains(&stop)).then_some((k + 2, stop))
+        })
+        .expect("some pair of new tokens makes a fresh stop string");
+    let config = GenerationConfig {
+        stop_strings: vec![stop.clone()],
+        ..config
+    };
+    let stopped = generator.generate(&[prompt], &config).unwrap().remove(0);
+    assert_eq!(stopped.token_ids, full.token_ids[..end].to_vec());
+    assert!(
+        stopped.text.ends_with(&stop),
+        "{:?} should end with {stop:?}",
+        stopped.text
+    );
+
+    let mut streamed = String::new();
+    generator
+        .generate_stream(prompt, &config, |piece| streamed.push_str(piece))
+        .unwrap();
+    assert_eq!(format!("{prompt}{streamed}"), stopped.text);
+}
+
+#[test]
+fn generated_token_ids_end_at_the_end_token() {
+    let (model, tokenizer, _) = model_and_tokenizer();
+    let case = &cases()["batch_eos"];
+    let config = config_for(&case["settings"]);
+    let eos = config.eos_token_id[0];
+    let prompts: Vec<String> = serde_json::from_value(case["prompts"].clone()).unwrap();
+    let prompts: Vec<&str> = prompts.iter().map(String::as_str).collect();
+    let results = Generator::new(&model, &tokenizer)
+        .generate(&prompts, &config)
+        .unwrap();
+    let expected = rows(&case["sequences"]);
+    let prompt_len = rows(&case["input_ids"])[0].len();
+    for (result, sequence) in results.iter().zip(&expected) {
+        let new = &sequence[prompt_len..];
+        let end = new
+            .iter()
+            .position(|&t| t == eos)
+            .map_or(new.len(), |i| i + 1);
+        assert_eq!(result.token_ids, new[..end].to_vec());
+    }
+    assert!(
+        results.iter().any(|r| r.token_ids.len() < 64),
+        "one row should stop early"
+    );
+}
