@@ -525,3 +525,21 @@ fn generated_token_ids_end_at_the_end_token() {
         "one row should stop early"
     );
 }
+
+#[test]
+fn any_of_several_end_tokens_stops_generation() {
+    // greedy_eos stops at token 710; listing it after the model's own end token changes nothing.
+    let (model, tokenizer, _) = model_and_tokenizer();
+    let case = &cases()["greedy_eos"];
+    let mut settings = case["settings"].clone();
+    let eos = settings["eos_token_id"].as_u64().unwrap();
+    settings["eos_token_id"] = serde_json::json!([856, eos]);
+    let config = config_for(&settings);
+    assert_eq!(config.eos_token_id, vec![856, eos as u32]);
+    let prompts =
+        PromptBatch::new(rows(&case["input_ids"]), rows(&case["attention_mask"])).unwrap();
+    let ours = Generator::new(&model, &tokenizer)
+        .generate_ids(&prompts, &config)
+        .unwrap();
+    assert_eq!(ours, rows(&case["sequences"]));
+}
