@@ -188,12 +188,7 @@ impl Checker {
         self.check(
             "gpt2/sequence-classification",
             false,
-            |m: &Gpt2ForSequenceClassification, i| {
-                Ok(vec![(
-                    "logits",
-                    m.forward(&i.input_ids, i.attention_mask.as_ref())?,
-                )])
-            },
+            |m: &Gpt2ForSequenceClassification, i| Ok(vec![("logits", m.forward(i)?)]),
         )?;
         self.cached_decoding()
     }

@@ -540,6 +540,167 @@ def make_generation_references():
     save_file(tensors, out / "processors.safetensors")
 
 
+def to_plain(value):
+    """Pipeline outputs (numpy scalars, nested lists) as JSON-ready Python values."""
+    if isinstance(value, dict):
+        return {k: to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v) for v in value]
+    if hasattr(value, "item"):
+        return value.item()
+    return value
+
+
+NER_TEXTS = [
+    "Hugging Face Inc. is a company based in New York City, said Clément Delangue.",
+    "Rust and Python are friends; the quick brown fox jumps over the lazy dog in Paris.",
+]
+QA_CONTEXT = (
+    "The quick brown fox jumps over the lazy dog. It was written by people of the city in 1999. "
+    "Hello world, the capital of France is Paris, and the book was written in the city. "
+    "Many people say the fox is quick and the dog is lazy, but the book says the city is old. "
+    "Who wrote the book? The people of the city wrote it, and they were happy in 1999."
+)
+
+
+def make_pipeline_references():
+    """transformers' pipeline outputs on the fixture models, for tests/pipelines.rs."""
+    from transformers import pipeline
+
+    refs = {}
+    fill = {}
+    for family, text in [
+        ("bert", "The capital of France is [MASK]."),
+        ("distilbert", "The capital of France is [MASK]."),
+        ("roberta", "Paris is the <mask> of France."),
+    ]:
+        pipe = pipeline("fill-mask", model=str(FIXTURES / family / "masked-lm"))
+        fill[family] = {
+            "text": text,
+            "default": to_plain(pipe(text)),
+            "top_k_3": to_plain(pipe(text, top_k=3)),
+        }
+    fill["bert"]["targets"] = ["paris", "the", "quick"]
+    fill["bert"]["targets_output"] = to_plain(
+        pipeline("fill-mask", model=str(FIXTURES / "bert" / "masked-lm"))(
+            fill["bert"]["text"], targets=fill["bert"]["targets"]
+        )
+    )
+    refs["fill_mask"] = fill
+
+    classify = {}
+    texts = ["The quick brown fox.", "Hello, world!", "a"]
+    for family in ["bert", "distilbert", "roberta", "gpt2"]:
+        pipe = pipeline("text-classification", model=str(FIXTURES / family / "sequence-classification"))
+        classify[family] = {
+            "texts": texts,
+            "top_1": to_plain([pipe(t) for t in texts]),
+            "all": to_plain([pipe(t, top_k=None) for t in texts]),
+            "sigmoid": to_plain([pipe(t, top_k=None, function_to_apply="sigmoid") for t in texts]),
+        }
+    pair = {"text": "Who wrote the book?", "text_pair": "The people of the city."}
+    pipe = pipeline("text-classification", model=str(FIXTURES / "bert" / "sequence-classification"))
+    classify["bert"]["pair"] = pair
+    classify["bert"]["pair_output"] = to_plain(pipe(pair, top_k=None))
+    refs["text_classification"] = classify
+
+    ner = {}
+    for family in ["bert", "distilbert", "roberta"]:
+        pipe = pipeline("token-classification", model=str(FIXTURES / family / "token-classification"))
+        ner[family] = {
+            "texts": NER_TEXTS,
+            **{
+                strategy: to_plain([pipe(t, aggregation_strategy=strategy) for t in NER_TEXTS])
+                for strategy in ["none", "simple", "first", "average", "max"]
+            },
+        }
+    refs["token_classification"] = ner
+
+    qa = {}
+    question = "Who wrote the book?"
+    for family in ["bert", "distilbert", "roberta"]:
+        pipe = pipeline("question-answering", model=str(FIXTURES / family / "question-answering"))
+        qa[family] = {
+            "question": question,
+            "context": QA_CONTEXT,
+            "default": to_plain(pipe(question=question, context=QA_CONTEXT)),
+            "top_k_3": to_plain(pipe(question=question, context=QA_CONTEXT, top_k=3)),
+            "impossible": to_plain(
+                pipe(question=question, context=QA_CONTEXT, top_k=2, handle_impossible_answer=True)
+            ),
+            "short": to_plain(pipe(question=question, context=QA_CONTEXT, max_answer_len=3, doc_stride=16)),
+        }
+    refs["question_answering"] = qa
+
+    pipe = pipeline("text-generation", model=str(FIXTURES / "gpt2" / "lm-head"))
+    prompts = ["The quick brown fox", "Hello, my name is"]
+    refs["text_generation"] = {
+        "prompts": prompts,
+        "greedy": to_plain([pipe(p, max_new_tokens=20, do_sample=False) for p in prompts]),
+        "new_text_only": to_plain(
+            [pipe(p, max_new_tokens=20, do_sample=False, return_full_text=False) for p in prompts]
+        ),
+        "beams": to_plain(
+            [pipe(p, max_new_tokens=12, do_sample=False, num_beams=3, num_return_sequences=2) for p in prompts]
+        ),
+    }
+
+    # DialoGPT-style chat, as its model card runs it: turns end with the end token, the model
+    # continues the whole history.
+    model = GPT2LMHeadModel.from_pretrained(FIXTURES / "gpt2" / "lm-head").eval()
+    tokenizer = GPT2TokenizerFast.from_pretrained(FIXTURES / "gpt2" / "lm-head")
+    history = None
+    turns = []
+    for user in ["Hello, how are you?", "What is the capital of France?"]:
+        new = tokenizer.encode(user + tokenizer.eos_token, return_tensors="pt")
+        bot_input = new if history is None else torch.cat([history, new], dim=-1)
+        with torch.no_grad():
+            history = model.generate(
+                bot_input, max_new_tokens=16, do_sample=False, pad_token_id=tokenizer.eos_token_id
+            )
+        reply = tokenizer.decode(history[0, bot_input.shape[-1]:], skip_special_tokens=True)
+        turns.append({"user": user, "reply": reply})
+    refs["chat"] = {"max_new_tokens": 16, "turns": turns}
+
+    (FIXTURES / "pipelines.json").write_text(json.dumps(refs, ensure_ascii=False, indent=1))
+
+
+def make_sentence_transformers():
+    """The tiny BERT as a sentence-transformers model, and its embeddings for each pooling."""
+    from sentence_transformers import SentenceTransformer
+
+    folder = FIXTURES / "bert" / "sentence-transformers"
+    shutil.copytree(FIXTURES / "bert" / "base", folder, dirs_exist_ok=True)
+    for name in ("reference.safetensors", "inputs.json"):
+        (folder / name).unlink()
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+    ]
+    (folder / "modules.json").write_text(json.dumps(modules, indent=1))
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 32, "do_lower_case": False}))
+    sentences = ["The quick brown fox jumps over the lazy dog.", "Hello, world!", "a", "Café déjà vu"]
+    reference = {"sentences": sentences}
+    for mode in ["mean", "cls", "max"]:
+        with tempfile.TemporaryDirectory() as work:
+            shutil.copytree(folder, work, dirs_exist_ok=True)
+            pooling = {
+                "word_embedding_dimension": 32,
+                "pooling_mode_cls_token": mode == "cls",
+                "pooling_mode_mean_tokens": mode == "mean",
+                "pooling_mode_max_tokens": mode == "max",
+                "pooling_mode_mean_sqrt_len_tokens": False,
+            }
+            (pathlib.Path(work) / "1_Pooling").mkdir(exist_ok=True)
+            (pathlib.Path(work) / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=1))
+            if mode == "mean":
+                shutil.copytree(pathlib.Path(work) / "1_Pooling", folder / "1_Pooling", dirs_exist_ok=True)
+            model = SentenceTransformer(work, device="cpu")
+            reference[mode] = model.encode(sentences, convert_to_numpy=True).tolist()
+    (folder / "reference.json").write_text(json.dumps(reference, indent=1))
+
+
 def make_minilm_reference(snapshot: pathlib.Path):
     from sentence_transformers import SentenceTransformer
 
@@ -566,6 +727,8 @@ def main():
     make_roberta(encoder, merges)
     make_gpt2(encoder, merges)
     make_generation_references()
+    make_pipeline_references()
+    make_sentence_transformers()
     make_minilm_reference(snapshot)
     shutil.rmtree(cache)
     total = sum(f.stat().st_size for f in FIXTURES.rglob("*") if f.is_file())

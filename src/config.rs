@@ -62,6 +62,34 @@ impl ModelConfig {
         }
     }
 
+    /// Class names of classification heads (`id2label`).
+    pub fn id2label(&self) -> &Labels {
+        match self {
+            ModelConfig::Bert(c) | ModelConfig::Roberta(c) => &c.id2label,
+            ModelConfig::Distilbert(c) => &c.id2label,
+            ModelConfig::Gpt2(c) => &c.id2label,
+        }
+    }
+
+    /// Number of classes of classification heads.
+    pub fn num_labels(&self) -> usize {
+        match self {
+            ModelConfig::Bert(c) | ModelConfig::Roberta(c) => c.num_labels(),
+            ModelConfig::Distilbert(c) => c.num_labels(),
+            ModelConfig::Gpt2(c) => c.num_labels(),
+        }
+    }
+
+    /// `problem_type`: `single_label_classification`, `multi_label_classification` or
+    /// `regression`, when the config says.
+    pub fn problem_type(&self) -> Option<&str> {
+        match self {
+            ModelConfig::Bert(c) | ModelConfig::Roberta(c) => c.problem_type.as_deref(),
+            ModelConfig::Distilbert(c) => c.problem_type.as_deref(),
+            ModelConfig::Gpt2(c) => c.problem_type.as_deref(),
+        }
+    }
+
     fn validate(&self) -> Result<()> {
         match self {
             ModelConfig::Bert(config) | ModelConfig::Roberta(config) => config.validate(),

@@ -76,6 +76,13 @@ pub enum Error {
         wanted: &'static str,
     },
 
+    /// The architecture has no model for this task.
+    #[error("{model_type} models cannot do {task}; pick a checkpoint of an architecture that can")]
+    UnsupportedTask {
+        model_type: &'static str,
+        task: &'static str,
+    },
+
     /// The weights do not contain what the architecture expects.
     #[error("invalid weights: {0}")]
     InvalidWeights(String),

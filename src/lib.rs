@@ -36,17 +36,24 @@ macro_rules! from_pretrained_impls {
     )*};
 }
 
+pub mod auto;
 pub mod config;
 pub mod error;
 pub mod generation;
+pub mod host;
 pub mod hub;
 pub mod layers;
 pub mod models;
+pub mod pipelines;
 pub mod pooling;
 pub mod pretrained;
 pub mod tokenizer;
 pub mod weights;
 
+pub use auto::{
+    AutoModel, AutoModelForMaskedLM, AutoModelForQuestionAnswering,
+    AutoModelForSequenceClassification, AutoModelForTokenClassification,
+};
 pub use candle_core::{DType, Device, Tensor};
 pub use config::{Labels, ModelConfig};
 pub use error::{Error, Result};

@@ -222,7 +222,11 @@ impl TokenizerConfig {
 #[derive(Debug, Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+    /// `inner` without its post-processor, to encode each text before truncation; the
+    /// post-processor then runs once (running it twice would trim RoBERTa's offsets twice).
+    without_post_processor: tokenizers::Tokenizer,
     pad: Option<(u32, String)>,
+    mask: Option<(u32, String)>,
     model_max_length: Option<usize>,
 }
 
@@ -264,20 +268,24 @@ impl Tokenizer {
         inner
             .with_truncation(None)
             .map_err(|e| Error::tokenizer("cannot clear the stored truncation", e))?;
-        let pad = stored_pad.or_else(|| {
-            let candidates = config
-                .pad_token
+        // The configured token, else the usual names, when the vocabulary has it.
+        let find = |configured: &Option<SpecialToken>, usual: [&str; 2]| {
+            configured
                 .iter()
                 .map(|t| t.content().to_string())
-                .chain(["[PAD]".to_string(), "<pad>".to_string()]);
-            candidates
-                .into_iter()
+                .chain(usual.map(String::from))
                 .find_map(|token| inner.token_to_id(&token).map(|id| (id, token)))
-        });
+        };
+        let pad = stored_pad.or_else(|| find(&config.pad_token, ["[PAD]", "<pad>"]));
+        let mask = find(&config.mask_token, ["[MASK]", "<mask>"]);
+        let mut without_post_processor = inner.clone();
+        without_post_processor.with_post_processor(None::<tokenizers::PostProcessorWrapper>);
         Ok(Self {
-            inner,
+            without_post_processor,
             pad,
+            mask,
             model_max_length: config.model_max_length(),
+            inner,
         })
     }
 
@@ -289,6 +297,55 @@ impl Tokenizer {
     /// `model_max_length` from `tokenizer_config.json`, when it is a real limit.
     pub fn model_max_length(&self) -> Option<usize> {
         self.model_max_length
+    }
+
+    /// The mask token of masked-LM tokenizers, with its id.
+    pub fn mask_token(&self) -> Option<(u32, &str)> {
+        self.mask.as_ref().map(|(id, token)| (*id, token.as_str()))
+    }
+
+    /// The padding token id, when the tokenizer has one.
+    pub fn pad_id(&self) -> Option<u32> {
+        self.pad.as_ref().map(|(id, _)| *id)
+    }
+
+    /// The prefix that marks a word's continuation pieces (`##` for WordPiece); `None` for
+    /// tokenizers that do not mark them (byte-level BPE).
+    pub fn continuing_subword_prefix(&self) -> Option<&str> {
+        match self.inner.get_model() {
+            tokenizers::ModelWrapper::WordPiece(model) => {
+                Some(model.continuing_subword_prefix.as_str())
+            }
+            tokenizers::ModelWrapper::BPE(model) => model.continuing_subword_prefix.as_deref(),
+            _ => None,
+        }
+        .filter(|prefix| !prefix.is_empty())
+    }
+
+    /// The unknown token's id.
+    pub fn unk_id(&self) -> Option<u32> {
+        match self.inner.get_model() {
+            tokenizers::ModelWrapper::WordPiece(model) => self.inner.token_to_id(&model.unk_token),
+            tokenizers::ModelWrapper::BPE(model) => model
+                .unk_token
+                .as_deref()
+                .and_then(|t| self.inner.token_to_id(t)),
+            tokenizers::ModelWrapper::WordLevel(model) => self.inner.token_to_id(&model.unk_token),
+            // Unigram keeps its unknown id private; the conventional token names find it.
+            tokenizers::ModelWrapper::Unigram(_) => ["<unk>", "[UNK]"]
+                .iter()
+                .find_map(|t| self.inner.token_to_id(t)),
+        }
+    }
+
+    /// Join tokens into text the way the tokenizer's decoder does (transformers'
+    /// `convert_tokens_to_string`): `##` pieces glued for WordPiece, bytes for byte-level BPE.
+    pub fn convert_tokens_to_string(&self, tokens: &[String]) -> Result<String> {
+        match self.inner.get_decoder() {
+            Some(decoder) => tokenizers::Decoder::decode(decoder, tokens.to_vec())
+                .map_err(|e| Error::tokenizer("cannot join the tokens", e)),
+            None => Ok(tokens.join(" ")),
+        }
     }
 
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
@@ -312,12 +369,53 @@ impl Tokenizer {
         input: impl Into<TextInput<'a>>,
         options: &EncodeOptions,
     ) -> Result<Encoding> {
-        let (first, second) = match input.into() {
+        let truncation = if options.truncation {
+            let max_length = options
+                .max_length
+                .or(self.model_max_length)
+                .ok_or_else(|| {
+                    Error::InvalidInput(
+                    "truncation needs a max_length: the tokenizer config sets no model_max_length"
+                        .to_string(),
+                )
+                })?;
+            Some((max_length, TruncationStrategy::LongestFirst, 0))
+        } else {
+            None
+        };
+        self.encode_with(input.into(), options.add_special_tokens, truncation)
+    }
+
+    /// A question and a long context as overlapping windows, the way transformers'
+    /// question-answering pipeline cuts them: each window holds the whole question and up to
+    /// `max_length` tokens in all; consecutive windows share `stride` context tokens.
+    pub fn encode_windows(
+        &self,
+        question: &str,
+        context: &str,
+        max_length: usize,
+        stride: usize,
+    ) -> Result<Vec<Encoding>> {
+        let truncation = Some((max_length, TruncationStrategy::OnlySecond, stride));
+        let mut first = self.encode_with(TextInput::Pair(question, context), true, truncation)?;
+        let overflowing = first.take_overflowing();
+        Ok(std::iter::once(first).chain(overflowing).collect())
+    }
+
+    /// Encode the texts without special tokens, truncate them to (max_length, strategy,
+    /// stride) counting the special tokens to come, then add the special tokens.
+    fn encode_with(
+        &self,
+        input: TextInput,
+        add_special_tokens: bool,
+        truncation: Option<(usize, TruncationStrategy, usize)>,
+    ) -> Result<Encoding> {
+        let (first, second) = match input {
             TextInput::Single(text) => (text, None),
             TextInput::Pair(first, second) => (first, Some(second)),
         };
         let encode = |text: &str| {
-            self.inner
+            self.without_post_processor
                 .encode_char_offsets(text, false)
                 .map_err(|e| Error::tokenizer("cannot encode the input", e))
         };
@@ -329,33 +427,25 @@ impl Tokenizer {
                 Ok::<_, Error>(encoding)
             })
             .transpose()?;
-        let (first, second) = if options.truncation {
-            let max_length = options
-                .max_length
-                .or(self.model_max_length)
-                .ok_or_else(|| {
-                    Error::InvalidInput(
-                    "truncation needs a max_length: the tokenizer config sets no model_max_length"
-                        .to_string(),
-                )
-                })?;
-            let special = match (options.add_special_tokens, self.inner.get_post_processor()) {
-                (true, Some(processor)) => processor.added_tokens(second.is_some()),
-                _ => 0,
-            };
-            let params = TruncationParams {
-                max_length: max_length.saturating_sub(special),
-                strategy: TruncationStrategy::LongestFirst,
-                stride: 0,
-                direction: TruncationDirection::Right,
-            };
-            truncate_encodings(first, second, &params)
-                .map_err(|e| Error::tokenizer("cannot truncate the input", e))?
-        } else {
-            (first, second)
+        let (first, second) = match truncation {
+            Some((max_length, strategy, stride)) => {
+                let special = match (add_special_tokens, self.inner.get_post_processor()) {
+                    (true, Some(processor)) => processor.added_tokens(second.is_some()),
+                    _ => 0,
+                };
+                let params = TruncationParams {
+                    max_length: max_length.saturating_sub(special),
+                    strategy,
+                    stride,
+                    direction: TruncationDirection::Right,
+                };
+                truncate_encodings(first, second, &params)
+                    .map_err(|e| Error::tokenizer("cannot truncate the input", e))?
+            }
+            None => (first, second),
         };
         self.inner
-            .post_process(first, second, options.add_special_tokens)
+            .post_process(first, second, add_special_tokens)
             .map_err(|e| Error::tokenizer("cannot add the special tokens", e))
     }
 
@@ -365,10 +455,15 @@ impl Tokenizer {
         I: IntoIterator<Item = T>,
         T: Into<TextInput<'a>>,
     {
-        let mut encodings = inputs
+        let encodings = inputs
             .into_iter()
             .map(|input| self.encode(input, options))
             .collect::<Result<Vec<_>>>()?;
+        self.pad(encodings, options.padding_side)
+    }
+
+    /// Pad encodings to the longest of them.
+    pub fn pad(&self, mut encodings: Vec<Encoding>, side: PaddingSide) -> Result<EncodedBatch> {
         let longest = encodings.iter().map(Encoding::len).max().unwrap_or(0);
         if encodings.iter().any(|e| e.len() != longest) {
             let (pad_id, pad_token) = self.pad.clone().ok_or_else(|| {
@@ -379,7 +474,7 @@ impl Tokenizer {
             })?;
             let params = PaddingParams {
                 strategy: PaddingStrategy::BatchLongest,
-                direction: match options.padding_side {
+                direction: match side {
                     PaddingSide::Right => PaddingDirection::Right,
                     PaddingSide::Left => PaddingDirection::Left,
                 },

@@ -374,7 +374,7 @@ fn sampled_tokens_follow_the_distribution() {
         .collect();
     let total: f64 = kept.iter().sum();
     let expected: Vec<f64> = kept.iter().map(|k| k / total).collect();
-    let probs = ferroformers_softmax(&scores);
+    let probs = ferroformers::host::softmax(&scores);
     let mut counts = [0usize; 5];
     for _ in 0..20_000 {
         counts[sample_index(&probs, &mut rng)] += 1;
@@ -390,13 +390,6 @@ fn sampled_tokens_follow_the_distribution() {
         statistic < 13.82,
         "chi-square {statistic} for counts {counts:?}"
     );
-}
-
-fn ferroformers_softmax(scores: &[f32]) -> Vec<f32> {
-    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let exps: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
-    let sum: f32 = exps.iter().sum();
-    exps.iter().map(|e| e / sum).collect()
 }
 
 #[test]

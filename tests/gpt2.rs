@@ -10,7 +10,8 @@ mod common;
 use common::*;
 use ferroformers::{
     DType, Device, EncodeOptions, Error, FromPretrained, Gpt2ForSequenceClassification,
-    Gpt2LMHeadModel, Gpt2Model, HubOptions, KvCache, LoadOptions, PaddingSide, Tensor, Tokenizer,
+    Gpt2LMHeadModel, Gpt2Model, HubOptions, KvCache, LoadOptions, ModelInput, PaddingSide, Tensor,
+    Tokenizer,
 };
 
 /// f32 against PyTorch f32.
@@ -26,6 +27,14 @@ fn load<M: FromPretrained>(name: &str) -> M {
 fn ids_and_mask(reference: &std::collections::HashMap<String, Tensor>) -> (Tensor, Tensor) {
     let get = |k: &str| reference[k].to_dtype(DType::U32).unwrap();
     (get("input_ids"), get("attention_mask"))
+}
+
+fn with_mask(ids: &Tensor, mask: &Tensor) -> ModelInput {
+    ModelInput {
+        input_ids: ids.clone(),
+        attention_mask: Some(mask.clone()),
+        token_type_ids: None,
+    }
 }
 
 /// The real (unpadded) positions of row `i` of a left-padded (batch, seq, ...) tensor.
@@ -146,7 +155,7 @@ fn sequence_classification_scores_the_last_real_token_like_pytorch() {
     let reference = reference("gpt2/sequence-classification");
     let model: Gpt2ForSequenceClassification = load("gpt2/sequence-classification");
     let (ids, mask) = ids_and_mask(&reference);
-    let logits = model.forward(&ids, Some(&mask)).unwrap();
+    let logits = model.forward(&with_mask(&ids, &mask)).unwrap();
     assert_close(
         &logits,
         &reference["logits"],
@@ -279,7 +288,7 @@ fn sequence_classification_finds_the_last_real_token_with_right_padding_too() {
     let reference = reference("gpt2/sequence-classification");
     let model: Gpt2ForSequenceClassification = load("gpt2/sequence-classification");
     let (ids, mask) = ids_and_mask(&reference);
-    let left = model.forward(&ids, Some(&mask)).unwrap();
+    let left = model.forward(&with_mask(&ids, &mask)).unwrap();
     // The same prompts, padded on the right with the pad token instead.
     let pad = model.config().pad_token_id.unwrap();
     let seq = ids.dim(1).unwrap();
@@ -301,6 +310,6 @@ fn sequence_classification_finds_the_last_real_token_with_right_padding_too() {
     let shape = ids.dims2().unwrap();
     let right_ids = Tensor::from_vec(right_ids, shape, &Device::Cpu).unwrap();
     let right_mask = Tensor::from_vec(right_mask, shape, &Device::Cpu).unwrap();
-    let right = model.forward(&right_ids, Some(&right_mask)).unwrap();
+    let right = model.forward(&with_mask(&right_ids, &right_mask)).unwrap();
     assert_close(&right, &left, SELF_TOLERANCE, "right-padded vs left-padded");
 }

@@ -7,9 +7,10 @@
 //! whose beam changed parent.
 
 use crate::error::Result;
-use crate::generation::processors::{log_softmax, processors_for};
+use crate::generation::processors::processors_for;
 use crate::generation::stop::StopStrings;
 use crate::generation::{CausalLM, EarlyStopping, GenerationConfig, PromptBatch};
+use crate::host::log_softmax;
 
 /// transformers' stand-in for "impossible" in beam scores.
 const IMPOSSIBLE: f32 = -1.0e9;

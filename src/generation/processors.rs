@@ -7,6 +7,7 @@ use std::collections::HashMap;
 
 use crate::error::{Error, Result};
 use crate::generation::GenerationConfig;
+use crate::host::softmax;
 
 /// Changes the scores of one sequence's next token, given the tokens so far (prompt included,
 /// left padding included, as transformers passes them).
@@ -222,25 +223,6 @@ impl LogitsProcessor for TopP {
             scores[index] = f32::NEG_INFINITY;
         }
     }
-}
-
-/// Softmax in f32, with -inf scores getting probability 0.
-pub(crate) fn softmax(scores: &[f32]) -> Vec<f32> {
-    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    if max == f32::NEG_INFINITY {
-        return vec![0.0; scores.len()];
-    }
-    let exps: Vec<f32> = scores.iter().map(|&s| (s - max).exp()).collect();
-    let sum: f32 = exps.iter().sum();
-    exps.into_iter().map(|e| e / sum).collect()
-}
-
-/// Log-softmax in f32, as beam search scores candidates.
-pub(crate) fn log_softmax(scores: &[f32]) -> Vec<f32> {
-    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f32 = scores.iter().map(|&s| (s - max).exp()).sum();
-    let log_sum = sum.ln();
-    scores.iter().map(|&s| s - max - log_sum).collect()
 }
 
 /// The processors and warpers `config` asks for, in transformers' order.

@@ -6,9 +6,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::error::Result;
-use crate::generation::processors::{processors_for, softmax, LogitsProcessor};
+use crate::generation::processors::{processors_for, LogitsProcessor};
 use crate::generation::stop::StopStrings;
 use crate::generation::{CausalLM, GenerationConfig, PromptBatch, Step};
+use crate::host::{argmax, softmax};
 
 /// The random generator of a sampling run: seeded when the config has a seed.
 pub(crate) fn rng(config: &GenerationConfig) -> StdRng {
@@ -34,17 +35,6 @@ pub fn sample_index(probs: &[f32], rng: &mut impl Rng) -> usize {
         }
     }
     last_possible
-}
-
-/// The first index of the highest score, as `torch.argmax` picks it.
-pub(crate) fn argmax(scores: &[f32]) -> usize {
-    let mut best = 0;
-    for (index, &score) in scores.iter().enumerate() {
-        if score > scores[best] {
-            best = index;
-        }
-    }
-    best
 }
 
 /// Choose the next token of one row from its processed scores.

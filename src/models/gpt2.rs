@@ -21,7 +21,7 @@ use crate::layers::{
     attention, padding_mask, require_divisible, require_positive, Activation, Embedding, LayerNorm,
     Linear,
 };
-use crate::models::{base_model_weights, tied_weight};
+use crate::models::{base_model_weights, tied_weight, ModelInput};
 
 /// `GPT2Config` from `config.json`.
 #[derive(Debug, Clone, Deserialize)]
@@ -577,8 +577,10 @@ impl Gpt2ForSequenceClassification {
     }
 
     /// Class logits, (batch, num_labels). Each row is scored at its rightmost token that is not
-    /// `pad_token_id`, which works for left and right padding alike.
-    pub fn forward(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Result<Tensor> {
+    /// `pad_token_id`, which works for left and right padding alike. Token types are ignored.
+    pub fn forward(&self, input: &ModelInput) -> Result<Tensor> {
+        let input_ids = &input.input_ids;
+        let attention_mask = input.attention_mask.as_ref();
         let (batch, seq) = input_ids.dims2()?;
         let hidden = self.transformer.forward(input_ids, attention_mask, None)?;
         let logits = self.score.forward(&hidden)?;

@@ -1,0 +1,87 @@
+//! Pipelines: transformers' `pipeline(task)` in Rust.
+//!
+//! Each pipeline runs preprocess (tokenize, on the host), forward (the model, the only step
+//! on the device) and postprocess (scores to answers, on the host). Inputs are batched
+//! `batch_size` at a time, sorted by length to cut padding, and results come back in input
+//! order. Output fields are named as transformers names them.
+
+pub mod chat;
+pub mod embeddings;
+pub mod fill_mask;
+pub mod question_answering;
+pub mod text_classification;
+pub mod text_generation;
+pub mod token_classification;
+
+pub use chat::Conversation;
+pub use embeddings::{cosine_similarity, EmbeddingsPipeline};
+pub use fill_mask::{FillMaskOptions, FillMaskPipeline, FillMaskPrediction};
+pub use question_answering::{Answer, QuestionAnsweringOptions, QuestionAnsweringPipeline};
+pub use text_classification::{
+    ClassifyOptions, LabelScore, ScoreFunction, TextClassificationPipeline,
+};
+pub use text_generation::{GeneratedText, TextGenerationPipeline};
+pub use token_classification::{AggregationStrategy, Entity, TokenClassificationPipeline};
+
+use candle_core::{DType, Device, Tensor};
+use tokenizers::Encoding;
+
+use crate::error::{Error, Result};
+use crate::models::ModelInput;
+use crate::tokenizer::{PaddingSide, Tokenizer};
+
+/// Inputs per forward pass unless a pipeline is told otherwise.
+pub const DEFAULT_BATCH_SIZE: usize = 8;
+
+/// Run `run` over the items of the given `lengths` in batches of `batch_size`, longest first
+/// (similar lengths share a batch, so little padding), and return the results in input order.
+/// `run` gets the indices of one batch and returns one result per index.
+pub(crate) fn in_batches<T>(
+    lengths: &[usize],
+    batch_size: usize,
+    mut run: impl FnMut(&[usize]) -> Result<Vec<T>>,
+) -> Result<Vec<T>> {
+    if batch_size == 0 {
+        return Err(Error::InvalidInput(
+            "batch_size must be at least 1".to_string(),
+        ));
+    }
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
+    let mut results: Vec<Option<T>> = (0..lengths.len()).map(|_| None).collect();
+    for chunk in order.chunks(batch_size) {
+        let outputs = run(chunk)?;
+        if outputs.len() != chunk.len() {
+            return Err(Error::InvalidInput(
+                "a batch returned the wrong number of results".to_string(),
+            ));
+        }
+        for (&index, output) in chunk.iter().zip(outputs) {
+            results[index] = Some(output);
+        }
+    }
+    results
+        .into_iter()
+        .map(|r| {
+            r.ok_or_else(|| Error::InvalidInput("a batch left an input without result".to_string()))
+        })
+        .collect()
+}
+
+/// Pad the chosen encodings into one model input on `device`.
+pub(crate) fn batch_input(
+    tokenizer: &Tokenizer,
+    encodings: &[Encoding],
+    indices: &[usize],
+    device: &Device,
+) -> Result<ModelInput> {
+    let chosen = indices.iter().map(|&i| encodings[i].clone()).collect();
+    tokenizer.pad(chosen, PaddingSide::Right)?.to_input(device)
+}
+
+/// A (batch, ...) f32 tensor as one host vector per row, rows flattened.
+pub(crate) fn rows_to_host(tensor: &Tensor) -> Result<Vec<Vec<f32>>> {
+    let batch = tensor.dim(0)?;
+    let flat = tensor.to_dtype(DType::F32)?.reshape((batch, ()))?;
+    Ok(flat.to_vec2()?)
+}

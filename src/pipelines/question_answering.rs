@@ -1,0 +1,255 @@
+//! Extractive question answering: transformers' `QuestionAnsweringPipeline` (as of 4.57, the
+//! last line that ships it). Long contexts are cut into overlapping windows; spans are scored
+//! as start × end probabilities and mapped back to whole words of the context.
+//! <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/pipelines/question_answering.py>
+
+use candle_core::Device;
+use serde::Serialize;
+use tokenizers::Encoding;
+
+use crate::auto::AutoModelForQuestionAnswering;
+use crate::error::{Error, Result};
+use crate::pipelines::{batch_input, in_batches, rows_to_host, DEFAULT_BATCH_SIZE};
+use crate::pretrained::{FromPretrained, LoadOptions, Pretrained};
+use crate::tokenizer::Tokenizer;
+
+/// An answer: a span of the context, with character offsets.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Answer {
+    pub score: f32,
+    pub start: usize,
+    pub end: usize,
+    pub answer: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct QuestionAnsweringOptions {
+    /// Answers to return, best first.
+    pub top_k: usize,
+    /// Longest answer, in tokens.
+    pub max_answer_len: usize,
+    /// Also consider "no answer" (an empty answer at 0..0).
+    pub handle_impossible_answer: bool,
+    /// Tokens shared by consecutive windows; default min(max_seq_len / 2, 128).
+    pub doc_stride: Option<usize>,
+    /// Tokens per window; default min(model_max_length, 384).
+    pub max_seq_len: Option<usize>,
+}
+
+impl Default for QuestionAnsweringOptions {
+    fn default() -> Self {
+        Self {
+            top_k: 1,
+            max_answer_len: 15,
+            handle_impossible_answer: false,
+            doc_stride: None,
+            max_seq_len: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct QuestionAnsweringPipeline {
+    model: AutoModelForQuestionAnswering,
+    tokenizer: Tokenizer,
+    cls_id: Option<u32>,
+    device: Device,
+    pub batch_size: usize,
+}
+
+/// A window's start and end logits, on the host.
+struct WindowLogits {
+    start: Vec<f32>,
+    end: Vec<f32>,
+}
+
+impl QuestionAnsweringPipeline {
+    pub fn from_pretrained(model: &str, options: &LoadOptions) -> Result<Self> {
+        let pretrained = Pretrained::open(model, &options.hub)?;
+        let tokenizer = pretrained.tokenizer()?;
+        let cls_id = ["[CLS]", "<s>"]
+            .iter()
+            .find_map(|t| tokenizer.token_to_id(t));
+        let vb = pretrained.var_builder(options.dtype, &options.device)?;
+        Ok(Self {
+            model: AutoModelForQuestionAnswering::from_config(vb, pretrained.config())?,
+            tokenizer,
+            cls_id,
+            device: options.device.clone(),
+            batch_size: DEFAULT_BATCH_SIZE,
+        })
+    }
+
+    /// The best answers to `question` in `context`.
+    pub fn answer(
+        &self,
+        question: &str,
+        context: &str,
+        options: &QuestionAnsweringOptions,
+    ) -> Result<Vec<Answer>> {
+        if question.trim().is_empty() || context.trim().is_empty() {
+            return Err(Error::InvalidInput(
+                "question and context must not be empty".to_string(),
+            ));
+        }
+        // Preprocess: windows over the context.
+        let max_seq_len = options
+            .max_seq_len
+            .unwrap_or_else(|| self.tokenizer.model_max_length().unwrap_or(384).min(384));
+        let doc_stride = options.doc_stride.unwrap_or((max_seq_len / 2).min(128));
+        if doc_stride > max_seq_len {
+            return Err(Error::InvalidInput(format!(
+                "doc_stride ({doc_stride}) is larger than max_seq_len ({max_seq_len})"
+            )));
+        }
+        let windows = self
+            .tokenizer
+            .encode_windows(question, context, max_seq_len, doc_stride)?;
+        // Forward.
+        let lengths: Vec<usize> = windows.iter().map(Encoding::len).collect();
+        let logits = in_batches(&lengths, self.batch_size, |indices| {
+            let input = batch_input(&self.tokenizer, &windows, indices, &self.device)?;
+            let output = self.model.forward(&input)?;
+            let starts = rows_to_host(&output.start_logits)?;
+            let ends = rows_to_host(&output.end_logits)?;
+            Ok(starts
+                .into_iter()
+                .zip(ends)
+                .zip(indices)
+                .map(|((start, end), &i)| WindowLogits {
+                    // Drop the batch's padding: the window's own length.
+                    start: start[..windows[i].len()].to_vec(),
+                    end: end[..windows[i].len()].to_vec(),
+                })
+                .collect())
+        })?;
+        // Postprocess.
+        self.postprocess(context, &windows, &logits, options)
+    }
+
+    fn postprocess(
+        &self,
+        context: &str,
+        windows: &[Encoding],
+        logits: &[WindowLogits],
+        options: &QuestionAnsweringOptions,
+    ) -> Result<Vec<Answer>> {
+        let context_chars: Vec<char> = context.chars().collect();
+        // Candidates may be dropped when aligned to words, so look at more than asked.
+        let pre_top_k = options.top_k * 2 + 10;
+        let mut min_null_score = 1_000_000f32;
+        let mut answers: Vec<Answer> = Vec::new();
+        for (window, logits) in windows.iter().zip(logits) {
+            // Only context tokens (and the CLS token) may be part of an answer.
+            let mut allowed: Vec<bool> = window
+                .get_sequence_ids()
+                .iter()
+                .map(|s| *s == Some(1))
+                .collect();
+            if let Some(cls) = self.cls_id {
+                for (i, &id) in window.get_ids().iter().enumerate() {
+                    if id == cls {
+                        allowed[i] = true;
+                    }
+                }
+            }
+            let start = masked_probabilities(&logits.start, &allowed);
+            let end = masked_probabilities(&logits.end, &allowed);
+            if options.handle_impossible_answer {
+                min_null_score = min_null_score.min(start[0] * end[0]);
+            }
+            for (s, e, score) in
+                decode_spans(&start, &end, pre_top_k, options.max_answer_len, &allowed)
+            {
+                let (start_char, end_char) = word_span(window, s, e);
+                // As Python slices: an empty answer when the span is reversed or out of range.
+                let text: String = context_chars
+                    .get(start_char..end_char)
+                    .map(|chars| chars.iter().collect())
+                    .unwrap_or_default();
+                match answers
+                    .iter_mut()
+                    .find(|a| a.answer.to_lowercase() == text.to_lowercase())
+                {
+                    Some(existing) => existing.score += score,
+                    None => answers.push(Answer {
+                        score,
+                        start: start_char,
+                        end: end_char,
+                        answer: text,
+                    }),
+                }
+            }
+        }
+        if options.handle_impossible_answer {
+            answers.push(Answer {
+                score: min_null_score,
+                start: 0,
+                end: 0,
+                answer: String::new(),
+            });
+        }
+        answers.sort_by(|a, b| b.score.total_cmp(&a.score));
+        answers.truncate(options.top_k);
+        Ok(answers)
+    }
+}
+
+/// Softmax over the allowed positions (the others get -10000 first, as transformers does),
+/// with the CLS position's probability zeroed afterwards.
+fn masked_probabilities(logits: &[f32], allowed: &[bool]) -> Vec<f32> {
+    let masked: Vec<f32> = logits
+        .iter()
+        .zip(allowed)
+        .map(|(&l, &ok)| if ok { l } else { -10000.0 })
+        .collect();
+    let max = masked.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f32> = masked.iter().map(|&l| (l - max).exp()).collect();
+    let sum: f32 = exps.iter().sum();
+    exps.into_iter().map(|e| e / sum).collect()
+}
+
+/// transformers' `decode_spans`: the `top_k` (start, end) pairs by start × end probability,
+/// with start <= end < start + max_answer_len, both positions allowed. The CLS position
+/// (0) never starts or ends a span.
+fn decode_spans(
+    start: &[f32],
+    end: &[f32],
+    top_k: usize,
+    max_answer_len: usize,
+    allowed: &[bool],
+) -> Vec<(usize, usize, f32)> {
+    let mut candidates: Vec<(usize, usize, f32)> = Vec::with_capacity(start.len() * end.len());
+    for (s, &start_p) in start.iter().enumerate() {
+        for (e, &end_p) in end.iter().enumerate() {
+            // Scores outside the band are 0 in transformers' matrix; they still rank.
+            let in_band = e >= s && e < s + max_answer_len;
+            let score = if in_band && s != 0 && e != 0 {
+                start_p * end_p
+            } else {
+                0.0
+            };
+            candidates.push((s, e, score));
+        }
+    }
+    // Best first; ties (zeros) in row-major order.
+    candidates.sort_by(|a, b| b.2.total_cmp(&a.2));
+    candidates.truncate(top_k);
+    candidates
+        .into_iter()
+        .filter(|&(s, e, _)| allowed[s] && allowed[e])
+        .collect()
+}
+
+/// Character span of the context covering the words of tokens `s` to `e`, falling back to the
+/// tokens' own offsets when a token belongs to no word.
+fn word_span(window: &Encoding, s: usize, e: usize) -> (usize, usize) {
+    let chars_of_word = |token: usize| -> Option<(usize, usize)> {
+        let (_, word) = window.token_to_word(token)?;
+        window.word_to_chars(word, 1)
+    };
+    match (chars_of_word(s), chars_of_word(e)) {
+        (Some((start, _)), Some((_, end))) => (start, end),
+        _ => (window.get_offsets()[s].0, window.get_offsets()[e].1),
+    }
+}

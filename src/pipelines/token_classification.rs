@@ -1,0 +1,351 @@
+//! Token classification / NER: transformers' `TokenClassificationPipeline`, with its
+//! aggregation strategies and its quirks (the `word` of an entity is the tokenizer's own
+//! rendering: lower-cased for uncased models, and a group may start with `##`).
+//! <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/pipelines/token_classification.py>
+
+use std::str::FromStr;
+
+use candle_core::Device;
+use serde::Serialize;
+use tokenizers::Encoding;
+
+use crate::auto::AutoModelForTokenClassification;
+use crate::config::Labels;
+use crate::error::{Error, Result};
+use crate::host::{argmax, softmax};
+use crate::pipelines::{batch_input, in_batches, rows_to_host, DEFAULT_BATCH_SIZE};
+use crate::pretrained::{FromPretrained, LoadOptions, Pretrained};
+use crate::tokenizer::{EncodeOptions, Tokenizer};
+
+/// How token predictions become entities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AggregationStrategy {
+    /// One entity per token.
+    None,
+    /// Adjacent tokens with the same entity type form a group.
+    Simple,
+    /// Words take the label of their first token, then group.
+    First,
+    /// Words take the label of their tokens' average scores, then group.
+    Average,
+    /// Words take the label of their most confident token, then group.
+    Max,
+}
+
+impl FromStr for AggregationStrategy {
+    type Err = Error;
+
+    fn from_str(name: &str) -> Result<Self> {
+        Ok(match name {
+            "none" => AggregationStrategy::None,
+            "simple" => AggregationStrategy::Simple,
+            "first" => AggregationStrategy::First,
+            "average" => AggregationStrategy::Average,
+            "max" => AggregationStrategy::Max,
+            other => {
+                return Err(Error::InvalidInput(format!(
+                "unknown aggregation strategy `{other}`: use none, simple, first, average or max"
+            )))
+            }
+        })
+    }
+}
+
+/// An entity. With `AggregationStrategy::None` it is one token, with `entity` and `index`;
+/// otherwise a group, with `entity_group`. `start` and `end` are character offsets.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Entity {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entity: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entity_group: Option<String>,
+    pub score: f32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<usize>,
+    pub word: String,
+    pub start: usize,
+    pub end: usize,
+}
+
+/// A token before aggregation.
+#[derive(Debug, Clone)]
+struct PreEntity {
+    word: String,
+    scores: Vec<f32>,
+    start: usize,
+    end: usize,
+    index: usize,
+    is_subword: bool,
+}
+
+/// A token or word with its label, before grouping.
+#[derive(Debug, Clone)]
+struct Labeled {
+    entity: String,
+    score: f32,
+    index: usize,
+    word: String,
+    start: usize,
+    end: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct TokenClassificationPipeline {
+    model: AutoModelForTokenClassification,
+    tokenizer: Tokenizer,
+    labels: Labels,
+    device: Device,
+    /// Labels left out of the results.
+    pub ignore_labels: Vec<String>,
+    pub batch_size: usize,
+}
+
+impl TokenClassificationPipeline {
+    pub fn from_pretrained(model: &str, options: &LoadOptions) -> Result<Self> {
+        let pretrained = Pretrained::open(model, &options.hub)?;
+        let vb = pretrained.var_builder(options.dtype, &options.device)?;
+        Ok(Self {
+            model: AutoModelForTokenClassification::from_config(vb, pretrained.config())?,
+            tokenizer: pretrained.tokenizer()?,
+            labels: pretrained.config().id2label().clone(),
+            device: options.device.clone(),
+            ignore_labels: vec!["O".to_string()],
+            batch_size: DEFAULT_BATCH_SIZE,
+        })
+    }
+
+    /// The entities of each text.
+    pub fn entities(
+        &self,
+        texts: &[&str],
+        strategy: AggregationStrategy,
+    ) -> Result<Vec<Vec<Entity>>> {
+        // Preprocess: truncated to the model's length, as transformers does.
+        let encode = EncodeOptions {
+            truncation: self.tokenizer.model_max_length().is_some(),
+            ..EncodeOptions::default()
+        };
+        let encodings = texts
+            .iter()
+            .map(|text| self.tokenizer.encode(*text, &encode))
+            .collect::<Result<Vec<_>>>()?;
+        let lengths: Vec<usize> = encodings.iter().map(Encoding::len).collect();
+        // Forward.
+        let logits = in_batches(&lengths, self.batch_size, |indices| {
+            let input = batch_input(&self.tokenizer, &encodings, indices, &self.device)?;
+            let logits = self.model.forward(&input)?;
+            let labels = logits.dim(2)?;
+            Ok(rows_to_host(&logits)?
+                .into_iter()
+                .map(|row| row.chunks(labels).map(<[f32]>::to_vec).collect::<Vec<_>>())
+                .collect())
+        })?;
+        // Postprocess.
+        texts
+            .iter()
+            .zip(&encodings)
+            .zip(&logits)
+            .map(|((text, encoding), logits)| self.postprocess(text, encoding, logits, strategy))
+            .collect()
+    }
+
+    fn postprocess(
+        &self,
+        text: &str,
+        encoding: &Encoding,
+        logits: &[Vec<f32>],
+        strategy: AggregationStrategy,
+    ) -> Result<Vec<Entity>> {
+        let pre_entities = self.gather_pre_entities(text, encoding, logits);
+        let entities = match strategy {
+            AggregationStrategy::None => self
+                .label_tokens(pre_entities)
+                .into_iter()
+                .map(|t| Entity {
+                    entity: Some(t.entity),
+                    entity_group: None,
+                    score: t.score,
+                    index: Some(t.index),
+                    word: t.word,
+                    start: t.start,
+                    end: t.end,
+                })
+                .collect(),
+            AggregationStrategy::Simple => self.group_entities(self.label_tokens(pre_entities))?,
+            _ => self.group_entities(self.aggregate_words(pre_entities, strategy)?)?,
+        };
+        Ok(entities
+            .into_iter()
+            .filter(|e| {
+                let label = e.entity.as_ref().or(e.entity_group.as_ref());
+                !label.is_some_and(|l| self.ignore_labels.contains(l))
+            })
+            .collect())
+    }
+
+    /// Every non-special token with its scores, its text span, and whether it continues a word.
+    fn gather_pre_entities(
+        &self,
+        text: &str,
+        encoding: &Encoding,
+        logits: &[Vec<f32>],
+    ) -> Vec<PreEntity> {
+        let chars: Vec<char> = text.chars().collect();
+        let word_aware = self.tokenizer.continuing_subword_prefix().is_some();
+        let unk = self.tokenizer.unk_id();
+        let mut pre_entities = Vec::new();
+        for (index, (&id, token_logits)) in encoding.get_ids().iter().zip(logits).enumerate() {
+            if encoding.get_special_tokens_mask()[index] == 1 {
+                continue;
+            }
+            let (start, end) = encoding.get_offsets()[index];
+            let word_ref: String = chars[start.min(chars.len())..end.min(chars.len())]
+                .iter()
+                .collect();
+            let mut word = self.tokenizer.id_to_token(id).unwrap_or_default();
+            let mut is_subword = if word_aware {
+                // Python compares lengths in code points.
+                word.chars().count() != word_ref.chars().count()
+            } else {
+                // transformers' fallback for tokenizers that do not mark word pieces: a token
+                // continues a word unless a space touches its start.
+                start > 0 && !chars[start - 1..(start + 1).min(chars.len())].contains(&' ')
+            };
+            if Some(id) == unk {
+                word = word_ref;
+                is_subword = false;
+            }
+            pre_entities.push(PreEntity {
+                word,
+                scores: softmax(token_logits),
+                start,
+                end,
+                index,
+                is_subword,
+            });
+        }
+        pre_entities
+    }
+
+    /// Each token labelled with its best class.
+    fn label_tokens(&self, pre_entities: Vec<PreEntity>) -> Vec<Labeled> {
+        pre_entities
+            .into_iter()
+            .map(|pre| {
+                let best = argmax(&pre.scores);
+                Labeled {
+                    entity: self.labels.name(best),
+                    score: pre.scores[best],
+                    index: pre.index,
+                    word: pre.word,
+                    start: pre.start,
+                    end: pre.end,
+                }
+            })
+            .collect()
+    }
+
+    /// Merge the tokens of each word into one labelled word.
+    fn aggregate_words(
+        &self,
+        pre_entities: Vec<PreEntity>,
+        strategy: AggregationStrategy,
+    ) -> Result<Vec<Labeled>> {
+        let mut words: Vec<Vec<PreEntity>> = Vec::new();
+        for pre in pre_entities {
+            match words.last_mut() {
+                Some(word) if pre.is_subword => word.push(pre),
+                _ => words.push(vec![pre]),
+            }
+        }
+        words
+            .iter()
+            .map(|tokens| self.aggregate_word(tokens, strategy))
+            .collect()
+    }
+
+    fn aggregate_word(
+        &self,
+        tokens: &[PreEntity],
+        strategy: AggregationStrategy,
+    ) -> Result<Labeled> {
+        let pieces: Vec<String> = tokens.iter().map(|t| t.word.clone()).collect();
+        let scores = match strategy {
+            AggregationStrategy::First => tokens[0].scores.clone(),
+            AggregationStrategy::Max => tokens
+                .iter()
+                .fold(&tokens[0], |best, t| {
+                    if max_of(&t.scores) > max_of(&best.scores) {
+                        t
+                    } else {
+                        best
+                    }
+                })
+                .scores
+                .clone(),
+            _ => {
+                let n = tokens.len() as f32;
+                (0..tokens[0].scores.len())
+                    .map(|label| tokens.iter().map(|t| t.scores[label]).sum::<f32>() / n)
+                    .collect()
+            }
+        };
+        let best = argmax(&scores);
+        Ok(Labeled {
+            entity: self.labels.name(best),
+            score: scores[best],
+            index: tokens[0].index,
+            word: self.tokenizer.convert_tokens_to_string(&pieces)?,
+            start: tokens[0].start,
+            end: tokens[tokens.len() - 1].end,
+        })
+    }
+
+    /// Group adjacent entities of the same type; a `B-` tag starts a new group.
+    fn group_entities(&self, entities: Vec<Labeled>) -> Result<Vec<Entity>> {
+        let mut groups: Vec<Vec<Labeled>> = Vec::new();
+        for entity in entities {
+            let (bi, tag) = split_tag(&entity.entity);
+            match groups.last_mut() {
+                Some(group) if bi != "B" && split_tag(&group[group.len() - 1].entity).1 == tag => {
+                    group.push(entity)
+                }
+                _ => groups.push(vec![entity]),
+            }
+        }
+        groups
+            .iter()
+            .map(|group| self.group_sub_entities(group))
+            .collect()
+    }
+
+    fn group_sub_entities(&self, group: &[Labeled]) -> Result<Entity> {
+        let tag = match group[0].entity.split_once('-') {
+            Some((_, tag)) => tag.to_string(),
+            None => group[0].entity.clone(),
+        };
+        let pieces: Vec<String> = group.iter().map(|e| e.word.clone()).collect();
+        Ok(Entity {
+            entity: None,
+            entity_group: Some(tag),
+            score: group.iter().map(|e| e.score).sum::<f32>() / group.len() as f32,
+            index: None,
+            word: self.tokenizer.convert_tokens_to_string(&pieces)?,
+            start: group[0].start,
+            end: group[group.len() - 1].end,
+        })
+    }
+}
+
+fn max_of(values: &[f32]) -> f32 {
+    values.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+}
+
+/// `B-PER` -> ("B", "PER"); `I-PER` -> ("I", "PER"); anything else is a continuation ("I").
+fn split_tag(label: &str) -> (&str, &str) {
+    match label.split_at_checked(2) {
+        Some(("B-", tag)) => ("B", tag),
+        Some(("I-", tag)) => ("I", tag),
+        _ => ("I", label),
+    }
+}

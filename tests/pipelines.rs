@@ -1,0 +1,486 @@
+//! Pipelines against transformers' pipeline outputs on the fixture models
+//! (tests/fixtures/pipelines.json, made by scripts/make_fixtures.py with transformers 4.57.6).
+//! Scores within 1e-4; labels, words, spans, answers and token ids exact.
+
+mod common;
+
+use common::{fixture, fixture_model};
+use ferroformers::pipelines::{
+    cosine_similarity, AggregationStrategy, ClassifyOptions, Conversation, EmbeddingsPipeline,
+    Entity, FillMaskOptions, FillMaskPipeline, QuestionAnsweringOptions, QuestionAnsweringPipeline,
+    ScoreFunction, TextClassificationPipeline, TextGenerationPipeline, TokenClassificationPipeline,
+};
+use ferroformers::{Error, LoadOptions, Pooling, TextInput};
+use serde_json::Value;
+
+const SCORE_TOLERANCE: f64 = 1e-4;
+
+fn references() -> Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture("pipelines.json")).unwrap()).unwrap()
+}
+
+fn options() -> LoadOptions {
+    LoadOptions::default()
+}
+
+/// Compare our JSON with transformers' JSON: numbers named `score` within the tolerance,
+/// everything else exactly.
+fn assert_matches(ours: &Value, theirs: &Value, path: &str) {
+    match (ours, theirs) {
+        (Value::Object(a), Value::Object(b)) => {
+            let mut keys_a: Vec<_> = a.keys().collect();
+            let mut keys_b: Vec<_> = b.keys().collect();
+            keys_a.sort();
+            keys_b.sort();
+            assert_eq!(keys_a, keys_b, "{path}: fields differ");
+            for key in a.keys() {
+                assert_matches(&a[key], &b[key], &format!("{path}.{key}"));
+            }
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            assert_eq!(
+                a.len(),
+                b.len(),
+                "{path}: lengths differ: ours {ours}, theirs {theirs}"
+            );
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                assert_matches(x, y, &format!("{path}[{i}]"));
+            }
+        }
+        (Value::Number(x), Value::Number(y)) if path.ends_with("score") => {
+            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+            assert!(
+                (x - y).abs() <= SCORE_TOLERANCE,
+                "{path}: ours {x}, theirs {y}"
+            );
+        }
+        (Value::Number(x), Value::Number(y)) => {
+            assert_eq!(x.as_f64(), y.as_f64(), "{path}");
+        }
+        _ => assert_eq!(ours, theirs, "{path}"),
+    }
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Value {
+    serde_json::to_value(value).unwrap()
+}
+
+#[test]
+fn fill_mask_matches_transformers() {
+    let refs = references();
+    for family in ["bert", "distilbert", "roberta"] {
+        let case = &refs["fill_mask"][family];
+        let pipeline = FillMaskPipeline::from_pretrained(
+            &fixture_model(&format!("{family}/masked-lm")),
+            &options(),
+        )
+        .unwrap();
+        let text = case["text"].as_str().unwrap();
+        let default = pipeline.fill(&[text], &FillMaskOptions::default()).unwrap();
+        assert_matches(
+            &json(&default[0]),
+            &case["default"],
+            &format!("{family} default"),
+        );
+        let three = pipeline
+            .fill(
+                &[text],
+                &FillMaskOptions {
+                    top_k: 3,
+                    targets: None,
+                },
+            )
+            .unwrap();
+        assert_matches(
+            &json(&three[0]),
+            &case["top_k_3"],
+            &format!("{family} top_k 3"),
+        );
+    }
+    // RoBERTa's byte-level tokens keep their leading space in token_str.
+    let roberta = &refs["fill_mask"]["roberta"]["default"];
+    assert!(roberta
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["token_str"].as_str().unwrap().starts_with(' ')));
+
+    let case = &refs["fill_mask"]["bert"];
+    let pipeline =
+        FillMaskPipeline::from_pretrained(&fixture_model("bert/masked-lm"), &options()).unwrap();
+    let targets: Vec<String> = serde_json::from_value(case["targets"].clone()).unwrap();
+    let ours = pipeline
+        .fill(
+            &[case["text"].as_str().unwrap()],
+            &FillMaskOptions {
+                top_k: 5,
+                targets: Some(targets),
+            },
+        )
+        .unwrap();
+    assert_matches(&json(&ours[0]), &case["targets_output"], "bert targets");
+}
+
+#[test]
+fn fill_mask_needs_exactly_one_mask() {
+    let pipeline =
+        FillMaskPipeline::from_pretrained(&fixture_model("bert/masked-lm"), &options()).unwrap();
+    for text in ["no mask here", "two [MASK] masks [MASK]"] {
+        let error = pipeline
+            .fill(&[text], &FillMaskOptions::default())
+            .unwrap_err();
+        assert!(matches!(error, Error::InvalidInput(_)), "{error:?}");
+        assert!(error.to_string().contains("[MASK]"), "{error}");
+    }
+}
+
+#[test]
+fn text_classification_matches_transformers() {
+    let refs = references();
+    for family in ["bert", "distilbert", "roberta", "gpt2"] {
+        let case = &refs["text_classification"][family];
+        let pipeline = TextClassificationPipeline::from_pretrained(
+            &fixture_model(&format!("{family}/sequence-classification")),
+            &options(),
+        )
+        .unwrap();
+        let texts: Vec<String> = serde_json::from_value(case["texts"].clone()).unwrap();
+        let inputs: Vec<TextInput> = texts.iter().map(|t| TextInput::Single(t)).collect();
+        let top_1 = pipeline
+            .classify(&inputs, &ClassifyOptions::default())
+            .unwrap();
+        assert_matches(&json(&top_1), &case["top_1"], &format!("{family} top 1"));
+        let all = pipeline
+            .classify(
+                &inputs,
+                &ClassifyOptions {
+                    top_k: None,
+                    ..ClassifyOptions::default()
+                },
+            )
+            .unwrap();
+        assert_matches(&json(&all), &case["all"], &format!("{family} all"));
+        let sigmoid = ClassifyOptions {
+            top_k: None,
+            function_to_apply: Some(ScoreFunction::Sigmoid),
+            ..ClassifyOptions::default()
+        };
+        assert_matches(
+            &json(&pipeline.classify(&inputs, &sigmoid).unwrap()),
+            &case["sigmoid"],
+            &format!("{family} sigmoid"),
+        );
+    }
+    let case = &refs["text_classification"]["bert"];
+    let pipeline = TextClassificationPipeline::from_pretrained(
+        &fixture_model("bert/sequence-classification"),
+        &options(),
+    )
+    .unwrap();
+    let pair = TextInput::Pair(
+        case["pair"]["text"].as_str().unwrap(),
+        case["pair"]["text_pair"].as_str().unwrap(),
+    );
+    let ours = pipeline
+        .classify(
+            &[pair],
+            &ClassifyOptions {
+                top_k: None,
+                ..ClassifyOptions::default()
+            },
+        )
+        .unwrap();
+    assert_matches(&json(&ours[0]), &case["pair_output"], "bert pair");
+}
+
+#[test]
+fn multi_label_configs_use_sigmoid() {
+    // The same model with problem_type multi_label_classification in its config.
+    let folder = tempfile::tempdir().unwrap();
+    let source = fixture("bert/sequence-classification");
+    for entry in std::fs::read_dir(&source).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), folder.path().join(entry.file_name())).unwrap();
+    }
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(source.join("config.json")).unwrap())
+            .unwrap();
+    config["problem_type"] = Value::from("multi_label_classification");
+    std::fs::write(folder.path().join("config.json"), config.to_string()).unwrap();
+    let pipeline =
+        TextClassificationPipeline::from_pretrained(&folder.path().to_string_lossy(), &options())
+            .unwrap();
+    let refs = references();
+    let case = &refs["text_classification"]["bert"];
+    let texts: Vec<String> = serde_json::from_value(case["texts"].clone()).unwrap();
+    let inputs: Vec<TextInput> = texts.iter().map(|t| TextInput::Single(t)).collect();
+    let ours = pipeline
+        .classify(
+            &inputs,
+            &ClassifyOptions {
+                top_k: None,
+                ..ClassifyOptions::default()
+            },
+        )
+        .unwrap();
+    assert_matches(&json(&ours), &case["sigmoid"], "multi-label");
+}
+
+#[test]
+fn token_classification_matches_transformers_for_every_aggregation() {
+    let refs = references();
+    for family in ["bert", "distilbert", "roberta"] {
+        let case = &refs["token_classification"][family];
+        let pipeline = TokenClassificationPipeline::from_pretrained(
+            &fixture_model(&format!("{family}/token-classification")),
+            &options(),
+        )
+        .unwrap();
+        let texts: Vec<String> = serde_json::from_value(case["texts"].clone()).unwrap();
+        let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+        for strategy in ["none", "simple", "first", "average", "max"] {
+            let ours: Vec<Vec<Entity>> = pipeline
+                .entities(&texts, strategy.parse().unwrap())
+                .unwrap();
+            assert_matches(
+                &json(&ours),
+                &case[strategy],
+                &format!("{family} {strategy}"),
+            );
+        }
+    }
+    // The quirks: uncased words, a group that starts with ##.
+    let bert = &refs["token_classification"]["bert"]["simple"][0];
+    assert!(bert
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["word"].as_str().unwrap().starts_with("##")));
+}
+
+#[test]
+fn unknown_aggregation_strategy_is_an_error() {
+    assert!("loose".parse::<AggregationStrategy>().is_err());
+}
+
+#[test]
+fn question_answering_matches_transformers() {
+    let refs = references();
+    for family in ["bert", "distilbert", "roberta"] {
+        let case = &refs["question_answering"][family];
+        let pipeline = QuestionAnsweringPipeline::from_pretrained(
+            &fixture_model(&format!("{family}/question-answering")),
+            &options(),
+        )
+        .unwrap();
+        let (question, context) = (
+            case["question"].as_str().unwrap(),
+            case["context"].as_str().unwrap(),
+        );
+        let run = |options: QuestionAnsweringOptions| {
+            json(&pipeline.answer(question, context, &options).unwrap())
+        };
+        let default = QuestionAnsweringOptions::default();
+        // transformers returns a single answer bare, several as a list.
+        assert_matches(
+            &run(default.clone())[0],
+            &case["default"],
+            &format!("{family} default"),
+        );
+        assert_matches(
+            &run(QuestionAnsweringOptions {
+                top_k: 3,
+                ..default.clone()
+            }),
+            &case["top_k_3"],
+            &format!("{family} top 3"),
+        );
+        let impossible = QuestionAnsweringOptions {
+            top_k: 2,
+            handle_impossible_answer: true,
+            ..default.clone()
+        };
+        assert_matches(
+            &run(impossible),
+            &case["impossible"],
+            &format!("{family} impossible"),
+        );
+        let short = QuestionAnsweringOptions {
+            max_answer_len: 3,
+            doc_stride: Some(16),
+            ..default
+        };
+        assert_matches(&run(short)[0], &case["short"], &format!("{family} short"));
+    }
+}
+
+#[test]
+fn text_generation_matches_transformers() {
+    let refs = references();
+    let case = &refs["text_generation"];
+    let pipeline =
+        TextGenerationPipeline::from_pretrained(&fixture_model("gpt2/lm-head"), &options())
+            .unwrap();
+    let prompts: Vec<String> = serde_json::from_value(case["prompts"].clone()).unwrap();
+    let prompts: Vec<&str> = prompts.iter().map(String::as_str).collect();
+    let config = pipeline.config().clone().with_max_new_tokens(20);
+    let texts = |outputs: Vec<Vec<ferroformers::pipelines::GeneratedText>>| -> Value {
+        Value::Array(
+            outputs
+                .iter()
+                .map(|seqs| {
+                    Value::Array(
+                        seqs.iter()
+                            .map(|g| serde_json::json!({"generated_text": g.generated_text}))
+                            .collect(),
+                    )
+                })
+                .collect(),
+        )
+    };
+    assert_matches(
+        &texts(pipeline.generate(&prompts, &config, true).unwrap()),
+        &case["greedy"],
+        "greedy",
+    );
+    assert_matches(
+        &texts(pipeline.generate(&prompts, &config, false).unwrap()),
+        &case["new_text_only"],
+        "new text only",
+    );
+    let beams = ferroformers::generation::GenerationConfig {
+        num_beams: 3,
+        num_return_sequences: 2,
+        ..pipeline.config().clone().with_max_new_tokens(12)
+    };
+    assert_matches(
+        &texts(pipeline.generate(&prompts, &beams, true).unwrap()),
+        &case["beams"],
+        "beams",
+    );
+}
+
+#[test]
+fn chat_matches_a_dialogpt_loop_in_transformers() {
+    let refs = references();
+    let case = &refs["chat"];
+    let pipeline =
+        TextGenerationPipeline::from_pretrained(&fixture_model("gpt2/lm-head"), &options())
+            .unwrap();
+    let config = pipeline
+        .config()
+        .clone()
+        .with_max_new_tokens(case["max_new_tokens"].as_u64().unwrap() as usize);
+    let mut conversation = Conversation::new(&pipeline);
+    for turn in case["turns"].as_array().unwrap() {
+        let reply = conversation
+            .respond(turn["user"].as_str().unwrap(), &config)
+            .unwrap();
+        assert_eq!(reply, turn["reply"].as_str().unwrap());
+    }
+    assert_eq!(conversation.len(), 4);
+}
+
+#[test]
+fn chat_drops_the_oldest_turns_when_the_history_outgrows_the_context() {
+    let pipeline =
+        TextGenerationPipeline::from_pretrained(&fixture_model("gpt2/lm-head"), &options())
+            .unwrap();
+    let config = pipeline.config().clone().with_max_new_tokens(40);
+    let mut conversation = Conversation::new(&pipeline);
+    // 128 positions: three turns of about 40 tokens plus replies cannot all stay.
+    for _ in 0..4 {
+        conversation
+            .respond(
+                "The quick brown fox jumps over the lazy dog again and again.",
+                &config,
+            )
+            .unwrap();
+    }
+    assert!(
+        conversation.len() < 8,
+        "old turns were dropped: {} kept",
+        conversation.len()
+    );
+}
+
+#[test]
+fn embeddings_follow_the_sentence_transformers_modules() {
+    // Mean pooling and Normalize from modules.json; cls and max chosen by the user (the
+    // references keep the Normalize module).
+    let folder = fixture("bert/sentence-transformers");
+    let reference: Value =
+        serde_json::from_str(&std::fs::read_to_string(folder.join("reference.json")).unwrap())
+            .unwrap();
+    let sentences: Vec<String> = serde_json::from_value(reference["sentences"].clone()).unwrap();
+    let sentences: Vec<&str> = sentences.iter().map(String::as_str).collect();
+    let pipeline =
+        EmbeddingsPipeline::from_pretrained(&folder.to_string_lossy(), &options()).unwrap();
+    assert_eq!(
+        (pipeline.pooling(), pipeline.normalize()),
+        (Pooling::Mean, true)
+    );
+    for (mode, pipeline) in [
+        ("mean", pipeline.clone()),
+        ("cls", pipeline.clone().with_pooling(Pooling::Cls)),
+        ("max", pipeline.with_pooling(Pooling::Max)),
+    ] {
+        let ours = pipeline.embed(&sentences).unwrap();
+        let theirs: Vec<Vec<f32>> = serde_json::from_value(reference[mode].clone()).unwrap();
+        for (a, b) in ours.iter().zip(&theirs) {
+            let diff = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(diff <= 1e-4, "{mode}: max abs difference {diff}");
+        }
+    }
+}
+
+#[test]
+fn cosine_similarity_of_known_vectors() {
+    assert!((cosine_similarity(&[1.0, 0.0], &[0.0, 2.0])).abs() < 1e-7);
+    assert!((cosine_similarity(&[1.0, 2.0], &[2.0, 4.0]) - 1.0).abs() < 1e-6);
+    assert!((cosine_similarity(&[1.0, 0.0], &[-3.0, 0.0]) + 1.0).abs() < 1e-6);
+    assert_eq!(cosine_similarity(&[0.0, 0.0], &[1.0, 1.0]), 0.0);
+}
+
+#[test]
+fn batching_returns_results_in_input_order() {
+    let pipeline = TextClassificationPipeline::from_pretrained(
+        &fixture_model("bert/sequence-classification"),
+        &options(),
+    )
+    .unwrap();
+    let texts = [
+        "a",
+        "The quick brown fox jumps over the lazy dog.",
+        "Hello, world!",
+        "the fox",
+        "Paris",
+    ];
+    let inputs: Vec<TextInput> = texts.iter().map(|t| TextInput::Single(t)).collect();
+    let all = ClassifyOptions {
+        top_k: None,
+        ..ClassifyOptions::default()
+    };
+    let batched = {
+        let mut p = pipeline.clone();
+        p.batch_size = 2;
+        p.classify(&inputs, &all).unwrap()
+    };
+    for (i, input) in inputs.iter().enumerate() {
+        let alone = pipeline.classify(&[*input], &all).unwrap().remove(0);
+        for (a, b) in alone.iter().zip(&batched[i]) {
+            assert_eq!(a.label, b.label);
+            assert!(
+                (a.score - b.score).abs() < 1e-5,
+                "{}: {} vs {}",
+                texts[i],
+                a.score,
+                b.score
+            );
+        }
+    }
+}
