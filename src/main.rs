@@ -1,0 +1,43 @@
+//! The `ferroformers` command: every pipeline from the shell, with JSON Lines output.
+//!
+//!     ferroformers classify -m distilbert-base-uncased-finetuned-sst-2-english "I love it"
+//!     echo "Paris is the [MASK] of France." | ferroformers fill-mask -m bert-base-uncased --json
+//!
+//! Errors are one line on stderr and a non-zero exit code.
+
+mod cli;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = match cli::Cli::try_parse() {
+        Ok(args) => args,
+        Err(error) => {
+            // --help and --version are not errors; print them whole.
+            if !error.use_stderr() {
+                let _ = error.print();
+                return ExitCode::SUCCESS;
+            }
+            let message = error.to_string();
+            let first_line = message.lines().next().unwrap_or("invalid arguments");
+            eprintln!("{first_line} (see --help)");
+            return ExitCode::from(2);
+        }
+    };
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    match cli::run(args, &mut out).and_then(|()| out.flush().map_err(cli::CliError::from)) {
+        Ok(()) => ExitCode::SUCCESS,
+        // A closed pipe (`| head`) is the reader's choice, not an error.
+        Err(cli::CliError::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {}", error.to_string().replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}

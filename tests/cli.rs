@@ -1,0 +1,273 @@
+//! The `ferroformers` command end to end: JSON Lines shapes and values, stdin, exit codes.
+//! Every run is offline with its own Hub cache, so nothing reaches the network.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use common::{fixture, fixture_model};
+use serde_json::Value;
+
+fn ferroformers(args: &[&str], stdin: Option<&str>) -> Output {
+    let home = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferroformers"))
+        .args(args)
+        .env("HF_HOME", home.path())
+        .env("HF_HUB_OFFLINE", "1")
+        .env_remove("HF_HUB_CACHE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pipe = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        pipe.write_all(text.as_bytes()).unwrap();
+    }
+    drop(pipe);
+    child.wait_with_output().unwrap()
+}
+
+/// Successful run: its JSON lines.
+fn json_lines(output: &Output) -> Vec<Value> {
+    assert!(
+        output.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone())
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+fn references() -> Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture("pipelines.json")).unwrap()).unwrap()
+}
+
+fn assert_close(ours: &Value, theirs: &Value) {
+    match (ours, theirs) {
+        (Value::Number(a), Value::Number(b)) => {
+            assert!(
+                (a.as_f64().unwrap() - b.as_f64().unwrap()).abs() <= 1e-4,
+                "{a} vs {b}"
+            )
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            assert_eq!(a.len(), b.len());
+            a.iter().zip(b).for_each(|(x, y)| assert_close(x, y));
+        }
+        (Value::Object(a), Value::Object(b)) => {
+            assert_eq!(a.len(), b.len(), "{ours} vs {theirs}");
+            a.iter().for_each(|(k, v)| assert_close(v, &b[k]));
+        }
+        _ => assert_eq!(ours, theirs),
+    }
+}
+
+#[test]
+fn classify_prints_one_json_array_per_input_in_order() {
+    let refs = references();
+    let case = &refs["text_classification"]["bert"];
+    let texts: Vec<&str> = case["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    let model = fixture_model("bert/sequence-classification");
+    let mut args = vec!["classify", "-m", &model, "--json"];
+    args.extend(&texts);
+    let lines = json_lines(&ferroformers(&args, None));
+    assert_eq!(lines.len(), texts.len());
+    for (line, expected) in lines.iter().zip(case["all"].as_array().unwrap()) {
+        assert_close(line, expected);
+    }
+}
+
+#[test]
+fn texts_come_from_stdin_one_per_line() {
+    let model = fixture_model("bert/sequence-classification");
+    let refs = references();
+    let case = &refs["text_classification"]["bert"];
+    let stdin: String = case["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| format!("{}\n", t.as_str().unwrap()))
+        .collect();
+    let lines = json_lines(&ferroformers(
+        &["classify", "-m", &model, "--json", "--top-k", "1", "-"],
+        Some(&stdin),
+    ));
+    assert_eq!(lines.len(), 3);
+    for (line, expected) in lines.iter().zip(case["top_1"].as_array().unwrap()) {
+        assert_close(line, expected);
+    }
+}
+
+#[test]
+fn fill_mask_json_has_transformers_fields() {
+    let refs = references();
+    let case = &refs["fill_mask"]["roberta"];
+    let model = fixture_model("roberta/masked-lm");
+    let lines = json_lines(&ferroformers(
+        &[
+            "fill-mask",
+            "-m",
+            &model,
+            "--json",
+            case["text"].as_str().unwrap(),
+        ],
+        None,
+    ));
+    assert_eq!(lines.len(), 1);
+    assert_close(&lines[0], &case["default"]);
+}
+
+#[test]
+fn ner_json_groups_by_default_and_lists_tokens_with_none() {
+    let refs = references();
+    let case = &refs["token_classification"]["bert"];
+    let model = fixture_model("bert/token-classification");
+    let text = case["texts"][0].as_str().unwrap();
+    let grouped = json_lines(&ferroformers(&["ner", "-m", &model, "--json", text], None));
+    assert_close(&grouped[0], &case["simple"][0]);
+    let tokens = json_lines(&ferroformers(
+        &["ner", "-m", &model, "--json", "--aggregation", "none", text],
+        None,
+    ));
+    assert_close(&tokens[0], &case["none"][0]);
+    assert!(tokens[0][0].get("index").is_some() && tokens[0][0].get("entity").is_some());
+}
+
+#[test]
+fn qa_json_is_one_answer() {
+    let refs = references();
+    let case = &refs["question_answering"]["bert"];
+    let model = fixture_model("bert/question-answering");
+    let args = [
+        "qa",
+        "-m",
+        &model,
+        "--json",
+        "--question",
+        case["question"].as_str().unwrap(),
+        "--context",
+        case["context"].as_str().unwrap(),
+    ];
+    let lines = json_lines(&ferroformers(&args, None));
+    assert_close(&lines[0], &case["default"]);
+}
+
+#[test]
+fn generate_json_gives_full_text_and_new_token_ids() {
+    let refs = references();
+    let case = &refs["text_generation"];
+    let model = fixture_model("gpt2/lm-head");
+    let prompt = case["prompts"][0].as_str().unwrap();
+    let lines = json_lines(&ferroformers(
+        &[
+            "generate",
+            "-m",
+            &model,
+            "--json",
+            "--max-new-tokens",
+            "20",
+            prompt,
+        ],
+        None,
+    ));
+    assert_eq!(
+        lines[0]["generated_text"],
+        case["greedy"][0][0]["generated_text"]
+    );
+    assert_eq!(
+        lines[0]["generated_token_ids"].as_array().unwrap().len(),
+        20
+    );
+}
+
+#[test]
+fn generate_streams_plain_text_without_json() {
+    let model = fixture_model("gpt2/lm-head");
+    let refs = references();
+    let prompt = refs["text_generation"]["prompts"][0].as_str().unwrap();
+    let output = ferroformers(
+        &["generate", "-m", &model, "--max-new-tokens", "20", prompt],
+        None,
+    );
+    assert!(output.status.success());
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        text.trim_end_matches('\n'),
+        refs["text_generation"]["greedy"][0][0]["generated_text"]
+            .as_str()
+            .unwrap()
+    );
+}
+
+#[test]
+fn embed_json_is_an_array_of_floats_per_input() {
+    let folder = fixture("bert/sentence-transformers");
+    let reference: Value =
+        serde_json::from_str(&std::fs::read_to_string(folder.join("reference.json")).unwrap())
+            .unwrap();
+    let model = folder.to_string_lossy().into_owned();
+    let first = reference["sentences"][0].as_str().unwrap();
+    let second = reference["sentences"][1].as_str().unwrap();
+    let lines = json_lines(&ferroformers(
+        &["embed", "-m", &model, "--json", first, second],
+        None,
+    ));
+    assert_eq!(lines.len(), 2);
+    assert_close(&lines[0], &reference["mean"][0]);
+    assert_close(&lines[1], &reference["mean"][1]);
+}
+
+fn assert_one_line_error(output: &Output, code: i32, needle: &str) {
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "stdout {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    let stderr = String::from_utf8(output.stderr.clone()).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "one line on stderr: {stderr:?}");
+    assert!(
+        stderr.contains(needle),
+        "{stderr:?} should mention {needle:?}"
+    );
+    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"));
+}
+
+#[test]
+fn unknown_model_is_one_line_on_stderr_and_exit_1() {
+    let output = ferroformers(&["classify", "-m", "nobody/no-such-model", "hello"], None);
+    assert_one_line_error(&output, 1, "no-such-model");
+}
+
+#[test]
+fn unknown_flag_is_one_line_on_stderr_and_exit_2() {
+    let output = ferroformers(&["classify", "--no-such-flag"], None);
+    assert_one_line_error(&output, 2, "--no-such-flag");
+}
+
+#[test]
+fn empty_stdin_is_an_error() {
+    let model = fixture_model("bert/sequence-classification");
+    let output = ferroformers(&["classify", "-m", &model], Some(""));
+    assert_one_line_error(&output, 1, "no input");
+}
+
+#[test]
+fn a_wrong_task_for_the_architecture_is_an_error() {
+    let model = fixture_model("gpt2/lm-head");
+    let output = ferroformers(
+        &["qa", "-m", &model, "--question", "q", "--context", "c"],
+        None,
+    );
+    assert_one_line_error(&output, 1, "gpt2");
+}
