@@ -3,11 +3,11 @@
 //!     cargo run --example semantic_search -- "How do I cook pasta?"
 //!
 //! The model is fetched from the Hugging Face Hub, or read from its cache (see README.md for
-//! a machine without Hub access).
+//! a machine without Hub access). Pooling (mean) and normalisation come from the model's
+//! sentence-transformers files.
 
-use ferroformers::{
-    l2_normalize, BertModel, EncodeOptions, FromPretrained, LoadOptions, Pooling, Pretrained,
-};
+use ferroformers::pipelines::{cosine_similarity, EmbeddingsPipeline};
+use ferroformers::LoadOptions;
 
 const MODEL_ID: &str = "sentence-transformers/all-MiniLM-L6-v2";
 
@@ -24,41 +24,14 @@ fn main() -> ferroformers::Result<()> {
     let query = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "How do I cook pasta?".to_string());
-    let options = LoadOptions::default();
-    let pretrained = Pretrained::open(MODEL_ID, &options.hub)?;
-    let tokenizer = pretrained.tokenizer()?;
-    let model = BertModel::from_pretrained(MODEL_ID, &options)?;
+    let pipeline = EmbeddingsPipeline::from_pretrained(MODEL_ID, &LoadOptions::default())?;
+    let query_embedding = pipeline.embed(&[query.as_str()])?.remove(0);
+    let documents = pipeline.embed(DOCUMENTS)?;
 
-    // The query first, then the documents: one padded batch.
-    let texts: Vec<&str> = std::iter::once(query.as_str())
-        .chain(DOCUMENTS.iter().copied())
-        .collect();
-    let encode = EncodeOptions {
-        truncation: true,
-        max_length: Some(256), // all-MiniLM-L6-v2's max_seq_length in sentence-transformers
-        ..EncodeOptions::default()
-    };
-    let input = tokenizer
-        .encode_batch(texts, &encode)?
-        .to_input(&options.device)?;
-    let hidden = model.forward(&input)?.last_hidden_state;
-    let mask = input
-        .attention_mask
-        .as_ref()
-        .expect("a tokenized batch has a mask");
-    let embeddings: Vec<Vec<f32>> = l2_normalize(&Pooling::Mean.pool(&hidden, mask)?)?.to_vec2()?;
-
-    // Unit vectors: the dot product is the cosine similarity.
-    let (query_embedding, documents) = embeddings.split_first().expect("the query is embedded");
     let mut ranked: Vec<(f32, &str)> = documents
         .iter()
         .zip(DOCUMENTS)
-        .map(|(doc, text)| {
-            (
-                query_embedding.iter().zip(doc).map(|(a, b)| a * b).sum(),
-                *text,
-            )
-        })
+        .map(|(doc, text)| (cosine_similarity(&query_embedding, doc), *text))
         .collect();
     ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
 

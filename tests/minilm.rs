@@ -77,6 +77,18 @@ fn sentence_embeddings_match_sentence_transformers() {
             "sentence {i}: max abs difference {diff:e}"
         );
     }
+    // The embeddings pipeline reads mean pooling and Normalize from the model's modules.json.
+    let pipeline =
+        ferroformers::pipelines::EmbeddingsPipeline::from_pretrained(MODEL_ID, &options).unwrap();
+    let refs: Vec<&str> = sentences.iter().map(String::as_str).collect();
+    for (ours, theirs) in pipeline.embed(&refs).unwrap().iter().zip(&expected) {
+        let diff = ours
+            .iter()
+            .zip(theirs)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(diff <= TOLERANCE, "pipeline: max abs difference {diff:e}");
+    }
     // And the embeddings mean something: the two "A man is ..." sentences are closest.
     let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
     let best = (1..actual.len())
