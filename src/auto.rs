@@ -20,7 +20,7 @@ use crate::models::roberta::{
     RobertaForTokenClassification, RobertaModel,
 };
 use crate::models::{EncoderOutput, ModelInput, QuestionAnsweringOutput};
-use crate::pretrained::FromPretrained;
+use crate::pretrained::{checkpoint_mismatch, FromPretrained};
 
 macro_rules! auto_model {
     ($(#[$doc:meta])* $name:ident -> $output:ty, $task:literal {
@@ -44,7 +44,9 @@ macro_rules! auto_model {
             fn from_config(vb: VarBuilder, config: &ModelConfig) -> Result<Self> {
                 #[allow(unreachable_patterns)]
                 match config {
-                    $(ModelConfig::$variant(c) => Ok($name::$variant(<$model>::load(vb, c)?)),)*
+                    $(ModelConfig::$variant(c) => Ok($name::$variant(
+                        <$model>::load(vb, c).map_err(checkpoint_mismatch)?,
+                    )),)*
                     other => Err(Error::UnsupportedTask {
                         model_type: other.model_type(),
                         task: $task,

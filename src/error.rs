@@ -41,6 +41,10 @@ pub enum Error {
         source: Box<hf_hub::api::sync::ApiError>,
     },
 
+    /// A model file resolves outside the model folder or cache (a symlink or a `..` path).
+    #[error("{path} leads outside {root}; refusing to read it: model files must stay inside the model folder")]
+    UnsafePath { path: PathBuf, root: PathBuf },
+
     /// Reading a local file failed.
     #[error("cannot read {path}: {source}")]
     Io {

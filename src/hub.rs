@@ -134,13 +134,20 @@ impl ModelSource {
     }
 
     /// The local path of `file`, downloading it if needed; `None` when the model has no such file.
+    ///
+    /// Every file must resolve inside the model folder (for a Hub model, inside its cache
+    /// folder): a symlink or a `..` that leads elsewhere is an error.
     pub fn get(&self, file: &str) -> Result<Option<PathBuf>> {
-        match self {
+        let (path, root) = match self {
             ModelSource::Folder(folder) => {
                 let path = folder.join(file);
-                Ok(path.is_file().then_some(path))
+                (path.is_file().then_some(path), folder.clone())
             }
-            ModelSource::Hub(repo) => repo.get(file),
+            ModelSource::Hub(repo) => (repo.get(file)?, repo.repo_dir()),
+        };
+        match path {
+            Some(path) => ensure_inside(&path, &root).map(Some),
+            None => Ok(None),
         }
     }
 
@@ -293,6 +300,20 @@ impl HubRepo {
         if let Some(parent) = marker.parent() {
             let _ = std::fs::create_dir_all(parent).and_then(|_| std::fs::write(&marker, b""));
         }
+    }
+}
+
+/// `path`, after following links, must lie under `root`.
+fn ensure_inside(path: &Path, root: &Path) -> Result<PathBuf> {
+    let resolved = std::fs::canonicalize(path).map_err(|e| Error::io(path, e))?;
+    let root = std::fs::canonicalize(root).map_err(|e| Error::io(root, e))?;
+    if resolved.starts_with(&root) {
+        Ok(path.to_path_buf())
+    } else {
+        Err(Error::UnsafePath {
+            path: path.to_path_buf(),
+            root,
+        })
     }
 }
 

@@ -142,7 +142,23 @@ impl Embedding {
         self.table.embeddings()
     }
 
+    /// Look up `ids`. An id outside the table is an error on every device (GPU gathers do
+    /// not check bounds), which catches a tokenizer that does not match the model.
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let rows = self.table.embeddings().dim(0)?;
+        if ids.elem_count() > 0 {
+            let max = ids
+                .flatten_all()?
+                .max(0)?
+                .to_dtype(DType::U32)?
+                .to_scalar::<u32>()?;
+            if max as usize >= rows {
+                return Err(Error::InvalidInput(format!(
+                    "id {max} is outside an embedding table of {rows} rows: the tokenizer (or the \
+                     token ids) do not match the model's config"
+                )));
+            }
+        }
         Ok(self.table.forward(ids)?)
     }
 }

@@ -30,7 +30,7 @@ macro_rules! from_pretrained_impls {
                 vb: candle_nn::VarBuilder,
                 config: &$crate::config::ModelConfig,
             ) -> $crate::error::Result<Self> {
-                Self::load(vb, config.$accessor()?)
+                Self::load(vb, config.$accessor()?).map_err($crate::pretrained::checkpoint_mismatch)
             }
         }
     )*};
@@ -44,6 +44,7 @@ pub mod host;
 pub mod hub;
 pub mod layers;
 pub mod models;
+mod pickle;
 pub mod pipelines;
 pub mod pooling;
 pub mod pretrained;

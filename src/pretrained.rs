@@ -4,7 +4,7 @@ use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 
 use crate::config::ModelConfig;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::generation::GenerationConfig;
 use crate::hub::{HubOptions, ModelSource};
 use crate::tokenizer::Tokenizer;
@@ -100,5 +100,16 @@ pub trait FromPretrained: Sized {
         let pretrained = Pretrained::open(model, &options.hub)?;
         let vb = pretrained.var_builder(options.dtype, &options.device)?;
         Self::from_config(vb, pretrained.config())
+    }
+}
+
+/// A tensor missing from the checkpoint, or of another shape than the config implies, comes
+/// back from candle naming the tensor (and both shapes); say what it means.
+pub(crate) fn checkpoint_mismatch(error: Error) -> Error {
+    match error {
+        Error::Candle(e) => Error::InvalidWeights(format!(
+            "{e}. The weights do not fit config.json: check that both come from the same checkpoint"
+        )),
+        other => other,
     }
 }

@@ -74,14 +74,27 @@ impl WeightFiles {
     }
 
     /// A `VarBuilder` that reads every tensor as `dtype`, on `device`.
+    ///
+    /// Opening checks each safetensors header (length, JSON, dtypes, offsets inside the file
+    /// and not overlapping); a PyTorch pickle is vetted before it is read.
     pub fn var_builder(&self, dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
+        let corrupt = |files: &dyn std::fmt::Debug, e: candle_core::Error| {
+            Error::InvalidWeights(format!(
+                "cannot read {files:?}: {e}. The file is damaged or not what its name says; \
+                 download it again"
+            ))
+        };
         match self {
             // SAFETY: the files are memory-mapped; they must not be modified while the model
             // is alive. Files in the Hub cache are written once and never changed in place.
             WeightFiles::Safetensors(paths) => {
-                Ok(unsafe { VarBuilder::from_mmaped_safetensors(paths, dtype, device)? })
+                unsafe { VarBuilder::from_mmaped_safetensors(paths, dtype, device) }
+                    .map_err(|e| corrupt(paths, e))
             }
-            WeightFiles::PyTorch(path) => Ok(VarBuilder::from_pth(path, dtype, device)?),
+            WeightFiles::PyTorch(path) => {
+                crate::pickle::check_torch_checkpoint(path)?;
+                VarBuilder::from_pth(path, dtype, device).map_err(|e| corrupt(path, e))
+            }
         }
     }
 }
