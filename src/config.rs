@@ -113,6 +113,16 @@ impl Labels {
             .unwrap_or_else(|| format!("LABEL_{id}"))
     }
 
+    /// Number of classes of a classification head: the labels listed, else transformers'
+    /// default of 2.
+    pub fn num_classes(&self) -> usize {
+        if self.0.is_empty() {
+            2
+        } else {
+            self.0.len()
+        }
+    }
+
     /// Number of labels listed.
     pub fn len(&self) -> usize {
         self.0.len()

@@ -84,11 +84,7 @@ impl BertConfig {
 
     /// Number of classes of a classification head: `id2label`'s size, else transformers' default 2.
     pub fn num_labels(&self) -> usize {
-        if self.id2label.is_empty() {
-            2
-        } else {
-            self.id2label.len()
-        }
+        self.id2label.num_classes()
     }
 }
 

@@ -93,11 +93,7 @@ impl Gpt2Config {
 
     /// Number of classes: `id2label`'s size, else transformers' default 2.
     pub fn num_labels(&self) -> usize {
-        if self.id2label.is_empty() {
-            2
-        } else {
-            self.id2label.len()
-        }
+        self.id2label.num_classes()
     }
 }
 

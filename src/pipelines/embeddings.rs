@@ -5,12 +5,11 @@ use std::path::Path;
 
 use candle_core::Device;
 use serde::Deserialize;
-use tokenizers::Encoding;
 
 use crate::auto::AutoModel;
 use crate::error::{Error, Result};
 use crate::hub::ModelSource;
-use crate::pipelines::{batch_input, in_batches, DEFAULT_BATCH_SIZE};
+use crate::pipelines::{batch_input, encode_all, in_batches, DEFAULT_BATCH_SIZE};
 use crate::pooling::{l2_normalize, Pooling};
 use crate::pretrained::{FromPretrained, LoadOptions, Pretrained};
 use crate::tokenizer::{EncodeOptions, Tokenizer};
@@ -168,11 +167,7 @@ impl EmbeddingsPipeline {
             max_length: limit,
             ..EncodeOptions::default()
         };
-        let encodings = texts
-            .iter()
-            .map(|text| self.tokenizer.encode(*text, &encode))
-            .collect::<Result<Vec<_>>>()?;
-        let lengths: Vec<usize> = encodings.iter().map(Encoding::len).collect();
+        let (encodings, lengths) = encode_all(&self.tokenizer, texts.iter().copied(), &encode)?;
         // Forward, pooling included: it is part of the model in sentence-transformers.
         in_batches(&lengths, self.batch_size, |indices| {
             let input = batch_input(&self.tokenizer, &encodings, indices, &self.device)?;

@@ -8,7 +8,7 @@ use tokenizers::Encoding;
 use crate::auto::AutoModelForMaskedLM;
 use crate::error::{Error, Result};
 use crate::host::softmax;
-use crate::pipelines::{batch_input, in_batches, DEFAULT_BATCH_SIZE};
+use crate::pipelines::{batch_input, encode_all, in_batches, DEFAULT_BATCH_SIZE};
 use crate::pretrained::{FromPretrained, LoadOptions, Pretrained};
 use crate::tokenizer::{EncodeOptions, Tokenizer};
 
@@ -87,16 +87,16 @@ impl FillMaskPipeline {
             .as_deref()
             .map(|t| self.target_ids(t))
             .transpose()?;
-        let encodings = texts
-            .iter()
-            .map(|text| self.tokenizer.encode(*text, &EncodeOptions::default()))
-            .collect::<Result<Vec<_>>>()?;
+        let (encodings, lengths) = encode_all(
+            &self.tokenizer,
+            texts.iter().copied(),
+            &EncodeOptions::default(),
+        )?;
         let masks = encodings
             .iter()
             .zip(texts)
             .map(|(encoding, text)| self.mask_position(encoding, text))
             .collect::<Result<Vec<_>>>()?;
-        let lengths: Vec<usize> = encodings.iter().map(Encoding::len).collect();
         // Forward: vocabulary logits at each input's mask.
         let logits = in_batches(&lengths, self.batch_size, |indices| {
             let input = batch_input(&self.tokenizer, &encodings, indices, &self.device)?;

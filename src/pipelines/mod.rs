@@ -28,7 +28,7 @@ use tokenizers::Encoding;
 
 use crate::error::{Error, Result};
 use crate::models::ModelInput;
-use crate::tokenizer::{PaddingSide, Tokenizer};
+use crate::tokenizer::{EncodeOptions, PaddingSide, TextInput, Tokenizer};
 
 /// Inputs per forward pass unless a pipeline is told otherwise.
 pub const DEFAULT_BATCH_SIZE: usize = 8;
@@ -66,6 +66,20 @@ pub(crate) fn in_batches<T>(
             r.ok_or_else(|| Error::InvalidInput("a batch left an input without result".to_string()))
         })
         .collect()
+}
+
+/// Preprocess: encode every input, and note each one's length for batching.
+pub(crate) fn encode_all<'a, T: Into<TextInput<'a>>>(
+    tokenizer: &Tokenizer,
+    inputs: impl IntoIterator<Item = T>,
+    options: &EncodeOptions,
+) -> Result<(Vec<Encoding>, Vec<usize>)> {
+    let encodings = inputs
+        .into_iter()
+        .map(|input| tokenizer.encode(input, options))
+        .collect::<Result<Vec<_>>>()?;
+    let lengths = encodings.iter().map(Encoding::len).collect();
+    Ok((encodings, lengths))
 }
 
 /// Pad the chosen encodings into one model input on `device`.

@@ -8,7 +8,7 @@ use crate::auto::AutoModelForSequenceClassification;
 use crate::config::{Labels, ModelConfig};
 use crate::error::Result;
 use crate::host::{sigmoid, softmax};
-use crate::pipelines::{batch_input, in_batches, rows_to_host, DEFAULT_BATCH_SIZE};
+use crate::pipelines::{batch_input, encode_all, in_batches, rows_to_host, DEFAULT_BATCH_SIZE};
 use crate::pretrained::{FromPretrained, LoadOptions, Pretrained};
 use crate::tokenizer::{EncodeOptions, TextInput, Tokenizer};
 
@@ -105,11 +105,7 @@ impl TextClassificationPipeline {
             truncation: options.truncation,
             ..EncodeOptions::default()
         };
-        let encodings = inputs
-            .iter()
-            .map(|input| self.tokenizer.encode(*input, &encode))
-            .collect::<Result<Vec<_>>>()?;
-        let lengths: Vec<usize> = encodings.iter().map(|e| e.len()).collect();
+        let (encodings, lengths) = encode_all(&self.tokenizer, inputs.iter().copied(), &encode)?;
         // Forward, in batches.
         let logits = in_batches(&lengths, self.batch_size, |indices| {
             let input = batch_input(&self.tokenizer, &encodings, indices, &self.device)?;

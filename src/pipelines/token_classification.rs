@@ -13,7 +13,7 @@ use crate::auto::AutoModelForTokenClassification;
 use crate::config::Labels;
 use crate::error::{Error, Result};
 use crate::host::{argmax, softmax};
-use crate::pipelines::{batch_input, in_batches, rows_to_host, DEFAULT_BATCH_SIZE};
+use crate::pipelines::{batch_input, encode_all, in_batches, rows_to_host, DEFAULT_BATCH_SIZE};
 use crate::pretrained::{FromPretrained, LoadOptions, Pretrained};
 use crate::tokenizer::{EncodeOptions, Tokenizer};
 
@@ -125,11 +125,7 @@ impl TokenClassificationPipeline {
             truncation: self.tokenizer.model_max_length().is_some(),
             ..EncodeOptions::default()
         };
-        let encodings = texts
-            .iter()
-            .map(|text| self.tokenizer.encode(*text, &encode))
-            .collect::<Result<Vec<_>>>()?;
-        let lengths: Vec<usize> = encodings.iter().map(Encoding::len).collect();
+        let (encodings, lengths) = encode_all(&self.tokenizer, texts.iter().copied(), &encode)?;
         // Forward.
         let logits = in_batches(&lengths, self.batch_size, |indices| {
             let input = batch_input(&self.tokenizer, &encodings, indices, &self.device)?;
