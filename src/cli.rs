@@ -2,6 +2,8 @@
 
 use std::io::{BufRead, Write};
 
+use crate::bench;
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ferroformers::generation::GenerationConfig;
 use ferroformers::pipelines::{
@@ -136,6 +138,20 @@ enum Command {
         #[arg(long)]
         json: bool,
         prompt: Option<String>,
+    },
+    /// Time the encoder's forward pass on random token ids: median milliseconds and sequences/s.
+    Bench {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        #[arg(long, default_value_t = 128)]
+        seq: usize,
+        /// Timed runs, after two warm-up runs.
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        #[arg(long)]
+        json: bool,
     },
     /// Chat with a DialoGPT-style model, one line per turn on stdin.
     Chat {
@@ -447,6 +463,25 @@ pub fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
                     }
                     writeln!(out)?;
                 }
+            }
+        }
+        Command::Bench {
+            common,
+            batch,
+            seq,
+            runs,
+            json,
+        } => {
+            let options = common.load_options()?;
+            let report = bench::encoder(&common.model, &options, batch, seq, runs)?;
+            if json {
+                json_line(out, &report)?;
+            } else {
+                writeln!(
+                    out,
+                    "{}: batch {batch} x {seq} tokens, {:?}: median {:.2} ms, {:.2} sequences/s ({runs} runs)",
+                    common.model, options.dtype, report.median_ms, report.sequences_per_second
+                )?;
             }
         }
         Command::Chat { common, settings } => {

@@ -5,6 +5,7 @@
 //!
 //! Errors are one line on stderr and a non-zero exit code.
 
+mod bench;
 mod cli;
 
 use std::io::Write;

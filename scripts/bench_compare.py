@@ -1,0 +1,156 @@
+#!/usr/bin/env python3
+"""Compare ferroformers with PyTorch (f32, bf16) and ONNX Runtime (f32), one after another in
+one run, on the same random-initialised models of real shapes.
+
+    python3 -m pip install -r scripts/requirements-fixtures.txt onnxruntime onnx
+    cargo build --release
+    python3 scripts/bench_compare.py [--threads 2] [--runs 10] [--cases bert-base-1,bert-base-32,minilm-32]
+
+Every engine gets the same token ids (the sequence `ferroformers bench` uses), the same number
+of threads, two warm-up runs and the median of `--runs` timed runs. Ratios are computed within
+this run only: machines like this one are noisy from one run to the next. ONNX Runtime is
+skipped, with a note, when it is not installed.
+"""
+import argparse
+import json
+import pathlib
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+from transformers import BertConfig, BertModel
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+SHAPES = {
+    "bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+    "minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
+}
+CASES = {
+    "bert-base-1": ("bert-base", 1, 128),
+    "bert-base-32": ("bert-base", 32, 128),
+    "minilm-32": ("minilm", 32, 128),
+}
+
+
+def token_ids(batch, seq, vocab):
+    ids = [5 + (i * 2_654_435_761) % (vocab - 5) for i in range(batch * seq)]
+    return torch.tensor(ids, dtype=torch.int64).view(batch, seq)
+
+
+def median_ms(run, runs):
+    for _ in range(2):
+        run()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def build_model(shape, folder):
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, max_position_embeddings=512, **SHAPES[shape])
+    model = BertModel(config).eval()
+    model.save_pretrained(folder)
+    return model
+
+
+def bench_torch(model, ids, runs, dtype):
+    model = model.to(dtype)
+    mask = torch.ones_like(ids)
+    with torch.inference_mode():
+        result = median_ms(lambda: model(input_ids=ids, attention_mask=mask), runs)
+    model.to(torch.float32)
+    return result
+
+
+def bench_onnx(model, ids, runs, threads, folder):
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    path = pathlib.Path(folder) / "model.onnx"
+    if not path.exists():
+        mask = torch.ones_like(ids)
+        torch.onnx.export(
+            model, (ids, mask), str(path), input_names=["input_ids", "attention_mask"],
+            dynamic_axes={"input_ids": {0: "b", 1: "s"}, "attention_mask": {0: "b", 1: "s"}},
+            opset_version=17, dynamo=False,
+        )
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feeds = {"input_ids": ids.numpy(), "attention_mask": torch.ones_like(ids).numpy()}
+    return median_ms(lambda: session.run(None, feeds), runs)
+
+
+def bench_ferroformers(binary, folder, batch, seq, runs, dtype):
+    out = subprocess.run(
+        [str(binary), "bench", "-m", str(folder), "--batch", str(batch), "--seq", str(seq),
+         "--runs", str(runs), "--dtype", dtype, "--json"],
+        check=True, capture_output=True, text=True,
+    )
+    return json.loads(out.stdout)["median_ms"]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--binary", default=str(ROOT / "target" / "release" / "ferroformers"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    rows = []
+    with tempfile.TemporaryDirectory() as work:
+        models = {}
+        for name in args.cases.split(","):
+            shape, batch, seq = CASES[name]
+            folder = pathlib.Path(work) / shape
+            if shape not in models:
+                models[shape] = build_model(shape, folder)
+            model = models[shape]
+            ids = token_ids(batch, seq, model.config.vocab_size)
+            result = {
+                "case": f"{shape} {batch}x{seq}",
+                "torch f32": bench_torch(model, ids, args.runs, torch.float32),
+                "torch bf16": bench_torch(model, ids, args.runs, torch.bfloat16),
+                "onnxruntime f32": bench_onnx(model, ids, args.runs, args.threads, folder),
+                "ferroformers f32": bench_ferroformers(args.binary, folder, batch, seq, args.runs, "f32"),
+                "ferroformers bf16": bench_ferroformers(args.binary, folder, batch, seq, args.runs, "bf16"),
+                "batch": batch,
+            }
+            rows.append(result)
+            print(json.dumps(result), file=sys.stderr)
+
+    print(f"\n{platform.processor() or platform.machine()}, {args.threads} threads, median of {args.runs} runs, "
+          f"{time.strftime('%Y-%m-%d')}\n")
+    print("| case | torch f32 ms | torch bf16 ms | ORT f32 ms | ours f32 ms | ours bf16 ms "
+          "| ours f32 vs ORT | ours f32 vs torch f32 | ours bf16 vs torch bf16 |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        ort_ms = r["onnxruntime f32"]
+        ratio = lambda base, ours: f"{base / ours:.2f}x" if base else "n/a"
+        print(
+            f"| {r['case']} | {r['torch f32']:.1f} | {r['torch bf16']:.1f} | "
+            f"{ort_ms:.1f} | " if ort_ms else f"| {r['case']} | {r['torch f32']:.1f} | {r['torch bf16']:.1f} | n/a | ",
+            end="",
+        )
+        print(
+            f"{r['ferroformers f32']:.1f} | {r['ferroformers bf16']:.1f} | "
+            f"{ratio(ort_ms, r['ferroformers f32'])} | {ratio(r['torch f32'], r['ferroformers f32'])} | "
+            f"{ratio(r['torch bf16'], r['ferroformers bf16'])} |"
+        )
+    print("\nRatios above 1 mean ferroformers is faster (time of the other engine / ours).")
+
+
+if __name__ == "__main__":
+    main()
