@@ -58,12 +58,11 @@ pub fn attention(
 ) -> candle_core::Result<Tensor> {
     let dtype = q.dtype();
     // (batch, heads, q_seq, k_seq)
-    let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?.to_dtype(DType::F32)?;
-    let scores = match mask {
-        Some(mask) => scores.broadcast_add(mask)?,
-        None => scores,
-    };
-    let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
+    let scores = q
+        .contiguous()?
+        .matmul(&k.t()?.contiguous()?)?
+        .to_dtype(DType::F32)?;
+    let probs = crate::kernels::scaled_masked_softmax(&scores, scale, mask)?.to_dtype(dtype)?;
     // (batch, heads, q_seq, head_dim)
     probs.matmul(&v.contiguous()?)
 }
@@ -181,7 +180,7 @@ pub enum Activation {
 impl Activation {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {
-            Activation::Gelu => x.gelu_erf()?,
+            Activation::Gelu => crate::kernels::gelu_erf(x)?,
             Activation::GeluNew => x.gelu()?,
             Activation::Relu => x.relu()?,
             Activation::Silu => x.silu()?,

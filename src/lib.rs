@@ -36,12 +36,14 @@ macro_rules! from_pretrained_impls {
     )*};
 }
 
+pub mod allocator;
 pub mod auto;
 pub mod config;
 pub mod error;
 pub mod generation;
 pub mod host;
 pub mod hub;
+pub mod kernels;
 pub mod layers;
 pub mod models;
 mod pickle;

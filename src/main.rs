@@ -14,6 +14,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    ferroformers::allocator::keep_freed_memory();
     let args = match cli::Cli::try_parse() {
         Ok(args) => args,
         Err(error) => {

@@ -1,0 +1,19 @@
+//! Allocator tuning for inference loops.
+//!
+//! Every forward pass allocates the same large activation buffers again. glibc serves buffers
+//! above 128 KiB with fresh `mmap`s and gives freed memory back to the kernel, so each pass
+//! page-faults all of it in again; on a 2-core machine that was a fifth of an encoder's time.
+//! Raising glibc's thresholds keeps freed buffers for reuse.
+
+/// Keep freed memory for reuse (glibc on Linux; elsewhere nothing to do). Call once, early;
+/// the `ferroformers` command does. The cost is memory held at its high-water mark.
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; it is called before threads start
+    // allocating heavily, and any value is valid for these options.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        libc::mallopt(libc::M_TOP_PAD, 512 << 20);
+    }
+}
