@@ -240,9 +240,7 @@ impl Tokenizer {
     pub fn from_source(source: &ModelSource) -> Result<Self> {
         let config = TokenizerConfig::read(source.get("tokenizer_config.json")?.as_deref())?;
         if let Some(path) = source.get("tokenizer.json")? {
-            let inner = tokenizers::Tokenizer::from_file(&path)
-                .map_err(|e| Error::tokenizer(format!("cannot load {}", path.display()), e))?;
-            return Self::new(inner, &config);
+            return Self::new(read_tokenizer_json(&path)?, &config);
         }
         if let Some(vocab) = source.get("vocab.txt")? {
             return Self::new(wordpiece(&vocab, &config)?, &config);
@@ -487,6 +485,29 @@ impl Tokenizer {
                 .map_err(|e| Error::tokenizer("cannot pad the batch", e))?;
         }
         Ok(EncodedBatch { encodings })
+    }
+}
+
+/// Parse `tokenizer.json`. The JSON is checked first, so a damaged file gets a JSON error with
+/// its position; and since the `tokenizers` crate panics on some malformed fields (its decoder
+/// deserializer `expect`s), its parsing runs under `catch_unwind` and a panic becomes an error.
+fn read_tokenizer_json(path: &Path) -> Result<tokenizers::Tokenizer> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str::<serde::de::IgnoredAny>(&text).map_err(|e| Error::json(path, e))?;
+    let parsed = std::panic::catch_unwind(|| text.parse::<tokenizers::Tokenizer>());
+    match parsed {
+        Ok(Ok(tokenizer)) => Ok(tokenizer),
+        Ok(Err(e)) => Err(Error::tokenizer(
+            format!("cannot load {}", path.display()),
+            e,
+        )),
+        Err(_) => Err(Error::Tokenizer {
+            message: format!(
+                "{} has a malformed field that the tokenizers crate cannot read; re-download it",
+                path.display()
+            ),
+            source: None,
+        }),
     }
 }
 

@@ -97,6 +97,29 @@ fn tokenizer_file_that_does_not_parse_is_a_tokenizer_error() {
     assert_mentions(&error, &["tokenizer.json"]);
 }
 
+#[test]
+fn tokenizer_fields_that_make_the_tokenizers_crate_panic_are_errors() {
+    // Found by tests/fuzz.rs: the tokenizers crate `expect`s on a malformed decoder.
+    let source = std::fs::read_to_string(fixture("bert/base/tokenizer.json")).unwrap();
+    let decoder_at = source.find("\"decoder\"").unwrap();
+    let mut bad_decoder: serde_json::Value = serde_json::from_str(&source).unwrap();
+    bad_decoder["decoder"] = serde_json::json!(5);
+    for text in [
+        source[..decoder_at + 20].to_string(),
+        bad_decoder.to_string(),
+    ] {
+        let folder = copy_of("bert/base");
+        std::fs::write(folder.path().join("tokenizer.json"), text).unwrap();
+        let error = Tokenizer::from_pretrained(&path_str(folder.path()), &HubOptions::default())
+            .unwrap_err();
+        assert!(
+            matches!(error, Error::Tokenizer { .. } | Error::Json { .. }),
+            "{error:?}"
+        );
+        assert_mentions(&error, &["tokenizer.json"]);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // safetensors
 
