@@ -2,23 +2,82 @@
 //! to auto-vectorise (AVX2/AVX-512 where the target allows) and runs across the CPU's cores;
 //! other devices and dtypes fall back to candle's own ops, so results agree everywhere.
 
+mod attention;
 mod math;
+
+pub use attention::multi_head_attention;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 pub use math::{erf, exp, gelu_erf_scalar};
 
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// Which implementation the hot paths use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelMode {
+    /// Our kernels, with the best instruction set the CPU has (the default).
+    Auto,
+    /// Our kernels, in portable code only (no AVX2/AVX-512 paths).
+    Portable,
+    /// candle's own ops, no custom kernels.
+    Reference,
+}
+
+/// 0 = not chosen yet (read `FERROFORMERS_KERNELS`), else `KernelMode as u8 + 1`.
+static MODE: AtomicU8 = AtomicU8::new(0);
+
+/// The kernel mode: set by [`set_kernel_mode`], else by `FERROFORMERS_KERNELS`
+/// (`auto`, `portable`, `reference`), else `Auto`.
+pub fn kernel_mode() -> KernelMode {
+    let decode = |v: u8| match v {
+        2 => KernelMode::Portable,
+        3 => KernelMode::Reference,
+        _ => KernelMode::Auto,
+    };
+    match MODE.load(Ordering::Relaxed) {
+        0 => {
+            let mode = match std::env::var("FERROFORMERS_KERNELS").as_deref() {
+                Ok("portable") => KernelMode::Portable,
+                Ok("reference") => KernelMode::Reference,
+                _ => KernelMode::Auto,
+            };
+            set_kernel_mode(mode);
+            mode
+        }
+        v => decode(v),
+    }
+}
+
+/// Force a kernel mode for the whole process (for testing every path in turn).
+pub fn set_kernel_mode(mode: KernelMode) {
+    let value = match mode {
+        KernelMode::Auto => 1,
+        KernelMode::Portable => 2,
+        KernelMode::Reference => 3,
+    };
+    MODE.store(value, Ordering::Relaxed);
+}
+
+/// Whether the custom CPU kernels apply to `x`.
+fn use_kernels(x: &Tensor) -> bool {
+    kernel_mode() != KernelMode::Reference
+        && x.device().is_cpu()
+        && x.dtype() == candle_core::DType::F32
+}
+
 /// Compile `$body` (a function of slices) three times: for AVX-512, for AVX2 with FMA, and
 /// portable; `$name` picks the best the CPU has at run time.
 macro_rules! dispatch {
-    (fn $name:ident($($arg:ident: $ty:ty),*) $body:block) => {
+    ($(#[$meta:meta])* fn $name:ident($($arg:ident: $ty:ty),*) $body:block) => {
+        $(#[$meta])*
         fn $name($($arg: $ty),*) {
             #[inline(always)]
             fn portable($($arg: $ty),*) $body
 
             #[cfg(target_arch = "x86_64")]
-            {
+            if $crate::kernels::kernel_mode() == $crate::kernels::KernelMode::Auto {
                 #[target_feature(enable = "avx512f,avx2,fma")]
                 unsafe fn avx512($($arg: $ty),*) {
                     portable($($arg),*)
@@ -50,9 +109,10 @@ dispatch! {
 }
 
 dispatch! {
-    fn softmax_row(scores: &[f32], mask: &[f32], scale: f32, out: &mut [f32]) {
-        for ((o, &x), &bias) in out.iter_mut().zip(scores).zip(mask) {
-            *o = x * scale + bias;
+    /// `row = softmax(row * scale + mask)`, in place.
+    fn softmax_row(out: &mut [f32], mask: &[f32], scale: f32) {
+        for (o, &bias) in out.iter_mut().zip(mask) {
+            *o = *o * scale + bias;
         }
         let max = math::max(out);
         for o in out.iter_mut() {
@@ -70,9 +130,10 @@ dispatch! {
 const CHUNK: usize = 16 * 1024;
 
 /// Exact GELU, `0.5 x (1 + erf(x / sqrt 2))`, as `torch.nn.functional.gelu`. On the CPU in f32
-/// it runs our vectorised kernel (erf within 2e-7 of libm's); elsewhere candle's `gelu_erf`.
+/// it runs our vectorised kernel (within 2e-6 of the exact value); elsewhere candle's
+/// `gelu_erf`.
 pub fn gelu_erf(x: &Tensor) -> candle_core::Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+    if use_kernels(x) {
         x.contiguous()?.apply_op1_no_bwd(&GeluErf)
     } else {
         x.gelu_erf()
@@ -115,8 +176,7 @@ pub fn scaled_masked_softmax(
     scale: f64,
     mask: Option<&Tensor>,
 ) -> candle_core::Result<Tensor> {
-    let fast = scores.device().is_cpu()
-        && scores.dtype() == candle_core::DType::F32
+    let fast = use_kernels(scores)
         && mask.is_none_or(|m| m.dtype() == candle_core::DType::F32 && m.rank() == 4);
     match mask {
         Some(mask) if fast => scores.contiguous()?.apply_op2_no_bwd(
@@ -197,8 +257,8 @@ impl CustomOp2 for ScaledMaskedSoftmax {
                     let mask_row = (if mask_batch == 1 { 0 } else { b }) * mask_q
                         + if mask_q == 1 { 0 } else { qi };
                     let m = &mask[mask_row * k..(mask_row + 1) * k];
-                    let s = &scores[row * k..(row + 1) * k];
-                    softmax_row(s, m, self.scale, out_row);
+                    out_row.copy_from_slice(&scores[row * k..(row + 1) * k]);
+                    softmax_row(out_row, m, self.scale);
                 }
             });
         Ok((CpuStorage::F32(output), scores_layout.shape().clone()))

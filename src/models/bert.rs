@@ -11,9 +11,9 @@ use serde::Deserialize;
 
 use crate::config::Labels;
 use crate::error::{Error, Result};
+use crate::kernels::multi_head_attention;
 use crate::layers::{
-    attention, padding_mask, require_divisible, require_positive, Activation, Embedding, LayerNorm,
-    Linear,
+    padding_mask, require_divisible, require_positive, Activation, Embedding, LayerNorm, Linear,
 };
 use crate::models::{
     base_model_weights, tied_weight, EncoderOutput, MaskedLmHead, ModelInput,
@@ -202,22 +202,20 @@ impl BertSelfAttention {
         })
     }
 
-    /// (batch, seq, hidden) -> (batch, heads, seq, head_dim)
-    fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
-        let (batch, seq, _) = x.dims3()?;
-        Ok(x.reshape((batch, seq, self.num_heads, self.head_dim))?
-            .transpose(1, 2)?)
-    }
-
     fn forward(&self, hidden: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let (batch, seq, width) = hidden.dims3()?;
-        let q = self.split_heads(&self.query.forward(hidden)?)?;
-        let k = self.split_heads(&self.key.forward(hidden)?)?;
-        let v = self.split_heads(&self.value.forward(hidden)?)?;
+        let q = self.query.forward(hidden)?;
+        let k = self.key.forward(hidden)?;
+        let v = self.value.forward(hidden)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        // (batch, heads, seq, head_dim) -> (batch, seq, hidden)
-        let context = attention(&q, &k, &v, mask, scale)?;
-        Ok(context.transpose(1, 2)?.reshape((batch, seq, width))?)
+        // (batch, seq, hidden) in and out; the heads are split inside.
+        Ok(multi_head_attention(
+            &q,
+            &k,
+            &v,
+            self.num_heads,
+            mask,
+            scale,
+        )?)
     }
 }
 

@@ -12,9 +12,9 @@ use serde::Deserialize;
 
 use crate::config::Labels;
 use crate::error::{Error, Result};
+use crate::kernels::multi_head_attention;
 use crate::layers::{
-    attention, padding_mask, require_divisible, require_positive, Activation, Embedding, LayerNorm,
-    Linear,
+    padding_mask, require_divisible, require_positive, Activation, Embedding, LayerNorm, Linear,
 };
 use crate::models::{
     base_model_weights, tied_weight, EncoderOutput, MaskedLmHead, ModelInput,
@@ -132,19 +132,11 @@ impl MultiHeadSelfAttention {
     }
 
     fn forward(&self, hidden: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let (batch, seq, dim) = hidden.dims3()?;
-        // (batch, seq, dim) -> (batch, heads, seq, head_dim)
-        let split = |x: Tensor| -> Result<Tensor> {
-            Ok(x.reshape((batch, seq, self.n_heads, self.head_dim))?
-                .transpose(1, 2)?)
-        };
-        let q = split(self.q_lin.forward(hidden)?)?;
-        let k = split(self.k_lin.forward(hidden)?)?;
-        let v = split(self.v_lin.forward(hidden)?)?;
+        let q = self.q_lin.forward(hidden)?;
+        let k = self.k_lin.forward(hidden)?;
+        let v = self.v_lin.forward(hidden)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let context = attention(&q, &k, &v, mask, scale)?
-            .transpose(1, 2)?
-            .reshape((batch, seq, dim))?;
+        let context = multi_head_attention(&q, &k, &v, self.n_heads, mask, scale)?;
         self.out_lin.forward(&context)
     }
 }
