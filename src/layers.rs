@@ -101,6 +101,41 @@ impl Linear {
     }
 }
 
+/// Query, key and value projections and multi-head attention over them: the self-attention of
+/// the BERT-style encoders, whose checkpoints differ only in the projections' key names.
+#[derive(Debug, Clone)]
+pub struct SelfAttention {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    heads: usize,
+    scale: f64,
+}
+
+impl SelfAttention {
+    /// `names`: the checkpoint keys of the query, key and value projections under `vb`.
+    pub fn load(vb: VarBuilder, names: [&str; 3], hidden: usize, heads: usize) -> Result<Self> {
+        let [query, key, value] = names.map(|name| Linear::load(vb.pp(name), hidden, hidden));
+        Ok(Self {
+            query: query?,
+            key: key?,
+            value: value?,
+            heads,
+            scale: 1.0 / ((hidden / heads) as f64).sqrt(),
+        })
+    }
+
+    /// (batch, seq, hidden) in and out; the heads are split inside.
+    pub fn forward(&self, hidden: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let q = self.query.forward(hidden)?;
+        let k = self.key.forward(hidden)?;
+        let v = self.value.forward(hidden)?;
+        Ok(crate::kernels::multi_head_attention(
+            &q, &k, &v, self.heads, mask, self.scale,
+        )?)
+    }
+}
+
 /// Layer norm with learned scale and shift.
 #[derive(Debug, Clone)]
 pub struct LayerNorm {

@@ -11,9 +11,9 @@ use serde::Deserialize;
 
 use crate::config::Labels;
 use crate::error::{Error, Result};
-use crate::kernels::multi_head_attention;
 use crate::layers::{
     padding_mask, require_divisible, require_positive, Activation, Embedding, LayerNorm, Linear,
+    SelfAttention,
 };
 use crate::models::{
     base_model_weights, tied_weight, EncoderOutput, MaskedLmHead, ModelInput,
@@ -179,46 +179,6 @@ impl Positions {
     }
 }
 
-/// `attention.self`: query, key and value projections and scaled dot-product attention.
-/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/bert/modeling_bert.py#L191>
-#[derive(Debug, Clone)]
-struct BertSelfAttention {
-    query: Linear,
-    key: Linear,
-    value: Linear,
-    num_heads: usize,
-    head_dim: usize,
-}
-
-impl BertSelfAttention {
-    fn load(vb: VarBuilder, config: &BertConfig) -> Result<Self> {
-        let hidden = config.hidden_size;
-        Ok(Self {
-            query: Linear::load(vb.pp("query"), hidden, hidden)?,
-            key: Linear::load(vb.pp("key"), hidden, hidden)?,
-            value: Linear::load(vb.pp("value"), hidden, hidden)?,
-            num_heads: config.num_attention_heads,
-            head_dim: hidden / config.num_attention_heads,
-        })
-    }
-
-    fn forward(&self, hidden: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let q = self.query.forward(hidden)?;
-        let k = self.key.forward(hidden)?;
-        let v = self.value.forward(hidden)?;
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
-        // (batch, seq, hidden) in and out; the heads are split inside.
-        Ok(multi_head_attention(
-            &q,
-            &k,
-            &v,
-            self.num_heads,
-            mask,
-            scale,
-        )?)
-    }
-}
-
 /// A dense projection, then dropout (a no-op at inference), then a residual layer norm: the
 /// `BertSelfOutput` and `BertOutput` blocks.
 /// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/bert/modeling_bert.py#L428>
@@ -251,7 +211,9 @@ impl ResidualOutput {
 /// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/bert/modeling_bert.py#L531>
 #[derive(Debug, Clone)]
 struct BertLayer {
-    self_attention: BertSelfAttention,
+    /// `attention.self`: query, key and value projections and scaled dot-product attention.
+    /// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/bert/modeling_bert.py#L191>
+    self_attention: SelfAttention,
     attention_output: ResidualOutput,
     intermediate: Linear,
     activation: Activation,
@@ -262,7 +224,12 @@ impl BertLayer {
     fn load(vb: VarBuilder, config: &BertConfig) -> Result<Self> {
         let attention = vb.pp("attention");
         Ok(Self {
-            self_attention: BertSelfAttention::load(attention.pp("self"), config)?,
+            self_attention: SelfAttention::load(
+                attention.pp("self"),
+                ["query", "key", "value"],
+                config.hidden_size,
+                config.num_attention_heads,
+            )?,
             attention_output: ResidualOutput::load(
                 attention.pp("output"),
                 config.hidden_size,

@@ -12,9 +12,9 @@ use serde::Deserialize;
 
 use crate::config::Labels;
 use crate::error::{Error, Result};
-use crate::kernels::multi_head_attention;
 use crate::layers::{
     padding_mask, require_divisible, require_positive, Activation, Embedding, LayerNorm, Linear,
+    SelfAttention,
 };
 use crate::models::{
     base_model_weights, tied_weight, EncoderOutput, MaskedLmHead, ModelInput,
@@ -110,34 +110,27 @@ impl Embeddings {
 /// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/distilbert/modeling_distilbert.py#L131>
 #[derive(Debug, Clone)]
 struct MultiHeadSelfAttention {
-    q_lin: Linear,
-    k_lin: Linear,
-    v_lin: Linear,
+    projections: SelfAttention,
     out_lin: Linear,
-    n_heads: usize,
-    head_dim: usize,
 }
 
 impl MultiHeadSelfAttention {
     fn load(vb: VarBuilder, config: &DistilBertConfig) -> Result<Self> {
         let dim = config.dim;
         Ok(Self {
-            q_lin: Linear::load(vb.pp("q_lin"), dim, dim)?,
-            k_lin: Linear::load(vb.pp("k_lin"), dim, dim)?,
-            v_lin: Linear::load(vb.pp("v_lin"), dim, dim)?,
+            projections: SelfAttention::load(
+                vb.clone(),
+                ["q_lin", "k_lin", "v_lin"],
+                dim,
+                config.n_heads,
+            )?,
             out_lin: Linear::load(vb.pp("out_lin"), dim, dim)?,
-            n_heads: config.n_heads,
-            head_dim: dim / config.n_heads,
         })
     }
 
     fn forward(&self, hidden: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let q = self.q_lin.forward(hidden)?;
-        let k = self.k_lin.forward(hidden)?;
-        let v = self.v_lin.forward(hidden)?;
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let context = multi_head_attention(&q, &k, &v, self.n_heads, mask, scale)?;
-        self.out_lin.forward(&context)
+        self.out_lin
+            .forward(&self.projections.forward(hidden, mask)?)
     }
 }
 
