@@ -105,9 +105,8 @@ impl Linear {
 /// the BERT-style encoders, whose checkpoints differ only in the projections' key names.
 #[derive(Debug, Clone)]
 pub struct SelfAttention {
-    query: Linear,
-    key: Linear,
-    value: Linear,
+    /// The three projections as one: weights stacked at load, so one GEMM makes q, k and v.
+    qkv: Linear,
     heads: usize,
     scale: f64,
 }
@@ -115,11 +114,14 @@ pub struct SelfAttention {
 impl SelfAttention {
     /// `names`: the checkpoint keys of the query, key and value projections under `vb`.
     pub fn load(vb: VarBuilder, names: [&str; 3], hidden: usize, heads: usize) -> Result<Self> {
-        let [query, key, value] = names.map(|name| Linear::load(vb.pp(name), hidden, hidden));
+        let mut weights = Vec::with_capacity(3);
+        let mut biases = Vec::with_capacity(3);
+        for name in names {
+            weights.push(vb.pp(name).get((hidden, hidden), "weight")?);
+            biases.push(vb.pp(name).get(hidden, "bias")?);
+        }
         Ok(Self {
-            query: query?,
-            key: key?,
-            value: value?,
+            qkv: Linear::new(Tensor::cat(&weights, 0)?, Some(Tensor::cat(&biases, 0)?)),
             heads,
             scale: 1.0 / ((hidden / heads) as f64).sqrt(),
         })
@@ -127,11 +129,9 @@ impl SelfAttention {
 
     /// (batch, seq, hidden) in and out; the heads are split inside.
     pub fn forward(&self, hidden: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let q = self.query.forward(hidden)?;
-        let k = self.key.forward(hidden)?;
-        let v = self.value.forward(hidden)?;
+        let qkv = self.qkv.forward(hidden)?;
         Ok(crate::kernels::multi_head_attention(
-            &q, &k, &v, self.heads, mask, self.scale,
+            &qkv, self.heads, mask, self.scale,
         )?)
     }
 }

@@ -1,30 +1,29 @@
 //! Fused multi-head self-attention for encoders on the CPU: for each (batch, head) pair, in
 //! parallel, `softmax(Q Kᵀ · scale + mask) V` with the head's rows read in place from the
-//! (batch, seq, heads · head_dim) projections and the result written in place into the same
-//! layout. No head transposes, no (batch, heads, seq, seq) score tensor: each task keeps one
-//! head's scores in a buffer of its own.
+//! packed (batch, seq, 3 · hidden) projections and the result written in place into a
+//! (batch, seq, hidden) output. No head transposes, no (batch, heads, seq, seq) score tensor:
+//! each task keeps one head's scores in a buffer of its own.
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor, D};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::softmax_row;
 
-/// Attention over `q`, `k`, `v` of shape (batch, seq, heads · head_dim), returning that shape.
-/// `mask`: additive f32, (batch, 1, 1, k_seq), as `layers::padding_mask` makes it. On the CPU in
+/// Attention over packed projections `qkv`: (batch, seq, 3 · heads · head_dim), query, key
+/// and value side by side as one GEMM makes them. Returns (batch, seq, heads · head_dim).
+/// `mask`: additive f32, (batch, 1, 1, seq), as `layers::padding_mask` makes it. On the CPU in
 /// f32 this is one fused kernel; elsewhere the heads are split and `layers::attention` runs.
 pub fn multi_head_attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
+    qkv: &Tensor,
     heads: usize,
     mask: Option<&Tensor>,
     scale: f64,
 ) -> candle_core::Result<Tensor> {
-    let fused = super::use_kernels(q)
+    let fused = super::use_kernels(qkv)
         && mask.is_none_or(|m| m.dims().len() == 4 && m.dim(2).ok() == Some(1));
     if !fused {
-        return split_heads_attention(q, k, v, heads, mask, scale);
+        return split_heads_attention(qkv, heads, mask, scale);
     }
     let mask = mask
         .map(|m| m.flatten_all()?.to_vec1::<f32>())
@@ -34,26 +33,25 @@ pub fn multi_head_attention(
         scale: scale as f32,
         mask,
     };
-    q.contiguous()?
-        .apply_op3_no_bwd(&k.contiguous()?, &v.contiguous()?, &op)
+    qkv.contiguous()?.apply_op1_no_bwd(&op)
 }
 
-/// The portable path: (batch, seq, heads · d) -> (batch, heads, seq, d), attention, and back.
+/// The portable path: each of q, k, v to (batch, heads, seq, d), attention, and back.
 fn split_heads_attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
+    qkv: &Tensor,
     heads: usize,
     mask: Option<&Tensor>,
     scale: f64,
 ) -> candle_core::Result<Tensor> {
-    let (batch, q_len, width) = q.dims3()?;
-    let split = |x: &Tensor| -> candle_core::Result<Tensor> {
-        let (b, s, _) = x.dims3()?;
-        x.reshape((b, s, heads, width / heads))?.transpose(1, 2)
+    let (batch, len, packed) = qkv.dims3()?;
+    let width = packed / 3;
+    let split = |i: usize| -> candle_core::Result<Tensor> {
+        qkv.narrow(D::Minus1, i * width, width)?
+            .reshape((batch, len, heads, width / heads))?
+            .transpose(1, 2)
     };
-    let context = crate::layers::attention(&split(q)?, &split(k)?, &split(v)?, mask, scale)?;
-    context.transpose(1, 2)?.reshape((batch, q_len, width))
+    let context = crate::layers::attention(&split(0)?, &split(1)?, &split(2)?, mask, scale)?;
+    context.transpose(1, 2)?.reshape((batch, len, width))
 }
 
 /// The contiguous f32 data of one input.
@@ -86,75 +84,62 @@ impl SharedOut {
     }
 }
 
-impl CustomOp3 for FusedAttention {
+impl CustomOp1 for FusedAttention {
     fn name(&self) -> &'static str {
         "fused-attention"
     }
 
     fn cpu_fwd(
         &self,
-        q: &CpuStorage,
-        q_layout: &Layout,
-        k: &CpuStorage,
-        k_layout: &Layout,
-        v: &CpuStorage,
-        v_layout: &Layout,
+        qkv: &CpuStorage,
+        layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (q, k, v) = (
-            slice(q, q_layout)?,
-            slice(k, k_layout)?,
-            slice(v, v_layout)?,
-        );
-        let (batch, q_len, width) = q_layout.shape().dims3()?;
-        let (k_batch, k_len, k_width) = k_layout.shape().dims3()?;
-        if k_batch != batch
-            || k_width != width
-            || v_layout.shape() != k_layout.shape()
-            || width % self.heads != 0
-        {
+        let qkv = slice(qkv, layout)?;
+        let (batch, len, packed) = layout.shape().dims3()?;
+        if packed % 3 != 0 || (packed / 3) % self.heads != 0 {
             candle_core::bail!(
-                "fused-attention: q {:?}, k {:?}, v {:?} do not fit",
-                q_layout.shape(),
-                k_layout.shape(),
-                v_layout.shape()
+                "fused-attention: packed width {packed} does not split into 3 x {} heads",
+                self.heads
             )
         }
+        let width = packed / 3;
         if let Some(mask) = &self.mask {
-            if mask.len() != batch * k_len {
+            if mask.len() != batch * len {
                 candle_core::bail!(
-                    "fused-attention: mask of {} values for {batch} x {k_len}",
+                    "fused-attention: mask of {} values for {batch} x {len}",
                     mask.len()
                 )
             }
         }
         let head_dim = width / self.heads;
-        let no_mask = vec![0f32; k_len];
-        let mut out = vec![0f32; batch * q_len * width];
+        let no_mask = vec![0f32; len];
+        let mut out = vec![0f32; batch * len * width];
         let shared = SharedOut(out.as_mut_ptr());
         (0..batch * self.heads).into_par_iter().for_each_init(
-            || vec![0f32; q_len * k_len],
+            || vec![0f32; len * len],
             |scores, task| {
                 let (b, h) = (task / self.heads, task % self.heads);
-                let offset_q = b * q_len * width + h * head_dim;
-                let offset_kv = b * k_len * width + h * head_dim;
-                // SAFETY: every pointer stays inside its buffer: rows b·len .. (b+1)·len and
-                // columns h·d .. (h+1)·d of (len, width) matrices. This task alone writes
-                // those elements of `out`.
+                let q = b * len * packed + h * head_dim;
+                let (k, v) = (q + width, q + 2 * width);
+                let out_offset = b * len * width + h * head_dim;
+                // SAFETY: every pointer stays inside its buffer: rows b·len .. (b+1)·len, and
+                // the head's d columns of the q, k or v part of a row. This task alone writes
+                // the (rows, head) block of `out`.
                 unsafe {
-                    // scores (q_len × k_len) = scale · Q_bh (q_len × d) · K_bhᵀ (d × k_len)
+                    // scores (len × len) = scale · Q_bh (len × d) · K_bhᵀ (d × len)
                     gemm::gemm(
-                        q_len,
-                        k_len,
+                        len,
+                        len,
                         head_dim,
                         scores.as_mut_ptr(),
                         1,
-                        k_len as isize,
+                        len as isize,
                         false,
-                        q.as_ptr().add(offset_q),
+                        qkv.as_ptr().add(q),
                         1,
-                        width as isize,
-                        k.as_ptr().add(offset_kv),
-                        width as isize,
+                        packed as isize,
+                        qkv.as_ptr().add(k),
+                        packed as isize,
                         1,
                         0.0,
                         self.scale,
@@ -165,28 +150,28 @@ impl CustomOp3 for FusedAttention {
                     );
                 }
                 let mask_row = match &self.mask {
-                    Some(mask) => &mask[b * k_len..(b + 1) * k_len],
+                    Some(mask) => &mask[b * len..(b + 1) * len],
                     None => &no_mask[..],
                 };
-                for row in scores.chunks_mut(k_len) {
+                for row in scores.chunks_mut(len) {
                     softmax_row(row, mask_row, 1.0);
                 }
                 unsafe {
-                    // out rows (q_len × d) = P (q_len × k_len) · V_bh (k_len × d)
+                    // out rows (len × d) = P (len × len) · V_bh (len × d)
                     gemm::gemm(
-                        q_len,
+                        len,
                         head_dim,
-                        k_len,
-                        shared.at(offset_q),
+                        len,
+                        shared.at(out_offset),
                         1,
                         width as isize,
                         false,
                         scores.as_ptr(),
                         1,
-                        k_len as isize,
-                        v.as_ptr().add(offset_kv),
+                        len as isize,
+                        qkv.as_ptr().add(v),
                         1,
-                        width as isize,
+                        packed as isize,
                         0.0,
                         1.0,
                         false,
@@ -197,6 +182,6 @@ impl CustomOp3 for FusedAttention {
                 }
             },
         );
-        Ok((CpuStorage::F32(out), q_layout.shape().clone()))
+        Ok((CpuStorage::F32(out), Shape::from((batch, len, width))))
     }
 }
