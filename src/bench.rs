@@ -27,7 +27,8 @@ pub fn encoder(
     runs: usize,
 ) -> Result<Report, ferroformers::Error> {
     let pretrained = ferroformers::Pretrained::open(model, &options.hub)?;
-    let encoder = AutoModel::from_pretrained(model, options)?;
+    let vb = pretrained.var_builder(options.dtype, &options.device)?;
+    let encoder = AutoModel::from_config(vb, pretrained.config())?;
     let vocab = match pretrained.config() {
         ferroformers::ModelConfig::Bert(c) | ferroformers::ModelConfig::Roberta(c) => c.vocab_size,
         ferroformers::ModelConfig::Distilbert(c) => c.vocab_size,

@@ -72,9 +72,10 @@ impl TextGenerationPipeline {
                 .chunks(config.num_return_sequences)
                 .zip(&batch)
                 .map(|(sequences, prompt)| {
+                    let decoded = self.decoded_prompt(prompt)?;
                     sequences
                         .iter()
-                        .map(|g| self.to_output(prompt, g, return_full_text))
+                        .map(|g| self.to_output(prompt, &decoded, g, return_full_text))
                         .collect()
                 })
                 .collect()
@@ -91,7 +92,18 @@ impl TextGenerationPipeline {
     ) -> Result<GeneratedText> {
         let generated = Generator::new(&self.model, &self.tokenizer)
             .generate_stream(prompt, config, on_piece)?;
-        self.to_output(prompt, &generated, return_full_text)
+        self.to_output(
+            prompt,
+            &self.decoded_prompt(prompt)?,
+            &generated,
+            return_full_text,
+        )
+    }
+
+    /// The prompt as the tokenizer decodes it back, which is what the full decode starts with.
+    fn decoded_prompt(&self, prompt: &str) -> Result<String> {
+        let prompt_ids = self.tokenizer.encode(prompt, &EncodeOptions::default())?;
+        self.tokenizer.decode(prompt_ids.get_ids(), true)
     }
 
     /// The pipeline's text, as transformers builds it: the continuation is the full decode
@@ -99,13 +111,12 @@ impl TextGenerationPipeline {
     fn to_output(
         &self,
         prompt: &str,
+        decoded_prompt: &str,
         generated: &Generated,
         return_full_text: bool,
     ) -> Result<GeneratedText> {
-        let prompt_ids = self.tokenizer.encode(prompt, &EncodeOptions::default())?;
-        let decoded_prompt = self.tokenizer.decode(prompt_ids.get_ids(), true)?;
         let continuation = match generated.text.get(decoded_prompt.len()..) {
-            Some(rest) if generated.text.starts_with(&decoded_prompt) => rest.to_string(),
+            Some(rest) if generated.text.starts_with(decoded_prompt) => rest.to_string(),
             _ => self.tokenizer.decode(&generated.token_ids, true)?,
         };
         Ok(GeneratedText {
