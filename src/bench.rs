@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use ferroformers::{AutoModel, DType, FromPretrained, LoadOptions, ModelInput, Tensor};
+use ferroformers::{AutoModel, DType, LoadOptions, ModelInput, Tensor};
 use serde::Serialize;
 
 /// What one benchmark measured.
@@ -27,8 +27,7 @@ pub fn encoder(
     runs: usize,
 ) -> Result<Report, ferroformers::Error> {
     let pretrained = ferroformers::Pretrained::open(model, &options.hub)?;
-    let vb = pretrained.var_builder(options.dtype, &options.device)?;
-    let encoder = AutoModel::from_config(vb, pretrained.config())?;
+        let encoder = pretrained.load::<AutoModel>(options)?;
     let vocab = match pretrained.config() {
         ferroformers::ModelConfig::Bert(c) | ferroformers::ModelConfig::Roberta(c) => c.vocab_size,
         ferroformers::ModelConfig::Distilbert(c) => c.vocab_size,

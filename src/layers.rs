@@ -5,11 +5,13 @@
 //! The device comes from the weights (the `VarBuilder`), the dtype from the activations; softmax
 //! and layer norm accumulate in f32 whatever the dtype.
 
-use candle_core::{DType, Module, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Module, Shape, Tensor, D};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::kernels::gemm::{Epilogue, Isa, PackedWeights, WeightFormat};
+use crate::kernels::{kernel_mode, KernelMode};
 
 /// `x @ weight.T + bias`, with `weight` stored `(out, in)` as `torch.nn.Linear` stores it.
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
@@ -77,27 +79,230 @@ pub fn padding_mask(attention_mask: &Tensor) -> candle_core::Result<Tensor> {
     (blocked * f32::MIN as f64)?.reshape((batch, 1, 1, seq))
 }
 
-/// A linear layer loaded from `weight` (out, in) and optional `bias`.
+/// How [`Linear`] layers store their weights on the CPU when the kernels are on; set for the
+/// duration of one load by [`with_quantization`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Quantization {
+    /// Keep the checkpoint's precision (f32, or bf16 when loaded as bf16).
+    #[default]
+    None,
+    /// Weight-only int8, one scale per output channel; activations stay f32.
+    Int8,
+}
+
+thread_local! {
+    static QUANTIZATION: std::cell::Cell<Quantization> = const { std::cell::Cell::new(Quantization::None) };
+}
+
+/// Run `load` with every [`Linear`] it builds stored as `quantization` asks. A scope rather
+/// than an argument, so the architectures' loaders stay the checkpoint's shape.
+pub fn with_quantization<T>(quantization: Quantization, load: impl FnOnce() -> T) -> T {
+    let previous = QUANTIZATION.with(|q| q.replace(quantization));
+    let result = load();
+    QUANTIZATION.with(|q| q.set(previous));
+    result
+}
+
+/// A linear layer, `x @ weight.T + bias`, with `weight` (out, in) as `torch.nn.Linear`.
+///
+/// On the CPU (unless the kernels are set to `reference`) the weight is packed at load for
+/// our GEMM, in f32, bf16 (when loaded as bf16) or int8 (see [`with_quantization`]), and
+/// activations are f32 whatever the weights' format. Elsewhere candle's matmul runs.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    weight: Tensor,
-    bias: Option<Tensor>,
+    weights: LinearWeights,
+}
+
+#[derive(Debug, Clone)]
+enum LinearWeights {
+    Tensor {
+        weight: Tensor,
+        bias: Option<Tensor>,
+    },
+    Packed {
+        weights: std::sync::Arc<PackedWeights>,
+        bias: Option<std::sync::Arc<[f32]>>,
+    },
 }
 
 impl Linear {
     pub fn load(vb: VarBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
+        Self::new(
+            vb.get((out_dim, in_dim), "weight")?,
+            Some(vb.get(out_dim, "bias")?),
+        )
+    }
+
+    /// `weight`: (out, in), any layout (GPT-2's Conv1D passes a transposed view).
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
+        let quantization = QUANTIZATION.with(|q| q.get());
+        if !weight.device().is_cpu() || kernel_mode() == KernelMode::Reference {
+            if quantization != Quantization::None {
+                return Err(Error::InvalidInput(
+                    "int8 quantization runs on the CPU with the kernels on; load on the CPU, \
+                     or without quantization"
+                        .to_string(),
+                ));
+            }
+            return Ok(Self {
+                weights: LinearWeights::Tensor { weight, bias },
+            });
+        }
+        let (outer, inner) = weight.dims2()?;
+        let format = match (quantization, weight.dtype()) {
+            (Quantization::Int8, _) => WeightFormat::Int8,
+            (Quantization::None, DType::BF16) => WeightFormat::Bf16,
+            _ => WeightFormat::F32,
+        };
+        let values = weight
+            .to_dtype(DType::F32)?
+            .contiguous()?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let weights = PackedWeights::pack(inner, outer, format, |o, i| values[o * inner + i]);
+        let bias = match bias {
+            Some(bias) => Some(bias.to_dtype(DType::F32)?.to_vec1::<f32>()?.into()),
+            None => None,
+        };
         Ok(Self {
-            weight: vb.get((out_dim, in_dim), "weight")?,
-            bias: Some(vb.get(out_dim, "bias")?),
+            weights: LinearWeights::Packed {
+                weights: std::sync::Arc::new(weights),
+                bias,
+            },
         })
     }
 
-    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self { weight, bias }
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, None, None)
     }
 
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(linear(x, &self.weight, self.bias.as_ref())?)
+    /// `activation(x @ weight.T + bias) + residual`: on the CPU, exact GELU and the residual
+    /// are applied by the GEMM to each block it has just written, while it is in cache.
+    pub fn forward_with(
+        &self,
+        x: &Tensor,
+        activation: Option<Activation>,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        match &self.weights {
+            LinearWeights::Tensor { weight, bias } => {
+                let mut y = linear(x, weight, bias.as_ref())?;
+                if let Some(activation) = activation {
+                    y = activation.forward(&y)?;
+                }
+                match residual {
+                    Some(residual) => Ok((y + residual)?),
+                    None => Ok(y),
+                }
+            }
+            LinearWeights::Packed { weights, bias } => {
+                let fused = activation == Some(Activation::Gelu);
+                let op = PackedLinear {
+                    weights: weights.clone(),
+                    bias: bias.clone(),
+                    epilogue: if fused { Epilogue::GeluErf } else { Epilogue::None },
+                    isa: Isa::detect(kernel_mode() == KernelMode::Portable),
+                };
+                let x = x.to_dtype(DType::F32)?.contiguous()?;
+                let mut y = match (residual, activation.is_none() || fused) {
+                    (Some(residual), true) => {
+                        let residual = residual.to_dtype(DType::F32)?.contiguous()?;
+                        x.apply_op2_no_bwd(&residual, &op)?
+                    }
+                    _ => x.apply_op1_no_bwd(&op)?,
+                };
+                if let Some(activation) = activation.filter(|_| !fused) {
+                    y = activation.forward(&y)?;
+                    if let Some(residual) = residual {
+                        y = (y + residual)?;
+                    }
+                }
+                Ok(y)
+            }
+        }
+    }
+}
+
+/// [`Linear`] on the CPU: our GEMM over packed weights, `(…, in)` to `(…, out)`; the
+/// two-input form adds a residual of the output's shape.
+struct PackedLinear {
+    weights: std::sync::Arc<PackedWeights>,
+    bias: Option<std::sync::Arc<[f32]>>,
+    epilogue: Epilogue,
+    isa: Isa,
+}
+
+impl PackedLinear {
+    fn run(
+        &self,
+        x: &CpuStorage,
+        layout: &Layout,
+        residual: Option<&[f32]>,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(data), Some((start, end))) = (x, layout.contiguous_offsets()) else {
+            candle_core::bail!("packed linear: contiguous f32 input only")
+        };
+        let x = &data[start..end];
+        let dims = layout.shape().dims();
+        let inner = self.weights.inner();
+        if dims.last() != Some(&inner) {
+            candle_core::bail!(
+                "packed linear: input {:?} does not end in {inner} features",
+                layout.shape()
+            )
+        }
+        let rows = x.len() / inner.max(1);
+        let outer = self.weights.outer();
+        if residual.is_some_and(|r| r.len() != rows * outer) {
+            candle_core::bail!("packed linear: the residual is not of the output's shape")
+        }
+        let mut out = vec![0f32; rows * outer];
+        crate::kernels::gemm::matmul(
+            x,
+            rows,
+            &self.weights,
+            self.bias.as_deref(),
+            self.epilogue,
+            residual,
+            &mut out,
+            self.isa,
+        );
+        let mut out_dims = dims.to_vec();
+        if let Some(last) = out_dims.last_mut() {
+            *last = outer;
+        }
+        Ok((CpuStorage::F32(out), Shape::from(out_dims)))
+    }
+}
+
+impl CustomOp1 for PackedLinear {
+    fn name(&self) -> &'static str {
+        "packed-linear"
+    }
+
+    fn cpu_fwd(&self, x: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.run(x, layout, None)
+    }
+}
+
+impl CustomOp2 for PackedLinear {
+    fn name(&self) -> &'static str {
+        "packed-linear-residual"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_layout: &Layout,
+        residual: &CpuStorage,
+        residual_layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(data), Some((start, end))) =
+            (residual, residual_layout.contiguous_offsets())
+        else {
+            candle_core::bail!("packed linear: contiguous f32 residual only")
+        };
+        self.run(x, x_layout, Some(&data[start..end]))
     }
 }
 
@@ -121,7 +326,7 @@ impl SelfAttention {
             biases.push(vb.pp(name).get(hidden, "bias")?);
         }
         Ok(Self {
-            qkv: Linear::new(Tensor::cat(&weights, 0)?, Some(Tensor::cat(&biases, 0)?)),
+            qkv: Linear::new(Tensor::cat(&weights, 0)?, Some(Tensor::cat(&biases, 0)?))?,
             heads,
             scale: 1.0 / ((hidden / heads) as f64).sqrt(),
         })
@@ -162,13 +367,22 @@ impl LayerNorm {
 #[derive(Debug, Clone)]
 pub struct Embedding {
     table: candle_nn::Embedding,
+    output_dtype: DType,
 }
 
 impl Embedding {
     pub fn load(vb: VarBuilder, count: usize, size: usize) -> Result<Self> {
         let weight = vb.get((count, size), "weight")?;
+        // With packed linear layers the activations are f32 whatever the weights' dtype:
+        // the sum of embeddings is where they start.
+        let output_dtype = if weight.device().is_cpu() && kernel_mode() != KernelMode::Reference {
+            DType::F32
+        } else {
+            weight.dtype()
+        };
         Ok(Self {
             table: candle_nn::Embedding::new(weight, size),
+            output_dtype,
         })
     }
 
@@ -193,7 +407,7 @@ impl Embedding {
                 )));
             }
         }
-        Ok(self.table.forward(ids)?)
+        Ok(self.table.forward(ids)?.to_dtype(self.output_dtype)?)
     }
 }
 

@@ -78,5 +78,6 @@ pub use models::roberta::{
 };
 pub use models::{EncoderOutput, ModelInput, QuestionAnsweringOutput};
 pub use pooling::{l2_normalize, Pooling};
+pub use layers::Quantization;
 pub use pretrained::{FromPretrained, LoadOptions, Pretrained};
 pub use tokenizer::{EncodeOptions, EncodedBatch, PaddingSide, TextInput, Tokenizer};

@@ -7,6 +7,7 @@ use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::generation::GenerationConfig;
 use crate::hub::{HubOptions, ModelSource};
+use crate::layers::{with_quantization, Quantization};
 use crate::tokenizer::Tokenizer;
 use crate::weights::WeightFiles;
 
@@ -17,6 +18,8 @@ pub struct LoadOptions {
     /// The dtype the weights are converted to: f32, f16 or bf16.
     pub dtype: DType,
     pub device: Device,
+    /// Weight-only quantization of the linear layers (CPU only).
+    pub quantization: Quantization,
 }
 
 impl Default for LoadOptions {
@@ -25,6 +28,7 @@ impl Default for LoadOptions {
             hub: HubOptions::from_env(),
             dtype: DType::F32,
             device: Device::Cpu,
+            quantization: Quantization::None,
         }
     }
 }
@@ -42,6 +46,11 @@ impl LoadOptions {
 
     pub fn with_device(mut self, device: Device) -> Self {
         self.device = device;
+        self
+    }
+
+    pub fn with_quantization(mut self, quantization: Quantization) -> Self {
+        self.quantization = quantization;
         self
     }
 }
@@ -75,6 +84,12 @@ impl Pretrained {
         WeightFiles::resolve(&self.source)?.var_builder(dtype, device)
     }
 
+    /// Fetch the weights and build `M` from them, as `options` place and store them.
+    pub fn load<M: FromPretrained>(&self, options: &LoadOptions) -> Result<M> {
+        let vb = self.var_builder(options.dtype, &options.device)?;
+        with_quantization(options.quantization, || M::from_config(vb, &self.config))
+    }
+
     /// `generation_config.json`, or when the model has none, the generation fields of
     /// `config.json` (end and pad tokens), as transformers' `GenerationConfig.from_model_config`.
     pub fn generation_config(&self) -> Result<GenerationConfig> {
@@ -97,9 +112,7 @@ pub trait FromPretrained: Sized {
 
     /// Load `model` (a Hub id or a local folder).
     fn from_pretrained(model: &str, options: &LoadOptions) -> Result<Self> {
-        let pretrained = Pretrained::open(model, &options.hub)?;
-        let vb = pretrained.var_builder(options.dtype, &options.device)?;
-        Self::from_config(vb, pretrained.config())
+        Pretrained::open(model, &options.hub)?.load(options)
     }
 }
 

@@ -3,6 +3,7 @@
 //! other devices and dtypes fall back to candle's own ops, so results agree everywhere.
 
 mod attention;
+pub mod gemm;
 mod math;
 
 pub use attention::multi_head_attention;
@@ -104,6 +105,24 @@ dispatch! {
     fn gelu_slice(input: &[f32], output: &mut [f32]) {
         for (o, &x) in output.iter_mut().zip(input) {
             *o = gelu_erf_scalar(x);
+        }
+    }
+}
+
+dispatch! {
+    /// Exact GELU, in place.
+    fn gelu_in_place(values: &mut [f32]) {
+        for v in values.iter_mut() {
+            *v = gelu_erf_scalar(*v);
+        }
+    }
+}
+
+dispatch! {
+    /// `values += other`, element by element.
+    fn add_in_place(values: &mut [f32], other: &[f32]) {
+        for (v, &o) in values.iter_mut().zip(other) {
+            *v += o;
         }
     }
 }

@@ -202,8 +202,8 @@ impl ResidualOutput {
     }
 
     fn forward(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        let x = self.dense.forward(x)?;
-        self.layer_norm.forward(&(x + residual)?)
+        let x = self.dense.forward_with(x, None, Some(residual))?;
+        self.layer_norm.forward(&x)
     }
 }
 
@@ -249,8 +249,8 @@ impl BertLayer {
         let attended = self.self_attention.forward(hidden, mask)?;
         let hidden = self.attention_output.forward(&attended, hidden)?;
         let inner = self
-            .activation
-            .forward(&self.intermediate.forward(&hidden)?)?;
+            .intermediate
+            .forward_with(&hidden, Some(self.activation), None)?;
         self.output.forward(&inner, &hidden)
     }
 }
@@ -382,7 +382,7 @@ impl BertForMaskedLM {
         let decoder = Linear::new(
             tied_weight(&predictions, "decoder.weight", bert.word_embeddings())?,
             Some(predictions.get(config.vocab_size, "bias")?),
-        );
+        )?;
         let head = MaskedLmHead {
             dense: Linear::load(
                 transform.pp("dense"),

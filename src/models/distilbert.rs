@@ -128,9 +128,10 @@ impl MultiHeadSelfAttention {
         })
     }
 
+    /// The attention output plus `hidden` (the residual, added by the output projection).
     fn forward(&self, hidden: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         self.out_lin
-            .forward(&self.projections.forward(hidden, mask)?)
+            .forward_with(&self.projections.forward(hidden, mask)?, None, Some(hidden))
     }
 }
 
@@ -165,10 +166,12 @@ impl TransformerBlock {
 
     fn forward(&self, hidden: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let attended = self.attention.forward(hidden, mask)?;
-        let hidden = self.sa_layer_norm.forward(&(attended + hidden)?)?;
-        let inner = self.activation.forward(&self.lin1.forward(&hidden)?)?;
-        let out = self.lin2.forward(&inner)?;
-        self.output_layer_norm.forward(&(out + hidden)?)
+        let hidden = self.sa_layer_norm.forward(&attended)?;
+        let inner = self
+            .lin1
+            .forward_with(&hidden, Some(self.activation), None)?;
+        let out = self.lin2.forward_with(&inner, None, Some(&hidden))?;
+        self.output_layer_norm.forward(&out)
     }
 }
 
@@ -247,7 +250,7 @@ impl DistilBertForMaskedLM {
             decoder: Linear::new(
                 tied_weight(&projector, "weight", word_embeddings)?,
                 Some(projector.get(config.vocab_size, "bias")?),
-            ),
+            )?,
         };
         Ok(Self { distilbert, head })
     }

@@ -102,7 +102,7 @@ impl Gpt2Config {
 /// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/pytorch_utils.py#L94>
 fn conv1d(vb: VarBuilder, in_dim: usize, out_dim: usize) -> Result<Linear> {
     let weight = vb.get((in_dim, out_dim), "weight")?;
-    Ok(Linear::new(weight.t()?, Some(vb.get(out_dim, "bias")?)))
+    Linear::new(weight.t()?, Some(vb.get(out_dim, "bias")?))
 }
 
 /// Keys and values of every layer, kept between decoding steps.
@@ -283,11 +283,13 @@ impl Gpt2Attention {
         })
     }
 
+    /// Attention over `hidden` (the normed input), plus `residual`, added by `c_proj`.
     fn forward(
         &self,
         hidden: &Tensor,
         mask: Option<&Tensor>,
         cache: Option<&mut LayerKv>,
+        residual: &Tensor,
     ) -> Result<Tensor> {
         let (batch, seq, n_embd) = hidden.dims3()?;
         let qkv = self.c_attn.forward(hidden)?;
@@ -307,7 +309,7 @@ impl Gpt2Attention {
         let context = attention(&q, &k, &v, mask, self.scale)?
             .transpose(1, 2)?
             .reshape((batch, seq, n_embd))?;
-        self.c_proj.forward(&context)
+        self.c_proj.forward_with(&context, None, Some(residual))
     }
 }
 
@@ -343,14 +345,13 @@ impl Gpt2Block {
         mask: Option<&Tensor>,
         cache: Option<&mut LayerKv>,
     ) -> Result<Tensor> {
-        let attended = self
+        let hidden = self
             .attn
-            .forward(&self.ln_1.forward(hidden)?, mask, cache)?;
-        let hidden = (hidden + attended)?;
-        let inner = self
-            .activation
-            .forward(&self.c_fc.forward(&self.ln_2.forward(&hidden)?)?)?;
-        Ok((hidden + self.c_proj.forward(&inner)?)?)
+            .forward(&self.ln_1.forward(hidden)?, mask, cache, hidden)?;
+        let inner =
+            self.c_fc
+                .forward_with(&self.ln_2.forward(&hidden)?, Some(self.activation), None)?;
+        self.c_proj.forward_with(&inner, None, Some(&hidden))
     }
 }
 
@@ -517,7 +518,7 @@ impl Gpt2LMHeadModel {
         let lm_head = Linear::new(
             tied_weight(&vb.pp("lm_head"), "weight", transformer.wte.weight())?,
             None,
-        );
+        )?;
         Ok(Self {
             transformer,
             lm_head,
@@ -564,7 +565,7 @@ impl Gpt2ForSequenceClassification {
             .get((config.num_labels(), config.n_embd), "weight")?;
         Ok(Self {
             transformer: Gpt2Model::load(vb.clone(), config)?,
-            score: Linear::new(score, None),
+            score: Linear::new(score, None)?,
         })
     }
 

@@ -77,7 +77,7 @@ impl RobertaForMaskedLM {
         let decoder = Linear::new(
             tied_weight(&lm_head, "decoder.weight", roberta.word_embeddings())?,
             Some(lm_head.get(config.vocab_size, "bias")?),
-        );
+        )?;
         let head = MaskedLmHead {
             dense: Linear::load(lm_head.pp("dense"), config.hidden_size, config.hidden_size)?,
             // RobertaLMHead always applies exact GELU, whatever `hidden_act` says.

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::hub::ModelSource;
 use crate::pipelines::{batch_input, encode_all, in_batches, DEFAULT_BATCH_SIZE};
 use crate::pooling::{l2_normalize, Pooling};
-use crate::pretrained::{FromPretrained, LoadOptions, Pretrained};
+use crate::pretrained::{LoadOptions, Pretrained};
 use crate::tokenizer::{EncodeOptions, Tokenizer};
 
 /// An entry of `modules.json`.
@@ -126,9 +126,8 @@ impl EmbeddingsPipeline {
     pub fn from_pretrained(model: &str, options: &LoadOptions) -> Result<Self> {
         let pretrained = Pretrained::open(model, &options.hub)?;
         let setup = SentenceTransformersSetup::read(pretrained.source())?;
-        let vb = pretrained.var_builder(options.dtype, &options.device)?;
-        Ok(Self {
-            model: AutoModel::from_config(vb, pretrained.config())?,
+                Ok(Self {
+            model: pretrained.load::<AutoModel>(options)?,
             tokenizer: pretrained.tokenizer()?,
             pooling: setup.pooling.unwrap_or(Pooling::Mean),
             normalize: setup.normalize,

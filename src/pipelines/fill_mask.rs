@@ -9,7 +9,7 @@ use crate::auto::AutoModelForMaskedLM;
 use crate::error::{Error, Result};
 use crate::host::softmax;
 use crate::pipelines::{batch_input, encode_all, in_batches, DEFAULT_BATCH_SIZE};
-use crate::pretrained::{FromPretrained, LoadOptions, Pretrained};
+use crate::pretrained::{LoadOptions, Pretrained};
 use crate::tokenizer::{EncodeOptions, Tokenizer};
 
 /// One candidate for the masked token.
@@ -59,9 +59,8 @@ impl FillMaskPipeline {
             .ok_or_else(|| {
                 Error::InvalidInput(format!("the tokenizer of `{model}` has no mask token"))
             })?;
-        let vb = pretrained.var_builder(options.dtype, &options.device)?;
-        Ok(Self {
-            model: AutoModelForMaskedLM::from_config(vb, pretrained.config())?,
+                Ok(Self {
+            model: pretrained.load::<AutoModelForMaskedLM>(options)?,
             tokenizer,
             mask_id,
             mask_token,

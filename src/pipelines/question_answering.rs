@@ -10,7 +10,7 @@ use tokenizers::Encoding;
 use crate::auto::AutoModelForQuestionAnswering;
 use crate::error::{Error, Result};
 use crate::pipelines::{batch_input, in_batches, rows_to_host, DEFAULT_BATCH_SIZE};
-use crate::pretrained::{FromPretrained, LoadOptions, Pretrained};
+use crate::pretrained::{LoadOptions, Pretrained};
 use crate::tokenizer::Tokenizer;
 
 /// An answer: a span of the context, with character offsets.
@@ -70,9 +70,8 @@ impl QuestionAnsweringPipeline {
         let cls_id = ["[CLS]", "<s>"]
             .iter()
             .find_map(|t| tokenizer.token_to_id(t));
-        let vb = pretrained.var_builder(options.dtype, &options.device)?;
-        Ok(Self {
-            model: AutoModelForQuestionAnswering::from_config(vb, pretrained.config())?,
+                Ok(Self {
+            model: pretrained.load::<AutoModelForQuestionAnswering>(options)?,
             tokenizer,
             cls_id,
             device: options.device.clone(),

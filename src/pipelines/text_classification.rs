@@ -9,7 +9,7 @@ use crate::config::{Labels, ModelConfig};
 use crate::error::Result;
 use crate::host::{sigmoid, softmax};
 use crate::pipelines::{batch_input, encode_all, in_batches, rows_to_host, DEFAULT_BATCH_SIZE};
-use crate::pretrained::{FromPretrained, LoadOptions, Pretrained};
+use crate::pretrained::{LoadOptions, Pretrained};
 use crate::tokenizer::{EncodeOptions, TextInput, Tokenizer};
 
 /// How logits become scores.
@@ -83,9 +83,8 @@ pub struct TextClassificationPipeline {
 impl TextClassificationPipeline {
     pub fn from_pretrained(model: &str, options: &LoadOptions) -> Result<Self> {
         let pretrained = Pretrained::open(model, &options.hub)?;
-        let vb = pretrained.var_builder(options.dtype, &options.device)?;
-        Ok(Self {
-            model: AutoModelForSequenceClassification::from_config(vb, pretrained.config())?,
+                Ok(Self {
+            model: pretrained.load::<AutoModelForSequenceClassification>(options)?,
             tokenizer: pretrained.tokenizer()?,
             labels: pretrained.config().id2label().clone(),
             function: ScoreFunction::for_config(pretrained.config()),

@@ -6,7 +6,7 @@ use crate::error::Result;
 use crate::generation::{Generated, GenerationConfig, Generator};
 use crate::models::gpt2::Gpt2LMHeadModel;
 use crate::pipelines::in_batches;
-use crate::pretrained::{FromPretrained, LoadOptions, Pretrained};
+use crate::pretrained::{LoadOptions, Pretrained};
 use crate::tokenizer::{EncodeOptions, Tokenizer};
 
 /// One generated text, as transformers' pipeline returns it, plus the new token ids.
@@ -31,9 +31,8 @@ pub struct TextGenerationPipeline {
 impl TextGenerationPipeline {
     pub fn from_pretrained(model: &str, options: &LoadOptions) -> Result<Self> {
         let pretrained = Pretrained::open(model, &options.hub)?;
-        let vb = pretrained.var_builder(options.dtype, &options.device)?;
-        Ok(Self {
-            model: Gpt2LMHeadModel::from_config(vb, pretrained.config())?,
+                Ok(Self {
+            model: pretrained.load::<Gpt2LMHeadModel>(options)?,
             tokenizer: pretrained.tokenizer()?,
             config: pretrained.generation_config()?,
             batch_size: super::DEFAULT_BATCH_SIZE,

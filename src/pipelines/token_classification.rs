@@ -14,7 +14,7 @@ use crate::config::Labels;
 use crate::error::{Error, Result};
 use crate::host::{argmax, softmax};
 use crate::pipelines::{batch_input, encode_all, in_batches, rows_to_host, DEFAULT_BATCH_SIZE};
-use crate::pretrained::{FromPretrained, LoadOptions, Pretrained};
+use crate::pretrained::{LoadOptions, Pretrained};
 use crate::tokenizer::{EncodeOptions, Tokenizer};
 
 /// How token predictions become entities.
@@ -103,9 +103,8 @@ pub struct TokenClassificationPipeline {
 impl TokenClassificationPipeline {
     pub fn from_pretrained(model: &str, options: &LoadOptions) -> Result<Self> {
         let pretrained = Pretrained::open(model, &options.hub)?;
-        let vb = pretrained.var_builder(options.dtype, &options.device)?;
-        Ok(Self {
-            model: AutoModelForTokenClassification::from_config(vb, pretrained.config())?,
+                Ok(Self {
+            model: pretrained.load::<AutoModelForTokenClassification>(options)?,
             tokenizer: pretrained.tokenizer()?,
             labels: pretrained.config().id2label().clone(),
             device: options.device.clone(),
