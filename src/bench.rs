@@ -1,9 +1,11 @@
-//! `ferroformers bench`: time an encoder's forward pass, for comparisons run by
-//! scripts/bench_compare.py against PyTorch and ONNX Runtime on the same model files.
+//! `ferroformers bench`: time an encoder's forward pass, or GPT-2 decoding, for comparisons
+//! run by scripts/bench_compare.py against PyTorch and ONNX Runtime on the same model files.
 
 use std::time::Instant;
 
-use ferroformers::{AutoModel, DType, LoadOptions, ModelInput, Tensor};
+use ferroformers::generation::{GenerationConfig, Generator, PromptBatch};
+use ferroformers::{AutoModel, DType, Gpt2LMHeadModel, LoadOptions, ModelInput, Tensor};
+use rayon::prelude::*;
 use serde::Serialize;
 
 /// What one benchmark measured.
@@ -27,22 +29,13 @@ pub fn encoder(
     runs: usize,
 ) -> Result<Report, ferroformers::Error> {
     let pretrained = ferroformers::Pretrained::open(model, &options.hub)?;
-        let encoder = pretrained.load::<AutoModel>(options)?;
-    let vocab = match pretrained.config() {
-        ferroformers::ModelConfig::Bert(c) | ferroformers::ModelConfig::Roberta(c) => c.vocab_size,
-        ferroformers::ModelConfig::Distilbert(c) => c.vocab_size,
-        ferroformers::ModelConfig::Gpt2(c) => c.vocab_size,
-    };
+    let encoder = pretrained.load::<AutoModel>(options)?;
     if batch == 0 || seq == 0 || runs == 0 {
         return Err(ferroformers::Error::InvalidInput(
             "batch, seq and runs must be at least 1".to_string(),
         ));
     }
-    // Spread-out ids from 5 up, clear of the special and padding tokens at the start of the
-    // vocabulary (a fixed sequence: every run and every tool sees the same input).
-    let ids: Vec<u32> = (0..batch * seq)
-        .map(|i| 5 + ((i as u64 * 2_654_435_761) % (vocab.max(6) as u64 - 5)) as u32)
-        .collect();
+    let ids = token_ids(batch * seq, pretrained.config());
     let input = ModelInput {
         input_ids: Tensor::from_vec(ids, (batch, seq), &options.device)?,
         attention_mask: Some(Tensor::ones((batch, seq), DType::U32, &options.device)?),
@@ -67,9 +60,136 @@ pub fn encoder(
     Ok(Report {
         batch,
         seq,
-        dtype: format!("{:?}", options.dtype).to_lowercase(),
+        dtype: dtype_name(options),
         runs,
         median_ms,
         sequences_per_second: batch as f64 * 1e3 / median_ms,
     })
+}
+
+/// Spread-out ids from 5 up, clear of the special and padding tokens at the start of the
+/// vocabulary (a fixed sequence: every run and every tool sees the same input).
+fn token_ids(count: usize, config: &ferroformers::ModelConfig) -> Vec<u32> {
+    let vocab = match config {
+        ferroformers::ModelConfig::Bert(c) | ferroformers::ModelConfig::Roberta(c) => c.vocab_size,
+        ferroformers::ModelConfig::Distilbert(c) => c.vocab_size,
+        ferroformers::ModelConfig::Gpt2(c) => c.vocab_size,
+    };
+    (0..count)
+        .map(|i| 5 + ((i as u64 * 2_654_435_761) % (vocab.max(6) as u64 - 5)) as u32)
+        .collect()
+}
+
+fn dtype_name(options: &LoadOptions) -> String {
+    match options.quantization {
+        ferroformers::Quantization::Int8 => "int8".to_string(),
+        ferroformers::Quantization::None => format!("{:?}", options.dtype).to_lowercase(),
+    }
+}
+
+/// What one decoding benchmark measured.
+#[derive(Debug, Serialize)]
+pub struct DecodeReport {
+    pub batch: usize,
+    pub prompt_tokens: usize,
+    pub new_tokens: usize,
+    pub dtype: String,
+    pub runs: usize,
+    /// Median time to the first new token: the prompt's forward pass and one choice.
+    pub prefill_ms: f64,
+    /// Median new tokens per second after the first, all rows together.
+    pub decode_tokens_per_second: f64,
+    /// Weight bytes one decoding step reads (linear layers and LM head).
+    pub weight_bytes_per_token: usize,
+    /// Memory bandwidth measured in the same run by a STREAM-like triad, GB/s.
+    pub triad_gb_per_second: f64,
+    /// Decoding speed as a fraction of the bandwidth ceiling: steps/s × bytes per step ÷ triad.
+    pub bandwidth_fraction: f64,
+}
+
+/// Greedy decoding of `new_tokens` after a `prompt_tokens` prompt in each of `batch` rows,
+/// through the generation API with the KV cache; medians of `runs` after one warm-up.
+pub fn decoder(
+    model: &str,
+    options: &LoadOptions,
+    batch: usize,
+    prompt_tokens: usize,
+    new_tokens: usize,
+    runs: usize,
+) -> Result<DecodeReport, ferroformers::Error> {
+    let pretrained = ferroformers::Pretrained::open(model, &options.hub)?;
+    let decoder = pretrained.load::<Gpt2LMHeadModel>(options)?;
+    if batch == 0 || prompt_tokens == 0 || new_tokens < 2 || runs == 0 {
+        return Err(ferroformers::Error::InvalidInput(
+            "batch, prompt tokens and runs must be at least 1, new tokens at least 2".to_string(),
+        ));
+    }
+    let ids = token_ids(batch * prompt_tokens, pretrained.config());
+    let prompts =
+        PromptBatch::left_padded(ids.chunks(prompt_tokens).map(<[u32]>::to_vec).collect(), 0)?;
+    // No end token: every run makes exactly `new_tokens` tokens.
+    let mut config = GenerationConfig::default()
+        .greedy()
+        .with_max_new_tokens(new_tokens);
+    config.eos_token_id.clear();
+    let generator = Generator::without_tokenizer(&decoder);
+    let (mut prefill, mut decode) = (Vec::new(), Vec::new());
+    for run in 0..runs + 1 {
+        let start = Instant::now();
+        let mut first = None;
+        generator.generate_ids_streaming(&prompts, &config, |_, _| {
+            first.get_or_insert_with(|| start.elapsed());
+        })?;
+        let total = start.elapsed();
+        let first = first.unwrap_or(total);
+        if run >= 1 {
+            prefill.push(first.as_secs_f64() * 1e3);
+            decode.push((batch * (new_tokens - 1)) as f64 / (total - first).as_secs_f64());
+        }
+    }
+    let median = |mut values: Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    let decode_tokens_per_second = median(decode);
+    let weight_bytes_per_token = decoder.weight_bytes_per_token();
+    let triad = triad_gb_per_second();
+    let steps_per_second = decode_tokens_per_second / batch as f64;
+    Ok(DecodeReport {
+        batch,
+        prompt_tokens,
+        new_tokens,
+        dtype: dtype_name(options),
+        runs,
+        prefill_ms: median(prefill),
+        decode_tokens_per_second,
+        weight_bytes_per_token,
+        triad_gb_per_second: triad,
+        bandwidth_fraction: steps_per_second * weight_bytes_per_token as f64 / (triad * 1e9),
+    })
+}
+
+/// Memory bandwidth as STREAM's triad measures it, `a = b + s·c` over arrays far larger
+/// than the caches, on every core; the best of five passes, counting 12 bytes per element
+/// as STREAM does.
+pub fn triad_gb_per_second() -> f64 {
+    const LEN: usize = 32 << 20;
+    const CHUNK: usize = 1 << 16;
+    let b = vec![1.0f32; LEN];
+    let c = vec![2.0f32; LEN];
+    let mut a = vec![0.0f32; LEN];
+    let mut best = f64::INFINITY;
+    for _ in 0..6 {
+        let start = Instant::now();
+        a.par_chunks_mut(CHUNK)
+            .zip(b.par_chunks(CHUNK).zip(c.par_chunks(CHUNK)))
+            .for_each(|(a, (b, c))| {
+                for ((a, &b), &c) in a.iter_mut().zip(b).zip(c) {
+                    *a = b + 3.0 * c;
+                }
+            });
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    std::hint::black_box(&a);
+    (12 * LEN) as f64 / best / 1e9
 }

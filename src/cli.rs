@@ -11,7 +11,7 @@ use ferroformers::pipelines::{
     FillMaskPipeline, QuestionAnsweringOptions, QuestionAnsweringPipeline,
     TextClassificationPipeline, TextGenerationPipeline, TokenClassificationPipeline,
 };
-use ferroformers::{DType, Device, HubOptions, LoadOptions, Pooling, TextInput};
+use ferroformers::{DType, Device, HubOptions, LoadOptions, Pooling, Quantization, TextInput};
 use serde::Serialize;
 
 #[derive(Debug, Parser)]
@@ -45,6 +45,8 @@ enum CliDType {
     F32,
     F16,
     Bf16,
+    /// Linear layers quantized to int8 at load (one scale per output channel), the rest f32.
+    Int8,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -139,7 +141,9 @@ enum Command {
         json: bool,
         prompt: Option<String>,
     },
-    /// Time the encoder's forward pass on random token ids: median milliseconds and sequences/s.
+    /// Time the encoder's forward pass on random token ids: median milliseconds and
+    /// sequences/s. With --generate, time GPT-2's greedy decoding instead: prefill and
+    /// tokens/s, against the memory bandwidth measured in the same run.
     Bench {
         #[command(flatten)]
         common: Common,
@@ -147,6 +151,12 @@ enum Command {
         batch: usize,
         #[arg(long, default_value_t = 128)]
         seq: usize,
+        #[arg(long)]
+        generate: bool,
+        #[arg(long, default_value_t = 32)]
+        prompt_tokens: usize,
+        #[arg(long, default_value_t = 128)]
+        new_tokens: usize,
         /// Timed runs, after two warm-up runs.
         #[arg(long, default_value_t = 10)]
         runs: usize,
@@ -238,14 +248,16 @@ impl Common {
             CliDevice::Cuda => Device::new_cuda(0).map_err(ferroformers::Error::from)?,
             CliDevice::Metal => Device::new_metal(0).map_err(ferroformers::Error::from)?,
         };
-        let dtype = match self.dtype {
-            CliDType::F32 => DType::F32,
-            CliDType::F16 => DType::F16,
-            CliDType::Bf16 => DType::BF16,
+        let (dtype, quantization) = match self.dtype {
+            CliDType::F32 => (DType::F32, Quantization::None),
+            CliDType::F16 => (DType::F16, Quantization::None),
+            CliDType::Bf16 => (DType::BF16, Quantization::None),
+            CliDType::Int8 => (DType::F32, Quantization::Int8),
         };
         Ok(LoadOptions::default()
             .with_hub(HubOptions::from_env().with_revision(self.revision.clone()))
             .with_dtype(dtype)
+            .with_quantization(quantization)
             .with_device(device))
     }
 }
@@ -468,9 +480,47 @@ pub fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
         Command::Bench {
             common,
             batch,
+            generate: true,
+            prompt_tokens,
+            new_tokens,
+            runs,
+            json,
+            ..
+        } => {
+            let options = common.load_options()?;
+            let report = bench::decoder(
+                &common.model,
+                &options,
+                batch,
+                prompt_tokens,
+                new_tokens,
+                runs,
+            )?;
+            if json {
+                json_line(out, &report)?;
+            } else {
+                writeln!(
+                    out,
+                    "{}: {batch} x ({prompt_tokens} prompt + {new_tokens} new tokens), {}: \
+                     prefill {:.2} ms, decode {:.2} tokens/s, {:.0}% of the {:.1} GB/s triad \
+                     bandwidth at {:.1} MB per step ({runs} runs)",
+                    common.model,
+                    report.dtype,
+                    report.prefill_ms,
+                    report.decode_tokens_per_second,
+                    report.bandwidth_fraction * 100.0,
+                    report.triad_gb_per_second,
+                    report.weight_bytes_per_token as f64 / 1e6
+                )?;
+            }
+        }
+        Command::Bench {
+            common,
+            batch,
             seq,
             runs,
             json,
+            ..
         } => {
             let options = common.load_options()?;
             let report = bench::encoder(&common.model, &options, batch, seq, runs)?;

@@ -176,6 +176,16 @@ impl Linear {
         self.forward_with(x, None, None)
     }
 
+    /// Bytes of the weight as stored (what one row of input makes the product read).
+    pub fn weight_bytes(&self) -> usize {
+        match &self.weights {
+            LinearWeights::Tensor { weight, .. } => {
+                weight.elem_count() * weight.dtype().size_in_bytes()
+            }
+            LinearWeights::Packed { weights, .. } => weights.bytes(),
+        }
+    }
+
     /// `activation(x @ weight.T + bias) + residual`: on the CPU, exact GELU and the residual
     /// are applied by the GEMM to each block it has just written, while it is in cache.
     pub fn forward_with(
@@ -200,7 +210,11 @@ impl Linear {
                 let op = PackedLinear {
                     weights: weights.clone(),
                     bias: bias.clone(),
-                    epilogue: if fused { Epilogue::GeluErf } else { Epilogue::None },
+                    epilogue: if fused {
+                        Epilogue::GeluErf
+                    } else {
+                        Epilogue::None
+                    },
                     isa: Isa::detect(kernel_mode() == KernelMode::Portable),
                 };
                 let x = x.to_dtype(DType::F32)?.contiguous()?;

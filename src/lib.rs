@@ -61,6 +61,7 @@ pub use candle_core::{DType, Device, Tensor};
 pub use config::{Labels, ModelConfig};
 pub use error::{Error, Result};
 pub use hub::{HubOptions, ModelSource};
+pub use layers::Quantization;
 pub use models::bert::{
     BertConfig, BertForMaskedLM, BertForQuestionAnswering, BertForSequenceClassification,
     BertForTokenClassification, BertModel,
@@ -78,6 +79,5 @@ pub use models::roberta::{
 };
 pub use models::{EncoderOutput, ModelInput, QuestionAnsweringOutput};
 pub use pooling::{l2_normalize, Pooling};
-pub use layers::Quantization;
 pub use pretrained::{FromPretrained, LoadOptions, Pretrained};
 pub use tokenizer::{EncodeOptions, EncodedBatch, PaddingSide, TextInput, Tokenizer};

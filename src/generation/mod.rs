@@ -62,13 +62,22 @@ pub trait CausalLM {
         let device = self.device();
         let ids = to_tensor(input, device)?;
         let mask = to_tensor(mask, device)?;
-        let logits = self.forward(&ids, Some(&mask), Some(cache))?;
-        let last = logits.dim(1)? - 1;
-        Ok(logits
-            .narrow(1, last, 1)?
-            .squeeze(1)?
+        Ok(self
+            .last_logits(&ids, Some(&mask), Some(cache))?
             .to_dtype(DType::F32)?
             .to_vec2()?)
+    }
+
+    /// Logits of the last new token, (batch, vocab). Models can skip the other positions.
+    fn last_logits(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let logits = self.forward(input_ids, attention_mask, cache)?;
+        let last = logits.dim(1)? - 1;
+        Ok(logits.narrow(1, last, 1)?.squeeze(1)?)
     }
 }
 
@@ -80,6 +89,15 @@ impl CausalLM for Gpt2LMHeadModel {
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
         Gpt2LMHeadModel::forward(self, input_ids, attention_mask, cache)
+    }
+
+    fn last_logits(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        Gpt2LMHeadModel::forward_last(self, input_ids, attention_mask, cache)
     }
 
     fn new_cache(&self) -> KvCache {
@@ -187,12 +205,33 @@ pub struct Generated {
 #[derive(Debug)]
 pub struct Generator<'a, M: CausalLM> {
     model: &'a M,
-    tokenizer: &'a Tokenizer,
+    tokenizer: Option<&'a Tokenizer>,
 }
 
 impl<'a, M: CausalLM> Generator<'a, M> {
     pub fn new(model: &'a M, tokenizer: &'a Tokenizer) -> Self {
-        Self { model, tokenizer }
+        Self {
+            model,
+            tokenizer: Some(tokenizer),
+        }
+    }
+
+    /// Generation on token ids only (no text in or out, no stop strings).
+    pub fn without_tokenizer(model: &'a M) -> Self {
+        Self {
+            model,
+            tokenizer: None,
+        }
+    }
+
+    fn tokenizer(&self) -> Result<&'a Tokenizer> {
+        self.tokenizer.ok_or_else(|| {
+            Error::InvalidInput(
+                "text in or out, and stop strings, need a tokenizer: build the generator with \
+                 Generator::new"
+                    .to_string(),
+            )
+        })
     }
 
     /// transformers' `generate` on token ids: each row's full sequence, prompt (with its
@@ -203,6 +242,30 @@ impl<'a, M: CausalLM> Generator<'a, M> {
         config: &GenerationConfig,
     ) -> Result<Vec<Vec<u32>>> {
         self.run(prompts, config, &mut |_| Ok(()))
+    }
+
+    /// As [`Generator::generate_ids`], calling `on_token(row, token)` as each new token is
+    /// chosen (rows that have finished get filler tokens); beam search calls it only at the
+    /// end, when its best sequences are known.
+    pub fn generate_ids_streaming(
+        &self,
+        prompts: &PromptBatch,
+        config: &GenerationConfig,
+        mut on_token: impl FnMut(usize, u32),
+    ) -> Result<Vec<Vec<u32>>> {
+        let sequences = self.run(prompts, config, &mut |step| {
+            on_token(step.row, step.token);
+            Ok(())
+        })?;
+        if config.num_beams > 1 {
+            let prompt_len = prompts.seq_len();
+            for (row, sequence) in sequences.iter().enumerate() {
+                for &token in &sequence[prompt_len.min(sequence.len())..] {
+                    on_token(row, token);
+                }
+            }
+        }
+        Ok(sequences)
     }
 
     /// Generate from text prompts, batched with left padding.
@@ -241,7 +304,7 @@ impl<'a, M: CausalLM> Generator<'a, M> {
             ));
         }
         let batch = self.encode(&[prompt], config)?;
-        let mut stream = TokenStream::new(self.tokenizer);
+        let mut stream = TokenStream::new(self.tokenizer()?);
         let sequences = self.run(&batch, config, &mut |step| {
             if step.row == 0 && !step.finished {
                 if let Some(piece) = stream.push(step.token)? {
@@ -260,7 +323,13 @@ impl<'a, M: CausalLM> Generator<'a, M> {
         let options = EncodeOptions::default();
         let ids = prompts
             .iter()
-            .map(|prompt| Ok(self.tokenizer.encode(*prompt, &options)?.get_ids().to_vec()))
+            .map(|prompt| {
+                Ok(self
+                    .tokenizer()?
+                    .encode(*prompt, &options)?
+                    .get_ids()
+                    .to_vec())
+            })
             .collect::<Result<Vec<_>>>()?;
         let pad = config.fill_token().unwrap_or(0);
         PromptBatch::left_padded(ids, pad)
@@ -287,8 +356,10 @@ impl<'a, M: CausalLM> Generator<'a, M> {
                 self.model.max_positions()
             )));
         }
-        let stop = (!config.stop_strings.is_empty())
-            .then(|| StopStrings::new(self.tokenizer, &config.stop_strings));
+        let stop = match config.stop_strings.is_empty() {
+            true => None,
+            false => Some(StopStrings::new(self.tokenizer()?, &config.stop_strings)),
+        };
         if config.num_beams > 1 {
             beam::beam_search(self.model, prompts, config, stop.as_ref())
         } else {
@@ -319,7 +390,7 @@ impl<'a, M: CausalLM> Generator<'a, M> {
             .map(|(&t, _)| t)
             .collect();
         let text = self
-            .tokenizer
+            .tokenizer()?
             .decode(&[real_prompt, token_ids.clone()].concat(), true)?;
         Ok(Generated { text, token_ids })
     }

@@ -22,7 +22,7 @@ const MR: usize = 6;
 /// Rows per task.
 const MC: usize = 72;
 /// Input columns per block: a 384 × 16 f32 panel block is 24 KiB, inside a 32 KiB L1.
-const KC: usize = 256;
+const KC: usize = 384;
 
 /// How the packed weights are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,9 +36,66 @@ pub enum WeightFormat {
 
 #[derive(Debug, Clone)]
 enum Panels {
-    F32(Vec<f32>),
-    Bf16(Vec<u16>),
-    Int8 { values: Vec<i8>, scales: Vec<f32> },
+    F32(Aligned<f32>),
+    Bf16(Aligned<u16>),
+    Int8 {
+        values: Aligned<i8>,
+        scales: Vec<f32>,
+    },
+}
+
+/// Element types that any bit pattern is a valid value of.
+trait Plain: Copy {}
+impl Plain for f32 {}
+impl Plain for u16 {}
+impl Plain for i8 {}
+
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+struct CacheLine([u8; 64]);
+
+/// Values starting on a cache line, so that panel rows (16 values) never straddle two lines.
+#[derive(Clone)]
+struct Aligned<T> {
+    lines: Vec<CacheLine>,
+    len: usize,
+    element: std::marker::PhantomData<T>,
+}
+
+impl<T: Plain> From<Vec<T>> for Aligned<T> {
+    fn from(values: Vec<T>) -> Self {
+        let bytes = std::mem::size_of_val(values.as_slice());
+        let mut lines = vec![CacheLine([0; 64]); bytes.div_ceil(64)];
+        // SAFETY: `lines` has room for `bytes` bytes; both regions are plain bytes.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                values.as_ptr().cast::<u8>(),
+                lines.as_mut_ptr().cast::<u8>(),
+                bytes,
+            );
+        }
+        Self {
+            lines,
+            len: values.len(),
+            element: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<T: Plain> std::ops::Deref for Aligned<T> {
+    type Target = [T];
+
+    fn deref(&self) -> &[T] {
+        // SAFETY: the lines hold `len` values of T written by `from` (any bits are a valid
+        // T), and a cache line's alignment is a multiple of T's.
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast::<T>(), self.len) }
+    }
+}
+
+impl<T> std::fmt::Debug for Aligned<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Aligned({} values)", self.len)
+    }
 }
 
 /// A weight matrix packed for [`matmul`].
@@ -90,7 +147,8 @@ impl PackedWeights {
                         (o, i) if o < outer => weight(o, i),
                         _ => 0.0,
                     })
-                    .collect(),
+                    .collect::<Vec<_>>()
+                    .into(),
             ),
             WeightFormat::Bf16 => Panels::Bf16(
                 (0..len)
@@ -99,7 +157,8 @@ impl PackedWeights {
                         (o, i) if o < outer => bf16_bits(weight(o, i)),
                         _ => 0,
                     })
-                    .collect(),
+                    .collect::<Vec<_>>()
+                    .into(),
             ),
             WeightFormat::Int8 => {
                 let scales: Vec<f32> = (0..outer)
@@ -114,7 +173,8 @@ impl PackedWeights {
                         }
                         _ => 0,
                     })
-                    .collect();
+                    .collect::<Vec<_>>()
+                    .into();
                 Panels::Int8 { values, scales }
             }
         };
@@ -234,9 +294,9 @@ pub fn matmul(
     };
     let column_tasks = panels.div_ceil(panels_per_task);
     let shared = SharedOut(out.as_mut_ptr());
-    (0..row_blocks * column_tasks).into_par_iter().for_each_init(
-        || vec![0f32; MC * KC],
-        |a_pack, task| {
+    (0..row_blocks * column_tasks)
+        .into_par_iter()
+        .for_each(|task| {
             let (row_block, column_task) = (task / column_tasks, task % column_tasks);
             let rows = row_block * MC..(m).min((row_block + 1) * MC);
             let first_panel = column_task * panels_per_task;
@@ -251,10 +311,15 @@ pub fn matmul(
                 bias,
                 out: shared,
             };
-            block.run(a_pack, isa);
+            A_PACK.with(|a_pack| block.run(&mut a_pack.borrow_mut(), isa));
             block.finish(epilogue, residual);
-        },
-    );
+        });
+}
+
+thread_local! {
+    /// Each worker's buffer for packed rows of `x`, kept between products: grown when a
+    /// product needs more, never zeroed (every value read is written first).
+    static A_PACK: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// One task: `rows` × the columns of `panels`.
@@ -274,12 +339,19 @@ impl Block<'_> {
         self.panels.start * NR..self.n.min(self.panels.end * NR)
     }
 
-    fn run(&self, a_pack: &mut [f32], isa: Isa) {
+    fn run(&self, a_pack: &mut Vec<f32>, isa: Isa) {
         let k = self.k;
         // A block of rows shares each panel block from L1; a single micro-panel of rows (a
         // decoded token) has nothing to share and streams each panel whole instead.
-        let blocks = if self.rows.len() <= MR { 1 } else { k.div_ceil(KC).max(1) };
+        let blocks = if self.rows.len() <= MR {
+            1
+        } else {
+            k.div_ceil(KC).max(1)
+        };
         let kc_step = k.div_ceil(blocks);
+        if a_pack.len() < self.rows.len() * kc_step {
+            a_pack.resize(self.rows.len() * kc_step, 0.0);
+        }
         let mut tile = [[0f32; NR]; MR];
         for (block_index, k0) in (0..k).step_by(kc_step.max(1)).enumerate() {
             let kc = kc_step.min(k - k0);
@@ -287,9 +359,11 @@ impl Block<'_> {
             let mut offset = 0;
             for r0 in self.rows.clone().step_by(MR) {
                 let mr = MR.min(self.rows.end - r0);
-                for p in 0..kc {
-                    for i in 0..mr {
-                        a_pack[offset + p * mr + i] = self.x[(r0 + i) * k + k0 + p];
+                let panel = &mut a_pack[offset..offset + kc * mr];
+                for i in 0..mr {
+                    let row = &self.x[(r0 + i) * k + k0..][..kc];
+                    for (slot, &v) in panel[i..].iter_mut().step_by(mr).zip(row) {
+                        *slot = v;
                     }
                 }
                 offset += kc * mr;
@@ -302,20 +376,33 @@ impl Block<'_> {
                     offset += kc * mr;
                     let b_start = (panel * k + k0) * NR;
                     let b = b_start..b_start + kc * NR;
+                    let c0 = panel * NR;
                     let scales = match &self.weights.panels {
-                        Panels::F32(w) => {
-                            tile_f32(isa, mr, a, &w[b], &mut tile);
-                            None
-                        }
-                        Panels::Bf16(w) => {
-                            tile_bf16(isa, mr, a, &w[b], &mut tile);
-                            None
-                        }
-                        Panels::Int8 { values, scales } => {
-                            tile_int8(isa, mr, a, &values[b], &mut tile);
-                            Some(scales)
-                        }
+                        Panels::Int8 { scales, .. } => Some(scales),
+                        _ => None,
                     };
+                    // A whole panel on AVX2: the kernel writes the output rows itself.
+                    #[cfg(target_arch = "x86_64")]
+                    if isa == Isa::Avx2 && c0 + NR <= self.n {
+                        let target = Target {
+                            // SAFETY: row r0 < m and column c0 < n are inside `out`.
+                            c: unsafe { self.out.0.add(r0 * self.n + c0) },
+                            ldc: self.n,
+                            first: block_index == 0,
+                            bias: self.bias.map_or(std::ptr::null(), |b| b[c0..].as_ptr()),
+                            scales: scales.map_or(std::ptr::null(), |s| s[c0..].as_ptr()),
+                        };
+                        // SAFETY: the kernel writes mr rows × NR columns from (r0, c0), inside
+                        // this task's block, which no other task writes.
+                        unsafe { self.weights.panels.tile_avx2(mr, a, b, target) };
+                        continue;
+                    }
+                    let target = Target::tile(&mut tile);
+                    match &self.weights.panels {
+                        Panels::F32(w) => tile_f32(isa, mr, a, &w[b], target),
+                        Panels::Bf16(w) => tile_bf16(isa, mr, a, &w[b], target),
+                        Panels::Int8 { values, .. } => tile_int8(isa, mr, a, &values[b], target),
+                    }
                     self.store(&tile, r0, mr, panel, block_index == 0, scales);
                 }
             }
@@ -392,12 +479,53 @@ impl Block<'_> {
     }
 }
 
+/// Where a micro-kernel puts its mr × NR results: `c[i·ldc + j] = acc · scale[j] + bias[j]`
+/// on the first K block, `c[i·ldc + j] += acc · scale[j]` on the others (null `scales` and
+/// `bias` are 1 and 0).
+#[derive(Clone, Copy)]
+struct Target {
+    c: *mut f32,
+    ldc: usize,
+    first: bool,
+    bias: *const f32,
+    scales: *const f32,
+}
+
+impl Target {
+    /// The raw sums, into a tile on the stack.
+    fn tile(tile: &mut [[f32; NR]; MR]) -> Self {
+        Self {
+            c: tile.as_mut_ptr().cast(),
+            ldc: NR,
+            first: true,
+            bias: std::ptr::null(),
+            scales: std::ptr::null(),
+        }
+    }
+}
+
+impl Panels {
+    /// The AVX2 micro-kernel for this format, straight into `target`.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `target` holds mr rows of NR writable values at stride ldc;
+    /// `bias` and `scales`, when not null, hold NR values.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn tile_avx2(&self, mr: usize, a: &[f32], b: std::ops::Range<usize>, target: Target) {
+        match self {
+            Panels::F32(w) => tile_f32(Isa::Avx2, mr, a, &w[b], target),
+            Panels::Bf16(w) => tile_bf16(Isa::Avx2, mr, a, &w[b], target),
+            Panels::Int8 { values, .. } => tile_int8(Isa::Avx2, mr, a, &values[b], target),
+        }
+    }
+}
+
 /// Portable micro-kernel: `tile[i][j] = Σ_p a[p·mr + i] · w(p, j)`.
 #[inline(always)]
 fn tile_portable<const M: usize, T: Copy>(
     a: &[f32],
     b: &[T],
-    tile: &mut [[f32; NR]; MR],
+    target: Target,
     load: impl Fn(T) -> f32,
 ) {
     let mut acc = [[0f32; NR]; M];
@@ -412,14 +540,18 @@ fn tile_portable<const M: usize, T: Copy>(
             }
         }
     }
-    tile[..M].copy_from_slice(&acc);
+    for (i, acc) in acc.iter().enumerate() {
+        // SAFETY: the portable path always targets a stack tile (`Target::tile`), MR × NR.
+        let row = unsafe { std::slice::from_raw_parts_mut(target.c.add(i * target.ldc), NR) };
+        row.copy_from_slice(acc);
+    }
 }
 
 /// Instantiate the micro-kernels for one weight type: the portable one for each row count,
 /// and the AVX2 one (`$load` turns 16 packed weights at a pointer into two f32 registers).
 macro_rules! tile_kernels {
     ($name:ident, $avx2:ident, $ty:ty, $to_f32:expr, $load:expr) => {
-        fn $name(isa: Isa, mr: usize, a: &[f32], b: &[$ty], tile: &mut [[f32; NR]; MR]) {
+        fn $name(isa: Isa, mr: usize, a: &[f32], b: &[$ty], target: Target) {
             debug_assert!(a.len() == (b.len() / NR) * mr);
             match isa {
                 #[cfg(target_arch = "x86_64")]
@@ -428,33 +560,28 @@ macro_rules! tile_kernels {
                 Isa::Avx2 => unsafe {
                     let kc = b.len() / NR;
                     match mr {
-                        1 => $avx2::<1>(kc, a.as_ptr(), b.as_ptr(), tile),
-                        2 => $avx2::<2>(kc, a.as_ptr(), b.as_ptr(), tile),
-                        3 => $avx2::<3>(kc, a.as_ptr(), b.as_ptr(), tile),
-                        4 => $avx2::<4>(kc, a.as_ptr(), b.as_ptr(), tile),
-                        5 => $avx2::<5>(kc, a.as_ptr(), b.as_ptr(), tile),
-                        _ => $avx2::<6>(kc, a.as_ptr(), b.as_ptr(), tile),
+                        1 => $avx2::<1>(kc, a.as_ptr(), b.as_ptr(), target),
+                        2 => $avx2::<2>(kc, a.as_ptr(), b.as_ptr(), target),
+                        3 => $avx2::<3>(kc, a.as_ptr(), b.as_ptr(), target),
+                        4 => $avx2::<4>(kc, a.as_ptr(), b.as_ptr(), target),
+                        5 => $avx2::<5>(kc, a.as_ptr(), b.as_ptr(), target),
+                        _ => $avx2::<6>(kc, a.as_ptr(), b.as_ptr(), target),
                     }
                 },
                 Isa::Portable => match mr {
-                    1 => tile_portable::<1, $ty>(a, b, tile, $to_f32),
-                    2 => tile_portable::<2, $ty>(a, b, tile, $to_f32),
-                    3 => tile_portable::<3, $ty>(a, b, tile, $to_f32),
-                    4 => tile_portable::<4, $ty>(a, b, tile, $to_f32),
-                    5 => tile_portable::<5, $ty>(a, b, tile, $to_f32),
-                    _ => tile_portable::<6, $ty>(a, b, tile, $to_f32),
+                    1 => tile_portable::<1, $ty>(a, b, target, $to_f32),
+                    2 => tile_portable::<2, $ty>(a, b, target, $to_f32),
+                    3 => tile_portable::<3, $ty>(a, b, target, $to_f32),
+                    4 => tile_portable::<4, $ty>(a, b, target, $to_f32),
+                    5 => tile_portable::<5, $ty>(a, b, target, $to_f32),
+                    _ => tile_portable::<6, $ty>(a, b, target, $to_f32),
                 },
             }
         }
 
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx2,fma")]
-        unsafe fn $avx2<const M: usize>(
-            kc: usize,
-            a: *const f32,
-            b: *const $ty,
-            tile: &mut [[f32; NR]; MR],
-        ) {
+        unsafe fn $avx2<const M: usize>(kc: usize, a: *const f32, b: *const $ty, target: Target) {
             use std::arch::x86_64::*;
             let mut acc = [[_mm256_setzero_ps(); 2]; M];
             // One row alone is a chain of dependent FMAs: a second set of accumulators
@@ -485,9 +612,20 @@ macro_rules! tile_kernels {
             }
             acc[0][0] = _mm256_add_ps(acc[0][0], odd[0]);
             acc[0][1] = _mm256_add_ps(acc[0][1], odd[1]);
-            for (row, acc) in tile.iter_mut().zip(&acc) {
-                _mm256_storeu_ps(row.as_mut_ptr(), acc[0]);
-                _mm256_storeu_ps(row.as_mut_ptr().add(8), acc[1]);
+            for (i, acc) in acc.iter().enumerate() {
+                let row = target.c.add(i * target.ldc);
+                for (h, &sum) in acc.iter().enumerate() {
+                    let mut v = sum;
+                    if !target.scales.is_null() {
+                        v = _mm256_mul_ps(v, _mm256_loadu_ps(target.scales.add(8 * h)));
+                    }
+                    if !target.first {
+                        v = _mm256_add_ps(v, _mm256_loadu_ps(row.add(8 * h)));
+                    } else if !target.bias.is_null() {
+                        v = _mm256_add_ps(v, _mm256_loadu_ps(target.bias.add(8 * h)));
+                    }
+                    _mm256_storeu_ps(row.add(8 * h), v);
+                }
             }
         }
     };
@@ -498,25 +636,37 @@ tile_kernels!(tile_f32, tile_f32_avx2, f32, |w: f32| w, |b: *const f32| {
     (_mm256_loadu_ps(b), _mm256_loadu_ps(b.add(8)))
 });
 
-tile_kernels!(tile_bf16, tile_bf16_avx2, u16, bf16_value, |b: *const u16| {
-    use std::arch::x86_64::*;
-    // bf16 → f32: widen each 16-bit value and shift it into the upper half.
-    let widen = |p: *const u16| {
-        _mm256_castsi256_ps(_mm256_slli_epi32(
-            _mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i)),
-            16,
-        ))
-    };
-    (widen(b), widen(b.add(8)))
-});
+tile_kernels!(
+    tile_bf16,
+    tile_bf16_avx2,
+    u16,
+    bf16_value,
+    |b: *const u16| {
+        use std::arch::x86_64::*;
+        // bf16 → f32: widen each 16-bit value and shift it into the upper half.
+        let widen = |p: *const u16| {
+            _mm256_castsi256_ps(_mm256_slli_epi32(
+                _mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i)),
+                16,
+            ))
+        };
+        (widen(b), widen(b.add(8)))
+    }
+);
 
-tile_kernels!(tile_int8, tile_int8_avx2, i8, |q: i8| q as f32, |b: *const i8| {
-    use std::arch::x86_64::*;
-    let widen = |p: *const i8| {
-        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p as *const __m128i)))
-    };
-    (widen(b), widen(b.add(8)))
-});
+tile_kernels!(
+    tile_int8,
+    tile_int8_avx2,
+    i8,
+    |q: i8| q as f32,
+    |b: *const i8| {
+        use std::arch::x86_64::*;
+        let widen = |p: *const i8| {
+            _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p as *const __m128i)))
+        };
+        (widen(b), widen(b.add(8)))
+    }
+);
 
 #[cfg(test)]
 mod tests {
@@ -551,7 +701,13 @@ mod tests {
     /// against an f64 reference product of the weights each format stores.
     #[test]
     fn matches_reference_product() {
-        for &(m, k, n) in &[(1, 7, 5), (7, 40, 33), (13, 800, 17), (80, 390, 48), (2, 1, 1)] {
+        for &(m, k, n) in &[
+            (1, 7, 5),
+            (7, 40, 33),
+            (13, 800, 17),
+            (80, 390, 48),
+            (2, 1, 1),
+        ] {
             let x = pseudo_random(m * k, 1);
             let w = pseudo_random(n * k, 2);
             let bias = pseudo_random(n, 3);
@@ -561,7 +717,16 @@ mod tests {
                 let expected = reference(&x, m, &stored, k, n, &bias);
                 for isa in [Isa::Portable, Isa::detect(false)] {
                     let mut out = vec![f32::NAN; m * n];
-                    matmul(&x, m, &packed, Some(&bias), Epilogue::None, None, &mut out, isa);
+                    matmul(
+                        &x,
+                        m,
+                        &packed,
+                        Some(&bias),
+                        Epilogue::None,
+                        None,
+                        &mut out,
+                        isa,
+                    );
                     for (o, e) in out.iter().zip(&expected) {
                         assert!(
                             (o - e).abs() <= 1e-4 * (1.0 + e.abs()),

@@ -7,6 +7,7 @@ pub mod gemm;
 mod math;
 
 pub use attention::multi_head_attention;
+pub use decoder_attention::decoder_attention;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -100,6 +101,8 @@ macro_rules! dispatch {
         }
     };
 }
+
+mod decoder_attention;
 
 dispatch! {
     fn gelu_slice(input: &[f32], output: &mut [f32]) {

@@ -18,8 +18,7 @@ use serde::Deserialize;
 use crate::config::Labels;
 use crate::error::{Error, Result};
 use crate::layers::{
-    attention, padding_mask, require_divisible, require_positive, Activation, Embedding, LayerNorm,
-    Linear,
+    padding_mask, require_divisible, require_positive, Activation, Embedding, LayerNorm, Linear,
 };
 use crate::models::{base_model_weights, tied_weight, ModelInput};
 
@@ -306,7 +305,7 @@ impl Gpt2Attention {
             Some(cache) => cache.append(&k, &v)?,
             None => (k, v),
         };
-        let context = attention(&q, &k, &v, mask, self.scale)?
+        let context = crate::kernels::decoder_attention(&q, &k, &v, mask, self.scale)?
             .transpose(1, 2)?
             .reshape((batch, seq, n_embd))?;
         self.c_proj.forward_with(&context, None, Some(residual))
@@ -384,6 +383,19 @@ impl Gpt2Model {
 
     pub fn config(&self) -> &Gpt2Config {
         &self.config
+    }
+
+    /// Bytes of the linear layers' weights, as stored.
+    pub fn weight_bytes_per_token(&self) -> usize {
+        self.blocks
+            .iter()
+            .map(|b| {
+                [&b.attn.c_attn, &b.attn.c_proj, &b.c_fc, &b.c_proj]
+                    .iter()
+                    .map(|l| l.weight_bytes())
+                    .sum::<usize>()
+            })
+            .sum()
     }
 
     /// An empty KV cache for this model.
@@ -547,6 +559,27 @@ impl Gpt2LMHeadModel {
     ) -> Result<Tensor> {
         let hidden = self.transformer.forward(input_ids, attention_mask, cache)?;
         self.lm_head.forward(&hidden)
+    }
+
+    /// Logits of the last new token only, (batch, vocab): what the next step of generation
+    /// needs. The LM head (the largest matrix) runs on one row per sequence, not on every
+    /// prompt position.
+    pub fn forward_last(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let hidden = self.transformer.forward(input_ids, attention_mask, cache)?;
+        let last = hidden.dim(1)? - 1;
+        self.lm_head
+            .forward(&hidden.narrow(1, last, 1)?.squeeze(1)?)
+    }
+
+    /// Bytes of weights one decoding step reads: every linear layer and the LM head
+    /// (embedding lookups read one row each and are left out).
+    pub fn weight_bytes_per_token(&self) -> usize {
+        self.transformer.weight_bytes_per_token() + self.lm_head.weight_bytes()
     }
 }
 

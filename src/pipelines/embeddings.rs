@@ -126,7 +126,7 @@ impl EmbeddingsPipeline {
     pub fn from_pretrained(model: &str, options: &LoadOptions) -> Result<Self> {
         let pretrained = Pretrained::open(model, &options.hub)?;
         let setup = SentenceTransformersSetup::read(pretrained.source())?;
-                Ok(Self {
+        Ok(Self {
             model: pretrained.load::<AutoModel>(options)?,
             tokenizer: pretrained.tokenizer()?,
             pooling: setup.pooling.unwrap_or(Pooling::Mean),

@@ -59,7 +59,7 @@ impl FillMaskPipeline {
             .ok_or_else(|| {
                 Error::InvalidInput(format!("the tokenizer of `{model}` has no mask token"))
             })?;
-                Ok(Self {
+        Ok(Self {
             model: pretrained.load::<AutoModelForMaskedLM>(options)?,
             tokenizer,
             mask_id,

@@ -70,7 +70,7 @@ impl QuestionAnsweringPipeline {
         let cls_id = ["[CLS]", "<s>"]
             .iter()
             .find_map(|t| tokenizer.token_to_id(t));
-                Ok(Self {
+        Ok(Self {
             model: pretrained.load::<AutoModelForQuestionAnswering>(options)?,
             tokenizer,
             cls_id,

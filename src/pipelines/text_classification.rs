@@ -83,7 +83,7 @@ pub struct TextClassificationPipeline {
 impl TextClassificationPipeline {
     pub fn from_pretrained(model: &str, options: &LoadOptions) -> Result<Self> {
         let pretrained = Pretrained::open(model, &options.hub)?;
-                Ok(Self {
+        Ok(Self {
             model: pretrained.load::<AutoModelForSequenceClassification>(options)?,
             tokenizer: pretrained.tokenizer()?,
             labels: pretrained.config().id2label().clone(),

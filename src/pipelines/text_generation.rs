@@ -31,7 +31,7 @@ pub struct TextGenerationPipeline {
 impl TextGenerationPipeline {
     pub fn from_pretrained(model: &str, options: &LoadOptions) -> Result<Self> {
         let pretrained = Pretrained::open(model, &options.hub)?;
-                Ok(Self {
+        Ok(Self {
             model: pretrained.load::<Gpt2LMHeadModel>(options)?,
             tokenizer: pretrained.tokenizer()?,
             config: pretrained.generation_config()?,

@@ -103,7 +103,7 @@ pub struct TokenClassificationPipeline {
 impl TokenClassificationPipeline {
     pub fn from_pretrained(model: &str, options: &LoadOptions) -> Result<Self> {
         let pretrained = Pretrained::open(model, &options.hub)?;
-                Ok(Self {
+        Ok(Self {
             model: pretrained.load::<AutoModelForTokenClassification>(options)?,
             tokenizer: pretrained.tokenizer()?,
             labels: pretrained.config().id2label().clone(),
