@@ -4,7 +4,12 @@ one run, on the same random-initialised models of real shapes.
 
     python3 -m pip install -r scripts/requirements-fixtures.txt onnxruntime onnx
     cargo build --release
-    python3 scripts/bench_compare.py [--threads 2] [--runs 10] [--cases bert-base-1,bert-base-32,minilm-32]
+    python3 scripts/bench_compare.py [--threads 2] [--runs 10] [--cases bert-base-1,minilm-32,gpt2-1,gpt2-8]
+
+Encoder cases time one forward pass. GPT-2 cases (`gpt2-B`: GPT-2 small, B prompts of 32
+tokens, 128 new tokens, greedy, KV cache) time prefill (the prompt's forward pass) and decode
+tokens/s; ferroformers also reports the memory bandwidth its binary measured in the same run
+(a STREAM-like triad) and its decode speed as a fraction of that ceiling.
 
 Every engine gets the same token ids (the sequence `ferroformers bench` uses), the same number
 of threads, two warm-up runs and the median of `--runs` timed runs. Ratios are computed within
@@ -22,7 +27,7 @@ import tempfile
 import time
 
 import torch
-from transformers import BertConfig, BertModel
+from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -35,6 +40,8 @@ CASES = {
     "bert-base-32": ("bert-base", 32, 128),
     "minilm-32": ("minilm", 32, 128),
 }
+DECODE_CASES = {"gpt2-1": 1, "gpt2-8": 8}
+PROMPT_TOKENS, NEW_TOKENS = 32, 128
 
 
 def token_ids(batch, seq, vocab):
@@ -100,19 +107,91 @@ def bench_ferroformers(binary, folder, batch, seq, runs, dtype):
     return json.loads(out.stdout)["median_ms"]
 
 
+def bench_torch_decode(model, ids, runs, dtype):
+    """Median prefill ms and decode tokens/s of greedy generation with the KV cache."""
+    model = model.to(dtype)
+    mask = torch.ones_like(ids)
+    settings = dict(max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False,
+                    pad_token_id=0, attention_mask=mask)
+    with torch.inference_mode():
+        prefill = median_ms(lambda: model(input_ids=ids, attention_mask=mask, use_cache=True), runs)
+        total = median_ms(lambda: model.generate(ids, **settings), runs)
+    model.to(torch.float32)
+    tokens = ids.shape[0] * (NEW_TOKENS - 1)
+    return prefill, tokens / ((total - prefill) / 1e3)
+
+
+def bench_ferroformers_decode(binary, folder, batch, runs, dtype):
+    out = subprocess.run(
+        [str(binary), "bench", "-m", str(folder), "--generate", "--batch", str(batch),
+         "--prompt-tokens", str(PROMPT_TOKENS), "--new-tokens", str(NEW_TOKENS),
+         "--runs", str(runs), "--dtype", dtype, "--json"],
+        check=True, capture_output=True, text=True,
+    )
+    return json.loads(out.stdout)
+
+
+def decode_cases(names, args, work):
+    folder = pathlib.Path(work) / "gpt2"
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config()).eval()
+    model.save_pretrained(folder)
+    rows = []
+    for name in names:
+        batch = DECODE_CASES[name]
+        ids = token_ids(batch, PROMPT_TOKENS, model.config.vocab_size)
+        row = {"case": f"gpt2 {batch}x({PROMPT_TOKENS}+{NEW_TOKENS})"}
+        row["torch f32"] = bench_torch_decode(model, ids, args.runs, torch.float32)
+        # PyTorch's bf16 decode is very slow on CPUs without AVX512-BF16 (about 4 tokens/s
+        # on an AVX2-only one); --no-torch-bf16-batched leaves the batched case out.
+        if batch == 1 or args.torch_bf16_batched:
+            row["torch bf16"] = bench_torch_decode(model, ids, args.runs, torch.bfloat16)
+        else:
+            row["torch bf16"] = None
+        for dtype in ["f32", "bf16", "int8"]:
+            row[f"ours {dtype}"] = bench_ferroformers_decode(args.binary, folder, batch, args.runs, dtype)
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr)
+    print("\n| case | torch f32 tok/s | torch bf16 tok/s | ours f32 tok/s | ours bf16 tok/s | ours int8 tok/s "
+          "| f32 vs torch | bf16 vs torch | int8 vs ours bf16 | ours f32 / bf16 / int8 of bandwidth ceiling "
+          "| prefill ms torch f32 / ours f32 / torch bf16 / ours bf16 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        t32, t16 = r["torch f32"], r["torch bf16"] or (float("nan"), float("nan"))
+        o32, o16, o8 = r["ours f32"], r["ours bf16"], r["ours int8"]
+        print(
+            f"| {r['case']} | {t32[1]:.1f} | {t16[1]:.1f} | {o32['decode_tokens_per_second']:.1f} | "
+            f"{o16['decode_tokens_per_second']:.1f} | {o8['decode_tokens_per_second']:.1f} | "
+            f"{o32['decode_tokens_per_second'] / t32[1]:.2f}x | {o16['decode_tokens_per_second'] / t16[1]:.2f}x | "
+            f"{o8['decode_tokens_per_second'] / o16['decode_tokens_per_second']:.2f}x | "
+            f"{o32['bandwidth_fraction']:.0%} / {o16['bandwidth_fraction']:.0%} / {o8['bandwidth_fraction']:.0%} "
+            f"(triad {o32['triad_gb_per_second']:.1f} GB/s) | "
+            f"{t32[0]:.1f} / {o32['prefill_ms']:.1f} / {t16[0]:.1f} / {o16['prefill_ms']:.1f} |"
+        )
+    print("\nTokens/s count every row of the batch; prefill is the prompt's forward pass (ours: to the first "
+          "new token). The bandwidth ceiling is steps/s x weight bytes per step / triad bandwidth.")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=10)
-    parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--cases", default=",".join([*CASES, *DECODE_CASES]))
+    parser.add_argument("--torch-bf16-batched", action=argparse.BooleanOptionalAction, default=True,
+                        help="time PyTorch bf16 decoding of the batched GPT-2 case too")
     parser.add_argument("--binary", default=str(ROOT / "target" / "release" / "ferroformers"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     rows = []
+    names = args.cases.split(",")
+    decode_names = [n for n in names if n in DECODE_CASES]
+    names = [n for n in names if n not in DECODE_CASES]
     with tempfile.TemporaryDirectory() as work:
+        if decode_names:
+            decode_cases(decode_names, args, work)
         models = {}
-        for name in args.cases.split(","):
+        for name in names:
             shape, batch, seq = CASES[name]
             folder = pathlib.Path(work) / shape
             if shape not in models:
@@ -131,6 +210,8 @@ def main():
             rows.append(result)
             print(json.dumps(result), file=sys.stderr)
 
+    if not rows:
+        return
     print(f"\n{platform.processor() or platform.machine()}, {args.threads} threads, median of {args.runs} runs, "
           f"{time.strftime('%Y-%m-%d')}\n")
     print("| case | torch f32 ms | torch bf16 ms | ORT f32 ms | ours f32 ms | ours bf16 ms "

@@ -206,17 +206,18 @@ impl Linear {
                 }
             }
             LinearWeights::Packed { weights, bias } => {
-                let fused = activation == Some(Activation::Gelu);
+                let fused = match activation {
+                    Some(Activation::Gelu) => Some(Epilogue::GeluErf),
+                    Some(Activation::GeluNew) => Some(Epilogue::GeluTanh),
+                    _ => None,
+                };
                 let op = PackedLinear {
                     weights: weights.clone(),
                     bias: bias.clone(),
-                    epilogue: if fused {
-                        Epilogue::GeluErf
-                    } else {
-                        Epilogue::None
-                    },
+                    epilogue: fused.unwrap_or(Epilogue::None),
                     isa: Isa::detect(kernel_mode() == KernelMode::Portable),
                 };
+                let fused = fused.is_some();
                 let x = x.to_dtype(DType::F32)?.contiguous()?;
                 let mut y = match (residual, activation.is_none() || fused) {
                     (Some(residual), true) => {

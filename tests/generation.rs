@@ -536,3 +536,64 @@ fn any_of_several_end_tokens_stops_generation() {
         .unwrap();
     assert_eq!(ours, rows(&case["sequences"]));
 }
+
+/// Lower precision changes the weights, so greedy tokens may part from f32's once two
+/// candidates are close (the tiny random fixture has nearly flat logits). What is asserted:
+/// the logits of every prompt's first step stay within a stated tolerance of f32's; what is
+/// reported: how many greedy tokens each row keeps before it first differs.
+#[test]
+fn bf16_and_int8_drift_from_f32_greedy_decoding() {
+    let (f32_model, tokenizer, _) = model_and_tokenizer();
+    let case = &cases()["greedy"];
+    let config = config_for(&case["settings"]);
+    let prompts =
+        PromptBatch::new(rows(&case["input_ids"]), rows(&case["attention_mask"])).unwrap();
+    let expected = Generator::new(&f32_model, &tokenizer)
+        .generate_ids(&prompts, &config)
+        .unwrap();
+    assert_eq!(expected, rows(&case["sequences"]));
+    let first_logits = |model: &Gpt2LMHeadModel| {
+        let ids = ferroformers::Tensor::new(prompts.ids.clone(), &Device::Cpu).unwrap();
+        let mask = ferroformers::Tensor::new(prompts.mask.clone(), &Device::Cpu).unwrap();
+        model.forward_last(&ids, Some(&mask), None).unwrap()
+    };
+    let reference = first_logits(&f32_model);
+    let folder = fixture("gpt2/lm-head").to_string_lossy().into_owned();
+    // bf16 keeps 8 bits of mantissa; int8 a 254th of each output channel's range.
+    for (name, options, tolerance) in [
+        (
+            "bf16",
+            LoadOptions::default().with_dtype(ferroformers::DType::BF16),
+            0.05,
+        ),
+        (
+            "int8",
+            LoadOptions::default().with_quantization(ferroformers::Quantization::Int8),
+            0.05,
+        ),
+    ] {
+        let model = Gpt2LMHeadModel::from_pretrained(&folder, &options).unwrap();
+        let diff = common::max_abs_diff(&first_logits(&model), &reference);
+        let ours = Generator::new(&model, &tokenizer)
+            .generate_ids(&prompts, &config)
+            .unwrap();
+        let prompt_len = prompts.seq_len();
+        let kept: Vec<usize> = ours
+            .iter()
+            .zip(&expected)
+            .map(|(a, b)| {
+                a[prompt_len..]
+                    .iter()
+                    .zip(&b[prompt_len..])
+                    .take_while(|(x, y)| x == y)
+                    .count()
+            })
+            .collect();
+        eprintln!(
+            "{name}: first-step logits within {diff:.2e} of f32; greedy tokens equal to f32's \
+             before the first difference, per row: {kept:?} of {}",
+            expected[0].len() - prompt_len
+        );
+        assert!(diff <= tolerance, "{name}: logits differ by {diff}");
+    }
+}

@@ -5,7 +5,9 @@
 mod common;
 
 use common::*;
-use ferroformers::kernels::{erf, exp, gelu_erf_scalar, set_kernel_mode, KernelMode};
+use ferroformers::kernels::{
+    erf, exp, gelu_erf_scalar, gelu_tanh_scalar, set_kernel_mode, KernelMode,
+};
 use ferroformers::{
     BertForMaskedLM, DistilBertForQuestionAnswering, FromPretrained, Gpt2LMHeadModel, LoadOptions,
     RobertaForTokenClassification,
@@ -21,6 +23,17 @@ fn every_kernel_path_matches_pytorch() {
     ] {
         set_kernel_mode(mode);
         let what = |name: &str| format!("{mode:?} {name}");
+
+        // int8 weights need our GEMM: with candle's ops (reference) it is a load error.
+        let int8 = options
+            .clone()
+            .with_quantization(ferroformers::Quantization::Int8);
+        let quantized = BertForMaskedLM::from_pretrained(&fixture_model("bert/masked-lm"), &int8);
+        assert_eq!(
+            quantized.is_err(),
+            mode == KernelMode::Reference,
+            "{mode:?}: int8 load"
+        );
 
         let reference = common::reference("bert/masked-lm");
         let model =
@@ -85,6 +98,7 @@ fn every_kernel_path_matches_pytorch() {
 fn scalar_approximations_are_within_their_stated_error() {
     // Against f64 references over a dense grid.
     let mut worst = (0f64, 0f64, 0f64);
+    let mut worst_tanh = 0f64;
     for i in -40_000..=40_000 {
         let x = i as f32 * 2.5e-4; // -10 .. 10
         let e = (exp(x) as f64 - (x as f64).exp()).abs() / (x as f64).exp();
@@ -93,7 +107,16 @@ fn scalar_approximations_are_within_their_stated_error() {
         let gelu_ref = 0.5 * x as f64 * (1.0 + libm_erf(x as f64 / std::f64::consts::SQRT_2));
         let g = (gelu_erf_scalar(x) as f64 - gelu_ref).abs();
         worst = (worst.0.max(e), worst.1.max(r), worst.2.max(g));
+        let x64 = x as f64;
+        let y = (2.0 / std::f64::consts::PI).sqrt() * (x64 + 0.044715 * x64.powi(3));
+        let tanh_ref = 0.5 * x64 * (1.0 + y.tanh());
+        worst_tanh =
+            worst_tanh.max((gelu_tanh_scalar(x) as f64 - tanh_ref).abs() / (1.0 + x64.abs()));
     }
+    assert!(
+        worst_tanh < 1e-6,
+        "gelu (tanh) error {worst_tanh} · (1 + |x|)"
+    );
     assert!(worst.0 < 3e-7, "exp relative error {}", worst.0);
     assert!(worst.1 < 6e-7, "erf absolute error {}", worst.1);
     assert!(worst.2 < 2e-6, "gelu absolute error {}", worst.2);

@@ -170,9 +170,9 @@ impl LogitsProcessor for TopK {
         if k == 0 || k == scores.len() {
             return;
         }
-        let mut sorted = scores.to_vec();
-        sorted.sort_unstable_by(|a, b| b.total_cmp(a));
-        let threshold = sorted[k - 1];
+        // The k-th largest score by partial selection (linear time), not a full sort.
+        let mut copy = scores.to_vec();
+        let (_, &mut threshold, _) = copy.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
         for score in scores {
             if *score < threshold {
                 *score = f32::NEG_INFINITY;

@@ -4,8 +4,11 @@
 //! output columns; a panel holds, for every input index, the panel's [`NR`] weights side by
 //! side, so the micro-kernel streams a panel front to back and every weight is read once per
 //! block of rows (once per token when decoding: the GEMV case). Weights can stay f32, or be
-//! stored as bf16 (half the bytes) or as int8 with one scale per output channel (a quarter);
-//! activations and accumulation stay f32 in every format.
+//! stored as bf16 (half the bytes) or as int8 with one scale per output channel (a quarter).
+//! With f32 and bf16 weights the activations and sums are f32. With int8 weights each row of
+//! activations is rounded to 16-bit integers with a scale of its own (a relative error of at
+//! most 1/65534 of the row's largest value), and the products are exact integer
+//! multiply-adds (`vpmaddwd`), summed in i32 over at most 128 pairs of inputs and then in f32.
 //!
 //! The product runs in tasks of up to [`MC`] rows × a run of panels, spread over the cores;
 //! inside a task the input is cut into blocks of up to [`KC`] columns (a panel block then
@@ -122,6 +125,27 @@ fn bf16_value(bits: u16) -> f32 {
     f32::from_bits((bits as u32) << 16)
 }
 
+/// Where column j (0..16) sits in a bf16 panel row: columns 0–3, 8–11, 4–7, 12–15, so that
+/// unpacking the low and high 64 bits of each 128-bit half gives columns 0–7 and 8–15.
+/// (Swapping bits 2 and 3 of j; its own inverse.)
+fn bf16_lane(j: usize) -> usize {
+    (j & 0b0011) | ((j & 0b0100) << 1) | ((j & 0b1000) >> 1)
+}
+
+/// Bytes per input pair in an int8 panel: two inputs for each of the NR columns.
+const INT8_PANEL_ROW: usize = 2 * NR;
+
+/// The (column, which input of the pair) that byte `lane` of an int8 panel row holds: the
+/// first 16 bytes are columns 0–7, the next 16 columns 8–15, each as (even, odd) input.
+fn int8_lane_column(lane: usize) -> (usize, usize) {
+    (8 * (lane / 16) + (lane % 16) / 2, lane % 2)
+}
+
+/// The byte of an int8 panel row that holds `column`'s even (`odd` = 0) or odd input.
+fn int8_lane(column: usize, odd: usize) -> usize {
+    16 * (column / 8) + 2 * (column % 8) + odd
+}
+
 impl PackedWeights {
     /// Pack `weight(o, i)` for `o < outer`, `i < inner` (a row-major (out, in) matrix is
     /// `|o, i| w[o * inner + i]`; a transposed (in, out) one, GPT-2's Conv1D, swaps them).
@@ -153,9 +177,13 @@ impl PackedWeights {
             WeightFormat::Bf16 => Panels::Bf16(
                 (0..len)
                     .into_par_iter()
-                    .map(|index| match packed_index(index) {
-                        (o, i) if o < outer => bf16_bits(weight(o, i)),
-                        _ => 0,
+                    .map(|index| {
+                        // Position `index` holds the column that `bf16_lane` puts there.
+                        let lane = bf16_lane(index % NR);
+                        match packed_index(index - index % NR + lane) {
+                            (o, i) if o < outer => bf16_bits(weight(o, i)),
+                            _ => 0,
+                        }
                     })
                     .collect::<Vec<_>>()
                     .into(),
@@ -165,13 +193,23 @@ impl PackedWeights {
                     .into_par_iter()
                     .map(|o| (0..inner).fold(0f32, |m, i| m.max(weight(o, i).abs())) / 127.0)
                     .collect();
-                let values = (0..len)
+                // Panel p, input pair q, lane l ↦ W[p·NR + column, 2q + l % 2]: pairs of
+                // inputs side by side, as `vpmaddwd` multiplies them.
+                let pairs = inner.div_ceil(2);
+                let values = (0..outer.div_ceil(NR) * pairs * INT8_PANEL_ROW)
                     .into_par_iter()
-                    .map(|index| match packed_index(index) {
-                        (o, i) if o < outer && scales[o] > 0.0 => {
-                            (weight(o, i) / scales[o]).round().clamp(-127.0, 127.0) as i8
+                    .map(|index| {
+                        let (panel, rest) = (
+                            index / (pairs * INT8_PANEL_ROW),
+                            index % (pairs * INT8_PANEL_ROW),
+                        );
+                        let (pair, lane) = (rest / INT8_PANEL_ROW, rest % INT8_PANEL_ROW);
+                        let (column, odd) = int8_lane_column(lane);
+                        let (o, i) = (panel * NR + column, 2 * pair + odd);
+                        match o < outer && i < inner && scales[o] > 0.0 {
+                            true => (weight(o, i) / scales[o]).round().clamp(-127.0, 127.0) as i8,
+                            false => 0,
                         }
-                        _ => 0,
                     })
                     .collect::<Vec<_>>()
                     .into();
@@ -220,8 +258,12 @@ impl PackedWeights {
                 let index = (panel * self.inner + i) * NR + lane;
                 *w = match &self.panels {
                     Panels::F32(v) => v[index],
-                    Panels::Bf16(v) => bf16_value(v[index]),
-                    Panels::Int8 { values, scales } => values[index] as f32 * scales[o],
+                    Panels::Bf16(v) => bf16_value(v[index - lane + bf16_lane(lane)]),
+                    Panels::Int8 { values, scales } => {
+                        let pairs = self.inner.div_ceil(2);
+                        let row = (panel * pairs + i / 2) * INT8_PANEL_ROW;
+                        values[row + int8_lane(lane, i % 2)] as f32 * scales[o]
+                    }
                 };
             }
         }
@@ -229,11 +271,12 @@ impl PackedWeights {
     }
 }
 
-/// What happens to each output after bias: nothing, or exact GELU.
+/// What happens to each output after bias: nothing, exact GELU, or GELU's tanh approximation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Epilogue {
     None,
     GeluErf,
+    GeluTanh,
 }
 
 /// Which micro-kernel runs.
@@ -294,6 +337,10 @@ pub fn matmul(
     };
     let column_tasks = panels.div_ceil(panels_per_task);
     let shared = SharedOut(out.as_mut_ptr());
+    let quantized = match weights.panels {
+        Panels::Int8 { .. } => Some(QuantizedRows::new(x, m, k)),
+        _ => None,
+    };
     (0..row_blocks * column_tasks)
         .into_par_iter()
         .for_each(|task| {
@@ -303,6 +350,7 @@ pub fn matmul(
             let panel_range = first_panel..panels.min(first_panel + panels_per_task);
             let block = Block {
                 x,
+                quantized: quantized.as_ref(),
                 k,
                 n,
                 rows,
@@ -311,7 +359,7 @@ pub fn matmul(
                 bias,
                 out: shared,
             };
-            A_PACK.with(|a_pack| block.run(&mut a_pack.borrow_mut(), isa));
+            block.run(isa);
             block.finish(epilogue, residual);
         });
 }
@@ -320,11 +368,56 @@ thread_local! {
     /// Each worker's buffer for packed rows of `x`, kept between products: grown when a
     /// product needs more, never zeroed (every value read is written first).
     static A_PACK: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The same for int8 products: pairs of 16-bit inputs.
+    static A_PACK_PAIRS: std::cell::RefCell<Vec<i32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The rows of `x` as 16-bit integers, `x ≈ value · scale` with one scale per row, stored
+/// as pairs of inputs (even input in the low half, odd in the high half), as the int8
+/// kernel multiplies them. An odd row length gets a zero to fill its last pair.
+struct QuantizedRows {
+    pairs: Vec<i32>,
+    pairs_per_row: usize,
+    scales: Vec<f32>,
+}
+
+impl QuantizedRows {
+    fn new(x: &[f32], m: usize, k: usize) -> Self {
+        let pairs_per_row = k.div_ceil(2);
+        let mut pairs = vec![0i32; m * pairs_per_row];
+        let mut scales = vec![0f32; m];
+        let rows = x
+            .chunks(k.max(1))
+            .zip(pairs.chunks_mut(pairs_per_row.max(1)));
+        for ((row, out), scale) in rows.zip(&mut scales) {
+            let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+            if max > 0.0 && max.is_finite() {
+                *scale = max / 32767.0;
+                let inverse = 32767.0 / max;
+                // Round half away from zero; |v · inverse| <= 32767.
+                let quantize = |v: f32| {
+                    let scaled = v * inverse;
+                    (scaled + 0.5f32.copysign(scaled)) as i16 as u16 as u32
+                };
+                for (pair, values) in out.iter_mut().zip(row.chunks(2)) {
+                    let odd = values.get(1).map_or(0, |&v| quantize(v));
+                    *pair = (quantize(values[0]) | odd << 16) as i32;
+                }
+            }
+        }
+        Self {
+            pairs,
+            pairs_per_row,
+            scales,
+        }
+    }
 }
 
 /// One task: `rows` × the columns of `panels`.
 struct Block<'a> {
     x: &'a [f32],
+    /// `x` as 16-bit integers, for int8 weights.
+    quantized: Option<&'a QuantizedRows>,
     k: usize,
     n: usize,
     rows: std::ops::Range<usize>,
@@ -339,7 +432,23 @@ impl Block<'_> {
         self.panels.start * NR..self.n.min(self.panels.end * NR)
     }
 
-    fn run(&self, a_pack: &mut Vec<f32>, isa: Isa) {
+    fn run(&self, isa: Isa) {
+        match (&self.weights.panels, self.quantized) {
+            (Panels::F32(w), _) => {
+                A_PACK.with(|a| self.run_float(FloatPanels::F32(w), &mut a.borrow_mut(), isa))
+            }
+            (Panels::Bf16(w), _) => {
+                A_PACK.with(|a| self.run_float(FloatPanels::Bf16(w), &mut a.borrow_mut(), isa))
+            }
+            (Panels::Int8 { values, scales }, Some(rows)) => {
+                A_PACK_PAIRS.with(|a| self.run_int8(values, scales, rows, &mut a.borrow_mut(), isa))
+            }
+            // `matmul` quantizes the rows whenever the weights are int8.
+            (Panels::Int8 { .. }, None) => {}
+        }
+    }
+
+    fn run_float(&self, weights: FloatPanels, a_pack: &mut Vec<f32>, isa: Isa) {
         let k = self.k;
         // A block of rows shares each panel block from L1; a single micro-panel of rows (a
         // decoded token) has nothing to share and streams each panel whole instead.
@@ -356,57 +465,122 @@ impl Block<'_> {
         for (block_index, k0) in (0..k).step_by(kc_step.max(1)).enumerate() {
             let kc = kc_step.min(k - k0);
             // Micro-panels of up to MR rows: for each input column, the rows side by side.
-            let mut offset = 0;
-            for r0 in self.rows.clone().step_by(MR) {
-                let mr = MR.min(self.rows.end - r0);
-                let panel = &mut a_pack[offset..offset + kc * mr];
-                for i in 0..mr {
-                    let row = &self.x[(r0 + i) * k + k0..][..kc];
-                    for (slot, &v) in panel[i..].iter_mut().step_by(mr).zip(row) {
-                        *slot = v;
-                    }
-                }
-                offset += kc * mr;
+            // One row is its own micro-panel and is read in place.
+            let single_row = self.rows.len() == 1;
+            if !single_row {
+                pack_rows(self.x, k, self.rows.clone(), k0, kc, a_pack);
             }
             for panel in self.panels.clone() {
                 let mut offset = 0;
                 for r0 in self.rows.clone().step_by(MR) {
                     let mr = MR.min(self.rows.end - r0);
-                    let a = &a_pack[offset..offset + kc * mr];
+                    let a = match single_row {
+                        true => &self.x[r0 * k + k0..][..kc],
+                        false => &a_pack[offset..offset + kc * mr],
+                    };
                     offset += kc * mr;
                     let b_start = (panel * k + k0) * NR;
                     let b = b_start..b_start + kc * NR;
-                    let c0 = panel * NR;
-                    let scales = match &self.weights.panels {
-                        Panels::Int8 { scales, .. } => Some(scales),
-                        _ => None,
-                    };
-                    // A whole panel on AVX2: the kernel writes the output rows itself.
-                    #[cfg(target_arch = "x86_64")]
-                    if isa == Isa::Avx2 && c0 + NR <= self.n {
-                        let target = Target {
-                            // SAFETY: row r0 < m and column c0 < n are inside `out`.
-                            c: unsafe { self.out.0.add(r0 * self.n + c0) },
-                            ldc: self.n,
-                            first: block_index == 0,
-                            bias: self.bias.map_or(std::ptr::null(), |b| b[c0..].as_ptr()),
-                            scales: scales.map_or(std::ptr::null(), |s| s[c0..].as_ptr()),
-                        };
-                        // SAFETY: the kernel writes mr rows × NR columns from (r0, c0), inside
-                        // this task's block, which no other task writes.
-                        unsafe { self.weights.panels.tile_avx2(mr, a, b, target) };
-                        continue;
+                    let first = block_index == 0;
+                    let direct = self.direct_target(isa, r0, panel, first);
+                    let target = direct.unwrap_or_else(|| Target::tile(&mut tile));
+                    match &weights {
+                        FloatPanels::F32(w) => tile_f32(isa, mr, a, &w[b], target),
+                        FloatPanels::Bf16(w) => tile_bf16(isa, mr, a, &w[b], target),
                     }
-                    let target = Target::tile(&mut tile);
-                    match &self.weights.panels {
-                        Panels::F32(w) => tile_f32(isa, mr, a, &w[b], target),
-                        Panels::Bf16(w) => tile_bf16(isa, mr, a, &w[b], target),
-                        Panels::Int8 { values, .. } => tile_int8(isa, mr, a, &values[b], target),
+                    if direct.is_none() {
+                        self.store(&tile, r0, mr, panel, first, None);
                     }
-                    self.store(&tile, r0, mr, panel, block_index == 0, scales);
                 }
             }
         }
+    }
+
+    /// As `run_float`, with int8 weights and the rows as 16-bit integers.
+    fn run_int8(
+        &self,
+        weights: &[i8],
+        column_scales: &[f32],
+        rows: &QuantizedRows,
+        a_pack: &mut Vec<i32>,
+        isa: Isa,
+    ) {
+        let pairs = self.k.div_ceil(2);
+        let blocks = if self.rows.len() <= MR {
+            1
+        } else {
+            pairs.div_ceil(KC / 2).max(1)
+        };
+        let pair_step = pairs.div_ceil(blocks);
+        if a_pack.len() < self.rows.len() * pair_step {
+            a_pack.resize(self.rows.len() * pair_step, 0);
+        }
+        let mut tile = [[0f32; NR]; MR];
+        for (block_index, p0) in (0..pairs).step_by(pair_step.max(1)).enumerate() {
+            let pc = pair_step.min(pairs - p0);
+            // As in `run_float`: one row is read in place.
+            let single_row = self.rows.len() == 1;
+            if !single_row {
+                pack_pairs(rows, self.rows.clone(), p0, pc, a_pack);
+            }
+            for panel in self.panels.clone() {
+                let mut offset = 0;
+                for r0 in self.rows.clone().step_by(MR) {
+                    let mr = MR.min(self.rows.end - r0);
+                    let a = match single_row {
+                        true => &rows.pairs[r0 * rows.pairs_per_row + p0..][..pc],
+                        false => &a_pack[offset..offset + pc * mr],
+                    };
+                    offset += pc * mr;
+                    let b_start = (panel * pairs + p0) * INT8_PANEL_ROW;
+                    let b = &weights[b_start..b_start + pc * INT8_PANEL_ROW];
+                    let first = block_index == 0;
+                    let c0 = panel * NR;
+                    let row_scales = &rows.scales[r0..r0 + mr];
+                    let direct = self
+                        .direct_target(isa, r0, panel, first)
+                        .map(|target| Target {
+                            scales: column_scales[c0..].as_ptr(),
+                            row_scales: row_scales.as_ptr(),
+                            ..target
+                        });
+                    tile_int8(
+                        isa,
+                        mr,
+                        a,
+                        b,
+                        direct.unwrap_or_else(|| Target::tile(&mut tile)),
+                    );
+                    if direct.is_none() {
+                        let scales = Some((column_scales, row_scales));
+                        self.store(&tile, r0, mr, panel, first, scales);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Where the AVX2 kernel writes a whole panel's rows itself: the output at (r0, panel),
+    /// with the bias on the first K block. `None` for the portable kernel and for a panel cut
+    /// short by the matrix's edge, which go through a tile and [`Block::store`].
+    fn direct_target(&self, isa: Isa, r0: usize, panel: usize, first: bool) -> Option<Target> {
+        let c0 = panel * NR;
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Avx2 && c0 + NR <= self.n {
+            return Some(Target {
+                // SAFETY: row r0 < m and column c0 < n are inside `out`; the kernel writes
+                // mr rows × NR columns from there, inside this task's block, which no other
+                // task writes.
+                c: unsafe { self.out.0.add(r0 * self.n + c0) },
+                ldc: self.n,
+                first,
+                bias: self.bias.map_or(std::ptr::null(), |b| b[c0..].as_ptr()),
+                scales: std::ptr::null(),
+                row_scales: std::ptr::null(),
+            });
+        }
+        let _ = (isa, r0, c0, first);
+        None
     }
 
     /// Write (first block: with bias) or add a tile to the output.
@@ -417,11 +591,13 @@ impl Block<'_> {
         mr: usize,
         panel: usize,
         first: bool,
-        scales: Option<&Vec<f32>>,
+        scales: Option<(&[f32], &[f32])>,
     ) {
         let c0 = panel * NR;
         let cols = NR.min(self.n - c0);
         for (i, tile_row) in tile.iter().enumerate().take(mr) {
+            let row_scale = scales.map_or(1.0, |(_, rows)| rows[i]);
+            let scales = scales.map(|(columns, _)| columns);
             // SAFETY: row r0 + i < m and columns c0 .. c0 + cols < n lie in `out`, inside
             // this task's block, which no other task writes.
             let out = unsafe {
@@ -431,12 +607,12 @@ impl Block<'_> {
             match (scales, first, self.bias) {
                 (Some(s), true, b) => {
                     for (j, (o, &t)) in out.iter_mut().zip(tile_row).enumerate() {
-                        *o = t * s[c0 + j] + b.map_or(0.0, |b| b[c0 + j]);
+                        *o = t * s[c0 + j] * row_scale + b.map_or(0.0, |b| b[c0 + j]);
                     }
                 }
                 (Some(s), false, _) => {
                     for (j, (o, &t)) in out.iter_mut().zip(tile_row).enumerate() {
-                        *o += t * s[c0 + j];
+                        *o += t * s[c0 + j] * row_scale;
                     }
                 }
                 (None, true, Some(b)) => {
@@ -468,14 +644,50 @@ impl Block<'_> {
                     columns.len(),
                 )
             };
-            if epilogue == Epilogue::GeluErf {
-                super::gelu_in_place(out);
+            match epilogue {
+                Epilogue::None => {}
+                Epilogue::GeluErf => super::gelu_in_place(out),
+                Epilogue::GeluTanh => super::gelu_tanh_in_place(out),
             }
             if let Some(residual) = residual {
                 let res = &residual[r * self.n + columns.start..r * self.n + columns.end];
                 super::add_in_place(out, res);
             }
         }
+    }
+}
+
+/// Copy columns `k0 .. k0 + kc` of `rows` of `x` (row length `k`) into micro-panels of up to
+/// MR rows each: for each column, the panel's rows side by side.
+fn pack_rows(
+    x: &[f32],
+    k: usize,
+    rows: std::ops::Range<usize>,
+    k0: usize,
+    kc: usize,
+    a_pack: &mut [f32],
+) {
+    let mut offset = 0;
+    for r0 in rows.clone().step_by(MR) {
+        let mr = MR.min(rows.end - r0);
+        let panel = &mut a_pack[offset..offset + kc * mr];
+        if mr == MR {
+            let sources: [&[f32]; MR] =
+                std::array::from_fn(|i| &x[(r0 + i) * k + k0..(r0 + i) * k + k0 + kc]);
+            for (p, column) in panel.chunks_exact_mut(MR).enumerate() {
+                for (slot, source) in column.iter_mut().zip(&sources) {
+                    *slot = source[p];
+                }
+            }
+        } else {
+            for i in 0..mr {
+                let row = &x[(r0 + i) * k + k0..][..kc];
+                for (slot, &v) in panel[i..].iter_mut().step_by(mr).zip(row) {
+                    *slot = v;
+                }
+            }
+        }
+        offset += kc * mr;
     }
 }
 
@@ -489,6 +701,8 @@ struct Target {
     first: bool,
     bias: *const f32,
     scales: *const f32,
+    /// One scale per row (int8 products), or null.
+    row_scales: *const f32,
 }
 
 impl Target {
@@ -500,39 +714,31 @@ impl Target {
             first: true,
             bias: std::ptr::null(),
             scales: std::ptr::null(),
+            row_scales: std::ptr::null(),
         }
     }
 }
 
-impl Panels {
-    /// The AVX2 micro-kernel for this format, straight into `target`.
-    ///
-    /// # Safety
-    /// The CPU has AVX2 and FMA; `target` holds mr rows of NR writable values at stride ldc;
-    /// `bias` and `scales`, when not null, hold NR values.
-    #[cfg(target_arch = "x86_64")]
-    unsafe fn tile_avx2(&self, mr: usize, a: &[f32], b: std::ops::Range<usize>, target: Target) {
-        match self {
-            Panels::F32(w) => tile_f32(Isa::Avx2, mr, a, &w[b], target),
-            Panels::Bf16(w) => tile_bf16(Isa::Avx2, mr, a, &w[b], target),
-            Panels::Int8 { values, .. } => tile_int8(Isa::Avx2, mr, a, &values[b], target),
-        }
-    }
+/// The weights of a floating-point product.
+enum FloatPanels<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [u16]),
 }
 
-/// Portable micro-kernel: `tile[i][j] = Σ_p a[p·mr + i] · w(p, j)`.
+/// Portable micro-kernel: `tile[i][j] = Σ_p a[p·mr + i] · w(p, j)`, where `load(row, j)`
+/// reads column j's weight from a panel row.
 #[inline(always)]
 fn tile_portable<const M: usize, T: Copy>(
     a: &[f32],
     b: &[T],
     target: Target,
-    load: impl Fn(T) -> f32,
+    load: impl Fn(&[T], usize) -> f32,
 ) {
     let mut acc = [[0f32; NR]; M];
     for (a, b) in a.chunks_exact(M).zip(b.chunks_exact(NR)) {
         let mut w = [0f32; NR];
-        for (w, &b) in w.iter_mut().zip(b) {
-            *w = load(b);
+        for (j, w) in w.iter_mut().enumerate() {
+            *w = load(b, j);
         }
         for (acc, &a) in acc.iter_mut().zip(a) {
             for (acc, &w) in acc.iter_mut().zip(&w) {
@@ -584,21 +790,24 @@ macro_rules! tile_kernels {
         unsafe fn $avx2<const M: usize>(kc: usize, a: *const f32, b: *const $ty, target: Target) {
             use std::arch::x86_64::*;
             let mut acc = [[_mm256_setzero_ps(); 2]; M];
-            // One row alone is a chain of dependent FMAs: a second set of accumulators
-            // for odd steps keeps two chains in flight per register.
-            let mut odd = [_mm256_setzero_ps(); 2];
+            // One row alone is a chain of dependent FMAs: three more sets of accumulators,
+            // for the steps p ≡ 1, 2, 3 (mod 4), keep eight chains in flight.
+            let mut more = [[_mm256_setzero_ps(); 2]; 3];
             let mut p = 0;
             if M == 1 {
-                while p + 2 <= kc {
+                while p + 4 <= kc {
                     let (w0, w1) = $load(b.add(p * NR));
                     let av = _mm256_broadcast_ss(&*a.add(p));
                     acc[0][0] = _mm256_fmadd_ps(av, w0, acc[0][0]);
                     acc[0][1] = _mm256_fmadd_ps(av, w1, acc[0][1]);
-                    let (w0, w1) = $load(b.add((p + 1) * NR));
-                    let av = _mm256_broadcast_ss(&*a.add(p + 1));
-                    odd[0] = _mm256_fmadd_ps(av, w0, odd[0]);
-                    odd[1] = _mm256_fmadd_ps(av, w1, odd[1]);
-                    p += 2;
+                    for (step, more) in more.iter_mut().enumerate() {
+                        let q = p + 1 + step;
+                        let (w0, w1) = $load(b.add(q * NR));
+                        let av = _mm256_broadcast_ss(&*a.add(q));
+                        more[0] = _mm256_fmadd_ps(av, w0, more[0]);
+                        more[1] = _mm256_fmadd_ps(av, w1, more[1]);
+                    }
+                    p += 4;
                 }
             }
             while p < kc {
@@ -610,63 +819,187 @@ macro_rules! tile_kernels {
                 }
                 p += 1;
             }
-            acc[0][0] = _mm256_add_ps(acc[0][0], odd[0]);
-            acc[0][1] = _mm256_add_ps(acc[0][1], odd[1]);
-            for (i, acc) in acc.iter().enumerate() {
-                let row = target.c.add(i * target.ldc);
-                for (h, &sum) in acc.iter().enumerate() {
-                    let mut v = sum;
-                    if !target.scales.is_null() {
-                        v = _mm256_mul_ps(v, _mm256_loadu_ps(target.scales.add(8 * h)));
-                    }
-                    if !target.first {
-                        v = _mm256_add_ps(v, _mm256_loadu_ps(row.add(8 * h)));
-                    } else if !target.bias.is_null() {
-                        v = _mm256_add_ps(v, _mm256_loadu_ps(target.bias.add(8 * h)));
-                    }
-                    _mm256_storeu_ps(row.add(8 * h), v);
-                }
+            for more in more {
+                acc[0][0] = _mm256_add_ps(acc[0][0], more[0]);
+                acc[0][1] = _mm256_add_ps(acc[0][1], more[1]);
             }
+            store_avx2(&acc, target);
         }
     };
 }
 
-tile_kernels!(tile_f32, tile_f32_avx2, f32, |w: f32| w, |b: *const f32| {
-    use std::arch::x86_64::*;
-    (_mm256_loadu_ps(b), _mm256_loadu_ps(b.add(8)))
-});
+tile_kernels!(
+    tile_f32,
+    tile_f32_avx2,
+    f32,
+    |row: &[f32], j| row[j],
+    |b: *const f32| {
+        use std::arch::x86_64::*;
+        (_mm256_loadu_ps(b), _mm256_loadu_ps(b.add(8)))
+    }
+);
 
 tile_kernels!(
     tile_bf16,
     tile_bf16_avx2,
     u16,
-    bf16_value,
+    |row: &[u16], j| bf16_value(row[bf16_lane(j)]),
     |b: *const u16| {
         use std::arch::x86_64::*;
-        // bf16 → f32: widen each 16-bit value and shift it into the upper half.
-        let widen = |p: *const u16| {
-            _mm256_castsi256_ps(_mm256_slli_epi32(
-                _mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i)),
-                16,
-            ))
-        };
-        (widen(b), widen(b.add(8)))
+        // bf16 → f32: a zero below each 16-bit value. The unpacks interleave within each
+        // 128-bit half, which the packed order (`bf16_lane`) undoes.
+        let row = _mm256_loadu_si256(b as *const __m256i);
+        let zero = _mm256_setzero_si256();
+        (
+            _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, row)),
+            _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, row)),
+        )
     }
 );
 
-tile_kernels!(
-    tile_int8,
-    tile_int8_avx2,
-    i8,
-    |q: i8| q as f32,
-    |b: *const i8| {
-        use std::arch::x86_64::*;
-        let widen = |p: *const i8| {
-            _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p as *const __m128i)))
-        };
-        (widen(b), widen(b.add(8)))
+/// Copy input pairs `p0 .. p0 + pc` of `rows` into micro-panels of up to MR rows: for each
+/// pair, the rows side by side.
+fn pack_pairs(
+    quantized: &QuantizedRows,
+    rows: std::ops::Range<usize>,
+    p0: usize,
+    pc: usize,
+    a_pack: &mut [i32],
+) {
+    let mut offset = 0;
+    for r0 in rows.clone().step_by(MR) {
+        let mr = MR.min(rows.end - r0);
+        let panel = &mut a_pack[offset..offset + pc * mr];
+        for i in 0..mr {
+            let start = (r0 + i) * quantized.pairs_per_row + p0;
+            let row = &quantized.pairs[start..start + pc];
+            for (slot, &pair) in panel[i..].iter_mut().step_by(mr).zip(row) {
+                *slot = pair;
+            }
+        }
+        offset += pc * mr;
     }
-);
+}
+
+/// Pairs of inputs summed in i32 before going to f32: 128 pairs of |16-bit · 8-bit| products
+/// stay below 2^31 (128 · 2 · 32767 · 127 ≈ 1.07e9).
+const INT8_PAIRS_PER_SUM: usize = 128;
+
+/// The int8 micro-kernel: `Σ_q even·w_even + odd·w_odd` per row and column, exact in i32 per
+/// [`INT8_PAIRS_PER_SUM`] pairs, then f32; scaled by the column's and the row's scale.
+fn tile_int8(isa: Isa, mr: usize, a: &[i32], b: &[i8], target: Target) {
+    debug_assert!(a.len() == (b.len() / INT8_PANEL_ROW) * mr);
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx2` is only chosen when the CPU has AVX2 and FMA; the slices hold
+        // pc·mr pairs and pc panel rows, which is what the kernel reads.
+        Isa::Avx2 => unsafe {
+            let pc = b.len() / INT8_PANEL_ROW;
+            match mr {
+                1 => tile_int8_avx2::<1>(pc, a.as_ptr(), b.as_ptr(), target),
+                2 => tile_int8_avx2::<2>(pc, a.as_ptr(), b.as_ptr(), target),
+                3 => tile_int8_avx2::<3>(pc, a.as_ptr(), b.as_ptr(), target),
+                4 => tile_int8_avx2::<4>(pc, a.as_ptr(), b.as_ptr(), target),
+                5 => tile_int8_avx2::<5>(pc, a.as_ptr(), b.as_ptr(), target),
+                _ => tile_int8_avx2::<6>(pc, a.as_ptr(), b.as_ptr(), target),
+            }
+        },
+        Isa::Portable => match mr {
+            1 => tile_int8_portable::<1>(a, b, target),
+            2 => tile_int8_portable::<2>(a, b, target),
+            3 => tile_int8_portable::<3>(a, b, target),
+            4 => tile_int8_portable::<4>(a, b, target),
+            5 => tile_int8_portable::<5>(a, b, target),
+            _ => tile_int8_portable::<6>(a, b, target),
+        },
+    }
+}
+
+/// The portable int8 micro-kernel: the same integer sums in the same order as the AVX2 one,
+/// so both give the same f32 sums; into a stack tile, unscaled.
+fn tile_int8_portable<const M: usize>(a: &[i32], b: &[i8], target: Target) {
+    let mut sums = [[0f32; NR]; M];
+    let blocks = a
+        .chunks(INT8_PAIRS_PER_SUM * M)
+        .zip(b.chunks(INT8_PAIRS_PER_SUM * INT8_PANEL_ROW));
+    for (a, b) in blocks {
+        let mut acc = [[0i32; NR]; M];
+        for (a, b) in a.chunks_exact(M).zip(b.chunks_exact(INT8_PANEL_ROW)) {
+            for (acc, &pair) in acc.iter_mut().zip(a) {
+                let (even, odd) = (pair as i16 as i32, (pair >> 16) as i16 as i32);
+                for (column, acc) in acc.iter_mut().enumerate() {
+                    *acc += even * b[int8_lane(column, 0)] as i32
+                        + odd * b[int8_lane(column, 1)] as i32;
+                }
+            }
+        }
+        for (sums, acc) in sums.iter_mut().zip(&acc) {
+            for (sum, &acc) in sums.iter_mut().zip(acc) {
+                *sum += acc as f32;
+            }
+        }
+    }
+    for (i, sums) in sums.iter().enumerate() {
+        // SAFETY: the portable path always targets a stack tile (`Target::tile`), MR × NR.
+        let row = unsafe { std::slice::from_raw_parts_mut(target.c.add(i * target.ldc), NR) };
+        row.copy_from_slice(sums);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile_int8_avx2<const M: usize>(pc: usize, a: *const i32, b: *const i8, target: Target) {
+    use std::arch::x86_64::*;
+    let mut sums = [[_mm256_setzero_ps(); 2]; M];
+    let mut q = 0;
+    while q < pc {
+        let end = pc.min(q + INT8_PAIRS_PER_SUM);
+        let mut acc = [[_mm256_setzero_si256(); 2]; M];
+        while q < end {
+            // Columns 0–7 and 8–15, each as (even, odd) pairs of 16-bit weights.
+            let row = b.add(q * INT8_PANEL_ROW);
+            let w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(row as *const __m128i));
+            let w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(row.add(16) as *const __m128i));
+            for (i, acc) in acc.iter_mut().enumerate() {
+                let pair = _mm256_set1_epi32(*a.add(q * M + i));
+                acc[0] = _mm256_add_epi32(acc[0], _mm256_madd_epi16(pair, w0));
+                acc[1] = _mm256_add_epi32(acc[1], _mm256_madd_epi16(pair, w1));
+            }
+            q += 1;
+        }
+        for (sums, acc) in sums.iter_mut().zip(&acc) {
+            sums[0] = _mm256_add_ps(sums[0], _mm256_cvtepi32_ps(acc[0]));
+            sums[1] = _mm256_add_ps(sums[1], _mm256_cvtepi32_ps(acc[1]));
+        }
+    }
+    store_avx2(&sums, target);
+}
+
+/// Write a kernel's sums as `target` says: × column scale × row scale, then + bias on the
+/// first K block or + what the output holds on the others.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn store_avx2<const M: usize>(sums: &[[std::arch::x86_64::__m256; 2]; M], target: Target) {
+    use std::arch::x86_64::*;
+    for (i, sums) in sums.iter().enumerate() {
+        let row = target.c.add(i * target.ldc);
+        for (h, &sum) in sums.iter().enumerate() {
+            let mut v = sum;
+            if !target.scales.is_null() {
+                v = _mm256_mul_ps(v, _mm256_loadu_ps(target.scales.add(8 * h)));
+            }
+            if !target.row_scales.is_null() {
+                v = _mm256_mul_ps(v, _mm256_set1_ps(*target.row_scales.add(i)));
+            }
+            if !target.first {
+                v = _mm256_add_ps(v, _mm256_loadu_ps(row.add(8 * h)));
+            } else if !target.bias.is_null() {
+                v = _mm256_add_ps(v, _mm256_loadu_ps(target.bias.add(8 * h)));
+            }
+            _mm256_storeu_ps(row.add(8 * h), v);
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -707,6 +1040,7 @@ mod tests {
             (13, 800, 17),
             (80, 390, 48),
             (2, 1, 1),
+            (1, 600, 40),
         ] {
             let x = pseudo_random(m * k, 1);
             let w = pseudo_random(n * k, 2);
@@ -715,24 +1049,35 @@ mod tests {
                 let packed = PackedWeights::pack(k, n, format, |o, i| w[o * k + i]);
                 let stored = packed.unpack();
                 let expected = reference(&x, m, &stored, k, n, &bias);
+                // int8 products round each row of x to 16 bits: at most half a step of
+                // max|x_row| / 32767 per input, times the weight it meets.
+                let rounding = |r: usize, o: usize| match format {
+                    WeightFormat::Int8 => {
+                        let row = &x[r * k..(r + 1) * k];
+                        let max = row.iter().fold(0f32, |a, v| a.max(v.abs()));
+                        let weights = &stored[o * k..(o + 1) * k];
+                        weights.iter().map(|w| w.abs()).sum::<f32>() * max / 65534.0
+                    }
+                    _ => 0.0,
+                };
+                let mut results = Vec::new();
                 for isa in [Isa::Portable, Isa::detect(false)] {
                     let mut out = vec![f32::NAN; m * n];
-                    matmul(
-                        &x,
-                        m,
-                        &packed,
-                        Some(&bias),
-                        Epilogue::None,
-                        None,
-                        &mut out,
-                        isa,
-                    );
-                    for (o, e) in out.iter().zip(&expected) {
+                    let b = Some(bias.as_slice());
+                    matmul(&x, m, &packed, b, Epilogue::None, None, &mut out, isa);
+                    for (index, (o, e)) in out.iter().zip(&expected).enumerate() {
+                        let bound = rounding(index / n, index % n) + 1e-4 * (1.0 + e.abs());
                         assert!(
-                            (o - e).abs() <= 1e-4 * (1.0 + e.abs()),
+                            (o - e).abs() <= bound,
                             "{m}x{k}x{n} {format:?} {isa:?}: {o} vs {e}"
                         );
                     }
+                    results.push(out);
+                }
+                // Integer sums are exact: every int8 kernel gives the same sums, and the
+                // same scaling order gives the same bits.
+                if format == WeightFormat::Int8 {
+                    assert_eq!(results[0], results[1], "{m}x{k}x{n}: int8 kernels differ");
                 }
                 // Storage error: bf16 keeps 8 bits, int8 a 127th of the row's largest weight.
                 let bound = match format {
@@ -742,6 +1087,36 @@ mod tests {
                 };
                 for (s, w) in stored.iter().zip(&w) {
                     assert!((s - w).abs() <= bound * 1.0001, "{format:?}: {s} vs {w}");
+                }
+            }
+        }
+    }
+
+    /// GELU (both forms) and the residual are applied after the bias, on every kernel.
+    #[test]
+    fn epilogue_and_residual_follow_the_product() {
+        let (m, k, n) = (9, 300, 40);
+        let x = pseudo_random(m * k, 4);
+        let w = pseudo_random(n * k, 5);
+        let bias = pseudo_random(n, 6);
+        let residual = pseudo_random(m * n, 7);
+        let packed = PackedWeights::pack(k, n, WeightFormat::F32, |o, i| w[o * k + i]);
+        let product = reference(&x, m, &w, k, n, &bias);
+        for (epilogue, f) in [
+            (Epilogue::None, (|v| v) as fn(f32) -> f32),
+            (Epilogue::GeluErf, super::super::gelu_erf_scalar),
+            (Epilogue::GeluTanh, super::super::gelu_tanh_scalar),
+        ] {
+            for isa in [Isa::Portable, Isa::detect(false)] {
+                let mut out = vec![f32::NAN; m * n];
+                let r = Some(residual.as_slice());
+                matmul(&x, m, &packed, Some(&bias), epilogue, r, &mut out, isa);
+                for ((o, p), r) in out.iter().zip(&product).zip(&residual) {
+                    let e = f(*p) + r;
+                    assert!(
+                        (o - e).abs() <= 1e-4 * (1.0 + e.abs()),
+                        "{epilogue:?} {isa:?}"
+                    );
                 }
             }
         }

@@ -43,6 +43,16 @@ pub fn gelu_erf_scalar(x: f32) -> f32 {
     0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
+/// GELU with the tanh approximation (`gelu_new`), tanh(y) taken as 1 − 2 / (e^{2y} + 1):
+/// within 1e-6 · (1 + |x|) of the formula in f64 (tests/kernel_paths.rs checks it).
+#[inline(always)]
+pub fn gelu_tanh_scalar(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    let y = SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x);
+    let tanh = 1.0 - 2.0 / (exp(2.0 * y) + 1.0);
+    0.5 * x * (1.0 + tanh)
+}
+
 /// Sum with 16 independent accumulators, so the loop vectorises.
 #[inline(always)]
 pub fn sum(values: &[f32]) -> f32 {

@@ -12,7 +12,7 @@ pub use decoder_attention::decoder_attention;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-pub use math::{erf, exp, gelu_erf_scalar};
+pub use math::{erf, exp, gelu_erf_scalar, gelu_tanh_scalar};
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -60,6 +60,18 @@ pub fn set_kernel_mode(mode: KernelMode) {
         KernelMode::Reference => 3,
     };
     MODE.store(value, Ordering::Relaxed);
+}
+
+/// Run `work` on one of rayon's worker threads (directly, when already on one). A model's
+/// forward pass runs there, so its many parallel kernels are joined by the workers
+/// themselves; called from another thread, each kernel would hand its work to the pool and
+/// put the caller to sleep until it is done, two context switches per kernel.
+pub fn on_worker<T: Send>(work: impl FnOnce() -> T + Send) -> T {
+    if rayon::current_thread_index().is_some() {
+        work()
+    } else {
+        rayon::join(work, || ()).0
+    }
 }
 
 /// Whether the custom CPU kernels apply to `x`.
@@ -117,6 +129,15 @@ dispatch! {
     fn gelu_in_place(values: &mut [f32]) {
         for v in values.iter_mut() {
             *v = gelu_erf_scalar(*v);
+        }
+    }
+}
+
+dispatch! {
+    /// GELU, tanh approximation, in place.
+    fn gelu_tanh_in_place(values: &mut [f32]) {
+        for v in values.iter_mut() {
+            *v = gelu_tanh_scalar(*v);
         }
     }
 }

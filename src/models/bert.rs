@@ -325,6 +325,10 @@ impl BertModel {
     }
 
     pub fn forward(&self, input: &ModelInput) -> Result<EncoderOutput> {
+        crate::kernels::on_worker(|| self.forward_on_worker(input))
+    }
+
+    fn forward_on_worker(&self, input: &ModelInput) -> Result<EncoderOutput> {
         let (_batch, seq) = input.input_ids.dims2()?;
         let max = self.positions.max_len(self.config.max_position_embeddings);
         if seq > max {

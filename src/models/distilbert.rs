@@ -200,6 +200,10 @@ impl DistilBertModel {
 
     /// Token type ids are ignored: DistilBERT has none.
     pub fn forward(&self, input: &ModelInput) -> Result<EncoderOutput> {
+        crate::kernels::on_worker(|| self.forward_on_worker(input))
+    }
+
+    fn forward_on_worker(&self, input: &ModelInput) -> Result<EncoderOutput> {
         let seq = input.input_ids.dim(1)?;
         let max = self.config.max_position_embeddings;
         if seq > max {

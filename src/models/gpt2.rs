@@ -413,6 +413,15 @@ impl Gpt2Model {
         &self,
         input_ids: &Tensor,
         attention_mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        crate::kernels::on_worker(|| self.forward_on_worker(input_ids, attention_mask, cache))
+    }
+
+    fn forward_on_worker(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
         mut cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
         let (batch, new) = input_ids.dims2()?;
@@ -570,10 +579,12 @@ impl Gpt2LMHeadModel {
         attention_mask: Option<&Tensor>,
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
-        let hidden = self.transformer.forward(input_ids, attention_mask, cache)?;
-        let last = hidden.dim(1)? - 1;
-        self.lm_head
-            .forward(&hidden.narrow(1, last, 1)?.squeeze(1)?)
+        crate::kernels::on_worker(|| {
+            let hidden = self.transformer.forward(input_ids, attention_mask, cache)?;
+            let last = hidden.dim(1)? - 1;
+            self.lm_head
+                .forward(&hidden.narrow(1, last, 1)?.squeeze(1)?)
+        })
     }
 
     /// Bytes of weights one decoding step reads: every linear layer and the LM head
