@@ -1,68 +1,114 @@
-//! Encoder throughput on all-MiniLM-L6-v2: f32 against bf16, measured in the same run.
+//! Encoder speed, criterion: ferroformers in f32, bf16 and int8 beside candle-transformers'
+//! own BERT in f32, on random-initialised models of real shapes, measured in the same run;
+//! and a batch of mixed lengths, padded as one batch or grouped by length.
 //!
-//!     python3 scripts/fetch_minilm.py
-//!     HF_HUB_OFFLINE=1 cargo bench --bench encoder
+//!     cargo bench --bench encoder
 //!
-//! Later issues add ONNX Runtime and PyTorch baselines; here bf16 is reported as a ratio of f32.
+//! scripts/bench_compare.py compares with PyTorch and ONNX Runtime.
 
-use std::time::{Duration, Instant};
+mod common;
 
-use ferroformers::{BertModel, DType, EncodeOptions, FromPretrained, LoadOptions, Pretrained};
+use candle_core::{DType, Device, Tensor};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use ferroformers::{BertModel, FromPretrained, LoadOptions, ModelInput, Quantization};
 
-const MODEL_ID: &str = "sentence-transformers/all-MiniLM-L6-v2";
-
-fn sentences(count: usize) -> Vec<String> {
-    (0..count)
-        .map(|i| {
-            format!("Sentence number {i} talks about rust, tensors and fast inference on a laptop.")
-        })
-        .collect()
-}
-
-/// Median time of one forward pass over `batch`, after a warm-up.
-fn time_forward(
-    model: &BertModel,
-    input: &ferroformers::ModelInput,
-    runs: usize,
-) -> ferroformers::Result<Duration> {
-    model.forward(input)?;
-    let mut times = Vec::with_capacity(runs);
-    for _ in 0..runs {
-        let start = Instant::now();
-        model.forward(input)?;
-        times.push(start.elapsed());
+fn input(batch: usize, lengths: &[usize]) -> ModelInput {
+    let seq = lengths.iter().copied().max().unwrap_or(0);
+    let ids = common::token_ids(batch * seq, 30522);
+    let mask: Vec<u32> = (0..batch * seq)
+        .map(|i| u32::from(i % seq < lengths[i / seq]))
+        .collect();
+    ModelInput {
+        input_ids: Tensor::from_vec(ids, (batch, seq), &Device::Cpu).unwrap(),
+        attention_mask: Some(Tensor::from_vec(mask, (batch, seq), &Device::Cpu).unwrap()),
+        token_type_ids: Some(Tensor::zeros((batch, seq), DType::U32, &Device::Cpu).unwrap()),
     }
-    times.sort();
-    Ok(times[runs / 2])
 }
 
-fn main() -> ferroformers::Result<()> {
-    let base = LoadOptions::default();
-    let tokenizer = Pretrained::open(MODEL_ID, &base.hub)?.tokenizer()?;
-    println!("{MODEL_ID}, median of 10 runs per row");
-    println!(
-        "{:>6} {:>6} {:>12} {:>12} {:>10}",
-        "batch", "dtype", "ms/batch", "sentences/s", "vs f32"
-    );
-    for batch_size in [1, 8, 32] {
-        let texts = sentences(batch_size);
-        let input = tokenizer
-            .encode_batch(texts.iter(), &EncodeOptions::default())?
-            .to_input(&base.device)?;
-        let mut f32_time = None;
-        for dtype in [DType::F32, DType::BF16] {
-            let model = BertModel::from_pretrained(MODEL_ID, &base.clone().with_dtype(dtype))?;
-            let time = time_forward(&model, &input, 10)?;
-            let baseline = *f32_time.get_or_insert(time);
-            println!(
-                "{:>6} {:>6} {:>12.2} {:>12.1} {:>9.2}x",
-                batch_size,
-                format!("{dtype:?}"),
-                time.as_secs_f64() * 1e3,
-                batch_size as f64 / time.as_secs_f64(),
-                baseline.as_secs_f64() / time.as_secs_f64()
-            );
+fn shapes(c: &mut Criterion) {
+    let work = tempfile::tempdir().unwrap();
+    for (name, hidden, layers, heads, intermediate, batch) in [
+        ("minilm-32x128", 384, 6, 12, 1536, 32),
+        ("bert-base-1x128", 768, 12, 12, 3072, 1),
+    ] {
+        let folder = work.path().join(name);
+        common::write_bert(&folder, hidden, layers, heads, intermediate);
+        let folder = folder.to_string_lossy().into_owned();
+        let input = input(batch, &vec![128; batch]);
+        let mut group = c.benchmark_group(format!("encoder/{name}"));
+        group.sample_size(10);
+        group.throughput(Throughput::Elements(batch as u64));
+        for (label, options) in [
+            ("ferroformers-f32", LoadOptions::default()),
+            (
+                "ferroformers-bf16",
+                LoadOptions::default().with_dtype(DType::BF16),
+            ),
+            (
+                "ferroformers-int8",
+                LoadOptions::default().with_quantization(Quantization::Int8),
+            ),
+        ] {
+            let model = BertModel::from_pretrained(&folder, &options).unwrap();
+            group.bench_function(label, |b| b.iter(|| model.forward(&input).unwrap()));
         }
+        // candle-transformers' BERT on the same file and input.
+        let config: candle_transformers::models::bert::Config = serde_json::from_str(
+            &std::fs::read_to_string(format!("{folder}/config.json")).unwrap(),
+        )
+        .unwrap();
+        // SAFETY: the file was just written by this bench and is not modified while mapped.
+        let vb = unsafe {
+            candle_nn::VarBuilder::from_mmaped_safetensors(
+                &[format!("{folder}/model.safetensors")],
+                DType::F32,
+                &Device::Cpu,
+            )
+        }
+        .unwrap();
+        let theirs = candle_transformers::models::bert::BertModel::load(vb, &config).unwrap();
+        let types = input.token_type_ids.clone().unwrap();
+        group.bench_function("candle-transformers-f32", |b| {
+            b.iter(|| {
+                theirs
+                    .forward(&input.input_ids, &types, input.attention_mask.as_ref())
+                    .unwrap()
+            })
+        });
+        group.finish();
     }
-    Ok(())
 }
+
+/// 32 inputs of 8 to 128 tokens: one batch padded to 128, or four batches of 8 grouped by
+/// length (what the pipelines do), each padded to its own longest.
+fn mixed_lengths(c: &mut Criterion) {
+    let work = tempfile::tempdir().unwrap();
+    common::write_bert(work.path(), 384, 6, 12, 1536);
+    let model = BertModel::from_pretrained(&work.path().to_string_lossy(), &LoadOptions::default())
+        .unwrap();
+    let mut lengths: Vec<usize> = (0..32).map(|i| 8 + (i * 37) % 121).collect();
+    let padded = input(32, &lengths);
+    lengths.sort_unstable();
+    let grouped: Vec<ModelInput> = lengths.chunks(8).map(|l| input(8, l)).collect();
+    let mut group = c.benchmark_group("encoder/minilm-32-mixed-lengths");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(32));
+    group.bench_function(
+        BenchmarkId::new("ferroformers-f32", "one-padded-batch"),
+        |b| b.iter(|| model.forward(&padded).unwrap()),
+    );
+    group.bench_function(
+        BenchmarkId::new("ferroformers-f32", "grouped-by-length"),
+        |b| {
+            b.iter(|| {
+                for batch in &grouped {
+                    model.forward(batch).unwrap();
+                }
+            })
+        },
+    );
+    group.finish();
+}
+
+criterion_group!(benches, shapes, mixed_lengths);
+criterion_main!(benches);

@@ -15,7 +15,8 @@ use crate::weights::WeightFiles;
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
     pub hub: HubOptions,
-    /// The dtype the weights are converted to: f32, f16 or bf16.
+    /// The dtype the weights are converted to: f32, f16 or bf16. On the CPU the linear layers
+    /// keep bf16 weights as bf16 (f16 ones as f32) and compute with f32 activations.
     pub dtype: DType,
     pub device: Device,
     /// Weight-only quantization of the linear layers (CPU only).
