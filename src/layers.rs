@@ -149,6 +149,14 @@ impl Linear {
             });
         }
         let (outer, inner) = weight.dims2()?;
+        if let Some(bias) = &bias {
+            if bias.dims() != [outer] {
+                return Err(Error::InvalidWeights(format!(
+                    "a linear layer's bias has shape {:?}, its weight {outer} outputs",
+                    bias.dims()
+                )));
+            }
+        }
         let format = match (quantization, weight.dtype()) {
             (Quantization::Int8, _) => WeightFormat::Int8,
             (Quantization::None, DType::BF16) => WeightFormat::Bf16,

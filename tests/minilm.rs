@@ -11,8 +11,14 @@ use ferroformers::{
 
 const MODEL_ID: &str = "sentence-transformers/all-MiniLM-L6-v2";
 
-/// The Hub cache holding the model, filled once per target directory.
+/// The Hub cache holding the model, filled once per target directory (and once per test
+/// process: the tests run in parallel and must not write the files at the same time).
 fn minilm_cache() -> PathBuf {
+    static CACHE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    CACHE.get_or_init(fill_minilm_cache).clone()
+}
+
+fn fill_minilm_cache() -> PathBuf {
     let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("hub-cache");
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/fetch_minilm.py");
     let status = Command::new("python3")
