@@ -10,10 +10,10 @@
 //! most 1/65534 of the row's largest value), and the products are exact integer
 //! multiply-adds (`vpmaddwd`), summed in i32 over at most 128 pairs of inputs and then in f32.
 //!
-//! The product runs in tasks of up to [`MC`] rows × a run of panels, spread over the cores;
-//! inside a task the input is cut into blocks of up to [`KC`] columns (a panel block then
+//! The product runs in tasks of up to `MC` rows × a run of panels, spread over the cores;
+//! inside a task the input is cut into blocks of up to `KC` columns (a panel block then
 //! stays in L1 while every row of the task uses it) and the task's rows are copied into
-//! micro-panels of [`MR`] rows, read in order by the micro-kernel.
+//! micro-panels of `MR` rows, read in order by the micro-kernel.
 
 use rayon::prelude::*;
 
