@@ -27,18 +27,30 @@ import tempfile
 import time
 
 import torch
-from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel
+from transformers import (
+    BertConfig, BertModel, DistilBertConfig, DistilBertModel, GPT2Config, GPT2LMHeadModel,
+    RobertaConfig, RobertaModel,
+)
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
+BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
 SHAPES = {
-    "bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
-    "minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
+    "bert-base": lambda: BertModel(BertConfig(vocab_size=30522, max_position_embeddings=512, **BASE)),
+    "minilm": lambda: BertModel(BertConfig(
+        vocab_size=30522, max_position_embeddings=512, hidden_size=384, num_hidden_layers=6,
+        num_attention_heads=12, intermediate_size=1536)),
+    # roberta-base and distilbert-base-uncased shapes.
+    "roberta-base": lambda: RobertaModel(RobertaConfig(
+        vocab_size=50265, max_position_embeddings=514, type_vocab_size=1, pad_token_id=1, **BASE)),
+    "distilbert": lambda: DistilBertModel(DistilBertConfig(vocab_size=30522)),
 }
 CASES = {
     "bert-base-1": ("bert-base", 1, 128),
     "bert-base-32": ("bert-base", 32, 128),
     "minilm-32": ("minilm", 32, 128),
+    "roberta-base-1": ("roberta-base", 1, 128),
+    "distilbert-32": ("distilbert", 32, 128),
 }
 DECODE_CASES = {"gpt2-1": 1, "gpt2-8": 8}
 PROMPT_TOKENS, NEW_TOKENS = 32, 128
@@ -62,8 +74,7 @@ def median_ms(run, runs):
 
 def build_model(shape, folder):
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=30522, max_position_embeddings=512, **SHAPES[shape])
-    model = BertModel(config).eval()
+    model = SHAPES[shape]().eval()
     model.save_pretrained(folder)
     return model
 
