@@ -248,9 +248,9 @@ impl PackedWeights {
         }
     }
 
-    /// The weights as the product sees them, (out, in) row-major: for tests and for going back
-    /// to candle's ops on other devices.
-    pub fn unpack(&self) -> Vec<f32> {
+    /// The weights as the product sees them, (out, in) row-major, for the tests.
+    #[cfg(test)]
+    fn unpack(&self) -> Vec<f32> {
         let mut out = vec![0f32; self.outer * self.inner];
         for (o, row) in out.chunks_mut(self.inner.max(1)).enumerate() {
             let (panel, lane) = (o / NR, o % NR);

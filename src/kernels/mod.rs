@@ -117,14 +117,6 @@ macro_rules! dispatch {
 mod decoder_attention;
 
 dispatch! {
-    fn gelu_slice(input: &[f32], output: &mut [f32]) {
-        for (o, &x) in output.iter_mut().zip(input) {
-            *o = gelu_erf_scalar(x);
-        }
-    }
-}
-
-dispatch! {
     /// Exact GELU, in place.
     fn gelu_in_place(values: &mut [f32]) {
         for v in values.iter_mut() {
@@ -201,12 +193,8 @@ impl CustomOp1 for GeluErf {
         let Some((start, end)) = layout.contiguous_offsets() else {
             candle_core::bail!("gelu-erf kernel: contiguous input only")
         };
-        let input = &data[start..end];
-        let mut output = vec![0f32; input.len()];
-        output
-            .par_chunks_mut(CHUNK)
-            .zip(input.par_chunks(CHUNK))
-            .for_each(|(out, inp)| gelu_slice(inp, out));
+        let mut output = data[start..end].to_vec();
+        output.par_chunks_mut(CHUNK).for_each(gelu_in_place);
         Ok((CpuStorage::F32(output), layout.shape().clone()))
     }
 }
