@@ -11,10 +11,10 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use ferroformers::benchmark::{token_ids, Triad};
 use ferroformers::generation::{GenerationConfig, Generator, PromptBatch};
 use ferroformers::kernels::gemm::{matmul, Epilogue, Isa, PackedWeights, WeightFormat};
 use ferroformers::{FromPretrained, Gpt2LMHeadModel, LoadOptions, Quantization};
-use rayon::prelude::*;
 
 const PROMPT: usize = 32;
 const NEW: usize = 16;
@@ -22,25 +22,12 @@ const NEW: usize = 16;
 fn bandwidth(c: &mut Criterion) {
     let mut group = c.benchmark_group("decoder/bandwidth");
     group.sample_size(20);
-    // Triad: a = b + 3c over 3 × 32 MiB, 12 bytes per element as STREAM counts them.
-    let len = 8 << 20;
-    let (b, c3) = (vec![1f32; len], vec![2f32; len]);
-    let mut a = vec![0f32; len];
-    group.throughput(Throughput::Bytes(12 * len as u64));
-    group.bench_function("triad", |bench| {
-        bench.iter(|| {
-            a.par_chunks_mut(1 << 16)
-                .zip(b.par_chunks(1 << 16).zip(c3.par_chunks(1 << 16)))
-                .for_each(|(a, (b, c))| {
-                    for ((a, &b), &c) in a.iter_mut().zip(b).zip(c) {
-                        *a = b + 3.0 * c;
-                    }
-                })
-        })
-    });
+    let mut triad = Triad::new();
+    group.throughput(Throughput::Bytes(triad.bytes() as u64));
+    group.bench_function("triad", |bench| bench.iter(|| triad.pass()));
     // GPT-2's LM head for one token: 768 in, 50257 out.
     let (inner, outer) = (768, 50257);
-    let weights: Vec<f32> = common::token_ids(inner * outer, 1000)
+    let weights: Vec<f32> = token_ids(inner * outer, 1000)
         .into_iter()
         .map(|v| v as f32 / 1000.0 - 0.5)
         .collect();
@@ -63,7 +50,7 @@ fn decoding(c: &mut Criterion) {
     let work = tempfile::tempdir().unwrap();
     common::write_gpt2_small(work.path());
     let folder = work.path().to_string_lossy().into_owned();
-    let prompt = common::token_ids(PROMPT, 50257);
+    let prompt = token_ids(PROMPT, 50257);
     let prompts = PromptBatch::left_padded(vec![prompt.clone()], 0).unwrap();
     let mut config = GenerationConfig::default()
         .greedy()

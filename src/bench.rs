@@ -5,7 +5,6 @@ use std::time::Instant;
 
 use ferroformers::generation::{GenerationConfig, Generator, PromptBatch};
 use ferroformers::{AutoModel, DType, Gpt2LMHeadModel, LoadOptions, ModelInput, Tensor};
-use rayon::prelude::*;
 use serde::Serialize;
 
 /// What one benchmark measured.
@@ -67,17 +66,13 @@ pub fn encoder(
     })
 }
 
-/// Spread-out ids from 5 up, clear of the special and padding tokens at the start of the
-/// vocabulary (a fixed sequence: every run and every tool sees the same input).
 fn token_ids(count: usize, config: &ferroformers::ModelConfig) -> Vec<u32> {
     let vocab = match config {
         ferroformers::ModelConfig::Bert(c) | ferroformers::ModelConfig::Roberta(c) => c.vocab_size,
         ferroformers::ModelConfig::Distilbert(c) => c.vocab_size,
         ferroformers::ModelConfig::Gpt2(c) => c.vocab_size,
     };
-    (0..count)
-        .map(|i| 5 + ((i as u64 * 2_654_435_761) % (vocab.max(6) as u64 - 5)) as u32)
-        .collect()
+    ferroformers::benchmark::token_ids(count, vocab)
 }
 
 fn dtype_name(options: &LoadOptions) -> String {
@@ -137,7 +132,7 @@ pub fn decoder(
     let (mut prefill, mut decode, mut triad) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..runs + 1 {
         // Bandwidth drifts on shared machines: measure it between the runs, not once.
-        triad.push(triad_gb_per_second());
+        triad.push(ferroformers::benchmark::triad_gb_per_second());
         let start = Instant::now();
         let mut first = None;
         generator.generate_ids_streaming(&prompts, &config, |_, _| {
@@ -156,7 +151,7 @@ pub fn decoder(
     };
     let decode_tokens_per_second = median(decode);
     let weight_bytes_per_token = decoder.weight_bytes_per_token();
-    triad.push(triad_gb_per_second());
+    triad.push(ferroformers::benchmark::triad_gb_per_second());
     let triad = median(triad);
     let steps_per_second = decode_tokens_per_second / batch as f64;
     Ok(DecodeReport {
@@ -171,30 +166,4 @@ pub fn decoder(
         triad_gb_per_second: triad,
         bandwidth_fraction: steps_per_second * weight_bytes_per_token as f64 / (triad * 1e9),
     })
-}
-
-/// Memory bandwidth as STREAM's triad measures it, `a = b + s·c` over arrays far larger
-/// than the caches, on every core; the best of five passes, counting 12 bytes per element
-/// as STREAM does.
-pub fn triad_gb_per_second() -> f64 {
-    // 3 × 32 MiB: well past the last-level caches of laptops and servers alike.
-    const LEN: usize = 8 << 20;
-    const CHUNK: usize = 1 << 16;
-    let b = vec![1.0f32; LEN];
-    let c = vec![2.0f32; LEN];
-    let mut a = vec![0.0f32; LEN];
-    let mut best = f64::INFINITY;
-    for _ in 0..6 {
-        let start = Instant::now();
-        a.par_chunks_mut(CHUNK)
-            .zip(b.par_chunks(CHUNK).zip(c.par_chunks(CHUNK)))
-            .for_each(|(a, (b, c))| {
-                for ((a, &b), &c) in a.iter_mut().zip(b).zip(c) {
-                    *a = b + 3.0 * c;
-                }
-            });
-        best = best.min(start.elapsed().as_secs_f64());
-    }
-    std::hint::black_box(&a);
-    (12 * LEN) as f64 / best / 1e9
 }

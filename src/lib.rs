@@ -38,6 +38,7 @@ macro_rules! from_pretrained_impls {
 
 pub mod allocator;
 pub mod auto;
+pub mod benchmark;
 pub mod config;
 pub mod error;
 pub mod generation;

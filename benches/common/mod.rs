@@ -113,10 +113,3 @@ fn write(folder: &Path, config: &serde_json::Value, tensors: &HashMap<String, Te
     candle_core::safetensors::save(tensors, folder.join("model.safetensors"))
         .expect("model.safetensors");
 }
-
-/// `count` spread-out token ids from 5 up (the sequence `ferroformers bench` uses).
-pub fn token_ids(count: usize, vocab: usize) -> Vec<u32> {
-    (0..count)
-        .map(|i| 5 + ((i as u64 * 2_654_435_761) % (vocab as u64 - 5)) as u32)
-        .collect()
-}

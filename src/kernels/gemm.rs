@@ -13,8 +13,13 @@
 //! The product runs in tasks of up to `MC` rows × a run of panels, spread over the cores;
 //! inside a task the input is cut into blocks of up to `KC` columns (a panel block then
 //! stays in L1 while every row of the task uses it) and the task's rows are copied into
-//! micro-panels of `MR` rows, read in order by the micro-kernel.
+//! micro-panels of `MR` rows, read in order by the micro-kernel. A single row (a decoded
+//! token) is read in place, and on AVX2 reads up to `ROW_STREAMS` panels side by side.
+//!
+//! Packed weights live in [`StreamBuffer`]s: cache-line aligned, on 2 MiB pages where Linux
+//! gives them.
 
+use super::buffer::StreamBuffer;
 use rayon::prelude::*;
 
 /// Output columns per panel: two AVX2 registers.
@@ -26,6 +31,19 @@ const MR: usize = 6;
 const MC: usize = 72;
 /// Input columns per block: a 384 × 16 f32 panel block is 24 KiB, inside a 32 KiB L1.
 const KC: usize = 384;
+/// Panels a one-row product (a decoded token) reads side by side: four streams from memory
+/// per core instead of one. A core keeps more reads in flight across several streams: on the
+/// 2-core Zen 4 VM, GPT-2 small's weight products for one token went from 66–79 to 69–92
+/// tokens/s in f32 and from 126–143 to 132–154 in bf16 (2, 3 and 4 streams measured alike;
+/// four keep eight FMA chains in flight).
+const ROW_STREAMS: usize = 4;
+/// How far ahead of its reads a one-row product of bf16 or int8 weights asks for them
+/// (`prefetcht0`), in bytes. Measured on the 2-core Zen 4 VM, GPT-2 small's weight products
+/// for one token (tokens/s, six interleaved runs each): bf16 111 → 130 and int8 ~220 → ~255
+/// at 1024 bytes (512: about half the gain; 1536–2048: no better). Those kernels consume
+/// weights faster per instruction than the hardware prefetchers fetch them for one core.
+/// f32 weights stream at the same rate without it and lost ~20% with it, so they go without.
+const PREFETCH_AHEAD: usize = 1024;
 
 /// How the packed weights are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,66 +57,12 @@ pub enum WeightFormat {
 
 #[derive(Debug, Clone)]
 enum Panels {
-    F32(Aligned<f32>),
-    Bf16(Aligned<u16>),
+    F32(StreamBuffer<f32>),
+    Bf16(StreamBuffer<u16>),
     Int8 {
-        values: Aligned<i8>,
+        values: StreamBuffer<i8>,
         scales: Vec<f32>,
     },
-}
-
-/// Element types that any bit pattern is a valid value of.
-trait Plain: Copy {}
-impl Plain for f32 {}
-impl Plain for u16 {}
-impl Plain for i8 {}
-
-#[repr(C, align(64))]
-#[derive(Clone, Copy)]
-struct CacheLine([u8; 64]);
-
-/// Values starting on a cache line, so that panel rows (16 values) never straddle two lines.
-#[derive(Clone)]
-struct Aligned<T> {
-    lines: Vec<CacheLine>,
-    len: usize,
-    element: std::marker::PhantomData<T>,
-}
-
-impl<T: Plain> From<Vec<T>> for Aligned<T> {
-    fn from(values: Vec<T>) -> Self {
-        let bytes = std::mem::size_of_val(values.as_slice());
-        let mut lines = vec![CacheLine([0; 64]); bytes.div_ceil(64)];
-        // SAFETY: `lines` has room for `bytes` bytes; both regions are plain bytes.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                values.as_ptr().cast::<u8>(),
-                lines.as_mut_ptr().cast::<u8>(),
-                bytes,
-            );
-        }
-        Self {
-            lines,
-            len: values.len(),
-            element: std::marker::PhantomData,
-        }
-    }
-}
-
-impl<T: Plain> std::ops::Deref for Aligned<T> {
-    type Target = [T];
-
-    fn deref(&self) -> &[T] {
-        // SAFETY: the lines hold `len` values of T written by `from` (any bits are a valid
-        // T), and a cache line's alignment is a multiple of T's.
-        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast::<T>(), self.len) }
-    }
-}
-
-impl<T> std::fmt::Debug for Aligned<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Aligned({} values)", self.len)
-    }
 }
 
 /// A weight matrix packed for [`matmul`].
@@ -165,28 +129,20 @@ impl PackedWeights {
         let len = panels * inner * NR;
         let panels = match format {
             WeightFormat::F32 => Panels::F32(
-                (0..len)
-                    .into_par_iter()
-                    .map(|index| match packed_index(index) {
-                        (o, i) if o < outer => weight(o, i),
-                        _ => 0.0,
-                    })
-                    .collect::<Vec<_>>()
-                    .into(),
+                StreamBuffer::from_fn(len, |index| match packed_index(index) {
+                    (o, i) if o < outer => weight(o, i),
+                    _ => 0.0,
+                }),
             ),
             WeightFormat::Bf16 => Panels::Bf16(
-                (0..len)
-                    .into_par_iter()
-                    .map(|index| {
-                        // Position `index` holds the column that `bf16_lane` puts there.
-                        let lane = bf16_lane(index % NR);
-                        match packed_index(index - index % NR + lane) {
-                            (o, i) if o < outer => bf16_bits(weight(o, i)),
-                            _ => 0,
-                        }
-                    })
-                    .collect::<Vec<_>>()
-                    .into(),
+                StreamBuffer::from_fn(len, |index| {
+                    // Position `index` holds the column that `bf16_lane` puts there.
+                    let lane = bf16_lane(index % NR);
+                    match packed_index(index - index % NR + lane) {
+                        (o, i) if o < outer => bf16_bits(weight(o, i)),
+                        _ => 0,
+                    }
+                }),
             ),
             WeightFormat::Int8 => {
                 let scales: Vec<f32> = (0..outer)
@@ -196,23 +152,20 @@ impl PackedWeights {
                 // Panel p, input pair q, lane l ↦ W[p·NR + column, 2q + l % 2]: pairs of
                 // inputs side by side, as `vpmaddwd` multiplies them.
                 let pairs = inner.div_ceil(2);
-                let values = (0..outer.div_ceil(NR) * pairs * INT8_PANEL_ROW)
-                    .into_par_iter()
-                    .map(|index| {
-                        let (panel, rest) = (
-                            index / (pairs * INT8_PANEL_ROW),
-                            index % (pairs * INT8_PANEL_ROW),
-                        );
-                        let (pair, lane) = (rest / INT8_PANEL_ROW, rest % INT8_PANEL_ROW);
-                        let (column, odd) = int8_lane_column(lane);
-                        let (o, i) = (panel * NR + column, 2 * pair + odd);
-                        match o < outer && i < inner && scales[o] > 0.0 {
-                            true => (weight(o, i) / scales[o]).round().clamp(-127.0, 127.0) as i8,
-                            false => 0,
-                        }
-                    })
-                    .collect::<Vec<_>>()
-                    .into();
+                let len = outer.div_ceil(NR) * pairs * INT8_PANEL_ROW;
+                let values = StreamBuffer::from_fn(len, |index| {
+                    let (panel, rest) = (
+                        index / (pairs * INT8_PANEL_ROW),
+                        index % (pairs * INT8_PANEL_ROW),
+                    );
+                    let (pair, lane) = (rest / INT8_PANEL_ROW, rest % INT8_PANEL_ROW);
+                    let (column, odd) = int8_lane_column(lane);
+                    let (o, i) = (panel * NR + column, 2 * pair + odd);
+                    match o < outer && i < inner && scales[o] > 0.0 {
+                        true => (weight(o, i) / scales[o]).round().clamp(-127.0, 127.0) as i8,
+                        false => 0,
+                    }
+                });
                 Panels::Int8 { values, scales }
             }
         };
@@ -332,6 +285,9 @@ pub fn matmul(
     let target = rayon::current_num_threads() * if m == 1 { 8 } else { 4 };
     let panels_per_task = if row_blocks >= target {
         panels
+    } else if m == 1 {
+        // Whole groups of streams for the one-row kernel (`Block::row_groups`).
+        panels.div_ceil(target).next_multiple_of(ROW_STREAMS)
     } else {
         (panels * row_blocks).div_ceil(target).max(1)
     };
@@ -470,7 +426,19 @@ impl Block<'_> {
             if !single_row {
                 pack_rows(self.x, k, self.rows.clone(), k0, kc, a_pack);
             }
-            for panel in self.panels.clone() {
+            let mut panels = self.panels.clone();
+            #[cfg(target_arch = "x86_64")]
+            if single_row && isa == Isa::Avx2 {
+                let a = &self.x[self.rows.start * k..][..k];
+                panels.start = self.row_groups(None, |first_panel, targets| {
+                    let b = first_panel * k * NR..(first_panel + targets.len()) * k * NR;
+                    match &weights {
+                        FloatPanels::F32(w) => row_f32(a, &w[b], targets),
+                        FloatPanels::Bf16(w) => row_bf16(a, &w[b], targets),
+                    }
+                });
+            }
+            for panel in panels {
                 let mut offset = 0;
                 for r0 in self.rows.clone().step_by(MR) {
                     let mr = MR.min(self.rows.end - r0);
@@ -523,7 +491,19 @@ impl Block<'_> {
             if !single_row {
                 pack_pairs(rows, self.rows.clone(), p0, pc, a_pack);
             }
-            for panel in self.panels.clone() {
+            let mut panels = self.panels.clone();
+            #[cfg(target_arch = "x86_64")]
+            if single_row && isa == Isa::Avx2 {
+                let r0 = self.rows.start;
+                let a = &rows.pairs[r0 * rows.pairs_per_row..][..pairs];
+                let scales = (column_scales, &rows.scales[r0..=r0]);
+                panels.start = self.row_groups(Some(scales), |first_panel, targets| {
+                    let b = first_panel * pairs * INT8_PANEL_ROW
+                        ..(first_panel + targets.len()) * pairs * INT8_PANEL_ROW;
+                    row_int8(a, &weights[b], targets)
+                });
+            }
+            for panel in panels {
                 let mut offset = 0;
                 for r0 in self.rows.clone().step_by(MR) {
                     let mr = MR.min(self.rows.end - r0);
@@ -564,23 +544,64 @@ impl Block<'_> {
     /// with the bias on the first K block. `None` for the portable kernel and for a panel cut
     /// short by the matrix's edge, which go through a tile and [`Block::store`].
     fn direct_target(&self, isa: Isa, r0: usize, panel: usize, first: bool) -> Option<Target> {
-        let c0 = panel * NR;
         #[cfg(target_arch = "x86_64")]
-        if isa == Isa::Avx2 && c0 + NR <= self.n {
-            return Some(Target {
-                // SAFETY: row r0 < m and column c0 < n are inside `out`; the kernel writes
-                // mr rows × NR columns from there, inside this task's block, which no other
-                // task writes.
-                c: unsafe { self.out.0.add(r0 * self.n + c0) },
-                ldc: self.n,
-                first,
-                bias: self.bias.map_or(std::ptr::null(), |b| b[c0..].as_ptr()),
-                scales: std::ptr::null(),
-                row_scales: std::ptr::null(),
-            });
+        if isa == Isa::Avx2 && (panel + 1) * NR <= self.n {
+            return Some(self.panel_target(r0, panel, first));
         }
-        let _ = (isa, r0, c0, first);
+        let _ = (isa, r0, panel, first);
         None
+    }
+
+    /// The output at (r0, panel) of a whole panel (`(panel + 1) · NR <= n`), for a kernel
+    /// that stores its sums itself.
+    #[cfg(target_arch = "x86_64")]
+    fn panel_target(&self, r0: usize, panel: usize, first: bool) -> Target {
+        let c0 = panel * NR;
+        debug_assert!(c0 + NR <= self.n && self.rows.contains(&r0));
+        Target {
+            // SAFETY: row r0 < m and column c0 < n are inside `out`; the kernel writes
+            // up to MR rows of this task × NR columns from there, inside this task's block,
+            // which no other task writes.
+            c: unsafe { self.out.0.add(r0 * self.n + c0) },
+            ldc: self.n,
+            first,
+            bias: self.bias.map_or(std::ptr::null(), |b| b[c0..].as_ptr()),
+            scales: std::ptr::null(),
+            row_scales: std::ptr::null(),
+        }
+    }
+
+    /// This task's one row, on AVX2: its whole panels in groups of up to [`ROW_STREAMS`],
+    /// `kernel(first panel, one target per panel)` for each group, column and row scales
+    /// (int8) in the targets. Returns the first panel it left (the matrix's last panel when
+    /// cut short), for the tile kernel.
+    #[cfg(target_arch = "x86_64")]
+    fn row_groups(
+        &self,
+        scales: Option<(&[f32], &[f32])>,
+        mut kernel: impl FnMut(usize, &[Target]),
+    ) -> usize {
+        let r0 = self.rows.start;
+        let whole_end = self.panels.end.min(self.n / NR);
+        let mut panel = self.panels.start;
+        while panel < whole_end {
+            let count = (whole_end - panel).min(ROW_STREAMS);
+            let targets: [Target; ROW_STREAMS] = std::array::from_fn(|j| {
+                let p = panel + j.min(count - 1);
+                let target = self.panel_target(r0, p, true);
+                match scales {
+                    Some((columns, rows)) => Target {
+                        scales: columns[p * NR..].as_ptr(),
+                        row_scales: rows.as_ptr(),
+                        ..target
+                    },
+                    None => target,
+                }
+            });
+            kernel(panel, &targets[..count]);
+            panel += count;
+        }
+        panel.max(self.panels.start)
     }
 
     /// Write (first block: with bias) or add a tile to the output.
@@ -754,9 +775,12 @@ fn tile_portable<const M: usize, T: Copy>(
 }
 
 /// Instantiate the micro-kernels for one weight type: the portable one for each row count,
-/// and the AVX2 one (`$load` turns 16 packed weights at a pointer into two f32 registers).
+/// the AVX2 one (`$load` turns 16 packed weights at a pointer into two f32 registers), and
+/// the AVX2 one-row kernel over up to [`ROW_STREAMS`] panels (`$prefetch`: whether it asks for
+/// its weights [`PREFETCH_AHEAD`] bytes early).
 macro_rules! tile_kernels {
-    ($name:ident, $avx2:ident, $ty:ty, $to_f32:expr, $load:expr) => {
+    ($name:ident, $avx2:ident, $row:ident, $row_avx2:ident, $ty:ty, $to_f32:expr, $load:expr,
+     $prefetch:expr) => {
         fn $name(isa: Isa, mr: usize, a: &[f32], b: &[$ty], target: Target) {
             debug_assert!(a.len() == (b.len() / NR) * mr);
             match isa {
@@ -790,40 +814,57 @@ macro_rules! tile_kernels {
         unsafe fn $avx2<const M: usize>(kc: usize, a: *const f32, b: *const $ty, target: Target) {
             use std::arch::x86_64::*;
             let mut acc = [[_mm256_setzero_ps(); 2]; M];
-            // One row alone is a chain of dependent FMAs: three more sets of accumulators,
-            // for the steps p ≡ 1, 2, 3 (mod 4), keep eight chains in flight.
-            let mut more = [[_mm256_setzero_ps(); 2]; 3];
-            let mut p = 0;
-            if M == 1 {
-                while p + 4 <= kc {
-                    let (w0, w1) = $load(b.add(p * NR));
-                    let av = _mm256_broadcast_ss(&*a.add(p));
-                    acc[0][0] = _mm256_fmadd_ps(av, w0, acc[0][0]);
-                    acc[0][1] = _mm256_fmadd_ps(av, w1, acc[0][1]);
-                    for (step, more) in more.iter_mut().enumerate() {
-                        let q = p + 1 + step;
-                        let (w0, w1) = $load(b.add(q * NR));
-                        let av = _mm256_broadcast_ss(&*a.add(q));
-                        more[0] = _mm256_fmadd_ps(av, w0, more[0]);
-                        more[1] = _mm256_fmadd_ps(av, w1, more[1]);
-                    }
-                    p += 4;
-                }
-            }
-            while p < kc {
+            for p in 0..kc {
                 let (w0, w1) = $load(b.add(p * NR));
                 for (i, acc) in acc.iter_mut().enumerate() {
                     let av = _mm256_broadcast_ss(&*a.add(p * M + i));
                     acc[0] = _mm256_fmadd_ps(av, w0, acc[0]);
                     acc[1] = _mm256_fmadd_ps(av, w1, acc[1]);
                 }
-                p += 1;
-            }
-            for more in more {
-                acc[0][0] = _mm256_add_ps(acc[0][0], more[0]);
-                acc[0][1] = _mm256_add_ps(acc[0][1], more[1]);
             }
             store_avx2(&acc, target);
+        }
+
+        /// One row `a` (k inputs) times `targets.len()` whole panels that follow each other
+        /// in `b`, each stored to its target. Only for `Isa::Avx2` (see `row_groups`).
+        #[cfg(target_arch = "x86_64")]
+        fn $row(a: &[f32], b: &[$ty], targets: &[Target]) {
+            assert!(b.len() == targets.len() * a.len() * NR);
+            // SAFETY: only called on the AVX2 path (`Isa::Avx2`: the CPU has AVX2 and FMA);
+            // `b` holds P panels of k rows × NR, which is what the kernel reads.
+            unsafe {
+                match targets.len() {
+                    1 => $row_avx2::<1>(a, b.as_ptr(), targets),
+                    2 => $row_avx2::<2>(a, b.as_ptr(), targets),
+                    3 => $row_avx2::<3>(a, b.as_ptr(), targets),
+                    _ => $row_avx2::<ROW_STREAMS>(a, b.as_ptr(), targets),
+                }
+            }
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn $row_avx2<const P: usize>(a: &[f32], b: *const $ty, targets: &[Target]) {
+            use std::arch::x86_64::*;
+            let k = a.len();
+            let row_bytes = NR * std::mem::size_of::<$ty>();
+            let mut acc = [[_mm256_setzero_ps(); 2]; P];
+            for (p, &x) in a.iter().enumerate() {
+                let av = _mm256_set1_ps(x);
+                for (j, acc) in acc.iter_mut().enumerate() {
+                    let w = b.add((j * k + p) * NR);
+                    if $prefetch && (p * row_bytes) % 64 == 0 {
+                        let ahead = w.cast::<i8>().wrapping_add(PREFETCH_AHEAD);
+                        _mm_prefetch::<_MM_HINT_T0>(ahead);
+                    }
+                    let (w0, w1) = $load(w);
+                    acc[0] = _mm256_fmadd_ps(av, w0, acc[0]);
+                    acc[1] = _mm256_fmadd_ps(av, w1, acc[1]);
+                }
+            }
+            for (acc, &target) in acc.iter().zip(targets) {
+                store_avx2(&[*acc], target);
+            }
         }
     };
 }
@@ -831,17 +872,22 @@ macro_rules! tile_kernels {
 tile_kernels!(
     tile_f32,
     tile_f32_avx2,
+    row_f32,
+    row_f32_avx2,
     f32,
     |row: &[f32], j| row[j],
     |b: *const f32| {
         use std::arch::x86_64::*;
         (_mm256_loadu_ps(b), _mm256_loadu_ps(b.add(8)))
-    }
+    },
+    false
 );
 
 tile_kernels!(
     tile_bf16,
     tile_bf16_avx2,
+    row_bf16,
+    row_bf16_avx2,
     u16,
     |row: &[u16], j| bf16_value(row[bf16_lane(j)]),
     |b: *const u16| {
@@ -854,7 +900,8 @@ tile_kernels!(
             _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, row)),
             _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, row)),
         )
-    }
+    },
+    true
 );
 
 /// Copy input pairs `p0 .. p0 + pc` of `rows` into micro-panels of up to MR rows: for each
@@ -975,6 +1022,57 @@ unsafe fn tile_int8_avx2<const M: usize>(pc: usize, a: *const i32, b: *const i8,
     store_avx2(&sums, target);
 }
 
+/// The int8 kernel for one row (`a`: its pairs of 16-bit inputs) and `targets.len()` whole
+/// panels that follow each other in `b`: the same integer sums in the same order as
+/// `tile_int8`, so the same results. Only for `Isa::Avx2` (see `Block::row_groups`).
+#[cfg(target_arch = "x86_64")]
+fn row_int8(a: &[i32], b: &[i8], targets: &[Target]) {
+    assert!(b.len() == targets.len() * a.len() * INT8_PANEL_ROW);
+    // SAFETY: only called on the AVX2 path (`Isa::Avx2`: the CPU has AVX2 and FMA); `b`
+    // holds P panels of `a.len()` pair rows, which is what the kernel reads.
+    unsafe {
+        match targets.len() {
+            1 => row_int8_avx2::<1>(a, b.as_ptr(), targets),
+            2 => row_int8_avx2::<2>(a, b.as_ptr(), targets),
+            3 => row_int8_avx2::<3>(a, b.as_ptr(), targets),
+            _ => row_int8_avx2::<ROW_STREAMS>(a, b.as_ptr(), targets),
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn row_int8_avx2<const P: usize>(a: &[i32], b: *const i8, targets: &[Target]) {
+    use std::arch::x86_64::*;
+    let pairs = a.len();
+    let mut sums = [[_mm256_setzero_ps(); 2]; P];
+    for (block, a) in a.chunks(INT8_PAIRS_PER_SUM).enumerate() {
+        let mut acc = [[_mm256_setzero_si256(); 2]; P];
+        for (offset, &pair) in a.iter().enumerate() {
+            let q = block * INT8_PAIRS_PER_SUM + offset;
+            let pair = _mm256_set1_epi32(pair);
+            for (j, acc) in acc.iter_mut().enumerate() {
+                let row = b.add((j * pairs + q) * INT8_PANEL_ROW);
+                if q.is_multiple_of(2) {
+                    // Two panel rows are a cache line.
+                    _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(PREFETCH_AHEAD));
+                }
+                let w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(row as *const __m128i));
+                let w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(row.add(16) as *const __m128i));
+                acc[0] = _mm256_add_epi32(acc[0], _mm256_madd_epi16(pair, w0));
+                acc[1] = _mm256_add_epi32(acc[1], _mm256_madd_epi16(pair, w1));
+            }
+        }
+        for (sums, acc) in sums.iter_mut().zip(&acc) {
+            sums[0] = _mm256_add_ps(sums[0], _mm256_cvtepi32_ps(acc[0]));
+            sums[1] = _mm256_add_ps(sums[1], _mm256_cvtepi32_ps(acc[1]));
+        }
+    }
+    for (sums, &target) in sums.iter().zip(targets) {
+        store_avx2(&[*sums], target);
+    }
+}
+
 /// Write a kernel's sums as `target` says: × column scale × row scale, then + bias on the
 /// first K block or + what the output holds on the others.
 #[cfg(target_arch = "x86_64")]
@@ -1041,6 +1139,10 @@ mod tests {
             (80, 390, 48),
             (2, 1, 1),
             (1, 600, 40),
+            // One row: panels in groups of four, three, two and one, edge panels, and
+            // int8 sums over more than one block of pairs.
+            (1, 300, 147),
+            (1, 257, 208),
         ] {
             let x = pseudo_random(m * k, 1);
             let w = pseudo_random(n * k, 2);

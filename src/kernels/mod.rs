@@ -3,6 +3,7 @@
 //! other devices and dtypes fall back to candle's own ops, so results agree everywhere.
 
 mod attention;
+pub(crate) mod buffer;
 pub mod gemm;
 mod math;
 
