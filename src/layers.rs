@@ -279,17 +279,19 @@ impl PackedLinear {
         if residual.is_some_and(|r| r.len() != rows * outer) {
             candle_core::bail!("packed linear: the residual is not of the output's shape")
         }
-        let mut out = vec![0f32; rows * outer];
-        crate::kernels::gemm::matmul(
+        let mut out = Vec::with_capacity(rows * outer);
+        crate::kernels::gemm::matmul_uninit(
             x,
             rows,
             &self.weights,
             self.bias.as_deref(),
             self.epilogue,
             residual,
-            &mut out,
+            &mut out.spare_capacity_mut()[..rows * outer],
             self.isa,
         );
+        // SAFETY: `matmul_uninit` wrote all rows × outer values.
+        unsafe { out.set_len(rows * outer) };
         let mut out_dims = dims.to_vec();
         if let Some(last) = out_dims.last_mut() {
             *last = outer;

@@ -20,6 +20,7 @@
 //! gives them.
 
 use super::buffer::StreamBuffer;
+use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 /// Output columns per panel: two AVX2 registers.
@@ -273,6 +274,25 @@ pub fn matmul(
     out: &mut [f32],
     isa: Isa,
 ) {
+    // SAFETY: MaybeUninit<f32> has f32's layout, and `matmul_uninit` writes only f32 values.
+    let out = unsafe { &mut *(out as *mut [f32] as *mut [MaybeUninit<f32>]) };
+    matmul_uninit(x, m, weights, bias, epilogue, residual, out, isa)
+}
+
+/// [`matmul`] into memory that need not be initialised: every one of the first m × outer
+/// values is written, so a fresh output buffer need not be zeroed first (zeroing it cost a
+/// single-threaded pass over every layer's output).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_uninit(
+    x: &[f32],
+    m: usize,
+    weights: &PackedWeights,
+    bias: Option<&[f32]>,
+    epilogue: Epilogue,
+    residual: Option<&[f32]>,
+    out: &mut [MaybeUninit<f32>],
+    isa: Isa,
+) {
     let (k, n) = (weights.inner, weights.outer);
     assert!(x.len() >= m * k && out.len() >= m * n);
     assert!(bias.is_none_or(|b| b.len() >= n) && residual.is_none_or(|r| r.len() >= m * n));
@@ -280,7 +300,10 @@ pub fn matmul(
         return;
     }
     let panels = n.div_ceil(NR);
-    let row_blocks = m.div_ceil(MC);
+    // Blocks of rows as even as whole micro-panels allow (128 rows: 66 + 62, not 72 + 56),
+    // so that tasks take about the same time.
+    let rows_per_block = m.div_ceil(m.div_ceil(MC)).next_multiple_of(MR).min(MC);
+    let row_blocks = m.div_ceil(rows_per_block);
     // Enough tasks to balance the cores; whole rows of panels when the rows alone give that.
     let target = rayon::current_num_threads() * if m == 1 { 8 } else { 4 };
     let panels_per_task = if row_blocks >= target {
@@ -292,7 +315,7 @@ pub fn matmul(
         (panels * row_blocks).div_ceil(target).max(1)
     };
     let column_tasks = panels.div_ceil(panels_per_task);
-    let shared = SharedOut(out.as_mut_ptr());
+    let shared = SharedOut(out.as_mut_ptr().cast::<f32>());
     let quantized = match weights.panels {
         Panels::Int8 { .. } => Some(QuantizedRows::new(x, m, k)),
         _ => None,
@@ -301,7 +324,7 @@ pub fn matmul(
         .into_par_iter()
         .for_each(|task| {
             let (row_block, column_task) = (task / column_tasks, task % column_tasks);
-            let rows = row_block * MC..(m).min((row_block + 1) * MC);
+            let rows = row_block * rows_per_block..m.min((row_block + 1) * rows_per_block);
             let first_panel = column_task * panels_per_task;
             let panel_range = first_panel..panels.min(first_panel + panels_per_task);
             let block = Block {
@@ -620,33 +643,27 @@ impl Block<'_> {
             let row_scale = scales.map_or(1.0, |(_, rows)| rows[i]);
             let scales = scales.map(|(columns, _)| columns);
             // SAFETY: row r0 + i < m and columns c0 .. c0 + cols < n lie in `out`, inside
-            // this task's block, which no other task writes.
+            // this task's block, which no other task writes. Not yet initialised on the
+            // first K block, hence MaybeUninit.
             let out = unsafe {
-                std::slice::from_raw_parts_mut(self.out.0.add((r0 + i) * self.n + c0), cols)
+                std::slice::from_raw_parts_mut(
+                    self.out.0.add((r0 + i) * self.n + c0).cast::<MaybeUninit<f32>>(),
+                    cols,
+                )
             };
-            let tile_row = &tile_row[..cols];
-            match (scales, first, self.bias) {
-                (Some(s), true, b) => {
-                    for (j, (o, &t)) in out.iter_mut().zip(tile_row).enumerate() {
-                        *o = t * s[c0 + j] * row_scale + b.map_or(0.0, |b| b[c0 + j]);
-                    }
+            for (j, (out, &sum)) in out.iter_mut().zip(&tile_row[..cols]).enumerate() {
+                let column = c0 + j;
+                let mut value = match scales {
+                    Some(scales) => sum * scales[column] * row_scale,
+                    None => sum,
+                };
+                if !first {
+                    // SAFETY: the first K block of this task wrote this value.
+                    value += unsafe { out.assume_init_read() };
+                } else if let Some(bias) = self.bias {
+                    value += bias[column];
                 }
-                (Some(s), false, _) => {
-                    for (j, (o, &t)) in out.iter_mut().zip(tile_row).enumerate() {
-                        *o += t * s[c0 + j] * row_scale;
-                    }
-                }
-                (None, true, Some(b)) => {
-                    for ((o, &t), &b) in out.iter_mut().zip(tile_row).zip(&b[c0..]) {
-                        *o = t + b;
-                    }
-                }
-                (None, true, None) => out.copy_from_slice(tile_row),
-                (None, false, _) => {
-                    for (o, &t) in out.iter_mut().zip(tile_row) {
-                        *o += t;
-                    }
-                }
+                out.write(value);
             }
         }
     }

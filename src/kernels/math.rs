@@ -11,13 +11,18 @@ pub fn exp(x: f32) -> f32 {
     // (f32::round is a library call).
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * LOG2_E + ROUND) - ROUND;
+    let shifted = x * LOG2_E + ROUND;
+    let n = shifted - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    f32::from_bits(((n as i32 + 127) as u32) << 23) * p
+    // 2^n from n's bits: `shifted` holds n in its low mantissa bits (n ∈ [-126, 127] after
+    // the clamp). Integer lane arithmetic, where `n as i32` (saturating, NaN-checked) would
+    // be a scalar conversion per value and keep the loop from vectorising.
+    let n_bits = shifted.to_bits().wrapping_sub(ROUND.to_bits());
+    f32::from_bits(n_bits.wrapping_add(127) << 23) * p
 }
 
 /// erf(x), Abramowitz and Stegun 7.1.26: absolute error below 1.5e-7 in exact arithmetic,
