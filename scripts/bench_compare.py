@@ -12,9 +12,12 @@ tokens/s; ferroformers also reports the memory bandwidth its binary measured in 
 (a STREAM-like triad) and its decode speed as a fraction of that ceiling.
 
 Every engine gets the same token ids (the sequence `ferroformers bench` uses), the same number
-of threads, two warm-up runs and the median of `--runs` timed runs. Ratios are computed within
-this run only: machines like this one are noisy from one run to the next. ONNX Runtime is
-skipped, with a note, when it is not installed.
+of threads, two warm-up runs and the median of `--runs` timed runs. The engines take turns:
+`--rounds` rounds each time every engine once, so a slow spell of a shared machine (memory
+bandwidth and clock here vary by ±20% within minutes) falls on all of them rather than on
+whichever ran during it. Each ratio is computed within a round, and the table gives the
+median over rounds of each engine's time and of each ratio. ONNX Runtime is skipped, with a
+note, when it is not installed.
 """
 import argparse
 import json
@@ -70,6 +73,17 @@ def median_ms(run, runs):
         run()
         times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)
+
+
+def take_turns(engines, rounds):
+    """Run every engine once per round, in turn: a list of {engine: result} per round."""
+    return [{name: run() for name, run in engines.items()} for _ in range(rounds)]
+
+
+def median_of(rounds, value):
+    """The median over rounds of value(round); None when an engine gave no result."""
+    values = [value(r) for r in rounds]
+    return None if None in values else statistics.median(values)
 
 
 def build_model(shape, folder):
@@ -151,33 +165,48 @@ def decode_cases(names, args, work):
     for name in names:
         batch = DECODE_CASES[name]
         ids = token_ids(batch, PROMPT_TOKENS, model.config.vocab_size)
-        row = {"case": f"gpt2 {batch}x({PROMPT_TOKENS}+{NEW_TOKENS})"}
-        row["torch f32"] = bench_torch_decode(model, ids, args.runs, torch.float32)
+        engines = {"torch f32": lambda: bench_torch_decode(model, ids, args.runs, torch.float32)}
         # PyTorch's bf16 decode is very slow on CPUs without AVX512-BF16 (about 4 tokens/s
         # on an AVX2-only one); --no-torch-bf16-batched leaves the batched case out.
         if batch == 1 or args.torch_bf16_batched:
-            row["torch bf16"] = bench_torch_decode(model, ids, args.runs, torch.bfloat16)
-        else:
-            row["torch bf16"] = None
+            engines["torch bf16"] = lambda: bench_torch_decode(model, ids, args.runs, torch.bfloat16)
         for dtype in ["f32", "bf16", "int8"]:
-            row[f"ours {dtype}"] = bench_ferroformers_decode(args.binary, folder, batch, args.runs, dtype)
+            engines[f"ours {dtype}"] = (
+                lambda dtype=dtype: bench_ferroformers_decode(args.binary, folder, batch, args.runs, dtype))
+        rounds = take_turns(engines, args.rounds)
+        tokens = lambda result: result[1] if isinstance(result, tuple) else result["decode_tokens_per_second"]
+        row = {
+            "case": f"gpt2 {batch}x({PROMPT_TOKENS}+{NEW_TOKENS})",
+            "rounds": rounds,
+            # Medians over rounds: tokens/s and prefill ms of each engine, ratios of tokens/s
+            # within each round, our fraction of the bandwidth ceiling measured in each run.
+            "tokens": {name: median_of(rounds, lambda r, n=name: tokens(r[n])) for name in engines},
+            "prefill": {name: median_of(rounds, lambda r, n=name: r[n][0] if isinstance(r[n], tuple)
+                                        else r[n]["prefill_ms"]) for name in engines},
+            "f32 vs torch": median_of(rounds, lambda r: tokens(r["ours f32"]) / tokens(r["torch f32"])),
+            "bf16 vs torch": median_of(rounds, lambda r: tokens(r["ours bf16"]) / tokens(r["torch bf16"]))
+            if "torch bf16" in engines else None,
+            "int8 vs bf16": median_of(rounds, lambda r: tokens(r["ours int8"]) / tokens(r["ours bf16"])),
+            "ceiling": {d: median_of(rounds, lambda r, d=d: r[f"ours {d}"]["bandwidth_fraction"])
+                        for d in ["f32", "bf16", "int8"]},
+            "triad": median_of(rounds, lambda r: r["ours f32"]["triad_gb_per_second"]),
+        }
         rows.append(row)
         print(json.dumps(row), file=sys.stderr)
     print("\n| case | torch f32 tok/s | torch bf16 tok/s | ours f32 tok/s | ours bf16 tok/s | ours int8 tok/s "
           "| f32 vs torch | bf16 vs torch | int8 vs ours bf16 | ours f32 / bf16 / int8 of bandwidth ceiling "
           "| prefill ms torch f32 / ours f32 / torch bf16 / ours bf16 |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
+    nan = float("nan")
     for r in rows:
-        t32, t16 = r["torch f32"], r["torch bf16"] or (float("nan"), float("nan"))
-        o32, o16, o8 = r["ours f32"], r["ours bf16"], r["ours int8"]
+        tok, pre, ceiling = r["tokens"], r["prefill"], r["ceiling"]
         print(
-            f"| {r['case']} | {t32[1]:.1f} | {t16[1]:.1f} | {o32['decode_tokens_per_second']:.1f} | "
-            f"{o16['decode_tokens_per_second']:.1f} | {o8['decode_tokens_per_second']:.1f} | "
-            f"{o32['decode_tokens_per_second'] / t32[1]:.2f}x | {o16['decode_tokens_per_second'] / t16[1]:.2f}x | "
-            f"{o8['decode_tokens_per_second'] / o16['decode_tokens_per_second']:.2f}x | "
-            f"{o32['bandwidth_fraction']:.0%} / {o16['bandwidth_fraction']:.0%} / {o8['bandwidth_fraction']:.0%} "
-            f"(triad {o32['triad_gb_per_second']:.1f} GB/s) | "
-            f"{t32[0]:.1f} / {o32['prefill_ms']:.1f} / {t16[0]:.1f} / {o16['prefill_ms']:.1f} |"
+            f"| {r['case']} | {tok['torch f32']:.1f} | {tok.get('torch bf16', nan):.1f} | {tok['ours f32']:.1f} | "
+            f"{tok['ours bf16']:.1f} | {tok['ours int8']:.1f} | {r['f32 vs torch']:.2f}x | "
+            f"{r['bf16 vs torch'] or nan:.2f}x | {r['int8 vs bf16']:.2f}x | "
+            f"{ceiling['f32']:.0%} / {ceiling['bf16']:.0%} / {ceiling['int8']:.0%} (triad {r['triad']:.1f} GB/s) | "
+            f"{pre['torch f32']:.1f} / {pre['ours f32']:.1f} / {pre.get('torch bf16', nan):.1f} / "
+            f"{pre['ours bf16']:.1f} |"
         )
     print("\nTokens/s count every row of the batch; prefill is the prompt's forward pass (ours: to the first "
           "new token). The bandwidth ceiling is steps/s x weight bytes per step / triad bandwidth.")
@@ -186,7 +215,8 @@ def decode_cases(names, args, work):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--runs", type=int, default=10, help="timed runs per engine and round")
+    parser.add_argument("--rounds", type=int, default=3, help="turns each engine takes")
     parser.add_argument("--cases", default=",".join([*CASES, *DECODE_CASES]))
     parser.add_argument("--torch-bf16-batched", action=argparse.BooleanOptionalAction, default=True,
                         help="time PyTorch bf16 decoding of the batched GPT-2 case too")
@@ -209,37 +239,42 @@ def main():
                 models[shape] = build_model(shape, folder)
             model = models[shape]
             ids = token_ids(batch, seq, model.config.vocab_size)
+            engines = {
+                "torch f32": lambda: bench_torch(model, ids, args.runs, torch.float32),
+                "torch bf16": lambda: bench_torch(model, ids, args.runs, torch.bfloat16),
+                "onnxruntime f32": lambda: bench_onnx(model, ids, args.runs, args.threads, folder),
+                "ferroformers f32": lambda: bench_ferroformers(args.binary, folder, batch, seq, args.runs, "f32"),
+                "ferroformers bf16": lambda: bench_ferroformers(args.binary, folder, batch, seq, args.runs, "bf16"),
+            }
+            rounds = take_turns(engines, args.rounds)
+            ratio = lambda base, ours: median_of(rounds, lambda r: r[base] / r[ours] if r[base] else None)
             result = {
                 "case": f"{shape} {batch}x{seq}",
-                "torch f32": bench_torch(model, ids, args.runs, torch.float32),
-                "torch bf16": bench_torch(model, ids, args.runs, torch.bfloat16),
-                "onnxruntime f32": bench_onnx(model, ids, args.runs, args.threads, folder),
-                "ferroformers f32": bench_ferroformers(args.binary, folder, batch, seq, args.runs, "f32"),
-                "ferroformers bf16": bench_ferroformers(args.binary, folder, batch, seq, args.runs, "bf16"),
                 "batch": batch,
+                "rounds": rounds,
+                **{name: median_of(rounds, lambda r, n=name: r[n]) for name in engines},
+                "f32 vs ORT": ratio("onnxruntime f32", "ferroformers f32"),
+                "f32 vs torch f32": ratio("torch f32", "ferroformers f32"),
+                "bf16 vs torch bf16": ratio("torch bf16", "ferroformers bf16"),
             }
             rows.append(result)
             print(json.dumps(result), file=sys.stderr)
 
     if not rows:
         return
-    print(f"\n{platform.processor() or platform.machine()}, {args.threads} threads, median of {args.runs} runs, "
+    print(f"\n{platform.processor() or platform.machine()}, {args.threads} threads, "
+          f"{args.rounds} rounds of the median of {args.runs} runs, "
           f"{time.strftime('%Y-%m-%d')}\n")
     print("| case | torch f32 ms | torch bf16 ms | ORT f32 ms | ours f32 ms | ours bf16 ms "
           "| ours f32 vs ORT | ours f32 vs torch f32 | ours bf16 vs torch bf16 |")
     print("|---|---|---|---|---|---|---|---|---|")
+    ratio = lambda value: f"{value:.2f}x" if value else "n/a"
     for r in rows:
-        ort_ms = r["onnxruntime f32"]
-        ratio = lambda base, ours: f"{base / ours:.2f}x" if base else "n/a"
+        ort_ms = f"{r['onnxruntime f32']:.1f}" if r["onnxruntime f32"] else "n/a"
         print(
-            f"| {r['case']} | {r['torch f32']:.1f} | {r['torch bf16']:.1f} | "
-            f"{ort_ms:.1f} | " if ort_ms else f"| {r['case']} | {r['torch f32']:.1f} | {r['torch bf16']:.1f} | n/a | ",
-            end="",
-        )
-        print(
+            f"| {r['case']} | {r['torch f32']:.1f} | {r['torch bf16']:.1f} | {ort_ms} | "
             f"{r['ferroformers f32']:.1f} | {r['ferroformers bf16']:.1f} | "
-            f"{ratio(ort_ms, r['ferroformers f32'])} | {ratio(r['torch f32'], r['ferroformers f32'])} | "
-            f"{ratio(r['torch bf16'], r['ferroformers bf16'])} |"
+            f"{ratio(r['f32 vs ORT'])} | {ratio(r['f32 vs torch f32'])} | {ratio(r['bf16 vs torch bf16'])} |"
         )
     print("\nRatios above 1 mean ferroformers is faster (time of the other engine / ours).")
 
