@@ -320,33 +320,90 @@ pub fn matmul_uninit(
         Panels::Int8 { .. } => Some(QuantizedRows::new(x, m, k)),
         _ => None,
     };
-    (0..row_blocks * column_tasks)
+    let block_rows = |row_block: usize| {
+        row_block * rows_per_block..m.min((row_block + 1) * rows_per_block)
+    };
+    let run = |packed_rows: Option<&[f32]>| {
+        (0..row_blocks * column_tasks)
+            .into_par_iter()
+            .for_each(|task| {
+                let (row_block, column_task) = (task / column_tasks, task % column_tasks);
+                let first_panel = column_task * panels_per_task;
+                let block = Block {
+                    x,
+                    packed_rows,
+                    quantized: quantized.as_ref(),
+                    k,
+                    n,
+                    rows: block_rows(row_block),
+                    panels: first_panel..panels.min(first_panel + panels_per_task),
+                    weights,
+                    bias,
+                    out: shared,
+                };
+                block.run(isa);
+                block.finish(epilogue, residual);
+            })
+    };
+    // Several column tasks on the same rows (few rows: a short batch) would each pack them:
+    // pack every block of rows once, up front, and share it (float weights; int8 products
+    // pack their own).
+    let float = matches!(weights.panels, Panels::F32(_) | Panels::Bf16(_));
+    if column_tasks > 1 && m > MR && float {
+        SHARED_ROWS.with(|buffer| match buffer.try_borrow_mut() {
+            Ok(mut buffer) => {
+                pack_row_blocks(x, m, k, (0..row_blocks).map(block_rows), &mut buffer);
+                run(Some(&buffer))
+            }
+            // A product nested in one running on this thread (a caller's own rayon work).
+            Err(_) => run(None),
+        })
+    } else {
+        run(None)
+    }
+}
+
+/// Input columns per K block for a block of `rows` rows: `KC` at most, as even as the
+/// blocks can be; one block for a single micro-panel of rows (see `Block::run_float`).
+fn k_step(rows: usize, k: usize) -> usize {
+    let blocks = if rows <= MR { 1 } else { k.div_ceil(KC).max(1) };
+    k.div_ceil(blocks).max(1)
+}
+
+/// Every block of rows packed for every K block: block `rows`, K block at `k0`, at offset
+/// `rows.start · k + rows.len() · k0` (the blocks in order, each K block after the last).
+fn pack_row_blocks(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    blocks: impl Iterator<Item = std::ops::Range<usize>>,
+    buffer: &mut Vec<f32>,
+) {
+    if buffer.len() < m * k {
+        buffer.resize(m * k, 0.0);
+    }
+    let mut rest = &mut buffer[..m * k];
+    let mut regions = Vec::new();
+    for rows in blocks {
+        let step = k_step(rows.len(), k);
+        for k0 in (0..k).step_by(step) {
+            let kc = step.min(k - k0);
+            let (region, tail) = std::mem::take(&mut rest).split_at_mut(rows.len() * kc);
+            regions.push((rows.clone(), k0, kc, region));
+            rest = tail;
+        }
+    }
+    regions
         .into_par_iter()
-        .for_each(|task| {
-            let (row_block, column_task) = (task / column_tasks, task % column_tasks);
-            let rows = row_block * rows_per_block..m.min((row_block + 1) * rows_per_block);
-            let first_panel = column_task * panels_per_task;
-            let panel_range = first_panel..panels.min(first_panel + panels_per_task);
-            let block = Block {
-                x,
-                quantized: quantized.as_ref(),
-                k,
-                n,
-                rows,
-                panels: panel_range,
-                weights,
-                bias,
-                out: shared,
-            };
-            block.run(isa);
-            block.finish(epilogue, residual);
-        });
+        .for_each(|(rows, k0, kc, region)| pack_rows(x, k, rows, k0, kc, region));
 }
 
 thread_local! {
     /// Each worker's buffer for packed rows of `x`, kept between products: grown when a
     /// product needs more, never zeroed (every value read is written first).
     static A_PACK: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The calling thread's buffer for rows packed once and shared by a product's tasks.
+    static SHARED_ROWS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     /// The same for int8 products: pairs of 16-bit inputs.
     static A_PACK_PAIRS: std::cell::RefCell<Vec<i32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
@@ -395,6 +452,8 @@ impl QuantizedRows {
 /// One task: `rows` × the columns of `panels`.
 struct Block<'a> {
     x: &'a [f32],
+    /// `x` packed for every block of rows (`pack_row_blocks`), when the product did that.
+    packed_rows: Option<&'a [f32]>,
     /// `x` as 16-bit integers, for int8 weights.
     quantized: Option<&'a QuantizedRows>,
     k: usize,
@@ -431,24 +490,26 @@ impl Block<'_> {
         let k = self.k;
         // A block of rows shares each panel block from L1; a single micro-panel of rows (a
         // decoded token) has nothing to share and streams each panel whole instead.
-        let blocks = if self.rows.len() <= MR {
-            1
-        } else {
-            k.div_ceil(KC).max(1)
-        };
-        let kc_step = k.div_ceil(blocks);
-        if a_pack.len() < self.rows.len() * kc_step {
+        let kc_step = k_step(self.rows.len(), k);
+        if self.packed_rows.is_none() && a_pack.len() < self.rows.len() * kc_step {
             a_pack.resize(self.rows.len() * kc_step, 0.0);
         }
         let mut tile = [[0f32; NR]; MR];
-        for (block_index, k0) in (0..k).step_by(kc_step.max(1)).enumerate() {
+        for (block_index, k0) in (0..k).step_by(kc_step).enumerate() {
             let kc = kc_step.min(k - k0);
-            // Micro-panels of up to MR rows: for each input column, the rows side by side.
-            // One row is its own micro-panel and is read in place.
+            // Micro-panels of up to MR rows: for each input column, the rows side by side
+            // (packed by this task, or once for all of them). One row is its own micro-panel
+            // and is read in place.
             let single_row = self.rows.len() == 1;
-            if !single_row {
-                pack_rows(self.x, k, self.rows.clone(), k0, kc, a_pack);
-            }
+            let a_pack: &[f32] = match self.packed_rows {
+                Some(all) => &all[self.rows.start * k + self.rows.len() * k0..],
+                None => {
+                    if !single_row {
+                        pack_rows(self.x, k, self.rows.clone(), k0, kc, a_pack);
+                    }
+                    a_pack
+                }
+            };
             let mut panels = self.panels.clone();
             #[cfg(target_arch = "x86_64")]
             if single_row && isa == Isa::Avx2 {
