@@ -197,16 +197,17 @@ def decode_cases(names, args, work):
           "| f32 vs torch | bf16 vs torch | int8 vs ours bf16 | ours f32 / bf16 / int8 of bandwidth ceiling "
           "| prefill ms torch f32 / ours f32 / torch bf16 / ours bf16 |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    nan = float("nan")
+    number = lambda value, unit="": f"{value:.1f}{unit}" if value else "n/a"
+    ratio = lambda value: f"{value:.2f}x" if value else "n/a"
     for r in rows:
         tok, pre, ceiling = r["tokens"], r["prefill"], r["ceiling"]
         print(
-            f"| {r['case']} | {tok['torch f32']:.1f} | {tok.get('torch bf16', nan):.1f} | {tok['ours f32']:.1f} | "
-            f"{tok['ours bf16']:.1f} | {tok['ours int8']:.1f} | {r['f32 vs torch']:.2f}x | "
-            f"{r['bf16 vs torch'] or nan:.2f}x | {r['int8 vs bf16']:.2f}x | "
+            f"| {r['case']} | {number(tok['torch f32'])} | {number(tok.get('torch bf16'))} | "
+            f"{number(tok['ours f32'])} | {number(tok['ours bf16'])} | {number(tok['ours int8'])} | "
+            f"{ratio(r['f32 vs torch'])} | {ratio(r['bf16 vs torch'])} | {ratio(r['int8 vs bf16'])} | "
             f"{ceiling['f32']:.0%} / {ceiling['bf16']:.0%} / {ceiling['int8']:.0%} (triad {r['triad']:.1f} GB/s) | "
-            f"{pre['torch f32']:.1f} / {pre['ours f32']:.1f} / {pre.get('torch bf16', nan):.1f} / "
-            f"{pre['ours bf16']:.1f} |"
+            f"{number(pre['torch f32'])} / {number(pre['ours f32'])} / {number(pre.get('torch bf16'))} / "
+            f"{number(pre['ours bf16'])} |"
         )
     print("\nTokens/s count every row of the batch; prefill is the prompt's forward pass (ours: to the first "
           "new token). The bandwidth ceiling is steps/s x weight bytes per step / triad bandwidth.")
@@ -219,7 +220,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=3, help="turns each engine takes")
     parser.add_argument("--cases", default=",".join([*CASES, *DECODE_CASES]))
     parser.add_argument("--torch-bf16-batched", action=argparse.BooleanOptionalAction, default=True,
-                        help="time PyTorch bf16 decoding of the batched GPT-2 case too")
+                        help="time PyTorch bf16 on batched cases too (encoders and GPT-2)")
     parser.add_argument("--binary", default=str(ROOT / "target" / "release" / "ferroformers"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -241,7 +242,10 @@ def main():
             ids = token_ids(batch, seq, model.config.vocab_size)
             engines = {
                 "torch f32": lambda: bench_torch(model, ids, args.runs, torch.float32),
-                "torch bf16": lambda: bench_torch(model, ids, args.runs, torch.bfloat16),
+                # Left out of batched cases by --no-torch-bf16-batched (about 37 s per run of
+                # BERT-base 32 x 128 on an AVX2-only CPU).
+                "torch bf16": lambda: bench_torch(model, ids, args.runs, torch.bfloat16)
+                if batch == 1 or args.torch_bf16_batched else None,
                 "onnxruntime f32": lambda: bench_onnx(model, ids, args.runs, args.threads, folder),
                 "ferroformers f32": lambda: bench_ferroformers(args.binary, folder, batch, seq, args.runs, "f32"),
                 "ferroformers bf16": lambda: bench_ferroformers(args.binary, folder, batch, seq, args.runs, "bf16"),
@@ -269,10 +273,10 @@ def main():
           "| ours f32 vs ORT | ours f32 vs torch f32 | ours bf16 vs torch bf16 |")
     print("|---|---|---|---|---|---|---|---|---|")
     ratio = lambda value: f"{value:.2f}x" if value else "n/a"
+    ms = lambda value: f"{value:.1f}" if value else "n/a"
     for r in rows:
-        ort_ms = f"{r['onnxruntime f32']:.1f}" if r["onnxruntime f32"] else "n/a"
         print(
-            f"| {r['case']} | {r['torch f32']:.1f} | {r['torch bf16']:.1f} | {ort_ms} | "
+            f"| {r['case']} | {r['torch f32']:.1f} | {ms(r['torch bf16'])} | {ms(r['onnxruntime f32'])} | "
             f"{r['ferroformers f32']:.1f} | {r['ferroformers bf16']:.1f} | "
             f"{ratio(r['f32 vs ORT'])} | {ratio(r['f32 vs torch f32'])} | {ratio(r['bf16 vs torch bf16'])} |"
         )
