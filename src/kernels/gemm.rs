@@ -16,7 +16,7 @@
 //! micro-panels of `MR` rows, read in order by the micro-kernel. A single row (a decoded
 //! token) is read in place, and on AVX2 reads up to `ROW_STREAMS` panels side by side.
 //!
-//! Packed weights live in [`StreamBuffer`]s: cache-line aligned, on 2 MiB pages where Linux
+//! Packed weights live in `StreamBuffer`s: cache-line aligned, on 2 MiB pages where Linux
 //! gives them.
 
 use super::buffer::StreamBuffer;
