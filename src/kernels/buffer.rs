@@ -8,6 +8,8 @@
 //! interleaved runs each) with transparent huge pages for the weights. The pages are asked
 //! for with `madvise(MADV_HUGEPAGE)`, which takes effect under the kernel's default
 //! `transparent_hugepage=madvise` setting; where the kernel says no, the buffer is unchanged.
+//! The cost: a buffer's last 2 MiB page is backed whole, up to 2 MiB of memory it does not
+//! use (buffers under 2 MiB stay on the heap, on ordinary pages).
 
 use rayon::prelude::*;
 use std::ptr::NonNull;
