@@ -111,7 +111,11 @@ impl<T: Plain> StreamBuffer<T> {
         // SAFETY: advice on memory this buffer mapped; a refusal (EINVAL where THP is compiled
         // out) leaves ordinary pages, so the result is ignored on purpose.
         unsafe {
-            libc::madvise(start.cast(), bytes.next_multiple_of(HUGE_PAGE), libc::MADV_HUGEPAGE);
+            libc::madvise(
+                start.cast(),
+                bytes.next_multiple_of(HUGE_PAGE),
+                libc::MADV_HUGEPAGE,
+            );
         }
         Some(Self {
             start: NonNull::new(start.cast::<T>())?,

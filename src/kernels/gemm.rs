@@ -20,8 +20,8 @@
 //! gives them.
 
 use super::buffer::StreamBuffer;
-use std::mem::MaybeUninit;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Output columns per panel: two AVX2 registers.
 pub const NR: usize = 16;
@@ -128,48 +128,47 @@ impl PackedWeights {
             (panel * NR + lane, i)
         };
         let len = panels * inner * NR;
-        let panels = match format {
-            WeightFormat::F32 => Panels::F32(
-                StreamBuffer::from_fn(len, |index| match packed_index(index) {
-                    (o, i) if o < outer => weight(o, i),
-                    _ => 0.0,
-                }),
-            ),
-            WeightFormat::Bf16 => Panels::Bf16(
-                StreamBuffer::from_fn(len, |index| {
+        let panels =
+            match format {
+                WeightFormat::F32 => Panels::F32(StreamBuffer::from_fn(len, |index| {
+                    match packed_index(index) {
+                        (o, i) if o < outer => weight(o, i),
+                        _ => 0.0,
+                    }
+                })),
+                WeightFormat::Bf16 => Panels::Bf16(StreamBuffer::from_fn(len, |index| {
                     // Position `index` holds the column that `bf16_lane` puts there.
                     let lane = bf16_lane(index % NR);
                     match packed_index(index - index % NR + lane) {
                         (o, i) if o < outer => bf16_bits(weight(o, i)),
                         _ => 0,
                     }
-                }),
-            ),
-            WeightFormat::Int8 => {
-                let scales: Vec<f32> = (0..outer)
-                    .into_par_iter()
-                    .map(|o| (0..inner).fold(0f32, |m, i| m.max(weight(o, i).abs())) / 127.0)
-                    .collect();
-                // Panel p, input pair q, lane l ↦ W[p·NR + column, 2q + l % 2]: pairs of
-                // inputs side by side, as `vpmaddwd` multiplies them.
-                let pairs = inner.div_ceil(2);
-                let len = outer.div_ceil(NR) * pairs * INT8_PANEL_ROW;
-                let values = StreamBuffer::from_fn(len, |index| {
-                    let (panel, rest) = (
-                        index / (pairs * INT8_PANEL_ROW),
-                        index % (pairs * INT8_PANEL_ROW),
-                    );
-                    let (pair, lane) = (rest / INT8_PANEL_ROW, rest % INT8_PANEL_ROW);
-                    let (column, odd) = int8_lane_column(lane);
-                    let (o, i) = (panel * NR + column, 2 * pair + odd);
-                    match o < outer && i < inner && scales[o] > 0.0 {
-                        true => (weight(o, i) / scales[o]).round().clamp(-127.0, 127.0) as i8,
-                        false => 0,
-                    }
-                });
-                Panels::Int8 { values, scales }
-            }
-        };
+                })),
+                WeightFormat::Int8 => {
+                    let scales: Vec<f32> = (0..outer)
+                        .into_par_iter()
+                        .map(|o| (0..inner).fold(0f32, |m, i| m.max(weight(o, i).abs())) / 127.0)
+                        .collect();
+                    // Panel p, input pair q, lane l ↦ W[p·NR + column, 2q + l % 2]: pairs of
+                    // inputs side by side, as `vpmaddwd` multiplies them.
+                    let pairs = inner.div_ceil(2);
+                    let len = outer.div_ceil(NR) * pairs * INT8_PANEL_ROW;
+                    let values = StreamBuffer::from_fn(len, |index| {
+                        let (panel, rest) = (
+                            index / (pairs * INT8_PANEL_ROW),
+                            index % (pairs * INT8_PANEL_ROW),
+                        );
+                        let (pair, lane) = (rest / INT8_PANEL_ROW, rest % INT8_PANEL_ROW);
+                        let (column, odd) = int8_lane_column(lane);
+                        let (o, i) = (panel * NR + column, 2 * pair + odd);
+                        match o < outer && i < inner && scales[o] > 0.0 {
+                            true => (weight(o, i) / scales[o]).round().clamp(-127.0, 127.0) as i8,
+                            false => 0,
+                        }
+                    });
+                    Panels::Int8 { values, scales }
+                }
+            };
         Self {
             inner,
             outer,
@@ -320,9 +319,8 @@ pub fn matmul_uninit(
         Panels::Int8 { .. } => Some(QuantizedRows::new(x, m, k)),
         _ => None,
     };
-    let block_rows = |row_block: usize| {
-        row_block * rows_per_block..m.min((row_block + 1) * rows_per_block)
-    };
+    let block_rows =
+        |row_block: usize| row_block * rows_per_block..m.min((row_block + 1) * rows_per_block);
     let run = |packed_rows: Option<&[f32]>| {
         (0..row_blocks * column_tasks)
             .into_par_iter()
@@ -363,11 +361,16 @@ pub fn matmul_uninit(
     }
 }
 
-/// Input columns per K block for a block of `rows` rows: `KC` at most, as even as the
-/// blocks can be; one block for a single micro-panel of rows (see `Block::run_float`).
-fn k_step(rows: usize, k: usize) -> usize {
-    let blocks = if rows <= MR { 1 } else { k.div_ceil(KC).max(1) };
-    k.div_ceil(blocks).max(1)
+/// Inputs per K block for a block of `rows` rows of `len` inputs: `max_block` at most, as
+/// even as the blocks can be; one block for a single micro-panel of rows (see
+/// `Block::run_float`). Float rows use `KC` columns, int8 rows `KC / 2` pairs.
+fn k_step(rows: usize, len: usize, max_block: usize) -> usize {
+    let blocks = if rows <= MR {
+        1
+    } else {
+        len.div_ceil(max_block).max(1)
+    };
+    len.div_ceil(blocks).max(1)
 }
 
 /// Every block of rows packed for every K block: block `rows`, K block at `k0`, at offset
@@ -385,7 +388,7 @@ fn pack_row_blocks(
     let mut rest = &mut buffer[..m * k];
     let mut regions = Vec::new();
     for rows in blocks {
-        let step = k_step(rows.len(), k);
+        let step = k_step(rows.len(), k, KC);
         for k0 in (0..k).step_by(step) {
             let kc = step.min(k - k0);
             let (region, tail) = std::mem::take(&mut rest).split_at_mut(rows.len() * kc);
@@ -490,7 +493,7 @@ impl Block<'_> {
         let k = self.k;
         // A block of rows shares each panel block from L1; a single micro-panel of rows (a
         // decoded token) has nothing to share and streams each panel whole instead.
-        let kc_step = k_step(self.rows.len(), k);
+        let kc_step = k_step(self.rows.len(), k, KC);
         if self.packed_rows.is_none() && a_pack.len() < self.rows.len() * kc_step {
             a_pack.resize(self.rows.len() * kc_step, 0.0);
         }
@@ -558,17 +561,12 @@ impl Block<'_> {
         isa: Isa,
     ) {
         let pairs = self.k.div_ceil(2);
-        let blocks = if self.rows.len() <= MR {
-            1
-        } else {
-            pairs.div_ceil(KC / 2).max(1)
-        };
-        let pair_step = pairs.div_ceil(blocks);
+        let pair_step = k_step(self.rows.len(), pairs, KC / 2);
         if a_pack.len() < self.rows.len() * pair_step {
             a_pack.resize(self.rows.len() * pair_step, 0);
         }
         let mut tile = [[0f32; NR]; MR];
-        for (block_index, p0) in (0..pairs).step_by(pair_step.max(1)).enumerate() {
+        for (block_index, p0) in (0..pairs).step_by(pair_step).enumerate() {
             let pc = pair_step.min(pairs - p0);
             // As in `run_float`: one row is read in place.
             let single_row = self.rows.len() == 1;
@@ -685,7 +683,7 @@ impl Block<'_> {
             kernel(panel, &targets[..count]);
             panel += count;
         }
-        panel.max(self.panels.start)
+        panel
     }
 
     /// Write (first block: with bias) or add a tile to the output.
@@ -708,7 +706,10 @@ impl Block<'_> {
             // first K block, hence MaybeUninit.
             let out = unsafe {
                 std::slice::from_raw_parts_mut(
-                    self.out.0.add((r0 + i) * self.n + c0).cast::<MaybeUninit<f32>>(),
+                    self.out
+                        .0
+                        .add((r0 + i) * self.n + c0)
+                        .cast::<MaybeUninit<f32>>(),
                     cols,
                 )
             };
