@@ -6,7 +6,8 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::softmax_row;
+use super::gemm::Isa;
+use super::{kernel_mode, softmax_row, KernelMode};
 
 /// `softmax(q kᵀ · scale + mask) v` per head. `q`: (batch, heads, new, d); `k`, `v`:
 /// (batch, heads, len, d), any strides (views of a cache); `mask`: additive f32 that
@@ -123,6 +124,8 @@ impl CustomOp3 for DecoderAttention {
             View::new(k, k_layout)?,
             View::new(v, v_layout)?,
         );
+        let avx2 =
+            d.is_multiple_of(8) && Isa::detect(kernel_mode() == KernelMode::Portable) == Isa::Avx2;
         let no_mask = vec![0f32; len];
         let mut out = vec![0f32; batch * heads * new * d];
         out.par_chunks_mut(new * d).enumerate().for_each_init(
@@ -131,13 +134,28 @@ impl CustomOp3 for DecoderAttention {
                 let (b, h) = (task / heads, task % heads);
                 for (i, out_row) in out.chunks_mut(d).enumerate() {
                     let query = q.row(b, h, i, d);
-                    dot_rows(query, &k.data[k.head(b, h)..], k.stride[2], scores);
+                    let (keys, values) = (&k.data[k.head(b, h)..], &v.data[v.head(b, h)..]);
+                    #[cfg(target_arch = "x86_64")]
+                    if avx2 {
+                        dot_rows_avx2(query, keys, k.stride[2], scores);
+                    } else {
+                        dot_rows(query, keys, k.stride[2], scores);
+                    }
+                    #[cfg(not(target_arch = "x86_64"))]
+                    dot_rows(query, keys, k.stride[2], scores);
                     let mask = match &self.mask {
                         Some(mask) => &mask[(b * new + i) * len..(b * new + i + 1) * len],
                         None => &no_mask[..],
                     };
                     softmax_row(scores, mask, self.scale);
-                    weighted_rows(scores, &v.data[v.head(b, h)..], v.stride[2], out_row);
+                    #[cfg(target_arch = "x86_64")]
+                    if avx2 {
+                        weighted_rows_avx2(scores, values, v.stride[2], out_row);
+                    } else {
+                        weighted_rows(scores, values, v.stride[2], out_row);
+                    }
+                    #[cfg(not(target_arch = "x86_64"))]
+                    weighted_rows(scores, values, v.stride[2], out_row);
                 }
             },
         );
@@ -177,6 +195,170 @@ dispatch! {
         for (t, &w) in weights.iter().enumerate() {
             for (o, &r) in out.iter_mut().zip(&rows[t * stride..t * stride + d]) {
                 *o += w * r;
+            }
+        }
+    }
+}
+
+/// [`dot_rows`] on AVX2 for `query.len()` a multiple of 8: four rows at a time, so that four
+/// chains of multiply-adds are in flight (one row's chain is bound by the FMA latency).
+#[cfg(target_arch = "x86_64")]
+fn dot_rows_avx2(query: &[f32], rows: &[f32], stride: usize, scores: &mut [f32]) {
+    let d = query.len();
+    assert!(
+        d.is_multiple_of(8) && (scores.is_empty() || rows.len() >= (scores.len() - 1) * stride + d)
+    );
+    // SAFETY: only chosen when the CPU has AVX2 and FMA (`Isa::Avx2`); every row read,
+    // `rows[t·stride ..][..d]` for t < scores.len(), is inside `rows` (asserted above).
+    unsafe { dot_rows_avx2_unchecked(query, rows.as_ptr(), stride, scores) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_rows_avx2_unchecked(
+    query: &[f32],
+    rows: *const f32,
+    stride: usize,
+    scores: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let d = query.len();
+    let q = query.as_ptr();
+    let mut t = 0;
+    while t + 4 <= scores.len() {
+        let row = |j: usize| rows.add((t + j) * stride);
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for c in (0..d).step_by(8) {
+            let x = _mm256_loadu_ps(q.add(c));
+            for (j, acc) in acc.iter_mut().enumerate() {
+                *acc = _mm256_fmadd_ps(x, _mm256_loadu_ps(row(j).add(c)), *acc);
+            }
+        }
+        // Each 128-bit half of `sums` holds a partial sum of rows 0..4; add the halves.
+        let sums = _mm256_hadd_ps(
+            _mm256_hadd_ps(acc[0], acc[1]),
+            _mm256_hadd_ps(acc[2], acc[3]),
+        );
+        let sums = _mm_add_ps(
+            _mm256_castps256_ps128(sums),
+            _mm256_extractf128_ps::<1>(sums),
+        );
+        _mm_storeu_ps(scores.as_mut_ptr().add(t), sums);
+        t += 4;
+    }
+    while t < scores.len() {
+        let row = rows.add(t * stride);
+        let mut acc = _mm256_setzero_ps();
+        for c in (0..d).step_by(8) {
+            acc = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(c)), _mm256_loadu_ps(row.add(c)), acc);
+        }
+        let half = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
+        let pair = _mm_add_ps(half, _mm_movehl_ps(half, half));
+        scores[t] = _mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)));
+        t += 1;
+    }
+}
+
+/// [`weighted_rows`] on AVX2 for `out.len()` a multiple of 8: up to 32 outputs at a time,
+/// kept in registers over every row (not loaded and stored again for each one).
+#[cfg(target_arch = "x86_64")]
+fn weighted_rows_avx2(weights: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
+    let d = out.len();
+    assert!(
+        d.is_multiple_of(8)
+            && (weights.is_empty() || rows.len() >= (weights.len() - 1) * stride + d)
+    );
+    // SAFETY: as for `dot_rows_avx2`: AVX2 and FMA are there, and every row read is inside
+    // `rows` (asserted above).
+    unsafe { weighted_rows_avx2_unchecked(weights, rows.as_ptr(), stride, out) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn weighted_rows_avx2_unchecked(
+    weights: &[f32],
+    rows: *const f32,
+    stride: usize,
+    out: &mut [f32],
+) {
+    let mut c = 0;
+    while c + 32 <= out.len() {
+        weighted_columns::<4>(weights, rows.add(c), stride, out.as_mut_ptr().add(c));
+        c += 32;
+    }
+    while c < out.len() {
+        weighted_columns::<1>(weights, rows.add(c), stride, out.as_mut_ptr().add(c));
+        c += 8;
+    }
+}
+
+/// `W` registers of outputs (8·W columns from `out`) over every row.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn weighted_columns<const W: usize>(
+    weights: &[f32],
+    rows: *const f32,
+    stride: usize,
+    out: *mut f32,
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm256_setzero_ps(); W];
+    for (t, &w) in weights.iter().enumerate() {
+        let w = _mm256_set1_ps(w);
+        let row = rows.add(t * stride);
+        for (i, acc) in acc.iter_mut().enumerate() {
+            *acc = _mm256_fmadd_ps(w, _mm256_loadu_ps(row.add(8 * i)), *acc);
+        }
+    }
+    for (i, acc) in acc.iter().enumerate() {
+        _mm256_storeu_ps(out.add(8 * i), *acc);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The AVX2 kernels against a plain f64 sum, on head sizes that use whole groups of 32
+    /// outputs, single registers or both, and on row counts with and without a group of four.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_rows_match_plain_sums() {
+        if Isa::detect(false) != Isa::Avx2 {
+            return;
+        }
+        for (d, len, stride) in [
+            (8, 1, 8),
+            (64, 7, 64),
+            (40, 9, 48),
+            (72, 12, 80),
+            (96, 3, 96),
+        ] {
+            let value = |i: usize| ((i * 37 % 101) as f32 - 50.0) / 25.0;
+            let query: Vec<f32> = (0..d).map(|i| value(i + 5)).collect();
+            let rows: Vec<f32> = (0..len * stride).map(value).collect();
+            let row = |t: usize| &rows[t * stride..t * stride + d];
+            let mut scores = vec![0f32; len];
+            dot_rows_avx2(&query, &rows, stride, &mut scores);
+            for (t, &score) in scores.iter().enumerate() {
+                let want: f64 = query
+                    .iter()
+                    .zip(row(t))
+                    .map(|(&x, &y)| x as f64 * y as f64)
+                    .sum();
+                assert!(
+                    (score as f64 - want).abs() < 1e-4,
+                    "d {d} t {t}: {score} vs {want}"
+                );
+            }
+            let mut out = vec![f32::NAN; d];
+            weighted_rows_avx2(&scores, &rows, stride, &mut out);
+            for (c, &o) in out.iter().enumerate() {
+                let want: f64 = (0..len).map(|t| scores[t] as f64 * row(t)[c] as f64).sum();
+                assert!(
+                    (o as f64 - want).abs() < 1e-3,
+                    "d {d} column {c}: {o} vs {want}"
+                );
             }
         }
     }

@@ -518,11 +518,25 @@ fn attention_bias(
     } else {
         None
     };
-    let padding = attention_mask.map(padding_mask).transpose()?;
+    // A mask of ones hides nothing: leave it out rather than add zeros in every layer.
+    let padding = match attention_mask {
+        Some(mask) if hides_any(mask)? => Some(padding_mask(mask)?),
+        _ => None,
+    };
     Ok(match (causal, padding) {
         (Some(causal), Some(padding)) => Some(causal.broadcast_minimum(&padding)?),
         (causal, padding) => causal.or(padding),
     })
+}
+
+/// Whether a 0/1 attention mask has a 0 (padding) anywhere.
+fn hides_any(attention_mask: &Tensor) -> Result<bool> {
+    let smallest = attention_mask
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .min(0)?
+        .to_scalar::<f32>()?;
+    Ok(smallest < 1.0)
 }
 
 /// `GPT2LMHeadModel`: the decoder and `lm_head`, tied to `wte`.
