@@ -94,6 +94,8 @@ pub struct DecodeReport {
     pub prefill_ms: f64,
     /// Median new tokens per second after the first, all rows together.
     pub decode_tokens_per_second: f64,
+    /// New tokens per second of each timed run, in the order they ran.
+    pub decode_runs: Vec<f64>,
     /// Weight bytes one decoding step reads (linear layers and LM head).
     pub weight_bytes_per_token: usize,
     /// Memory bandwidth measured in the same run by a STREAM-like triad, GB/s: the median
@@ -104,66 +106,117 @@ pub struct DecodeReport {
 }
 
 /// Greedy decoding of `new_tokens` after a `prompt_tokens` prompt in each of `batch` rows,
-/// through the generation API with the KV cache; medians of `runs` after one warm-up.
-pub fn decoder(
+/// through the generation API with the KV cache, for the model loaded with each of
+/// `options` in turn: every run times each of them once, one after the other, so that their
+/// runs pair up in time (run i of one and run i of another saw the same state of a noisy
+/// machine). Medians of `runs` after one warm-up.
+pub fn decoders(
     model: &str,
-    options: &LoadOptions,
+    options: &[LoadOptions],
     batch: usize,
     prompt_tokens: usize,
     new_tokens: usize,
     runs: usize,
-) -> Result<DecodeReport, ferroformers::Error> {
-    let pretrained = ferroformers::Pretrained::open(model, &options.hub)?;
-    let decoder = pretrained.load::<Gpt2LMHeadModel>(options)?;
+) -> Result<Vec<DecodeReport>, ferroformers::Error> {
     if batch == 0 || prompt_tokens == 0 || new_tokens < 2 || runs == 0 {
         return Err(ferroformers::Error::InvalidInput(
             "batch, prompt tokens and runs must be at least 1, new tokens at least 2".to_string(),
         ));
     }
-    let ids = token_ids(batch * prompt_tokens, pretrained.config());
+    let decoders = options
+        .iter()
+        .map(|options| {
+            let pretrained = ferroformers::Pretrained::open(model, &options.hub)?;
+            let decoder = pretrained.load::<Gpt2LMHeadModel>(options)?;
+            Ok((decoder, pretrained.config().clone()))
+        })
+        .collect::<Result<Vec<_>, ferroformers::Error>>()?;
+    let Some((_, config)) = decoders.first() else {
+        return Ok(Vec::new());
+    };
+    let ids = token_ids(batch * prompt_tokens, config);
     let prompts =
         PromptBatch::left_padded(ids.chunks(prompt_tokens).map(<[u32]>::to_vec).collect(), 0)?;
     // No end token: every run makes exactly `new_tokens` tokens.
-    let mut config = GenerationConfig::default()
+    let mut generation = GenerationConfig::default()
         .greedy()
         .with_max_new_tokens(new_tokens);
-    config.eos_token_id.clear();
-    let generator = Generator::without_tokenizer(&decoder);
-    let (mut prefill, mut decode, mut triad) = (Vec::new(), Vec::new(), Vec::new());
+    generation.eos_token_id.clear();
+    let mut timings = vec![(Vec::new(), Vec::new()); decoders.len()];
+    let mut triad = Vec::new();
     for run in 0..runs + 1 {
         // Bandwidth drifts on shared machines: measure it between the runs, not once.
         triad.push(ferroformers::benchmark::triad_gb_per_second());
-        let start = Instant::now();
-        let mut first = None;
-        generator.generate_ids_streaming(&prompts, &config, |_, _| {
-            first.get_or_insert_with(|| start.elapsed());
-        })?;
-        let total = start.elapsed();
-        let first = first.unwrap_or(total);
-        if run >= 1 {
-            prefill.push(first.as_secs_f64() * 1e3);
-            decode.push((batch * (new_tokens - 1)) as f64 / (total - first).as_secs_f64());
+        for ((decoder, _), (prefill, decode)) in decoders.iter().zip(&mut timings) {
+            let start = Instant::now();
+            let mut first = None;
+            Generator::without_tokenizer(decoder).generate_ids_streaming(
+                &prompts,
+                &generation,
+                |_, _| {
+                    first.get_or_insert_with(|| start.elapsed());
+                },
+            )?;
+            let total = start.elapsed();
+            let first = first.unwrap_or(total);
+            if run >= 1 {
+                prefill.push(first.as_secs_f64() * 1e3);
+                decode.push((batch * (new_tokens - 1)) as f64 / (total - first).as_secs_f64());
+            }
         }
     }
-    let median = |mut values: Vec<f64>| {
-        values.sort_by(f64::total_cmp);
-        values[values.len() / 2]
-    };
-    let decode_tokens_per_second = median(decode);
-    let weight_bytes_per_token = decoder.weight_bytes_per_token();
     triad.push(ferroformers::benchmark::triad_gb_per_second());
     let triad = median(triad);
-    let steps_per_second = decode_tokens_per_second / batch as f64;
-    Ok(DecodeReport {
-        batch,
-        prompt_tokens,
-        new_tokens,
-        dtype: dtype_name(options),
-        runs,
-        prefill_ms: median(prefill),
-        decode_tokens_per_second,
-        weight_bytes_per_token,
-        triad_gb_per_second: triad,
-        bandwidth_fraction: steps_per_second * weight_bytes_per_token as f64 / (triad * 1e9),
-    })
+    let reports = decoders.iter().zip(options).zip(timings);
+    Ok(reports
+        .map(|(((decoder, _), options), (prefill, decode))| {
+            let decode_tokens_per_second = median(decode.clone());
+            let weight_bytes_per_token = decoder.weight_bytes_per_token();
+            let steps_per_second = decode_tokens_per_second / batch as f64;
+            DecodeReport {
+                batch,
+                prompt_tokens,
+                new_tokens,
+                dtype: dtype_name(options),
+                runs,
+                prefill_ms: median(prefill),
+                decode_tokens_per_second,
+                decode_runs: decode,
+                weight_bytes_per_token,
+                triad_gb_per_second: triad,
+                bandwidth_fraction: steps_per_second * weight_bytes_per_token as f64
+                    / (triad * 1e9),
+            }
+        })
+        .collect())
+}
+
+/// Two decoders timed in turn (`decoders` with two load options): the second's decoding
+/// speed over the first's, run by run, and the median of those ratios.
+#[derive(Debug, Serialize)]
+pub struct PairedDecode<'a> {
+    pub first: &'a DecodeReport,
+    pub second: &'a DecodeReport,
+    pub ratios: Vec<f64>,
+    pub ratio: f64,
+}
+
+impl<'a> PairedDecode<'a> {
+    pub fn new(first: &'a DecodeReport, second: &'a DecodeReport) -> Self {
+        let ratios: Vec<f64> = (first.decode_runs.iter().zip(&second.decode_runs))
+            .map(|(a, b)| b / a)
+            .collect();
+        Self {
+            first,
+            second,
+            ratio: median(ratios.clone()),
+            ratios,
+        }
+    }
+}
+
+/// The median of some values (the upper one of an even count); 0 for none.
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
 }

@@ -160,6 +160,10 @@ enum Command {
         /// Timed runs, after two warm-up runs.
         #[arg(long, default_value_t = 10)]
         runs: usize,
+        /// With --generate: also load the model in this dtype and time the two in turn, run
+        /// by run, and report the paired ratio of their decoding speeds.
+        #[arg(long, value_enum, requires = "generate")]
+        against: Option<CliDType>,
         #[arg(long)]
         json: bool,
     },
@@ -243,12 +247,16 @@ type Result<T> = std::result::Result<T, CliError>;
 
 impl Common {
     fn load_options(&self) -> Result<LoadOptions> {
+        self.load_options_as(self.dtype)
+    }
+
+    fn load_options_as(&self, dtype: CliDType) -> Result<LoadOptions> {
         let device = match self.device {
             CliDevice::Cpu => Device::Cpu,
             CliDevice::Cuda => Device::new_cuda(0).map_err(ferroformers::Error::from)?,
             CliDevice::Metal => Device::new_metal(0).map_err(ferroformers::Error::from)?,
         };
-        let (dtype, quantization) = match self.dtype {
+        let (dtype, quantization) = match dtype {
             CliDType::F32 => (DType::F32, Quantization::None),
             CliDType::F16 => (DType::F16, Quantization::None),
             CliDType::Bf16 => (DType::BF16, Quantization::None),
@@ -484,34 +492,52 @@ pub fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
             prompt_tokens,
             new_tokens,
             runs,
+            against,
             json,
             ..
         } => {
-            let options = common.load_options()?;
-            let report = bench::decoder(
-                &common.model,
-                &options,
-                batch,
-                prompt_tokens,
-                new_tokens,
-                runs,
-            )?;
-            if json {
-                json_line(out, &report)?;
-            } else {
-                writeln!(
-                    out,
-                    "{}: {batch} x ({prompt_tokens} prompt + {new_tokens} new tokens), {}: \
-                     prefill {:.2} ms, decode {:.2} tokens/s, {:.0}% of the {:.1} GB/s triad \
-                     bandwidth at {:.1} MB per step ({runs} runs)",
-                    common.model,
-                    report.dtype,
-                    report.prefill_ms,
-                    report.decode_tokens_per_second,
-                    report.bandwidth_fraction * 100.0,
-                    report.triad_gb_per_second,
-                    report.weight_bytes_per_token as f64 / 1e6
-                )?;
+            let mut options = vec![common.load_options()?];
+            if let Some(against) = against {
+                options.push(common.load_options_as(against)?);
+            }
+            let reports =
+                bench::decoders(&common.model, &options, batch, prompt_tokens, new_tokens, runs)?;
+            match (&reports[..], json) {
+                ([report], true) => json_line(out, report)?,
+                ([first, second], true) => json_line(out, &bench::PairedDecode::new(first, second))?,
+                (reports, _) => {
+                    for report in reports {
+                        writeln!(
+                            out,
+                            "{}: {batch} x ({prompt_tokens} prompt + {new_tokens} new tokens), \
+                             {}: prefill {:.2} ms, decode {:.2} tokens/s, {:.0}% of the {:.1} \
+                             GB/s triad bandwidth at {:.1} MB per step ({runs} runs)",
+                            common.model,
+                            report.dtype,
+                            report.prefill_ms,
+                            report.decode_tokens_per_second,
+                            report.bandwidth_fraction * 100.0,
+                            report.triad_gb_per_second,
+                            report.weight_bytes_per_token as f64 / 1e6
+                        )?;
+                    }
+                    if let [first, second] = reports {
+                        let paired = bench::PairedDecode::new(first, second);
+                        writeln!(
+                            out,
+                            "{} vs {}: {:.2}x (median of {runs} runs paired in time: {})",
+                            second.dtype,
+                            first.dtype,
+                            paired.ratio,
+                            paired
+                                .ratios
+                                .iter()
+                                .map(|r| format!("{r:.2}"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )?;
+                    }
+                }
             }
         }
         Command::Bench {
