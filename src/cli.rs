@@ -500,11 +500,19 @@ pub fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
             if let Some(against) = against {
                 options.push(common.load_options_as(against)?);
             }
-            let reports =
-                bench::decoders(&common.model, &options, batch, prompt_tokens, new_tokens, runs)?;
+            let reports = bench::decoders(
+                &common.model,
+                &options,
+                batch,
+                prompt_tokens,
+                new_tokens,
+                runs,
+            )?;
             match (&reports[..], json) {
                 ([report], true) => json_line(out, report)?,
-                ([first, second], true) => json_line(out, &bench::PairedDecode::new(first, second))?,
+                ([first, second], true) => {
+                    json_line(out, &bench::PairedDecode::new(first, second))?
+                }
                 (reports, _) => {
                     for report in reports {
                         writeln!(

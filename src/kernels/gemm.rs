@@ -332,7 +332,7 @@ pub fn matmul_uninit(
     let column_tasks = panels.div_ceil(panels_per_task);
     let shared = SharedOut(out.as_mut_ptr().cast::<f32>());
     let quantized = match weights.panels {
-        Panels::Int8 { .. } => Some(QuantizedRows::new(x, m, k)),
+        Panels::Int8 { .. } => Some(QuantizedRows::new(x, m, k, isa)),
         _ => None,
     };
     let block_rows =
@@ -437,7 +437,7 @@ struct QuantizedRows {
 }
 
 impl QuantizedRows {
-    fn new(x: &[f32], m: usize, k: usize) -> Self {
+    fn new(x: &[f32], m: usize, k: usize, isa: Isa) -> Self {
         let pairs_per_row = k.div_ceil(2);
         let mut pairs = vec![0i32; m * pairs_per_row];
         let mut scales = vec![0f32; m];
@@ -449,14 +449,11 @@ impl QuantizedRows {
             if max > 0.0 && max.is_finite() {
                 *scale = max / 32767.0;
                 let inverse = 32767.0 / max;
-                // Round half away from zero; |v · inverse| <= 32767.
-                let quantize = |v: f32| {
-                    let scaled = v * inverse;
-                    (scaled + 0.5f32.copysign(scaled)) as i16 as u16 as u32
-                };
-                for (pair, values) in out.iter_mut().zip(row.chunks(2)) {
-                    let odd = values.get(1).map_or(0, |&v| quantize(v));
-                    *pair = (quantize(values[0]) | odd << 16) as i32;
+                match isa {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: `Isa::Avx2` is only chosen when the CPU has AVX2 and FMA.
+                    Isa::Avx2 => unsafe { quantize_pairs_avx2(row, inverse, out) },
+                    _ => quantize_pairs(row, inverse, out),
                 }
             }
         }
@@ -466,6 +463,55 @@ impl QuantizedRows {
             scales,
         }
     }
+}
+
+/// `values · inverse` rounded half away from zero to 16 bits (|value · inverse| <= 32767),
+/// two to an i32: even input in the low half, odd in the high half (zero past the end).
+#[inline(always)]
+fn quantize_pairs(values: &[f32], inverse: f32, pairs: &mut [i32]) {
+    let quantize = |v: f32| {
+        let scaled = v * inverse;
+        (scaled + 0.5f32.copysign(scaled)) as i32 as u16 as u32
+    };
+    let (whole, tail) = values.as_chunks::<2>();
+    for (pair, &[even, odd]) in pairs.iter_mut().zip(whole) {
+        *pair = (quantize(even) | quantize(odd) << 16) as i32;
+    }
+    if let ([last], Some(pair)) = (tail, pairs.get_mut(whole.len())) {
+        *pair = quantize(*last) as i32;
+    }
+}
+
+/// [`quantize_pairs`] on AVX2, 16 values at a time: it runs before every int8 product, on
+/// one core while the others wait (scalar, 3072 inputs took ~3.5 µs).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_pairs_avx2(values: &[f32], inverse: f32, pairs: &mut [i32]) {
+    use std::arch::x86_64::*;
+    let whole = values.len() / 16 * 16;
+    assert!(pairs.len() * 2 >= values.len());
+    let (scale, half, sign) = (
+        _mm256_set1_ps(inverse),
+        _mm256_set1_ps(0.5),
+        _mm256_set1_ps(-0.0),
+    );
+    let quantize = |v: __m256| {
+        let scaled = _mm256_mul_ps(v, scale);
+        // + 0.5 with the value's sign, then truncate: half away from zero.
+        let rounded = _mm256_add_ps(scaled, _mm256_or_ps(half, _mm256_and_ps(scaled, sign)));
+        // NaN to 0, as the scalar `as` conversion does (`cvttps` would give i32::MIN).
+        let ordered = _mm256_cmp_ps::<_CMP_ORD_Q>(rounded, rounded);
+        _mm256_cvttps_epi32(_mm256_and_ps(rounded, ordered))
+    };
+    for i in (0..whole).step_by(16) {
+        let low = quantize(_mm256_loadu_ps(values.as_ptr().add(i)));
+        let high = quantize(_mm256_loadu_ps(values.as_ptr().add(i + 8)));
+        // To 16 bits per 128-bit half (low 0–3, high 0–3 | low 4–7, high 4–7), then the
+        // 64-bit quarters in input order: 16 values, two per i32, even input low.
+        let packed = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(low, high));
+        _mm256_storeu_si256(pairs.as_mut_ptr().add(i / 2).cast(), packed);
+    }
+    quantize_pairs(&values[whole..], inverse, &mut pairs[whole / 2..]);
 }
 
 /// One task: `rows` × the columns of `panels`.
@@ -1199,6 +1245,30 @@ unsafe fn store_avx2<const M: usize>(sums: &[[std::arch::x86_64::__m256; 2]; M],
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The AVX2 quantizer gives the scalar one's bits: ties (x.5) away from zero, the row's
+    /// largest value at ±32767, NaN as 0, odd lengths with a zero high half in the last pair.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_quantizer_matches_scalar() {
+        if Isa::detect(false) != Isa::Avx2 {
+            return;
+        }
+        for len in [1usize, 15, 16, 17, 33, 64, 101] {
+            let mut values: Vec<f32> = (0..len)
+                .map(|i| (i as f32 - 20.0) * 0.5 + if i % 3 == 0 { 0.25 } else { 0.0 })
+                .collect();
+            let inverse = 32767.0 / values.iter().fold(0f32, |m, v| m.max(v.abs()));
+            values[len / 2] = f32::NAN;
+            for inverse in [1.0, inverse] {
+                let (mut scalar, mut avx2) = (vec![7; len.div_ceil(2)], vec![7; len.div_ceil(2)]);
+                quantize_pairs(&values, inverse, &mut scalar);
+                // SAFETY: the CPU has AVX2 and FMA (checked above).
+                unsafe { quantize_pairs_avx2(&values, inverse, &mut avx2) };
+                assert_eq!(scalar, avx2, "len {len}, inverse {inverse}");
+            }
+        }
+    }
 
     fn reference(x: &[f32], m: usize, w: &[f32], k: usize, n: usize, bias: &[f32]) -> Vec<f32> {
         let mut out = vec![0f32; m * n];
