@@ -9,7 +9,12 @@
 //! for with `madvise(MADV_HUGEPAGE)`, which takes effect under the kernel's default
 //! `transparent_hugepage=madvise` setting; where the kernel says no, the buffer is unchanged.
 //! The cost: a buffer's last 2 MiB page is backed whole, up to 2 MiB of memory it does not
-//! use (buffers under 2 MiB stay on the heap, on ordinary pages).
+//! use. Buffers from 64 KiB to 2 MiB (most of GPT-2's int8 matrices) are carved one after
+//! another from shared 16 MiB regions of huge pages, so they waste no more than the region's
+//! last page: int8 weight products for a GPT-2 small token ran 2% faster on the Zen 4 VM
+//! (same-process A/B, 300 interleaved steps) than with those matrices on 4 KiB pages. A region
+//! is unmapped with the last buffer in it; the one being filled stays mapped (at most the
+//! pages already touched are resident). Smaller buffers stay on the heap.
 
 use rayon::prelude::*;
 use std::ptr::NonNull;
@@ -29,6 +34,11 @@ unsafe impl Plain for i8 {}
 const CACHE_LINE: usize = 64;
 #[cfg(target_os = "linux")]
 const HUGE_PAGE: usize = 2 << 20;
+/// Buffers from this size up to `HUGE_PAGE` share regions (see the module's documentation).
+#[cfg(target_os = "linux")]
+const SHARED_MIN: usize = 64 << 10;
+#[cfg(target_os = "linux")]
+const REGION: usize = 16 << 20;
 
 /// A fixed-length buffer of `T` starting on a cache line (on a 2 MiB page boundary, with huge
 /// pages asked for, when it is at least that large on Linux).
@@ -45,7 +55,83 @@ enum Memory {
     /// A private anonymous mapping: where it starts and its length (the buffer is inside it).
     #[cfg(target_os = "linux")]
     Mapped(*mut libc::c_void, usize),
+    /// Part of a region that other buffers share.
+    #[cfg(target_os = "linux")]
+    Shared(#[allow(dead_code)] std::sync::Arc<Region>), // held for its drop only
 }
+
+/// A 2 MiB-aligned anonymous mapping advised as huge pages: `start .. start + len` inside
+/// the mapping `base .. base + map_len`, unmapped on drop.
+#[cfg(target_os = "linux")]
+struct Region {
+    base: *mut libc::c_void,
+    map_len: usize,
+    start: NonNull<u8>,
+}
+
+// SAFETY: the region is plain memory owned by this value; the buffers carved from it hand
+// out references to their own disjoint parts only.
+#[cfg(target_os = "linux")]
+unsafe impl Send for Region {}
+#[cfg(target_os = "linux")]
+unsafe impl Sync for Region {}
+
+#[cfg(target_os = "linux")]
+impl Region {
+    /// Fresh zero pages for `bytes`, 2 MiB aligned, advised as huge pages before they are
+    /// first touched (pages already faulted in would stay 4 KiB). `None` if mmap fails.
+    fn map(bytes: usize) -> Option<Self> {
+        let map_len = bytes.checked_add(HUGE_PAGE)?;
+        // SAFETY: a new private anonymous mapping; no existing memory is touched.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return None;
+        }
+        let offset = (HUGE_PAGE - base as usize % HUGE_PAGE) % HUGE_PAGE;
+        // SAFETY: offset < HUGE_PAGE, so `start .. start + bytes` lies inside the mapping.
+        let start = unsafe { base.cast::<u8>().add(offset) };
+        // SAFETY: advice on memory this region mapped; a refusal (EINVAL where THP is compiled
+        // out) leaves ordinary pages, so the result is ignored on purpose.
+        unsafe {
+            libc::madvise(
+                start.cast(),
+                bytes.next_multiple_of(HUGE_PAGE),
+                libc::MADV_HUGEPAGE,
+            );
+        }
+        let region = Self {
+            base,
+            map_len,
+            start: NonNull::new(start)?,
+        };
+        Some(region)
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl Drop for Region {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`, unmapped once.
+        unsafe {
+            libc::munmap(self.base, self.map_len);
+        }
+    }
+}
+
+/// The region buffers under 2 MiB are being carved from, and how many bytes of it are used.
+/// Only never-used bytes are handed out, so they are still the kernel's zeros.
+#[cfg(target_os = "linux")]
+static SHARED_REGION: std::sync::Mutex<Option<(std::sync::Arc<Region>, usize)>> =
+    std::sync::Mutex::new(None);
 
 // SAFETY: the buffer owns its memory and hands out `&[T]` / `&mut [T]` only through `&self` /
 // `&mut self`, like a `Vec<T>`; T is `Send + Sync` (`Plain`).
@@ -71,6 +157,10 @@ impl<T: Plain> StreamBuffer<T> {
             if let Some(buffer) = Self::mapped(len, bytes) {
                 return buffer;
             }
+        } else if bytes >= SHARED_MIN {
+            if let Some(buffer) = Self::shared(len, bytes) {
+                return buffer;
+            }
         }
         let layout = std::alloc::Layout::from_size_align(bytes, CACHE_LINE)
             .expect("buffer size overflows isize");
@@ -86,41 +176,42 @@ impl<T: Plain> StreamBuffer<T> {
         }
     }
 
-    /// Fresh zero pages from the kernel, 2 MiB aligned, advised as huge pages before they are
-    /// first touched (pages already faulted in would stay 4 KiB). `None` if mmap fails.
+    /// A region of its own. `None` if mmap fails.
     #[cfg(target_os = "linux")]
     fn mapped(len: usize, bytes: usize) -> Option<Self> {
-        let map_len = bytes.checked_add(HUGE_PAGE)?;
-        // SAFETY: a new private anonymous mapping; no existing memory is touched.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                map_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
+        let region = Region::map(bytes)?;
+        let start = region.start.cast::<T>();
+        let memory = Memory::Mapped(region.base, region.map_len);
+        // The buffer unmaps it (`Memory::Mapped`), not the region.
+        std::mem::forget(region);
+        Some(Self { start, len, memory })
+    }
+
+    /// The next cache-line-aligned `bytes` (under `REGION`) of the shared region, or of a new
+    /// one when they do not fit. `None` if mmap fails.
+    #[cfg(target_os = "linux")]
+    fn shared(len: usize, bytes: usize) -> Option<Self> {
+        // A poisoned lock only means another thread panicked while holding it; the (region,
+        // used) pair it guards is always consistent.
+        let mut current = SHARED_REGION
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let fits = |(_, used): &(std::sync::Arc<Region>, usize)| {
+            used.next_multiple_of(CACHE_LINE) + bytes <= REGION
         };
-        if base == libc::MAP_FAILED {
-            return None;
+        if !current.as_ref().is_some_and(fits) {
+            *current = Some((std::sync::Arc::new(Region::map(REGION)?), 0));
         }
-        let offset = (HUGE_PAGE - base as usize % HUGE_PAGE) % HUGE_PAGE;
-        // SAFETY: offset < HUGE_PAGE, so `start .. start + bytes` lies inside the mapping.
-        let start = unsafe { base.cast::<u8>().add(offset) };
-        // SAFETY: advice on memory this buffer mapped; a refusal (EINVAL where THP is compiled
-        // out) leaves ordinary pages, so the result is ignored on purpose.
-        unsafe {
-            libc::madvise(
-                start.cast(),
-                bytes.next_multiple_of(HUGE_PAGE),
-                libc::MADV_HUGEPAGE,
-            );
-        }
+        let (region, used) = current.as_mut()?;
+        let offset = used.next_multiple_of(CACHE_LINE);
+        *used = offset + bytes;
+        // SAFETY: offset + bytes <= REGION, inside the region's mapping, and no other buffer
+        // has these bytes.
+        let start = unsafe { region.start.add(offset) }.cast::<T>();
         Some(Self {
-            start: NonNull::new(start.cast::<T>())?,
+            start,
             len,
-            memory: Memory::Mapped(base, map_len),
+            memory: Memory::Shared(region.clone()),
         })
     }
 
@@ -154,6 +245,9 @@ impl<T: Plain> Drop for StreamBuffer<T> {
             Memory::Mapped(base, map_len) => unsafe {
                 libc::munmap(base, map_len);
             },
+            // The region goes with its last buffer (the `Arc`).
+            #[cfg(target_os = "linux")]
+            Memory::Shared(_) => {}
         }
     }
 }
@@ -210,6 +304,35 @@ mod tests {
             let large = StreamBuffer::<i8>::zeroed(HUGE_PAGE);
             assert_eq!(large.as_ptr() as usize % HUGE_PAGE, 0);
             assert!(large.iter().all(|&v| v == 0));
+        }
+    }
+
+    /// Buffers carved from shared regions: zeros at first, each its own memory (filled
+    /// together, then checked after the others were written and some dropped), across more
+    /// than one region.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn shared_buffers_do_not_overlap() {
+        let sizes = [
+            SHARED_MIN,
+            SHARED_MIN + 3,
+            HUGE_PAGE - 1,
+            300_000,
+            HUGE_PAGE / 2 + 7,
+        ];
+        let mut buffers: Vec<StreamBuffer<i8>> = (0..30)
+            .map(|i| StreamBuffer::zeroed(sizes[i % sizes.len()]))
+            .collect();
+        for (i, buffer) in buffers.iter_mut().enumerate() {
+            assert!(buffer.iter().all(|&v| v == 0));
+            assert_eq!(buffer.as_ptr() as usize % CACHE_LINE, 0);
+            buffer.fill(i as i8 + 1);
+        }
+        let total: usize = buffers.iter().map(|b| b.len()).sum();
+        assert!(total > REGION, "the test should span regions");
+        buffers.retain(|b| b[0] % 3 != 0);
+        for buffer in &buffers {
+            assert!(buffer.iter().all(|&v| v == buffer[0]));
         }
     }
 }
