@@ -271,3 +271,67 @@ fn a_wrong_task_for_the_architecture_is_an_error() {
     );
     assert_one_line_error(&output, 1, "gpt2");
 }
+
+/// `bench --generate --against`: both dtypes timed in one process, run by run; the paired
+/// ratios are the second's speed over the first's, one per timed run, and their median.
+#[test]
+fn bench_against_pairs_the_runs_of_two_dtypes() {
+    let model = fixture_model("gpt2/lm-head");
+    let args = [
+        "bench",
+        "-m",
+        &model,
+        "--generate",
+        "--prompt-tokens",
+        "4",
+        "--new-tokens",
+        "3",
+        "--runs",
+        "3",
+        "--dtype",
+        "f32",
+        "--against",
+        "int8",
+        "--json",
+    ];
+    let lines = json_lines(&ferroformers(&args, None));
+    assert_eq!(lines.len(), 1);
+    let paired = &lines[0];
+    let (first, second) = (&paired["first"], &paired["second"]);
+    assert_eq!(
+        (first["dtype"].as_str(), second["dtype"].as_str()),
+        (Some("f32"), Some("int8"))
+    );
+    let runs = |report: &Value| -> Vec<f64> {
+        report["decode_runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect()
+    };
+    let (a, b) = (runs(first), runs(second));
+    assert_eq!((a.len(), b.len()), (3, 3));
+    let ratios: Vec<f64> = paired["ratios"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    for ((ratio, a), b) in ratios.iter().zip(&a).zip(&b) {
+        assert!((ratio - b / a).abs() < 1e-9 * ratio.abs());
+    }
+    let mut sorted = ratios.clone();
+    sorted.sort_by(f64::total_cmp);
+    assert_eq!(paired["ratio"].as_f64(), Some(sorted[1]));
+    // int8 weights: a quarter of f32's bytes, plus one f32 scale per output channel.
+    let bytes = |report: &Value| report["weight_bytes_per_token"].as_f64().unwrap();
+    assert!(bytes(second) < 0.5 * bytes(first));
+}
+
+#[test]
+fn against_needs_generate() {
+    let model = fixture_model("gpt2/lm-head");
+    let output = ferroformers(&["bench", "-m", &model, "--against", "int8"], None);
+    assert_eq!(output.status.code(), Some(2));
+}
