@@ -54,8 +54,7 @@ pub fn encoder(
             times.push(start.elapsed().as_secs_f64() * 1e3);
         }
     }
-    times.sort_by(f64::total_cmp);
-    let median_ms = times[runs / 2];
+    let median_ms = median(times);
     Ok(Report {
         batch,
         seq,
@@ -216,7 +215,7 @@ impl<'a> PairedDecode<'a> {
 }
 
 /// The median of some values (the upper one of an even count); 0 for none.
-pub fn median(mut values: Vec<f64>) -> f64 {
+fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied().unwrap_or(0.0)
 }

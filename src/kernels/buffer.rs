@@ -52,12 +52,10 @@ enum Memory {
     /// Nothing allocated: an empty buffer.
     None,
     Heap(std::alloc::Layout),
-    /// A private anonymous mapping: where it starts and its length (the buffer is inside it).
+    /// Inside a mapped region: one of its own, or a part of one that other buffers share.
+    /// Held for its drop only: the region is unmapped with the last buffer in it.
     #[cfg(target_os = "linux")]
-    Mapped(*mut libc::c_void, usize),
-    /// Part of a region that other buffers share.
-    #[cfg(target_os = "linux")]
-    Shared(#[allow(dead_code)] std::sync::Arc<Region>), // held for its drop only
+    Mapped(#[allow(dead_code)] std::sync::Arc<Region>),
 }
 
 /// A 2 MiB-aligned anonymous mapping advised as huge pages: `start .. start + len` inside
@@ -108,12 +106,11 @@ impl Region {
                 libc::MADV_HUGEPAGE,
             );
         }
-        let region = Self {
+        Some(Self {
             base,
             map_len,
             start: NonNull::new(start)?,
-        };
-        Some(region)
+        })
     }
 }
 
@@ -180,11 +177,11 @@ impl<T: Plain> StreamBuffer<T> {
     #[cfg(target_os = "linux")]
     fn mapped(len: usize, bytes: usize) -> Option<Self> {
         let region = Region::map(bytes)?;
-        let start = region.start.cast::<T>();
-        let memory = Memory::Mapped(region.base, region.map_len);
-        // The buffer unmaps it (`Memory::Mapped`), not the region.
-        std::mem::forget(region);
-        Some(Self { start, len, memory })
+        Some(Self {
+            start: region.start.cast::<T>(),
+            len,
+            memory: Memory::Mapped(std::sync::Arc::new(region)),
+        })
     }
 
     /// The next cache-line-aligned `bytes` (under `REGION`) of the shared region, or of a new
@@ -211,7 +208,7 @@ impl<T: Plain> StreamBuffer<T> {
         Some(Self {
             start,
             len,
-            memory: Memory::Shared(region.clone()),
+            memory: Memory::Mapped(region.clone()),
         })
     }
 
@@ -240,14 +237,9 @@ impl<T: Plain> Drop for StreamBuffer<T> {
             Memory::Heap(layout) => unsafe {
                 std::alloc::dealloc(self.start.as_ptr().cast(), layout)
             },
-            // SAFETY: the mapping made in `mapped`, unmapped once.
-            #[cfg(target_os = "linux")]
-            Memory::Mapped(base, map_len) => unsafe {
-                libc::munmap(base, map_len);
-            },
             // The region goes with its last buffer (the `Arc`).
             #[cfg(target_os = "linux")]
-            Memory::Shared(_) => {}
+            Memory::Mapped(_) => {}
         }
     }
 }

@@ -6,8 +6,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::gemm::Isa;
-use super::{kernel_mode, softmax_row, KernelMode};
+use super::softmax_row;
 
 /// `softmax(q kᵀ · scale + mask) v` per head. `q`: (batch, heads, new, d); `k`, `v`:
 /// (batch, heads, len, d), any strides (views of a cache); `mask`: additive f32 that
@@ -124,8 +123,7 @@ impl CustomOp3 for DecoderAttention {
             View::new(k, k_layout)?,
             View::new(v, v_layout)?,
         );
-        let avx2 =
-            d.is_multiple_of(8) && Isa::detect(kernel_mode() == KernelMode::Portable) == Isa::Avx2;
+        let (dot, weighted) = row_kernels(d);
         let no_mask = vec![0f32; len];
         let mut out = vec![0f32; batch * heads * new * d];
         out.par_chunks_mut(new * d).enumerate().for_each_init(
@@ -134,28 +132,13 @@ impl CustomOp3 for DecoderAttention {
                 let (b, h) = (task / heads, task % heads);
                 for (i, out_row) in out.chunks_mut(d).enumerate() {
                     let query = q.row(b, h, i, d);
-                    let (keys, values) = (&k.data[k.head(b, h)..], &v.data[v.head(b, h)..]);
-                    #[cfg(target_arch = "x86_64")]
-                    if avx2 {
-                        dot_rows_avx2(query, keys, k.stride[2], scores);
-                    } else {
-                        dot_rows(query, keys, k.stride[2], scores);
-                    }
-                    #[cfg(not(target_arch = "x86_64"))]
-                    dot_rows(query, keys, k.stride[2], scores);
+                    dot(query, &k.data[k.head(b, h)..], k.stride[2], scores);
                     let mask = match &self.mask {
                         Some(mask) => &mask[(b * new + i) * len..(b * new + i + 1) * len],
                         None => &no_mask[..],
                     };
                     softmax_row(scores, mask, self.scale);
-                    #[cfg(target_arch = "x86_64")]
-                    if avx2 {
-                        weighted_rows_avx2(scores, values, v.stride[2], out_row);
-                    } else {
-                        weighted_rows(scores, values, v.stride[2], out_row);
-                    }
-                    #[cfg(not(target_arch = "x86_64"))]
-                    weighted_rows(scores, values, v.stride[2], out_row);
+                    weighted(scores, &v.data[v.head(b, h)..], v.stride[2], out_row);
                 }
             },
         );
@@ -200,14 +183,38 @@ dispatch! {
     }
 }
 
+/// [`dot_rows`] or [`weighted_rows`], or one of their AVX2 forms: (query or weights, rows,
+/// stride, out).
+type RowKernel = fn(&[f32], &[f32], usize, &mut [f32]);
+
+/// The row kernels for head size `d`: AVX2 ones when the CPU has them and `d` is a multiple
+/// of 8, else the `dispatch!` ones.
+fn row_kernels(d: usize) -> (RowKernel, RowKernel) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use super::{gemm::Isa, kernel_mode, KernelMode};
+        let portable = kernel_mode() == KernelMode::Portable;
+        if d.is_multiple_of(8) && Isa::detect(portable) == Isa::Avx2 {
+            return (dot_rows_avx2, weighted_rows_avx2);
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = d;
+    (dot_rows, weighted_rows)
+}
+
+/// Whether `rows` holds `count` rows of `d` values `stride` apart, `d` a multiple of 8: what
+/// the AVX2 row kernels read.
+#[cfg(target_arch = "x86_64")]
+fn holds_rows(rows: &[f32], count: usize, stride: usize, d: usize) -> bool {
+    d.is_multiple_of(8) && (count == 0 || rows.len() >= (count - 1) * stride + d)
+}
+
 /// [`dot_rows`] on AVX2 for `query.len()` a multiple of 8: four rows at a time, so that four
 /// chains of multiply-adds are in flight (one row's chain is bound by the FMA latency).
 #[cfg(target_arch = "x86_64")]
 fn dot_rows_avx2(query: &[f32], rows: &[f32], stride: usize, scores: &mut [f32]) {
-    let d = query.len();
-    assert!(
-        d.is_multiple_of(8) && (scores.is_empty() || rows.len() >= (scores.len() - 1) * stride + d)
-    );
+    assert!(holds_rows(rows, scores.len(), stride, query.len()));
     // SAFETY: only chosen when the CPU has AVX2 and FMA (`Isa::Avx2`); every row read,
     // `rows[t·stride ..][..d]` for t < scores.len(), is inside `rows` (asserted above).
     unsafe { dot_rows_avx2_unchecked(query, rows.as_ptr(), stride, scores) }
@@ -263,11 +270,7 @@ unsafe fn dot_rows_avx2_unchecked(
 /// kept in registers over every row (not loaded and stored again for each one).
 #[cfg(target_arch = "x86_64")]
 fn weighted_rows_avx2(weights: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
-    let d = out.len();
-    assert!(
-        d.is_multiple_of(8)
-            && (weights.is_empty() || rows.len() >= (weights.len() - 1) * stride + d)
-    );
+    assert!(holds_rows(rows, weights.len(), stride, out.len()));
     // SAFETY: as for `dot_rows_avx2`: AVX2 and FMA are there, and every row read is inside
     // `rows` (asserted above).
     unsafe { weighted_rows_avx2_unchecked(weights, rows.as_ptr(), stride, out) }
@@ -318,6 +321,8 @@ unsafe fn weighted_columns<const W: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(target_arch = "x86_64")]
+    use crate::kernels::gemm::Isa;
 
     /// The AVX2 kernels against a plain f64 sum, on head sizes that use whole groups of 32
     /// outputs, single registers or both, and on row counts with and without a group of four.
