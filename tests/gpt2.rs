@@ -284,6 +284,16 @@ fn a_mask_that_does_not_cover_the_cache_is_an_error() {
 }
 
 #[test]
+fn a_mask_with_values_other_than_zero_and_one_is_an_error() {
+    let model: Gpt2LMHeadModel = load("gpt2/lm-head");
+    let ids = Tensor::new(&[[1u32, 2, 3]], &Device::Cpu).unwrap();
+    let mask = Tensor::new(&[[0u32, 1, 2]], &Device::Cpu).unwrap();
+    let error = model.forward(&ids, Some(&mask), None).unwrap_err();
+    assert!(matches!(error, Error::InvalidInput(_)), "{error}");
+    assert!(error.to_string().contains("only 0"), "{error}");
+}
+
+#[test]
 fn sequence_classification_finds_the_last_real_token_with_right_padding_too() {
     let reference = reference("gpt2/sequence-classification");
     let model: Gpt2ForSequenceClassification = load("gpt2/sequence-classification");

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use crate::config::Labels;
 use crate::error::{Error, Result};
 use crate::layers::{
-    padding_mask, require_divisible, require_positive, Activation, Embedding, LayerNorm, Linear,
+    require_divisible, require_positive, Activation, Embedding, LayerNorm, Linear,
 };
 use crate::models::{base_model_weights, tied_weight, ModelInput};
 
@@ -462,12 +462,13 @@ impl Gpt2Model {
             }
         }
         let device = input_ids.device();
-        let position_ids = position_ids(attention_mask, batch, past, new, device)?;
+        let mask = host_mask(attention_mask)?;
+        let position_ids = position_ids(mask.as_deref(), batch, past, new, device)?;
         let mut hidden = self
             .wte
             .forward(input_ids)?
             .add(&self.wpe.forward(&position_ids)?)?;
-        let mask = attention_bias(attention_mask, past, new, device)?;
+        let mask = attention_bias(mask.as_deref(), past, new, device)?;
         for (i, block) in self.blocks.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             hidden = block.forward(&hidden, mask.as_ref(), layer_cache)?;
@@ -476,35 +477,58 @@ impl Gpt2Model {
     }
 }
 
+/// The attention mask as host rows of 0/1, read once per forward: position ids and padding
+/// both come from it, and it is only (batch, cached + new) values.
+fn host_mask(attention_mask: Option<&Tensor>) -> Result<Option<Vec<Vec<bool>>>> {
+    let Some(mask) = attention_mask else {
+        return Ok(None);
+    };
+    let rows = mask.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+    if rows.iter().flatten().any(|&m| m != 0.0 && m != 1.0) {
+        return Err(Error::InvalidInput(
+            "attention_mask must hold only 0 (padding) and 1 (real token)".to_string(),
+        ));
+    }
+    Ok(Some(
+        rows.into_iter()
+            .map(|row| row.into_iter().map(|m| m == 1.0).collect())
+            .collect(),
+    ))
+}
+
 /// (batch, new) position ids of the new tokens. With a mask, positions count real tokens only,
 /// and padding gets 1, as transformers' `generate` does for GPT-2; without one, they continue
 /// from the cache.
 /// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/gpt2/modeling_gpt2.py#L1100>
 fn position_ids(
-    attention_mask: Option<&Tensor>,
+    mask: Option<&[Vec<bool>]>,
     batch: usize,
     past: usize,
     new: usize,
     device: &Device,
 ) -> Result<Tensor> {
-    let Some(mask) = attention_mask else {
-        return Ok(Tensor::arange(past as u32, (past + new) as u32, device)?
-            .unsqueeze(0)?
-            .broadcast_as((batch, new))?
-            .contiguous()?);
+    let positions: Vec<u32> = match mask {
+        None => (0..batch)
+            .flat_map(|_| past as u32..(past + new) as u32)
+            .collect(),
+        Some(rows) => rows
+            .iter()
+            .flat_map(|row| {
+                let before = row[..past].iter().filter(|&&real| real).count() as u32;
+                row[past..].iter().scan(before, |real_so_far, &real| {
+                    *real_so_far += u32::from(real);
+                    Some(if real { *real_so_far - 1 } else { 1 })
+                })
+            })
+            .collect(),
     };
-    // In f32: exact for any length a position table can have.
-    let real = mask.to_dtype(DType::F32)?;
-    let counted = (real.cumsum(1)? - 1.0)?;
-    // real * counted + (1 - real) * 1
-    let positions = ((&real * &counted)? + (1.0 - &real)?)?;
-    Ok(positions.narrow(1, past, new)?.to_dtype(DType::U32)?)
+    Ok(Tensor::from_vec(positions, (batch, new), device)?)
 }
 
 /// The additive f32 mask, (batch or 1, 1, new, past + new): causal, plus padding when given.
 /// `None` when nothing is masked (one new token and no padding).
 fn attention_bias(
-    attention_mask: Option<&Tensor>,
+    mask: Option<&[Vec<bool>]>,
     past: usize,
     new: usize,
     device: &Device,
@@ -519,24 +543,25 @@ fn attention_bias(
         None
     };
     // A mask of ones hides nothing: leave it out rather than add zeros in every layer.
-    let padding = match attention_mask {
-        Some(mask) if hides_any(mask)? => Some(padding_mask(mask)?),
+    let padding = match mask {
+        Some(rows) if rows.iter().flatten().any(|&real| !real) => {
+            let blocked: Vec<f32> = rows
+                .iter()
+                .flatten()
+                .map(|&real| if real { 0.0 } else { f32::MIN })
+                .collect();
+            Some(Tensor::from_vec(
+                blocked,
+                (rows.len(), 1, 1, total),
+                device,
+            )?)
+        }
         _ => None,
     };
     Ok(match (causal, padding) {
         (Some(causal), Some(padding)) => Some(causal.broadcast_minimum(&padding)?),
         (causal, padding) => causal.or(padding),
     })
-}
-
-/// Whether a 0/1 attention mask has a 0 (padding) anywhere.
-fn hides_any(attention_mask: &Tensor) -> Result<bool> {
-    let smallest = attention_mask
-        .to_dtype(DType::F32)?
-        .flatten_all()?
-        .min(0)?
-        .to_scalar::<f32>()?;
-    Ok(smallest < 1.0)
 }
 
 /// `GPT2LMHeadModel`: the decoder and `lm_head`, tied to `wte`.
