@@ -302,22 +302,20 @@ fn bench_against_pairs_the_runs_of_two_dtypes() {
         (first["dtype"].as_str(), second["dtype"].as_str()),
         (Some("f32"), Some("int8"))
     );
-    let runs = |report: &Value| -> Vec<f64> {
-        report["decode_runs"]
+    let numbers = |array: &Value| -> Vec<f64> {
+        array
             .as_array()
             .unwrap()
             .iter()
             .map(|v| v.as_f64().unwrap())
             .collect()
     };
-    let (a, b) = (runs(first), runs(second));
+    let (a, b) = (
+        numbers(&first["decode_runs"]),
+        numbers(&second["decode_runs"]),
+    );
     assert_eq!((a.len(), b.len()), (3, 3));
-    let ratios: Vec<f64> = paired["ratios"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect();
+    let ratios = numbers(&paired["ratios"]);
     for ((ratio, a), b) in ratios.iter().zip(&a).zip(&b) {
         assert!((ratio - b / a).abs() < 1e-9 * ratio.abs());
     }
