@@ -66,6 +66,31 @@ fn prefetch_distance(offset: usize, panel_bytes: usize, streams: usize) -> usize
     }
 }
 
+/// Cache lines of weights that a micro-kernel call asks L2 for (`prefetcht1`) while it
+/// works, one every [`AHEAD_STEP`] input steps: its share of the panel block that its task
+/// reads next (see `Block::run_float`). A model's weights come from memory once per forward
+/// pass, and the first micro-panel of rows to read a panel block otherwise waits on memory
+/// for it: the hardware prefetchers cannot fetch 48 KiB at the rate one core's FMAs consume
+/// it. Same-process A/B on the 2-core Zen 4 VM: BERT-base 1×128 +3.8%, +4.2%, +2.2% and
+/// +6.2% (T0, T1 and T2 hints alike); MiniLM 32×128 +1.5%. A product over weights that are
+/// not in cache, 128×768 · 768×3072, one core: 87.0 → 93.3 GFLOP/s (median), as fast as
+/// over weights already in L3 (90.1 without, 93.1 with).
+#[derive(Clone, Copy)]
+struct Ahead {
+    start: *const u8,
+    lines: usize,
+}
+
+impl Ahead {
+    const NONE: Ahead = Ahead {
+        start: std::ptr::null(),
+        lines: 0,
+    };
+}
+
+/// Input steps of a micro-kernel per line asked for by [`Ahead`].
+const AHEAD_STEP: usize = 8;
+
 /// How the packed weights are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WeightFormat {
@@ -591,9 +616,11 @@ impl Block<'_> {
                     }
                 });
             }
+            let next_lines = (kc * NR * weights.value_bytes()).div_ceil(64);
+            let per_tile = next_lines.div_ceil(self.rows.len().div_ceil(MR));
             for panel in panels {
                 let mut offset = 0;
-                for r0 in self.rows.clone().step_by(MR) {
+                for (tile_index, r0) in self.rows.clone().step_by(MR).enumerate() {
                     let mr = MR.min(self.rows.end - r0);
                     let a = match single_row {
                         true => &self.x[r0 * k + k0..][..kc],
@@ -605,9 +632,21 @@ impl Block<'_> {
                     let first = block_index == 0;
                     let direct = self.direct_target(isa, r0, panel, first);
                     let target = direct.unwrap_or_else(|| Target::tile(&mut tile));
+                    // Each micro-panel of rows asks for its share of the next panel block.
+                    let ahead = match panel + 1 < self.panels.end {
+                        true => {
+                            let first_line = tile_index * per_tile;
+                            let next = weights.byte_ptr(((panel + 1) * k + k0) * NR);
+                            Ahead {
+                                start: next.wrapping_add(first_line * 64),
+                                lines: per_tile.min(next_lines.saturating_sub(first_line)),
+                            }
+                        }
+                        false => Ahead::NONE,
+                    };
                     match &weights {
-                        FloatPanels::F32(w) => tile_f32(isa, mr, a, &w[b], target),
-                        FloatPanels::Bf16(w) => tile_bf16(isa, mr, a, &w[b], target),
+                        FloatPanels::F32(w) => tile_f32(isa, mr, a, &w[b], target, ahead),
+                        FloatPanels::Bf16(w) => tile_bf16(isa, mr, a, &w[b], target, ahead),
                     }
                     if direct.is_none() {
                         self.store(&tile, r0, mr, panel, first, None);
@@ -891,6 +930,23 @@ enum FloatPanels<'a> {
     Bf16(&'a [u16]),
 }
 
+impl FloatPanels<'_> {
+    fn value_bytes(&self) -> usize {
+        match self {
+            FloatPanels::F32(_) => 4,
+            FloatPanels::Bf16(_) => 2,
+        }
+    }
+
+    /// The address of value `index` (possibly past the end: only prefetched).
+    fn byte_ptr(&self, index: usize) -> *const u8 {
+        match self {
+            FloatPanels::F32(w) => w.as_ptr().wrapping_add(index).cast(),
+            FloatPanels::Bf16(w) => w.as_ptr().wrapping_add(index).cast(),
+        }
+    }
+}
+
 /// Portable micro-kernel: `tile[i][j] = Σ_p a[p·mr + i] · w(p, j)`, where `load(row, j)`
 /// reads column j's weight from a panel row.
 #[inline(always)]
@@ -926,8 +982,10 @@ fn tile_portable<const M: usize, T: Copy>(
 macro_rules! tile_kernels {
     ($name:ident, $avx2:ident, $row:ident, $row_avx2:ident, $ty:ty, $to_f32:expr, $load:expr,
      $prefetch:expr) => {
-        fn $name(isa: Isa, mr: usize, a: &[f32], b: &[$ty], target: Target) {
+        fn $name(isa: Isa, mr: usize, a: &[f32], b: &[$ty], target: Target, ahead: Ahead) {
             debug_assert!(a.len() == (b.len() / NR) * mr);
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = ahead;
             match isa {
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: `Isa::Avx2` is only chosen when the CPU has AVX2 and FMA; the
@@ -935,14 +993,15 @@ macro_rules! tile_kernels {
                 Isa::Avx2 => unsafe {
                     let kc = b.len() / NR;
                     match mr {
-                        1 => $avx2::<1>(kc, a.as_ptr(), b.as_ptr(), target),
-                        2 => $avx2::<2>(kc, a.as_ptr(), b.as_ptr(), target),
-                        3 => $avx2::<3>(kc, a.as_ptr(), b.as_ptr(), target),
-                        4 => $avx2::<4>(kc, a.as_ptr(), b.as_ptr(), target),
-                        5 => $avx2::<5>(kc, a.as_ptr(), b.as_ptr(), target),
-                        _ => $avx2::<6>(kc, a.as_ptr(), b.as_ptr(), target),
+                        1 => $avx2::<1>(kc, a.as_ptr(), b.as_ptr(), target, ahead),
+                        2 => $avx2::<2>(kc, a.as_ptr(), b.as_ptr(), target, ahead),
+                        3 => $avx2::<3>(kc, a.as_ptr(), b.as_ptr(), target, ahead),
+                        4 => $avx2::<4>(kc, a.as_ptr(), b.as_ptr(), target, ahead),
+                        5 => $avx2::<5>(kc, a.as_ptr(), b.as_ptr(), target, ahead),
+                        _ => $avx2::<6>(kc, a.as_ptr(), b.as_ptr(), target, ahead),
                     }
                 },
+                // The portable kernel does not prefetch (`ahead` is a hint).
                 Isa::Portable => match mr {
                     1 => tile_portable::<1, $ty>(a, b, target, $to_f32),
                     2 => tile_portable::<2, $ty>(a, b, target, $to_f32),
@@ -956,16 +1015,37 @@ macro_rules! tile_kernels {
 
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx2,fma")]
-        unsafe fn $avx2<const M: usize>(kc: usize, a: *const f32, b: *const $ty, target: Target) {
+        unsafe fn $avx2<const M: usize>(
+            kc: usize,
+            a: *const f32,
+            b: *const $ty,
+            target: Target,
+            ahead: Ahead,
+        ) {
             use std::arch::x86_64::*;
             let mut acc = [[_mm256_setzero_ps(); 2]; M];
-            for p in 0..kc {
+            let step = |acc: &mut [[__m256; 2]; M], p: usize| {
                 let (w0, w1) = $load(b.add(p * NR));
                 for (i, acc) in acc.iter_mut().enumerate() {
                     let av = _mm256_broadcast_ss(&*a.add(p * M + i));
                     acc[0] = _mm256_fmadd_ps(av, w0, acc[0]);
                     acc[1] = _mm256_fmadd_ps(av, w1, acc[1]);
                 }
+            };
+            let whole = kc / AHEAD_STEP * AHEAD_STEP;
+            let mut line = 0;
+            for p0 in (0..whole).step_by(AHEAD_STEP) {
+                if line < ahead.lines {
+                    // A hint only: it never faults, whatever the address.
+                    _mm_prefetch::<_MM_HINT_T1>(ahead.start.wrapping_add(line * 64).cast());
+                    line += 1;
+                }
+                for p in p0..p0 + AHEAD_STEP {
+                    step(&mut acc, p);
+                }
+            }
+            for p in whole..kc {
+                step(&mut acc, p);
             }
             store_avx2(&acc, target);
         }
