@@ -37,8 +37,8 @@ pub fn layer_norm(
 ) -> candle_core::Result<Tensor> {
     let dtype = x.dtype();
     let x = x.to_dtype(DType::F32)?;
-    let y = candle_nn::ops::layer_norm(
-        &x.contiguous()?,
+    let y = crate::kernels::layer_norm(
+        &x,
         &weight.to_dtype(DType::F32)?,
         &bias.to_dtype(DType::F32)?,
         eps as f32,

@@ -8,7 +8,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor, D};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::softmax_row;
+use super::{f32_slice, softmax_row};
 
 /// Attention over packed projections `qkv`: (batch, seq, 3 · heads · head_dim), query, key
 /// and value side by side as one GEMM makes them. Returns (batch, seq, heads · head_dim).
@@ -54,14 +54,6 @@ fn split_heads_attention(
     context.transpose(1, 2)?.reshape((batch, len, width))
 }
 
-/// The contiguous f32 data of one input.
-fn slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
-    match (storage, layout.contiguous_offsets()) {
-        (CpuStorage::F32(data), Some((start, end))) => Ok(&data[start..end]),
-        _ => candle_core::bail!("fused-attention: contiguous f32 inputs only"),
-    }
-}
-
 struct FusedAttention {
     heads: usize,
     scale: f32,
@@ -94,7 +86,7 @@ impl CustomOp1 for FusedAttention {
         qkv: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let qkv = slice(qkv, layout)?;
+        let qkv = f32_slice(qkv, layout, self.name())?;
         let (batch, len, packed) = layout.shape().dims3()?;
         if packed % 3 != 0 || (packed / 3) % self.heads != 0 {
             candle_core::bail!(
@@ -113,7 +105,8 @@ impl CustomOp1 for FusedAttention {
         }
         let head_dim = width / self.heads;
         let no_mask = vec![0f32; len];
-        let mut out = vec![0f32; batch * len * width];
+        // Not zero-filled: the heads' products write every value (`read_dst` false).
+        let mut out = Vec::<f32>::with_capacity(batch * len * width);
         let shared = SharedOut(out.as_mut_ptr());
         (0..batch * self.heads).into_par_iter().for_each_init(
             || vec![0f32; len * len],
@@ -182,6 +175,8 @@ impl CustomOp1 for FusedAttention {
                 }
             },
         );
+        // SAFETY: the (batch, head) tasks wrote every row of every head's columns.
+        unsafe { out.set_len(batch * len * width) };
         Ok((CpuStorage::F32(out), Shape::from((batch, len, width))))
     }
 }

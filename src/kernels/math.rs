@@ -71,6 +71,23 @@ pub fn sum(values: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
 }
 
+/// Σ (v − center)², with 16 independent accumulators.
+#[inline(always)]
+pub fn sum_squared_deviations(values: &[f32], center: f32) -> f32 {
+    let mut lanes = [0f32; 16];
+    let mut chunks = values.chunks_exact(16);
+    for chunk in &mut chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane += (v - center) * (v - center);
+        }
+    }
+    let tail = chunks
+        .remainder()
+        .iter()
+        .map(|&v| (v - center) * (v - center));
+    lanes.iter().sum::<f32>() + tail.sum::<f32>()
+}
+
 /// Maximum with 16 independent lanes.
 #[inline(always)]
 pub fn max(values: &[f32]) -> f32 {
