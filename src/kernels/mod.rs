@@ -6,6 +6,8 @@ mod attention;
 pub(crate) mod buffer;
 pub mod gemm;
 mod math;
+#[cfg(target_arch = "x86_64")]
+mod simd;
 
 pub use attention::multi_head_attention;
 pub use decoder_attention::decoder_attention;
@@ -130,12 +132,14 @@ macro_rules! dispatch {
 
 mod decoder_attention;
 
-dispatch! {
-    /// Exact GELU, in place.
-    fn gelu_in_place(values: &mut [f32]) {
-        for v in values.iter_mut() {
-            *v = gelu_erf_scalar(*v);
-        }
+/// Exact GELU, in place.
+fn gelu_in_place(values: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(avx2) = simd::Avx2::get() {
+        return avx2.gelu_erf(values);
+    }
+    for v in values.iter_mut() {
+        *v = gelu_erf_scalar(*v);
     }
 }
 
@@ -157,20 +161,22 @@ dispatch! {
     }
 }
 
-dispatch! {
-    /// `row = softmax(row * scale + mask)`, in place.
-    fn softmax_row(out: &mut [f32], mask: &[f32], scale: f32) {
-        for (o, &bias) in out.iter_mut().zip(mask) {
-            *o = *o * scale + bias;
-        }
-        let max = math::max(out);
-        for o in out.iter_mut() {
-            *o = exp(*o - max);
-        }
-        let inverse = 1.0 / math::sum(out);
-        for o in out.iter_mut() {
-            *o *= inverse;
-        }
+/// `row = softmax(row * scale + mask)`, in place.
+fn softmax_row(out: &mut [f32], mask: &[f32], scale: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(avx2) = simd::Avx2::get() {
+        return avx2.softmax(out, mask, scale);
+    }
+    for (o, &bias) in out.iter_mut().zip(mask) {
+        *o = *o * scale + bias;
+    }
+    let max = math::max(out);
+    for o in out.iter_mut() {
+        *o = exp(*o - max);
+    }
+    let inverse = 1.0 / math::sum(out);
+    for o in out.iter_mut() {
+        *o *= inverse;
     }
 }
 
