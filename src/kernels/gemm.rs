@@ -863,11 +863,11 @@ impl Block<'_> {
 }
 
 /// The micro-panels of a block of rows, as (first row, rows): MR rows each, except that
-/// a block that would end in a panel of 1 or 2 rows ends in two of 3–4 rows instead (8 = 4
-/// + 4, not 6 + 2). A panel of two rows streams its weights from L2 for a third of the
-/// multiply-adds, at about half the kernel's speed: 128 rows (62 + 66) spent 2.9% of a
-/// BERT-base forward pass on the 2-row panel's 1.6% of the products. Same-process A/B of
-/// that forward pass: +0.7%, +0.1%.
+/// a block that would end in a panel of 1 or 2 rows ends in two of 3–4 rows instead (its
+/// last 8 rows as 4 and 4, not 6 and 2). A panel of two rows streams its weights from L2
+/// for a third of the multiply-adds, at about half the kernel's speed: 128 rows (62 and 66)
+/// spent 2.9% of a BERT-base forward pass on the 2-row panel's 1.6% of the products.
+/// Same-process A/B of that forward pass: +0.7%, +0.1%.
 fn micro_panels(rows: std::ops::Range<usize>) -> impl Iterator<Item = (usize, usize)> {
     let len = rows.len();
     let short_tail = len > MR && len % MR != 0 && len % MR <= 2;
