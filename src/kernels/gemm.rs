@@ -870,7 +870,7 @@ impl Block<'_> {
 /// Same-process A/B of that forward pass: +0.7%, +0.1%.
 fn micro_panels(rows: std::ops::Range<usize>) -> impl Iterator<Item = (usize, usize)> {
     let len = rows.len();
-    let short_tail = len > MR && len % MR != 0 && len % MR <= 2;
+    let short_tail = len > MR && !len.is_multiple_of(MR) && len % MR <= 2;
     // Rows before the tail of two panels, when there is one.
     let even_end = if short_tail {
         rows.start + (len / MR - 1) * MR
