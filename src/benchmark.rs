@@ -16,7 +16,7 @@ pub fn token_ids(count: usize, vocab: usize) -> Vec<u32> {
 
 /// STREAM's triad, `a = b + s·c` on every core: the memory-bandwidth probe.
 ///
-/// Each array is 128 MiB, four times a 32 MiB L3 (STREAM's sizing rule; a Zen 4 CCD's L3),
+/// Each array is 128 MiB, four times a 32 MiB L3 (STREAM's sizing rule; a Zen 3 or Zen 4 CCD's L3),
 /// so that the caches hold a negligible part of it. The arrays live in the same kind of
 /// buffer as packed weights (2 MiB pages where Linux gives them), so the ceiling is measured
 /// the way the weights are read.

@@ -4,14 +4,14 @@
 //! the speed. Two things help: rows that never straddle a cache line (the start is aligned to
 //! 64 bytes), and, on Linux, 2 MiB pages. With 4 KiB pages a core streaming hundreds of MB
 //! misses the TLB every 4 KiB and its prefetchers stop at each page edge; on this project's
-//! 2-core Zen 4 VM, GPT-2 small's bf16 decode went from ~93 to ~104 tokens/s (median of six
+//! 2-core Zen 3 VM, GPT-2 small's bf16 decode went from ~93 to ~104 tokens/s (median of six
 //! interleaved runs each) with transparent huge pages for the weights. The pages are asked
 //! for with `madvise(MADV_HUGEPAGE)`, which takes effect under the kernel's default
 //! `transparent_hugepage=madvise` setting; where the kernel says no, the buffer is unchanged.
 //! The cost: a buffer's last 2 MiB page is backed whole, up to 2 MiB of memory it does not
 //! use. Buffers from 64 KiB to 2 MiB (most of GPT-2's int8 matrices) are carved one after
 //! another from shared 16 MiB regions of huge pages, so they waste no more than the region's
-//! last page: int8 weight products for a GPT-2 small token ran 2% faster on the Zen 4 VM
+//! last page: int8 weight products for a GPT-2 small token ran 2% faster on the Zen 3 VM
 //! (same-process A/B, 300 interleaved steps) than with those matrices on 4 KiB pages. A region
 //! is unmapped with the last buffer in it; the one being filled stays mapped (at most the
 //! pages already touched are resident). Smaller buffers stay on the heap.

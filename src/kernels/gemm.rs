@@ -33,17 +33,17 @@ const MC: usize = 72;
 /// Input columns per block. 768 (a 48 KiB f32 panel block, read from L2 by each micro-panel
 /// of rows) makes the hidden size of base models one block, so each output tile is written
 /// once instead of written and re-read per block. Against 384 (a panel block that fits the
-/// 32 KiB L1), same-process paired runs on the 2-core Zen 4 VM: BERT-base 1×128 +2.4%, +7.1%,
+/// 32 KiB L1), same-process paired runs on the 2-core Zen 3 VM: BERT-base 1×128 +2.4%, +7.1%,
 /// +3.0%; BERT-base 32×128 +7.7%; MiniLM 32×128 +3.9%, +0.7% (256: −1.4%; 1024–1536 no better).
 const KC: usize = 768;
 /// Panels a one-row product (a decoded token) reads side by side: four streams from memory
 /// per core instead of one. A core keeps more reads in flight across several streams: on the
-/// 2-core Zen 4 VM, GPT-2 small's weight products for one token went from 66–79 to 69–92
+/// 2-core Zen 3 VM, GPT-2 small's weight products for one token went from 66–79 to 69–92
 /// tokens/s in f32 and from 126–143 to 132–154 in bf16 (2, 3 and 4 streams measured alike;
 /// four keep eight FMA chains in flight).
 const ROW_STREAMS: usize = 4;
 /// How far ahead of its reads a one-row product of bf16 or int8 weights asks for them
-/// (`prefetcht0`), in bytes. Measured on the 2-core Zen 4 VM, GPT-2 small's weight products
+/// (`prefetcht0`), in bytes. Measured on the 2-core Zen 3 VM, GPT-2 small's weight products
 /// for one token (tokens/s, six interleaved runs each): bf16 111 → 130 and int8 ~220 → ~255
 /// at 1024 bytes (512: about half the gain; 1536–2048: no better). Those kernels consume
 /// weights faster per instruction than the hardware prefetchers fetch them for one core.
@@ -71,7 +71,7 @@ fn prefetch_distance(offset: usize, panel_bytes: usize, streams: usize) -> usize
 /// reads next (see `Block::run_float`). A model's weights come from memory once per forward
 /// pass, and the first micro-panel of rows to read a panel block otherwise waits on memory
 /// for it: the hardware prefetchers cannot fetch 48 KiB at the rate one core's FMAs consume
-/// it. Same-process A/B on the 2-core Zen 4 VM: BERT-base 1×128 +3.8%, +4.2%, +2.2% and
+/// it. Same-process A/B on the 2-core Zen 3 VM: BERT-base 1×128 +3.8%, +4.2%, +2.2% and
 /// +6.2% (T0, T1 and T2 hints alike); MiniLM 32×128 +1.5%. A product over weights that are
 /// not in cache, 128×768 · 768×3072, one core: 87.0 → 93.3 GFLOP/s (median), as fast as
 /// over weights already in L3 (90.1 without, 93.1 with).
