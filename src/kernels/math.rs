@@ -1,15 +1,28 @@
-//! Branch-free f32 approximations that the compiler vectorises, for the kernels.
+//! Branch-free f32 approximations that the compiler vectorises, for the kernels. Their
+//! constants are shared with the AVX2 forms in `simd`, so both paths approximate alike.
+
+/// ln 2 split in two: `n · LN2_HI` is exact for the n that `exp` meets.
+pub(super) const LN2_HI: f32 = 0.693_145_75;
+pub(super) const LN2_LO: f32 = 1.428_606_8e-6;
+/// 1.5 · 2^23: adding and subtracting it rounds to nearest, branch-free and vectorisable
+/// (f32::round is a library call).
+pub(super) const ROUND: f32 = 12_582_912.0;
+/// Abramowitz and Stegun 7.1.26: `erf(a) ≈ 1 − t (A1 + t (A2 + … + t A5)) e^{−a²}`,
+/// `t = 1 / (1 + ERF_P · a)`; `ERF_A` holds A1 … A5.
+pub(super) const ERF_P: f32 = 0.327_591_1;
+pub(super) const ERF_A: [f32; 5] = [
+    0.254_829_6,
+    -0.284_496_74,
+    1.421_413_8,
+    -1.453_152,
+    1.061_405_4,
+];
 
 /// e^x, by 2^n · e^r with |r| <= ln2/2 and a degree-6 polynomial: relative error below 2e-7
 /// over the f32 range (inputs beyond it saturate to 0 or f32::MAX).
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     const LOG2_E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
-    // Round to nearest by adding and subtracting 1.5 * 2^23: branch-free and vectorisable
-    // (f32::round is a library call).
-    const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
     let shifted = x * LOG2_E + ROUND;
     let n = shifted - ROUND;
@@ -29,15 +42,10 @@ pub fn exp(x: f32) -> f32 {
 /// 6e-7 in f32 (tests/kernel_paths.rs checks it).
 #[inline(always)]
 pub fn erf(x: f32) -> f32 {
-    const P: f32 = 0.327_591_1;
-    const A1: f32 = 0.254_829_6;
-    const A2: f32 = -0.284_496_74;
-    const A3: f32 = 1.421_413_8;
-    const A4: f32 = -1.453_152;
-    const A5: f32 = 1.061_405_4;
+    let [a1, a2, a3, a4, a5] = ERF_A;
     let a = x.abs();
-    let t = 1.0 / (1.0 + P * a);
-    let poly = t * (A1 + t * (A2 + t * (A3 + t * (A4 + t * A5))));
+    let t = 1.0 / (1.0 + ERF_P * a);
+    let poly = t * (a1 + t * (a2 + t * (a3 + t * (a4 + t * a5))));
     let y = 1.0 - poly * exp(-a * a);
     y.copysign(x)
 }
@@ -58,34 +66,30 @@ pub fn gelu_tanh_scalar(x: f32) -> f32 {
     0.5 * x * (1.0 + tanh)
 }
 
-/// Sum with 16 independent accumulators, so the loop vectorises.
+/// Σ term(v) with 16 independent accumulators, so the loop vectorises.
 #[inline(always)]
-pub fn sum(values: &[f32]) -> f32 {
+fn lane_sum(values: &[f32], term: impl Fn(f32) -> f32) -> f32 {
     let mut lanes = [0f32; 16];
     let mut chunks = values.chunks_exact(16);
     for chunk in &mut chunks {
         for (lane, &v) in lanes.iter_mut().zip(chunk) {
-            *lane += v;
+            *lane += term(v);
         }
     }
-    lanes.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
+    let tail = chunks.remainder().iter().map(|&v| term(v));
+    lanes.iter().sum::<f32>() + tail.sum::<f32>()
+}
+
+/// Sum with 16 independent accumulators, so the loop vectorises.
+#[inline(always)]
+pub fn sum(values: &[f32]) -> f32 {
+    lane_sum(values, |v| v)
 }
 
 /// Σ (v − center)², with 16 independent accumulators.
 #[inline(always)]
 pub fn sum_squared_deviations(values: &[f32], center: f32) -> f32 {
-    let mut lanes = [0f32; 16];
-    let mut chunks = values.chunks_exact(16);
-    for chunk in &mut chunks {
-        for (lane, &v) in lanes.iter_mut().zip(chunk) {
-            *lane += (v - center) * (v - center);
-        }
-    }
-    let tail = chunks
-        .remainder()
-        .iter()
-        .map(|&v| (v - center) * (v - center));
-    lanes.iter().sum::<f32>() + tail.sum::<f32>()
+    lane_sum(values, |v| (v - center) * (v - center))
 }
 
 /// Maximum with 16 independent lanes.

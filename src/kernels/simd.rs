@@ -6,6 +6,8 @@
 
 use std::arch::x86_64::*;
 
+use super::math::{ERF_A, ERF_P, LN2_HI, LN2_LO, ROUND};
+
 /// The AVX2 + FMA kernels, when the CPU has both and the kernel mode allows them.
 #[derive(Clone, Copy)]
 pub(super) struct Avx2(());
@@ -34,7 +36,6 @@ impl Avx2 {
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 fn exp(x: __m256) -> __m256 {
-    const ROUND: f32 = 12_582_912.0;
     let x = _mm256_min_ps(
         _mm256_max_ps(x, _mm256_set1_ps(-87.0)),
         _mm256_set1_ps(88.0),
@@ -45,8 +46,8 @@ fn exp(x: __m256) -> __m256 {
         _mm256_set1_ps(ROUND),
     );
     let n = _mm256_sub_ps(shifted, _mm256_set1_ps(ROUND));
-    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_145_75), x);
-    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428_606_8e-6), r);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
     let mut p = _mm256_set1_ps(1.0 / 720.0);
     for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
         p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
@@ -69,11 +70,12 @@ fn gelu(x: __m256) -> __m256 {
     let one = _mm256_set1_ps(1.0);
     let z = _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::FRAC_1_SQRT_2));
     let a = _mm256_andnot_ps(sign_bit, z);
-    let d = _mm256_fmadd_ps(_mm256_set1_ps(0.327_591_1), a, one);
+    let d = _mm256_fmadd_ps(_mm256_set1_ps(ERF_P), a, one);
     let estimate = _mm256_rcp_ps(d);
     let t = _mm256_mul_ps(estimate, _mm256_fnmadd_ps(d, estimate, _mm256_set1_ps(2.0)));
-    let mut poly = _mm256_set1_ps(1.061_405_4);
-    for c in [-1.453_152, 1.421_413_8, -0.284_496_74, 0.254_829_6] {
+    let [a1, a2, a3, a4, a5] = ERF_A;
+    let mut poly = _mm256_set1_ps(a5);
+    for c in [a4, a3, a2, a1] {
         poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(c));
     }
     poly = _mm256_mul_ps(poly, t);
