@@ -280,25 +280,7 @@ pub enum Epilogue {
     GeluTanh,
 }
 
-/// Which micro-kernel runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Isa {
-    Portable,
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-}
-
-impl Isa {
-    /// The best the CPU has, or portable code when `portable` is asked for.
-    pub fn detect(portable: bool) -> Self {
-        #[cfg(target_arch = "x86_64")]
-        if !portable && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            return Isa::Avx2;
-        }
-        let _ = portable;
-        Isa::Portable
-    }
-}
+pub use super::isa::Isa;
 
 /// Output rows written by parallel tasks, each to its own block of rows × columns.
 #[derive(Clone, Copy)]
@@ -486,7 +468,7 @@ impl QuantizedRows {
                 match isa {
                     #[cfg(target_arch = "x86_64")]
                     // SAFETY: `Isa::Avx2` is only chosen when the CPU has AVX2 and FMA.
-                    Isa::Avx2 => unsafe { quantize_pairs_avx2(row, inverse, out) },
+                    Isa::Avx2 | Isa::Avx512 => unsafe { quantize_pairs_avx2(row, inverse, out) },
                     _ => quantize_pairs(row, inverse, out),
                 }
             }
@@ -611,7 +593,7 @@ impl Block<'_> {
             };
             let mut panels = self.panels.clone();
             #[cfg(target_arch = "x86_64")]
-            if single_row && isa == Isa::Avx2 {
+            if single_row && isa.has_avx2() {
                 let a = &self.x[self.rows.start * k..][..k];
                 panels.start = self.row_groups(None, |first_panel, targets| {
                     let b = first_panel * k * NR..(first_panel + targets.len()) * k * NR;
@@ -684,7 +666,7 @@ impl Block<'_> {
             }
             let mut panels = self.panels.clone();
             #[cfg(target_arch = "x86_64")]
-            if single_row && isa == Isa::Avx2 {
+            if single_row && isa.has_avx2() {
                 let r0 = self.rows.start;
                 let a = &rows.pairs[r0 * rows.pairs_per_row..][..pairs];
                 let scales = (column_scales, &rows.scales[r0..=r0]);
@@ -735,7 +717,7 @@ impl Block<'_> {
     /// short by the matrix's edge, which go through a tile and [`Block::store`].
     fn direct_target(&self, isa: Isa, r0: usize, panel: usize, first: bool) -> Option<Target> {
         #[cfg(target_arch = "x86_64")]
-        if isa == Isa::Avx2 && (panel + 1) * NR <= self.n {
+        if isa.has_avx2() && (panel + 1) * NR <= self.n {
             return Some(self.panel_target(r0, panel, first));
         }
         let _ = (isa, r0, panel, first);
@@ -911,7 +893,7 @@ fn pack_rows(
             let done = match isa {
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: `Isa::Avx2` is only chosen when the CPU has AVX2.
-                Isa::Avx2 => unsafe { pack_six_rows_avx2(&sources, panel) },
+                Isa::Avx2 | Isa::Avx512 => unsafe { pack_six_rows_avx2(&sources, panel) },
                 Isa::Portable => 0,
             };
             for (p, column) in panel.chunks_exact_mut(MR).enumerate().skip(done) {
@@ -1084,7 +1066,7 @@ macro_rules! tile_kernels {
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: `Isa::Avx2` is only chosen when the CPU has AVX2 and FMA; the
                 // slices hold kc·mr and kc·NR values, which is what the kernel reads.
-                Isa::Avx2 => unsafe {
+                Isa::Avx2 | Isa::Avx512 => unsafe {
                     let kc = b.len() / NR;
                     match mr {
                         1 => $avx2::<1>(kc, a.as_ptr(), b.as_ptr(), target, ahead),
@@ -1259,7 +1241,7 @@ fn tile_int8(isa: Isa, mr: usize, a: &[i32], b: &[i8], target: Target) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx2` is only chosen when the CPU has AVX2 and FMA; the slices hold
         // pc·mr pairs and pc panel rows, which is what the kernel reads.
-        Isa::Avx2 => unsafe {
+        Isa::Avx2 | Isa::Avx512 => unsafe {
             let pc = b.len() / INT8_PANEL_ROW;
             match mr {
                 1 => tile_int8_avx2::<1>(pc, a.as_ptr(), b.as_ptr(), target),
@@ -1428,7 +1410,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn avx2_quantizer_matches_scalar() {
-        if Isa::detect(false) != Isa::Avx2 {
+        if !Isa::detect(false).has_avx2() {
             return;
         }
         for len in [1usize, 15, 16, 17, 33, 64, 101] {

@@ -5,6 +5,7 @@
 mod attention;
 pub(crate) mod buffer;
 pub mod gemm;
+pub mod isa;
 mod math;
 #[cfg(target_arch = "x86_64")]
 mod simd;
