@@ -72,6 +72,20 @@ impl Isa {
         ]
     }
 
+    /// The instruction set the kernels run now: the best within the limit, or portable code
+    /// in the `portable` kernel mode.
+    pub fn current() -> Self {
+        Self::detect(super::kernel_mode() == super::KernelMode::Portable)
+    }
+
+    /// Whether the AVX-512 kernels may run.
+    pub fn has_avx512(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return self == Isa::Avx512;
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    }
+
     /// Whether the AVX2 kernels may run (AVX-512 machines have AVX2 too).
     pub fn has_avx2(self) -> bool {
         self != Isa::Portable
