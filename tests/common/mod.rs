@@ -130,3 +130,23 @@ pub fn single_input(reference: &HashMap<String, Tensor>, i: usize, len: usize) -
         token_type_ids: input.token_type_ids.as_ref().map(take),
     }
 }
+
+/// Assert two sequences about to be zipped have the same, non-zero length: `zip` stops at the
+/// shorter one, so a missing or empty output would otherwise pass every check made on the pairs.
+pub fn assert_same_len<A, B>(actual: &[A], expected: &[B], what: &str) {
+    assert_eq!(
+        actual.len(),
+        expected.len(),
+        "{what}: lengths differ (actual, expected)"
+    );
+    assert!(!expected.is_empty(), "{what}: nothing to compare");
+}
+
+/// A check on a reference file alone, not on the code: it fails only if the fixture lacks what
+/// the test that compares the code with it relies on (a case, a quirk, enough tokens).
+pub fn fixture_sanity(holds: bool, what: &str) {
+    assert!(
+        holds,
+        "fixture sanity: {what} (the reference file is wrong, not the code)"
+    );
+}
