@@ -6,7 +6,7 @@ mod common;
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
-use common::{fixture, fixture_model};
+use common::{assert_same_len, fixture, fixture_model};
 use serde_json::Value;
 
 fn ferroformers(args: &[&str], stdin: Option<&str>) -> Output {
@@ -82,7 +82,9 @@ fn classify_prints_one_json_array_per_input_in_order() {
     args.extend(&texts);
     let lines = json_lines(&ferroformers(&args, None));
     assert_eq!(lines.len(), texts.len());
-    for (line, expected) in lines.iter().zip(case["all"].as_array().unwrap()) {
+    let expected = case["all"].as_array().unwrap();
+    assert_same_len(&lines, expected, "one line per text");
+    for (line, expected) in lines.iter().zip(expected) {
         assert_close(line, expected);
     }
 }
@@ -103,7 +105,9 @@ fn texts_come_from_stdin_one_per_line() {
         Some(&stdin),
     ));
     assert_eq!(lines.len(), 3);
-    for (line, expected) in lines.iter().zip(case["top_1"].as_array().unwrap()) {
+    let expected = case["top_1"].as_array().unwrap();
+    assert_same_len(&lines, expected, "one line per stdin line");
+    for (line, expected) in lines.iter().zip(expected) {
         assert_close(line, expected);
     }
 }
@@ -316,6 +320,7 @@ fn bench_against_pairs_the_runs_of_two_dtypes() {
     );
     assert_eq!((a.len(), b.len()), (3, 3));
     let ratios = numbers(&paired["ratios"]);
+    assert_same_len(&ratios, &a, "one ratio per paired run");
     for ((ratio, a), b) in ratios.iter().zip(&a).zip(&b) {
         assert!((ratio - b / a).abs() < 1e-9 * ratio.abs());
     }

@@ -44,10 +44,14 @@ where
         "{name}: the batch must contain padding"
     );
     for (i, &len) in lengths.iter().enumerate() {
-        for ((key, alone), (_, batched)) in forward(&single_input(&reference, i, len))
-            .iter()
-            .zip(&batch)
-        {
+        let outputs = forward(&single_input(&reference, i, len));
+        assert_same_len(
+            &outputs,
+            &batch,
+            &format!("{name} input {i} alone: outputs"),
+        );
+        for ((key, alone), (batched_key, batched)) in outputs.iter().zip(&batch) {
+            assert_eq!(key, batched_key, "{name}: outputs in the same order");
             // Per-token outputs keep the real positions of the row; per-input outputs the row.
             let row_len = (batched.rank() == 3 || *key == "start_logits" || *key == "end_logits")
                 .then_some(len);

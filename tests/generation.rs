@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::fixture;
+use common::{assert_same_len, fixture, fixture_sanity};
 use ferroformers::generation::processors::{
     processors_for, LogitsProcessor, MinNewTokens, NoRepeatNGram, RepetitionPenalty, Temperature,
     TopK, TopP,
@@ -45,16 +45,40 @@ fn rows(value: &serde_json::Value) -> Vec<Vec<u32>> {
     serde_json::from_value(value.clone()).unwrap()
 }
 
+/// The cases that must run 64 steps without an end token, so that the comparison covers 64
+/// steps of the KV cache.
+const CASES_OF_64_NEW_TOKENS: [&str; 5] = [
+    "greedy",
+    "repetition_penalty",
+    "no_repeat_ngram",
+    "beam_search",
+    "batch",
+];
+
 fn check_case(name: &str) {
     let (model, tokenizer, _) = model_and_tokenizer();
     let case = &cases()[name];
     let config = config_for(&case["settings"]);
     let prompts =
         PromptBatch::new(rows(&case["input_ids"]), rows(&case["attention_mask"])).unwrap();
+    let expected = rows(&case["sequences"]);
+    let least_new = expected
+        .iter()
+        .map(|sequence| sequence.len().saturating_sub(prompts.seq_len()))
+        .min()
+        .unwrap_or(0);
+    let required = if CASES_OF_64_NEW_TOKENS.contains(&name) {
+        64
+    } else {
+        1
+    };
+    fixture_sanity(
+        least_new >= required,
+        &format!("{name}: every sequence has at least {required} new tokens, not {least_new}"),
+    );
     let ours = Generator::new(&model, &tokenizer)
         .generate_ids(&prompts, &config)
         .unwrap();
-    let expected = rows(&case["sequences"]);
     assert_eq!(ours.len(), expected.len(), "{name}: number of sequences");
     for (i, (a, b)) in ours.iter().zip(&expected).enumerate() {
         assert_eq!(
@@ -107,24 +131,6 @@ fn beam_search_with_finished_hypotheses_matches_transformers() {
     check_case("beam_never");
 }
 
-#[test]
-fn every_reference_case_generates_at_least_64_tokens_where_required() {
-    let cases = cases();
-    for name in [
-        "greedy",
-        "repetition_penalty",
-        "no_repeat_ngram",
-        "beam_search",
-        "batch",
-    ] {
-        let case = &cases[name];
-        let prompt_len = rows(&case["input_ids"])[0].len();
-        for sequence in rows(&case["sequences"]) {
-            assert!(sequence.len() - prompt_len >= 64, "{name}");
-        }
-    }
-}
-
 /// Each processor on fixed random scores against the output of transformers' processor.
 #[test]
 fn processors_match_transformers_on_fixed_logits() {
@@ -165,12 +171,16 @@ fn processors_match_transformers_on_fixed_logits() {
         ("top_p_0.05", Box::new(TopP::new(0.05, 1).unwrap())),
         ("top_p_0.3_keep_3", Box::new(TopP::new(0.3, 3).unwrap())),
     ]);
+    assert_same_len(&input_ids, &scores, "one row of ids per row of scores");
     for (name, processor) in &processors {
         let expected: Vec<Vec<f32>> = tensors[*name].to_vec2().unwrap();
+        assert_same_len(&expected, &input_ids, name);
         for (row, (ids, want)) in input_ids.iter().zip(&expected).enumerate() {
             let mut got = scores[row].clone();
             processor.process(ids, &mut got);
+            assert_same_len(&got, want, &format!("{name}, row {row}"));
             for (i, (g, w)) in got.iter().zip(want).enumerate() {
+                // Masked tokens are -inf on both sides; NaN never matches (NaN - x is NaN).
                 let same = (g.is_infinite() && g == w) || (g - w).abs() <= 1e-6;
                 assert!(
                     same,
@@ -178,8 +188,11 @@ fn processors_match_transformers_on_fixed_logits() {
                 );
             }
         }
-        // Something changed, so the comparison is not vacuous.
-        assert_ne!(&expected, &scores, "{name} left the scores unchanged");
+        // transformers' processor changed something, so the comparison is not vacuous.
+        fixture_sanity(
+            expected != scores,
+            &format!("{name} changes the scores in the reference"),
+        );
     }
 }
 
@@ -505,6 +518,7 @@ fn generated_token_ids_end_at_the_end_token() {
         .unwrap();
     let expected = rows(&case["sequences"]);
     let prompt_len = rows(&case["input_ids"])[0].len();
+    assert_same_len(&results, &expected, "one result per prompt");
     for (result, sequence) in results.iter().zip(&expected) {
         let new = &sequence[prompt_len..];
         let end = new
@@ -537,63 +551,163 @@ fn any_of_several_end_tokens_stops_generation() {
     assert_eq!(ours, rows(&case["sequences"]));
 }
 
+/// How far bf16 weights may move the logits from f32's, at any of the 73 positions of a case's
+/// sequence: bf16 keeps 8 bits of mantissa. Measured at 13c8206: 3.0e-2.
+const BF16_LOGIT_TOLERANCE: f32 = 0.05;
+
+/// The same for int8, which rounds each weight to a 254th of its output channel's range, a
+/// coarser step than bf16's for all but a channel's largest weights. Measured: 4.6e-2.
+const INT8_LOGIT_TOLERANCE: f32 = 0.07;
+
+/// Greedy tokens that bf16 and int8 keep equal to f32's before the first difference, in a
+/// fixture case. Measured at 13c8206, the same on the portable, AVX2 and AVX-512 paths;
+/// re-measure (the test prints the counts) when a kernel changes how it rounds, e.g. a bf16
+/// product that rounds the activations to bf16 too.
+struct EqualTokens {
+    case: &'static str,
+    /// Distinct tokens among f32's 64: whether the case tests a continuation that loops.
+    distinct: usize,
+    bf16: usize,
+    int8: usize,
+}
+
+const GREEDY_TOKENS_EQUAL_TO_F32: [EqualTokens; 2] = [
+    // The README's claim: on the fixture's greedy case, all 64 tokens equal in both. Its f32
+    // continuation loops over 13 distinct tokens, so this is a weak check on its own.
+    EqualTokens {
+        case: "greedy",
+        distinct: 13,
+        bf16: 64,
+        int8: 64,
+    },
+    // A continuation that does not loop (45 distinct tokens of 64): greedy search with
+    // repetition penalty 1.3, the fixture's only such case (plain greedy search on this random
+    // 2-layer model loops: at most 29 distinct of 64 over 200 random prompts). bf16 keeps all
+    // 64; int8 keeps 9 and parts from f32 on a near tie (f32's scores 4.8e-3 apart, checked by
+    // the test), which any change in rounding may move.
+    EqualTokens {
+        case: "repetition_penalty",
+        distinct: 45,
+        bf16: 64,
+        int8: 9,
+    },
+];
+
 /// Lower precision changes the weights, so greedy tokens may part from f32's once two
-/// candidates are close (the tiny random fixture has nearly flat logits). What is asserted:
-/// the logits of every prompt's first step stay within a stated tolerance of f32's; what is
-/// reported: how many greedy tokens each row keeps before it first differs.
+/// candidates are close (the tiny random fixture has nearly flat logits). Asserted, per case:
+/// f32 reproduces transformers' tokens; along that whole sequence the logits of bf16 and int8
+/// stay within their tolerance of f32's; they keep at least the stated number of tokens equal
+/// to f32's; and where they part from f32, f32's scores of the two tokens were within what the
+/// tolerance allows, so the difference is a near tie and not a wrong product.
 #[test]
-fn bf16_and_int8_drift_from_f32_greedy_decoding() {
+fn bf16_and_int8_keep_f32s_greedy_tokens_until_a_near_tie() {
     let (f32_model, tokenizer, _) = model_and_tokenizer();
-    let case = &cases()["greedy"];
-    let config = config_for(&case["settings"]);
-    let prompts =
-        PromptBatch::new(rows(&case["input_ids"]), rows(&case["attention_mask"])).unwrap();
-    let expected = Generator::new(&f32_model, &tokenizer)
-        .generate_ids(&prompts, &config)
-        .unwrap();
-    assert_eq!(expected, rows(&case["sequences"]));
-    let first_logits = |model: &Gpt2LMHeadModel| {
-        let ids = ferroformers::Tensor::new(prompts.ids.clone(), &Device::Cpu).unwrap();
-        let mask = ferroformers::Tensor::new(prompts.mask.clone(), &Device::Cpu).unwrap();
-        model.forward_last(&ids, Some(&mask), None).unwrap()
-    };
-    let reference = first_logits(&f32_model);
     let folder = fixture("gpt2/lm-head").to_string_lossy().into_owned();
-    // bf16 keeps 8 bits of mantissa; int8 a 254th of each output channel's range.
-    for (name, options, tolerance) in [
+    let low_precision = [
         (
             "bf16",
             LoadOptions::default().with_dtype(ferroformers::DType::BF16),
-            0.05,
+            BF16_LOGIT_TOLERANCE,
         ),
         (
             "int8",
             LoadOptions::default().with_quantization(ferroformers::Quantization::Int8),
-            0.05,
+            INT8_LOGIT_TOLERANCE,
         ),
-    ] {
+    ]
+    .map(|(name, options, tolerance)| {
         let model = Gpt2LMHeadModel::from_pretrained(&folder, &options).unwrap();
-        let diff = common::max_abs_diff(&first_logits(&model), &reference);
-        let ours = Generator::new(&model, &tokenizer)
+        (name, model, tolerance)
+    });
+    let cases = cases();
+    for bar in &GREEDY_TOKENS_EQUAL_TO_F32 {
+        let case = &cases[bar.case];
+        let config = config_for(&case["settings"]);
+        let prompts =
+            PromptBatch::new(rows(&case["input_ids"]), rows(&case["attention_mask"])).unwrap();
+        let prompt_len = prompts.seq_len();
+        let expected = Generator::new(&f32_model, &tokenizer)
             .generate_ids(&prompts, &config)
             .unwrap();
-        let prompt_len = prompts.seq_len();
-        let kept: Vec<usize> = ours
-            .iter()
-            .zip(&expected)
-            .map(|(a, b)| {
-                a[prompt_len..]
-                    .iter()
-                    .zip(&b[prompt_len..])
-                    .take_while(|(x, y)| x == y)
-                    .count()
-            })
-            .collect();
-        eprintln!(
-            "{name}: first-step logits within {diff:.2e} of f32; greedy tokens equal to f32's \
-             before the first difference, per row: {kept:?} of {}",
-            expected[0].len() - prompt_len
+        assert_eq!(expected, rows(&case["sequences"]), "{}: f32", bar.case);
+        let [sequence] = expected.as_slice() else {
+            panic!("{}: one prompt, one sequence", bar.case)
+        };
+        let new = &sequence[prompt_len..];
+        let mut distinct = new.to_vec();
+        distinct.sort_unstable();
+        distinct.dedup();
+        fixture_sanity(
+            new.len() == 64 && distinct.len() == bar.distinct,
+            &format!(
+                "{}: 64 new tokens, {} distinct (found {}, {})",
+                bar.case,
+                bar.distinct,
+                new.len(),
+                distinct.len()
+            ),
         );
-        assert!(diff <= tolerance, "{name}: logits differ by {diff}");
+
+        // Every position's logits, the whole f32 sequence fed at once (no cache).
+        let ids = ferroformers::Tensor::new(vec![sequence.clone()], &Device::Cpu).unwrap();
+        let logits =
+            |model: &Gpt2LMHeadModel| model.forward(&ids, None, None).unwrap().squeeze(0).unwrap();
+        let f32_logits = logits(&f32_model);
+        // f32's scores for new token k, after the case's processors (repetition penalty).
+        let f32_scores = |k: usize| -> Vec<f32> {
+            let mut scores: Vec<f32> = f32_logits
+                .get(prompt_len + k - 1)
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            for processor in processors_for(&config, prompt_len).unwrap() {
+                processor.process(&sequence[..prompt_len + k], &mut scores);
+            }
+            scores
+        };
+        for (name, model, tolerance) in &low_precision {
+            // Processors scale a score by at most the repetition penalty, so two scores that
+            // each moved by at most the tolerance can swap order only if they were this close.
+            let near_tie = 2.0 * tolerance * config.repetition_penalty.max(1.0);
+            let what = format!("{}: {name}", bar.case);
+            let moved = common::max_abs_diff(&logits(model), &f32_logits);
+            let ours = Generator::new(model, &tokenizer)
+                .generate_ids(&prompts, &config)
+                .unwrap();
+            let [our_sequence] = ours.as_slice() else {
+                panic!("{what}: one prompt, one sequence")
+            };
+            let our_new = &our_sequence[prompt_len..];
+            assert_same_len(our_new, new, &format!("{what}: new tokens"));
+            let kept = our_new.iter().zip(new).take_while(|(a, b)| a == b).count();
+            eprintln!(
+                "{what}: logits within {moved:.2e} of f32's along f32's {} tokens ({} distinct); \
+                 greedy tokens equal to f32's before the first difference: {kept}",
+                new.len(),
+                distinct.len()
+            );
+            assert!(
+                moved <= *tolerance,
+                "{what}: logits differ from f32's by {moved} > {tolerance}"
+            );
+            let least = match *name {
+                "bf16" => bar.bf16,
+                _ => bar.int8,
+            };
+            assert!(
+                kept >= least,
+                "{what}: {kept} greedy tokens equal to f32's, fewer than {least}"
+            );
+            if kept < new.len() {
+                let scores = f32_scores(kept);
+                let (theirs, ours) = (new[kept] as usize, our_new[kept] as usize);
+                let gap = scores[theirs] - scores[ours];
+                eprintln!("{what}: parts at token {kept}: f32 score gap {gap:.2e}");
+                assert!(
+                    gap <= near_tie,
+                    "{what}: token {kept} differs where f32 preferred its own by {gap} > {near_tie}"
+                );
+            }
+        }
     }
 }

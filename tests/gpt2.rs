@@ -303,12 +303,9 @@ fn sequence_classification_finds_the_last_real_token_with_right_padding_too() {
     let pad = model.config().pad_token_id.unwrap();
     let seq = ids.dim(1).unwrap();
     let (mut right_ids, mut right_mask) = (Vec::new(), Vec::new());
-    for (row, len) in ids
-        .to_vec2::<u32>()
-        .unwrap()
-        .iter()
-        .zip(lengths(&reference))
-    {
+    let (rows, lengths) = (ids.to_vec2::<u32>().unwrap(), lengths(&reference));
+    assert_same_len(&rows, &lengths, "one length per prompt");
+    for (row, len) in rows.iter().zip(lengths) {
         right_ids.extend(
             row[seq - len..]
                 .iter()

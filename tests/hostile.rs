@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 
-use common::{fixture, fixture_model};
+use common::{assert_same_len, fixture, fixture_model};
 use ferroformers::pipelines::{
     AggregationStrategy, ClassifyOptions, EmbeddingsPipeline, FillMaskOptions, FillMaskPipeline,
     QuestionAnsweringOptions, QuestionAnsweringPipeline, TextClassificationPipeline,
@@ -593,7 +593,14 @@ fn eight_threads_share_one_model_and_agree_with_one_thread() {
             })
             .collect();
         for handle in handles {
-            for (i, answer) in handle.join().unwrap() {
+            let answers = handle.join().unwrap();
+            assert_same_len(
+                &answers,
+                inputs.as_slice(),
+                "one answer per input per thread",
+            );
+            for (i, answer) in answers {
+                assert_same_len(&answer, &expected[i], &format!("labels of input {i}"));
                 for (a, b) in answer.iter().zip(&expected[i]) {
                     assert_eq!(a.label, b.label);
                     assert!(

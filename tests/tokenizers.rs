@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::fixture;
+use common::{assert_same_len, fixture};
 use ferroformers::{EncodeOptions, HubOptions, PaddingSide, Tokenizer};
 
 #[test]
@@ -17,6 +17,7 @@ fn byte_level_bpe_from_vocab_json_and_merges_matches_gpt2_tokenizer_fast() {
         Tokenizer::from_pretrained(&folder.to_string_lossy(), &HubOptions::default()).unwrap();
     let inputs = reference["inputs"].as_array().unwrap();
     let expected = reference["input_ids"].as_array().unwrap();
+    assert_same_len(inputs, expected, "one id list per input");
     for (text, ids) in inputs.iter().zip(expected) {
         let text = text.as_str().unwrap();
         let ids: Vec<u32> = serde_json::from_value(ids.clone()).unwrap();

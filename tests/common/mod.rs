@@ -37,29 +37,66 @@ pub fn reference_input(reference: &HashMap<String, Tensor>) -> ModelInput {
     }
 }
 
-pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.shape(), b.shape(), "shapes differ");
-    let a = a.to_dtype(DType::F32).unwrap();
-    let b = b.to_dtype(DType::F32).unwrap();
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+/// The largest |actual - expected| of two equally long, non-empty sequences, or why they cannot
+/// be compared: a length mismatch, nothing to compare, or the first non-finite value (its index
+/// and side). Non-finite values fail on either side because `f32::max` and candle's `max` both
+/// skip NaN: a kernel that left NaN in one tile would otherwise pass, and so would a reference
+/// file that holds NaN.
+pub fn checked_max_abs_diff(actual: &[f32], expected: &[f32]) -> Result<f32, String> {
+    if actual.len() != expected.len() {
+        return Err(format!(
+            "lengths differ: actual {}, expected {}",
+            actual.len(),
+            expected.len()
+        ));
+    }
+    if actual.is_empty() {
+        return Err("nothing to compare: both sides are empty".to_string());
+    }
+    let mut max = 0.0f32;
+    for (i, (&a, &e)) in actual.iter().zip(expected).enumerate() {
+        if !a.is_finite() {
+            return Err(format!("actual[{i}] is {a} (expected {e})"));
+        }
+        if !e.is_finite() {
+            return Err(format!("expected[{i}] is {e} (actual {a})"));
+        }
+        max = max.max((a - e).abs());
+    }
+    Ok(max)
 }
 
-/// Assert `actual` is within `tolerance` (absolute, element-wise) of `expected`.
-pub fn assert_close(actual: &Tensor, expected: &Tensor, tolerance: f32, what: &str) {
-    let diff = max_abs_diff(actual, expected);
+/// Assert two sequences are within `tolerance` (absolute, element-wise), all values finite.
+pub fn assert_close_slices(actual: &[f32], expected: &[f32], tolerance: f32, what: &str) -> f32 {
+    let diff = checked_max_abs_diff(actual, expected).unwrap_or_else(|why| panic!("{what}: {why}"));
     assert!(
         diff <= tolerance,
         "{what}: max abs difference {diff:e} exceeds {tolerance:e}"
     );
+    diff
+}
+
+/// The values of a tensor of any float dtype, flattened, as f32.
+fn flat_f32(t: &Tensor) -> Vec<f32> {
+    t.to_dtype(DType::F32)
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1())
+        .expect("tensor converts to f32 values")
+}
+
+/// The largest element-wise |a - b| of two tensors of the same shape. Panics on a non-finite
+/// value on either side, naming its position, so a NaN never hides behind a maximum.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.shape(), b.shape(), "shapes differ");
+    checked_max_abs_diff(&flat_f32(a), &flat_f32(b))
+        .unwrap_or_else(|why| panic!("shape {:?}: {why} (flat index)", a.dims()))
+}
+
+/// Assert `actual` is within `tolerance` (absolute, element-wise) of `expected`, all values
+/// finite.
+pub fn assert_close(actual: &Tensor, expected: &Tensor, tolerance: f32, what: &str) {
+    assert_eq!(actual.shape(), expected.shape(), "{what}: shapes differ");
+    assert_close_slices(&flat_f32(actual), &flat_f32(expected), tolerance, what);
 }
 
 /// Number of real (unpadded) tokens of each row.
@@ -92,4 +129,24 @@ pub fn single_input(reference: &HashMap<String, Tensor>, i: usize, len: usize) -
         attention_mask: None,
         token_type_ids: input.token_type_ids.as_ref().map(take),
     }
+}
+
+/// Assert two sequences about to be zipped have the same, non-zero length: `zip` stops at the
+/// shorter one, so a missing or empty output would otherwise pass every check made on the pairs.
+pub fn assert_same_len<A, B>(actual: &[A], expected: &[B], what: &str) {
+    assert_eq!(
+        actual.len(),
+        expected.len(),
+        "{what}: lengths differ (actual, expected)"
+    );
+    assert!(!expected.is_empty(), "{what}: nothing to compare");
+}
+
+/// A check on a reference file alone, not on the code: it fails only if the fixture lacks what
+/// the test that compares the code with it relies on (a case, a quirk, enough tokens).
+pub fn fixture_sanity(holds: bool, what: &str) {
+    assert!(
+        holds,
+        "fixture sanity: {what} (the reference file is wrong, not the code)"
+    );
 }
