@@ -135,12 +135,14 @@ def encoder_peers(model, ids, folder, case, args):
     loaders = {"onnxruntime f32": None, "onnxruntime int8": None, "ctranslate2 int8": None}
     if use(args, "onnxruntime"):
         for name, int8 in [("onnxruntime f32", False), ("onnxruntime int8", True)]:
-            load = lambda path=peers.onnx_file(model, ids, folder, int8): peers.onnx_forward(path, ids, args.threads)
+            path = peers.onnx_file(model, ids, folder, int8)
+            load = lambda path=path: peers.onnx_forward(path, ids, args.threads)
             loaders[name] = load if peers.check(f"{name} {case}", reference, load()()) else None
     if use(args, "ctranslate2"):
         path = peers.ct2_model(folder, "int8")
         load = lambda: peers.ct2_encoder_forward(path, ids, args.threads)
-        loaders["ctranslate2 int8"] = load if peers.check(f"ctranslate2 int8 {case}", reference, load()()) else None
+        name = "ctranslate2 int8"
+        loaders[name] = load if peers.check(f"{name} {case}", reference, load()()) else None
     return loaders
 
 
@@ -186,7 +188,8 @@ def decode_peers(model, ids, folder, case, args):
     with torch.inference_mode():
         reference = model(input_ids=ids).logits.numpy()
     for compute_type in ["float32", "int8"]:
-        load = lambda path=peers.ct2_model(folder, compute_type), c=compute_type: peers.ct2_generator(path, args.threads, c)
+        path = peers.ct2_model(folder, compute_type)
+        load = lambda path=path, c=compute_type: peers.ct2_generator(path, args.threads, c)
         name = f"ctranslate2 {compute_type}"
         loaders[name] = load if peers.check(f"{name} {case}", reference, peers.ct2_logits(load(), ids)) else None
     return loaders
@@ -340,7 +343,8 @@ def main():
             ids = token_ids(batch, seq, model.config.vocab_size)
             case = f"{shape} {batch}x{seq}"
             loaders = encoder_peers(model, ids, folder, case, args)
-            run_ours = lambda dtype: bench_ferroformers(args.binary, folder, batch, seq, args.runs, dtype, args.threads)
+            run_ours = lambda dtype: bench_ferroformers(
+                args.binary, folder, batch, seq, args.runs, dtype, args.threads)
             engines = {
                 "torch f32": lambda: bench_torch(model, ids, args.runs, torch.float32),
                 # Left out of batched cases by --no-torch-bf16-batched (about 37 s per run of
