@@ -105,6 +105,7 @@ impl CustomOp1 for FusedAttention {
         }
         let head_dim = width / self.heads;
         let no_mask = vec![0f32; len];
+        let isa = super::kernel_isa();
         // Not zero-filled: the heads' products write every value (`read_dst` false).
         let mut out = Vec::<f32>::with_capacity(batch * len * width);
         let shared = SharedOut(out.as_mut_ptr());
@@ -147,7 +148,7 @@ impl CustomOp1 for FusedAttention {
                     None => &no_mask[..],
                 };
                 for row in scores.chunks_mut(len) {
-                    softmax_row(row, mask_row, 1.0);
+                    softmax_row(isa, row, mask_row, 1.0);
                 }
                 unsafe {
                     // out rows (len × d) = P (len × len) · V_bh (len × d)

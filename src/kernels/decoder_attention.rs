@@ -6,6 +6,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::isa::Isa;
 use super::softmax_row;
 
 /// `softmax(q kᵀ · scale + mask) v` per head. `q`: (batch, heads, new, d); `k`, `v`:
@@ -123,7 +124,8 @@ impl CustomOp3 for DecoderAttention {
             View::new(k, k_layout)?,
             View::new(v, v_layout)?,
         );
-        let (dot, weighted) = row_kernels(d);
+        let isa = super::kernel_isa();
+        let rows = RowKernels::new(isa, d);
         let no_mask = vec![0f32; len];
         let mut out = vec![0f32; batch * heads * new * d];
         out.par_chunks_mut(new * d).enumerate().for_each_init(
@@ -132,13 +134,13 @@ impl CustomOp3 for DecoderAttention {
                 let (b, h) = (task / heads, task % heads);
                 for (i, out_row) in out.chunks_mut(d).enumerate() {
                     let query = q.row(b, h, i, d);
-                    dot(query, &k.data[k.head(b, h)..], k.stride[2], scores);
+                    rows.dot(query, &k.data[k.head(b, h)..], k.stride[2], scores);
                     let mask = match &self.mask {
                         Some(mask) => &mask[(b * new + i) * len..(b * new + i + 1) * len],
                         None => &no_mask[..],
                     };
-                    softmax_row(scores, mask, self.scale);
-                    weighted(scores, &v.data[v.head(b, h)..], v.stride[2], out_row);
+                    softmax_row(isa, scores, mask, self.scale);
+                    rows.weighted(scores, &v.data[v.head(b, h)..], v.stride[2], out_row);
                 }
             },
         );
@@ -148,7 +150,7 @@ impl CustomOp3 for DecoderAttention {
 
 dispatch! {
     /// `scores[t] = query · rows[t·stride ..][..d]`, with 8 lanes so that it vectorises.
-    fn dot_rows(query: &[f32], rows: &[f32], stride: usize, scores: &mut [f32]) {
+    fn dot_rows(isa: Isa, query: &[f32], rows: &[f32], stride: usize, scores: &mut [f32]) {
         let d = query.len();
         for (t, score) in scores.iter_mut().enumerate() {
             let row = &rows[t * stride..t * stride + d];
@@ -172,7 +174,7 @@ dispatch! {
 
 dispatch! {
     /// `out = Σ_t weights[t] · rows[t·stride ..][..d]`.
-    fn weighted_rows(weights: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
+    fn weighted_rows(isa: Isa, weights: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
         let d = out.len();
         out.fill(0.0);
         for (t, &w) in weights.iter().enumerate() {
@@ -183,24 +185,43 @@ dispatch! {
     }
 }
 
-/// [`dot_rows`] or [`weighted_rows`], or one of their AVX2 forms: (query or weights, rows,
-/// stride, out).
-type RowKernel = fn(&[f32], &[f32], usize, &mut [f32]);
-
-/// The row kernels for head size `d`: AVX2 ones when the CPU has them and `d` is a multiple
-/// of 8, else the `dispatch!` ones.
-fn row_kernels(d: usize) -> (RowKernel, RowKernel) {
+/// The row kernels for one op: the AVX2 ones when the instruction set has them and the head
+/// size is a multiple of 8, else the `dispatch!` ones on that instruction set.
+#[derive(Clone, Copy)]
+enum RowKernels {
     #[cfg(target_arch = "x86_64")]
-    {
-        use super::{gemm::Isa, kernel_mode, KernelMode};
-        let portable = kernel_mode() == KernelMode::Portable;
-        if d.is_multiple_of(8) && Isa::detect(portable).has_avx2() {
-            return (dot_rows_avx2, weighted_rows_avx2);
+    Avx2,
+    Dispatched(Isa),
+}
+
+impl RowKernels {
+    fn new(isa: Isa, d: usize) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if d.is_multiple_of(8) && isa.min(Isa::of_cpu()).has_avx2() {
+            return RowKernels::Avx2;
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = d;
+        RowKernels::Dispatched(isa)
+    }
+
+    /// `scores[t] = query · rows[t·stride ..][..d]`.
+    fn dot(self, query: &[f32], rows: &[f32], stride: usize, scores: &mut [f32]) {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            RowKernels::Avx2 => dot_rows_avx2(query, rows, stride, scores),
+            RowKernels::Dispatched(isa) => dot_rows(isa, query, rows, stride, scores),
         }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = d;
-    (dot_rows, weighted_rows)
+
+    /// `out = Σ_t weights[t] · rows[t·stride ..][..d]`.
+    fn weighted(self, weights: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            RowKernels::Avx2 => weighted_rows_avx2(weights, rows, stride, out),
+            RowKernels::Dispatched(isa) => weighted_rows(isa, weights, rows, stride, out),
+        }
+    }
 }
 
 /// Whether `rows` holds `count` rows of `d` values `stride` apart, `d` a multiple of 8: what
@@ -215,7 +236,7 @@ fn holds_rows(rows: &[f32], count: usize, stride: usize, d: usize) -> bool {
 #[cfg(target_arch = "x86_64")]
 fn dot_rows_avx2(query: &[f32], rows: &[f32], stride: usize, scores: &mut [f32]) {
     assert!(holds_rows(rows, scores.len(), stride, query.len()));
-    // SAFETY: only chosen when the CPU has AVX2 and FMA (`Isa::Avx2`); every row read,
+    // SAFETY: only chosen when the CPU has AVX2 and FMA (`RowKernels::new`); every row read,
     // `rows[t·stride ..][..d]` for t < scores.len(), is inside `rows` (asserted above).
     unsafe { dot_rows_avx2_unchecked(query, rows.as_ptr(), stride, scores) }
 }
@@ -321,49 +342,54 @@ unsafe fn weighted_columns<const W: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    #[cfg(target_arch = "x86_64")]
-    use crate::kernels::gemm::Isa;
 
-    /// The AVX2 kernels against a plain f64 sum, on head sizes that use whole groups of 32
-    /// outputs, single registers or both, and on row counts with and without a group of four.
-    #[cfg(target_arch = "x86_64")]
+    /// The row kernels of every instruction set this CPU has against a plain f64 sum, on head
+    /// sizes that use whole groups of 32 outputs, single registers or both, on row counts with
+    /// and without a group of four, and on head sizes that are not a multiple of 8 (the
+    /// `dispatch!` forms). The outputs start as NaN, so a kernel that skips one fails.
     #[test]
-    fn avx2_rows_match_plain_sums() {
-        if !Isa::detect(false).has_avx2() {
-            return;
-        }
-        for (d, len, stride) in [
-            (8, 1, 8),
-            (64, 7, 64),
-            (40, 9, 48),
-            (72, 12, 80),
-            (96, 3, 96),
-        ] {
-            let value = |i: usize| ((i * 37 % 101) as f32 - 50.0) / 25.0;
-            let query: Vec<f32> = (0..d).map(|i| value(i + 5)).collect();
-            let rows: Vec<f32> = (0..len * stride).map(value).collect();
-            let row = |t: usize| &rows[t * stride..t * stride + d];
-            let mut scores = vec![0f32; len];
-            dot_rows_avx2(&query, &rows, stride, &mut scores);
-            for (t, &score) in scores.iter().enumerate() {
-                let want: f64 = query
-                    .iter()
-                    .zip(row(t))
-                    .map(|(&x, &y)| x as f64 * y as f64)
-                    .sum();
-                assert!(
-                    (score as f64 - want).abs() < 1e-4,
-                    "d {d} t {t}: {score} vs {want}"
-                );
-            }
-            let mut out = vec![f32::NAN; d];
-            weighted_rows_avx2(&scores, &rows, stride, &mut out);
-            for (c, &o) in out.iter().enumerate() {
-                let want: f64 = (0..len).map(|t| scores[t] as f64 * row(t)[c] as f64).sum();
-                assert!(
-                    (o as f64 - want).abs() < 1e-3,
-                    "d {d} column {c}: {o} vs {want}"
-                );
+    fn row_kernels_match_plain_sums_on_every_isa() {
+        let name = "decoder_attention::row_kernels_match_plain_sums_on_every_isa";
+        let isas = Isa::all().into_iter();
+        for isa in isas.filter(|&isa| crate::kernels::isa::test_can_run(isa, name)) {
+            for (d, len, stride) in [
+                (8, 1, 8),
+                (64, 7, 64),
+                (40, 9, 48),
+                (72, 12, 80),
+                (96, 3, 96),
+                (20, 6, 24),
+                (3, 5, 3),
+            ] {
+                let value = |i: usize| ((i * 37 % 101) as f32 - 50.0) / 25.0;
+                let query: Vec<f32> = (0..d).map(|i| value(i + 5)).collect();
+                let rows: Vec<f32> = (0..len * stride).map(value).collect();
+                let row = |t: usize| &rows[t * stride..t * stride + d];
+                let kernels = RowKernels::new(isa, d);
+                let mut scores = vec![f32::NAN; len];
+                kernels.dot(&query, &rows, stride, &mut scores);
+                for (t, &score) in scores.iter().enumerate() {
+                    let want: f64 = query
+                        .iter()
+                        .zip(row(t))
+                        .map(|(&x, &y)| x as f64 * y as f64)
+                        .sum();
+                    assert!(
+                        (score as f64 - want).abs() < 1e-4,
+                        "{} d {d} t {t}: {score} vs {want}",
+                        isa.name()
+                    );
+                }
+                let mut out = vec![f32::NAN; d];
+                kernels.weighted(&scores, &rows, stride, &mut out);
+                for (c, &o) in out.iter().enumerate() {
+                    let want: f64 = (0..len).map(|t| scores[t] as f64 * row(t)[c] as f64).sum();
+                    assert!(
+                        (o as f64 - want).abs() < 1e-3,
+                        "{} d {d} column {c}: {o} vs {want}",
+                        isa.name()
+                    );
+                }
             }
         }
     }

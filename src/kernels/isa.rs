@@ -63,13 +63,7 @@ impl Isa {
 
     /// Every path the kernels have on this target.
     pub fn all() -> Vec<Isa> {
-        vec![
-            Isa::Portable,
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2,
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512,
-        ]
+        PATHS.to_vec()
     }
 
     /// The instruction set the kernels run now: the best within the limit, or portable code
@@ -103,11 +97,20 @@ impl Isa {
     }
 }
 
+/// [`Isa::all`] without allocating: the kernels read the limit on every call.
+const PATHS: &[Isa] = &[
+    Isa::Portable,
+    #[cfg(target_arch = "x86_64")]
+    Isa::Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Isa::Avx512,
+];
+
 /// The limit: 0 = not read yet, else the index in [`Isa::all`] + 1.
 static LIMIT: AtomicU8 = AtomicU8::new(0);
 
 fn isa_limit() -> Isa {
-    let all = Isa::all();
+    let all = PATHS;
     match LIMIT.load(Ordering::Relaxed) {
         0 => {
             let named = std::env::var("FERROFORMERS_ISA").ok();
@@ -124,7 +127,7 @@ fn isa_limit() -> Isa {
 /// Run no kernel above `limit` in this process (as `FERROFORMERS_ISA` does): to compare the
 /// paths on one machine, or to test each in turn.
 pub fn set_isa_limit(limit: Isa) {
-    let index = Isa::all().iter().position(|&isa| isa == limit).unwrap_or(0);
+    let index = PATHS.iter().position(|&isa| isa == limit).unwrap_or(0);
     LIMIT.store(index as u8 + 1, Ordering::Relaxed);
 }
 

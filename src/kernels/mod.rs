@@ -98,18 +98,31 @@ fn use_kernels(x: &Tensor) -> bool {
         && x.dtype() == candle_core::DType::F32
 }
 
+/// The instruction set our kernels run in the current mode: the CPU's best within the limit
+/// (`FERROFORMERS_ISA`, [`isa::set_isa_limit`]), or portable code in `Portable` mode.
+fn kernel_isa() -> isa::Isa {
+    isa::Isa::detect(kernel_mode() == KernelMode::Portable)
+}
+
 /// Compile `$body` (a function of slices) three times: for AVX-512, for AVX2 with FMA, and
-/// portable; `$name` picks the best the CPU has at run time.
+/// portable. `$name` takes the instruction set to run as its first argument (callers read
+/// [`kernel_isa`] once per op; tests pass each path in turn) and runs that variant, or the
+/// best below it that the CPU has, so that no argument can make it run an instruction the
+/// CPU lacks.
 macro_rules! dispatch {
-    ($(#[$meta:meta])* fn $name:ident($($arg:ident: $ty:ty),*) $body:block) => {
+    (
+        $(#[$meta:meta])*
+        fn $name:ident($isa:ident: Isa, $($arg:ident: $ty:ty),* $(,)?) $body:block
+    ) => {
         $(#[$meta])*
-        fn $name($($arg: $ty),*) {
+        fn $name($isa: $crate::kernels::isa::Isa, $($arg: $ty),*) {
             #[inline(always)]
             fn portable($($arg: $ty),*) $body
 
             #[cfg(target_arch = "x86_64")]
-            if $crate::kernels::kernel_mode() == $crate::kernels::KernelMode::Auto {
-                #[target_feature(enable = "avx512f,avx2,fma")]
+            {
+                use $crate::kernels::isa::Isa;
+                #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
                 unsafe fn avx512($($arg: $ty),*) {
                     portable($($arg),*)
                 }
@@ -117,15 +130,16 @@ macro_rules! dispatch {
                 unsafe fn avx2($($arg: $ty),*) {
                     portable($($arg),*)
                 }
-                if std::arch::is_x86_feature_detected!("avx512f") {
+                match $isa.min(Isa::of_cpu()) {
                     // SAFETY: the CPU has the features the function was compiled for.
-                    return unsafe { avx512($($arg),*) };
-                }
-                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                    Isa::Avx512 => return unsafe { avx512($($arg),*) },
                     // SAFETY: as above.
-                    return unsafe { avx2($($arg),*) };
+                    Isa::Avx2 => return unsafe { avx2($($arg),*) },
+                    Isa::Portable => {}
                 }
             }
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = $isa;
             portable($($arg),*)
         }
     };
@@ -133,12 +147,14 @@ macro_rules! dispatch {
 
 mod decoder_attention;
 
-/// Exact GELU, in place.
-fn gelu_in_place(values: &mut [f32]) {
+/// Exact GELU in place, with `isa`'s kernel.
+fn gelu_erf_on(isa: isa::Isa, values: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if let Some(avx2) = simd::Avx2::get() {
+    if let Some(avx2) = simd::Avx2::on(isa) {
         return avx2.gelu_erf(values);
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = isa;
     for v in values.iter_mut() {
         *v = gelu_erf_scalar(*v);
     }
@@ -146,7 +162,7 @@ fn gelu_in_place(values: &mut [f32]) {
 
 dispatch! {
     /// GELU, tanh approximation, in place.
-    fn gelu_tanh_in_place(values: &mut [f32]) {
+    fn gelu_tanh_on(isa: Isa, values: &mut [f32]) {
         for v in values.iter_mut() {
             *v = gelu_tanh_scalar(*v);
         }
@@ -155,19 +171,36 @@ dispatch! {
 
 dispatch! {
     /// `values += other`, element by element.
-    fn add_in_place(values: &mut [f32], other: &[f32]) {
+    fn add_on(isa: Isa, values: &mut [f32], other: &[f32]) {
         for (v, &o) in values.iter_mut().zip(other) {
             *v += o;
         }
     }
 }
 
-/// `row = softmax(row * scale + mask)`, in place.
-fn softmax_row(out: &mut [f32], mask: &[f32], scale: f32) {
+// The GEMM's epilogue calls these three on each row of its block; they run the kernel mode's
+// instruction set, not the one `gemm::matmul` is given (the GEMM is being split into modules:
+// pass its `isa` down then).
+fn gelu_in_place(values: &mut [f32]) {
+    gelu_erf_on(kernel_isa(), values)
+}
+
+fn gelu_tanh_in_place(values: &mut [f32]) {
+    gelu_tanh_on(kernel_isa(), values)
+}
+
+fn add_in_place(values: &mut [f32], other: &[f32]) {
+    add_on(kernel_isa(), values, other)
+}
+
+/// `row = softmax(row * scale + mask)`, in place, with `isa`'s kernel.
+fn softmax_row(isa: isa::Isa, out: &mut [f32], mask: &[f32], scale: f32) {
     #[cfg(target_arch = "x86_64")]
-    if let Some(avx2) = simd::Avx2::get() {
+    if let Some(avx2) = simd::Avx2::on(isa) {
         return avx2.softmax(out, mask, scale);
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = isa;
     for (o, &bias) in out.iter_mut().zip(mask) {
         *o = *o * scale + bias;
     }
@@ -185,6 +218,7 @@ dispatch! {
     /// Layer norm of one row: `(x − mean) / sqrt(var + eps) · weight + bias`, the mean first
     /// and then the variance around it (two passes, as PyTorch computes it).
     fn layer_norm_row(
+        isa: Isa,
         out: &mut [MaybeUninit<f32>],
         row: &[f32],
         weight: &[f32],
@@ -253,12 +287,13 @@ impl candle_core::CustomOp3 for LayerNorm {
         }
         let mut out = Vec::with_capacity(x.len());
         let rows_per_task = (CHUNK / size).max(1);
+        let isa = kernel_isa();
         out.spare_capacity_mut()[..x.len()]
             .par_chunks_mut(rows_per_task * size)
             .zip(x.par_chunks(rows_per_task * size))
             .for_each(|(out, x)| {
                 for (out, row) in out.chunks_mut(size).zip(x.chunks(size)) {
-                    layer_norm_row(out, row, weight, bias, self.eps);
+                    layer_norm_row(isa, out, row, weight, bias, self.eps);
                 }
             });
         // SAFETY: every row of the first x.len() values was written above.
@@ -301,7 +336,10 @@ impl CustomOp1 for GeluErf {
             candle_core::bail!("gelu-erf kernel: contiguous input only")
         };
         let mut output = data[start..end].to_vec();
-        output.par_chunks_mut(CHUNK).for_each(gelu_in_place);
+        let isa = kernel_isa();
+        output
+            .par_chunks_mut(CHUNK)
+            .for_each(|chunk| gelu_erf_on(isa, chunk));
         Ok((CpuStorage::F32(output), layout.shape().clone()))
     }
 }
@@ -385,6 +423,7 @@ impl CustomOp2 for ScaledMaskedSoftmax {
         }
         let mut output = vec![0f32; scores.len()];
         let rows_per_task = (CHUNK / k.max(1)).max(1);
+        let isa = kernel_isa();
         output
             .par_chunks_mut(rows_per_task * k)
             .enumerate()
@@ -396,7 +435,7 @@ impl CustomOp2 for ScaledMaskedSoftmax {
                         + if mask_q == 1 { 0 } else { qi };
                     let m = &mask[mask_row * k..(mask_row + 1) * k];
                     out_row.copy_from_slice(&scores[row * k..(row + 1) * k]);
-                    softmax_row(out_row, m, self.scale);
+                    softmax_row(isa, out_row, m, self.scale);
                 }
             });
         Ok((CpuStorage::F32(output), scores_layout.shape().clone()))
@@ -405,7 +444,105 @@ impl CustomOp2 for ScaledMaskedSoftmax {
 
 #[cfg(test)]
 mod tests {
+    use super::isa::{test_can_run, Isa};
+    use super::*;
     use candle_core::{Device, Tensor};
+
+    /// Values across the range that matters, of a length with a remainder past 16 lanes.
+    fn spread(len: usize, offset: usize) -> Vec<f32> {
+        (0..len)
+            .map(|i| ((i + offset) * 37 % 1001) as f32 / 100.0 - 5.0)
+            .collect()
+    }
+
+    /// Each kernel with an instruction-set variant (the `dispatch!`ed ones, and exact GELU and
+    /// softmax with their AVX2 forms), run on each instruction set in turn by its explicit
+    /// argument (not the process-wide limit, which other tests share), against the scalar
+    /// form computed here. Outputs start as NaN where the kernel writes them, so a variant
+    /// that skips values fails; comparisons are `<`, which NaN fails.
+    #[test]
+    fn every_isa_variant_matches_the_scalar_form() {
+        let name = "kernels::every_isa_variant_matches_the_scalar_form";
+        for isa in Isa::all()
+            .into_iter()
+            .filter(|&isa| test_can_run(isa, name))
+        {
+            let what = |kernel: &str, i: usize| format!("{} {kernel} at {i}", isa.name());
+            let x = spread(1003, 0);
+
+            let mut values = x.clone();
+            gelu_tanh_on(isa, &mut values);
+            for (i, (&got, &v)) in values.iter().zip(&x).enumerate() {
+                let want = gelu_tanh_scalar(v);
+                assert!(
+                    (got - want).abs() < 1e-6,
+                    "{}: {got} vs {want}",
+                    what("gelu-tanh", i)
+                );
+            }
+
+            let mut values = x.clone();
+            gelu_erf_on(isa, &mut values);
+            for (i, (&got, &v)) in values.iter().zip(&x).enumerate() {
+                let want = gelu_erf_scalar(v);
+                assert!(
+                    (got - want).abs() < 1e-6 * (1.0 + v.abs()),
+                    "{}: {got} vs {want}",
+                    what("gelu-erf", i)
+                );
+            }
+
+            let other = spread(x.len(), 11);
+            let mut values = x.clone();
+            add_on(isa, &mut values, &other);
+            for (i, ((&got, &v), &o)) in values.iter().zip(&x).zip(&other).enumerate() {
+                assert!(got == v + o, "{}: {got} vs {}", what("add", i), v + o);
+            }
+
+            for len in [5, 16, 131] {
+                let row = &x[..len];
+                let mask: Vec<f32> = (0..len)
+                    .map(|i| if i % 7 == 3 { f32::MIN } else { 0.0 })
+                    .collect();
+                let mut out = row.to_vec();
+                softmax_row(isa, &mut out, &mask, 0.5);
+                let shifted: Vec<f64> = row
+                    .iter()
+                    .zip(&mask)
+                    .map(|(&v, &m)| v as f64 * 0.5 + m as f64)
+                    .collect();
+                let max = shifted.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let total: f64 = shifted.iter().map(|s| (s - max).exp()).sum();
+                for (i, (&got, s)) in out.iter().zip(&shifted).enumerate() {
+                    let want = (s - max).exp() / total;
+                    assert!(
+                        (got as f64 - want).abs() < 1e-6,
+                        "{}: {got} vs {want}",
+                        what("softmax", i)
+                    );
+                }
+
+                let weight = spread(len, 3);
+                let bias = spread(len, 7);
+                let mut out = vec![MaybeUninit::new(f32::NAN); len];
+                layer_norm_row(isa, &mut out, row, &weight, &bias, 1e-5);
+                let mean = row.iter().map(|&v| v as f64).sum::<f64>() / len as f64;
+                let variance =
+                    row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / len as f64;
+                for (i, got) in out.iter().enumerate() {
+                    // SAFETY: filled with NaN above, so initialised whatever the kernel wrote.
+                    let got = unsafe { got.assume_init() } as f64;
+                    let normalised = (row[i] as f64 - mean) / (variance + 1e-5).sqrt();
+                    let want = normalised * weight[i] as f64 + bias[i] as f64;
+                    assert!(
+                        (got - want).abs() < 1e-5,
+                        "{}: {got} vs {want}",
+                        what("layer-norm", i)
+                    );
+                }
+            }
+        }
+    }
 
     /// Rows far from zero, of several lengths (a remainder past the 16 lanes too): against
     /// f64, within 1e-4. The variance is taken around the mean; `E[x²] − mean²` in f32 loses

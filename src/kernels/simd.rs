@@ -6,17 +6,19 @@
 
 use std::arch::x86_64::*;
 
+use super::isa::Isa;
 use super::math::{ERF_A, ERF_P, LN2_HI, LN2_LO, ROUND};
 
-/// The AVX2 + FMA kernels, when the CPU has both and the kernel mode allows them.
+/// The AVX2 + FMA kernels, for an instruction set that has them (AVX-512 machines run these
+/// too: these kernels have no AVX-512 forms).
 #[derive(Clone, Copy)]
 pub(super) struct Avx2(());
 
 impl Avx2 {
-    pub(super) fn get() -> Option<Self> {
-        let allowed = super::kernel_mode() == super::KernelMode::Auto;
-        (allowed && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
-            .then_some(Avx2(()))
+    /// The kernels when `isa` includes AVX2 and the CPU has it (whatever `isa` asks, an
+    /// `Avx2` exists only on a CPU with AVX2 and FMA).
+    pub(super) fn on(isa: Isa) -> Option<Self> {
+        isa.min(Isa::of_cpu()).has_avx2().then_some(Avx2(()))
     }
 
     /// Exact GELU in place, as [`super::gelu_erf_scalar`] does it.
@@ -169,7 +171,11 @@ mod tests {
     /// range that matters (and lengths with a remainder past the 8 lanes).
     #[test]
     fn avx2_kernels_match_the_scalar_forms() {
-        let Some(avx2) = Avx2::get() else { return };
+        let name = "simd::avx2_kernels_match_the_scalar_forms";
+        if !crate::kernels::isa::test_can_run(Isa::Avx2, name) {
+            return;
+        }
+        let avx2 = Avx2::on(Isa::Avx2).expect("the CPU has AVX2 and FMA");
         let values: Vec<f32> = (0..2003).map(|i| (i as f32 - 1001.0) / 97.0).collect();
         let mut fast = values.clone();
         avx2.gelu_erf(&mut fast);
