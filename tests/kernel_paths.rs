@@ -266,15 +266,28 @@ const GELU_SLOPE: f64 = 1.13;
 /// of the output itself).
 const F32_SUM_RELATIVE: f64 = 1e-6;
 
-/// The unit roundoff of the activations in a bf16 product: zero today, the kernels multiply
-/// the f32 activations by the widened weights. The AVX-512 kernel (`vdpbf16ps`) will round
-/// the activations to bf16, as PyTorch does: 2^-8 on that path then.
-const BF16_ACTIVATION_ROUNDOFF: f64 = 0.0;
+/// The relative roundoff of the activations in a bf16 product on `isa`: the AVX-512 kernel
+/// (`vdpbf16ps`) rounds them to bf16, as PyTorch does (2^-9; the bound takes 2^-8); the
+/// other paths multiply the f32 activations by the widened weights.
+fn bf16_activation_roundoff(isa: Isa) -> f64 {
+    match isa.has_avx512() {
+        true => 2f64.powi(-8),
+        false => 0.0,
+    }
+}
 
-/// The levels per sign the int8 kernels quantise each row of activations to: 16 bits
-/// (`vpmaddwd` of 16-bit activations by 8-bit weights) on every path today. A VNNI kernel
-/// (`vpdpbusd`: unsigned 8-bit activations) will need 127 on its path.
-const INT8_ACTIVATION_LEVELS: f64 = 32767.0;
+/// The quantization step of a row of activations in an int8 product on `isa`: 16 bits per
+/// sign over ±max|x| (`vpmaddwd`), or on AVX-512 (`vpdpbusd`) 255 steps over the row's range
+/// widened to hold 0.
+fn int8_activation_step(isa: Isa, row: &[f32]) -> f64 {
+    let (lo, hi) = row
+        .iter()
+        .fold((0f64, 0f64), |(l, h), &v| (l.min(v as f64), h.max(v as f64)));
+    match isa.has_avx512() {
+        true => (hi - lo) / 255.0,
+        false => lo.abs().max(hi) / 32767.0,
+    }
+}
 
 /// The weights as the product of `format` sees them: f32 as given; bf16 rounded to nearest
 /// even; int8 as `q · s`, `s = max|w_row| / 127`, `q = round(w / s)` (per output channel,
@@ -335,10 +348,10 @@ fn gemm_matches_an_f64_product_across_blocks_on_every_isa() {
         let residual = spread(m * outer, 4);
         for format in [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::Int8] {
             let stored = weights_as_stored(&w, inner, format);
-            let packed = PackedWeights::pack(inner, outer, format, |o, i| w[o * inner + i]);
             for &isa in &isas {
-                // The limit too: the GEMM's epilogue runs the kernel mode's instruction set.
-                set_isa_limit(isa);
+                // Packed for `isa`: on AVX-512, bf16 and int8 weights are grouped (pairs, quads).
+                let packed =
+                    PackedWeights::pack_for(isa, inner, outer, format, |o, i| w[o * inner + i]);
                 let mut out = vec![f32::NAN; m * outer];
                 gemm::matmul(
                     &x,
@@ -354,7 +367,7 @@ fn gemm_matches_an_f64_product_across_blocks_on_every_isa() {
                 let (mut worst_share, mut worst_relative) = (0f64, 0f64);
                 for r in 0..m {
                     let row = &x[r * inner..(r + 1) * inner];
-                    let row_max = row.iter().fold(0f64, |a, &v| a.max(v.abs() as f64));
+                    let step = int8_activation_step(isa, row);
                     for o in 0..outer {
                         let weights = &stored[o * inner..(o + 1) * inner];
                         let (mut sum, mut magnitude, mut weight_mass) = (0f64, 0f64, 0f64);
@@ -371,10 +384,9 @@ fn gemm_matches_an_f64_product_across_blocks_on_every_isa() {
                         // scale each).
                         let mut bound = F32_SUM_RELATIVE * (magnitude + bias[o].abs() as f64);
                         if format == WeightFormat::Bf16 {
-                            bound += magnitude * BF16_ACTIVATION_ROUNDOFF;
+                            bound += magnitude * bf16_activation_roundoff(isa);
                         }
                         if format == WeightFormat::Int8 {
-                            let step = row_max / INT8_ACTIVATION_LEVELS;
                             bound += weight_mass * step / 2.0;
                         }
                         // Through GELU (its approximation within 2e-6), then the residual
@@ -398,7 +410,6 @@ fn gemm_matches_an_f64_product_across_blocks_on_every_isa() {
             }
         }
     }
-    set_isa_limit(Isa::of_cpu());
 }
 
 #[test]

@@ -105,7 +105,7 @@ impl CustomOp1 for FusedAttention {
         }
         let head_dim = width / self.heads;
         let no_mask = vec![0f32; len];
-        let isa = super::kernel_isa();
+        let isa = super::isa::Isa::current();
         // Not zero-filled: the heads' products write every value (`read_dst` false).
         let mut out = Vec::<f32>::with_capacity(batch * len * width);
         let shared = SharedOut(out.as_mut_ptr());

@@ -124,7 +124,7 @@ impl CustomOp3 for DecoderAttention {
             View::new(k, k_layout)?,
             View::new(v, v_layout)?,
         );
-        let isa = super::kernel_isa();
+        let isa = super::isa::Isa::current();
         let rows = RowKernels::new(isa, d);
         let no_mask = vec![0f32; len];
         let mut out = vec![0f32; batch * heads * new * d];

@@ -98,15 +98,9 @@ fn use_kernels(x: &Tensor) -> bool {
         && x.dtype() == candle_core::DType::F32
 }
 
-/// The instruction set our kernels run in the current mode: the CPU's best within the limit
-/// (`FERROFORMERS_ISA`, [`isa::set_isa_limit`]), or portable code in `Portable` mode.
-fn kernel_isa() -> isa::Isa {
-    isa::Isa::detect(kernel_mode() == KernelMode::Portable)
-}
-
 /// Compile `$body` (a function of slices) three times: for AVX-512, for AVX2 with FMA, and
 /// portable. `$name` takes the instruction set to run as its first argument (callers read
-/// [`kernel_isa`] once per op; tests pass each path in turn) and runs that variant, or the
+/// [`isa::Isa::current`] once per op; tests pass each path in turn) and runs that variant, or the
 /// best below it that the CPU has, so that no argument can make it run an instruction the
 /// CPU lacks.
 macro_rules! dispatch {
@@ -176,21 +170,6 @@ dispatch! {
             *v += o;
         }
     }
-}
-
-// The GEMM's epilogue calls these three on each row of its block; they run the kernel mode's
-// instruction set, not the one `gemm::matmul` is given (the GEMM is being split into modules:
-// pass its `isa` down then).
-fn gelu_in_place(values: &mut [f32]) {
-    gelu_erf_on(kernel_isa(), values)
-}
-
-fn gelu_tanh_in_place(values: &mut [f32]) {
-    gelu_tanh_on(kernel_isa(), values)
-}
-
-fn add_in_place(values: &mut [f32], other: &[f32]) {
-    add_on(kernel_isa(), values, other)
 }
 
 /// `row = softmax(row * scale + mask)`, in place, with `isa`'s kernel.
@@ -287,7 +266,7 @@ impl candle_core::CustomOp3 for LayerNorm {
         }
         let mut out = Vec::with_capacity(x.len());
         let rows_per_task = (CHUNK / size).max(1);
-        let isa = kernel_isa();
+        let isa = isa::Isa::current();
         out.spare_capacity_mut()[..x.len()]
             .par_chunks_mut(rows_per_task * size)
             .zip(x.par_chunks(rows_per_task * size))
@@ -336,7 +315,7 @@ impl CustomOp1 for GeluErf {
             candle_core::bail!("gelu-erf kernel: contiguous input only")
         };
         let mut output = data[start..end].to_vec();
-        let isa = kernel_isa();
+        let isa = isa::Isa::current();
         output
             .par_chunks_mut(CHUNK)
             .for_each(|chunk| gelu_erf_on(isa, chunk));
@@ -423,7 +402,7 @@ impl CustomOp2 for ScaledMaskedSoftmax {
         }
         let mut output = vec![0f32; scores.len()];
         let rows_per_task = (CHUNK / k.max(1)).max(1);
-        let isa = kernel_isa();
+        let isa = isa::Isa::current();
         output
             .par_chunks_mut(rows_per_task * k)
             .enumerate()

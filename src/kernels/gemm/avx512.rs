@@ -246,3 +246,70 @@ unsafe fn store_f32<const M: usize, const P: usize>(sums: &[[__m512; P]; M], tar
         }
     }
 }
+
+/// `row` rounded to bf16, two to an i32 (`vcvtne2ps2bf16`: to nearest even, as `bf16_bits`,
+/// except that denormal inputs count as zero), 32 values at a time. Returns the values done:
+/// the caller converts the rest.
+///
+/// # Safety
+/// The CPU has `Isa::Avx512`'s features; `pairs` holds at least `row.len() / 2` values.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,avx512vnni,avx2,fma")]
+pub(super) unsafe fn bf16_pairs(row: &[f32], pairs: &mut [i32]) -> usize {
+    let whole = row.len() / 32 * 32;
+    assert!(pairs.len() * 2 >= whole);
+    for i in (0..whole).step_by(32) {
+        let low = _mm512_loadu_ps(row.as_ptr().add(i));
+        let high = _mm512_loadu_ps(row.as_ptr().add(i + 16));
+        let packed = transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(high, low));
+        _mm512_storeu_si512(pairs.as_mut_ptr().add(i / 2).cast(), packed);
+    }
+    whole
+}
+
+/// The smallest and largest of `row` and 0, and whether every value is finite, 16 lanes at
+/// a time (a NaN or infinity turns `0 · v` into NaN).
+///
+/// # Safety
+/// The CPU has `Isa::Avx512`'s features.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,avx512vnni,avx2,fma")]
+pub(super) unsafe fn range(row: &[f32]) -> (f32, f32, bool) {
+    let (chunks, tail) = row.as_chunks::<16>();
+    let zero = _mm512_setzero_ps();
+    let (mut low, mut high, mut poison) = (zero, zero, zero);
+    for chunk in chunks {
+        let v = _mm512_loadu_ps(chunk.as_ptr());
+        low = _mm512_min_ps(low, v);
+        high = _mm512_max_ps(high, v);
+        poison = _mm512_fmadd_ps(v, zero, poison);
+    }
+    let (mut lo, mut hi) = (_mm512_reduce_min_ps(low), _mm512_reduce_max_ps(high));
+    let mut finite = !_mm512_reduce_add_ps(poison).is_nan();
+    for &v in tail {
+        (lo, hi, finite) = (lo.min(v), hi.max(v), finite && v.is_finite());
+    }
+    (lo, hi, finite)
+}
+
+/// `pack::quantize_quads` 16 values at a time, with the same bits: `v · inverse + zero`
+/// (a multiply, then an add), rounded to nearest even by `vcvtps2dq`, clamped to 0..=255
+/// (`vpmaxsd`, then `vpmovusdb`'s unsigned saturation; NaN converts to i32::MIN, hence 0).
+/// Returns the values done: the caller quantizes the rest.
+///
+/// # Safety
+/// The CPU has `Isa::Avx512`'s features; `quads` holds at least `row.len() / 4` values.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,avx512vnni,avx2,fma")]
+pub(super) unsafe fn quantize_quads(row: &[f32], inverse: f32, zero: f32, quads: &mut [i32]) -> usize {
+    let whole = row.len() / 16 * 16;
+    assert!(quads.len() * 4 >= whole);
+    let (inverse, zero, floor) = (
+        _mm512_set1_ps(inverse),
+        _mm512_set1_ps(zero),
+        _mm512_setzero_si512(),
+    );
+    for i in (0..whole).step_by(16) {
+        let v = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(row.as_ptr().add(i)), inverse), zero);
+        let q = _mm512_max_epi32(_mm512_cvtps_epi32(v), floor);
+        _mm_storeu_si128(quads.as_mut_ptr().add(i / 4).cast(), _mm512_cvtusepi32_epi8(q));
+    }
+    whole
+}

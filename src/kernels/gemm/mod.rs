@@ -196,6 +196,16 @@ impl PackedWeights {
         }
     }
 
+    /// Inputs per 32-bit group of the activations this layout multiplies: 2 (16-bit int8
+    /// pairs, bf16 pairs), 4 (int8 quads), or 1 (f32 activations).
+    fn group(&self) -> usize {
+        match self.panels {
+            Panels::F32(_) | Panels::Bf16(_) => 1,
+            Panels::Int8 { .. } | Panels::Bf16Pairs(_) => 2,
+            Panels::Int8Quads { .. } => 4,
+        }
+    }
+
     /// Bytes of weights streamed per product (what one decoded token reads).
     pub fn bytes(&self) -> usize {
         match &self.panels {
@@ -318,13 +328,13 @@ pub fn matmul_uninit(
     let shared = SharedOut(out.as_mut_ptr().cast::<f32>());
     let rows = match weights.panels {
         Panels::Int8 { .. } => Rows::Pairs(QuantizedRows::new(x, m, k, isa)),
-        Panels::Bf16Pairs(_) => Rows::Grouped(GroupedRows::bf16_pairs(x, m, k)),
-        Panels::Int8Quads { .. } => Rows::Grouped(GroupedRows::u8_quads(x, m, k)),
+        Panels::Bf16Pairs(_) => Rows::Grouped(GroupedRows::bf16_pairs(x, m, k, isa)),
+        Panels::Int8Quads { .. } => Rows::Grouped(GroupedRows::u8_quads(x, m, k, isa)),
         Panels::F32(_) | Panels::Bf16(_) => Rows::Float,
     };
     let block_rows =
         |row_block: usize| row_block * rows_per_block..m.min((row_block + 1) * rows_per_block);
-    let run = |packed_rows: Option<&[f32]>| {
+    let run = |packed_rows: Option<&[f32]>, packed_groups: Option<&[i32]>| {
         (0..row_blocks * column_tasks)
             .into_par_iter()
             .for_each(|task| {
@@ -333,6 +343,7 @@ pub fn matmul_uninit(
                 let block = Block {
                     x,
                     packed_rows,
+                    packed_groups,
                     k,
                     n,
                     rows: block_rows(row_block),
@@ -342,24 +353,39 @@ pub fn matmul_uninit(
                     out: shared,
                 };
                 block.run(&rows, isa);
-                block.finish(epilogue, residual);
+                block.finish(epilogue, residual, isa);
             })
     };
     // Several column tasks on the same rows (few rows: a short batch) would each pack them:
-    // pack every block of rows once, up front, and share it (float activations; integer and
-    // grouped rows are packed by each task).
-    if column_tasks > 1 && m > MR && matches!(rows, Rows::Float) {
-        SHARED_ROWS.with(|buffer| match buffer.try_borrow_mut() {
-            Ok(mut buffer) => {
-                let blocks = (0..row_blocks).map(block_rows);
-                pack_row_blocks(x, m, k, blocks, &mut buffer, isa);
-                run(Some(&buffer))
-            }
-            // A product nested in one running on this thread (a caller's own rayon work).
-            Err(_) => run(None),
-        })
+    // pack every block of rows once, up front, and share it. A product nested in one running
+    // on this thread (a caller's own rayon work) finds the buffer taken and packs per task.
+    if column_tasks > 1 && m > MR {
+        let blocks = (0..row_blocks).map(block_rows);
+        let groups = match &rows {
+            Rows::Float => None,
+            Rows::Pairs(pairs) => Some((&pairs.pairs, pairs.pairs_per_row, 2)),
+            Rows::Grouped(grouped) => Some((&grouped.values, grouped.per_row, weights.group())),
+        };
+        match groups {
+            None => SHARED_ROWS.with(|buffer| match buffer.try_borrow_mut() {
+                Ok(mut buffer) => {
+                    pack_row_blocks(x, m, k, blocks, &mut buffer, isa);
+                    run(Some(&buffer), None)
+                }
+                Err(_) => run(None, None),
+            }),
+            Some((values, per_row, group)) => SHARED_GROUPS.with(|buffer| {
+                match buffer.try_borrow_mut() {
+                    Ok(mut buffer) => {
+                        pack_group_blocks(values, per_row, m, group, blocks, &mut buffer);
+                        run(None, Some(&buffer))
+                    }
+                    Err(_) => run(None, None),
+                }
+            }),
+        }
     } else {
-        run(None)
+        run(None, None)
     }
 }
 
@@ -415,6 +441,40 @@ fn pack_row_blocks(
         .for_each(|(rows, k0, kc, region)| pack_rows(x, k, rows, k0, kc, region, isa));
 }
 
+/// Groups per K block for a block of `rows` rows of `groups` groups of `group` inputs: as
+/// [`k_step`] over `KC / group`, and at most [`INT8_QUADS_PER_SUM`].
+fn group_step(rows: usize, groups: usize, group: usize) -> usize {
+    k_step(rows, groups, KC / group).min(INT8_QUADS_PER_SUM)
+}
+
+/// As [`pack_row_blocks`], for rows of `per_row` 32-bit groups of `group` inputs.
+fn pack_group_blocks(
+    values: &[i32],
+    per_row: usize,
+    m: usize,
+    group: usize,
+    blocks: impl Iterator<Item = std::ops::Range<usize>>,
+    buffer: &mut Vec<i32>,
+) {
+    if buffer.len() < m * per_row {
+        buffer.resize(m * per_row, 0);
+    }
+    let mut rest = &mut buffer[..m * per_row];
+    let mut regions = Vec::new();
+    for rows in blocks {
+        let step = group_step(rows.len(), per_row, group);
+        for g0 in (0..per_row).step_by(step) {
+            let gc = step.min(per_row - g0);
+            let (region, tail) = std::mem::take(&mut rest).split_at_mut(rows.len() * gc);
+            regions.push((rows.clone(), g0, gc, region));
+            rest = tail;
+        }
+    }
+    regions
+        .into_par_iter()
+        .for_each(|(rows, g0, gc, region)| pack_groups(values, per_row, rows, g0, gc, region));
+}
+
 thread_local! {
     /// Each worker's buffer for packed rows of `x`, kept between products: grown when a
     /// product needs more, never zeroed (every value read is written first).
@@ -423,6 +483,8 @@ thread_local! {
     static SHARED_ROWS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     /// The same for 32-bit groups of inputs: 16-bit pairs, bf16 pairs, u8 quads.
     static A_PACK_GROUPS: std::cell::RefCell<Vec<i32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The calling thread's buffer for groups packed once and shared by a product's tasks.
+    static SHARED_GROUPS: std::cell::RefCell<Vec<i32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Pairs of inputs summed in i32 before going to f32: 128 pairs of |16-bit · 8-bit| products
@@ -438,6 +500,8 @@ struct Block<'a> {
     x: &'a [f32],
     /// `x` packed for every block of rows (`pack_row_blocks`), when the product did that.
     packed_rows: Option<&'a [f32]>,
+    /// The same for 32-bit groups of inputs (`pack_group_blocks`).
+    packed_groups: Option<&'a [i32]>,
     k: usize,
     n: usize,
     rows: std::ops::Range<usize>,
@@ -632,7 +696,7 @@ impl Block<'_> {
         isa: Isa,
     ) {
         let pairs = self.k.div_ceil(2);
-        let pair_step = k_step(self.rows.len(), pairs, KC / 2);
+        let pair_step = group_step(self.rows.len(), pairs, 2);
         if a_pack.len() < self.rows.len() * pair_step {
             a_pack.resize(self.rows.len() * pair_step, 0);
         }
@@ -641,9 +705,16 @@ impl Block<'_> {
             let pc = pair_step.min(pairs - p0);
             // As in `run_float`: one row is read in place.
             let single_row = self.rows.len() == 1;
-            if !single_row {
-                pack_groups(&rows.pairs, rows.pairs_per_row, self.rows.clone(), p0, pc, a_pack);
-            }
+            let a_pack: &[i32] = match self.packed_groups {
+                Some(all) => &all[self.rows.start * pairs + self.rows.len() * p0..],
+                None => {
+                    if !single_row {
+                        let per_row = rows.pairs_per_row;
+                        pack_groups(&rows.pairs, per_row, self.rows.clone(), p0, pc, a_pack);
+                    }
+                    a_pack
+                }
+            };
             let mut panels = self.panels.clone();
             #[cfg(target_arch = "x86_64")]
             if single_row && isa.has_avx2() {
@@ -701,7 +772,7 @@ impl Block<'_> {
     fn run_grouped(&self, weights: Grouped, rows: &GroupedRows, a_pack: &mut Vec<i32>, isa: Isa) {
         let group = weights.group();
         let groups = self.k.div_ceil(group);
-        let step = k_step(self.rows.len(), groups, KC / group).min(INT8_QUADS_PER_SUM);
+        let step = group_step(self.rows.len(), groups, group);
         if a_pack.len() < self.rows.len() * step {
             a_pack.resize(self.rows.len() * step, 0);
         }
@@ -740,9 +811,15 @@ impl Block<'_> {
                 Grouped::Bf16Pairs(_) => target,
             };
             let single_row = self.rows.len() == 1;
-            if !single_row {
-                pack_groups(&rows.values, rows.per_row, self.rows.clone(), g0, gc, a_pack);
-            }
+            let a_pack: &[i32] = match self.packed_groups {
+                Some(all) => &all[self.rows.start * groups + self.rows.len() * g0..],
+                None => {
+                    if !single_row {
+                        pack_groups(&rows.values, groups, self.rows.clone(), g0, gc, a_pack);
+                    }
+                    a_pack
+                }
+            };
             let mut panel = self.panels.start;
             #[cfg(target_arch = "x86_64")]
             if single_row && wide && gc == groups {
@@ -921,7 +998,7 @@ impl Block<'_> {
     }
 
     /// The epilogue and the residual, on this task's block while it is still in cache.
-    fn finish(&self, epilogue: Epilogue, residual: Option<&[f32]>) {
+    fn finish(&self, epilogue: Epilogue, residual: Option<&[f32]>, isa: Isa) {
         if epilogue == Epilogue::None && residual.is_none() {
             return;
         }
@@ -936,12 +1013,12 @@ impl Block<'_> {
             };
             match epilogue {
                 Epilogue::None => {}
-                Epilogue::GeluErf => super::gelu_in_place(out),
-                Epilogue::GeluTanh => super::gelu_tanh_in_place(out),
+                Epilogue::GeluErf => super::gelu_erf_on(isa, out),
+                Epilogue::GeluTanh => super::gelu_tanh_on(isa, out),
             }
             if let Some(residual) = residual {
                 let res = &residual[r * self.n + columns.start..r * self.n + columns.end];
-                super::add_in_place(out, res);
+                super::add_on(isa, out, res);
             }
         }
     }

@@ -254,13 +254,20 @@ pub(super) struct GroupedRows {
 
 impl GroupedRows {
     /// Each value rounded to bf16 (to nearest even, as PyTorch rounds a bf16 activation).
-    pub(super) fn bf16_pairs(x: &[f32], m: usize, k: usize) -> Self {
+    pub(super) fn bf16_pairs(x: &[f32], m: usize, k: usize, isa: Isa) -> Self {
         let per_row = k.div_ceil(2);
         let mut values = vec![0i32; m * per_row];
         values
             .par_chunks_mut(per_row.max(1))
             .zip(x.par_chunks(k.max(1)))
             .for_each(|(out, row)| {
+                let done = match isa.has_avx512() {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: the CPU has the AVX-512 features; `out` holds k/2 pairs.
+                    true => unsafe { super::avx512::bf16_pairs(row, out) },
+                    _ => 0,
+                };
+                let (row, out) = (&row[done..], &mut out[done / 2..]);
                 let (whole, tail) = row.as_chunks::<2>();
                 for (pair, &[even, odd]) in out.iter_mut().zip(whole) {
                     *pair = (u32::from(bf16_bits(even)) | u32::from(bf16_bits(odd)) << 16) as i32;
@@ -282,7 +289,7 @@ impl GroupedRows {
     /// even, clamped to 0..=255. Eight bits over the row's actual range, not ±max: a GELU
     /// output (≥ −0.17) keeps nearly all 256 steps. A row that is all zeros, or holds an
     /// infinity or NaN, gets scale 0 (its products are 0, as in the 16-bit int8 path).
-    pub(super) fn u8_quads(x: &[f32], m: usize, k: usize) -> Self {
+    pub(super) fn u8_quads(x: &[f32], m: usize, k: usize, isa: Isa) -> Self {
         let per_row = k.div_ceil(4);
         let mut values = vec![0i32; m * per_row];
         let mut scales = vec![0f32; m];
@@ -292,9 +299,14 @@ impl GroupedRows {
             .zip(x.par_chunks(k.max(1)))
             .zip(scales.par_iter_mut().zip(zero_points.par_iter_mut()))
             .for_each(|((out, row), (scale, zero_point))| {
-                let (low, high, finite) = row.iter().fold((0f32, 0f32, true), |(lo, hi, f), &v| {
-                    (lo.min(v), hi.max(v), f && v.is_finite())
-                });
+                let (low, high, finite) = match isa.has_avx512() {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: the CPU has the AVX-512 features.
+                    true => unsafe { super::avx512::range(row) },
+                    _ => row.iter().fold((0f32, 0f32, true), |(lo, hi, f), &v| {
+                        (lo.min(v), hi.max(v), f && v.is_finite())
+                    }),
+                };
                 let step = (high - low) / 255.0;
                 if !(finite && step > 0.0 && step.is_finite()) {
                     return;
@@ -302,7 +314,13 @@ impl GroupedRows {
                 let inverse = 1.0 / step;
                 let zero = (-low * inverse).round_ties_even().clamp(0.0, 255.0);
                 (*scale, *zero_point) = (step, zero as i32);
-                quantize_quads(row, inverse, zero, out);
+                let done = match isa.has_avx512() {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: as above; `out` holds k/4 quads.
+                    true => unsafe { super::avx512::quantize_quads(row, inverse, zero, out) },
+                    _ => 0,
+                };
+                quantize_quads(&row[done..], inverse, zero, &mut out[done / 4..]);
             });
         Self {
             values,
@@ -316,7 +334,7 @@ impl GroupedRows {
 /// `round(v · inverse + zero)` (ties to even) clamped to 0..=255, NaN to 0, four to an i32,
 /// first input in the low byte (zeros past the end): as `_mm512_cvtps_epi32` and a clamp
 /// would give them, so a vector form can give the same bits.
-fn quantize_quads(values: &[f32], inverse: f32, zero: f32, quads: &mut [i32]) {
+pub(super) fn quantize_quads(values: &[f32], inverse: f32, zero: f32, quads: &mut [i32]) {
     let quantize = |v: f32| {
         let q = (v * inverse + zero).round_ties_even();
         match q >= 0.0 {

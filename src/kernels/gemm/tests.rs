@@ -249,20 +249,59 @@ fn epilogue_and_residual_follow_the_product() {
 }
 
 /// A product nested in one that holds this thread's shared rows (a caller's own rayon work
-/// calling back into the GEMM) packs its rows per task instead, with the same results.
+/// calling back into the GEMM) packs its rows per task instead, with the same results, for
+/// every format and layout.
 #[test]
 fn nested_product_packs_its_own_rows() {
     let (m, k, n) = (40, 300, 96);
     let x = pseudo_random(m * k, 8);
     let w = pseudo_random(n * k, 9);
     let bias = pseudo_random(n, 10);
-    let packed = PackedWeights::pack(k, n, WeightFormat::F32, |o, i| w[o * k + i]);
-    let alone = check_every_isa("alone", &packed, &x, m, &bias, Epilogue::None, None, |v| v);
-    let nested = SHARED_ROWS.with(|held| {
-        let _held = held.borrow_mut();
-        check_every_isa("nested", &packed, &x, m, &bias, Epilogue::None, None, |v| v)
-    });
-    assert_eq!(alone, nested, "the nested path packs the same rows");
+    for layout in layouts() {
+        for format in [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::Int8] {
+            let packed = PackedWeights::pack_for(layout, k, n, format, |o, i| w[o * k + i]);
+            let product = |what| {
+                check_every_isa(what, &packed, &x, m, &bias, Epilogue::None, None, |v| v)
+            };
+            let alone = product("alone");
+            let nested = SHARED_ROWS.with(|rows| {
+                SHARED_GROUPS.with(|groups| {
+                    let _held = (rows.borrow_mut(), groups.borrow_mut());
+                    product("nested")
+                })
+            });
+            assert_eq!(alone, nested, "{}: the nested path packs the same rows", packed.panels_name());
+        }
+    }
+}
+
+/// The AVX-512 row conversions give the portable ones' bits: u8 quads (ties, NaN rows, odd
+/// lengths) exactly, bf16 pairs exactly on normal numbers (the instruction reads denormals as
+/// zero).
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn avx512_row_conversions_match_portable() {
+    if !crate::kernels::isa::test_can_run(Isa::Avx512, "avx512_row_conversions_match_portable") {
+        return;
+    }
+    for (m, k) in [(3, 1), (2, 15), (4, 16), (3, 33), (5, 100), (2, 768)] {
+        let mut x = pseudo_random(m * k, 13);
+        // Exact halves of a step and a NaN in one row.
+        x[0] = 0.5;
+        x[m * k / 2] = f32::NAN;
+        let (portable, avx512) = (
+            pack::GroupedRows::u8_quads(&x, m, k, Isa::Portable),
+            pack::GroupedRows::u8_quads(&x, m, k, Isa::Avx512),
+        );
+        assert_eq!(portable.values, avx512.values, "{m}x{k}: u8 quads");
+        assert_eq!(portable.scales, avx512.scales, "{m}x{k}: scales");
+        assert_eq!(portable.zero_points, avx512.zero_points, "{m}x{k}: zero points");
+        let (portable, avx512) = (
+            pack::GroupedRows::bf16_pairs(&x, m, k, Isa::Portable),
+            pack::GroupedRows::bf16_pairs(&x, m, k, Isa::Avx512),
+        );
+        assert_eq!(portable.values, avx512.values, "{m}x{k}: bf16 pairs");
+    }
 }
 
 /// The AVX-512 layouts and kernels exist where the CPU has them: bf16 pairs and int8 quads
@@ -316,7 +355,7 @@ fn u8_quads_round_trip_within_half_a_step() {
     ];
     for row in rows {
         let k = row.len();
-        let quads = pack::GroupedRows::u8_quads(&row, 1, k);
+        let quads = pack::GroupedRows::u8_quads(&row, 1, k, Isa::Portable);
         let (scale, zero) = (quads.scales[0], quads.zero_points[0]);
         let value = |i: usize| ((quads.values[i / 4] as u32 >> (8 * (i % 4))) & 0xff) as i32;
         if row.iter().any(|v| !v.is_finite()) || row.iter().all(|&v| v == 0.0) {
