@@ -3,9 +3,67 @@
 
 use std::time::Instant;
 
+use ferroformers::benchmark::resident_memory;
 use ferroformers::generation::{GenerationConfig, Generator, PromptBatch};
+use ferroformers::kernels::isa::Isa;
+use ferroformers::kernels::{kernel_mode, KernelMode};
 use ferroformers::{AutoModel, DType, Gpt2LMHeadModel, LoadOptions, ModelInput, Tensor};
 use serde::Serialize;
+
+/// What ran the products and how much memory the process held; reported with every benchmark.
+#[derive(Debug, Clone, Serialize)]
+pub struct Setting {
+    /// The instruction set our kernels ran (`portable`, `avx2`, `avx512`), or `reference`
+    /// when candle's own ops ran (`FERROFORMERS_KERNELS=reference`).
+    pub isa: &'static str,
+    /// The most memory resident at once (VmHWM), loading included; null where the system
+    /// does not say (not Linux).
+    pub peak_rss_bytes: Option<u64>,
+    /// Resident memory once the model is loaded, before the first run (VmRSS).
+    pub rss_after_load_bytes: Option<u64>,
+    /// Resident memory after the last run (VmRSS): with the activations' buffers, which the
+    /// allocator keeps for the next pass.
+    pub rss_after_runs_bytes: Option<u64>,
+}
+
+impl Setting {
+    /// Call once the model is loaded; [`Setting::runs_done`] after the runs.
+    fn loaded() -> Self {
+        let isa = match kernel_mode() {
+            KernelMode::Reference => "reference",
+            mode => Isa::detect(mode == KernelMode::Portable).name(),
+        };
+        Self {
+            isa,
+            peak_rss_bytes: None,
+            rss_after_load_bytes: resident_memory().map(|m| m.current),
+            rss_after_runs_bytes: None,
+        }
+    }
+
+    fn runs_done(mut self) -> Self {
+        let memory = resident_memory();
+        self.peak_rss_bytes = memory.map(|m| m.peak);
+        self.rss_after_runs_bytes = memory.map(|m| m.current);
+        self
+    }
+
+    /// For the human output: `kernels avx2, peak RSS 337 MiB (after load 300, after the runs
+    /// 320)`.
+    pub fn describe(&self) -> String {
+        let mib = |bytes: Option<u64>| match bytes {
+            Some(bytes) => format!("{:.0}", bytes as f64 / (1u64 << 20) as f64),
+            None => "?".to_string(),
+        };
+        format!(
+            "kernels {}, peak RSS {} MiB (after load {}, after the runs {})",
+            self.isa,
+            mib(self.peak_rss_bytes),
+            mib(self.rss_after_load_bytes),
+            mib(self.rss_after_runs_bytes)
+        )
+    }
+}
 
 /// What one benchmark measured.
 #[derive(Debug, Serialize)]
@@ -16,6 +74,8 @@ pub struct Report {
     pub runs: usize,
     pub median_ms: f64,
     pub sequences_per_second: f64,
+    #[serde(flatten)]
+    pub setting: Setting,
 }
 
 /// Median time of `runs` forward passes over a (batch, seq) input of random ids, after two
@@ -40,6 +100,7 @@ pub fn encoder(
         attention_mask: Some(Tensor::ones((batch, seq), DType::U32, &options.device)?),
         token_type_ids: None,
     };
+    let setting = Setting::loaded();
     let mut times = Vec::with_capacity(runs);
     for run in 0..runs + 2 {
         let start = Instant::now();
@@ -62,6 +123,7 @@ pub fn encoder(
         runs,
         median_ms,
         sequences_per_second: batch as f64 * 1e3 / median_ms,
+        setting: setting.runs_done(),
     })
 }
 
@@ -102,6 +164,10 @@ pub struct DecodeReport {
     pub triad_gb_per_second: f64,
     /// Decoding speed as a fraction of the bandwidth ceiling: steps/s × bytes per step ÷ triad.
     pub bandwidth_fraction: f64,
+    /// Memory after loading every decoder timed, and the peak, which includes the triad's
+    /// three 128 MiB arrays.
+    #[serde(flatten)]
+    pub setting: Setting,
 }
 
 /// Greedy decoding of `new_tokens` after a `prompt_tokens` prompt in each of `batch` rows,
@@ -133,6 +199,7 @@ pub fn decoders(
     let Some((_, config)) = decoders.first() else {
         return Ok(Vec::new());
     };
+    let setting = Setting::loaded();
     let ids = token_ids(batch * prompt_tokens, config);
     let prompts =
         PromptBatch::left_padded(ids.chunks(prompt_tokens).map(<[u32]>::to_vec).collect(), 0)?;
@@ -166,6 +233,7 @@ pub fn decoders(
     }
     triad.push(ferroformers::benchmark::triad_gb_per_second());
     let triad = median(triad);
+    let setting = setting.runs_done();
     let reports = decoders.iter().zip(options).zip(timings);
     Ok(reports
         .map(|(((decoder, _), options), (prefill, decode))| {
@@ -185,6 +253,7 @@ pub fn decoders(
                 triad_gb_per_second: triad,
                 bandwidth_fraction: steps_per_second * weight_bytes_per_token as f64
                     / (triad * 1e9),
+                setting: setting.clone(),
             }
         })
         .collect())

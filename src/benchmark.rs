@@ -73,3 +73,61 @@ pub fn triad_gb_per_second() -> f64 {
     }
     triad.bytes() as f64 / best / 1e9
 }
+
+/// The process's resident memory (RSS), in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResidentMemory {
+    /// Resident now (`VmRSS`).
+    pub current: u64,
+    /// The most that has been resident at once since the process started (`VmHWM`).
+    pub peak: u64,
+}
+
+/// This process's resident memory, from `/proc/self/status`; `None` where there is no such
+/// file (not Linux).
+pub fn resident_memory() -> Option<ResidentMemory> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_resident_memory(&status)
+}
+
+/// `VmRSS` and `VmHWM` of a `/proc/<pid>/status` text, in bytes (the file counts kB).
+fn parse_resident_memory(status: &str) -> Option<ResidentMemory> {
+    let field = |name: &str| {
+        let line = status.lines().find(|line| line.starts_with(name))?;
+        let mut words = line[name.len()..].split_whitespace();
+        let kilobytes: u64 = words.next()?.parse().ok()?;
+        (words.next() == Some("kB")).then_some(kilobytes * 1024)
+    };
+    Some(ResidentMemory {
+        current: field("VmRSS:")?,
+        peak: field("VmHWM:")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_rss_and_its_peak_from_proc_status() {
+        let status = "Name:\tferroformers\nVmPeak:\t 9000 kB\nVmHWM:\t  944824 kB\n\
+                      VmRSS:\t  577256 kB\nRssAnon:\t 1 kB\n";
+        assert_eq!(
+            parse_resident_memory(status),
+            Some(ResidentMemory {
+                current: 577_256 * 1024,
+                peak: 944_824 * 1024
+            })
+        );
+        assert_eq!(parse_resident_memory("VmRSS:\t 12 kB\n"), None);
+        assert_eq!(
+            parse_resident_memory("VmRSS:\t x kB\nVmHWM:\t 1 kB\n"),
+            None
+        );
+        #[cfg(target_os = "linux")]
+        {
+            let memory = resident_memory().unwrap();
+            assert!(memory.current > 0 && memory.peak >= memory.current);
+        }
+    }
+}

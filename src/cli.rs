@@ -143,7 +143,9 @@ enum Command {
     },
     /// Time the encoder's forward pass on random token ids: median milliseconds and
     /// sequences/s. With --generate, time GPT-2's greedy decoding instead: prefill and
-    /// tokens/s, against the memory bandwidth measured in the same run.
+    /// tokens/s, against the memory bandwidth measured in the same run. Both report the
+    /// instruction set the kernels ran and the resident memory (peak, after load, after the
+    /// runs).
     Bench {
         #[command(flatten)]
         common: Common,
@@ -519,14 +521,15 @@ pub fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
                             out,
                             "{}: {batch} x ({prompt_tokens} prompt + {new_tokens} new tokens), \
                              {}: prefill {:.2} ms, decode {:.2} tokens/s, {:.0}% of the {:.1} \
-                             GB/s triad bandwidth at {:.1} MB per step ({runs} runs)",
+                             GB/s triad bandwidth at {:.1} MB per step ({runs} runs); {}",
                             common.model,
                             report.dtype,
                             report.prefill_ms,
                             report.decode_tokens_per_second,
                             report.bandwidth_fraction * 100.0,
                             report.triad_gb_per_second,
-                            report.weight_bytes_per_token as f64 / 1e6
+                            report.weight_bytes_per_token as f64 / 1e6,
+                            report.setting.describe()
                         )?;
                     }
                     if let [first, second] = reports {
@@ -563,8 +566,13 @@ pub fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
             } else {
                 writeln!(
                     out,
-                    "{}: batch {batch} x {seq} tokens, {:?}: median {:.2} ms, {:.2} sequences/s ({runs} runs)",
-                    common.model, options.dtype, report.median_ms, report.sequences_per_second
+                    "{}: batch {batch} x {seq} tokens, {}: median {:.2} ms, {:.2} sequences/s \
+                     ({runs} runs); {}",
+                    common.model,
+                    report.dtype,
+                    report.median_ms,
+                    report.sequences_per_second,
+                    report.setting.describe()
                 )?;
             }
         }

@@ -12,6 +12,9 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::hub::ModelSource;
 
+mod released;
+use released::ReleasedSafetensors;
+
 const SAFETENSORS: &str = "model.safetensors";
 const SAFETENSORS_INDEX: &str = "model.safetensors.index.json";
 const PYTORCH: &str = "pytorch_model.bin";
@@ -19,7 +22,8 @@ const PYTORCH: &str = "pytorch_model.bin";
 /// The weight files of a checkpoint, on local disk.
 #[derive(Debug, Clone)]
 pub enum WeightFiles {
-    /// One or more safetensors files, memory-mapped when opened.
+    /// One or more safetensors files, memory-mapped when opened and read tensor by tensor,
+    /// each tensor's pages of the files released once it is read.
     Safetensors(Vec<PathBuf>),
     /// A PyTorch pickle, used only when no safetensors exist.
     PyTorch(PathBuf),
@@ -86,11 +90,10 @@ impl WeightFiles {
         };
         match self {
             // SAFETY: the files are memory-mapped; they must not be modified while the model
-            // is alive. Files in the Hub cache are written once and never changed in place.
-            WeightFiles::Safetensors(paths) => {
-                unsafe { VarBuilder::from_mmaped_safetensors(paths, dtype, device) }
-                    .map_err(|e| corrupt(paths, e))
-            }
+            // loads. Files in the Hub cache are written once and never changed in place.
+            WeightFiles::Safetensors(paths) => unsafe { ReleasedSafetensors::open(paths) }
+                .map(|files| VarBuilder::from_backend(Box::new(files), dtype, device.clone()))
+                .map_err(|e| corrupt(paths, e)),
             WeightFiles::PyTorch(path) => {
                 crate::pickle::check_torch_checkpoint(path)?;
                 VarBuilder::from_pth(path, dtype, device).map_err(|e| corrupt(path, e))

@@ -332,6 +332,44 @@ fn bench_against_pairs_the_runs_of_two_dtypes() {
     assert!(bytes(second) < 0.5 * bytes(first));
 }
 
+/// `bench --json` says which instruction set the kernels ran (the one this process's
+/// kernels pick, under the same environment) and how much memory the process held: a peak at
+/// least as high as what was resident after the load and after the runs, all of it more than
+/// the binary's code and less than this machine's memory.
+#[test]
+fn bench_reports_the_isa_and_resident_memory() {
+    let model = fixture_model("bert/base");
+    let args = [
+        "bench", "-m", &model, "--batch", "2", "--seq", "8", "--runs", "1", "--json",
+    ];
+    let lines = json_lines(&ferroformers(&args, None));
+    assert_eq!(lines.len(), 1);
+    let report = &lines[0];
+    use ferroformers::kernels::{isa::Isa, kernel_mode, KernelMode};
+    let expected = match kernel_mode() {
+        KernelMode::Reference => "reference",
+        mode => Isa::detect(mode == KernelMode::Portable).name(),
+    };
+    assert_eq!(report["isa"].as_str(), Some(expected), "{report}");
+    let bytes = |field: &str| report[field].as_u64();
+    if cfg!(target_os = "linux") {
+        let (peak, loaded, after) = (
+            bytes("peak_rss_bytes").unwrap(),
+            bytes("rss_after_load_bytes").unwrap(),
+            bytes("rss_after_runs_bytes").unwrap(),
+        );
+        let total = std::fs::read_to_string("/proc/meminfo").unwrap();
+        let total_kb: u64 = total.split_whitespace().nth(1).unwrap().parse().unwrap();
+        assert!(loaded >= 1 << 20 && after >= 1 << 20, "{report}");
+        assert!(
+            peak >= loaded && peak >= after && peak < total_kb * 1024,
+            "{report}"
+        );
+    } else {
+        assert!(report["peak_rss_bytes"].is_null(), "{report}");
+    }
+}
+
 #[test]
 fn against_needs_generate() {
     let model = fixture_model("gpt2/lm-head");

@@ -9,12 +9,15 @@
 //! for with `madvise(MADV_HUGEPAGE)`, which takes effect under the kernel's default
 //! `transparent_hugepage=madvise` setting; where the kernel says no, the buffer is unchanged.
 //! The cost: a buffer's last 2 MiB page is backed whole, up to 2 MiB of memory it does not
-//! use. Buffers from 64 KiB to 2 MiB (most of GPT-2's int8 matrices) are carved one after
-//! another from shared 16 MiB regions of huge pages, so they waste no more than the region's
-//! last page: int8 weight products for a GPT-2 small token ran 2% faster on the Zen 3 VM
-//! (same-process A/B, 300 interleaved steps) than with those matrices on 4 KiB pages. A region
-//! is unmapped with the last buffer in it; the one being filled stays mapped (at most the
-//! pages already touched are resident). Smaller buffers stay on the heap.
+//! use. Buffers from 64 KiB to 8 MiB (every matrix of BERT-base and GPT-2 small in int8 and
+//! bf16) are carved one after another from shared 16 MiB regions of huge pages, so they waste
+//! no more than the region's last page: int8 weight products for a GPT-2 small token ran 2%
+//! faster on the Zen 3 VM (same-process A/B, 300 interleaved steps) than with the matrices
+//! under 2 MiB on 4 KiB pages. Matrices of 2 to 8 MiB had regions of their own until a BERT-base
+//! in int8 held 38 MiB of rounding (2.4 MB matrices on 4 MiB of pages) out of a 269 MiB peak;
+//! they are on the same huge pages either way. A region is unmapped with the last buffer in
+//! it; the one being filled stays mapped (at most the pages already touched are resident).
+//! Smaller buffers stay on the heap.
 
 use rayon::prelude::*;
 use std::ptr::NonNull;
@@ -34,11 +37,14 @@ unsafe impl Plain for i8 {}
 const CACHE_LINE: usize = 64;
 #[cfg(target_os = "linux")]
 const HUGE_PAGE: usize = 2 << 20;
-/// Buffers from this size up to `HUGE_PAGE` share regions (see the module's documentation).
+/// Buffers from this size up to `SHARED_MAX` share regions (see the module's documentation).
 #[cfg(target_os = "linux")]
 const SHARED_MIN: usize = 64 << 10;
 #[cfg(target_os = "linux")]
 const REGION: usize = 16 << 20;
+/// Half a region: larger buffers would leave most of one unused.
+#[cfg(target_os = "linux")]
+const SHARED_MAX: usize = REGION / 2;
 
 /// A fixed-length buffer of `T` starting on a cache line (on a 2 MiB page boundary, with huge
 /// pages asked for, when it is at least that large on Linux).
@@ -150,7 +156,7 @@ impl<T: Plain> StreamBuffer<T> {
             };
         }
         #[cfg(target_os = "linux")]
-        if bytes >= HUGE_PAGE {
+        if bytes > SHARED_MAX {
             if let Some(buffer) = Self::mapped(len, bytes) {
                 return buffer;
             }
@@ -293,7 +299,7 @@ mod tests {
         }
         #[cfg(target_os = "linux")]
         {
-            let large = StreamBuffer::<i8>::zeroed(HUGE_PAGE);
+            let large = StreamBuffer::<i8>::zeroed(SHARED_MAX + 1);
             assert_eq!(large.as_ptr() as usize % HUGE_PAGE, 0);
             assert!(large.iter().all(|&v| v == 0));
         }
@@ -309,6 +315,8 @@ mod tests {
             SHARED_MIN,
             SHARED_MIN + 3,
             HUGE_PAGE - 1,
+            HUGE_PAGE + 5,
+            SHARED_MAX,
             300_000,
             HUGE_PAGE / 2 + 7,
         ];
