@@ -145,6 +145,15 @@ const INT8_BARS: Bars = Bars {
     component: 1e-2,
 };
 
+/// int8 on AVX-512 (`vpdpbusd`) also rounds each row of activations to u8 over the row's range
+/// (the 16-bit paths: to 16 bits over ±max), a step 128 times coarser, which roughly doubles
+/// the error norm: measured e ≈ 4.8e-2 (worst cosine 0.99883, 1 - cosine = 1.2e-3). The bar
+/// 0.998 allows e = 6.3e-2, 1.3x. Largest component error measured 7.3e-3.
+const INT8_U8_BARS: Bars = Bars {
+    cosine: 0.998,
+    component: 1.5e-2,
+};
+
 #[test]
 fn bf16_and_int8_embeddings_stay_close_to_f32() {
     let hub = HubOptions::default()
@@ -182,7 +191,11 @@ fn bf16_and_int8_embeddings_stay_close_to_f32() {
             LoadOptions::default()
                 .with_hub(hub.clone())
                 .with_quantization(ferroformers::Quantization::Int8),
-            INT8_BARS,
+            // The layout, and so the int8 product, is chosen at load by the kernels' ISA.
+            match ferroformers::kernels::isa::Isa::current().has_avx512() {
+                true => INT8_U8_BARS,
+                false => INT8_BARS,
+            },
         ),
     ] {
         for (i, (ours, reference)) in embed(options).iter().zip(&f32_embeddings).enumerate() {
