@@ -617,7 +617,11 @@ fn bf16_and_int8_keep_f32s_greedy_tokens_until_a_near_tie() {
     let u8_activations = ferroformers::kernels::isa::Isa::current().has_avx512();
     eprintln!(
         "int8 activations: {}",
-        if u8_activations { "8 bits (AVX-512)" } else { "16 bits" }
+        if u8_activations {
+            "8 bits (AVX-512)"
+        } else {
+            "16 bits"
+        }
     );
     let folder = fixture("gpt2/lm-head").to_string_lossy().into_owned();
     let low_precision = [

@@ -280,9 +280,9 @@ fn bf16_activation_roundoff(isa: Isa) -> f64 {
 /// sign over ±max|x| (`vpmaddwd`), or on AVX-512 (`vpdpbusd`) 255 steps over the row's range
 /// widened to hold 0.
 fn int8_activation_step(isa: Isa, row: &[f32]) -> f64 {
-    let (lo, hi) = row
-        .iter()
-        .fold((0f64, 0f64), |(l, h), &v| (l.min(v as f64), h.max(v as f64)));
+    let (lo, hi) = row.iter().fold((0f64, 0f64), |(l, h), &v| {
+        (l.min(v as f64), h.max(v as f64))
+    });
     match isa.has_avx512() {
         true => (hi - lo) / 255.0,
         false => lo.abs().max(hi) / 32767.0,

@@ -6,7 +6,9 @@
 use std::arch::x86_64::*;
 
 use super::pack::INT8_PANEL_ROW;
-use super::{prefetch_distance, Ahead, Target, AHEAD_STEP, INT8_PAIRS_PER_SUM, MR, NR, ROW_STREAMS};
+use super::{
+    prefetch_distance, Ahead, Target, AHEAD_STEP, INT8_PAIRS_PER_SUM, MR, NR, ROW_STREAMS,
+};
 
 /// [`quantize_pairs`] on AVX2, 16 values at a time: it runs before every int8 product, on
 /// one core while the others wait (scalar, 3072 inputs took ~3.5 µs).
@@ -37,7 +39,6 @@ pub(super) unsafe fn quantize_pairs(values: &[f32], inverse: f32, pairs: &mut [i
     }
     super::pack::quantize_pairs(&values[whole..], inverse, &mut pairs[whole / 2..]);
 }
-
 
 /// The first columns of six rows (`sources`, of equal length) into `panel` as `pack_rows`
 /// lays them out, 8 columns at a time by an 8 × 8 transpose (the last two rows zero) with
@@ -96,7 +97,6 @@ pub(super) fn pack_six_rows(sources: &[&[f32]; MR], panel: &mut [f32]) -> usize 
     p0
 }
 
-
 /// Instantiate the AVX2 micro-kernels for one weight type (`$load` turns 16 packed weights
 /// at a pointer into two f32 registers): the tile kernel, and the one-row kernel over up to
 /// [`ROW_STREAMS`] panels (`$prefetch`: whether it asks for its weights [`PREFETCH_AHEAD`]
@@ -116,7 +116,7 @@ macro_rules! tile_kernels {
             target: Target,
             ahead: Ahead,
         ) {
-                let mut acc = [[_mm256_setzero_ps(); 2]; M];
+            let mut acc = [[_mm256_setzero_ps(); 2]; M];
             let step = |acc: &mut [[__m256; 2]; M], p: usize| {
                 let (w0, w1) = $load(b.add(p * NR));
                 for (i, acc) in acc.iter_mut().enumerate() {
@@ -161,7 +161,7 @@ macro_rules! tile_kernels {
 
         #[target_feature(enable = "avx2,fma")]
         unsafe fn $row_avx2<const P: usize>(a: &[f32], b: *const $ty, targets: &[Target]) {
-                let k = a.len();
+            let k = a.len();
             let row_bytes = NR * std::mem::size_of::<$ty>();
             let mut acc = [[_mm256_setzero_ps(); 2]; P];
             for (p, &x) in a.iter().enumerate() {
@@ -190,9 +190,7 @@ tile_kernels!(
     row_f32,
     row_f32_avx2,
     f32,
-    |b: *const f32| {
-        (_mm256_loadu_ps(b), _mm256_loadu_ps(b.add(8)))
-    },
+    |b: *const f32| { (_mm256_loadu_ps(b), _mm256_loadu_ps(b.add(8))) },
     false
 );
 
@@ -214,14 +212,17 @@ tile_kernels!(
     true
 );
 
-
-
 /// The AVX2 int8 micro-kernel: `vpmaddwd` of 16-bit input pairs and 16-bit-widened weights.
 ///
 /// # Safety
 /// The CPU has AVX2 and FMA; `a` holds pc·M pairs and `b` pc panel rows.
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn tile_int8<const M: usize>(pc: usize, a: *const i32, b: *const i8, target: Target) {
+pub(super) unsafe fn tile_int8<const M: usize>(
+    pc: usize,
+    a: *const i32,
+    b: *const i8,
+    target: Target,
+) {
     let mut sums = [[_mm256_setzero_ps(); 2]; M];
     let mut q = 0;
     while q < pc {
@@ -299,7 +300,10 @@ unsafe fn row_int8_avx2<const P: usize>(a: &[i32], b: *const i8, targets: &[Targ
 /// Write a kernel's sums as `target` says: × column scale × row scale, then + bias on the
 /// first K block or + what the output holds on the others.
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn store<const M: usize>(sums: &[[std::arch::x86_64::__m256; 2]; M], target: Target) {
+pub(super) unsafe fn store<const M: usize>(
+    sums: &[[std::arch::x86_64::__m256; 2]; M],
+    target: Target,
+) {
     for (i, sums) in sums.iter().enumerate() {
         let row = target.c.add(i * target.ldc);
         for (h, &sum) in sums.iter().enumerate() {
@@ -319,4 +323,3 @@ pub(super) unsafe fn store<const M: usize>(sums: &[[std::arch::x86_64::__m256; 2
         }
     }
 }
-

@@ -298,7 +298,12 @@ pub(super) unsafe fn range(row: &[f32]) -> (f32, f32, bool) {
 /// # Safety
 /// The CPU has `Isa::Avx512`'s features; `quads` holds at least `row.len() / 4` values.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,avx512vnni,avx2,fma")]
-pub(super) unsafe fn quantize_quads(row: &[f32], inverse: f32, zero: f32, quads: &mut [i32]) -> usize {
+pub(super) unsafe fn quantize_quads(
+    row: &[f32],
+    inverse: f32,
+    zero: f32,
+    quads: &mut [i32],
+) -> usize {
     let whole = row.len() / 16 * 16;
     assert!(quads.len() * 4 >= whole);
     let (inverse, zero, floor) = (
@@ -307,9 +312,15 @@ pub(super) unsafe fn quantize_quads(row: &[f32], inverse: f32, zero: f32, quads:
         _mm512_setzero_si512(),
     );
     for i in (0..whole).step_by(16) {
-        let v = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(row.as_ptr().add(i)), inverse), zero);
+        let v = _mm512_add_ps(
+            _mm512_mul_ps(_mm512_loadu_ps(row.as_ptr().add(i)), inverse),
+            zero,
+        );
         let q = _mm512_max_epi32(_mm512_cvtps_epi32(v), floor);
-        _mm_storeu_si128(quads.as_mut_ptr().add(i / 4).cast(), _mm512_cvtusepi32_epi8(q));
+        _mm_storeu_si128(
+            quads.as_mut_ptr().add(i / 4).cast(),
+            _mm512_cvtusepi32_epi8(q),
+        );
     }
     whole
 }

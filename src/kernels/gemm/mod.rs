@@ -374,15 +374,15 @@ pub fn matmul_uninit(
                 }
                 Err(_) => run(None, None),
             }),
-            Some((values, per_row, group)) => SHARED_GROUPS.with(|buffer| {
-                match buffer.try_borrow_mut() {
+            Some((values, per_row, group)) => {
+                SHARED_GROUPS.with(|buffer| match buffer.try_borrow_mut() {
                     Ok(mut buffer) => {
                         pack_group_blocks(values, per_row, m, group, blocks, &mut buffer);
                         run(None, Some(&buffer))
                     }
                     Err(_) => run(None, None),
-                }
-            }),
+                })
+            }
         }
     } else {
         run(None, None)
@@ -640,13 +640,16 @@ impl Block<'_> {
             if single_row && isa.has_avx2() {
                 // Reading one row is bound by memory: the AVX2 kernels keep up with it.
                 let a = &self.x[self.rows.start * k..][..k];
-                panel = self.row_groups(|_, target| target, |first_panel, targets| {
-                    let b = first_panel * k * NR..(first_panel + targets.len()) * k * NR;
-                    match &weights {
-                        FloatPanels::F32(w) => avx2::row_f32(a, &w[b], targets),
-                        FloatPanels::Bf16(w) => avx2::row_bf16(a, &w[b], targets),
-                    }
-                });
+                panel = self.row_groups(
+                    |_, target| target,
+                    |first_panel, targets| {
+                        let b = first_panel * k * NR..(first_panel + targets.len()) * k * NR;
+                        match &weights {
+                            FloatPanels::F32(w) => avx2::row_f32(a, &w[b], targets),
+                            FloatPanels::Bf16(w) => avx2::row_bf16(a, &w[b], targets),
+                        }
+                    },
+                );
             }
             let first = block_index == 0;
             let panel_bytes = k * NR * weights.value_bytes();
@@ -668,8 +671,15 @@ impl Block<'_> {
                     let direct = self.direct_target(isa.has_avx2(), r0, panel, width, first);
                     let target = direct.unwrap_or_else(|| Target::tile(&mut tile));
                     // Each micro-panel of rows asks for its share of the next panel block.
-                    let ahead =
-                        self.ahead(panel, width, next, block_bytes, panel_bytes, tile_index, tiles);
+                    let ahead = self.ahead(
+                        panel,
+                        width,
+                        next,
+                        block_bytes,
+                        panel_bytes,
+                        tile_index,
+                        tiles,
+                    );
                     let stride = k * NR;
                     match &weights {
                         FloatPanels::F32(w) => {
@@ -744,13 +754,13 @@ impl Block<'_> {
                     let first = block_index == 0;
                     let c0 = panel * NR;
                     let row_scales = &rows.scales[r0..r0 + mr];
-                    let direct = self
-                        .direct_target(isa.has_avx2(), r0, panel, 1, first)
-                        .map(|target| Target {
-                            scales: column_scales[c0..].as_ptr(),
-                            row_scales: row_scales.as_ptr(),
-                            ..target
-                        });
+                    let direct =
+                        self.direct_target(isa.has_avx2(), r0, panel, 1, first)
+                            .map(|target| Target {
+                                scales: column_scales[c0..].as_ptr(),
+                                row_scales: row_scales.as_ptr(),
+                                ..target
+                            });
                     tile_int8(
                         isa,
                         mr,
@@ -863,8 +873,15 @@ impl Block<'_> {
                     let target =
                         direct.unwrap_or_else(|| corrected(panel, r0, Target::tile(&mut tile)));
                     let panel_bytes = panel_len * value_bytes;
-                    let ahead =
-                        self.ahead(panel, width, next, block_bytes, panel_bytes, tile_index, tiles);
+                    let ahead = self.ahead(
+                        panel,
+                        width,
+                        next,
+                        block_bytes,
+                        panel_bytes,
+                        tile_index,
+                        tiles,
+                    );
                     let stride = panel_len;
                     match weights {
                         Grouped::Bf16Pairs(w) => {
@@ -1115,7 +1132,6 @@ impl FloatPanels<'_> {
     }
 }
 
-
 /// `$call` with the const `$m` = `$mr` rows (1 ..= MR; more is MR).
 macro_rules! with_rows {
     ($mr:expr, $m:ident => $call:expr) => {
@@ -1182,7 +1198,9 @@ fn tile_f32(
         Isa::Avx2 => unsafe {
             with_rows!(mr, M => avx2::tile_f32::<M>(kc, a.as_ptr(), b.as_ptr(), target, ahead))
         },
-        Isa::Portable => with_rows!(mr, M => portable::tile::<M, f32>(a, b, target, |row, j| row[j])),
+        Isa::Portable => {
+            with_rows!(mr, M => portable::tile::<M, f32>(a, b, target, |row, j| row[j]))
+        }
     }
 }
 

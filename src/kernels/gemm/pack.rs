@@ -40,7 +40,6 @@ pub(super) fn int8_lane(column: usize, odd: usize) -> usize {
     16 * (column / 8) + 2 * (column % 8) + odd
 }
 
-
 /// Values per 32-bit lane of a grouped panel row: a panel row holds, for each of its NR
 /// columns, `group` consecutive inputs side by side (64 bytes for bf16 pairs and int8 quads:
 /// one AVX-512 register).
@@ -113,12 +112,11 @@ impl PackedWeights {
                         _ => 0.0,
                     }
                 })),
-                WeightFormat::Bf16 if grouped => Panels::Bf16Pairs(grouped_panels(
-                    inner,
-                    outer,
-                    2,
-                    |o, i| bf16_bits(weight(o, i)),
-                )),
+                WeightFormat::Bf16 if grouped => {
+                    Panels::Bf16Pairs(grouped_panels(inner, outer, 2, |o, i| {
+                        bf16_bits(weight(o, i))
+                    }))
+                }
                 WeightFormat::Bf16 => Panels::Bf16(StreamBuffer::from_fn(len, |index| {
                     // Position `index` holds the column that `bf16_lane` puts there.
                     let lane = bf16_lane(index % NR);
@@ -182,7 +180,6 @@ impl PackedWeights {
             panels,
         }
     }
-
 }
 
 /// The rows of `x` as 16-bit integers, `x ≈ value · scale` with one scale per row, stored
@@ -210,7 +207,9 @@ impl QuantizedRows {
                 match isa {
                     #[cfg(target_arch = "x86_64")]
                     // SAFETY: `Isa::Avx2` is only chosen when the CPU has AVX2 and FMA.
-                    Isa::Avx2 | Isa::Avx512 => unsafe { super::avx2::quantize_pairs(row, inverse, out) },
+                    Isa::Avx2 | Isa::Avx512 => unsafe {
+                        super::avx2::quantize_pairs(row, inverse, out)
+                    },
                     _ => quantize_pairs(row, inverse, out),
                 }
             }
@@ -239,7 +238,6 @@ pub(super) fn quantize_pairs(values: &[f32], inverse: f32, pairs: &mut [i32]) {
         *pair = quantize(*last) as i32;
     }
 }
-
 
 /// The rows of `x` as the grouped kernels take them: consecutive inputs packed into 32 bits,
 /// either two bf16 (`vdpbf16ps`) or four u8 with a scale and a zero point per row
@@ -395,7 +393,6 @@ pub(super) fn pack_rows(
     }
 }
 
-
 /// Copy groups `p0 .. p0 + pc` of `rows` (each row `per_row` groups of inputs, 32 bits
 /// each: 16-bit pairs, bf16 pairs or u8 quads) into micro-panels of up to MR rows: for each
 /// group, the rows side by side.
@@ -420,4 +417,3 @@ pub(super) fn pack_groups(
         offset += pc * mr;
     }
 }
-

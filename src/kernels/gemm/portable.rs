@@ -55,7 +55,6 @@ pub(super) fn tile_int8<const M: usize>(a: &[i32], b: &[i8], target: Target) {
     write_tile(&sums, target);
 }
 
-
 /// Raw sums to a stack tile: the portable kernels' only target.
 fn write_tile<const M: usize>(sums: &[[f32; NR]; M], target: Target) {
     for (i, sums) in sums.iter().enumerate() {

@@ -102,7 +102,9 @@ fn bound(packed: &PackedWeights, x: &[f32], stored: &[f32], r: usize, o: usize, 
             products / 512.0
         }
         Panels::Int8Quads { .. } => {
-            let (lo, hi) = row.iter().fold((0f32, 0f32), |(l, h), &v| (l.min(v), h.max(v)));
+            let (lo, hi) = row
+                .iter()
+                .fold((0f32, 0f32), |(l, h), &v| (l.min(v), h.max(v)));
             sum_abs_w * (hi - lo) / 255.0 / 2.0
         }
     };
@@ -165,7 +167,10 @@ impl PackedWeights {
 #[test]
 fn matches_reference_product() {
     for isa in Isa::available() {
-        eprintln!("matches_reference_product: running the {} kernels", isa.name());
+        eprintln!(
+            "matches_reference_product: running the {} kernels",
+            isa.name()
+        );
     }
     for &(m, k, n) in &[
         (1, 7, 5),
@@ -197,8 +202,16 @@ fn matches_reference_product() {
             for format in [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::Int8] {
                 let packed = PackedWeights::pack_for(layout, k, n, format, |o, i| w[o * k + i]);
                 let identity = (|v| v) as fn(f32) -> f32;
-                let results =
-                    check_every_isa("product", &packed, &x, m, &bias, Epilogue::None, None, identity);
+                let results = check_every_isa(
+                    "product",
+                    &packed,
+                    &x,
+                    m,
+                    &bias,
+                    Epilogue::None,
+                    None,
+                    identity,
+                );
                 // Integer sums are exact: every int8 kernel gives the same sums, and the
                 // same scaling order gives the same bits.
                 if format == WeightFormat::Int8 {
@@ -260,9 +273,8 @@ fn nested_product_packs_its_own_rows() {
     for layout in layouts() {
         for format in [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::Int8] {
             let packed = PackedWeights::pack_for(layout, k, n, format, |o, i| w[o * k + i]);
-            let product = |what| {
-                check_every_isa(what, &packed, &x, m, &bias, Epilogue::None, None, |v| v)
-            };
+            let product =
+                |what| check_every_isa(what, &packed, &x, m, &bias, Epilogue::None, None, |v| v);
             let alone = product("alone");
             let nested = SHARED_ROWS.with(|rows| {
                 SHARED_GROUPS.with(|groups| {
@@ -270,7 +282,12 @@ fn nested_product_packs_its_own_rows() {
                     product("nested")
                 })
             });
-            assert_eq!(alone, nested, "{}: the nested path packs the same rows", packed.panels_name());
+            assert_eq!(
+                alone,
+                nested,
+                "{}: the nested path packs the same rows",
+                packed.panels_name()
+            );
         }
     }
 }
@@ -295,7 +312,10 @@ fn avx512_row_conversions_match_portable() {
         );
         assert_eq!(portable.values, avx512.values, "{m}x{k}: u8 quads");
         assert_eq!(portable.scales, avx512.scales, "{m}x{k}: scales");
-        assert_eq!(portable.zero_points, avx512.zero_points, "{m}x{k}: zero points");
+        assert_eq!(
+            portable.zero_points, avx512.zero_points,
+            "{m}x{k}: zero points"
+        );
         let (portable, avx512) = (
             pack::GroupedRows::bf16_pairs(&x, m, k, Isa::Portable),
             pack::GroupedRows::bf16_pairs(&x, m, k, Isa::Avx512),
@@ -365,7 +385,10 @@ fn u8_quads_round_trip_within_half_a_step() {
         }
         for (i, &v) in row.iter().enumerate() {
             let back = (value(i) - zero) as f32 * scale;
-            assert!((back - v).abs() <= scale * 0.5001, "{row:?}[{i}]: {back} vs {v}");
+            assert!(
+                (back - v).abs() <= scale * 0.5001,
+                "{row:?}[{i}]: {back} vs {v}"
+            );
         }
         // The last quad is padded with zero bytes, which meet zero weights.
         assert!(k % 4 == 0 || value(k) == 0, "{row:?}: padding");
