@@ -837,3 +837,27 @@ fn safetensors_with_structurally_damaged_headers_are_refused_or_load() {
     // deviation ~6) is far enough above never to fail by chance.
     depth.assert_each_reached(CASES, 0.01);
 }
+
+/// The entry point the cargo-fuzz pickle target calls (fuzz/fuzz_targets/pickle.rs) is the
+/// vetting that loading does: it accepts the fixture's real pickle and refuses one that calls
+/// `os.system`, with the same error loading gives.
+#[test]
+fn the_fuzzing_entry_point_vets_pickles_as_loading_does() {
+    let archive = std::fs::File::open(fixture("bert/base-pytorch-bin/pytorch_model.bin")).unwrap();
+    let mut archive = zip::ZipArchive::new(archive).unwrap();
+    let name = archive
+        .file_names()
+        .filter_map(|name| name.ok().map(|name| name.into_owned()))
+        .find(|name| name.ends_with("/data.pkl"))
+        .unwrap();
+    let mut pickle = Vec::new();
+    std::io::Read::read_to_end(&mut archive.by_name(&name).unwrap(), &mut pickle).unwrap();
+    assert!(ferroformers::fuzzing::check_pickle(&pickle).is_ok());
+
+    let malicious = b"\x80\x02cos\nsystem\nq\x00X\x0a\x00\x00\x00echo pwnedq\x01\x85q\x02Rq\x03.";
+    let error = ferroformers::fuzzing::check_pickle(malicious).unwrap_err();
+    assert!(
+        matches!(&error, ferroformers::Error::InvalidWeights(why) if why.contains("os.system")),
+        "{error}"
+    );
+}
