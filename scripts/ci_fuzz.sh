@@ -9,9 +9,10 @@
 #   FUZZ_PROFILE    dev (default) or release. cargo-fuzz's release build (opt-level 3, one
 #                   codegen unit per crate, every dependency instrumented) of candle, gemm and
 #                   tokenizers took 10.5 min of CPU (29 min wall on a loaded 2-core machine);
-#                   the dev build takes about 3 min of CPU, and its targets still run 100-250
-#                   inputs a second through config, header and tokenizer loading (with a
-#                   forward pass) and ~6,000 a second through the pickle check.
+#                   the dev build takes about 3 min of CPU (3m38s wall there), and its
+#                   targets still run 150-650 inputs a second through config, header and
+#                   tokenizer loading (with a forward pass) and ~7,000 a second through the
+#                   pickle check.
 #
 # cargo-fuzz passes nightly-only flags (-Zsanitizer, sanitizer-coverage passes) to rustc;
 # RUSTC_BOOTSTRAP=1 lets the stable toolchain accept them.
