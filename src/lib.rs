@@ -41,6 +41,8 @@ pub mod auto;
 pub mod benchmark;
 pub mod config;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod generation;
 pub mod host;
 pub mod hub;
