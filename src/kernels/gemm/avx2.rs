@@ -130,7 +130,7 @@ macro_rules! tile_kernels {
             for p0 in (0..whole).step_by(AHEAD_STEP) {
                 if line < ahead.lines {
                     // A hint only: it never faults, whatever the address.
-                    _mm_prefetch::<_MM_HINT_T1>(ahead.start.wrapping_add(line * 64).cast());
+                    _mm_prefetch::<_MM_HINT_T1>(ahead.address(line).cast());
                     line += 1;
                 }
                 for p in p0..p0 + AHEAD_STEP {

@@ -108,7 +108,10 @@ struct Ahead {
     start: *const u8,
     /// Bytes from one panel to the next.
     panel_bytes: usize,
-    panels: usize,
+    /// log2 of the panels the lines are taken from in turn (0 or 1): a shift, since the
+    /// kernels compute an address every few steps and a division would cost more than the
+    /// steps in between (it cost 4–5% of an AVX2 f32 forward pass).
+    panels_log2: u32,
     first: usize,
     lines: usize,
 }
@@ -117,7 +120,7 @@ impl Ahead {
     const NONE: Ahead = Ahead {
         start: std::ptr::null(),
         panel_bytes: 0,
-        panels: 1,
+        panels_log2: 0,
         first: 0,
         lines: 0,
     };
@@ -126,7 +129,8 @@ impl Ahead {
     #[inline(always)]
     fn address(&self, line: usize) -> *const u8 {
         let line = self.first + line;
-        let (panel, row) = (line % self.panels, line / self.panels);
+        let panel = line & ((1 << self.panels_log2) - 1);
+        let row = line >> self.panels_log2;
         self.start
             .wrapping_add(panel * self.panel_bytes)
             .wrapping_add(row * 64)
@@ -594,6 +598,7 @@ impl Block<'_> {
         tile_index: usize,
         tiles: usize,
     ) -> Ahead {
+        // One panel, or two when two follow (the AVX-512 kernels' pairs).
         let count = self.panels.end.saturating_sub(panel + width).min(width);
         if count == 0 {
             return Ahead::NONE;
@@ -604,7 +609,7 @@ impl Block<'_> {
         Ahead {
             start: next,
             panel_bytes,
-            panels: count,
+            panels_log2: (count == 2) as u32,
             first,
             lines: per_tile.min(lines.saturating_sub(first)),
         }
