@@ -888,15 +888,13 @@ impl Block<'_> {
                         tiles,
                     );
                     let stride = panel_len;
-                    match weights {
-                        Grouped::Bf16Pairs(w) => {
-                            tile_bf16_pairs(isa, mr, width, a, &w[b.clone()], stride, target, ahead)
-                        }
+                    let block = match weights {
+                        Grouped::Bf16Pairs(w) => GroupedBlock::Bf16Pairs(&w[b.clone()]),
                         Grouped::Int8Quads { values, .. } => {
-                            let b = &values[b.clone()];
-                            tile_int8_quads(isa, mr, width, a, b, stride, target, ahead)
+                            GroupedBlock::Int8Quads(&values[b.clone()])
                         }
-                    }
+                    };
+                    tile_grouped(isa, mr, width, a, block, stride, target, ahead);
                     if direct.is_none() {
                         let scales = match weights {
                             Grouped::Int8Quads { scales, .. } => {
@@ -1169,6 +1167,17 @@ macro_rules! with_rows {
     };
 }
 
+/// `avx512::$kernel::<M, P>(args)` for M = `$mr` rows and P = `$width` panels (1 or 2).
+#[cfg(target_arch = "x86_64")]
+macro_rules! avx512_tile {
+    ($kernel:ident, $mr:expr, $width:expr, ($($arg:expr),*)) => {
+        with_rows!($mr, M => match $width {
+            2 => avx512::$kernel::<M, 2>($($arg),*),
+            _ => avx512::$kernel::<M, 1>($($arg),*),
+        })
+    };
+}
+
 /// The f32 micro-kernels: `mr` packed rows `a` × `width` panels of `b` (`stride` values
 /// apart), by instruction set. Only AVX-512 takes two panels.
 #[allow(clippy::too_many_arguments)]
@@ -1194,10 +1203,7 @@ fn tile_f32(
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => unsafe {
             let (a, b) = (a.as_ptr(), b.as_ptr());
-            with_rows!(mr, M => match width {
-                2 => avx512::tile_f32::<M, 2>(kc, a, b, stride, target, ahead),
-                _ => avx512::tile_f32::<M, 1>(kc, a, b, stride, target, ahead),
-            })
+            avx512_tile!(tile_f32, mr, width, (kc, a, b, stride, target, ahead))
         },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe {
@@ -1242,61 +1248,54 @@ fn tile_int8(isa: Isa, mr: usize, a: &[i32], b: &[i8], target: Target) {
     with_rows!(mr, M => portable::tile_int8::<M>(a, b, target))
 }
 
-/// The micro-kernels over bf16 pairs: `vdpbf16ps` on AVX-512, else portable code (one panel).
-#[allow(clippy::too_many_arguments)]
-fn tile_bf16_pairs(
-    isa: Isa,
-    mr: usize,
-    width: usize,
-    a: &[i32],
-    b: &[u16],
-    stride: usize,
-    target: Target,
-    ahead: Ahead,
-) {
-    let gc = a.len() / mr;
-    debug_assert!(b.len() == (width - 1) * stride + gc * NR * 2);
-    #[cfg(target_arch = "x86_64")]
-    if isa.has_avx512() {
-        // SAFETY: as in `tile_f32`, with gc·mr pairs in `a` and gc pair rows per panel.
-        return unsafe {
-            let (a, b) = (a.as_ptr(), b.as_ptr());
-            with_rows!(mr, M => match width {
-                2 => avx512::tile_bf16::<M, 2>(gc, a, b, stride, target, ahead),
-                _ => avx512::tile_bf16::<M, 1>(gc, a, b, stride, target, ahead),
-            })
-        };
-    }
-    let _ = (isa, stride, ahead);
-    with_rows!(mr, M => portable::tile_bf16_pairs::<M>(a, b, target))
+/// The weights of one micro-kernel call over a grouped layout.
+#[derive(Clone, Copy)]
+enum GroupedBlock<'a> {
+    Bf16Pairs(&'a [u16]),
+    Int8Quads(&'a [i8]),
 }
 
-/// The micro-kernels over int8 quads and u8 rows: `vpdpbusd` on AVX-512, else portable code
-/// (one panel); the same integer sums either way.
+/// The micro-kernels over grouped layouts: on AVX-512 `vdpbf16ps` (bf16 pairs) or
+/// `vpdpbusd` (int8 quads and u8 rows), else portable code, one panel at a time (for int8 the
+/// same integer sums).
 #[allow(clippy::too_many_arguments)]
-fn tile_int8_quads(
+fn tile_grouped(
     isa: Isa,
     mr: usize,
     width: usize,
     a: &[i32],
-    b: &[i8],
+    b: GroupedBlock,
     stride: usize,
     target: Target,
     ahead: Ahead,
 ) {
     let gc = a.len() / mr;
-    debug_assert!(b.len() == (width - 1) * stride + gc * NR * 4);
     #[cfg(target_arch = "x86_64")]
     if isa.has_avx512() {
-        // SAFETY: as in `tile_f32`, with gc·mr quads in `a` and gc quad rows per panel.
+        // SAFETY: as in `tile_f32`, with gc·mr groups in `a` and gc group rows per panel.
         return unsafe {
-            let (a, b) = (a.as_ptr(), b.as_ptr());
-            with_rows!(mr, M => match width {
-                2 => avx512::tile_int8::<M, 2>(gc, a, b, stride, target, ahead),
-                _ => avx512::tile_int8::<M, 1>(gc, a, b, stride, target, ahead),
-            })
+            let a = a.as_ptr();
+            match b {
+                GroupedBlock::Bf16Pairs(b) => {
+                    debug_assert!(b.len() == (width - 1) * stride + gc * NR * 2);
+                    let b = b.as_ptr();
+                    avx512_tile!(tile_bf16, mr, width, (gc, a, b, stride, target, ahead))
+                }
+                GroupedBlock::Int8Quads(b) => {
+                    debug_assert!(b.len() == (width - 1) * stride + gc * NR * 4);
+                    let b = b.as_ptr();
+                    avx512_tile!(tile_int8, mr, width, (gc, a, b, stride, target, ahead))
+                }
+            }
         };
     }
-    let _ = (isa, stride, ahead);
-    with_rows!(mr, M => portable::tile_int8_quads::<M>(a, b, target))
+    let _ = (isa, width, stride, ahead);
+    match b {
+        GroupedBlock::Bf16Pairs(b) => {
+            with_rows!(mr, M => portable::tile_bf16_pairs::<M>(a, b, target))
+        }
+        GroupedBlock::Int8Quads(b) => {
+            with_rows!(mr, M => portable::tile_int8_quads::<M>(a, b, target))
+        }
+    }
 }
