@@ -373,7 +373,10 @@ pub fn matmul_uninit(
         match groups {
             None => SHARED_ROWS.with(|buffer| match buffer.try_borrow_mut() {
                 Ok(mut buffer) => {
-                    pack_row_blocks(x, m, k, blocks, &mut buffer, isa);
+                    let step = |rows| k_step(rows, k, KC);
+                    pack_blocks(m, k, blocks, step, &mut buffer, |rows, k0, kc, region| {
+                        pack_rows(x, k, rows, k0, kc, region, isa)
+                    });
                     run(Some(&buffer), None)
                 }
                 Err(_) => run(None, None),
@@ -381,7 +384,17 @@ pub fn matmul_uninit(
             Some((values, per_row, group)) => {
                 SHARED_GROUPS.with(|buffer| match buffer.try_borrow_mut() {
                     Ok(mut buffer) => {
-                        pack_group_blocks(values, per_row, m, group, blocks, &mut buffer);
+                        let step = |rows| group_step(rows, per_row, group);
+                        pack_blocks(
+                            m,
+                            per_row,
+                            blocks,
+                            step,
+                            &mut buffer,
+                            |rows, g0, gc, region| {
+                                pack_groups(values, per_row, rows, g0, gc, region)
+                            },
+                        );
                         run(None, Some(&buffer))
                     }
                     Err(_) => run(None, None),
@@ -416,25 +429,28 @@ fn k_step(rows: usize, len: usize, max_block: usize) -> usize {
     len.div_ceil(blocks).max(1)
 }
 
-/// Every block of rows packed for every K block: block `rows`, K block at `k0`, at offset
-/// `rows.start · k + rows.len() · k0` (the blocks in order, each K block after the last).
-fn pack_row_blocks(
-    x: &[f32],
+/// Every block of rows packed for every K block by `pack(rows, k0, kc, region)`, into
+/// `buffer`: rows of `per_row` values (inputs, or 32-bit groups of them), K blocks of
+/// `step(rows in the block)`; block `rows`, K block at `k0`, at offset
+/// `rows.start · per_row + rows.len() · k0` (the blocks in order, each K block after the
+/// last), the layout `Block` reads through `packed_rows` and `packed_groups`.
+fn pack_blocks<T: Clone + Default + Send>(
     m: usize,
-    k: usize,
+    per_row: usize,
     blocks: impl Iterator<Item = std::ops::Range<usize>>,
-    buffer: &mut Vec<f32>,
-    isa: Isa,
+    step: impl Fn(usize) -> usize,
+    buffer: &mut Vec<T>,
+    pack: impl Fn(std::ops::Range<usize>, usize, usize, &mut [T]) + Sync,
 ) {
-    if buffer.len() < m * k {
-        buffer.resize(m * k, 0.0);
+    if buffer.len() < m * per_row {
+        buffer.resize(m * per_row, T::default());
     }
-    let mut rest = &mut buffer[..m * k];
+    let mut rest = &mut buffer[..m * per_row];
     let mut regions = Vec::new();
     for rows in blocks {
-        let step = k_step(rows.len(), k, KC);
-        for k0 in (0..k).step_by(step) {
-            let kc = step.min(k - k0);
+        let step = step(rows.len());
+        for k0 in (0..per_row).step_by(step) {
+            let kc = step.min(per_row - k0);
             let (region, tail) = std::mem::take(&mut rest).split_at_mut(rows.len() * kc);
             regions.push((rows.clone(), k0, kc, region));
             rest = tail;
@@ -442,41 +458,13 @@ fn pack_row_blocks(
     }
     regions
         .into_par_iter()
-        .for_each(|(rows, k0, kc, region)| pack_rows(x, k, rows, k0, kc, region, isa));
+        .for_each(|(rows, k0, kc, region)| pack(rows, k0, kc, region));
 }
 
 /// Groups per K block for a block of `rows` rows of `groups` groups of `group` inputs: as
 /// [`k_step`] over `KC / group`, and at most [`INT8_QUADS_PER_SUM`].
 fn group_step(rows: usize, groups: usize, group: usize) -> usize {
     k_step(rows, groups, KC / group).min(INT8_QUADS_PER_SUM)
-}
-
-/// As [`pack_row_blocks`], for rows of `per_row` 32-bit groups of `group` inputs.
-fn pack_group_blocks(
-    values: &[i32],
-    per_row: usize,
-    m: usize,
-    group: usize,
-    blocks: impl Iterator<Item = std::ops::Range<usize>>,
-    buffer: &mut Vec<i32>,
-) {
-    if buffer.len() < m * per_row {
-        buffer.resize(m * per_row, 0);
-    }
-    let mut rest = &mut buffer[..m * per_row];
-    let mut regions = Vec::new();
-    for rows in blocks {
-        let step = group_step(rows.len(), per_row, group);
-        for g0 in (0..per_row).step_by(step) {
-            let gc = step.min(per_row - g0);
-            let (region, tail) = std::mem::take(&mut rest).split_at_mut(rows.len() * gc);
-            regions.push((rows.clone(), g0, gc, region));
-            rest = tail;
-        }
-    }
-    regions
-        .into_par_iter()
-        .for_each(|(rows, g0, gc, region)| pack_groups(values, per_row, rows, g0, gc, region));
 }
 
 thread_local! {
@@ -502,9 +490,9 @@ const INT8_QUADS_PER_SUM: usize = 16384;
 /// One task: `rows` × the columns of `panels`.
 struct Block<'a> {
     x: &'a [f32],
-    /// `x` packed for every block of rows (`pack_row_blocks`), when the product did that.
+    /// `x` packed for every block of rows (`pack_blocks`), when the product did that.
     packed_rows: Option<&'a [f32]>,
-    /// The same for 32-bit groups of inputs (`pack_group_blocks`).
+    /// The same for 32-bit groups of inputs.
     packed_groups: Option<&'a [i32]>,
     k: usize,
     n: usize,
