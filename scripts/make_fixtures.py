@@ -540,6 +540,166 @@ def make_generation_references():
     save_file(tensors, out / "processors.safetensors")
 
 
+def make_logprob_references():
+    """Log-probabilities as OpenAI reports them, from transformers' `generate`: per new token,
+    log-softmax of the raw logits it was chosen from (`output_logits`), the token's own and the
+    20 best. The processed scores (`output_scores`, after the repetition penalty) are stored
+    too, so a test can tell which of the two it matches."""
+    folder = FIXTURES / "gpt2" / "lm-head"
+    model = GPT2LMHeadModel.from_pretrained(folder, attn_implementation="eager").eval()
+    tokenizer = GPT2TokenizerFast.from_pretrained(folder)
+    cases = {}
+    for name, settings in {
+        "greedy": dict(do_sample=False, max_new_tokens=12),
+        "repetition_penalty": dict(do_sample=False, max_new_tokens=12, repetition_penalty=1.3),
+    }.items():
+        batch = tokenizer(GENERATION_PROMPTS[:1], return_tensors="pt")
+        with torch.no_grad():
+            out = model.generate(
+                **batch, **settings, output_logits=True, output_scores=True, return_dict_in_generate=True
+            )
+        prompt_len = batch["input_ids"].shape[1]
+        new = out.sequences[0, prompt_len:]
+        steps = []
+        for step, token in enumerate(new.tolist()):
+            raw = torch.log_softmax(out.logits[step][0].float(), dim=-1)
+            processed = torch.log_softmax(out.scores[step][0].float(), dim=-1)
+            top = torch.topk(raw, 20)
+            steps.append(
+                {
+                    "token": token,
+                    "logprob": raw[token].item(),
+                    "processed_logprob": processed[token].item(),
+                    "top_ids": top.indices.tolist(),
+                    "top_logprobs": top.values.tolist(),
+                }
+            )
+        cases[name] = {
+            "prompt": GENERATION_PROMPTS[0],
+            "settings": settings,
+            "prompt_tokens": prompt_len,
+            "steps": steps,
+        }
+    (FIXTURES / "generation" / "logprobs.json").write_text(json.dumps(cases, indent=1))
+
+
+# A ChatML-like template (Python string methods, loop controls, tojson) and a Llama-2-like one
+# (a system message, raise_exception, bos and eos tokens) in the list-of-named-templates form.
+CHATML_TEMPLATE = """{% for message in messages %}
+{% if message['role'] == 'tool' %}{% continue %}{% endif %}
+<|im_start|>{{ message['role'] }}
+{{ message['content'].strip() }}<|im_end|>
+{% endfor %}
+{% if add_generation_prompt %}
+<|im_start|>assistant
+{% endif %}"""
+
+LLAMA_TEMPLATE = """{{ bos_token }}
+{% if messages[0]['role'] == 'system' %}
+    {% set system_message = messages[0]['content'] %}
+    {% set loop_messages = messages[1:] %}
+{% else %}
+    {% set system_message = none %}
+    {% set loop_messages = messages %}
+{% endif %}
+{% for message in loop_messages %}
+    {% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}
+        {{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}
+    {% endif %}
+    {% if loop.first and system_message is not none %}
+[INST] <<SYS>>
+{{ system_message }}
+<</SYS>>
+
+{{ message['content'] }} [/INST]
+    {% elif message['role'] == 'user' %}
+[INST] {{ message['content'] }} [/INST]
+    {% else %}
+ {{ message['content'] | trim }} {{ eos_token }}
+    {% endif %}
+{% endfor %}"""
+
+TOOLS_TEMPLATE = """{% for message in messages %}{{ message | tojson }}
+{% endfor %}{{ {'names': ['x', 'y'], 'n': 1, 'ok': true, 'none': none} | tojson }}"""
+
+
+def make_chat_template_references():
+    """`apply_chat_template` of transformers on the GPT-2 fixture's tokenizer with chat templates
+    of both forms of tokenizer_config.json: the rendered text and its token ids, a template that
+    raises, and a chat reply generated from a rendered conversation."""
+    source = FIXTURES / "gpt2" / "lm-head"
+    out = FIXTURES / "chat_templates"
+    if out.exists():
+        shutil.rmtree(out)
+    base = json.loads((source / "tokenizer_config.json").read_text())
+    forms = {
+        "chatml": CHATML_TEMPLATE,
+        "llama": [
+            {"name": "default", "template": LLAMA_TEMPLATE},
+            {"name": "tool_use", "template": TOOLS_TEMPLATE},
+        ],
+    }
+    conversations = {
+        "with_system": [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "  Hello, how are you?  "},
+            {"role": "assistant", "content": "Fine. <b>&</b> café"},
+            {"role": "user", "content": "What is the capital of France?"},
+        ],
+        "without_system": [
+            {"role": "user", "content": "Hi"},
+        ],
+    }
+    refs = {"conversations": conversations, "templates": {}}
+    for name, template in forms.items():
+        folder = out / name
+        folder.mkdir(parents=True)
+        config = dict(base, chat_template=template)
+        if name == "llama":
+            config["bos_token"] = {"content": "<|endoftext|>", "lstrip": False}
+        (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=1))
+        tokenizer = GPT2TokenizerFast.from_pretrained(source)
+        # As from_pretrained stores the list form: a dict of the named templates.
+        tokenizer.chat_template = (
+            {t["name"]: t["template"] for t in template} if isinstance(template, list) else template
+        )
+        cases = {}
+        for conv_name, messages in conversations.items():
+            for prompt in (False, True):
+                key = f"{conv_name}/{'generation_prompt' if prompt else 'plain'}"
+                text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt)
+                ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=prompt)
+                cases[key] = {"text": text, "ids": ids}
+        if name == "llama":
+            tools = tokenizer.apply_chat_template(
+                conversations["with_system"], chat_template="tool_use", tokenize=False
+            )
+            cases["with_system/tool_use"] = {"text": tools}
+            try:
+                tokenizer.apply_chat_template(
+                    [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}], tokenize=False
+                )
+                raise AssertionError("the template should raise")
+            except Exception as error:  # jinja2's TemplateError
+                cases["error"] = str(error)
+        refs["templates"][name] = cases
+
+    # A chat reply from the rendered ChatML conversation, greedy, 12 new tokens.
+    model = GPT2LMHeadModel.from_pretrained(source).eval()
+    tokenizer = GPT2TokenizerFast.from_pretrained(source)
+    tokenizer.chat_template = CHATML_TEMPLATE
+    messages = [{"role": "user", "content": "Hi"}]
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
+    with torch.no_grad():
+        generated = model.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
+            pad_token_id=tokenizer.eos_token_id,
+        )
+    reply = tokenizer.decode(generated[0, ids.shape[1]:], skip_special_tokens=True)
+    refs["chatml_reply"] = {"messages": messages, "max_new_tokens": 12, "reply": reply}
+    (out / "reference.json").write_text(json.dumps(refs, ensure_ascii=False, indent=1))
+
+
 def to_plain(value):
     """Pipeline outputs (numpy scalars, nested lists) as JSON-ready Python values."""
     if isinstance(value, dict):
@@ -727,6 +887,8 @@ def main():
     make_roberta(encoder, merges)
     make_gpt2(encoder, merges)
     make_generation_references()
+    make_logprob_references()
+    make_chat_template_references()
     make_pipeline_references()
     make_sentence_transformers()
     make_minilm_reference(snapshot)

@@ -1,6 +1,8 @@
 //! Arguments and subcommands of the `ferroformers` command.
 
 use std::io::{BufRead, Write};
+use std::ops::ControlFlow;
+use std::sync::Arc;
 
 use crate::bench;
 
@@ -9,7 +11,8 @@ use ferroformers::generation::GenerationConfig;
 use ferroformers::pipelines::{
     AggregationStrategy, ClassifyOptions, Conversation, EmbeddingsPipeline, FillMaskOptions,
     FillMaskPipeline, QuestionAnsweringOptions, QuestionAnsweringPipeline,
-    TextClassificationPipeline, TextGenerationPipeline, TokenClassificationPipeline,
+    TextClassificationPipeline, TextGenerationOptions, TextGenerationPipeline,
+    TokenClassificationPipeline,
 };
 use ferroformers::{DType, Device, HubOptions, LoadOptions, Pooling, Quantization, TextInput};
 use serde::Serialize;
@@ -131,15 +134,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Text generation (streamed without --json).
+    /// Text generation, streamed as it decodes (without --json); one run per prompt.
     Generate {
         #[command(flatten)]
         common: Common,
         #[command(flatten)]
         settings: GenerationArgs,
+        /// One JSON line per generated text: generated_text, generated_token_ids,
+        /// finish_reason ("stop" or "length"), prompt_tokens, completion_tokens.
         #[arg(long)]
         json: bool,
-        prompt: Option<String>,
+        /// Prompts; `-` or none reads stdin, one prompt per line.
+        prompts: Vec<String>,
     },
     /// Time the encoder's forward pass on random token ids: median milliseconds and
     /// sequences/s. With --generate, time GPT-2's greedy decoding instead: prefill and
@@ -169,7 +175,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Chat with a DialoGPT-style model, one line per turn on stdin.
+    /// Chat, one line per turn on stdin: with the model's chat template when its
+    /// tokenizer_config.json has one, else DialoGPT-style (turns joined by end-of-text).
     Chat {
         #[command(flatten)]
         common: Common,
@@ -178,36 +185,66 @@ enum Command {
     },
 }
 
+/// Generation settings. Unset ones come from the model's generation_config.json, `do_sample`
+/// included.
 #[derive(Debug, Args)]
 struct GenerationArgs {
+    /// New tokens to generate at most.
     #[arg(long, default_value_t = 50)]
     max_new_tokens: usize,
+    /// Beams of beam search (1: greedy search or sampling).
     #[arg(long)]
     num_beams: Option<usize>,
+    /// Divide the scores of tokens already present by this (1.0: no penalty).
     #[arg(long)]
     repetition_penalty: Option<f32>,
+    /// Never repeat an n-gram of this many tokens.
     #[arg(long)]
     no_repeat_ngram_size: Option<usize>,
+    /// Sample the next token (`--do-sample` or `--do-sample=true`), or not
+    /// (`--do-sample=false`). Default: the model's generation_config.json.
+    #[arg(
+        long,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        conflicts_with = "greedy"
+    )]
+    do_sample: Option<bool>,
+    /// Greedy decoding whatever generation_config.json says (the same as --do-sample=false).
     #[arg(long)]
-    do_sample: bool,
+    greedy: bool,
+    /// Sampling temperature (needs sampling: without it, a warning, and no effect).
     #[arg(long)]
     temperature: Option<f32>,
+    /// Sample among the k most likely tokens (needs sampling).
     #[arg(long)]
     top_k: Option<usize>,
+    /// Sample among the most likely tokens whose probabilities sum to p (needs sampling).
     #[arg(long)]
     top_p: Option<f32>,
+    /// Seed of the sampling, so that runs repeat.
     #[arg(long)]
     seed: Option<u64>,
-    /// Stop once the text ends with this (repeatable).
+    /// Stop once the text ends with this (repeatable); the stop string stays in the text.
     #[arg(long = "stop")]
     stop: Vec<String>,
+    /// With --json: each new token's log-probability, and this many most likely tokens per
+    /// position (0 to 20).
+    #[arg(long)]
+    top_logprobs: Option<usize>,
 }
 
 impl GenerationArgs {
-    /// The model's settings with these flags on top.
+    /// The model's settings with these flags on top, and a warning on stderr for each sampling
+    /// flag that has no effect because the run does not sample (transformers warns the same).
     fn apply(&self, base: &GenerationConfig) -> GenerationConfig {
         let mut config = base.clone().with_max_new_tokens(self.max_new_tokens);
-        config.do_sample = self.do_sample;
+        config.do_sample = match (self.do_sample, self.greedy) {
+            (Some(do_sample), _) => do_sample,
+            (None, true) => false,
+            (None, false) => base.do_sample,
+        };
         if let Some(value) = self.num_beams {
             config.num_beams = value;
         }
@@ -226,8 +263,28 @@ impl GenerationArgs {
         if let Some(value) = self.top_p {
             config.top_p = value;
         }
+        if let Some(top) = self.top_logprobs {
+            config = config.with_logprobs(top);
+        }
         config.seed = self.seed.or(config.seed);
         config.stop_strings.extend(self.stop.iter().cloned());
+        if !config.do_sample {
+            let unused: Vec<&str> = [
+                ("--temperature", self.temperature.is_some()),
+                ("--top-k", self.top_k.is_some()),
+                ("--top-p", self.top_p.is_some()),
+            ]
+            .into_iter()
+            .filter_map(|(flag, set)| set.then_some(flag))
+            .collect();
+            if !unused.is_empty() {
+                eprintln!(
+                    "warning: {} only apply when sampling, and this run does not sample; add \
+                     --do-sample",
+                    unused.join(", ")
+                );
+            }
+        }
         config
     }
 }
@@ -456,28 +513,35 @@ pub fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
             common,
             settings,
             json,
-            prompt,
+            prompts,
         } => {
-            let prompts = inputs(prompt.into_iter().collect())?;
+            let prompts = inputs(prompts)?;
             let pipeline =
                 TextGenerationPipeline::from_pretrained(&common.model, &common.load_options()?)?;
-            let config = settings.apply(pipeline.config());
-            for prompt in &prompts {
-                if json {
-                    for generated in pipeline.generate(&[prompt], &config, true)?.remove(0) {
-                        json_line(out, &generated)?;
+            let config = settings.apply(pipeline.generation_config());
+            let beams = config.num_beams > 1;
+            let options = TextGenerationOptions::default().with_generation(config);
+            if json || beams {
+                // Beam search knows its best sequences only at the end: nothing to stream.
+                for generated in pipeline.run(&prompts, &options)?.into_iter().flatten() {
+                    match json {
+                        true => json_line(out, &generated)?,
+                        false => writeln!(out, "{}", generated.generated_text)?,
                     }
-                } else if config.num_beams > 1 {
-                    for generated in pipeline.generate(&[prompt], &config, true)?.remove(0) {
-                        writeln!(out, "{}", generated.generated_text)?;
-                    }
-                } else {
+                }
+            } else {
+                for prompt in &prompts {
                     write!(out, "{prompt}")?;
                     out.flush()?;
                     let mut failed = None;
-                    pipeline.generate_stream(prompt, &config, true, |piece| {
-                        if failed.is_none() {
-                            failed = write!(out, "{piece}").and_then(|()| out.flush()).err();
+                    pipeline.run_streaming(prompt, &options, |token| {
+                        match write!(out, "{}", token.text).and_then(|()| out.flush()) {
+                            Ok(()) => ControlFlow::Continue(()),
+                            // A closed stdout: stop generating, not only printing.
+                            Err(error) => {
+                                failed = Some(error);
+                                ControlFlow::Break(())
+                            }
                         }
                     })?;
                     if let Some(error) = failed {
@@ -579,8 +643,8 @@ pub fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
         Command::Chat { common, settings } => {
             let pipeline =
                 TextGenerationPipeline::from_pretrained(&common.model, &common.load_options()?)?;
-            let config = settings.apply(pipeline.config());
-            let mut conversation = Conversation::new(&pipeline);
+            let config = settings.apply(pipeline.generation_config());
+            let mut conversation = Conversation::new(Arc::new(pipeline));
             let stdin = std::io::stdin();
             loop {
                 write!(out, "> ")?;

@@ -110,6 +110,11 @@ pub enum Error {
     #[error("invalid generation setting: {0}")]
     InvalidGeneration(String),
 
+    /// A chat template failed to parse or render, or raised an exception of its own
+    /// (`raise_exception`), whose message this carries.
+    #[error("chat template: {0}")]
+    ChatTemplate(String),
+
     /// The caller passed inputs that do not fit together (mismatched shapes, empty batch, ...).
     #[error("invalid input: {0}")]
     InvalidInput(String),

@@ -74,11 +74,15 @@ pub struct GenerationConfig {
     pub eos_token_id: Vec<u32>,
     /// Fills finished sequences; defaults to the first `eos_token_id`.
     pub pad_token_id: Option<u32>,
+    /// Sample the next token (else greedy search, or beam search with `num_beams` > 1).
     pub do_sample: bool,
+    /// Sampling only: divides the scores; below 1 sharpens, above 1 flattens.
     pub temperature: f32,
     /// `None` disables top-k; 0 is an error, not a silent "disabled".
     pub top_k: Option<usize>,
+    /// Sampling only: keep the smallest set of tokens whose probability exceeds this.
     pub top_p: f32,
+    /// Scores of tokens already present are divided by this (1.0: no penalty).
     pub repetition_penalty: f32,
     /// 0 disables the n-gram ban.
     pub no_repeat_ngram_size: usize,
@@ -87,11 +91,24 @@ pub struct GenerationConfig {
     pub stop_strings: Vec<String>,
     /// Seed of the sampling generator; `None` draws one from the operating system.
     pub seed: Option<u64>,
+    /// Beams of beam search; 1 for greedy search or sampling.
     pub num_beams: usize,
+    /// Beam search: finished scores are divided by length to this power.
     pub length_penalty: f32,
+    /// When beam search stops.
     pub early_stopping: EarlyStopping,
+    /// Sequences per prompt (sampling or beam search).
     pub num_return_sequences: usize,
+    /// Report each new token's log-probability (see [`crate::generation::TokenLogprob`]).
+    /// Not a transformers setting: OpenAI's `logprobs`.
+    pub logprobs: bool,
+    /// With `logprobs`, also this many most likely tokens per position, at most
+    /// [`MAX_TOP_LOGPROBS`] (OpenAI's `top_logprobs`).
+    pub top_logprobs: usize,
 }
+
+/// The most `top_logprobs` a request may ask for, as OpenAI limits it.
+pub const MAX_TOP_LOGPROBS: usize = 20;
 
 impl Default for GenerationConfig {
     fn default() -> Self {
@@ -113,6 +130,8 @@ impl Default for GenerationConfig {
             length_penalty: 1.0,
             early_stopping: EarlyStopping::Heuristic,
             num_return_sequences: 1,
+            logprobs: false,
+            top_logprobs: 0,
         }
     }
 }
@@ -124,6 +143,7 @@ impl GenerationConfig {
         serde_json::from_str(&text).map_err(|e| Error::json(path, e))
     }
 
+    /// Generate at most `max_new_tokens` new tokens.
     pub fn with_max_new_tokens(mut self, max_new_tokens: usize) -> Self {
         self.max_new_tokens = Some(max_new_tokens);
         self
@@ -139,6 +159,14 @@ impl GenerationConfig {
     pub fn sampling(mut self, seed: u64) -> Self {
         self.do_sample = true;
         self.seed = Some(seed);
+        self
+    }
+
+    /// Report log-probabilities, with the `top` most likely tokens at each position
+    /// (0 for none, at most [`MAX_TOP_LOGPROBS`]).
+    pub fn with_logprobs(mut self, top: usize) -> Self {
+        self.logprobs = true;
+        self.top_logprobs = top;
         self
     }
 
@@ -195,6 +223,15 @@ impl GenerationConfig {
                 "length_penalty must be finite, got {}",
                 self.length_penalty
             ));
+        }
+        if self.top_logprobs > MAX_TOP_LOGPROBS {
+            return bad(format!(
+                "top_logprobs must be at most {MAX_TOP_LOGPROBS}, got {}",
+                self.top_logprobs
+            ));
+        }
+        if self.top_logprobs > 0 && !self.logprobs {
+            return bad("top_logprobs needs logprobs: set logprobs to true".into());
         }
         if self.stop_strings.iter().any(String::is_empty) {
             return bad("stop strings cannot be empty".into());

@@ -1,9 +1,16 @@
 //! Text generation: transformers' `generate` in Rust.
 //!
 //! Greedy search, multinomial sampling and beam search, all on the KV cache, with the logits
-//! processors of [`processors`], stop strings, streaming and batches of left-padded prompts.
+//! processors of [`processors`], stop strings, log-probabilities, streaming and batches of
+//! left-padded prompts. Every result says why it finished ([`FinishReason`]) and counts its
+//! prompt and completion tokens.
+//!
+//! Streaming is an iterator ([`Generator::stream`]) that runs one forward pass per item:
+//! dropping it stops the work. [`Generator::generate_stream`] is the same with a callback that
+//! returns [`ControlFlow::Break`] to stop.
 //!
 //! ```no_run
+//! use std::ops::ControlFlow;
 //! use ferroformers::generation::{GenerationConfig, Generator};
 //! use ferroformers::{FromPretrained, Gpt2LMHeadModel, LoadOptions, Pretrained};
 //!
@@ -14,27 +21,39 @@
 //! let tokenizer = pretrained.tokenizer()?;
 //! let config = pretrained.generation_config()?.with_max_new_tokens(40);
 //! let generator = Generator::new(&model, &tokenizer);
-//! let text = generator.generate_stream("Rust is", &config, |piece| print!("{piece}"))?;
+//! for token in generator.stream("Rust is", &config)?.take(10) {
+//!     print!("{}", token?.text);
+//! }
+//! let result = generator.generate_stream("Rust is", &config, |token| {
+//!     print!("{}", token.text);
+//!     ControlFlow::Continue(())
+//! })?;
+//! println!("\n{:?} after {} tokens", result.finish_reason, result.completion_tokens);
 //! # Ok(())
 //! # }
 //! ```
 
 mod beam;
 mod config;
+mod output;
 pub mod processors;
 mod search;
 mod stop;
 mod stream;
 
+use std::ops::ControlFlow;
+
 use candle_core::{DType, Device, Tensor};
 
-pub use config::{EarlyStopping, GenerationConfig};
+pub use config::{EarlyStopping, GenerationConfig, MAX_TOP_LOGPROBS};
+pub use output::{FinishReason, Generated, StreamToken, TokenLogprob, TopLogprob};
 pub use search::sample_index;
-pub use stream::TokenStream;
+pub use stream::{GenerationStream, TokenStream};
 
 use crate::error::{Error, Result};
 use crate::models::gpt2::{Gpt2LMHeadModel, KvCache};
 use crate::tokenizer::{EncodeOptions, Tokenizer};
+use search::Decoder;
 use stop::StopStrings;
 
 /// A decoder that predicts the next token: what generation needs from a model.
@@ -46,9 +65,11 @@ pub trait CausalLM {
         attention_mask: Option<&Tensor>,
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor>;
+    /// An empty KV cache for this model.
     fn new_cache(&self) -> KvCache;
     /// Prompt plus new tokens may not exceed this.
     fn max_positions(&self) -> usize;
+    /// Where the model's weights live.
     fn device(&self) -> &Device;
 
     /// The f32 scores of the next token of each row: the one place generation touches the
@@ -127,7 +148,9 @@ fn to_tensor(rows: &[Vec<u32>], device: &Device) -> Result<Tensor> {
 /// Prompts as token ids, left-padded to one length, with their attention mask.
 #[derive(Debug, Clone)]
 pub struct PromptBatch {
+    /// Token ids, one row per prompt, padding on the left.
     pub ids: Vec<Vec<u32>>,
+    /// 1 for a prompt token, 0 for padding.
     pub mask: Vec<Vec<u32>>,
 }
 
@@ -182,24 +205,6 @@ impl PromptBatch {
     }
 }
 
-/// One new token of one row, as generation produces it.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Step {
-    pub row: usize,
-    pub token: u32,
-    /// The row had already finished: the token is filler.
-    pub finished: bool,
-}
-
-/// A generated sequence.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Generated {
-    /// Prompt plus continuation, decoded without special tokens (what transformers' pipeline
-    /// returns as `generated_text`).
-    pub text: String,
-    /// The new tokens only, up to and including the end token; no filler after it.
-    pub token_ids: Vec<u32>,
-}
 
 /// Generation with one model and its tokenizer.
 #[derive(Debug)]
@@ -209,6 +214,7 @@ pub struct Generator<'a, M: CausalLM> {
 }
 
 impl<'a, M: CausalLM> Generator<'a, M> {
+    /// Generation from text (or token ids) with `model` and its `tokenizer`.
     pub fn new(model: &'a M, tokenizer: &'a Tokenizer) -> Self {
         Self {
             model,
@@ -241,7 +247,7 @@ impl<'a, M: CausalLM> Generator<'a, M> {
         prompts: &PromptBatch,
         config: &GenerationConfig,
     ) -> Result<Vec<Vec<u32>>> {
-        self.run(prompts, config, &mut |_| Ok(()))
+        self.generate_ids_streaming(prompts, config, |_, _| {})
     }
 
     /// As [`Generator::generate_ids`], calling `on_token(row, token)` as each new token is
@@ -253,50 +259,75 @@ impl<'a, M: CausalLM> Generator<'a, M> {
         config: &GenerationConfig,
         mut on_token: impl FnMut(usize, u32),
     ) -> Result<Vec<Vec<u32>>> {
-        let sequences = self.run(prompts, config, &mut |step| {
-            on_token(step.row, step.token);
-            Ok(())
-        })?;
+        let stop = self.check(prompts, config)?;
         if config.num_beams > 1 {
+            let sequences = beam::beam_search(self.model, prompts, config, stop.as_ref())?;
             let prompt_len = prompts.seq_len();
             for (row, sequence) in sequences.iter().enumerate() {
                 for &token in &sequence[prompt_len.min(sequence.len())..] {
                     on_token(row, token);
                 }
             }
+            return Ok(sequences);
         }
-        Ok(sequences)
+        let expanded = prompts.repeat_each(config.num_return_sequences);
+        let mut decoder = Decoder::new(self.model, &expanded, config.clone(), stop)?;
+        while !decoder.done() {
+            for step in decoder.step()? {
+                on_token(step.row, step.token);
+            }
+        }
+        Ok((0..expanded.ids.len())
+            .map(|row| decoder.sequence(row).to_vec())
+            .collect())
     }
 
     /// Generate from text prompts, batched with left padding.
     /// Returns `num_return_sequences` results per prompt, in prompt order.
     pub fn generate(&self, prompts: &[&str], config: &GenerationConfig) -> Result<Vec<Generated>> {
         let batch = self.encode(prompts, config)?;
-        let sequences = self.generate_ids(&batch, config)?;
+        let stop = self.check(&batch, config)?;
         let per_prompt = config.num_return_sequences;
-        sequences
-            .iter()
+        if config.num_beams > 1 {
+            let sequences = beam::beam_search(self.model, &batch, config, stop.as_ref())?;
+            return sequences
+                .iter()
+                .enumerate()
+                .map(|(i, sequence)| {
+                    let prompt = real_prompt(&batch, i / per_prompt);
+                    let new = &sequence[batch.seq_len().min(sequence.len())..];
+                    let (end, reason) = self.beam_finish(&prompt, new, config, stop.as_ref())?;
+                    self.result(&prompt, &new[..end], reason, None, config)
+                })
+                .collect();
+        }
+        let expanded = batch.repeat_each(per_prompt);
+        let mut decoder = Decoder::new(self.model, &expanded, config.clone(), stop)?;
+        let mut logprobs = vec![Vec::new(); expanded.ids.len()];
+        while !decoder.done() {
+            for step in decoder.step()? {
+                logprobs[step.row].extend(step.logprob);
+            }
+        }
+        logprobs
+            .into_iter()
             .enumerate()
-            .map(|(i, sequence)| {
-                self.finish(
-                    &batch.ids[i / per_prompt],
-                    &batch.mask[i / per_prompt],
-                    sequence,
-                    config,
-                )
+            .map(|(row, logprobs)| {
+                let reason = decoder
+                    .finish_reason(row)
+                    .unwrap_or(FinishReason::MaxTokens);
+                let logprobs = config.logprobs.then_some(logprobs);
+                let prompt = real_prompt(&batch, row / per_prompt);
+                self.result(&prompt, decoder.new_tokens(row), reason, logprobs, config)
             })
             .collect()
     }
 
-    /// Generate from one prompt, passing each piece of text to `on_piece` as soon as it is
-    /// valid UTF-8. The pieces concatenate to the continuation in the result. Not for beam
-    /// search, whose best sequence is only known at the end.
-    pub fn generate_stream(
-        &self,
-        prompt: &str,
-        config: &GenerationConfig,
-        mut on_piece: impl FnMut(&str),
-    ) -> Result<Generated> {
+    /// Generate from one prompt as an iterator: each `next()` runs one decoding step (the first
+    /// one also reads the prompt) and returns the new token. Dropping the iterator stops the
+    /// work; [`GenerationStream::generated`] gives the result so far. Not for beam search,
+    /// whose best sequence is only known at the end, nor for several sequences per prompt.
+    pub fn stream(&self, prompt: &str, config: &GenerationConfig) -> Result<GenerationStream<'a, M>> {
         if config.num_beams > 1 || config.num_return_sequences > 1 {
             return Err(Error::InvalidGeneration(
                 "streaming needs a single sequence: num_beams and num_return_sequences must be 1"
@@ -304,19 +335,38 @@ impl<'a, M: CausalLM> Generator<'a, M> {
             ));
         }
         let batch = self.encode(&[prompt], config)?;
-        let mut stream = TokenStream::new(self.tokenizer()?);
-        let sequences = self.run(&batch, config, &mut |step| {
-            if step.row == 0 && !step.finished {
-                if let Some(piece) = stream.push(step.token)? {
-                    on_piece(&piece);
-                }
+        let stop = self.check(&batch, config)?;
+        let decoder = Decoder::new(self.model, &batch, config.clone(), stop)?;
+        let generator = Generator {
+            model: self.model,
+            tokenizer: self.tokenizer,
+        };
+        Ok(GenerationStream::new(
+            generator,
+            self.tokenizer()?,
+            decoder,
+            real_prompt(&batch, 0),
+            config.clone(),
+        ))
+    }
+
+    /// [`Generator::stream`] with a callback: `on_token` sees each new token as it is chosen,
+    /// and returning [`ControlFlow::Break`] stops generation before the next forward pass (the
+    /// result then says [`FinishReason::Cancelled`], unless that token had ended it anyway).
+    /// The text pieces concatenate to the continuation in the result.
+    pub fn generate_stream(
+        &self,
+        prompt: &str,
+        config: &GenerationConfig,
+        mut on_token: impl FnMut(&StreamToken) -> ControlFlow<()>,
+    ) -> Result<Generated> {
+        let mut stream = self.stream(prompt, config)?;
+        for token in stream.by_ref() {
+            if on_token(&token?).is_break() {
+                break;
             }
-            Ok(())
-        })?;
-        if let Some(piece) = stream.finish()? {
-            on_piece(&piece);
         }
-        self.finish(&batch.ids[0], &batch.mask[0], &sequences[0], config)
+        stream.generated()
     }
 
     fn encode(&self, prompts: &[&str], config: &GenerationConfig) -> Result<PromptBatch> {
@@ -335,13 +385,20 @@ impl<'a, M: CausalLM> Generator<'a, M> {
         PromptBatch::left_padded(ids, pad)
     }
 
-    fn run(
+    /// Check `config` against the prompts and the model, and build its stop strings.
+    fn check(
         &self,
         prompts: &PromptBatch,
         config: &GenerationConfig,
-        on_step: &mut dyn FnMut(Step) -> Result<()>,
-    ) -> Result<Vec<Vec<u32>>> {
+    ) -> Result<Option<StopStrings<'a>>> {
         config.validate()?;
+        if config.logprobs && config.num_beams > 1 {
+            return Err(Error::InvalidGeneration(
+                "logprobs are reported for greedy search and sampling, not beam search: set \
+                 num_beams to 1 or logprobs to false"
+                    .into(),
+            ));
+        }
         let prompt_len = prompts.seq_len();
         let max_total = config.max_total_length(prompt_len);
         if max_total <= prompt_len {
@@ -356,42 +413,81 @@ impl<'a, M: CausalLM> Generator<'a, M> {
                 self.model.max_positions()
             )));
         }
-        let stop = match config.stop_strings.is_empty() {
+        Ok(match config.stop_strings.is_empty() {
             true => None,
             false => Some(StopStrings::new(self.tokenizer()?, &config.stop_strings)),
-        };
-        if config.num_beams > 1 {
-            beam::beam_search(self.model, prompts, config, stop.as_ref())
-        } else {
-            let expanded = prompts.repeat_each(config.num_return_sequences);
-            search::greedy_or_sample(self.model, &expanded, config, stop.as_ref(), on_step)
-        }
+        })
     }
 
-    /// Decode a finished sequence: the text of prompt plus continuation, and the new tokens up
-    /// to the end token.
-    fn finish(
+    /// Where a beam hypothesis ends and why: beam search returns only its tokens, so the
+    /// reason is read back from them (its end token, a stop string, or the length limit).
+    fn beam_finish(
         &self,
         prompt: &[u32],
-        mask: &[u32],
-        sequence: &[u32],
+        new: &[u32],
+        config: &GenerationConfig,
+        stop: Option<&StopStrings>,
+    ) -> Result<(usize, FinishReason)> {
+        for (i, token) in new.iter().enumerate() {
+            if config.eos_token_id.contains(token) {
+                return Ok((i + 1, FinishReason::EndOfSequence));
+            }
+            if let Some(stop) = stop {
+                if stop.matches(&[prompt, &new[..=i]].concat())? {
+                    return Ok((i + 1, FinishReason::StopString));
+                }
+            }
+        }
+        Ok((new.len(), FinishReason::MaxTokens))
+    }
+
+    /// The result of one sequence: the text of prompt plus continuation, and the counts.
+    fn result(
+        &self,
+        prompt: &[u32],
+        new: &[u32],
+        finish_reason: FinishReason,
+        logprobs: Option<Vec<TokenLogprob>>,
         config: &GenerationConfig,
     ) -> Result<Generated> {
-        let new = &sequence[prompt.len().min(sequence.len())..];
-        let end = new
-            .iter()
-            .position(|t| config.eos_token_id.contains(t))
-            .map_or(new.len(), |i| i + 1);
-        let token_ids = new[..end].to_vec();
-        let real_prompt: Vec<u32> = prompt
-            .iter()
-            .zip(mask)
-            .filter(|(_, &m)| m == 1)
-            .map(|(&t, _)| t)
-            .collect();
-        let text = self
-            .tokenizer()?
-            .decode(&[real_prompt, token_ids.clone()].concat(), true)?;
-        Ok(Generated { text, token_ids })
+        let tokenizer = self.tokenizer()?;
+        let text = tokenizer.decode(&[prompt, new].concat(), true)?;
+        let stop_string = match finish_reason {
+            FinishReason::StopString => {
+                // A match may start in the prompt; then only the whole text holds it.
+                let completion = tokenizer.decode(new, true)?;
+                first_stop_string(&completion, &config.stop_strings)
+                    .or_else(|| first_stop_string(&text, &config.stop_strings))
+            }
+            _ => None,
+        };
+        Ok(Generated {
+            text,
+            token_ids: new.to_vec(),
+            finish_reason,
+            prompt_tokens: prompt.len(),
+            completion_tokens: new.len(),
+            stop_string,
+            logprobs,
+        })
     }
+}
+
+/// Row `row`'s prompt without its padding.
+fn real_prompt(batch: &PromptBatch, row: usize) -> Vec<u32> {
+    batch.ids[row]
+        .iter()
+        .zip(&batch.mask[row])
+        .filter(|(_, &m)| m == 1)
+        .map(|(&t, _)| t)
+        .collect()
+}
+
+/// The stop string that occurs first in `text` (the longer one on a tie), if any.
+pub(crate) fn first_stop_string(text: &str, stop_strings: &[String]) -> Option<String> {
+    stop_strings
+        .iter()
+        .filter_map(|stop| text.find(stop.as_str()).map(|at| (at, stop)))
+        .min_by(|(a, x), (b, y)| a.cmp(b).then(y.len().cmp(&x.len())))
+        .map(|(_, stop)| stop.clone())
 }

@@ -1,6 +1,9 @@
 //! Greedy search and multinomial sampling on the KV cache, step for step as transformers'
 //! `_sample` runs them.
 //! <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/generation/utils.py#L2700>
+//!
+//! [`Decoder`] runs one forward pass per [`Decoder::step`], so a caller that stops calling it
+//! (a dropped stream, a callback that breaks) stops the compute with it.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -8,8 +11,11 @@ use rand::{Rng, SeedableRng};
 use crate::error::Result;
 use crate::generation::processors::{processors_for, LogitsProcessor};
 use crate::generation::stop::StopStrings;
-use crate::generation::{CausalLM, GenerationConfig, PromptBatch, Step};
-use crate::host::{argmax, softmax};
+use crate::generation::{
+    CausalLM, FinishReason, GenerationConfig, PromptBatch, TokenLogprob, TopLogprob,
+};
+use crate::host::{argmax, log_softmax, softmax};
+use crate::models::gpt2::KvCache;
 
 /// The random generator of a sampling run: seeded when the config has a seed.
 pub(crate) fn rng(config: &GenerationConfig) -> StdRng {
@@ -54,58 +60,174 @@ pub fn next_token(
     index as u32
 }
 
-/// Generate from `prompts` (left-padded); returns each row's full sequence (prompt + new).
-/// `on_step` sees every new token of every row.
-pub(crate) fn greedy_or_sample<M: CausalLM>(
-    model: &M,
-    prompts: &PromptBatch,
-    config: &GenerationConfig,
-    stop: Option<&StopStrings>,
-    on_step: &mut dyn FnMut(Step) -> Result<()>,
-) -> Result<Vec<Vec<u32>>> {
-    let prompt_len = prompts.seq_len();
-    let max_total = config.max_total_length(prompt_len);
-    let processors = processors_for(config, prompt_len)?;
-    let mut rng = config.do_sample.then(|| rng(config));
-    let fill = config.fill_token();
+/// The log-probability of `token` and the `top` best under the model's own distribution: the
+/// log-softmax of the raw logits, before any processor or warper (as OpenAI and vLLM report
+/// them, and as transformers' `output_logits` holds them).
+fn logprobs_of(logits: &[f32], token: u32, top: usize) -> TokenLogprob {
+    let logprobs = log_softmax(logits);
+    let mut order: Vec<usize> = (0..logprobs.len()).collect();
+    // Best first; ties keep the lower id first.
+    order.sort_by(|&a, &b| logprobs[b].total_cmp(&logprobs[a]).then(a.cmp(&b)));
+    TokenLogprob {
+        logprob: logprobs.get(token as usize).copied().unwrap_or(f32::NEG_INFINITY),
+        top_logprobs: order
+            .into_iter()
+            .take(top)
+            .map(|id| TopLogprob {
+                id: id as u32,
+                logprob: logprobs[id],
+            })
+            .collect(),
+    }
+}
 
-    let mut sequences = prompts.ids.clone();
-    let mut mask = prompts.mask.clone();
-    let mut unfinished = vec![true; sequences.len()];
-    let mut cache = model.new_cache();
-    let mut input = prompts.ids.clone();
-    while sequences[0].len() < max_total {
-        let scores = model.next_token_scores(&input, &mask, &mut cache)?;
-        let mut tokens = Vec::with_capacity(scores.len());
+/// One new token of one row, as a decoding step produces it.
+#[derive(Debug, Clone)]
+pub(crate) struct Step {
+    pub row: usize,
+    pub token: u32,
+    /// The row had already finished: the token is filler.
+    pub filler: bool,
+    /// Set on the step that finished the row.
+    pub finish: Option<FinishReason>,
+    /// When the config asks for log-probabilities (never for filler).
+    pub logprob: Option<TokenLogprob>,
+}
+
+/// Greedy search or sampling over a batch of left-padded prompts, one forward pass per step.
+pub(crate) struct Decoder<'a, M: CausalLM> {
+    model: &'a M,
+    config: GenerationConfig,
+    stop: Option<StopStrings<'a>>,
+    processors: Vec<Box<dyn LogitsProcessor>>,
+    rng: Option<StdRng>,
+    max_total: usize,
+    prompt_len: usize,
+    /// Each row's full sequence so far: padded prompt, then new tokens (filler included).
+    sequences: Vec<Vec<u32>>,
+    mask: Vec<Vec<u32>>,
+    /// Why each row finished, and its length then; `None` while it runs.
+    finished: Vec<Option<(FinishReason, usize)>>,
+    cache: KvCache,
+    /// The tokens not yet in the cache.
+    input: Vec<Vec<u32>>,
+}
+
+impl<M: CausalLM> std::fmt::Debug for Decoder<'_, M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decoder")
+            .field("sequences", &self.sequences)
+            .field("finished", &self.finished)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a, M: CausalLM> Decoder<'a, M> {
+    /// `config` must be validated and leave room for new tokens (see `Generator::check`).
+    pub fn new(
+        model: &'a M,
+        prompts: &PromptBatch,
+        config: GenerationConfig,
+        stop: Option<StopStrings<'a>>,
+    ) -> Result<Self> {
+        let prompt_len = prompts.seq_len();
+        Ok(Self {
+            model,
+            processors: processors_for(&config, prompt_len)?,
+            rng: config.do_sample.then(|| rng(&config)),
+            max_total: config.max_total_length(prompt_len),
+            prompt_len,
+            sequences: prompts.ids.clone(),
+            mask: prompts.mask.clone(),
+            finished: vec![None; prompts.ids.len()],
+            cache: model.new_cache(),
+            input: prompts.ids.clone(),
+            config,
+            stop,
+        })
+    }
+
+    /// Every row has finished: another step would only make filler.
+    pub fn done(&self) -> bool {
+        self.finished.iter().all(Option::is_some)
+    }
+
+    /// Row `row`'s new tokens so far, up to the one that finished it (no filler).
+    pub fn new_tokens(&self, row: usize) -> &[u32] {
+        let sequence = &self.sequences[row];
+        let end = self.finished[row].map_or(sequence.len(), |(_, len)| len);
+        &sequence[self.prompt_len..end]
+    }
+
+    /// Row `row`'s full sequence so far, filler included (as transformers returns it).
+    pub fn sequence(&self, row: usize) -> &[u32] {
+        &self.sequences[row]
+    }
+
+    /// Why row `row` finished, `None` while it runs.
+    pub fn finish_reason(&self, row: usize) -> Option<FinishReason> {
+        self.finished[row].map(|(reason, _)| reason)
+    }
+
+    /// One forward pass: the next token of every row. Finished rows get the fill token, as
+    /// transformers pads them. Call only while not [`Decoder::done`].
+    pub fn step(&mut self) -> Result<Vec<Step>> {
+        let scores = self
+            .model
+            .next_token_scores(&self.input, &self.mask, &mut self.cache)?;
+        let fill = self.config.fill_token();
+        let mut steps = Vec::with_capacity(scores.len());
         for (row, mut row_scores) in scores.into_iter().enumerate() {
-            let token = next_token(&processors, &sequences[row], &mut row_scores, rng.as_mut());
-            // Finished rows get the fill token, as transformers pads them.
-            tokens.push(match (unfinished[row], fill) {
+            let running = self.finished[row].is_none();
+            let logprobs = match (self.config.logprobs, running) {
+                (true, true) => Some(row_scores.clone()),
+                _ => None,
+            };
+            let chosen = next_token(
+                &self.processors,
+                &self.sequences[row],
+                &mut row_scores,
+                self.rng.as_mut(),
+            );
+            let token = match (running, fill) {
                 (false, Some(fill)) => fill,
-                _ => token,
-            });
-        }
-        for (row, &token) in tokens.iter().enumerate() {
-            sequences[row].push(token);
-            mask[row].push(1);
-            on_step(Step {
+                _ => chosen,
+            };
+            steps.push(Step {
                 row,
                 token,
-                finished: !unfinished[row],
-            })?;
-            let hit_eos = config.eos_token_id.contains(&token);
-            let hit_stop = match stop {
-                Some(stop) => stop.matches(&sequences[row])?,
+                filler: !running,
+                finish: None,
+                logprob: logprobs
+                    .map(|logits| logprobs_of(&logits, token, self.config.top_logprobs)),
+            });
+        }
+        for step in &mut steps {
+            let row = step.row;
+            self.sequences[row].push(step.token);
+            self.mask[row].push(1);
+            if step.filler {
+                continue;
+            }
+            let length = self.sequences[row].len();
+            let reason = if self.config.eos_token_id.contains(&step.token) {
+                Some(FinishReason::EndOfSequence)
+            } else if match &self.stop {
+                Some(stop) => stop.matches(&self.sequences[row])?,
                 None => false,
+            } {
+                Some(FinishReason::StopString)
+            } else if length >= self.max_total {
+                Some(FinishReason::MaxTokens)
+            } else {
+                None
             };
-            if hit_eos || hit_stop {
-                unfinished[row] = false;
+            if let Some(reason) = reason {
+                self.finished[row] = Some((reason, length));
+                step.finish = Some(reason);
             }
         }
-        if !unfinished.iter().any(|&u| u) {
-            break;
-        }
-        input = tokens.into_iter().map(|t| vec![t]).collect();
+        self.input = steps.iter().map(|step| vec![step.token]).collect();
+        Ok(steps)
     }
-    Ok(sequences)
 }

@@ -3,7 +3,93 @@
 //! to exactly the full decode.
 
 use crate::error::Result;
+use crate::generation::search::Decoder;
+use crate::generation::{
+    CausalLM, FinishReason, Generated, GenerationConfig, Generator, StreamToken, TokenLogprob,
+};
 use crate::tokenizer::Tokenizer;
+
+/// Generation from one prompt as an iterator of [`StreamToken`]s, made by
+/// [`Generator::stream`].
+///
+/// It owns the KV cache and runs one forward pass per `next()`, and none ahead: taking `k`
+/// items runs exactly `k` forward passes (the first also reads the prompt), and dropping the
+/// stream stops the work, with no thread left running. An error ends the stream.
+#[derive(Debug)]
+pub struct GenerationStream<'a, M: CausalLM> {
+    generator: Generator<'a, M>,
+    decoder: Decoder<'a, M>,
+    text: TokenStream<'a>,
+    prompt: Vec<u32>,
+    config: GenerationConfig,
+    logprobs: Vec<TokenLogprob>,
+    failed: bool,
+}
+
+impl<'a, M: CausalLM> GenerationStream<'a, M> {
+    pub(crate) fn new(
+        generator: Generator<'a, M>,
+        tokenizer: &'a Tokenizer,
+        decoder: Decoder<'a, M>,
+        prompt: Vec<u32>,
+        config: GenerationConfig,
+    ) -> Self {
+        Self {
+            generator,
+            decoder,
+            text: TokenStream::new(tokenizer),
+            prompt,
+            config,
+            logprobs: Vec::new(),
+            failed: false,
+        }
+    }
+
+    /// The result so far: the whole sequence once the stream has ended, or what was generated
+    /// before the caller stopped, with [`FinishReason::Cancelled`].
+    pub fn generated(&self) -> Result<Generated> {
+        let reason = self
+            .decoder
+            .finish_reason(0)
+            .unwrap_or(FinishReason::Cancelled);
+        let logprobs = self.config.logprobs.then(|| self.logprobs.clone());
+        self.generator.result(
+            &self.prompt,
+            self.decoder.new_tokens(0),
+            reason,
+            logprobs,
+            &self.config,
+        )
+    }
+
+    fn step(&mut self) -> Result<StreamToken> {
+        let step = self.decoder.step()?.swap_remove(0);
+        let mut text = self.text.push(step.token)?.unwrap_or_default();
+        if step.finish.is_some() {
+            text.extend(self.text.finish()?);
+        }
+        self.logprobs.extend(step.logprob.clone());
+        Ok(StreamToken {
+            id: step.token,
+            text,
+            logprob: step.logprob,
+            finish_reason: step.finish,
+        })
+    }
+}
+
+impl<M: CausalLM> Iterator for GenerationStream<'_, M> {
+    type Item = Result<StreamToken>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed || self.decoder.done() {
+            return None;
+        }
+        let token = self.step();
+        self.failed = token.is_err();
+        Some(token)
+    }
+}
 
 /// Turns generated token ids, one at a time, into text pieces.
 ///
@@ -21,6 +107,7 @@ pub struct TokenStream<'a> {
 }
 
 impl<'a> TokenStream<'a> {
+    /// An empty stream that decodes with `tokenizer`.
     pub fn new(tokenizer: &'a Tokenizer) -> Self {
         Self {
             tokenizer,

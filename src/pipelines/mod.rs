@@ -13,14 +13,16 @@ pub mod text_classification;
 pub mod text_generation;
 pub mod token_classification;
 
-pub use chat::Conversation;
+pub use chat::{ChatTemplate, Conversation, Message, Role};
 pub use embeddings::{cosine_similarity, EmbeddingsPipeline};
 pub use fill_mask::{FillMaskOptions, FillMaskPipeline, FillMaskPrediction};
 pub use question_answering::{Answer, QuestionAnsweringOptions, QuestionAnsweringPipeline};
 pub use text_classification::{
     ClassifyOptions, LabelScore, ScoreFunction, TextClassificationPipeline,
 };
-pub use text_generation::{GeneratedText, TextGenerationPipeline};
+pub use text_generation::{
+    GeneratedText, StopMatch, TextGenerationOptions, TextGenerationPipeline,
+};
 pub use token_classification::{AggregationStrategy, Entity, TokenClassificationPipeline};
 
 use candle_core::{DType, Device, Tensor};
