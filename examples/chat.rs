@@ -1,8 +1,10 @@
-//! Chat with DialoGPT: type a line, get a reply; an empty line or end of input quits.
+//! Chat with DialoGPT (or any GPT-2 model with a chat template): type a line, get a reply; an
+//! empty line or end of input quits.
 //!
 //!     cargo run --release --example chat -- microsoft/DialoGPT-small
 
 use std::io::{BufRead, Write};
+use std::sync::Arc;
 
 use ferroformers::pipelines::{Conversation, TextGenerationPipeline};
 use ferroformers::LoadOptions;
@@ -12,8 +14,8 @@ fn main() -> ferroformers::Result<()> {
         .nth(1)
         .unwrap_or_else(|| "microsoft/DialoGPT-small".to_string());
     let pipeline = TextGenerationPipeline::from_pretrained(&model, &LoadOptions::default())?;
-    let config = pipeline.config().clone().with_max_new_tokens(60);
-    let mut conversation = Conversation::new(&pipeline);
+    let config = pipeline.generation_config().clone().with_max_new_tokens(60);
+    let mut conversation = Conversation::new(Arc::new(pipeline));
     let stdin = std::io::stdin();
     loop {
         print!("you> ");

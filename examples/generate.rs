@@ -8,6 +8,7 @@
 //! generation_config.json; the flags override them.
 
 use std::io::Write;
+use std::ops::ControlFlow;
 
 use ferroformers::generation::{GenerationConfig, Generator};
 use ferroformers::{FromPretrained, Gpt2LMHeadModel, LoadOptions, Pretrained};
@@ -50,11 +51,15 @@ fn main() -> ferroformers::Result<()> {
         println!("{}", best.text);
     } else {
         print!("{prompt}");
-        generator.generate_stream(prompt, &config, |piece| {
-            print!("{piece}");
+        let result = generator.generate_stream(prompt, &config, |token| {
+            print!("{}", token.text);
             let _ = std::io::stdout().flush();
+            ControlFlow::Continue(())
         })?;
-        println!();
+        println!(
+            "\n[{:?}: {} prompt tokens, {} new]",
+            result.finish_reason, result.prompt_tokens, result.completion_tokens
+        );
     }
     Ok(())
 }

@@ -4,6 +4,7 @@
 mod common;
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 
 use common::{assert_same_len, fixture, fixture_sanity};
 use ferroformers::generation::processors::{
@@ -11,7 +12,7 @@ use ferroformers::generation::processors::{
     TopK, TopP,
 };
 use ferroformers::generation::{
-    sample_index, GenerationConfig, Generator, PromptBatch, TokenStream,
+    sample_index, FinishReason, GenerationConfig, Generator, PromptBatch, TokenStream,
 };
 use ferroformers::{
     Device, Error, FromPretrained, Gpt2LMHeadModel, HubOptions, LoadOptions, Pretrained, Tokenizer,
@@ -450,7 +451,10 @@ fn streamed_pieces_concatenate_to_the_generated_text() {
     let prompt = "In a shocking finding";
     let mut pieces = Vec::new();
     let streamed = generator
-        .generate_stream(prompt, &config, |piece| pieces.push(piece.to_string()))
+        .generate_stream(prompt, &config, |token| {
+            pieces.push(token.text.clone());
+            ControlFlow::Continue(())
+        })
         .unwrap();
     let plain = generator.generate(&[prompt], &config).unwrap();
     assert_eq!(streamed, plain[0]);
@@ -492,6 +496,8 @@ fn a_stop_string_ends_generation_and_stays_in_the_text() {
     };
     let stopped = generator.generate(&[prompt], &config).unwrap().remove(0);
     assert_eq!(stopped.token_ids, full.token_ids[..end].to_vec());
+    assert_eq!(stopped.finish_reason, FinishReason::StopString);
+    assert_eq!(full.finish_reason, FinishReason::MaxTokens);
     assert!(
         stopped.text.ends_with(&stop),
         "{:?} should end with {stop:?}",
@@ -499,9 +505,14 @@ fn a_stop_string_ends_generation_and_stays_in_the_text() {
     );
 
     let mut streamed = String::new();
-    generator
-        .generate_stream(prompt, &config, |piece| streamed.push_str(piece))
+    let result = generator
+        .generate_stream(prompt, &config, |token| {
+            streamed.push_str(&token.text);
+            ControlFlow::Continue(())
+        })
         .unwrap();
+    assert_eq!(result.finish_reason, FinishReason::StopString);
+    assert_eq!(result.stop_string.as_deref(), Some(stop.as_str()));
     assert_eq!(format!("{prompt}{streamed}"), stopped.text);
 }
 

@@ -11,7 +11,7 @@ use common::{assert_same_len, fixture, fixture_model};
 use ferroformers::pipelines::{
     AggregationStrategy, ClassifyOptions, EmbeddingsPipeline, FillMaskOptions, FillMaskPipeline,
     QuestionAnsweringOptions, QuestionAnsweringPipeline, TextClassificationPipeline,
-    TextGenerationPipeline, TokenClassificationPipeline,
+    TextGenerationOptions, TextGenerationPipeline, TokenClassificationPipeline,
 };
 use ferroformers::{
     BertModel, DType, Device, Error, FromPretrained, HubOptions, LoadOptions, ModelInput,
@@ -418,7 +418,7 @@ fn odd_text_never_panics_any_pipeline() {
     let generate =
         TextGenerationPipeline::from_pretrained(&fixture_model("gpt2/lm-head"), &options())
             .unwrap();
-    let config = generate.config().clone().with_max_new_tokens(3);
+    let config = TextGenerationOptions::default().with_max_new_tokens(3);
     for &text in ODD_TEXTS {
         classify
             .classify(&[TextInput::Single(text)], &ClassifyOptions::default())
@@ -441,7 +441,7 @@ fn odd_text_never_panics_any_pipeline() {
             "qa context",
             qa.answer("Who?", text, &QuestionAnsweringOptions::default()),
         );
-        no_panic("generate", generate.generate(&[text], &config, true));
+        no_panic("generate", generate.run([text], &config));
     }
 }
 
@@ -513,7 +513,7 @@ fn empty_batches_give_empty_results() {
         TextGenerationPipeline::from_pretrained(&fixture_model("gpt2/lm-head"), &options())
             .unwrap();
     assert!(generate
-        .generate(&[], generate.config(), true)
+        .run(Vec::<&str>::new(), &TextGenerationOptions::default())
         .unwrap()
         .is_empty());
 }

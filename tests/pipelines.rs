@@ -4,11 +4,14 @@
 
 mod common;
 
+use std::sync::Arc;
+
 use common::{assert_close_slices, assert_same_len, fixture, fixture_model, fixture_sanity};
 use ferroformers::pipelines::{
     cosine_similarity, AggregationStrategy, ClassifyOptions, Conversation, EmbeddingsPipeline,
     Entity, FillMaskOptions, FillMaskPipeline, QuestionAnsweringOptions, QuestionAnsweringPipeline,
-    ScoreFunction, TextClassificationPipeline, TextGenerationPipeline, TokenClassificationPipeline,
+    ScoreFunction, TextClassificationPipeline, TextGenerationOptions, TextGenerationPipeline,
+    TokenClassificationPipeline,
 };
 use ferroformers::{Error, LoadOptions, Pooling, TextInput};
 use serde_json::Value;
@@ -331,7 +334,7 @@ fn text_generation_matches_transformers() {
             .unwrap();
     let prompts: Vec<String> = serde_json::from_value(case["prompts"].clone()).unwrap();
     let prompts: Vec<&str> = prompts.iter().map(String::as_str).collect();
-    let config = pipeline.config().clone().with_max_new_tokens(20);
+    let config = TextGenerationOptions::default().with_max_new_tokens(20);
     let texts = |outputs: Vec<Vec<ferroformers::pipelines::GeneratedText>>| -> Value {
         Value::Array(
             outputs
@@ -347,22 +350,28 @@ fn text_generation_matches_transformers() {
         )
     };
     assert_matches(
-        &texts(pipeline.generate(&prompts, &config, true).unwrap()),
+        &texts(pipeline.run(&prompts, &config).unwrap()),
         &case["greedy"],
         "greedy",
     );
     assert_matches(
-        &texts(pipeline.generate(&prompts, &config, false).unwrap()),
+        &texts(
+            pipeline
+                .run(&prompts, &config.clone().with_return_full_text(false))
+                .unwrap(),
+        ),
         &case["new_text_only"],
         "new text only",
     );
-    let beams = ferroformers::generation::GenerationConfig {
-        num_beams: 3,
-        num_return_sequences: 2,
-        ..pipeline.config().clone().with_max_new_tokens(12)
-    };
+    let beams = TextGenerationOptions::default().with_generation(
+        ferroformers::generation::GenerationConfig {
+            num_beams: 3,
+            num_return_sequences: 2,
+            ..pipeline.generation_config().clone().with_max_new_tokens(12)
+        },
+    );
     assert_matches(
-        &texts(pipeline.generate(&prompts, &beams, true).unwrap()),
+        &texts(pipeline.run(&prompts, &beams).unwrap()),
         &case["beams"],
         "beams",
     );
@@ -372,14 +381,15 @@ fn text_generation_matches_transformers() {
 fn chat_matches_a_dialogpt_loop_in_transformers() {
     let refs = references();
     let case = &refs["chat"];
-    let pipeline =
+    let pipeline = Arc::new(
         TextGenerationPipeline::from_pretrained(&fixture_model("gpt2/lm-head"), &options())
-            .unwrap();
+            .unwrap(),
+    );
     let config = pipeline
-        .config()
+        .generation_config()
         .clone()
         .with_max_new_tokens(case["max_new_tokens"].as_u64().unwrap() as usize);
-    let mut conversation = Conversation::new(&pipeline);
+    let mut conversation = Conversation::new(pipeline);
     for turn in case["turns"].as_array().unwrap() {
         let reply = conversation
             .respond(turn["user"].as_str().unwrap(), &config)
@@ -391,11 +401,12 @@ fn chat_matches_a_dialogpt_loop_in_transformers() {
 
 #[test]
 fn chat_drops_the_oldest_turns_when_the_history_outgrows_the_context() {
-    let pipeline =
+    let pipeline = Arc::new(
         TextGenerationPipeline::from_pretrained(&fixture_model("gpt2/lm-head"), &options())
-            .unwrap();
-    let config = pipeline.config().clone().with_max_new_tokens(40);
-    let mut conversation = Conversation::new(&pipeline);
+            .unwrap(),
+    );
+    let config = pipeline.generation_config().clone().with_max_new_tokens(40);
+    let mut conversation = Conversation::new(pipeline);
     // 128 positions: three turns of about 40 tokens plus replies cannot all stay.
     for _ in 0..4 {
         conversation
