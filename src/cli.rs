@@ -37,8 +37,10 @@ struct Common {
     /// Branch, tag or commit of the Hub repository.
     #[arg(long, default_value = "main")]
     revision: String,
+    /// Precision of the weights.
     #[arg(long, value_enum, default_value_t = CliDType::F32)]
     dtype: CliDType,
+    /// Where the model runs.
     #[arg(long, value_enum, default_value_t = CliDevice::Cpu)]
     device: CliDevice,
 }
@@ -279,8 +281,8 @@ impl GenerationArgs {
             .collect();
             if !unused.is_empty() {
                 eprintln!(
-                    "warning: {} only apply when sampling, and this run does not sample; add \
-                     --do-sample",
+                    "warning: {} ignored: sampling settings, and this run does not sample (the \
+                     model's generation_config.json or a flag says so); add --do-sample",
                     unused.join(", ")
                 );
             }

@@ -376,3 +376,196 @@ fn against_needs_generate() {
     let output = ferroformers(&["bench", "-m", &model, "--against", "int8"], None);
     assert_eq!(output.status.code(), Some(2));
 }
+
+/// `generate` takes several prompts (arguments or stdin lines); `--json` gives one line per
+/// prompt with transformers' text, the finish reason as OpenAI names it, and token counts.
+#[test]
+fn generate_takes_several_prompts_and_reports_reasons_and_counts() {
+    let refs = references();
+    let case = &refs["text_generation"];
+    let model = fixture_model("gpt2/lm-head");
+    let prompts: Vec<&str> = case["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    let mut args = vec!["generate", "-m", &model, "--json", "--max-new-tokens", "20"];
+    args.extend(&prompts);
+    let from_args = json_lines(&ferroformers(&args, None));
+    let stdin: String = prompts.iter().map(|p| format!("{p}\n")).collect();
+    let from_stdin = json_lines(&ferroformers(&args[..6], Some(&stdin)));
+    assert_eq!(from_args, from_stdin, "arguments and stdin lines alike");
+    assert_same_len(&from_args, &prompts, "one line per prompt");
+    for (i, line) in from_args.iter().enumerate() {
+        assert_eq!(
+            line["generated_text"],
+            case["greedy"][i][0]["generated_text"]
+        );
+        assert_eq!(line["finish_reason"], "length");
+        assert_eq!(line["completion_tokens"], 20);
+        assert_eq!(line["generated_token_ids"].as_array().unwrap().len(), 20);
+        assert!(line["prompt_tokens"].as_u64().unwrap() >= 1, "{line}");
+    }
+}
+
+/// A copy of the GPT-2 fixture whose generation_config.json samples.
+fn sampling_model() -> tempfile::TempDir {
+    let folder = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixture("gpt2/lm-head")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, folder.path().join(path.file_name().unwrap())).unwrap();
+    }
+    let config = folder.path().join("generation_config.json");
+    let mut settings: Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    settings["do_sample"] = Value::Bool(true);
+    std::fs::write(&config, settings.to_string()).unwrap();
+    folder
+}
+
+/// `do_sample: true` in generation_config.json makes `generate` sample (seeded runs repeat,
+/// and differ from greedy search); `--greedy` and `--do-sample=false` override it.
+#[test]
+fn generate_follows_do_sample_of_the_model_unless_a_flag_overrides_it() {
+    let refs = references();
+    let greedy_text = &refs["text_generation"]["greedy"][0][0]["generated_text"];
+    let prompt = refs["text_generation"]["prompts"][0].as_str().unwrap();
+    let folder = sampling_model();
+    let model = folder.path().to_string_lossy().into_owned();
+    let run = |extra: &[&str]| -> Value {
+        let mut args = vec!["generate", "-m", &model, "--json", "--max-new-tokens", "20"];
+        args.extend(extra);
+        args.push(prompt);
+        json_lines(&ferroformers(&args, None)).remove(0)
+    };
+    let sampled = run(&["--seed", "3"]);
+    assert_eq!(sampled, run(&["--seed", "3"]), "a seed repeats");
+    assert_ne!(
+        &sampled["generated_text"], greedy_text,
+        "the model's do_sample is respected"
+    );
+    assert_eq!(&run(&["--greedy"])["generated_text"], greedy_text);
+    assert_eq!(&run(&["--do-sample=false"])["generated_text"], greedy_text);
+    let explicit = run(&["--do-sample", "--seed", "3"]);
+    assert_eq!(explicit, sampled);
+}
+
+/// Sampling flags without sampling warn on stderr (as transformers warns) and change nothing.
+#[test]
+fn temperature_without_sampling_warns_and_has_no_effect() {
+    let refs = references();
+    let prompt = refs["text_generation"]["prompts"][0].as_str().unwrap();
+    let model = fixture_model("gpt2/lm-head");
+    let output = ferroformers(
+        &[
+            "generate",
+            "-m",
+            &model,
+            "--json",
+            "--max-new-tokens",
+            "20",
+            "--temperature",
+            "0.5",
+            "--top-p",
+            "0.9",
+            prompt,
+        ],
+        None,
+    );
+    let lines = json_lines(&output);
+    assert_eq!(
+        lines[0]["generated_text"],
+        refs["text_generation"]["greedy"][0][0]["generated_text"]
+    );
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains("warning")
+            && stderr.contains("--temperature")
+            && stderr.contains("--top-p")
+            && stderr.contains("--do-sample"),
+        "{stderr:?}"
+    );
+    // With sampling, no warning.
+    let sampled = ferroformers(
+        &[
+            "generate",
+            "-m",
+            &model,
+            "--json",
+            "--max-new-tokens",
+            "5",
+            "--do-sample",
+            "--seed",
+            "1",
+            "--temperature",
+            "0.5",
+            prompt,
+        ],
+        None,
+    );
+    assert!(sampled.status.success());
+    assert!(
+        sampled.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&sampled.stderr)
+    );
+}
+
+/// Every option of `generate` and `chat` has help text: in `-h`, each flag line carries a
+/// description, or the line after it does.
+#[test]
+fn every_generate_and_chat_flag_has_help_text() {
+    for command in ["generate", "chat"] {
+        let output = ferroformers(&[command, "-h"], None);
+        assert!(output.status.success());
+        let help = String::from_utf8(output.stdout).unwrap();
+        let lines: Vec<&str> = help.lines().collect();
+        let mut flags = 0;
+        for (i, line) in lines.iter().enumerate() {
+            if !line.trim_start().starts_with('-') {
+                continue;
+            }
+            flags += 1;
+            // clap puts a long flag's help on the next line, indented further.
+            let next = lines.get(i + 1).map_or("", |l| l.trim());
+            let same_line = line.trim().split("  ").filter(|s| !s.is_empty()).count() > 1;
+            assert!(
+                same_line || (!next.is_empty() && !next.starts_with('-')),
+                "{command}: no help for {line:?}"
+            );
+        }
+        assert!(flags >= 15, "{command}: {flags} flags in {help}");
+    }
+}
+
+/// `--top-logprobs` reports log-probabilities in the JSON lines: one per new token, each
+/// with that many best tokens, none above 0.
+#[test]
+fn generate_json_reports_logprobs_when_asked() {
+    let model = fixture_model("gpt2/lm-head");
+    let lines = json_lines(&ferroformers(
+        &[
+            "generate",
+            "-m",
+            &model,
+            "--json",
+            "--max-new-tokens",
+            "4",
+            "--top-logprobs",
+            "3",
+            "Hello",
+        ],
+        None,
+    ));
+    let logprobs = lines[0]["logprobs"].as_array().unwrap();
+    assert_eq!(logprobs.len(), 4);
+    for entry in logprobs {
+        let top = entry["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 3);
+        let chosen = entry["logprob"].as_f64().unwrap();
+        let best = top[0]["logprob"].as_f64().unwrap();
+        // Greedy search chooses the best token.
+        assert!(chosen <= 0.0 && (chosen - best).abs() < 1e-6, "{entry}");
+    }
+}

@@ -116,7 +116,11 @@ fn dropping_a_stream_stops_generation_within_one_step() {
         assert_eq!(taken.len(), k);
         // `take` dropped the stream after its k-th item.
         eprintln!("took {k} tokens of 40: {} forward passes", counting.count());
-        assert_eq!(counting.count(), k, "forward passes after taking {k} tokens");
+        assert_eq!(
+            counting.count(),
+            k,
+            "forward passes after taking {k} tokens"
+        );
         // The tokens are the first k of the full generation.
         let full = Generator::new(&model, &tokenizer)
             .generate(&[PROMPT], &config)
@@ -146,7 +150,10 @@ fn a_callback_that_breaks_stops_generation_and_says_cancelled() {
             }
         })
         .unwrap();
-    eprintln!("break after 5 tokens of 40: {} forward passes", counting.count());
+    eprintln!(
+        "break after 5 tokens of 40: {} forward passes",
+        counting.count()
+    );
     assert_eq!(counting.count(), 5);
     assert_eq!(result.finish_reason, FinishReason::Cancelled);
     assert_eq!(result.completion_tokens, 5);
@@ -227,7 +234,8 @@ fn finish_reasons_and_counts_follow_the_end_token_batch_and_single_alike() {
         assert_eq!(&streamed, result, "{prompt}: streamed == batch");
     }
     fixture_sanity(
-        reasons.contains(&FinishReason::EndOfSequence) && reasons.contains(&FinishReason::MaxTokens),
+        reasons.contains(&FinishReason::EndOfSequence)
+            && reasons.contains(&FinishReason::MaxTokens),
         "batch_eos has a row that meets its end token and one that runs to the limit",
     );
 }
@@ -258,7 +266,9 @@ fn logprobs_match_the_log_softmax_of_transformers_raw_logits() {
     for (name, case) in references.as_object().unwrap() {
         let steps = case["steps"].as_array().unwrap();
         let mut config = base.clone().with_logprobs(MAX_TOP_LOGPROBS);
-        config.max_new_tokens = case["settings"]["max_new_tokens"].as_u64().map(|n| n as usize);
+        config.max_new_tokens = case["settings"]["max_new_tokens"]
+            .as_u64()
+            .map(|n| n as usize);
         if let Some(penalty) = case["settings"]["repetition_penalty"].as_f64() {
             config.repetition_penalty = penalty as f32;
         }
@@ -268,14 +278,25 @@ fn logprobs_match_the_log_softmax_of_transformers_raw_logits() {
             .remove(0);
         let logprobs = result.logprobs.clone().expect("logprobs were asked for");
         assert_same_len(&logprobs, steps, &format!("{name}: one per new token"));
-        assert_eq!(result.prompt_tokens as u64, case["prompt_tokens"].as_u64().unwrap());
+        assert_eq!(
+            result.prompt_tokens as u64,
+            case["prompt_tokens"].as_u64().unwrap()
+        );
         let floats = |v: &Value| -> Vec<f32> {
-            v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect()
         };
         let mut raw_differs_from_processed = false;
         for (i, (ours, theirs)) in logprobs.iter().zip(steps).enumerate() {
             let what = format!("{name}, token {i}");
-            assert_eq!(result.token_ids[i] as u64, theirs["token"].as_u64().unwrap(), "{what}");
+            assert_eq!(
+                result.token_ids[i] as u64,
+                theirs["token"].as_u64().unwrap(),
+                "{what}"
+            );
             assert_close_slices(
                 &[ours.logprob],
                 &[theirs["logprob"].as_f64().unwrap() as f32],
@@ -291,7 +312,12 @@ fn logprobs_match_the_log_softmax_of_transformers_raw_logits() {
                 .collect();
             assert_eq!(ids, their_ids, "{what}: the 20 best tokens");
             let values: Vec<f32> = ours.top_logprobs.iter().map(|t| t.logprob).collect();
-            assert_close_slices(&values, &floats(&theirs["top_logprobs"]), LOGPROB_TOLERANCE, &what);
+            assert_close_slices(
+                &values,
+                &floats(&theirs["top_logprobs"]),
+                LOGPROB_TOLERANCE,
+                &what,
+            );
             let processed = theirs["processed_logprob"].as_f64().unwrap() as f32;
             raw_differs_from_processed |= (processed - ours.logprob).abs() > 1e-2;
         }
@@ -356,10 +382,18 @@ fn chat_templates_render_and_tokenize_as_transformers() {
             for (prompt, suffix) in [(false, "plain"), (true, "generation_prompt")] {
                 let case = &cases[format!("{conversation}/{suffix}")];
                 let text = template.render(&messages, prompt).unwrap();
-                assert_eq!(text, case["text"].as_str().unwrap(), "{name} {conversation} {suffix}");
+                assert_eq!(
+                    text,
+                    case["text"].as_str().unwrap(),
+                    "{name} {conversation} {suffix}"
+                );
                 let ids = tokenizer.encode(text.as_str(), &no_specials).unwrap();
                 let want: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
-                assert_eq!(ids.get_ids(), want.as_slice(), "{name} {conversation} {suffix}");
+                assert_eq!(
+                    ids.get_ids(),
+                    want.as_slice(),
+                    "{name} {conversation} {suffix}"
+                );
                 compared += 1;
             }
         }
@@ -393,13 +427,21 @@ fn a_named_template_is_chosen_by_name_and_tojson_writes_python_json() {
 fn raise_exception_in_a_template_is_an_error_with_its_message() {
     let references = chat_references();
     let path = fixture("chat_templates/llama/tokenizer_config.json");
-    let template = ChatTemplate::from_tokenizer_config(&path, None).unwrap().unwrap();
+    let template = ChatTemplate::from_tokenizer_config(&path, None)
+        .unwrap()
+        .unwrap();
     let twice = [Message::new(Role::User, "a"), Message::new(Role::User, "b")];
     let error = template.render(&twice, false).unwrap_err();
     assert!(matches!(error, Error::ChatTemplate(_)), "{error:?}");
     let message = references["templates"]["llama"]["error"].as_str().unwrap();
-    assert!(error.to_string().contains(message), "{error} should say {message:?}");
-    assert!(ChatTemplate::new("{% for %}").is_err(), "a syntax error is caught at load");
+    assert!(
+        error.to_string().contains(message),
+        "{error} should say {message:?}"
+    );
+    assert!(
+        ChatTemplate::new("{% for %}").is_err(),
+        "a syntax error is caught at load"
+    );
 }
 
 /// A conversation rendered with the ChatML template replies as transformers' `generate` on
@@ -413,9 +455,10 @@ fn a_conversation_with_a_chat_template_replies_as_transformers() {
         None,
     )
     .unwrap();
-    let pipeline = TextGenerationPipeline::from_pretrained(&fixture_model("gpt2/lm-head"), &options())
-        .unwrap()
-        .with_chat_template(template);
+    let pipeline =
+        TextGenerationPipeline::from_pretrained(&fixture_model("gpt2/lm-head"), &options())
+            .unwrap()
+            .with_chat_template(template);
     let pipeline = Arc::new(pipeline);
     let config = pipeline
         .generation_config()
@@ -427,7 +470,10 @@ fn a_conversation_with_a_chat_template_replies_as_transformers() {
     let reply = std::thread::spawn(move || {
         let reply = conversation.respond(&user.content, &config).unwrap();
         assert_eq!(conversation.messages().len(), 2);
-        assert_eq!(conversation.messages()[1], Message::new(Role::Assistant, reply.clone()));
+        assert_eq!(
+            conversation.messages()[1],
+            Message::new(Role::Assistant, reply.clone())
+        );
         reply
     })
     .join()
@@ -452,7 +498,11 @@ fn the_pipeline_reports_reasons_counts_and_where_a_stop_string_starts() {
     let pipeline =
         TextGenerationPipeline::from_pretrained(&fixture_model("gpt2/lm-head"), &options())
             .unwrap();
-    let prompts = ["The quick brown fox", "Hello, my name is", "In a shocking finding"];
+    let prompts = [
+        "The quick brown fox",
+        "Hello, my name is",
+        "In a shocking finding",
+    ];
     let options = TextGenerationOptions::default()
         .with_max_new_tokens(16)
         .with_batch_size(3);

@@ -205,7 +205,6 @@ impl PromptBatch {
     }
 }
 
-
 /// Generation with one model and its tokenizer.
 #[derive(Debug)]
 pub struct Generator<'a, M: CausalLM> {
@@ -327,7 +326,11 @@ impl<'a, M: CausalLM> Generator<'a, M> {
     /// one also reads the prompt) and returns the new token. Dropping the iterator stops the
     /// work; [`GenerationStream::generated`] gives the result so far. Not for beam search,
     /// whose best sequence is only known at the end, nor for several sequences per prompt.
-    pub fn stream(&self, prompt: &str, config: &GenerationConfig) -> Result<GenerationStream<'a, M>> {
+    pub fn stream(
+        &self,
+        prompt: &str,
+        config: &GenerationConfig,
+    ) -> Result<GenerationStream<'a, M>> {
         if config.num_beams > 1 || config.num_return_sequences > 1 {
             return Err(Error::InvalidGeneration(
                 "streaming needs a single sequence: num_beams and num_return_sequences must be 1"

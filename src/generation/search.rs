@@ -69,7 +69,10 @@ fn logprobs_of(logits: &[f32], token: u32, top: usize) -> TokenLogprob {
     // Best first; ties keep the lower id first.
     order.sort_by(|&a, &b| logprobs[b].total_cmp(&logprobs[a]).then(a.cmp(&b)));
     TokenLogprob {
-        logprob: logprobs.get(token as usize).copied().unwrap_or(f32::NEG_INFINITY),
+        logprob: logprobs
+            .get(token as usize)
+            .copied()
+            .unwrap_or(f32::NEG_INFINITY),
         top_logprobs: order
             .into_iter()
             .take(top)

@@ -173,7 +173,11 @@ impl TextGenerationPipeline {
     }
 
     /// `num_return_sequences` texts per prompt, prompts in input order.
-    pub fn run<I, S>(&self, prompts: I, options: &TextGenerationOptions) -> Result<Vec<Vec<GeneratedText>>>
+    pub fn run<I, S>(
+        &self,
+        prompts: I,
+        options: &TextGenerationOptions,
+    ) -> Result<Vec<Vec<GeneratedText>>>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
@@ -204,7 +208,11 @@ impl TextGenerationPipeline {
     }
 
     /// [`TextGenerationPipeline::run`] on one prompt.
-    pub fn run_one(&self, prompt: &str, options: &TextGenerationOptions) -> Result<Vec<GeneratedText>> {
+    pub fn run_one(
+        &self,
+        prompt: &str,
+        options: &TextGenerationOptions,
+    ) -> Result<Vec<GeneratedText>> {
         Ok(self.run([prompt], options)?.pop().unwrap_or_default())
     }
 
