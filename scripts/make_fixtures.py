@@ -619,6 +619,14 @@ LLAMA_TEMPLATE = """{{ bos_token }}
     {% endif %}
 {% endfor %}"""
 
+# The ChatML template with the assistant's turns in `{% generation %}` blocks, the tag of
+# transformers' assistant masks (rendered as their content when no mask is asked for).
+CHATML_GENERATION_TEMPLATE = CHATML_TEMPLATE.replace(
+    "{{ message['content'].strip() }}<|im_end|>",
+    "{% if message['role'] == 'assistant' %}{% generation %}{{ message['content'].strip() }}"
+    "{%- endgeneration %}{% else %}{{ message['content'].strip() }}{% endif %}<|im_end|>",
+)
+
 TOOLS_TEMPLATE = """{% for message in messages %}{{ message | tojson }}
 {% endfor %}{{ {'names': ['x', 'y'], 'n': 1, 'ok': true, 'none': none} | tojson }}"""
 
@@ -634,6 +642,7 @@ def make_chat_template_references():
     base = json.loads((source / "tokenizer_config.json").read_text())
     forms = {
         "chatml": CHATML_TEMPLATE,
+        "chatml_generation": CHATML_GENERATION_TEMPLATE,
         "llama": [
             {"name": "default", "template": LLAMA_TEMPLATE},
             {"name": "tool_use", "template": TOOLS_TEMPLATE},

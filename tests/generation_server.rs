@@ -398,7 +398,7 @@ fn chat_templates_render_and_tokenize_as_transformers() {
             }
         }
     }
-    assert_eq!(compared, 8);
+    assert_eq!(compared, 12);
 }
 
 /// The named-template form: `tool_use` picked by name renders `tojson` as Python's

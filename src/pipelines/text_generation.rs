@@ -4,7 +4,7 @@ use std::ops::ControlFlow;
 
 use serde::Serialize;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::generation::{
     FinishReason, Generated, GenerationConfig, GenerationStream, Generator, StreamToken,
     TokenLogprob,
@@ -109,7 +109,8 @@ pub struct TextGenerationPipeline {
     model: Gpt2LMHeadModel,
     tokenizer: Tokenizer,
     generation_config: GenerationConfig,
-    chat_template: Option<ChatTemplate>,
+    /// The model's chat template, or why it could not be read.
+    chat_template: std::result::Result<Option<ChatTemplate>, String>,
 }
 
 impl TextGenerationPipeline {
@@ -117,9 +118,13 @@ impl TextGenerationPipeline {
     /// and the `chat_template` of `tokenizer_config.json` when it has one.
     pub fn from_pretrained(model: &str, options: &LoadOptions) -> Result<Self> {
         let pretrained = Pretrained::open(model, &options.hub)?;
+        // A template this crate cannot render fails the chats that need it, not the load:
+        // plain generation does not use it.
         let chat_template = match pretrained.source().get("tokenizer_config.json")? {
-            Some(path) => ChatTemplate::from_tokenizer_config(&path, None)?,
-            None => None,
+            Some(path) => {
+                ChatTemplate::from_tokenizer_config(&path, None).map_err(|error| error.to_string())
+            }
+            None => Ok(None),
         };
         Ok(Self {
             model: pretrained.load::<Gpt2LMHeadModel>(options)?,
@@ -131,7 +136,7 @@ impl TextGenerationPipeline {
 
     /// Use `template` for chat instead of the model's (`None`: DialoGPT's end-of-text joining).
     pub fn with_chat_template(mut self, template: Option<ChatTemplate>) -> Self {
-        self.chat_template = template;
+        self.chat_template = Ok(template);
         self
     }
 
@@ -155,9 +160,13 @@ impl TextGenerationPipeline {
         &self.tokenizer
     }
 
-    /// The chat template of `tokenizer_config.json`, if the model has one.
-    pub fn chat_template(&self) -> Option<&ChatTemplate> {
-        self.chat_template.as_ref()
+    /// The chat template of `tokenizer_config.json`, if the model has one; an error if it has
+    /// one that cannot be parsed.
+    pub fn chat_template(&self) -> Result<Option<&ChatTemplate>> {
+        match &self.chat_template {
+            Ok(template) => Ok(template.as_ref()),
+            Err(message) => Err(Error::ChatTemplate(message.clone())),
+        }
     }
 
     /// The generation settings `options` resolve to.

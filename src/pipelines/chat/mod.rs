@@ -43,9 +43,10 @@ impl Conversation {
     /// Start with a system message.
     pub fn with_system(mut self, content: &str) -> Result<Self> {
         let message = Message::new(Role::System, content);
-        let ids = match self.pipeline.chat_template() {
+        let eos = &self.pipeline.generation_config().eos_token_id;
+        let ids = match self.pipeline.chat_template()? {
             Some(_) => Vec::new(),
-            None => self.dialogpt_turn(content)?,
+            None => self.dialogpt_turn(content, eos)?,
         };
         self.turns.push(Turn { message, ids });
         Ok(self)
@@ -78,9 +79,9 @@ impl Conversation {
             Error::InvalidGeneration("chat needs max_new_tokens, the length of a reply".to_string())
         })?;
         let room = self.pipeline.model().config().n_positions;
-        let ids = match self.pipeline.chat_template() {
+        let ids = match self.pipeline.chat_template()? {
             Some(_) => Vec::new(),
-            None => self.dialogpt_turn(user)?,
+            None => self.dialogpt_turn(user, &config.eos_token_id)?,
         };
         self.turns.push(Turn {
             message: Message::new(Role::User, user),
@@ -127,7 +128,7 @@ impl Conversation {
 
     /// The token ids the model continues: the rendered template, or the joined turns.
     fn prompt(&self) -> Result<Vec<u32>> {
-        match self.pipeline.chat_template() {
+        match self.pipeline.chat_template()? {
             Some(template) => {
                 let text = template.render(&self.messages(), true)?;
                 // transformers tokenizes the rendering without adding special tokens: the
@@ -147,20 +148,14 @@ impl Conversation {
         }
     }
 
-    /// A DialoGPT turn: the text's tokens and the end-of-text token.
-    fn dialogpt_turn(&self, text: &str) -> Result<Vec<u32>> {
-        let eos = self
-            .pipeline
-            .generation_config()
-            .eos_token_id
-            .first()
-            .copied()
-            .ok_or_else(|| {
-                Error::InvalidGeneration(
-                    "chat without a chat template needs an end-of-text token (eos_token_id)"
-                        .to_string(),
-                )
-            })?;
+    /// A DialoGPT turn: the text's tokens and the end-of-text token (the first of `eos`).
+    fn dialogpt_turn(&self, text: &str, eos: &[u32]) -> Result<Vec<u32>> {
+        let eos = eos.first().copied().ok_or_else(|| {
+            Error::InvalidGeneration(
+                "chat without a chat template needs an end-of-text token (eos_token_id)"
+                    .to_string(),
+            )
+        })?;
         let mut ids = self
             .pipeline
             .tokenizer()

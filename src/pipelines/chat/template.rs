@@ -5,8 +5,9 @@
 //! `add_generation_prompt`.
 //! <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/utils/chat_template_utils.py#L393>
 //!
-//! Not provided: `strftime_now`, tools and documents (rendered as `none`), and the
-//! `{% generation %}` tag of assistant masks.
+//! `{% generation %}` blocks (the tag of transformers' assistant masks) render their content,
+//! as transformers renders them when no mask is asked for. Not provided: `strftime_now`, tools
+//! and documents (rendered as `none`), and assistant masks.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -84,7 +85,7 @@ impl ChatTemplate {
     /// A template from its Jinja source, with no special tokens; checked for syntax now.
     pub fn new(source: impl Into<String>) -> Result<Self> {
         let template = Self {
-            source: source.into(),
+            source: without_generation_tags(&source.into()),
             special_tokens: BTreeMap::new(),
         };
         environment()
@@ -182,6 +183,42 @@ impl ChatTemplate {
             .map_err(template_error)?;
         template.render(context).map_err(template_error)
     }
+}
+
+/// `source` with each `{% generation %}` ... `{% endgeneration %}` block turned into an
+/// always-true `if`, keeping its whitespace control (`{%-`, `-%}`): transformers' extension
+/// renders the block's content unchanged, and minijinja has no custom tags.
+fn without_generation_tags(source: &str) -> String {
+    let mut out = String::with_capacity(source.len());
+    let mut rest = source;
+    while let Some(open) = rest.find("{%") {
+        out.push_str(&rest[..open]);
+        let tag = &rest[open..];
+        let Some(close) = tag.find("%}") else {
+            break;
+        };
+        let inner = &tag[2..close];
+        let (left, body) = match inner.strip_prefix(['-', '+']) {
+            Some(body) => (&inner[..1], body),
+            None => ("", inner),
+        };
+        let (body, right) = match body.strip_suffix(['-', '+']) {
+            Some(body) => (body, &inner[inner.len() - 1..]),
+            None => (body, ""),
+        };
+        let replacement = match body.trim() {
+            "generation" => Some("if true"),
+            "endgeneration" => Some("endif"),
+            _ => None,
+        };
+        match replacement {
+            Some(replacement) => out.push_str(&format!("{{%{left} {replacement} {right}%}}")),
+            None => out.push_str(&tag[..close + 2]),
+        }
+        rest = &tag[close + 2..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn template_error(error: minijinja::Error) -> Error {
@@ -298,4 +335,23 @@ fn write_json(
         kind => return Err(invalid(format!("tojson cannot write a {kind}"))),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Jinja2 with transformers' extension: `{%-` and `-%}` strip around the block tags as
+    /// around any tag, and the block renders its content: "a" + "b" + "c".
+    #[test]
+    fn generation_blocks_render_their_content_with_their_whitespace_control() {
+        let source =
+            "a\n{%- generation -%}\n b {%- endgeneration %}c{% generation %}d{% endgeneration %}";
+        let template = ChatTemplate::new(source).unwrap();
+        assert_eq!(template.render(&[], false).unwrap(), "abcd");
+        assert_eq!(
+            without_generation_tags("{% if x %}{%+ generation %}{% endif %}"),
+            "{% if x %}{%+ if true %}{% endif %}"
+        );
+    }
 }
