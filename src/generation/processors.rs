@@ -12,6 +12,7 @@ use crate::host::softmax;
 /// Changes the scores of one sequence's next token, given the tokens so far (prompt included,
 /// left padding included, as transformers passes them).
 pub trait LogitsProcessor: Send + Sync + std::fmt::Debug {
+    /// Change `scores` (one per vocabulary entry) of the token after `input_ids`.
     fn process(&self, input_ids: &[u32], scores: &mut [f32]);
 }
 
@@ -26,6 +27,7 @@ pub struct RepetitionPenalty {
 }
 
 impl RepetitionPenalty {
+    /// `penalty` > 0; 1 changes nothing.
     pub fn new(penalty: f32) -> Result<Self> {
         if !(penalty > 0.0 && penalty.is_finite()) {
             return Err(invalid(format!(
@@ -61,6 +63,7 @@ pub struct NoRepeatNGram {
 }
 
 impl NoRepeatNGram {
+    /// Ban repeats of n-grams of `size` tokens (at least 1).
     pub fn new(size: usize) -> Result<Self> {
         if size == 0 {
             return Err(invalid("no_repeat_ngram_size must be >= 1".into()));
@@ -101,6 +104,7 @@ pub struct MinNewTokens {
 }
 
 impl MinNewTokens {
+    /// Forbid `eos_token_ids` until `min_new_tokens` follow the `prompt_len`-token prompt.
     pub fn new(prompt_len: usize, min_new_tokens: usize, eos_token_ids: Vec<u32>) -> Self {
         Self {
             prompt_len,
@@ -129,6 +133,7 @@ pub struct Temperature {
 }
 
 impl Temperature {
+    /// `temperature` > 0.
     pub fn new(temperature: f32) -> Result<Self> {
         if !(temperature > 0.0 && temperature.is_finite()) {
             return Err(invalid(format!(
@@ -154,6 +159,7 @@ pub struct TopK {
 }
 
 impl TopK {
+    /// Keep `k` (at least 1) tokens, and never fewer than `min_tokens_to_keep`.
     pub fn new(k: usize, min_tokens_to_keep: usize) -> Result<Self> {
         if k == 0 {
             return Err(invalid("top_k must be >= 1".into()));
@@ -189,6 +195,7 @@ pub struct TopP {
 }
 
 impl TopP {
+    /// `p` in (0, 1]; never fewer than `min_tokens_to_keep` (at least 1) tokens.
     pub fn new(p: f32, min_tokens_to_keep: usize) -> Result<Self> {
         if !(p > 0.0 && p <= 1.0) {
             return Err(invalid(format!("top_p must be in (0, 1], got {p}")));
