@@ -29,10 +29,14 @@ macro_rules! auto_model {
         $(#[$doc])*
         #[derive(Debug, Clone)]
         pub enum $name {
-            $($variant($model)),*
+            $(
+                #[doc = concat!("A [`", stringify!($model), "`].")]
+                $variant($model)
+            ),*
         }
 
         impl $name {
+            /// Run the loaded architecture's `forward`; the enum's doc gives the output's shape.
             pub fn forward(&self, input: &ModelInput) -> Result<$output> {
                 match self {
                     $($name::$variant(model) => model.forward(input)),*

@@ -16,9 +16,13 @@ use crate::models::roberta::RobertaConfig;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "model_type", rename_all = "lowercase")]
 pub enum ModelConfig {
+    /// `"model_type": "bert"`.
     Bert(BertConfig),
+    /// `"model_type": "roberta"`: BERT's fields, see [`RobertaConfig`].
     Roberta(RobertaConfig),
+    /// `"model_type": "distilbert"`.
     Distilbert(DistilBertConfig),
+    /// `"model_type": "gpt2"`.
     Gpt2(Gpt2Config),
 }
 
@@ -128,6 +132,7 @@ impl Labels {
         self.0.len()
     }
 
+    /// True when `config.json` has no `id2label`; [`Labels::num_classes`] is then 2.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

@@ -14,10 +14,14 @@ use crate::weights::WeightFiles;
 /// Where to find a model and how to place its weights.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
+    /// Revision, token, cache folder, endpoint and offline mode of Hub downloads;
+    /// [`HubOptions::from_env`] by default.
     pub hub: HubOptions,
     /// The dtype the weights are converted to: f32, f16 or bf16. On the CPU the linear layers
     /// keep bf16 weights as bf16 (f16 ones as f32) and compute with f32 activations.
     pub dtype: DType,
+    /// Where the weights live and the model runs; the CPU by default. Inputs must be on
+    /// this device too ([`EncodedBatch::to_input`](crate::EncodedBatch::to_input) takes it).
     pub device: Device,
     /// Weight-only quantization of the linear layers (CPU only).
     pub quantization: Quantization,
@@ -35,21 +39,26 @@ impl Default for LoadOptions {
 }
 
 impl LoadOptions {
+    /// Set [`LoadOptions::hub`].
     pub fn with_hub(mut self, hub: HubOptions) -> Self {
         self.hub = hub;
         self
     }
 
+    /// Set [`LoadOptions::dtype`]; f32 by default.
     pub fn with_dtype(mut self, dtype: DType) -> Self {
         self.dtype = dtype;
         self
     }
 
+    /// Set [`LoadOptions::device`]; the CPU by default.
     pub fn with_device(mut self, device: Device) -> Self {
         self.device = device;
         self
     }
 
+    /// Set [`LoadOptions::quantization`]. [`Quantization::Int8`] needs the CPU with the kernels
+    /// on; elsewhere loading fails with [`Error::InvalidInput`].
     pub fn with_quantization(mut self, quantization: Quantization) -> Self {
         self.quantization = quantization;
         self
@@ -72,10 +81,13 @@ impl Pretrained {
         Ok(Self { source, config })
     }
 
+    /// The parsed `config.json`: check the architecture or the labels before fetching weights.
     pub fn config(&self) -> &ModelConfig {
         &self.config
     }
 
+    /// Where the files come from (a local folder or the Hub), to fetch other files the
+    /// repository ships.
     pub fn source(&self) -> &ModelSource {
         &self.source
     }

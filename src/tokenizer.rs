@@ -31,7 +31,10 @@ use crate::models::ModelInput;
 /// One input: a text, or a pair of texts (question and context, two sentences).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TextInput<'a> {
+    /// One text.
     Single(&'a str),
+    /// Two texts encoded as one sequence: for BERT, `[CLS] a [SEP] b [SEP]` with segment ids
+    /// 0 then 1.
     Pair(&'a str, &'a str),
 }
 
@@ -57,7 +60,9 @@ impl<'a> From<(&'a str, &'a str)> for TextInput<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PaddingSide {
     #[default]
+    /// Pad after the tokens: the default, and what encoders expect.
     Right,
+    /// Pad before the tokens, so each row's last position is real: what batched generation needs.
     Left,
 }
 
@@ -70,6 +75,7 @@ pub struct EncodeOptions {
     pub truncation: bool,
     /// The length to truncate to; defaults to the tokenizer's `model_max_length`.
     pub max_length: Option<usize>,
+    /// Which side [`Tokenizer::encode_batch`] pads on; right by default.
     pub padding_side: PaddingSide,
 }
 
@@ -92,10 +98,12 @@ pub struct EncodedBatch {
 }
 
 impl EncodedBatch {
+    /// Number of inputs in the batch.
     pub fn len(&self) -> usize {
         self.encodings.len()
     }
 
+    /// True for a batch of no inputs, which [`EncodedBatch::to_input`] refuses.
     pub fn is_empty(&self) -> bool {
         self.encodings.is_empty()
     }
@@ -346,10 +354,13 @@ impl Tokenizer {
         }
     }
 
+    /// The id of `token` in the vocabulary or the added tokens; `None` when it has none.
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
     }
 
+    /// The token `id` stands for, as the vocabulary spells it (`##ing`, `Ġthe`): not decoded
+    /// text (see [`Tokenizer::decode`]). `None` for an id outside the vocabulary.
     pub fn id_to_token(&self, id: u32) -> Option<String> {
         self.inner.id_to_token(id)
     }

@@ -23,20 +23,33 @@ use crate::models::{
 /// `BertConfig` from `config.json`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct BertConfig {
+    /// Rows of the word-embedding table; every token id must be below it.
     pub vocab_size: usize,
+    /// Width of the hidden states: the last dimension of [`EncoderOutput::last_hidden_state`].
     pub hidden_size: usize,
+    /// Number of transformer blocks (`encoder.layer.*`).
     pub num_hidden_layers: usize,
+    /// Attention heads per block; must divide `hidden_size`.
     pub num_attention_heads: usize,
+    /// Width of each block's feed-forward layer (`intermediate.dense`).
     pub intermediate_size: usize,
+    /// Activation of the feed-forward layers and of BERT's masked-LM transform.
     pub hidden_act: Activation,
+    /// Rows of the position table, which bounds the input length: that many tokens for BERT,
+    /// `pad_token_id + 1` fewer for RoBERTa (514 rows give 512).
     pub max_position_embeddings: usize,
     #[serde(default = "default_type_vocab_size")]
+    /// Number of segment ids (`token_type_ids`); 2 when absent, 1 in RoBERTa checkpoints.
     pub type_vocab_size: usize,
     #[serde(default = "default_layer_norm_eps")]
+    /// Epsilon of every layer norm; 1e-12 when absent.
     pub layer_norm_eps: f64,
     #[serde(default)]
+    /// Id of the padding token; 0 when absent. RoBERTa numbers positions from it.
     pub pad_token_id: usize,
     #[serde(default = "default_position_embedding_type")]
+    /// Only `absolute` (the default) is implemented; any other value is an
+    /// [`Error::InvalidConfig`] when `config.json` is read.
     pub position_embedding_type: String,
     /// Class names of classification heads.
     #[serde(default)]
@@ -320,10 +333,15 @@ impl BertModel {
         })
     }
 
+    /// The parsed `config.json` the model was loaded with: sizes, labels, special ids.
     pub fn config(&self) -> &BertConfig {
         &self.config
     }
 
+    /// Run the encoder. `last_hidden_state` is (batch, seq, hidden_size), f32 on the CPU whatever
+    /// the weights' dtype (the loaded dtype elsewhere, or with the `reference` kernels).
+    /// Errors: [`Error::InputTooLong`] past the position table, [`Error::InvalidInput`] for an
+    /// id outside the vocabulary.
     pub fn forward(&self, input: &ModelInput) -> Result<EncoderOutput> {
         crate::kernels::on_worker(|| self.forward_on_worker(input))
     }
@@ -377,6 +395,8 @@ pub struct BertForMaskedLM {
 }
 
 impl BertForMaskedLM {
+    /// Load the encoder (at the root or under `bert.`) and `cls.predictions.*`. The decoder
+    /// weight is tied to the word embeddings and used from there when the checkpoint omits it.
     pub fn load(vb: VarBuilder, config: &BertConfig) -> Result<Self> {
         let bert = BertModel::load(vb.clone(), config)?;
         let predictions = vb.pp("cls").pp("predictions");
@@ -410,6 +430,7 @@ impl BertForMaskedLM {
             .forward(&self.bert.forward(input)?.last_hidden_state)
     }
 
+    /// The parsed `config.json` the model was loaded with: sizes, labels, special ids.
     pub fn config(&self) -> &BertConfig {
         self.bert.config()
     }
@@ -424,6 +445,8 @@ pub struct BertForSequenceClassification {
 }
 
 impl BertForSequenceClassification {
+    /// Load the encoder with its pooler, and `classifier` with [`BertConfig::num_labels`] outputs.
+    /// A checkpoint without `pooler.dense.*` is an [`Error::InvalidWeights`].
     pub fn load(vb: VarBuilder, config: &BertConfig) -> Result<Self> {
         let bert = BertModel::load(vb.clone(), config)?;
         if !bert.has_pooler() {
@@ -448,6 +471,7 @@ impl BertForSequenceClassification {
         self.classifier.forward(&pooled)
     }
 
+    /// The parsed `config.json` the model was loaded with: sizes, labels, special ids.
     pub fn config(&self) -> &BertConfig {
         self.bert.config()
     }
@@ -462,6 +486,7 @@ pub struct BertForTokenClassification {
 }
 
 impl BertForTokenClassification {
+    /// Load the encoder and `classifier`, with [`BertConfig::num_labels`] outputs.
     pub fn load(vb: VarBuilder, config: &BertConfig) -> Result<Self> {
         Ok(Self {
             bert: BertModel::load(vb.clone(), config)?,
@@ -475,6 +500,7 @@ impl BertForTokenClassification {
         self.classifier.forward(&hidden)
     }
 
+    /// The parsed `config.json` the model was loaded with: sizes, labels, special ids.
     pub fn config(&self) -> &BertConfig {
         self.bert.config()
     }
@@ -489,6 +515,7 @@ pub struct BertForQuestionAnswering {
 }
 
 impl BertForQuestionAnswering {
+    /// Load the encoder and `qa_outputs` (two outputs: start and end).
     pub fn load(vb: VarBuilder, config: &BertConfig) -> Result<Self> {
         Ok(Self {
             bert: BertModel::load(vb.clone(), config)?,
@@ -496,11 +523,13 @@ impl BertForQuestionAnswering {
         })
     }
 
+    /// Start and end logits, each (batch, seq).
     pub fn forward(&self, input: &ModelInput) -> Result<QuestionAnsweringOutput> {
         let hidden = self.bert.forward(input)?.last_hidden_state;
         QuestionAnsweringOutput::from_logits(&self.qa_outputs.forward(&hidden)?)
     }
 
+    /// The parsed `config.json` the model was loaded with: sizes, labels, special ids.
     pub fn config(&self) -> &BertConfig {
         self.bert.config()
     }

@@ -27,23 +27,34 @@ const LAYER_NORM_EPS: f64 = 1e-12;
 /// `DistilBertConfig` from `config.json`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct DistilBertConfig {
+    /// Rows of the word-embedding table; every token id must be below it.
     pub vocab_size: usize,
+    /// Width of the hidden states (BERT's `hidden_size`).
     pub dim: usize,
+    /// Number of transformer blocks (`transformer.layer.*`).
     pub n_layers: usize,
+    /// Attention heads per block; must divide `dim`.
     pub n_heads: usize,
+    /// Width of each block's feed-forward layer (BERT's `intermediate_size`).
     pub hidden_dim: usize,
     #[serde(default = "default_activation")]
+    /// Activation of the feed-forward layers and the masked-LM head; `gelu` when absent.
     pub activation: Activation,
+    /// Rows of the position table: the most tokens [`DistilBertModel::forward`] accepts.
     pub max_position_embeddings: usize,
     /// Sinusoidal position embeddings are still stored in the checkpoint as
     /// `embeddings.position_embeddings.weight`, so both settings load the same way.
     #[serde(default)]
     pub sinusoidal_pos_embds: bool,
     #[serde(default)]
+    /// Id of the padding token; 0 when absent. The model never reads it: padding is hidden
+    /// by [`ModelInput::attention_mask`].
     pub pad_token_id: usize,
     #[serde(default)]
+    /// Class names of classification heads.
     pub id2label: Labels,
     #[serde(default)]
+    /// `single_label_classification`, `multi_label_classification` or `regression`.
     pub problem_type: Option<String>,
 }
 
@@ -224,6 +235,7 @@ impl DistilBertModel {
         })
     }
 
+    /// The parsed `config.json` the model was loaded with: sizes, labels, special ids.
     pub fn config(&self) -> &DistilBertConfig {
         &self.config
     }
@@ -243,6 +255,9 @@ pub struct DistilBertForMaskedLM {
 }
 
 impl DistilBertForMaskedLM {
+    /// Load the encoder (at the root or under `distilbert.`), `vocab_transform`,
+    /// `vocab_layer_norm` and `vocab_projector`, whose weight is tied to the word embeddings
+    /// and used from there when the checkpoint omits it.
     pub fn load(vb: VarBuilder, config: &DistilBertConfig) -> Result<Self> {
         let distilbert = DistilBertModel::load(vb.clone(), config)?;
         let projector = vb.pp("vocab_projector");
@@ -265,6 +280,7 @@ impl DistilBertForMaskedLM {
             .forward(&self.distilbert.last_hidden_state(input)?)
     }
 
+    /// The parsed `config.json` the model was loaded with: sizes, labels, special ids.
     pub fn config(&self) -> &DistilBertConfig {
         self.distilbert.config()
     }
@@ -281,6 +297,8 @@ pub struct DistilBertForSequenceClassification {
 }
 
 impl DistilBertForSequenceClassification {
+    /// Load the encoder, `pre_classifier`, and `classifier` with
+    /// [`DistilBertConfig::num_labels`] outputs.
     pub fn load(vb: VarBuilder, config: &DistilBertConfig) -> Result<Self> {
         Ok(Self {
             distilbert: DistilBertModel::load(vb.clone(), config)?,
@@ -297,6 +315,7 @@ impl DistilBertForSequenceClassification {
         self.classifier.forward(&pooled)
     }
 
+    /// The parsed `config.json` the model was loaded with: sizes, labels, special ids.
     pub fn config(&self) -> &DistilBertConfig {
         self.distilbert.config()
     }
@@ -311,6 +330,7 @@ pub struct DistilBertForTokenClassification {
 }
 
 impl DistilBertForTokenClassification {
+    /// Load the encoder and `classifier`, with [`DistilBertConfig::num_labels`] outputs.
     pub fn load(vb: VarBuilder, config: &DistilBertConfig) -> Result<Self> {
         Ok(Self {
             distilbert: DistilBertModel::load(vb.clone(), config)?,
@@ -324,6 +344,7 @@ impl DistilBertForTokenClassification {
             .forward(&self.distilbert.last_hidden_state(input)?)
     }
 
+    /// The parsed `config.json` the model was loaded with: sizes, labels, special ids.
     pub fn config(&self) -> &DistilBertConfig {
         self.distilbert.config()
     }
@@ -338,6 +359,7 @@ pub struct DistilBertForQuestionAnswering {
 }
 
 impl DistilBertForQuestionAnswering {
+    /// Load the encoder and `qa_outputs` (two outputs: start and end).
     pub fn load(vb: VarBuilder, config: &DistilBertConfig) -> Result<Self> {
         Ok(Self {
             distilbert: DistilBertModel::load(vb.clone(), config)?,
@@ -345,11 +367,13 @@ impl DistilBertForQuestionAnswering {
         })
     }
 
+    /// Start and end logits, each (batch, seq). Token type ids are ignored.
     pub fn forward(&self, input: &ModelInput) -> Result<QuestionAnsweringOutput> {
         let hidden = self.distilbert.last_hidden_state(input)?;
         QuestionAnsweringOutput::from_logits(&self.qa_outputs.forward(&hidden)?)
     }
 
+    /// The parsed `config.json` the model was loaded with: sizes, labels, special ids.
     pub fn config(&self) -> &DistilBertConfig {
         self.distilbert.config()
     }

@@ -25,35 +25,51 @@ use crate::models::{base_model_weights, tied_weight, ModelInput};
 /// `GPT2Config` from `config.json`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Gpt2Config {
+    /// Rows of `wte`, and the width of [`Gpt2LMHeadModel`]'s logits.
     pub vocab_size: usize,
     /// Size of the position table: prompt plus generated tokens may not exceed it.
     pub n_positions: usize,
+    /// Width of the hidden states.
     pub n_embd: usize,
+    /// Number of decoder blocks (`h.*`), and of layers in a [`KvCache`].
     pub n_layer: usize,
+    /// Attention heads per block; must divide `n_embd`.
     pub n_head: usize,
     /// Width of the MLP; `None` means 4 × `n_embd`.
     #[serde(default)]
     pub n_inner: Option<usize>,
     #[serde(default = "default_activation")]
+    /// Activation of the MLP; `gelu_new` (the tanh approximation) when absent.
     pub activation_function: Activation,
     #[serde(default = "default_layer_norm_epsilon")]
+    /// Epsilon of every layer norm; 1e-5 when absent.
     pub layer_norm_epsilon: f64,
     #[serde(default = "default_true")]
+    /// Divide attention scores by √head_dim; true when absent.
     pub scale_attn_weights: bool,
     #[serde(default)]
+    /// Also divide block `i`'s attention scores by `i + 1`; false when absent.
     pub scale_attn_by_inverse_layer_idx: bool,
     #[serde(default)]
+    /// Must be false: GPT-2 as the decoder of an encoder-decoder is not implemented, and
+    /// `true` is an [`Error::InvalidConfig`] when `config.json` is read.
     pub add_cross_attention: bool,
     #[serde(default)]
+    /// Beginning-of-text token (50256, `<|endoftext|>`, in OpenAI's checkpoints). The model
+    /// does not read it.
     pub bos_token_id: Option<u32>,
     #[serde(default)]
+    /// End-of-text token. The model does not read it; generation takes its stop tokens from
+    /// [`Pretrained::generation_config`](crate::Pretrained::generation_config).
     pub eos_token_id: Option<u32>,
     /// Used by sequence classification to find each row's last real token.
     #[serde(default)]
     pub pad_token_id: Option<u32>,
     #[serde(default)]
+    /// Class names of [`Gpt2ForSequenceClassification`]'s `score` head.
     pub id2label: Labels,
     #[serde(default)]
+    /// `single_label_classification`, `multi_label_classification` or `regression`.
     pub problem_type: Option<String>,
 }
 
@@ -134,6 +150,7 @@ impl KvCache {
         self.layers.first().map_or(0, |layer| layer.len)
     }
 
+    /// True before the first forward and after [`KvCache::reset`].
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -381,6 +398,7 @@ impl Gpt2Model {
         })
     }
 
+    /// The parsed `config.json` the model was loaded with: sizes, labels, special ids.
     pub fn config(&self) -> &Gpt2Config {
         &self.config
     }
@@ -573,6 +591,8 @@ pub struct Gpt2LMHeadModel {
 }
 
 impl Gpt2LMHeadModel {
+    /// Load the decoder (at the root or under `transformer.`) and `lm_head`, which is tied to
+    /// `wte` and used from there when the checkpoint omits it.
     pub fn load(vb: VarBuilder, config: &Gpt2Config) -> Result<Self> {
         let transformer = Gpt2Model::load(vb.clone(), config)?;
         let lm_head = Linear::new(
@@ -585,10 +605,13 @@ impl Gpt2LMHeadModel {
         })
     }
 
+    /// The parsed `config.json` the model was loaded with: sizes, labels, special ids.
     pub fn config(&self) -> &Gpt2Config {
         self.transformer.config()
     }
 
+    /// An empty KV cache to pass to every [`Gpt2LMHeadModel::forward`] of one generation; a
+    /// cache holds one batch, so start a new one (or [`KvCache::reset`]) for the next.
     pub fn new_cache(&self) -> KvCache {
         self.transformer.new_cache()
     }
@@ -642,6 +665,7 @@ pub struct Gpt2ForSequenceClassification {
 }
 
 impl Gpt2ForSequenceClassification {
+    /// Load the decoder and `score` (no bias), with [`Gpt2Config::num_labels`] outputs.
     pub fn load(vb: VarBuilder, config: &Gpt2Config) -> Result<Self> {
         let score = vb
             .pp("score")
@@ -652,6 +676,7 @@ impl Gpt2ForSequenceClassification {
         })
     }
 
+    /// The parsed `config.json` the model was loaded with: sizes, labels, special ids.
     pub fn config(&self) -> &Gpt2Config {
         self.transformer.config()
     }

@@ -15,6 +15,8 @@ use crate::layers::{Activation, LayerNorm, Linear};
 /// A batch ready for an encoder: all tensors are (batch, seq) of u32, on the model's device.
 #[derive(Debug, Clone)]
 pub struct ModelInput {
+    /// Token ids from the model's tokenizer. An id outside the vocabulary is an
+    /// [`Error::InvalidInput`], which catches a tokenizer that does not match the model.
     pub input_ids: Tensor,
     /// 1 for real tokens, 0 for padding. `None` means no padding.
     pub attention_mask: Option<Tensor>,
@@ -47,7 +49,10 @@ pub struct EncoderOutput {
 /// Start and end logits of extractive question answering, each (batch, seq).
 #[derive(Debug, Clone)]
 pub struct QuestionAnsweringOutput {
+    /// Score of each token being the answer's first, (batch, seq); padding and question
+    /// tokens are scored too, so callers mask them before picking a span.
     pub start_logits: Tensor,
+    /// Score of each token being the answer's last, (batch, seq).
     pub end_logits: Tensor,
 }
 

@@ -48,6 +48,7 @@ impl RobertaModel {
         self.encoder.forward(&input)
     }
 
+    /// The parsed `config.json` the model was loaded with: sizes, labels, special ids.
     pub fn config(&self) -> &RobertaConfig {
         self.encoder.config()
     }
@@ -71,6 +72,8 @@ pub struct RobertaForMaskedLM {
 }
 
 impl RobertaForMaskedLM {
+    /// Load the encoder (at the root or under `roberta.`) and `lm_head.*`. The decoder weight
+    /// is tied to the word embeddings and used from there when the checkpoint omits it.
     pub fn load(vb: VarBuilder, config: &RobertaConfig) -> Result<Self> {
         let roberta = RobertaModel::load(vb.clone(), config)?;
         let lm_head = vb.pp("lm_head");
@@ -97,6 +100,7 @@ impl RobertaForMaskedLM {
         self.head.forward(&self.roberta.last_hidden_state(input)?)
     }
 
+    /// The parsed `config.json` the model was loaded with: sizes, labels, special ids.
     pub fn config(&self) -> &RobertaConfig {
         self.roberta.config()
     }
@@ -113,6 +117,8 @@ pub struct RobertaForSequenceClassification {
 }
 
 impl RobertaForSequenceClassification {
+    /// Load the encoder, `classifier.dense`, and `classifier.out_proj` with
+    /// [`RobertaConfig::num_labels`](BertConfig::num_labels) outputs.
     pub fn load(vb: VarBuilder, config: &RobertaConfig) -> Result<Self> {
         let classifier = vb.pp("classifier");
         Ok(Self {
@@ -138,6 +144,7 @@ impl RobertaForSequenceClassification {
         self.out_proj.forward(&features)
     }
 
+    /// The parsed `config.json` the model was loaded with: sizes, labels, special ids.
     pub fn config(&self) -> &RobertaConfig {
         self.roberta.config()
     }
@@ -152,6 +159,8 @@ pub struct RobertaForTokenClassification {
 }
 
 impl RobertaForTokenClassification {
+    /// Load the encoder and `classifier`, with
+    /// [`RobertaConfig::num_labels`](BertConfig::num_labels) outputs.
     pub fn load(vb: VarBuilder, config: &RobertaConfig) -> Result<Self> {
         Ok(Self {
             roberta: RobertaModel::load(vb.clone(), config)?,
@@ -165,6 +174,7 @@ impl RobertaForTokenClassification {
             .forward(&self.roberta.last_hidden_state(input)?)
     }
 
+    /// The parsed `config.json` the model was loaded with: sizes, labels, special ids.
     pub fn config(&self) -> &RobertaConfig {
         self.roberta.config()
     }
@@ -179,6 +189,7 @@ pub struct RobertaForQuestionAnswering {
 }
 
 impl RobertaForQuestionAnswering {
+    /// Load the encoder and `qa_outputs` (two outputs: start and end).
     pub fn load(vb: VarBuilder, config: &RobertaConfig) -> Result<Self> {
         Ok(Self {
             roberta: RobertaModel::load(vb.clone(), config)?,
@@ -186,11 +197,13 @@ impl RobertaForQuestionAnswering {
         })
     }
 
+    /// Start and end logits, each (batch, seq). Token type ids are ignored.
     pub fn forward(&self, input: &ModelInput) -> Result<QuestionAnsweringOutput> {
         let hidden = self.roberta.last_hidden_state(input)?;
         QuestionAnsweringOutput::from_logits(&self.qa_outputs.forward(&hidden)?)
     }
 
+    /// The parsed `config.json` the model was loaded with: sizes, labels, special ids.
     pub fn config(&self) -> &RobertaConfig {
         self.roberta.config()
     }
