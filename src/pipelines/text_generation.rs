@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 
+use crate::config::ModelConfig;
 use crate::error::Result;
 use crate::generation::{Generated, GenerationConfig, Generator};
 use crate::models::gpt2::Gpt2LMHeadModel;
@@ -24,6 +25,7 @@ pub struct TextGenerationPipeline {
     model: Gpt2LMHeadModel,
     tokenizer: Tokenizer,
     config: GenerationConfig,
+    model_config: ModelConfig,
     /// Prompts generated together (left-padded).
     pub batch_size: usize,
 }
@@ -35,6 +37,7 @@ impl TextGenerationPipeline {
             model: pretrained.load::<Gpt2LMHeadModel>(options)?,
             tokenizer: pretrained.tokenizer()?,
             config: pretrained.generation_config()?,
+            model_config: pretrained.config().clone(),
             batch_size: super::DEFAULT_BATCH_SIZE,
         })
     }
@@ -42,6 +45,11 @@ impl TextGenerationPipeline {
     /// The model's generation settings: start from these and override what you need.
     pub fn config(&self) -> &GenerationConfig {
         &self.config
+    }
+
+    /// The model's `config.json`.
+    pub fn model_config(&self) -> &ModelConfig {
+        &self.model_config
     }
 
     pub fn model(&self) -> &Gpt2LMHeadModel {
