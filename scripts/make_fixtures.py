@@ -723,6 +723,27 @@ def make_pipeline_option_references():
         }
     refs["question_answering"] = qa
 
+    # The mask early in a text longer than max_length: the cut changes the candidates.
+    fill_text = "The capital of France is [MASK]. " + " ".join(["The quick brown fox jumps over the lazy dog."] * 3)
+    pipe = pipeline("fill-mask", model=str(FIXTURES / "bert" / "masked-lm"))
+    refs["fill_mask"] = {
+        "text": fill_text,
+        "max_length": 12,
+        "truncated": to_plain(pipe(fill_text, tokenizer_kwargs={"truncation": True, "max_length": 12})),
+        "full": to_plain(pipe(fill_text)),
+    }
+
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(FIXTURES / "bert" / "sentence-transformers"), device="cpu")
+    model.max_seq_length = 6
+    sentences = ["The quick brown fox jumps over the lazy dog.", "Hello, world!"]
+    refs["embeddings"] = {
+        "sentences": sentences,
+        "max_seq_length": 6,
+        "embeddings": model.encode(sentences, convert_to_numpy=True).tolist(),
+    }
+
     (FIXTURES / "pipeline_options.json").write_text(json.dumps(refs, ensure_ascii=False, indent=1))
 
 

@@ -366,3 +366,61 @@ fn pipeline_picks_the_task_at_run_time_and_runs_as_the_typed_pipeline() {
     let error = pipeline("translation", &model, &LoadOptions::default()).unwrap_err();
     assert!(error.to_string().contains("question-answering"), "{error}");
 }
+
+#[test]
+fn fill_mask_truncation_to_max_length_matches_transformers() {
+    let refs = references();
+    let case = &refs["fill_mask"];
+    let pipeline = FillMaskPipeline::from_pretrained(
+        &fixture_model("bert/masked-lm"),
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    let text = case["text"].as_str().unwrap();
+    let truncated = FillMaskOptions::default()
+        .with_truncation(true)
+        .with_max_length(usize_of(&case["max_length"]));
+    assert_json_matches(
+        &json(&pipeline.run_one(text, &truncated).unwrap()),
+        &case["truncated"],
+        SCORE_TOLERANCE,
+        "fill-mask truncated",
+    );
+    assert_json_matches(
+        &json(&pipeline.run_one(text, &FillMaskOptions::default()).unwrap()),
+        &case["full"],
+        SCORE_TOLERANCE,
+        "fill-mask whole text",
+    );
+    fixture_sanity(
+        case["truncated"][0]["score"] != case["full"][0]["score"],
+        "the cut changes the scores",
+    );
+}
+
+#[test]
+fn embeddings_max_length_matches_sentence_transformers_max_seq_length() {
+    let refs = references();
+    let case = &refs["embeddings"];
+    let pipeline = EmbeddingsPipeline::from_pretrained(
+        &fixture("bert/sentence-transformers").to_string_lossy(),
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    let sentences = strings(&case["sentences"]);
+    let options = EmbeddingsOptions::default().with_max_length(usize_of(&case["max_seq_length"]));
+    let ours = pipeline.run(&sentences, &options).unwrap();
+    let theirs: Vec<Vec<f32>> = serde_json::from_value(case["embeddings"].clone()).unwrap();
+    assert_same_len(&ours, &theirs, "embeddings");
+    for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+        common::assert_close_slices(a, b, 1e-4, &format!("sentence {i}"));
+    }
+    // The first sentence is longer than the cut: the default length gives another vector.
+    let full = pipeline
+        .run_one(&sentences[0], &EmbeddingsOptions::default())
+        .unwrap();
+    assert!(
+        common::checked_max_abs_diff(&full, &ours[0]).unwrap() > 1e-3,
+        "max_length must change a long sentence's embedding"
+    );
+}
