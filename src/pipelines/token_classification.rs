@@ -497,8 +497,8 @@ fn merge_overlapping(mut entities: Vec<Entity>) -> Vec<Entity> {
     };
     for entity in entities {
         if previous.start <= entity.start && entity.start < previous.end {
-            let length = entity.end - entity.start;
-            let previous_length = previous.end - previous.start;
+            let length = entity.end.saturating_sub(entity.start);
+            let previous_length = previous.end.saturating_sub(previous.start);
             if length > previous_length
                 || (length == previous_length && entity.score > previous.score)
             {
