@@ -2,8 +2,8 @@
 //!
 //!     cargo run --release --example classify -- distilbert-base-uncased-finetuned-sst-2-english "I love Rust"
 
-use ferroformers::pipelines::{ClassifyOptions, TextClassificationPipeline};
-use ferroformers::{LoadOptions, TextInput};
+use ferroformers::pipelines::{Pipeline, TextClassificationOptions, TextClassificationPipeline};
+use ferroformers::LoadOptions;
 
 fn main() -> ferroformers::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -16,10 +16,9 @@ fn main() -> ferroformers::Result<()> {
         _ => vec!["I love this library.", "This was a waste of time."],
     };
     let pipeline = TextClassificationPipeline::from_pretrained(model, &LoadOptions::default())?;
-    let inputs: Vec<TextInput> = texts.iter().map(|t| TextInput::Single(t)).collect();
     for (text, labels) in texts
         .iter()
-        .zip(pipeline.classify(&inputs, &ClassifyOptions::default())?)
+        .zip(pipeline.run(&texts, &TextClassificationOptions::default())?)
     {
         println!("{:<10} {:.4}  {text}", labels[0].label, labels[0].score);
     }

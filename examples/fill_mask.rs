@@ -2,7 +2,7 @@
 //!
 //!     cargo run --release --example fill_mask -- distilroberta-base "Paris is the <mask> of France."
 
-use ferroformers::pipelines::{FillMaskOptions, FillMaskPipeline};
+use ferroformers::pipelines::{FillMaskOptions, FillMaskPipeline, Pipeline};
 use ferroformers::LoadOptions;
 
 fn main() -> ferroformers::Result<()> {
@@ -12,10 +12,7 @@ fn main() -> ferroformers::Result<()> {
         .get(1)
         .map_or("Paris is the <mask> of France.", String::as_str);
     let pipeline = FillMaskPipeline::from_pretrained(model, &LoadOptions::default())?;
-    for prediction in pipeline
-        .fill(&[text], &FillMaskOptions::default())?
-        .remove(0)
-    {
+    for prediction in pipeline.run_one(text, &FillMaskOptions::default())? {
         println!(
             "{:.4}  {:?}  {}",
             prediction.score, prediction.token_str, prediction.sequence

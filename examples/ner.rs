@@ -2,7 +2,9 @@
 //!
 //!     cargo run --release --example ner -- dslim/bert-base-NER "My name is Wolfgang and I live in Berlin"
 
-use ferroformers::pipelines::{AggregationStrategy, TokenClassificationPipeline};
+use ferroformers::pipelines::{
+    AggregationStrategy, Pipeline, TokenClassificationOptions, TokenClassificationPipeline,
+};
 use ferroformers::LoadOptions;
 
 fn main() -> ferroformers::Result<()> {
@@ -12,10 +14,9 @@ fn main() -> ferroformers::Result<()> {
         .get(1)
         .map_or("My name is Wolfgang and I live in Berlin", String::as_str);
     let pipeline = TokenClassificationPipeline::from_pretrained(model, &LoadOptions::default())?;
-    for entity in pipeline
-        .entities(&[text], AggregationStrategy::Simple)?
-        .remove(0)
-    {
+    let options = TokenClassificationOptions::default()
+        .with_aggregation_strategy(AggregationStrategy::Simple);
+    for entity in pipeline.run_one(text, &options)? {
         let label = entity.entity_group.unwrap_or_default();
         println!(
             "{label:<6} {:.4}  {:>3}..{:<3} {}",

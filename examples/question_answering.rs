@@ -2,7 +2,7 @@
 //!
 //!     cargo run --release --example question_answering -- distilbert-base-cased-distilled-squad
 
-use ferroformers::pipelines::{QuestionAnsweringOptions, QuestionAnsweringPipeline};
+use ferroformers::pipelines::{Pipeline, QuestionAnsweringOptions, QuestionAnsweringPipeline};
 use ferroformers::LoadOptions;
 
 fn main() -> ferroformers::Result<()> {
@@ -13,11 +13,8 @@ fn main() -> ferroformers::Result<()> {
                    It runs BERT, RoBERTa, DistilBERT and GPT-2 on candle tensors.";
     let question = "Which language is ferroformers written in?";
     let pipeline = QuestionAnsweringPipeline::from_pretrained(&model, &LoadOptions::default())?;
-    let options = QuestionAnsweringOptions {
-        top_k: 3,
-        ..QuestionAnsweringOptions::default()
-    };
-    for answer in pipeline.answer(question, context, &options)? {
+    let options = QuestionAnsweringOptions::default().with_top_k(3);
+    for answer in pipeline.run_one((question, context), &options)? {
         println!(
             "{:.4}  {:>3}..{:<3} {}",
             answer.score, answer.start, answer.end, answer.answer

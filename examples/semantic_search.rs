@@ -6,7 +6,7 @@
 //! a machine without Hub access). Pooling (mean) and normalisation come from the model's
 //! sentence-transformers files.
 
-use ferroformers::pipelines::{cosine_similarity, EmbeddingsPipeline};
+use ferroformers::pipelines::{cosine_similarity, EmbeddingsOptions, EmbeddingsPipeline, Pipeline};
 use ferroformers::LoadOptions;
 
 const MODEL_ID: &str = "sentence-transformers/all-MiniLM-L6-v2";
@@ -25,8 +25,9 @@ fn main() -> ferroformers::Result<()> {
         .nth(1)
         .unwrap_or_else(|| "How do I cook pasta?".to_string());
     let pipeline = EmbeddingsPipeline::from_pretrained(MODEL_ID, &LoadOptions::default())?;
-    let query_embedding = pipeline.embed(&[query.as_str()])?.remove(0);
-    let documents = pipeline.embed(DOCUMENTS)?;
+    let options = EmbeddingsOptions::default();
+    let query_embedding = pipeline.run_one(&query, &options)?;
+    let documents = pipeline.run(DOCUMENTS, &options)?;
 
     let mut ranked: Vec<(f32, &str)> = documents
         .iter()

@@ -834,6 +834,88 @@ def make_pipeline_references():
     (FIXTURES / "pipelines.json").write_text(json.dumps(refs, ensure_ascii=False, indent=1))
 
 
+NER_STRIDE_MAX_LENGTH = 16
+NER_STRIDE = 4
+
+
+def make_pipeline_option_references():
+    """transformers' pipeline outputs with call-time options (NER windows with `stride`,
+    truncation, several QA pairs in one call), for tests/pipeline_options.rs."""
+    from transformers import pipeline
+
+    refs = {}
+    ner = {}
+    for family in ["bert", "distilbert", "roberta"]:
+        pipe = pipeline("token-classification", model=str(FIXTURES / family / "token-classification"))
+        # A small window so both texts need several overlapping ones.
+        pipe.tokenizer.model_max_length = NER_STRIDE_MAX_LENGTH
+        ner[family] = {
+            "texts": NER_TEXTS,
+            "max_length": NER_STRIDE_MAX_LENGTH,
+            "stride": NER_STRIDE,
+            # transformers refuses `stride` with aggregation "none".
+            **{
+                strategy: to_plain(
+                    [pipe(t, aggregation_strategy=strategy, stride=NER_STRIDE) for t in NER_TEXTS]
+                )
+                for strategy in ["simple", "first", "average", "max"]
+            },
+            # Without stride the text is cut at max_length.
+            "truncated_simple": to_plain([pipe(t, aggregation_strategy="simple") for t in NER_TEXTS]),
+        }
+    refs["token_classification"] = ner
+
+    classify = {}
+    long_texts = [" ".join(["The quick brown fox jumps over the lazy dog."] * 4), "Hello, world!"]
+    for family in ["bert", "roberta"]:
+        pipe = pipeline("text-classification", model=str(FIXTURES / family / "sequence-classification"))
+        classify[family] = {
+            "texts": long_texts,
+            "max_length": 12,
+            "truncated": to_plain([pipe(t, top_k=None, truncation=True, max_length=12) for t in long_texts]),
+        }
+    refs["text_classification"] = classify
+
+    qa = {}
+    pairs = [
+        ["Who wrote the book?", QA_CONTEXT],
+        ["What is the capital of France?", QA_CONTEXT],
+        ["What jumps?", "The quick brown fox jumps over the lazy dog."],
+    ]
+    for family in ["bert", "roberta"]:
+        pipe = pipeline("question-answering", model=str(FIXTURES / family / "question-answering"))
+        qa[family] = {
+            "pairs": pairs,
+            "together": to_plain(
+                pipe(question=[q for q, _ in pairs], context=[c for _, c in pairs], top_k=2)
+            ),
+        }
+    refs["question_answering"] = qa
+
+    # The mask early in a text longer than max_length: the cut changes the candidates.
+    fill_text = "The capital of France is [MASK]. " + " ".join(["The quick brown fox jumps over the lazy dog."] * 3)
+    pipe = pipeline("fill-mask", model=str(FIXTURES / "bert" / "masked-lm"))
+    refs["fill_mask"] = {
+        "text": fill_text,
+        "max_length": 12,
+        "truncated": to_plain(pipe(fill_text, tokenizer_kwargs={"truncation": True, "max_length": 12})),
+        "full": to_plain(pipe(fill_text)),
+    }
+
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(FIXTURES / "bert" / "sentence-transformers"), device="cpu")
+    model.max_seq_length = 6
+    sentences = ["The quick brown fox jumps over the lazy dog.", "Hello, world!"]
+    refs["embeddings"] = {
+        "sentences": sentences,
+        "max_seq_length": 6,
+        "embeddings": model.encode(sentences, convert_to_numpy=True).tolist(),
+    }
+
+    (FIXTURES / "pipeline_options.json").write_text(json.dumps(refs, ensure_ascii=False, indent=1))
+
+
 def make_sentence_transformers():
     """The tiny BERT as a sentence-transformers model, and its embeddings for each pooling."""
     from sentence_transformers import SentenceTransformer
@@ -899,6 +981,7 @@ def main():
     make_logprob_references()
     make_chat_template_references()
     make_pipeline_references()
+    make_pipeline_option_references()
     make_sentence_transformers()
     make_minilm_reference(snapshot)
     shutil.rmtree(cache)

@@ -9,12 +9,13 @@ use crate::bench;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ferroformers::generation::GenerationConfig;
 use ferroformers::pipelines::{
-    AggregationStrategy, ClassifyOptions, Conversation, EmbeddingsPipeline, FillMaskOptions,
-    FillMaskPipeline, QuestionAnsweringOptions, QuestionAnsweringPipeline,
-    TextClassificationPipeline, TextGenerationOptions, TextGenerationPipeline,
-    TokenClassificationPipeline,
+    AggregationStrategy, Conversation, EmbeddingsOptions, EmbeddingsPipeline, FillMaskOptions,
+    FillMaskPipeline, Pipeline, QuestionAnsweringOptions, QuestionAnsweringPipeline,
+    TextClassificationOptions, TextClassificationPipeline, TextGenerationOptions,
+    TextGenerationPipeline, TokenClassificationOptions, TokenClassificationPipeline,
+    DEFAULT_BATCH_SIZE,
 };
-use ferroformers::{DType, Device, HubOptions, LoadOptions, Pooling, Quantization, TextInput};
+use ferroformers::{DType, Device, HubOptions, LoadOptions, Pooling, Quantization};
 use serde::Serialize;
 
 #[derive(Debug, Parser)]
@@ -37,7 +38,7 @@ struct Common {
     /// Branch, tag or commit of the Hub repository.
     #[arg(long, default_value = "main")]
     revision: String,
-    /// Precision of the weights.
+    /// Weight and activation type.
     #[arg(long, value_enum, default_value_t = CliDType::F32)]
     dtype: CliDType,
     /// Where the model runs.
@@ -45,10 +46,29 @@ struct Common {
     device: CliDevice,
 }
 
+/// Batching, shared by the encoder pipelines.
+#[derive(Debug, Args)]
+struct Batching {
+    /// Inputs per forward pass (sorted by length; results keep input order).
+    #[arg(long, default_value_t = DEFAULT_BATCH_SIZE, value_parser = at_least_one)]
+    batch_size: usize,
+}
+
+fn at_least_one(value: &str) -> std::result::Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_string()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum CliDType {
+    /// 32-bit floats.
     F32,
+    /// 16-bit floats.
     F16,
+    /// bfloat16.
     Bf16,
     /// Linear layers quantized to int8 at load (one scale per output channel), the rest f32.
     Int8,
@@ -56,24 +76,35 @@ enum CliDType {
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum CliDevice {
+    /// The CPU, with this crate's own kernels.
     Cpu,
+    /// The first CUDA GPU (needs the `cuda` feature).
     Cuda,
+    /// The Apple GPU (needs the `metal` feature).
     Metal,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum CliPooling {
+    /// Mean of the token embeddings.
     Mean,
+    /// The first token's embedding.
     Cls,
+    /// Element-wise maximum over the tokens.
     Max,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum CliAggregation {
+    /// One entity per token.
     None,
+    /// Adjacent tokens of the same type form a group.
     Simple,
+    /// Words take their first token's label.
     First,
+    /// Words take the label of their tokens' average scores.
     Average,
+    /// Words take their most confident token's label.
     Max,
 }
 
@@ -89,6 +120,12 @@ enum Command {
         /// Scale embeddings to unit length.
         #[arg(long)]
         normalize: bool,
+        /// Cut texts at this many tokens (default: the model's max_seq_length).
+        #[arg(long)]
+        max_length: Option<usize>,
+        #[command(flatten)]
+        batching: Batching,
+        /// One JSON array per line instead of a summary.
         #[arg(long)]
         json: bool,
         /// Texts; `-` or none reads stdin, one per line.
@@ -98,11 +135,22 @@ enum Command {
     FillMask {
         #[command(flatten)]
         common: Common,
+        /// Candidates per text.
         #[arg(long, default_value_t = 5)]
         top_k: usize,
+        /// Cut texts longer than --max-length (or the model's maximum) instead of failing.
+        #[arg(long)]
+        truncation: bool,
+        /// The length --truncation cuts at.
+        #[arg(long, requires = "truncation")]
+        max_length: Option<usize>,
+        #[command(flatten)]
+        batching: Batching,
+        /// One JSON array of candidates per line.
         #[arg(long)]
         json: bool,
-        text: Option<String>,
+        /// Texts with one mask token each; `-` or none reads stdin, one per line.
+        texts: Vec<String>,
     },
     /// Text classification (sentiment and the like).
     Classify {
@@ -111,28 +159,55 @@ enum Command {
         /// Classes per input (all when absent).
         #[arg(long)]
         top_k: Option<usize>,
+        /// Cut texts longer than --max-length (or the model's maximum) instead of failing.
+        #[arg(long)]
+        truncation: bool,
+        /// The length --truncation cuts at.
+        #[arg(long, requires = "truncation")]
+        max_length: Option<usize>,
+        #[command(flatten)]
+        batching: Batching,
+        /// One JSON array of classes per line.
         #[arg(long)]
         json: bool,
+        /// Texts; `-` or none reads stdin, one per line.
         texts: Vec<String>,
     },
     /// Named entities.
     Ner {
         #[command(flatten)]
         common: Common,
+        /// How token predictions become entities.
         #[arg(long, value_enum, default_value_t = CliAggregation::Simple)]
         aggregation: CliAggregation,
+        /// Tokens per text, or per window with --stride (default: the model's maximum).
+        #[arg(long)]
+        max_length: Option<usize>,
+        /// Run long texts in overlapping windows sharing this many tokens, instead of cutting
+        /// them at --max-length.
+        #[arg(long)]
+        stride: Option<usize>,
+        #[command(flatten)]
+        batching: Batching,
+        /// One JSON array of entities per line.
         #[arg(long)]
         json: bool,
-        text: Option<String>,
+        /// Texts; `-` or none reads stdin, one per line.
+        texts: Vec<String>,
     },
     /// Extractive question answering.
     Qa {
         #[command(flatten)]
         common: Common,
+        /// The question.
         #[arg(long)]
         question: String,
+        /// The text the answer is taken from.
         #[arg(long)]
         context: String,
+        #[command(flatten)]
+        batching: Batching,
+        /// The answer as one JSON object.
         #[arg(long)]
         json: bool,
     },
@@ -157,14 +232,19 @@ enum Command {
     Bench {
         #[command(flatten)]
         common: Common,
+        /// Sequences per forward pass (prompts, with --generate).
         #[arg(long, default_value_t = 1)]
         batch: usize,
+        /// Tokens per sequence.
         #[arg(long, default_value_t = 128)]
         seq: usize,
+        /// Time GPT-2's greedy decoding instead of the encoder.
         #[arg(long)]
         generate: bool,
+        /// With --generate: prompt length in tokens.
         #[arg(long, default_value_t = 32)]
         prompt_tokens: usize,
+        /// With --generate: tokens to decode.
         #[arg(long, default_value_t = 128)]
         new_tokens: usize,
         /// Timed runs, after two warm-up runs.
@@ -174,6 +254,7 @@ enum Command {
         /// by run, and report the paired ratio of their decoding speeds.
         #[arg(long, value_enum, requires = "generate")]
         against: Option<CliDType>,
+        /// The report as one JSON object.
         #[arg(long)]
         json: bool,
     },
@@ -300,8 +381,11 @@ pub enum CliError {
     Io(#[from] std::io::Error),
     #[error("cannot write JSON: {0}")]
     Json(#[from] serde_json::Error),
+    /// The command line asks for nothing to do (exit code 2, as clap's usage errors).
     #[error("{0}")]
     Usage(String),
+    #[error("{0}")]
+    Failed(String),
 }
 
 type Result<T> = std::result::Result<T, CliError>;
@@ -338,7 +422,7 @@ fn inputs(texts: Vec<String>) -> Result<Vec<String>> {
     }
     let mut lines = Vec::new();
     for line in std::io::stdin().lock().lines() {
-        let line = line.map_err(|e| CliError::Usage(format!("cannot read stdin: {e}")))?;
+        let line = line.map_err(|e| CliError::Failed(format!("cannot read stdin: {e}")))?;
         lines.push(line);
     }
     if lines.is_empty() {
@@ -361,24 +445,26 @@ pub fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
             common,
             pooling,
             normalize,
+            max_length,
+            batching,
             json,
             texts,
         } => {
             let texts = inputs(texts)?;
-            let mut pipeline =
+            let pipeline =
                 EmbeddingsPipeline::from_pretrained(&common.model, &common.load_options()?)?;
-            if let Some(pooling) = pooling {
-                pipeline = pipeline.with_pooling(match pooling {
+            let options = EmbeddingsOptions {
+                pooling: pooling.map(|pooling| match pooling {
                     CliPooling::Mean => Pooling::Mean,
                     CliPooling::Cls => Pooling::Cls,
                     CliPooling::Max => Pooling::Max,
-                });
-            }
-            if normalize {
-                pipeline = pipeline.with_normalize(true);
-            }
-            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-            for (text, embedding) in texts.iter().zip(pipeline.embed(&refs)?) {
+                }),
+                normalize_embeddings: normalize,
+                max_length,
+                batch_size: batching.batch_size,
+                ..EmbeddingsOptions::default()
+            };
+            for (text, embedding) in texts.iter().zip(pipeline.run(&texts, &options)?) {
                 if json {
                     json_line(out, &embedding)?;
                 } else {
@@ -399,18 +485,23 @@ pub fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
         Command::FillMask {
             common,
             top_k,
+            truncation,
+            max_length,
+            batching,
             json,
-            text,
+            texts,
         } => {
-            let texts = inputs(text.into_iter().collect())?;
+            let texts = inputs(texts)?;
             let pipeline =
                 FillMaskPipeline::from_pretrained(&common.model, &common.load_options()?)?;
-            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
             let options = FillMaskOptions {
                 top_k,
-                targets: None,
+                truncation,
+                max_length,
+                batch_size: batching.batch_size,
+                ..FillMaskOptions::default()
             };
-            for predictions in pipeline.fill(&refs, &options)? {
+            for predictions in pipeline.run(&texts, &options)? {
                 if json {
                     json_line(out, &predictions)?;
                 } else {
@@ -429,6 +520,9 @@ pub fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
         Command::Classify {
             common,
             top_k,
+            truncation,
+            max_length,
+            batching,
             json,
             texts,
         } => {
@@ -437,12 +531,14 @@ pub fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
                 &common.model,
                 &common.load_options()?,
             )?;
-            let refs: Vec<TextInput> = texts.iter().map(|t| TextInput::Single(t)).collect();
-            let options = ClassifyOptions {
+            let options = TextClassificationOptions {
                 top_k,
-                ..ClassifyOptions::default()
+                truncation,
+                max_length,
+                batch_size: batching.batch_size,
+                ..TextClassificationOptions::default()
             };
-            for (text, labels) in texts.iter().zip(pipeline.classify(&refs, &options)?) {
+            for (text, labels) in texts.iter().zip(pipeline.run(&texts, &options)?) {
                 if json {
                     json_line(out, &labels)?;
                 } else {
@@ -457,10 +553,13 @@ pub fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
         Command::Ner {
             common,
             aggregation,
+            max_length,
+            stride,
+            batching,
             json,
-            text,
+            texts,
         } => {
-            let texts = inputs(text.into_iter().collect())?;
+            let texts = inputs(texts)?;
             let pipeline = TokenClassificationPipeline::from_pretrained(
                 &common.model,
                 &common.load_options()?,
@@ -472,8 +571,14 @@ pub fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
                 CliAggregation::Average => AggregationStrategy::Average,
                 CliAggregation::Max => AggregationStrategy::Max,
             };
-            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-            for entities in pipeline.entities(&refs, strategy)? {
+            let options = TokenClassificationOptions {
+                aggregation_strategy: strategy,
+                max_length,
+                stride,
+                batch_size: batching.batch_size,
+                ..TokenClassificationOptions::default()
+            };
+            for entities in pipeline.run(&texts, &options)? {
                 if json {
                     json_line(out, &entities)?;
                 } else {
@@ -492,15 +597,19 @@ pub fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
             common,
             question,
             context,
+            batching,
             json,
         } => {
             let pipeline =
                 QuestionAnsweringPipeline::from_pretrained(&common.model, &common.load_options()?)?;
-            let answers =
-                pipeline.answer(&question, &context, &QuestionAnsweringOptions::default())?;
+            let options = QuestionAnsweringOptions {
+                batch_size: batching.batch_size,
+                ..QuestionAnsweringOptions::default()
+            };
+            let answers = pipeline.run_one((&question, &context), &options)?;
             let best = answers
                 .first()
-                .ok_or_else(|| CliError::Usage("the model found no answer".to_string()))?;
+                .ok_or_else(|| CliError::Failed("the model found no answer".to_string()))?;
             if json {
                 json_line(out, best)?;
             } else {

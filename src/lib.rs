@@ -81,6 +81,7 @@ pub use models::roberta::{
     RobertaForSequenceClassification, RobertaForTokenClassification, RobertaModel,
 };
 pub use models::{EncoderOutput, ModelInput, QuestionAnsweringOutput};
+pub use pipelines::{pipeline, AnyPipeline, Pipeline, Task};
 pub use pooling::{l2_normalize, Pooling};
 pub use pretrained::{FromPretrained, LoadOptions, Pretrained};
 pub use tokenizer::{EncodeOptions, EncodedBatch, PaddingSide, TextInput, Tokenizer};

@@ -3,7 +3,8 @@
 //!     ferroformers classify -m distilbert-base-uncased-finetuned-sst-2-english "I love it"
 //!     echo "Paris is the [MASK] of France." | ferroformers fill-mask -m bert-base-uncased --json
 //!
-//! Errors are one line on stderr and a non-zero exit code.
+//! Usage errors print clap's message (what is wrong, the usage line, allowed values) and exit
+//! with 2; runtime errors are one line on stderr and exit with 1.
 
 mod bench;
 mod cli;
@@ -19,14 +20,12 @@ fn main() -> ExitCode {
         Ok(args) => args,
         Err(error) => {
             // --help and --version are not errors; print them whole.
-            if !error.use_stderr() {
-                let _ = error.print();
-                return ExitCode::SUCCESS;
-            }
-            let message = error.to_string();
-            let first_line = message.lines().next().unwrap_or("invalid arguments");
-            eprintln!("{first_line} (see --help)");
-            return ExitCode::from(2);
+            let _ = error.print();
+            return if error.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     let stdout = std::io::stdout();
@@ -36,6 +35,10 @@ fn main() -> ExitCode {
         // A closed pipe (`| head`) is the reader's choice, not an error.
         Err(cli::CliError::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
             ExitCode::SUCCESS
+        }
+        Err(cli::CliError::Usage(message)) => {
+            eprintln!("error: {message}\n\nFor more information, try '--help'.");
+            ExitCode::from(2)
         }
         Err(error) => {
             eprintln!("error: {}", error.to_string().replace('\n', " "));

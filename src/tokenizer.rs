@@ -395,18 +395,24 @@ impl Tokenizer {
         self.encode_with(input.into(), options.add_special_tokens, truncation)
     }
 
-    /// A question and a long context as overlapping windows, the way transformers'
-    /// question-answering pipeline cuts them: each window holds the whole question and up to
-    /// `max_length` tokens in all; consecutive windows share `stride` context tokens.
-    pub fn encode_windows(
+    /// A long input as overlapping windows of up to `max_length` tokens in all, consecutive
+    /// windows sharing `stride` tokens, the way transformers' tokenizer call with
+    /// `return_overflowing_tokens` cuts them. A text is cut as token classification cuts it;
+    /// a pair (question, context) as question answering does: each window holds the whole
+    /// question and a part of the context.
+    pub fn encode_windows<'a>(
         &self,
-        question: &str,
-        context: &str,
+        input: impl Into<TextInput<'a>>,
         max_length: usize,
         stride: usize,
     ) -> Result<Vec<Encoding>> {
-        let truncation = Some((max_length, TruncationStrategy::OnlySecond, stride));
-        let mut first = self.encode_with(TextInput::Pair(question, context), true, truncation)?;
+        let input = input.into();
+        let strategy = match input {
+            TextInput::Single(_) => TruncationStrategy::LongestFirst,
+            TextInput::Pair(..) => TruncationStrategy::OnlySecond,
+        };
+        let truncation = Some((max_length, strategy, stride));
+        let mut first = self.encode_with(input, true, truncation)?;
         let overflowing = first.take_overflowing();
         Ok(std::iter::once(first).chain(overflowing).collect())
     }

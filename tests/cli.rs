@@ -253,17 +253,201 @@ fn unknown_model_is_one_line_on_stderr_and_exit_1() {
     assert_one_line_error(&output, 1, "no-such-model");
 }
 
-#[test]
-fn unknown_flag_is_one_line_on_stderr_and_exit_2() {
-    let output = ferroformers(&["classify", "--no-such-flag"], None);
-    assert_one_line_error(&output, 2, "--no-such-flag");
+/// A usage error: exit code 2 and clap's whole message on stderr, with each of `needles`.
+fn assert_usage_error(output: &Output, needles: &[&str]) {
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "stdout {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    let stderr = String::from_utf8(output.stderr.clone()).unwrap();
+    for needle in needles {
+        assert!(
+            stderr.contains(needle),
+            "{stderr:?} should mention {needle:?}"
+        );
+    }
+    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"));
 }
 
 #[test]
-fn empty_stdin_is_an_error() {
+fn unknown_flag_is_a_usage_error_with_the_usage_line() {
+    let output = ferroformers(&["classify", "--no-such-flag"], None);
+    assert_usage_error(
+        &output,
+        &["--no-such-flag", "Usage: ferroformers classify", "--help"],
+    );
+}
+
+#[test]
+fn a_missing_argument_is_named_and_exits_2() {
+    let output = ferroformers(&["classify", "hello"], None);
+    assert_usage_error(&output, &["--model <MODEL>", "Usage:"]);
+}
+
+#[test]
+fn a_wrong_value_lists_the_allowed_ones() {
+    let model = fixture_model("bert/token-classification");
+    let output = ferroformers(&["ner", "-m", &model, "--aggregation", "loose", "x"], None);
+    assert_usage_error(
+        &output,
+        &["loose", "none", "simple", "first", "average", "max"],
+    );
+    let output = ferroformers(&["ner", "-m", &model, "--batch-size", "0", "x"], None);
+    assert_usage_error(&output, &["--batch-size", "at least 1"]);
+}
+
+#[test]
+fn empty_stdin_is_a_usage_error() {
     let model = fixture_model("bert/sequence-classification");
     let output = ferroformers(&["classify", "-m", &model], Some(""));
-    assert_one_line_error(&output, 1, "no input");
+    assert_usage_error(&output, &["no input", "--help"]);
+}
+
+#[test]
+fn every_flag_and_positional_has_help_text() {
+    for sub in ["embed", "fill-mask", "classify", "ner", "qa", "bench"] {
+        let output = ferroformers(&[sub, "--help"], None);
+        assert!(output.status.success(), "{sub} --help");
+        let help = String::from_utf8(output.stdout).unwrap();
+        // clap lists each argument on a line indented by two spaces; a documented one has
+        // text after its name, on that line or (clap's long layout) the next, indented more.
+        let lines: Vec<&str> = help.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let trimmed = line.trim_start();
+            // Entries are indented by two spaces exactly; deeper lines are their text.
+            let is_entry = line.len() - trimmed.len() == 2
+                && (trimmed.starts_with('-') || trimmed.starts_with('['));
+            if !is_entry {
+                continue;
+            }
+            let has_text = trimmed
+                .split("  ")
+                .filter(|part| !part.trim().is_empty())
+                .count()
+                > 1
+                || lines
+                    .get(i + 1)
+                    .is_some_and(|next| next.starts_with("          "));
+            assert!(has_text, "{sub}: no help text for {trimmed:?}");
+        }
+    }
+}
+
+#[test]
+fn fill_mask_and_ner_take_several_texts_and_stdin() {
+    let refs = references();
+    let case = &refs["token_classification"]["bert"];
+    let model = fixture_model("bert/token-classification");
+    let texts: Vec<&str> = case["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    let mut args = vec!["ner", "-m", &model, "--json"];
+    args.extend(&texts);
+    let lines = json_lines(&ferroformers(&args, None));
+    assert_same_len(&lines, &texts, "one line per text");
+    for (line, expected) in lines.iter().zip(case["simple"].as_array().unwrap()) {
+        assert_close(line, expected);
+    }
+    let stdin = format!("{}\n{}\n", texts[0], texts[1]);
+    let from_stdin = json_lines(&ferroformers(
+        &["ner", "-m", &model, "--json"],
+        Some(&stdin),
+    ));
+    assert_eq!(from_stdin, lines);
+
+    let case = &refs["fill_mask"]["bert"];
+    let model = fixture_model("bert/masked-lm");
+    let text = case["text"].as_str().unwrap();
+    let lines = json_lines(&ferroformers(
+        &[
+            "fill-mask",
+            "-m",
+            &model,
+            "--json",
+            "--batch-size",
+            "1",
+            text,
+            text,
+        ],
+        None,
+    ));
+    assert_eq!(lines.len(), 2);
+    for line in &lines {
+        assert_close(line, &case["default"]);
+    }
+}
+
+fn option_references() -> Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture("pipeline_options.json")).unwrap())
+        .unwrap()
+}
+
+#[test]
+fn max_length_truncation_and_stride_change_results_as_the_library_does() {
+    let refs = option_references();
+    let case = &refs["token_classification"]["bert"];
+    let model = fixture_model("bert/token-classification");
+    let max_length = case["max_length"].to_string();
+    let stride = case["stride"].to_string();
+    let text = case["texts"][0].as_str().unwrap();
+    let windows = json_lines(&ferroformers(
+        &[
+            "ner",
+            "-m",
+            &model,
+            "--json",
+            "--max-length",
+            &max_length,
+            "--stride",
+            &stride,
+            text,
+        ],
+        None,
+    ));
+    assert_close(&windows[0], &case["simple"][0]);
+    let truncated = json_lines(&ferroformers(
+        &[
+            "ner",
+            "-m",
+            &model,
+            "--json",
+            "--max-length",
+            &max_length,
+            text,
+        ],
+        None,
+    ));
+    assert_close(&truncated[0], &case["truncated_simple"][0]);
+
+    let case = &refs["text_classification"]["bert"];
+    let model = fixture_model("bert/sequence-classification");
+    let text = case["texts"][0].as_str().unwrap();
+    let max_length = case["max_length"].to_string();
+    let lines = json_lines(&ferroformers(
+        &[
+            "classify",
+            "-m",
+            &model,
+            "--json",
+            "--truncation",
+            "--max-length",
+            &max_length,
+            text,
+        ],
+        None,
+    ));
+    assert_close(&lines[0], &case["truncated"][0]);
+    // --max-length without --truncation is a usage error, not silently ignored.
+    let output = ferroformers(
+        &["classify", "-m", &model, "--max-length", "12", text],
+        None,
+    );
+    assert_usage_error(&output, &["--truncation"]);
 }
 
 #[test]

@@ -9,9 +9,10 @@ use std::path::Path;
 
 use common::{assert_same_len, fixture, fixture_model};
 use ferroformers::pipelines::{
-    AggregationStrategy, ClassifyOptions, EmbeddingsPipeline, FillMaskOptions, FillMaskPipeline,
-    QuestionAnsweringOptions, QuestionAnsweringPipeline, TextClassificationPipeline,
-    TextGenerationOptions, TextGenerationPipeline, TokenClassificationPipeline,
+    AggregationStrategy, EmbeddingsOptions, EmbeddingsPipeline, FillMaskOptions, FillMaskPipeline,
+    Pipeline, QuestionAnsweringOptions, QuestionAnsweringPipeline, TextClassificationOptions,
+    TextClassificationPipeline, TextGenerationOptions, TextGenerationPipeline,
+    TokenClassificationOptions, TokenClassificationPipeline,
 };
 use ferroformers::{
     BertModel, DType, Device, Error, FromPretrained, HubOptions, LoadOptions, ModelInput,
@@ -421,25 +422,32 @@ fn odd_text_never_panics_any_pipeline() {
     let config = TextGenerationOptions::default().with_max_new_tokens(3);
     for &text in ODD_TEXTS {
         classify
-            .classify(&[TextInput::Single(text)], &ClassifyOptions::default())
+            .run(
+                &[TextInput::Single(text)],
+                &TextClassificationOptions::default(),
+            )
             .unwrap();
-        embed.embed(&[text]).unwrap();
-        ner.entities(&[text], AggregationStrategy::Simple).unwrap();
+        embed.run(&[text], &EmbeddingsOptions::default()).unwrap();
+        ner.run(
+            &[text],
+            &TokenClassificationOptions::default()
+                .with_aggregation_strategy(AggregationStrategy::Simple),
+        )
+        .unwrap();
         no_panic(
             "fill-mask",
-            fill.fill(&[&format!("{text}<mask>")], &FillMaskOptions::default()),
+            fill.run(&[&format!("{text}<mask>")], &FillMaskOptions::default()),
         );
         no_panic(
             "qa",
-            qa.answer(
-                text,
-                "The book was written in 1999.",
+            qa.run_one(
+                (text, "The book was written in 1999."),
                 &QuestionAnsweringOptions::default(),
             ),
         );
         no_panic(
             "qa context",
-            qa.answer("Who?", text, &QuestionAnsweringOptions::default()),
+            qa.run_one(("Who?", text), &QuestionAnsweringOptions::default()),
         );
         no_panic("generate", generate.run([text], &config));
     }
@@ -454,7 +462,10 @@ fn a_million_characters_truncate_when_asked_and_fail_clearly_when_not() {
     )
     .unwrap();
     let error = classify
-        .classify(&[TextInput::Single(&text)], &ClassifyOptions::default())
+        .run(
+            &[TextInput::Single(&text)],
+            &TextClassificationOptions::default(),
+        )
         .unwrap_err();
     match error {
         Error::InputTooLong { length, max } => {
@@ -462,19 +473,22 @@ fn a_million_characters_truncate_when_asked_and_fail_clearly_when_not() {
         }
         other => panic!("expected InputTooLong, got {other:?}"),
     }
-    let truncate = ClassifyOptions {
+    let truncate = TextClassificationOptions {
         truncation: true,
-        ..ClassifyOptions::default()
+        ..TextClassificationOptions::default()
     };
     classify
-        .classify(&[TextInput::Single(&text)], &truncate)
+        .run(&[TextInput::Single(&text)], &truncate)
         .unwrap();
     let embed = EmbeddingsPipeline::from_pretrained(
         &path_str(&fixture("bert/sentence-transformers")),
         &options(),
     )
     .unwrap();
-    assert_eq!(embed.embed(&[&text]).unwrap()[0].len(), 32);
+    assert_eq!(
+        embed.run(&[&text], &EmbeddingsOptions::default()).unwrap()[0].len(),
+        32
+    );
 }
 
 #[test]
@@ -485,7 +499,7 @@ fn empty_batches_give_empty_results() {
     )
     .unwrap();
     assert!(classify
-        .classify(&[], &ClassifyOptions::default())
+        .run(Vec::<&str>::new(), &TextClassificationOptions::default())
         .unwrap()
         .is_empty());
     let embed = EmbeddingsPipeline::from_pretrained(
@@ -493,20 +507,27 @@ fn empty_batches_give_empty_results() {
         &options(),
     )
     .unwrap();
-    assert!(embed.embed(&[]).unwrap().is_empty());
+    assert!(embed
+        .run(Vec::<&str>::new(), &EmbeddingsOptions::default())
+        .unwrap()
+        .is_empty());
     let ner = TokenClassificationPipeline::from_pretrained(
         &fixture_model("bert/token-classification"),
         &options(),
     )
     .unwrap();
     assert!(ner
-        .entities(&[], AggregationStrategy::Simple)
+        .run(
+            Vec::<&str>::new(),
+            &TokenClassificationOptions::default()
+                .with_aggregation_strategy(AggregationStrategy::Simple),
+        )
         .unwrap()
         .is_empty());
     let fill =
         FillMaskPipeline::from_pretrained(&fixture_model("bert/masked-lm"), &options()).unwrap();
     assert!(fill
-        .fill(&[], &FillMaskOptions::default())
+        .run(Vec::<&str>::new(), &FillMaskOptions::default())
         .unwrap()
         .is_empty());
     let generate =
@@ -528,13 +549,13 @@ fn ten_thousand_short_inputs_run_batch_by_batch() {
     let texts: Vec<String> = (0..10_000).map(|i| format!("input number {i}")).collect();
     let inputs: Vec<TextInput> = texts.iter().map(|t| TextInput::Single(t)).collect();
     let results = classify
-        .classify(&inputs, &ClassifyOptions::default())
+        .run(&inputs, &TextClassificationOptions::default())
         .unwrap();
     assert_eq!(results.len(), 10_000);
     // Same answer as alone, for a sample.
     for i in [0, 4_321, 9_999] {
         let alone = classify
-            .classify(&inputs[i..=i], &ClassifyOptions::default())
+            .run(&inputs[i..=i], &TextClassificationOptions::default())
             .unwrap()
             .remove(0);
         assert_eq!(alone[0].label, results[i][0].label);
@@ -545,7 +566,8 @@ fn ten_thousand_short_inputs_run_batch_by_batch() {
 // ---------------------------------------------------------------------------------------------
 // Concurrency
 
-fn assert_send_sync<T: Send + Sync>() {}
+/// Owning pipelines can move into a thread or an `Arc` shared by a server's handlers.
+fn assert_send_sync<T: Send + Sync + 'static>() {}
 
 #[test]
 fn models_pipelines_and_tokenizers_are_send_and_sync() {
@@ -559,6 +581,7 @@ fn models_pipelines_and_tokenizers_are_send_and_sync() {
     assert_send_sync::<QuestionAnsweringPipeline>();
     assert_send_sync::<EmbeddingsPipeline>();
     assert_send_sync::<TextGenerationPipeline>();
+    assert_send_sync::<ferroformers::AnyPipeline>();
 }
 
 #[test]
@@ -572,11 +595,11 @@ fn eight_threads_share_one_model_and_agree_with_one_thread() {
         .map(|i| format!("the quick brown fox number {i} jumps"))
         .collect();
     let inputs: Vec<TextInput> = texts.iter().map(|t| TextInput::Single(t)).collect();
-    let all = ClassifyOptions {
+    let all = TextClassificationOptions {
         top_k: None,
-        ..ClassifyOptions::default()
+        ..TextClassificationOptions::default()
     };
-    let expected = pipeline.classify(&inputs, &all).unwrap();
+    let expected = pipeline.run(&inputs, &all).unwrap();
     std::thread::scope(|scope| {
         let handles: Vec<_> = (0..8)
             .map(|t| {
@@ -587,7 +610,7 @@ fn eight_threads_share_one_model_and_agree_with_one_thread() {
                     order.rotate_left(t);
                     order
                         .into_iter()
-                        .map(|i| (i, pipeline.classify(&inputs[i..=i], all).unwrap().remove(0)))
+                        .map(|i| (i, pipeline.run(&inputs[i..=i], all).unwrap().remove(0)))
                         .collect::<Vec<_>>()
                 })
             })

@@ -8,6 +8,7 @@ use std::process::Command;
 
 use common::{assert_close_slices, checked_max_abs_diff};
 
+use ferroformers::pipelines::{EmbeddingsOptions, Pipeline};
 use ferroformers::{
     l2_normalize, BertModel, Device, EncodeOptions, FromPretrained, HubOptions, LoadOptions,
     Pooling, Tokenizer,
@@ -89,7 +90,7 @@ fn sentence_embeddings_match_sentence_transformers() {
     let pipeline =
         ferroformers::pipelines::EmbeddingsPipeline::from_pretrained(MODEL_ID, &options).unwrap();
     let refs: Vec<&str> = sentences.iter().map(String::as_str).collect();
-    let embedded = pipeline.embed(&refs).unwrap();
+    let embedded = pipeline.run(&refs, &EmbeddingsOptions::default()).unwrap();
     assert_eq!(
         embedded.len(),
         expected.len(),
@@ -169,7 +170,9 @@ fn bf16_and_int8_embeddings_stay_close_to_f32() {
         let pipeline =
             ferroformers::pipelines::EmbeddingsPipeline::from_pretrained(MODEL_ID, &options)
                 .unwrap();
-        let embeddings = pipeline.embed(&sentences).unwrap();
+        let embeddings = pipeline
+            .run(&sentences, &EmbeddingsOptions::default())
+            .unwrap();
         assert_eq!(
             embeddings.len(),
             sentences.len(),

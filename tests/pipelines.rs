@@ -6,11 +6,16 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{assert_close_slices, assert_same_len, fixture, fixture_model, fixture_sanity};
+use common::{
+    assert_close_slices, assert_json_matches, assert_same_len, fixture, fixture_model,
+    fixture_sanity,
+};
 use ferroformers::pipelines::{
-    cosine_similarity, AggregationStrategy, ClassifyOptions, Conversation, EmbeddingsPipeline,
-    Entity, FillMaskOptions, FillMaskPipeline, QuestionAnsweringOptions, QuestionAnsweringPipeline,
-    ScoreFunction, TextClassificationPipeline, TextGenerationOptions, TextGenerationPipeline,
+    cosine_similarity, AggregationStrategy, Conversation, EmbeddingsOptions, EmbeddingsPipeline,
+    Entity, FillMaskOptions, FillMaskPipeline, Pipeline, QuestionAnsweringOptions,
+    QuestionAnsweringPipeline, ScoreFunction, TextClassificationOptions,
+    TextClassificationPipeline, TextGenerationOptions, TextGenerationPipeline,
+    TokenClassificationOptions,
     TokenClassificationPipeline,
 };
 use ferroformers::{Error, LoadOptions, Pooling, TextInput};
@@ -26,44 +31,8 @@ fn options() -> LoadOptions {
     LoadOptions::default()
 }
 
-/// Compare our JSON with transformers' JSON: numbers named `score` within the tolerance,
-/// everything else exactly.
 fn assert_matches(ours: &Value, theirs: &Value, path: &str) {
-    match (ours, theirs) {
-        (Value::Object(a), Value::Object(b)) => {
-            let mut keys_a: Vec<_> = a.keys().collect();
-            let mut keys_b: Vec<_> = b.keys().collect();
-            keys_a.sort();
-            keys_b.sort();
-            assert_eq!(keys_a, keys_b, "{path}: fields differ");
-            for key in a.keys() {
-                assert_matches(&a[key], &b[key], &format!("{path}.{key}"));
-            }
-        }
-        (Value::Array(a), Value::Array(b)) => {
-            assert_eq!(
-                a.len(),
-                b.len(),
-                "{path}: lengths differ: ours {ours}, theirs {theirs}"
-            );
-            for (i, (x, y)) in a.iter().zip(b).enumerate() {
-                assert_matches(x, y, &format!("{path}[{i}]"));
-            }
-        }
-        (Value::Number(x), Value::Number(y)) if path.ends_with("score") => {
-            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
-            // JSON cannot hold NaN or infinity (serde_json writes them as null, which the last
-            // arm rejects); the finiteness check keeps this arm safe if that ever changes.
-            assert!(
-                x.is_finite() && y.is_finite() && (x - y).abs() <= SCORE_TOLERANCE,
-                "{path}: ours {x}, theirs {y}"
-            );
-        }
-        (Value::Number(x), Value::Number(y)) => {
-            assert_eq!(x.as_f64(), y.as_f64(), "{path}");
-        }
-        _ => assert_eq!(ours, theirs, "{path}"),
-    }
+    assert_json_matches(ours, theirs, SCORE_TOLERANCE, path);
 }
 
 fn json<T: serde::Serialize>(value: &T) -> Value {
@@ -81,18 +50,18 @@ fn fill_mask_matches_transformers() {
         )
         .unwrap();
         let text = case["text"].as_str().unwrap();
-        let default = pipeline.fill(&[text], &FillMaskOptions::default()).unwrap();
+        let default = pipeline.run(&[text], &FillMaskOptions::default()).unwrap();
         assert_matches(
             &json(&default[0]),
             &case["default"],
             &format!("{family} default"),
         );
         let three = pipeline
-            .fill(
+            .run(
                 &[text],
                 &FillMaskOptions {
                     top_k: 3,
-                    targets: None,
+                    ..FillMaskOptions::default()
                 },
             )
             .unwrap();
@@ -119,11 +88,12 @@ fn fill_mask_matches_transformers() {
         FillMaskPipeline::from_pretrained(&fixture_model("bert/masked-lm"), &options()).unwrap();
     let targets: Vec<String> = serde_json::from_value(case["targets"].clone()).unwrap();
     let ours = pipeline
-        .fill(
+        .run(
             &[case["text"].as_str().unwrap()],
             &FillMaskOptions {
                 top_k: 5,
                 targets: Some(targets),
+                ..FillMaskOptions::default()
             },
         )
         .unwrap();
@@ -136,7 +106,7 @@ fn fill_mask_needs_exactly_one_mask() {
         FillMaskPipeline::from_pretrained(&fixture_model("bert/masked-lm"), &options()).unwrap();
     for text in ["no mask here", "two [MASK] masks [MASK]"] {
         let error = pipeline
-            .fill(&[text], &FillMaskOptions::default())
+            .run(&[text], &FillMaskOptions::default())
             .unwrap_err();
         assert!(matches!(error, Error::InvalidInput(_)), "{error:?}");
         assert!(error.to_string().contains("[MASK]"), "{error}");
@@ -156,26 +126,26 @@ fn text_classification_matches_transformers() {
         let texts: Vec<String> = serde_json::from_value(case["texts"].clone()).unwrap();
         let inputs: Vec<TextInput> = texts.iter().map(|t| TextInput::Single(t)).collect();
         let top_1 = pipeline
-            .classify(&inputs, &ClassifyOptions::default())
+            .run(&inputs, &TextClassificationOptions::default())
             .unwrap();
         assert_matches(&json(&top_1), &case["top_1"], &format!("{family} top 1"));
         let all = pipeline
-            .classify(
+            .run(
                 &inputs,
-                &ClassifyOptions {
+                &TextClassificationOptions {
                     top_k: None,
-                    ..ClassifyOptions::default()
+                    ..TextClassificationOptions::default()
                 },
             )
             .unwrap();
         assert_matches(&json(&all), &case["all"], &format!("{family} all"));
-        let sigmoid = ClassifyOptions {
+        let sigmoid = TextClassificationOptions {
             top_k: None,
             function_to_apply: Some(ScoreFunction::Sigmoid),
-            ..ClassifyOptions::default()
+            ..TextClassificationOptions::default()
         };
         assert_matches(
-            &json(&pipeline.classify(&inputs, &sigmoid).unwrap()),
+            &json(&pipeline.run(&inputs, &sigmoid).unwrap()),
             &case["sigmoid"],
             &format!("{family} sigmoid"),
         );
@@ -191,11 +161,11 @@ fn text_classification_matches_transformers() {
         case["pair"]["text_pair"].as_str().unwrap(),
     );
     let ours = pipeline
-        .classify(
+        .run(
             &[pair],
-            &ClassifyOptions {
+            &TextClassificationOptions {
                 top_k: None,
-                ..ClassifyOptions::default()
+                ..TextClassificationOptions::default()
             },
         )
         .unwrap();
@@ -224,11 +194,11 @@ fn multi_label_configs_use_sigmoid() {
     let texts: Vec<String> = serde_json::from_value(case["texts"].clone()).unwrap();
     let inputs: Vec<TextInput> = texts.iter().map(|t| TextInput::Single(t)).collect();
     let ours = pipeline
-        .classify(
+        .run(
             &inputs,
-            &ClassifyOptions {
+            &TextClassificationOptions {
                 top_k: None,
-                ..ClassifyOptions::default()
+                ..TextClassificationOptions::default()
             },
         )
         .unwrap();
@@ -249,7 +219,11 @@ fn token_classification_matches_transformers_for_every_aggregation() {
         let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
         for strategy in ["none", "simple", "first", "average", "max"] {
             let ours: Vec<Vec<Entity>> = pipeline
-                .entities(&texts, strategy.parse().unwrap())
+                .run(
+                    &texts,
+                    &TokenClassificationOptions::default()
+                        .with_aggregation_strategy(strategy.parse().unwrap()),
+                )
                 .unwrap();
             assert_matches(
                 &json(&ours),
@@ -289,7 +263,7 @@ fn question_answering_matches_transformers() {
             case["context"].as_str().unwrap(),
         );
         let run = |options: QuestionAnsweringOptions| {
-            json(&pipeline.answer(question, context, &options).unwrap())
+            json(&pipeline.run_one((question, context), &options).unwrap())
         };
         let default = QuestionAnsweringOptions::default();
         // transformers returns a single answer bare, several as a list.
@@ -439,12 +413,18 @@ fn embeddings_follow_the_sentence_transformers_modules() {
         (pipeline.pooling(), pipeline.normalize()),
         (Pooling::Mean, true)
     );
-    for (mode, pipeline) in [
-        ("mean", pipeline.clone()),
-        ("cls", pipeline.clone().with_pooling(Pooling::Cls)),
-        ("max", pipeline.with_pooling(Pooling::Max)),
+    for (mode, options) in [
+        ("mean", EmbeddingsOptions::default()),
+        (
+            "cls",
+            EmbeddingsOptions::default().with_pooling(Pooling::Cls),
+        ),
+        (
+            "max",
+            EmbeddingsOptions::default().with_pooling(Pooling::Max),
+        ),
     ] {
-        let ours = pipeline.embed(&sentences).unwrap();
+        let ours = pipeline.run(&sentences, &options).unwrap();
         let theirs: Vec<Vec<f32>> = serde_json::from_value(reference[mode].clone()).unwrap();
         assert_same_len(&ours, &theirs, mode);
         for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
@@ -476,18 +456,16 @@ fn batching_returns_results_in_input_order() {
         "Paris",
     ];
     let inputs: Vec<TextInput> = texts.iter().map(|t| TextInput::Single(t)).collect();
-    let all = ClassifyOptions {
+    let all = TextClassificationOptions {
         top_k: None,
-        ..ClassifyOptions::default()
+        ..TextClassificationOptions::default()
     };
-    let batched = {
-        let mut p = pipeline.clone();
-        p.batch_size = 2;
-        p.classify(&inputs, &all).unwrap()
-    };
+    let batched = pipeline
+        .run(&inputs, &all.clone().with_batch_size(2))
+        .unwrap();
     assert_same_len(&batched, &inputs, "one result per input");
     for (i, input) in inputs.iter().enumerate() {
-        let alone = pipeline.classify(&[*input], &all).unwrap().remove(0);
+        let alone = pipeline.run(&[*input], &all).unwrap().remove(0);
         assert_same_len(&alone, &batched[i], texts[i]);
         for (a, b) in alone.iter().zip(&batched[i]) {
             assert_eq!(a.label, b.label);

@@ -7,9 +7,10 @@ use candle_core::Device;
 use serde::Deserialize;
 
 use crate::auto::AutoModel;
+use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::hub::ModelSource;
-use crate::pipelines::{batch_input, encode_all, in_batches, DEFAULT_BATCH_SIZE};
+use crate::pipelines::{batch_input, encode_all, in_batches, Pipeline, Text, DEFAULT_BATCH_SIZE};
 use crate::pooling::{l2_normalize, Pooling};
 use crate::pretrained::{LoadOptions, Pretrained};
 use crate::tokenizer::{EncodeOptions, Tokenizer};
@@ -109,78 +110,153 @@ impl SentenceTransformersSetup {
     }
 }
 
+/// Settings of one call, as sentence-transformers' `encode` takes them.
+///
+/// Pooling and normalisation are modules of a sentence-transformers model, read at load
+/// time; `pooling` overrides the model's pooling for one call (models without
+/// sentence-transformers files pool by mean), and `normalize_embeddings` scales to unit
+/// length as `encode(normalize_embeddings=True)` does, whatever the model's modules say.
+#[derive(Debug, Clone)]
+pub struct EmbeddingsOptions {
+    /// Use this pooling instead of the model's.
+    pub pooling: Option<Pooling>,
+    /// Scale each embedding to unit length (the model's `Normalize` module does it anyway).
+    pub normalize_embeddings: bool,
+    /// Cut texts at `max_length` tokens, as sentence-transformers always does.
+    pub truncation: bool,
+    /// The length to cut at; `None` is the model's `max_seq_length`
+    /// (`sentence_bert_config.json`), else the tokenizer's `model_max_length`.
+    pub max_length: Option<usize>,
+    /// Texts per forward pass.
+    pub batch_size: usize,
+}
+
+impl Default for EmbeddingsOptions {
+    fn default() -> Self {
+        Self {
+            pooling: None,
+            normalize_embeddings: false,
+            truncation: true,
+            max_length: None,
+            batch_size: DEFAULT_BATCH_SIZE,
+        }
+    }
+}
+
+impl EmbeddingsOptions {
+    /// Use this pooling instead of the model's.
+    pub fn with_pooling(mut self, pooling: Pooling) -> Self {
+        self.pooling = Some(pooling);
+        self
+    }
+
+    /// Scale each embedding to unit length.
+    pub fn with_normalize_embeddings(mut self, normalize: bool) -> Self {
+        self.normalize_embeddings = normalize;
+        self
+    }
+
+    /// Cut long texts (or fail on texts the model cannot take).
+    pub fn with_truncation(mut self, truncation: bool) -> Self {
+        self.truncation = truncation;
+        self
+    }
+
+    /// The length to cut at.
+    pub fn with_max_length(mut self, max_length: usize) -> Self {
+        self.max_length = Some(max_length);
+        self
+    }
+
+    /// Texts per forward pass.
+    pub fn with_batch_size(mut self, batch_size: usize) -> Self {
+        self.batch_size = batch_size;
+        self
+    }
+}
+
+/// Sentence embeddings, as sentence-transformers' `SentenceTransformer.encode` computes them.
 #[derive(Debug, Clone)]
 pub struct EmbeddingsPipeline {
     model: AutoModel,
     tokenizer: Tokenizer,
+    config: ModelConfig,
     pooling: Pooling,
     normalize: bool,
     max_seq_length: Option<usize>,
     device: Device,
-    pub batch_size: usize,
 }
 
 impl EmbeddingsPipeline {
     /// Load a model; pooling and normalisation come from its sentence-transformers files,
-    /// else mean pooling without normalisation (change them with `with_pooling`).
+    /// else mean pooling without normalisation (override them in [`EmbeddingsOptions`]).
     pub fn from_pretrained(model: &str, options: &LoadOptions) -> Result<Self> {
         let pretrained = Pretrained::open(model, &options.hub)?;
         let setup = SentenceTransformersSetup::read(pretrained.source())?;
         Ok(Self {
             model: pretrained.load::<AutoModel>(options)?,
             tokenizer: pretrained.tokenizer()?,
+            config: pretrained.config().clone(),
             pooling: setup.pooling.unwrap_or(Pooling::Mean),
             normalize: setup.normalize,
             max_seq_length: setup.max_seq_length,
             device: options.device.clone(),
-            batch_size: DEFAULT_BATCH_SIZE,
         })
     }
 
-    /// Use this pooling instead of the model's.
-    pub fn with_pooling(mut self, pooling: Pooling) -> Self {
-        self.pooling = pooling;
-        self
-    }
-
-    /// Scale each embedding to unit length (or not).
-    pub fn with_normalize(mut self, normalize: bool) -> Self {
-        self.normalize = normalize;
-        self
-    }
-
+    /// The model's pooling.
     pub fn pooling(&self) -> Pooling {
         self.pooling
     }
 
+    /// Whether the model normalises its embeddings (a `Normalize` module).
     pub fn normalize(&self) -> bool {
         self.normalize
     }
+}
 
-    /// One embedding per text.
-    pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+impl Pipeline for EmbeddingsPipeline {
+    type Kind = Text;
+    type Options = EmbeddingsOptions;
+    /// The embedding of one text.
+    type Output = Vec<f32>;
+
+    fn run_inputs(&self, texts: &[&str], options: &EmbeddingsOptions) -> Result<Vec<Vec<f32>>> {
         // Preprocess: truncated to max_seq_length as sentence-transformers does.
-        let limit = self.max_seq_length.or(self.tokenizer.model_max_length());
+        let limit = options
+            .max_length
+            .or(self.max_seq_length)
+            .or(self.tokenizer.model_max_length());
         let encode = EncodeOptions {
-            truncation: limit.is_some(),
+            truncation: options.truncation && limit.is_some(),
             max_length: limit,
             ..EncodeOptions::default()
         };
         let (encodings, lengths) = encode_all(&self.tokenizer, texts.iter().copied(), &encode)?;
+        let pooling = options.pooling.unwrap_or(self.pooling);
+        let normalize = self.normalize || options.normalize_embeddings;
         // Forward, pooling included: it is part of the model in sentence-transformers.
-        in_batches(&lengths, self.batch_size, |indices| {
+        in_batches(&lengths, options.batch_size, |indices| {
             let input = batch_input(&self.tokenizer, &encodings, indices, &self.device)?;
             let hidden = self.model.forward(&input)?.last_hidden_state;
             let mask = input
                 .attention_mask
                 .as_ref()
                 .ok_or_else(|| Error::InvalidInput("a padded batch has a mask".to_string()))?;
-            let mut pooled = self.pooling.pool(&hidden, mask)?;
-            if self.normalize {
+            let mut pooled = pooling.pool(&hidden, mask)?;
+            if normalize {
                 pooled = l2_normalize(&pooled)?;
             }
             Ok(pooled.to_vec2()?)
         })
+    }
+
+    fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    fn config(&self) -> &ModelConfig {
+        &self.config
     }
 }
 

@@ -6,16 +6,19 @@ use serde::Serialize;
 use tokenizers::Encoding;
 
 use crate::auto::AutoModelForMaskedLM;
+use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::host::softmax;
-use crate::pipelines::{batch_input, encode_all, in_batches, DEFAULT_BATCH_SIZE};
+use crate::pipelines::{batch_input, encode_all, in_batches, Pipeline, Text, DEFAULT_BATCH_SIZE};
 use crate::pretrained::{LoadOptions, Pretrained};
 use crate::tokenizer::{EncodeOptions, Tokenizer};
 
 /// One candidate for the masked token.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FillMaskPrediction {
+    /// The candidate's probability.
     pub score: f32,
+    /// The candidate's token id.
     pub token: u32,
     /// The token decoded alone; a byte-level BPE token keeps its leading space.
     pub token_str: String,
@@ -23,11 +26,20 @@ pub struct FillMaskPrediction {
     pub sequence: String,
 }
 
+/// Settings of one call, as transformers' pipeline takes them.
 #[derive(Debug, Clone)]
 pub struct FillMaskOptions {
+    /// Candidates to return per input.
     pub top_k: usize,
     /// Only score these words (a word missing from the vocabulary counts as its first token).
     pub targets: Option<Vec<String>>,
+    /// Cut inputs longer than `max_length` instead of failing (transformers' default: off).
+    /// The mask must stay inside what is kept.
+    pub truncation: bool,
+    /// The length `truncation` cuts to; `None` is the tokenizer's `model_max_length`.
+    pub max_length: Option<usize>,
+    /// Inputs per forward pass.
+    pub batch_size: usize,
 }
 
 impl Default for FillMaskOptions {
@@ -35,21 +47,58 @@ impl Default for FillMaskOptions {
         Self {
             top_k: 5,
             targets: None,
+            truncation: false,
+            max_length: None,
+            batch_size: DEFAULT_BATCH_SIZE,
         }
     }
 }
 
+impl FillMaskOptions {
+    /// Candidates to return per input.
+    pub fn with_top_k(mut self, top_k: usize) -> Self {
+        self.top_k = top_k;
+        self
+    }
+
+    /// Only score these words.
+    pub fn with_targets(mut self, targets: Vec<String>) -> Self {
+        self.targets = Some(targets);
+        self
+    }
+
+    /// Cut long inputs (to `max_length` if given, else the model's maximum).
+    pub fn with_truncation(mut self, truncation: bool) -> Self {
+        self.truncation = truncation;
+        self
+    }
+
+    /// The length to truncate to.
+    pub fn with_max_length(mut self, max_length: usize) -> Self {
+        self.max_length = Some(max_length);
+        self
+    }
+
+    /// Inputs per forward pass.
+    pub fn with_batch_size(mut self, batch_size: usize) -> Self {
+        self.batch_size = batch_size;
+        self
+    }
+}
+
+/// transformers' `FillMaskPipeline`: candidates for the one mask token of each input.
 #[derive(Debug, Clone)]
 pub struct FillMaskPipeline {
     model: AutoModelForMaskedLM,
     tokenizer: Tokenizer,
+    config: ModelConfig,
     mask_id: u32,
     mask_token: String,
     device: Device,
-    pub batch_size: usize,
 }
 
 impl FillMaskPipeline {
+    /// Load `model` (a Hub id or a local folder); its tokenizer must have a mask token.
     pub fn from_pretrained(model: &str, options: &LoadOptions) -> Result<Self> {
         let pretrained = Pretrained::open(model, &options.hub)?;
         let tokenizer = pretrained.tokenizer()?;
@@ -62,59 +111,16 @@ impl FillMaskPipeline {
         Ok(Self {
             model: pretrained.load::<AutoModelForMaskedLM>(options)?,
             tokenizer,
+            config: pretrained.config().clone(),
             mask_id,
             mask_token,
             device: options.device.clone(),
-            batch_size: DEFAULT_BATCH_SIZE,
         })
     }
 
     /// The mask token to write in inputs (`[MASK]`, `<mask>`, ...).
     pub fn mask_token(&self) -> &str {
         &self.mask_token
-    }
-
-    /// Candidates for the mask of each text, best first.
-    pub fn fill(
-        &self,
-        texts: &[&str],
-        options: &FillMaskOptions,
-    ) -> Result<Vec<Vec<FillMaskPrediction>>> {
-        // Preprocess: tokenize, find the one mask of each input.
-        let targets = options
-            .targets
-            .as_deref()
-            .map(|t| self.target_ids(t))
-            .transpose()?;
-        let (encodings, lengths) = encode_all(
-            &self.tokenizer,
-            texts.iter().copied(),
-            &EncodeOptions::default(),
-        )?;
-        let masks = encodings
-            .iter()
-            .zip(texts)
-            .map(|(encoding, text)| self.mask_position(encoding, text))
-            .collect::<Result<Vec<_>>>()?;
-        // Forward: vocabulary logits at each input's mask.
-        let logits = in_batches(&lengths, self.batch_size, |indices| {
-            let input = batch_input(&self.tokenizer, &encodings, indices, &self.device)?;
-            let logits = self.model.forward(&input)?;
-            indices
-                .iter()
-                .enumerate()
-                .map(|(row, &i)| mask_logits(&logits, row, masks[i]))
-                .collect()
-        })?;
-        // Postprocess.
-        logits
-            .iter()
-            .zip(&encodings)
-            .zip(&masks)
-            .map(|((row, encoding), &mask)| {
-                self.postprocess(row, encoding, mask, options.top_k, targets.as_deref())
-            })
-            .collect()
     }
 
     fn mask_position(&self, encoding: &Encoding, text: &str) -> Result<usize> {
@@ -202,6 +208,64 @@ impl FillMaskPipeline {
                 })
             })
             .collect()
+    }
+}
+
+impl Pipeline for FillMaskPipeline {
+    type Kind = Text;
+    type Options = FillMaskOptions;
+    /// Candidates for the mask, best first.
+    type Output = Vec<FillMaskPrediction>;
+
+    fn run_inputs(
+        &self,
+        texts: &[&str],
+        options: &FillMaskOptions,
+    ) -> Result<Vec<Vec<FillMaskPrediction>>> {
+        // Preprocess: tokenize, find the one mask of each input.
+        let targets = options
+            .targets
+            .as_deref()
+            .map(|t| self.target_ids(t))
+            .transpose()?;
+        let encode = EncodeOptions {
+            truncation: options.truncation,
+            max_length: options.max_length,
+            ..EncodeOptions::default()
+        };
+        let (encodings, lengths) = encode_all(&self.tokenizer, texts.iter().copied(), &encode)?;
+        let masks = encodings
+            .iter()
+            .zip(texts)
+            .map(|(encoding, text)| self.mask_position(encoding, text))
+            .collect::<Result<Vec<_>>>()?;
+        // Forward: vocabulary logits at each input's mask.
+        let logits = in_batches(&lengths, options.batch_size, |indices| {
+            let input = batch_input(&self.tokenizer, &encodings, indices, &self.device)?;
+            let logits = self.model.forward(&input)?;
+            indices
+                .iter()
+                .enumerate()
+                .map(|(row, &i)| mask_logits(&logits, row, masks[i]))
+                .collect()
+        })?;
+        // Postprocess.
+        logits
+            .iter()
+            .zip(&encodings)
+            .zip(&masks)
+            .map(|((row, encoding), &mask)| {
+                self.postprocess(row, encoding, mask, options.top_k, targets.as_deref())
+            })
+            .collect()
+    }
+
+    fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    fn config(&self) -> &ModelConfig {
+        &self.config
     }
 }
 

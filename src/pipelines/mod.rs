@@ -1,5 +1,12 @@
 //! Pipelines: transformers' `pipeline(task)` in Rust.
 //!
+//! Every encoder pipeline implements [`Pipeline`]: `run(inputs, &options)` takes anything
+//! iterable over inputs (`&str`, `String`, `&String`, pairs where the task has them) and
+//! returns one output per input; `run_one` takes a single input. Settings that transformers
+//! passes at call time live in each pipeline's options struct (`Default` = transformers'
+//! defaults). [`pipeline`] loads the pipeline of a task chosen at run time, as
+//! transformers' `pipeline(task, model)` does.
+//!
 //! Each pipeline runs preprocess (tokenize, on the host), forward (the model, the only step
 //! on the device) and postprocess (scores to answers, on the host). Inputs are batched
 //! `batch_size` at a time, sorted by length to cut padding, and results come back in input
@@ -8,32 +15,103 @@
 pub mod chat;
 pub mod embeddings;
 pub mod fill_mask;
+mod input;
 pub mod question_answering;
 pub mod text_classification;
 pub mod text_generation;
 pub mod token_classification;
 
+mod task;
+
 pub use chat::{ChatTemplate, Conversation, Message, Role};
-pub use embeddings::{cosine_similarity, EmbeddingsPipeline};
+pub use embeddings::{cosine_similarity, EmbeddingsOptions, EmbeddingsPipeline};
 pub use fill_mask::{FillMaskOptions, FillMaskPipeline, FillMaskPrediction};
+pub use input::{AsInput, InputKind, QaInput, QuestionContext, Text, TextOrPair};
 pub use question_answering::{Answer, QuestionAnsweringOptions, QuestionAnsweringPipeline};
+pub use task::{pipeline, AnyPipeline, Task};
 pub use text_classification::{
-    ClassifyOptions, LabelScore, ScoreFunction, TextClassificationPipeline,
+    LabelScore, ScoreFunction, TextClassificationOptions, TextClassificationPipeline,
 };
 pub use text_generation::{
     GeneratedText, StopMatch, TextGenerationOptions, TextGenerationPipeline,
 };
-pub use token_classification::{AggregationStrategy, Entity, TokenClassificationPipeline};
+pub use token_classification::{
+    AggregationStrategy, Entity, TokenClassificationOptions, TokenClassificationPipeline,
+};
 
 use candle_core::{DType, Device, Tensor};
 use tokenizers::Encoding;
 
+use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::models::ModelInput;
 use crate::tokenizer::{EncodeOptions, PaddingSide, TextInput, Tokenizer};
 
-/// Inputs per forward pass unless a pipeline is told otherwise.
+/// Inputs per forward pass unless the options say otherwise.
 pub const DEFAULT_BATCH_SIZE: usize = 8;
+
+/// One call shape for every encoder pipeline: inputs in, one output per input.
+///
+/// ```no_run
+/// use ferroformers::pipelines::{Pipeline, TextClassificationOptions, TextClassificationPipeline};
+/// # fn main() -> ferroformers::Result<()> {
+/// let classifier = TextClassificationPipeline::from_pretrained(
+///     "distilbert-base-uncased-finetuned-sst-2-english",
+///     &ferroformers::LoadOptions::default(),
+/// )?;
+/// let options = TextClassificationOptions::default().with_top_k(None);
+/// let texts = vec!["I love it".to_string(), "I hate it".to_string()];
+/// let labels = classifier.run(&texts, &options)?;
+/// let pair = classifier.run_one(("A question?", "An answer."), &options)?;
+/// # Ok(()) }
+/// ```
+pub trait Pipeline: Send + Sync {
+    /// What one input is: [`Text`], [`TextOrPair`] or [`QuestionContext`].
+    type Kind: InputKind;
+    /// Call-time settings; `Default` gives transformers' defaults.
+    type Options: Default;
+    /// The result for one input.
+    type Output;
+
+    /// Run on already borrowed inputs; [`Pipeline::run`] is the usual entry point.
+    fn run_inputs(
+        &self,
+        inputs: &[<Self::Kind as InputKind>::Input<'_>],
+        options: &Self::Options,
+    ) -> Result<Vec<Self::Output>>;
+
+    /// The tokenizer the pipeline encodes with (to count tokens, say).
+    fn tokenizer(&self) -> &Tokenizer;
+
+    /// The model's `config.json`.
+    fn config(&self) -> &ModelConfig;
+
+    /// Run on every input; one output per input, in input order.
+    fn run<I>(&self, inputs: I, options: &Self::Options) -> Result<Vec<Self::Output>>
+    where
+        I: IntoIterator,
+        I::Item: AsInput<Self::Kind>,
+        Self: Sized,
+    {
+        let owned: Vec<I::Item> = inputs.into_iter().collect();
+        let views: Vec<_> = owned.iter().map(AsInput::as_input).collect();
+        self.run_inputs(&views, options)
+    }
+
+    /// Run on one input.
+    fn run_one(
+        &self,
+        input: impl AsInput<Self::Kind>,
+        options: &Self::Options,
+    ) -> Result<Self::Output>
+    where
+        Self: Sized,
+    {
+        self.run_inputs(&[input.as_input()], options)?
+            .pop()
+            .ok_or_else(|| Error::InvalidInput("the pipeline returned no result".to_string()))
+    }
+}
 
 /// Run `run` over the items of the given `lengths` in batches of `batch_size`, longest first
 /// (similar lengths share a batch, so little padding), and return the results in input order.

@@ -8,20 +8,28 @@ use serde::Serialize;
 use tokenizers::Encoding;
 
 use crate::auto::AutoModelForQuestionAnswering;
+use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::pipelines::{batch_input, in_batches, rows_to_host, DEFAULT_BATCH_SIZE};
+use crate::pipelines::{
+    batch_input, in_batches, rows_to_host, Pipeline, QaInput, QuestionContext, DEFAULT_BATCH_SIZE,
+};
 use crate::pretrained::{LoadOptions, Pretrained};
 use crate::tokenizer::Tokenizer;
 
 /// An answer: a span of the context, with character offsets.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Answer {
+    /// Start × end probability (summed over windows that find the same text).
     pub score: f32,
+    /// First character of the answer in the context.
     pub start: usize,
+    /// One past its last character.
     pub end: usize,
+    /// The answer's text.
     pub answer: String,
 }
 
+/// Settings of one call, as transformers' pipeline takes them.
 #[derive(Debug, Clone)]
 pub struct QuestionAnsweringOptions {
     /// Answers to return, best first.
@@ -34,6 +42,8 @@ pub struct QuestionAnsweringOptions {
     pub doc_stride: Option<usize>,
     /// Tokens per window; default min(model_max_length, 384).
     pub max_seq_len: Option<usize>,
+    /// Windows per forward pass.
+    pub batch_size: usize,
 }
 
 impl Default for QuestionAnsweringOptions {
@@ -44,17 +54,57 @@ impl Default for QuestionAnsweringOptions {
             handle_impossible_answer: false,
             doc_stride: None,
             max_seq_len: None,
+            batch_size: DEFAULT_BATCH_SIZE,
         }
     }
 }
 
+impl QuestionAnsweringOptions {
+    /// Answers to return per question, best first.
+    pub fn with_top_k(mut self, top_k: usize) -> Self {
+        self.top_k = top_k;
+        self
+    }
+
+    /// Longest answer, in tokens.
+    pub fn with_max_answer_len(mut self, max_answer_len: usize) -> Self {
+        self.max_answer_len = max_answer_len;
+        self
+    }
+
+    /// Also consider "no answer".
+    pub fn with_handle_impossible_answer(mut self, handle: bool) -> Self {
+        self.handle_impossible_answer = handle;
+        self
+    }
+
+    /// Tokens shared by consecutive windows.
+    pub fn with_doc_stride(mut self, doc_stride: usize) -> Self {
+        self.doc_stride = Some(doc_stride);
+        self
+    }
+
+    /// Tokens per window.
+    pub fn with_max_seq_len(mut self, max_seq_len: usize) -> Self {
+        self.max_seq_len = Some(max_seq_len);
+        self
+    }
+
+    /// Windows per forward pass.
+    pub fn with_batch_size(mut self, batch_size: usize) -> Self {
+        self.batch_size = batch_size;
+        self
+    }
+}
+
+/// transformers' `QuestionAnsweringPipeline`: answers taken from the context.
 #[derive(Debug, Clone)]
 pub struct QuestionAnsweringPipeline {
     model: AutoModelForQuestionAnswering,
     tokenizer: Tokenizer,
+    config: ModelConfig,
     cls_id: Option<u32>,
     device: Device,
-    pub batch_size: usize,
 }
 
 /// A window's start and end logits, on the host.
@@ -64,6 +114,7 @@ struct WindowLogits {
 }
 
 impl QuestionAnsweringPipeline {
+    /// Load `model` (a Hub id or a local folder).
     pub fn from_pretrained(model: &str, options: &LoadOptions) -> Result<Self> {
         let pretrained = Pretrained::open(model, &options.hub)?;
         let tokenizer = pretrained.tokenizer()?;
@@ -73,25 +124,19 @@ impl QuestionAnsweringPipeline {
         Ok(Self {
             model: pretrained.load::<AutoModelForQuestionAnswering>(options)?,
             tokenizer,
+            config: pretrained.config().clone(),
             cls_id,
             device: options.device.clone(),
-            batch_size: DEFAULT_BATCH_SIZE,
         })
     }
 
-    /// The best answers to `question` in `context`.
-    pub fn answer(
-        &self,
-        question: &str,
-        context: &str,
-        options: &QuestionAnsweringOptions,
-    ) -> Result<Vec<Answer>> {
-        if question.trim().is_empty() || context.trim().is_empty() {
+    /// Preprocess one pair: its windows over the context.
+    fn encode(&self, input: &QaInput, options: &QuestionAnsweringOptions) -> Result<Vec<Encoding>> {
+        if input.question.trim().is_empty() || input.context.trim().is_empty() {
             return Err(Error::InvalidInput(
                 "question and context must not be empty".to_string(),
             ));
         }
-        // Preprocess: windows over the context.
         let max_seq_len = options
             .max_seq_len
             .unwrap_or_else(|| self.tokenizer.model_max_length().unwrap_or(384).min(384));
@@ -101,29 +146,8 @@ impl QuestionAnsweringPipeline {
                 "doc_stride ({doc_stride}) is larger than max_seq_len ({max_seq_len})"
             )));
         }
-        let windows = self
-            .tokenizer
-            .encode_windows(question, context, max_seq_len, doc_stride)?;
-        // Forward.
-        let lengths: Vec<usize> = windows.iter().map(Encoding::len).collect();
-        let logits = in_batches(&lengths, self.batch_size, |indices| {
-            let input = batch_input(&self.tokenizer, &windows, indices, &self.device)?;
-            let output = self.model.forward(&input)?;
-            let starts = rows_to_host(&output.start_logits)?;
-            let ends = rows_to_host(&output.end_logits)?;
-            Ok(starts
-                .into_iter()
-                .zip(ends)
-                .zip(indices)
-                .map(|((start, end), &i)| WindowLogits {
-                    // Drop the batch's padding: the window's own length.
-                    start: start[..windows[i].len()].to_vec(),
-                    end: end[..windows[i].len()].to_vec(),
-                })
-                .collect())
-        })?;
-        // Postprocess.
-        self.postprocess(context, &windows, &logits, options)
+        self.tokenizer
+            .encode_windows((input.question, input.context), max_seq_len, doc_stride)
     }
 
     fn postprocess(
@@ -191,6 +215,68 @@ impl QuestionAnsweringPipeline {
         answers.sort_by(|a, b| b.score.total_cmp(&a.score));
         answers.truncate(options.top_k);
         Ok(answers)
+    }
+}
+
+impl Pipeline for QuestionAnsweringPipeline {
+    type Kind = QuestionContext;
+    type Options = QuestionAnsweringOptions;
+    /// The best answers to one question, best first.
+    type Output = Vec<Answer>;
+
+    fn run_inputs(
+        &self,
+        inputs: &[QaInput<'_>],
+        options: &QuestionAnsweringOptions,
+    ) -> Result<Vec<Vec<Answer>>> {
+        // Preprocess: every pair's windows, in one list.
+        let mut windows: Vec<Encoding> = Vec::new();
+        let mut first_window = Vec::with_capacity(inputs.len() + 1);
+        for input in inputs {
+            first_window.push(windows.len());
+            windows.extend(self.encode(input, options)?);
+        }
+        first_window.push(windows.len());
+        // Forward.
+        let lengths: Vec<usize> = windows.iter().map(Encoding::len).collect();
+        let logits = in_batches(&lengths, options.batch_size, |indices| {
+            let input = batch_input(&self.tokenizer, &windows, indices, &self.device)?;
+            let output = self.model.forward(&input)?;
+            let starts = rows_to_host(&output.start_logits)?;
+            let ends = rows_to_host(&output.end_logits)?;
+            Ok(starts
+                .into_iter()
+                .zip(ends)
+                .zip(indices)
+                .map(|((start, end), &i)| WindowLogits {
+                    // Drop the batch's padding: the window's own length.
+                    start: start[..windows[i].len()].to_vec(),
+                    end: end[..windows[i].len()].to_vec(),
+                })
+                .collect())
+        })?;
+        // Postprocess, pair by pair.
+        inputs
+            .iter()
+            .zip(first_window.windows(2))
+            .map(|(input, range)| {
+                let (from, to) = (range[0], range[1]);
+                self.postprocess(
+                    input.context,
+                    &windows[from..to],
+                    &logits[from..to],
+                    options,
+                )
+            })
+            .collect()
+    }
+
+    fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    fn config(&self) -> &ModelConfig {
+        &self.config
     }
 }
 

@@ -8,14 +8,18 @@ use crate::auto::AutoModelForSequenceClassification;
 use crate::config::{Labels, ModelConfig};
 use crate::error::Result;
 use crate::host::{sigmoid, softmax};
-use crate::pipelines::{batch_input, encode_all, in_batches, rows_to_host, DEFAULT_BATCH_SIZE};
+use crate::pipelines::{
+    batch_input, encode_all, in_batches, rows_to_host, Pipeline, TextOrPair, DEFAULT_BATCH_SIZE,
+};
 use crate::pretrained::{LoadOptions, Pretrained};
 use crate::tokenizer::{EncodeOptions, TextInput, Tokenizer};
 
 /// How logits become scores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ScoreFunction {
+    /// Probabilities over the classes.
     Softmax,
+    /// An independent probability per class (multi-label, single-output heads).
     Sigmoid,
     /// The raw logits (regression heads).
     None,
@@ -45,77 +49,94 @@ impl ScoreFunction {
 /// One class and its score.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LabelScore {
+    /// The class name from the config's `id2label`.
     pub label: String,
+    /// Its score after the score function.
     pub score: f32,
 }
 
-/// Options of one call.
+/// Settings of one call, as transformers' pipeline takes them.
 #[derive(Debug, Clone)]
-pub struct ClassifyOptions {
+pub struct TextClassificationOptions {
     /// Best classes to return per input; `None` returns all, best first.
     pub top_k: Option<usize>,
     /// Overrides the score function the config implies.
     pub function_to_apply: Option<ScoreFunction>,
-    /// Cut inputs longer than the model allows instead of failing.
+    /// Cut inputs longer than `max_length` instead of failing (transformers' default: off).
     pub truncation: bool,
+    /// The length `truncation` cuts to; `None` is the tokenizer's `model_max_length`.
+    pub max_length: Option<usize>,
+    /// Inputs per forward pass.
+    pub batch_size: usize,
 }
 
-impl Default for ClassifyOptions {
+impl Default for TextClassificationOptions {
     fn default() -> Self {
         Self {
             top_k: Some(1),
             function_to_apply: None,
             truncation: false,
+            max_length: None,
+            batch_size: DEFAULT_BATCH_SIZE,
         }
     }
 }
 
+impl TextClassificationOptions {
+    /// Return the `top_k` best classes (`None`: all of them).
+    pub fn with_top_k(mut self, top_k: Option<usize>) -> Self {
+        self.top_k = top_k;
+        self
+    }
+
+    /// Use this score function instead of the one the config implies.
+    pub fn with_function_to_apply(mut self, function: ScoreFunction) -> Self {
+        self.function_to_apply = Some(function);
+        self
+    }
+
+    /// Cut long inputs (to `max_length` if given, else the model's maximum).
+    pub fn with_truncation(mut self, truncation: bool) -> Self {
+        self.truncation = truncation;
+        self
+    }
+
+    /// The length to truncate to.
+    pub fn with_max_length(mut self, max_length: usize) -> Self {
+        self.max_length = Some(max_length);
+        self
+    }
+
+    /// Inputs per forward pass.
+    pub fn with_batch_size(mut self, batch_size: usize) -> Self {
+        self.batch_size = batch_size;
+        self
+    }
+}
+
+/// transformers' `TextClassificationPipeline` (and `sentiment-analysis`).
 #[derive(Debug, Clone)]
 pub struct TextClassificationPipeline {
     model: AutoModelForSequenceClassification,
     tokenizer: Tokenizer,
+    config: ModelConfig,
     labels: Labels,
     function: ScoreFunction,
     device: Device,
-    pub batch_size: usize,
 }
 
 impl TextClassificationPipeline {
+    /// Load `model` (a Hub id or a local folder).
     pub fn from_pretrained(model: &str, options: &LoadOptions) -> Result<Self> {
         let pretrained = Pretrained::open(model, &options.hub)?;
         Ok(Self {
             model: pretrained.load::<AutoModelForSequenceClassification>(options)?,
             tokenizer: pretrained.tokenizer()?,
+            config: pretrained.config().clone(),
             labels: pretrained.config().id2label().clone(),
             function: ScoreFunction::for_config(pretrained.config()),
             device: options.device.clone(),
-            batch_size: DEFAULT_BATCH_SIZE,
         })
-    }
-
-    /// Classify texts or text pairs; one list of classes per input, best first.
-    pub fn classify(
-        &self,
-        inputs: &[TextInput],
-        options: &ClassifyOptions,
-    ) -> Result<Vec<Vec<LabelScore>>> {
-        // Preprocess.
-        let encode = EncodeOptions {
-            truncation: options.truncation,
-            ..EncodeOptions::default()
-        };
-        let (encodings, lengths) = encode_all(&self.tokenizer, inputs.iter().copied(), &encode)?;
-        // Forward, in batches.
-        let logits = in_batches(&lengths, self.batch_size, |indices| {
-            let input = batch_input(&self.tokenizer, &encodings, indices, &self.device)?;
-            rows_to_host(&self.model.forward(&input)?)
-        })?;
-        // Postprocess.
-        let function = options.function_to_apply.unwrap_or(self.function);
-        Ok(logits
-            .iter()
-            .map(|row| self.postprocess(&function.apply(row), options.top_k))
-            .collect())
     }
 
     fn postprocess(&self, scores: &[f32], top_k: Option<usize>) -> Vec<LabelScore> {
@@ -131,5 +152,45 @@ impl TextClassificationPipeline {
         labels.sort_by(|a, b| b.score.total_cmp(&a.score));
         labels.truncate(top_k.unwrap_or(usize::MAX));
         labels
+    }
+}
+
+impl Pipeline for TextClassificationPipeline {
+    type Kind = TextOrPair;
+    type Options = TextClassificationOptions;
+    /// The classes of one input, best first.
+    type Output = Vec<LabelScore>;
+
+    fn run_inputs(
+        &self,
+        inputs: &[TextInput<'_>],
+        options: &TextClassificationOptions,
+    ) -> Result<Vec<Vec<LabelScore>>> {
+        // Preprocess.
+        let encode = EncodeOptions {
+            truncation: options.truncation,
+            max_length: options.max_length,
+            ..EncodeOptions::default()
+        };
+        let (encodings, lengths) = encode_all(&self.tokenizer, inputs.iter().copied(), &encode)?;
+        // Forward, in batches.
+        let logits = in_batches(&lengths, options.batch_size, |indices| {
+            let input = batch_input(&self.tokenizer, &encodings, indices, &self.device)?;
+            rows_to_host(&self.model.forward(&input)?)
+        })?;
+        // Postprocess.
+        let function = options.function_to_apply.unwrap_or(self.function);
+        Ok(logits
+            .iter()
+            .map(|row| self.postprocess(&function.apply(row), options.top_k))
+            .collect())
+    }
+
+    fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    fn config(&self) -> &ModelConfig {
+        &self.config
     }
 }

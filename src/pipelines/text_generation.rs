@@ -9,7 +9,8 @@ use crate::generation::{
     FinishReason, Generated, GenerationConfig, GenerationStream, Generator, StreamToken,
     TokenLogprob,
 };
-use crate::models::gpt2::{Gpt2Config, Gpt2LMHeadModel};
+use crate::config::ModelConfig;
+use crate::models::gpt2::Gpt2LMHeadModel;
 use crate::pipelines::chat::ChatTemplate;
 use crate::pipelines::in_batches;
 use crate::pretrained::{LoadOptions, Pretrained};
@@ -109,6 +110,7 @@ pub struct TextGenerationPipeline {
     model: Gpt2LMHeadModel,
     tokenizer: Tokenizer,
     generation_config: GenerationConfig,
+    model_config: ModelConfig,
     /// The model's chat template, or why it could not be read.
     chat_template: std::result::Result<Option<ChatTemplate>, String>,
 }
@@ -130,6 +132,7 @@ impl TextGenerationPipeline {
             model: pretrained.load::<Gpt2LMHeadModel>(options)?,
             tokenizer: pretrained.tokenizer()?,
             generation_config: pretrained.generation_config()?,
+            model_config: pretrained.config().clone(),
             chat_template,
         })
     }
@@ -145,9 +148,10 @@ impl TextGenerationPipeline {
         &self.generation_config
     }
 
-    /// The model's configuration (`config.json`).
-    pub fn config(&self) -> &Gpt2Config {
-        self.model.config()
+    /// The model's configuration (`config.json`), as every pipeline exposes it; the GPT-2
+    /// fields are in `model().config()`.
+    pub fn config(&self) -> &ModelConfig {
+        &self.model_config
     }
 
     /// The model.

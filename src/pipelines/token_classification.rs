@@ -10,17 +10,18 @@ use serde::Serialize;
 use tokenizers::Encoding;
 
 use crate::auto::AutoModelForTokenClassification;
-use crate::config::Labels;
+use crate::config::{Labels, ModelConfig};
 use crate::error::{Error, Result};
 use crate::host::{argmax, softmax};
-use crate::pipelines::{batch_input, encode_all, in_batches, rows_to_host, DEFAULT_BATCH_SIZE};
+use crate::pipelines::{batch_input, in_batches, rows_to_host, Pipeline, Text, DEFAULT_BATCH_SIZE};
 use crate::pretrained::{LoadOptions, Pretrained};
 use crate::tokenizer::{EncodeOptions, Tokenizer};
 
 /// How token predictions become entities.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AggregationStrategy {
-    /// One entity per token.
+    /// One entity per token (transformers' default).
+    #[default]
     None,
     /// Adjacent tokens with the same entity type form a group.
     Simple,
@@ -55,16 +56,96 @@ impl FromStr for AggregationStrategy {
 /// otherwise a group, with `entity_group`. `start` and `end` are character offsets.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Entity {
+    /// The token's label (`B-PER`, ...), without aggregation.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub entity: Option<String>,
+    /// The group's type (`PER`, ...), with aggregation.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub entity_group: Option<String>,
+    /// The label's probability (a group's: the mean of its members').
     pub score: f32,
+    /// The token's position in the encoding (in its window, with `stride`), without
+    /// aggregation.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub index: Option<usize>,
+    /// The tokens as the tokenizer renders them.
     pub word: String,
+    /// First character of the entity in the text.
     pub start: usize,
+    /// One past its last character.
     pub end: usize,
+}
+
+/// Settings of one call, as transformers' pipeline takes them.
+#[derive(Debug, Clone)]
+pub struct TokenClassificationOptions {
+    /// How token predictions become entities.
+    pub aggregation_strategy: AggregationStrategy,
+    /// Labels left out of the results (transformers' default: `["O"]`).
+    pub ignore_labels: Vec<String>,
+    /// Cut texts at `max_length` tokens (transformers does whenever the tokenizer knows its
+    /// `model_max_length`). With `stride` set, the rest is not dropped but runs in further
+    /// windows.
+    pub truncation: bool,
+    /// Tokens per window or truncated text; `None` is the tokenizer's `model_max_length`.
+    pub max_length: Option<usize>,
+    /// Run texts longer than `max_length` in overlapping windows that share `stride` tokens,
+    /// and merge the windows' entities as transformers does. Needs an aggregation strategy
+    /// other than `None`.
+    pub stride: Option<usize>,
+    /// Windows per forward pass.
+    pub batch_size: usize,
+}
+
+impl Default for TokenClassificationOptions {
+    fn default() -> Self {
+        Self {
+            aggregation_strategy: AggregationStrategy::None,
+            ignore_labels: vec!["O".to_string()],
+            truncation: true,
+            max_length: None,
+            stride: None,
+            batch_size: DEFAULT_BATCH_SIZE,
+        }
+    }
+}
+
+impl TokenClassificationOptions {
+    /// How token predictions become entities.
+    pub fn with_aggregation_strategy(mut self, strategy: AggregationStrategy) -> Self {
+        self.aggregation_strategy = strategy;
+        self
+    }
+
+    /// Labels left out of the results.
+    pub fn with_ignore_labels(mut self, labels: Vec<String>) -> Self {
+        self.ignore_labels = labels;
+        self
+    }
+
+    /// Cut texts at `max_length` tokens (or not, failing on texts the model cannot take).
+    pub fn with_truncation(mut self, truncation: bool) -> Self {
+        self.truncation = truncation;
+        self
+    }
+
+    /// Tokens per window or truncated text.
+    pub fn with_max_length(mut self, max_length: usize) -> Self {
+        self.max_length = Some(max_length);
+        self
+    }
+
+    /// Overlapping windows sharing `stride` tokens over long texts.
+    pub fn with_stride(mut self, stride: usize) -> Self {
+        self.stride = Some(stride);
+        self
+    }
+
+    /// Windows per forward pass.
+    pub fn with_batch_size(mut self, batch_size: usize) -> Self {
+        self.batch_size = batch_size;
+        self
+    }
 }
 
 /// A token before aggregation.
@@ -89,59 +170,64 @@ struct Labeled {
     end: usize,
 }
 
+/// transformers' `TokenClassificationPipeline` (`ner`).
 #[derive(Debug, Clone)]
 pub struct TokenClassificationPipeline {
     model: AutoModelForTokenClassification,
     tokenizer: Tokenizer,
+    config: ModelConfig,
     labels: Labels,
     device: Device,
-    /// Labels left out of the results.
-    pub ignore_labels: Vec<String>,
-    pub batch_size: usize,
 }
 
 impl TokenClassificationPipeline {
+    /// Load `model` (a Hub id or a local folder).
     pub fn from_pretrained(model: &str, options: &LoadOptions) -> Result<Self> {
         let pretrained = Pretrained::open(model, &options.hub)?;
         Ok(Self {
             model: pretrained.load::<AutoModelForTokenClassification>(options)?,
             tokenizer: pretrained.tokenizer()?,
+            config: pretrained.config().clone(),
             labels: pretrained.config().id2label().clone(),
             device: options.device.clone(),
-            ignore_labels: vec!["O".to_string()],
-            batch_size: DEFAULT_BATCH_SIZE,
         })
     }
 
-    /// The entities of each text.
-    pub fn entities(
-        &self,
-        texts: &[&str],
-        strategy: AggregationStrategy,
-    ) -> Result<Vec<Vec<Entity>>> {
-        // Preprocess: truncated to the model's length, as transformers does.
-        let encode = EncodeOptions {
-            truncation: self.tokenizer.model_max_length().is_some(),
-            ..EncodeOptions::default()
-        };
-        let (encodings, lengths) = encode_all(&self.tokenizer, texts.iter().copied(), &encode)?;
-        // Forward.
-        let logits = in_batches(&lengths, self.batch_size, |indices| {
-            let input = batch_input(&self.tokenizer, &encodings, indices, &self.device)?;
-            let logits = self.model.forward(&input)?;
-            let labels = logits.dim(2)?;
-            Ok(rows_to_host(&logits)?
-                .into_iter()
-                .map(|row| row.chunks(labels).map(<[f32]>::to_vec).collect::<Vec<_>>())
-                .collect())
-        })?;
-        // Postprocess.
-        texts
-            .iter()
-            .zip(&encodings)
-            .zip(&logits)
-            .map(|((text, encoding), logits)| self.postprocess(text, encoding, logits, strategy))
-            .collect()
+    /// Preprocess one text: one encoding, or with `stride` its overlapping windows, as
+    /// transformers' tokenizer call with `return_overflowing_tokens` cuts them.
+    fn encode(&self, text: &str, options: &TokenClassificationOptions) -> Result<Vec<Encoding>> {
+        match options.stride {
+            Some(stride) => {
+                let max_length = self.window_length(options)?;
+                if stride >= max_length {
+                    return Err(Error::InvalidInput(format!(
+                        "stride ({stride}) must be less than max_length ({max_length}), and \
+                         lower still for the special tokens"
+                    )));
+                }
+                self.tokenizer.encode_windows(text, max_length, stride)
+            }
+            None => {
+                let encode = EncodeOptions {
+                    truncation: options.truncation && self.window_length(options).is_ok(),
+                    max_length: options.max_length,
+                    ..EncodeOptions::default()
+                };
+                Ok(vec![self.tokenizer.encode(text, &encode)?])
+            }
+        }
+    }
+
+    fn window_length(&self, options: &TokenClassificationOptions) -> Result<usize> {
+        options
+            .max_length
+            .or(self.tokenizer.model_max_length())
+            .ok_or_else(|| {
+                Error::InvalidInput(
+                    "stride needs a max_length: the tokenizer config sets no model_max_length"
+                        .to_string(),
+                )
+            })
     }
 
     fn postprocess(
@@ -149,9 +235,10 @@ impl TokenClassificationPipeline {
         text: &str,
         encoding: &Encoding,
         logits: &[Vec<f32>],
-        strategy: AggregationStrategy,
+        options: &TokenClassificationOptions,
     ) -> Result<Vec<Entity>> {
         let pre_entities = self.gather_pre_entities(text, encoding, logits);
+        let strategy = options.aggregation_strategy;
         let entities = match strategy {
             AggregationStrategy::None => self
                 .label_tokens(pre_entities)
@@ -173,7 +260,7 @@ impl TokenClassificationPipeline {
             .into_iter()
             .filter(|e| {
                 let label = e.entity.as_ref().or(e.entity_group.as_ref());
-                !label.is_some_and(|l| self.ignore_labels.contains(l))
+                !label.is_some_and(|l| options.ignore_labels.contains(l))
             })
             .collect())
     }
@@ -330,6 +417,99 @@ impl TokenClassificationPipeline {
             end: group[group.len() - 1].end,
         })
     }
+}
+
+impl Pipeline for TokenClassificationPipeline {
+    type Kind = Text;
+    type Options = TokenClassificationOptions;
+    /// The entities of one text.
+    type Output = Vec<Entity>;
+
+    fn run_inputs(
+        &self,
+        texts: &[&str],
+        options: &TokenClassificationOptions,
+    ) -> Result<Vec<Vec<Entity>>> {
+        if options.stride.is_some() && options.aggregation_strategy == AggregationStrategy::None {
+            return Err(Error::InvalidInput(
+                "stride merges entities across windows, which needs an aggregation strategy: \
+                 use simple, first, average or max"
+                    .to_string(),
+            ));
+        }
+        // Preprocess: each text's windows (one unless `stride` is set), all in one list.
+        let mut windows: Vec<Encoding> = Vec::new();
+        let mut text_of_window: Vec<usize> = Vec::new();
+        for (i, text) in texts.iter().enumerate() {
+            let encoded = self.encode(text, options)?;
+            text_of_window.extend(std::iter::repeat_n(i, encoded.len()));
+            windows.extend(encoded);
+        }
+        let lengths: Vec<usize> = windows.iter().map(Encoding::len).collect();
+        // Forward.
+        let logits = in_batches(&lengths, options.batch_size, |indices| {
+            let input = batch_input(&self.tokenizer, &windows, indices, &self.device)?;
+            let logits = self.model.forward(&input)?;
+            let labels = logits.dim(2)?;
+            Ok(rows_to_host(&logits)?
+                .into_iter()
+                .map(|row| row.chunks(labels).map(<[f32]>::to_vec).collect::<Vec<_>>())
+                .collect())
+        })?;
+        // Postprocess: entities per window, then merged per text where windows overlap.
+        let mut entities: Vec<Vec<Entity>> = vec![Vec::new(); texts.len()];
+        let mut windows_of_text = vec![0usize; texts.len()];
+        for ((window, logits), &i) in windows.iter().zip(&logits).zip(&text_of_window) {
+            entities[i].extend(self.postprocess(texts[i], window, logits, options)?);
+            windows_of_text[i] += 1;
+        }
+        Ok(entities
+            .into_iter()
+            .zip(windows_of_text)
+            .map(|(entities, windows)| {
+                if windows > 1 {
+                    merge_overlapping(entities)
+                } else {
+                    entities
+                }
+            })
+            .collect())
+    }
+
+    fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+}
+
+/// transformers' `aggregate_overlapping_entities`: of entities that start inside the previous
+/// one (sorted by start), keep the longer, or on equal length the more confident.
+fn merge_overlapping(mut entities: Vec<Entity>) -> Vec<Entity> {
+    // Stable, as Python's `sorted` is.
+    entities.sort_by_key(|e| e.start);
+    let mut merged = Vec::new();
+    let mut entities = entities.into_iter();
+    let Some(mut previous) = entities.next() else {
+        return merged;
+    };
+    for entity in entities {
+        if previous.start <= entity.start && entity.start < previous.end {
+            let length = entity.end.saturating_sub(entity.start);
+            let previous_length = previous.end.saturating_sub(previous.start);
+            if length > previous_length
+                || (length == previous_length && entity.score > previous.score)
+            {
+                previous = entity;
+            }
+        } else {
+            merged.push(std::mem::replace(&mut previous, entity));
+        }
+    }
+    merged.push(previous);
+    merged
 }
 
 fn max_of(values: &[f32]) -> f32 {

@@ -1,0 +1,221 @@
+//! transformers' `pipeline(task, model)`: the task named at run time, one enum over the
+//! pipelines.
+//! <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/pipelines/__init__.py>
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use crate::pipelines::{
+    EmbeddingsPipeline, FillMaskPipeline, Pipeline, QuestionAnsweringPipeline,
+    TextClassificationPipeline, TextGenerationPipeline, TokenClassificationPipeline,
+};
+use crate::pretrained::LoadOptions;
+use crate::tokenizer::Tokenizer;
+
+/// A pipeline task, named as transformers names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Task {
+    /// `feature-extraction`, also `sentence-similarity` and `embeddings`: sentence embeddings.
+    Embeddings,
+    /// `fill-mask`.
+    FillMask,
+    /// `text-classification`, also `sentiment-analysis`.
+    TextClassification,
+    /// `token-classification`, also `ner`.
+    TokenClassification,
+    /// `question-answering`.
+    QuestionAnswering,
+    /// `text-generation`.
+    TextGeneration,
+}
+
+impl Task {
+    /// Every task, in the order errors list them.
+    pub const ALL: [Task; 6] = [
+        Task::Embeddings,
+        Task::FillMask,
+        Task::TextClassification,
+        Task::TokenClassification,
+        Task::QuestionAnswering,
+        Task::TextGeneration,
+    ];
+
+    /// transformers' name of the task.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Task::Embeddings => "feature-extraction",
+            Task::FillMask => "fill-mask",
+            Task::TextClassification => "text-classification",
+            Task::TokenClassification => "token-classification",
+            Task::QuestionAnswering => "question-answering",
+            Task::TextGeneration => "text-generation",
+        }
+    }
+}
+
+impl fmt::Display for Task {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Task {
+    type Err = Error;
+
+    /// transformers' task names and aliases (`sentiment-analysis`, `ner`,
+    /// `sentence-similarity`).
+    fn from_str(name: &str) -> Result<Self> {
+        Ok(match name {
+            "feature-extraction" | "sentence-similarity" | "embeddings" => Task::Embeddings,
+            "fill-mask" => Task::FillMask,
+            "text-classification" | "sentiment-analysis" => Task::TextClassification,
+            "token-classification" | "ner" => Task::TokenClassification,
+            "question-answering" => Task::QuestionAnswering,
+            "text-generation" => Task::TextGeneration,
+            other => {
+                return Err(Error::InvalidInput(format!(
+                    "unknown task `{other}`: use one of feature-extraction (or \
+                     sentence-similarity), fill-mask, text-classification (or \
+                     sentiment-analysis), token-classification (or ner), question-answering, \
+                     text-generation"
+                )))
+            }
+        })
+    }
+}
+
+/// Any pipeline, for programs that pick the task at run time. Match on it, or take the one
+/// you expect with `as_xxx` / `into_xxx`.
+#[derive(Debug, Clone)]
+pub enum AnyPipeline {
+    /// `feature-extraction`.
+    Embeddings(EmbeddingsPipeline),
+    /// `fill-mask`.
+    FillMask(FillMaskPipeline),
+    /// `text-classification`.
+    TextClassification(TextClassificationPipeline),
+    /// `token-classification`.
+    TokenClassification(TokenClassificationPipeline),
+    /// `question-answering`.
+    QuestionAnswering(QuestionAnsweringPipeline),
+    /// `text-generation`.
+    TextGeneration(TextGenerationPipeline),
+    // `text-ranking` (the RerankPipeline) goes here.
+}
+
+/// Load the pipeline of `task` for `model` (a Hub id or a local folder), as transformers'
+/// `pipeline(task, model=...)` does; `task` takes transformers' names and aliases.
+///
+/// ```no_run
+/// use ferroformers::pipelines::{pipeline, AnyPipeline, Pipeline};
+/// # fn main() -> ferroformers::Result<()> {
+/// let task = std::env::args().nth(1).unwrap_or_else(|| "sentiment-analysis".into());
+/// match pipeline(&task, "distilbert-base-uncased-finetuned-sst-2-english", &Default::default())? {
+///     AnyPipeline::TextClassification(p) => println!("{:?}", p.run_one("Great!", &Default::default())?),
+///     other => println!("{} has {} tokens in its vocabulary", other.task(), other.tokenizer().inner().get_vocab_size(true)),
+/// }
+/// # Ok(()) }
+/// ```
+pub fn pipeline(task: &str, model: &str, options: &LoadOptions) -> Result<AnyPipeline> {
+    AnyPipeline::load(task.parse()?, model, options)
+}
+
+macro_rules! accessors {
+    ($($variant:ident: $type:ty, $as:ident, $into:ident;)*) => {
+        $(
+            #[doc = concat!("The pipeline if it is a `", stringify!($type), "`.")]
+            pub fn $as(&self) -> Option<&$type> {
+                match self {
+                    AnyPipeline::$variant(pipeline) => Some(pipeline),
+                    _ => None,
+                }
+            }
+
+            #[doc = concat!("The `", stringify!($type), "`, or an error naming the task it is.")]
+            pub fn $into(self) -> Result<$type> {
+                match self {
+                    AnyPipeline::$variant(pipeline) => Ok(pipeline),
+                    other => Err(other.wrong_task(Task::$variant)),
+                }
+            }
+        )*
+    };
+}
+
+impl AnyPipeline {
+    /// Load the pipeline of `task` for `model`.
+    pub fn load(task: Task, model: &str, options: &LoadOptions) -> Result<Self> {
+        Ok(match task {
+            Task::Embeddings => {
+                Self::Embeddings(EmbeddingsPipeline::from_pretrained(model, options)?)
+            }
+            Task::FillMask => Self::FillMask(FillMaskPipeline::from_pretrained(model, options)?),
+            Task::TextClassification => Self::TextClassification(
+                TextClassificationPipeline::from_pretrained(model, options)?,
+            ),
+            Task::TokenClassification => Self::TokenClassification(
+                TokenClassificationPipeline::from_pretrained(model, options)?,
+            ),
+            Task::QuestionAnswering => {
+                Self::QuestionAnswering(QuestionAnsweringPipeline::from_pretrained(model, options)?)
+            }
+            Task::TextGeneration => {
+                Self::TextGeneration(TextGenerationPipeline::from_pretrained(model, options)?)
+            }
+        })
+    }
+
+    /// The task this pipeline runs.
+    pub fn task(&self) -> Task {
+        match self {
+            AnyPipeline::Embeddings(_) => Task::Embeddings,
+            AnyPipeline::FillMask(_) => Task::FillMask,
+            AnyPipeline::TextClassification(_) => Task::TextClassification,
+            AnyPipeline::TokenClassification(_) => Task::TokenClassification,
+            AnyPipeline::QuestionAnswering(_) => Task::QuestionAnswering,
+            AnyPipeline::TextGeneration(_) => Task::TextGeneration,
+        }
+    }
+
+    /// The pipeline's tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        match self {
+            AnyPipeline::Embeddings(p) => p.tokenizer(),
+            AnyPipeline::FillMask(p) => p.tokenizer(),
+            AnyPipeline::TextClassification(p) => p.tokenizer(),
+            AnyPipeline::TokenClassification(p) => p.tokenizer(),
+            AnyPipeline::QuestionAnswering(p) => p.tokenizer(),
+            AnyPipeline::TextGeneration(p) => p.tokenizer(),
+        }
+    }
+
+    /// The model's `config.json`.
+    pub fn config(&self) -> &ModelConfig {
+        match self {
+            AnyPipeline::Embeddings(p) => p.config(),
+            AnyPipeline::FillMask(p) => p.config(),
+            AnyPipeline::TextClassification(p) => p.config(),
+            AnyPipeline::TokenClassification(p) => p.config(),
+            AnyPipeline::QuestionAnswering(p) => p.config(),
+            AnyPipeline::TextGeneration(p) => p.config(),
+        }
+    }
+
+    accessors! {
+        Embeddings: EmbeddingsPipeline, as_embeddings, into_embeddings;
+        FillMask: FillMaskPipeline, as_fill_mask, into_fill_mask;
+        TextClassification: TextClassificationPipeline, as_text_classification, into_text_classification;
+        TokenClassification: TokenClassificationPipeline, as_token_classification, into_token_classification;
+        QuestionAnswering: QuestionAnsweringPipeline, as_question_answering, into_question_answering;
+        TextGeneration: TextGenerationPipeline, as_text_generation, into_text_generation;
+    }
+
+    fn wrong_task(&self, wanted: Task) -> Error {
+        Error::InvalidInput(format!(
+            "this is a {} pipeline, not {wanted}: load it with the task `{wanted}`",
+            self.task()
+        ))
+    }
+}
