@@ -150,3 +150,45 @@ pub fn fixture_sanity(holds: bool, what: &str) {
         "fixture sanity: {what} (the reference file is wrong, not the code)"
     );
 }
+
+/// Compare a pipeline's JSON with the reference library's JSON: numbers in fields named
+/// `score` within `tolerance`, all finite; everything else (labels, words, spans, ids) exactly.
+pub fn assert_json_matches(
+    ours: &serde_json::Value,
+    theirs: &serde_json::Value,
+    tolerance: f64,
+    path: &str,
+) {
+    use serde_json::Value;
+    match (ours, theirs) {
+        (Value::Object(a), Value::Object(b)) => {
+            let mut keys_a: Vec<_> = a.keys().collect();
+            let mut keys_b: Vec<_> = b.keys().collect();
+            keys_a.sort();
+            keys_b.sort();
+            assert_eq!(keys_a, keys_b, "{path}: fields differ");
+            for key in a.keys() {
+                assert_json_matches(&a[key], &b[key], tolerance, &format!("{path}.{key}"));
+            }
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            assert_eq!(
+                a.len(),
+                b.len(),
+                "{path}: lengths differ: ours {ours}, theirs {theirs}"
+            );
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                assert_json_matches(x, y, tolerance, &format!("{path}[{i}]"));
+            }
+        }
+        (Value::Number(x), Value::Number(y)) if path.ends_with("score") => {
+            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+            assert!(
+                x.is_finite() && y.is_finite() && (x - y).abs() <= tolerance,
+                "{path}: ours {x}, theirs {y}"
+            );
+        }
+        (Value::Number(x), Value::Number(y)) => assert_eq!(x.as_f64(), y.as_f64(), "{path}"),
+        _ => assert_eq!(ours, theirs, "{path}"),
+    }
+}
