@@ -944,6 +944,135 @@ def make_multilingual_pipeline_references():
     )
 
 
+RERANK_QUERY = "Who wrote the book about the city?"
+RERANK_DOCUMENTS = [
+    "The book was written by people of the city in 1999.",
+    "The quick brown fox jumps over the lazy dog.",
+    "Hello, world!",
+    "a",
+    "Paris is the capital of France, and the book says the city is old.",
+    "Le livre a été écrit par les gens de la ville.",
+]
+
+
+def make_cross_encoders():
+    """Tiny cross-encoders (one relevance logit per pair) and sentence-transformers' answers.
+
+    - bert/cross-encoder: saved by CrossEncoder.save with activation_fn Identity, as the
+      ms-marco cross-encoders are (raw logits).
+    - xlm-roberta/cross-encoder: a plain save_pretrained, as the bge rerankers ship, so
+      CrossEncoder falls back to its default, Sigmoid for one label.
+    - bert/sequence-classification (3 labels, no activation in its config): predict only, with
+      the default for several labels, Identity.
+    """
+    from sentence_transformers import CrossEncoder
+    from transformers import AutoTokenizer, XLMRobertaConfig, XLMRobertaForSequenceClassification
+
+    bert_config = json.loads((FIXTURES / "bert" / "base" / "config.json").read_text())
+    xlmr_config = json.loads((FIXTURES / "xlm-roberta" / "base" / "config.json").read_text())
+    builds = [
+        ("bert", BertConfig, BertForSequenceClassification, bert_config, "Identity", 500),
+        ("xlm-roberta", XLMRobertaConfig, XLMRobertaForSequenceClassification, xlmr_config, None, 600),
+    ]
+    pairs = [[RERANK_QUERY, d] for d in RERANK_DOCUMENTS] + [["a", "b"], ["Hello, world!", "Hello, world!"]]
+    refs = {}
+    for family, config_cls, model_cls, config, activation, seed in builds:
+        folder = FIXTURES / family / "cross-encoder"
+        if folder.exists():
+            shutil.rmtree(folder)
+        keys = {k: v for k, v in config.items() if k not in ("architectures", "transformers_version", "model_type")}
+        torch.manual_seed(seed)
+        model = model_cls._from_config(config_cls(**keys, num_labels=1), attn_implementation="eager")
+        randomise(model)
+        model.eval()
+        model.save_pretrained(folder)
+        AutoTokenizer.from_pretrained(FIXTURES / family / "base").save_pretrained(folder)
+        if activation is not None:
+            encoder = CrossEncoder(str(folder), device="cpu", activation_fn=getattr(torch.nn, activation)())
+            encoder.save(str(folder))
+            (folder / "README.md").unlink(missing_ok=True)
+        encoder = CrossEncoder(str(folder), device="cpu")
+        refs[f"{family}/cross-encoder"] = {
+            "query": RERANK_QUERY,
+            "documents": RERANK_DOCUMENTS,
+            "rank": to_plain(encoder.rank(RERANK_QUERY, RERANK_DOCUMENTS)),
+            "rank_top_2_with_documents": to_plain(
+                encoder.rank(RERANK_QUERY, RERANK_DOCUMENTS, top_k=2, return_documents=True)
+            ),
+            # Batches of 3: padding differs from the batch of all, the scores must not.
+            "rank_batch_size_3": to_plain(encoder.rank(RERANK_QUERY, RERANK_DOCUMENTS, batch_size=3)),
+            "pairs": pairs,
+            "predict": encoder.predict(pairs).tolist(),
+        }
+    encoder = CrossEncoder(str(FIXTURES / "bert" / "sequence-classification"), device="cpu")
+    refs["bert/sequence-classification"] = {"pairs": pairs, "predict": encoder.predict(pairs).tolist()}
+    (FIXTURES / "cross-encoders.json").write_text(json.dumps(refs, ensure_ascii=False, indent=1), encoding="utf-8")
+
+
+ST_SENTENCES = ["The quick brown fox jumps over the lazy dog.", "Hello, world!", "a", "Café déjà vu"]
+
+
+def make_sentence_transformers_modules():
+    """Two sentence-transformers models on the tiny BERT, saved by SentenceTransformer.save:
+
+    - bert/sentence-transformers-dense: Pooling(cls) -> Dense(tanh) -> Dense(no bias, identity)
+      -> Normalize, LaBSE's layout with a second Dense, stored as pytorch_model.bin, to check
+      the order and both weight formats;
+    - bert/sentence-transformers-prompts: mean pooling with `prompts` and `default_prompt_name`
+      in config_sentence_transformers.json, encoded with each way of choosing a prompt, with the
+      prompt in the pooling (the default) and out of it (`include_prompt` false).
+    """
+    from sentence_transformers import SentenceTransformer, models
+
+    base = str(FIXTURES / "bert" / "base")
+    torch.manual_seed(700)
+    transformer = models.Transformer(base, max_seq_length=32)
+    first = models.Dense(32, 24, activation_function=torch.nn.Tanh())
+    second = models.Dense(24, 16, bias=False, activation_function=torch.nn.Identity())
+    randomise(first)
+    randomise(second)
+    model = SentenceTransformer(
+        modules=[transformer, models.Pooling(32, "cls"), first, second, models.Normalize()], device="cpu"
+    )
+    folder = FIXTURES / "bert" / "sentence-transformers-dense"
+    if folder.exists():
+        shutil.rmtree(folder)
+    model.save(str(folder))
+    # The second Dense as a PyTorch pickle, as older models store it.
+    dense = folder / "3_Dense"
+    (dense / "model.safetensors").unlink()
+    torch.save(second.state_dict(), dense / "pytorch_model.bin")
+    (folder / "README.md").unlink(missing_ok=True)
+    model = SentenceTransformer(str(folder), device="cpu")
+    reference = {"sentences": ST_SENTENCES, "embeddings": model.encode(ST_SENTENCES).tolist()}
+    (folder / "reference.json").write_text(json.dumps(reference, indent=1))
+
+    model = SentenceTransformer(
+        modules=[models.Transformer(base, max_seq_length=32), models.Pooling(32, "mean")],
+        prompts={"query": "query: ", "passage": "passage: "},
+        default_prompt_name="query",
+        device="cpu",
+    )
+    folder = FIXTURES / "bert" / "sentence-transformers-prompts"
+    if folder.exists():
+        shutil.rmtree(folder)
+    model.save(str(folder))
+    (folder / "README.md").unlink(missing_ok=True)
+    model = SentenceTransformer(str(folder), device="cpu")
+    calls = {
+        "default": {},
+        "prompt_name_passage": {"prompt_name": "passage"},
+        "prompt_text": {"prompt": "Represent this sentence: "},
+        "empty_prompt": {"prompt": ""},
+    }
+    reference = {"sentences": ST_SENTENCES}
+    for include_prompt in [True, False]:
+        model.set_pooling_include_prompt(include_prompt)
+        key = "include_prompt" if include_prompt else "exclude_prompt"
+        reference[key] = {name: model.encode(ST_SENTENCES, **kwargs).tolist() for name, kwargs in calls.items()}
+    (folder / "reference.json").write_text(json.dumps(reference, indent=1))
+
+
 def main():
     torch.set_num_threads(1)
     cache = pathlib.Path(tempfile.mkdtemp())
@@ -961,6 +1090,8 @@ def main():
     make_multilingual("xlm-roberta", seed=300)
     make_multilingual("camembert", seed=400)
     make_multilingual_pipeline_references()
+    make_cross_encoders()
+    make_sentence_transformers_modules()
     shutil.rmtree(cache)
     total = sum(f.stat().st_size for f in FIXTURES.rglob("*") if f.is_file())
     print(f"fixtures written to {FIXTURES} ({total / 1e6:.2f} MB)")

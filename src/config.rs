@@ -113,6 +113,19 @@ impl ModelConfig {
         }
     }
 
+    /// Rows of the position table: the longest input the model takes, less RoBERTa's offset
+    /// of `pad_token_id + 1` for the RoBERTa family.
+    pub fn max_position_embeddings(&self) -> usize {
+        match self {
+            ModelConfig::Bert(c)
+            | ModelConfig::Roberta(c)
+            | ModelConfig::XlmRoberta(c)
+            | ModelConfig::Camembert(c) => c.max_position_embeddings,
+            ModelConfig::Distilbert(c) => c.max_position_embeddings,
+            ModelConfig::Gpt2(c) => c.n_positions,
+        }
+    }
+
     fn validate(&self) -> Result<()> {
         match self {
             ModelConfig::Bert(config)

@@ -9,6 +9,8 @@ pub mod chat;
 pub mod embeddings;
 pub mod fill_mask;
 pub mod question_answering;
+pub mod rerank;
+pub mod sentence_transformers;
 pub mod text_classification;
 pub mod text_generation;
 pub mod token_classification;
@@ -17,6 +19,10 @@ pub use chat::Conversation;
 pub use embeddings::{cosine_similarity, EmbeddingsPipeline};
 pub use fill_mask::{FillMaskOptions, FillMaskPipeline, FillMaskPrediction};
 pub use question_answering::{Answer, QuestionAnsweringOptions, QuestionAnsweringPipeline};
+pub use rerank::{
+    CrossEncoderActivation, RankedDocument, RerankInput, RerankOptions, RerankPipeline,
+};
+pub use sentence_transformers::Prompt;
 pub use text_classification::{
     ClassifyOptions, LabelScore, ScoreFunction, TextClassificationPipeline,
 };
