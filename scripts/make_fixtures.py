@@ -935,7 +935,7 @@ def make_multilingual_pipeline_references():
                 "texts": ner_texts,
                 **{
                     strategy: to_plain([ner(t, aggregation_strategy=strategy) for t in ner_texts])
-                    for strategy in ["none", "simple", "first"]
+                    for strategy in ["none", "simple", "first", "average", "max"]
                 },
             },
         }
@@ -974,7 +974,12 @@ def make_cross_encoders():
         ("bert", BertConfig, BertForSequenceClassification, bert_config, "Identity", 500),
         ("xlm-roberta", XLMRobertaConfig, XLMRobertaForSequenceClassification, xlmr_config, None, 600),
     ]
-    pairs = [[RERANK_QUERY, d] for d in RERANK_DOCUMENTS] + [["a", "b"], ["Hello, world!", "Hello, world!"]]
+    # The last pair is longer than the models take: truncated, longest text first.
+    pairs = [[RERANK_QUERY, d] for d in RERANK_DOCUMENTS] + [
+        ["a", "b"],
+        ["Hello, world!", "Hello, world!"],
+        [RERANK_QUERY, " ".join(RERANK_DOCUMENTS * 3)],
+    ]
     refs = {}
     for family, config_cls, model_cls, config, activation, seed in builds:
         folder = FIXTURES / family / "cross-encoder"

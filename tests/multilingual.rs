@@ -206,7 +206,7 @@ fn token_classification_matches_transformers() {
         .unwrap();
         let texts: Vec<String> = serde_json::from_value(case["texts"].clone()).unwrap();
         let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
-        for strategy in ["none", "simple", "first"] {
+        for strategy in ["none", "simple", "first", "average", "max"] {
             let ours: Vec<Vec<Entity>> = pipeline
                 .entities(&texts, strategy.parse().unwrap())
                 .unwrap();

@@ -4,9 +4,12 @@
 
 mod common;
 
-use common::{assert_close_slices, assert_json_matches, assert_same_len, fixture, fixture_model};
+use common::{
+    assert_close_slices, assert_json_matches, assert_same_len, fixture, fixture_model,
+    fixture_sanity,
+};
 use ferroformers::pipelines::{CrossEncoderActivation, RerankInput, RerankOptions, RerankPipeline};
-use ferroformers::{Error, LoadOptions};
+use ferroformers::{EncodeOptions, Error, LoadOptions, TextInput};
 use serde_json::Value;
 
 const SCORE_TOLERANCE: f32 = 1e-4;
@@ -130,6 +133,17 @@ fn predict_matches_cross_encoder_predict() {
         for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
             assert_close_slices(a, b, SCORE_TOLERANCE, &format!("{name} pair {i}"));
         }
+        // The last pair is longer than the model takes, so it was truncated as
+        // sentence-transformers truncates (at the tokenizer's model_max_length, longest first).
+        let (query, document) = pairs.last().unwrap();
+        let untruncated = pipeline
+            .tokenizer()
+            .encode(TextInput::Pair(query, document), &EncodeOptions::default())
+            .unwrap();
+        fixture_sanity(
+            untruncated.len() > pipeline.config().max_position_embeddings(),
+            "a pair longer than the model takes",
+        );
     }
 }
 

@@ -1,6 +1,6 @@
 //! Sentence embeddings: what sentence-transformers' `encode` computes, with the pooling and
 //! normalisation read from the model's own `modules.json` and `1_Pooling/config.json`, its
-//! `Dense` modules, and its prompts (see [`super::sentence_transformers`]).
+//! `Dense` modules, and its prompts (read in `sentence_transformers.rs`).
 
 use candle_core::{Device, Tensor};
 

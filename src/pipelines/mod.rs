@@ -10,7 +10,7 @@ pub mod embeddings;
 pub mod fill_mask;
 pub mod question_answering;
 pub mod rerank;
-pub mod sentence_transformers;
+mod sentence_transformers;
 pub mod text_classification;
 pub mod text_generation;
 pub mod token_classification;

@@ -1,6 +1,6 @@
 //! The files of a sentence-transformers model: `modules.json` and the folders it lists,
 //! `sentence_bert_config.json` and `config_sentence_transformers.json`, read into what
-//! [`EmbeddingsPipeline`](super::EmbeddingsPipeline) applies after the transformer.
+//! [`EmbeddingsPipeline`](super::EmbeddingsPipeline) applies around the transformer.
 //! <https://github.com/huggingface/sentence-transformers/blob/v5.1.2/sentence_transformers/SentenceTransformer.py>
 
 use std::collections::BTreeMap;
