@@ -16,6 +16,13 @@ Layout:
     tests/fixtures/tokenizers/byte-bpe/ a reduced GPT-2 vocabulary (vocab.json + merges.txt)
                                         with the ids the Python tokenizer gives
     tests/fixtures/minilm/reference.json sentence-transformers embeddings of all-MiniLM-L6-v2
+    tests/fixtures/{xlm-roberta,camembert}/<head>/ the same per-head layout on tiny SentencePiece
+                                        (Unigram) vocabularies, plus tokenizer-reference.json;
+                                        transformers' pipelines on them in multilingual-pipelines.json
+    tests/fixtures/{bert,xlm-roberta}/cross-encoder/ one-logit cross-encoders; CrossEncoder.rank and
+                                        .predict outputs in cross-encoders.json
+    tests/fixtures/bert/sentence-transformers-{dense,prompts}/ Dense modules and prompts, each with
+                                        SentenceTransformer.encode outputs in reference.json
 """
 import json
 import os

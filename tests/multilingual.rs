@@ -219,3 +219,19 @@ fn token_classification_matches_transformers() {
         }
     }
 }
+
+#[test]
+fn a_sentencepiece_model_without_tokenizer_json_says_how_to_make_one() {
+    let folder = tempfile::tempdir().unwrap();
+    std::fs::write(folder.path().join("sentencepiece.bpe.model"), b"not read").unwrap();
+    let error = Tokenizer::from_pretrained(
+        &folder.path().to_string_lossy(),
+        &HubOptions::default().with_offline(true),
+    )
+    .unwrap_err();
+    let message = error.to_string();
+    assert!(
+        message.contains("tokenizer.json") && message.contains("save_pretrained"),
+        "{message}"
+    );
+}
