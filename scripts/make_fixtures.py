@@ -21,7 +21,7 @@ Layout:
                                         transformers' pipelines on them in multilingual-pipelines.json
     tests/fixtures/{bert,xlm-roberta}/cross-encoder/ one-logit cross-encoders; CrossEncoder.rank and
                                         .predict outputs in cross-encoders.json
-    tests/fixtures/bert/sentence-transformers-{dense,prompts}/ Dense modules and prompts, each with
+    tests/fixtures/xlm-roberta/sentence-transformers-{dense,prompts}/ Dense modules and prompts, with
                                         SentenceTransformer.encode outputs in reference.json
 """
 import json
@@ -795,16 +795,18 @@ def train_sentencepiece(work: pathlib.Path, vocab_size: int) -> pathlib.Path:
 # vocabulary), runs of spaces (the normaliser collapses them), a mask, a one-word input that
 # forces padding, and a pair.
 MULTILINGUAL_INPUTS = [
-    "The quick brown fox jumps over the lazy dog.",
-    "Où est la gare ? Je voudrais un café.",
+    "The quick brown fox.",
+    "Où est la gare ?",
     "北京是中国的首都。",
-    "Быстрая лиса 😀",
+    "Лиса 😀",
     "a",
-    "Paris is the <mask> of France.",
+    "Paris is the <mask>.",
     "  Grüße   aus  München!  ",
-    ["Who wrote the book?", "Le livre a été écrit en 1999."],
+    ["Who wrote it?", "Le livre."],
 ]
 MULTILINGUAL_TOKENIZER_TEXTS = MULTILINGUAL_INPUTS + [
+    "Быстрая лиса прыгает.",
+    ["Who wrote the book?", "Le livre a été écrit en 1999."],
     "東京は日本の首都です。",
     "¿Dónde está la biblioteca?",
     "ｆｕｌｌｗｉｄｔｈ ＡＢＣ　１２３",  # the normaliser folds these to ASCII
@@ -869,10 +871,12 @@ def make_multilingual(kind: str, seed: int):
     batch = encode_padded(tokenizer, MULTILINGUAL_INPUTS)
     config = dict(
         vocab_size=len(tokenizer),
-        hidden_size=32,
+        # Half the width of the other fixtures: ten heads (and their logits over the vocabulary)
+        # stay small on disk.
+        hidden_size=16,
         num_hidden_layers=2,
         num_attention_heads=4,
-        intermediate_size=37,
+        intermediate_size=24,
         hidden_act="gelu",
         max_position_embeddings=64,
         type_vocab_size=1,
@@ -993,6 +997,7 @@ def make_cross_encoders():
         if folder.exists():
             shutil.rmtree(folder)
         keys = {k: v for k, v in config.items() if k not in ("architectures", "transformers_version", "model_type")}
+        keys.update(hidden_size=16, intermediate_size=24)  # small on disk
         torch.manual_seed(seed)
         model = model_cls._from_config(config_cls(**keys, num_labels=1), attn_implementation="eager")
         randomise(model)
@@ -1025,28 +1030,29 @@ ST_SENTENCES = ["The quick brown fox jumps over the lazy dog.", "Hello, world!",
 
 
 def make_sentence_transformers_modules():
-    """Two sentence-transformers models on the tiny BERT, saved by SentenceTransformer.save:
+    """Two sentence-transformers models on the tiny XLM-R, saved by SentenceTransformer.save:
 
-    - bert/sentence-transformers-dense: Pooling(cls) -> Dense(tanh) -> Dense(no bias, identity)
-      -> Normalize, LaBSE's layout with a second Dense, stored as pytorch_model.bin, to check
-      the order and both weight formats;
-    - bert/sentence-transformers-prompts: mean pooling with `prompts` and `default_prompt_name`
-      in config_sentence_transformers.json, encoded with each way of choosing a prompt, with the
-      prompt in the pooling (the default) and out of it (`include_prompt` false).
+    - xlm-roberta/sentence-transformers-dense: Pooling(cls) -> Dense(tanh) -> Dense(no bias,
+      identity) -> Normalize, LaBSE's layout with a second Dense, stored as pytorch_model.bin,
+      to check the order and both weight formats;
+    - xlm-roberta/sentence-transformers-prompts: mean pooling with `prompts` and
+      `default_prompt_name` in config_sentence_transformers.json (multilingual-e5's "query: " /
+      "passage: "), encoded with each way of choosing a prompt, with the prompt in the pooling
+      (the default) and out of it (`include_prompt` false).
     """
     from sentence_transformers import SentenceTransformer, models
 
-    base = str(FIXTURES / "bert" / "base")
+    base = str(FIXTURES / "xlm-roberta" / "base")
     torch.manual_seed(700)
     transformer = models.Transformer(base, max_seq_length=32)
-    first = models.Dense(32, 24, activation_function=torch.nn.Tanh())
-    second = models.Dense(24, 16, bias=False, activation_function=torch.nn.Identity())
+    first = models.Dense(16, 24, activation_function=torch.nn.Tanh())
+    second = models.Dense(24, 8, bias=False, activation_function=torch.nn.Identity())
     randomise(first)
     randomise(second)
     model = SentenceTransformer(
-        modules=[transformer, models.Pooling(32, "cls"), first, second, models.Normalize()], device="cpu"
+        modules=[transformer, models.Pooling(16, "cls"), first, second, models.Normalize()], device="cpu"
     )
-    folder = FIXTURES / "bert" / "sentence-transformers-dense"
+    folder = FIXTURES / "xlm-roberta" / "sentence-transformers-dense"
     if folder.exists():
         shutil.rmtree(folder)
     model.save(str(folder))
@@ -1060,12 +1066,12 @@ def make_sentence_transformers_modules():
     (folder / "reference.json").write_text(json.dumps(reference, indent=1))
 
     model = SentenceTransformer(
-        modules=[models.Transformer(base, max_seq_length=32), models.Pooling(32, "mean")],
+        modules=[models.Transformer(base, max_seq_length=32), models.Pooling(16, "mean")],
         prompts={"query": "query: ", "passage": "passage: "},
         default_prompt_name="query",
         device="cpu",
     )
-    folder = FIXTURES / "bert" / "sentence-transformers-prompts"
+    folder = FIXTURES / "xlm-roberta" / "sentence-transformers-prompts"
     if folder.exists():
         shutil.rmtree(folder)
     model.save(str(folder))

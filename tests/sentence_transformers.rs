@@ -59,15 +59,15 @@ fn sentences(reference: &Value) -> Vec<String> {
 
 #[test]
 fn dense_modules_apply_in_order_after_the_pooling() {
-    // Pooling(cls) -> Dense(32 -> 24, tanh; safetensors) -> Dense(24 -> 16, no bias, identity;
+    // Pooling(cls) -> Dense(16 -> 24, tanh; safetensors) -> Dense(24 -> 8, no bias, identity;
     // pytorch_model.bin) -> Normalize, LaBSE's layout with a second Dense.
-    let name = "bert/sentence-transformers-dense";
+    let name = "xlm-roberta/sentence-transformers-dense";
     let reference = reference(name);
     let sentences = sentences(&reference);
     let sentences: Vec<&str> = sentences.iter().map(String::as_str).collect();
     let pipeline = load(&fixture(name)).unwrap();
     let ours = pipeline.embed(&sentences).unwrap();
-    assert_eq!(ours[0].len(), 16, "the last Dense gives 16 features");
+    assert_eq!(ours[0].len(), 8, "the last Dense gives 8 features");
     assert_embeddings(&ours, &reference["embeddings"], name);
 }
 
@@ -75,7 +75,7 @@ fn dense_modules_apply_in_order_after_the_pooling() {
 fn prompts_are_chosen_as_sentence_transformers_chooses_them() {
     // prompts {query: "query: ", passage: "passage: "}, default_prompt_name "query"; mean
     // pooling over the prompt tokens too (include_prompt true), then without them.
-    let name = "bert/sentence-transformers-prompts";
+    let name = "xlm-roberta/sentence-transformers-prompts";
     let reference = reference(name);
     let sentences = sentences(&reference);
     let sentences: Vec<&str> = sentences.iter().map(String::as_str).collect();
@@ -119,7 +119,7 @@ fn prompts_are_chosen_as_sentence_transformers_chooses_them() {
 
 #[test]
 fn an_unknown_prompt_name_is_an_error_listing_the_prompts() {
-    let pipeline = load(&fixture("bert/sentence-transformers-prompts")).unwrap();
+    let pipeline = load(&fixture("xlm-roberta/sentence-transformers-prompts")).unwrap();
     let error = pipeline
         .embed_with_prompt(&["a"], &Prompt::Named("search".to_string()))
         .unwrap_err();
@@ -133,7 +133,7 @@ fn an_unknown_prompt_name_is_an_error_listing_the_prompts() {
 
 #[test]
 fn an_unsupported_module_is_an_error_naming_it() {
-    let folder = copy_fixture("bert/sentence-transformers-dense");
+    let folder = copy_fixture("xlm-roberta/sentence-transformers-dense");
     edit_json(&folder.path().join("modules.json"), |modules| {
         modules.as_array_mut().unwrap().insert(
             3,
@@ -153,7 +153,7 @@ fn an_unsupported_module_is_an_error_naming_it() {
 
 #[test]
 fn unsupported_pooling_modes_and_dense_activations_are_errors_naming_them() {
-    let folder = copy_fixture("bert/sentence-transformers-prompts");
+    let folder = copy_fixture("xlm-roberta/sentence-transformers-prompts");
     edit_json(&folder.path().join("1_Pooling/config.json"), |config| {
         config["pooling_mode_mean_tokens"] = Value::Bool(false);
         config["pooling_mode_weightedmean_tokens"] = Value::Bool(true);
@@ -166,7 +166,7 @@ fn unsupported_pooling_modes_and_dense_activations_are_errors_naming_them() {
         "{error}"
     );
 
-    let folder = copy_fixture("bert/sentence-transformers-dense");
+    let folder = copy_fixture("xlm-roberta/sentence-transformers-dense");
     edit_json(&folder.path().join("2_Dense/config.json"), |config| {
         config["activation_function"] = Value::from("torch.nn.modules.activation.Softplus");
     });
