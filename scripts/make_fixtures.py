@@ -16,6 +16,13 @@ Layout:
     tests/fixtures/tokenizers/byte-bpe/ a reduced GPT-2 vocabulary (vocab.json + merges.txt)
                                         with the ids the Python tokenizer gives
     tests/fixtures/minilm/reference.json sentence-transformers embeddings of all-MiniLM-L6-v2
+    tests/fixtures/{xlm-roberta,camembert}/<head>/ the same per-head layout on tiny SentencePiece
+                                        (Unigram) vocabularies, plus tokenizer-reference.json;
+                                        transformers' pipelines on them in multilingual-pipelines.json
+    tests/fixtures/{bert,xlm-roberta}/cross-encoder/ one-logit cross-encoders; CrossEncoder.rank and
+                                        .predict outputs in cross-encoders.json
+    tests/fixtures/xlm-roberta/sentence-transformers-{dense,prompts}/ Dense modules and prompts, with
+                                        SentenceTransformer.encode outputs in reference.json
 """
 import json
 import os
@@ -967,6 +974,374 @@ def make_minilm_reference(snapshot: pathlib.Path):
     (out / "reference.json").write_text(json.dumps(reference, indent=1))
 
 
+# Sentences in a dozen languages and scripts, to train the tiny SentencePiece models on.
+MULTILINGUAL_CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Paris is the capital of France, and Berlin is the capital of Germany.",
+    "Le renard brun rapide saute par-dessus le chien paresseux.",
+    "Paris est la capitale de la France et Berlin celle de l'Allemagne.",
+    "Où est la gare ? Je voudrais un café crème, s'il vous plaît.",
+    "Der schnelle braune Fuchs springt über den faulen Hund.",
+    "Die Hauptstadt von Deutschland ist Berlin. Grüße aus München!",
+    "El rápido zorro marrón salta sobre el perro perezoso.",
+    "¿Dónde está la biblioteca? Mañana vamos a la playa.",
+    "La volpe marrone veloce salta sopra il cane pigro.",
+    "O rápido raposo castanho salta sobre o cão preguiçoso.",
+    "Быстрая коричневая лиса прыгает через ленивую собаку.",
+    "Москва — столица России.",
+    "敏捷的棕色狐狸跳过了懒狗。",
+    "北京是中国的首都。我爱自然语言处理。",
+    "素早い茶色の狐がのろまな犬を飛び越える。",
+    "東京は日本の首都です。",
+    "빠른 갈색 여우가 게으른 개를 뛰어넘는다.",
+    "Η γρήγορη καφέ αλεπού πηδάει πάνω από τον τεμπέλικο σκύλο.",
+    "Szybki brązowy lis przeskakuje nad leniwym psem.",
+    "Hugging Face Inc. is a company based in New York City, said Clément Delangue.",
+    "Transformers in Rust are fast and safe.",
+    "Who wrote the book? The people of the city wrote it in 1999.",
+    "naïve café résumé déjà vu façade coöperate",
+]
+
+
+def train_sentencepiece(work: pathlib.Path, vocab_size: int) -> pathlib.Path:
+    """A tiny SentencePiece Unigram model laid out as XLM-R's: <unk> 0, <s> 1, </s> 2, no <pad>.
+
+    The converters of transformers (XLMRobertaConverter, CamembertConverter) turn it into the
+    `tokenizer.json` that Hub checkpoints ship: the Precompiled (NFKC) normaliser of the model,
+    a Metaspace pre-tokenizer, the Unigram vocabulary with fairseq's specials around it.
+    """
+    import sentencepiece as spm
+
+    # Each sentence several times, in varied case, so the trainer has enough to count.
+    corpus = []
+    for i in range(8):
+        for sentence in MULTILINGUAL_CORPUS:
+            corpus.append(sentence if i % 2 == 0 else sentence.lower())
+    # The released models normalise with NFKC (`nmt_nfkc`), whose compiled table is 300 KB per
+    # tokenizer.json; a few of its rules compiled the same way keep the Precompiled normaliser
+    # in play at a hundredth of the size: fullwidth ASCII to ASCII, and composed accents.
+    rules = [f"{0xFF01 + i:X}\t{0x21 + i:X}" for i in range(94)]
+    rules += ["3000\t20", "65 301\tE9", "65 300\tE8", "61 300\tE0", "6F 308\tF6"]
+    rule_file = work / "rules.tsv"
+    rule_file.write_text("\n".join(rules) + "\n")
+    prefix = work / "spm"
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus),
+        model_prefix=str(prefix),
+        vocab_size=vocab_size,
+        model_type="unigram",
+        character_coverage=1.0,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        normalization_rule_tsv=str(rule_file),
+        hard_vocab_limit=False,
+        minloglevel=2,
+    )
+    return prefix.with_suffix(".model")
+
+
+# Inputs of the XLM-R and CamemBERT fixtures: accents, CJK, Cyrillic, an emoji (unknown to the
+# vocabulary), runs of spaces (the normaliser collapses them), a mask, a one-word input that
+# forces padding, and a pair.
+MULTILINGUAL_INPUTS = [
+    "The quick brown fox.",
+    "Où est la gare ?",
+    "北京是中国的首都。",
+    "Лиса 😀",
+    "a",
+    "Paris is the <mask>.",
+    "  Grüße   aus  München!  ",
+    ["Who wrote it?", "Le livre."],
+]
+MULTILINGUAL_TOKENIZER_TEXTS = MULTILINGUAL_INPUTS + [
+    "Быстрая лиса прыгает.",
+    ["Who wrote the book?", "Le livre a été écrit en 1999."],
+    "東京は日本の首都です。",
+    "¿Dónde está la biblioteca?",
+    "ｆｕｌｌｗｉｄｔｈ ＡＢＣ　１２３",  # the normaliser folds these to ASCII
+    "e\u0301te\u0301 cafe\u0300",  # combining accents, composed by the normaliser
+    "<s>special</s> tokens <pad> inside",
+    "",
+]
+
+
+def multilingual_tokenizer(kind: str, work: pathlib.Path):
+    """XLMRobertaTokenizerFast or CamembertTokenizerFast over a fresh tiny SentencePiece model."""
+    from transformers import CamembertTokenizerFast, XLMRobertaTokenizerFast
+
+    model_file = train_sentencepiece(work, vocab_size=250)
+    cls = XLMRobertaTokenizerFast if kind == "xlm-roberta" else CamembertTokenizerFast
+    tokenizer = cls(vocab_file=str(model_file))
+    # As the real checkpoints: 512 tokens, with positions offset by padding_idx + 1 = 2 (514 rows);
+    # tiny here: 62 tokens and 64 rows.
+    tokenizer.model_max_length = 62
+    return tokenizer
+
+
+def tokenizer_reference(tokenizer, texts):
+    """Ids, tokens, offsets and decodes that transformers gives, for tests/multilingual.rs."""
+    cases = []
+    for item in texts:
+        first, second = (item, None) if isinstance(item, str) else item
+        encoding = tokenizer(first, second, return_offsets_mapping=True)
+        ids = encoding["input_ids"]
+        cases.append({
+            "text": first,
+            "text_pair": second,
+            "ids": ids,
+            "tokens": tokenizer.convert_ids_to_tokens(ids),
+            "offsets": [list(o) for o in encoding["offset_mapping"]],
+            "decode": tokenizer.decode(ids),
+            "decode_skip_special": tokenizer.decode(ids, skip_special_tokens=True),
+        })
+    return cases
+
+
+def make_multilingual(kind: str, seed: int):
+    """XLM-RoBERTa or CamemBERT: every head on a tiny SentencePiece vocabulary, and the tokenizer's
+    ids, offsets and decodes as transformers gives them."""
+    from transformers import (
+        CamembertConfig,
+        CamembertForMaskedLM,
+        CamembertForQuestionAnswering,
+        CamembertForSequenceClassification,
+        CamembertForTokenClassification,
+        CamembertModel,
+        XLMRobertaConfig,
+        XLMRobertaForMaskedLM,
+        XLMRobertaForQuestionAnswering,
+        XLMRobertaForSequenceClassification,
+        XLMRobertaForTokenClassification,
+        XLMRobertaModel,
+    )
+
+    work = pathlib.Path(tempfile.mkdtemp())
+    tokenizer = multilingual_tokenizer(kind, work)
+    batch = encode_padded(tokenizer, MULTILINGUAL_INPUTS)
+    config = dict(
+        vocab_size=len(tokenizer),
+        # Half the width of the other fixtures: ten heads (and their logits over the vocabulary)
+        # stay small on disk.
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=24,
+        hidden_act="gelu",
+        max_position_embeddings=64,
+        type_vocab_size=1,
+        initializer_range=0.1,
+        layer_norm_eps=1e-5,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    if kind == "xlm-roberta":
+        classes = (XLMRobertaConfig, XLMRobertaModel, XLMRobertaForMaskedLM,
+                   XLMRobertaForSequenceClassification, XLMRobertaForTokenClassification,
+                   XLMRobertaForQuestionAnswering)
+    else:
+        classes = (CamembertConfig, CamembertModel, CamembertForMaskedLM,
+                   CamembertForSequenceClassification, CamembertForTokenClassification,
+                   CamembertForQuestionAnswering)
+    config_cls, base, masked, sequence, token, qa = classes
+    heads = {
+        "base": (base, {}),
+        "masked-lm": (masked, {}),
+        "sequence-classification": (sequence, {"id2label": {0: "negative", 1: "neutral", 2: "positive"}}),
+        "token-classification": (
+            token,
+            {"id2label": {0: "O", 1: "B-PER", 2: "I-PER", 3: "B-LOC", 4: "I-LOC"}},
+        ),
+        "question-answering": (qa, {}),
+    }
+    save_heads(kind, config_cls, config, heads, tokenizer, MULTILINGUAL_INPUTS, batch,
+               ["input_ids", "attention_mask"], seed=seed)
+    for folder in (FIXTURES / kind).iterdir():
+        # tokenizer.json is what we read; the SentencePiece model only doubles the size.
+        for name in ("sentencepiece.bpe.model", "sentencepiece.model"):
+            (folder / name).unlink(missing_ok=True)
+    reference = {"cases": tokenizer_reference(tokenizer, MULTILINGUAL_TOKENIZER_TEXTS)}
+    long_text = " ".join(MULTILINGUAL_CORPUS)
+    truncated = tokenizer(long_text, truncation=True)["input_ids"]
+    reference["truncation"] = {"text": long_text, "ids": truncated}
+    (FIXTURES / kind / "tokenizer-reference.json").write_text(
+        json.dumps(reference, ensure_ascii=False, indent=1), encoding="utf-8"
+    )
+    shutil.rmtree(work)
+
+
+def make_multilingual_pipeline_references():
+    """transformers' pipelines on the XLM-R and CamemBERT fixtures, for tests/multilingual.rs."""
+    from transformers import pipeline
+
+    refs = {}
+    ner_texts = [
+        "Hugging Face Inc. is a company based in New York City, said Clément Delangue.",
+        "Paris est la capitale de la France et Berlin celle de l'Allemagne.",
+    ]
+    classify_texts = ["Où est la gare ?", "北京是中国的首都。", "a"]
+    for kind in ["xlm-roberta", "camembert"]:
+        fill = pipeline("fill-mask", model=str(FIXTURES / kind / "masked-lm"))
+        text = "Paris est la <mask> de la France."
+        classify = pipeline("text-classification", model=str(FIXTURES / kind / "sequence-classification"))
+        ner = pipeline("token-classification", model=str(FIXTURES / kind / "token-classification"))
+        refs[kind] = {
+            "fill_mask": {"text": text, "top_k_3": to_plain(fill(text, top_k=3))},
+            "text_classification": {
+                "texts": classify_texts,
+                "all": to_plain([classify(t, top_k=None) for t in classify_texts]),
+            },
+            "token_classification": {
+                "texts": ner_texts,
+                **{
+                    strategy: to_plain([ner(t, aggregation_strategy=strategy) for t in ner_texts])
+                    for strategy in ["none", "simple", "first", "average", "max"]
+                },
+            },
+        }
+    (FIXTURES / "multilingual-pipelines.json").write_text(
+        json.dumps(refs, ensure_ascii=False, indent=1), encoding="utf-8"
+    )
+
+
+RERANK_QUERY = "Who wrote the book about the city?"
+RERANK_DOCUMENTS = [
+    "The book was written by people of the city in 1999.",
+    "The quick brown fox jumps over the lazy dog.",
+    "Hello, world!",
+    "a",
+    "Paris is the capital of France, and the book says the city is old.",
+    "Le livre a été écrit par les gens de la ville.",
+]
+
+
+def make_cross_encoders():
+    """Tiny cross-encoders (one relevance logit per pair) and sentence-transformers' answers.
+
+    - bert/cross-encoder: saved by CrossEncoder.save with activation_fn Identity, as the
+      ms-marco cross-encoders are (raw logits).
+    - xlm-roberta/cross-encoder: a plain save_pretrained, as the bge rerankers ship, so
+      CrossEncoder falls back to its default, Sigmoid for one label.
+    - bert/sequence-classification (3 labels, no activation in its config): predict only, with
+      the default for several labels, Identity.
+    """
+    from sentence_transformers import CrossEncoder
+    from transformers import AutoTokenizer, XLMRobertaConfig, XLMRobertaForSequenceClassification
+
+    bert_config = json.loads((FIXTURES / "bert" / "base" / "config.json").read_text())
+    xlmr_config = json.loads((FIXTURES / "xlm-roberta" / "base" / "config.json").read_text())
+    builds = [
+        ("bert", BertConfig, BertForSequenceClassification, bert_config, "Identity", 500),
+        ("xlm-roberta", XLMRobertaConfig, XLMRobertaForSequenceClassification, xlmr_config, None, 600),
+    ]
+    # The last pair is longer than the models take: truncated, longest text first.
+    pairs = [[RERANK_QUERY, d] for d in RERANK_DOCUMENTS] + [
+        ["a", "b"],
+        ["Hello, world!", "Hello, world!"],
+        [RERANK_QUERY, " ".join(RERANK_DOCUMENTS * 3)],
+    ]
+    refs = {}
+    for family, config_cls, model_cls, config, activation, seed in builds:
+        folder = FIXTURES / family / "cross-encoder"
+        if folder.exists():
+            shutil.rmtree(folder)
+        keys = {k: v for k, v in config.items() if k not in ("architectures", "transformers_version", "model_type")}
+        keys.update(hidden_size=16, intermediate_size=24)  # small on disk
+        torch.manual_seed(seed)
+        model = model_cls._from_config(config_cls(**keys, num_labels=1), attn_implementation="eager")
+        randomise(model)
+        model.eval()
+        model.save_pretrained(folder)
+        AutoTokenizer.from_pretrained(FIXTURES / family / "base").save_pretrained(folder)
+        if activation is not None:
+            encoder = CrossEncoder(str(folder), device="cpu", activation_fn=getattr(torch.nn, activation)())
+            encoder.save(str(folder))
+            (folder / "README.md").unlink(missing_ok=True)
+        encoder = CrossEncoder(str(folder), device="cpu")
+        refs[f"{family}/cross-encoder"] = {
+            "query": RERANK_QUERY,
+            "documents": RERANK_DOCUMENTS,
+            "rank": to_plain(encoder.rank(RERANK_QUERY, RERANK_DOCUMENTS)),
+            "rank_top_2_with_documents": to_plain(
+                encoder.rank(RERANK_QUERY, RERANK_DOCUMENTS, top_k=2, return_documents=True)
+            ),
+            # Batches of 3: padding differs from the batch of all, the scores must not.
+            "rank_batch_size_3": to_plain(encoder.rank(RERANK_QUERY, RERANK_DOCUMENTS, batch_size=3)),
+            "pairs": pairs,
+            "predict": encoder.predict(pairs).tolist(),
+        }
+    encoder = CrossEncoder(str(FIXTURES / "bert" / "sequence-classification"), device="cpu")
+    refs["bert/sequence-classification"] = {"pairs": pairs, "predict": encoder.predict(pairs).tolist()}
+    (FIXTURES / "cross-encoders.json").write_text(json.dumps(refs, ensure_ascii=False, indent=1), encoding="utf-8")
+
+
+ST_SENTENCES = ["The quick brown fox jumps over the lazy dog.", "Hello, world!", "a", "Café déjà vu"]
+
+
+def make_sentence_transformers_modules():
+    """Two sentence-transformers models on the tiny XLM-R, saved by SentenceTransformer.save:
+
+    - xlm-roberta/sentence-transformers-dense: Pooling(cls) -> Dense(tanh) -> Dense(no bias,
+      identity) -> Normalize, LaBSE's layout with a second Dense, stored as pytorch_model.bin,
+      to check the order and both weight formats;
+    - xlm-roberta/sentence-transformers-prompts: mean pooling with `prompts` and
+      `default_prompt_name` in config_sentence_transformers.json (multilingual-e5's "query: " /
+      "passage: "), encoded with each way of choosing a prompt, with the prompt in the pooling
+      (the default) and out of it (`include_prompt` false).
+    """
+    from sentence_transformers import SentenceTransformer, models
+
+    base = str(FIXTURES / "xlm-roberta" / "base")
+    torch.manual_seed(700)
+    transformer = models.Transformer(base, max_seq_length=32)
+    first = models.Dense(16, 24, activation_function=torch.nn.Tanh())
+    second = models.Dense(24, 8, bias=False, activation_function=torch.nn.Identity())
+    randomise(first)
+    randomise(second)
+    model = SentenceTransformer(
+        modules=[transformer, models.Pooling(16, "cls"), first, second, models.Normalize()], device="cpu"
+    )
+    folder = FIXTURES / "xlm-roberta" / "sentence-transformers-dense"
+    if folder.exists():
+        shutil.rmtree(folder)
+    model.save(str(folder))
+    # The second Dense as a PyTorch pickle, as older models store it.
+    dense = folder / "3_Dense"
+    (dense / "model.safetensors").unlink()
+    torch.save(second.state_dict(), dense / "pytorch_model.bin")
+    (folder / "README.md").unlink(missing_ok=True)
+    model = SentenceTransformer(str(folder), device="cpu")
+    reference = {"sentences": ST_SENTENCES, "embeddings": model.encode(ST_SENTENCES).tolist()}
+    (folder / "reference.json").write_text(json.dumps(reference, indent=1))
+
+    model = SentenceTransformer(
+        modules=[models.Transformer(base, max_seq_length=32), models.Pooling(16, "mean")],
+        prompts={"query": "query: ", "passage": "passage: "},
+        default_prompt_name="query",
+        device="cpu",
+    )
+    folder = FIXTURES / "xlm-roberta" / "sentence-transformers-prompts"
+    if folder.exists():
+        shutil.rmtree(folder)
+    model.save(str(folder))
+    (folder / "README.md").unlink(missing_ok=True)
+    model = SentenceTransformer(str(folder), device="cpu")
+    calls = {
+        "default": {},
+        "prompt_name_passage": {"prompt_name": "passage"},
+        "prompt_text": {"prompt": "Represent this sentence: "},
+        "empty_prompt": {"prompt": ""},
+    }
+    reference = {"sentences": ST_SENTENCES}
+    for include_prompt in [True, False]:
+        model.set_pooling_include_prompt(include_prompt)
+        key = "include_prompt" if include_prompt else "exclude_prompt"
+        reference[key] = {name: model.encode(ST_SENTENCES, **kwargs).tolist() for name, kwargs in calls.items()}
+    (folder / "reference.json").write_text(json.dumps(reference, indent=1))
+
+
 def main():
     torch.set_num_threads(1)
     cache = pathlib.Path(tempfile.mkdtemp())
@@ -984,6 +1359,11 @@ def main():
     make_pipeline_option_references()
     make_sentence_transformers()
     make_minilm_reference(snapshot)
+    make_multilingual("xlm-roberta", seed=300)
+    make_multilingual("camembert", seed=400)
+    make_multilingual_pipeline_references()
+    make_cross_encoders()
+    make_sentence_transformers_modules()
     shutil.rmtree(cache)
     total = sum(f.stat().st_size for f in FIXTURES.rglob("*") if f.is_file())
     print(f"fixtures written to {FIXTURES} ({total / 1e6:.2f} MB)")

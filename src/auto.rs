@@ -1,6 +1,8 @@
 //! Auto classes: load the right architecture for a task from `config.json`, as transformers'
 //! `AutoModelFor*` do. Each is an enum over the architectures that have that head; asking for
 //! a head an architecture lacks (GPT-2 question answering, say) is an error naming both.
+//! `Variant(Model) | Other | ...` loads the architectures after the bar with the same model:
+//! XLM-RoBERTa and CamemBERT are RoBERTa, key for key.
 
 use candle_nn::VarBuilder;
 
@@ -24,7 +26,7 @@ use crate::pretrained::{checkpoint_mismatch, FromPretrained};
 
 macro_rules! auto_model {
     ($(#[$doc:meta])* $name:ident -> $output:ty, $task:literal {
-        $($variant:ident($model:ty)),* $(,)?
+        $($variant:ident($model:ty) $(| $shares:ident)*),* $(,)?
     }) => {
         $(#[$doc])*
         #[derive(Debug, Clone)]
@@ -48,7 +50,7 @@ macro_rules! auto_model {
             fn from_config(vb: VarBuilder, config: &ModelConfig) -> Result<Self> {
                 #[allow(unreachable_patterns)]
                 match config {
-                    $(ModelConfig::$variant(c) => Ok($name::$variant(
+                    $(ModelConfig::$variant(c) $(| ModelConfig::$shares(c))* => Ok($name::$variant(
                         <$model>::load(vb, c).map_err(checkpoint_mismatch)?,
                     )),)*
                     other => Err(Error::UnsupportedTask {
@@ -65,7 +67,7 @@ auto_model!(
     /// The base encoder: hidden states (and the pooler output where there is one).
     AutoModel -> EncoderOutput, "feature extraction" {
         Bert(BertModel),
-        Roberta(RobertaModel),
+        Roberta(RobertaModel) | XlmRoberta | Camembert,
         Distilbert(DistilBertModel),
     }
 );
@@ -74,7 +76,7 @@ auto_model!(
     /// Vocabulary logits at every position, (batch, seq, vocab).
     AutoModelForMaskedLM -> candle_core::Tensor, "fill-mask" {
         Bert(BertForMaskedLM),
-        Roberta(RobertaForMaskedLM),
+        Roberta(RobertaForMaskedLM) | XlmRoberta | Camembert,
         Distilbert(DistilBertForMaskedLM),
     }
 );
@@ -83,7 +85,7 @@ auto_model!(
     /// Class logits per input, (batch, num_labels).
     AutoModelForSequenceClassification -> candle_core::Tensor, "text classification" {
         Bert(BertForSequenceClassification),
-        Roberta(RobertaForSequenceClassification),
+        Roberta(RobertaForSequenceClassification) | XlmRoberta | Camembert,
         Distilbert(DistilBertForSequenceClassification),
         Gpt2(Gpt2ForSequenceClassification),
     }
@@ -93,7 +95,7 @@ auto_model!(
     /// Class logits per token, (batch, seq, num_labels).
     AutoModelForTokenClassification -> candle_core::Tensor, "token classification" {
         Bert(BertForTokenClassification),
-        Roberta(RobertaForTokenClassification),
+        Roberta(RobertaForTokenClassification) | XlmRoberta | Camembert,
         Distilbert(DistilBertForTokenClassification),
     }
 );
@@ -102,7 +104,7 @@ auto_model!(
     /// Start and end logits per token.
     AutoModelForQuestionAnswering -> QuestionAnsweringOutput, "question answering" {
         Bert(BertForQuestionAnswering),
-        Roberta(RobertaForQuestionAnswering),
+        Roberta(RobertaForQuestionAnswering) | XlmRoberta | Camembert,
         Distilbert(DistilBertForQuestionAnswering),
     }
 );

@@ -20,6 +20,11 @@ pub enum ModelConfig {
     Bert(BertConfig),
     /// `"model_type": "roberta"`: BERT's fields, see [`RobertaConfig`].
     Roberta(RobertaConfig),
+    /// XLM-RoBERTa: RoBERTa's architecture and config with a SentencePiece vocabulary.
+    #[serde(rename = "xlm-roberta")]
+    XlmRoberta(RobertaConfig),
+    /// CamemBERT: RoBERTa's architecture and config with a SentencePiece vocabulary.
+    Camembert(RobertaConfig),
     /// `"model_type": "distilbert"`.
     Distilbert(DistilBertConfig),
     /// `"model_type": "gpt2"`.
@@ -28,7 +33,14 @@ pub enum ModelConfig {
 
 impl ModelConfig {
     /// The `model_type` values this library implements.
-    pub const SUPPORTED: &'static [&'static str] = &["bert", "roberta", "distilbert", "gpt2"];
+    pub const SUPPORTED: &'static [&'static str] = &[
+        "bert",
+        "roberta",
+        "xlm-roberta",
+        "camembert",
+        "distilbert",
+        "gpt2",
+    ];
 
     /// Read and validate `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
@@ -61,6 +73,8 @@ impl ModelConfig {
         match self {
             ModelConfig::Bert(_) => "bert",
             ModelConfig::Roberta(_) => "roberta",
+            ModelConfig::XlmRoberta(_) => "xlm-roberta",
+            ModelConfig::Camembert(_) => "camembert",
             ModelConfig::Distilbert(_) => "distilbert",
             ModelConfig::Gpt2(_) => "gpt2",
         }
@@ -69,7 +83,10 @@ impl ModelConfig {
     /// Class names of classification heads (`id2label`).
     pub fn id2label(&self) -> &Labels {
         match self {
-            ModelConfig::Bert(c) | ModelConfig::Roberta(c) => &c.id2label,
+            ModelConfig::Bert(c)
+            | ModelConfig::Roberta(c)
+            | ModelConfig::XlmRoberta(c)
+            | ModelConfig::Camembert(c) => &c.id2label,
             ModelConfig::Distilbert(c) => &c.id2label,
             ModelConfig::Gpt2(c) => &c.id2label,
         }
@@ -78,7 +95,10 @@ impl ModelConfig {
     /// Number of classes of classification heads.
     pub fn num_labels(&self) -> usize {
         match self {
-            ModelConfig::Bert(c) | ModelConfig::Roberta(c) => c.num_labels(),
+            ModelConfig::Bert(c)
+            | ModelConfig::Roberta(c)
+            | ModelConfig::XlmRoberta(c)
+            | ModelConfig::Camembert(c) => c.num_labels(),
             ModelConfig::Distilbert(c) => c.num_labels(),
             ModelConfig::Gpt2(c) => c.num_labels(),
         }
@@ -88,15 +108,34 @@ impl ModelConfig {
     /// `regression`, when the config says.
     pub fn problem_type(&self) -> Option<&str> {
         match self {
-            ModelConfig::Bert(c) | ModelConfig::Roberta(c) => c.problem_type.as_deref(),
+            ModelConfig::Bert(c)
+            | ModelConfig::Roberta(c)
+            | ModelConfig::XlmRoberta(c)
+            | ModelConfig::Camembert(c) => c.problem_type.as_deref(),
             ModelConfig::Distilbert(c) => c.problem_type.as_deref(),
             ModelConfig::Gpt2(c) => c.problem_type.as_deref(),
         }
     }
 
+    /// Rows of the position table: the longest input the model takes, less RoBERTa's offset
+    /// of `pad_token_id + 1` for the RoBERTa family.
+    pub fn max_position_embeddings(&self) -> usize {
+        match self {
+            ModelConfig::Bert(c)
+            | ModelConfig::Roberta(c)
+            | ModelConfig::XlmRoberta(c)
+            | ModelConfig::Camembert(c) => c.max_position_embeddings,
+            ModelConfig::Distilbert(c) => c.max_position_embeddings,
+            ModelConfig::Gpt2(c) => c.n_positions,
+        }
+    }
+
     fn validate(&self) -> Result<()> {
         match self {
-            ModelConfig::Bert(config) | ModelConfig::Roberta(config) => config.validate(),
+            ModelConfig::Bert(config)
+            | ModelConfig::Roberta(config)
+            | ModelConfig::XlmRoberta(config)
+            | ModelConfig::Camembert(config) => config.validate(),
             ModelConfig::Distilbert(config) => config.validate(),
             ModelConfig::Gpt2(config) => config.validate(),
         }
@@ -162,13 +201,14 @@ impl TryFrom<BTreeMap<String, String>> for Labels {
 }
 
 /// `ModelConfig::$name()`: the config of one architecture, or an error naming the real one.
+/// The variants after the first are architectures that share its config and weights layout.
 macro_rules! config_accessor {
-    ($name:ident, $variant:ident, $config:ty, $wanted:literal) => {
+    ($name:ident, $($variant:ident)|+, $config:ty, $wanted:literal) => {
         impl ModelConfig {
             #[doc = concat!("The config of a ", $wanted, " checkpoint; any other is an error.")]
             pub fn $name(&self) -> Result<&$config> {
                 match self {
-                    ModelConfig::$variant(config) => Ok(config),
+                    $(ModelConfig::$variant(config))|+ => Ok(config),
                     other => Err(Error::WrongArchitecture {
                         model_type: other.model_type().to_string(),
                         wanted: $wanted,
@@ -180,6 +220,15 @@ macro_rules! config_accessor {
 }
 
 config_accessor!(bert, Bert, BertConfig, "BERT");
-config_accessor!(roberta, Roberta, RobertaConfig, "RoBERTa");
+// XLM-RoBERTa and CamemBERT are RoBERTa copies in transformers ("Copied from
+// transformers.models.roberta..."), with the same `roberta.` prefix:
+// https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/xlm_roberta/modeling_xlm_roberta.py#L668
+// https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/camembert/modeling_camembert.py#L667
+config_accessor!(
+    roberta,
+    Roberta | XlmRoberta | Camembert,
+    RobertaConfig,
+    "RoBERTa"
+);
 config_accessor!(distilbert, Distilbert, DistilBertConfig, "DistilBERT");
 config_accessor!(gpt2, Gpt2, Gpt2Config, "GPT-2");

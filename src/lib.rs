@@ -77,6 +77,12 @@ pub use models::gpt2::{
     Gpt2Config, Gpt2ForSequenceClassification, Gpt2LMHeadModel, Gpt2Model, KvCache,
 };
 pub use models::roberta::{
+    CamembertForMaskedLM, CamembertForQuestionAnswering, CamembertForSequenceClassification,
+    CamembertForTokenClassification, CamembertModel, XlmRobertaForMaskedLM,
+    XlmRobertaForQuestionAnswering, XlmRobertaForSequenceClassification,
+    XlmRobertaForTokenClassification, XlmRobertaModel,
+};
+pub use models::roberta::{
     RobertaConfig, RobertaForMaskedLM, RobertaForQuestionAnswering,
     RobertaForSequenceClassification, RobertaForTokenClassification, RobertaModel,
 };

@@ -264,7 +264,10 @@ impl Tokenizer {
         }
         Err(source.missing(
             "tokenizer.json",
-            "no tokenizer found: looked for tokenizer.json, vocab.txt and vocab.json + merges.txt",
+            "no tokenizer found: looked for tokenizer.json, vocab.txt and vocab.json + merges.txt. \
+             SentencePiece models (XLM-RoBERTa's sentencepiece.bpe.model, CamemBERT's) are read \
+             from tokenizer.json only: write it with transformers' \
+             `AutoTokenizer.from_pretrained(folder).save_pretrained(folder)`",
         ))
     }
 

@@ -1,15 +1,17 @@
-//! RoBERTa and DistilBERT against PyTorch, head by head, on tiny random checkpoints made by
-//! scripts/make_fixtures.py with transformers 4.57.6.
+//! RoBERTa (and XLM-RoBERTa, CamemBERT) and DistilBERT against PyTorch, head by head, on tiny
+//! random checkpoints made by scripts/make_fixtures.py with transformers 4.57.6.
 
 mod common;
 
 use common::*;
 use ferroformers::{
-    DType, DistilBertForMaskedLM, DistilBertForQuestionAnswering,
-    DistilBertForSequenceClassification, DistilBertForTokenClassification, DistilBertModel,
-    EncodeOptions, Error, FromPretrained, HubOptions, LoadOptions, ModelInput, RobertaForMaskedLM,
-    RobertaForQuestionAnswering, RobertaForSequenceClassification, RobertaForTokenClassification,
-    RobertaModel, Tensor, TextInput, Tokenizer,
+    AutoModel, AutoModelForMaskedLM, AutoModelForQuestionAnswering,
+    AutoModelForSequenceClassification, AutoModelForTokenClassification, DType,
+    DistilBertForMaskedLM, DistilBertForQuestionAnswering, DistilBertForSequenceClassification,
+    DistilBertForTokenClassification, DistilBertModel, EncodeOptions, Error, FromPretrained,
+    HubOptions, LoadOptions, ModelInput, RobertaForMaskedLM, RobertaForQuestionAnswering,
+    RobertaForSequenceClassification, RobertaForTokenClassification, RobertaModel, Tensor,
+    TextInput, Tokenizer,
 };
 
 /// f32 against PyTorch f32.
@@ -245,4 +247,100 @@ fn loading_one_architecture_as_another_names_both() {
         }
         other => panic!("expected WrongArchitecture, got {other:?}"),
     }
+}
+
+/// Every head of a RoBERTa-architecture family (`xlm-roberta`, `camembert`), loaded through the
+/// Auto classes as `config.json`'s `model_type` dispatches it, against PyTorch's
+/// `XLMRoberta*` / `Camembert*` classes on a SentencePiece vocabulary; and the tokenizer's
+/// padded batch against transformers' fast tokenizer.
+macro_rules! roberta_family_tests {
+    ($family:ident, $dir:literal, $model_type:literal) => {
+        mod $family {
+            use super::*;
+
+            #[test]
+            fn config_reports_its_own_model_type() {
+                let options =
+                    LoadOptions::default().with_hub(HubOptions::default().with_offline(true));
+                let pretrained = ferroformers::Pretrained::open(
+                    &fixture_model(concat!($dir, "/base")),
+                    &options.hub,
+                )
+                .unwrap();
+                assert_eq!(pretrained.config().model_type(), $model_type);
+                // The RoBERTa classes load it too: same weights, same config.
+                assert!(pretrained.config().roberta().is_ok());
+            }
+
+            #[test]
+            fn base_matches_pytorch() {
+                let model: AutoModel = load(concat!($dir, "/base"));
+                check(concat!($dir, "/base"), |input| {
+                    let out = model.forward(input).unwrap();
+                    vec![
+                        ("last_hidden_state", out.last_hidden_state),
+                        ("pooler_output", out.pooler_output.unwrap()),
+                    ]
+                });
+            }
+
+            #[test]
+            fn masked_lm_matches_pytorch() {
+                let model: AutoModelForMaskedLM = load(concat!($dir, "/masked-lm"));
+                check(concat!($dir, "/masked-lm"), |input| {
+                    vec![("logits", model.forward(input).unwrap())]
+                });
+            }
+
+            #[test]
+            fn sequence_classification_matches_pytorch() {
+                let model: AutoModelForSequenceClassification =
+                    load(concat!($dir, "/sequence-classification"));
+                check(concat!($dir, "/sequence-classification"), |input| {
+                    vec![("logits", model.forward(input).unwrap())]
+                });
+            }
+
+            #[test]
+            fn token_classification_matches_pytorch() {
+                let model: AutoModelForTokenClassification =
+                    load(concat!($dir, "/token-classification"));
+                check(concat!($dir, "/token-classification"), |input| {
+                    vec![("logits", model.forward(input).unwrap())]
+                });
+            }
+
+            #[test]
+            fn question_answering_matches_pytorch() {
+                let model: AutoModelForQuestionAnswering =
+                    load(concat!($dir, "/question-answering"));
+                check(concat!($dir, "/question-answering"), |input| {
+                    let out = model.forward(input).unwrap();
+                    vec![
+                        ("start_logits", out.start_logits),
+                        ("end_logits", out.end_logits),
+                    ]
+                });
+            }
+
+            #[test]
+            fn sentencepiece_tokenizer_matches_python() {
+                check_tokenizer(concat!($dir, "/base"));
+            }
+        }
+    };
+}
+
+roberta_family_tests!(xlm_roberta, "xlm-roberta", "xlm-roberta");
+roberta_family_tests!(camembert, "camembert", "camembert");
+
+#[test]
+fn xlm_roberta_loads_with_the_roberta_named_classes() {
+    // The type aliases are the RoBERTa classes; this is the path users of
+    // `XlmRobertaForSequenceClassification::from_pretrained` take.
+    let model: ferroformers::XlmRobertaForSequenceClassification =
+        load("xlm-roberta/sequence-classification");
+    check("xlm-roberta/sequence-classification", |input| {
+        vec![("logits", model.forward(input).unwrap())]
+    });
 }

@@ -581,6 +581,7 @@ fn models_pipelines_and_tokenizers_are_send_and_sync() {
     assert_send_sync::<QuestionAnsweringPipeline>();
     assert_send_sync::<EmbeddingsPipeline>();
     assert_send_sync::<TextGenerationPipeline>();
+    assert_send_sync::<ferroformers::pipelines::RerankPipeline>();
     assert_send_sync::<ferroformers::AnyPipeline>();
 }
 

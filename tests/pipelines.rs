@@ -15,8 +15,7 @@ use ferroformers::pipelines::{
     Entity, FillMaskOptions, FillMaskPipeline, Pipeline, QuestionAnsweringOptions,
     QuestionAnsweringPipeline, ScoreFunction, TextClassificationOptions,
     TextClassificationPipeline, TextGenerationOptions, TextGenerationPipeline,
-    TokenClassificationOptions,
-    TokenClassificationPipeline,
+    TokenClassificationOptions, TokenClassificationPipeline,
 };
 use ferroformers::{Error, LoadOptions, Pooling, TextInput};
 use serde_json::Value;

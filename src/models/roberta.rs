@@ -217,3 +217,30 @@ crate::from_pretrained_impls!(
     RobertaForTokenClassification,
     RobertaForQuestionAnswering
 );
+
+// XLM-RoBERTa and CamemBERT: transformers' classes are RoBERTa's, copied ("Copied from
+// transformers.models.roberta.modeling_roberta"), with the same `roberta.` prefix and the same
+// position numbering after `pad_token_id`; only the tokenizer (SentencePiece) differs.
+// https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/xlm_roberta/modeling_xlm_roberta.py#L1537
+// https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/camembert/modeling_camembert.py#L667
+
+/// transformers' `XLMRobertaModel`: [`RobertaModel`], which loads `xlm-roberta` checkpoints.
+pub type XlmRobertaModel = RobertaModel;
+/// transformers' `XLMRobertaForMaskedLM`: [`RobertaForMaskedLM`].
+pub type XlmRobertaForMaskedLM = RobertaForMaskedLM;
+/// transformers' `XLMRobertaForSequenceClassification`: [`RobertaForSequenceClassification`].
+pub type XlmRobertaForSequenceClassification = RobertaForSequenceClassification;
+/// transformers' `XLMRobertaForTokenClassification`: [`RobertaForTokenClassification`].
+pub type XlmRobertaForTokenClassification = RobertaForTokenClassification;
+/// transformers' `XLMRobertaForQuestionAnswering`: [`RobertaForQuestionAnswering`].
+pub type XlmRobertaForQuestionAnswering = RobertaForQuestionAnswering;
+/// transformers' `CamembertModel`: [`RobertaModel`], which loads `camembert` checkpoints.
+pub type CamembertModel = RobertaModel;
+/// transformers' `CamembertForMaskedLM`: [`RobertaForMaskedLM`].
+pub type CamembertForMaskedLM = RobertaForMaskedLM;
+/// transformers' `CamembertForSequenceClassification`: [`RobertaForSequenceClassification`].
+pub type CamembertForSequenceClassification = RobertaForSequenceClassification;
+/// transformers' `CamembertForTokenClassification`: [`RobertaForTokenClassification`].
+pub type CamembertForTokenClassification = RobertaForTokenClassification;
+/// transformers' `CamembertForQuestionAnswering`: [`RobertaForQuestionAnswering`].
+pub type CamembertForQuestionAnswering = RobertaForQuestionAnswering;

@@ -1,114 +1,17 @@
 //! Sentence embeddings: what sentence-transformers' `encode` computes, with the pooling and
-//! normalisation read from the model's own `modules.json` and `1_Pooling/config.json`.
+//! normalisation read from the model's own `modules.json` and `1_Pooling/config.json`, its
+//! `Dense` modules, and its prompts (read in `sentence_transformers.rs`).
 
-use std::path::Path;
-
-use candle_core::Device;
-use serde::Deserialize;
+use candle_core::{Device, Tensor};
 
 use crate::auto::AutoModel;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::hub::ModelSource;
+use crate::pipelines::sentence_transformers::{Prompt, SentenceTransformersSetup};
 use crate::pipelines::{batch_input, encode_all, in_batches, Pipeline, Text, DEFAULT_BATCH_SIZE};
 use crate::pooling::{l2_normalize, Pooling};
 use crate::pretrained::{LoadOptions, Pretrained};
 use crate::tokenizer::{EncodeOptions, Tokenizer};
-
-/// An entry of `modules.json`.
-#[derive(Debug, Deserialize)]
-struct Module {
-    path: String,
-    #[serde(rename = "type")]
-    kind: String,
-}
-
-/// `1_Pooling/config.json`.
-#[derive(Debug, Deserialize)]
-struct PoolingConfig {
-    #[serde(default)]
-    pooling_mode_cls_token: bool,
-    #[serde(default)]
-    pooling_mode_mean_tokens: bool,
-    #[serde(default)]
-    pooling_mode_max_tokens: bool,
-    #[serde(default)]
-    pooling_mode_mean_sqrt_len_tokens: bool,
-    #[serde(default)]
-    pooling_mode_weightedmean_tokens: bool,
-    #[serde(default)]
-    pooling_mode_lasttoken: bool,
-}
-
-/// `sentence_bert_config.json`.
-#[derive(Debug, Deserialize)]
-struct SentenceBertConfig {
-    max_seq_length: Option<usize>,
-}
-
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::json(path, e))
-}
-
-/// What the sentence-transformers files say: pooling, normalisation, maximum length.
-struct SentenceTransformersSetup {
-    pooling: Option<Pooling>,
-    normalize: bool,
-    max_seq_length: Option<usize>,
-}
-
-impl SentenceTransformersSetup {
-    fn read(source: &ModelSource) -> Result<Self> {
-        let Some(modules_path) = source.get("modules.json")? else {
-            return Ok(Self {
-                pooling: None,
-                normalize: false,
-                max_seq_length: None,
-            });
-        };
-        let modules: Vec<Module> = read_json(&modules_path)?;
-        let mut pooling = None;
-        for module in modules.iter().filter(|m| m.kind.ends_with(".Pooling")) {
-            let file = format!("{}/config.json", module.path.trim_end_matches('/'));
-            let config: PoolingConfig = read_json(&source.require(&file)?)?;
-            pooling = Some(Self::pooling(&config, &file)?);
-        }
-        let normalize = modules.iter().any(|m| m.kind.ends_with(".Normalize"));
-        let max_seq_length = match source.get("sentence_bert_config.json")? {
-            Some(path) => read_json::<SentenceBertConfig>(&path)?.max_seq_length,
-            None => None,
-        };
-        Ok(Self {
-            pooling,
-            normalize,
-            max_seq_length,
-        })
-    }
-
-    fn pooling(config: &PoolingConfig, file: &str) -> Result<Pooling> {
-        let modes = [
-            (config.pooling_mode_mean_tokens, Some(Pooling::Mean)),
-            (config.pooling_mode_cls_token, Some(Pooling::Cls)),
-            (config.pooling_mode_max_tokens, Some(Pooling::Max)),
-            (config.pooling_mode_mean_sqrt_len_tokens, None),
-            (config.pooling_mode_weightedmean_tokens, None),
-            (config.pooling_mode_lasttoken, None),
-        ];
-        let chosen: Vec<Option<Pooling>> = modes
-            .iter()
-            .filter(|(on, _)| *on)
-            .map(|(_, p)| *p)
-            .collect();
-        match chosen[..] {
-            [Some(pooling)] => Ok(pooling),
-            _ => Err(Error::InvalidConfig(format!(
-                "{file} asks for a pooling this library does not implement: exactly one of mean, cls \
-                 or max is supported"
-            ))),
-        }
-    }
-}
 
 /// Settings of one call, as sentence-transformers' `encode` takes them.
 ///
@@ -129,6 +32,9 @@ pub struct EmbeddingsOptions {
     pub max_length: Option<usize>,
     /// Texts per forward pass.
     pub batch_size: usize,
+    /// The prompt put before each text (`encode(prompt_name=..., prompt=...)`); by default
+    /// the model's `default_prompt_name`, if it has one.
+    pub prompt: Prompt,
 }
 
 impl Default for EmbeddingsOptions {
@@ -139,6 +45,7 @@ impl Default for EmbeddingsOptions {
             truncation: true,
             max_length: None,
             batch_size: DEFAULT_BATCH_SIZE,
+            prompt: Prompt::ModelDefault,
         }
     }
 }
@@ -173,6 +80,12 @@ impl EmbeddingsOptions {
         self.batch_size = batch_size;
         self
     }
+
+    /// Put this prompt before each text.
+    pub fn with_prompt(mut self, prompt: Prompt) -> Self {
+        self.prompt = prompt;
+        self
+    }
 }
 
 /// Sentence embeddings, as sentence-transformers' `SentenceTransformer.encode` computes them.
@@ -183,7 +96,7 @@ pub struct EmbeddingsPipeline {
     config: ModelConfig,
     pooling: Pooling,
     normalize: bool,
-    max_seq_length: Option<usize>,
+    setup: SentenceTransformersSetup,
     device: Device,
 }
 
@@ -192,14 +105,14 @@ impl EmbeddingsPipeline {
     /// else mean pooling without normalisation (override them in [`EmbeddingsOptions`]).
     pub fn from_pretrained(model: &str, options: &LoadOptions) -> Result<Self> {
         let pretrained = Pretrained::open(model, &options.hub)?;
-        let setup = SentenceTransformersSetup::read(pretrained.source())?;
+        let setup = SentenceTransformersSetup::read(pretrained.source(), &options.device)?;
         Ok(Self {
             model: pretrained.load::<AutoModel>(options)?,
             tokenizer: pretrained.tokenizer()?,
             config: pretrained.config().clone(),
             pooling: setup.pooling.unwrap_or(Pooling::Mean),
             normalize: setup.normalize,
-            max_seq_length: setup.max_seq_length,
+            setup,
             device: options.device.clone(),
         })
     }
@@ -222,20 +135,31 @@ impl Pipeline for EmbeddingsPipeline {
     type Output = Vec<f32>;
 
     fn run_inputs(&self, texts: &[&str], options: &EmbeddingsOptions) -> Result<Vec<Vec<f32>>> {
-        // Preprocess: truncated to max_seq_length as sentence-transformers does.
+        // Preprocess: the prompt goes before each text, then everything is truncated to
+        // max_seq_length as sentence-transformers does.
+        let prompt = self.setup.prompt(&options.prompt)?;
+        let prompted: Vec<String> = texts
+            .iter()
+            .map(|text| format!("{}{text}", prompt.unwrap_or_default()))
+            .collect();
         let limit = options
             .max_length
-            .or(self.max_seq_length)
+            .or(self.setup.max_seq_length)
             .or(self.tokenizer.model_max_length());
         let encode = EncodeOptions {
             truncation: options.truncation && limit.is_some(),
             max_length: limit,
             ..EncodeOptions::default()
         };
-        let (encodings, lengths) = encode_all(&self.tokenizer, texts.iter().copied(), &encode)?;
+        let (encodings, lengths) = encode_all(&self.tokenizer, &prompted, &encode)?;
+        let prompt_length = match prompt {
+            Some(prompt) if !self.setup.include_prompt => self.prompt_length(prompt)?,
+            _ => 0,
+        };
         let pooling = options.pooling.unwrap_or(self.pooling);
         let normalize = self.normalize || options.normalize_embeddings;
-        // Forward, pooling included: it is part of the model in sentence-transformers.
+        // Forward, pooling and Dense modules included: they are part of the model in
+        // sentence-transformers.
         in_batches(&lengths, options.batch_size, |indices| {
             let input = batch_input(&self.tokenizer, &encodings, indices, &self.device)?;
             let hidden = self.model.forward(&input)?.last_hidden_state;
@@ -243,7 +167,8 @@ impl Pipeline for EmbeddingsPipeline {
                 .attention_mask
                 .as_ref()
                 .ok_or_else(|| Error::InvalidInput("a padded batch has a mask".to_string()))?;
-            let mut pooled = pooling.pool(&hidden, mask)?;
+            let mask = without_prompt(mask, prompt_length)?;
+            let mut pooled = self.setup.apply_dense(pooling.pool(&hidden, &mask)?)?;
             if normalize {
                 pooled = l2_normalize(&pooled)?;
             }
@@ -258,6 +183,32 @@ impl Pipeline for EmbeddingsPipeline {
     fn config(&self) -> &ModelConfig {
         &self.config
     }
+}
+
+impl EmbeddingsPipeline {
+    /// The prompt's length in tokens with the special tokens before it (`[CLS]`), not those
+    /// after it, as `SentenceTransformer._get_prompt_length` counts it:
+    /// <https://github.com/huggingface/sentence-transformers/blob/v5.1.2/sentence_transformers/SentenceTransformer.py#L1576>
+    fn prompt_length(&self, prompt: &str) -> Result<usize> {
+        let encoding = self.tokenizer.encode(prompt, &EncodeOptions::default())?;
+        let ends_special = encoding.get_special_tokens_mask().last() == Some(&1);
+        Ok(encoding.len() - usize::from(ends_special))
+    }
+}
+
+/// The attention mask with its first `prompt_length` columns zeroed, so the pooling skips the
+/// prompt (sentence-transformers' `Pooling` with `include_prompt` false):
+/// <https://github.com/huggingface/sentence-transformers/blob/v5.1.2/sentence_transformers/models/Pooling.py#L142>
+fn without_prompt(mask: &Tensor, prompt_length: usize) -> Result<Tensor> {
+    if prompt_length == 0 {
+        return Ok(mask.clone());
+    }
+    let seq_len = mask.dim(1)?;
+    let keep: Vec<u32> = (0..seq_len)
+        .map(|i| u32::from(i >= prompt_length))
+        .collect();
+    let keep = Tensor::from_vec(keep, (1, seq_len), mask.device())?.to_dtype(mask.dtype())?;
+    Ok(mask.broadcast_mul(&keep)?)
 }
 
 /// Cosine similarity of two vectors (0 when either is all zeros).

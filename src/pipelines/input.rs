@@ -3,6 +3,7 @@
 //! [`Pipeline::run`](super::Pipeline::run) collects the caller's items first and then borrows
 //! each one as the pipeline's input, so owned `String`s work as well as `&str`.
 
+use crate::pipelines::rerank::RerankInput;
 use crate::tokenizer::TextInput;
 
 /// A kind of pipeline input; `Input<'a>` is one input, borrowed.
@@ -22,6 +23,10 @@ pub enum TextOrPair {}
 /// A question and the context to answer it from (question answering).
 #[derive(Debug, Clone, Copy)]
 pub enum QuestionContext {}
+
+/// A query and the documents to rank for it (reranking).
+#[derive(Debug, Clone, Copy)]
+pub enum QueryDocuments {}
 
 /// A question and its context.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,9 +49,14 @@ impl InputKind for QuestionContext {
     type Input<'a> = QaInput<'a>;
 }
 
+impl InputKind for QueryDocuments {
+    type Input<'a> = RerankInput<'a>;
+}
+
 /// A value that can be borrowed as one input of kind `K`: `&str`, `String`, `&String` for
 /// texts; also `(first, second)` tuples of those and [`TextInput`] for [`TextOrPair`];
-/// `(question, context)` tuples and [`QaInput`] for [`QuestionContext`].
+/// `(question, context)` tuples and [`QaInput`] for [`QuestionContext`]; `(query, &[&str])`
+/// tuples and [`RerankInput`] for [`QueryDocuments`].
 pub trait AsInput<K: InputKind> {
     /// Borrow `self` as one input.
     fn as_input(&self) -> K::Input<'_>;
@@ -105,6 +115,21 @@ impl<A: AsRef<str>, B: AsRef<str>> AsInput<QuestionContext> for (A, B) {
         QaInput {
             question: self.0.as_ref(),
             context: self.1.as_ref(),
+        }
+    }
+}
+
+impl AsInput<QueryDocuments> for RerankInput<'_> {
+    fn as_input(&self) -> RerankInput<'_> {
+        *self
+    }
+}
+
+impl<A: AsRef<str>> AsInput<QueryDocuments> for (A, &[&str]) {
+    fn as_input(&self) -> RerankInput<'_> {
+        RerankInput {
+            query: self.0.as_ref(),
+            documents: self.1,
         }
     }
 }

@@ -17,6 +17,8 @@ pub mod embeddings;
 pub mod fill_mask;
 mod input;
 pub mod question_answering;
+pub mod rerank;
+mod sentence_transformers;
 pub mod text_classification;
 pub mod text_generation;
 pub mod token_classification;
@@ -26,8 +28,12 @@ mod task;
 pub use chat::{ChatTemplate, Conversation, Message, Role};
 pub use embeddings::{cosine_similarity, EmbeddingsOptions, EmbeddingsPipeline};
 pub use fill_mask::{FillMaskOptions, FillMaskPipeline, FillMaskPrediction};
-pub use input::{AsInput, InputKind, QaInput, QuestionContext, Text, TextOrPair};
+pub use input::{AsInput, InputKind, QaInput, QueryDocuments, QuestionContext, Text, TextOrPair};
 pub use question_answering::{Answer, QuestionAnsweringOptions, QuestionAnsweringPipeline};
+pub use rerank::{
+    CrossEncoderActivation, RankedDocument, RerankInput, RerankOptions, RerankPipeline,
+};
+pub use sentence_transformers::Prompt;
 pub use task::{pipeline, AnyPipeline, Task};
 pub use text_classification::{
     LabelScore, ScoreFunction, TextClassificationOptions, TextClassificationPipeline,
@@ -66,7 +72,7 @@ pub const DEFAULT_BATCH_SIZE: usize = 8;
 /// # Ok(()) }
 /// ```
 pub trait Pipeline: Send + Sync {
-    /// What one input is: [`Text`], [`TextOrPair`] or [`QuestionContext`].
+    /// What one input is: [`Text`], [`TextOrPair`], [`QuestionContext`] or [`QueryDocuments`].
     type Kind: InputKind;
     /// Call-time settings; `Default` gives transformers' defaults.
     type Options: Default;

@@ -8,7 +8,7 @@ use std::str::FromStr;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::pipelines::{
-    EmbeddingsPipeline, FillMaskPipeline, Pipeline, QuestionAnsweringPipeline,
+    EmbeddingsPipeline, FillMaskPipeline, Pipeline, QuestionAnsweringPipeline, RerankPipeline,
     TextClassificationPipeline, TextGenerationPipeline, TokenClassificationPipeline,
 };
 use crate::pretrained::LoadOptions;
@@ -29,17 +29,20 @@ pub enum Task {
     QuestionAnswering,
     /// `text-generation`.
     TextGeneration,
+    /// `text-ranking`, also `rerank`: a cross-encoder scores (query, document) pairs.
+    Rerank,
 }
 
 impl Task {
     /// Every task, in the order errors list them.
-    pub const ALL: [Task; 6] = [
+    pub const ALL: [Task; 7] = [
         Task::Embeddings,
         Task::FillMask,
         Task::TextClassification,
         Task::TokenClassification,
         Task::QuestionAnswering,
         Task::TextGeneration,
+        Task::Rerank,
     ];
 
     /// transformers' name of the task.
@@ -51,6 +54,7 @@ impl Task {
             Task::TokenClassification => "token-classification",
             Task::QuestionAnswering => "question-answering",
             Task::TextGeneration => "text-generation",
+            Task::Rerank => "text-ranking",
         }
     }
 }
@@ -74,12 +78,13 @@ impl FromStr for Task {
             "token-classification" | "ner" => Task::TokenClassification,
             "question-answering" => Task::QuestionAnswering,
             "text-generation" => Task::TextGeneration,
+            "text-ranking" | "rerank" => Task::Rerank,
             other => {
                 return Err(Error::InvalidInput(format!(
                     "unknown task `{other}`: use one of feature-extraction (or \
                      sentence-similarity), fill-mask, text-classification (or \
                      sentiment-analysis), token-classification (or ner), question-answering, \
-                     text-generation"
+                     text-generation, text-ranking (or rerank)"
                 )))
             }
         })
@@ -102,7 +107,8 @@ pub enum AnyPipeline {
     QuestionAnswering(QuestionAnsweringPipeline),
     /// `text-generation`.
     TextGeneration(TextGenerationPipeline),
-    // `text-ranking` (the RerankPipeline) goes here.
+    /// `text-ranking`.
+    Rerank(RerankPipeline),
 }
 
 /// Load the pipeline of `task` for `model` (a Hub id or a local folder), as transformers'
@@ -164,6 +170,7 @@ impl AnyPipeline {
             Task::TextGeneration => {
                 Self::TextGeneration(TextGenerationPipeline::from_pretrained(model, options)?)
             }
+            Task::Rerank => Self::Rerank(RerankPipeline::from_pretrained(model, options)?),
         })
     }
 
@@ -176,6 +183,7 @@ impl AnyPipeline {
             AnyPipeline::TokenClassification(_) => Task::TokenClassification,
             AnyPipeline::QuestionAnswering(_) => Task::QuestionAnswering,
             AnyPipeline::TextGeneration(_) => Task::TextGeneration,
+            AnyPipeline::Rerank(_) => Task::Rerank,
         }
     }
 
@@ -188,6 +196,7 @@ impl AnyPipeline {
             AnyPipeline::TokenClassification(p) => p.tokenizer(),
             AnyPipeline::QuestionAnswering(p) => p.tokenizer(),
             AnyPipeline::TextGeneration(p) => p.tokenizer(),
+            AnyPipeline::Rerank(p) => p.tokenizer(),
         }
     }
 
@@ -200,6 +209,7 @@ impl AnyPipeline {
             AnyPipeline::TokenClassification(p) => p.config(),
             AnyPipeline::QuestionAnswering(p) => p.config(),
             AnyPipeline::TextGeneration(p) => p.config(),
+            AnyPipeline::Rerank(p) => p.config(),
         }
     }
 
@@ -210,6 +220,7 @@ impl AnyPipeline {
         TokenClassification: TokenClassificationPipeline, as_token_classification, into_token_classification;
         QuestionAnswering: QuestionAnsweringPipeline, as_question_answering, into_question_answering;
         TextGeneration: TextGenerationPipeline, as_text_generation, into_text_generation;
+        Rerank: RerankPipeline, as_rerank, into_rerank;
     }
 
     fn wrong_task(&self, wanted: Task) -> Error {

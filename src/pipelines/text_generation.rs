@@ -4,12 +4,12 @@ use std::ops::ControlFlow;
 
 use serde::Serialize;
 
+use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::generation::{
     FinishReason, Generated, GenerationConfig, GenerationStream, Generator, StreamToken,
     TokenLogprob,
 };
-use crate::config::ModelConfig;
 use crate::models::gpt2::Gpt2LMHeadModel;
 use crate::pipelines::chat::ChatTemplate;
 use crate::pipelines::in_batches;

@@ -1,0 +1,311 @@
+//! Reranking with a cross-encoder: sentence-transformers' `CrossEncoder.rank` and `predict`.
+//! <https://github.com/huggingface/sentence-transformers/blob/v5.1.2/sentence_transformers/cross_encoder/CrossEncoder.py>
+//!
+//! A cross-encoder reads the query and a document together, as a text pair, and its
+//! sequence-classification head gives a relevance logit; the activation the model was saved
+//! with (Sigmoid by default for one label) turns it into the score.
+
+use std::path::Path;
+
+use candle_core::Device;
+use serde::{Deserialize, Serialize};
+
+use crate::auto::AutoModelForSequenceClassification;
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use crate::host::sigmoid;
+use crate::pipelines::{
+    batch_input, encode_all, in_batches, rows_to_host, Pipeline, QueryDocuments,
+};
+use crate::pretrained::{LoadOptions, Pretrained};
+use crate::tokenizer::{EncodeOptions, TextInput, Tokenizer};
+
+/// `CrossEncoder.predict`'s batch size.
+const CROSS_ENCODER_BATCH_SIZE: usize = 32;
+
+/// What turns a cross-encoder's logits into scores: sentence-transformers' `activation_fn`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrossEncoderActivation {
+    /// `torch.nn.Sigmoid`: scores in (0, 1); the default for single-logit models.
+    Sigmoid,
+    /// `torch.nn.Identity`: the raw logits; the default for several labels.
+    Identity,
+    /// `torch.nn.Tanh`.
+    Tanh,
+}
+
+impl CrossEncoderActivation {
+    /// The activation a model was saved with: `activation_fn` under `sentence_transformers` in
+    /// `config.json` (or the pre-v4 `sbert_ce_default_activation_function`), else Sigmoid for
+    /// one label and Identity for more, as `CrossEncoder.get_default_activation_fn`:
+    /// <https://github.com/huggingface/sentence-transformers/blob/v5.1.2/sentence_transformers/cross_encoder/CrossEncoder.py#L276>
+    fn for_model(config_json: &Path, config: &ModelConfig) -> Result<Self> {
+        #[derive(Deserialize)]
+        struct Settings {
+            activation_fn: Option<String>,
+        }
+        #[derive(Deserialize)]
+        struct CrossEncoderConfig {
+            sentence_transformers: Option<Settings>,
+            sbert_ce_default_activation_function: Option<String>,
+        }
+        let text = std::fs::read_to_string(config_json).map_err(|e| Error::io(config_json, e))?;
+        let saved: CrossEncoderConfig =
+            serde_json::from_str(&text).map_err(|e| Error::json(config_json, e))?;
+        let path = saved
+            .sentence_transformers
+            .and_then(|s| s.activation_fn)
+            .or(saved.sbert_ce_default_activation_function);
+        // sentence-transformers imports only `torch.` paths unless remote code is trusted, and
+        // falls back to the default for the others; we do the same.
+        match path.filter(|p| p.starts_with("torch.")) {
+            Some(path) => Self::from_torch_path(&path),
+            None if config.num_labels() == 1 => Ok(Self::Sigmoid),
+            None => Ok(Self::Identity),
+        }
+    }
+
+    /// `torch.nn.modules.activation.Sigmoid` and the like.
+    fn from_torch_path(path: &str) -> Result<Self> {
+        match path.rsplit('.').next() {
+            Some("Sigmoid") => Ok(Self::Sigmoid),
+            Some("Identity") => Ok(Self::Identity),
+            Some("Tanh") => Ok(Self::Tanh),
+            _ => Err(Error::InvalidConfig(format!(
+                "the cross-encoder's activation_fn `{path}` is not supported: Sigmoid, Identity \
+                 and Tanh are; choose one with RerankOptions::with_activation"
+            ))),
+        }
+    }
+
+    fn apply(self, logit: f32) -> f32 {
+        match self {
+            Self::Sigmoid => sigmoid(logit),
+            Self::Identity => logit,
+            Self::Tanh => logit.tanh(),
+        }
+    }
+}
+
+/// Options of one call, with `CrossEncoder.rank`'s defaults.
+#[derive(Debug, Clone)]
+pub struct RerankOptions {
+    /// Documents to return, best first; `None` returns all.
+    pub top_k: Option<usize>,
+    /// Return each document's text with its score.
+    pub return_documents: bool,
+    /// Pairs per forward pass (32, as sentence-transformers).
+    pub batch_size: usize,
+    /// Cut pairs longer than `max_length`, longest text first (sentence-transformers always does).
+    pub truncation: bool,
+    /// The length to cut to; defaults to the model's: the tokenizer's `model_max_length`, at
+    /// most `max_position_embeddings`, as `CrossEncoder.__init__` sets it.
+    pub max_length: Option<usize>,
+    /// Overrides the activation the model was saved with.
+    pub activation: Option<CrossEncoderActivation>,
+}
+
+impl Default for RerankOptions {
+    fn default() -> Self {
+        Self {
+            top_k: None,
+            return_documents: false,
+            batch_size: CROSS_ENCODER_BATCH_SIZE,
+            truncation: true,
+            max_length: None,
+            activation: None,
+        }
+    }
+}
+
+impl RerankOptions {
+    /// Return only the best `top_k` documents.
+    pub fn with_top_k(mut self, top_k: usize) -> Self {
+        self.top_k = Some(top_k);
+        self
+    }
+
+    /// Return each document's text with its score.
+    pub fn with_return_documents(mut self, return_documents: bool) -> Self {
+        self.return_documents = return_documents;
+        self
+    }
+
+    /// Pairs per forward pass.
+    pub fn with_batch_size(mut self, batch_size: usize) -> Self {
+        self.batch_size = batch_size;
+        self
+    }
+
+    /// Cut pairs longer than the maximum length (or fail on them, when false).
+    pub fn with_truncation(mut self, truncation: bool) -> Self {
+        self.truncation = truncation;
+        self
+    }
+
+    /// The length, in tokens, to cut pairs to.
+    pub fn with_max_length(mut self, max_length: usize) -> Self {
+        self.max_length = Some(max_length);
+        self
+    }
+
+    /// Score with this activation instead of the model's.
+    pub fn with_activation(mut self, activation: CrossEncoderActivation) -> Self {
+        self.activation = Some(activation);
+        self
+    }
+}
+
+/// One document of a ranking, as `CrossEncoder.rank` returns it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RankedDocument {
+    /// The document's index in the input.
+    pub corpus_id: usize,
+    /// Its relevance to the query, after the activation.
+    pub score: f32,
+    /// The document, when `return_documents` is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+}
+
+/// A query and the documents to rank for it: one input of [`RerankPipeline::run`].
+#[derive(Debug, Clone, Copy)]
+pub struct RerankInput<'a> {
+    /// The query.
+    pub query: &'a str,
+    /// The candidate documents.
+    pub documents: &'a [&'a str],
+}
+
+/// A cross-encoder that scores (query, document) pairs and ranks documents by relevance.
+#[derive(Debug, Clone)]
+pub struct RerankPipeline {
+    model: AutoModelForSequenceClassification,
+    tokenizer: Tokenizer,
+    config: ModelConfig,
+    activation: CrossEncoderActivation,
+    max_length: usize,
+    device: Device,
+}
+
+impl RerankPipeline {
+    /// Load a cross-encoder (any sequence-classification checkpoint) from a Hub id or folder.
+    pub fn from_pretrained(model: &str, options: &LoadOptions) -> Result<Self> {
+        let pretrained = Pretrained::open(model, &options.hub)?;
+        let config = pretrained.config().clone();
+        let config_json = pretrained.source().require("config.json")?;
+        let tokenizer = pretrained.tokenizer()?;
+        let positions = config.max_position_embeddings();
+        Ok(Self {
+            model: pretrained.load::<AutoModelForSequenceClassification>(options)?,
+            activation: CrossEncoderActivation::for_model(&config_json, &config)?,
+            max_length: tokenizer
+                .model_max_length()
+                .map_or(positions, |length| length.min(positions)),
+            tokenizer,
+            config,
+            device: options.device.clone(),
+        })
+    }
+
+    /// The activation scores get unless a call overrides it.
+    pub fn activation(&self) -> CrossEncoderActivation {
+        self.activation
+    }
+
+    /// Scores of (first, second) text pairs, one row of `num_labels` per pair, as
+    /// `CrossEncoder.predict` computes them (a one-label model gives rows of one score).
+    pub fn predict(
+        &self,
+        pairs: &[(&str, &str)],
+        options: &RerankOptions,
+    ) -> Result<Vec<Vec<f32>>> {
+        // Preprocess.
+        let encode = EncodeOptions {
+            truncation: options.truncation,
+            max_length: Some(options.max_length.unwrap_or(self.max_length)),
+            ..EncodeOptions::default()
+        };
+        let inputs = pairs
+            .iter()
+            .map(|&(first, second)| TextInput::Pair(first, second));
+        let (encodings, lengths) = encode_all(&self.tokenizer, inputs, &encode)?;
+        // Forward.
+        let logits = in_batches(&lengths, options.batch_size, |indices| {
+            let input = batch_input(&self.tokenizer, &encodings, indices, &self.device)?;
+            rows_to_host(&self.model.forward(&input)?)
+        })?;
+        // Postprocess.
+        let activation = options.activation.unwrap_or(self.activation);
+        Ok(logits
+            .into_iter()
+            .map(|row| row.into_iter().map(|l| activation.apply(l)).collect())
+            .collect())
+    }
+
+    /// Rank `documents` by relevance to `query`, best first (ties keep input order), as
+    /// `CrossEncoder.rank`. The model must give one logit per pair.
+    pub fn rank<S: AsRef<str>>(
+        &self,
+        query: &str,
+        documents: &[S],
+        options: &RerankOptions,
+    ) -> Result<Vec<RankedDocument>> {
+        let labels = self.config.num_labels();
+        if labels != 1 {
+            return Err(Error::InvalidInput(format!(
+                "ranking needs a cross-encoder with one output, this model has {labels} labels: \
+                 score pairs with predict instead"
+            )));
+        }
+        let pairs: Vec<(&str, &str)> = documents.iter().map(|d| (query, d.as_ref())).collect();
+        let scores = self.predict(&pairs, options)?;
+        let mut ranked = scores
+            .iter()
+            .zip(documents)
+            .enumerate()
+            .map(|(corpus_id, (row, document))| {
+                let score = *row.first().ok_or_else(|| {
+                    Error::InvalidInput("the model gave no score for a pair".to_string())
+                })?;
+                Ok(RankedDocument {
+                    corpus_id,
+                    score,
+                    text: options
+                        .return_documents
+                        .then(|| document.as_ref().to_string()),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // Stable, as Python's `sorted(..., reverse=True)`.
+        ranked.sort_by(|a, b| b.score.total_cmp(&a.score));
+        ranked.truncate(options.top_k.unwrap_or(usize::MAX));
+        Ok(ranked)
+    }
+}
+
+impl Pipeline for RerankPipeline {
+    type Kind = QueryDocuments;
+    type Options = RerankOptions;
+    /// The documents of one query, best first.
+    type Output = Vec<RankedDocument>;
+
+    fn run_inputs(
+        &self,
+        inputs: &[RerankInput<'_>],
+        options: &RerankOptions,
+    ) -> Result<Vec<Vec<RankedDocument>>> {
+        inputs
+            .iter()
+            .map(|input| self.rank(input.query, input.documents, options))
+            .collect()
+    }
+
+    fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+}
