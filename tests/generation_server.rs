@@ -14,7 +14,8 @@ use ferroformers::generation::{
     CausalLM, FinishReason, Generated, GenerationConfig, Generator, MAX_TOP_LOGPROBS,
 };
 use ferroformers::pipelines::{
-    ChatTemplate, Conversation, Message, Role, TextGenerationOptions, TextGenerationPipeline,
+    ChatTemplate, Conversation, Message, Pipeline, Role, TextGenerationOptions,
+    TextGenerationPipeline,
 };
 use ferroformers::tokenizer::EncodeOptions;
 use ferroformers::{

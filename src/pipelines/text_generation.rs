@@ -12,7 +12,7 @@ use crate::generation::{
 };
 use crate::models::gpt2::Gpt2LMHeadModel;
 use crate::pipelines::chat::ChatTemplate;
-use crate::pipelines::in_batches;
+use crate::pipelines::{in_batches, Pipeline, Text};
 use crate::pretrained::{LoadOptions, Pretrained};
 use crate::tokenizer::{EncodeOptions, Tokenizer};
 
@@ -148,20 +148,9 @@ impl TextGenerationPipeline {
         &self.generation_config
     }
 
-    /// The model's configuration (`config.json`), as every pipeline exposes it; the GPT-2
-    /// fields are in `model().config()`.
-    pub fn config(&self) -> &ModelConfig {
-        &self.model_config
-    }
-
     /// The model.
     pub fn model(&self) -> &Gpt2LMHeadModel {
         &self.model
-    }
-
-    /// The tokenizer, e.g. to count tokens.
-    pub fn tokenizer(&self) -> &Tokenizer {
-        &self.tokenizer
     }
 
     /// The chat template of `tokenizer_config.json`, if the model has one; an error if it has
@@ -183,50 +172,6 @@ impl TextGenerationPipeline {
             config.max_new_tokens = Some(max_new_tokens);
         }
         config
-    }
-
-    /// `num_return_sequences` texts per prompt, prompts in input order.
-    pub fn run<I, S>(
-        &self,
-        prompts: I,
-        options: &TextGenerationOptions,
-    ) -> Result<Vec<Vec<GeneratedText>>>
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<str>,
-    {
-        let prompts: Vec<S> = prompts.into_iter().collect();
-        let prompts: Vec<&str> = prompts.iter().map(AsRef::as_ref).collect();
-        let config = self.settings(options);
-        let lengths = prompts
-            .iter()
-            .map(|p| Ok(self.tokenizer.encode(*p, &EncodeOptions::default())?.len()))
-            .collect::<Result<Vec<_>>>()?;
-        let generator = Generator::new(&self.model, &self.tokenizer);
-        in_batches(&lengths, options.batch_size.max(1), |indices| {
-            let batch: Vec<&str> = indices.iter().map(|&i| prompts[i]).collect();
-            let outputs = generator.generate(&batch, &config)?;
-            outputs
-                .chunks(config.num_return_sequences)
-                .zip(&batch)
-                .map(|(sequences, prompt)| {
-                    let decoded = self.decoded_prompt(prompt)?;
-                    sequences
-                        .iter()
-                        .map(|g| self.to_output(prompt, &decoded, g, options.return_full_text))
-                        .collect()
-                })
-                .collect()
-        })
-    }
-
-    /// [`TextGenerationPipeline::run`] on one prompt.
-    pub fn run_one(
-        &self,
-        prompt: &str,
-        options: &TextGenerationOptions,
-    ) -> Result<Vec<GeneratedText>> {
-        Ok(self.run([prompt], options)?.pop().unwrap_or_default())
     }
 
     /// Generate from one prompt as an iterator of tokens, one decoding step per item;
@@ -297,5 +242,48 @@ impl TextGenerationPipeline {
             stop,
             logprobs: generated.logprobs.clone(),
         })
+    }
+}
+
+impl Pipeline for TextGenerationPipeline {
+    type Kind = Text;
+    type Options = TextGenerationOptions;
+    /// `num_return_sequences` texts for one prompt.
+    type Output = Vec<GeneratedText>;
+
+    fn run_inputs(
+        &self,
+        prompts: &[&str],
+        options: &TextGenerationOptions,
+    ) -> Result<Vec<Vec<GeneratedText>>> {
+        let config = self.settings(options);
+        let lengths = prompts
+            .iter()
+            .map(|p| Ok(self.tokenizer.encode(*p, &EncodeOptions::default())?.len()))
+            .collect::<Result<Vec<_>>>()?;
+        let generator = Generator::new(&self.model, &self.tokenizer);
+        in_batches(&lengths, options.batch_size, |indices| {
+            let batch: Vec<&str> = indices.iter().map(|&i| prompts[i]).collect();
+            let outputs = generator.generate(&batch, &config)?;
+            outputs
+                .chunks(config.num_return_sequences)
+                .zip(&batch)
+                .map(|(sequences, prompt)| {
+                    let decoded = self.decoded_prompt(prompt)?;
+                    sequences
+                        .iter()
+                        .map(|g| self.to_output(prompt, &decoded, g, options.return_full_text))
+                        .collect()
+                })
+                .collect()
+        })
+    }
+
+    fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    fn config(&self) -> &ModelConfig {
+        &self.model_config
     }
 }

@@ -13,6 +13,7 @@ pub use template::{ChatTemplate, Message, Role};
 use crate::error::{Error, Result};
 use crate::generation::{GenerationConfig, Generator, PromptBatch};
 use crate::pipelines::text_generation::TextGenerationPipeline;
+use crate::pipelines::Pipeline;
 use crate::tokenizer::EncodeOptions;
 
 /// A message and its token ids as DialoGPT's joining feeds them to the model (the text and
