@@ -3,7 +3,9 @@
 //!     ferroformers classify -m distilbert-base-uncased-finetuned-sst-2-english "I love it"
 //!     echo "Paris is the [MASK] of France." | ferroformers fill-mask -m bert-base-uncased --json
 //!
-//! Errors are one line on stderr and a non-zero exit code.
+//! Errors are one line on stderr and a non-zero exit code. Log lines go to stderr: warnings
+//! by default, `RUST_LOG` (e.g. `RUST_LOG=ferroformers=debug`) to see more, `--quiet` for
+//! errors only.
 
 mod bench;
 mod cli;
@@ -29,6 +31,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    init_logging(args.common().quiet());
+    if let Some(threads) = args.common().threads() {
+        if let Err(error) = ferroformers::set_num_threads(threads) {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     match cli::run(args, &mut out).and_then(|()| out.flush().map_err(cli::CliError::from)) {
@@ -42,4 +51,16 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Log to stderr: `RUST_LOG` when set, else warnings (errors only with `--quiet`).
+fn init_logging(quiet: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = if quiet { "error" } else { "warn" };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
 }

@@ -60,6 +60,7 @@ struct SentenceTransformersSetup {
 impl SentenceTransformersSetup {
     fn read(source: &ModelSource) -> Result<Self> {
         let Some(modules_path) = source.get("modules.json")? else {
+            tracing::warn!(model = %source.name(), "no modules.json (not a sentence-transformers model): mean pooling, not normalised");
             return Ok(Self {
                 pooling: None,
                 normalize: false,
