@@ -18,10 +18,9 @@
 /// `ferroformers` command does. Call it once, first thing in `main`, before threads start:
 ///
 /// ```no_run
-/// fn main() {
-///     ferroformers::allocator::keep_freed_memory();
-///     // ... load and run models
-/// }
+/// // First thing in `main`:
+/// ferroformers::allocator::keep_freed_memory();
+/// // ... then load and run models.
 /// ```
 ///
 /// It sets `M_MMAP_THRESHOLD` (1 GiB), `M_TRIM_THRESHOLD` (never trim), `M_TOP_PAD`
