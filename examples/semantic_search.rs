@@ -46,7 +46,7 @@ fn main() -> ferroformers::Result<()> {
         .collect();
     ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
 
-    println!("Model: {model}\nQuery: {query}\n");
+    println!("Query: {query}\n");
     for (rank, (score, text)) in ranked.iter().enumerate() {
         println!("{}. {score:.4}  {text}", rank + 1);
     }
