@@ -383,7 +383,16 @@ fn warnings_go_to_stderr_and_quiet_silences_them() {
     let model = fixture_model("bert/base");
     let loud = ferroformers(&["embed", "-m", &model, "--json", "hello world"], None);
     let quiet = ferroformers(
-        &["embed", "-m", &model, "--json", "--quiet", "--threads", "1", "hello world"],
+        &[
+            "embed",
+            "-m",
+            &model,
+            "--json",
+            "--quiet",
+            "--threads",
+            "1",
+            "hello world",
+        ],
         None,
     );
     let stderr = String::from_utf8(loud.stderr.clone()).unwrap();
