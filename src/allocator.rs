@@ -11,8 +11,26 @@
 //! added 80 MiB to the 191 MiB resident after the load; with one arena, 40 MiB. The buffers
 //! are few and large (hundreds of allocations per pass), so the arena's lock is not contended.
 
-/// Keep freed memory for reuse (glibc on Linux; elsewhere nothing to do). Call once, early;
-/// the `ferroformers` command does. The cost is memory held at its high-water mark.
+/// Tune glibc's allocator for inference loops: keep freed memory for reuse instead of
+/// handing it back to the kernel, and use one arena for all threads.
+///
+/// The library never calls this itself (it changes the allocator of the whole process); the
+/// `ferroformers` command does. Call it once, first thing in `main`, before threads start:
+///
+/// ```no_run
+/// // First thing in `main`:
+/// ferroformers::allocator::keep_freed_memory();
+/// // ... then load and run models.
+/// ```
+///
+/// It sets `M_MMAP_THRESHOLD` (1 GiB), `M_TRIM_THRESHOLD` (never trim), `M_TOP_PAD`
+/// (512 MiB) and `M_ARENA_MAX` (1). The gain: repeated forward passes no longer page-fault
+/// their activations in again (a fifth of an encoder's time on 2 cores), and worker threads
+/// share one high-water mark instead of one each. The cost: the process keeps its peak
+/// memory until it exits, and every thread allocates from one arena (fine for a model's few
+/// large buffers; a program that allocates heavily on many threads may prefer not to call
+/// this). On other platforms and allocators (musl, macOS, Windows, a custom
+/// `#[global_allocator]`) it does nothing.
 pub fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator parameters; it is called before threads start

@@ -31,7 +31,7 @@ pub struct Cli {
 
 /// Options every subcommand takes.
 #[derive(Debug, Args)]
-struct Common {
+pub struct Common {
     /// Hub model id (org/name) or local folder.
     #[arg(short, long)]
     model: String,
@@ -44,6 +44,12 @@ struct Common {
     /// Where the model runs.
     #[arg(long, value_enum, default_value_t = CliDevice::Cpu)]
     device: CliDevice,
+    /// Threads that run the model (default: RAYON_NUM_THREADS, else one per logical CPU).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    threads: Option<u16>,
+    /// No progress bars and no log lines but errors (RUST_LOG, when set, still decides the log).
+    #[arg(long, short)]
+    quiet: bool,
 }
 
 /// Batching, shared by the encoder pipelines.
@@ -390,7 +396,33 @@ pub enum CliError {
 
 type Result<T> = std::result::Result<T, CliError>;
 
+impl Cli {
+    /// The options every subcommand has.
+    pub fn common(&self) -> &Common {
+        match &self.command {
+            Command::Embed { common, .. }
+            | Command::FillMask { common, .. }
+            | Command::Classify { common, .. }
+            | Command::Ner { common, .. }
+            | Command::Qa { common, .. }
+            | Command::Generate { common, .. }
+            | Command::Bench { common, .. }
+            | Command::Chat { common, .. } => common,
+        }
+    }
+}
+
 impl Common {
+    /// The thread count asked for with `--threads`.
+    pub fn threads(&self) -> Option<usize> {
+        self.threads.map(usize::from)
+    }
+
+    /// Whether `--quiet` was given.
+    pub fn quiet(&self) -> bool {
+        self.quiet
+    }
+
     fn load_options(&self) -> Result<LoadOptions> {
         self.load_options_as(self.dtype)
     }
@@ -408,7 +440,11 @@ impl Common {
             CliDType::Int8 => (DType::F32, Quantization::Int8),
         };
         Ok(LoadOptions::default()
-            .with_hub(HubOptions::from_env().with_revision(self.revision.clone()))
+            .with_hub(
+                HubOptions::from_env()
+                    .with_revision(self.revision.clone())
+                    .with_progress(!self.quiet),
+            )
             .with_dtype(dtype)
             .with_quantization(quantization)
             .with_device(device))

@@ -7,7 +7,10 @@ use std::path::PathBuf;
 pub type Result<T> = std::result::Result<T, Error>;
 
 /// Everything that can go wrong when finding, loading or running a model.
+///
+/// New variants may come in any release: match with a `_` arm.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// A file the model needs is in neither the folder, the cache nor the Hub repository.
     #[error("{file} not found for model `{model}`: {hint}")]
@@ -38,7 +41,7 @@ pub enum Error {
         model: String,
         file: String,
         #[source]
-        source: Box<hf_hub::api::sync::ApiError>,
+        source: HubError,
     },
 
     /// A model file resolves outside the model folder or cache (a symlink or a `..` path).
@@ -122,6 +125,52 @@ pub enum Error {
     /// A tensor operation failed inside candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+}
+
+/// A failed request to the Hub, as the HTTP client reported it.
+///
+/// The client's own error is its [`source`](std::error::Error::source), so the whole chain
+/// prints; [`HubError::status`] tells a server's answer (401 needs a token, 404 a correct
+/// model id or revision, 5xx a retry) from a failure to reach it at all.
+#[derive(Debug)]
+pub struct HubError {
+    status: Option<u16>,
+    // Boxed: hf-hub's error is large, and its type stays out of our API.
+    source: Box<hf_hub::api::sync::ApiError>,
+}
+
+impl HubError {
+    pub(crate) fn new(source: hf_hub::api::sync::ApiError) -> Self {
+        let status = match &source {
+            hf_hub::api::sync::ApiError::RequestError(error) => match error.as_ref() {
+                ureq::Error::Status(status, _) => Some(*status),
+                ureq::Error::Transport(_) => None,
+            },
+            _ => None,
+        };
+        Self {
+            status,
+            source: Box::new(source),
+        }
+    }
+
+    /// The HTTP status the Hub answered with; `None` when the request got no answer
+    /// (network, DNS, TLS) or failed after it (writing the file to the cache).
+    pub fn status(&self) -> Option<u16> {
+        self.status
+    }
+}
+
+impl std::fmt::Display for HubError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.source.fmt(f)
+    }
+}
+
+impl std::error::Error for HubError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.source.as_ref())
+    }
 }
 
 impl Error {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use hf_hub::api::sync::{Api, ApiBuilder, ApiError};
 use hf_hub::{Repo, RepoType};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, HubError, Result};
 
 const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 
@@ -212,7 +212,7 @@ impl HubRepo {
                 .map_err(|source| Error::Hub {
                     model: model_id.to_string(),
                     file: String::new(),
-                    source: Box::new(source),
+                    source: HubError::new(source),
                 })?;
             Some(api)
         };
@@ -257,11 +257,19 @@ impl HubRepo {
     }
 
     fn get(&self, file: &str) -> Result<Option<PathBuf>> {
+        let (model, revision) = (self.model_id.as_str(), self.revision.as_str());
         if let Some(known) = self.cached(file) {
+            match &known {
+                Some(path) => {
+                    tracing::debug!(model, revision, file, path = %path.display(), "cache hit")
+                }
+                None => tracing::debug!(model, revision, file, "cache: known to be absent"),
+            }
             return Ok(known);
         }
         let Some(api) = &self.api else {
             // Offline: a file the cache lacks is a file we do not have.
+            tracing::debug!(model, revision, file, "offline and not cached");
             return Ok(None);
         };
         let repo = Repo::with_revision(
@@ -269,16 +277,21 @@ impl HubRepo {
             RepoType::Model,
             self.revision.clone(),
         );
+        tracing::info!(model, revision, file, endpoint = %self.endpoint, "downloading");
         match api.repo(repo).download(file) {
-            Ok(path) => Ok(Some(path)),
+            Ok(path) => {
+                tracing::info!(model, revision, file, path = %path.display(), "downloaded");
+                Ok(Some(path))
+            }
             Err(ApiError::RequestError(error)) if is_not_found(&error) => {
+                tracing::debug!(model, revision, file, "not in the repository (404)");
                 self.remember_missing(file, &error);
                 Ok(None)
             }
             Err(source) => Err(Error::Hub {
                 model: self.model_id.clone(),
                 file: file.to_string(),
-                source: Box::new(source),
+                source: HubError::new(source),
             }),
         }
     }

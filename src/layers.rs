@@ -79,8 +79,8 @@ pub fn padding_mask(attention_mask: &Tensor) -> candle_core::Result<Tensor> {
     (blocked * f32::MIN as f64)?.reshape((batch, 1, 1, seq))
 }
 
-/// How [`Linear`] layers store their weights on the CPU when the kernels are on; set for the
-/// duration of one load by [`with_quantization`].
+/// How the linear layers store their weights on the CPU when the kernels are on; chosen at
+/// load with [`LoadOptions::with_quantization`](crate::LoadOptions::with_quantization).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Quantization {
     /// Keep the checkpoint's precision (f32, or bf16 when loaded as bf16).

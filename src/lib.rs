@@ -38,22 +38,31 @@ macro_rules! from_pretrained_impls {
 
 pub mod allocator;
 pub mod auto;
+// Internals, public only for the `ferroformers` command (`bench`: instruction set, memory),
+// the integration tests (every kernel path, host-side softmax against candle's) and the
+// benches and fuzz targets (random token ids, the weight-file parser). Not part of the API:
+// they change without notice.
+#[doc(hidden)]
 pub mod benchmark;
 pub mod config;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod generation;
+#[doc(hidden)]
 pub mod host;
 pub mod hub;
+#[doc(hidden)]
 pub mod kernels;
-pub mod layers;
+mod layers;
 pub mod models;
 mod pickle;
 pub mod pipelines;
 pub mod pooling;
 pub mod pretrained;
+mod threads;
 pub mod tokenizer;
+#[doc(hidden)]
 pub mod weights;
 
 pub use auto::{
@@ -90,4 +99,5 @@ pub use models::{EncoderOutput, ModelInput, QuestionAnsweringOutput};
 pub use pipelines::{pipeline, AnyPipeline, Pipeline, Task};
 pub use pooling::{l2_normalize, Pooling};
 pub use pretrained::{FromPretrained, LoadOptions, Pretrained};
+pub use threads::set_num_threads;
 pub use tokenizer::{EncodeOptions, EncodedBatch, PaddingSide, TextInput, Tokenizer};

@@ -5,6 +5,8 @@
 //!
 //! Usage errors print clap's message (what is wrong, the usage line, allowed values) and exit
 //! with 2; runtime errors are one line on stderr and exit with 1.
+//! Log lines go to stderr: warnings by default, `RUST_LOG` (e.g.
+//! `RUST_LOG=ferroformers=debug`) to see more, `--quiet` for errors only.
 
 mod bench;
 mod cli;
@@ -28,6 +30,13 @@ fn main() -> ExitCode {
             };
         }
     };
+    init_logging(args.common().quiet());
+    if let Some(threads) = args.common().threads() {
+        if let Err(error) = ferroformers::set_num_threads(threads) {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     match cli::run(args, &mut out).and_then(|()| out.flush().map_err(cli::CliError::from)) {
@@ -45,4 +54,16 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Log to stderr: `RUST_LOG` when set, else warnings (errors only with `--quiet`).
+fn init_logging(quiet: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = if quiet { "error" } else { "warn" };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
 }

@@ -753,3 +753,40 @@ fn generate_json_reports_logprobs_when_asked() {
         assert!(chosen <= 0.0 && (chosen - best).abs() < 1e-6, "{entry}");
     }
 }
+
+#[test]
+fn warnings_go_to_stderr_and_quiet_silences_them() {
+    // bert/base has no sentence-transformers files: embed falls back to mean pooling, a warning.
+    let model = fixture_model("bert/base");
+    let loud = ferroformers(&["embed", "-m", &model, "--json", "hello world"], None);
+    let quiet = ferroformers(
+        &[
+            "embed",
+            "-m",
+            &model,
+            "--json",
+            "--quiet",
+            "--threads",
+            "1",
+            "hello world",
+        ],
+        None,
+    );
+    let stderr = String::from_utf8(loud.stderr.clone()).unwrap();
+    assert!(
+        stderr.contains("WARN") && stderr.contains("mean pooling"),
+        "{stderr:?}"
+    );
+    assert_eq!(String::from_utf8_lossy(&quiet.stderr), "");
+    // One thread computes the same vector.
+    let (loud, quiet) = (json_lines(&loud), json_lines(&quiet));
+    assert_eq!(loud.len(), 1);
+    assert_close(&quiet[0], &loud[0]);
+}
+
+#[test]
+fn threads_must_be_at_least_one() {
+    let model = fixture_model("bert/base");
+    let output = ferroformers(&["embed", "-m", &model, "--threads", "0", "hi"], None);
+    assert_eq!(output.status.code(), Some(2));
+}

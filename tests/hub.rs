@@ -307,11 +307,58 @@ fn unreachable_hub_is_a_hub_error_with_its_cause() {
         .with_offline(false)
         .with_progress(false);
     let error = Pretrained::open("tiny/bert", &options).unwrap_err();
-    assert!(matches!(error, Error::Hub { .. }), "{error:?}");
+    let Error::Hub { source, .. } = &error else {
+        panic!("expected a Hub error, got {error:?}");
+    };
+    assert_eq!(source.status(), None, "no server answered: {error}");
+    // Error -> HubError -> the HTTP client's own error (and on to the OS's, for ureq).
+    let chain: Vec<String> =
+        std::iter::successors(Some(&error as &(dyn std::error::Error + 'static)), |e| {
+            e.source()
+        })
+        .map(|e| e.to_string())
+        .collect();
+    assert!(chain.len() >= 3, "the cause is kept: {chain:?}");
     assert!(
-        std::error::Error::source(&error).is_some(),
-        "the cause is kept"
+        chain
+            .iter()
+            .skip(2)
+            .any(|e| e.contains(&port.to_string()) || e.to_ascii_lowercase().contains("refused")),
+        "the client's error says what failed: {chain:?}"
     );
+}
+
+#[test]
+fn server_error_is_a_hub_error_with_its_status() {
+    // A Hub that answers every request with 503.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+                line.clear();
+            }
+            let _ = stream.write_all(
+                b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        }
+    });
+    let cache = tempfile::tempdir().unwrap();
+    let options = HubOptions::default()
+        .with_endpoint(endpoint)
+        .with_cache_dir(cache.path())
+        .with_offline(false)
+        .with_progress(false);
+    let error = Pretrained::open("tiny/bert", &options).unwrap_err();
+    match &error {
+        Error::Hub { source, file, .. } => {
+            assert_eq!(source.status(), Some(503), "{error}");
+            assert_eq!(file, "config.json");
+        }
+        other => panic!("expected a Hub error, got {other:?}"),
+    }
 }
 
 /// A cache written by Python's huggingface_hub: blobs, snapshot symlinks and refs.

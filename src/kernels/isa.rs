@@ -118,6 +118,12 @@ fn isa_limit() -> Isa {
                 .and_then(|name| all.iter().copied().find(|isa| isa.name() == name.trim()))
                 .unwrap_or(all[all.len() - 1]);
             set_isa_limit(limit);
+            tracing::info!(
+                isa = Isa::of_cpu().min(limit).name(),
+                cpu = Isa::of_cpu().name(),
+                limit = limit.name(),
+                "the best instruction set for the kernels (FERROFORMERS_ISA caps it)"
+            );
             limit
         }
         index => all[usize::from(index) - 1],

@@ -321,6 +321,7 @@ impl BertModel {
         let pooler = if vb.contains_tensor("pooler.dense.weight") {
             Some(BertPooler::load(vb.pp("pooler"), config)?)
         } else {
+            tracing::info!("no pooler weights (pooler.dense.*): the model has no pooler output");
             None
         };
         // `embeddings.position_ids` (a buffer that older checkpoints saved) is never read.

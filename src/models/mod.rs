@@ -98,6 +98,10 @@ pub(crate) fn tied_weight(vb: &VarBuilder, name: &str, tied_to: &Tensor) -> Resu
     if vb.contains_tensor(name) {
         Ok(vb.get(tied_to.shape(), name)?)
     } else {
+        tracing::debug!(
+            weight = name,
+            "no weight of its own: tied to the input embeddings"
+        );
         Ok(tied_to.clone())
     }
 }

@@ -184,6 +184,10 @@ impl SentenceTransformersSetup {
             default_prompt_name: None,
         };
         let Some(modules_path) = source.get("modules.json")? else {
+            tracing::warn!(
+                model = %source.name(),
+                "no modules.json (not a sentence-transformers model): mean pooling, not normalised"
+            );
             return Ok(setup);
         };
         let modules: Vec<ModuleEntry> = read_json(&modules_path)?;

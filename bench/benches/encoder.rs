@@ -2,7 +2,7 @@
 //! own BERT in f32, on random-initialised models of real shapes, measured in the same run;
 //! and a batch of mixed lengths, padded as one batch or grouped by length.
 //!
-//!     cargo bench --bench encoder
+//!     cargo bench -p ferroformers-bench --bench encoder
 //!
 //! scripts/bench_compare.py compares with PyTorch and ONNX Runtime.
 

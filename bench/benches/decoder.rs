@@ -3,7 +3,7 @@
 //! GB/s) beside a STREAM-like triad measured in the same run (the bandwidth ceiling); greedy
 //! decoding of 16 tokens after a 32-token prompt; and the prompt's forward pass (prefill).
 //!
-//!     cargo bench --bench decoder
+//!     cargo bench -p ferroformers-bench --bench decoder
 //!
 //! `ferroformers bench --generate` and scripts/bench_compare.py compare with PyTorch.
 
