@@ -91,3 +91,7 @@ pub use pipelines::{pipeline, AnyPipeline, Pipeline, Task};
 pub use pooling::{l2_normalize, Pooling};
 pub use pretrained::{FromPretrained, LoadOptions, Pretrained};
 pub use tokenizer::{EncodeOptions, EncodedBatch, PaddingSide, TextInput, Tokenizer};
+
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
