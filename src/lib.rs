@@ -101,3 +101,9 @@ pub use pooling::{l2_normalize, Pooling};
 pub use pretrained::{FromPretrained, LoadOptions, Pretrained};
 pub use threads::set_num_threads;
 pub use tokenizer::{EncodeOptions, EncodedBatch, PaddingSide, TextInput, Tokenizer};
+
+// The README's Rust blocks are compiled (and the ones without `no_run` run) by
+// `cargo test --doc`, so the README cannot drift from the API.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
