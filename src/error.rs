@@ -15,8 +15,11 @@ pub enum Error {
     /// A file the model needs is in neither the folder, the cache nor the Hub repository.
     #[error("{file} not found for model `{model}`: {hint}")]
     MissingFile {
+        /// The model id or folder asked for.
         model: String,
+        /// The file, relative to the model's root.
         file: String,
+        /// What to do about it.
         hint: String,
     },
 
@@ -26,9 +29,13 @@ pub enum Error {
          HF_HUB_OFFLINE is set: download it once with network access, or unset HF_HUB_OFFLINE"
     )]
     NotCached {
+        /// The Hub model id.
         model: String,
+        /// Branch, tag or commit asked for.
         revision: String,
+        /// The file, relative to the repository root.
         file: String,
+        /// The Hub cache that was searched.
         cache: PathBuf,
     },
 
@@ -38,20 +45,30 @@ pub enum Error {
              the revision, your network and HF_TOKEN (gated or private repositories need one)"
     )]
     Hub {
+        /// The Hub model id.
         model: String,
+        /// The file being downloaded.
         file: String,
+        /// What the Hub client reported (the HTTP status, if any, is in [`HubError::status`]).
         #[source]
         source: HubError,
     },
 
     /// A model file resolves outside the model folder or cache (a symlink or a `..` path).
     #[error("{path} leads outside {root}; refusing to read it: model files must stay inside the model folder")]
-    UnsafePath { path: PathBuf, root: PathBuf },
+    UnsafePath {
+        /// The file as named.
+        path: PathBuf,
+        /// The folder it had to stay in.
+        root: PathBuf,
+    },
 
     /// Reading a local file failed.
     #[error("cannot read {path}: {source}")]
     Io {
+        /// The file or folder.
         path: PathBuf,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
@@ -59,7 +76,9 @@ pub enum Error {
     /// A JSON file (config, tokenizer config, shard index) does not parse or has a bad field.
     #[error("{path} is not valid: {source}. Fix the file or re-download the model")]
     Json {
+        /// The file.
         path: PathBuf,
+        /// The parser's error, with line and column.
         #[source]
         source: serde_json::Error,
     },
@@ -67,8 +86,11 @@ pub enum Error {
     /// `config.json` names an architecture this library does not implement.
     #[error("unknown model_type `{model_type}` in {path}; supported model types: {supported}")]
     UnknownModelType {
+        /// The `model_type` found.
         model_type: String,
+        /// The `config.json` it was found in.
         path: PathBuf,
+        /// The model types this library implements, comma-separated.
         supported: String,
     },
 
@@ -79,14 +101,18 @@ pub enum Error {
     /// The model was loaded as one architecture but its config is another.
     #[error("cannot load a `{model_type}` checkpoint as {wanted}; load it with a {model_type} model class")]
     WrongArchitecture {
+        /// The checkpoint's `model_type`.
         model_type: String,
+        /// The architecture the caller asked for.
         wanted: &'static str,
     },
 
     /// The architecture has no model for this task.
     #[error("{model_type} models cannot do {task}; pick a checkpoint of an architecture that can")]
     UnsupportedTask {
+        /// The checkpoint's `model_type`.
         model_type: &'static str,
+        /// The task asked for.
         task: &'static str,
     },
 
@@ -97,7 +123,9 @@ pub enum Error {
     /// The tokenizer files are missing, do not parse, or fail on an input.
     #[error("tokenizer error: {message}")]
     Tokenizer {
+        /// What failed, and on which file or input.
         message: String,
+        /// The `tokenizers` crate's error, when it raised one.
         #[source]
         source: Option<tokenizers::Error>,
     },
@@ -107,7 +135,12 @@ pub enum Error {
         "input has {length} tokens but the model accepts at most {max}: enable truncation or \
          shorten the input"
     )]
-    InputTooLong { length: usize, max: usize },
+    InputTooLong {
+        /// Tokens in the input.
+        length: usize,
+        /// Tokens the model accepts.
+        max: usize,
+    },
 
     /// A generation setting is out of range or settings contradict each other.
     #[error("invalid generation setting: {0}")]

@@ -70,31 +70,40 @@ impl HubOptions {
         }
     }
 
+    /// Branch, tag or commit to load (default `main`).
     pub fn with_revision(mut self, revision: impl Into<String>) -> Self {
         self.revision = revision.into();
         self
     }
 
+    /// Hub access token for gated or private repositories (default `HF_TOKEN`, else the
+    /// token file `huggingface-cli login` writes).
     pub fn with_token(mut self, token: Option<String>) -> Self {
         self.token = token;
         self
     }
 
+    /// The Hub cache folder, shared with Python (default `HF_HUB_CACHE`, else
+    /// `$HF_HOME/hub`, else `~/.cache/huggingface/hub`).
     pub fn with_cache_dir(mut self, cache_dir: impl Into<PathBuf>) -> Self {
         self.cache_dir = cache_dir.into();
         self
     }
 
+    /// The Hub's URL (default `HF_ENDPOINT`, else `https://huggingface.co`): a mirror or a
+    /// local server.
     pub fn with_endpoint(mut self, endpoint: impl Into<String>) -> Self {
         self.endpoint = endpoint.into();
         self
     }
 
+    /// Read only the cache, never the network (default `HF_HUB_OFFLINE`).
     pub fn with_offline(mut self, offline: bool) -> Self {
         self.offline = offline;
         self
     }
 
+    /// Show download progress bars on stderr.
     pub fn with_progress(mut self, progress: bool) -> Self {
         self.progress = progress;
         self
@@ -111,7 +120,9 @@ fn home_dir() -> PathBuf {
 /// Where a model's files come from: a local folder or a Hub repository.
 #[derive(Debug, Clone)]
 pub enum ModelSource {
+    /// A local folder holding the files.
     Folder(PathBuf),
+    /// A Hub repository at one revision, read through the cache.
     Hub(Box<HubRepo>),
 }
 
@@ -195,6 +206,8 @@ pub struct HubRepo {
 }
 
 impl HubRepo {
+    /// The repository `model_id` (`org/name` or `name`) at `options.revision`; an invalid id is
+    /// [`Error::InvalidInput`].
     pub fn new(model_id: &str, options: &HubOptions) -> Result<Self> {
         if model_id.is_empty() || model_id.split('/').count() > 2 || model_id.contains("..") {
             return Err(Error::InvalidInput(format!(

@@ -1,8 +1,31 @@
 //! # ferroformers
 //!
 //! Transformer inference in pure Rust, on [candle](https://github.com/huggingface/candle)
-//! tensors: BERT, RoBERTa, DistilBERT and GPT-2 with their task heads, loaded from the Hugging Face Hub or a local folder the way
-//! transformers' `from_pretrained` loads them, with outputs that match PyTorch.
+//! tensors: BERT, RoBERTa, XLM-RoBERTa, CamemBERT, DistilBERT and GPT-2 with their task heads,
+//! loaded from the Hugging Face Hub or a local folder the way transformers' `from_pretrained`
+//! loads them, with outputs that match PyTorch.
+//!
+//! Most programs use a [pipeline](pipelines): every one is loaded with `from_pretrained` and
+//! called the same way, [`Pipeline::run`] on any list of inputs (or
+//! [`run_one`](pipelines::Pipeline::run_one)) with an options struct whose `Default` is
+//! transformers' defaults.
+//!
+//! ```no_run
+//! use ferroformers::pipelines::{EmbeddingsOptions, EmbeddingsPipeline, Pipeline};
+//! use ferroformers::LoadOptions;
+//!
+//! # fn main() -> ferroformers::Result<()> {
+//! let model = "sentence-transformers/all-MiniLM-L6-v2";
+//! let pipeline = EmbeddingsPipeline::from_pretrained(model, &LoadOptions::default())?;
+//! let embeddings = pipeline.run(["Hello world", "Rust is fast"], &EmbeddingsOptions::default())?;
+//! println!("{} vectors of {} floats", embeddings.len(), embeddings[0].len());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! [`pipeline()`] picks the task at run time (transformers' task names), [`generation`]
+//! streams tokens from GPT-2 with finish reasons and log-probabilities, and the model classes
+//! ([`BertModel`], [`Gpt2LMHeadModel`], the [`AutoModel`] enums, ...) give the raw tensors:
 //!
 //! ```no_run
 //! use ferroformers::{BertModel, EncodeOptions, FromPretrained, LoadOptions, Pretrained};
@@ -14,10 +37,11 @@
 //! let model = BertModel::from_pretrained("sentence-transformers/all-MiniLM-L6-v2", &options)?;
 //! let batch = tokenizer.encode_batch(["Hello world", "Rust is fast"], &EncodeOptions::default())?;
 //! let output = model.forward(&batch.to_input(&options.device)?)?;
-//! println!("{:?}", output.last_hidden_state.shape());
+//! println!("{:?}", output.last_hidden_state.shape()); // (batch, seq, hidden)
 //! # Ok(())
 //! # }
 //! ```
+#![warn(missing_docs)]
 
 /// `FromPretrained` for model types whose `load` takes the config that `ModelConfig::$accessor`
 /// returns: `from_pretrained_impls!(bert: BertModel, BertForMaskedLM)`.
