@@ -128,14 +128,7 @@ pub fn encoder(
 }
 
 fn token_ids(count: usize, config: &ferroformers::ModelConfig) -> Vec<u32> {
-    let vocab = match config {
-        ferroformers::ModelConfig::Bert(c)
-        | ferroformers::ModelConfig::Roberta(c)
-        | ferroformers::ModelConfig::XlmRoberta(c)
-        | ferroformers::ModelConfig::Camembert(c) => c.vocab_size,
-        ferroformers::ModelConfig::Distilbert(c) => c.vocab_size,
-        ferroformers::ModelConfig::Gpt2(c) => c.vocab_size,
-    };
+    let vocab = config.vocab_size();
     ferroformers::benchmark::token_ids(count, vocab)
 }
 

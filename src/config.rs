@@ -13,6 +13,9 @@ use crate::models::gpt2::Gpt2Config;
 use crate::models::roberta::RobertaConfig;
 
 /// A model's configuration, dispatched on the `model_type` field of `config.json`.
+///
+/// New architectures come in minor releases: match with a `_` arm.
+#[non_exhaustive]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "model_type", rename_all = "lowercase")]
 pub enum ModelConfig {
@@ -127,6 +130,18 @@ impl ModelConfig {
             | ModelConfig::Camembert(c) => c.max_position_embeddings,
             ModelConfig::Distilbert(c) => c.max_position_embeddings,
             ModelConfig::Gpt2(c) => c.n_positions,
+        }
+    }
+
+    /// Tokens in the vocabulary (rows of the word embeddings).
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            ModelConfig::Bert(c)
+            | ModelConfig::Roberta(c)
+            | ModelConfig::XlmRoberta(c)
+            | ModelConfig::Camembert(c) => c.vocab_size,
+            ModelConfig::Distilbert(c) => c.vocab_size,
+            ModelConfig::Gpt2(c) => c.vocab_size,
         }
     }
 

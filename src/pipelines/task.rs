@@ -15,6 +15,9 @@ use crate::pretrained::LoadOptions;
 use crate::tokenizer::Tokenizer;
 
 /// A pipeline task, named as transformers names it.
+///
+/// New tasks come in minor releases: match with a `_` arm.
+#[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Task {
     /// `feature-extraction`, also `sentence-similarity` and `embeddings`: sentence embeddings.
@@ -93,6 +96,9 @@ impl FromStr for Task {
 
 /// Any pipeline, for programs that pick the task at run time. Match on it, or take the one
 /// you expect with `as_xxx` / `into_xxx`.
+///
+/// New tasks come in minor releases: match with a `_` arm.
+#[non_exhaustive]
 #[derive(Debug, Clone)]
 pub enum AnyPipeline {
     /// `feature-extraction`.
