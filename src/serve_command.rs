@@ -5,7 +5,7 @@ use std::io::Write;
 
 use clap::{Args, ValueEnum};
 use ferroformers::pipelines::AnyPipeline;
-use ferroformers::serve::{detect_task, shutdown_signal, Server, ServerConfig, ServeTask};
+use ferroformers::serve::{detect_task, shutdown_signal, ServeTask, Server, ServerConfig};
 use ferroformers::LoadOptions;
 
 use crate::cli::{at_least_one, CliError};
@@ -79,7 +79,11 @@ fn byte_size(value: &str) -> Result<usize, String> {
         "kib" => 1 << 10,
         "mib" => 1 << 20,
         "gib" => 1 << 30,
-        other => return Err(format!("unknown unit `{other}`: use kB, MB, GB, KiB, MiB or GiB")),
+        other => {
+            return Err(format!(
+                "unknown unit `{other}`: use kB, MB, GB, KiB, MiB or GiB"
+            ))
+        }
     };
     number
         .checked_mul(scale)

@@ -13,11 +13,11 @@ use std::time::Duration;
 use base64::Engine;
 use common::{assert_close_slices, assert_same_len, fixture_model};
 use ferroformers::pipelines::{
-    AnyPipeline, CrossEncoderActivation, EmbeddingsOptions, FillMaskOptions, Pipeline, QaInput,
-    QuestionAnsweringOptions, RerankOptions, ScoreFunction, TextClassificationOptions,
-    TokenClassificationOptions, AggregationStrategy,
+    AggregationStrategy, AnyPipeline, CrossEncoderActivation, EmbeddingsOptions, FillMaskOptions,
+    Pipeline, QaInput, QuestionAnsweringOptions, RerankOptions, ScoreFunction,
+    TextClassificationOptions, TokenClassificationOptions,
 };
-use ferroformers::serve::{detect_task, Server, ServerConfig, ServeTask};
+use ferroformers::serve::{detect_task, ServeTask, Server, ServerConfig};
 use ferroformers::{EncodeOptions, HubOptions, LoadOptions, Task, TextInput};
 use reqwest::blocking::Client;
 use reqwest::StatusCode;
@@ -44,7 +44,9 @@ impl TestServer {
                 .expect("a tokio runtime");
             runtime.block_on(async move {
                 let server = Server::bind(pipeline, config).await.expect("binds");
-                address_tx.send(server.local_addr()).expect("the test waits");
+                address_tx
+                    .send(server.local_addr())
+                    .expect("the test waits");
                 server
                     .run(async {
                         let _ = stopped.await;
@@ -99,7 +101,11 @@ fn client() -> Client {
 
 /// POST `body` and return the status and the JSON answer.
 fn post(client: &Client, url: &str, body: &Value) -> (StatusCode, Value) {
-    let response = client.post(url).json(body).send().expect("the server answers");
+    let response = client
+        .post(url)
+        .json(body)
+        .send()
+        .expect("the server answers");
     let status = response.status();
     (status, response.json().expect("a JSON body"))
 }
@@ -153,9 +159,14 @@ fn embed_and_openai_embeddings_match_the_pipeline() {
     let embeddings = pipeline.as_embeddings().unwrap();
     let client = client();
     let normalized = embeddings
-        .run(TEXTS, &EmbeddingsOptions::default().with_normalize_embeddings(true))
+        .run(
+            TEXTS,
+            &EmbeddingsOptions::default().with_normalize_embeddings(true),
+        )
         .unwrap();
-    let raw = embeddings.run(TEXTS, &EmbeddingsOptions::default()).unwrap();
+    let raw = embeddings
+        .run(TEXTS, &EmbeddingsOptions::default())
+        .unwrap();
 
     // TEI normalizes by default; a list in, a list of vectors out.
     let (status, body) = post(&client, &server.url("/embed"), &json!({ "inputs": TEXTS }));
@@ -173,12 +184,23 @@ fn embed_and_openai_embeddings_match_the_pipeline() {
     );
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body.as_array().unwrap().len(), 1);
-    assert_close_slices(&floats(&body[0]), &raw[1], TOLERANCE, "/embed normalize false");
+    assert_close_slices(
+        &floats(&body[0]),
+        &raw[1],
+        TOLERANCE,
+        "/embed normalize false",
+    );
 
     // OpenAI: floats, then base64 of the little-endian f32 bytes; usage counts the tokens.
     let tokens: usize = TEXTS
         .iter()
-        .map(|t| pipeline.tokenizer().encode(*t, &EncodeOptions::default()).unwrap().len())
+        .map(|t| {
+            pipeline
+                .tokenizer()
+                .encode(*t, &EncodeOptions::default())
+                .unwrap()
+                .len()
+        })
         .sum();
     let (status, body) = post(
         &client,
@@ -193,7 +215,12 @@ fn embed_and_openai_embeddings_match_the_pipeline() {
     for (i, expected) in normalized.iter().enumerate() {
         assert_eq!(body["data"][i]["index"], i);
         assert_eq!(body["data"][i]["object"], "embedding");
-        assert_close_slices(&floats(&body["data"][i]["embedding"]), expected, TOLERANCE, "/v1/embeddings");
+        assert_close_slices(
+            &floats(&body["data"][i]["embedding"]),
+            expected,
+            TOLERANCE,
+            "/v1/embeddings",
+        );
     }
     let (status, body) = post(
         &client,
@@ -202,7 +229,11 @@ fn embed_and_openai_embeddings_match_the_pipeline() {
     );
     assert_eq!(status, StatusCode::OK, "{body}");
     let bytes = base64::engine::general_purpose::STANDARD
-        .decode(body["data"][0]["embedding"].as_str().expect("a base64 string"))
+        .decode(
+            body["data"][0]["embedding"]
+                .as_str()
+                .expect("a base64 string"),
+        )
         .expect("valid base64");
     let decoded: Vec<f32> = bytes
         .chunks_exact(4)
@@ -211,10 +242,20 @@ fn embed_and_openai_embeddings_match_the_pipeline() {
     assert_close_slices(&decoded, &normalized[0], TOLERANCE, "base64 embedding");
 
     // The one model, by the name it was given.
-    let models: Value = client.get(server.url("/v1/models")).send().unwrap().json().unwrap();
+    let models: Value = client
+        .get(server.url("/v1/models"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
     assert_eq!(models["data"][0]["id"], "fixture");
     assert_eq!(models["data"][0]["object"], "model");
-    let info: Value = client.get(server.url("/info")).send().unwrap().json().unwrap();
+    let info: Value = client
+        .get(server.url("/info"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
     assert_eq!(info["model_id"], "fixture");
     assert_eq!(info["task"], "feature-extraction");
     assert_eq!(info["model_type"]["embedding"]["pooling"], "mean");
@@ -227,11 +268,20 @@ fn tokenize_and_decode_match_the_tokenizer() {
     let server = TestServer::start(pipeline.clone(), config());
     let client = client();
     let tokenizer = pipeline.tokenizer();
-    let (status, body) = post(&client, &server.url("/tokenize"), &json!({ "inputs": TEXTS }));
+    let (status, body) = post(
+        &client,
+        &server.url("/tokenize"),
+        &json!({ "inputs": TEXTS }),
+    );
     assert_eq!(status, StatusCode::OK, "{body}");
     for (tokens, text) in body.as_array().unwrap().iter().zip(TEXTS) {
         let encoding = tokenizer.encode(text, &EncodeOptions::default()).unwrap();
-        let ids: Vec<u64> = tokens.as_array().unwrap().iter().map(|t| t["id"].as_u64().unwrap()).collect();
+        let ids: Vec<u64> = tokens
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_u64().unwrap())
+            .collect();
         let expected: Vec<u64> = encoding.get_ids().iter().map(|&id| u64::from(id)).collect();
         assert_eq!(ids, expected, "{text}");
         // [CLS] first, special, without offsets; the next token is the text's first word.
@@ -242,7 +292,11 @@ fn tokenize_and_decode_match_the_tokenizer() {
         assert_eq!(tokens[1]["text"], text[start..stop].to_string());
     }
     // Decoding the ids gives the tokenizer's decoding, specials skipped by default.
-    let ids = tokenizer.encode(TEXTS[0], &EncodeOptions::default()).unwrap().get_ids().to_vec();
+    let ids = tokenizer
+        .encode(TEXTS[0], &EncodeOptions::default())
+        .unwrap()
+        .get_ids()
+        .to_vec();
     let (status, body) = post(&client, &server.url("/decode"), &json!({ "ids": ids }));
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body, json!([tokenizer.decode(&ids, true).unwrap()]));
@@ -280,11 +334,20 @@ fn rerank_matches_the_cross_encoder() {
         for (rank, document) in ranks.iter().zip(&expected) {
             assert_eq!(rank["index"], document.corpus_id);
             assert_eq!(rank["text"], document.text.clone().unwrap());
-            assert_close_slices(&[rank["score"].as_f64().unwrap() as f32], &[document.score], TOLERANCE, "score");
+            assert_close_slices(
+                &[rank["score"].as_f64().unwrap() as f32],
+                &[document.score],
+                TOLERANCE,
+                "score",
+            );
         }
     }
     // Without return_text, no text field.
-    let (_, body) = post(&client, &server.url("/rerank"), &json!({ "query": query, "texts": TEXTS }));
+    let (_, body) = post(
+        &client,
+        &server.url("/rerank"),
+        &json!({ "query": query, "texts": TEXTS }),
+    );
     assert!(body[0].get("text").is_none(), "{body}");
 }
 
@@ -296,17 +359,32 @@ fn predict_matches_the_classifier() {
     let client = client();
     let all = TextClassificationOptions::default().with_top_k(None);
     let as_json = |labels: Vec<ferroformers::pipelines::LabelScore>| -> Value {
-        labels.into_iter().map(|l| json!({ "score": l.score, "label": l.label })).collect()
+        labels
+            .into_iter()
+            .map(|l| json!({ "score": l.score, "label": l.label }))
+            .collect()
     };
     // One text: one list of labels, best first.
     let expected = as_json(classifier.run_one(TEXTS[0], &all).unwrap());
-    let (status, body) = post(&client, &server.url("/predict"), &json!({ "inputs": TEXTS[0] }));
+    let (status, body) = post(
+        &client,
+        &server.url("/predict"),
+        &json!({ "inputs": TEXTS[0] }),
+    );
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_json_close(&body, &expected, "/predict one");
     // A batch of a text and a pair, raw scores.
     let raw = all.clone().with_function_to_apply(ScoreFunction::None);
-    let inputs = [TextInput::Single(TEXTS[1]), TextInput::Pair(TEXTS[0], TEXTS[2])];
-    let expected: Value = classifier.run(inputs, &raw).unwrap().into_iter().map(as_json).collect();
+    let inputs = [
+        TextInput::Single(TEXTS[1]),
+        TextInput::Pair(TEXTS[0], TEXTS[2]),
+    ];
+    let expected: Value = classifier
+        .run(inputs, &raw)
+        .unwrap()
+        .into_iter()
+        .map(as_json)
+        .collect();
     let (status, body) = post(
         &client,
         &server.url("/predict"),
@@ -314,8 +392,19 @@ fn predict_matches_the_classifier() {
     );
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_json_close(&body, &expected, "/predict batch");
-    let info: Value = client.get(server.url("/info")).send().unwrap().json().unwrap();
-    assert_eq!(info["model_type"]["classifier"]["id2label"].as_object().unwrap().len(), 3);
+    let info: Value = client
+        .get(server.url("/info"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(
+        info["model_type"]["classifier"]["id2label"]
+            .as_object()
+            .unwrap()
+            .len(),
+        3
+    );
 }
 
 #[test]
@@ -324,16 +413,38 @@ fn inference_api_answers_what_the_cli_prints() {
     // fill-mask: one text gives its predictions; a list gives one list per text.
     let pipeline = load(Task::FillMask, "bert/masked-lm");
     let server = TestServer::start(pipeline.clone(), config());
-    let texts = ["Paris is the [MASK] of France.", "The [MASK] sat on the mat."];
+    let texts = [
+        "Paris is the [MASK] of France.",
+        "The [MASK] sat on the mat.",
+    ];
     let options = FillMaskOptions::default().with_top_k(3);
-    let expected = serde_json::to_value(pipeline.as_fill_mask().unwrap().run(texts, &options).unwrap()).unwrap();
-    let (status, body) = post(&client, &server.url("/"), &json!({ "inputs": texts, "parameters": { "top_k": 3 } }));
+    let expected = serde_json::to_value(
+        pipeline
+            .as_fill_mask()
+            .unwrap()
+            .run(texts, &options)
+            .unwrap(),
+    )
+    .unwrap();
+    let (status, body) = post(
+        &client,
+        &server.url("/"),
+        &json!({ "inputs": texts, "parameters": { "top_k": 3 } }),
+    );
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_json_close(&body, &expected, "fill-mask");
-    let (_, body) = post(&client, &server.url("/"), &json!({ "inputs": texts[0], "parameters": { "top_k": 3 } }));
+    let (_, body) = post(
+        &client,
+        &server.url("/"),
+        &json!({ "inputs": texts[0], "parameters": { "top_k": 3 } }),
+    );
     assert_json_close(&body, &expected[0], "fill-mask one");
     // An unknown parameter is named.
-    let (status, body) = post(&client, &server.url("/"), &json!({ "inputs": texts[0], "parameters": { "topk": 3 } }));
+    let (status, body) = post(
+        &client,
+        &server.url("/"),
+        &json!({ "inputs": texts[0], "parameters": { "topk": 3 } }),
+    );
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(body["error"].as_str().unwrap().contains("topk"), "{body}");
     drop(server);
@@ -341,8 +452,16 @@ fn inference_api_answers_what_the_cli_prints() {
     // NER, aggregated as `simple` by default (the CLI's default).
     let pipeline = load(Task::TokenClassification, "bert/token-classification");
     let server = TestServer::start(pipeline.clone(), config());
-    let options = TokenClassificationOptions::default().with_aggregation_strategy(AggregationStrategy::Simple);
-    let expected = serde_json::to_value(pipeline.as_token_classification().unwrap().run_one(TEXTS[0], &options).unwrap()).unwrap();
+    let options = TokenClassificationOptions::default()
+        .with_aggregation_strategy(AggregationStrategy::Simple);
+    let expected = serde_json::to_value(
+        pipeline
+            .as_token_classification()
+            .unwrap()
+            .run_one(TEXTS[0], &options)
+            .unwrap(),
+    )
+    .unwrap();
     let (status, body) = post(&client, &server.url("/"), &json!({ "inputs": TEXTS[0] }));
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_json_close(&body, &expected, "ner");
@@ -352,21 +471,43 @@ fn inference_api_answers_what_the_cli_prints() {
     let pipeline = load(Task::QuestionAnswering, "bert/question-answering");
     let server = TestServer::start(pipeline.clone(), config());
     let qa = pipeline.as_question_answering().unwrap();
-    let question = QaInput { question: "Where does the cat sit?", context: "The cat sat on the mat in the sun." };
-    let answers = qa.run_one(question, &QuestionAnsweringOptions::default().with_top_k(2)).unwrap();
+    let question = QaInput {
+        question: "Where does the cat sit?",
+        context: "The cat sat on the mat in the sun.",
+    };
+    let answers = qa
+        .run_one(question, &QuestionAnsweringOptions::default().with_top_k(2))
+        .unwrap();
     let inputs = json!({ "question": question.question, "context": question.context });
     let (status, body) = post(&client, &server.url("/"), &json!({ "inputs": inputs }));
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_json_close(&body, &serde_json::to_value(&answers[0]).unwrap(), "qa best");
-    let (_, body) = post(&client, &server.url("/"), &json!({ "inputs": inputs, "parameters": { "top_k": 2 } }));
+    assert_json_close(
+        &body,
+        &serde_json::to_value(&answers[0]).unwrap(),
+        "qa best",
+    );
+    let (_, body) = post(
+        &client,
+        &server.url("/"),
+        &json!({ "inputs": inputs, "parameters": { "top_k": 2 } }),
+    );
     assert_json_close(&body, &serde_json::to_value(&answers).unwrap(), "qa top 2");
 }
 
-fn assert_tei_error(status: StatusCode, body: &Value, expected: StatusCode, error_type: &str, mentions: &str) {
+fn assert_tei_error(
+    status: StatusCode,
+    body: &Value,
+    expected: StatusCode,
+    error_type: &str,
+    mentions: &str,
+) {
     assert_eq!(status, expected, "{body}");
     assert_eq!(body["error_type"], error_type, "{body}");
     let message = body["error"].as_str().expect("an error message");
-    assert!(message.contains(mentions), "`{message}` does not mention `{mentions}`");
+    assert!(
+        message.contains(mentions),
+        "`{message}` does not mention `{mentions}`"
+    );
 }
 
 #[test]
@@ -390,18 +531,43 @@ fn bad_requests_get_tei_and_openai_errors() {
     };
 
     // 401 without the key or with a wrong one, in each route's shape; /health needs none.
-    let (status, body) = send(client.post(server.url("/embed")).json(&json!({ "inputs": "a" })));
-    assert_tei_error(status, &body, StatusCode::UNAUTHORIZED, "validation", "API key");
-    let (status, body) = send(client.post(server.url("/v1/embeddings")).bearer_auth("wrong").json(&json!({ "input": "a" })));
+    let (status, body) = send(
+        client
+            .post(server.url("/embed"))
+            .json(&json!({ "inputs": "a" })),
+    );
+    assert_tei_error(
+        status,
+        &body,
+        StatusCode::UNAUTHORIZED,
+        "validation",
+        "API key",
+    );
+    let (status, body) = send(
+        client
+            .post(server.url("/v1/embeddings"))
+            .bearer_auth("wrong")
+            .json(&json!({ "input": "a" })),
+    );
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(body["error"]["code"], "invalid_api_key", "{body}");
     assert_eq!(body["error"]["type"], "invalid_request_error");
-    assert_eq!(client.get(server.url("/health")).send().unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        client.get(server.url("/health")).send().unwrap().status(),
+        StatusCode::OK
+    );
 
     // 413 past the payload limit.
     let big = "word ".repeat(400);
-    let (status, body) = send(with_key(client.post(server.url("/embed"))).json(&json!({ "inputs": big })));
-    assert_tei_error(status, &body, StatusCode::PAYLOAD_TOO_LARGE, "validation", "length limit");
+    let (status, body) =
+        send(with_key(client.post(server.url("/embed"))).json(&json!({ "inputs": big })));
+    assert_tei_error(
+        status,
+        &body,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "validation",
+        "length limit",
+    );
 
     // 422 for JSON that does not parse, a missing field, a field of the wrong type.
     let (status, body) = send(
@@ -409,44 +575,113 @@ fn bad_requests_get_tei_and_openai_errors() {
             .header("content-type", "application/json")
             .body("{\"inputs\": "),
     );
-    assert_tei_error(status, &body, StatusCode::UNPROCESSABLE_ENTITY, "validation", "JSON");
-    let (status, body) = send(with_key(client.post(server.url("/embed"))).json(&json!({ "input": "a" })));
-    assert_tei_error(status, &body, StatusCode::UNPROCESSABLE_ENTITY, "validation", "`inputs`");
-    let (status, body) = send(with_key(client.post(server.url("/embed"))).json(&json!({ "inputs": "a", "normalize": "yes" })));
-    assert_tei_error(status, &body, StatusCode::UNPROCESSABLE_ENTITY, "validation", "normalize");
-    let (status, body) = send(with_key(client.post(server.url("/v1/embeddings"))).json(&json!({ "input": 5 })));
+    assert_tei_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation",
+        "JSON",
+    );
+    let (status, body) =
+        send(with_key(client.post(server.url("/embed"))).json(&json!({ "input": "a" })));
+    assert_tei_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation",
+        "`inputs`",
+    );
+    let (status, body) = send(
+        with_key(client.post(server.url("/embed")))
+            .json(&json!({ "inputs": "a", "normalize": "yes" })),
+    );
+    assert_tei_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation",
+        "normalize",
+    );
+    let (status, body) =
+        send(with_key(client.post(server.url("/v1/embeddings"))).json(&json!({ "input": 5 })));
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert_eq!(body["error"]["param"], "input", "{body}");
     assert_eq!(body["error"]["type"], "invalid_request_error");
-    let (status, body) = send(with_key(client.post(server.url("/embed"))).json(&json!({ "inputs": "a", "truncation_direction": "Left" })));
-    assert_tei_error(status, &body, StatusCode::UNPROCESSABLE_ENTITY, "validation", "Left");
-    let (status, body) = send(with_key(client.post(server.url("/embed"))).json(&json!({ "inputs": [] })));
+    let (status, body) = send(
+        with_key(client.post(server.url("/embed")))
+            .json(&json!({ "inputs": "a", "truncation_direction": "Left" })),
+    );
+    assert_tei_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation",
+        "Left",
+    );
+    let (status, body) =
+        send(with_key(client.post(server.url("/embed"))).json(&json!({ "inputs": [] })));
     assert_tei_error(status, &body, StatusCode::BAD_REQUEST, "empty", "empty");
 
     // An input over max_input_length: 413 as TEI, unless truncate, which cuts it there.
     let long = "one two three four five six seven eight nine ten";
-    let (status, body) = send(with_key(client.post(server.url("/embed"))).json(&json!({ "inputs": long })));
-    assert_tei_error(status, &body, StatusCode::PAYLOAD_TOO_LARGE, "validation", "less than 8 tokens");
-    let (status, body) = send(with_key(client.post(server.url("/embed"))).json(&json!({ "inputs": long, "truncate": true })));
+    let (status, body) =
+        send(with_key(client.post(server.url("/embed"))).json(&json!({ "inputs": long })));
+    assert_tei_error(
+        status,
+        &body,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "validation",
+        "less than 8 tokens",
+    );
+    let (status, body) = send(
+        with_key(client.post(server.url("/embed")))
+            .json(&json!({ "inputs": long, "truncate": true })),
+    );
     assert_eq!(status, StatusCode::OK, "{body}");
     let expected = pipeline
         .as_embeddings()
         .unwrap()
-        .run_one(long, &EmbeddingsOptions::default().with_normalize_embeddings(true).with_max_length(8))
+        .run_one(
+            long,
+            &EmbeddingsOptions::default()
+                .with_normalize_embeddings(true)
+                .with_max_length(8),
+        )
         .unwrap();
     assert_close_slices(&floats(&body[0]), &expected, TOLERANCE, "truncated /embed");
-    let (status, body) = send(with_key(client.post(server.url("/v1/embeddings"))).json(&json!({ "input": long })));
+    let (status, body) =
+        send(with_key(client.post(server.url("/v1/embeddings"))).json(&json!({ "input": long })));
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
-    assert!(body["error"]["message"].as_str().unwrap().contains("less than 8 tokens"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("less than 8 tokens"),
+        "{body}"
+    );
 
     // 404 for an unknown route, 400 for a route of another task.
     let (status, body) = send(with_key(client.get(server.url("/nothing"))));
-    assert_tei_error(status, &body, StatusCode::NOT_FOUND, "validation", "/nothing");
+    assert_tei_error(
+        status,
+        &body,
+        StatusCode::NOT_FOUND,
+        "validation",
+        "/nothing",
+    );
     let (status, body) = send(with_key(client.get(server.url("/v1/nothing"))));
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body["error"]["code"], "unknown_url", "{body}");
-    let (status, body) = send(with_key(client.post(server.url("/rerank"))).json(&json!({ "query": "q", "texts": ["a"] })));
-    assert_tei_error(status, &body, StatusCode::BAD_REQUEST, "validation", "cross-encoder");
+    let (status, body) = send(
+        with_key(client.post(server.url("/rerank"))).json(&json!({ "query": "q", "texts": ["a"] })),
+    );
+    assert_tei_error(
+        status,
+        &body,
+        StatusCode::BAD_REQUEST,
+        "validation",
+        "cross-encoder",
+    );
 }
 
 #[test]
@@ -489,7 +724,10 @@ fn requests_past_max_concurrent_requests_get_429() {
     let mut status_line = String::new();
     reader.read_line(&mut status_line).unwrap();
     assert!(status_line.starts_with("HTTP/1.1 200"), "{status_line}");
-    assert_eq!(client.get(server.url("/info")).send().unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        client.get(server.url("/info")).send().unwrap().status(),
+        StatusCode::OK
+    );
 }
 
 #[test]
@@ -514,7 +752,14 @@ fn auto_task_follows_the_model_files() {
 #[test]
 fn the_command_prints_its_address_serves_and_stops_on_sigterm() {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ferroformers"))
-        .args(["serve", "-m", &fixture_model("bert/sequence-classification"), "--port", "0", "--quiet"])
+        .args([
+            "serve",
+            "-m",
+            &fixture_model("bert/sequence-classification"),
+            "--port",
+            "0",
+            "--quiet",
+        ])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("the binary starts");
@@ -527,8 +772,16 @@ fn the_command_prints_its_address_serves_and_stops_on_sigterm() {
         .nth(1)
         .and_then(|rest| rest.split(',').next())
         .expect("the ready line has the address");
-    assert!(address.starts_with("127.0.0.1:"), "binds loopback by default: {ready}");
-    let info: Value = client().get(format!("http://{address}/info")).send().unwrap().json().unwrap();
+    assert!(
+        address.starts_with("127.0.0.1:"),
+        "binds loopback by default: {ready}"
+    );
+    let info: Value = client()
+        .get(format!("http://{address}/info"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
     assert_eq!(info["task"], "text-classification");
     // SIGTERM: stops accepting, exits 0.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);

@@ -14,8 +14,8 @@ use super::error::{ServeError, TeiError};
 use super::tei::{not_empty, Inputs};
 use super::{run_blocking, AppState, Shared};
 use crate::pipelines::{
-    AggregationStrategy, AnyPipeline, FillMaskOptions, Pipeline, QaInput,
-    QuestionAnsweringOptions, TokenClassificationOptions,
+    AggregationStrategy, AnyPipeline, FillMaskOptions, Pipeline, QaInput, QuestionAnsweringOptions,
+    TokenClassificationOptions,
 };
 
 /// The body: the task's inputs and its parameters, checked once the task is known.
@@ -118,7 +118,10 @@ fn answer(state: &Shared, request: InferenceRequest) -> Result<Value, ServeError
             if let Some(top_k) = parameters.top_k {
                 options.top_k = top_k;
             }
-            shaped(pipeline.run(&texts, &options)?, matches!(inputs, Inputs::One(_)))
+            shaped(
+                pipeline.run(&texts, &options)?,
+                matches!(inputs, Inputs::One(_)),
+            )
         }
         AnyPipeline::TokenClassification(pipeline) => {
             let inputs: Inputs = field("inputs", request.inputs)?;
@@ -139,7 +142,10 @@ fn answer(state: &Shared, request: InferenceRequest) -> Result<Value, ServeError
             if let Some(labels) = parameters.ignore_labels {
                 options.ignore_labels = labels;
             }
-            shaped(pipeline.run(&texts, &options)?, matches!(inputs, Inputs::One(_)))
+            shaped(
+                pipeline.run(&texts, &options)?,
+                matches!(inputs, Inputs::One(_)),
+            )
         }
         AnyPipeline::QuestionAnswering(pipeline) => {
             let inputs: QaInputs = field("inputs", request.inputs)?;

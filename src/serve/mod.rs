@@ -192,7 +192,10 @@ impl Server {
 
     /// Serve until `shutdown` completes, then stop accepting and let in-flight requests
     /// finish, for at most the config's `shutdown_timeout`.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         let (stopping, mut stopped) = tokio::sync::watch::channel(false);
         let serve = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
             shutdown.await;
@@ -253,7 +256,9 @@ fn cors_layer(origins: &[String]) -> std::io::Result<Option<CorsLayer>> {
                 HeaderValue::from_str(origin).map_err(|_| {
                     std::io::Error::new(
                         std::io::ErrorKind::InvalidInput,
-                        format!("`{origin}` is not a valid CORS origin: pass e.g. https://example.com"),
+                        format!(
+                            "`{origin}` is not a valid CORS origin: pass e.g. https://example.com"
+                        ),
                     )
                 })
             })

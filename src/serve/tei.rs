@@ -101,10 +101,18 @@ pub(crate) async fn embed(
 ) -> Result<Json<Vec<Vec<f32>>>, TeiError> {
     let Json(request) = body?;
     right_only(&request.truncation_direction)?;
-    let prompt = request.prompt_name.map_or(Prompt::ModelDefault, Prompt::Named);
+    let prompt = request
+        .prompt_name
+        .map_or(Prompt::ModelDefault, Prompt::Named);
     let embeddings = run_blocking(&state, move |state| {
-        embed_texts(state, &request.inputs.texts(), request.truncate, request.normalize, prompt)
-            .map(|(embeddings, _)| embeddings)
+        embed_texts(
+            state,
+            &request.inputs.texts(),
+            request.truncate,
+            request.normalize,
+            prompt,
+        )
+        .map(|(embeddings, _)| embeddings)
     })
     .await?;
     Ok(Json(embeddings))
@@ -187,7 +195,9 @@ pub(crate) async fn rerank(
             batch_size: state.batch_size(),
             truncation: request.truncate,
             max_length: state.config.max_input_length,
-            activation: request.raw_scores.then_some(CrossEncoderActivation::Identity),
+            activation: request
+                .raw_scores
+                .then_some(CrossEncoderActivation::Identity),
             ..RerankOptions::default()
         };
         let ranked = pipeline.rank(&request.query, &texts, &options)?;
@@ -274,7 +284,10 @@ pub(crate) async fn predict(
             .collect();
         if !request.truncate {
             for input in &inputs {
-                let length = pipeline.tokenizer().encode(*input, &EncodeOptions::default())?.len();
+                let length = pipeline
+                    .tokenizer()
+                    .encode(*input, &EncodeOptions::default())?
+                    .len();
                 if length > state.max_input_length {
                     return Err(super::too_long(length, state.max_input_length));
                 }
@@ -363,7 +376,9 @@ pub(crate) async fn tokenize(
                             id,
                             text: match special {
                                 true => token.clone(),
-                                false => chars.get(start..stop).unwrap_or_default().iter().collect(),
+                                false => {
+                                    chars.get(start..stop).unwrap_or_default().iter().collect()
+                                }
                             },
                             special,
                             start: (!special).then_some(start),
@@ -460,7 +475,9 @@ pub(crate) struct Labels {
 
 fn labels(state: &Shared) -> Labels {
     let names = state.pipeline.config().id2label();
-    let id2label = (0..names.len()).map(|id| (id.to_string(), names.name(id))).collect();
+    let id2label = (0..names.len())
+        .map(|id| (id.to_string(), names.name(id)))
+        .collect();
     let label2id = (0..names.len()).map(|id| (names.name(id), id)).collect();
     Labels { id2label, label2id }
 }
