@@ -14,7 +14,7 @@ use base64::Engine;
 use common::{assert_close_slices, assert_same_len, fixture_model};
 use ferroformers::pipelines::{
     AggregationStrategy, AnyPipeline, CrossEncoderActivation, EmbeddingsOptions, FillMaskOptions,
-    Pipeline, QaInput, QuestionAnsweringOptions, RerankOptions, ScoreFunction,
+    Pipeline, Prompt, QaInput, QuestionAnsweringOptions, RerankOptions, ScoreFunction,
     TextClassificationOptions, TokenClassificationOptions,
 };
 use ferroformers::serve::{detect_task, ServeTask, Server, ServerConfig};
@@ -789,4 +789,119 @@ fn the_command_prints_its_address_serves_and_stops_on_sigterm() {
     assert!(status.success(), "{status}");
     let mut rest = String::new();
     stdout.read_to_string(&mut rest).unwrap();
+}
+
+#[test]
+fn prompt_name_picks_the_models_prompt() {
+    // prompts {query: "query: ", passage: "passage: "}, default_prompt_name "query".
+    let pipeline = load(
+        Task::Embeddings,
+        "xlm-roberta/sentence-transformers-prompts",
+    );
+    let server = TestServer::start(pipeline.clone(), config());
+    let embeddings = pipeline.as_embeddings().unwrap();
+    let client = client();
+    for prompt in [None, Some("passage")] {
+        let options = EmbeddingsOptions::default()
+            .with_normalize_embeddings(true)
+            .with_prompt(prompt.map_or(Prompt::ModelDefault, |name| Prompt::Named(name.into())));
+        let expected = embeddings.run_one(TEXTS[0], &options).unwrap();
+        let (status, body) = post(
+            &client,
+            &server.url("/embed"),
+            &json!({ "inputs": TEXTS[0], "prompt_name": prompt }),
+        );
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_close_slices(&floats(&body[0]), &expected, TOLERANCE, "prompted /embed");
+    }
+    // The two prompts give different embeddings (else the comparison above proves nothing).
+    let (_, query) = post(
+        &client,
+        &server.url("/embed"),
+        &json!({ "inputs": TEXTS[0] }),
+    );
+    let (_, passage) = post(
+        &client,
+        &server.url("/embed"),
+        &json!({ "inputs": TEXTS[0], "prompt_name": "passage" }),
+    );
+    assert_ne!(query, passage);
+    let (status, body) = post(
+        &client,
+        &server.url("/embed"),
+        &json!({ "inputs": TEXTS[0], "prompt_name": "nope" }),
+    );
+    assert_tei_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation",
+        "nope",
+    );
+}
+
+#[test]
+fn cors_preflight_is_answered_before_the_api_key_is_asked() {
+    let server = TestServer::start(
+        load(Task::Embeddings, "bert/base"),
+        ServerConfig {
+            api_key: Some("secret".to_string()),
+            cors_allow_origins: vec!["https://app.example".to_string()],
+            ..config()
+        },
+    );
+    let response = client()
+        .request(reqwest::Method::OPTIONS, server.url("/embed"))
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization, content-type",
+        )
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    // Another origin is not allowed.
+    let response = client()
+        .request(reqwest::Method::OPTIONS, server.url("/embed"))
+        .header("origin", "https://elsewhere.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .unwrap();
+    assert!(response
+        .headers()
+        .get("access-control-allow-origin")
+        .is_none());
+}
+
+#[test]
+fn shutdown_lets_the_request_in_flight_finish_and_accepts_no_more() {
+    let mut server = TestServer::start(load(Task::Embeddings, "bert/base"), config());
+    let body = br#"{"inputs": "hello"}"#;
+    let mut held = TcpStream::connect(server.address).unwrap();
+    write!(
+        held,
+        "POST /embed HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    held.write_all(&body[..5]).unwrap();
+    held.flush().unwrap();
+    // Make sure the server has the request before it is told to stop.
+    std::thread::sleep(Duration::from_millis(200));
+    server.stop.take().unwrap().send(()).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    held.write_all(&body[5..]).unwrap();
+    let mut answer = String::new();
+    BufReader::new(held).read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    server.thread.take().unwrap().join().unwrap();
+    assert!(
+        TcpStream::connect(server.address).is_err(),
+        "still accepting"
+    );
 }
