@@ -141,3 +141,19 @@ pub fn run(
         Ok::<(), CliError>(())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::byte_size;
+
+    #[test]
+    fn payload_limits_read_as_tei_writes_them() {
+        assert_eq!(byte_size("2MB"), Ok(2_000_000));
+        assert_eq!(byte_size("512kB"), Ok(512_000));
+        assert_eq!(byte_size("1MiB"), Ok(1 << 20));
+        assert_eq!(byte_size("1500"), Ok(1500));
+        assert!(byte_size("2 parsecs").is_err());
+        assert!(byte_size("MB").is_err());
+        assert!(byte_size("99999999999999999999GB").is_err());
+    }
+}

@@ -905,3 +905,86 @@ fn shutdown_lets_the_request_in_flight_finish_and_accepts_no_more() {
         "still accepting"
     );
 }
+
+/// The value of the sample `name{labels}` in Prometheus' text format.
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+        value.parse().ok()
+    })
+}
+
+#[test]
+fn metrics_count_requests_by_route_and_status() {
+    let server = TestServer::start(
+        load(Task::Embeddings, "bert/base"),
+        ServerConfig {
+            api_key: Some("secret".to_string()),
+            ..config()
+        },
+    );
+    let client = client();
+    for body in [
+        json!({ "inputs": "a" }),
+        json!({ "inputs": ["b"] }),
+        json!({ "input": "c" }),
+    ] {
+        client
+            .post(server.url("/embed"))
+            .bearer_auth("secret")
+            .json(&body)
+            .send()
+            .unwrap();
+    }
+    client
+        .post(server.url("/embed"))
+        .json(&json!({ "inputs": "a" }))
+        .send()
+        .unwrap();
+    client
+        .get(server.url("/nothing/here"))
+        .bearer_auth("secret")
+        .send()
+        .unwrap();
+    let unauthorized = client.get(server.url("/metrics")).send().unwrap();
+    assert_eq!(unauthorized.status(), StatusCode::UNAUTHORIZED);
+    let response = client
+        .get(server.url("/metrics"))
+        .bearer_auth("secret")
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let metrics = response.text().unwrap();
+    let count = |series: &str| sample(&metrics, series);
+    assert_eq!(
+        count(r#"ferroformers_requests_total{route="/embed",status="200"}"#),
+        Some(2.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        count(r#"ferroformers_requests_total{route="/embed",status="422"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        count(r#"ferroformers_requests_total{route="/embed",status="401"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        count(r#"ferroformers_requests_total{route="unmatched",status="404"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        count(r#"ferroformers_requests_total{route="/metrics",status="401"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        count(r#"ferroformers_request_duration_seconds_count{route="/embed"}"#),
+        Some(4.0)
+    );
+    // The scrape itself is the one request in flight.
+    assert_eq!(count("ferroformers_requests_in_flight"), Some(1.0));
+}

@@ -21,6 +21,7 @@
 
 mod error;
 mod inference;
+mod metrics;
 mod openai;
 mod task;
 mod tei;
@@ -101,6 +102,7 @@ struct Shared {
     /// `config.max_input_length`, or the model's.
     max_input_length: usize,
     in_flight: Arc<Semaphore>,
+    metrics: metrics::Metrics,
 }
 
 type AppState = Arc<Shared>;
@@ -169,9 +171,13 @@ impl Server {
         };
         let cors = cors_layer(&config.cors_allow_origins)?;
         let shutdown_timeout = config.shutdown_timeout;
+        // Only fails on a bad metric name or a name used twice: fixed in the code.
+        let metrics = metrics::Metrics::new()
+            .map_err(|e| std::io::Error::other(format!("cannot set up the metrics: {e}")))?;
         let shared = Arc::new(Shared {
             max_input_length: config.max_input_length.unwrap_or(model_limit),
             in_flight: Arc::new(Semaphore::new(config.max_concurrent_requests)),
+            metrics,
             pipeline,
             config,
         });
@@ -274,7 +280,7 @@ fn cors_layer(origins: &[String]) -> std::io::Result<Option<CorsLayer>> {
 }
 
 fn router(shared: AppState, cors: Option<CorsLayer>) -> Router {
-    let guarded = Router::new()
+    let router = Router::new()
         .route("/embed", post(tei::embed))
         .route("/rerank", post(tei::rerank))
         .route("/predict", post(tei::predict))
@@ -285,10 +291,22 @@ fn router(shared: AppState, cors: Option<CorsLayer>) -> Router {
         .route("/v1/embeddings", post(openai::embeddings))
         .route("/", post(inference::run))
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(Arc::clone(&shared), guard));
-    // After the guard: health checks need no key and are never turned away.
-    let router = guarded
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&shared),
+            take_slot,
+        ))
+        // Scraped even when the server is full; needs the key as every route but /health.
+        .route("/metrics", get(metrics::render))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&shared),
+            check_key,
+        ))
+        // Health checks need no key and are never turned away.
         .route("/health", get(tei::health))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&shared),
+            metrics::record,
+        ))
         // axum's limit rather than tower-http's: the Json extractor then reports it (413) in
         // the route's own error body.
         .layer(DefaultBodyLimit::max(shared.config.payload_limit))
@@ -300,9 +318,8 @@ fn router(shared: AppState, cors: Option<CorsLayer>) -> Router {
     }
 }
 
-/// The API key, then a slot among `max_concurrent_requests`, held until the response is made.
-async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let flavor = Flavor::of_path(request.uri().path());
+/// 401 unless the request brings the API key (when one is set).
+async fn check_key(State(state): State<AppState>, request: Request, next: Next) -> Response {
     if let Some(key) = &state.config.api_key {
         let given = request
             .headers()
@@ -310,11 +327,18 @@ async fn guard(State(state): State<AppState>, request: Request, next: Next) -> R
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.strip_prefix("Bearer "));
         if !given.is_some_and(|given| same_secret(given.as_bytes(), key.as_bytes())) {
-            return ServeError::Unauthorized.into_response_as(flavor);
+            return ServeError::Unauthorized
+                .into_response_as(Flavor::of_path(request.uri().path()));
         }
     }
+    next.run(request).await
+}
+
+/// A slot among `max_concurrent_requests`, held until the response is made; 429 when none
+/// is free.
+async fn take_slot(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let Ok(_slot) = Arc::clone(&state.in_flight).try_acquire_owned() else {
-        return ServeError::Overloaded.into_response_as(flavor);
+        return ServeError::Overloaded.into_response_as(Flavor::of_path(request.uri().path()));
     };
     next.run(request).await
 }
