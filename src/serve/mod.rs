@@ -112,8 +112,8 @@ impl Shared {
         self.config.max_batch_requests.unwrap_or(DEFAULT_BATCH_SIZE)
     }
 
-    /// Token counts of `texts` as the model sees them (special tokens included, nothing cut),
-    /// or TEI's 413 for the first one longer than `max_input_length` when `truncate` is off.
+    /// Token counts of `texts` (special tokens included, the model's prompt not), capped at
+    /// `max_input_length` when `truncate` is on; else TEI's 413 for the first text over it.
     fn count_tokens(&self, texts: &[&str], truncate: bool) -> Result<Vec<usize>, ServeError> {
         let tokenizer = self.pipeline.tokenizer();
         let mut counts = Vec::with_capacity(texts.len());
