@@ -273,7 +273,7 @@ enum Command {
         settings: GenerationArgs,
     },
     /// An HTTP server with the routes of text-embeddings-inference (/embed, /rerank,
-    /// /predict, /tokenize, /decode, /info, /health), OpenAI's /v1/embeddings and /v1/models,
+    /// /predict, /tokenize, /decode, /info, /health, /metrics), OpenAI's /v1/embeddings and /v1/models,
     /// and the Inference API's POST / for fill-mask, NER and QA.
     #[cfg(feature = "server")]
     Serve {
