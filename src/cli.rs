@@ -60,7 +60,7 @@ struct Batching {
     batch_size: usize,
 }
 
-fn at_least_one(value: &str) -> std::result::Result<usize, String> {
+pub(crate) fn at_least_one(value: &str) -> std::result::Result<usize, String> {
     match value.parse::<usize>() {
         Ok(0) => Err("must be at least 1".to_string()),
         Ok(n) => Ok(n),
@@ -272,6 +272,16 @@ enum Command {
         #[command(flatten)]
         settings: GenerationArgs,
     },
+    /// An HTTP server with the routes of text-embeddings-inference (/embed, /rerank,
+    /// /predict, /tokenize, /decode, /info, /health, /metrics), OpenAI's /v1/embeddings and /v1/models,
+    /// and the Inference API's POST / for fill-mask, NER and QA.
+    #[cfg(feature = "server")]
+    Serve {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        args: crate::serve_command::ServeArgs,
+    },
 }
 
 /// Generation settings. Unset ones come from the model's generation_config.json, `do_sample`
@@ -408,6 +418,8 @@ impl Cli {
             | Command::Generate { common, .. }
             | Command::Bench { common, .. }
             | Command::Chat { common, .. } => common,
+            #[cfg(feature = "server")]
+            Command::Serve { common, .. } => common,
         }
     }
 }
@@ -425,6 +437,17 @@ impl Common {
 
     fn load_options(&self) -> Result<LoadOptions> {
         self.load_options_as(self.dtype)
+    }
+
+    /// `--dtype` as TEI's `/info` names weight types.
+    #[cfg(feature = "server")]
+    fn dtype_name(&self) -> &'static str {
+        match self.dtype {
+            CliDType::F32 => "float32",
+            CliDType::F16 => "float16",
+            CliDType::Bf16 => "bfloat16",
+            CliDType::Int8 => "int8",
+        }
     }
 
     fn load_options_as(&self, dtype: CliDType) -> Result<LoadOptions> {
@@ -809,6 +832,14 @@ pub fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
                 writeln!(out, "{}", reply.trim())?;
             }
         }
+        #[cfg(feature = "server")]
+        Command::Serve { common, args } => crate::serve_command::run(
+            &common.model,
+            common.load_options()?,
+            common.dtype_name(),
+            args,
+            out,
+        )?,
     }
     Ok(())
 }

@@ -84,6 +84,8 @@ mod pickle;
 pub mod pipelines;
 pub mod pooling;
 pub mod pretrained;
+#[cfg(feature = "server")]
+pub mod serve;
 mod threads;
 pub mod tokenizer;
 #[doc(hidden)]

@@ -10,6 +10,8 @@
 
 mod bench;
 mod cli;
+#[cfg(feature = "server")]
+mod serve_command;
 
 use std::io::Write;
 use std::process::ExitCode;

@@ -1,0 +1,363 @@
+//! `ferroformers serve`: the pipelines over HTTP, with the routes of Hugging Face's
+//! text-embeddings-inference (TEI 1.x), OpenAI's `/v1/embeddings` and the Inference API's
+//! `POST /`, so that existing clients work unchanged.
+//!
+//! Requests run on tokio's blocking pool, one at a time per request (the pipeline batches the
+//! inputs of one request; batching across requests is not done yet). A semaphore caps the
+//! requests in flight (429 past it), axum's body limit caps the payload (413), and an API
+//! key, when set, guards every route but `/health` (401).
+//!
+//! ```no_run
+//! use ferroformers::pipelines::{pipeline, AnyPipeline};
+//! use ferroformers::serve::{Server, ServerConfig};
+//! # async fn run() -> std::io::Result<()> {
+//! let model = "sentence-transformers/all-MiniLM-L6-v2";
+//! let embeddings = pipeline("feature-extraction", model, &Default::default()).expect("loads");
+//! let server = Server::bind(embeddings, ServerConfig::new(model)).await?;
+//! println!("listening on http://{}", server.local_addr());
+//! server.run(ferroformers::serve::shutdown_signal()).await
+//! # }
+//! ```
+
+mod error;
+mod inference;
+mod metrics;
+mod openai;
+mod task;
+mod tei;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderValue, Method, Uri};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::pipelines::{AnyPipeline, DEFAULT_BATCH_SIZE};
+use crate::tokenizer::EncodeOptions;
+use error::{Flavor, ServeError};
+
+pub use task::{detect_task, ServeTask};
+
+/// How the server listens and what it accepts.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The model's name in `/info` and `/v1/models` (its Hub id or folder).
+    pub model_id: String,
+    /// The weight type `/info` reports (`float32`, `float16`, `bfloat16`, `int8`).
+    pub model_dtype: String,
+    /// Address to bind; loopback unless told otherwise.
+    pub host: String,
+    /// Port to bind; 0 picks a free one ([`Server::local_addr`] tells which).
+    pub port: u16,
+    /// Longest input in tokens; `None` is the model's (`model_max_length`, at most its
+    /// position table). Longer inputs are refused with 413 unless the request sets `truncate`.
+    pub max_input_length: Option<usize>,
+    /// Largest request body in bytes (413 past it).
+    pub payload_limit: usize,
+    /// When set, every route but `/health` needs `Authorization: Bearer <key>` (401 without).
+    pub api_key: Option<String>,
+    /// Origins allowed to call from a browser (CORS); none by default, `*` for any.
+    pub cors_allow_origins: Vec<String>,
+    /// Requests in flight at once; more get 429.
+    pub max_concurrent_requests: usize,
+    /// Inputs per forward pass (until requests are batched together, the inputs of one
+    /// request); `None` is the pipeline's default.
+    pub max_batch_requests: Option<usize>,
+    /// How long in-flight requests may take to finish after a shutdown signal.
+    pub shutdown_timeout: Duration,
+}
+
+impl ServerConfig {
+    /// TEI's defaults (2 MB payload, 512 concurrent requests) on 127.0.0.1:8080.
+    pub fn new(model_id: impl Into<String>) -> Self {
+        Self {
+            model_id: model_id.into(),
+            model_dtype: "float32".to_string(),
+            host: "127.0.0.1".to_string(),
+            port: 8080,
+            max_input_length: None,
+            payload_limit: 2_000_000,
+            api_key: None,
+            cors_allow_origins: Vec::new(),
+            max_concurrent_requests: 512,
+            max_batch_requests: None,
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What every handler shares.
+struct Shared {
+    pipeline: AnyPipeline,
+    config: ServerConfig,
+    /// `config.max_input_length`, or the model's.
+    max_input_length: usize,
+    in_flight: Arc<Semaphore>,
+    metrics: metrics::Metrics,
+}
+
+type AppState = Arc<Shared>;
+
+impl Shared {
+    fn batch_size(&self) -> usize {
+        self.config.max_batch_requests.unwrap_or(DEFAULT_BATCH_SIZE)
+    }
+
+    /// Token counts of `texts` (special tokens included, the model's prompt not), capped at
+    /// `max_input_length` when `truncate` is on; else TEI's 413 for the first text over it.
+    fn count_tokens(&self, texts: &[&str], truncate: bool) -> Result<Vec<usize>, ServeError> {
+        let tokenizer = self.pipeline.tokenizer();
+        let mut counts = Vec::with_capacity(texts.len());
+        for text in texts {
+            let length = tokenizer.encode(*text, &EncodeOptions::default())?.len();
+            if !truncate && length > self.max_input_length {
+                return Err(too_long(length, self.max_input_length));
+            }
+            counts.push(length.min(self.max_input_length));
+        }
+        Ok(counts)
+    }
+}
+
+/// TEI's message for an input over the limit.
+fn too_long(length: usize, max: usize) -> ServeError {
+    ServeError::Validation(
+        axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "Input validation error: `inputs` must have less than {max} tokens. Given: {length}. \
+             Shorten it or set `truncate: true`"
+        ),
+    )
+}
+
+/// Run `job` on tokio's blocking pool: the pipeline takes the CPU for a while and must not
+/// stall the tasks that serve other connections.
+async fn run_blocking<T: Send + 'static>(
+    state: &AppState,
+    job: impl FnOnce(&Shared) -> Result<T, ServeError> + Send + 'static,
+) -> Result<T, ServeError> {
+    let state = Arc::clone(state);
+    tokio::task::spawn_blocking(move || job(&state))
+        .await
+        .map_err(|e| ServeError::Internal(format!("the inference task failed: {e}")))?
+}
+
+/// A bound server, ready to [`run`](Server::run).
+pub struct Server {
+    listener: TcpListener,
+    router: Router,
+    shutdown_timeout: Duration,
+}
+
+impl Server {
+    /// Bind `config.host:config.port` and set up the routes for `pipeline`'s task.
+    pub async fn bind(pipeline: AnyPipeline, config: ServerConfig) -> std::io::Result<Self> {
+        let listener = TcpListener::bind((config.host.as_str(), config.port)).await?;
+        let model_limit = {
+            let positions = pipeline.config().max_position_embeddings();
+            pipeline
+                .tokenizer()
+                .model_max_length()
+                .map_or(positions, |length| length.min(positions))
+        };
+        let cors = cors_layer(&config.cors_allow_origins)?;
+        let shutdown_timeout = config.shutdown_timeout;
+        // Only fails on a bad metric name or a name used twice: fixed in the code.
+        let metrics = metrics::Metrics::new()
+            .map_err(|e| std::io::Error::other(format!("cannot set up the metrics: {e}")))?;
+        let shared = Arc::new(Shared {
+            max_input_length: config.max_input_length.unwrap_or(model_limit),
+            in_flight: Arc::new(Semaphore::new(config.max_concurrent_requests)),
+            metrics,
+            pipeline,
+            config,
+        });
+        let router = router(shared, cors);
+        Ok(Self {
+            listener,
+            router,
+            shutdown_timeout,
+        })
+    }
+
+    /// The address the server listens on (with the port chosen when `port` was 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// Serve until `shutdown` completes, then stop accepting and let in-flight requests
+    /// finish, for at most the config's `shutdown_timeout`.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let (stopping, mut stopped) = tokio::sync::watch::channel(false);
+        let serve = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stopping.send(true);
+        });
+        let grace = self.shutdown_timeout;
+        let deadline = async move {
+            if stopped.wait_for(|stopping| *stopping).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(grace).await;
+        };
+        tokio::select! {
+            served = serve => served,
+            () = deadline => {
+                tracing::warn!("requests still running {grace:?} after the shutdown signal: stopping anyway");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM (what `docker stop` and Kubernetes send).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutdown signal received: finishing the requests in flight");
+}
+
+fn cors_layer(origins: &[String]) -> std::io::Result<Option<CorsLayer>> {
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    let allow = if origins.iter().any(|origin| origin == "*") {
+        AllowOrigin::any()
+    } else {
+        let values = origins
+            .iter()
+            .map(|origin| {
+                HeaderValue::from_str(origin).map_err(|_| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        format!(
+                            "`{origin}` is not a valid CORS origin: pass e.g. https://example.com"
+                        ),
+                    )
+                })
+            })
+            .collect::<std::io::Result<Vec<_>>>()?;
+        AllowOrigin::list(values)
+    };
+    Ok(Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]),
+    ))
+}
+
+fn router(shared: AppState, cors: Option<CorsLayer>) -> Router {
+    let router = Router::new()
+        .route("/embed", post(tei::embed))
+        .route("/rerank", post(tei::rerank))
+        .route("/predict", post(tei::predict))
+        .route("/tokenize", post(tei::tokenize))
+        .route("/decode", post(tei::decode))
+        .route("/info", get(tei::info))
+        .route("/v1/models", get(openai::models))
+        .route("/v1/embeddings", post(openai::embeddings))
+        .route("/", post(inference::run))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&shared),
+            take_slot,
+        ))
+        // Scraped even when the server is full; needs the key as every route but /health.
+        .route("/metrics", get(metrics::render))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&shared),
+            check_key,
+        ))
+        // Health checks need no key and are never turned away.
+        .route("/health", get(tei::health))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&shared),
+            metrics::record,
+        ))
+        // axum's limit rather than tower-http's: the Json extractor then reports it (413) in
+        // the route's own error body.
+        .layer(DefaultBodyLimit::max(shared.config.payload_limit))
+        .with_state(shared);
+    match cors {
+        // Outermost, so that preflight requests (which carry no key) get their answer.
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
+}
+
+/// 401 unless the request brings the API key (when one is set).
+async fn check_key(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if let Some(key) = &state.config.api_key {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "));
+        if !given.is_some_and(|given| same_secret(given.as_bytes(), key.as_bytes())) {
+            return ServeError::Unauthorized
+                .into_response_as(Flavor::of_path(request.uri().path()));
+        }
+    }
+    next.run(request).await
+}
+
+/// A slot among `max_concurrent_requests`, held until the response is made; 429 when none
+/// is free.
+async fn take_slot(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Ok(_slot) = Arc::clone(&state.in_flight).try_acquire_owned() else {
+        return ServeError::Overloaded.into_response_as(Flavor::of_path(request.uri().path()));
+    };
+    next.run(request).await
+}
+
+/// Compare without stopping at the first difference, so that response times do not tell how
+/// much of a guessed key was right.
+fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+    given.len() == expected.len()
+        && given
+            .iter()
+            .zip(expected)
+            .fold(0u8, |difference, (a, b)| difference | (a ^ b))
+            == 0
+}
+
+async fn not_found(uri: Uri) -> Response {
+    ServeError::NotFound(format!(
+        "no route {}: see /info for what this server serves",
+        uri.path()
+    ))
+    .into_response_as(Flavor::of_path(uri.path()))
+}

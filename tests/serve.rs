@@ -1,0 +1,990 @@
+//! `ferroformers serve` over HTTP: every route's answer against the library pipeline called
+//! directly on the same fixture model (f32, tolerance 1e-4 on every score and vector), token
+//! counts against the tokenizer, and the status codes and error bodies of bad requests.
+//! Each test starts its own server in-process on an ephemeral port (port 0) and talks to it
+//! with reqwest; the last one runs the `ferroformers serve` binary.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use base64::Engine;
+use common::{assert_close_slices, assert_same_len, fixture_model};
+use ferroformers::pipelines::{
+    AggregationStrategy, AnyPipeline, CrossEncoderActivation, EmbeddingsOptions, FillMaskOptions,
+    Pipeline, Prompt, QaInput, QuestionAnsweringOptions, RerankOptions, ScoreFunction,
+    TextClassificationOptions, TokenClassificationOptions,
+};
+use ferroformers::serve::{detect_task, ServeTask, Server, ServerConfig};
+use ferroformers::{EncodeOptions, HubOptions, LoadOptions, Task, TextInput};
+use reqwest::blocking::Client;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+const TOLERANCE: f32 = 1e-4;
+
+/// A server on its own thread and runtime, stopped (gracefully) when dropped.
+struct TestServer {
+    address: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TestServer {
+    fn start(pipeline: AnyPipeline, config: ServerConfig) -> Self {
+        let (address_tx, address_rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("a tokio runtime");
+            runtime.block_on(async move {
+                let server = Server::bind(pipeline, config).await.expect("binds");
+                address_tx
+                    .send(server.local_addr())
+                    .expect("the test waits");
+                server
+                    .run(async {
+                        let _ = stopped.await;
+                    })
+                    .await
+                    .expect("serves");
+            });
+        });
+        let address = address_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the server reports its address");
+        Self {
+            address,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn config() -> ServerConfig {
+    ServerConfig {
+        port: 0,
+        ..ServerConfig::new("fixture")
+    }
+}
+
+fn load(task: Task, name: &str) -> AnyPipeline {
+    AnyPipeline::load(task, &fixture_model(name), &LoadOptions::default()).expect("fixture loads")
+}
+
+fn client() -> Client {
+    Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("a client")
+}
+
+/// POST `body` and return the status and the JSON answer.
+fn post(client: &Client, url: &str, body: &Value) -> (StatusCode, Value) {
+    let response = client
+        .post(url)
+        .json(body)
+        .send()
+        .expect("the server answers");
+    let status = response.status();
+    (status, response.json().expect("a JSON body"))
+}
+
+fn floats(value: &Value) -> Vec<f32> {
+    value
+        .as_array()
+        .expect("an array of numbers")
+        .iter()
+        .map(|x| x.as_f64().expect("a number") as f32)
+        .collect()
+}
+
+/// `actual` equals `expected` with numbers within `TOLERANCE` (and finite).
+fn assert_json_close(actual: &Value, expected: &Value, at: &str) {
+    match (actual, expected) {
+        (Value::Number(a), Value::Number(e)) => {
+            let (a, e) = (a.as_f64().unwrap(), e.as_f64().unwrap());
+            assert!(
+                a.is_finite() && e.is_finite() && (a - e).abs() <= f64::from(TOLERANCE),
+                "{at}: {a} vs {e}"
+            );
+        }
+        (Value::Array(a), Value::Array(e)) => {
+            assert_same_len(a, e, at);
+            for (i, (a, e)) in a.iter().zip(e).enumerate() {
+                assert_json_close(a, e, &format!("{at}[{i}]"));
+            }
+        }
+        (Value::Object(a), Value::Object(e)) => {
+            let keys = |o: &serde_json::Map<String, Value>| o.keys().cloned().collect::<Vec<_>>();
+            assert_eq!(keys(a), keys(e), "{at}: fields");
+            for (key, e) in e {
+                assert_json_close(&a[key], e, &format!("{at}.{key}"));
+            }
+        }
+        _ => assert_eq!(actual, expected, "{at}"),
+    }
+}
+
+const TEXTS: [&str; 3] = [
+    "The cat sat on the mat.",
+    "Rust is a systems programming language",
+    "hello",
+];
+
+#[test]
+fn embed_and_openai_embeddings_match_the_pipeline() {
+    let pipeline = load(Task::Embeddings, "bert/sentence-transformers");
+    let server = TestServer::start(pipeline.clone(), config());
+    let embeddings = pipeline.as_embeddings().unwrap();
+    let client = client();
+    let normalized = embeddings
+        .run(
+            TEXTS,
+            &EmbeddingsOptions::default().with_normalize_embeddings(true),
+        )
+        .unwrap();
+    let raw = embeddings
+        .run(TEXTS, &EmbeddingsOptions::default())
+        .unwrap();
+
+    // TEI normalizes by default; a list in, a list of vectors out.
+    let (status, body) = post(&client, &server.url("/embed"), &json!({ "inputs": TEXTS }));
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let rows = body.as_array().unwrap();
+    assert_same_len(rows, &normalized, "/embed rows");
+    for (row, expected) in rows.iter().zip(&normalized) {
+        assert_close_slices(&floats(row), expected, TOLERANCE, "/embed");
+    }
+    // One string in: still a list of one vector; normalize false gives the raw pooling.
+    let (status, body) = post(
+        &client,
+        &server.url("/embed"),
+        &json!({ "inputs": TEXTS[1], "normalize": false }),
+    );
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body.as_array().unwrap().len(), 1);
+    assert_close_slices(
+        &floats(&body[0]),
+        &raw[1],
+        TOLERANCE,
+        "/embed normalize false",
+    );
+
+    // OpenAI: floats, then base64 of the little-endian f32 bytes; usage counts the tokens.
+    let tokens: usize = TEXTS
+        .iter()
+        .map(|t| {
+            pipeline
+                .tokenizer()
+                .encode(*t, &EncodeOptions::default())
+                .unwrap()
+                .len()
+        })
+        .sum();
+    let (status, body) = post(
+        &client,
+        &server.url("/v1/embeddings"),
+        &json!({ "input": TEXTS, "model": "fixture" }),
+    );
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["object"], "list");
+    assert_eq!(body["model"], "fixture");
+    assert_eq!(body["usage"]["prompt_tokens"], tokens);
+    assert_eq!(body["usage"]["total_tokens"], tokens);
+    for (i, expected) in normalized.iter().enumerate() {
+        assert_eq!(body["data"][i]["index"], i);
+        assert_eq!(body["data"][i]["object"], "embedding");
+        assert_close_slices(
+            &floats(&body["data"][i]["embedding"]),
+            expected,
+            TOLERANCE,
+            "/v1/embeddings",
+        );
+    }
+    let (status, body) = post(
+        &client,
+        &server.url("/v1/embeddings"),
+        &json!({ "input": TEXTS[0], "encoding_format": "base64" }),
+    );
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(
+            body["data"][0]["embedding"]
+                .as_str()
+                .expect("a base64 string"),
+        )
+        .expect("valid base64");
+    let decoded: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    assert_close_slices(&decoded, &normalized[0], TOLERANCE, "base64 embedding");
+
+    // The one model, by the name it was given.
+    let models: Value = client
+        .get(server.url("/v1/models"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(models["data"][0]["id"], "fixture");
+    assert_eq!(models["data"][0]["object"], "model");
+    let info: Value = client
+        .get(server.url("/info"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(info["model_id"], "fixture");
+    assert_eq!(info["task"], "feature-extraction");
+    assert_eq!(info["model_type"]["embedding"]["pooling"], "mean");
+    assert_eq!(info["max_input_length"], 64);
+}
+
+#[test]
+fn tokenize_and_decode_match_the_tokenizer() {
+    let pipeline = load(Task::Embeddings, "bert/base");
+    let server = TestServer::start(pipeline.clone(), config());
+    let client = client();
+    let tokenizer = pipeline.tokenizer();
+    let (status, body) = post(
+        &client,
+        &server.url("/tokenize"),
+        &json!({ "inputs": TEXTS }),
+    );
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for (tokens, text) in body.as_array().unwrap().iter().zip(TEXTS) {
+        let encoding = tokenizer.encode(text, &EncodeOptions::default()).unwrap();
+        let ids: Vec<u64> = tokens
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_u64().unwrap())
+            .collect();
+        let expected: Vec<u64> = encoding.get_ids().iter().map(|&id| u64::from(id)).collect();
+        assert_eq!(ids, expected, "{text}");
+        // [CLS] first, special, without offsets; the next token is the text's first word.
+        assert_eq!(tokens[0]["special"], true);
+        assert_eq!(tokens[0]["start"], Value::Null);
+        let (start, stop) = encoding.get_offsets()[1];
+        assert_eq!(tokens[1]["start"], start);
+        assert_eq!(tokens[1]["text"], text[start..stop].to_string());
+    }
+    // Decoding the ids gives the tokenizer's decoding, specials skipped by default.
+    let ids = tokenizer
+        .encode(TEXTS[0], &EncodeOptions::default())
+        .unwrap()
+        .get_ids()
+        .to_vec();
+    let (status, body) = post(&client, &server.url("/decode"), &json!({ "ids": ids }));
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!([tokenizer.decode(&ids, true).unwrap()]));
+    let (_, body) = post(
+        &client,
+        &server.url("/decode"),
+        &json!({ "ids": [ids.clone(), ids.clone()], "skip_special_tokens": false }),
+    );
+    let with_specials = tokenizer.decode(&ids, false).unwrap();
+    assert!(with_specials.contains("[CLS]"), "{with_specials}");
+    assert_eq!(body, json!([with_specials.clone(), with_specials]));
+}
+
+#[test]
+fn rerank_matches_the_cross_encoder() {
+    let pipeline = load(Task::Rerank, "bert/cross-encoder");
+    let server = TestServer::start(pipeline.clone(), config());
+    let rerank = pipeline.as_rerank().unwrap();
+    let client = client();
+    let query = "what do cats do?";
+    for raw_scores in [false, true] {
+        let mut options = RerankOptions::default().with_return_documents(true);
+        if raw_scores {
+            options = options.with_activation(CrossEncoderActivation::Identity);
+        }
+        let expected = rerank.rank(query, &TEXTS, &options).unwrap();
+        let (status, body) = post(
+            &client,
+            &server.url("/rerank"),
+            &json!({ "query": query, "texts": TEXTS, "return_text": true, "raw_scores": raw_scores }),
+        );
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let ranks = body.as_array().unwrap();
+        assert_same_len(ranks, &expected, "ranks");
+        for (rank, document) in ranks.iter().zip(&expected) {
+            assert_eq!(rank["index"], document.corpus_id);
+            assert_eq!(rank["text"], document.text.clone().unwrap());
+            assert_close_slices(
+                &[rank["score"].as_f64().unwrap() as f32],
+                &[document.score],
+                TOLERANCE,
+                "score",
+            );
+        }
+    }
+    // Without return_text, no text field.
+    let (_, body) = post(
+        &client,
+        &server.url("/rerank"),
+        &json!({ "query": query, "texts": TEXTS }),
+    );
+    assert!(body[0].get("text").is_none(), "{body}");
+}
+
+#[test]
+fn predict_matches_the_classifier() {
+    let pipeline = load(Task::TextClassification, "bert/sequence-classification");
+    let server = TestServer::start(pipeline.clone(), config());
+    let classifier = pipeline.as_text_classification().unwrap();
+    let client = client();
+    let all = TextClassificationOptions::default().with_top_k(None);
+    let as_json = |labels: Vec<ferroformers::pipelines::LabelScore>| -> Value {
+        labels
+            .into_iter()
+            .map(|l| json!({ "score": l.score, "label": l.label }))
+            .collect()
+    };
+    // One text: one list of labels, best first.
+    let expected = as_json(classifier.run_one(TEXTS[0], &all).unwrap());
+    let (status, body) = post(
+        &client,
+        &server.url("/predict"),
+        &json!({ "inputs": TEXTS[0] }),
+    );
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_json_close(&body, &expected, "/predict one");
+    // A batch of a text and a pair, raw scores.
+    let raw = all.clone().with_function_to_apply(ScoreFunction::None);
+    let inputs = [
+        TextInput::Single(TEXTS[1]),
+        TextInput::Pair(TEXTS[0], TEXTS[2]),
+    ];
+    let expected: Value = classifier
+        .run(inputs, &raw)
+        .unwrap()
+        .into_iter()
+        .map(as_json)
+        .collect();
+    let (status, body) = post(
+        &client,
+        &server.url("/predict"),
+        &json!({ "inputs": [TEXTS[1], [TEXTS[0], TEXTS[2]]], "raw_scores": true }),
+    );
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_json_close(&body, &expected, "/predict batch");
+    let info: Value = client
+        .get(server.url("/info"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(
+        info["model_type"]["classifier"]["id2label"]
+            .as_object()
+            .unwrap()
+            .len(),
+        3
+    );
+}
+
+#[test]
+fn inference_api_answers_what_the_cli_prints() {
+    let client = client();
+    // fill-mask: one text gives its predictions; a list gives one list per text.
+    let pipeline = load(Task::FillMask, "bert/masked-lm");
+    let server = TestServer::start(pipeline.clone(), config());
+    let texts = [
+        "Paris is the [MASK] of France.",
+        "The [MASK] sat on the mat.",
+    ];
+    let options = FillMaskOptions::default().with_top_k(3);
+    let expected = serde_json::to_value(
+        pipeline
+            .as_fill_mask()
+            .unwrap()
+            .run(texts, &options)
+            .unwrap(),
+    )
+    .unwrap();
+    let (status, body) = post(
+        &client,
+        &server.url("/"),
+        &json!({ "inputs": texts, "parameters": { "top_k": 3 } }),
+    );
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_json_close(&body, &expected, "fill-mask");
+    let (_, body) = post(
+        &client,
+        &server.url("/"),
+        &json!({ "inputs": texts[0], "parameters": { "top_k": 3 } }),
+    );
+    assert_json_close(&body, &expected[0], "fill-mask one");
+    // An unknown parameter is named.
+    let (status, body) = post(
+        &client,
+        &server.url("/"),
+        &json!({ "inputs": texts[0], "parameters": { "topk": 3 } }),
+    );
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(body["error"].as_str().unwrap().contains("topk"), "{body}");
+    drop(server);
+
+    // NER, aggregated as `simple` by default (the CLI's default).
+    let pipeline = load(Task::TokenClassification, "bert/token-classification");
+    let server = TestServer::start(pipeline.clone(), config());
+    let options = TokenClassificationOptions::default()
+        .with_aggregation_strategy(AggregationStrategy::Simple);
+    let expected = serde_json::to_value(
+        pipeline
+            .as_token_classification()
+            .unwrap()
+            .run_one(TEXTS[0], &options)
+            .unwrap(),
+    )
+    .unwrap();
+    let (status, body) = post(&client, &server.url("/"), &json!({ "inputs": TEXTS[0] }));
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_json_close(&body, &expected, "ner");
+    drop(server);
+
+    // QA: the best answer, or the top_k answers.
+    let pipeline = load(Task::QuestionAnswering, "bert/question-answering");
+    let server = TestServer::start(pipeline.clone(), config());
+    let qa = pipeline.as_question_answering().unwrap();
+    let question = QaInput {
+        question: "Where does the cat sit?",
+        context: "The cat sat on the mat in the sun.",
+    };
+    let answers = qa
+        .run_one(question, &QuestionAnsweringOptions::default().with_top_k(2))
+        .unwrap();
+    let inputs = json!({ "question": question.question, "context": question.context });
+    let (status, body) = post(&client, &server.url("/"), &json!({ "inputs": inputs }));
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_json_close(
+        &body,
+        &serde_json::to_value(&answers[0]).unwrap(),
+        "qa best",
+    );
+    let (_, body) = post(
+        &client,
+        &server.url("/"),
+        &json!({ "inputs": inputs, "parameters": { "top_k": 2 } }),
+    );
+    assert_json_close(&body, &serde_json::to_value(&answers).unwrap(), "qa top 2");
+}
+
+fn assert_tei_error(
+    status: StatusCode,
+    body: &Value,
+    expected: StatusCode,
+    error_type: &str,
+    mentions: &str,
+) {
+    assert_eq!(status, expected, "{body}");
+    assert_eq!(body["error_type"], error_type, "{body}");
+    let message = body["error"].as_str().expect("an error message");
+    assert!(
+        message.contains(mentions),
+        "`{message}` does not mention `{mentions}`"
+    );
+}
+
+#[test]
+fn bad_requests_get_tei_and_openai_errors() {
+    let pipeline = load(Task::Embeddings, "bert/sentence-transformers");
+    let server = TestServer::start(
+        pipeline.clone(),
+        ServerConfig {
+            api_key: Some("secret".to_string()),
+            payload_limit: 1_000,
+            max_input_length: Some(8),
+            ..config()
+        },
+    );
+    let client = client();
+    let with_key = |request: reqwest::blocking::RequestBuilder| request.bearer_auth("secret");
+    let send = |request: reqwest::blocking::RequestBuilder| {
+        let response = request.send().expect("the server answers");
+        let status = response.status();
+        (status, response.json::<Value>().unwrap_or(Value::Null))
+    };
+
+    // 401 without the key or with a wrong one, in each route's shape; /health needs none.
+    let (status, body) = send(
+        client
+            .post(server.url("/embed"))
+            .json(&json!({ "inputs": "a" })),
+    );
+    assert_tei_error(
+        status,
+        &body,
+        StatusCode::UNAUTHORIZED,
+        "validation",
+        "API key",
+    );
+    let (status, body) = send(
+        client
+            .post(server.url("/v1/embeddings"))
+            .bearer_auth("wrong")
+            .json(&json!({ "input": "a" })),
+    );
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["error"]["code"], "invalid_api_key", "{body}");
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    assert_eq!(
+        client.get(server.url("/health")).send().unwrap().status(),
+        StatusCode::OK
+    );
+
+    // 413 past the payload limit.
+    let big = "word ".repeat(400);
+    let (status, body) =
+        send(with_key(client.post(server.url("/embed"))).json(&json!({ "inputs": big })));
+    assert_tei_error(
+        status,
+        &body,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "validation",
+        "length limit",
+    );
+
+    // 422 for JSON that does not parse, a missing field, a field of the wrong type.
+    let (status, body) = send(
+        with_key(client.post(server.url("/embed")))
+            .header("content-type", "application/json")
+            .body("{\"inputs\": "),
+    );
+    assert_tei_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation",
+        "JSON",
+    );
+    let (status, body) =
+        send(with_key(client.post(server.url("/embed"))).json(&json!({ "input": "a" })));
+    assert_tei_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation",
+        "`inputs`",
+    );
+    let (status, body) = send(
+        with_key(client.post(server.url("/embed")))
+            .json(&json!({ "inputs": "a", "normalize": "yes" })),
+    );
+    assert_tei_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation",
+        "normalize",
+    );
+    let (status, body) =
+        send(with_key(client.post(server.url("/v1/embeddings"))).json(&json!({ "input": 5 })));
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["param"], "input", "{body}");
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    let (status, body) = send(
+        with_key(client.post(server.url("/embed")))
+            .json(&json!({ "inputs": "a", "truncation_direction": "Left" })),
+    );
+    assert_tei_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation",
+        "Left",
+    );
+    let (status, body) =
+        send(with_key(client.post(server.url("/embed"))).json(&json!({ "inputs": [] })));
+    assert_tei_error(status, &body, StatusCode::BAD_REQUEST, "empty", "empty");
+
+    // An input over max_input_length: 413 as TEI, unless truncate, which cuts it there.
+    let long = "one two three four five six seven eight nine ten";
+    let (status, body) =
+        send(with_key(client.post(server.url("/embed"))).json(&json!({ "inputs": long })));
+    assert_tei_error(
+        status,
+        &body,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "validation",
+        "less than 8 tokens",
+    );
+    let (status, body) = send(
+        with_key(client.post(server.url("/embed")))
+            .json(&json!({ "inputs": long, "truncate": true })),
+    );
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let expected = pipeline
+        .as_embeddings()
+        .unwrap()
+        .run_one(
+            long,
+            &EmbeddingsOptions::default()
+                .with_normalize_embeddings(true)
+                .with_max_length(8),
+        )
+        .unwrap();
+    assert_close_slices(&floats(&body[0]), &expected, TOLERANCE, "truncated /embed");
+    let (status, body) =
+        send(with_key(client.post(server.url("/v1/embeddings"))).json(&json!({ "input": long })));
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("less than 8 tokens"),
+        "{body}"
+    );
+
+    // 404 for an unknown route, 400 for a route of another task.
+    let (status, body) = send(with_key(client.get(server.url("/nothing"))));
+    assert_tei_error(
+        status,
+        &body,
+        StatusCode::NOT_FOUND,
+        "validation",
+        "/nothing",
+    );
+    let (status, body) = send(with_key(client.get(server.url("/v1/nothing"))));
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["error"]["code"], "unknown_url", "{body}");
+    let (status, body) = send(
+        with_key(client.post(server.url("/rerank"))).json(&json!({ "query": "q", "texts": ["a"] })),
+    );
+    assert_tei_error(
+        status,
+        &body,
+        StatusCode::BAD_REQUEST,
+        "validation",
+        "cross-encoder",
+    );
+}
+
+#[test]
+fn requests_past_max_concurrent_requests_get_429() {
+    let pipeline = load(Task::Embeddings, "bert/base");
+    let server = TestServer::start(
+        pipeline,
+        ServerConfig {
+            max_concurrent_requests: 1,
+            ..config()
+        },
+    );
+    let client = client();
+    // Hold the only slot: a request whose body has not all arrived yet.
+    let body = br#"{"inputs": "hello"}"#;
+    let mut held = TcpStream::connect(server.address).unwrap();
+    write!(
+        held,
+        "POST /embed HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    held.write_all(&body[..5]).unwrap();
+    held.flush().unwrap();
+    // The slot is taken once the server has read the headers; poll until it has.
+    let mut overloaded = None;
+    for _ in 0..100 {
+        let response = client.get(server.url("/info")).send().unwrap();
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            overloaded = Some(response.json::<Value>().unwrap());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let overloaded = overloaded.expect("a second request in flight gets 429");
+    assert_eq!(overloaded["error_type"], "overloaded", "{overloaded}");
+    // The held request completes, and frees its slot.
+    held.write_all(&body[5..]).unwrap();
+    let mut reader = BufReader::new(held);
+    let mut status_line = String::new();
+    reader.read_line(&mut status_line).unwrap();
+    assert!(status_line.starts_with("HTTP/1.1 200"), "{status_line}");
+    assert_eq!(
+        client.get(server.url("/info")).send().unwrap().status(),
+        StatusCode::OK
+    );
+}
+
+#[test]
+fn auto_task_follows_the_model_files() {
+    let hub = HubOptions::from_env();
+    for (name, expected) in [
+        ("bert/sentence-transformers", ServeTask::Embed),
+        ("bert/base", ServeTask::Embed),
+        ("bert/cross-encoder", ServeTask::Rerank),
+        ("bert/sequence-classification", ServeTask::Classify),
+        ("bert/masked-lm", ServeTask::FillMask),
+        ("bert/token-classification", ServeTask::Ner),
+        ("bert/question-answering", ServeTask::Qa),
+    ] {
+        let (task, why) = detect_task(&fixture_model(name), &hub).unwrap();
+        assert_eq!(task, expected, "{name}: {why}");
+    }
+    let error = detect_task(&fixture_model("gpt2/lm-head"), &hub);
+    assert!(error.is_err(), "GPT-2 is not served yet: {error:?}");
+}
+
+#[test]
+fn the_command_prints_its_address_serves_and_stops_on_sigterm() {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ferroformers"))
+        .args([
+            "serve",
+            "-m",
+            &fixture_model("bert/sequence-classification"),
+            "--port",
+            "0",
+            "--quiet",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut ready = String::new();
+    stdout.read_line(&mut ready).unwrap();
+    assert!(ready.contains("task classify"), "{ready}");
+    let address = ready
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .expect("the ready line has the address");
+    assert!(
+        address.starts_with("127.0.0.1:"),
+        "binds loopback by default: {ready}"
+    );
+    let info: Value = client()
+        .get(format!("http://{address}/info"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(info["task"], "text-classification");
+    // SIGTERM: stops accepting, exits 0.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+}
+
+#[test]
+fn prompt_name_picks_the_models_prompt() {
+    // prompts {query: "query: ", passage: "passage: "}, default_prompt_name "query".
+    let pipeline = load(
+        Task::Embeddings,
+        "xlm-roberta/sentence-transformers-prompts",
+    );
+    let server = TestServer::start(pipeline.clone(), config());
+    let embeddings = pipeline.as_embeddings().unwrap();
+    let client = client();
+    for prompt in [None, Some("passage")] {
+        let options = EmbeddingsOptions::default()
+            .with_normalize_embeddings(true)
+            .with_prompt(prompt.map_or(Prompt::ModelDefault, |name| Prompt::Named(name.into())));
+        let expected = embeddings.run_one(TEXTS[0], &options).unwrap();
+        let (status, body) = post(
+            &client,
+            &server.url("/embed"),
+            &json!({ "inputs": TEXTS[0], "prompt_name": prompt }),
+        );
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_close_slices(&floats(&body[0]), &expected, TOLERANCE, "prompted /embed");
+    }
+    // The two prompts give different embeddings (else the comparison above proves nothing).
+    let (_, query) = post(
+        &client,
+        &server.url("/embed"),
+        &json!({ "inputs": TEXTS[0] }),
+    );
+    let (_, passage) = post(
+        &client,
+        &server.url("/embed"),
+        &json!({ "inputs": TEXTS[0], "prompt_name": "passage" }),
+    );
+    assert_ne!(query, passage);
+    let (status, body) = post(
+        &client,
+        &server.url("/embed"),
+        &json!({ "inputs": TEXTS[0], "prompt_name": "nope" }),
+    );
+    assert_tei_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation",
+        "nope",
+    );
+}
+
+#[test]
+fn cors_preflight_is_answered_before_the_api_key_is_asked() {
+    let server = TestServer::start(
+        load(Task::Embeddings, "bert/base"),
+        ServerConfig {
+            api_key: Some("secret".to_string()),
+            cors_allow_origins: vec!["https://app.example".to_string()],
+            ..config()
+        },
+    );
+    let response = client()
+        .request(reqwest::Method::OPTIONS, server.url("/embed"))
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization, content-type",
+        )
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    // Another origin is not allowed.
+    let response = client()
+        .request(reqwest::Method::OPTIONS, server.url("/embed"))
+        .header("origin", "https://elsewhere.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .unwrap();
+    assert!(response
+        .headers()
+        .get("access-control-allow-origin")
+        .is_none());
+}
+
+#[test]
+fn shutdown_lets_the_request_in_flight_finish_and_accepts_no_more() {
+    let mut server = TestServer::start(load(Task::Embeddings, "bert/base"), config());
+    let body = br#"{"inputs": "hello"}"#;
+    let mut held = TcpStream::connect(server.address).unwrap();
+    write!(
+        held,
+        "POST /embed HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    held.write_all(&body[..5]).unwrap();
+    held.flush().unwrap();
+    // Make sure the server has the request before it is told to stop.
+    std::thread::sleep(Duration::from_millis(200));
+    server.stop.take().unwrap().send(()).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    held.write_all(&body[5..]).unwrap();
+    let mut answer = String::new();
+    BufReader::new(held).read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    server.thread.take().unwrap().join().unwrap();
+    assert!(
+        TcpStream::connect(server.address).is_err(),
+        "still accepting"
+    );
+}
+
+/// The value of the sample `name{labels}` in Prometheus' text format.
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+        value.parse().ok()
+    })
+}
+
+#[test]
+fn metrics_count_requests_by_route_and_status() {
+    let server = TestServer::start(
+        load(Task::Embeddings, "bert/base"),
+        ServerConfig {
+            api_key: Some("secret".to_string()),
+            ..config()
+        },
+    );
+    let client = client();
+    for body in [
+        json!({ "inputs": "a" }),
+        json!({ "inputs": ["b"] }),
+        json!({ "input": "c" }),
+    ] {
+        client
+            .post(server.url("/embed"))
+            .bearer_auth("secret")
+            .json(&body)
+            .send()
+            .unwrap();
+    }
+    client
+        .post(server.url("/embed"))
+        .json(&json!({ "inputs": "a" }))
+        .send()
+        .unwrap();
+    client
+        .get(server.url("/nothing/here"))
+        .bearer_auth("secret")
+        .send()
+        .unwrap();
+    let unauthorized = client.get(server.url("/metrics")).send().unwrap();
+    assert_eq!(unauthorized.status(), StatusCode::UNAUTHORIZED);
+    let response = client
+        .get(server.url("/metrics"))
+        .bearer_auth("secret")
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let metrics = response.text().unwrap();
+    let count = |series: &str| sample(&metrics, series);
+    assert_eq!(
+        count(r#"ferroformers_requests_total{route="/embed",status="200"}"#),
+        Some(2.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        count(r#"ferroformers_requests_total{route="/embed",status="422"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        count(r#"ferroformers_requests_total{route="/embed",status="401"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        count(r#"ferroformers_requests_total{route="unmatched",status="404"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        count(r#"ferroformers_requests_total{route="/metrics",status="401"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        count(r#"ferroformers_request_duration_seconds_count{route="/embed"}"#),
+        Some(4.0)
+    );
+    // The scrape itself is the one request in flight.
+    assert_eq!(count("ferroformers_requests_in_flight"), Some(1.0));
+}
