@@ -6,7 +6,7 @@ mod common;
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
-use common::{assert_same_len, fixture, fixture_model};
+use common::{assert_json_close, assert_same_len, fixture, fixture_model};
 use serde_json::Value;
 
 fn ferroformers(args: &[&str], stdin: Option<&str>) -> Output {
@@ -47,24 +47,9 @@ fn references() -> Value {
     serde_json::from_str(&std::fs::read_to_string(fixture("pipelines.json")).unwrap()).unwrap()
 }
 
+/// The CLI's JSON against a reference: every number within 1e-4 (f32) and finite.
 fn assert_close(ours: &Value, theirs: &Value) {
-    match (ours, theirs) {
-        (Value::Number(a), Value::Number(b)) => {
-            assert!(
-                (a.as_f64().unwrap() - b.as_f64().unwrap()).abs() <= 1e-4,
-                "{a} vs {b}"
-            )
-        }
-        (Value::Array(a), Value::Array(b)) => {
-            assert_eq!(a.len(), b.len());
-            a.iter().zip(b).for_each(|(x, y)| assert_close(x, y));
-        }
-        (Value::Object(a), Value::Object(b)) => {
-            assert_eq!(a.len(), b.len(), "{ours} vs {theirs}");
-            a.iter().for_each(|(k, v)| assert_close(v, &b[k]));
-        }
-        _ => assert_eq!(ours, theirs),
-    }
+    assert_json_close(ours, theirs, 1e-4, "json");
 }
 
 #[test]

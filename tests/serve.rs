@@ -11,7 +11,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use base64::Engine;
-use common::{assert_close_slices, assert_same_len, fixture_model};
+use common::{assert_close_slices, assert_json_close, assert_same_len, fixture_model};
 use ferroformers::pipelines::{
     AggregationStrategy, AnyPipeline, CrossEncoderActivation, EmbeddingsOptions, FillMaskOptions,
     Pipeline, Prompt, QaInput, QuestionAnsweringOptions, RerankOptions, ScoreFunction,
@@ -167,33 +167,6 @@ fn floats(value: &Value) -> Vec<f32> {
         .iter()
         .map(|x| x.as_f64().expect("a number") as f32)
         .collect()
-}
-
-/// `actual` equals `expected` with numbers within `TOLERANCE` (and finite).
-fn assert_json_close(actual: &Value, expected: &Value, at: &str) {
-    match (actual, expected) {
-        (Value::Number(a), Value::Number(e)) => {
-            let (a, e) = (a.as_f64().unwrap(), e.as_f64().unwrap());
-            assert!(
-                a.is_finite() && e.is_finite() && (a - e).abs() <= f64::from(TOLERANCE),
-                "{at}: {a} vs {e}"
-            );
-        }
-        (Value::Array(a), Value::Array(e)) => {
-            assert_same_len(a, e, at);
-            for (i, (a, e)) in a.iter().zip(e).enumerate() {
-                assert_json_close(a, e, &format!("{at}[{i}]"));
-            }
-        }
-        (Value::Object(a), Value::Object(e)) => {
-            let keys = |o: &serde_json::Map<String, Value>| o.keys().cloned().collect::<Vec<_>>();
-            assert_eq!(keys(a), keys(e), "{at}: fields");
-            for (key, e) in e {
-                assert_json_close(&a[key], e, &format!("{at}.{key}"));
-            }
-        }
-        _ => assert_eq!(actual, expected, "{at}"),
-    }
 }
 
 const TEXTS: [&str; 3] = [
@@ -412,7 +385,7 @@ fn predict_matches_the_classifier() {
         &json!({ "inputs": TEXTS[0] }),
     );
     assert_eq!(status, 200, "{body}");
-    assert_json_close(&body, &expected, "/predict one");
+    assert_json_close(&body, &expected, f64::from(TOLERANCE), "/predict one");
     // A batch of a text and a pair, raw scores.
     let raw = all.clone().with_function_to_apply(ScoreFunction::None);
     let inputs = [
@@ -431,7 +404,7 @@ fn predict_matches_the_classifier() {
         &json!({ "inputs": [TEXTS[1], [TEXTS[0], TEXTS[2]]], "raw_scores": true }),
     );
     assert_eq!(status, 200, "{body}");
-    assert_json_close(&body, &expected, "/predict batch");
+    assert_json_close(&body, &expected, f64::from(TOLERANCE), "/predict batch");
     let info = get(&client, &server.url("/info")).json();
     assert_eq!(
         info["model_type"]["classifier"]["id2label"]
@@ -467,13 +440,13 @@ fn inference_api_answers_what_the_cli_prints() {
         &json!({ "inputs": texts, "parameters": { "top_k": 3 } }),
     );
     assert_eq!(status, 200, "{body}");
-    assert_json_close(&body, &expected, "fill-mask");
+    assert_json_close(&body, &expected, f64::from(TOLERANCE), "fill-mask");
     let (_, body) = post(
         &client,
         &server.url("/"),
         &json!({ "inputs": texts[0], "parameters": { "top_k": 3 } }),
     );
-    assert_json_close(&body, &expected[0], "fill-mask one");
+    assert_json_close(&body, &expected[0], f64::from(TOLERANCE), "fill-mask one");
     // An unknown parameter is named.
     let (status, body) = post(
         &client,
@@ -499,7 +472,7 @@ fn inference_api_answers_what_the_cli_prints() {
     .unwrap();
     let (status, body) = post(&client, &server.url("/"), &json!({ "inputs": TEXTS[0] }));
     assert_eq!(status, 200, "{body}");
-    assert_json_close(&body, &expected, "ner");
+    assert_json_close(&body, &expected, f64::from(TOLERANCE), "ner");
     drop(server);
 
     // QA: the best answer, or the top_k answers.
@@ -519,6 +492,7 @@ fn inference_api_answers_what_the_cli_prints() {
     assert_json_close(
         &body,
         &serde_json::to_value(&answers[0]).unwrap(),
+        f64::from(TOLERANCE),
         "qa best",
     );
     let (_, body) = post(
@@ -526,7 +500,12 @@ fn inference_api_answers_what_the_cli_prints() {
         &server.url("/"),
         &json!({ "inputs": inputs, "parameters": { "top_k": 2 } }),
     );
-    assert_json_close(&body, &serde_json::to_value(&answers).unwrap(), "qa top 2");
+    assert_json_close(
+        &body,
+        &serde_json::to_value(&answers).unwrap(),
+        f64::from(TOLERANCE),
+        "qa top 2",
+    );
 }
 
 fn assert_tei_error(status: u16, body: &Value, expected: u16, error_type: &str, mentions: &str) {

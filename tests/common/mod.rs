@@ -191,3 +191,31 @@ pub fn assert_json_matches(ours: &Value, theirs: &Value, tolerance: f64, path: &
         _ => assert_eq!(ours, theirs, "{path}"),
     }
 }
+
+/// `actual` equals `expected` with every number within `tolerance` and finite, everything
+/// else (strings, field names, lengths) exactly.
+pub fn assert_json_close(actual: &Value, expected: &Value, tolerance: f64, at: &str) {
+    match (actual, expected) {
+        (Value::Number(a), Value::Number(e)) => {
+            let (a, e) = (a.as_f64().unwrap(), e.as_f64().unwrap());
+            assert!(
+                a.is_finite() && e.is_finite() && (a - e).abs() <= tolerance,
+                "{at}: {a} vs {e}"
+            );
+        }
+        (Value::Array(a), Value::Array(e)) => {
+            assert_same_len(a, e, at);
+            for (i, (a, e)) in a.iter().zip(e).enumerate() {
+                assert_json_close(a, e, tolerance, &format!("{at}[{i}]"));
+            }
+        }
+        (Value::Object(a), Value::Object(e)) => {
+            let keys = |o: &serde_json::Map<String, Value>| o.keys().cloned().collect::<Vec<_>>();
+            assert_eq!(keys(a), keys(e), "{at}: fields");
+            for (key, e) in e {
+                assert_json_close(&a[key], e, tolerance, &format!("{at}.{key}"));
+            }
+        }
+        _ => assert_eq!(actual, expected, "{at}"),
+    }
+}
