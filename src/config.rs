@@ -12,6 +12,13 @@ use crate::models::distilbert::DistilBertConfig;
 use crate::models::gpt2::Gpt2Config;
 use crate::models::roberta::RobertaConfig;
 
+/// Read and parse a JSON file of a model (a config, a module's settings, a shard index); the
+/// errors name the file.
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::json(path, e))
+}
+
 /// A model's configuration, dispatched on the `model_type` field of `config.json`.
 ///
 /// New architectures come in minor releases: match with a `_` arm.

@@ -24,6 +24,7 @@ use tokenizers::{
     PaddingStrategy, PostProcessor, TruncationDirection, TruncationParams, TruncationStrategy,
 };
 
+use crate::config::read_json;
 use crate::error::{Error, Result};
 use crate::hub::{HubOptions, ModelSource};
 use crate::models::ModelInput;
@@ -209,8 +210,7 @@ impl TokenizerConfig {
         let Some(path) = path else {
             return Ok(Self::default());
         };
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        serde_json::from_str(&text).map_err(|e| Error::json(path, e))
+        read_json(path)
     }
 
     fn token(field: &Option<SpecialToken>, default: &str) -> String {

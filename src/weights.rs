@@ -9,6 +9,7 @@ use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
+use crate::config::read_json;
 use crate::error::{Error, Result};
 use crate::hub::ModelSource;
 
@@ -41,10 +42,7 @@ impl WeightFiles {
             return Ok(WeightFiles::Safetensors(vec![path]));
         }
         if let Some(index_path) = source.get(SAFETENSORS_INDEX)? {
-            let text =
-                std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
-            let index: ShardIndex =
-                serde_json::from_str(&text).map_err(|e| Error::json(&index_path, e))?;
+            let index: ShardIndex = read_json(&index_path)?;
             let shards: BTreeSet<&String> = index.weight_map.values().collect();
             if shards.is_empty() {
                 return Err(Error::InvalidWeights(format!(

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::config::read_json;
 use crate::error::{Error, Result};
 
 /// When beam search stops, as transformers' `early_stopping`.
@@ -139,8 +140,7 @@ impl Default for GenerationConfig {
 impl GenerationConfig {
     /// Read `generation_config.json` (or the generation fields of a `config.json`).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        serde_json::from_str(&text).map_err(|e| Error::json(path, e))
+        read_json(path)
     }
 
     /// Generate at most `max_new_tokens` new tokens.

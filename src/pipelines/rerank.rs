@@ -11,7 +11,7 @@ use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
 use crate::auto::AutoModelForSequenceClassification;
-use crate::config::ModelConfig;
+use crate::config::{read_json, ModelConfig};
 use crate::error::{Error, Result};
 use crate::host::sigmoid;
 use crate::pipelines::{
@@ -49,9 +49,7 @@ impl CrossEncoderActivation {
             sentence_transformers: Option<Settings>,
             sbert_ce_default_activation_function: Option<String>,
         }
-        let text = std::fs::read_to_string(config_json).map_err(|e| Error::io(config_json, e))?;
-        let saved: CrossEncoderConfig =
-            serde_json::from_str(&text).map_err(|e| Error::json(config_json, e))?;
+        let saved: CrossEncoderConfig = read_json(config_json)?;
         let path = saved
             .sentence_transformers
             .and_then(|s| s.activation_fn)

@@ -4,11 +4,11 @@
 //! <https://github.com/huggingface/sentence-transformers/blob/v5.1.2/sentence_transformers/SentenceTransformer.py>
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use candle_core::{DType, Device, Module as _, Tensor};
 use serde::Deserialize;
 
+use crate::config::read_json;
 use crate::error::{Error, Result};
 use crate::hub::ModelSource;
 use crate::pooling::Pooling;
@@ -68,11 +68,6 @@ struct ModelSettings {
     #[serde(default)]
     prompts: BTreeMap<String, String>,
     default_prompt_name: Option<String>,
-}
-
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::json(path, e))
 }
 
 /// The activation of a `Dense` module, by its torch class name.

@@ -17,6 +17,7 @@ use minijinja::value::{Kwargs, Serde, ValueKind};
 use minijinja::{Environment, ErrorKind, Value};
 use serde::{Deserialize, Serialize};
 
+use crate::config::read_json;
 use crate::error::{Error, Result};
 
 /// Who wrote a message.
@@ -106,9 +107,7 @@ impl ChatTemplate {
     /// `name` picks one, and without a name the one called `default` is used, as transformers'
     /// `get_chat_template` does.
     pub fn from_tokenizer_config(path: &Path, name: Option<&str>) -> Result<Option<Self>> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let config: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| Error::json(path, e))?;
+        let config: serde_json::Value = read_json(path)?;
         let source = match (config.get("chat_template"), name) {
             (None | Some(serde_json::Value::Null), _) => return Ok(None),
             (Some(serde_json::Value::String(source)), None) => source.clone(),
