@@ -6,7 +6,7 @@ mod common;
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
-use common::{assert_json_close, assert_same_len, fixture, fixture_model};
+use common::{assert_json_close, assert_same_len, fixture, fixture_json, fixture_model};
 use serde_json::Value;
 
 fn ferroformers(args: &[&str], stdin: Option<&str>) -> Output {
@@ -44,7 +44,7 @@ fn json_lines(output: &Output) -> Vec<Value> {
 }
 
 fn references() -> Value {
-    serde_json::from_str(&std::fs::read_to_string(fixture("pipelines.json")).unwrap()).unwrap()
+    fixture_json("pipelines.json")
 }
 
 /// The CLI's JSON against a reference: every number within 1e-4 (f32) and finite.
@@ -368,8 +368,7 @@ fn fill_mask_and_ner_take_several_texts_and_stdin() {
 }
 
 fn option_references() -> Value {
-    serde_json::from_str(&std::fs::read_to_string(fixture("pipeline_options.json")).unwrap())
-        .unwrap()
+    fixture_json("pipeline_options.json")
 }
 
 #[test]

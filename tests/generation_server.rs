@@ -9,7 +9,9 @@ use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use common::{assert_close_slices, assert_same_len, fixture, fixture_model, fixture_sanity};
+use common::{
+    assert_close_slices, assert_same_len, fixture, fixture_json, fixture_model, fixture_sanity,
+};
 use ferroformers::generation::{
     CausalLM, FinishReason, Generated, GenerationConfig, Generator, MAX_TOP_LOGPROBS,
 };
@@ -40,10 +42,6 @@ fn model_and_tokenizer() -> (Gpt2LMHeadModel, Tokenizer, GenerationConfig) {
         pretrained.tokenizer().unwrap(),
         pretrained.generation_config().unwrap(),
     )
-}
-
-fn json(path: &str) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(fixture(path)).unwrap()).unwrap()
 }
 
 /// The GPT-2 model, counting its forward passes.
@@ -198,7 +196,7 @@ fn a_stream_to_the_end_runs_one_forward_pass_per_token() {
 #[test]
 fn finish_reasons_and_counts_follow_the_end_token_batch_and_single_alike() {
     let (model, tokenizer, _) = model_and_tokenizer();
-    let cases = json("generation/generate.json");
+    let cases = fixture_json("generation/generate.json");
     let case = &cases["batch_eos"];
     let mut config: GenerationConfig = serde_json::from_value(case["settings"].clone()).unwrap();
     config.max_new_tokens = Some(64);
@@ -262,7 +260,7 @@ fn finish_reasons_serialize_as_openai_names_them() {
 #[test]
 fn logprobs_match_the_log_softmax_of_transformers_raw_logits() {
     let (model, tokenizer, base) = model_and_tokenizer();
-    let references = json("generation/logprobs.json");
+    let references = fixture_json("generation/logprobs.json");
     let generator = Generator::new(&model, &tokenizer);
     for (name, case) in references.as_object().unwrap() {
         let steps = case["steps"].as_array().unwrap();
@@ -354,7 +352,7 @@ fn logprob_settings_out_of_range_are_errors() {
 }
 
 fn chat_references() -> Value {
-    json("chat_templates/reference.json")
+    fixture_json("chat_templates/reference.json")
 }
 
 fn messages(value: &Value) -> Vec<Message> {

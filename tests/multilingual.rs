@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{assert_json_matches, assert_same_len, fixture, fixture_model, fixture_sanity};
+use common::{assert_json_matches, assert_same_len, fixture_json, fixture_model, fixture_sanity};
 use ferroformers::pipelines::{
     Entity, FillMaskOptions, FillMaskPipeline, Pipeline, TextClassificationOptions,
     TextClassificationPipeline, TokenClassificationOptions, TokenClassificationPipeline,
@@ -18,10 +18,6 @@ use serde_json::Value;
 
 const SCORE_TOLERANCE: f64 = 1e-4;
 const FAMILIES: [&str; 2] = ["xlm-roberta", "camembert"];
-
-fn read_json(path: &str) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(fixture(path)).unwrap()).unwrap()
-}
 
 fn tokenizer(family: &str) -> Tokenizer {
     Tokenizer::from_pretrained(
@@ -39,7 +35,7 @@ fn json<T: serde::Serialize>(value: &T) -> Value {
 fn sentencepiece_tokenizers_match_transformers() {
     for family in FAMILIES {
         let tokenizer = tokenizer(family);
-        let reference = read_json(&format!("{family}/tokenizer-reference.json"));
+        let reference = fixture_json(&format!("{family}/tokenizer-reference.json"));
         let cases = reference["cases"].as_array().unwrap();
         for case in cases {
             let text = case["text"].as_str().unwrap();
@@ -104,7 +100,7 @@ fn truncation_stops_at_model_max_length_and_the_positions_fit() {
     // does, therefore fills the table exactly; one token more would index past it.
     for family in FAMILIES {
         let tokenizer = tokenizer(family);
-        let reference = read_json(&format!("{family}/tokenizer-reference.json"));
+        let reference = fixture_json(&format!("{family}/tokenizer-reference.json"));
         let case = &reference["truncation"];
         let options = EncodeOptions {
             truncation: true,
@@ -139,7 +135,7 @@ fn truncation_stops_at_model_max_length_and_the_positions_fit() {
 
 #[test]
 fn fill_mask_matches_transformers() {
-    let refs = read_json("multilingual-pipelines.json");
+    let refs = fixture_json("multilingual-pipelines.json");
     for family in FAMILIES {
         let case = &refs[family]["fill_mask"];
         let pipeline = FillMaskPipeline::from_pretrained(
@@ -164,7 +160,7 @@ fn fill_mask_matches_transformers() {
 
 #[test]
 fn text_classification_matches_transformers() {
-    let refs = read_json("multilingual-pipelines.json");
+    let refs = fixture_json("multilingual-pipelines.json");
     for family in FAMILIES {
         let case = &refs[family]["text_classification"];
         let pipeline = TextClassificationPipeline::from_pretrained(
@@ -190,7 +186,7 @@ fn text_classification_matches_transformers() {
 fn token_classification_matches_transformers() {
     // SentencePiece has no continuing-subword prefix, so transformers groups words by its
     // fallback heuristic (no space before the token); the references cover it.
-    let refs = read_json("multilingual-pipelines.json");
+    let refs = fixture_json("multilingual-pipelines.json");
     for family in FAMILIES {
         let case = &refs[family]["token_classification"];
         let pipeline = TokenClassificationPipeline::from_pretrained(

@@ -7,7 +7,9 @@
 
 mod common;
 
-use common::{assert_json_matches, assert_same_len, fixture, fixture_model, fixture_sanity};
+use common::{
+    assert_json_matches, assert_same_len, fixture, fixture_json, fixture_model, fixture_sanity,
+};
 use ferroformers::pipelines::{
     pipeline, AggregationStrategy, AnyPipeline, AsInput, EmbeddingsOptions, EmbeddingsPipeline,
     FillMaskOptions, FillMaskPipeline, Pipeline, QuestionAnsweringOptions,
@@ -21,8 +23,7 @@ use serde_json::Value;
 const SCORE_TOLERANCE: f64 = 1e-4;
 
 fn references() -> Value {
-    serde_json::from_str(&std::fs::read_to_string(fixture("pipeline_options.json")).unwrap())
-        .unwrap()
+    fixture_json("pipeline_options.json")
 }
 
 fn json<T: Serialize>(value: &T) -> Value {

@@ -7,8 +7,8 @@ mod common;
 use std::sync::Arc;
 
 use common::{
-    assert_close_slices, assert_json_matches, assert_same_len, fixture, fixture_model,
-    fixture_sanity,
+    assert_close_slices, assert_json_matches, assert_same_len, fixture, fixture_json,
+    fixture_model, fixture_sanity,
 };
 use ferroformers::pipelines::{
     cosine_similarity, AggregationStrategy, Conversation, EmbeddingsOptions, EmbeddingsPipeline,
@@ -23,7 +23,7 @@ use serde_json::Value;
 const SCORE_TOLERANCE: f64 = 1e-4;
 
 fn references() -> Value {
-    serde_json::from_str(&std::fs::read_to_string(fixture("pipelines.json")).unwrap()).unwrap()
+    fixture_json("pipelines.json")
 }
 
 fn options() -> LoadOptions {

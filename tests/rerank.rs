@@ -5,7 +5,7 @@
 mod common;
 
 use common::{
-    assert_close_slices, assert_json_matches, assert_same_len, fixture, fixture_model,
+    assert_close_slices, assert_json_matches, assert_same_len, fixture_json, fixture_model,
     fixture_sanity,
 };
 use ferroformers::pipelines::{
@@ -19,7 +19,7 @@ const SCORE_TOLERANCE: f32 = 1e-4;
 const BATCH_TOLERANCE: f32 = 1e-5;
 
 fn references() -> Value {
-    serde_json::from_str(&std::fs::read_to_string(fixture("cross-encoders.json")).unwrap()).unwrap()
+    fixture_json("cross-encoders.json")
 }
 
 fn pipeline(name: &str) -> RerankPipeline {

@@ -14,6 +14,11 @@ pub fn fixture(path: &str) -> PathBuf {
 }
 
 /// A fixture folder (`family/head`) as the `model` argument of `from_pretrained`.
+/// A JSON file under tests/fixtures (reference outputs, inputs, configs).
+pub fn fixture_json(path: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture(path)).unwrap()).unwrap()
+}
+
 pub fn fixture_model(name: &str) -> String {
     fixture(name).to_string_lossy().into_owned()
 }
