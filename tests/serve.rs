@@ -7,167 +7,24 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::time::Duration;
 
 use base64::Engine;
+use common::server::{
+    answer, client, config, floats, get, load, post, send_json, Answer, TestServer,
+};
 use common::{assert_close_slices, assert_json_close, assert_same_len, fixture_model};
 use ferroformers::pipelines::{
-    AggregationStrategy, AnyPipeline, CrossEncoderActivation, EmbeddingsOptions, FillMaskOptions,
-    Pipeline, Prompt, QaInput, QuestionAnsweringOptions, RerankOptions, ScoreFunction,
+    AggregationStrategy, CrossEncoderActivation, EmbeddingsOptions, FillMaskOptions, Pipeline,
+    Prompt, QaInput, QuestionAnsweringOptions, RerankOptions, ScoreFunction,
     TextClassificationOptions, TokenClassificationOptions,
 };
-use ferroformers::serve::{detect_task, ServeTask, Server, ServerConfig};
-use ferroformers::{EncodeOptions, HubOptions, LoadOptions, Task, TextInput};
+use ferroformers::serve::{detect_task, ServeTask, ServerConfig};
+use ferroformers::{EncodeOptions, HubOptions, Task, TextInput};
 use serde_json::{json, Value};
-use ureq::Agent;
 
 const TOLERANCE: f32 = 1e-4;
-
-/// A server on its own thread and runtime, stopped (gracefully) when dropped.
-struct TestServer {
-    address: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl TestServer {
-    fn start(pipeline: AnyPipeline, config: ServerConfig) -> Self {
-        let (address_tx, address_rx) = std::sync::mpsc::channel();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("a tokio runtime");
-            runtime.block_on(async move {
-                let server = Server::bind(pipeline, config).await.expect("binds");
-                address_tx
-                    .send(server.local_addr())
-                    .expect("the test waits");
-                server
-                    .run(async {
-                        let _ = stopped.await;
-                    })
-                    .await
-                    .expect("serves");
-            });
-        });
-        let address = address_rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the server reports its address");
-        Self {
-            address,
-            stop: Some(stop),
-            thread: Some(thread),
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.address)
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-fn config() -> ServerConfig {
-    ServerConfig {
-        port: 0,
-        ..ServerConfig::new("fixture")
-    }
-}
-
-fn load(task: Task, name: &str) -> AnyPipeline {
-    AnyPipeline::load(task, &fixture_model(name), &LoadOptions::default()).expect("fixture loads")
-}
-
-fn client() -> Agent {
-    ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(60))
-        .build()
-}
-
-/// A whole answer, whatever its status: ureq reports 4xx and 5xx as errors.
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(key, _)| key.eq_ignore_ascii_case(name))
-            .map(|(_, value)| value.as_str())
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).expect("a JSON body")
-    }
-}
-
-/// The answer to a request; panics only when the server did not answer (a transport error).
-fn answer(result: Result<ureq::Response, ureq::Error>) -> Answer {
-    let response = match result {
-        Ok(response) | Err(ureq::Error::Status(_, response)) => response,
-        Err(error) => panic!("the server answers: {error}"),
-    };
-    let status = response.status();
-    let headers = response
-        .headers_names()
-        .into_iter()
-        .filter_map(|name| {
-            let value = response.header(&name)?.to_string();
-            Some((name, value))
-        })
-        .collect();
-    let body = response.into_string().expect("a text body");
-    Answer {
-        status,
-        headers,
-        body,
-    }
-}
-
-/// Send `body` as JSON (ureq's `json` feature is off: serde_json writes it).
-fn send_json(request: ureq::Request, body: &Value) -> Answer {
-    answer(
-        request
-            .set("content-type", "application/json")
-            .send_string(&body.to_string()),
-    )
-}
-
-/// GET `url` and return the answer.
-fn get(client: &Agent, url: &str) -> Answer {
-    answer(client.get(url).call())
-}
-
-/// POST `body` and return the status and the JSON answer.
-fn post(client: &Agent, url: &str, body: &Value) -> (u16, Value) {
-    let answer = send_json(client.post(url), body);
-    (answer.status, answer.json())
-}
-
-fn floats(value: &Value) -> Vec<f32> {
-    value
-        .as_array()
-        .expect("an array of numbers")
-        .iter()
-        .map(|x| x.as_f64().expect("a number") as f32)
-        .collect()
-}
 
 const TEXTS: [&str; 3] = [
     "The cat sat on the mat.",
@@ -842,13 +699,13 @@ fn shutdown_lets_the_request_in_flight_finish_and_accepts_no_more() {
     held.flush().unwrap();
     // Make sure the server has the request before it is told to stop.
     std::thread::sleep(Duration::from_millis(200));
-    server.stop.take().unwrap().send(()).unwrap();
+    server.begin_shutdown();
     std::thread::sleep(Duration::from_millis(200));
     held.write_all(&body[5..]).unwrap();
     let mut answer = String::new();
     BufReader::new(held).read_to_string(&mut answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    server.thread.take().unwrap().join().unwrap();
+    server.join();
     assert!(
         TcpStream::connect(server.address).is_err(),
         "still accepting"

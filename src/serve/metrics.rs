@@ -35,6 +35,8 @@ pub(crate) struct Metrics {
     requests: IntCounterVec,
     duration: HistogramVec,
     in_flight: IntGauge,
+    /// Sequences being generated now; drops as soon as a stream ends or its client leaves.
+    pub(crate) active_sequences: IntGauge,
 }
 
 impl Metrics {
@@ -59,7 +61,12 @@ impl Metrics {
             "ferroformers_requests_in_flight",
             "Requests being answered now (this one included)",
         )?;
+        let active_sequences = IntGauge::new(
+            "ferroformers_active_sequences",
+            "Sequences being generated now",
+        )?;
         registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(active_sequences.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
         Ok(Self {
@@ -67,6 +74,7 @@ impl Metrics {
             requests,
             duration,
             in_flight,
+            active_sequences,
         })
     }
 }

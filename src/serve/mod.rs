@@ -20,6 +20,7 @@
 //! ```
 
 mod error;
+mod generation;
 mod inference;
 mod metrics;
 mod openai;

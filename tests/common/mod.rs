@@ -224,3 +224,6 @@ pub fn assert_json_close(actual: &Value, expected: &Value, tolerance: f64, at: &
         _ => assert_eq!(actual, expected, "{at}"),
     }
 }
+
+#[cfg(feature = "server")]
+pub mod server;
