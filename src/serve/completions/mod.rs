@@ -113,13 +113,6 @@ fn prepare(
         .encode(prompt.as_str(), &EncodeOptions::default())?
         .len();
     let too_long = |message: String| ServeError::context_length_exceeded(field, message);
-    if tokens > state.max_input_length {
-        return Err(too_long(format!(
-            "{tokens} tokens in the {field}, over this server's limit of {} \
-             (--max-input-length): shorten the {field}",
-            state.max_input_length
-        )));
-    }
     let context = pipeline.model().max_positions();
     let max_new_tokens = max_tokens.unwrap_or(context.saturating_sub(tokens));
     if max_new_tokens == 0 || tokens + max_new_tokens > context {
@@ -128,6 +121,13 @@ fn prepare(
              {} tokens ({tokens} in the {field}, {max_new_tokens} in the completion). Please \
              reduce the length of the {field} or completion.",
             tokens + max_new_tokens
+        )));
+    }
+    if tokens > state.max_input_length {
+        return Err(too_long(format!(
+            "{tokens} tokens in the {field}, over this server's limit of {} \
+             (--max-input-length): shorten the {field}",
+            state.max_input_length
         )));
     }
     Ok(Prepared {
