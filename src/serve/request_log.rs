@@ -51,7 +51,10 @@ impl<B> MakeSpan<B> for RequestSpan {
             .get::<RequestId>()
             .and_then(|id| id.header_value().to_str().ok())
             .unwrap_or("none");
-        tracing::info_span!(
+        // At ERROR level so that the span is on whenever any log line is: a span's level
+        // only decides when it is recorded, and under the default filter (warnings) a
+        // warning about a request must carry its id too.
+        tracing::error_span!(
             "request",
             request_id = %id,
             method = %request.method(),
