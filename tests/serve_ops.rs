@@ -201,10 +201,11 @@ fn a_client_that_never_finishes_its_headers_is_disconnected() {
             ..config()
         },
     );
+    // Before the connection opens: the server's clock starts when it accepts it.
+    let started = Instant::now();
     let mut slow = TcpStream::connect(server.address).unwrap();
     slow.write_all(b"POST /embed HTTP/1.1\r\nHost: test\r\nContent-Ty")
         .unwrap();
-    let started = Instant::now();
     // Another client is served meanwhile.
     let (status, body) = post(&client(), &server.url("/embed"), &json!({ "inputs": TEXT }));
     assert_eq!(status, 200, "{body}");
@@ -215,8 +216,7 @@ fn a_client_that_never_finishes_its_headers_is_disconnected() {
     let closed = slow.read_to_end(&mut received);
     let waited = started.elapsed();
     assert!(
-        matches!(&closed, Ok(_))
-            || matches!(&closed, Err(e) if e.kind() == ErrorKind::ConnectionReset),
+        closed.is_ok() || matches!(&closed, Err(e) if e.kind() == ErrorKind::ConnectionReset),
         "the server did not close the connection within {:?}: {closed:?}",
         timeout * 10
     );
@@ -338,6 +338,110 @@ fn exchange(stream: &mut TcpStream, request: &[u8]) -> Outcome {
     }
 }
 
+/// `POST path` with a JSON body, as bytes on the wire (keep-alive: HTTP/1.1's default).
+fn raw_post(path: &str, body: &Value) -> String {
+    let body = body.to_string();
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+const HEALTH: &str = "GET /health HTTP/1.1\r\nHost: test\r\n\r\n";
+
+/// The answer on `stream`, which must be whole.
+fn answered(stream: &mut TcpStream, request: &str) -> RawResponse {
+    match exchange(stream, request.as_bytes()) {
+        Outcome::Answered(response) => response,
+        other => panic!("{request}: {other:?}"),
+    }
+}
+
+#[test]
+fn requests_on_open_connections_get_503_while_stopping() {
+    let expected = expected_embedding();
+    let mut server = TestServer::start(load(Task::Embeddings, MODEL), config());
+    let address = server.address;
+    let connect = move || TcpStream::connect(address).unwrap();
+    // One request in flight through the whole shutdown: its body comes at the end.
+    let body = json!({ "inputs": TEXT }).to_string();
+    let mut held = connect();
+    write!(
+        held,
+        "POST /embed HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{}",
+        body.len(),
+        &body[..5]
+    )
+    .unwrap();
+    // Three keep-alive connections, each answered once.
+    let (tei, openai) = (
+        raw_post("/embed", &json!({ "inputs": TEXT })),
+        raw_post("/v1/embeddings", &json!({ "input": TEXT })),
+    );
+    let (mut embed, mut v1, mut health) = (connect(), connect(), connect());
+    for (stream, request) in [
+        (&mut embed, &tei),
+        (&mut v1, &openai),
+        (&mut health, &HEALTH.to_string()),
+    ] {
+        let response = answered(stream, request);
+        assert_eq!(response.status, 200, "{}", response.body);
+        assert!(!response.closes);
+    }
+
+    server.begin_shutdown();
+    // /health answers 503 once the server has the signal...
+    let started = Instant::now();
+    let refusal = loop {
+        let response = answered(&mut health, HEALTH);
+        if response.status != 200 {
+            break response;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "/health stays 200"
+        );
+        health = if response.closes { connect() } else { health };
+    };
+    let check = |response: RawResponse, path: &str| {
+        assert_eq!(response.status, 503, "{path}: {}", response.body);
+        assert!(response.closes, "{path}: the connection stays open");
+        let body: Value = serde_json::from_str(&response.body).expect("JSON");
+        let message = if path.starts_with("/v1/") {
+            assert_eq!(body["error"]["type"], "server_error", "{body}");
+            &body["error"]["message"]
+        } else {
+            assert_eq!(body["error_type"], "unhealthy", "{body}");
+            &body["error"]
+        };
+        assert!(
+            message
+                .as_str()
+                .is_some_and(|m| m.contains("shutting down")),
+            "{body}"
+        );
+    };
+    check(refusal, "/health");
+    // ...and so do requests on the connections already open, in either error shape.
+    check(answered(&mut embed, &tei), "/embed");
+    check(answered(&mut v1, &openai), "/v1/embeddings");
+    // New connections are refused.
+    assert!(
+        TcpStream::connect(server.address).is_err(),
+        "still accepting"
+    );
+    // The request in flight at the signal finishes, and its connection closes after it.
+    held.write_all(&body.as_bytes()[5..]).unwrap();
+    let response = read_response(&mut held).expect("a whole answer");
+    assert_eq!(response.status, 200, "{}", response.body);
+    assert!(response.closes);
+    let vectors: Value = serde_json::from_str(&response.body).expect("JSON");
+    assert_close_slices(&floats(&vectors[0]), &expected, TOLERANCE, "held /embed");
+    server.join();
+}
+
 /// A request and how it ended; `sent` is when its first byte went out.
 struct Record {
     sent: Instant,
@@ -352,7 +456,7 @@ fn keep_sending(
     path: &'static str,
     request: Vec<u8>,
     shutdown_sent: Arc<Mutex<Option<Instant>>>,
-    answered: Arc<AtomicUsize>,
+    embedded: Arc<AtomicUsize>,
 ) -> Vec<Record> {
     let mut records = Vec::new();
     let mut connection: Option<TcpStream> = None;
@@ -373,8 +477,8 @@ fn keep_sending(
         let sent = Instant::now();
         let outcome = exchange(stream, &request);
         let keep = matches!(&outcome, Outcome::Answered(r) if !r.closes);
-        if matches!(&outcome, Outcome::Answered(r) if r.status == 200) {
-            answered.fetch_add(1, Ordering::SeqCst);
+        if path != "/health" && matches!(&outcome, Outcome::Answered(r) if r.status == 200) {
+            embedded.fetch_add(1, Ordering::SeqCst);
         }
         records.push(Record {
             sent,
@@ -396,30 +500,28 @@ fn sigterm_under_load_finishes_or_refuses_every_request_cleanly() {
     let expected = expected_embedding();
     let server = Binary::start("warn", &[]);
     let shutdown_sent = Arc::new(Mutex::new(None));
-    let answered = Arc::new(AtomicUsize::new(0));
-    let body = json!({ "inputs": TEXT }).to_string();
-    let embed = format!(
-        "POST /embed HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    let health = "GET /health HTTP/1.1\r\nHost: test\r\n\r\n".to_string();
-    let clients: Vec<_> = std::iter::repeat_n(("/embed", embed), CLIENTS)
+    let embedded = Arc::new(AtomicUsize::new(0));
+    let tei = raw_post("/embed", &json!({ "inputs": TEXT }));
+    let openai = raw_post("/v1/embeddings", &json!({ "input": TEXT }));
+    let health = HEALTH.to_string();
+    // Both error shapes: TEI's and, under /v1, OpenAI's.
+    let clients: Vec<_> = std::iter::repeat_n(("/embed", tei), CLIENTS - 2)
+        .chain(std::iter::repeat_n(("/v1/embeddings", openai), 2))
         .chain([("/health", health)])
         .map(|(path, request)| {
-            let (address, shutdown_sent, answered) = (
+            let (address, shutdown_sent, embedded) = (
                 server.address.clone(),
                 Arc::clone(&shutdown_sent),
-                Arc::clone(&answered),
+                Arc::clone(&embedded),
             );
             std::thread::spawn(move || {
-                keep_sending(address, path, request.into_bytes(), shutdown_sent, answered)
+                keep_sending(address, path, request.into_bytes(), shutdown_sent, embedded)
             })
         })
         .collect();
     // Under load: every client has been answered a few times.
     let started = Instant::now();
-    while answered.load(Ordering::SeqCst) < 10 * CLIENTS {
+    while embedded.load(Ordering::SeqCst) < 10 * CLIENTS {
         assert!(started.elapsed() < Duration::from_secs(120), "too slow");
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -438,21 +540,32 @@ fn sigterm_under_load_finishes_or_refuses_every_request_cleanly() {
         let path = record.path;
         match &record.outcome {
             Outcome::Answered(response) if response.status == 200 => {
-                if path == "/embed" {
+                if path != "/health" {
                     let body: Value = serde_json::from_str(&response.body).expect("JSON");
-                    let row = floats(&body[0]);
-                    let diff = checked_max_abs_diff(&row, &expected)
-                        .unwrap_or_else(|why| panic!("/embed answer: {why}"));
-                    assert!(diff <= TOLERANCE, "/embed off by {diff:e}");
+                    let row = match path {
+                        "/embed" => &body[0],
+                        _ => &body["data"][0]["embedding"],
+                    };
+                    let diff = checked_max_abs_diff(&floats(row), &expected)
+                        .unwrap_or_else(|why| panic!("{path} answer: {why}"));
+                    assert!(diff <= TOLERANCE, "{path} off by {diff:e}");
                     served += 1;
                     closing += usize::from(response.closes);
                 }
             }
             Outcome::Answered(response) if response.status == 503 => {
-                // A clean refusal: TEI's error body, and the connection closes after it.
+                // A clean refusal: an error body, and the connection closes after it.
                 let body: Value = serde_json::from_str(&response.body).expect("JSON");
-                assert_eq!(body["error_type"], "unhealthy", "{path}: {body}");
-                assert!(body["error"].as_str().is_some_and(|m| !m.is_empty()));
+                let message = if path.starts_with("/v1/") {
+                    assert_eq!(body["error"]["type"], "server_error", "{path}: {body}");
+                    &body["error"]["message"]
+                } else {
+                    assert_eq!(body["error_type"], "unhealthy", "{path}: {body}");
+                    &body["error"]
+                };
+                assert!(message
+                    .as_str()
+                    .is_some_and(|m| m.contains("shutting down")));
                 assert!(response.closes, "{path}: 503 without Connection: close");
                 if path == "/health" {
                     health_refused += 1;

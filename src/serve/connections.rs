@@ -68,9 +68,8 @@ pub(crate) async fn serve(
             },
         }
     }
-    draining.start();
     // Connections the kernel completed but not yet handed over were accepted as far as
-    // their clients know: serve them (their requests get 503) rather than reset them.
+    // their clients know: serve them rather than reset them.
     loop {
         tokio::select! {
             biased;
@@ -82,6 +81,8 @@ pub(crate) async fn serve(
         }
     }
     drop(listener);
+    // Only now, so that a 503 (from /health, say) tells that no connection is accepted.
+    draining.start();
 
     let deadline = Instant::now() + timeouts.shutdown;
     let linger_until = Instant::now() + IDLE_CONNECTION_LINGER.min(timeouts.shutdown);
