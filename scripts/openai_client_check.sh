@@ -12,11 +12,9 @@ cargo build --bin ferroformers
 out=target/openai-client-check
 rm -rf "$out"
 mkdir -p "$out/chat-model"
-# The fixture GPT-2 with the tokenizer_config.json that adds a ChatML template.
-for file in tests/fixtures/gpt2/lm-head/*; do
-  ln -s "$PWD/$file" "$out/chat-model/$(basename "$file")"
-done
-rm "$out/chat-model/tokenizer_config.json"
+# The fixture GPT-2 (a copy: the loader refuses links out of the model folder) with the
+# tokenizer_config.json that adds a ChatML template.
+cp tests/fixtures/gpt2/lm-head/* "$out/chat-model/"
 cp tests/fixtures/chat_templates/chatml_generation/tokenizer_config.json "$out/chat-model/"
 
 servers=()
