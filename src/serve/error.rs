@@ -33,6 +33,10 @@ pub(crate) enum ServeError {
     Library(Error),
     /// The blocking task that ran the pipeline did not finish (it panicked).
     Internal(String),
+    /// The batched forward this request was part of failed (TEI's backend error).
+    Backend(String),
+    /// The server is stopping and takes no more work.
+    Unavailable(String),
 }
 
 /// The two error body shapes.
@@ -90,6 +94,8 @@ impl ServeError {
                 _ => StatusCode::FAILED_DEPENDENCY,
             },
             ServeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ServeError::Backend(_) => StatusCode::FAILED_DEPENDENCY,
+            ServeError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -105,7 +111,9 @@ impl ServeError {
             ServeError::Validation(_, message)
             | ServeError::WrongTask(message)
             | ServeError::NotFound(message)
-            | ServeError::Internal(message) => message.clone(),
+            | ServeError::Internal(message)
+            | ServeError::Backend(message)
+            | ServeError::Unavailable(message) => message.clone(),
             ServeError::Library(error) => error.to_string(),
         }
     }
@@ -116,6 +124,7 @@ impl ServeError {
             StatusCode::TOO_MANY_REQUESTS => "overloaded",
             StatusCode::PAYLOAD_TOO_LARGE => "validation",
             StatusCode::FAILED_DEPENDENCY | StatusCode::INTERNAL_SERVER_ERROR => "backend",
+            StatusCode::SERVICE_UNAVAILABLE => "unhealthy",
             StatusCode::BAD_REQUEST if matches!(self, ServeError::Validation(..)) => "empty",
             _ if matches!(self, ServeError::Library(Error::Tokenizer { .. })) => "tokenizer",
             _ => "validation",

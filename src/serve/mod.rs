@@ -2,8 +2,10 @@
 //! text-embeddings-inference (TEI 1.x), OpenAI's `/v1/embeddings` and the Inference API's
 //! `POST /`, so that existing clients work unchanged.
 //!
-//! Requests run on tokio's blocking pool, one at a time per request (the pipeline batches the
-//! inputs of one request; batching across requests is not done yet). A semaphore caps the
+//! The encoder routes (`/embed`, `/v1/embeddings`, `/rerank`, `/predict`) tokenize on tokio's
+//! blocking pool and queue their request; one batching thread runs the queued requests
+//! together, one forward for as many as fit in `max_batch_tokens` (see `queue.rs`). `POST /`
+//! runs each request on its own on the blocking pool. A semaphore caps the
 //! requests in flight (429 past it), axum's body limit caps the payload (413), and an API
 //! key, when set, guards every route but `/health` (401).
 //!
@@ -24,6 +26,7 @@ mod generation;
 mod inference;
 mod metrics;
 mod openai;
+mod queue;
 mod task;
 mod tei;
 
@@ -42,7 +45,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::pipelines::{AnyPipeline, DEFAULT_BATCH_SIZE};
+use crate::pipelines::AnyPipeline;
 use crate::tokenizer::EncodeOptions;
 use error::{Flavor, ServeError};
 
@@ -70,15 +73,21 @@ pub struct ServerConfig {
     pub cors_allow_origins: Vec<String>,
     /// Requests in flight at once; more get 429.
     pub max_concurrent_requests: usize,
-    /// Inputs per forward pass (until requests are batched together, the inputs of one
-    /// request); `None` is the pipeline's default.
+    /// Padded tokens (the longest input × the inputs) per batched forward of the encoder
+    /// routes; a request larger than this alone runs alone, in several forwards.
+    pub max_batch_tokens: usize,
+    /// Requests per batched forward; `None`: as many as fit in `max_batch_tokens`, `Some(1)`:
+    /// one request at a time.
     pub max_batch_requests: Option<usize>,
+    /// Inputs one request may send at once; more get 413.
+    pub max_client_batch_size: usize,
     /// How long in-flight requests may take to finish after a shutdown signal.
     pub shutdown_timeout: Duration,
 }
 
 impl ServerConfig {
-    /// TEI's defaults (2 MB payload, 512 concurrent requests) on 127.0.0.1:8080.
+    /// TEI's defaults (2 MB payload, 512 concurrent requests, 16384 batch tokens, 32 inputs
+    /// per request) on 127.0.0.1:8080.
     pub fn new(model_id: impl Into<String>) -> Self {
         Self {
             model_id: model_id.into(),
@@ -90,7 +99,9 @@ impl ServerConfig {
             api_key: None,
             cors_allow_origins: Vec::new(),
             max_concurrent_requests: 512,
+            max_batch_tokens: 16384,
             max_batch_requests: None,
+            max_client_batch_size: 32,
             shutdown_timeout: Duration::from_secs(30),
         }
     }
@@ -104,13 +115,26 @@ struct Shared {
     max_input_length: usize,
     in_flight: Arc<Semaphore>,
     metrics: metrics::Metrics,
+    /// Where the encoder routes queue their forwards.
+    queue: Arc<queue::Queue>,
 }
 
 type AppState = Arc<Shared>;
 
 impl Shared {
-    fn batch_size(&self) -> usize {
-        self.config.max_batch_requests.unwrap_or(DEFAULT_BATCH_SIZE)
+    /// TEI's 413 for more inputs than `max_client_batch_size`.
+    fn check_client_batch(&self, inputs: usize) -> Result<(), ServeError> {
+        let max = self.config.max_client_batch_size;
+        if inputs > max {
+            return Err(ServeError::Validation(
+                axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "batch size {inputs} > maximum allowed batch size {max}: send at most {max} \
+                     inputs per request"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Token counts of `texts` (special tokens included, the model's prompt not), capped at
@@ -157,6 +181,7 @@ pub struct Server {
     listener: TcpListener,
     router: Router,
     shutdown_timeout: Duration,
+    batcher: queue::Batcher,
 }
 
 impl Server {
@@ -175,7 +200,16 @@ impl Server {
         // Only fails on a bad metric name or a name used twice: fixed in the code.
         let metrics = metrics::Metrics::new()
             .map_err(|e| std::io::Error::other(format!("cannot set up the metrics: {e}")))?;
+        let batcher = queue::Batcher::start(
+            pipeline.clone(),
+            queue::Limits {
+                max_batch_tokens: config.max_batch_tokens,
+                max_batch_requests: config.max_batch_requests,
+            },
+            metrics.batch.clone(),
+        )?;
         let shared = Arc::new(Shared {
+            queue: batcher.queue(),
             max_input_length: config.max_input_length.unwrap_or(model_limit),
             in_flight: Arc::new(Semaphore::new(config.max_concurrent_requests)),
             metrics,
@@ -187,6 +221,7 @@ impl Server {
             listener,
             router,
             shutdown_timeout,
+            batcher,
         })
     }
 
@@ -198,7 +233,7 @@ impl Server {
     }
 
     /// Serve until `shutdown` completes, then stop accepting and let in-flight requests
-    /// finish, for at most the config's `shutdown_timeout`.
+    /// finish, for at most the config's `shutdown_timeout`; the batching thread ends with it.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -215,13 +250,15 @@ impl Server {
             }
             tokio::time::sleep(grace).await;
         };
-        tokio::select! {
+        let served = tokio::select! {
             served = serve => served,
             () = deadline => {
                 tracing::warn!("requests still running {grace:?} after the shutdown signal: stopping anyway");
                 Ok(())
             }
-        }
+        };
+        self.batcher.stop().await;
+        served
     }
 }
 
