@@ -199,13 +199,15 @@ pub(crate) async fn rerank(
             return Err(wrong_task(state, "/rerank", "text-ranking (cross-encoder)"));
         };
         pipeline.check_ranks()?;
+        if request.texts.is_empty() {
+            not_empty(&[])?;
+        }
+        state.check_client_batch(request.texts.len())?;
         let pairs: Vec<(&str, &str)> = request
             .texts
             .iter()
             .map(|text| (request.query.as_str(), text.as_str()))
             .collect();
-        not_empty(&request.texts.iter().map(String::as_str).collect::<Vec<_>>())?;
-        state.check_client_batch(pairs.len())?;
         if !request.truncate {
             let tokenizer = pipeline.tokenizer();
             for &(query, text) in &pairs {
