@@ -55,14 +55,26 @@ run() {
     start_server "$@"
     # A few requests first, so that the first measured ones do not pay for cold caches.
     taskset -c "$cpus" target/release/load --url "$address/embed" --body "$body" --clients 4 --seconds 2 >/dev/null
-    local result
+    # The server's CPU time (user + system, in clock ticks) over the measured load: its cost
+    # per request does not depend on how much of the CPUs the other processes leave it.
+    local ticks_before ticks_after result batches
+    ticks_before=$(awk '{print $14 + $15}' "/proc/$server_pid/stat")
     result=$(taskset -c "$cpus" target/release/load --url "$address/embed" --body "$body" \
         --clients "$clients" --seconds "$duration")
-    local batches
+    ticks_after=$(awk '{print $14 + $15}' "/proc/$server_pid/stat")
     batches=$(curl -s "$address/metrics" | grep -E '^ferroformers_(batch_size_(sum|count)|forward_passes_total) ' | tr '\n' ' ')
     stop_server
-    python3 -c 'import json,sys; r=json.loads(sys.argv[1]); r["run"]=sys.argv[2]; r["server_metrics"]=sys.argv[3].strip(); print(json.dumps(r))' \
-        "$result" "$label" "$batches"
+    python3 - "$result" "$label" "$batches" "$((ticks_after - ticks_before))" "$(getconf CLK_TCK)" <<'PY'
+import json, sys
+result, label, batches, ticks, hertz = sys.argv[1:6]
+r = json.loads(result)
+cpu_seconds = int(ticks) / int(hertz)
+r["run"] = label
+r["server_metrics"] = batches.strip()
+r["server_cpu_seconds"] = cpu_seconds
+r["server_cpu_ms_per_request"] = round(1000 * cpu_seconds / max(r["ok"], 1), 3)
+print(json.dumps(r))
+PY
 }
 
 batched=$(run "batched (default: --max-batch-tokens 16384)")
@@ -73,6 +85,8 @@ python3 - "$batched" "$single" <<'PY'
 import json, sys
 batched, single = (json.loads(line) for line in sys.argv[1:3])
 ratio = batched["throughput_rps"] / single["throughput_rps"]
+cpu_ratio = single["server_cpu_ms_per_request"] / batched["server_cpu_ms_per_request"]
 print(json.dumps({"throughput_ratio": round(ratio, 2), "goal": 4.0,
+                  "server_cpu_per_request_ratio": round(cpu_ratio, 2),
                   "errors": batched["errors"] + single["errors"]}))
 PY
