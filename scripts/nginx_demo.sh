@@ -95,7 +95,11 @@ target/release/load --url "http://127.0.0.1:$port/embed" --body "$body" --client
     --seconds "$duration" >"$work/load.json" &
 load_pid=$!
 sleep "$(python3 -c "print($duration / 2)")"
-echo "SIGTERM to replica 1 ($first)" >&2
+served_by() {
+    curl -s "http://$1/metrics" | awk '/^ferroformers_requests_total\{route="\/embed",status="200"\}/ {print $2}'
+}
+first_served=$(served_by "$first")
+echo "SIGTERM to replica 1 ($first), which has served $first_served requests" >&2
 kill -TERM "$replica1_pid"
 status=0
 wait "$replica1_pid" || status=$?
@@ -103,11 +107,17 @@ echo "replica 1 exited with status $status" >&2
 wait "$load_pid"
 result=$(cat "$work/load.json")
 echo "$result"
-python3 - "$result" <<'PY'
+second_served=$(served_by "$second")
+# Each line is a request nginx passed on to the other replica.
+retried=$(grep -c 'upstream' "$work/error.log" || true)
+python3 - "$result" "${first_served:-0}" "${second_served:-0}" "$retried" <<'PY'
 import json, sys
 result = json.loads(sys.argv[1])
-ok = result["errors"] == 0 and result["ok"] > 0
+first, second, retried = (int(float(x)) for x in sys.argv[2:5])
+ok = result["errors"] == 0 and result["ok"] > 0 and first > 0 and second > 0
 print(json.dumps({"failed_requests": result["errors"], "served": result["ok"],
+                  "replica1_served_before_sigterm": first, "replica2_served": second,
+                  "nginx_upstream_errors_logged": retried,
                   "verdict": "no request lost" if ok else "requests failed"}))
 sys.exit(0 if ok else 1)
 PY
