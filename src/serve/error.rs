@@ -2,7 +2,9 @@
 //! body `{"error", "error_type"}` or OpenAI's `{"error": {"message", "type", "param", "code"}}`.
 //!
 //! Status codes follow TEI 1.x (`router/src/http/server.rs`): validation errors (an input too
-//! long) are 413, tokenizer errors 422, an overloaded server 429, a failed model 424.
+//! long) are 413, tokenizer errors 422, an overloaded server 429, a failed model 424. Two
+//! are ours (TEI has neither): 408 for a request body that stops arriving, and 503
+//! (`error_type` `unhealthy`) for a request that comes while the server shuts down.
 //! <https://github.com/huggingface/text-embeddings-inference/blob/v1.8.3/router/src/http/server.rs>
 
 use axum::extract::rejection::JsonRejection;
@@ -25,6 +27,14 @@ pub(crate) enum ServeError {
     /// A field has a value this server does not accept (kept with its status: TEI answers
     /// 413 for an input too long, 400 for an empty batch, 422 for the rest).
     Validation(StatusCode, String),
+    /// A field has a value this server does not accept, named for OpenAI's `param` (and its
+    /// `code`, where OpenAI has one for the case).
+    Field {
+        status: StatusCode,
+        param: String,
+        code: Option<&'static str>,
+        message: String,
+    },
     /// The route serves another task than the model's.
     WrongTask(String),
     /// No route at this path.
@@ -35,8 +45,8 @@ pub(crate) enum ServeError {
     Internal(String),
     /// The batched forward this request was part of failed (TEI's backend error).
     Backend(String),
-    /// The server is stopping and takes no more work.
-    Unavailable(String),
+    /// The server is shutting down and takes no new requests.
+    ShuttingDown,
 }
 
 /// The two error body shapes.
@@ -75,27 +85,58 @@ impl ServeError {
         ServeError::Validation(StatusCode::UNPROCESSABLE_ENTITY, message.into())
     }
 
+    /// A 422 about the value of field `param`.
+    pub(crate) fn field(param: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::field_with_status(StatusCode::UNPROCESSABLE_ENTITY, param, message)
+    }
+
+    /// An error of `status` about field `param`.
+    pub(crate) fn field_with_status(
+        status: StatusCode,
+        param: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        ServeError::Field {
+            status,
+            param: param.into(),
+            code: None,
+            message: message.into(),
+        }
+    }
+
+    /// OpenAI's 400 for a prompt (`param`) that leaves no room for the completion.
+    pub(crate) fn context_length_exceeded(param: &str, message: String) -> Self {
+        ServeError::Field {
+            status: StatusCode::BAD_REQUEST,
+            param: param.to_string(),
+            code: Some("context_length_exceeded"),
+            message,
+        }
+    }
+
     fn status(&self) -> StatusCode {
         match self {
             ServeError::Unauthorized => StatusCode::UNAUTHORIZED,
             ServeError::Overloaded => StatusCode::TOO_MANY_REQUESTS,
+            ServeError::Body(rejection) if body_timed_out(rejection) => StatusCode::REQUEST_TIMEOUT,
             // axum answers 400 for JSON that does not parse; the issue (and TEI's clients)
             // expect 422 for every body that is not the request the route takes.
             ServeError::Body(JsonRejection::JsonSyntaxError(_)) => StatusCode::UNPROCESSABLE_ENTITY,
             ServeError::Body(rejection) => rejection.status(),
-            ServeError::Validation(status, _) => *status,
+            ServeError::Validation(status, _) | ServeError::Field { status, .. } => *status,
             ServeError::WrongTask(_) => StatusCode::BAD_REQUEST,
             ServeError::NotFound(_) => StatusCode::NOT_FOUND,
             ServeError::Library(error) => match error {
                 Error::InputTooLong { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-                Error::InvalidInput(_) | Error::Tokenizer { .. } => {
-                    StatusCode::UNPROCESSABLE_ENTITY
-                }
+                Error::InvalidInput(_)
+                | Error::InvalidGeneration(_)
+                | Error::ChatTemplate(_)
+                | Error::Tokenizer { .. } => StatusCode::UNPROCESSABLE_ENTITY,
                 _ => StatusCode::FAILED_DEPENDENCY,
             },
             ServeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ServeError::Backend(_) => StatusCode::FAILED_DEPENDENCY,
-            ServeError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ServeError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -107,13 +148,22 @@ impl ServeError {
             ServeError::Overloaded => {
                 "Model is overloaded: too many requests in flight, retry later".to_string()
             }
+            ServeError::Body(rejection) if body_timed_out(rejection) => {
+                "the request body stopped arriving (body read timeout): send it without pauses"
+                    .to_string()
+            }
             ServeError::Body(rejection) => rejection.body_text(),
+            ServeError::ShuttingDown => {
+                "the server is shutting down: send the request to another replica, or retry \
+                 once it is back"
+                    .to_string()
+            }
             ServeError::Validation(_, message)
+            | ServeError::Field { message, .. }
             | ServeError::WrongTask(message)
             | ServeError::NotFound(message)
             | ServeError::Internal(message)
-            | ServeError::Backend(message)
-            | ServeError::Unavailable(message) => message.clone(),
+            | ServeError::Backend(message) => message.clone(),
             ServeError::Library(error) => error.to_string(),
         }
     }
@@ -122,9 +172,9 @@ impl ServeError {
     fn tei_type(&self) -> &'static str {
         match self.status() {
             StatusCode::TOO_MANY_REQUESTS => "overloaded",
+            StatusCode::SERVICE_UNAVAILABLE => "unhealthy",
             StatusCode::PAYLOAD_TOO_LARGE => "validation",
             StatusCode::FAILED_DEPENDENCY | StatusCode::INTERNAL_SERVER_ERROR => "backend",
-            StatusCode::SERVICE_UNAVAILABLE => "unhealthy",
             StatusCode::BAD_REQUEST if matches!(self, ServeError::Validation(..)) => "empty",
             _ if matches!(self, ServeError::Library(Error::Tokenizer { .. })) => "tokenizer",
             _ => "validation",
@@ -133,6 +183,12 @@ impl ServeError {
 
     /// OpenAI's `type` and `code`.
     fn openai_type_and_code(&self) -> (&'static str, Option<&'static str>) {
+        if let ServeError::Field {
+            code: Some(code), ..
+        } = self
+        {
+            return ("invalid_request_error", Some(code));
+        }
         match self.status() {
             StatusCode::UNAUTHORIZED => ("invalid_request_error", Some("invalid_api_key")),
             StatusCode::TOO_MANY_REQUESTS => ("rate_limit_error", Some("rate_limit_exceeded")),
@@ -144,20 +200,24 @@ impl ServeError {
         }
     }
 
+    /// OpenAI's body: `{"error": {"message", "type", "param", "code"}}`.
+    pub(crate) fn openai_body(&self) -> serde_json::Value {
+        let message = self.message();
+        let (kind, code) = self.openai_type_and_code();
+        let param = match self {
+            ServeError::Body(JsonRejection::JsonDataError(_)) => field_of(&message),
+            ServeError::Field { param, .. } => Some(param.clone()),
+            _ => None,
+        };
+        json!({ "error": { "message": message, "type": kind, "param": param, "code": code } })
+    }
+
     /// The response in the body shape of `flavor`.
     pub(crate) fn into_response_as(self, flavor: Flavor) -> Response {
         let status = self.status();
-        let message = self.message();
         let body = match flavor {
-            Flavor::Tei => json!({ "error": message, "error_type": self.tei_type() }),
-            Flavor::OpenAi => {
-                let (kind, code) = self.openai_type_and_code();
-                let param = match &self {
-                    ServeError::Body(JsonRejection::JsonDataError(_)) => field_of(&message),
-                    _ => None,
-                };
-                json!({ "error": { "message": message, "type": kind, "param": param, "code": code } })
-            }
+            Flavor::Tei => json!({ "error": self.message(), "error_type": self.tei_type() }),
+            Flavor::OpenAi => self.openai_body(),
         };
         let mut response = (status, Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
@@ -167,6 +227,19 @@ impl ServeError {
         }
         response
     }
+}
+
+/// Whether the body stopped arriving for longer than the body read timeout (tower-http's
+/// `TimeoutError`, somewhere down the rejection's sources).
+fn body_timed_out(rejection: &JsonRejection) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
+    while let Some(error) = source {
+        if error.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        source = error.source();
+    }
+    false
 }
 
 /// The field a serde error names: axum reports `path: message` (serde_path_to_error) or

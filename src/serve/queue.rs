@@ -108,9 +108,7 @@ impl Queue {
         {
             let mut waiting = self.lock();
             if waiting.closed {
-                return Err(ServeError::Unavailable(
-                    "the server is shutting down: retry on another replica".to_string(),
-                ));
+                return Err(ServeError::ShuttingDown);
             }
             let longest = encodings.iter().map(Encoding::len).max().unwrap_or(0);
             waiting.entries.push_back(Entry {
