@@ -61,9 +61,17 @@ pub struct ServeArgs {
     /// Requests in flight at once; more get 429.
     #[arg(long, default_value_t = 512, value_parser = at_least_one)]
     max_concurrent_requests: usize,
-    /// Inputs per forward pass (default: 8).
+    /// Padded tokens (longest input × inputs) per batched forward of the encoder routes:
+    /// concurrent requests are served together up to this.
+    #[arg(long, default_value_t = 16384, value_parser = at_least_one)]
+    max_batch_tokens: usize,
+    /// Requests per batched forward (default: as many as fit in --max-batch-tokens; 1: one
+    /// request at a time).
     #[arg(long, value_parser = at_least_one)]
     max_batch_requests: Option<usize>,
+    /// Inputs one request may send; more get 413.
+    #[arg(long, default_value_t = 32, value_parser = at_least_one)]
+    max_client_batch_size: usize,
     /// Seconds a client may take to send a request head; idle keep-alive connections close
     /// after it too.
     #[arg(long, default_value_t = 10, value_parser = at_least_one)]
@@ -153,7 +161,9 @@ pub fn run(
         api_key: args.api_key,
         cors_allow_origins: args.cors_allow_origin,
         max_concurrent_requests: args.max_concurrent_requests,
+        max_batch_tokens: args.max_batch_tokens,
         max_batch_requests: args.max_batch_requests,
+        max_client_batch_size: args.max_client_batch_size,
         header_read_timeout: seconds(args.header_read_timeout_secs),
         body_read_timeout: seconds(args.body_read_timeout_secs),
         shutdown_timeout: seconds(args.shutdown_timeout_secs),

@@ -3,13 +3,14 @@
 //! `Dense` modules, and its prompts (read in `sentence_transformers.rs`).
 
 use candle_core::{Device, Tensor};
+use tokenizers::Encoding;
 
 use crate::auto::AutoModel;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::pipelines::sentence_transformers::{Prompt, SentenceTransformersSetup};
 use crate::pipelines::{batch_input, encode_all, in_batches, Pipeline, Text, DEFAULT_BATCH_SIZE};
-use crate::pooling::{l2_normalize, Pooling};
+use crate::pooling::Pooling;
 use crate::pretrained::{LoadOptions, Pretrained};
 use crate::tokenizer::{EncodeOptions, Tokenizer};
 
@@ -135,8 +136,43 @@ impl Pipeline for EmbeddingsPipeline {
     type Output = Vec<f32>;
 
     fn run_inputs(&self, texts: &[&str], options: &EmbeddingsOptions) -> Result<Vec<Vec<f32>>> {
-        // Preprocess: the prompt goes before each text, then everything is truncated to
-        // max_seq_length as sentence-transformers does.
+        let encoded = self.encode(texts, options)?;
+        let pooled = self.pooled(
+            &encoded.encodings,
+            encoded.prompt_length,
+            options.pooling,
+            options.batch_size,
+        )?;
+        Ok(self.normalized(pooled, options.normalize_embeddings))
+    }
+
+    fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+}
+
+/// Texts tokenized for [`EmbeddingsPipeline::pooled`]: its preprocess, which the server runs
+/// on the request's own thread before queueing the forward.
+pub(crate) struct EncodedTexts {
+    /// One encoding per text, prompt included, truncated as the options say.
+    pub encodings: Vec<Encoding>,
+    /// Tokens at the start of every encoding that the pooling leaves out (the prompt, when
+    /// the model's pooling excludes it); 0 otherwise.
+    pub prompt_length: usize,
+}
+
+impl EmbeddingsPipeline {
+    /// Preprocess: the prompt goes before each text, then everything is truncated to
+    /// max_seq_length as sentence-transformers does.
+    pub(crate) fn encode(
+        &self,
+        texts: &[&str],
+        options: &EmbeddingsOptions,
+    ) -> Result<EncodedTexts> {
         let prompt = self.setup.prompt(&options.prompt)?;
         let prompted: Vec<String> = texts
             .iter()
@@ -151,41 +187,55 @@ impl Pipeline for EmbeddingsPipeline {
             max_length: limit,
             ..EncodeOptions::default()
         };
-        let (encodings, lengths) = encode_all(&self.tokenizer, &prompted, &encode)?;
+        let (encodings, _) = encode_all(&self.tokenizer, &prompted, &encode)?;
         let prompt_length = match prompt {
             Some(prompt) if !self.setup.include_prompt => self.prompt_length(prompt)?,
             _ => 0,
         };
-        let pooling = options.pooling.unwrap_or(self.pooling);
-        let normalize = self.normalize || options.normalize_embeddings;
-        // Forward, pooling and Dense modules included: they are part of the model in
-        // sentence-transformers.
-        in_batches(&lengths, options.batch_size, |indices| {
-            let input = batch_input(&self.tokenizer, &encodings, indices, &self.device)?;
+        Ok(EncodedTexts {
+            encodings,
+            prompt_length,
+        })
+    }
+
+    /// Forward, `batch_size` encodings at a time, then the pooling (`pooling`, else the
+    /// model's) and the Dense modules: they are part of the model in sentence-transformers.
+    /// One row per encoding, in their order, not yet normalised.
+    pub(crate) fn pooled(
+        &self,
+        encodings: &[Encoding],
+        prompt_length: usize,
+        pooling: Option<Pooling>,
+        batch_size: usize,
+    ) -> Result<Vec<Vec<f32>>> {
+        let pooling = pooling.unwrap_or(self.pooling);
+        let lengths: Vec<usize> = encodings.iter().map(Encoding::len).collect();
+        in_batches(&lengths, batch_size, |indices| {
+            let input = batch_input(&self.tokenizer, encodings, indices, &self.device)?;
             let hidden = self.model.forward(&input)?.last_hidden_state;
             let mask = input
                 .attention_mask
                 .as_ref()
                 .ok_or_else(|| Error::InvalidInput("a padded batch has a mask".to_string()))?;
             let mask = without_prompt(mask, prompt_length)?;
-            let mut pooled = self.setup.apply_dense(pooling.pool(&hidden, &mask)?)?;
-            if normalize {
-                pooled = l2_normalize(&pooled)?;
-            }
+            let pooled = self.setup.apply_dense(pooling.pool(&hidden, &mask)?)?;
             Ok(pooled.to_vec2()?)
         })
     }
 
-    fn tokenizer(&self) -> &Tokenizer {
-        &self.tokenizer
+    /// Postprocess: unit length when the model ends with `Normalize` or the caller asks.
+    /// Per row on the host, so that requests that differ only here share a forward.
+    pub(crate) fn normalized(
+        &self,
+        mut pooled: Vec<Vec<f32>>,
+        normalize_embeddings: bool,
+    ) -> Vec<Vec<f32>> {
+        if self.normalize || normalize_embeddings {
+            pooled.iter_mut().for_each(|row| l2_normalize_row(row));
+        }
+        pooled
     }
 
-    fn config(&self) -> &ModelConfig {
-        &self.config
-    }
-}
-
-impl EmbeddingsPipeline {
     /// The prompt's length in tokens with the special tokens before it (`[CLS]`), not those
     /// after it, as `SentenceTransformer._get_prompt_length` counts it:
     /// <https://github.com/huggingface/sentence-transformers/blob/v5.1.2/sentence_transformers/SentenceTransformer.py#L1576>
@@ -209,6 +259,13 @@ fn without_prompt(mask: &Tensor, prompt_length: usize) -> Result<Tensor> {
         .collect();
     let keep = Tensor::from_vec(keep, (1, seq_len), mask.device())?.to_dtype(mask.dtype())?;
     Ok(mask.broadcast_mul(&keep)?)
+}
+
+/// Scale `row` to unit length, as [`crate::pooling::l2_normalize`] scales a tensor's rows
+/// (the norm clamped at 1e-12, so that a zero row stays zero).
+fn l2_normalize_row(row: &mut [f32]) {
+    let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    row.iter_mut().for_each(|x| *x /= norm);
 }
 
 /// Cosine similarity of two vectors (0 when either is all zeros).

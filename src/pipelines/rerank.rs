@@ -9,6 +9,7 @@ use std::path::Path;
 
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
+use tokenizers::Encoding;
 
 use crate::auto::AutoModelForSequenceClassification;
 use crate::config::{read_json, ModelConfig};
@@ -218,7 +219,17 @@ impl RerankPipeline {
         pairs: &[(&str, &str)],
         options: &RerankOptions,
     ) -> Result<Vec<Vec<f32>>> {
-        // Preprocess.
+        let encodings = self.encode_pairs(pairs, options)?;
+        let logits = self.logits(&encodings, options.batch_size)?;
+        Ok(self.scores(logits, options))
+    }
+
+    /// Preprocess: each pair tokenized together, cut to the maximum length if asked.
+    pub(crate) fn encode_pairs(
+        &self,
+        pairs: &[(&str, &str)],
+        options: &RerankOptions,
+    ) -> Result<Vec<Encoding>> {
         let encode = EncodeOptions {
             truncation: options.truncation,
             max_length: Some(options.max_length.unwrap_or(self.max_length)),
@@ -227,18 +238,41 @@ impl RerankPipeline {
         let inputs = pairs
             .iter()
             .map(|&(first, second)| TextInput::Pair(first, second));
-        let (encodings, lengths) = encode_all(&self.tokenizer, inputs, &encode)?;
-        // Forward.
-        let logits = in_batches(&lengths, options.batch_size, |indices| {
-            let input = batch_input(&self.tokenizer, &encodings, indices, &self.device)?;
+        Ok(encode_all(&self.tokenizer, inputs, &encode)?.0)
+    }
+
+    /// Forward, `batch_size` pairs at a time: the head's logits, one row per encoding.
+    pub(crate) fn logits(
+        &self,
+        encodings: &[Encoding],
+        batch_size: usize,
+    ) -> Result<Vec<Vec<f32>>> {
+        let lengths: Vec<usize> = encodings.iter().map(Encoding::len).collect();
+        in_batches(&lengths, batch_size, |indices| {
+            let input = batch_input(&self.tokenizer, encodings, indices, &self.device)?;
             rows_to_host(&self.model.forward(&input)?)
-        })?;
-        // Postprocess.
+        })
+    }
+
+    /// Postprocess: the activation (the options', else the model's) on every logit.
+    pub(crate) fn scores(&self, logits: Vec<Vec<f32>>, options: &RerankOptions) -> Vec<Vec<f32>> {
         let activation = options.activation.unwrap_or(self.activation);
-        Ok(logits
+        logits
             .into_iter()
             .map(|row| row.into_iter().map(|l| activation.apply(l)).collect())
-            .collect())
+            .collect()
+    }
+
+    /// An error unless the model gives one logit per pair, which ranking needs.
+    pub(crate) fn check_ranks(&self) -> Result<()> {
+        let labels = self.config.num_labels();
+        if labels != 1 {
+            return Err(Error::InvalidInput(format!(
+                "ranking needs a cross-encoder with one output, this model has {labels} labels: \
+                 score pairs with predict instead"
+            )));
+        }
+        Ok(())
     }
 
     /// Rank `documents` by relevance to `query`, best first (ties keep input order), as
@@ -249,37 +283,41 @@ impl RerankPipeline {
         documents: &[S],
         options: &RerankOptions,
     ) -> Result<Vec<RankedDocument>> {
-        let labels = self.config.num_labels();
-        if labels != 1 {
-            return Err(Error::InvalidInput(format!(
-                "ranking needs a cross-encoder with one output, this model has {labels} labels: \
-                 score pairs with predict instead"
-            )));
-        }
+        self.check_ranks()?;
         let pairs: Vec<(&str, &str)> = documents.iter().map(|d| (query, d.as_ref())).collect();
         let scores = self.predict(&pairs, options)?;
-        let mut ranked = scores
-            .iter()
-            .zip(documents)
-            .enumerate()
-            .map(|(corpus_id, (row, document))| {
-                let score = *row.first().ok_or_else(|| {
-                    Error::InvalidInput("the model gave no score for a pair".to_string())
-                })?;
-                Ok(RankedDocument {
-                    corpus_id,
-                    score,
-                    text: options
-                        .return_documents
-                        .then(|| document.as_ref().to_string()),
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        // Stable, as Python's `sorted(..., reverse=True)`.
-        ranked.sort_by(|a, b| b.score.total_cmp(&a.score));
-        ranked.truncate(options.top_k.unwrap_or(usize::MAX));
-        Ok(ranked)
+        ranked(&scores, documents, options)
     }
+}
+
+/// Postprocess of a ranking: the documents with their scores (one per row), best first (ties
+/// keep input order), the best `top_k` of them.
+pub(crate) fn ranked<S: AsRef<str>>(
+    scores: &[Vec<f32>],
+    documents: &[S],
+    options: &RerankOptions,
+) -> Result<Vec<RankedDocument>> {
+    let mut ranked = scores
+        .iter()
+        .zip(documents)
+        .enumerate()
+        .map(|(corpus_id, (row, document))| {
+            let score = *row.first().ok_or_else(|| {
+                Error::InvalidInput("the model gave no score for a pair".to_string())
+            })?;
+            Ok(RankedDocument {
+                corpus_id,
+                score,
+                text: options
+                    .return_documents
+                    .then(|| document.as_ref().to_string()),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    // Stable, as Python's `sorted(..., reverse=True)`.
+    ranked.sort_by(|a, b| b.score.total_cmp(&a.score));
+    ranked.truncate(options.top_k.unwrap_or(usize::MAX));
+    Ok(ranked)
 }
 
 impl Pipeline for RerankPipeline {

@@ -3,6 +3,7 @@
 
 use candle_core::Device;
 use serde::Serialize;
+use tokenizers::Encoding;
 
 use crate::auto::AutoModelForSequenceClassification;
 use crate::config::{Labels, ModelConfig};
@@ -139,6 +140,47 @@ impl TextClassificationPipeline {
         })
     }
 
+    /// Preprocess: each text or pair tokenized, cut to the maximum length if asked.
+    pub(crate) fn encode(
+        &self,
+        inputs: &[TextInput<'_>],
+        options: &TextClassificationOptions,
+    ) -> Result<Vec<Encoding>> {
+        let encode = EncodeOptions {
+            truncation: options.truncation,
+            max_length: options.max_length,
+            ..EncodeOptions::default()
+        };
+        Ok(encode_all(&self.tokenizer, inputs.iter().copied(), &encode)?.0)
+    }
+
+    /// Forward, `batch_size` inputs at a time: the head's logits, one row per encoding.
+    pub(crate) fn logits(
+        &self,
+        encodings: &[Encoding],
+        batch_size: usize,
+    ) -> Result<Vec<Vec<f32>>> {
+        let lengths: Vec<usize> = encodings.iter().map(Encoding::len).collect();
+        in_batches(&lengths, batch_size, |indices| {
+            let input = batch_input(&self.tokenizer, encodings, indices, &self.device)?;
+            rows_to_host(&self.model.forward(&input)?)
+        })
+    }
+
+    /// Postprocess: the score function (the options', else the config's), then the labels
+    /// best first.
+    pub(crate) fn labels(
+        &self,
+        logits: &[Vec<f32>],
+        options: &TextClassificationOptions,
+    ) -> Vec<Vec<LabelScore>> {
+        let function = options.function_to_apply.unwrap_or(self.function);
+        logits
+            .iter()
+            .map(|row| self.postprocess(&function.apply(row), options.top_k))
+            .collect()
+    }
+
     fn postprocess(&self, scores: &[f32], top_k: Option<usize>) -> Vec<LabelScore> {
         let mut labels: Vec<LabelScore> = scores
             .iter()
@@ -166,24 +208,9 @@ impl Pipeline for TextClassificationPipeline {
         inputs: &[TextInput<'_>],
         options: &TextClassificationOptions,
     ) -> Result<Vec<Vec<LabelScore>>> {
-        // Preprocess.
-        let encode = EncodeOptions {
-            truncation: options.truncation,
-            max_length: options.max_length,
-            ..EncodeOptions::default()
-        };
-        let (encodings, lengths) = encode_all(&self.tokenizer, inputs.iter().copied(), &encode)?;
-        // Forward, in batches.
-        let logits = in_batches(&lengths, options.batch_size, |indices| {
-            let input = batch_input(&self.tokenizer, &encodings, indices, &self.device)?;
-            rows_to_host(&self.model.forward(&input)?)
-        })?;
-        // Postprocess.
-        let function = options.function_to_apply.unwrap_or(self.function);
-        Ok(logits
-            .iter()
-            .map(|row| self.postprocess(&function.apply(row), options.top_k))
-            .collect())
+        let encodings = self.encode(inputs, options)?;
+        let logits = self.logits(&encodings, options.batch_size)?;
+        Ok(self.labels(&logits, options))
     }
 
     fn tokenizer(&self) -> &Tokenizer {

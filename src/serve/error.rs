@@ -43,6 +43,8 @@ pub(crate) enum ServeError {
     Library(Error),
     /// The blocking task that ran the pipeline did not finish (it panicked).
     Internal(String),
+    /// The batched forward this request was part of failed (TEI's backend error).
+    Backend(String),
     /// The server is shutting down and takes no new requests.
     ShuttingDown,
 }
@@ -133,6 +135,7 @@ impl ServeError {
                 _ => StatusCode::FAILED_DEPENDENCY,
             },
             ServeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ServeError::Backend(_) => StatusCode::FAILED_DEPENDENCY,
             ServeError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -159,7 +162,8 @@ impl ServeError {
             | ServeError::Field { message, .. }
             | ServeError::WrongTask(message)
             | ServeError::NotFound(message)
-            | ServeError::Internal(message) => message.clone(),
+            | ServeError::Internal(message)
+            | ServeError::Backend(message) => message.clone(),
             ServeError::Library(error) => error.to_string(),
         }
     }

@@ -112,7 +112,6 @@ fn answer(state: &Shared, request: InferenceRequest) -> Result<Value, ServeError
             not_empty(&texts)?;
             let mut options = FillMaskOptions {
                 targets: parameters.targets,
-                batch_size: state.batch_size(),
                 ..FillMaskOptions::default()
             };
             if let Some(top_k) = parameters.top_k {
@@ -136,7 +135,6 @@ fn answer(state: &Shared, request: InferenceRequest) -> Result<Value, ServeError
             };
             let mut options = TokenClassificationOptions {
                 aggregation_strategy: strategy,
-                batch_size: state.batch_size(),
                 ..TokenClassificationOptions::default()
             };
             if let Some(labels) = parameters.ignore_labels {
@@ -160,7 +158,6 @@ fn answer(state: &Shared, request: InferenceRequest) -> Result<Value, ServeError
             let mut options = QuestionAnsweringOptions {
                 doc_stride: parameters.doc_stride,
                 max_seq_len: parameters.max_seq_len,
-                batch_size: state.batch_size(),
                 ..QuestionAnsweringOptions::default()
             };
             if let Some(top_k) = parameters.top_k {

@@ -8,9 +8,11 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
+use super::queue::BatchMetrics;
 use super::AppState;
 
 /// The routes counted under their own name; any other path counts as `unmatched`, so that
@@ -39,6 +41,8 @@ pub(crate) struct Metrics {
     in_flight: IntGauge,
     /// Sequences being generated now; drops as soon as a stream ends or its client leaves.
     pub(crate) active_sequences: IntGauge,
+    /// What the batching thread of the encoder routes reports.
+    pub(crate) batch: BatchMetrics,
 }
 
 impl Metrics {
@@ -67,6 +71,34 @@ impl Metrics {
             "ferroformers_active_sequences",
             "Sequences being generated now",
         )?;
+        let batch = BatchMetrics {
+            batch_requests: Histogram::with_opts(
+                HistogramOpts::new(
+                    "ferroformers_batch_size",
+                    "Requests per batched forward of the encoder routes",
+                )
+                .buckets(prometheus::exponential_buckets(1.0, 2.0, 10)?),
+            )?,
+            batch_tokens: Histogram::with_opts(
+                HistogramOpts::new(
+                    "ferroformers_batch_tokens",
+                    "Padded tokens (longest input × inputs) per batch of the encoder routes",
+                )
+                .buckets(prometheus::exponential_buckets(16.0, 2.0, 12)?),
+            )?,
+            forwards: IntCounter::new(
+                "ferroformers_forward_passes_total",
+                "Forward passes the encoder routes' batching thread ran",
+            )?,
+            abandoned: IntCounter::new(
+                "ferroformers_queue_abandoned_total",
+                "Queued requests dropped unrun because their client left",
+            )?,
+        };
+        registry.register(Box::new(batch.batch_requests.clone()))?;
+        registry.register(Box::new(batch.batch_tokens.clone()))?;
+        registry.register(Box::new(batch.forwards.clone()))?;
+        registry.register(Box::new(batch.abandoned.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(active_sequences.clone()))?;
         registry.register(Box::new(duration.clone()))?;
@@ -77,6 +109,7 @@ impl Metrics {
             duration,
             in_flight,
             active_sequences,
+            batch,
         })
     }
 }

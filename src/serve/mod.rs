@@ -2,8 +2,10 @@
 //! text-embeddings-inference (TEI 1.x), OpenAI's `/v1/embeddings` and the Inference API's
 //! `POST /`, so that existing clients work unchanged.
 //!
-//! Requests run on tokio's blocking pool, one at a time per request (the pipeline batches the
-//! inputs of one request; batching across requests is not done yet). A semaphore caps the
+//! The encoder routes (`/embed`, `/v1/embeddings`, `/rerank`, `/predict`) tokenize on tokio's
+//! blocking pool and queue their request; one batching thread runs the queued requests
+//! together, one forward for as many as fit in `max_batch_tokens` (see `queue.rs`). `POST /`
+//! runs each request on its own on the blocking pool. A semaphore caps the
 //! requests in flight (429 past it), axum's body limit caps the payload (413), and an API
 //! key, when set, guards every route but `/health` (401).
 //!
@@ -32,6 +34,7 @@ mod generation;
 mod inference;
 mod metrics;
 mod openai;
+mod queue;
 mod request_log;
 mod shutdown;
 mod task;
@@ -55,7 +58,7 @@ use tokio::sync::Semaphore;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
-use crate::pipelines::{AnyPipeline, DEFAULT_BATCH_SIZE};
+use crate::pipelines::AnyPipeline;
 use crate::tokenizer::EncodeOptions;
 use error::{Flavor, ServeError};
 use shutdown::Draining;
@@ -85,9 +88,14 @@ pub struct ServerConfig {
     pub cors_allow_origins: Vec<String>,
     /// Requests in flight at once; more get 429.
     pub max_concurrent_requests: usize,
-    /// Inputs per forward pass (until requests are batched together, the inputs of one
-    /// request); `None` is the pipeline's default.
+    /// Padded tokens (the longest input × the inputs) per batched forward of the encoder
+    /// routes; a request larger than this alone runs alone, in several forwards.
+    pub max_batch_tokens: usize,
+    /// Requests per batched forward; `None`: as many as fit in `max_batch_tokens`, `Some(1)`:
+    /// one request at a time.
     pub max_batch_requests: Option<usize>,
+    /// Inputs one request may send at once; more get 413.
+    pub max_client_batch_size: usize,
     /// How long in-flight requests may take to finish after a shutdown signal.
     pub shutdown_timeout: Duration,
     /// How long a connection may take to send a whole request head; idle keep-alive
@@ -100,8 +108,9 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
-    /// TEI's defaults (2 MB payload, 512 concurrent requests) on 127.0.0.1:8080; 30 s to
-    /// finish on shutdown, 10 s for a request head, 30 s of silence in a request body.
+    /// TEI's defaults (2 MB payload, 512 concurrent requests, 16384 batch tokens, 32 inputs
+    /// per request) on 127.0.0.1:8080; 30 s to finish on shutdown, 10 s for a request head,
+    /// 30 s of silence in a request body.
     pub fn new(model_id: impl Into<String>) -> Self {
         Self {
             model_id: model_id.into(),
@@ -113,7 +122,9 @@ impl ServerConfig {
             api_key: None,
             cors_allow_origins: Vec::new(),
             max_concurrent_requests: 512,
+            max_batch_tokens: 16384,
             max_batch_requests: None,
+            max_client_batch_size: 32,
             shutdown_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
@@ -129,13 +140,26 @@ struct Shared {
     max_input_length: usize,
     in_flight: Arc<Semaphore>,
     metrics: metrics::Metrics,
+    /// Where the encoder routes queue their forwards.
+    queue: Arc<queue::Queue>,
 }
 
 type AppState = Arc<Shared>;
 
 impl Shared {
-    fn batch_size(&self) -> usize {
-        self.config.max_batch_requests.unwrap_or(DEFAULT_BATCH_SIZE)
+    /// TEI's 413 for more inputs than `max_client_batch_size`.
+    fn check_client_batch(&self, inputs: usize) -> Result<(), ServeError> {
+        let max = self.config.max_client_batch_size;
+        if inputs > max {
+            return Err(ServeError::Validation(
+                axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "batch size {inputs} > maximum allowed batch size {max}: send at most {max} \
+                     inputs per request"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Token counts of `texts` (special tokens included, the model's prompt not), capped at
@@ -193,6 +217,7 @@ pub struct Server {
     router: Router,
     draining: Draining,
     timeouts: connections::Timeouts,
+    batcher: queue::Batcher,
 }
 
 impl Server {
@@ -214,7 +239,16 @@ impl Server {
         // Only fails on a bad metric name or a name used twice: fixed in the code.
         let metrics = metrics::Metrics::new()
             .map_err(|e| std::io::Error::other(format!("cannot set up the metrics: {e}")))?;
+        let batcher = queue::Batcher::start(
+            pipeline.clone(),
+            queue::Limits {
+                max_batch_tokens: config.max_batch_tokens,
+                max_batch_requests: config.max_batch_requests,
+            },
+            metrics.batch.clone(),
+        )?;
         let shared = Arc::new(Shared {
+            queue: batcher.queue(),
             max_input_length: config.max_input_length.unwrap_or(model_limit),
             in_flight: Arc::new(Semaphore::new(config.max_concurrent_requests)),
             metrics,
@@ -228,6 +262,7 @@ impl Server {
             router,
             draining,
             timeouts,
+            batcher,
         })
     }
 
@@ -240,7 +275,7 @@ impl Server {
 
     /// Serve until `shutdown` completes; then stop accepting, answer 503 to requests that
     /// come on open connections, and let in-flight requests finish, for at most the
-    /// config's `shutdown_timeout`.
+    /// config's `shutdown_timeout`; the batching thread ends with them.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -255,6 +290,7 @@ impl Server {
         .await;
         // No connection is left, or the shutdown timeout passed: stop here what the routes
         // feed besides the connections (a batching thread); no request will reach it.
+        self.batcher.stop().await;
         Ok(())
     }
 }

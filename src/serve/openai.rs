@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::OpenAiError;
 use super::tei::{embed_texts, Inputs};
-use super::{run_blocking, AppState};
+use super::AppState;
 use crate::pipelines::Prompt;
 
 /// `GET /v1/models`'s answer: the one model this server runs.
@@ -100,16 +100,8 @@ pub(crate) async fn embeddings(
 ) -> Result<Json<EmbeddingsResponse>, OpenAiError> {
     let Json(request) = body?;
     let format = request.encoding_format;
-    let (vectors, counts) = run_blocking(&state, move |state| {
-        embed_texts(
-            state,
-            &request.input.texts(),
-            false,
-            true,
-            Prompt::ModelDefault,
-        )
-    })
-    .await?;
+    let (vectors, counts) =
+        embed_texts(&state, request.input, false, true, Prompt::ModelDefault).await?;
     let tokens = counts.iter().sum();
     let data = vectors
         .into_iter()

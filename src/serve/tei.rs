@@ -10,7 +10,9 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use super::error::{ServeError, TeiError};
+use super::queue::Forward;
 use super::{run_blocking, AppState, Shared};
+use crate::pipelines::rerank::ranked;
 use crate::pipelines::{
     AnyPipeline, CrossEncoderActivation, EmbeddingsOptions, Pipeline, Prompt, RerankOptions,
     ScoreFunction, TextClassificationOptions,
@@ -104,42 +106,51 @@ pub(crate) async fn embed(
     let prompt = request
         .prompt_name
         .map_or(Prompt::ModelDefault, Prompt::Named);
-    let embeddings = run_blocking(&state, move |state| {
-        embed_texts(
-            state,
-            &request.inputs.texts(),
-            request.truncate,
-            request.normalize,
-            prompt,
-        )
-        .map(|(embeddings, _)| embeddings)
-    })
+    let (embeddings, _) = embed_texts(
+        &state,
+        request.inputs,
+        request.truncate,
+        request.normalize,
+        prompt,
+    )
     .await?;
     Ok(Json(embeddings))
 }
 
-/// The embeddings of `texts` and their token counts, shared with `/v1/embeddings`.
-pub(crate) fn embed_texts(
-    state: &Shared,
-    texts: &[&str],
+/// The embeddings of `inputs` and their token counts, shared with `/v1/embeddings`: tokenized
+/// on the blocking pool, pooled in a batch with other requests, normalised here.
+pub(crate) async fn embed_texts(
+    state: &AppState,
+    inputs: Inputs,
     truncate: bool,
     normalize: bool,
     prompt: Prompt,
 ) -> Result<(Vec<Vec<f32>>, Vec<usize>), ServeError> {
+    let (encoded, counts) = run_blocking(state, move |state| {
+        let AnyPipeline::Embeddings(pipeline) = &state.pipeline else {
+            return Err(wrong_task(state, "embedding", "feature-extraction"));
+        };
+        let texts = inputs.texts();
+        not_empty(&texts)?;
+        state.check_client_batch(texts.len())?;
+        let counts = state.count_tokens(&texts, truncate)?;
+        let options = EmbeddingsOptions {
+            truncation: truncate,
+            max_length: state.config.max_input_length,
+            prompt,
+            ..EmbeddingsOptions::default()
+        };
+        Ok((pipeline.encode(&texts, &options)?, counts))
+    })
+    .await?;
+    let forward = Forward::Embeddings {
+        prompt_length: encoded.prompt_length,
+    };
+    let pooled = state.queue.submit(encoded.encodings, forward).await?;
     let AnyPipeline::Embeddings(pipeline) = &state.pipeline else {
         return Err(wrong_task(state, "embedding", "feature-extraction"));
     };
-    not_empty(texts)?;
-    let counts = state.count_tokens(texts, truncate)?;
-    let options = EmbeddingsOptions {
-        normalize_embeddings: normalize,
-        truncation: truncate,
-        max_length: state.config.max_input_length,
-        batch_size: state.batch_size(),
-        prompt,
-        ..EmbeddingsOptions::default()
-    };
-    Ok((pipeline.run(texts, &options)?, counts))
+    Ok((pipeline.normalized(pooled, normalize), counts))
 }
 
 /// `POST /rerank`'s body.
@@ -174,43 +185,57 @@ pub(crate) async fn rerank(
 ) -> Result<Json<Vec<Rank>>, TeiError> {
     let Json(request) = body?;
     right_only(&request.truncation_direction)?;
-    let ranks = run_blocking(&state, move |state| {
+    let options = RerankOptions {
+        return_documents: request.return_text,
+        truncation: request.truncate,
+        max_length: state.config.max_input_length,
+        activation: request
+            .raw_scores
+            .then_some(CrossEncoderActivation::Identity),
+        ..RerankOptions::default()
+    };
+    let (request, options, encodings) = run_blocking(&state, move |state| {
         let AnyPipeline::Rerank(pipeline) = &state.pipeline else {
             return Err(wrong_task(state, "/rerank", "text-ranking (cross-encoder)"));
         };
-        let texts: Vec<&str> = request.texts.iter().map(String::as_str).collect();
-        not_empty(&texts)?;
+        pipeline.check_ranks()?;
+        if request.texts.is_empty() {
+            not_empty(&[])?;
+        }
+        state.check_client_batch(request.texts.len())?;
+        let pairs: Vec<(&str, &str)> = request
+            .texts
+            .iter()
+            .map(|text| (request.query.as_str(), text.as_str()))
+            .collect();
         if !request.truncate {
             let tokenizer = pipeline.tokenizer();
-            for text in &texts {
-                let pair = TextInput::Pair(&request.query, text);
-                let length = tokenizer.encode(pair, &EncodeOptions::default())?.len();
+            for &(query, text) in &pairs {
+                let length = tokenizer
+                    .encode(TextInput::Pair(query, text), &EncodeOptions::default())?
+                    .len();
                 if length > state.max_input_length {
                     return Err(super::too_long(length, state.max_input_length));
                 }
             }
         }
-        let options = RerankOptions {
-            return_documents: request.return_text,
-            batch_size: state.batch_size(),
-            truncation: request.truncate,
-            max_length: state.config.max_input_length,
-            activation: request
-                .raw_scores
-                .then_some(CrossEncoderActivation::Identity),
-            ..RerankOptions::default()
-        };
-        let ranked = pipeline.rank(&request.query, &texts, &options)?;
-        Ok(ranked
-            .into_iter()
-            .map(|document| Rank {
-                index: document.corpus_id,
-                text: document.text,
-                score: document.score,
-            })
-            .collect())
+        let encodings = pipeline.encode_pairs(&pairs, &options)?;
+        Ok((request, options, encodings))
     })
     .await?;
+    let logits = state.queue.submit(encodings, Forward::Logits).await?;
+    let AnyPipeline::Rerank(pipeline) = &state.pipeline else {
+        return Err(wrong_task(&state, "/rerank", "text-ranking (cross-encoder)").into());
+    };
+    let scores = pipeline.scores(logits, &options);
+    let ranks = ranked(&scores, &request.texts, &options)?
+        .into_iter()
+        .map(|document| Rank {
+            index: document.corpus_id,
+            text: document.text,
+            score: document.score,
+        })
+        .collect();
     Ok(Json(ranks))
 }
 
@@ -264,17 +289,29 @@ pub(crate) async fn predict(
 ) -> Result<Json<PredictResponse>, TeiError> {
     let Json(request) = body?;
     right_only(&request.truncation_direction)?;
-    let response = run_blocking(&state, move |state| {
+    let mut options = TextClassificationOptions {
+        truncation: request.truncate,
+        max_length: state.config.max_input_length,
+        ..TextClassificationOptions::default()
+    }
+    .with_top_k(None);
+    if request.raw_scores {
+        options = options.with_function_to_apply(ScoreFunction::None);
+    }
+    let batch = matches!(request.inputs, PredictInputs::Many(_));
+    let encode_options = options.clone();
+    let encodings = run_blocking(&state, move |state| {
         let AnyPipeline::TextClassification(pipeline) = &state.pipeline else {
             return Err(wrong_task(state, "/predict", "text-classification"));
         };
-        let (sequences, batch) = match &request.inputs {
-            PredictInputs::One(sequence) => (std::slice::from_ref(sequence), false),
-            PredictInputs::Many(sequences) => (sequences.as_slice(), true),
+        let sequences = match &request.inputs {
+            PredictInputs::One(sequence) => std::slice::from_ref(sequence),
+            PredictInputs::Many(sequences) => sequences.as_slice(),
         };
         if sequences.is_empty() {
             not_empty(&[])?;
         }
+        state.check_client_batch(sequences.len())?;
         let inputs: Vec<TextInput<'_>> = sequences
             .iter()
             .map(|sequence| match sequence {
@@ -293,39 +330,33 @@ pub(crate) async fn predict(
                 }
             }
         }
-        let mut options = TextClassificationOptions {
-            truncation: request.truncate,
-            max_length: state.config.max_input_length,
-            batch_size: state.batch_size(),
-            ..TextClassificationOptions::default()
-        }
-        .with_top_k(None);
-        if request.raw_scores {
-            options = options.with_function_to_apply(ScoreFunction::None);
-        }
-        let mut labels: Vec<Vec<Prediction>> = pipeline
-            .run(&inputs, &options)?
-            .into_iter()
-            .map(|scores| {
-                scores
-                    .into_iter()
-                    .map(|label| Prediction {
-                        score: label.score,
-                        label: label.label,
-                    })
-                    .collect()
-            })
-            .collect();
-        Ok(match (batch, labels.pop()) {
-            (false, Some(one)) => PredictResponse::One(one),
-            (_, last) => {
-                labels.extend(last);
-                PredictResponse::Many(labels)
-            }
-        })
+        Ok(pipeline.encode(&inputs, &encode_options)?)
     })
     .await?;
-    Ok(Json(response))
+    let logits = state.queue.submit(encodings, Forward::Logits).await?;
+    let AnyPipeline::TextClassification(pipeline) = &state.pipeline else {
+        return Err(wrong_task(&state, "/predict", "text-classification").into());
+    };
+    let mut labels: Vec<Vec<Prediction>> = pipeline
+        .labels(&logits, &options)
+        .into_iter()
+        .map(|scores| {
+            scores
+                .into_iter()
+                .map(|label| Prediction {
+                    score: label.score,
+                    label: label.label,
+                })
+                .collect()
+        })
+        .collect();
+    Ok(Json(match (batch, labels.pop()) {
+        (false, Some(one)) => PredictResponse::One(one),
+        (_, last) => {
+            labels.extend(last);
+            PredictResponse::Many(labels)
+        }
+    }))
 }
 
 /// `POST /tokenize`'s body.
@@ -448,7 +479,12 @@ pub(crate) struct Info {
     task: &'static str,
     max_concurrent_requests: usize,
     max_input_length: usize,
+    /// Padded tokens per batched forward.
+    max_batch_tokens: usize,
+    /// Requests per batched forward; `null`: as many as fit in the tokens.
     max_batch_requests: Option<usize>,
+    /// Inputs one request may send.
+    max_client_batch_size: usize,
     auto_truncate: bool,
     version: &'static str,
 }
@@ -506,7 +542,9 @@ pub(crate) async fn info(State(state): State<AppState>) -> Json<Info> {
         task: state.pipeline.task().name(),
         max_concurrent_requests: state.config.max_concurrent_requests,
         max_input_length: state.max_input_length,
+        max_batch_tokens: state.config.max_batch_tokens,
         max_batch_requests: state.config.max_batch_requests,
+        max_client_batch_size: state.config.max_client_batch_size,
         auto_truncate: false,
         version: env!("CARGO_PKG_VERSION"),
     })
