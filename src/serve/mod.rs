@@ -19,6 +19,7 @@
 //! # }
 //! ```
 
+mod chat_page;
 mod error;
 mod generation;
 mod inference;
@@ -304,6 +305,10 @@ fn router(shared: AppState, cors: Option<CorsLayer>) -> Router {
         ))
         // Health checks need no key and are never turned away.
         .route("/health", get(tei::health))
+        // Nor does the chat page: a browser cannot send the key when it opens a page, and the
+        // page holds nothing but asks for the key to send with its requests. `POST /` on the
+        // same path keeps the layers above.
+        .route("/", get(chat_page::page))
         .layer(middleware::from_fn_with_state(
             Arc::clone(&shared),
             metrics::record,
