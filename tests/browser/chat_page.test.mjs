@@ -265,3 +265,31 @@ test("on a phone-sized screen the message box and Send fit without horizontal sc
   assert.deepEqual(problems, []);
   await page.close();
 });
+
+test("a refused request is shown readably and gives the message back", async () => {
+  const { page, sent } = await openPage();
+  // Past OpenAI's range (0 to 2): the server answers 422 naming the field.
+  await setSettings(page, { temperature: 3, maxTokens: 8 });
+  await say(page, "Too hot?");
+  const error = page.locator("#error");
+  await error.waitFor({ state: "visible" });
+  const shown = await error.textContent();
+  const refused = await fetch(`${BASE}/v1/chat/completions`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(sent[0]),
+  });
+  const body = await refused.json();
+  assert.equal(refused.status, 422);
+  assert.equal(shown, `The server answered 422: ${body.error.message}`);
+  assert.match(shown, /temperature/);
+  assert.equal(await error.getAttribute("role"), "alert");
+  assert.equal(await page.locator("article").count(), 0, "the failed turn is taken out");
+  assert.equal(await page.locator("#prompt").inputValue(), "Too hot?", "the message is back in the box");
+  assert.equal(await page.isEnabled("#send"), true);
+  await setSettings(page, { temperature: 0, maxTokens: 8 });
+  await page.click("#send");
+  assert.equal((await settledReply(page, 1)).state, "done");
+  assert.equal(await error.isHidden(), true, "the error goes once a request succeeds");
+  await page.close();
+});
