@@ -23,7 +23,10 @@ out=target/browser
 mkdir -p "$out"
 node tests/browser/make_model.mjs "$out/model"
 
-target/debug/ferroformers serve -m "$out/model" --task chat --port 0 >"$out/server.log" 2>&1 &
+# One thread for the model leaves the other cores to the browser: a page starved of CPU falls
+# behind the server, and the Stop test must click while the server is still generating.
+target/debug/ferroformers serve -m "$out/model" --task chat --port 0 --threads 1 \
+  >"$out/server.log" 2>&1 &
 server=$!
 trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true' EXIT
 

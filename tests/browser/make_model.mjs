@@ -2,7 +2,9 @@
 // run makes the same file), the tokenizer of the GPT-2 fixture and the ChatML template of the
 // chat-template fixture. Why not the fixture model itself: its 128 positions and 32 widths
 // generate a whole reply in milliseconds, before a browser can click Stop; this one has room
-// for 2000 tokens and takes a few seconds for them, so the test can stop it half-way.
+// for 4000 tokens and takes seconds for them (2 ms a token or more), so the test can stop it
+// early. The scales are ones whose greedy replies differ from prompt to prompt (with larger
+// embeddings every reply was the same two tokens over and over).
 //
 // usage: node make_model.mjs OUT_DIR   (run from anywhere; paths are relative to this file)
 
@@ -20,9 +22,9 @@ if (!out) {
 const config = JSON.parse(readFileSync(join(fixtures, "gpt2/lm-head/config.json"), "utf8"));
 const VOCAB = config.vocab_size;
 const EOS = config.eos_token_id;
-const POSITIONS = 2048;
-const WIDTH = 128;
-const LAYERS = 4;
+const POSITIONS = 4096;
+const WIDTH = 192;
+const LAYERS = 6;
 Object.assign(config, { n_positions: POSITIONS, n_embd: WIDTH, n_head: 4, n_layer: LAYERS });
 
 // mulberry32: a small seeded generator, uniform in [-scale, scale).
@@ -47,19 +49,19 @@ const zeros = () => 0;
 // The output layer is the embedding (GPT-2 ties them). A zero row for the end-of-text token
 // gives it logit 0 while some other token's is positive, so greedy decoding never ends early:
 // a reply runs to max_tokens.
-add("transformer.wte.weight", [VOCAB, WIDTH], (i) => (Math.floor(i / WIDTH) === EOS ? 0 : random(0.5)));
+add("transformer.wte.weight", [VOCAB, WIDTH], (i) => (Math.floor(i / WIDTH) === EOS ? 0 : random(0.1)));
 add("transformer.wpe.weight", [POSITIONS, WIDTH], uniform(0.1));
 for (let layer = 0; layer < LAYERS; layer++) {
   const p = `transformer.h.${layer}`;
   add(`${p}.ln_1.weight`, [WIDTH], ones);
   add(`${p}.ln_1.bias`, [WIDTH], zeros);
-  add(`${p}.attn.c_attn.weight`, [WIDTH, 3 * WIDTH], uniform(0.2));
+  add(`${p}.attn.c_attn.weight`, [WIDTH, 3 * WIDTH], uniform(0.3));
   add(`${p}.attn.c_attn.bias`, [3 * WIDTH], uniform(0.05));
-  add(`${p}.attn.c_proj.weight`, [WIDTH, WIDTH], uniform(0.2));
+  add(`${p}.attn.c_proj.weight`, [WIDTH, WIDTH], uniform(0.3));
   add(`${p}.attn.c_proj.bias`, [WIDTH], uniform(0.05));
   add(`${p}.ln_2.weight`, [WIDTH], ones);
   add(`${p}.ln_2.bias`, [WIDTH], zeros);
-  add(`${p}.mlp.c_fc.weight`, [WIDTH, 4 * WIDTH], uniform(0.2));
+  add(`${p}.mlp.c_fc.weight`, [WIDTH, 4 * WIDTH], uniform(0.3));
   add(`${p}.mlp.c_fc.bias`, [4 * WIDTH], uniform(0.05));
   add(`${p}.mlp.c_proj.weight`, [4 * WIDTH, WIDTH], uniform(0.1));
   add(`${p}.mlp.c_proj.bias`, [WIDTH], uniform(0.05));
