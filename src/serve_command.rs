@@ -2,6 +2,7 @@
 //! Ctrl-C or SIGTERM.
 
 use std::io::Write;
+use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use ferroformers::pipelines::AnyPipeline;
@@ -59,6 +60,16 @@ pub struct ServeArgs {
     /// Inputs per forward pass (default: 8).
     #[arg(long, value_parser = at_least_one)]
     max_batch_requests: Option<usize>,
+    /// Seconds a client may take to send a request head; idle keep-alive connections close
+    /// after it too.
+    #[arg(long, default_value_t = 10, value_parser = at_least_one)]
+    header_read_timeout_secs: usize,
+    /// Longest pause, in seconds, while a request body arrives (408 past it).
+    #[arg(long, default_value_t = 30, value_parser = at_least_one)]
+    body_read_timeout_secs: usize,
+    /// Seconds the requests in flight may take to finish after SIGTERM or Ctrl-C.
+    #[arg(long, default_value_t = 30)]
+    shutdown_timeout_secs: usize,
 }
 
 /// `2MB`, `512kB`, `1MiB` or a plain number of bytes.
@@ -88,6 +99,10 @@ fn byte_size(value: &str) -> Result<usize, String> {
     number
         .checked_mul(scale)
         .ok_or_else(|| format!("`{value}` is too large"))
+}
+
+fn seconds(count: usize) -> Duration {
+    Duration::from_secs(u64::try_from(count).unwrap_or(u64::MAX))
 }
 
 /// Load, bind and serve; `dtype` as /info reports it.
@@ -124,6 +139,9 @@ pub fn run(
         cors_allow_origins: args.cors_allow_origin,
         max_concurrent_requests: args.max_concurrent_requests,
         max_batch_requests: args.max_batch_requests,
+        header_read_timeout: seconds(args.header_read_timeout_secs),
+        body_read_timeout: seconds(args.body_read_timeout_secs),
+        shutdown_timeout: seconds(args.shutdown_timeout_secs),
         ..ServerConfig::new(model)
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -51,7 +51,10 @@ pub(crate) fn submit(
     generation_pipeline(shared)?;
     let (sender, receiver) = mpsc::channel(CHANNEL_TOKENS);
     let shared = Arc::clone(shared);
+    // The request's span goes along, so that what decoding logs carries the request's id.
+    let span = tracing::Span::current();
     tokio::task::spawn_blocking(move || {
+        let _request = span.enter();
         let active = ActiveSequence::start(&shared.metrics.active_sequences);
         let result = generation_pipeline(&shared).and_then(|pipeline| {
             let options = TextGenerationOptions::default().with_generation(request.config);
