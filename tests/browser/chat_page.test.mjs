@@ -302,3 +302,31 @@ test("a refused request is shown readably and gives the message back", async () 
   assert.equal(await error.isHidden(), true, "the error goes once a request succeeds");
   await page.close();
 });
+
+test("the API key of the settings goes with every request and stays for the next visit", async () => {
+  const { page, problems } = await openPage();
+  const authorizations = [];
+  page.on("request", (request) => {
+    if (new URL(request.url()).pathname.startsWith("/v1/")) {
+      authorizations.push(request.headers().authorization);
+    }
+  });
+  await page.click("#settings-toggle");
+  await page.fill("#api-key", "test-key");
+  await page.locator("#api-key").press("Tab"); // `change`: the model list is asked again
+  await page.fill("#max-tokens", "4");
+  await page.click("#settings-toggle");
+  await say(page, "Hi");
+  assert.equal((await settledReply(page, 1)).state, "done");
+  // This server has no key, so it takes requests with or without one: what is checked here
+  // is what the page sends (tests/serve_chat_page.rs checks the server's side).
+  assert.deepEqual(authorizations, ["Bearer test-key", "Bearer test-key"]);
+  const again = await openPage();
+  assert.equal(await again.page.inputValue("#api-key"), "test-key");
+  await again.page.click("#settings-toggle");
+  await again.page.fill("#api-key", "");
+  await again.page.locator("#api-key").press("Tab");
+  assert.deepEqual([...problems, ...again.problems], []);
+  await page.close();
+  await again.page.close();
+});
