@@ -27,6 +27,10 @@ enum CliServeTask {
     Ner,
     /// Question answering: POST /.
     Qa,
+    /// Text generation: /v1/completions, and /v1/chat/completions with the model's chat template.
+    Generate,
+    /// Text generation for chat: as generate, refused at start without a chat template.
+    Chat,
 }
 
 /// The options of `serve` besides the model's.
@@ -123,12 +127,23 @@ pub fn run(
                 CliServeTask::FillMask => ServeTask::FillMask,
                 CliServeTask::Ner => ServeTask::Ner,
                 CliServeTask::Qa => ServeTask::Qa,
+                CliServeTask::Generate => ServeTask::Generate,
+                CliServeTask::Chat => ServeTask::Chat,
             },
             "--task".to_string(),
         ),
     };
     tracing::info!(%task, reason = %why, "serving {model}");
     let pipeline = AnyPipeline::load(task.task(), model, &load)?;
+    if let (ServeTask::Chat, AnyPipeline::TextGeneration(generation)) = (task, &pipeline) {
+        if generation.chat_template()?.is_none() {
+            return Err(ferroformers::Error::InvalidInput(format!(
+                "{model} has no chat template (no `chat_template` in its tokenizer_config.json): \
+                 serve it with --task generate for /v1/completions"
+            ))
+            .into());
+        }
+    }
     let config = ServerConfig {
         model_dtype: dtype.to_string(),
         host: args.host,

@@ -43,12 +43,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderValue, Method, Uri};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
+use futures_util::StreamExt;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -360,13 +362,27 @@ async fn check_key(State(state): State<AppState>, request: Request, next: Next) 
     next.run(request).await
 }
 
-/// A slot among `max_concurrent_requests`, held until the response is made; 429 when none
-/// is free.
+/// A slot among `max_concurrent_requests`, held until the response is made (a stream's:
+/// until its last event is sent or its client leaves); 429 when none is free.
 async fn take_slot(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let Ok(_slot) = Arc::clone(&state.in_flight).try_acquire_owned() else {
+    let Ok(slot) = Arc::clone(&state.in_flight).try_acquire_owned() else {
         return ServeError::Overloaded.into_response_as(Flavor::of_path(request.uri().path()));
     };
-    next.run(request).await
+    let response = next.run(request).await;
+    let streamed = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"text/event-stream"));
+    if !streamed {
+        return response;
+    }
+    // The body owns the slot: dropped with it, when it ends or its connection closes.
+    response.map(|body| {
+        Body::from_stream(body.into_data_stream().map(move |chunk| {
+            let _slot = &slot;
+            chunk
+        }))
+    })
 }
 
 /// Compare without stopping at the first difference, so that response times do not tell how
