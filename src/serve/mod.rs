@@ -27,6 +27,7 @@
 //! # }
 //! ```
 
+mod chat_page;
 mod completions;
 mod connections;
 mod error;
@@ -352,6 +353,10 @@ fn router(shared: AppState, cors: Option<CorsLayer>, draining: Draining) -> Rout
         ))
         // Health checks need no key and are never turned away.
         .route("/health", get(tei::health))
+        // Nor does the chat page: a browser cannot send the key when it opens a page, and the
+        // page holds nothing but asks for the key to send with its requests. `POST /` on the
+        // same path keeps the layers above.
+        .route("/", get(chat_page::page))
         // Inside the metrics, which count its 503s; /health included, so that load
         // balancers take a stopping server out.
         .layer(middleware::from_fn_with_state(
