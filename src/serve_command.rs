@@ -56,7 +56,8 @@ pub struct ServeArgs {
     /// Requests in flight at once; more get 429.
     #[arg(long, default_value_t = 512, value_parser = at_least_one)]
     max_concurrent_requests: usize,
-    /// Inputs per forward pass (default: 8).
+    /// Inputs per forward pass (default: 8); with --task generate, the sequences decoded
+    /// together (default: 32; more wait in a queue).
     #[arg(long, value_parser = at_least_one)]
     max_batch_requests: Option<usize>,
 }

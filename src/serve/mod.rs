@@ -71,7 +71,8 @@ pub struct ServerConfig {
     /// Requests in flight at once; more get 429.
     pub max_concurrent_requests: usize,
     /// Inputs per forward pass (until requests are batched together, the inputs of one
-    /// request); `None` is the pipeline's default.
+    /// request); `None` is the pipeline's default. For text generation, the sequences decoded
+    /// together (continuous batching; more wait in a queue), 32 when `None`.
     pub max_batch_requests: Option<usize>,
     /// How long in-flight requests may take to finish after a shutdown signal.
     pub shutdown_timeout: Duration,
@@ -104,6 +105,8 @@ struct Shared {
     max_input_length: usize,
     in_flight: Arc<Semaphore>,
     metrics: metrics::Metrics,
+    /// Sequences waiting for the decoding thread (text generation only).
+    decode_queue: generation::DecodeQueue,
 }
 
 type AppState = Arc<Shared>;
@@ -179,6 +182,7 @@ impl Server {
             max_input_length: config.max_input_length.unwrap_or(model_limit),
             in_flight: Arc::new(Semaphore::new(config.max_concurrent_requests)),
             metrics,
+            decode_queue: generation::DecodeQueue::default(),
             pipeline,
             config,
         });
