@@ -247,10 +247,9 @@ fn each_sequence_of_the_batch_gets_its_solo_stream() {
         }
         // Cancel those that reached their count (the one at 0 before its prompt is read).
         for (&id, &index) in &ids {
-            if cases[index].cancel_after == Some(got[index].len()) && batcher.cancel(id) {
-                if !got[index].is_empty() {
-                    running -= 1;
-                }
+            let due = cases[index].cancel_after == Some(got[index].len());
+            if due && batcher.cancel(id) && !got[index].is_empty() {
+                running -= 1;
             }
         }
         if batcher.is_empty() && step > last_join {

@@ -29,7 +29,7 @@ use crate::pipelines::{AnyPipeline, Pipeline, TextGenerationPipeline};
 /// Sequences decoded together when `max_batch_requests` is not set: past a few dozen, a step
 /// of GPT-2 small on a CPU spends more on the per-sequence attention than the shared weight
 /// reads save, and each client waits longer for its next token.
-pub(crate) const DEFAULT_MAX_SEQUENCES: usize = 32;
+const DEFAULT_MAX_SEQUENCES: usize = 32;
 
 /// A prompt and the settings to continue it with.
 #[derive(Debug, Clone)]
