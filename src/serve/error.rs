@@ -25,6 +25,14 @@ pub(crate) enum ServeError {
     /// A field has a value this server does not accept (kept with its status: TEI answers
     /// 413 for an input too long, 400 for an empty batch, 422 for the rest).
     Validation(StatusCode, String),
+    /// A field has a value this server does not accept, named for OpenAI's `param` (and its
+    /// `code`, where OpenAI has one for the case).
+    Field {
+        status: StatusCode,
+        param: String,
+        code: Option<&'static str>,
+        message: String,
+    },
     /// The route serves another task than the model's.
     WrongTask(String),
     /// No route at this path.
@@ -71,6 +79,35 @@ impl ServeError {
         ServeError::Validation(StatusCode::UNPROCESSABLE_ENTITY, message.into())
     }
 
+    /// A 422 about the value of field `param`.
+    pub(crate) fn field(param: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::field_with_status(StatusCode::UNPROCESSABLE_ENTITY, param, message)
+    }
+
+    /// An error of `status` about field `param`.
+    pub(crate) fn field_with_status(
+        status: StatusCode,
+        param: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        ServeError::Field {
+            status,
+            param: param.into(),
+            code: None,
+            message: message.into(),
+        }
+    }
+
+    /// OpenAI's 400 for a prompt (`param`) that leaves no room for the completion.
+    pub(crate) fn context_length_exceeded(param: &str, message: String) -> Self {
+        ServeError::Field {
+            status: StatusCode::BAD_REQUEST,
+            param: param.to_string(),
+            code: Some("context_length_exceeded"),
+            message,
+        }
+    }
+
     fn status(&self) -> StatusCode {
         match self {
             ServeError::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -79,14 +116,15 @@ impl ServeError {
             // expect 422 for every body that is not the request the route takes.
             ServeError::Body(JsonRejection::JsonSyntaxError(_)) => StatusCode::UNPROCESSABLE_ENTITY,
             ServeError::Body(rejection) => rejection.status(),
-            ServeError::Validation(status, _) => *status,
+            ServeError::Validation(status, _) | ServeError::Field { status, .. } => *status,
             ServeError::WrongTask(_) => StatusCode::BAD_REQUEST,
             ServeError::NotFound(_) => StatusCode::NOT_FOUND,
             ServeError::Library(error) => match error {
                 Error::InputTooLong { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-                Error::InvalidInput(_) | Error::Tokenizer { .. } => {
-                    StatusCode::UNPROCESSABLE_ENTITY
-                }
+                Error::InvalidInput(_)
+                | Error::InvalidGeneration(_)
+                | Error::ChatTemplate(_)
+                | Error::Tokenizer { .. } => StatusCode::UNPROCESSABLE_ENTITY,
                 _ => StatusCode::FAILED_DEPENDENCY,
             },
             ServeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -103,6 +141,7 @@ impl ServeError {
             }
             ServeError::Body(rejection) => rejection.body_text(),
             ServeError::Validation(_, message)
+            | ServeError::Field { message, .. }
             | ServeError::WrongTask(message)
             | ServeError::NotFound(message)
             | ServeError::Internal(message) => message.clone(),
@@ -124,6 +163,12 @@ impl ServeError {
 
     /// OpenAI's `type` and `code`.
     fn openai_type_and_code(&self) -> (&'static str, Option<&'static str>) {
+        if let ServeError::Field {
+            code: Some(code), ..
+        } = self
+        {
+            return ("invalid_request_error", Some(code));
+        }
         match self.status() {
             StatusCode::UNAUTHORIZED => ("invalid_request_error", Some("invalid_api_key")),
             StatusCode::TOO_MANY_REQUESTS => ("rate_limit_error", Some("rate_limit_exceeded")),
@@ -135,20 +180,24 @@ impl ServeError {
         }
     }
 
+    /// OpenAI's body: `{"error": {"message", "type", "param", "code"}}`.
+    pub(crate) fn openai_body(&self) -> serde_json::Value {
+        let message = self.message();
+        let (kind, code) = self.openai_type_and_code();
+        let param = match self {
+            ServeError::Body(JsonRejection::JsonDataError(_)) => field_of(&message),
+            ServeError::Field { param, .. } => Some(param.clone()),
+            _ => None,
+        };
+        json!({ "error": { "message": message, "type": kind, "param": param, "code": code } })
+    }
+
     /// The response in the body shape of `flavor`.
     pub(crate) fn into_response_as(self, flavor: Flavor) -> Response {
         let status = self.status();
-        let message = self.message();
         let body = match flavor {
-            Flavor::Tei => json!({ "error": message, "error_type": self.tei_type() }),
-            Flavor::OpenAi => {
-                let (kind, code) = self.openai_type_and_code();
-                let param = match &self {
-                    ServeError::Body(JsonRejection::JsonDataError(_)) => field_of(&message),
-                    _ => None,
-                };
-                json!({ "error": { "message": message, "type": kind, "param": param, "code": code } })
-            }
+            Flavor::Tei => json!({ "error": self.message(), "error_type": self.tei_type() }),
+            Flavor::OpenAi => self.openai_body(),
         };
         let mut response = (status, Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {

@@ -15,7 +15,7 @@ use super::AppState;
 
 /// The routes counted under their own name; any other path counts as `unmatched`, so that
 /// clients probing random paths cannot grow the label set without bound.
-const ROUTES: [&str; 11] = [
+const ROUTES: [&str; 13] = [
     "/",
     "/embed",
     "/rerank",
@@ -27,6 +27,8 @@ const ROUTES: [&str; 11] = [
     "/metrics",
     "/v1/models",
     "/v1/embeddings",
+    "/v1/completions",
+    "/v1/chat/completions",
 ];
 
 /// One server's metrics, in a registry of its own.

@@ -19,6 +19,7 @@
 //! # }
 //! ```
 
+mod completions;
 mod error;
 mod generation;
 mod inference;
@@ -294,6 +295,8 @@ fn router(shared: AppState, cors: Option<CorsLayer>) -> Router {
         .route("/info", get(tei::info))
         .route("/v1/models", get(openai::models))
         .route("/v1/embeddings", post(openai::embeddings))
+        .route("/v1/completions", post(completions::completions))
+        .route("/v1/chat/completions", post(completions::chat_completions))
         .route("/", post(inference::run))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
