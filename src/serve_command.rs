@@ -26,6 +26,8 @@ enum CliServeTask {
     Ner,
     /// Question answering: POST /.
     Qa,
+    /// Text generation: /v1/completions, /v1/chat/completions.
+    Generate,
 }
 
 /// The options of `serve` besides the model's.
@@ -109,6 +111,7 @@ pub fn run(
                 CliServeTask::FillMask => ServeTask::FillMask,
                 CliServeTask::Ner => ServeTask::Ner,
                 CliServeTask::Qa => ServeTask::Qa,
+                CliServeTask::Generate => ServeTask::Generate,
             },
             "--task".to_string(),
         ),

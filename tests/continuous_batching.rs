@@ -338,6 +338,74 @@ fn each_sequence_of_the_batch_gets_its_solo_stream() {
     );
 }
 
+/// GPT-2 behind a `CausalLM` of its own that keeps the trait's default `decode_scores` (each
+/// sequence decoded by a forward pass of its own), as another model would at first.
+struct DefaultDecoding<'a>(&'a Gpt2LMHeadModel);
+
+impl CausalLM for DefaultDecoding<'_> {
+    fn forward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+    ) -> ferroformers::Result<Tensor> {
+        CausalLM::forward(self.0, input_ids, attention_mask, cache)
+    }
+
+    fn new_cache(&self) -> KvCache {
+        CausalLM::new_cache(self.0)
+    }
+
+    fn max_positions(&self) -> usize {
+        CausalLM::max_positions(self.0)
+    }
+
+    fn device(&self) -> &Device {
+        CausalLM::device(self.0)
+    }
+}
+
+/// The trait's default `decode_scores` serves the batcher too: three sequences, one joining
+/// late, each equal to its solo stream (ids, text, finish reasons, log-probabilities exactly).
+#[test]
+fn a_model_with_the_default_decoding_step_gets_the_solo_streams() {
+    let (model, tokenizer, base) = model_and_tokenizer();
+    let plain = DefaultDecoding(&model);
+    let configs = [
+        base.clone()
+            .greedy()
+            .with_max_new_tokens(15)
+            .with_logprobs(2),
+        base.clone().sampling(21).with_max_new_tokens(12),
+        base.clone().greedy().with_max_new_tokens(9),
+    ];
+    let prompts = ["The quick brown fox", "Once upon a time", "Hello there"];
+    let mut batcher = ContinuousBatcher::new(&plain, &tokenizer);
+    let mut ids = Vec::new();
+    let mut got: HashMap<SequenceId, Vec<StreamToken>> = HashMap::new();
+    for step in 0..40 {
+        if step == 0 || step == 4 {
+            let next = ids.len();
+            ids.push(batcher.add(prompts[next], &configs[next]).unwrap());
+            if step == 0 {
+                ids.push(batcher.add(prompts[1], &configs[1]).unwrap());
+            }
+        }
+        for token in batcher.step().unwrap() {
+            got.entry(token.id).or_default().push(token.token.unwrap());
+        }
+    }
+    assert!(batcher.is_empty(), "all finished within 40 steps");
+    for (index, id) in ids.iter().enumerate() {
+        let solo: Vec<StreamToken> = Generator::new(&model, &tokenizer)
+            .stream(prompts[index], &configs[index])
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(got[id], solo, "sequence {index}");
+    }
+}
+
 /// `add` checks the prompt and settings as `Generator::stream` does, and a refused sequence
 /// takes no place in the batch.
 #[test]

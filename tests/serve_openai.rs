@@ -483,7 +483,9 @@ fn streamed_pieces_concatenate_to_the_whole_answer() {
         assert_stream_matches(&whole, &events(&client, &url, &streaming), chat);
         // Without include_usage: no usage chunk.
         streaming["stream_options"] = json!({"include_usage": false});
-        assert!(streamed(&events(&client, &url, &streaming), chat).usage.is_none());
+        assert!(streamed(&events(&client, &url, &streaming), chat)
+            .usage
+            .is_none());
     }
 }
 

@@ -24,6 +24,8 @@ pub enum ServeTask {
     Ner,
     /// Extractive question answering: `POST /`.
     Qa,
+    /// Text generation: `/v1/completions`, `/v1/chat/completions`.
+    Generate,
 }
 
 impl ServeTask {
@@ -36,6 +38,7 @@ impl ServeTask {
             ServeTask::FillMask => Task::FillMask,
             ServeTask::Ner => Task::TokenClassification,
             ServeTask::Qa => Task::QuestionAnswering,
+            ServeTask::Generate => Task::TextGeneration,
         }
     }
 
@@ -48,6 +51,7 @@ impl ServeTask {
             ServeTask::FillMask => "fill-mask",
             ServeTask::Ner => "ner",
             ServeTask::Qa => "qa",
+            ServeTask::Generate => "generate",
         }
     }
 }
@@ -100,8 +104,9 @@ pub fn detect_task(model: &str, hub: &HubOptions) -> Result<(ServeTask, String)>
         ServeTask::Embed
     } else {
         return Err(Error::InvalidInput(format!(
-            "cannot serve {architecture} models yet (text generation is not served): pass \
-             --task embed, classify, rerank, fill-mask, ner or qa if the checkpoint is one of those"
+            "cannot tell what to serve for {architecture} models: pass --task generate for a \
+             text-generation checkpoint (…LMHeadModel), or --task embed, classify, rerank, \
+             fill-mask, ner or qa if the checkpoint is one of those"
         )));
     };
     Ok((task, because))
