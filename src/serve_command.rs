@@ -2,6 +2,7 @@
 //! Ctrl-C or SIGTERM.
 
 use std::io::Write;
+use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use ferroformers::pipelines::AnyPipeline;
@@ -26,8 +27,10 @@ enum CliServeTask {
     Ner,
     /// Question answering: POST /.
     Qa,
-    /// Text generation: /v1/completions, /v1/chat/completions.
+    /// Text generation: /v1/completions, and /v1/chat/completions with the model's chat template.
     Generate,
+    /// Text generation for chat: as generate, refused at start without a chat template.
+    Chat,
 }
 
 /// The options of `serve` besides the model's.
@@ -58,10 +61,20 @@ pub struct ServeArgs {
     /// Requests in flight at once; more get 429.
     #[arg(long, default_value_t = 512, value_parser = at_least_one)]
     max_concurrent_requests: usize,
-    /// Inputs per forward pass (default: 8); with --task generate, the sequences decoded
-    /// together (default: 32; more wait in a queue).
+    /// Inputs per forward pass (default: 8); with --task generate or chat, the sequences
+    /// decoded together (default: 32; more wait in a queue).
     #[arg(long, value_parser = at_least_one)]
     max_batch_requests: Option<usize>,
+    /// Seconds a client may take to send a request head; idle keep-alive connections close
+    /// after it too.
+    #[arg(long, default_value_t = 10, value_parser = at_least_one)]
+    header_read_timeout_secs: usize,
+    /// Longest pause, in seconds, while a request body arrives (408 past it).
+    #[arg(long, default_value_t = 30, value_parser = at_least_one)]
+    body_read_timeout_secs: usize,
+    /// Seconds the requests in flight may take to finish after SIGTERM or Ctrl-C.
+    #[arg(long, default_value_t = 30)]
+    shutdown_timeout_secs: usize,
 }
 
 /// `2MB`, `512kB`, `1MiB` or a plain number of bytes.
@@ -93,6 +106,10 @@ fn byte_size(value: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("`{value}` is too large"))
 }
 
+fn seconds(count: usize) -> Duration {
+    Duration::from_secs(u64::try_from(count).unwrap_or(u64::MAX))
+}
+
 /// Load, bind and serve; `dtype` as /info reports it.
 pub fn run(
     model: &str,
@@ -112,12 +129,22 @@ pub fn run(
                 CliServeTask::Ner => ServeTask::Ner,
                 CliServeTask::Qa => ServeTask::Qa,
                 CliServeTask::Generate => ServeTask::Generate,
+                CliServeTask::Chat => ServeTask::Chat,
             },
             "--task".to_string(),
         ),
     };
     tracing::info!(%task, reason = %why, "serving {model}");
     let pipeline = AnyPipeline::load(task.task(), model, &load)?;
+    if let (ServeTask::Chat, AnyPipeline::TextGeneration(generation)) = (task, &pipeline) {
+        if generation.chat_template()?.is_none() {
+            return Err(ferroformers::Error::InvalidInput(format!(
+                "{model} has no chat template (no `chat_template` in its tokenizer_config.json): \
+                 serve it with --task generate for /v1/completions"
+            ))
+            .into());
+        }
+    }
     let config = ServerConfig {
         model_dtype: dtype.to_string(),
         host: args.host,
@@ -128,6 +155,9 @@ pub fn run(
         cors_allow_origins: args.cors_allow_origin,
         max_concurrent_requests: args.max_concurrent_requests,
         max_batch_requests: args.max_batch_requests,
+        header_read_timeout: seconds(args.header_read_timeout_secs),
+        body_read_timeout: seconds(args.body_read_timeout_secs),
+        shutdown_timeout: seconds(args.shutdown_timeout_secs),
         ..ServerConfig::new(model)
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -20,6 +20,7 @@ use ferroformers::generation::{GenerationConfig, TokenLogprob};
 use ferroformers::pipelines::{
     ChatTemplate, Message, Pipeline, Role, TextGenerationOptions, TextGenerationPipeline,
 };
+use ferroformers::serve::ServerConfig;
 use ferroformers::{AnyPipeline, Device, EncodeOptions, LoadOptions, Task, Tensor};
 use serde_json::{json, Value};
 use ureq::Agent;
@@ -946,6 +947,13 @@ fn write_long_model(dir: &Path, width: usize, layers: usize, positions: usize) {
     candle_core::safetensors::save(&weights, dir.join("model.safetensors")).unwrap();
 }
 
+/// A request to `url` is refused with `status` and OpenAI's `code`.
+fn assert_openai_error_status(client: &Agent, url: &str, status: u16, code: &str) {
+    let (got, body) = post(client, url, &json!({"prompt": "Hi", "max_tokens": 2}));
+    assert_eq!(got, status, "{body}");
+    assert_eq!(body["error"]["code"], code, "{body}");
+}
+
 fn active_sequences(client: &Agent, server: &TestServer) -> i64 {
     let metrics = get(client, &server.url("/metrics")).body;
     metrics
@@ -965,7 +973,14 @@ fn a_client_that_leaves_mid_stream_stops_its_sequence() {
         &LoadOptions::default(),
     )
     .expect("the random model loads");
-    let server = serve(&pipeline);
+    // One request at a time: a stream holds its slot until it ends or its client leaves.
+    let server = TestServer::start(
+        AnyPipeline::TextGeneration(pipeline.clone()),
+        ServerConfig {
+            max_concurrent_requests: 1,
+            ..config()
+        },
+    );
     let client = client();
     let url = server.url("/v1/completions");
 
@@ -1005,6 +1020,7 @@ fn a_client_that_leaves_mid_stream_stops_its_sequence() {
         1,
         "the stream is generating"
     );
+    assert_openai_error_status(&client, &url, 429, "rate_limit_exceeded");
     drop(lines);
     let left = Instant::now();
     // Generating the rest would take over a quarter of LONG tokens at the measured pace
@@ -1027,5 +1043,13 @@ fn a_client_that_leaves_mid_stream_stops_its_sequence() {
     );
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["choices"][0]["text"], expected.text.as_str());
-    assert_eq!(active_sequences(&client, &server), 0);
+    // Its sequence leaves the gauge once its last token is sent, maybe just after the answer.
+    let answered = Instant::now();
+    while active_sequences(&client, &server) != 0 {
+        assert!(
+            answered.elapsed() < bound,
+            "a finished sequence stays active"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }

@@ -2,7 +2,9 @@
 //! body `{"error", "error_type"}` or OpenAI's `{"error": {"message", "type", "param", "code"}}`.
 //!
 //! Status codes follow TEI 1.x (`router/src/http/server.rs`): validation errors (an input too
-//! long) are 413, tokenizer errors 422, an overloaded server 429, a failed model 424.
+//! long) are 413, tokenizer errors 422, an overloaded server 429, a failed model 424. Two
+//! are ours (TEI has neither): 408 for a request body that stops arriving, and 503
+//! (`error_type` `unhealthy`) for a request that comes while the server shuts down.
 //! <https://github.com/huggingface/text-embeddings-inference/blob/v1.8.3/router/src/http/server.rs>
 
 use axum::extract::rejection::JsonRejection;
@@ -41,6 +43,8 @@ pub(crate) enum ServeError {
     Library(Error),
     /// The blocking task that ran the pipeline did not finish (it panicked).
     Internal(String),
+    /// The server is shutting down and takes no new requests.
+    ShuttingDown,
 }
 
 /// The two error body shapes.
@@ -112,6 +116,7 @@ impl ServeError {
         match self {
             ServeError::Unauthorized => StatusCode::UNAUTHORIZED,
             ServeError::Overloaded => StatusCode::TOO_MANY_REQUESTS,
+            ServeError::Body(rejection) if body_timed_out(rejection) => StatusCode::REQUEST_TIMEOUT,
             // axum answers 400 for JSON that does not parse; the issue (and TEI's clients)
             // expect 422 for every body that is not the request the route takes.
             ServeError::Body(JsonRejection::JsonSyntaxError(_)) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -128,6 +133,7 @@ impl ServeError {
                 _ => StatusCode::FAILED_DEPENDENCY,
             },
             ServeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ServeError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -139,7 +145,16 @@ impl ServeError {
             ServeError::Overloaded => {
                 "Model is overloaded: too many requests in flight, retry later".to_string()
             }
+            ServeError::Body(rejection) if body_timed_out(rejection) => {
+                "the request body stopped arriving (body read timeout): send it without pauses"
+                    .to_string()
+            }
             ServeError::Body(rejection) => rejection.body_text(),
+            ServeError::ShuttingDown => {
+                "the server is shutting down: send the request to another replica, or retry \
+                 once it is back"
+                    .to_string()
+            }
             ServeError::Validation(_, message)
             | ServeError::Field { message, .. }
             | ServeError::WrongTask(message)
@@ -153,6 +168,7 @@ impl ServeError {
     fn tei_type(&self) -> &'static str {
         match self.status() {
             StatusCode::TOO_MANY_REQUESTS => "overloaded",
+            StatusCode::SERVICE_UNAVAILABLE => "unhealthy",
             StatusCode::PAYLOAD_TOO_LARGE => "validation",
             StatusCode::FAILED_DEPENDENCY | StatusCode::INTERNAL_SERVER_ERROR => "backend",
             StatusCode::BAD_REQUEST if matches!(self, ServeError::Validation(..)) => "empty",
@@ -207,6 +223,19 @@ impl ServeError {
         }
         response
     }
+}
+
+/// Whether the body stopped arriving for longer than the body read timeout (tower-http's
+/// `TimeoutError`, somewhere down the rejection's sources).
+fn body_timed_out(rejection: &JsonRejection) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
+    while let Some(error) = source {
+        if error.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        source = error.source();
+    }
+    false
 }
 
 /// The field a serde error names: axum reports `path: message` (serde_path_to_error) or

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use prometheus::IntGauge;
 use tokio::sync::mpsc;
+use tracing::Span;
 
 use super::error::ServeError;
 use super::Shared;
@@ -54,7 +55,8 @@ pub(crate) struct DecodeQueue {
 
 #[derive(Debug, Default)]
 struct QueueState {
-    waiting: VecDeque<(GenerationRequest, TokenSender)>,
+    /// Each with the span of its request, so that what is logged for it carries its id.
+    waiting: VecDeque<(GenerationRequest, TokenSender, Span)>,
     /// A decoding thread is running and will take `waiting` before it ends.
     thread_running: bool,
 }
@@ -90,7 +92,7 @@ pub(crate) fn submit(
     // slots as they fill.
     let (sender, receiver) = mpsc::channel(pipeline.model().config().n_positions + 1);
     let mut queue = shared.decode_queue.lock();
-    queue.waiting.push_back((request, sender));
+    queue.waiting.push_back((request, sender, Span::current()));
     if !queue.thread_running {
         let decoding = Arc::clone(shared);
         let started = std::thread::Builder::new()
@@ -111,6 +113,8 @@ pub(crate) fn submit(
 /// gauge while it is held.
 struct Client {
     sender: TokenSender,
+    /// The request's span: what the thread logs about this sequence goes in it.
+    span: Span,
     _active: ActiveSequence,
 }
 
@@ -161,10 +165,10 @@ fn decode(shared: &Shared) {
             Err(error) => {
                 // The shared forward pass failed: every running sequence has left the batch.
                 let message = format!("generation failed: {error}");
-                tracing::error!("{message}");
                 clients.retain(|&id, client| {
                     let running = batcher.contains(id);
                     if !running {
+                        client.span.in_scope(|| tracing::error!("{message}"));
                         let _ = client
                             .sender
                             .try_send(Err(ServeError::Internal(message.clone())));
@@ -197,17 +201,20 @@ fn admit(
         };
         // Outside the lock: reading a prompt (tokenizing, checking) must not hold up
         // submissions.
-        for (request, sender) in joining {
+        for (request, sender, span) in joining {
             if sender.is_closed() {
                 continue;
             }
-            match batcher.add(&request.prompt, &request.config) {
+            // Reading the prompt is this request's own work.
+            let added = span.in_scope(|| batcher.add(&request.prompt, &request.config));
+            match added {
                 Ok(id) => {
                     let active = ActiveSequence::start(&shared.metrics.active_sequences);
                     clients.insert(
                         id,
                         Client {
                             sender,
+                            span,
                             _active: active,
                         },
                     );

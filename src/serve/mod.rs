@@ -7,6 +7,12 @@
 //! requests in flight (429 past it), axum's body limit caps the payload (413), and an API
 //! key, when set, guards every route but `/health` (401).
 //!
+//! Every request gets an id (`x-request-id`, the client's when sane) that its answer and its
+//! log lines carry. A client that does not finish its request head within
+//! `header_read_timeout`, or pauses its body longer than `body_read_timeout` (408), is
+//! disconnected. On the shutdown signal the server stops accepting, answers 503 to requests
+//! that come on open connections (and on `/health`), and lets those in flight finish.
+//!
 //! ```no_run
 //! use ferroformers::pipelines::{pipeline, AnyPipeline};
 //! use ferroformers::serve::{Server, ServerConfig};
@@ -20,33 +26,41 @@
 //! ```
 
 mod completions;
+mod connections;
 mod error;
 mod generation;
 mod inference;
 mod metrics;
 mod openai;
+mod request_log;
+mod shutdown;
 mod task;
 mod tei;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderValue, Method, Uri};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
+use futures_util::StreamExt;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use crate::pipelines::{AnyPipeline, DEFAULT_BATCH_SIZE};
 use crate::tokenizer::EncodeOptions;
 use error::{Flavor, ServeError};
+use shutdown::Draining;
 
+pub use shutdown::shutdown_signal;
 pub use task::{detect_task, ServeTask};
 
 /// How the server listens and what it accepts.
@@ -77,10 +91,18 @@ pub struct ServerConfig {
     pub max_batch_requests: Option<usize>,
     /// How long in-flight requests may take to finish after a shutdown signal.
     pub shutdown_timeout: Duration,
+    /// How long a connection may take to send a whole request head; idle keep-alive
+    /// connections close after it too. Frees the connections of clients that stall.
+    pub header_read_timeout: Duration,
+    /// Longest pause while a request body arrives (408 past it), so that a client that stops
+    /// sending does not hold a slot among `max_concurrent_requests`. Answers are not timed:
+    /// a long generation stream runs as long as it needs.
+    pub body_read_timeout: Duration,
 }
 
 impl ServerConfig {
-    /// TEI's defaults (2 MB payload, 512 concurrent requests) on 127.0.0.1:8080.
+    /// TEI's defaults (2 MB payload, 512 concurrent requests) on 127.0.0.1:8080; 30 s to
+    /// finish on shutdown, 10 s for a request head, 30 s of silence in a request body.
     pub fn new(model_id: impl Into<String>) -> Self {
         Self {
             model_id: model_id.into(),
@@ -94,6 +116,8 @@ impl ServerConfig {
             max_concurrent_requests: 512,
             max_batch_requests: None,
             shutdown_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -151,16 +175,27 @@ async fn run_blocking<T: Send + 'static>(
     job: impl FnOnce(&Shared) -> Result<T, ServeError> + Send + 'static,
 ) -> Result<T, ServeError> {
     let state = Arc::clone(state);
-    tokio::task::spawn_blocking(move || job(&state))
-        .await
-        .map_err(|e| ServeError::Internal(format!("the inference task failed: {e}")))?
+    // The request's span goes along, so that what the pipeline logs carries its id.
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || {
+        span.in_scope(|| {
+            let started = Instant::now();
+            let result = job(&state);
+            // Beside the request's latency: how much of it the pipeline took.
+            tracing::debug!(elapsed = ?started.elapsed(), "pipeline done");
+            result
+        })
+    })
+    .await
+    .map_err(|e| ServeError::Internal(format!("the inference task failed: {e}")))?
 }
 
 /// A bound server, ready to [`run`](Server::run).
 pub struct Server {
     listener: TcpListener,
     router: Router,
-    shutdown_timeout: Duration,
+    draining: Draining,
+    timeouts: connections::Timeouts,
 }
 
 impl Server {
@@ -175,7 +210,10 @@ impl Server {
                 .map_or(positions, |length| length.min(positions))
         };
         let cors = cors_layer(&config.cors_allow_origins)?;
-        let shutdown_timeout = config.shutdown_timeout;
+        let timeouts = connections::Timeouts {
+            header_read: config.header_read_timeout,
+            shutdown: config.shutdown_timeout,
+        };
         // Only fails on a bad metric name or a name used twice: fixed in the code.
         let metrics = metrics::Metrics::new()
             .map_err(|e| std::io::Error::other(format!("cannot set up the metrics: {e}")))?;
@@ -187,11 +225,13 @@ impl Server {
             pipeline,
             config,
         });
-        let router = router(shared, cors);
+        let draining = Draining::default();
+        let router = router(shared, cors, draining.clone());
         Ok(Self {
             listener,
             router,
-            shutdown_timeout,
+            draining,
+            timeouts,
         })
     }
 
@@ -202,57 +242,25 @@ impl Server {
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
-    /// Serve until `shutdown` completes, then stop accepting and let in-flight requests
-    /// finish, for at most the config's `shutdown_timeout`.
+    /// Serve until `shutdown` completes; then stop accepting, answer 503 to requests that
+    /// come on open connections, and let in-flight requests finish, for at most the
+    /// config's `shutdown_timeout`.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let (stopping, mut stopped) = tokio::sync::watch::channel(false);
-        let serve = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = stopping.send(true);
-        });
-        let grace = self.shutdown_timeout;
-        let deadline = async move {
-            if stopped.wait_for(|stopping| *stopping).await.is_err() {
-                std::future::pending::<()>().await;
-            }
-            tokio::time::sleep(grace).await;
-        };
-        tokio::select! {
-            served = serve => served,
-            () = deadline => {
-                tracing::warn!("requests still running {grace:?} after the shutdown signal: stopping anyway");
-                Ok(())
-            }
-        }
+        connections::serve(
+            self.listener,
+            self.router,
+            self.draining,
+            self.timeouts,
+            shutdown,
+        )
+        .await;
+        // No connection is left, or the shutdown timeout passed: stop here what the routes
+        // feed besides the connections (a batching thread); no request will reach it.
+        Ok(())
     }
-}
-
-/// Completes on Ctrl-C or SIGTERM (what `docker stop` and Kubernetes send).
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
-    }
-    tracing::info!("shutdown signal received: finishing the requests in flight");
 }
 
 fn cors_layer(origins: &[String]) -> std::io::Result<Option<CorsLayer>> {
@@ -281,11 +289,12 @@ fn cors_layer(origins: &[String]) -> std::io::Result<Option<CorsLayer>> {
         CorsLayer::new()
             .allow_origin(allow)
             .allow_methods([Method::GET, Method::POST])
-            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]),
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+            .expose_headers([request_log::REQUEST_ID]),
     ))
 }
 
-fn router(shared: AppState, cors: Option<CorsLayer>) -> Router {
+fn router(shared: AppState, cors: Option<CorsLayer>, draining: Draining) -> Router {
     let router = Router::new()
         .route("/embed", post(tei::embed))
         .route("/rerank", post(tei::rerank))
@@ -311,6 +320,12 @@ fn router(shared: AppState, cors: Option<CorsLayer>) -> Router {
         ))
         // Health checks need no key and are never turned away.
         .route("/health", get(tei::health))
+        // Inside the metrics, which count its 503s; /health included, so that load
+        // balancers take a stopping server out.
+        .layer(middleware::from_fn_with_state(
+            draining,
+            shutdown::refuse_when_draining,
+        ))
         .layer(middleware::from_fn_with_state(
             Arc::clone(&shared),
             metrics::record,
@@ -318,12 +333,16 @@ fn router(shared: AppState, cors: Option<CorsLayer>) -> Router {
         // axum's limit rather than tower-http's: the Json extractor then reports it (413) in
         // the route's own error body.
         .layer(DefaultBodyLimit::max(shared.config.payload_limit))
+        .layer(RequestBodyTimeoutLayer::new(
+            shared.config.body_read_timeout,
+        ))
         .with_state(shared);
-    match cors {
-        // Outermost, so that preflight requests (which carry no key) get their answer.
+    let router = match cors {
+        // Outside the routes, so that preflight requests (which carry no key) get their answer.
         Some(cors) => router.layer(cors),
         None => router,
-    }
+    };
+    request_log::with_request_ids(router)
 }
 
 /// 401 unless the request brings the API key (when one is set).
@@ -342,13 +361,27 @@ async fn check_key(State(state): State<AppState>, request: Request, next: Next) 
     next.run(request).await
 }
 
-/// A slot among `max_concurrent_requests`, held until the response is made; 429 when none
-/// is free.
+/// A slot among `max_concurrent_requests`, held until the response is made (a stream's:
+/// until its last event is sent or its client leaves); 429 when none is free.
 async fn take_slot(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let Ok(_slot) = Arc::clone(&state.in_flight).try_acquire_owned() else {
+    let Ok(slot) = Arc::clone(&state.in_flight).try_acquire_owned() else {
         return ServeError::Overloaded.into_response_as(Flavor::of_path(request.uri().path()));
     };
-    next.run(request).await
+    let response = next.run(request).await;
+    let streamed = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"text/event-stream"));
+    if !streamed {
+        return response;
+    }
+    // The body owns the slot: dropped with it, when it ends or its connection closes.
+    response.map(|body| {
+        Body::from_stream(body.into_data_stream().map(move |chunk| {
+            let _slot = &slot;
+            chunk
+        }))
+    })
 }
 
 /// Compare without stopping at the first difference, so that response times do not tell how

@@ -24,8 +24,11 @@ pub enum ServeTask {
     Ner,
     /// Extractive question answering: `POST /`.
     Qa,
-    /// Text generation: `/v1/completions`, `/v1/chat/completions`.
+    /// Text generation: `/v1/completions`, and `/v1/chat/completions` when the model has a
+    /// chat template.
     Generate,
+    /// Text generation for a model that must have a chat template (checked at start).
+    Chat,
 }
 
 impl ServeTask {
@@ -38,7 +41,7 @@ impl ServeTask {
             ServeTask::FillMask => Task::FillMask,
             ServeTask::Ner => Task::TokenClassification,
             ServeTask::Qa => Task::QuestionAnswering,
-            ServeTask::Generate => Task::TextGeneration,
+            ServeTask::Generate | ServeTask::Chat => Task::TextGeneration,
         }
     }
 
@@ -52,6 +55,7 @@ impl ServeTask {
             ServeTask::Ner => "ner",
             ServeTask::Qa => "qa",
             ServeTask::Generate => "generate",
+            ServeTask::Chat => "chat",
         }
     }
 }
@@ -65,7 +69,8 @@ impl fmt::Display for ServeTask {
 /// The task for `model` and why: a sentence-transformers model (`modules.json`) embeds;
 /// otherwise the first of `config.json`'s `architectures` decides (`…ForSequenceClassification`
 /// classifies, or reranks with one label; `…ForMaskedLM` fills masks;
-/// `…ForTokenClassification` is NER; `…ForQuestionAnswering` is QA), and a base model embeds.
+/// `…ForTokenClassification` is NER; `…ForQuestionAnswering` is QA; `…LMHeadModel` and
+/// `…ForCausalLM` generate), and a base model embeds.
 pub fn detect_task(model: &str, hub: &HubOptions) -> Result<(ServeTask, String)> {
     let source = ModelSource::new(model, hub)?;
     if source.get("modules.json")?.is_some() {
@@ -100,13 +105,14 @@ pub fn detect_task(model: &str, hub: &HubOptions) -> Result<(ServeTask, String)>
         ServeTask::Ner
     } else if architecture.ends_with("ForQuestionAnswering") {
         ServeTask::Qa
-    } else if architecture.ends_with("Model") && !architecture.ends_with("LMHeadModel") {
+    } else if architecture.ends_with("LMHeadModel") || architecture.ends_with("ForCausalLM") {
+        ServeTask::Generate
+    } else if architecture.ends_with("Model") {
         ServeTask::Embed
     } else {
         return Err(Error::InvalidInput(format!(
-            "cannot tell what to serve for {architecture} models: pass --task generate for a \
-             text-generation checkpoint (…LMHeadModel), or --task embed, classify, rerank, \
-             fill-mask, ner or qa if the checkpoint is one of those"
+            "cannot serve {architecture} models yet: pass --task embed, classify, rerank, \
+             fill-mask, ner, qa, generate or chat if the checkpoint is one of those"
         )));
     };
     Ok((task, because))

@@ -39,6 +39,7 @@ struct Prepared {
     max_new_tokens: usize,
 }
 
+/// `POST /v1/completions`: a choice set per prompt.
 pub(crate) async fn completions(
     State(state): State<AppState>,
     body: Result<Json<CompletionRequest>, JsonRejection>,
@@ -57,6 +58,7 @@ pub(crate) async fn completions(
     Ok(generate(&state, Api::Completions, prepared, settings).await?)
 }
 
+/// `POST /v1/chat/completions`: the assistant's reply to `messages`.
 pub(crate) async fn chat_completions(
     State(state): State<AppState>,
     body: Result<Json<ChatRequest>, JsonRejection>,

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The official `openai` Python client against `ferroformers serve` (issue 18): builds the binary,
+# serves the embeddings fixture and the GPT-2 fixture with the ChatML chat template on free
+# ports, runs scripts/openai_client_check.py against both, and stops them. Exits non-zero on
+# any mismatch. Needs python3 with `openai` (pip install openai==3.51.0); PYTHON overrides
+# the interpreter.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo build --bin ferroformers
+
+out=target/openai-client-check
+rm -rf "$out"
+mkdir -p "$out/chat-model"
+# The fixture GPT-2 (a copy: the loader refuses links out of the model folder) with the
+# tokenizer_config.json that adds a ChatML template.
+cp tests/fixtures/gpt2/lm-head/* "$out/chat-model/"
+cp tests/fixtures/chat_templates/chatml_generation/tokenizer_config.json "$out/chat-model/"
+
+servers=()
+stop_servers() {
+  for pid in "${servers[@]}"; do
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+}
+trap stop_servers EXIT
+
+# `serve NAME LOG ARGS...`: start `ferroformers serve ARGS` and, once it says it is ready, set
+# the variable NAME to its URL (not in a subshell, so that the trap knows the server).
+serve() {
+  local name=$1 log=$2
+  shift 2
+  target/debug/ferroformers serve --port 0 "$@" >"$log" 2>&1 &
+  servers+=($!)
+  local pid=$!
+  for _ in $(seq 600); do
+    local url
+    url=$(grep -o -m1 'http://[0-9.]*:[0-9]*' "$log" || true)
+    if [ -n "$url" ]; then
+      printf -v "$name" '%s' "$url"
+      return
+    fi
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "the server did not start:" >&2
+      cat "$log" >&2
+      return 1
+    fi
+    sleep 0.1
+  done
+  echo "the server was not ready after 60 s:" >&2
+  cat "$log" >&2
+  return 1
+}
+
+serve embed_url "$out/embed.log" -m tests/fixtures/bert/sentence-transformers --task embed
+serve generate_url "$out/generate.log" -m "$out/chat-model" --task generate
+"${PYTHON:-python3}" scripts/openai_client_check.py \
+  --embed-url "$embed_url" --generate-url "$generate_url"
