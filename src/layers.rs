@@ -189,6 +189,18 @@ impl Linear {
         }
     }
 
+    /// The most rows one call may take while each row's output stays bitwise what it is when
+    /// the row goes alone ([`gemm::rows_summed_as_alone`](crate::kernels::gemm::rows_summed_as_alone));
+    /// one for candle's matmul, which promises nothing of the kind.
+    pub fn rows_summed_as_alone(&self) -> usize {
+        match &self.weights {
+            LinearWeights::Tensor { .. } => 1,
+            LinearWeights::Packed { weights, .. } => {
+                crate::kernels::gemm::rows_summed_as_alone(weights.inner())
+            }
+        }
+    }
+
     /// `activation(x @ weight.T + bias) + residual`: on the CPU, exact GELU and the residual
     /// are applied by the GEMM to each block it has just written, while it is in cache.
     pub fn forward_with(

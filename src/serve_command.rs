@@ -66,7 +66,8 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 16384, value_parser = at_least_one)]
     max_batch_tokens: usize,
     /// Requests per batched forward (default: as many as fit in --max-batch-tokens; 1: one
-    /// request at a time).
+    /// request at a time); with --task generate or chat, the sequences decoded together
+    /// (default: 32; more wait in a queue).
     #[arg(long, value_parser = at_least_one)]
     max_batch_requests: Option<usize>,
     /// Inputs one request may send; more get 413.

@@ -7,7 +7,9 @@
 //!
 //! Streaming is an iterator ([`Generator::stream`]) that runs one forward pass per item:
 //! dropping it stops the work. [`Generator::generate_stream`] is the same with a callback that
-//! returns [`ControlFlow::Break`] to stop.
+//! returns [`ControlFlow::Break`] to stop. [`ContinuousBatcher`] streams many sequences at
+//! once, each with its own settings, joining and leaving between steps, with one forward
+//! pass per step for all of them; each gets the tokens it gets alone.
 //!
 //! ```no_run
 //! use std::ops::ControlFlow;
@@ -35,6 +37,7 @@
 
 mod beam;
 mod config;
+mod continuous;
 mod output;
 pub mod processors;
 mod search;
@@ -46,6 +49,7 @@ use std::ops::ControlFlow;
 use candle_core::{DType, Device, Tensor};
 
 pub use config::{EarlyStopping, GenerationConfig, MAX_TOP_LOGPROBS};
+pub use continuous::{ContinuousBatcher, SequenceId, SequenceToken};
 pub use output::{FinishReason, Generated, StreamToken, TokenLogprob, TopLogprob};
 pub use search::sample_index;
 pub use stream::{GenerationStream, TokenStream};
@@ -89,6 +93,27 @@ pub trait CausalLM {
             .to_vec2()?)
     }
 
+    /// The f32 scores of the next token of several independent sequences, one forward pass
+    /// for all: `tokens[i]` is sequence `i`'s newest token, not yet in its cache `caches[i]`.
+    /// Each row must equal what [`CausalLM::next_token_scores`] gives that sequence alone (the
+    /// [`ContinuousBatcher`] relies on it). This default runs the sequences one after the
+    /// other; a model overrides it to share its weight products among them.
+    fn decode_scores(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Vec<Vec<f32>>> {
+        if tokens.len() != caches.len() {
+            return Err(Error::InvalidInput(format!(
+                "a decoding step takes one token per cache: {} tokens, {} caches",
+                tokens.len(),
+                caches.len()
+            )));
+        }
+        let mut scores = Vec::with_capacity(tokens.len());
+        for (&token, cache) in tokens.iter().zip(caches.iter_mut()) {
+            let mask = vec![1; cache.len() + 1];
+            scores.extend(self.next_token_scores(&[vec![token]], &[mask], cache)?);
+        }
+        Ok(scores)
+    }
+
     /// Logits of the last new token, (batch, vocab). Models can skip the other positions.
     fn last_logits(
         &self,
@@ -119,6 +144,13 @@ impl CausalLM for Gpt2LMHeadModel {
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
         Gpt2LMHeadModel::forward_last(self, input_ids, attention_mask, cache)
+    }
+
+    fn decode_scores(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Vec<Vec<f32>>> {
+        Ok(self
+            .decode_step(tokens, caches)?
+            .to_dtype(DType::F32)?
+            .to_vec2()?)
     }
 
     fn new_cache(&self) -> KvCache {
@@ -331,14 +363,7 @@ impl<'a, M: CausalLM> Generator<'a, M> {
         prompt: &str,
         config: &GenerationConfig,
     ) -> Result<GenerationStream<'a, M>> {
-        if config.num_beams > 1 || config.num_return_sequences > 1 {
-            return Err(Error::InvalidGeneration(
-                "streaming needs a single sequence: num_beams and num_return_sequences must be 1"
-                    .into(),
-            ));
-        }
-        let batch = self.encode(&[prompt], config)?;
-        let stop = self.check(&batch, config)?;
+        let (batch, stop) = self.single_sequence(prompt, config)?;
         let decoder = Decoder::new(self.model, &batch, config.clone(), stop)?;
         let generator = Generator {
             model: self.model,
@@ -370,6 +395,24 @@ impl<'a, M: CausalLM> Generator<'a, M> {
             }
         }
         stream.generated()
+    }
+
+    /// One prompt encoded and checked for token-by-token generation (a stream, or a sequence
+    /// of the continuous batcher), with its stop strings.
+    fn single_sequence(
+        &self,
+        prompt: &str,
+        config: &GenerationConfig,
+    ) -> Result<(PromptBatch, Option<StopStrings<'a>>)> {
+        if config.num_beams > 1 || config.num_return_sequences > 1 {
+            return Err(Error::InvalidGeneration(
+                "streaming needs a single sequence: num_beams and num_return_sequences must be 1"
+                    .into(),
+            ));
+        }
+        let batch = self.encode(&[prompt], config)?;
+        let stop = self.check(&batch, config)?;
+        Ok((batch, stop))
     }
 
     fn encode(&self, prompts: &[&str], config: &GenerationConfig) -> Result<PromptBatch> {

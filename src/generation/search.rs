@@ -97,14 +97,91 @@ pub(crate) struct Step {
     pub logprob: Option<TokenLogprob>,
 }
 
-/// Greedy search or sampling over a batch of left-padded prompts, one forward pass per step.
-pub(crate) struct Decoder<'a, M: CausalLM> {
-    model: &'a M,
+/// What decides a sequence's next token and when it ends: its processors, its random
+/// generator, its stop strings and its length limit. [`Decoder`] keeps one for all its rows
+/// (they share the config and draw from one generator in row order, as transformers does);
+/// the continuous batcher keeps one per sequence.
+pub(crate) struct Chooser<'a> {
     config: GenerationConfig,
     stop: Option<StopStrings<'a>>,
     processors: Vec<Box<dyn LogitsProcessor>>,
     rng: Option<StdRng>,
     max_total: usize,
+}
+
+impl std::fmt::Debug for Chooser<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Chooser")
+            .field("max_total", &self.max_total)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Chooser<'a> {
+    /// `config` must be validated and leave room for new tokens (see `Generator::check`);
+    /// `prompt_len` is the (padded) prompt length.
+    pub fn new(
+        config: GenerationConfig,
+        prompt_len: usize,
+        stop: Option<StopStrings<'a>>,
+    ) -> Result<Self> {
+        Ok(Self {
+            processors: processors_for(&config, prompt_len)?,
+            rng: config.do_sample.then(|| rng(&config)),
+            max_total: config.max_total_length(prompt_len),
+            config,
+            stop,
+        })
+    }
+
+    /// The token after `sequence` from the model's raw `scores` (which the processors then
+    /// change), and its log-probabilities when the config asks for them and `report` is set.
+    pub fn choose(
+        &mut self,
+        sequence: &[u32],
+        mut scores: Vec<f32>,
+        report: bool,
+    ) -> (u32, Option<Vec<f32>>) {
+        let logits = (self.config.logprobs && report).then(|| scores.clone());
+        let token = next_token(&self.processors, sequence, &mut scores, self.rng.as_mut());
+        (token, logits)
+    }
+
+    /// The log-probabilities of `token` under `logits` (from [`Chooser::choose`]).
+    pub fn logprob(&self, logits: &[f32], token: u32) -> TokenLogprob {
+        logprobs_of(logits, token, self.config.top_logprobs)
+    }
+
+    /// Why `sequence` (the whole sequence so far, ending in the token just chosen) ends
+    /// there, if it does: an end token, a stop string or the length limit.
+    pub fn finish(&self, sequence: &[u32]) -> Result<Option<FinishReason>> {
+        let Some(&token) = sequence.last() else {
+            return Ok(None);
+        };
+        Ok(if self.config.eos_token_id.contains(&token) {
+            Some(FinishReason::EndOfSequence)
+        } else if match &self.stop {
+            Some(stop) => stop.matches(sequence)?,
+            None => false,
+        } {
+            Some(FinishReason::StopString)
+        } else if sequence.len() >= self.max_total {
+            Some(FinishReason::MaxTokens)
+        } else {
+            None
+        })
+    }
+
+    /// The token that fills finished rows.
+    fn fill_token(&self) -> Option<u32> {
+        self.config.fill_token()
+    }
+}
+
+/// Greedy search or sampling over a batch of left-padded prompts, one forward pass per step.
+pub(crate) struct Decoder<'a, M: CausalLM> {
+    model: &'a M,
+    chooser: Chooser<'a>,
     prompt_len: usize,
     /// Each row's full sequence so far: padded prompt, then new tokens (filler included).
     sequences: Vec<Vec<u32>>,
@@ -136,17 +213,13 @@ impl<'a, M: CausalLM> Decoder<'a, M> {
         let prompt_len = prompts.seq_len();
         Ok(Self {
             model,
-            processors: processors_for(&config, prompt_len)?,
-            rng: config.do_sample.then(|| rng(&config)),
-            max_total: config.max_total_length(prompt_len),
+            chooser: Chooser::new(config, prompt_len, stop)?,
             prompt_len,
             sequences: prompts.ids.clone(),
             mask: prompts.mask.clone(),
             finished: vec![None; prompts.ids.len()],
             cache: model.new_cache(),
             input: prompts.ids.clone(),
-            config,
-            stop,
         })
     }
 
@@ -178,20 +251,13 @@ impl<'a, M: CausalLM> Decoder<'a, M> {
         let scores = self
             .model
             .next_token_scores(&self.input, &self.mask, &mut self.cache)?;
-        let fill = self.config.fill_token();
+        let fill = self.chooser.fill_token();
         let mut steps = Vec::with_capacity(scores.len());
-        for (row, mut row_scores) in scores.into_iter().enumerate() {
+        for (row, row_scores) in scores.into_iter().enumerate() {
             let running = self.finished[row].is_none();
-            let logprobs = match (self.config.logprobs, running) {
-                (true, true) => Some(row_scores.clone()),
-                _ => None,
-            };
-            let chosen = next_token(
-                &self.processors,
-                &self.sequences[row],
-                &mut row_scores,
-                self.rng.as_mut(),
-            );
+            let (chosen, logits) = self
+                .chooser
+                .choose(&self.sequences[row], row_scores, running);
             let token = match (running, fill) {
                 (false, Some(fill)) => fill,
                 _ => chosen,
@@ -201,8 +267,7 @@ impl<'a, M: CausalLM> Decoder<'a, M> {
                 token,
                 filler: !running,
                 finish: None,
-                logprob: logprobs
-                    .map(|logits| logprobs_of(&logits, token, self.config.top_logprobs)),
+                logprob: logits.map(|logits| self.chooser.logprob(&logits, token)),
             });
         }
         for step in &mut steps {
@@ -212,21 +277,8 @@ impl<'a, M: CausalLM> Decoder<'a, M> {
             if step.filler {
                 continue;
             }
-            let length = self.sequences[row].len();
-            let reason = if self.config.eos_token_id.contains(&step.token) {
-                Some(FinishReason::EndOfSequence)
-            } else if match &self.stop {
-                Some(stop) => stop.matches(&self.sequences[row])?,
-                None => false,
-            } {
-                Some(FinishReason::StopString)
-            } else if length >= self.max_total {
-                Some(FinishReason::MaxTokens)
-            } else {
-                None
-            };
-            if let Some(reason) = reason {
-                self.finished[row] = Some((reason, length));
+            if let Some(reason) = self.chooser.finish(&self.sequences[row])? {
+                self.finished[row] = Some((reason, self.sequences[row].len()));
                 step.finish = Some(reason);
             }
         }

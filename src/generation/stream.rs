@@ -64,18 +64,29 @@ impl<'a, M: CausalLM> GenerationStream<'a, M> {
 
     fn step(&mut self) -> Result<StreamToken> {
         let step = self.decoder.step()?.swap_remove(0);
-        let mut text = self.text.push(step.token)?.unwrap_or_default();
-        if step.finish.is_some() {
-            text.extend(self.text.finish()?);
-        }
         self.logprobs.extend(step.logprob.clone());
-        Ok(StreamToken {
-            id: step.token,
-            text,
-            logprob: step.logprob,
-            finish_reason: step.finish,
-        })
+        stream_token(&mut self.text, step.token, step.finish, step.logprob)
     }
+}
+
+/// The stream item of token `id` just chosen: the text it completes (and, when it ends the
+/// sequence, whatever an incomplete character left), its finish reason and log-probability.
+pub(crate) fn stream_token(
+    text: &mut TokenStream,
+    id: u32,
+    finish_reason: Option<FinishReason>,
+    logprob: Option<TokenLogprob>,
+) -> Result<StreamToken> {
+    let mut piece = text.push(id)?.unwrap_or_default();
+    if finish_reason.is_some() {
+        piece.extend(text.finish()?);
+    }
+    Ok(StreamToken {
+        id,
+        text: piece,
+        logprob,
+        finish_reason,
+    })
 }
 
 impl<M: CausalLM> Iterator for GenerationStream<'_, M> {

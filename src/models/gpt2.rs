@@ -307,8 +307,21 @@ impl Gpt2Attention {
         cache: Option<&mut LayerKv>,
         residual: &Tensor,
     ) -> Result<Tensor> {
-        let (batch, seq, n_embd) = hidden.dims3()?;
         let qkv = self.c_attn.forward(hidden)?;
+        let context = self.attend(&qkv, mask, cache)?;
+        self.c_proj.forward_with(&context, None, Some(residual))
+    }
+
+    /// The attention context, (batch, seq, n_embd), of the fused projections `qkv`
+    /// (batch, seq, 3 × n_embd), after appending their keys and values to `cache`.
+    fn attend(
+        &self,
+        qkv: &Tensor,
+        mask: Option<&Tensor>,
+        cache: Option<&mut LayerKv>,
+    ) -> Result<Tensor> {
+        let (batch, seq, three_embd) = qkv.dims3()?;
+        let n_embd = three_embd / 3;
         // (batch, seq, n_embd) -> (batch, heads, seq, head_dim)
         let head = |i: usize| -> Result<Tensor> {
             Ok(qkv
@@ -322,10 +335,31 @@ impl Gpt2Attention {
             Some(cache) => cache.append(&k, &v)?,
             None => (k, v),
         };
-        let context = crate::kernels::decoder_attention(&q, &k, &v, mask, self.scale)?
-            .transpose(1, 2)?
-            .reshape((batch, seq, n_embd))?;
-        self.c_proj.forward_with(&context, None, Some(residual))
+        Ok(
+            crate::kernels::decoder_attention(&q, &k, &v, mask, self.scale)?
+                .transpose(1, 2)?
+                .reshape((batch, seq, n_embd))?,
+        )
+    }
+
+    /// One new token of each of several sequences, `hidden` (rows, 1, n_embd) normed, each
+    /// attending over its own cache in `layers`; plus `residual`.
+    fn decode_step(
+        &self,
+        hidden: &Tensor,
+        layers: &mut [&mut LayerKv],
+        residual: &Tensor,
+    ) -> Result<Tensor> {
+        let qkv = rows_as_alone(&self.c_attn, hidden, None, None)?;
+        // Attention per sequence: the caches differ in length, and padding them to one would
+        // change the sums of the shorter ones.
+        let contexts = layers
+            .iter_mut()
+            .enumerate()
+            .map(|(row, layer)| self.attend(&qkv.narrow(0, row, 1)?, None, Some(&mut **layer)))
+            .collect::<Result<Vec<_>>>()?;
+        let context = Tensor::cat(&contexts, 0)?;
+        rows_as_alone(&self.c_proj, &context, None, Some(residual))
     }
 }
 
@@ -369,6 +403,45 @@ impl Gpt2Block {
                 .forward_with(&self.ln_2.forward(&hidden)?, Some(self.activation), None)?;
         self.c_proj.forward_with(&inner, None, Some(&hidden))
     }
+
+    /// [`Gpt2Block::forward`] of one new token per sequence, (rows, 1, n_embd), each sequence
+    /// with its own cache in `layers`.
+    fn decode_step(&self, hidden: &Tensor, layers: &mut [&mut LayerKv]) -> Result<Tensor> {
+        let hidden = self
+            .attn
+            .decode_step(&self.ln_1.forward(hidden)?, layers, hidden)?;
+        let normed = self.ln_2.forward(&hidden)?;
+        let inner = rows_as_alone(&self.c_fc, &normed, Some(self.activation), None)?;
+        rows_as_alone(&self.c_proj, &inner, None, Some(&hidden))
+    }
+}
+
+/// `linear` over the rows of a ragged decoding step, in groups small enough that each row's
+/// output is bitwise what it is when its sequence decodes alone
+/// ([`Linear::rows_summed_as_alone`]). The GEMM sums inputs longer than one K block in
+/// blocks once a product has more than a few rows; a row's result then depended on how many
+/// sequences shared the step, and a greedy token could flip. Grouping costs extra reads of
+/// those weights only (GPT-2 small: `mlp.c_proj`, 3072 inputs, once more per 6 rows).
+fn rows_as_alone(
+    linear: &Linear,
+    x: &Tensor,
+    activation: Option<Activation>,
+    residual: Option<&Tensor>,
+) -> Result<Tensor> {
+    let rows = x.dim(0)?;
+    let group = linear.rows_summed_as_alone();
+    if rows <= group {
+        return linear.forward_with(x, activation, residual);
+    }
+    let outputs = (0..rows)
+        .step_by(group)
+        .map(|start| {
+            let len = group.min(rows - start);
+            let residual = residual.map(|r| r.narrow(0, start, len)).transpose()?;
+            linear.forward_with(&x.narrow(0, start, len)?, activation, residual.as_ref())
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Tensor::cat(&outputs, 0)?)
 }
 
 /// The GPT-2 decoder: `wte`, `wpe`, `h.*`, `ln_f`.
@@ -490,6 +563,65 @@ impl Gpt2Model {
         for (i, block) in self.blocks.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             hidden = block.forward(&hidden, mask.as_ref(), layer_cache)?;
+        }
+        self.ln_f.forward(&hidden)
+    }
+}
+
+impl Gpt2Model {
+    /// Hidden states, (rows, 1, n_embd), of one new token for each of several independent
+    /// sequences: `tokens[i]` follows the positions in `caches[i]` (each a cache of one
+    /// sequence, any length, even empty). The weight products run once over all the rows, and
+    /// attention runs per sequence over its own cache, with no padding; each row is bitwise
+    /// what [`Gpt2Model::forward`] gives that sequence alone on the CPU kernels.
+    pub fn decode_step(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor> {
+        crate::kernels::on_worker(|| self.decode_step_on_worker(tokens, caches))
+    }
+
+    fn decode_step_on_worker(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor> {
+        if tokens.is_empty() || tokens.len() != caches.len() {
+            return Err(Error::InvalidInput(format!(
+                "a decoding step takes one token per cache: {} tokens, {} caches",
+                tokens.len(),
+                caches.len()
+            )));
+        }
+        for cache in caches.iter() {
+            if cache.layers.len() != self.blocks.len() {
+                return Err(Error::InvalidInput(format!(
+                    "a KV cache has {} layers, the model {}",
+                    cache.layers.len(),
+                    self.blocks.len()
+                )));
+            }
+            if cache.batch_size().is_some_and(|batch| batch != 1) {
+                return Err(Error::InvalidInput(
+                    "a decoding step of several sequences takes caches of one sequence each"
+                        .to_string(),
+                ));
+            }
+            if cache.len() + 1 > self.config.n_positions {
+                return Err(Error::InputTooLong {
+                    length: cache.len() + 1,
+                    max: self.config.n_positions,
+                });
+            }
+        }
+        let rows = tokens.len();
+        let device = self.wte.weight().device();
+        let ids = Tensor::from_vec(tokens.to_vec(), (rows, 1), device)?;
+        let positions: Vec<u32> = caches.iter().map(|cache| cache.len() as u32).collect();
+        let positions = Tensor::from_vec(positions, (rows, 1), device)?;
+        let mut hidden = self
+            .wte
+            .forward(&ids)?
+            .add(&self.wpe.forward(&positions)?)?;
+        for (i, block) in self.blocks.iter().enumerate() {
+            let mut layers: Vec<&mut LayerKv> = caches
+                .iter_mut()
+                .map(|cache| &mut cache.layers[i])
+                .collect();
+            hidden = block.decode_step(&hidden, &mut layers)?;
         }
         self.ln_f.forward(&hidden)
     }
@@ -646,6 +778,17 @@ impl Gpt2LMHeadModel {
             let last = hidden.dim(1)? - 1;
             self.lm_head
                 .forward(&hidden.narrow(1, last, 1)?.squeeze(1)?)
+        })
+    }
+
+    /// Logits, (rows, vocab), of the token after `tokens[i]` for each of several independent
+    /// sequences, each over its own cache `caches[i]`: one decoding step of a continuous batch.
+    /// See [`Gpt2Model::decode_step`]; each row is bitwise what
+    /// [`Gpt2LMHeadModel::forward_last`] gives that sequence alone on the CPU kernels.
+    pub fn decode_step(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor> {
+        crate::kernels::on_worker(|| {
+            let hidden = self.transformer.decode_step(tokens, caches)?.squeeze(1)?;
+            rows_as_alone(&self.lm_head, &hidden, None, None)
         })
     }
 

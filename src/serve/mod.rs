@@ -92,8 +92,9 @@ pub struct ServerConfig {
     /// Padded tokens (the longest input × the inputs) per batched forward of the encoder
     /// routes; a request larger than this alone runs alone, in several forwards.
     pub max_batch_tokens: usize,
-    /// Requests per batched forward; `None`: as many as fit in `max_batch_tokens`, `Some(1)`:
-    /// one request at a time.
+    /// Requests per batched forward of the encoder routes; `None`: as many as fit in
+    /// `max_batch_tokens`, `Some(1)`: one request at a time. For text generation, the
+    /// sequences decoded together (continuous batching; more wait in a queue), 32 when `None`.
     pub max_batch_requests: Option<usize>,
     /// Inputs one request may send at once; more get 413.
     pub max_client_batch_size: usize,
@@ -143,6 +144,8 @@ struct Shared {
     metrics: metrics::Metrics,
     /// Where the encoder routes queue their forwards.
     queue: Arc<queue::Queue>,
+    /// Sequences waiting for the decoding thread (text generation only).
+    decode_queue: generation::DecodeQueue,
 }
 
 type AppState = Arc<Shared>;
@@ -253,6 +256,7 @@ impl Server {
             max_input_length: config.max_input_length.unwrap_or(model_limit),
             in_flight: Arc::new(Semaphore::new(config.max_concurrent_requests)),
             metrics,
+            decode_queue: generation::DecodeQueue::default(),
             pipeline,
             config,
         });
