@@ -9,104 +9,19 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 
-use common::{assert_close_slices, fixture, fixture_model, fixture_sanity};
+use common::gpt2::{model_and_tokenizer, options, CountingModel};
+use common::{assert_close_slices, fixture, fixture_sanity};
 use ferroformers::generation::{
     CausalLM, ContinuousBatcher, FinishReason, GenerationConfig, Generator, SequenceId, StreamToken,
 };
 use ferroformers::pipelines::{ChatTemplate, Message, Role};
 use ferroformers::{
-    DType, Device, FromPretrained, Gpt2LMHeadModel, HubOptions, KvCache, LoadOptions, Pretrained,
-    Quantization, Tensor, Tokenizer,
+    DType, Device, FromPretrained, Gpt2LMHeadModel, KvCache, Quantization, Tensor, Tokenizer,
 };
 
 /// Log-probabilities of a sequence in the batch against its solo stream (f32 log-softmax).
 const LOGPROB_TOLERANCE: f32 = 1e-5;
-
-fn options() -> LoadOptions {
-    LoadOptions::default().with_hub(HubOptions::default().with_offline(true))
-}
-
-fn model_and_tokenizer() -> (Gpt2LMHeadModel, Tokenizer, GenerationConfig) {
-    let folder = fixture_model("gpt2/lm-head");
-    let pretrained = Pretrained::open(&folder, &options().hub).unwrap();
-    let model = Gpt2LMHeadModel::from_pretrained(&folder, &options()).unwrap();
-    (
-        model,
-        pretrained.tokenizer().unwrap(),
-        pretrained.generation_config().unwrap(),
-    )
-}
-
-/// The GPT-2 model, counting its prompt forward passes and the rows of each decoding step.
-struct CountingModel<'a> {
-    inner: &'a Gpt2LMHeadModel,
-    prefills: AtomicUsize,
-    decode_rows: Mutex<Vec<usize>>,
-}
-
-impl<'a> CountingModel<'a> {
-    fn new(inner: &'a Gpt2LMHeadModel) -> Self {
-        Self {
-            inner,
-            prefills: AtomicUsize::new(0),
-            decode_rows: Mutex::new(Vec::new()),
-        }
-    }
-
-    fn prefills(&self) -> usize {
-        self.prefills.load(Ordering::SeqCst)
-    }
-
-    fn decode_rows(&self) -> Vec<usize> {
-        self.decode_rows.lock().unwrap().clone()
-    }
-}
-
-impl CausalLM for CountingModel<'_> {
-    fn forward(
-        &self,
-        input_ids: &Tensor,
-        attention_mask: Option<&Tensor>,
-        cache: Option<&mut KvCache>,
-    ) -> ferroformers::Result<Tensor> {
-        self.prefills.fetch_add(1, Ordering::SeqCst);
-        CausalLM::forward(self.inner, input_ids, attention_mask, cache)
-    }
-
-    fn last_logits(
-        &self,
-        input_ids: &Tensor,
-        attention_mask: Option<&Tensor>,
-        cache: Option<&mut KvCache>,
-    ) -> ferroformers::Result<Tensor> {
-        self.prefills.fetch_add(1, Ordering::SeqCst);
-        CausalLM::last_logits(self.inner, input_ids, attention_mask, cache)
-    }
-
-    fn decode_scores(
-        &self,
-        tokens: &[u32],
-        caches: &mut [&mut KvCache],
-    ) -> ferroformers::Result<Vec<Vec<f32>>> {
-        self.decode_rows.lock().unwrap().push(tokens.len());
-        CausalLM::decode_scores(self.inner, tokens, caches)
-    }
-
-    fn new_cache(&self) -> KvCache {
-        CausalLM::new_cache(self.inner)
-    }
-
-    fn max_positions(&self) -> usize {
-        CausalLM::max_positions(self.inner)
-    }
-
-    fn device(&self) -> &Device {
-        CausalLM::device(self.inner)
-    }
-}
 
 /// A sequence of the scenario: its prompt and settings, the step it joins at, and the number
 /// of its tokens after which it is cancelled, if it is.
@@ -316,14 +231,14 @@ fn each_sequence_of_the_batch_gets_its_solo_stream() {
     let rows = counting.decode_rows();
     eprintln!(
         "rows per decoding step: {rows:?}; prompts read: {}",
-        counting.prefills()
+        counting.forward_passes()
     );
     assert_eq!(
         rows, expected_rows,
         "one forward pass per step over the running sequences"
     );
     assert_eq!(
-        counting.prefills(),
+        counting.forward_passes(),
         expected_prefills,
         "one forward pass per prompt read"
     );

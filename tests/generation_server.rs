@@ -6,96 +6,25 @@
 mod common;
 
 use std::ops::ControlFlow;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use common::gpt2::{model_and_tokenizer, options, CountingModel};
 use common::{
     assert_close_slices, assert_same_len, fixture, fixture_json, fixture_model, fixture_sanity,
 };
 use ferroformers::generation::{
-    CausalLM, FinishReason, Generated, GenerationConfig, Generator, MAX_TOP_LOGPROBS,
+    FinishReason, Generated, GenerationConfig, Generator, MAX_TOP_LOGPROBS,
 };
 use ferroformers::pipelines::{
     ChatTemplate, Conversation, Message, Pipeline, Role, TextGenerationOptions,
     TextGenerationPipeline,
 };
 use ferroformers::tokenizer::EncodeOptions;
-use ferroformers::{
-    Device, Error, FromPretrained, Gpt2LMHeadModel, HubOptions, KvCache, LoadOptions, Pretrained,
-    Tensor, Tokenizer,
-};
+use ferroformers::Error;
 use serde_json::Value;
 
 /// Log-probabilities within this of transformers' (f32, log-softmax over the vocabulary).
 const LOGPROB_TOLERANCE: f32 = 1e-4;
-
-fn options() -> LoadOptions {
-    LoadOptions::default().with_hub(HubOptions::default().with_offline(true))
-}
-
-fn model_and_tokenizer() -> (Gpt2LMHeadModel, Tokenizer, GenerationConfig) {
-    let folder = fixture_model("gpt2/lm-head");
-    let pretrained = Pretrained::open(&folder, &options().hub).unwrap();
-    let model = Gpt2LMHeadModel::from_pretrained(&folder, &options()).unwrap();
-    (
-        model,
-        pretrained.tokenizer().unwrap(),
-        pretrained.generation_config().unwrap(),
-    )
-}
-
-/// The GPT-2 model, counting its forward passes.
-struct CountingModel<'a> {
-    inner: &'a Gpt2LMHeadModel,
-    forward_passes: AtomicUsize,
-}
-
-impl<'a> CountingModel<'a> {
-    fn new(inner: &'a Gpt2LMHeadModel) -> Self {
-        Self {
-            inner,
-            forward_passes: AtomicUsize::new(0),
-        }
-    }
-
-    fn count(&self) -> usize {
-        self.forward_passes.load(Ordering::SeqCst)
-    }
-}
-
-impl CausalLM for CountingModel<'_> {
-    fn forward(
-        &self,
-        input_ids: &Tensor,
-        attention_mask: Option<&Tensor>,
-        cache: Option<&mut KvCache>,
-    ) -> ferroformers::Result<Tensor> {
-        self.forward_passes.fetch_add(1, Ordering::SeqCst);
-        CausalLM::forward(self.inner, input_ids, attention_mask, cache)
-    }
-
-    fn last_logits(
-        &self,
-        input_ids: &Tensor,
-        attention_mask: Option<&Tensor>,
-        cache: Option<&mut KvCache>,
-    ) -> ferroformers::Result<Tensor> {
-        self.forward_passes.fetch_add(1, Ordering::SeqCst);
-        CausalLM::last_logits(self.inner, input_ids, attention_mask, cache)
-    }
-
-    fn new_cache(&self) -> KvCache {
-        CausalLM::new_cache(self.inner)
-    }
-
-    fn max_positions(&self) -> usize {
-        CausalLM::max_positions(self.inner)
-    }
-
-    fn device(&self) -> &Device {
-        CausalLM::device(self.inner)
-    }
-}
 
 const PROMPT: &str = "The quick brown fox";
 
@@ -110,13 +39,20 @@ fn dropping_a_stream_stops_generation_within_one_step() {
         let counting = CountingModel::new(&model);
         let generator = Generator::new(&counting, &tokenizer);
         let stream = generator.stream(PROMPT, &config).unwrap();
-        assert_eq!(counting.count(), 0, "creating a stream computes nothing");
+        assert_eq!(
+            counting.forward_passes(),
+            0,
+            "creating a stream computes nothing"
+        );
         let taken: Vec<_> = stream.take(k).map(Result::unwrap).collect();
         assert_eq!(taken.len(), k);
         // `take` dropped the stream after its k-th item.
-        eprintln!("took {k} tokens of 40: {} forward passes", counting.count());
+        eprintln!(
+            "took {k} tokens of 40: {} forward passes",
+            counting.forward_passes()
+        );
         assert_eq!(
-            counting.count(),
+            counting.forward_passes(),
             k,
             "forward passes after taking {k} tokens"
         );
@@ -151,9 +87,9 @@ fn a_callback_that_breaks_stops_generation_and_says_cancelled() {
         .unwrap();
     eprintln!(
         "break after 5 tokens of 40: {} forward passes",
-        counting.count()
+        counting.forward_passes()
     );
-    assert_eq!(counting.count(), 5);
+    assert_eq!(counting.forward_passes(), 5);
     assert_eq!(result.finish_reason, FinishReason::Cancelled);
     assert_eq!(result.completion_tokens, 5);
     assert_eq!(result.token_ids.len(), 5);
@@ -175,9 +111,9 @@ fn a_stream_to_the_end_runs_one_forward_pass_per_token() {
     let mut stream = generator.stream(PROMPT, &config).unwrap();
     let tokens: Vec<_> = stream.by_ref().map(Result::unwrap).collect();
     assert_eq!(tokens.len(), 12);
-    assert_eq!(counting.count(), 12);
+    assert_eq!(counting.forward_passes(), 12);
     assert!(stream.next().is_none(), "an ended stream stays ended");
-    assert_eq!(counting.count(), 12);
+    assert_eq!(counting.forward_passes(), 12);
     let reasons: Vec<_> = tokens.iter().map(|t| t.finish_reason).collect();
     assert_eq!(reasons[11], Some(FinishReason::MaxTokens));
     assert!(reasons[..11].iter().all(Option::is_none));

@@ -225,5 +225,6 @@ pub fn assert_json_close(actual: &Value, expected: &Value, tolerance: f64, at: &
     }
 }
 
+pub mod gpt2;
 #[cfg(feature = "server")]
 pub mod server;
