@@ -48,6 +48,7 @@ pub use token_classification::{
 use candle_core::{DType, Device, Tensor};
 use tokenizers::Encoding;
 
+use crate::auto::AutoModelForSequenceClassification;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::models::ModelInput;
@@ -177,6 +178,22 @@ pub(crate) fn batch_input(
 ) -> Result<ModelInput> {
     let chosen = indices.iter().map(|&i| encodings[i].clone()).collect();
     tokenizer.pad(chosen, PaddingSide::Right)?.to_input(device)
+}
+
+/// Forward of a sequence-classification head, `batch_size` encodings at a time: its logits,
+/// one row per encoding (text classification and reranking share it).
+pub(crate) fn classification_logits(
+    model: &AutoModelForSequenceClassification,
+    tokenizer: &Tokenizer,
+    device: &Device,
+    encodings: &[Encoding],
+    batch_size: usize,
+) -> Result<Vec<Vec<f32>>> {
+    let lengths: Vec<usize> = encodings.iter().map(Encoding::len).collect();
+    in_batches(&lengths, batch_size, |indices| {
+        let input = batch_input(tokenizer, encodings, indices, device)?;
+        rows_to_host(&model.forward(&input)?)
+    })
 }
 
 /// A (batch, ...) f32 tensor as one host vector per row, rows flattened.

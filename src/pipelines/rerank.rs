@@ -15,9 +15,7 @@ use crate::auto::AutoModelForSequenceClassification;
 use crate::config::{read_json, ModelConfig};
 use crate::error::{Error, Result};
 use crate::host::sigmoid;
-use crate::pipelines::{
-    batch_input, encode_all, in_batches, rows_to_host, Pipeline, QueryDocuments,
-};
+use crate::pipelines::{classification_logits, encode_all, Pipeline, QueryDocuments};
 use crate::pretrained::{LoadOptions, Pretrained};
 use crate::tokenizer::{EncodeOptions, TextInput, Tokenizer};
 
@@ -247,11 +245,13 @@ impl RerankPipeline {
         encodings: &[Encoding],
         batch_size: usize,
     ) -> Result<Vec<Vec<f32>>> {
-        let lengths: Vec<usize> = encodings.iter().map(Encoding::len).collect();
-        in_batches(&lengths, batch_size, |indices| {
-            let input = batch_input(&self.tokenizer, encodings, indices, &self.device)?;
-            rows_to_host(&self.model.forward(&input)?)
-        })
+        classification_logits(
+            &self.model,
+            &self.tokenizer,
+            &self.device,
+            encodings,
+            batch_size,
+        )
     }
 
     /// Postprocess: the activation (the options', else the model's) on every logit.

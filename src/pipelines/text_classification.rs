@@ -10,7 +10,7 @@ use crate::config::{Labels, ModelConfig};
 use crate::error::Result;
 use crate::host::{sigmoid, softmax};
 use crate::pipelines::{
-    batch_input, encode_all, in_batches, rows_to_host, Pipeline, TextOrPair, DEFAULT_BATCH_SIZE,
+    classification_logits, encode_all, Pipeline, TextOrPair, DEFAULT_BATCH_SIZE,
 };
 use crate::pretrained::{LoadOptions, Pretrained};
 use crate::tokenizer::{EncodeOptions, TextInput, Tokenizer};
@@ -160,11 +160,13 @@ impl TextClassificationPipeline {
         encodings: &[Encoding],
         batch_size: usize,
     ) -> Result<Vec<Vec<f32>>> {
-        let lengths: Vec<usize> = encodings.iter().map(Encoding::len).collect();
-        in_batches(&lengths, batch_size, |indices| {
-            let input = batch_input(&self.tokenizer, encodings, indices, &self.device)?;
-            rows_to_host(&self.model.forward(&input)?)
-        })
+        classification_logits(
+            &self.model,
+            &self.tokenizer,
+            &self.device,
+            encodings,
+            batch_size,
+        )
     }
 
     /// Postprocess: the score function (the options', else the config's), then the labels
