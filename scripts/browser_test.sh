@@ -17,7 +17,10 @@ if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
 fi
 (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 
-cargo build --bin ferroformers
+# target/debug/ferroformers as `cargo test` builds it (a test target unifies the dev-dependencies'
+# features): after `cargo test`, as in .ci/run, nothing recompiles, where `cargo build --bin`
+# would rebuild candle and a few others with other features (~1.5 min).
+cargo test --no-run --quiet --test cli
 
 out=target/browser
 mkdir -p "$out"

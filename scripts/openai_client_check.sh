@@ -7,7 +7,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --bin ferroformers
+# target/debug/ferroformers as `cargo test` builds it (a test target unifies the dev-dependencies'
+# features): after `cargo test`, as in .ci/run, nothing recompiles, where `cargo build --bin`
+# would rebuild candle and a few others with other features (~1.5 min).
+cargo test --no-run --quiet --test cli
 
 out=target/openai-client-check
 rm -rf "$out"
