@@ -432,7 +432,7 @@ fn k_step(rows: usize, len: usize, max_block: usize) -> usize {
 /// The most rows one product may take while each row's outputs stay bitwise what the row
 /// gets in a product of its own (`m = 1`), for `inner` inputs: each output is then one chain
 /// of fused multiply-adds over the inputs in order, whatever kernel runs it. A task of more
-/// than one micro-panel of rows cuts inputs longer than [`KC`] into K blocks ([`k_step`]) and
+/// than one micro-panel of rows cuts inputs longer than `KC` into K blocks (`k_step`) and
 /// adds their partial sums, which rounds differently; shorter inputs are one block for any
 /// number of rows. What continuous batching needs to decode a sequence among others exactly
 /// as alone.
