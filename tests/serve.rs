@@ -527,17 +527,21 @@ fn requests_past_max_concurrent_requests_get_429() {
     .unwrap();
     held.write_all(&body[..5]).unwrap();
     held.flush().unwrap();
-    // The slot is taken once the server has read the headers; poll until it has.
-    let mut overloaded = None;
-    for _ in 0..100 {
-        let response = get(&client, &server.url("/info"));
-        if response.status == 429 {
-            overloaded = Some(response.json());
-            break;
+    // The slot is taken once the server has read the headers. Wait for that on /metrics, which
+    // needs no slot (in flight: the held request and the scrape itself): a request that took
+    // the slot first would get the held one a 429 instead.
+    let held_in_flight = (0..100).any(|_| {
+        let metrics = get(&client, &server.url("/metrics")).body;
+        let busy = sample(&metrics, "ferroformers_requests_in_flight").is_some_and(|n| n >= 2.0);
+        if !busy {
+            std::thread::sleep(Duration::from_millis(50));
         }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let overloaded = overloaded.expect("a second request in flight gets 429");
+        busy
+    });
+    assert!(held_in_flight, "the held request is in flight");
+    let overloaded = get(&client, &server.url("/info"));
+    assert_eq!(overloaded.status, 429, "a second request in flight gets 429");
+    let overloaded = overloaded.json();
     assert_eq!(overloaded["error_type"], "overloaded", "{overloaded}");
     // The held request completes, and frees its slot.
     held.write_all(&body[5..]).unwrap();
