@@ -540,7 +540,10 @@ fn requests_past_max_concurrent_requests_get_429() {
     });
     assert!(held_in_flight, "the held request is in flight");
     let overloaded = get(&client, &server.url("/info"));
-    assert_eq!(overloaded.status, 429, "a second request in flight gets 429");
+    assert_eq!(
+        overloaded.status, 429,
+        "a second request in flight gets 429"
+    );
     let overloaded = overloaded.json();
     assert_eq!(overloaded["error_type"], "overloaded", "{overloaded}");
     // The held request completes, and frees its slot.
