@@ -6,13 +6,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read};
 use std::net::TcpStream;
 use std::time::Duration;
 
 use base64::Engine;
 use common::server::{
-    answer, client, config, floats, get, load, post, send_json, Answer, TestServer,
+    answer, client, config, floats, get, load, post, send_json, Answer, HeldRequest, TestServer,
 };
 use common::{assert_close_slices, assert_json_close, assert_same_len, fixture_model};
 use ferroformers::pipelines::{
@@ -517,16 +517,7 @@ fn requests_past_max_concurrent_requests_get_429() {
     );
     let client = client();
     // Hold the only slot: a request whose body has not all arrived yet.
-    let body = br#"{"inputs": "hello"}"#;
-    let mut held = TcpStream::connect(server.address).unwrap();
-    write!(
-        held,
-        "POST /embed HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    )
-    .unwrap();
-    held.write_all(&body[..5]).unwrap();
-    held.flush().unwrap();
+    let mut held = HeldRequest::embed(server.address, r#"{"inputs": "hello"}"#);
     // The slot is taken once the server has read the headers. Wait for that on /metrics, which
     // needs no slot (in flight: the held request and the scrape itself): a request that took
     // the slot first would get the held one a 429 instead.
@@ -547,8 +538,8 @@ fn requests_past_max_concurrent_requests_get_429() {
     let overloaded = overloaded.json();
     assert_eq!(overloaded["error_type"], "overloaded", "{overloaded}");
     // The held request completes, and frees its slot.
-    held.write_all(&body[5..]).unwrap();
-    let mut reader = BufReader::new(held);
+    held.send_rest();
+    let mut reader = BufReader::new(held.stream);
     let mut status_line = String::new();
     reader.read_line(&mut status_line).unwrap();
     assert!(status_line.starts_with("HTTP/1.1 200"), "{status_line}");
@@ -693,23 +684,16 @@ fn cors_preflight_is_answered_before_the_api_key_is_asked() {
 #[test]
 fn shutdown_lets_the_request_in_flight_finish_and_accepts_no_more() {
     let mut server = TestServer::start(load(Task::Embeddings, "bert/base"), config());
-    let body = br#"{"inputs": "hello"}"#;
-    let mut held = TcpStream::connect(server.address).unwrap();
-    write!(
-        held,
-        "POST /embed HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    )
-    .unwrap();
-    held.write_all(&body[..5]).unwrap();
-    held.flush().unwrap();
+    let mut held = HeldRequest::embed(server.address, r#"{"inputs": "hello"}"#);
     // Make sure the server has the request before it is told to stop.
     std::thread::sleep(Duration::from_millis(200));
     server.begin_shutdown();
     std::thread::sleep(Duration::from_millis(200));
-    held.write_all(&body[5..]).unwrap();
+    held.send_rest();
     let mut answer = String::new();
-    BufReader::new(held).read_to_string(&mut answer).unwrap();
+    BufReader::new(held.stream)
+        .read_to_string(&mut answer)
+        .unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     server.join();
     assert!(

@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::server::{answer, client, config, floats, load, post, send_json, TestServer};
+use common::server::{
+    answer, client, config, floats, load, post, send_json, HeldRequest, TestServer,
+};
 use common::{assert_close_slices, checked_max_abs_diff, fixture_model};
 use ferroformers::pipelines::{EmbeddingsOptions, Pipeline};
 use ferroformers::serve::ServerConfig;
@@ -365,16 +367,7 @@ fn requests_on_open_connections_get_503_while_stopping() {
     let address = server.address;
     let connect = move || TcpStream::connect(address).unwrap();
     // One request in flight through the whole shutdown: its body comes at the end.
-    let body = json!({ "inputs": TEXT }).to_string();
-    let mut held = connect();
-    write!(
-        held,
-        "POST /embed HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n{}",
-        body.len(),
-        &body[..5]
-    )
-    .unwrap();
+    let mut held = HeldRequest::embed(address, &json!({ "inputs": TEXT }).to_string());
     // Three keep-alive connections, each answered once.
     let (tei, openai) = (
         raw_post("/embed", &json!({ "inputs": TEXT })),
@@ -446,8 +439,8 @@ fn requests_on_open_connections_get_503_while_stopping() {
         "still accepting"
     );
     // The request in flight at the signal finishes, and its connection closes after it.
-    held.write_all(&body.as_bytes()[5..]).unwrap();
-    let response = read_response(&mut held).expect("a whole answer");
+    held.send_rest();
+    let response = read_response(&mut held.stream).expect("a whole answer");
     assert_eq!(response.status, 200, "{}", response.body);
     assert!(response.closes);
     let vectors: Value = serde_json::from_str(&response.body).expect("JSON");

@@ -1,7 +1,8 @@
 //! A server on an ephemeral port for the serve tests, and a blocking HTTP client (ureq) that
 //! returns every answer, whatever its status.
 
-use std::net::SocketAddr;
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use ferroformers::pipelines::AnyPipeline;
@@ -169,4 +170,38 @@ pub fn floats(value: &Value) -> Vec<f32> {
         .iter()
         .map(|x| x.as_f64().expect("a number") as f32)
         .collect()
+}
+
+/// A `POST /embed` whose body stops after its first 5 bytes: the server has the request in
+/// flight (holding its slot) until [`HeldRequest::send_rest`]; the answer is read from
+/// `stream`.
+pub struct HeldRequest {
+    pub stream: TcpStream,
+    rest: Vec<u8>,
+}
+
+impl HeldRequest {
+    pub fn embed(address: SocketAddr, body: &str) -> Self {
+        let mut stream = TcpStream::connect(address).expect("the server accepts");
+        write!(
+            stream,
+            "POST /embed HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{}",
+            body.len(),
+            &body[..5]
+        )
+        .expect("the head is sent");
+        stream.flush().expect("the head is sent");
+        Self {
+            stream,
+            rest: body.as_bytes()[5..].to_vec(),
+        }
+    }
+
+    /// Send the rest of the body.
+    pub fn send_rest(&mut self) {
+        self.stream
+            .write_all(&self.rest)
+            .expect("the rest of the body is sent");
+    }
 }
