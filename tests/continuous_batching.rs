@@ -397,6 +397,9 @@ fn write_random_gpt2(folder: &std::path::Path) {
 /// steps of sequences of different lengths; in f32, bf16 and int8 weights.
 #[test]
 fn a_decoding_row_is_bitwise_its_sequence_alone_whatever_the_batch() {
+    // The packed kernels of this CPU's best instruction set (`kernel_paths.rs` covers the others).
+    let isa = ferroformers::kernels::isa::Isa::current().name();
+    eprintln!("decoding rows on the {isa} kernels");
     let folder = tempfile::tempdir().unwrap();
     write_random_gpt2(folder.path());
     let path = folder.path().to_str().unwrap();
@@ -461,11 +464,11 @@ fn a_decoding_row_is_bitwise_its_sequence_alone_whatever_the_batch() {
             for row in 0..rows {
                 assert!(
                     all[row].iter().all(|v| v.is_finite()),
-                    "{format} step {step} row {row}: finite"
+                    "{isa} {format} step {step} row {row}: finite"
                 );
                 assert!(
                     all[row] == alone[row],
-                    "{format} step {step} row {row}: 9 rows differ from alone by up to {:e}",
+                    "{isa} {format} step {step} row {row}: 9 rows differ from alone by up to {:e}",
                     all[row]
                         .iter()
                         .zip(&alone[row])
@@ -475,7 +478,7 @@ fn a_decoding_row_is_bitwise_its_sequence_alone_whatever_the_batch() {
                 if row < 3 {
                     assert!(
                         some[row] == alone[row],
-                        "{format} step {step} row {row}: 3 rows"
+                        "{isa} {format} step {step} row {row}: 3 rows"
                     );
                 }
             }
