@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::kernels::gemm::{Epilogue, Isa, PackedWeights, WeightFormat};
-use crate::kernels::{kernel_mode, KernelMode};
+use crate::kernels::{kernel_mode, AttentionProducts, KernelMode};
 
 /// `x @ weight.T + bias`, with `weight` stored `(out, in)` as `torch.nn.Linear` stores it.
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
@@ -177,6 +177,14 @@ impl Linear {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.forward_with(x, None, None)
+    }
+
+    /// The format the weight is packed in for our GEMM; `None` when candle's matmul runs.
+    pub fn weight_format(&self) -> Option<WeightFormat> {
+        match &self.weights {
+            LinearWeights::Tensor { .. } => None,
+            LinearWeights::Packed { weights, .. } => Some(weights.format()),
+        }
     }
 
     /// Bytes of the weight as stored (what one row of input makes the product read).
@@ -406,8 +414,13 @@ impl SelfAttention {
     /// (batch, seq, hidden) in and out; the heads are split inside.
     pub fn forward(&self, hidden: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let qkv = self.qkv.forward(hidden)?;
+        // bf16 weights get bf16 attention products, as PyTorch computes a bf16 model's.
+        let products = match self.qkv.weight_format() {
+            Some(WeightFormat::Bf16) => AttentionProducts::Bf16,
+            _ => AttentionProducts::F32,
+        };
         Ok(crate::kernels::multi_head_attention(
-            &qkv, self.heads, mask, self.scale,
+            &qkv, self.heads, mask, self.scale, products,
         )?)
     }
 }

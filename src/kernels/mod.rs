@@ -10,7 +10,7 @@ mod math;
 #[cfg(target_arch = "x86_64")]
 mod simd;
 
-pub use attention::multi_head_attention;
+pub use attention::{multi_head_attention, AttentionProducts};
 pub use decoder_attention::decoder_attention;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
@@ -144,6 +144,10 @@ mod decoder_attention;
 /// Exact GELU in place, with `isa`'s kernel.
 fn gelu_erf_on(isa: isa::Isa, values: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
+    if let Some(avx512) = simd::Avx512::on(isa) {
+        return avx512.gelu_erf(values);
+    }
+    #[cfg(target_arch = "x86_64")]
     if let Some(avx2) = simd::Avx2::on(isa) {
         return avx2.gelu_erf(values);
     }
@@ -174,6 +178,10 @@ dispatch! {
 
 /// `row = softmax(row * scale + mask)`, in place, with `isa`'s kernel.
 fn softmax_row(isa: isa::Isa, out: &mut [f32], mask: &[f32], scale: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(avx512) = simd::Avx512::on(isa) {
+        return avx512.softmax(out, mask, scale);
+    }
     #[cfg(target_arch = "x86_64")]
     if let Some(avx2) = simd::Avx2::on(isa) {
         return avx2.softmax(out, mask, scale);

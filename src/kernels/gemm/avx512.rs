@@ -70,8 +70,9 @@ pub(super) unsafe fn tile_f32<const M: usize, const P: usize>(
     store_f32(&acc, target);
 }
 
-/// bf16 pairs: `M` packed rows of `a` (gc·M pairs of bf16) × `P` panels of `b` (gc pair rows
-/// of 2·NR values each, `stride` values apart); each lane sums two products per step.
+/// bf16 pairs: `M` rows of `a` (gc pairs of bf16 each, read in place, `lda` pairs apart) ×
+/// `P` panels of `b` (gc pair rows of 2·NR values each, `stride` values apart); each lane sums
+/// two products per step.
 ///
 /// # Safety
 /// As [`tile_f32`].
@@ -79,6 +80,7 @@ pub(super) unsafe fn tile_f32<const M: usize, const P: usize>(
 pub(super) unsafe fn tile_bf16<const M: usize, const P: usize>(
     gc: usize,
     a: *const i32,
+    lda: usize,
     b: *const u16,
     stride: usize,
     target: Target,
@@ -93,7 +95,7 @@ pub(super) unsafe fn tile_bf16<const M: usize, const P: usize>(
             ));
         }
         for (i, acc) in acc.iter_mut().enumerate() {
-            let av = transmute::<__m512i, __m512bh>(_mm512_set1_epi32(*a.add(q * M + i)));
+            let av = transmute::<__m512i, __m512bh>(_mm512_set1_epi32(*a.add(i * lda + q)));
             for (acc, &w) in acc.iter_mut().zip(&w) {
                 *acc = _mm512_dpbf16_ps(*acc, av, w);
             }
@@ -102,8 +104,8 @@ pub(super) unsafe fn tile_bf16<const M: usize, const P: usize>(
     store_f32(&acc, target);
 }
 
-/// int8 quads: `M` packed rows of `a` (gc·M quads of u8) × `P` panels of `b` (gc quad rows
-/// of 4·NR signed bytes, `stride` bytes apart), exact in i32.
+/// int8 quads: `M` rows of `a` (gc quads of u8 each, read in place, `lda` quads apart) × `P`
+/// panels of `b` (gc quad rows of 4·NR signed bytes, `stride` bytes apart), exact in i32.
 ///
 /// # Safety
 /// As [`tile_f32`]; a target with column sums holds P·NR of them.
@@ -111,6 +113,7 @@ pub(super) unsafe fn tile_bf16<const M: usize, const P: usize>(
 pub(super) unsafe fn tile_int8<const M: usize, const P: usize>(
     gc: usize,
     a: *const i32,
+    lda: usize,
     b: *const i8,
     stride: usize,
     target: Target,
@@ -123,7 +126,7 @@ pub(super) unsafe fn tile_int8<const M: usize, const P: usize>(
             *w = _mm512_loadu_si512(b.add(j * stride + q * 4 * NR).cast());
         }
         for (i, acc) in acc.iter_mut().enumerate() {
-            let av = _mm512_set1_epi32(*a.add(q * M + i));
+            let av = _mm512_set1_epi32(*a.add(i * lda + q));
             for (acc, &w) in acc.iter_mut().zip(&w) {
                 *acc = _mm512_dpbusd_epi32(*acc, av, w);
             }
@@ -262,6 +265,33 @@ pub(super) unsafe fn bf16_pairs(row: &[f32], pairs: &mut [i32]) -> usize {
         let high = _mm512_loadu_ps(row.as_ptr().add(i + 16));
         let packed = transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(high, low));
         _mm512_storeu_si512(pairs.as_mut_ptr().add(i / 2).cast(), packed);
+    }
+    whole
+}
+
+/// `out[c]` = (`even[c]`, `odd[c]`) as bf16 in the low and high half, 16 columns at a time
+/// (`vcvtne2ps2bf16` puts the two rows' halves side by side, `vpermw` interleaves them).
+/// Returns the columns done: the caller pairs the rest.
+///
+/// # Safety
+/// The CPU has `Isa::Avx512`'s features; `odd` and `out` are at least as long as `even`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,avx512vnni,avx2,fma")]
+pub(super) unsafe fn bf16_column_pairs(even: &[f32], odd: &[f32], out: &mut [i32]) -> usize {
+    let whole = even.len() / 16 * 16;
+    assert!(odd.len() >= whole && out.len() >= whole);
+    // Word 2c of the result is word c of the converted pair (even's), word 2c + 1 is word
+    // 16 + c (odd's).
+    let interleave = _mm512_set_epi16(
+        31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4,
+        19, 3, 18, 2, 17, 1, 16, 0,
+    );
+    for c in (0..whole).step_by(16) {
+        let halves = transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(
+            _mm512_loadu_ps(odd.as_ptr().add(c)),
+            _mm512_loadu_ps(even.as_ptr().add(c)),
+        ));
+        let pairs = _mm512_permutexvar_epi16(interleave, halves);
+        _mm512_storeu_si512(out.as_mut_ptr().add(c).cast(), pairs);
     }
     whole
 }

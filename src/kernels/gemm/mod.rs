@@ -46,6 +46,7 @@ mod portable;
 mod tests;
 
 pub use pack::bf16_bits;
+pub(crate) use pack::{bf16_column_pairs, bf16_pairs_row};
 
 /// Output columns per panel: two AVX2 registers, one AVX-512 register.
 pub const NR: usize = 16;
@@ -368,9 +369,12 @@ pub fn matmul_uninit(
         let groups = match &rows {
             Rows::Float => None,
             Rows::Pairs(pairs) => Some((&pairs.pairs, pairs.pairs_per_row, 2)),
+            // The AVX-512 kernels read grouped rows in place (`GroupedA::InPlace`).
+            Rows::Grouped(_) if isa.has_avx512() => None,
             Rows::Grouped(grouped) => Some((&grouped.values, grouped.per_row, weights.group())),
         };
         match groups {
+            None if !matches!(rows, Rows::Float) => run(None, None),
             None => SHARED_ROWS.with(|buffer| match buffer.try_borrow_mut() {
                 Ok(mut buffer) => {
                     let step = |rows| k_step(rows, k, KC);
@@ -803,6 +807,11 @@ impl Block<'_> {
         let wide = isa.has_avx512();
         let tiles = self.rows.len().div_ceil(MR);
         let mut tile = [[0f32; NR]; MR];
+        // The AVX-512 kernels read the rows where they are: packing them into micro-panels
+        // first cost a pass over every product's input (5% of a bf16 BERT-base 32×128
+        // forward pass on the 2-core Zen 5) and bought nothing, since a block of rows stays
+        // in L2 either way and six rows are six prefetch streams.
+        let in_place = wide;
         for (block_index, g0) in (0..groups).step_by(step).enumerate() {
             let gc = step.min(groups - g0);
             let first = block_index == 0;
@@ -832,7 +841,7 @@ impl Block<'_> {
             let a_pack: &[i32] = match self.packed_groups {
                 Some(all) => &all[self.rows.start * groups + self.rows.len() * g0..],
                 None => {
-                    if !single_row {
+                    if !(single_row || in_place) {
                         pack_groups(&rows.values, groups, self.rows.clone(), g0, gc, a_pack);
                     }
                     a_pack
@@ -870,9 +879,15 @@ impl Block<'_> {
                 let block_bytes = gc * NR * group * value_bytes;
                 let mut offset = 0;
                 for (tile_index, (r0, mr)) in micro_panels(self.rows.clone()).enumerate() {
-                    let a = match single_row {
-                        true => &rows.values[r0 * rows.per_row + g0..][..gc],
-                        false => &a_pack[offset..offset + gc * mr],
+                    let a = match (in_place, single_row) {
+                        (true, _) => GroupedA::InPlace {
+                            values: &rows.values[r0 * rows.per_row + g0..],
+                            lda: rows.per_row,
+                        },
+                        (false, true) => {
+                            GroupedA::Packed(&rows.values[r0 * rows.per_row + g0..][..gc])
+                        }
+                        (false, false) => GroupedA::Packed(&a_pack[offset..offset + gc * mr]),
                     };
                     offset += gc * mr;
                     let direct = self
@@ -897,7 +912,7 @@ impl Block<'_> {
                             GroupedBlock::Int8Quads(&values[b.clone()])
                         }
                     };
-                    tile_grouped(isa, mr, width, a, block, stride, target, ahead);
+                    tile_grouped(isa, mr, width, gc, a, block, stride, target, ahead);
                     if direct.is_none() {
                         let scales = match weights {
                             Grouped::Int8Quads { scales, .. } => {
@@ -1258,40 +1273,117 @@ enum GroupedBlock<'a> {
     Int8Quads(&'a [i8]),
 }
 
+/// `out = a · b` for a small product made inside a task of its own (attention's per-head
+/// products), on this thread, by the AVX-512 `vdpbf16ps` tile kernels: `a` is `m` rows of
+/// `groups` bf16 pairs, `lda` pairs apart (`bf16_pairs_row`); `b` is `panels` panels of
+/// `groups` pair rows × `NR` columns, one pair per column (`bf16_column_pairs`); `out` gets
+/// `m` rows of `panels · NR` f32 sums from `out`, `ldc` apart, overwritten. Only for an `isa`
+/// with AVX-512 BF16 (panics otherwise: callers choose this product only there).
+///
+/// # Safety
+/// `out` is valid for writes of `m` rows of `panels · NR` values, `ldc` apart, that no one
+/// else reads or writes meanwhile. Panics if `a` or `b` is shorter than its shape says.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn bf16_pairs_product(
+    isa: Isa,
+    a: &[i32],
+    lda: usize,
+    m: usize,
+    b: &[i32],
+    groups: usize,
+    panels: usize,
+    out: *mut f32,
+    ldc: usize,
+) {
+    assert!(isa.has_avx512(), "bf16 pair products need AVX-512 BF16");
+    if m == 0 || panels == 0 {
+        return;
+    }
+    assert!(lda >= groups && ldc >= panels * NR);
+    assert!(a.len() >= (m - 1) * lda + groups && b.len() >= panels * groups * NR);
+    #[cfg(target_arch = "x86_64")]
+    for (r0, mr) in micro_panels(0..m) {
+        let mut panel = 0;
+        while panel < panels {
+            let width = if panel + 2 <= panels { 2 } else { 1 };
+            let target = Target {
+                // SAFETY: rows r0 .. r0 + mr and columns panel·NR .. (panel + width)·NR are
+                // the caller's to write.
+                c: unsafe { out.add(r0 * ldc + panel * NR) },
+                ldc,
+                ..Target::NONE
+            };
+            // SAFETY: the CPU has the AVX-512 features (checked above); rows r0 .. r0 + mr of
+            // `a` and panels panel .. panel + width of `b` lie in the slices (asserted above),
+            // and the target holds mr rows of width·NR columns.
+            unsafe {
+                let a = a.as_ptr().add(r0 * lda);
+                let b = b.as_ptr().add(panel * groups * NR).cast::<u16>();
+                let stride = groups * NR * 2;
+                avx512_tile!(
+                    tile_bf16,
+                    mr,
+                    width,
+                    (groups, a, lda, b, stride, target, Ahead::NONE)
+                )
+            }
+            panel += width;
+        }
+    }
+}
+
+/// The rows of one micro-kernel call over a grouped layout: `mr` rows of `gc` groups.
+#[derive(Clone, Copy)]
+enum GroupedA<'a> {
+    /// Packed side by side (`pack_groups`), for the portable kernels.
+    Packed(&'a [i32]),
+    /// Where they are, `lda` groups apart, for the AVX-512 kernels.
+    InPlace { values: &'a [i32], lda: usize },
+}
+
 /// The micro-kernels over grouped layouts: on AVX-512 `vdpbf16ps` (bf16 pairs) or
-/// `vpdpbusd` (int8 quads and u8 rows), else portable code, one panel at a time (for int8 the
-/// same integer sums).
+/// `vpdpbusd` (int8 quads and u8 rows), reading rows in place; else portable code over packed
+/// rows, one panel at a time (for int8 the same integer sums).
 #[allow(clippy::too_many_arguments)]
 fn tile_grouped(
     isa: Isa,
     mr: usize,
     width: usize,
-    a: &[i32],
+    gc: usize,
+    a: GroupedA,
     b: GroupedBlock,
     stride: usize,
     target: Target,
     ahead: Ahead,
 ) {
-    let gc = a.len() / mr;
-    #[cfg(target_arch = "x86_64")]
-    if isa.has_avx512() {
-        // SAFETY: as in `tile_f32`, with gc·mr groups in `a` and gc group rows per panel.
-        return unsafe {
-            let a = a.as_ptr();
-            match b {
-                GroupedBlock::Bf16Pairs(b) => {
-                    debug_assert!(b.len() == (width - 1) * stride + gc * NR * 2);
-                    let b = b.as_ptr();
-                    avx512_tile!(tile_bf16, mr, width, (gc, a, b, stride, target, ahead))
+    let a = match a {
+        GroupedA::Packed(a) => {
+            debug_assert!(a.len() == gc * mr);
+            a
+        }
+        #[cfg(target_arch = "x86_64")]
+        GroupedA::InPlace { values, lda } if isa.has_avx512() => {
+            assert!(values.len() >= (mr - 1) * lda + gc);
+            // SAFETY: as in `tile_f32`, with mr rows of gc groups `lda` apart in `values`
+            // (checked above) and gc group rows per panel.
+            return unsafe {
+                let a = values.as_ptr();
+                match b {
+                    GroupedBlock::Bf16Pairs(b) => {
+                        debug_assert!(b.len() == (width - 1) * stride + gc * NR * 2);
+                        let b = b.as_ptr();
+                        avx512_tile!(tile_bf16, mr, width, (gc, a, lda, b, stride, target, ahead))
+                    }
+                    GroupedBlock::Int8Quads(b) => {
+                        debug_assert!(b.len() == (width - 1) * stride + gc * NR * 4);
+                        let b = b.as_ptr();
+                        avx512_tile!(tile_int8, mr, width, (gc, a, lda, b, stride, target, ahead))
+                    }
                 }
-                GroupedBlock::Int8Quads(b) => {
-                    debug_assert!(b.len() == (width - 1) * stride + gc * NR * 4);
-                    let b = b.as_ptr();
-                    avx512_tile!(tile_int8, mr, width, (gc, a, b, stride, target, ahead))
-                }
-            }
-        };
-    }
+            };
+        }
+        GroupedA::InPlace { .. } => unreachable!("rows in place are for the AVX-512 kernels"),
+    };
     let _ = (isa, width, stride, ahead);
     match b {
         GroupedBlock::Bf16Pairs(b) => {
