@@ -10,7 +10,7 @@ use candle_nn::VarBuilder;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::kernels::gemm::{Epilogue, Isa, PackedWeights, WeightFormat};
+use crate::kernels::gemm::{Activations, Epilogue, Isa, Output, PackedWeights, WeightFormat};
 use crate::kernels::{kernel_mode, AttentionProducts, KernelMode};
 
 /// `x @ weight.T + bias`, with `weight` stored `(out, in)` as `torch.nn.Linear` stores it.
@@ -217,6 +217,36 @@ impl Linear {
         activation: Option<Activation>,
         residual: Option<&Tensor>,
     ) -> Result<Tensor> {
+        self.forward_as(x, activation, residual, DType::F32)
+    }
+
+    /// [`Linear::forward_with`] without a residual, for a product whose output only feeds
+    /// another `Linear` (a feed-forward layer's first product). With bf16 weights in the
+    /// AVX-512 layout the output is a bf16 tensor, rounded as the next product would round an
+    /// f32 input, so the two products give the same bits; the intermediate then crosses
+    /// memory once, in bf16, instead of in f32 and again as the rounded copy. Otherwise as
+    /// `forward_with` (an f32 tensor on the CPU).
+    pub fn forward_into_linear(
+        &self,
+        x: &Tensor,
+        activation: Option<Activation>,
+    ) -> Result<Tensor> {
+        let output = match &self.weights {
+            LinearWeights::Packed { weights, .. } if weights.reads_bf16_rows() => DType::BF16,
+            _ => DType::F32,
+        };
+        self.forward_as(x, activation, None, output)
+    }
+
+    /// `forward_with` into `output` (F32, or BF16 where `forward_into_linear` says) on the
+    /// CPU's packed path.
+    fn forward_as(
+        &self,
+        x: &Tensor,
+        activation: Option<Activation>,
+        residual: Option<&Tensor>,
+        output: DType,
+    ) -> Result<Tensor> {
         match &self.weights {
             LinearWeights::Tensor { weight, bias } => {
                 let mut y = linear(x, weight, bias.as_ref())?;
@@ -234,14 +264,24 @@ impl Linear {
                     Some(Activation::GeluNew) => Some(Epilogue::GeluTanh),
                     _ => None,
                 };
+                let epilogue = fused.unwrap_or(Epilogue::None);
+                let fused = fused.is_some();
                 let op = PackedLinear {
                     weights: weights.clone(),
                     bias: bias.clone(),
-                    epilogue: fused.unwrap_or(Epilogue::None),
+                    epilogue,
                     isa: Isa::detect(kernel_mode() == KernelMode::Portable),
+                    // An activation the GEMM does not apply itself runs on the f32 output.
+                    output: match activation.is_none() || fused {
+                        true => output,
+                        false => DType::F32,
+                    },
                 };
-                let fused = fused.is_some();
-                let x = x.to_dtype(DType::F32)?.contiguous()?;
+                // A bf16 input that the kernels read as it is stays bf16.
+                let x = match x.dtype() == DType::BF16 && weights.reads_bf16_rows() {
+                    true => x.contiguous()?,
+                    false => x.to_dtype(DType::F32)?.contiguous()?,
+                };
                 let mut y = match (residual, activation.is_none() || fused) {
                     (Some(residual), true) => {
                         let residual = residual.to_dtype(DType::F32)?.contiguous()?;
@@ -300,6 +340,12 @@ fn pack(weight: &Tensor, format: WeightFormat) -> Result<PackedWeights> {
     })
 }
 
+/// A bf16 tensor's values as their bits.
+fn bf16_bits(values: &[half::bf16]) -> &[u16] {
+    // SAFETY: `half::bf16` is a transparent u16.
+    unsafe { std::slice::from_raw_parts(values.as_ptr().cast(), values.len()) }
+}
+
 /// [`Linear`] on the CPU: our GEMM over packed weights, `(…, in)` to `(…, out)`; the
 /// two-input form adds a residual of the output's shape.
 struct PackedLinear {
@@ -307,6 +353,8 @@ struct PackedLinear {
     bias: Option<std::sync::Arc<[f32]>>,
     epilogue: Epilogue,
     isa: Isa,
+    /// F32, or BF16 (see `Linear::forward_into_linear`).
+    output: DType,
 }
 
 impl PackedLinear {
@@ -316,10 +364,14 @@ impl PackedLinear {
         layout: &Layout,
         residual: Option<&[f32]>,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(data), Some((start, end))) = (x, layout.contiguous_offsets()) else {
-            candle_core::bail!("packed linear: contiguous f32 input only")
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("packed linear: contiguous input only")
         };
-        let x = &data[start..end];
+        let x = match x {
+            CpuStorage::F32(data) => Activations::F32(&data[start..end]),
+            CpuStorage::BF16(data) => Activations::Bf16(bf16_bits(&data[start..end])),
+            _ => candle_core::bail!("packed linear: f32 or bf16 input only"),
+        };
         let dims = layout.shape().dims();
         let inner = self.weights.inner();
         if dims.last() != Some(&inner) {
@@ -328,29 +380,49 @@ impl PackedLinear {
                 layout.shape()
             )
         }
-        let rows = x.len() / inner.max(1);
+        let rows = (end - start) / inner.max(1);
         let outer = self.weights.outer();
         if residual.is_some_and(|r| r.len() != rows * outer) {
             candle_core::bail!("packed linear: the residual is not of the output's shape")
         }
-        let mut out = Vec::with_capacity(rows * outer);
-        crate::kernels::gemm::matmul_uninit(
-            x,
-            rows,
-            &self.weights,
-            self.bias.as_deref(),
-            self.epilogue,
-            residual,
-            &mut out.spare_capacity_mut()[..rows * outer],
-            self.isa,
-        );
-        // SAFETY: `matmul_uninit` wrote all rows × outer values.
-        unsafe { out.set_len(rows * outer) };
+        let product = |out| {
+            crate::kernels::gemm::matmul_into(
+                x,
+                rows,
+                &self.weights,
+                self.bias.as_deref(),
+                self.epilogue,
+                residual,
+                out,
+                self.isa,
+            )
+        };
+        let out = match self.output {
+            DType::BF16 => {
+                let mut out = Vec::<half::bf16>::with_capacity(rows * outer);
+                let spare = &mut out.spare_capacity_mut()[..rows * outer];
+                // SAFETY: `half::bf16` is a transparent u16, so its slots are u16 slots.
+                let bits = unsafe {
+                    std::slice::from_raw_parts_mut(spare.as_mut_ptr().cast(), spare.len())
+                };
+                product(Output::Bf16(bits));
+                // SAFETY: `matmul_into` wrote all rows × outer values.
+                unsafe { out.set_len(rows * outer) };
+                CpuStorage::BF16(out)
+            }
+            _ => {
+                let mut out = Vec::with_capacity(rows * outer);
+                product(Output::F32(&mut out.spare_capacity_mut()[..rows * outer]));
+                // SAFETY: `matmul_into` wrote all rows × outer values.
+                unsafe { out.set_len(rows * outer) };
+                CpuStorage::F32(out)
+            }
+        };
         let mut out_dims = dims.to_vec();
         if let Some(last) = out_dims.last_mut() {
             *last = outer;
         }
-        Ok((CpuStorage::F32(out), Shape::from(out_dims)))
+        Ok((out, Shape::from(out_dims)))
     }
 }
 

@@ -263,7 +263,7 @@ impl BertLayer {
         let hidden = self.attention_output.forward(&attended, hidden)?;
         let inner = self
             .intermediate
-            .forward_with(&hidden, Some(self.activation), None)?;
+            .forward_into_linear(&hidden, Some(self.activation))?;
         self.output.forward(&inner, &hidden)
     }
 }

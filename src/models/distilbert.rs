@@ -180,7 +180,7 @@ impl TransformerBlock {
         let hidden = self.sa_layer_norm.forward(&attended)?;
         let inner = self
             .lin1
-            .forward_with(&hidden, Some(self.activation), None)?;
+            .forward_into_linear(&hidden, Some(self.activation))?;
         let out = self.lin2.forward_with(&inner, None, Some(&hidden))?;
         self.output_layer_norm.forward(&out)
     }

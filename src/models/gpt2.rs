@@ -398,9 +398,9 @@ impl Gpt2Block {
         let hidden = self
             .attn
             .forward(&self.ln_1.forward(hidden)?, mask, cache, hidden)?;
-        let inner =
-            self.c_fc
-                .forward_with(&self.ln_2.forward(&hidden)?, Some(self.activation), None)?;
+        let inner = self
+            .c_fc
+            .forward_into_linear(&self.ln_2.forward(&hidden)?, Some(self.activation))?;
         self.c_proj.forward_with(&inner, None, Some(&hidden))
     }
 

@@ -269,6 +269,22 @@ pub(super) unsafe fn bf16_pairs(row: &[f32], pairs: &mut [i32]) -> usize {
     whole
 }
 
+/// `values` rounded to bf16 bits (`vcvtneps2bf16`: as [`bf16_pairs`] rounds), 16 at a time;
+/// `values.len()` is a multiple of 16.
+///
+/// # Safety
+/// The CPU has `Isa::Avx512`'s features; `out` is at least as long as `values`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,avx512vnni,avx2,fma")]
+pub(super) unsafe fn bf16_values(values: &[f32], out: &mut [std::mem::MaybeUninit<u16>]) {
+    assert!(values.len().is_multiple_of(16) && out.len() >= values.len());
+    for c in (0..values.len()).step_by(16) {
+        let bits = transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(_mm512_loadu_ps(
+            values.as_ptr().add(c),
+        )));
+        _mm256_storeu_si256(out.as_mut_ptr().add(c).cast(), bits);
+    }
+}
+
 /// `out[c]` = (`even[c]`, `odd[c]`) as bf16 in the low and high half, 16 columns at a time
 /// (`vcvtne2ps2bf16` puts the two rows' halves side by side, `vpermw` interleaves them).
 /// Returns the columns done: the caller pairs the rest.

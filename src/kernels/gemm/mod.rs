@@ -201,6 +201,12 @@ impl PackedWeights {
         }
     }
 
+    /// Whether the kernels read bf16 activations as they are ([`Activations::Bf16`]): the
+    /// AVX-512 layout of bf16 weights, pairs of inputs per column.
+    pub fn reads_bf16_rows(&self) -> bool {
+        matches!(self.panels, Panels::Bf16Pairs(_))
+    }
+
     /// Inputs per 32-bit group of the activations this layout multiplies: 2 (16-bit int8
     /// pairs, bf16 pairs), 4 (int8 quads), or 1 (f32 activations).
     fn group(&self) -> usize {
@@ -271,6 +277,32 @@ struct SharedOut(*mut f32);
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
+/// The same for a bf16 output.
+#[derive(Clone, Copy)]
+struct SharedBits(*mut u16);
+// SAFETY: as for `SharedOut`.
+unsafe impl Send for SharedBits {}
+unsafe impl Sync for SharedBits {}
+
+/// Where a task sums its block: the product's output (`stride` n, first row and column 0),
+/// or a scratch block of its own for a bf16 output.
+#[derive(Clone, Copy)]
+struct BlockOut {
+    values: SharedOut,
+    stride: usize,
+    first_row: usize,
+    first_column: usize,
+}
+
+impl BlockOut {
+    /// The value of output row `r`, column `c` (in this task's block).
+    fn at(self, r: usize, c: usize) -> *mut f32 {
+        self.values
+            .0
+            .wrapping_add((r - self.first_row) * self.stride + c - self.first_column)
+    }
+}
+
 /// `out (m × outer) = epilogue(x (m × inner) · Wᵀ + bias) + residual`, all row-major.
 ///
 /// Panics if a slice is shorter than its shape says: callers check shapes first.
@@ -304,12 +336,68 @@ pub fn matmul_uninit(
     out: &mut [MaybeUninit<f32>],
     isa: Isa,
 ) {
+    let (x, out) = (Activations::F32(x), Output::F32(out));
+    matmul_into(x, m, weights, bias, epilogue, residual, out, isa)
+}
+
+/// The input of a product: f32, or bf16 bits (`half::bf16`'s, as a bf16 tensor holds them).
+#[derive(Clone, Copy)]
+pub enum Activations<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [u16]),
+}
+
+/// Where a product writes: f32, or bf16 bits rounded as a product over bf16 pairs rounds its
+/// input ([`bf16_pairs_row`]), so that a bf16 output fed to such a product gives the bits
+/// that the f32 output would have given.
+pub enum Output<'a> {
+    F32(&'a mut [MaybeUninit<f32>]),
+    Bf16(&'a mut [MaybeUninit<u16>]),
+}
+
+/// [`matmul_uninit`] from f32 or bf16 activations into f32 or bf16.
+///
+/// A bf16 input over weights packed as bf16 pairs (AVX-512) is read as it is: its rows already
+/// are the pairs that the kernels would round an f32 input to. A bf16 output is summed into a
+/// scratch block per task, which the epilogue and residual finish in cache before it is
+/// rounded out: between the two products of a feed-forward layer, the intermediate then
+/// crosses memory once, in bf16, instead of being written in f32, read, rounded and written
+/// again (the two products give the same bits either way).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_into(
+    x: Activations,
+    m: usize,
+    weights: &PackedWeights,
+    bias: Option<&[f32]>,
+    epilogue: Epilogue,
+    residual: Option<&[f32]>,
+    out: Output,
+    isa: Isa,
+) {
     let (k, n) = (weights.inner, weights.outer);
-    assert!(x.len() >= m * k && out.len() >= m * n);
+    let (x_len, out_len) = match (&x, &out) {
+        (Activations::F32(x), Output::F32(out)) => (x.len(), out.len()),
+        (Activations::F32(x), Output::Bf16(out)) => (x.len(), out.len()),
+        (Activations::Bf16(x), Output::F32(out)) => (x.len(), out.len()),
+        (Activations::Bf16(x), Output::Bf16(out)) => (x.len(), out.len()),
+    };
+    assert!(x_len >= m * k && out_len >= m * n);
     assert!(bias.is_none_or(|b| b.len() >= n) && residual.is_none_or(|r| r.len() >= m * n));
     if m == 0 || n == 0 {
         return;
     }
+    // bf16 rows that the weights' kernels cannot read as they are, widened to f32.
+    let widened: Vec<f32>;
+    let (x, bf16_rows) = match x {
+        Activations::F32(x) => (x, None),
+        Activations::Bf16(bits) => match weights.panels {
+            Panels::Bf16Pairs(_) => (&[][..], Some(GroupedRows::bf16_bits(bits, m, k))),
+            _ => {
+                widened = bits[..m * k].iter().map(|&b| pack::bf16_value(b)).collect();
+                (&widened[..], None)
+            }
+        },
+    };
     let panels = n.div_ceil(NR);
     // Blocks of rows as even as whole micro-panels allow (128 rows: 66 + 62, not 72 + 56),
     // so that tasks take about the same time.
@@ -330,12 +418,19 @@ pub fn matmul_uninit(
         panels_per_task = panels_per_task.next_multiple_of(2);
     }
     let column_tasks = panels.div_ceil(panels_per_task);
-    let shared = SharedOut(out.as_mut_ptr().cast::<f32>());
-    let rows = match weights.panels {
-        Panels::Int8 { .. } => Rows::Pairs(QuantizedRows::new(x, m, k, isa)),
-        Panels::Bf16Pairs(_) => Rows::Grouped(GroupedRows::bf16_pairs(x, m, k, isa)),
-        Panels::Int8Quads { .. } => Rows::Grouped(GroupedRows::u8_quads(x, m, k, isa)),
-        Panels::F32(_) | Panels::Bf16(_) => Rows::Float,
+    let (shared, bf16_out) = match out {
+        Output::F32(out) => (SharedOut(out.as_mut_ptr().cast::<f32>()), None),
+        Output::Bf16(out) => (
+            SharedOut(std::ptr::null_mut()),
+            Some(SharedBits(out.as_mut_ptr().cast())),
+        ),
+    };
+    let rows = match (bf16_rows, &weights.panels) {
+        (Some(rows), _) => Rows::Grouped(rows),
+        (None, Panels::Int8 { .. }) => Rows::Pairs(QuantizedRows::new(x, m, k, isa)),
+        (None, Panels::Bf16Pairs(_)) => Rows::Grouped(GroupedRows::bf16_pairs(x, m, k, isa)),
+        (None, Panels::Int8Quads { .. }) => Rows::Grouped(GroupedRows::u8_quads(x, m, k, isa)),
+        (None, Panels::F32(_) | Panels::Bf16(_)) => Rows::Float,
     };
     let block_rows =
         |row_block: usize| row_block * rows_per_block..m.min((row_block + 1) * rows_per_block);
@@ -345,7 +440,7 @@ pub fn matmul_uninit(
             .for_each(|task| {
                 let (row_block, column_task) = (task / column_tasks, task % column_tasks);
                 let first_panel = column_task * panels_per_task;
-                let block = Block {
+                let mut block = Block {
                     x,
                     packed_rows,
                     packed_groups,
@@ -355,10 +450,33 @@ pub fn matmul_uninit(
                     panels: first_panel..panels.min(first_panel + panels_per_task),
                     weights,
                     bias,
-                    out: shared,
+                    out: BlockOut {
+                        values: shared,
+                        stride: n,
+                        first_row: 0,
+                        first_column: 0,
+                    },
                 };
-                block.run(&rows, isa);
-                block.finish(epilogue, residual, isa);
+                match bf16_out {
+                    None => {
+                        block.run(&rows, isa);
+                        block.finish(epilogue, residual, isa);
+                    }
+                    Some(bits) => SCRATCH.with(|scratch| {
+                        let mut scratch = scratch.borrow_mut();
+                        let columns = block.columns();
+                        scratch.resize(block.rows.len() * columns.len(), 0.0);
+                        block.out = BlockOut {
+                            values: SharedOut(scratch.as_mut_ptr()),
+                            stride: columns.len(),
+                            first_row: block.rows.start,
+                            first_column: columns.start,
+                        };
+                        block.run(&rows, isa);
+                        block.finish(epilogue, residual, isa);
+                        block.round_out(&scratch, bits, isa);
+                    }),
+                }
             })
     };
     // Several column tasks on the same rows (few rows: a short batch) would each pack them:
@@ -368,10 +486,10 @@ pub fn matmul_uninit(
         let blocks = (0..row_blocks).map(block_rows);
         let groups = match &rows {
             Rows::Float => None,
-            Rows::Pairs(pairs) => Some((&pairs.pairs, pairs.pairs_per_row, 2)),
+            Rows::Pairs(pairs) => Some((&pairs.pairs[..], pairs.pairs_per_row, 2)),
             // The AVX-512 kernels read grouped rows in place (`GroupedA::InPlace`).
             Rows::Grouped(_) if isa.has_avx512() => None,
-            Rows::Grouped(grouped) => Some((&grouped.values, grouped.per_row, weights.group())),
+            Rows::Grouped(grouped) => Some((&grouped.values[..], grouped.per_row, weights.group())),
         };
         match groups {
             None if !matches!(rows, Rows::Float) => run(None, None),
@@ -411,13 +529,13 @@ pub fn matmul_uninit(
 }
 
 /// The activations as the weights' kernels read them.
-enum Rows {
+enum Rows<'a> {
     /// f32, read in place or packed by `pack_rows`.
     Float,
     /// 16-bit integer pairs, for `Panels::Int8`.
     Pairs(QuantizedRows),
     /// bf16 pairs or u8 quads, for `Panels::Bf16Pairs` and `Panels::Int8Quads`.
-    Grouped(GroupedRows),
+    Grouped(GroupedRows<'a>),
 }
 
 /// Inputs per K block for a block of `rows` rows of `len` inputs: `max_block` at most, as
@@ -496,6 +614,8 @@ thread_local! {
     static A_PACK_GROUPS: std::cell::RefCell<Vec<i32>> = const { std::cell::RefCell::new(Vec::new()) };
     /// The calling thread's buffer for groups packed once and shared by a product's tasks.
     static SHARED_GROUPS: std::cell::RefCell<Vec<i32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Each worker's f32 block for a product with a bf16 output.
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Pairs of inputs summed in i32 before going to f32: 128 pairs of |16-bit · 8-bit| products
@@ -519,7 +639,7 @@ struct Block<'a> {
     panels: std::ops::Range<usize>,
     weights: &'a PackedWeights,
     bias: Option<&'a [f32]>,
-    out: SharedOut,
+    out: BlockOut,
 }
 
 /// The weights of a product over grouped layouts.
@@ -955,11 +1075,11 @@ impl Block<'_> {
         let c0 = panel * NR;
         debug_assert!(c0 + NR <= self.n && self.rows.contains(&r0));
         Target {
-            // SAFETY: row r0 < m and column c0 < n are inside `out`; the kernel writes
-            // up to MR rows of this task × its panels' columns from there, inside this
-            // task's block, which no other task writes.
-            c: unsafe { self.out.0.add(r0 * self.n + c0) },
-            ldc: self.n,
+            // Row r0 and column c0 are in this task's block (of the output or of its
+            // scratch); the kernel writes up to MR rows × its panels' columns from there,
+            // which no other task writes.
+            c: self.out.at(r0, c0),
+            ldc: self.out.stride,
             first,
             bias: self.bias.map_or(std::ptr::null(), |b| b[c0..].as_ptr()),
             ..Target::NONE
@@ -1011,10 +1131,7 @@ impl Block<'_> {
             // first K block, hence MaybeUninit.
             let out = unsafe {
                 std::slice::from_raw_parts_mut(
-                    self.out
-                        .0
-                        .add((r0 + i) * self.n + c0)
-                        .cast::<MaybeUninit<f32>>(),
+                    self.out.at(r0 + i, c0).cast::<MaybeUninit<f32>>(),
                     cols,
                 )
             };
@@ -1035,6 +1152,25 @@ impl Block<'_> {
         }
     }
 
+    /// This task's finished scratch block, rounded into the bf16 output `bits` (n wide).
+    fn round_out(&self, scratch: &[f32], bits: SharedBits, isa: Isa) {
+        let columns = self.columns();
+        for r in self.rows.clone() {
+            let row = &scratch[(r - self.rows.start) * columns.len()..][..columns.len()];
+            // SAFETY: row r < m and `columns` (< n) lie in the output, in this task's block,
+            // which no other task writes.
+            let out = unsafe {
+                std::slice::from_raw_parts_mut(
+                    bits.0
+                        .add(r * self.n + columns.start)
+                        .cast::<MaybeUninit<u16>>(),
+                    columns.len(),
+                )
+            };
+            pack::bf16_round_columns(isa, row, columns.start, self.n, out);
+        }
+    }
+
     /// The epilogue and the residual, on this task's block while it is still in cache.
     fn finish(&self, epilogue: Epilogue, residual: Option<&[f32]>, isa: Isa) {
         if epilogue == Epilogue::None && residual.is_none() {
@@ -1044,10 +1180,7 @@ impl Block<'_> {
         for r in self.rows.clone() {
             // SAFETY: as in `store`: this task's own block.
             let out = unsafe {
-                std::slice::from_raw_parts_mut(
-                    self.out.0.add(r * self.n + columns.start),
-                    columns.len(),
-                )
+                std::slice::from_raw_parts_mut(self.out.at(r, columns.start), columns.len())
             };
             match epilogue {
                 Epilogue::None => {}

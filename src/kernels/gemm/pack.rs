@@ -260,6 +260,34 @@ pub(crate) fn bf16_pairs_row(isa: Isa, row: &[f32], out: &mut [i32]) {
     }
 }
 
+/// `values`, columns `first_column ..` of rows `row_len` long, rounded to bf16 bits exactly
+/// as [`bf16_pairs_row`] rounds those columns of a row: by the AVX-512 conversion up to the
+/// row's last whole 32 columns (which flushes denormals to zero), by [`bf16_bits`] after.
+/// `first_column` is a multiple of 16.
+pub(super) fn bf16_round_columns(
+    isa: Isa,
+    values: &[f32],
+    first_column: usize,
+    row_len: usize,
+    out: &mut [std::mem::MaybeUninit<u16>],
+) {
+    assert!(out.len() >= values.len() && first_column.is_multiple_of(16));
+    let vector_end = match isa.has_avx512() {
+        true => (row_len / 32 * 32)
+            .saturating_sub(first_column)
+            .min(values.len()),
+        false => 0,
+    };
+    #[cfg(target_arch = "x86_64")]
+    if vector_end > 0 {
+        // SAFETY: the CPU has the AVX-512 features; `out` holds `values.len()` values.
+        unsafe { super::avx512::bf16_values(&values[..vector_end], out) };
+    }
+    for (out, &v) in out[vector_end..].iter_mut().zip(&values[vector_end..]) {
+        out.write(bf16_bits(v));
+    }
+}
+
 /// `out[c]` = the bf16 pair (`even[c]`, `odd[c]`): two rows interleaved column by column, as
 /// the `Bf16Pairs` layout holds a column's two consecutive inputs.
 pub(crate) fn bf16_column_pairs(isa: Isa, even: &[f32], odd: &[f32], out: &mut [i32]) {
@@ -278,8 +306,8 @@ pub(crate) fn bf16_column_pairs(isa: Isa, even: &[f32], odd: &[f32], out: &mut [
 /// The rows of `x` as the grouped kernels take them: consecutive inputs packed into 32 bits,
 /// either two bf16 (`vdpbf16ps`) or four u8 with a scale and a zero point per row
 /// (`vpdpbusd`). A row's last group is filled with zeros.
-pub(super) struct GroupedRows {
-    pub(super) values: Vec<i32>,
+pub(super) struct GroupedRows<'a> {
+    pub(super) values: GroupedValues<'a>,
     pub(super) per_row: usize,
     /// int8: `x ≈ (q − zero point) · scale`, per row; empty for bf16.
     pub(super) scales: Vec<f32>,
@@ -302,9 +330,30 @@ fn grouped_values(len: usize) -> Vec<i32> {
     values
 }
 
-impl Drop for GroupedRows {
+/// Grouped rows made for a product (in the thread's buffer), or a bf16 input read as pairs.
+pub(super) enum GroupedValues<'a> {
+    Owned(Vec<i32>),
+    Borrowed(&'a [i32]),
+}
+
+impl std::ops::Deref for GroupedValues<'_> {
+    type Target = [i32];
+
+    fn deref(&self) -> &[i32] {
+        match self {
+            GroupedValues::Owned(values) => values,
+            GroupedValues::Borrowed(values) => values,
+        }
+    }
+}
+
+impl Drop for GroupedRows<'_> {
     fn drop(&mut self) {
-        let values = std::mem::take(&mut self.values);
+        let GroupedValues::Owned(values) =
+            std::mem::replace(&mut self.values, GroupedValues::Borrowed(&[]))
+        else {
+            return;
+        };
         GROUPED_VALUES.with(|buffer| {
             let mut buffer = buffer.borrow_mut();
             if values.capacity() > buffer.capacity() {
@@ -314,7 +363,35 @@ impl Drop for GroupedRows {
     }
 }
 
-impl GroupedRows {
+impl GroupedRows<'_> {
+    /// Rows of bf16 bits as pairs: the bits themselves when k is even and they lie on 4-byte
+    /// boundaries (a bf16 tensor's rows do), else copied pair by pair.
+    pub(super) fn bf16_bits(bits: &[u16], m: usize, k: usize) -> GroupedRows<'_> {
+        let per_row = k.div_ceil(2);
+        let bits = &bits[..m * k];
+        // SAFETY: any two u16 make a valid i32; `align_to` gives the aligned middle part.
+        let (head, pairs, _) = unsafe { bits.align_to::<i32>() };
+        let values = match head.is_empty() && k % 2 == 0 {
+            true => GroupedValues::Borrowed(&pairs[..m * per_row]),
+            false => {
+                let mut values = grouped_values(m * per_row);
+                for (out, row) in values.chunks_mut(per_row.max(1)).zip(bits.chunks(k.max(1))) {
+                    for (pair, halves) in out.iter_mut().zip(row.chunks(2)) {
+                        let odd = halves.get(1).copied().unwrap_or(0);
+                        *pair = (u32::from(halves[0]) | u32::from(odd) << 16) as i32;
+                    }
+                }
+                GroupedValues::Owned(values)
+            }
+        };
+        GroupedRows {
+            values,
+            per_row,
+            scales: Vec::new(),
+            zero_points: Vec::new(),
+        }
+    }
+
     /// Each value rounded to bf16 (to nearest even, as PyTorch rounds a bf16 activation).
     pub(super) fn bf16_pairs(x: &[f32], m: usize, k: usize, isa: Isa) -> Self {
         let per_row = k.div_ceil(2);
@@ -324,7 +401,7 @@ impl GroupedRows {
             .zip(x.par_chunks(k.max(1)))
             .for_each(|(out, row)| bf16_pairs_row(isa, row, out));
         Self {
-            values,
+            values: GroupedValues::Owned(values),
             per_row,
             scales: Vec::new(),
             zero_points: Vec::new(),
@@ -371,7 +448,7 @@ impl GroupedRows {
                 quantize_quads(&row[done..], inverse, zero, &mut out[done / 4..]);
             });
         Self {
-            values,
+            values: GroupedValues::Owned(values),
             per_row,
             scales,
             zero_points,

@@ -310,7 +310,7 @@ fn avx512_row_conversions_match_portable() {
             pack::GroupedRows::u8_quads(&x, m, k, Isa::Portable),
             pack::GroupedRows::u8_quads(&x, m, k, Isa::Avx512),
         );
-        assert_eq!(portable.values, avx512.values, "{m}x{k}: u8 quads");
+        assert_eq!(portable.values[..], avx512.values[..], "{m}x{k}: u8 quads");
         assert_eq!(portable.scales, avx512.scales, "{m}x{k}: scales");
         assert_eq!(
             portable.zero_points, avx512.zero_points,
@@ -320,7 +320,11 @@ fn avx512_row_conversions_match_portable() {
             pack::GroupedRows::bf16_pairs(&x, m, k, Isa::Portable),
             pack::GroupedRows::bf16_pairs(&x, m, k, Isa::Avx512),
         );
-        assert_eq!(portable.values, avx512.values, "{m}x{k}: bf16 pairs");
+        assert_eq!(
+            portable.values[..],
+            avx512.values[..],
+            "{m}x{k}: bf16 pairs"
+        );
     }
 }
 
@@ -403,4 +407,99 @@ fn bf16_rounds_to_nearest_even() {
     assert_eq!(bf16_bits(1.0 + 3.0 / 256.0), 0x3f82);
     assert!(bf16_value(bf16_bits(f32::NAN)).is_nan());
     assert_eq!(bf16_value(bf16_bits(f32::INFINITY)), f32::INFINITY);
+}
+
+/// A bf16 output is the f32 output rounded as a bf16-pair product rounds its input, bit for
+/// bit, and a bf16 input gives what its widened f32 values give: on every layout and
+/// instruction set, with bias, GELU and a residual, ragged panels, odd widths (a copied
+/// rather than borrowed input), several K blocks and one row. So a feed-forward layer that
+/// hands its intermediate over in bf16 (`Linear::forward_into_linear`) gives the same bits.
+#[test]
+fn bf16_input_and_output_give_the_f32_paths_bits() {
+    for &(m, k, n) in &[
+        (9, 300, 40),
+        (13, 1600, 48),
+        (1, 800, 64),
+        (20, 77, 35),
+        (75, 64, 96),
+    ] {
+        let x = pseudo_random(m * k, 11);
+        let w = pseudo_random(n * k, 12);
+        let bias = pseudo_random(n, 13);
+        let residual = pseudo_random(m * n, 14);
+        for layout in layouts() {
+            for format in [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::Int8] {
+                let packed = PackedWeights::pack_for(layout, k, n, format, |o, i| w[o * k + i]);
+                for isa in Isa::available() {
+                    let what = format!("{m}x{k}x{n} {} on {}", packed.panels_name(), isa.name());
+                    let mut f32_out = vec![f32::NAN; m * n];
+                    let (r, e) = (Some(&residual[..]), Epilogue::GeluErf);
+                    matmul(&x, m, &packed, Some(&bias), e, r, &mut f32_out, isa);
+                    let mut bits = vec![MaybeUninit::new(0x7fc1u16); m * n];
+                    let out = Output::Bf16(&mut bits);
+                    matmul_into(
+                        Activations::F32(&x),
+                        m,
+                        &packed,
+                        Some(&bias),
+                        e,
+                        r,
+                        out,
+                        isa,
+                    );
+                    let bits: Vec<u16> = bits.iter().map(|b| unsafe { b.assume_init() }).collect();
+                    for (row, (got, f32_row)) in bits.chunks(n).zip(f32_out.chunks(n)).enumerate() {
+                        assert!(
+                            f32_row.iter().all(|v| v.is_finite()),
+                            "{what}: row {row} not finite"
+                        );
+                        let mut pairs = vec![0i32; n.div_ceil(2)];
+                        bf16_pairs_row(isa, f32_row, &mut pairs);
+                        let expected: Vec<u16> = pairs
+                            .iter()
+                            .flat_map(|&p| [p as u16, (p >> 16) as u16])
+                            .take(n)
+                            .collect();
+                        assert_eq!(got, &expected[..], "{what}: bf16 output row {row}");
+                    }
+
+                    let widened: Vec<f32> = bits.iter().map(|&b| bf16_value(b)).collect();
+                    let next = PackedWeights::pack_for(layout, n, k, format, |o, i| w[i * k + o]);
+                    let mut from_f32 = vec![f32::NAN; m * k];
+                    let mut from_bf16 = vec![MaybeUninit::new(f32::NAN); m * k];
+                    // Over bf16 pairs, the f32 output itself; elsewhere, its bf16 values.
+                    let input = match next.reads_bf16_rows() {
+                        true => &f32_out,
+                        false => &widened,
+                    };
+                    matmul(
+                        input,
+                        m,
+                        &next,
+                        None,
+                        Epilogue::None,
+                        None,
+                        &mut from_f32,
+                        isa,
+                    );
+                    let out = Output::F32(&mut from_bf16);
+                    let x = Activations::Bf16(&bits);
+                    matmul_into(x, m, &next, None, Epilogue::None, None, out, isa);
+                    let from_bf16: Vec<f32> = from_bf16
+                        .iter()
+                        .map(|v| unsafe { v.assume_init() })
+                        .collect();
+                    assert!(
+                        from_f32.iter().all(|v| v.is_finite()),
+                        "{what}: next product"
+                    );
+                    let same = from_f32
+                        .iter()
+                        .zip(&from_bf16)
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{what}: the next product differs on its bf16 input");
+                }
+            }
+        }
+    }
 }
