@@ -368,7 +368,7 @@ impl FusedAttention {
         values.clear();
         values.resize(head_dim * key_pairs, 0);
         // The partner of an odd sequence's last key.
-        let zero_row = vec![0f32; if len % 2 == 1 { head_dim } else { 0 }];
+        let zero_row = vec![0f32; if len.is_multiple_of(2) { 0 } else { head_dim }];
         for g in 0..len.div_ceil(2) {
             let even = row(2 * g, 2);
             let odd = match 2 * g + 1 < len {

@@ -371,7 +371,7 @@ impl GroupedRows<'_> {
         let bits = &bits[..m * k];
         // SAFETY: any two u16 make a valid i32; `align_to` gives the aligned middle part.
         let (head, pairs, _) = unsafe { bits.align_to::<i32>() };
-        let values = match head.is_empty() && k % 2 == 0 {
+        let values = match head.is_empty() && k.is_multiple_of(2) {
             true => GroupedValues::Borrowed(&pairs[..m * per_row]),
             false => {
                 let mut values = grouped_values(m * per_row);

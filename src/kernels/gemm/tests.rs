@@ -52,22 +52,24 @@ fn pseudo_random(len: usize, seed: u32) -> Vec<f32> {
         .collect()
 }
 
-/// Micro-panels cover a block's rows in order, MR at most, and end in a panel of 1 or 2
-/// rows only when that is the whole block.
+/// Micro-panels cover a block's rows in order, MR (or MR_WIDE) at most, and end in a panel of
+/// 1 or 2 rows only when that is the whole block.
 #[test]
 fn micro_panels_cover_the_rows_without_a_short_tail() {
-    for start in [0, 5] {
-        for len in 1..50 {
-            let panels: Vec<_> = micro_panels(start..start + len).collect();
-            let mut next = start;
-            for &(r0, mr) in &panels {
-                assert_eq!(r0, next, "{len} rows: {panels:?}");
-                assert!((1..=MR).contains(&mr), "{len} rows: {panels:?}");
-                assert!(mr >= 3 || len <= 2, "{len} rows: {panels:?}");
-                next += mr;
+    for most in [MR, MR_WIDE] {
+        for start in [0, 5] {
+            for len in 1..80 {
+                let panels: Vec<_> = micro_panels_of(start..start + len, most).collect();
+                let mut next = start;
+                for &(r0, mr) in &panels {
+                    assert_eq!(r0, next, "{len} rows: {panels:?}");
+                    assert!((1..=most).contains(&mr), "{len} rows: {panels:?}");
+                    assert!(mr >= 3 || len <= 2, "{len} rows: {panels:?}");
+                    next += mr;
+                }
+                assert_eq!(next, start + len, "{len} rows: {panels:?}");
+                assert_eq!(panels.len(), len.div_ceil(most), "{len} rows: {panels:?}");
             }
-            assert_eq!(next, start + len, "{len} rows: {panels:?}");
-            assert_eq!(panels.len(), len.div_ceil(MR), "{len} rows: {panels:?}");
         }
     }
 }
