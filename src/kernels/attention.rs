@@ -77,8 +77,14 @@ struct FusedAttention {
     products: AttentionProducts,
 }
 
+thread_local! {
+    /// Each worker's buffers for bf16 heads, kept from call to call: fresh ones for each
+    /// batch of tasks cost 1.5% of a bf16 BERT-base 1×128 forward pass in zero-filling.
+    static BF16_HEAD: std::cell::RefCell<Bf16Head> = std::cell::RefCell::new(Bf16Head::default());
+}
+
 /// One head's operands in bf16 pairs, as the `vdpbf16ps` tile kernels read them, and its
-/// scores: a buffer set per task, kept from head to head.
+/// scores.
 #[derive(Default)]
 struct Bf16Head {
     /// Query rows: seq × head_dim / 2 pairs.
@@ -159,13 +165,13 @@ impl CustomOp1 for FusedAttention {
             && isa.has_avx512()
             && head_dim.is_multiple_of(NR);
         if bf16 {
-            (0..batch * self.heads).into_par_iter().for_each_init(
-                Bf16Head::default,
-                |buffers, task| {
-                    let (b, h) = (task / self.heads, task % self.heads);
+            (0..batch * self.heads).into_par_iter().for_each(|task| {
+                let (b, h) = (task / self.heads, task % self.heads);
+                BF16_HEAD.with(|buffers| {
+                    let buffers = &mut buffers.borrow_mut();
                     self.head_bf16(isa, qkv, dims, b, h, mask_row(b), buffers, shared);
-                },
-            );
+                });
+            });
         } else {
             (0..batch * self.heads).into_par_iter().for_each_init(
                 || vec![0f32; len * len],
