@@ -408,21 +408,10 @@ impl FusedAttention {
 mod tests {
     use super::*;
     use crate::kernels::gemm::bf16_bits;
+    use crate::kernels::gemm::tests::pseudo_random;
 
     fn bf16(x: f32) -> f64 {
         f32::from_bits(u32::from(bf16_bits(x)) << 16) as f64
-    }
-
-    fn pseudo_random(len: usize, seed: u32, range: f32) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-        (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 17;
-                state ^= state << 5;
-                ((state % 2001) as f32 / 1000.0 - 1.0) * range
-            })
-            .collect()
     }
 
     /// What the bf16 products promise, in f64: q, k, v and the probabilities rounded to bf16,
@@ -478,7 +467,10 @@ mod tests {
         for (len, heads, d) in [(13, 2, 64), (128, 2, 64), (37, 3, 32)] {
             let batch = 2;
             let width = heads * d;
-            let mut qkv = pseudo_random(batch * len * 3 * width, len as u32, 2.0);
+            let mut qkv: Vec<f32> = pseudo_random(batch * len * 3 * width, len as u32)
+                .into_iter()
+                .map(|v| v * 2.0)
+                .collect();
             // Values within ±1.
             for (i, v) in qkv.iter_mut().enumerate() {
                 if (i / width) % 3 == 2 {

@@ -43,7 +43,7 @@ mod avx512;
 mod pack;
 mod portable;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use pack::bf16_bits;
 pub(crate) use pack::{bf16_column_pairs, bf16_pairs_row};
@@ -351,8 +351,8 @@ pub enum Activations<'a> {
 }
 
 /// Where a product writes: f32, or bf16 bits rounded as a product over bf16 pairs rounds its
-/// input ([`bf16_pairs_row`]), so that a bf16 output fed to such a product gives the bits
-/// that the f32 output would have given.
+/// input (each value to nearest even, denormals flushed where AVX-512 converts), so that a
+/// bf16 output fed to such a product gives the bits that the f32 output would have given.
 pub enum Output<'a> {
     F32(&'a mut [MaybeUninit<f32>]),
     Bf16(&'a mut [MaybeUninit<u16>]),
@@ -1320,91 +1320,34 @@ impl FloatPanels<'_> {
     }
 }
 
-/// `$call` with the const `$m` = `$mr` rows (1 ..= MR; more is MR).
-macro_rules! with_rows {
-    ($mr:expr, $m:ident => $call:expr) => {
+/// `$call` with the const `$m` = `$mr` rows: one of the literals listed, or else `$most`.
+macro_rules! with_rows_of {
+    ($mr:expr, $m:ident => $call:expr; $($rows:literal)*; $most:expr) => {
         match $mr {
-            1 => {
-                const $m: usize = 1;
+            $($rows => {
+                const $m: usize = $rows;
                 $call
-            }
-            2 => {
-                const $m: usize = 2;
-                $call
-            }
-            3 => {
-                const $m: usize = 3;
-                $call
-            }
-            4 => {
-                const $m: usize = 4;
-                $call
-            }
-            5 => {
-                const $m: usize = 5;
-                $call
-            }
+            })*
             _ => {
-                const $m: usize = MR;
+                const $m: usize = $most;
                 $call
             }
         }
     };
 }
 
+/// `$call` with the const `$m` = `$mr` rows (1 ..= MR; more is MR).
+macro_rules! with_rows {
+    ($mr:expr, $m:ident => $call:expr) => {
+        with_rows_of!($mr, $m => $call; 1 2 3 4 5; MR)
+    };
+}
+
 /// `$call` with the const `$m` = `$mr` rows (1 ..= MR_WIDE; more is MR_WIDE).
+#[cfg(target_arch = "x86_64")]
 macro_rules! with_wide_rows {
     ($mr:expr, $m:ident => $call:expr) => {
-        match $mr {
-            1 => {
-                const $m: usize = 1;
-                $call
-            }
-            2 => {
-                const $m: usize = 2;
-                $call
-            }
-            3 => {
-                const $m: usize = 3;
-                $call
-            }
-            4 => {
-                const $m: usize = 4;
-                $call
-            }
-            5 => {
-                const $m: usize = 5;
-                $call
-            }
-            6 => {
-                const $m: usize = 6;
-                $call
-            }
-            7 => {
-                const $m: usize = 7;
-                $call
-            }
-            8 => {
-                const $m: usize = 8;
-                $call
-            }
-            9 => {
-                const $m: usize = 9;
-                $call
-            }
-            10 => {
-                const $m: usize = 10;
-                $call
-            }
-            11 => {
-                const $m: usize = 11;
-                $call
-            }
-            _ => {
-                const $m: usize = MR_WIDE;
-                $call
-            }
-        }
+        with_rows_of!($mr, $m => $call; 1 2 3 4 5 6 7 8 9 10 11; MR_WIDE)
     };
 }
 

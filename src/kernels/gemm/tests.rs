@@ -40,7 +40,8 @@ fn reference(x: &[f32], m: usize, w: &[f32], k: usize, n: usize, bias: &[f32]) -
     out
 }
 
-fn pseudo_random(len: usize, seed: u32) -> Vec<f32> {
+/// Values in [-1, 1] from an xorshift sequence seeded by `seed`.
+pub(crate) fn pseudo_random(len: usize, seed: u32) -> Vec<f32> {
     let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
     (0..len)
         .map(|_| {
