@@ -407,11 +407,11 @@ impl FusedAttention {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::gemm::bf16_bits;
     use crate::kernels::gemm::tests::pseudo_random;
+    use crate::kernels::gemm::{bf16_bits, bf16_value};
 
     fn bf16(x: f32) -> f64 {
-        f32::from_bits(u32::from(bf16_bits(x)) << 16) as f64
+        bf16_value(bf16_bits(x)) as f64
     }
 
     /// What the bf16 products promise, in f64: q, k, v and the probabilities rounded to bf16,

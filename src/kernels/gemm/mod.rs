@@ -46,7 +46,7 @@ mod portable;
 pub(crate) mod tests;
 
 pub use pack::bf16_bits;
-pub(crate) use pack::{bf16_column_pairs, bf16_pairs_row};
+pub(crate) use pack::{bf16_column_pairs, bf16_pairs_row, bf16_value};
 
 /// Output columns per panel: two AVX2 registers, one AVX-512 register.
 pub const NR: usize = 16;
@@ -378,11 +378,13 @@ pub fn matmul_into(
     isa: Isa,
 ) {
     let (k, n) = (weights.inner, weights.outer);
-    let (x_len, out_len) = match (&x, &out) {
-        (Activations::F32(x), Output::F32(out)) => (x.len(), out.len()),
-        (Activations::F32(x), Output::Bf16(out)) => (x.len(), out.len()),
-        (Activations::Bf16(x), Output::F32(out)) => (x.len(), out.len()),
-        (Activations::Bf16(x), Output::Bf16(out)) => (x.len(), out.len()),
+    let x_len = match x {
+        Activations::F32(x) => x.len(),
+        Activations::Bf16(x) => x.len(),
+    };
+    let out_len = match &out {
+        Output::F32(out) => out.len(),
+        Output::Bf16(out) => out.len(),
     };
     assert!(x_len >= m * k && out_len >= m * n);
     assert!(bias.is_none_or(|b| b.len() >= n) && residual.is_none_or(|r| r.len() >= m * n));
@@ -396,7 +398,7 @@ pub fn matmul_into(
         Activations::Bf16(bits) => match weights.panels {
             Panels::Bf16Pairs(_) => (&[][..], Some(GroupedRows::bf16_bits(bits, m, k))),
             _ => {
-                widened = bits[..m * k].iter().map(|&b| pack::bf16_value(b)).collect();
+                widened = bits[..m * k].iter().map(|&b| bf16_value(b)).collect();
                 (&widened[..], None)
             }
         },

@@ -15,7 +15,13 @@ pub fn bf16_bits(x: f32) -> u16 {
     (bits.wrapping_add(round) >> 16) as u16
 }
 
-pub(super) fn bf16_value(bits: u16) -> f32 {
+/// Two bf16 values as one 32-bit group of the `Bf16Pairs` layout: `low` (the even input) in
+/// the low half, `high` in the high half.
+fn bf16_pair(low: u16, high: u16) -> i32 {
+    (u32::from(low) | u32::from(high) << 16) as i32
+}
+
+pub(crate) fn bf16_value(bits: u16) -> f32 {
     f32::from_bits((bits as u32) << 16)
 }
 
@@ -253,10 +259,10 @@ pub(crate) fn bf16_pairs_row(isa: Isa, row: &[f32], out: &mut [i32]) {
     let (row, out) = (&row[done..], &mut out[done / 2..]);
     let (whole, tail) = row.as_chunks::<2>();
     for (pair, &[even, odd]) in out.iter_mut().zip(whole) {
-        *pair = (u32::from(bf16_bits(even)) | u32::from(bf16_bits(odd)) << 16) as i32;
+        *pair = bf16_pair(bf16_bits(even), bf16_bits(odd));
     }
     if let ([last], Some(pair)) = (tail, out.get_mut(whole.len())) {
-        *pair = i32::from(bf16_bits(*last));
+        *pair = bf16_pair(bf16_bits(*last), 0);
     }
 }
 
@@ -299,7 +305,7 @@ pub(crate) fn bf16_column_pairs(isa: Isa, even: &[f32], odd: &[f32], out: &mut [
         _ => 0,
     };
     for ((pair, &e), &o) in out[done..].iter_mut().zip(&even[done..]).zip(&odd[done..]) {
-        *pair = (u32::from(bf16_bits(e)) | u32::from(bf16_bits(o)) << 16) as i32;
+        *pair = bf16_pair(bf16_bits(e), bf16_bits(o));
     }
 }
 
@@ -378,7 +384,7 @@ impl GroupedRows<'_> {
                 for (out, row) in values.chunks_mut(per_row.max(1)).zip(bits.chunks(k.max(1))) {
                     for (pair, halves) in out.iter_mut().zip(row.chunks(2)) {
                         let odd = halves.get(1).copied().unwrap_or(0);
-                        *pair = (u32::from(halves[0]) | u32::from(odd) << 16) as i32;
+                        *pair = bf16_pair(halves[0], odd);
                     }
                 }
                 GroupedValues::Owned(values)

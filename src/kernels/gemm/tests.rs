@@ -419,6 +419,12 @@ fn bf16_rounds_to_nearest_even() {
 /// hands its intermediate over in bf16 (`Linear::forward_into_linear`) gives the same bits.
 #[test]
 fn bf16_input_and_output_give_the_f32_paths_bits() {
+    for isa in Isa::available() {
+        eprintln!(
+            "bf16_input_and_output_give_the_f32_paths_bits: running the {} kernels",
+            isa.name()
+        );
+    }
     for &(m, k, n) in &[
         (9, 300, 40),
         (13, 1600, 48),
