@@ -14,7 +14,7 @@ STREAMS=${STREAMS:-8}
 TOKENS=${TOKENS:-128}
 PORT=${PORT:-8391}
 
-cargo build --release --bin ferroformers
+cargo build --release -p ferroformers-cli --bin ferroformers
 [ -e "$MODEL_DIR/model.safetensors" ] || "$PYTHON" scripts/random_gpt2.py "$MODEL_DIR"
 target/release/ferroformers serve -m "$MODEL_DIR" --task generate --port "$PORT" &
 server=$!

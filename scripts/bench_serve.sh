@@ -17,7 +17,7 @@ body='{"inputs":"The quick brown fox jumps over the lazy dog beside the quiet ri
 
 model_dir=$(python3 scripts/fetch_minilm.py | tail -n 1)
 echo "model: $model_dir" >&2
-cargo build --release -p ferroformers --bin ferroformers -p ferroformers-bench --bin load >&2
+cargo build --release -p ferroformers-cli --bin ferroformers -p ferroformers-bench --bin load >&2
 work=$(mktemp -d)
 server_pid=
 cleanup() {

@@ -16,7 +16,7 @@ if ! command -v nginx >/dev/null; then
     apt-get install -y nginx >&2 || { apt-get update >&2 && apt-get install -y nginx >&2; }
 fi
 python3 scripts/fetch_minilm.py >&2
-cargo build --release -p ferroformers --bin ferroformers -p ferroformers-bench --bin load >&2
+cargo build --release -p ferroformers-cli --bin ferroformers -p ferroformers-bench --bin load >&2
 
 work=$(mktemp -d)
 pids=()

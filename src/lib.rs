@@ -49,61 +49,39 @@
 #[doc(hidden)]
 macro_rules! from_pretrained_impls {
     ($accessor:ident: $($model:ty),* $(,)?) => {$(
-        impl $crate::pretrained::FromPretrained for $model {
+        impl $crate::models::pretrained::FromPretrained for $model {
             fn from_config(
                 vb: candle_nn::VarBuilder,
-                config: &$crate::config::ModelConfig,
+                config: &$crate::models::config::ModelConfig,
             ) -> $crate::error::Result<Self> {
-                Self::load(vb, config.$accessor()?).map_err($crate::pretrained::checkpoint_mismatch)
+                Self::load(vb, config.$accessor()?).map_err($crate::models::pretrained::checkpoint_mismatch)
             }
         }
     )*};
 }
 
-pub mod allocator;
-pub mod auto;
-// Internals, public only for the `ferroformers` command (`bench`: instruction set, memory),
-// the integration tests (every kernel path, host-side softmax against candle's) and the
-// benches and fuzz targets (random token ids, the weight-file parser). Not part of the API:
-// they change without notice.
-#[doc(hidden)]
-pub mod benchmark;
-pub mod config;
 pub mod error;
-#[doc(hidden)]
-pub mod fuzzing;
 pub mod generation;
 #[doc(hidden)]
-pub mod host;
-pub mod hub;
-#[doc(hidden)]
 pub mod kernels;
-mod layers;
+pub mod loading;
 pub mod models;
-mod pickle;
 pub mod pipelines;
-pub mod pooling;
-pub mod pretrained;
-#[cfg(feature = "server")]
-pub mod serve;
-mod threads;
+pub mod runtime;
 pub mod tokenizer;
-#[doc(hidden)]
-pub mod weights;
 
-pub use auto::{
+pub use candle_core::{DType, Device, Tensor};
+pub use error::{Error, Result};
+pub use loading::hub::{HubOptions, ModelSource};
+pub use models::auto::{
     AutoModel, AutoModelForMaskedLM, AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification, AutoModelForTokenClassification,
 };
-pub use candle_core::{DType, Device, Tensor};
-pub use config::{Labels, ModelConfig};
-pub use error::{Error, Result};
-pub use hub::{HubOptions, ModelSource};
-pub use layers::Quantization;
 pub use models::bert::{
     BertConfig, BertForMaskedLM, BertForQuestionAnswering, BertForSequenceClassification,
     BertForTokenClassification, BertModel,
 };
+pub use models::config::{Labels, ModelConfig};
 pub use models::distilbert::{
     DistilBertConfig, DistilBertForMaskedLM, DistilBertForQuestionAnswering,
     DistilBertForSequenceClassification, DistilBertForTokenClassification, DistilBertModel,
@@ -111,6 +89,9 @@ pub use models::distilbert::{
 pub use models::gpt2::{
     Gpt2Config, Gpt2ForSequenceClassification, Gpt2LMHeadModel, Gpt2Model, KvCache,
 };
+pub use models::layers::Quantization;
+pub use models::pooling::{l2_normalize, Pooling};
+pub use models::pretrained::{FromPretrained, LoadOptions, Pretrained};
 pub use models::roberta::{
     CamembertForMaskedLM, CamembertForQuestionAnswering, CamembertForSequenceClassification,
     CamembertForTokenClassification, CamembertModel, XlmRobertaForMaskedLM,
@@ -123,9 +104,7 @@ pub use models::roberta::{
 };
 pub use models::{EncoderOutput, ModelInput, QuestionAnsweringOutput};
 pub use pipelines::{pipeline, AnyPipeline, Pipeline, Task};
-pub use pooling::{l2_normalize, Pooling};
-pub use pretrained::{FromPretrained, LoadOptions, Pretrained};
-pub use threads::set_num_threads;
+pub use runtime::threads::set_num_threads;
 pub use tokenizer::{EncodeOptions, EncodedBatch, PaddingSide, TextInput, Tokenizer};
 
 // The README's Rust blocks are compiled (and the ones without `no_run` run) by

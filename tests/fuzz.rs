@@ -10,7 +10,7 @@ use std::path::Path;
 
 use common::fixture;
 use ferroformers::generation::{processors::processors_for, GenerationConfig};
-use ferroformers::weights::WeightFiles;
+use ferroformers::loading::weights::WeightFiles;
 use ferroformers::{
     AutoModelForSequenceClassification, BertModel, FromPretrained, HubOptions, LoadOptions,
     ModelConfig, Tokenizer,
@@ -852,10 +852,10 @@ fn the_fuzzing_entry_point_vets_pickles_as_loading_does() {
         .unwrap();
     let mut pickle = Vec::new();
     std::io::Read::read_to_end(&mut archive.by_name(&name).unwrap(), &mut pickle).unwrap();
-    assert!(ferroformers::fuzzing::check_pickle(&pickle).is_ok());
+    assert!(ferroformers::loading::fuzzing::check_pickle(&pickle).is_ok());
 
     let malicious = b"\x80\x02cos\nsystem\nq\x00X\x0a\x00\x00\x00echo pwnedq\x01\x85q\x02Rq\x03.";
-    let error = ferroformers::fuzzing::check_pickle(malicious).unwrap_err();
+    let error = ferroformers::loading::fuzzing::check_pickle(malicious).unwrap_err();
     assert!(
         matches!(&error, ferroformers::Error::InvalidWeights(why) if why.contains("os.system")),
         "{error}"

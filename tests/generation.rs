@@ -388,7 +388,7 @@ fn sampled_tokens_follow_the_distribution() {
         .collect();
     let total: f64 = kept.iter().sum();
     let expected: Vec<f64> = kept.iter().map(|k| k / total).collect();
-    let probs = ferroformers::host::softmax(&scores);
+    let probs = ferroformers::kernels::host::softmax(&scores);
     let mut counts = [0usize; 5];
     for _ in 0..20_000 {
         counts[sample_index(&probs, &mut rng)] += 1;

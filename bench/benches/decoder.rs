@@ -11,9 +11,9 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use ferroformers::benchmark::{token_ids, Triad};
 use ferroformers::generation::{GenerationConfig, Generator, PromptBatch};
 use ferroformers::kernels::gemm::{matmul, Epilogue, Isa, PackedWeights, WeightFormat};
+use ferroformers::runtime::benchmark::{token_ids, Triad};
 use ferroformers::{FromPretrained, Gpt2LMHeadModel, LoadOptions, Quantization};
 
 const PROMPT: usize = 32;

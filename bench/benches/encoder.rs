@@ -14,7 +14,7 @@ use ferroformers::{BertModel, FromPretrained, LoadOptions, ModelInput, Quantizat
 
 fn input(batch: usize, lengths: &[usize]) -> ModelInput {
     let seq = lengths.iter().copied().max().unwrap_or(0);
-    let ids = ferroformers::benchmark::token_ids(batch * seq, 30522);
+    let ids = ferroformers::runtime::benchmark::token_ids(batch * seq, 30522);
     let mask: Vec<u32> = (0..batch * seq)
         .map(|i| u32::from(i % seq < lengths[i / seq]))
         .collect();

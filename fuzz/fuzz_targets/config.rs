@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use ferroformers::weights::WeightFiles;
+use ferroformers::loading::weights::WeightFiles;
 use ferroformers::{
     AutoModelForSequenceClassification, DType, Device, FromPretrained, ModelConfig, ModelInput,
     Tensor,

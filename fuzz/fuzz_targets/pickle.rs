@@ -5,5 +5,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|pickle: &[u8]| {
-    let _ = ferroformers::fuzzing::check_pickle(pickle);
+    let _ = ferroformers::loading::fuzzing::check_pickle(pickle);
 });

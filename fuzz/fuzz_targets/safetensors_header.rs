@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use ferroformers::weights::WeightFiles;
+use ferroformers::loading::weights::WeightFiles;
 use ferroformers::{
     AutoModelForSequenceClassification, DType, Device, FromPretrained, ModelConfig, ModelInput,
     Tensor,

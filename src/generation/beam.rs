@@ -10,7 +10,7 @@ use crate::error::Result;
 use crate::generation::processors::processors_for;
 use crate::generation::stop::StopStrings;
 use crate::generation::{CausalLM, EarlyStopping, GenerationConfig, PromptBatch};
-use crate::host::log_softmax;
+use crate::kernels::host::log_softmax;
 
 /// transformers' stand-in for "impossible" in beam scores.
 const IMPOSSIBLE: f32 = -1.0e9;

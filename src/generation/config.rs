@@ -5,8 +5,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::config::read_json;
 use crate::error::{Error, Result};
+use crate::loading::json::read_json;
 
 /// When beam search stops, as transformers' `early_stopping`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

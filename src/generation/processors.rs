@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use crate::error::{Error, Result};
 use crate::generation::GenerationConfig;
-use crate::host::softmax;
+use crate::kernels::host::softmax;
 
 /// Changes the scores of one sequence's next token, given the tokens so far (prompt included,
 /// left padding included, as transformers passes them).

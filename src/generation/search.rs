@@ -14,7 +14,7 @@ use crate::generation::stop::StopStrings;
 use crate::generation::{
     CausalLM, FinishReason, GenerationConfig, PromptBatch, TokenLogprob, TopLogprob,
 };
-use crate::host::{argmax, log_softmax, softmax};
+use crate::kernels::host::{argmax, log_softmax, softmax};
 use crate::models::gpt2::KvCache;
 
 /// The random generator of a sampling run: seeded when the config has a seed.

@@ -65,7 +65,8 @@ fn split_heads_attention(
             .reshape((batch, len, heads, width / heads))?
             .transpose(1, 2)
     };
-    let context = crate::layers::attention(&split(0)?, &split(1)?, &split(2)?, mask, scale)?;
+    let context =
+        crate::models::layers::attention(&split(0)?, &split(1)?, &split(2)?, mask, scale)?;
     context.transpose(1, 2)?.reshape((batch, len, width))
 }
 

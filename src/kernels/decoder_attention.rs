@@ -21,7 +21,7 @@ pub fn decoder_attention(
     scale: f64,
 ) -> candle_core::Result<Tensor> {
     if !super::use_kernels(q) || k.dtype() != q.dtype() || v.dtype() != q.dtype() {
-        return crate::layers::attention(q, k, v, mask, scale);
+        return crate::models::layers::attention(q, k, v, mask, scale);
     }
     let (batch, _, new, _) = q.dims4()?;
     let len = k.dim(2)?;

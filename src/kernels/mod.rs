@@ -3,8 +3,8 @@
 //! other devices and dtypes fall back to candle's own ops, so results agree everywhere.
 
 mod attention;
-pub(crate) mod buffer;
 pub mod gemm;
+pub mod host;
 pub mod isa;
 mod math;
 #[cfg(target_arch = "x86_64")]

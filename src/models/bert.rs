@@ -9,9 +9,9 @@ use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
-use crate::config::Labels;
 use crate::error::{Error, Result};
-use crate::layers::{
+use crate::models::config::Labels;
+use crate::models::layers::{
     padding_mask, require_divisible, require_positive, Activation, Embedding, LayerNorm, Linear,
     SelfAttention,
 };

@@ -15,9 +15,9 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
-use crate::config::Labels;
 use crate::error::{Error, Result};
-use crate::layers::{
+use crate::models::config::Labels;
+use crate::models::layers::{
     require_divisible, require_positive, Activation, Embedding, LayerNorm, Linear,
 };
 use crate::models::{base_model_weights, tied_weight, ModelInput};

@@ -1,16 +1,21 @@
 //! One file per architecture. Each follows the nesting of its checkpoint keys; what several
 //! share (prefix detection, tied decoders, the masked-LM and QA heads) lives here.
 
+pub mod auto;
 pub mod bert;
+pub mod config;
 pub mod distilbert;
 pub mod gpt2;
+pub(crate) mod layers;
+pub mod pooling;
+pub mod pretrained;
 pub mod roberta;
 
 use candle_core::{Tensor, D};
 use candle_nn::VarBuilder;
 
 use crate::error::{Error, Result};
-use crate::layers::{Activation, LayerNorm, Linear};
+use crate::models::layers::{Activation, LayerNorm, Linear};
 
 /// A batch ready for an encoder: all tensors are (batch, seq) of u32, on the model's device.
 #[derive(Debug, Clone)]

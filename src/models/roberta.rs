@@ -10,8 +10,8 @@ use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
 use crate::error::{Error, Result};
-use crate::layers::{Activation, LayerNorm, Linear};
 use crate::models::bert::{BertConfig, BertModel, Positions};
+use crate::models::layers::{Activation, LayerNorm, Linear};
 use crate::models::{
     tied_weight, EncoderOutput, MaskedLmHead, ModelInput, QuestionAnsweringOutput,
 };

@@ -5,13 +5,13 @@
 use candle_core::{Device, Tensor};
 use tokenizers::Encoding;
 
-use crate::auto::AutoModel;
-use crate::config::ModelConfig;
 use crate::error::{Error, Result};
+use crate::models::auto::AutoModel;
+use crate::models::config::ModelConfig;
+use crate::models::pooling::Pooling;
+use crate::models::pretrained::{LoadOptions, Pretrained};
 use crate::pipelines::sentence_transformers::{Prompt, SentenceTransformersSetup};
 use crate::pipelines::{batch_input, encode_all, in_batches, Pipeline, Text, DEFAULT_BATCH_SIZE};
-use crate::pooling::Pooling;
-use crate::pretrained::{LoadOptions, Pretrained};
 use crate::tokenizer::{EncodeOptions, Tokenizer};
 
 /// Settings of one call, as sentence-transformers' `encode` takes them.
@@ -157,7 +157,7 @@ impl Pipeline for EmbeddingsPipeline {
 
 /// Texts tokenized for [`EmbeddingsPipeline::pooled`]: its preprocess, which the server runs
 /// on the request's own thread before queueing the forward.
-pub(crate) struct EncodedTexts {
+pub struct EncodedTexts {
     /// One encoding per text, prompt included, truncated as the options say.
     pub encodings: Vec<Encoding>,
     /// Tokens at the start of every encoding that the pooling leaves out (the prompt, when
@@ -168,11 +168,7 @@ pub(crate) struct EncodedTexts {
 impl EmbeddingsPipeline {
     /// Preprocess: the prompt goes before each text, then everything is truncated to
     /// max_seq_length as sentence-transformers does.
-    pub(crate) fn encode(
-        &self,
-        texts: &[&str],
-        options: &EmbeddingsOptions,
-    ) -> Result<EncodedTexts> {
+    pub fn encode(&self, texts: &[&str], options: &EmbeddingsOptions) -> Result<EncodedTexts> {
         let prompt = self.setup.prompt(&options.prompt)?;
         let prompted: Vec<String> = texts
             .iter()
@@ -201,7 +197,7 @@ impl EmbeddingsPipeline {
     /// Forward, `batch_size` encodings at a time, then the pooling (`pooling`, else the
     /// model's) and the Dense modules: they are part of the model in sentence-transformers.
     /// One row per encoding, in their order, not yet normalised.
-    pub(crate) fn pooled(
+    pub fn pooled(
         &self,
         encodings: &[Encoding],
         prompt_length: usize,
@@ -225,7 +221,7 @@ impl EmbeddingsPipeline {
 
     /// Postprocess: unit length when the model ends with `Normalize` or the caller asks.
     /// Per row on the host, so that requests that differ only here share a forward.
-    pub(crate) fn normalized(
+    pub fn normalized(
         &self,
         mut pooled: Vec<Vec<f32>>,
         normalize_embeddings: bool,
@@ -261,7 +257,7 @@ fn without_prompt(mask: &Tensor, prompt_length: usize) -> Result<Tensor> {
     Ok(mask.broadcast_mul(&keep)?)
 }
 
-/// Scale `row` to unit length, as [`crate::pooling::l2_normalize`] scales a tensor's rows
+/// Scale `row` to unit length, as [`crate::models::pooling::l2_normalize`] scales a tensor's rows
 /// (the norm clamped at 1e-12, so that a zero row stays zero).
 fn l2_normalize_row(row: &mut [f32]) {
     let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);

@@ -5,12 +5,12 @@ use candle_core::{Device, Tensor};
 use serde::Serialize;
 use tokenizers::Encoding;
 
-use crate::auto::AutoModelForMaskedLM;
-use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::host::softmax;
+use crate::kernels::host::softmax;
+use crate::models::auto::AutoModelForMaskedLM;
+use crate::models::config::ModelConfig;
+use crate::models::pretrained::{LoadOptions, Pretrained};
 use crate::pipelines::{batch_input, encode_all, in_batches, Pipeline, Text, DEFAULT_BATCH_SIZE};
-use crate::pretrained::{LoadOptions, Pretrained};
 use crate::tokenizer::{EncodeOptions, Tokenizer};
 
 /// One candidate for the masked token.

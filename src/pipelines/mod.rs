@@ -26,7 +26,7 @@ pub mod token_classification;
 mod task;
 
 pub use chat::{ChatTemplate, Conversation, Message, Role};
-pub use embeddings::{cosine_similarity, EmbeddingsOptions, EmbeddingsPipeline};
+pub use embeddings::{cosine_similarity, EmbeddingsOptions, EmbeddingsPipeline, EncodedTexts};
 pub use fill_mask::{FillMaskOptions, FillMaskPipeline, FillMaskPrediction};
 pub use input::{AsInput, InputKind, QaInput, QueryDocuments, QuestionContext, Text, TextOrPair};
 pub use question_answering::{Answer, QuestionAnsweringOptions, QuestionAnsweringPipeline};
@@ -48,9 +48,9 @@ pub use token_classification::{
 use candle_core::{DType, Device, Tensor};
 use tokenizers::Encoding;
 
-use crate::auto::AutoModelForSequenceClassification;
-use crate::config::ModelConfig;
 use crate::error::{Error, Result};
+use crate::models::auto::AutoModelForSequenceClassification;
+use crate::models::config::ModelConfig;
 use crate::models::ModelInput;
 use crate::tokenizer::{EncodeOptions, PaddingSide, TextInput, Tokenizer};
 

@@ -7,13 +7,13 @@ use candle_core::Device;
 use serde::Serialize;
 use tokenizers::Encoding;
 
-use crate::auto::AutoModelForQuestionAnswering;
-use crate::config::ModelConfig;
 use crate::error::{Error, Result};
+use crate::models::auto::AutoModelForQuestionAnswering;
+use crate::models::config::ModelConfig;
+use crate::models::pretrained::{LoadOptions, Pretrained};
 use crate::pipelines::{
     batch_input, in_batches, rows_to_host, Pipeline, QaInput, QuestionContext, DEFAULT_BATCH_SIZE,
 };
-use crate::pretrained::{LoadOptions, Pretrained};
 use crate::tokenizer::Tokenizer;
 
 /// An answer: a span of the context, with character offsets.

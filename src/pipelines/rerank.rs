@@ -11,12 +11,13 @@ use candle_core::Device;
 use serde::{Deserialize, Serialize};
 use tokenizers::Encoding;
 
-use crate::auto::AutoModelForSequenceClassification;
-use crate::config::{read_json, ModelConfig};
 use crate::error::{Error, Result};
-use crate::host::sigmoid;
+use crate::kernels::host::sigmoid;
+use crate::loading::json::read_json;
+use crate::models::auto::AutoModelForSequenceClassification;
+use crate::models::config::ModelConfig;
+use crate::models::pretrained::{LoadOptions, Pretrained};
 use crate::pipelines::{classification_logits, encode_all, Pipeline, QueryDocuments};
-use crate::pretrained::{LoadOptions, Pretrained};
 use crate::tokenizer::{EncodeOptions, TextInput, Tokenizer};
 
 /// `CrossEncoder.predict`'s batch size.
@@ -223,7 +224,7 @@ impl RerankPipeline {
     }
 
     /// Preprocess: each pair tokenized together, cut to the maximum length if asked.
-    pub(crate) fn encode_pairs(
+    pub fn encode_pairs(
         &self,
         pairs: &[(&str, &str)],
         options: &RerankOptions,
@@ -240,11 +241,7 @@ impl RerankPipeline {
     }
 
     /// Forward, `batch_size` pairs at a time: the head's logits, one row per encoding.
-    pub(crate) fn logits(
-        &self,
-        encodings: &[Encoding],
-        batch_size: usize,
-    ) -> Result<Vec<Vec<f32>>> {
+    pub fn logits(&self, encodings: &[Encoding], batch_size: usize) -> Result<Vec<Vec<f32>>> {
         classification_logits(
             &self.model,
             &self.tokenizer,
@@ -255,7 +252,7 @@ impl RerankPipeline {
     }
 
     /// Postprocess: the activation (the options', else the model's) on every logit.
-    pub(crate) fn scores(&self, logits: Vec<Vec<f32>>, options: &RerankOptions) -> Vec<Vec<f32>> {
+    pub fn scores(&self, logits: Vec<Vec<f32>>, options: &RerankOptions) -> Vec<Vec<f32>> {
         let activation = options.activation.unwrap_or(self.activation);
         logits
             .into_iter()
@@ -264,7 +261,7 @@ impl RerankPipeline {
     }
 
     /// An error unless the model gives one logit per pair, which ranking needs.
-    pub(crate) fn check_ranks(&self) -> Result<()> {
+    pub fn check_ranks(&self) -> Result<()> {
         let labels = self.config.num_labels();
         if labels != 1 {
             return Err(Error::InvalidInput(format!(
@@ -292,7 +289,7 @@ impl RerankPipeline {
 
 /// Postprocess of a ranking: the documents with their scores (one per row), best first (ties
 /// keep input order), the best `top_k` of them.
-pub(crate) fn ranked<S: AsRef<str>>(
+pub fn ranked<S: AsRef<str>>(
     scores: &[Vec<f32>],
     documents: &[S],
     options: &RerankOptions,

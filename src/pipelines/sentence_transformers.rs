@@ -8,11 +8,11 @@ use std::collections::BTreeMap;
 use candle_core::{DType, Device, Module as _, Tensor};
 use serde::Deserialize;
 
-use crate::config::read_json;
 use crate::error::{Error, Result};
-use crate::hub::ModelSource;
-use crate::pooling::Pooling;
-use crate::weights::WeightFiles;
+use crate::loading::hub::ModelSource;
+use crate::loading::json::read_json;
+use crate::loading::weights::WeightFiles;
+use crate::models::pooling::Pooling;
 
 /// An entry of `modules.json`.
 #[derive(Debug, Deserialize)]

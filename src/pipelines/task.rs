@@ -5,19 +5,19 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::config::ModelConfig;
 use crate::error::{Error, Result};
+use crate::models::config::ModelConfig;
+use crate::models::pretrained::LoadOptions;
 use crate::pipelines::{
     EmbeddingsPipeline, FillMaskPipeline, Pipeline, QuestionAnsweringPipeline, RerankPipeline,
     TextClassificationPipeline, TextGenerationPipeline, TokenClassificationPipeline,
 };
-use crate::pretrained::LoadOptions;
 use crate::tokenizer::Tokenizer;
 
 /// A pipeline task, named as transformers names it.
 ///
-/// New tasks come in minor releases: match with a `_` arm.
-#[non_exhaustive]
+/// Exhaustive, so that a program that serves every task (the server) is told by the compiler
+/// when a task is added: adding one is a breaking change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Task {
     /// `feature-extraction`, also `sentence-similarity` and `embeddings`: sentence embeddings.
@@ -95,10 +95,7 @@ impl FromStr for Task {
 }
 
 /// Any pipeline, for programs that pick the task at run time. Match on it, or take the one
-/// you expect with `as_xxx` / `into_xxx`.
-///
-/// New tasks come in minor releases: match with a `_` arm.
-#[non_exhaustive]
+/// you expect with `as_xxx` / `into_xxx`. Exhaustive, as [`Task`] is.
 #[derive(Debug, Clone)]
 pub enum AnyPipeline {
     /// `feature-extraction`.

@@ -5,14 +5,14 @@ use candle_core::Device;
 use serde::Serialize;
 use tokenizers::Encoding;
 
-use crate::auto::AutoModelForSequenceClassification;
-use crate::config::{Labels, ModelConfig};
 use crate::error::Result;
-use crate::host::{sigmoid, softmax};
+use crate::kernels::host::{sigmoid, softmax};
+use crate::models::auto::AutoModelForSequenceClassification;
+use crate::models::config::{Labels, ModelConfig};
+use crate::models::pretrained::{LoadOptions, Pretrained};
 use crate::pipelines::{
     classification_logits, encode_all, Pipeline, TextOrPair, DEFAULT_BATCH_SIZE,
 };
-use crate::pretrained::{LoadOptions, Pretrained};
 use crate::tokenizer::{EncodeOptions, TextInput, Tokenizer};
 
 /// How logits become scores.
@@ -141,7 +141,7 @@ impl TextClassificationPipeline {
     }
 
     /// Preprocess: each text or pair tokenized, cut to the maximum length if asked.
-    pub(crate) fn encode(
+    pub fn encode(
         &self,
         inputs: &[TextInput<'_>],
         options: &TextClassificationOptions,
@@ -155,11 +155,7 @@ impl TextClassificationPipeline {
     }
 
     /// Forward, `batch_size` inputs at a time: the head's logits, one row per encoding.
-    pub(crate) fn logits(
-        &self,
-        encodings: &[Encoding],
-        batch_size: usize,
-    ) -> Result<Vec<Vec<f32>>> {
+    pub fn logits(&self, encodings: &[Encoding], batch_size: usize) -> Result<Vec<Vec<f32>>> {
         classification_logits(
             &self.model,
             &self.tokenizer,
@@ -171,7 +167,7 @@ impl TextClassificationPipeline {
 
     /// Postprocess: the score function (the options', else the config's), then the labels
     /// best first.
-    pub(crate) fn labels(
+    pub fn labels(
         &self,
         logits: &[Vec<f32>],
         options: &TextClassificationOptions,

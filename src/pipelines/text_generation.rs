@@ -4,16 +4,16 @@ use std::ops::ControlFlow;
 
 use serde::Serialize;
 
-use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::generation::{
     FinishReason, Generated, GenerationConfig, GenerationStream, Generator, StreamToken,
     TokenLogprob,
 };
+use crate::models::config::ModelConfig;
 use crate::models::gpt2::Gpt2LMHeadModel;
+use crate::models::pretrained::{LoadOptions, Pretrained};
 use crate::pipelines::chat::ChatTemplate;
 use crate::pipelines::{in_batches, Pipeline, Text};
-use crate::pretrained::{LoadOptions, Pretrained};
 use crate::tokenizer::{EncodeOptions, Tokenizer};
 
 /// One generated text, as transformers' pipeline returns it, plus what a server reports:

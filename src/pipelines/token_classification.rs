@@ -9,12 +9,12 @@ use candle_core::Device;
 use serde::Serialize;
 use tokenizers::Encoding;
 
-use crate::auto::AutoModelForTokenClassification;
-use crate::config::{Labels, ModelConfig};
 use crate::error::{Error, Result};
-use crate::host::{argmax, softmax};
+use crate::kernels::host::{argmax, softmax};
+use crate::models::auto::AutoModelForTokenClassification;
+use crate::models::config::{Labels, ModelConfig};
+use crate::models::pretrained::{LoadOptions, Pretrained};
 use crate::pipelines::{batch_input, in_batches, rows_to_host, Pipeline, Text, DEFAULT_BATCH_SIZE};
-use crate::pretrained::{LoadOptions, Pretrained};
 use crate::tokenizer::{EncodeOptions, Tokenizer};
 
 /// How token predictions become entities.

@@ -7,10 +7,16 @@ use std::path::PathBuf;
 use ferroformers::{DType, Device, ModelInput, Tensor};
 use serde_json::Value;
 
+/// A path under the workspace's `tests/fixtures`, from the tests of any of its packages (the
+/// server's and the command's include these helpers too).
 pub fn fixture(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(path)
+    let package = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let fixtures = package
+        .ancestors()
+        .map(|dir| dir.join("tests/fixtures"))
+        .find(|dir| dir.is_dir())
+        .expect("tests/fixtures in this package or a folder above it");
+    fixtures.join(path)
 }
 
 /// A fixture folder (`family/head`) as the `model` argument of `from_pretrained`.
@@ -226,5 +232,3 @@ pub fn assert_json_close(actual: &Value, expected: &Value, tolerance: f64, at: &
 }
 
 pub mod gpt2;
-#[cfg(feature = "server")]
-pub mod server;

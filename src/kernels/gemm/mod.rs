@@ -31,7 +31,7 @@
 //! micro-kernels of each instruction set, reached only through the dispatchers at the end of
 //! this file, which check the [`Isa`] first.
 
-use super::buffer::StreamBuffer;
+use crate::runtime::buffer::StreamBuffer;
 use pack::{pack_groups, pack_rows, GroupedRows, QuantizedRows, INT8_PANEL_ROW};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;

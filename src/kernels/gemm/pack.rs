@@ -2,7 +2,7 @@
 //! into 16-bit pairs, bf16 pairs or u8 quads) before each product.
 
 use super::{micro_panels, Isa, PackedWeights, Panels, WeightFormat, MR, NR};
-use crate::kernels::buffer::{Plain, StreamBuffer};
+use crate::runtime::buffer::{Plain, StreamBuffer};
 use rayon::prelude::*;
 
 /// f32 → bf16 bits, rounded to nearest even (as `torch.Tensor.to(torch.bfloat16)`).

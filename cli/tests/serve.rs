@@ -1,0 +1,787 @@
+//! `ferroformers serve` over HTTP: every route's answer against the library pipeline called
+//! directly on the same fixture model (f32, tolerance 1e-4 on every score and vector), token
+//! counts against the tokenizer, and the status codes and error bodies of bad requests.
+//! Each test starts its own server in-process on an ephemeral port (port 0) and talks to it
+//! with ureq (blocking); the last one runs the `ferroformers serve` binary.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use base64::Engine;
+use common::server::{
+    answer, client, config, floats, get, load, post, send_json, Answer, HeldRequest, TestServer,
+};
+use common::{assert_close_slices, assert_json_close, assert_same_len, fixture_model};
+use ferroformers::pipelines::{
+    AggregationStrategy, CrossEncoderActivation, EmbeddingsOptions, FillMaskOptions, Pipeline,
+    Prompt, QaInput, QuestionAnsweringOptions, RerankOptions, ScoreFunction,
+    TextClassificationOptions, TokenClassificationOptions,
+};
+use ferroformers::{EncodeOptions, HubOptions, Task, TextInput};
+use ferroformers_server::{detect_task, ServeTask, ServerConfig};
+use serde_json::{json, Value};
+
+const TOLERANCE: f32 = 1e-4;
+
+const TEXTS: [&str; 3] = [
+    "The cat sat on the mat.",
+    "Rust is a systems programming language",
+    "hello",
+];
+
+#[test]
+fn embed_and_openai_embeddings_match_the_pipeline() {
+    let pipeline = load(Task::Embeddings, "bert/sentence-transformers");
+    let server = TestServer::start(pipeline.clone(), config());
+    let embeddings = pipeline.as_embeddings().unwrap();
+    let client = client();
+    let normalized = embeddings
+        .run(
+            TEXTS,
+            &EmbeddingsOptions::default().with_normalize_embeddings(true),
+        )
+        .unwrap();
+    let raw = embeddings
+        .run(TEXTS, &EmbeddingsOptions::default())
+        .unwrap();
+
+    // TEI normalizes by default; a list in, a list of vectors out.
+    let (status, body) = post(&client, &server.url("/embed"), &json!({ "inputs": TEXTS }));
+    assert_eq!(status, 200, "{body}");
+    let rows = body.as_array().unwrap();
+    assert_same_len(rows, &normalized, "/embed rows");
+    for (row, expected) in rows.iter().zip(&normalized) {
+        assert_close_slices(&floats(row), expected, TOLERANCE, "/embed");
+    }
+    // One string in: still a list of one vector; normalize false gives the raw pooling.
+    let (status, body) = post(
+        &client,
+        &server.url("/embed"),
+        &json!({ "inputs": TEXTS[1], "normalize": false }),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body.as_array().unwrap().len(), 1);
+    assert_close_slices(
+        &floats(&body[0]),
+        &raw[1],
+        TOLERANCE,
+        "/embed normalize false",
+    );
+
+    // OpenAI: floats, then base64 of the little-endian f32 bytes; usage counts the tokens.
+    let tokens: usize = TEXTS
+        .iter()
+        .map(|t| {
+            pipeline
+                .tokenizer()
+                .encode(*t, &EncodeOptions::default())
+                .unwrap()
+                .len()
+        })
+        .sum();
+    let (status, body) = post(
+        &client,
+        &server.url("/v1/embeddings"),
+        &json!({ "input": TEXTS, "model": "fixture" }),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["object"], "list");
+    assert_eq!(body["model"], "fixture");
+    assert_eq!(body["usage"]["prompt_tokens"], tokens);
+    assert_eq!(body["usage"]["total_tokens"], tokens);
+    for (i, expected) in normalized.iter().enumerate() {
+        assert_eq!(body["data"][i]["index"], i);
+        assert_eq!(body["data"][i]["object"], "embedding");
+        assert_close_slices(
+            &floats(&body["data"][i]["embedding"]),
+            expected,
+            TOLERANCE,
+            "/v1/embeddings",
+        );
+    }
+    let (status, body) = post(
+        &client,
+        &server.url("/v1/embeddings"),
+        &json!({ "input": TEXTS[0], "encoding_format": "base64" }),
+    );
+    assert_eq!(status, 200, "{body}");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(
+            body["data"][0]["embedding"]
+                .as_str()
+                .expect("a base64 string"),
+        )
+        .expect("valid base64");
+    let decoded: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    assert_close_slices(&decoded, &normalized[0], TOLERANCE, "base64 embedding");
+
+    // The one model, by the name it was given.
+    let models = get(&client, &server.url("/v1/models")).json();
+    assert_eq!(models["data"][0]["id"], "fixture");
+    assert_eq!(models["data"][0]["object"], "model");
+    let info = get(&client, &server.url("/info")).json();
+    assert_eq!(info["model_id"], "fixture");
+    assert_eq!(info["task"], "feature-extraction");
+    assert_eq!(info["model_type"]["embedding"]["pooling"], "mean");
+    assert_eq!(info["max_input_length"], 64);
+}
+
+#[test]
+fn tokenize_and_decode_match_the_tokenizer() {
+    let pipeline = load(Task::Embeddings, "bert/base");
+    let server = TestServer::start(pipeline.clone(), config());
+    let client = client();
+    let tokenizer = pipeline.tokenizer();
+    let (status, body) = post(
+        &client,
+        &server.url("/tokenize"),
+        &json!({ "inputs": TEXTS }),
+    );
+    assert_eq!(status, 200, "{body}");
+    for (tokens, text) in body.as_array().unwrap().iter().zip(TEXTS) {
+        let encoding = tokenizer.encode(text, &EncodeOptions::default()).unwrap();
+        let ids: Vec<u64> = tokens
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_u64().unwrap())
+            .collect();
+        let expected: Vec<u64> = encoding.get_ids().iter().map(|&id| u64::from(id)).collect();
+        assert_eq!(ids, expected, "{text}");
+        // [CLS] first, special, without offsets; the next token is the text's first word.
+        assert_eq!(tokens[0]["special"], true);
+        assert_eq!(tokens[0]["start"], Value::Null);
+        let (start, stop) = encoding.get_offsets()[1];
+        assert_eq!(tokens[1]["start"], start);
+        assert_eq!(tokens[1]["text"], text[start..stop].to_string());
+    }
+    // Decoding the ids gives the tokenizer's decoding, specials skipped by default.
+    let ids = tokenizer
+        .encode(TEXTS[0], &EncodeOptions::default())
+        .unwrap()
+        .get_ids()
+        .to_vec();
+    let (status, body) = post(&client, &server.url("/decode"), &json!({ "ids": ids }));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!([tokenizer.decode(&ids, true).unwrap()]));
+    let (_, body) = post(
+        &client,
+        &server.url("/decode"),
+        &json!({ "ids": [ids.clone(), ids.clone()], "skip_special_tokens": false }),
+    );
+    let with_specials = tokenizer.decode(&ids, false).unwrap();
+    assert!(with_specials.contains("[CLS]"), "{with_specials}");
+    assert_eq!(body, json!([with_specials.clone(), with_specials]));
+}
+
+#[test]
+fn rerank_matches_the_cross_encoder() {
+    let pipeline = load(Task::Rerank, "bert/cross-encoder");
+    let server = TestServer::start(pipeline.clone(), config());
+    let rerank = pipeline.as_rerank().unwrap();
+    let client = client();
+    let query = "what do cats do?";
+    for raw_scores in [false, true] {
+        let mut options = RerankOptions::default().with_return_documents(true);
+        if raw_scores {
+            options = options.with_activation(CrossEncoderActivation::Identity);
+        }
+        let expected = rerank.rank(query, &TEXTS, &options).unwrap();
+        let (status, body) = post(
+            &client,
+            &server.url("/rerank"),
+            &json!({ "query": query, "texts": TEXTS, "return_text": true, "raw_scores": raw_scores }),
+        );
+        assert_eq!(status, 200, "{body}");
+        let ranks = body.as_array().unwrap();
+        assert_same_len(ranks, &expected, "ranks");
+        for (rank, document) in ranks.iter().zip(&expected) {
+            assert_eq!(rank["index"], document.corpus_id);
+            assert_eq!(rank["text"], document.text.clone().unwrap());
+            assert_close_slices(
+                &[rank["score"].as_f64().unwrap() as f32],
+                &[document.score],
+                TOLERANCE,
+                "score",
+            );
+        }
+    }
+    // Without return_text, no text field.
+    let (_, body) = post(
+        &client,
+        &server.url("/rerank"),
+        &json!({ "query": query, "texts": TEXTS }),
+    );
+    assert!(body[0].get("text").is_none(), "{body}");
+}
+
+#[test]
+fn predict_matches_the_classifier() {
+    let pipeline = load(Task::TextClassification, "bert/sequence-classification");
+    let server = TestServer::start(pipeline.clone(), config());
+    let classifier = pipeline.as_text_classification().unwrap();
+    let client = client();
+    let all = TextClassificationOptions::default().with_top_k(None);
+    let as_json = |labels: Vec<ferroformers::pipelines::LabelScore>| -> Value {
+        labels
+            .into_iter()
+            .map(|l| json!({ "score": l.score, "label": l.label }))
+            .collect()
+    };
+    // One text: one list of labels, best first.
+    let expected = as_json(classifier.run_one(TEXTS[0], &all).unwrap());
+    let (status, body) = post(
+        &client,
+        &server.url("/predict"),
+        &json!({ "inputs": TEXTS[0] }),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_json_close(&body, &expected, f64::from(TOLERANCE), "/predict one");
+    // A batch of a text and a pair, raw scores.
+    let raw = all.clone().with_function_to_apply(ScoreFunction::None);
+    let inputs = [
+        TextInput::Single(TEXTS[1]),
+        TextInput::Pair(TEXTS[0], TEXTS[2]),
+    ];
+    let expected: Value = classifier
+        .run(inputs, &raw)
+        .unwrap()
+        .into_iter()
+        .map(as_json)
+        .collect();
+    let (status, body) = post(
+        &client,
+        &server.url("/predict"),
+        &json!({ "inputs": [TEXTS[1], [TEXTS[0], TEXTS[2]]], "raw_scores": true }),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_json_close(&body, &expected, f64::from(TOLERANCE), "/predict batch");
+    let info = get(&client, &server.url("/info")).json();
+    assert_eq!(
+        info["model_type"]["classifier"]["id2label"]
+            .as_object()
+            .unwrap()
+            .len(),
+        3
+    );
+}
+
+#[test]
+fn inference_api_answers_what_the_cli_prints() {
+    let client = client();
+    // fill-mask: one text gives its predictions; a list gives one list per text.
+    let pipeline = load(Task::FillMask, "bert/masked-lm");
+    let server = TestServer::start(pipeline.clone(), config());
+    let texts = [
+        "Paris is the [MASK] of France.",
+        "The [MASK] sat on the mat.",
+    ];
+    let options = FillMaskOptions::default().with_top_k(3);
+    let expected = serde_json::to_value(
+        pipeline
+            .as_fill_mask()
+            .unwrap()
+            .run(texts, &options)
+            .unwrap(),
+    )
+    .unwrap();
+    let (status, body) = post(
+        &client,
+        &server.url("/"),
+        &json!({ "inputs": texts, "parameters": { "top_k": 3 } }),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_json_close(&body, &expected, f64::from(TOLERANCE), "fill-mask");
+    let (_, body) = post(
+        &client,
+        &server.url("/"),
+        &json!({ "inputs": texts[0], "parameters": { "top_k": 3 } }),
+    );
+    assert_json_close(&body, &expected[0], f64::from(TOLERANCE), "fill-mask one");
+    // An unknown parameter is named.
+    let (status, body) = post(
+        &client,
+        &server.url("/"),
+        &json!({ "inputs": texts[0], "parameters": { "topk": 3 } }),
+    );
+    assert_eq!(status, 422);
+    assert!(body["error"].as_str().unwrap().contains("topk"), "{body}");
+    drop(server);
+
+    // NER, aggregated as `simple` by default (the CLI's default).
+    let pipeline = load(Task::TokenClassification, "bert/token-classification");
+    let server = TestServer::start(pipeline.clone(), config());
+    let options = TokenClassificationOptions::default()
+        .with_aggregation_strategy(AggregationStrategy::Simple);
+    let expected = serde_json::to_value(
+        pipeline
+            .as_token_classification()
+            .unwrap()
+            .run_one(TEXTS[0], &options)
+            .unwrap(),
+    )
+    .unwrap();
+    let (status, body) = post(&client, &server.url("/"), &json!({ "inputs": TEXTS[0] }));
+    assert_eq!(status, 200, "{body}");
+    assert_json_close(&body, &expected, f64::from(TOLERANCE), "ner");
+    drop(server);
+
+    // QA: the best answer, or the top_k answers.
+    let pipeline = load(Task::QuestionAnswering, "bert/question-answering");
+    let server = TestServer::start(pipeline.clone(), config());
+    let qa = pipeline.as_question_answering().unwrap();
+    let question = QaInput {
+        question: "Where does the cat sit?",
+        context: "The cat sat on the mat in the sun.",
+    };
+    let answers = qa
+        .run_one(question, &QuestionAnsweringOptions::default().with_top_k(2))
+        .unwrap();
+    let inputs = json!({ "question": question.question, "context": question.context });
+    let (status, body) = post(&client, &server.url("/"), &json!({ "inputs": inputs }));
+    assert_eq!(status, 200, "{body}");
+    assert_json_close(
+        &body,
+        &serde_json::to_value(&answers[0]).unwrap(),
+        f64::from(TOLERANCE),
+        "qa best",
+    );
+    let (_, body) = post(
+        &client,
+        &server.url("/"),
+        &json!({ "inputs": inputs, "parameters": { "top_k": 2 } }),
+    );
+    assert_json_close(
+        &body,
+        &serde_json::to_value(&answers).unwrap(),
+        f64::from(TOLERANCE),
+        "qa top 2",
+    );
+}
+
+fn assert_tei_error(status: u16, body: &Value, expected: u16, error_type: &str, mentions: &str) {
+    assert_eq!(status, expected, "{body}");
+    assert_eq!(body["error_type"], error_type, "{body}");
+    let message = body["error"].as_str().expect("an error message");
+    assert!(
+        message.contains(mentions),
+        "`{message}` does not mention `{mentions}`"
+    );
+}
+
+#[test]
+fn bad_requests_get_tei_and_openai_errors() {
+    let pipeline = load(Task::Embeddings, "bert/sentence-transformers");
+    let server = TestServer::start(
+        pipeline.clone(),
+        ServerConfig {
+            api_key: Some("secret".to_string()),
+            payload_limit: 1_000,
+            max_input_length: Some(8),
+            ..config()
+        },
+    );
+    let client = client();
+    let with_key = |request: ureq::Request| request.set("authorization", "Bearer secret");
+    let send = |answer: Answer| {
+        let body = serde_json::from_str::<Value>(&answer.body).unwrap_or(Value::Null);
+        (answer.status, body)
+    };
+
+    // 401 without the key or with a wrong one, in each route's shape; /health needs none.
+    let (status, body) = send(send_json(
+        client.post(&server.url("/embed")),
+        &json!({ "inputs": "a" }),
+    ));
+    assert_tei_error(status, &body, 401, "validation", "API key");
+    let (status, body) = send(send_json(
+        client
+            .post(&server.url("/v1/embeddings"))
+            .set("authorization", "Bearer wrong"),
+        &json!({ "input": "a" }),
+    ));
+    assert_eq!(status, 401);
+    assert_eq!(body["error"]["code"], "invalid_api_key", "{body}");
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    assert_eq!(get(&client, &server.url("/health")).status, 200);
+
+    // 413 past the payload limit.
+    let big = "word ".repeat(400);
+    let (status, body) = send(send_json(
+        with_key(client.post(&server.url("/embed"))),
+        &json!({ "inputs": big }),
+    ));
+    assert_tei_error(status, &body, 413, "validation", "length limit");
+
+    // 422 for JSON that does not parse, a missing field, a field of the wrong type.
+    let (status, body) = send(answer(
+        with_key(client.post(&server.url("/embed")))
+            .set("content-type", "application/json")
+            .send_string("{\"inputs\": "),
+    ));
+    assert_tei_error(status, &body, 422, "validation", "JSON");
+    let (status, body) = send(send_json(
+        with_key(client.post(&server.url("/embed"))),
+        &json!({ "input": "a" }),
+    ));
+    assert_tei_error(status, &body, 422, "validation", "`inputs`");
+    let (status, body) = send(send_json(
+        with_key(client.post(&server.url("/embed"))),
+        &json!({ "inputs": "a", "normalize": "yes" }),
+    ));
+    assert_tei_error(status, &body, 422, "validation", "normalize");
+    let (status, body) = send(send_json(
+        with_key(client.post(&server.url("/v1/embeddings"))),
+        &json!({ "input": 5 }),
+    ));
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["param"], "input", "{body}");
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    let (status, body) = send(send_json(
+        with_key(client.post(&server.url("/embed"))),
+        &json!({ "inputs": "a", "truncation_direction": "Left" }),
+    ));
+    assert_tei_error(status, &body, 422, "validation", "Left");
+    let (status, body) = send(send_json(
+        with_key(client.post(&server.url("/embed"))),
+        &json!({ "inputs": [] }),
+    ));
+    assert_tei_error(status, &body, 400, "empty", "empty");
+
+    // An input over max_input_length: 413 as TEI, unless truncate, which cuts it there.
+    let long = "one two three four five six seven eight nine ten";
+    let (status, body) = send(send_json(
+        with_key(client.post(&server.url("/embed"))),
+        &json!({ "inputs": long }),
+    ));
+    assert_tei_error(status, &body, 413, "validation", "less than 8 tokens");
+    let (status, body) = send(send_json(
+        with_key(client.post(&server.url("/embed"))),
+        &json!({ "inputs": long, "truncate": true }),
+    ));
+    assert_eq!(status, 200, "{body}");
+    let expected = pipeline
+        .as_embeddings()
+        .unwrap()
+        .run_one(
+            long,
+            &EmbeddingsOptions::default()
+                .with_normalize_embeddings(true)
+                .with_max_length(8),
+        )
+        .unwrap();
+    assert_close_slices(&floats(&body[0]), &expected, TOLERANCE, "truncated /embed");
+    let (status, body) = send(send_json(
+        with_key(client.post(&server.url("/v1/embeddings"))),
+        &json!({ "input": long }),
+    ));
+    assert_eq!(status, 413, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("less than 8 tokens"),
+        "{body}"
+    );
+
+    // 404 for an unknown route, 400 for a route of another task.
+    let (status, body) = send(answer(with_key(client.get(&server.url("/nothing"))).call()));
+    assert_tei_error(status, &body, 404, "validation", "/nothing");
+    let (status, body) = send(answer(
+        with_key(client.get(&server.url("/v1/nothing"))).call(),
+    ));
+    assert_eq!(status, 404);
+    assert_eq!(body["error"]["code"], "unknown_url", "{body}");
+    let (status, body) = send(send_json(
+        with_key(client.post(&server.url("/rerank"))),
+        &json!({ "query": "q", "texts": ["a"] }),
+    ));
+    assert_tei_error(status, &body, 400, "validation", "cross-encoder");
+}
+
+#[test]
+fn requests_past_max_concurrent_requests_get_429() {
+    let pipeline = load(Task::Embeddings, "bert/base");
+    let server = TestServer::start(
+        pipeline,
+        ServerConfig {
+            max_concurrent_requests: 1,
+            ..config()
+        },
+    );
+    let client = client();
+    // Hold the only slot: a request whose body has not all arrived yet.
+    let mut held = HeldRequest::embed(server.address, r#"{"inputs": "hello"}"#);
+    // The slot is taken once the server has read the headers. Wait for that on /metrics, which
+    // needs no slot (in flight: the held request and the scrape itself): a request that took
+    // the slot first would get the held one a 429 instead.
+    let held_in_flight = (0..100).any(|_| {
+        let metrics = get(&client, &server.url("/metrics")).body;
+        let busy = sample(&metrics, "ferroformers_requests_in_flight").is_some_and(|n| n >= 2.0);
+        if !busy {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        busy
+    });
+    assert!(held_in_flight, "the held request is in flight");
+    let overloaded = get(&client, &server.url("/info"));
+    assert_eq!(
+        overloaded.status, 429,
+        "a second request in flight gets 429"
+    );
+    let overloaded = overloaded.json();
+    assert_eq!(overloaded["error_type"], "overloaded", "{overloaded}");
+    // The held request completes, and frees its slot.
+    held.send_rest();
+    let mut reader = BufReader::new(held.stream);
+    let mut status_line = String::new();
+    reader.read_line(&mut status_line).unwrap();
+    assert!(status_line.starts_with("HTTP/1.1 200"), "{status_line}");
+    assert_eq!(get(&client, &server.url("/info")).status, 200);
+}
+
+#[test]
+fn auto_task_follows_the_model_files() {
+    let hub = HubOptions::from_env();
+    for (name, expected) in [
+        ("bert/sentence-transformers", ServeTask::Embed),
+        ("bert/base", ServeTask::Embed),
+        ("bert/cross-encoder", ServeTask::Rerank),
+        ("bert/sequence-classification", ServeTask::Classify),
+        ("bert/masked-lm", ServeTask::FillMask),
+        ("bert/token-classification", ServeTask::Ner),
+        ("bert/question-answering", ServeTask::Qa),
+        ("gpt2/lm-head", ServeTask::Generate),
+    ] {
+        let (task, why) = detect_task(&fixture_model(name), &hub).unwrap();
+        assert_eq!(task, expected, "{name}: {why}");
+    }
+}
+
+#[test]
+fn the_command_prints_its_address_serves_and_stops_on_sigterm() {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ferroformers"))
+        .args([
+            "serve",
+            "-m",
+            &fixture_model("bert/sequence-classification"),
+            "--port",
+            "0",
+            "--quiet",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut ready = String::new();
+    stdout.read_line(&mut ready).unwrap();
+    assert!(ready.contains("task classify"), "{ready}");
+    let address = ready
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .expect("the ready line has the address");
+    assert!(
+        address.starts_with("127.0.0.1:"),
+        "binds loopback by default: {ready}"
+    );
+    let info = get(&client(), &format!("http://{address}/info")).json();
+    assert_eq!(info["task"], "text-classification");
+    // SIGTERM: stops accepting, exits 0.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+}
+
+#[test]
+fn prompt_name_picks_the_models_prompt() {
+    // prompts {query: "query: ", passage: "passage: "}, default_prompt_name "query".
+    let pipeline = load(
+        Task::Embeddings,
+        "xlm-roberta/sentence-transformers-prompts",
+    );
+    let server = TestServer::start(pipeline.clone(), config());
+    let embeddings = pipeline.as_embeddings().unwrap();
+    let client = client();
+    for prompt in [None, Some("passage")] {
+        let options = EmbeddingsOptions::default()
+            .with_normalize_embeddings(true)
+            .with_prompt(prompt.map_or(Prompt::ModelDefault, |name| Prompt::Named(name.into())));
+        let expected = embeddings.run_one(TEXTS[0], &options).unwrap();
+        let (status, body) = post(
+            &client,
+            &server.url("/embed"),
+            &json!({ "inputs": TEXTS[0], "prompt_name": prompt }),
+        );
+        assert_eq!(status, 200, "{body}");
+        assert_close_slices(&floats(&body[0]), &expected, TOLERANCE, "prompted /embed");
+    }
+    // The two prompts give different embeddings (else the comparison above proves nothing).
+    let (_, query) = post(
+        &client,
+        &server.url("/embed"),
+        &json!({ "inputs": TEXTS[0] }),
+    );
+    let (_, passage) = post(
+        &client,
+        &server.url("/embed"),
+        &json!({ "inputs": TEXTS[0], "prompt_name": "passage" }),
+    );
+    assert_ne!(query, passage);
+    let (status, body) = post(
+        &client,
+        &server.url("/embed"),
+        &json!({ "inputs": TEXTS[0], "prompt_name": "nope" }),
+    );
+    assert_tei_error(status, &body, 422, "validation", "nope");
+}
+
+#[test]
+fn cors_preflight_is_answered_before_the_api_key_is_asked() {
+    let server = TestServer::start(
+        load(Task::Embeddings, "bert/base"),
+        ServerConfig {
+            api_key: Some("secret".to_string()),
+            cors_allow_origins: vec!["https://app.example".to_string()],
+            ..config()
+        },
+    );
+    let response = answer(
+        client()
+            .request("OPTIONS", &server.url("/embed"))
+            .set("origin", "https://app.example")
+            .set("access-control-request-method", "POST")
+            .set(
+                "access-control-request-headers",
+                "authorization, content-type",
+            )
+            .call(),
+    );
+    assert_eq!(response.status, 200);
+    assert_eq!(
+        response.header("access-control-allow-origin"),
+        Some("https://app.example")
+    );
+    // Another origin is not allowed.
+    let response = answer(
+        client()
+            .request("OPTIONS", &server.url("/embed"))
+            .set("origin", "https://elsewhere.example")
+            .set("access-control-request-method", "POST")
+            .call(),
+    );
+    assert!(response.header("access-control-allow-origin").is_none());
+}
+
+#[test]
+fn shutdown_lets_the_request_in_flight_finish_and_accepts_no_more() {
+    let mut server = TestServer::start(load(Task::Embeddings, "bert/base"), config());
+    let mut held = HeldRequest::embed(server.address, r#"{"inputs": "hello"}"#);
+    // Make sure the server has the request before it is told to stop.
+    std::thread::sleep(Duration::from_millis(200));
+    server.begin_shutdown();
+    std::thread::sleep(Duration::from_millis(200));
+    held.send_rest();
+    let mut answer = String::new();
+    BufReader::new(held.stream)
+        .read_to_string(&mut answer)
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    server.join();
+    assert!(
+        TcpStream::connect(server.address).is_err(),
+        "still accepting"
+    );
+}
+
+/// The value of the sample `name{labels}` in Prometheus' text format.
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+        value.parse().ok()
+    })
+}
+
+#[test]
+fn metrics_count_requests_by_route_and_status() {
+    let server = TestServer::start(
+        load(Task::Embeddings, "bert/base"),
+        ServerConfig {
+            api_key: Some("secret".to_string()),
+            ..config()
+        },
+    );
+    let client = client();
+    for body in [
+        json!({ "inputs": "a" }),
+        json!({ "inputs": ["b"] }),
+        json!({ "input": "c" }),
+    ] {
+        send_json(
+            client
+                .post(&server.url("/embed"))
+                .set("authorization", "Bearer secret"),
+            &body,
+        );
+    }
+    send_json(
+        client.post(&server.url("/embed")),
+        &json!({ "inputs": "a" }),
+    );
+    answer(
+        client
+            .get(&server.url("/nothing/here"))
+            .set("authorization", "Bearer secret")
+            .call(),
+    );
+    let unauthorized = get(&client, &server.url("/metrics"));
+    assert_eq!(unauthorized.status, 401);
+    let response = answer(
+        client
+            .get(&server.url("/metrics"))
+            .set("authorization", "Bearer secret")
+            .call(),
+    );
+    assert_eq!(response.status, 200);
+    assert!(response
+        .header("content-type")
+        .expect("a content-type")
+        .starts_with("text/plain"));
+    let metrics = response.body;
+    let count = |series: &str| sample(&metrics, series);
+    assert_eq!(
+        count(r#"ferroformers_requests_total{route="/embed",status="200"}"#),
+        Some(2.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        count(r#"ferroformers_requests_total{route="/embed",status="422"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        count(r#"ferroformers_requests_total{route="/embed",status="401"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        count(r#"ferroformers_requests_total{route="unmatched",status="404"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        count(r#"ferroformers_requests_total{route="/metrics",status="401"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        count(r#"ferroformers_request_duration_seconds_count{route="/embed"}"#),
+        Some(4.0)
+    );
+    // The scrape itself is the one request in flight.
+    assert_eq!(count("ferroformers_requests_in_flight"), Some(1.0));
+}

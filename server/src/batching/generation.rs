@@ -1,0 +1,456 @@
+//! The generation worker: what the OpenAI completion routes submit a prompt to, and get its
+//! tokens back from, one [`StreamToken`] at a time over a channel.
+//!
+//! Submitted sequences are decoded together by one thread, with continuous batching
+//! ([`ContinuousBatcher`]): one forward pass per step for all running sequences, each getting
+//! exactly the tokens it would get alone. Between two steps the thread lets waiting sequences
+//! join (up to `max_batch_requests` running at once, [`DEFAULT_MAX_SEQUENCES`] by default;
+//! more wait in a queue, in order) and drops every sequence whose client left (its receiver
+//! closed), so that a departed client costs at most the step under way.
+//!
+//! The thread is started by the first submission and ends when it has nothing left to
+//! decode, so a server holds none while idle, and a stopped server (whose connections, and
+//! with them the receivers, are dropped) leaves none behind.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use prometheus::IntGauge;
+use tokio::sync::mpsc;
+use tracing::Span;
+
+use crate::http::error::ServeError;
+use crate::state::Shared;
+use ferroformers::generation::{
+    ContinuousBatcher, GenerationConfig, SequenceId, SequenceToken, StreamToken,
+};
+use ferroformers::models::gpt2::Gpt2LMHeadModel;
+use ferroformers::pipelines::{AnyPipeline, Pipeline, TextGenerationPipeline};
+
+/// Sequences decoded together when `max_batch_requests` is not set: past a few dozen, a step
+/// of GPT-2 small on a CPU spends more on the per-sequence attention than the shared weight
+/// reads save, and each client waits longer for its next token.
+const DEFAULT_MAX_SEQUENCES: usize = 32;
+
+/// A prompt and the settings to continue it with.
+#[derive(Debug, Clone)]
+pub(crate) struct GenerationRequest {
+    /// The text the model continues (a chat already rendered by its template).
+    pub prompt: String,
+    /// Sampling, length and stop settings, validated.
+    pub config: GenerationConfig,
+}
+
+/// The tokens of one submitted sequence, in order; the last one carries its finish reason.
+/// Dropping it cancels the sequence.
+pub(crate) type TokenReceiver = mpsc::Receiver<Result<StreamToken, ServeError>>;
+
+type TokenSender = mpsc::Sender<Result<StreamToken, ServeError>>;
+
+/// The sequences waiting to join the decoding thread's batch, and whether that thread runs.
+#[derive(Debug, Default)]
+pub(crate) struct DecodeQueue {
+    state: Mutex<QueueState>,
+}
+
+#[derive(Debug, Default)]
+struct QueueState {
+    /// Each with the span of its request, so that what is logged for it carries its id.
+    waiting: VecDeque<(GenerationRequest, TokenSender, Span)>,
+    /// A decoding thread is running and will take `waiting` before it ends.
+    thread_running: bool,
+}
+
+impl DecodeQueue {
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        // The state stays consistent across a panic (each change is one assignment).
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The text-generation pipeline of `shared`, or the error a non-generation server answers.
+pub(crate) fn generation_pipeline(shared: &Shared) -> Result<&TextGenerationPipeline, ServeError> {
+    match &shared.pipeline {
+        AnyPipeline::TextGeneration(pipeline) => Ok(pipeline),
+        other => Err(ServeError::WrongTask(format!(
+            "this server runs a {} model, which does not generate text: completions need a \
+             text-generation model (serve one with --task generate)",
+            other.task()
+        ))),
+    }
+}
+
+/// Start generating `request` and return its tokens as they come. An invalid prompt or
+/// setting comes back as the receiver's first (and only) item.
+pub(crate) fn submit(
+    shared: &Arc<Shared>,
+    request: GenerationRequest,
+) -> Result<TokenReceiver, ServeError> {
+    let pipeline = generation_pipeline(shared)?;
+    // Room for every token a sequence can make (no more than the model's positions) and an
+    // error, so that the decoding thread never waits on a slow client; tokio allocates the
+    // slots as they fill.
+    let (sender, receiver) = mpsc::channel(pipeline.model().config().n_positions + 1);
+    let mut queue = shared.decode_queue.lock();
+    queue.waiting.push_back((request, sender, Span::current()));
+    if !queue.thread_running {
+        let decoding = Arc::clone(shared);
+        let started = std::thread::Builder::new()
+            .name("ferroformers-decode".to_string())
+            .spawn(move || decode(&decoding));
+        if let Err(error) = started {
+            queue.waiting.pop_back();
+            return Err(ServeError::Internal(format!(
+                "cannot start the decoding thread: {error}"
+            )));
+        }
+        queue.thread_running = true;
+    }
+    Ok(receiver)
+}
+
+/// A client of the decoding thread: where its tokens go, counted in the active-sequences
+/// gauge while it is held.
+struct Client {
+    sender: TokenSender,
+    /// The request's span: what the thread logs about this sequence goes in it.
+    span: Span,
+    _active: ActiveSequence,
+}
+
+/// The decoding thread: step the batch until no sequence runs or waits.
+fn decode(shared: &Shared) {
+    let _cleared = ClearOnPanic(&shared.decode_queue);
+    let Ok(pipeline) = generation_pipeline(shared) else {
+        shared.decode_queue.lock().thread_running = false;
+        return;
+    };
+    let mut batcher = ContinuousBatcher::new(pipeline.model(), pipeline.tokenizer());
+    let mut clients: HashMap<SequenceId, Client> = HashMap::new();
+    let limit = shared
+        .config
+        .max_batch_requests
+        .unwrap_or(DEFAULT_MAX_SEQUENCES)
+        .max(1);
+    loop {
+        // Sequences whose client left go before the next step.
+        clients.retain(|&id, client| {
+            let open = !client.sender.is_closed();
+            if !open {
+                batcher.cancel(id);
+            }
+            open
+        });
+        if !admit(shared, &mut batcher, &mut clients, limit) {
+            return;
+        }
+        match batcher.step() {
+            Ok(tokens) => {
+                for SequenceToken { id, token } in tokens {
+                    let ended = token
+                        .as_ref()
+                        .map_or(true, |token| token.finish_reason.is_some());
+                    let delivered = clients.get(&id).is_some_and(|client| {
+                        client
+                            .sender
+                            .try_send(token.map_err(ServeError::from))
+                            .is_ok()
+                    });
+                    if ended || !delivered {
+                        batcher.cancel(id);
+                        clients.remove(&id);
+                    }
+                }
+            }
+            Err(error) => {
+                // The shared forward pass failed: every running sequence has left the batch.
+                let message = format!("generation failed: {error}");
+                clients.retain(|&id, client| {
+                    let running = batcher.contains(id);
+                    if !running {
+                        client.span.in_scope(|| tracing::error!("{message}"));
+                        let _ = client
+                            .sender
+                            .try_send(Err(ServeError::Internal(message.clone())));
+                    }
+                    running
+                });
+            }
+        }
+    }
+}
+
+/// Let waiting sequences join until `limit` run; false, with the thread marked as ended, when
+/// nothing runs nor waits (decided under the queue's lock, so that a submission either sees
+/// the thread running and is taken by it, or starts a new one).
+fn admit(
+    shared: &Shared,
+    batcher: &mut ContinuousBatcher<'_, Gpt2LMHeadModel>,
+    clients: &mut HashMap<SequenceId, Client>,
+    limit: usize,
+) -> bool {
+    loop {
+        let joining: Vec<_> = {
+            let mut queue = shared.decode_queue.lock();
+            if batcher.is_empty() && queue.waiting.is_empty() {
+                queue.thread_running = false;
+                return false;
+            }
+            let room = limit.saturating_sub(batcher.len()).min(queue.waiting.len());
+            queue.waiting.drain(..room).collect()
+        };
+        // Outside the lock: reading a prompt (tokenizing, checking) must not hold up
+        // submissions.
+        for (request, sender, span) in joining {
+            if sender.is_closed() {
+                continue;
+            }
+            // Reading the prompt is this request's own work.
+            let added = span.in_scope(|| batcher.add(&request.prompt, &request.config));
+            match added {
+                Ok(id) => {
+                    let active = ActiveSequence::start(&shared.metrics.active_sequences);
+                    clients.insert(
+                        id,
+                        Client {
+                            sender,
+                            span,
+                            _active: active,
+                        },
+                    );
+                }
+                Err(error) => {
+                    let _ = sender.try_send(Err(error.into()));
+                }
+            }
+        }
+        if !batcher.is_empty() {
+            return true;
+        }
+    }
+}
+
+/// Marks the decoding thread as ended if it panics, so that the next submission starts
+/// another instead of waiting on it forever.
+struct ClearOnPanic<'a>(&'a DecodeQueue);
+
+impl Drop for ClearOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.lock().thread_running = false;
+        }
+    }
+}
+
+/// Counts a sequence in the active-sequences gauge while it decodes.
+struct ActiveSequence(IntGauge);
+
+impl ActiveSequence {
+    fn start(gauge: &IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for ActiveSequence {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The decoding thread as the completion routes use it: concurrent submissions each get
+    //! their solo stream (token for token), at most `max_batch_requests` decode at once, a
+    //! client that leaves is dropped at once, and the thread ends when idle.
+
+    use std::time::{Duration, Instant};
+
+    use tokio::sync::Semaphore;
+
+    use super::*;
+    use crate::batching::queue::{Batcher, Limits};
+    use crate::config::ServerConfig;
+    use crate::http::metrics::Metrics;
+    use ferroformers::pipelines::TextGenerationOptions;
+    use ferroformers::{HubOptions, LoadOptions};
+
+    fn shared(max_batch_requests: usize) -> Arc<Shared> {
+        let folder = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/gpt2/lm-head");
+        let options = LoadOptions::default().with_hub(HubOptions::default().with_offline(true));
+        let pipeline = AnyPipeline::TextGeneration(
+            TextGenerationPipeline::from_pretrained(folder, &options).expect("the fixture loads"),
+        );
+        let config = ServerConfig {
+            max_batch_requests: Some(max_batch_requests),
+            ..ServerConfig::new(folder)
+        };
+        let metrics = Metrics::new().expect("metrics");
+        // The encoder routes' queue, unused here: its thread ends when the batcher drops.
+        let limits = Limits {
+            max_batch_tokens: config.max_batch_tokens,
+            max_batch_requests: config.max_batch_requests,
+        };
+        let queue = Batcher::start(pipeline.clone(), limits, metrics.batch.clone())
+            .expect("the batching thread starts")
+            .queue();
+        Arc::new(Shared {
+            pipeline,
+            config,
+            max_input_length: 128,
+            in_flight: Arc::new(Semaphore::new(8)),
+            metrics,
+            queue,
+            decode_queue: DecodeQueue::default(),
+        })
+    }
+
+    fn requests(shared: &Shared) -> Vec<GenerationRequest> {
+        let base = generation_pipeline(shared)
+            .expect("generates")
+            .settings(&TextGenerationOptions::default());
+        let greedy = base.clone().greedy().with_max_new_tokens(30);
+        let mut sampled = base.clone().sampling(5).with_max_new_tokens(20);
+        sampled.top_p = 0.9;
+        let request = |prompt: &str, config: &GenerationConfig| GenerationRequest {
+            prompt: prompt.to_string(),
+            config: config.clone(),
+        };
+        vec![
+            request("The quick brown fox", &greedy.clone().with_logprobs(2)),
+            request("Once upon a time", &sampled),
+            request("Hello there", &greedy),
+            request("The lazy dog", &sampled.clone().sampling(9)),
+            request("A fox jumps", &greedy.clone().with_max_new_tokens(12)),
+        ]
+    }
+
+    fn solo(shared: &Shared, request: &GenerationRequest) -> Vec<StreamToken> {
+        let options = TextGenerationOptions::default().with_generation(request.config.clone());
+        generation_pipeline(shared)
+            .expect("generates")
+            .stream(&request.prompt, &options)
+            .expect("streams")
+            .map(|token| token.expect("decodes"))
+            .collect()
+    }
+
+    /// Wait (at most 10 s) until `done` holds.
+    fn eventually(what: &str, done: impl Fn() -> bool) {
+        let start = Instant::now();
+        while !done() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{what} never happened"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    fn thread_ended(shared: &Shared) -> bool {
+        !shared.decode_queue.lock().thread_running
+    }
+
+    /// Five submissions, at most two decoding at once: each gets its solo stream token for
+    /// token (ids, text, finish reason, log-probabilities equal), the gauge never shows more
+    /// than two sequences and shows two at some point, and returns to 0, and the thread ends.
+    #[test]
+    fn concurrent_submissions_each_get_their_solo_stream() {
+        let shared = shared(2);
+        let requests = requests(&shared);
+        let expected: Vec<_> = requests.iter().map(|r| solo(&shared, r)).collect();
+        let mut receivers: Vec<_> = requests
+            .iter()
+            .map(|request| submit(&shared, request.clone()).expect("submits"))
+            .collect();
+        let mut got = vec![Vec::new(); requests.len()];
+        let mut busiest = 0;
+        let start = Instant::now();
+        while got
+            .iter()
+            .zip(&expected)
+            .any(|(got, exp)| got.len() < exp.len())
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "streams stalled: {got:?}"
+            );
+            std::thread::yield_now();
+            busiest = busiest.max(shared.metrics.active_sequences.get());
+            for (receiver, got) in receivers.iter_mut().zip(&mut got) {
+                while let Ok(token) = receiver.try_recv() {
+                    got.push(token.expect("no error"));
+                }
+            }
+        }
+        assert_eq!(got, expected, "each stream as alone");
+        assert!(
+            busiest <= 2,
+            "{busiest} sequences decoded at once, 2 allowed"
+        );
+        assert_eq!(busiest, 2, "two sequences shared the batch");
+        eventually("the gauge back to 0", || {
+            shared.metrics.active_sequences.get() == 0
+        });
+        eventually("the thread ending", || thread_ended(&shared));
+        // The thread comes back for the next submission.
+        let mut receiver = submit(&shared, requests[4].clone()).expect("submits");
+        let again: Vec<_> = std::iter::from_fn(|| receiver.blocking_recv())
+            .map(|token| token.expect("no error"))
+            .collect();
+        assert_eq!(again, expected[4]);
+    }
+
+    /// A client that leaves after two tokens: its sequence is dropped (the gauge falls to the
+    /// one other sequence, which still gets its solo stream), and the thread ends once that
+    /// finishes. An invalid request gets its error as the only item.
+    #[test]
+    fn a_client_that_leaves_is_dropped_at_once() {
+        let shared = shared(4);
+        let base = generation_pipeline(&shared)
+            .expect("generates")
+            .settings(&TextGenerationOptions::default());
+        let long = GenerationRequest {
+            prompt: "The quick brown fox".to_string(),
+            config: base.clone().greedy().with_max_new_tokens(100),
+        };
+        let other = GenerationRequest {
+            prompt: "Once upon a time".to_string(),
+            config: base.clone().sampling(3).with_max_new_tokens(100),
+        };
+        let expected = solo(&shared, &other);
+        let mut leaving = submit(&shared, long).expect("submits");
+        let mut staying = submit(&shared, other).expect("submits");
+        for _ in 0..2 {
+            leaving.blocking_recv().expect("a token").expect("no error");
+        }
+        let first = staying.blocking_recv().expect("a token").expect("no error");
+        drop(leaving);
+        eventually("the departed client's sequence dropped", || {
+            shared.metrics.active_sequences.get() == 1
+        });
+        let rest: Vec<_> = std::iter::from_fn(|| staying.blocking_recv())
+            .map(|token| token.expect("no error"))
+            .collect();
+        assert_eq!([vec![first], rest].concat(), expected);
+        eventually("the thread ending", || thread_ended(&shared));
+        assert_eq!(shared.metrics.active_sequences.get(), 0);
+
+        let too_long = GenerationRequest {
+            prompt: "The quick brown fox".to_string(),
+            config: base.with_max_new_tokens(10_000),
+        };
+        let mut refused = submit(&shared, too_long).expect("submits");
+        let error = refused.blocking_recv().expect("an item");
+        assert!(
+            matches!(
+                &error,
+                Err(ServeError::Library(ferroformers::Error::InvalidGeneration(
+                    _
+                )))
+            ),
+            "{error:?}"
+        );
+        assert!(refused.blocking_recv().is_none(), "nothing after the error");
+    }
+}

@@ -1,0 +1,76 @@
+//! Stopping without cutting anyone off: once the shutdown signal comes, the server stops
+//! accepting connections, answers the requests that arrive on connections already open with
+//! 503 (and `/health` with 503, so that load balancers take the server out), closes every
+//! connection after its answer, and lets the requests in flight finish.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue};
+use axum::middleware::Next;
+use axum::response::Response;
+
+use crate::http::error::{Flavor, ServeError};
+
+/// Whether the server is shutting down; shared by the connection loop, which sets it, and
+/// the middleware, which reads it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Draining(Arc<AtomicBool>);
+
+impl Draining {
+    /// From now on, refuse new requests and close connections after their answer.
+    pub(crate) fn start(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    pub(crate) fn is_on(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// 503 for a request that arrives while shutting down; `Connection: close` on every answer
+/// made while shutting down (those of requests that were in flight too), so that no client
+/// sends another request on a connection about to close.
+pub(crate) async fn refuse_when_draining(
+    State(draining): State<Draining>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let mut response = if draining.is_on() {
+        ServeError::ShuttingDown.into_response_as(Flavor::of_path(request.uri().path()))
+    } else {
+        next.run(request).await
+    };
+    if draining.is_on() {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// Completes on Ctrl-C or SIGTERM (what `docker stop` and Kubernetes send).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutdown signal received: finishing the requests in flight");
+}

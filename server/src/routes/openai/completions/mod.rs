@@ -1,0 +1,179 @@
+//! OpenAI's `POST /v1/completions` and `POST /v1/chat/completions`, as the `openai` clients
+//! call them: <https://platform.openai.com/docs/api-reference/completions/create>,
+//! <https://platform.openai.com/docs/api-reference/chat/create>.
+//!
+//! A request is checked ([`request`]); its prompts are rendered (chat: with the model's chat
+//! template) and counted; each of its choices (`n` per prompt) goes to the generation worker
+//! as one sequence. The choices' tokens are read together ([`choice`]), each choice's text
+//! cut before its first stop string, and gathered into one answer or sent as server-sent
+//! events as they come ([`stream`]).
+
+mod choice;
+mod request;
+mod response;
+mod stream;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use crate::batching::generation::{generation_pipeline, submit, GenerationRequest};
+use crate::http::error::{OpenAiError, ServeError};
+use crate::state::{run_blocking, AppState, Shared};
+use choice::Running;
+use ferroformers::generation::CausalLM;
+use ferroformers::pipelines::{Message, Pipeline};
+use ferroformers::tokenizer::EncodeOptions;
+use request::{ChatRequest, CompletionRequest, Settings};
+use response::{Answer, Api, Usage};
+
+/// A prompt ready to generate from.
+struct Prepared {
+    /// The text the model continues.
+    text: String,
+    /// Its tokens.
+    tokens: usize,
+    /// New tokens per choice.
+    max_new_tokens: usize,
+}
+
+/// `POST /v1/completions`: a choice set per prompt.
+pub(crate) async fn completions(
+    State(state): State<AppState>,
+    body: Result<Json<CompletionRequest>, JsonRejection>,
+) -> Result<Response, OpenAiError> {
+    let Json(request) = body?;
+    generation_pipeline(&state)?;
+    let (prompts, settings) = request.checked()?;
+    let max_tokens = settings.max_tokens;
+    let prepared = run_blocking(&state, move |state| {
+        prompts
+            .into_iter()
+            .map(|prompt| prepare(state, prompt, max_tokens, "prompt"))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await?;
+    Ok(generate(&state, Api::Completions, prepared, settings).await?)
+}
+
+/// `POST /v1/chat/completions`: the assistant's reply to `messages`.
+pub(crate) async fn chat_completions(
+    State(state): State<AppState>,
+    body: Result<Json<ChatRequest>, JsonRejection>,
+) -> Result<Response, OpenAiError> {
+    let Json(request) = body?;
+    generation_pipeline(&state)?;
+    let (messages, settings) = request.checked()?;
+    let max_tokens = settings.max_tokens;
+    let prepared = run_blocking(&state, move |state| {
+        let prompt = render(state, &messages)?;
+        prepare(state, prompt, max_tokens, "messages")
+    })
+    .await?;
+    Ok(generate(&state, Api::Chat, vec![prepared], settings).await?)
+}
+
+/// The messages rendered by the model's chat template, with the assistant's turn opened.
+fn render(state: &Shared, messages: &[Message]) -> Result<String, ServeError> {
+    let no_chat =
+        |why: String| ServeError::field_with_status(StatusCode::BAD_REQUEST, "messages", why);
+    let template = generation_pipeline(state)?
+        .chat_template()
+        .map_err(|error| {
+            no_chat(format!(
+                "this model's chat template cannot be used ({error}): use /v1/completions with \
+                 a prompt you write"
+            ))
+        })?
+        .ok_or_else(|| {
+            no_chat(
+                "this model has no chat template (no `chat_template` in its \
+                 tokenizer_config.json), so it cannot chat: use /v1/completions with a prompt \
+                 you write, or serve a model that has a chat template"
+                    .to_string(),
+            )
+        })?;
+    template
+        .render(messages, true)
+        .map_err(|error| ServeError::field("messages", error.to_string()))
+}
+
+/// Count `prompt`'s tokens (as the generator will) and fit the new tokens into the model's
+/// context: `max_tokens`, or all the room left when it is not set. `field` is where the
+/// prompt came from, for OpenAI's `context_length_exceeded`.
+fn prepare(
+    state: &Shared,
+    prompt: String,
+    max_tokens: Option<usize>,
+    field: &'static str,
+) -> Result<Prepared, ServeError> {
+    let pipeline = generation_pipeline(state)?;
+    let tokens = pipeline
+        .tokenizer()
+        .encode(prompt.as_str(), &EncodeOptions::default())?
+        .len();
+    let too_long = |message: String| ServeError::context_length_exceeded(field, message);
+    let context = pipeline.model().max_positions();
+    let max_new_tokens = max_tokens.unwrap_or(context.saturating_sub(tokens));
+    if max_new_tokens == 0 || tokens + max_new_tokens > context {
+        return Err(too_long(format!(
+            "This model's maximum context length is {context} tokens. However, you requested \
+             {} tokens ({tokens} in the {field}, {max_new_tokens} in the completion). Please \
+             reduce the length of the {field} or completion.",
+            tokens + max_new_tokens
+        )));
+    }
+    if tokens > state.max_input_length {
+        return Err(too_long(format!(
+            "{tokens} tokens in the {field}, over this server's limit of {} \
+             (--max-input-length): shorten the {field}",
+            state.max_input_length
+        )));
+    }
+    Ok(Prepared {
+        text: prompt,
+        tokens,
+        max_new_tokens,
+    })
+}
+
+/// Submit every choice and answer: whole, or streamed.
+async fn generate(
+    state: &AppState,
+    api: Api,
+    prompts: Vec<Prepared>,
+    settings: Settings,
+) -> Result<Response, ServeError> {
+    let model_config = generation_pipeline(state)?.generation_config().clone();
+    let mut running = Running::new(&settings.stop);
+    for prompt in &prompts {
+        for _ in 0..settings.n {
+            let choice = running.choices.len();
+            let config = settings.generation_config(&model_config, prompt.max_new_tokens, choice);
+            let request = GenerationRequest {
+                prompt: prompt.text.clone(),
+                config,
+            };
+            // On an error the choices submitted so far are dropped, which stops them.
+            running.add(submit(state, request)?, &prompt.text);
+        }
+    }
+    let prompt_tokens = prompts.iter().map(|prompt| prompt.tokens).sum();
+    let answer = Answer::new(api, &state.config.model_id);
+    if settings.stream {
+        return Ok(stream::respond(
+            state.clone(),
+            answer,
+            running,
+            prompt_tokens,
+            settings.include_usage,
+        ));
+    }
+    let choices = running.finish().await?;
+    let completion_tokens = choices.iter().map(|c| c.completion_tokens).sum();
+    let usage = Usage::new(prompt_tokens, completion_tokens);
+    let body = answer.whole(&choices, usage, state.pipeline.tokenizer());
+    Ok(Json(body).into_response())
+}

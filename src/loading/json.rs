@@ -1,0 +1,12 @@
+//! JSON files of a model: configs, modules' settings, shard indexes.
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// Read and parse a JSON file of a model (a config, a module's settings, a shard index); the
+/// errors name the file.
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::json(path, e))
+}

@@ -1,0 +1,249 @@
+//! `config.json`: parsed into a typed config chosen by `model_type`, the Rust form of
+//! transformers' `AutoConfig`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::models::bert::BertConfig;
+use crate::models::distilbert::DistilBertConfig;
+use crate::models::gpt2::Gpt2Config;
+use crate::models::roberta::RobertaConfig;
+
+/// A model's configuration, dispatched on the `model_type` field of `config.json`.
+///
+/// New architectures come in minor releases: match with a `_` arm.
+#[non_exhaustive]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "model_type", rename_all = "lowercase")]
+pub enum ModelConfig {
+    /// `"model_type": "bert"`.
+    Bert(BertConfig),
+    /// `"model_type": "roberta"`: BERT's fields, see [`RobertaConfig`].
+    Roberta(RobertaConfig),
+    /// XLM-RoBERTa: RoBERTa's architecture and config with a SentencePiece vocabulary.
+    #[serde(rename = "xlm-roberta")]
+    XlmRoberta(RobertaConfig),
+    /// CamemBERT: RoBERTa's architecture and config with a SentencePiece vocabulary.
+    Camembert(RobertaConfig),
+    /// `"model_type": "distilbert"`.
+    Distilbert(DistilBertConfig),
+    /// `"model_type": "gpt2"`.
+    Gpt2(Gpt2Config),
+}
+
+impl ModelConfig {
+    /// The `model_type` values this library implements.
+    pub const SUPPORTED: &'static [&'static str] = &[
+        "bert",
+        "roberta",
+        "xlm-roberta",
+        "camembert",
+        "distilbert",
+        "gpt2",
+    ];
+
+    /// Read and validate `config.json`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::from_json(&text, path)
+    }
+
+    /// Parse `config.json` text; `path` is only used in messages.
+    pub fn from_json(text: &str, path: &Path) -> Result<Self> {
+        #[derive(Deserialize)]
+        struct Tag {
+            model_type: Option<String>,
+        }
+        let tag: Tag = serde_json::from_str(text).map_err(|e| Error::json(path, e))?;
+        let model_type = tag.model_type.unwrap_or_default();
+        if !Self::SUPPORTED.contains(&model_type.as_str()) {
+            return Err(Error::UnknownModelType {
+                model_type,
+                path: path.to_path_buf(),
+                supported: Self::SUPPORTED.join(", "),
+            });
+        }
+        let config: Self = serde_json::from_str(text).map_err(|e| Error::json(path, e))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The `model_type` string.
+    pub fn model_type(&self) -> &'static str {
+        match self {
+            ModelConfig::Bert(_) => "bert",
+            ModelConfig::Roberta(_) => "roberta",
+            ModelConfig::XlmRoberta(_) => "xlm-roberta",
+            ModelConfig::Camembert(_) => "camembert",
+            ModelConfig::Distilbert(_) => "distilbert",
+            ModelConfig::Gpt2(_) => "gpt2",
+        }
+    }
+
+    /// Class names of classification heads (`id2label`).
+    pub fn id2label(&self) -> &Labels {
+        match self {
+            ModelConfig::Bert(c)
+            | ModelConfig::Roberta(c)
+            | ModelConfig::XlmRoberta(c)
+            | ModelConfig::Camembert(c) => &c.id2label,
+            ModelConfig::Distilbert(c) => &c.id2label,
+            ModelConfig::Gpt2(c) => &c.id2label,
+        }
+    }
+
+    /// Number of classes of classification heads.
+    pub fn num_labels(&self) -> usize {
+        match self {
+            ModelConfig::Bert(c)
+            | ModelConfig::Roberta(c)
+            | ModelConfig::XlmRoberta(c)
+            | ModelConfig::Camembert(c) => c.num_labels(),
+            ModelConfig::Distilbert(c) => c.num_labels(),
+            ModelConfig::Gpt2(c) => c.num_labels(),
+        }
+    }
+
+    /// `problem_type`: `single_label_classification`, `multi_label_classification` or
+    /// `regression`, when the config says.
+    pub fn problem_type(&self) -> Option<&str> {
+        match self {
+            ModelConfig::Bert(c)
+            | ModelConfig::Roberta(c)
+            | ModelConfig::XlmRoberta(c)
+            | ModelConfig::Camembert(c) => c.problem_type.as_deref(),
+            ModelConfig::Distilbert(c) => c.problem_type.as_deref(),
+            ModelConfig::Gpt2(c) => c.problem_type.as_deref(),
+        }
+    }
+
+    /// Rows of the position table: the longest input the model takes, less RoBERTa's offset
+    /// of `pad_token_id + 1` for the RoBERTa family.
+    pub fn max_position_embeddings(&self) -> usize {
+        match self {
+            ModelConfig::Bert(c)
+            | ModelConfig::Roberta(c)
+            | ModelConfig::XlmRoberta(c)
+            | ModelConfig::Camembert(c) => c.max_position_embeddings,
+            ModelConfig::Distilbert(c) => c.max_position_embeddings,
+            ModelConfig::Gpt2(c) => c.n_positions,
+        }
+    }
+
+    /// Tokens in the vocabulary (rows of the word embeddings).
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            ModelConfig::Bert(c)
+            | ModelConfig::Roberta(c)
+            | ModelConfig::XlmRoberta(c)
+            | ModelConfig::Camembert(c) => c.vocab_size,
+            ModelConfig::Distilbert(c) => c.vocab_size,
+            ModelConfig::Gpt2(c) => c.vocab_size,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        match self {
+            ModelConfig::Bert(config)
+            | ModelConfig::Roberta(config)
+            | ModelConfig::XlmRoberta(config)
+            | ModelConfig::Camembert(config) => config.validate(),
+            ModelConfig::Distilbert(config) => config.validate(),
+            ModelConfig::Gpt2(config) => config.validate(),
+        }
+    }
+}
+
+/// `id2label` as transformers writes it: string keys holding integers.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(try_from = "BTreeMap<String, String>")]
+pub struct Labels(Vec<String>);
+
+impl Labels {
+    /// The label of class `id`, or `LABEL_<id>` as transformers names unnamed classes.
+    pub fn name(&self, id: usize) -> String {
+        self.0
+            .get(id)
+            .cloned()
+            .unwrap_or_else(|| format!("LABEL_{id}"))
+    }
+
+    /// Number of classes of a classification head: the labels listed, else transformers'
+    /// default of 2.
+    pub fn num_classes(&self) -> usize {
+        if self.0.is_empty() {
+            2
+        } else {
+            self.0.len()
+        }
+    }
+
+    /// Number of labels listed.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True when `config.json` has no `id2label`; [`Labels::num_classes`] is then 2.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl TryFrom<BTreeMap<String, String>> for Labels {
+    type Error = String;
+
+    fn try_from(map: BTreeMap<String, String>) -> std::result::Result<Self, String> {
+        let mut labels = vec![None; map.len()];
+        for (key, label) in map {
+            let id: usize = key
+                .parse()
+                .map_err(|_| format!("id2label key `{key}` is not a class index"))?;
+            let slot = labels
+                .get_mut(id)
+                .ok_or_else(|| format!("id2label index {id} is out of range"))?;
+            *slot = Some(label);
+        }
+        labels
+            .into_iter()
+            .enumerate()
+            .map(|(id, label)| label.ok_or_else(|| format!("id2label has no label {id}")))
+            .collect::<std::result::Result<_, _>>()
+            .map(Labels)
+    }
+}
+
+/// `ModelConfig::$name()`: the config of one architecture, or an error naming the real one.
+/// The variants after the first are architectures that share its config and weights layout.
+macro_rules! config_accessor {
+    ($name:ident, $($variant:ident)|+, $config:ty, $wanted:literal) => {
+        impl ModelConfig {
+            #[doc = concat!("The config of a ", $wanted, " checkpoint; any other is an error.")]
+            pub fn $name(&self) -> Result<&$config> {
+                match self {
+                    $(ModelConfig::$variant(config))|+ => Ok(config),
+                    other => Err(Error::WrongArchitecture {
+                        model_type: other.model_type().to_string(),
+                        wanted: $wanted,
+                    }),
+                }
+            }
+        }
+    };
+}
+
+config_accessor!(bert, Bert, BertConfig, "BERT");
+// XLM-RoBERTa and CamemBERT are RoBERTa copies in transformers ("Copied from
+// transformers.models.roberta..."), with the same `roberta.` prefix:
+// https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/xlm_roberta/modeling_xlm_roberta.py#L668
+// https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/camembert/modeling_camembert.py#L667
+config_accessor!(
+    roberta,
+    Roberta | XlmRoberta | Camembert,
+    RobertaConfig,
+    "RoBERTa"
+);
+config_accessor!(distilbert, Distilbert, DistilBertConfig, "DistilBERT");
+config_accessor!(gpt2, Gpt2, Gpt2Config, "GPT-2");

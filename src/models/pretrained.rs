@@ -1,0 +1,141 @@
+//! `from_pretrained`: a model id or folder in, a loaded model out.
+
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+
+use crate::error::{Error, Result};
+use crate::generation::GenerationConfig;
+use crate::loading::hub::{HubOptions, ModelSource};
+use crate::loading::weights::WeightFiles;
+use crate::models::config::ModelConfig;
+use crate::models::layers::{with_quantization, Quantization};
+use crate::tokenizer::Tokenizer;
+
+/// Where to find a model and how to place its weights.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Revision, token, cache folder, endpoint and offline mode of Hub downloads;
+    /// [`HubOptions::from_env`] by default.
+    pub hub: HubOptions,
+    /// The dtype the weights are converted to: f32, f16 or bf16. On the CPU the linear layers
+    /// keep bf16 weights as bf16 (f16 ones as f32) and compute with f32 activations.
+    pub dtype: DType,
+    /// Where the weights live and the model runs; the CPU by default. Inputs must be on
+    /// this device too ([`EncodedBatch::to_input`](crate::EncodedBatch::to_input) takes it).
+    pub device: Device,
+    /// Weight-only quantization of the linear layers (CPU only).
+    pub quantization: Quantization,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            hub: HubOptions::from_env(),
+            dtype: DType::F32,
+            device: Device::Cpu,
+            quantization: Quantization::None,
+        }
+    }
+}
+
+impl LoadOptions {
+    /// Set [`LoadOptions::hub`].
+    pub fn with_hub(mut self, hub: HubOptions) -> Self {
+        self.hub = hub;
+        self
+    }
+
+    /// Set [`LoadOptions::dtype`]; f32 by default.
+    pub fn with_dtype(mut self, dtype: DType) -> Self {
+        self.dtype = dtype;
+        self
+    }
+
+    /// Set [`LoadOptions::device`]; the CPU by default.
+    pub fn with_device(mut self, device: Device) -> Self {
+        self.device = device;
+        self
+    }
+
+    /// Set [`LoadOptions::quantization`]. [`Quantization::Int8`] needs the CPU with the kernels
+    /// on; elsewhere loading fails with [`Error::InvalidInput`].
+    pub fn with_quantization(mut self, quantization: Quantization) -> Self {
+        self.quantization = quantization;
+        self
+    }
+}
+
+/// A model repository (Hub id or folder) with its parsed `config.json`.
+/// Weights and tokenizer files are only fetched when asked for.
+#[derive(Debug, Clone)]
+pub struct Pretrained {
+    source: ModelSource,
+    config: ModelConfig,
+}
+
+impl Pretrained {
+    /// Resolve `model` and read its `config.json`.
+    pub fn open(model: &str, hub: &HubOptions) -> Result<Self> {
+        let source = ModelSource::new(model, hub)?;
+        let config = ModelConfig::from_file(&source.require("config.json")?)?;
+        Ok(Self { source, config })
+    }
+
+    /// The parsed `config.json`: check the architecture or the labels before fetching weights.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// Where the files come from (a local folder or the Hub), to fetch other files the
+    /// repository ships.
+    pub fn source(&self) -> &ModelSource {
+        &self.source
+    }
+
+    /// Fetch the weights and open them as `dtype` on `device`.
+    pub fn var_builder(&self, dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
+        WeightFiles::resolve(&self.source)?.var_builder(dtype, device)
+    }
+
+    /// Fetch the weights and build `M` from them, as `options` place and store them.
+    pub fn load<M: FromPretrained>(&self, options: &LoadOptions) -> Result<M> {
+        let vb = self.var_builder(options.dtype, &options.device)?;
+        with_quantization(options.quantization, || M::from_config(vb, &self.config))
+    }
+
+    /// `generation_config.json`, or when the model has none, the generation fields of
+    /// `config.json` (end and pad tokens), as transformers' `GenerationConfig.from_model_config`.
+    pub fn generation_config(&self) -> Result<GenerationConfig> {
+        match self.source.get("generation_config.json")? {
+            Some(path) => GenerationConfig::from_file(&path),
+            None => GenerationConfig::from_file(&self.source.require("config.json")?),
+        }
+    }
+
+    /// Fetch the tokenizer files and build the tokenizer.
+    pub fn tokenizer(&self) -> Result<Tokenizer> {
+        Tokenizer::from_source(&self.source)
+    }
+}
+
+/// Models that load from a checkpoint, like transformers' `from_pretrained`.
+pub trait FromPretrained: Sized {
+    /// Build the model from weights and the config that `config.json` dispatched to.
+    fn from_config(vb: VarBuilder, config: &ModelConfig) -> Result<Self>;
+
+    /// Load `model` (a Hub id or a local folder).
+    fn from_pretrained(model: &str, options: &LoadOptions) -> Result<Self> {
+        Pretrained::open(model, &options.hub)?.load(options)
+    }
+}
+
+/// A tensor missing from the checkpoint, or of another shape than the config implies, comes
+/// back from candle naming the tensor (and both shapes); say what it means.
+pub(crate) fn checkpoint_mismatch(error: Error) -> Error {
+    match error {
+        Error::Candle(e) => Error::InvalidWeights(format!(
+            "{e}. The weights do not fit config.json: check that both come from the same checkpoint"
+        )),
+        other => other,
+    }
+}
