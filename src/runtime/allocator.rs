@@ -19,7 +19,7 @@
 ///
 /// ```no_run
 /// // First thing in `main`:
-/// ferroformers::allocator::keep_freed_memory();
+/// ferroformers::runtime::allocator::keep_freed_memory();
 /// // ... then load and run models.
 /// ```
 ///

@@ -276,7 +276,7 @@ mod tests {
     use ferroformers::{HubOptions, LoadOptions};
 
     fn shared(max_batch_requests: usize) -> Arc<Shared> {
-        let folder = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/gpt2/lm-head");
+        let folder = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/gpt2/lm-head");
         let options = LoadOptions::default().with_hub(HubOptions::default().with_offline(true));
         let pipeline = AnyPipeline::TextGeneration(
             TextGenerationPipeline::from_pretrained(folder, &options).expect("the fixture loads"),
