@@ -21,6 +21,10 @@ Layout:
                                         transformers' pipelines on them in multilingual-pipelines.json
     tests/fixtures/{bert,xlm-roberta}/cross-encoder/ one-logit cross-encoders; CrossEncoder.rank and
                                         .predict outputs in cross-encoders.json
+    tests/fixtures/{llama,mistral,qwen2,qwen3}/lm-head/ Llama-family decoders with logits on a
+                                        left-padded batch (reference.safetensors), `generate`
+                                        outputs and chat renderings (generate.json); remade alone
+                                        by `make_fixtures.py --only decoders`
     tests/fixtures/xlm-roberta/sentence-transformers-{dense,prompts}/ Dense modules and prompts, with
                                         SentenceTransformer.encode outputs in reference.json
 """
@@ -1342,8 +1346,288 @@ def make_sentence_transformers_modules():
     (folder / "reference.json").write_text(json.dumps(reference, indent=1))
 
 
+
+# Decoders of the Llama family (issue 26): one tiny random checkpoint per family, each
+# covering the variants its family brings. Their tokenizer is the reduced GPT-2 byte-level BPE
+# with the family's special tokens, saved as tokenizer.json (as Llama 3 and Qwen ship theirs).
+DECODER_PROMPTS = [
+    "The quick brown fox jumps over the lazy dog, and then",
+    "Hello",
+    "In a shocking finding, scientists discovered a herd of",
+    "naïve café 😀",
+]
+
+# Qwen2.5's ChatML template, as its tokenizer_config.json ships it, without the tools branch.
+QWEN_CHAT_TEMPLATE = """{%- if messages[0]['role'] == 'system' %}
+    {{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}
+{%- else %}
+    {{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}
+{%- endif %}
+{%- for message in messages %}
+    {%- if (message.role == "user") or (message.role == "system" and not loop.first) or (message.role == "assistant") %}
+        {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\\n' }}
+{%- endif %}
+"""
+
+# Llama 3.1's template, as its tokenizer_config.json ships it, without the tools branches: the
+# BOS token, the date from strftime_now (or the caller's date_string), raise_exception.
+LLAMA3_CHAT_TEMPLATE = """{{- bos_token }}
+{%- if not date_string is defined %}
+    {%- if strftime_now is defined %}
+        {%- set date_string = strftime_now("%d %b %Y") %}
+    {%- else %}
+        {%- set date_string = "26 Jul 2024" %}
+    {%- endif %}
+{%- endif %}
+{%- if messages[0]['role'] == 'system' %}
+    {%- set system_message = messages[0]['content']|trim %}
+    {%- set messages = messages[1:] %}
+{%- else %}
+    {%- set system_message = "" %}
+{%- endif %}
+{{- "<|start_header_id|>system<|end_header_id|>\\n\\n" }}
+{{- "Cutting Knowledge Date: December 2023\\n" }}
+{{- "Today Date: " + date_string + "\\n\\n" }}
+{{- system_message }}
+{{- "<|eot_id|>" }}
+{%- for message in messages %}
+    {%- if message['role'] not in ['user', 'assistant'] %}
+        {{- raise_exception("Only user and assistant roles are supported after the system message") }}
+    {%- endif %}
+    {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + '<|eot_id|>' }}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}
+{%- endif %}
+"""
+
+
+def decoder_tokenizer(encoder: dict, merges: list, specials: list, bos):
+    """A byte-level BPE tokenizer.json: the reduced GPT-2 BPE, then `specials`; `bos` (or None)
+    is prepended to every encoding, as Llama 3's post-processor does."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {}
+    for token in bpe_tokens(encoder, merges):
+        vocab.setdefault(token, len(vocab))
+    pairs = [tuple(m.split(" ")) for m in merges]
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=pairs))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens(specials)
+    if bos is not None:
+        backend.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+            special_tokens=[(bos, backend.token_to_id(bos))],
+        )
+    else:
+        backend.post_processor = processors.ByteLevel(trim_offsets=False)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, model_max_length=128,
+                                   model_input_names=["input_ids", "attention_mask"])
+
+
+def decoder_position_ids(attention_mask):
+    """Positions that skip left padding, as `generate` computes them for these models."""
+    position_ids = attention_mask.cumsum(-1) - 1
+    return position_ids.masked_fill(attention_mask == 0, 1)
+
+
+def make_decoder(family, config_cls, model_cls, config, tokenizer, seed, chat_template=None,
+                 generation_eos=None, config_edit=None, template_in_tokenizer_config=False):
+    """A random `family` decoder (an LM head) with logits on a left-padded batch, greedy and
+    beam `generate` outputs, and the rendered chat template: in chat_template.jinja, where
+    save_pretrained writes it, or in tokenizer_config.json, where older checkpoints keep it."""
+    out = FIXTURES / family
+    if out.exists():
+        shutil.rmtree(out)
+    folder = out / "lm-head"
+    torch.manual_seed(seed)
+    model = model_cls._from_config(config_cls(**config), attn_implementation="eager")
+    randomise(model)
+    model.eval()
+    tokenizer.padding_side = "left"
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
+    batch = encode_padded(tokenizer, DECODER_PROMPTS, side="left")
+    batch["position_ids"] = decoder_position_ids(batch["attention_mask"])
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       position_ids=batch["position_ids"]).logits
+    model.generation_config.do_sample = False
+    if generation_eos is not None:
+        model.generation_config.eos_token_id = generation_eos
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    reference = {k: v.contiguous() for k, v in batch.items() if k != "token_type_ids"}
+    reference["logits"] = logits.contiguous()
+    save_file(reference, folder / "reference.safetensors")
+    (folder / "inputs.json").write_text(json.dumps(DECODER_PROMPTS, ensure_ascii=False, indent=1))
+
+    def run(prompts, **kwargs):
+        encoded = tokenizer(prompts, return_tensors="pt", padding=True)
+        with torch.no_grad():
+            sequences = model.generate(**encoded, **kwargs)
+        return {
+            "prompts": prompts, "settings": kwargs,
+            "input_ids": encoded["input_ids"].tolist(),
+            "attention_mask": encoded["attention_mask"].tolist(),
+            "sequences": sequences.tolist(),
+        }
+
+    greedy = dict(do_sample=False, max_new_tokens=32)
+    cases = {
+        "greedy": run(DECODER_PROMPTS[:1], **greedy),
+        "batch": run(DECODER_PROMPTS, **greedy),
+        "beam_search": run(DECODER_PROMPTS[:1], num_beams=3, num_return_sequences=2, **greedy),
+    }
+    if chat_template is not None:
+        messages = [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "  Hello, how are you?  "},
+            {"role": "assistant", "content": "Fine. <b>&</b> café"},
+            {"role": "user", "content": "What is the capital of France?"},
+        ]
+        chat = {"messages": messages}
+        for prompt in (False, True):
+            key = "generation_prompt" if prompt else "plain"
+            chat[key] = tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=prompt, date_string="06 Dec 2026"
+            )
+        ids = tokenizer.apply_chat_template(messages[1:2], add_generation_prompt=True,
+                                            date_string="06 Dec 2026", return_tensors="pt")
+        with torch.no_grad():
+            reply = model.generate(ids, attention_mask=torch.ones_like(ids), **greedy)
+        chat["reply"] = {"messages": messages[1:2], "ids": ids[0].tolist(),
+                         "sequence": reply[0].tolist(), "max_new_tokens": 32}
+        cases["chat"] = chat
+    (folder / "generate.json").write_text(json.dumps(cases, ensure_ascii=False, indent=1))
+    if config_edit is not None:
+        path = folder / "config.json"
+        path.write_text(json.dumps(config_edit(json.loads(path.read_text())), indent=2))
+    if template_in_tokenizer_config:
+        (folder / "chat_template.jinja").unlink()
+        path = folder / "tokenizer_config.json"
+        path.write_text(json.dumps(dict(json.loads(path.read_text()), chat_template=chat_template),
+                                   indent=2, ensure_ascii=False))
+    return folder
+
+
+def make_rope_references():
+    """transformers' inverse frequencies (and attention scaling) of every rope_type the Llama
+    family reads, on a head of 16 and for dynamic NTK at a length past the trained one: the
+    fixtures' models cover default and llama3 end to end, this covers the others."""
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    cases = {
+        "default": None,
+        "linear": {"rope_type": "linear", "factor": 4.0},
+        "dynamic": {"rope_type": "dynamic", "factor": 2.0},
+        "llama3": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                   "high_freq_factor": 4.0, "original_max_position_embeddings": 32},
+        "yarn": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32},
+        "yarn_mscale": {"rope_type": "yarn", "factor": 8.0, "mscale": 0.707,
+                        "mscale_all_dim": 0.707, "beta_fast": 16.0, "beta_slow": 2.0,
+                        "truncate": False},
+    }
+    out = {}
+    for name, scaling in cases.items():
+        config = LlamaConfig(hidden_size=64, num_attention_heads=4, head_dim=16, rope_theta=10000.0,
+                             max_position_embeddings=64, rope_scaling=scaling)
+        rope_type = "default" if scaling is None else scaling["rope_type"]
+        seq_len = 200 if rope_type == "dynamic" else None
+        inv_freq, scale = ROPE_INIT_FUNCTIONS[rope_type](config, "cpu", seq_len=seq_len)
+        out[name] = {"rope_scaling": scaling, "rope_theta": 10000.0, "head_dim": 16,
+                     "max_position_embeddings": 64, "seq_len": seq_len,
+                     "inv_freq": inv_freq.tolist(), "attention_scaling": float(scale)}
+    (FIXTURES / "rope.json").write_text(json.dumps(out, indent=1))
+
+
+def make_decoders(encoder: dict, merges: list):
+    make_rope_references()
+    from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM,
+                              Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
+
+    llama_specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
+                      "<|end_header_id|>", "<|eot_id|>"]
+    tokenizer = decoder_tokenizer(encoder, merges, llama_specials, "<|begin_of_text|>")
+    tokenizer.bos_token, tokenizer.eos_token = "<|begin_of_text|>", "<|eot_id|>"
+    tokenizer.pad_token = "<|end_of_text|>"
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in llama_specials}
+    base = dict(vocab_size=len(tokenizer), max_position_embeddings=128, rms_norm_eps=1e-5,
+                initializer_range=0.1, hidden_act="silu")
+    # Llama 3.2: llama3 rope scaling whose bands all matter at head_dim 16 and rope_theta 1e4
+    # (wavelengths 6.3 / 19.9 / 62.8 ... against 8 and 32), GQA with 2 KV heads, untied head,
+    # a list of end tokens; the config in transformers 4's form (rope_theta + rope_scaling).
+    make_decoder("llama", LlamaConfig, LlamaForCausalLM, dict(
+        base, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, rope_theta=10000.0, tie_word_embeddings=False,
+        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                      "high_freq_factor": 4.0, "original_max_position_embeddings": 32},
+        bos_token_id=ids["<|begin_of_text|>"], eos_token_id=ids["<|end_of_text|>"],
+    ), tokenizer, seed=600, chat_template=LLAMA3_CHAT_TEMPLATE,
+        generation_eos=[ids["<|end_of_text|>"], ids["<|eot_id|>"]])
+
+    qwen_specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+    def qwen_tokenizer():
+        tokenizer = decoder_tokenizer(encoder, merges, qwen_specials, None)
+        tokenizer.eos_token, tokenizer.pad_token = "<|im_end|>", "<|endoftext|>"
+        return tokenizer
+
+    # Mistral: a sliding window shorter than the prompts, one KV head (multi-query).
+    tokenizer = qwen_tokenizer()
+    make_decoder("mistral", MistralConfig, MistralForCausalLM, dict(
+        base, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=1, sliding_window=6, rope_theta=10000.0, tie_word_embeddings=False,
+        eos_token_id=tokenizer.eos_token_id,
+    ), tokenizer, seed=610)
+
+    # Qwen2.5: q/k/v biases, a sliding window that use_sliding_window switches off, tied head,
+    # ChatML in tokenizer_config.json. Its config as Qwen2.5's own config.json has it: the window
+    # written out (transformers 4.57 writes null when it is off) and no layer_types.
+    def qwen25_form(config):
+        config["sliding_window"] = 4
+        config.pop("layer_types")
+        return config
+
+    tokenizer = qwen_tokenizer()
+    make_decoder("qwen2", Qwen2Config, Qwen2ForCausalLM, dict(
+        base, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, sliding_window=4, use_sliding_window=False, max_window_layers=1,
+        rope_theta=1000000.0, tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
+    ), tokenizer, seed=620, chat_template=QWEN_CHAT_TEMPLATE,
+        generation_eos=[tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|endoftext|>")],
+        config_edit=qwen25_form, template_in_tokenizer_config=True)
+
+    # Qwen3: per-head q/k RMSNorm and an explicit head_dim (16, not 32 / 4 = 8), tied head; the
+    # config rewritten in transformers 5's form (rope_parameters), which reads the same.
+    def transformers5_form(config):
+        config["rope_parameters"] = {"rope_type": "default", "rope_theta": config.pop("rope_theta")}
+        config.pop("rope_scaling", None)
+        return config
+
+    tokenizer = qwen_tokenizer()
+    make_decoder("qwen3", Qwen3Config, Qwen3ForCausalLM, dict(
+        base, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, rope_theta=1000000.0, tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+    ), tokenizer, seed=630, chat_template=QWEN_CHAT_TEMPLATE, config_edit=transformers5_form)
+
+
 def main():
     torch.set_num_threads(1)
+    if sys.argv[1:] == ["--only", "decoders"]:
+        # The Llama-family fixtures alone, leaving the others as they are.
+        encoder, merges = gpt2_bpe()
+        make_decoders(encoder, merges)
+        return
     cache = pathlib.Path(tempfile.mkdtemp())
     snapshot = fetch_minilm.install(cache)
     bert_tokenizer = make_bert(snapshot / "vocab.txt")
