@@ -229,9 +229,8 @@ mod tests {
                 "skipped: avx512 (needs avx2, fma, avx512f, avx512bw, avx512vl, avx512bf16 and \
                  avx512vnni; this CPU's best is avx2)"
             );
-            let lines: Vec<&str> = skipped_paths_below(Isa::Portable)
-                .lines()
-                .collect::<Vec<_>>();
+            let summary = skipped_paths_below(Isa::Portable);
+            let lines: Vec<&str> = summary.lines().collect();
             assert_eq!(lines.len(), 2, "{lines:?}");
             assert!(
                 lines[0].starts_with("skipped: avx2 (needs avx2 and fma;"),

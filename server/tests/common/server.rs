@@ -4,7 +4,8 @@
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::sync::mpsc::RecvTimeoutError;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use ferroformers::pipelines::AnyPipeline;
@@ -26,8 +27,9 @@ pub struct TestServer {
     listener: u64,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
-    /// Disconnected once the server's thread has ended, however it ended.
-    ended: std::sync::mpsc::Receiver<()>,
+    /// Disconnected once the server's thread has ended, however it ended (in a mutex, which
+    /// keeps the server `Sync` for the tests that share it between threads).
+    ended: Mutex<Receiver<()>>,
 }
 
 impl TestServer {
@@ -69,7 +71,7 @@ impl TestServer {
             listener,
             stop: Some(stop),
             thread: Some(thread),
-            ended,
+            ended: Mutex::new(ended),
         }
     }
 
@@ -126,7 +128,8 @@ impl TestServer {
     /// the deadline.
     pub fn join(&mut self) {
         if let Some(thread) = self.thread.take() {
-            if let Err(RecvTimeoutError::Timeout) = self.ended.recv_timeout(DEADLINE) {
+            let ended = self.ended.get_mut().unwrap_or_else(PoisonError::into_inner);
+            if let Err(RecvTimeoutError::Timeout) = ended.recv_timeout(DEADLINE) {
                 panic!("the server has not stopped {DEADLINE:?} after the shutdown signal");
             }
             thread.join().expect("the server thread ends cleanly");
