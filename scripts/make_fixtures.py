@@ -7,7 +7,8 @@ outputs PyTorch gives for them. Our tests load the same checkpoints and must giv
     python3 -m pip install -r scripts/requirements-fixtures.txt
     python3 scripts/make_fixtures.py
 
-Everything lands in tests/fixtures/ and is committed; CI never runs this script.
+Everything lands in tests/fixtures/ and is committed; CI never runs this script. Its last step
+writes tests/fixtures/MANIFEST.sha256 (scripts/fixture_manifest.py, which also runs alone).
 
 Layout:
     tests/fixtures/<family>/<head>/    one checkpoint per head (bert, roberta, distilbert, gpt2),
@@ -72,6 +73,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
 sys.path.insert(0, str(ROOT / "scripts"))
 import fetch_minilm  # noqa: E402
+import fixture_manifest  # noqa: E402
 
 # Fixed inputs. Single texts and one (question, context) pair, so token_type_ids matter.
 # They cover punctuation, accents (stripped by the uncased normaliser), CJK (split per character,
@@ -1651,6 +1653,9 @@ def main():
     shutil.rmtree(cache)
     total = sum(f.stat().st_size for f in FIXTURES.rglob("*") if f.is_file())
     print(f"fixtures written to {FIXTURES} ({total / 1e6:.2f} MB)")
+    # Last, so that it covers every file written above (tests/fixture_manifest.rs checks it).
+    count = fixture_manifest.write_manifest(FIXTURES)
+    print(f"{fixture_manifest.MANIFEST}: {count} files")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 //! and keeps its source so the real cause is never lost.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Result alias used across the crate.
 pub type Result<T> = std::result::Result<T, Error>;
@@ -158,6 +159,47 @@ pub enum Error {
     /// A tensor operation failed inside candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+
+    /// What runs inputs together (a server's batching queue) is shutting down and takes no
+    /// new inputs.
+    #[error(
+        "the service is shutting down and takes no new requests: send the request to another \
+         replica, or retry once it is back"
+    )]
+    ShuttingDown,
+
+    /// The thread that runs inputs together stopped before it answered this one (it
+    /// panicked; its message is in the log).
+    #[error(
+        "the {thread} thread stopped before answering: retry, and if it keeps happening restart \
+         the service and report the panic in its log"
+    )]
+    WorkerStopped {
+        /// Which thread (`batching`, `decoding`).
+        thread: &'static str,
+    },
+
+    /// The thread that runs inputs together could not be started.
+    #[error(
+        "cannot start the {thread} thread: {source}. The system is out of threads or memory: \
+         lower the load, or raise the limit on processes and threads (`ulimit -u`)"
+    )]
+    WorkerSpawn {
+        /// Which thread (`batching`, `decoding`).
+        thread: &'static str,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A forward pass shared by several inputs failed: each of them gets this error, with the
+    /// one failure as its source.
+    #[error("the batch this input was run in failed: {source}")]
+    BatchFailed {
+        /// The failure of the shared forward pass.
+        #[source]
+        source: Arc<Error>,
+    },
 }
 
 /// A failed request to the Hub, as the HTTP client reported it.

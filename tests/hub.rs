@@ -8,7 +8,8 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -292,14 +293,37 @@ fn unknown_repository_is_a_clear_error() {
     assert!(error.to_string().contains("check the model id"), "{error}");
 }
 
+/// A port on 127.0.0.1 that refuses connections for as long as the returned socket lives: the
+/// socket is bound to it but never listens. A listener bound and dropped would free the port
+/// for another test's server (tests run in parallel), which would then answer.
+fn refusing_port() -> (OwnedFd, u16) {
+    let error = |call: &str| format!("{call}: {}", std::io::Error::last_os_error());
+    // SAFETY: plain socket calls on a socket this function owns, with buffers of the sizes
+    // given.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0, "{}", error("socket"));
+        let socket = OwnedFd::from_raw_fd(fd);
+        // No SO_REUSEADDR: no other socket may bind the port while this one holds it.
+        let mut address: libc::sockaddr_in = std::mem::zeroed();
+        address.sin_family = libc::AF_INET as libc::sa_family_t;
+        address.sin_addr.s_addr = u32::from(Ipv4Addr::LOCALHOST).to_be();
+        let mut size = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let generic = &mut address as *mut libc::sockaddr_in as *mut libc::sockaddr;
+        assert_eq!(libc::bind(fd, generic, size), 0, "{}", error("bind"));
+        assert_eq!(
+            libc::getsockname(fd, generic, &mut size),
+            0,
+            "{}",
+            error("getsockname")
+        );
+        (socket, u16::from_be(address.sin_port))
+    }
+}
+
 #[test]
 fn unreachable_hub_is_a_hub_error_with_its_cause() {
-    // Bind then drop a listener: nothing answers on that port.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let (_bound, port) = refusing_port();
     let cache = tempfile::tempdir().unwrap();
     let options = HubOptions::default()
         .with_endpoint(format!("http://127.0.0.1:{port}"))

@@ -2,7 +2,8 @@
 //! mode (candle's reference ops, our portable kernels, our kernels on each instruction set
 //! this CPU has) against PyTorch's outputs on the fixtures; and the GEMM itself, on shapes
 //! that cross its blocks, against an f64 product computed here. Each case says on stderr
-//! which path it ran (`cargo test --test kernel_paths -- --nocapture`).
+//! which path it ran (`cargo test --test kernel_paths -- --nocapture`); `skipped_paths` lists
+//! the paths this CPU cannot run (.ci/run prints it uncaptured).
 
 mod common;
 
@@ -10,7 +11,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use common::{fixture_model, lengths, reference, reference_input};
 use ferroformers::kernels::gemm::{self, Epilogue, PackedWeights, WeightFormat};
-use ferroformers::kernels::isa::{set_isa_limit, test_can_run, Isa};
+use ferroformers::kernels::isa::{set_isa_limit, skipped_paths_summary, test_can_run, Isa};
 use ferroformers::kernels::{
     erf, exp, gelu_erf_scalar, gelu_tanh_scalar, set_kernel_mode, KernelMode,
 };
@@ -468,5 +469,22 @@ fn libm_erf(x: f64) -> f64 {
         }
         let erfc = (-z * z).exp() / (std::f64::consts::PI.sqrt() * f);
         (1.0 - erfc).copysign(x)
+    }
+}
+
+/// The kernel paths this CPU cannot run, which the tests here and the library's unit tests
+/// skip, one `skipped: <path> (<why>)` line each, or `no kernel path skipped`: .ci/run runs
+/// this test with `--nocapture`, so that a skip shows in CI's log. A skip of a path
+/// `FERROFORMERS_EXPECT_ISA` promises fails instead (`test_can_run`); so does it here.
+#[test]
+fn skipped_paths() {
+    let summary = skipped_paths_summary();
+    println!("{summary}");
+    for isa in Isa::all() {
+        // Panics on a path the CPU was expected to run and cannot.
+        let runs = test_can_run(isa, "skipped_paths");
+        let listed = summary.starts_with(&format!("skipped: {} (", isa.name()))
+            || summary.contains(&format!("\nskipped: {} (", isa.name()));
+        assert_eq!(listed, !runs, "{}: {summary}", isa.name());
     }
 }

@@ -7,12 +7,11 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read};
-use std::net::TcpStream;
-use std::time::Duration;
 
 use base64::Engine;
 use common::server::{
-    answer, client, config, floats, get, load, post, send_json, Answer, HeldRequest, TestServer,
+    answer, client, config, floats, get, load, post, sample, send_json, Answer, HeldRequest,
+    TestServer,
 };
 use common::{assert_close_slices, assert_json_close, assert_same_len, fixture_model};
 use ferroformers::pipelines::{
@@ -519,17 +518,8 @@ fn requests_past_max_concurrent_requests_get_429() {
     // Hold the only slot: a request whose body has not all arrived yet.
     let mut held = HeldRequest::embed(server.address, r#"{"inputs": "hello"}"#);
     // The slot is taken once the server has read the headers. Wait for that on /metrics, which
-    // needs no slot (in flight: the held request and the scrape itself): a request that took
-    // the slot first would get the held one a 429 instead.
-    let held_in_flight = (0..100).any(|_| {
-        let metrics = get(&client, &server.url("/metrics")).body;
-        let busy = sample(&metrics, "ferroformers_requests_in_flight").is_some_and(|n| n >= 2.0);
-        if !busy {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        busy
-    });
-    assert!(held_in_flight, "the held request is in flight");
+    // needs no slot: a request that took the slot first would get the held one a 429 instead.
+    server.wait_for_in_flight(1);
     let overloaded = get(&client, &server.url("/info"));
     assert_eq!(
         overloaded.status, 429,
@@ -685,10 +675,11 @@ fn cors_preflight_is_answered_before_the_api_key_is_asked() {
 fn shutdown_lets_the_request_in_flight_finish_and_accepts_no_more() {
     let mut server = TestServer::start(load(Task::Embeddings, "bert/base"), config());
     let mut held = HeldRequest::embed(server.address, r#"{"inputs": "hello"}"#);
-    // Make sure the server has the request before it is told to stop.
-    std::thread::sleep(Duration::from_millis(200));
+    // The server has the request before it is told to stop.
+    server.wait_for_in_flight(1);
     server.begin_shutdown();
-    std::thread::sleep(Duration::from_millis(200));
+    // It stops accepting (closes its listening socket) while the request is still in flight.
+    server.wait_until_not_accepting();
     held.send_rest();
     let mut answer = String::new();
     BufReader::new(held.stream)
@@ -696,18 +687,6 @@ fn shutdown_lets_the_request_in_flight_finish_and_accepts_no_more() {
         .unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     server.join();
-    assert!(
-        TcpStream::connect(server.address).is_err(),
-        "still accepting"
-    );
-}
-
-/// The value of the sample `name{labels}` in Prometheus' text format.
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics.lines().find_map(|line| {
-        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
-        value.parse().ok()
-    })
 }
 
 #[test]

@@ -245,13 +245,16 @@ fn a_body_that_stops_arriving_gets_408() {
     );
     for (path, flavor) in [("/embed", "tei"), ("/v1/embeddings", "openai")] {
         let mut slow = TcpStream::connect(server.address).unwrap();
+        // Before the write: the server's body timeout starts once it has read the head this
+        // sends, so a clock started after the write could start late and show less than it
+        // waited.
+        let started = Instant::now();
         write!(
             slow,
             "POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n\
              Content-Length: 40\r\n\r\n{{\"inputs\""
         )
         .unwrap();
-        let started = Instant::now();
         slow.set_read_timeout(Some(timeout * 10)).unwrap();
         let response = read_response(&mut slow).expect("an answer");
         assert!(started.elapsed() >= timeout);
@@ -368,6 +371,7 @@ fn requests_on_open_connections_get_503_while_stopping() {
     let connect = move || TcpStream::connect(address).unwrap();
     // One request in flight through the whole shutdown: its body comes at the end.
     let mut held = HeldRequest::embed(address, &json!({ "inputs": TEXT }).to_string());
+    server.wait_for_in_flight(1);
     // Three keep-alive connections, each answered once.
     let (tei, openai) = (
         raw_post("/embed", &json!({ "inputs": TEXT })),
@@ -433,11 +437,9 @@ fn requests_on_open_connections_get_503_while_stopping() {
     // ...and so do requests on the connections already open, in either error shape.
     check(answered(&mut embed, &tei), "/embed");
     check(answered(&mut v1, &openai), "/v1/embeddings");
-    // New connections are refused.
-    assert!(
-        TcpStream::connect(server.address).is_err(),
-        "still accepting"
-    );
+    // New connections are refused: the server closed its listening socket before it began
+    // answering 503.
+    assert!(!server.accepting(), "still accepting");
     // The request in flight at the signal finishes, and its connection closes after it.
     held.send_rest();
     let response = read_response(&mut held.stream).expect("a whole answer");
@@ -456,7 +458,7 @@ struct Record {
 }
 
 /// Send `request` over and over on keep-alive connections (a new one when the server closes
-/// one) until a connection is refused after the shutdown was sent.
+/// one) until the server closes one after the shutdown was sent.
 fn keep_sending(
     address: String,
     path: &'static str,
@@ -469,16 +471,20 @@ fn keep_sending(
     loop {
         let stream = match &mut connection {
             Some(stream) => stream,
-            None => match TcpStream::connect(&address) {
-                Ok(stream) => connection.insert(stream),
-                Err(error) => {
-                    assert!(
-                        shutdown_sent.lock().unwrap().is_some(),
-                        "{path}: connection refused before the shutdown: {error}"
-                    );
+            None => {
+                // Connect under the lock the shutdown is sent under: a connection made before
+                // the signal reaches this server's listener, and none is tried after it, when
+                // the freed port may be another test's server.
+                let sent = shutdown_sent.lock().unwrap();
+                if sent.is_some() {
                     return records;
                 }
-            },
+                let stream = TcpStream::connect(&address).unwrap_or_else(|error| {
+                    panic!("{path}: connection refused before the shutdown: {error}")
+                });
+                drop(sent);
+                connection.insert(stream)
+            }
         };
         let sent = Instant::now();
         let outcome = exchange(stream, &request);
@@ -531,8 +537,11 @@ fn sigterm_under_load_finishes_or_refuses_every_request_cleanly() {
         assert!(started.elapsed() < Duration::from_secs(120), "too slow");
         std::thread::sleep(Duration::from_millis(10));
     }
-    *shutdown_sent.lock().unwrap() = Some(Instant::now());
-    server.terminate();
+    {
+        let mut sent = shutdown_sent.lock().unwrap();
+        *sent = Some(Instant::now());
+        server.terminate();
+    }
     let log = server.wait(Duration::from_secs(30));
     let shutdown_at = shutdown_sent.lock().unwrap().expect("sent");
     let records: Vec<Record> = clients

@@ -170,9 +170,89 @@ pub fn test_can_run(isa: Isa, test: &str) -> bool {
     false
 }
 
+/// The kernel paths this CPU cannot run, so that the tests skip, one line each
+/// (`skipped: avx512 (...)`), or `no kernel path skipped`. CI prints it uncaptured
+/// (`tests/kernel_paths.rs`, `skipped_paths`): a skip said only on a passing test's stderr
+/// is captured, and no one sees it.
+#[doc(hidden)]
+pub fn skipped_paths_summary() -> String {
+    skipped_paths_below(Isa::of_cpu())
+}
+
+/// [`skipped_paths_summary`] for a CPU whose best instruction set is `best`.
+fn skipped_paths_below(best: Isa) -> String {
+    let lines: Vec<String> = PATHS
+        .iter()
+        .filter(|&&isa| isa > best)
+        .map(|&isa| {
+            format!(
+                "skipped: {} (needs {}; this CPU's best is {})",
+                isa.name(),
+                isa.features(),
+                best.name()
+            )
+        })
+        .collect();
+    if lines.is_empty() {
+        "no kernel path skipped".to_string()
+    } else {
+        lines.join("\n")
+    }
+}
+
+impl Isa {
+    /// The CPU features this path needs, as [`Isa::of_cpu`] checks them.
+    fn features(self) -> &'static str {
+        match self {
+            Isa::Portable => "nothing",
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => "avx2 and fma",
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => "avx2, fma, avx512f, avx512bw, avx512vl, avx512bf16 and avx512vnni",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One line per path above the CPU's best, the most capable last; none on a CPU that
+    /// runs them all.
+    #[test]
+    fn the_summary_names_every_path_above_the_cpus_best() {
+        #[cfg(target_arch = "x86_64")]
+        {
+            assert_eq!(skipped_paths_below(Isa::Avx512), "no kernel path skipped");
+            assert_eq!(
+                skipped_paths_below(Isa::Avx2),
+                "skipped: avx512 (needs avx2, fma, avx512f, avx512bw, avx512vl, avx512bf16 and \
+                 avx512vnni; this CPU's best is avx2)"
+            );
+            let summary = skipped_paths_below(Isa::Portable);
+            let lines: Vec<&str> = summary.lines().collect();
+            assert_eq!(lines.len(), 2, "{lines:?}");
+            assert!(
+                lines[0].starts_with("skipped: avx2 (needs avx2 and fma;"),
+                "{lines:?}"
+            );
+            assert!(lines[1].starts_with("skipped: avx512 ("), "{lines:?}");
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        assert_eq!(skipped_paths_below(Isa::Portable), "no kernel path skipped");
+        // This CPU: exactly the paths above its best.
+        let best = Isa::of_cpu();
+        let skipped = Isa::all().into_iter().filter(|&isa| isa > best).count();
+        let summary = skipped_paths_summary();
+        assert_eq!(
+            summary
+                .lines()
+                .filter(|line| line.starts_with("skipped: "))
+                .count(),
+            skipped,
+            "{summary}"
+        );
+    }
 
     #[test]
     fn the_expected_isa_is_what_this_cpu_runs() {

@@ -13,19 +13,19 @@
 //! with them the receivers, are dropped) leaves none behind.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use prometheus::IntGauge;
 use tokio::sync::mpsc;
 use tracing::Span;
 
-use crate::http::error::ServeError;
 use crate::state::Shared;
 use ferroformers::generation::{
     ContinuousBatcher, GenerationConfig, SequenceId, SequenceToken, StreamToken,
 };
 use ferroformers::models::gpt2::Gpt2LMHeadModel;
 use ferroformers::pipelines::{AnyPipeline, Pipeline, TextGenerationPipeline};
+use ferroformers::Error;
 
 /// Sequences decoded together when `max_batch_requests` is not set: past a few dozen, a step
 /// of GPT-2 small on a CPU spends more on the per-sequence attention than the shared weight
@@ -43,14 +43,16 @@ pub(crate) struct GenerationRequest {
 
 /// The tokens of one submitted sequence, in order; the last one carries its finish reason.
 /// Dropping it cancels the sequence.
-pub(crate) type TokenReceiver = mpsc::Receiver<Result<StreamToken, ServeError>>;
+pub(crate) type TokenReceiver = mpsc::Receiver<ferroformers::Result<StreamToken>>;
 
-type TokenSender = mpsc::Sender<Result<StreamToken, ServeError>>;
+type TokenSender = mpsc::Sender<ferroformers::Result<StreamToken>>;
 
 /// The sequences waiting to join the decoding thread's batch, and whether that thread runs.
 #[derive(Debug, Default)]
 pub(crate) struct DecodeQueue {
     state: Mutex<QueueState>,
+    /// Signalled each time the decoding thread ends, for whoever waits for that (the tests).
+    ended: Condvar,
 }
 
 #[derive(Debug, Default)]
@@ -66,17 +68,34 @@ impl DecodeQueue {
         // The state stays consistent across a panic (each change is one assignment).
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// Mark the decoding thread as ended, under the queue's lock (`state`), and wake whoever
+    /// waits for that.
+    fn end_thread(&self, mut state: MutexGuard<'_, QueueState>) {
+        state.thread_running = false;
+        self.ended.notify_all();
+    }
+
+    /// Wait (at most `limit`) until no decoding thread runs; whether none does.
+    #[cfg(test)]
+    fn wait_until_idle(&self, limit: std::time::Duration) -> bool {
+        let (state, _) = self
+            .ended
+            .wait_timeout_while(self.lock(), limit, |state| state.thread_running)
+            .unwrap_or_else(PoisonError::into_inner);
+        !state.thread_running
+    }
 }
 
-/// The text-generation pipeline of `shared`, or the error a non-generation server answers.
-pub(crate) fn generation_pipeline(shared: &Shared) -> Result<&TextGenerationPipeline, ServeError> {
+/// The text-generation pipeline of `shared`. The routes refuse a request for another task
+/// before they submit it; this is the decoding thread's own guard.
+fn text_generation(shared: &Shared) -> ferroformers::Result<&TextGenerationPipeline> {
     match &shared.pipeline {
         AnyPipeline::TextGeneration(pipeline) => Ok(pipeline),
-        other => Err(ServeError::WrongTask(format!(
-            "this server runs a {} model, which does not generate text: completions need a \
-             text-generation model (serve one with --task generate)",
-            other.task()
-        ))),
+        other => Err(Error::UnsupportedTask {
+            model_type: other.config().model_type(),
+            task: "text generation",
+        }),
     }
 }
 
@@ -85,8 +104,8 @@ pub(crate) fn generation_pipeline(shared: &Shared) -> Result<&TextGenerationPipe
 pub(crate) fn submit(
     shared: &Arc<Shared>,
     request: GenerationRequest,
-) -> Result<TokenReceiver, ServeError> {
-    let pipeline = generation_pipeline(shared)?;
+) -> ferroformers::Result<TokenReceiver> {
+    let pipeline = text_generation(shared)?;
     // Room for every token a sequence can make (no more than the model's positions) and an
     // error, so that the decoding thread never waits on a slow client; tokio allocates the
     // slots as they fill.
@@ -98,11 +117,12 @@ pub(crate) fn submit(
         let started = std::thread::Builder::new()
             .name("ferroformers-decode".to_string())
             .spawn(move || decode(&decoding));
-        if let Err(error) = started {
+        if let Err(source) = started {
             queue.waiting.pop_back();
-            return Err(ServeError::Internal(format!(
-                "cannot start the decoding thread: {error}"
-            )));
+            return Err(Error::WorkerSpawn {
+                thread: "decoding",
+                source,
+            });
         }
         queue.thread_running = true;
     }
@@ -112,17 +132,19 @@ pub(crate) fn submit(
 /// A client of the decoding thread: where its tokens go, counted in the active-sequences
 /// gauge while it is held.
 struct Client {
+    /// Declared (so dropped) before `sender`: a receiver that sees its channel closed knows
+    /// that its sequence has left the gauge.
+    _active: ActiveSequence,
     sender: TokenSender,
     /// The request's span: what the thread logs about this sequence goes in it.
     span: Span,
-    _active: ActiveSequence,
 }
 
 /// The decoding thread: step the batch until no sequence runs or waits.
 fn decode(shared: &Shared) {
     let _cleared = ClearOnPanic(&shared.decode_queue);
-    let Ok(pipeline) = generation_pipeline(shared) else {
-        shared.decode_queue.lock().thread_running = false;
+    let Ok(pipeline) = text_generation(shared) else {
+        shared.decode_queue.end_thread(shared.decode_queue.lock());
         return;
     };
     let mut batcher = ContinuousBatcher::new(pipeline.model(), pipeline.tokenizer());
@@ -150,12 +172,9 @@ fn decode(shared: &Shared) {
                     let ended = token
                         .as_ref()
                         .map_or(true, |token| token.finish_reason.is_some());
-                    let delivered = clients.get(&id).is_some_and(|client| {
-                        client
-                            .sender
-                            .try_send(token.map_err(ServeError::from))
-                            .is_ok()
-                    });
+                    let delivered = clients
+                        .get(&id)
+                        .is_some_and(|client| client.sender.try_send(token).is_ok());
                     if ended || !delivered {
                         batcher.cancel(id);
                         clients.remove(&id);
@@ -164,14 +183,16 @@ fn decode(shared: &Shared) {
             }
             Err(error) => {
                 // The shared forward pass failed: every running sequence has left the batch.
-                let message = format!("generation failed: {error}");
+                let failure = Arc::new(error);
                 clients.retain(|&id, client| {
                     let running = batcher.contains(id);
                     if !running {
-                        client.span.in_scope(|| tracing::error!("{message}"));
-                        let _ = client
-                            .sender
-                            .try_send(Err(ServeError::Internal(message.clone())));
+                        client
+                            .span
+                            .in_scope(|| tracing::error!("generation failed: {failure}"));
+                        let _ = client.sender.try_send(Err(Error::BatchFailed {
+                            source: Arc::clone(&failure),
+                        }));
                     }
                     running
                 });
@@ -193,7 +214,7 @@ fn admit(
         let joining: Vec<_> = {
             let mut queue = shared.decode_queue.lock();
             if batcher.is_empty() && queue.waiting.is_empty() {
-                queue.thread_running = false;
+                shared.decode_queue.end_thread(queue);
                 return false;
             }
             let room = limit.saturating_sub(batcher.len()).min(queue.waiting.len());
@@ -213,14 +234,14 @@ fn admit(
                     clients.insert(
                         id,
                         Client {
+                            _active: active,
                             sender,
                             span,
-                            _active: active,
                         },
                     );
                 }
                 Err(error) => {
-                    let _ = sender.try_send(Err(error.into()));
+                    let _ = sender.try_send(Err(error));
                 }
             }
         }
@@ -237,7 +258,7 @@ struct ClearOnPanic<'a>(&'a DecodeQueue);
 impl Drop for ClearOnPanic<'_> {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            self.0.lock().thread_running = false;
+            self.0.end_thread(self.0.lock());
         }
     }
 }
@@ -276,7 +297,11 @@ mod tests {
     use ferroformers::{HubOptions, LoadOptions};
 
     fn shared(max_batch_requests: usize) -> Arc<Shared> {
-        let folder = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/gpt2/lm-head");
+        // The workspace's fixtures, one folder up from this package.
+        let folder = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/gpt2/lm-head"
+        );
         let options = LoadOptions::default().with_hub(HubOptions::default().with_offline(true));
         let pipeline = AnyPipeline::TextGeneration(
             TextGenerationPipeline::from_pretrained(folder, &options).expect("the fixture loads"),
@@ -306,7 +331,7 @@ mod tests {
     }
 
     fn requests(shared: &Shared) -> Vec<GenerationRequest> {
-        let base = generation_pipeline(shared)
+        let base = text_generation(shared)
             .expect("generates")
             .settings(&TextGenerationOptions::default());
         let greedy = base.clone().greedy().with_max_new_tokens(30);
@@ -327,7 +352,7 @@ mod tests {
 
     fn solo(shared: &Shared, request: &GenerationRequest) -> Vec<StreamToken> {
         let options = TextGenerationOptions::default().with_generation(request.config.clone());
-        generation_pipeline(shared)
+        text_generation(shared)
             .expect("generates")
             .stream(&request.prompt, &options)
             .expect("streams")
@@ -335,21 +360,23 @@ mod tests {
             .collect()
     }
 
-    /// Wait (at most 10 s) until `done` holds.
-    fn eventually(what: &str, done: impl Fn() -> bool) {
-        let start = Instant::now();
-        while !done() {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "{what} never happened"
-            );
-            std::thread::sleep(Duration::from_millis(2));
-        }
+    /// Read `receiver` to its end: its sequence has then left the decoding thread, and the
+    /// active-sequences gauge (`Client` drops its gauge count before its sender).
+    fn rest(receiver: &mut TokenReceiver) -> Vec<StreamToken> {
+        std::iter::from_fn(|| receiver.blocking_recv())
+            .map(|token| token.expect("no error"))
+            .collect()
     }
 
-    fn thread_ended(shared: &Shared) -> bool {
-        !shared.decode_queue.lock().thread_running
+    /// The tokens `receiver` holds now, without waiting.
+    fn buffered(receiver: &mut TokenReceiver) -> Vec<StreamToken> {
+        std::iter::from_fn(|| receiver.try_recv().ok())
+            .map(|token| token.expect("no error"))
+            .collect()
     }
+
+    /// How long the decoding thread may take to notice it has nothing left.
+    const IDLE: Duration = Duration::from_secs(10);
 
     /// Five submissions, at most two decoding at once: each gets its solo stream token for
     /// token (ids, text, finish reason, log-probabilities equal), the gauge never shows more
@@ -389,25 +416,31 @@ mod tests {
             "{busiest} sequences decoded at once, 2 allowed"
         );
         assert_eq!(busiest, 2, "two sequences shared the batch");
-        eventually("the gauge back to 0", || {
-            shared.metrics.active_sequences.get() == 0
-        });
-        eventually("the thread ending", || thread_ended(&shared));
+        for receiver in &mut receivers {
+            assert_eq!(rest(receiver), [], "nothing after the last token");
+        }
+        assert_eq!(
+            shared.metrics.active_sequences.get(),
+            0,
+            "the gauge back to 0"
+        );
+        assert!(shared.decode_queue.wait_until_idle(IDLE), "the thread ends");
         // The thread comes back for the next submission.
         let mut receiver = submit(&shared, requests[4].clone()).expect("submits");
-        let again: Vec<_> = std::iter::from_fn(|| receiver.blocking_recv())
-            .map(|token| token.expect("no error"))
-            .collect();
-        assert_eq!(again, expected[4]);
+        assert_eq!(rest(&mut receiver), expected[4]);
     }
 
-    /// A client that leaves after two tokens: its sequence is dropped (the gauge falls to the
-    /// one other sequence, which still gets its solo stream), and the thread ends once that
-    /// finishes. An invalid request gets its error as the only item.
+    /// A client that leaves after two tokens, while its sequence still has many to go: its
+    /// sequence is dropped before the next step (the gauge falls to the one other sequence,
+    /// which still gets its solo stream), and the thread ends once that finishes. An invalid
+    /// request gets its error as the only item.
+    ///
+    /// The test pauses the decoding thread by holding the queue's lock, which the thread takes
+    /// before each step (in `admit`): while held, the thread does at most the step under way.
     #[test]
     fn a_client_that_leaves_is_dropped_at_once() {
         let shared = shared(4);
-        let base = generation_pipeline(&shared)
+        let base = text_generation(&shared)
             .expect("generates")
             .settings(&TextGenerationOptions::default());
         let long = GenerationRequest {
@@ -418,23 +451,51 @@ mod tests {
             prompt: "Once upon a time".to_string(),
             config: base.clone().sampling(3).with_max_new_tokens(100),
         };
+        let leaving_alone = solo(&shared, &long).len();
         let expected = solo(&shared, &other);
         let mut leaving = submit(&shared, long).expect("submits");
         let mut staying = submit(&shared, other).expect("submits");
         for _ in 0..2 {
             leaving.blocking_recv().expect("a token").expect("no error");
         }
-        let first = staying.blocking_recv().expect("a token").expect("no error");
+        let mut got = vec![staying.blocking_recv().expect("a token").expect("no error")];
+
+        let paused = shared.decode_queue.lock();
+        let made = 2 + buffered(&mut leaving).len();
+        // The step under way gives it one more token at most, and its last is further off:
+        // it can only end because its client left.
+        assert!(
+            made + 2 < leaving_alone,
+            "the leaving sequence has {made} of its {leaving_alone} tokens: too near its end \
+             to tell a departure from its own end"
+        );
+        got.extend(buffered(&mut staying));
         drop(leaving);
-        eventually("the departed client's sequence dropped", || {
-            shared.metrics.active_sequences.get() == 1
-        });
-        let rest: Vec<_> = std::iter::from_fn(|| staying.blocking_recv())
-            .map(|token| token.expect("no error"))
-            .collect();
-        assert_eq!([vec![first], rest].concat(), expected);
-        eventually("the thread ending", || thread_ended(&shared));
+        drop(paused);
+        // The thread drops the departed sequence before its next step, or in it (its token
+        // cannot be delivered): the second token the other gets from now on comes after that.
+        for _ in 0..2 {
+            got.push(staying.blocking_recv().expect("a token").expect("no error"));
+        }
+        let paused = shared.decode_queue.lock();
+        got.extend(buffered(&mut staying));
+        // Not over, even with the step under way: the other sequence is still in the gauge.
+        assert!(
+            got.len() + 2 <= expected.len(),
+            "the other sequence has {} of its {} tokens: too near its end to count on it",
+            got.len(),
+            expected.len()
+        );
+        assert_eq!(
+            shared.metrics.active_sequences.get(),
+            1,
+            "the departed client's sequence is dropped"
+        );
+        drop(paused);
+        got.extend(rest(&mut staying));
+        assert_eq!(got, expected);
         assert_eq!(shared.metrics.active_sequences.get(), 0);
+        assert!(shared.decode_queue.wait_until_idle(IDLE), "the thread ends");
 
         let too_long = GenerationRequest {
             prompt: "The quick brown fox".to_string(),
@@ -443,12 +504,7 @@ mod tests {
         let mut refused = submit(&shared, too_long).expect("submits");
         let error = refused.blocking_recv().expect("an item");
         assert!(
-            matches!(
-                &error,
-                Err(ServeError::Library(ferroformers::Error::InvalidGeneration(
-                    _
-                )))
-            ),
+            matches!(&error, Err(Error::InvalidGeneration(_))),
             "{error:?}"
         );
         assert!(refused.blocking_recv().is_none(), "nothing after the error");

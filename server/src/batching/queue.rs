@@ -16,8 +16,8 @@ use prometheus::{Histogram, IntCounter};
 use tokenizers::Encoding;
 use tokio::sync::oneshot;
 
-use crate::http::error::ServeError;
 use ferroformers::pipelines::AnyPipeline;
+use ferroformers::Error;
 
 /// What the forward computes for a request. Requests share a forward only when theirs is the
 /// same; settings that change the postprocess alone (`normalize`, `raw_scores`, `return_text`,
@@ -31,8 +31,9 @@ pub(crate) enum Forward {
     Logits,
 }
 
-/// The rows of one request: one per encoding, in order; or why the forward failed.
-type Rows = Result<Vec<Vec<f32>>, String>;
+/// The rows of one request: one per encoding, in order; or why the forward failed (one
+/// failure, shared by every request of the batch).
+type Rows = Result<Vec<Vec<f32>>, Arc<Error>>;
 
 /// One queued request.
 struct Entry {
@@ -103,12 +104,12 @@ impl Queue {
         &self,
         encodings: Vec<Encoding>,
         forward: Forward,
-    ) -> Result<Vec<Vec<f32>>, ServeError> {
+    ) -> ferroformers::Result<Vec<Vec<f32>>> {
         let (answer, rows) = oneshot::channel();
         {
             let mut waiting = self.lock();
             if waiting.closed {
-                return Err(ServeError::ShuttingDown);
+                return Err(Error::ShuttingDown);
             }
             let longest = encodings.iter().map(Encoding::len).max().unwrap_or(0);
             waiting.entries.push_back(Entry {
@@ -119,9 +120,10 @@ impl Queue {
             });
         }
         self.arrived.notify_one();
+        // The answer is dropped unsent only when the thread panicked with this request taken.
         rows.await
-            .map_err(|_| ServeError::Internal("the batching thread stopped".to_string()))?
-            .map_err(ServeError::Backend)
+            .map_err(|_| Error::WorkerStopped { thread: "batching" })?
+            .map_err(|source| Error::BatchFailed { source })
     }
 
     /// The next batch, waiting for one; `None` once the queue is closed and empty.
@@ -272,9 +274,9 @@ fn run_batch(pipeline: &AnyPipeline, batch: Vec<Entry>, limits: Limits, metrics:
             }
         }
         Err(error) => {
-            let message = error.to_string();
+            let failure = Arc::new(error);
             for (answer, _) in answers {
-                let _ = answer.send(Err(message.clone()));
+                let _ = answer.send(Err(Arc::clone(&failure)));
             }
         }
     }
@@ -294,7 +296,7 @@ fn run_forward(
             pipeline.logits(encodings, per_forward)
         }
         (AnyPipeline::Rerank(pipeline), Forward::Logits) => pipeline.logits(encodings, per_forward),
-        (other, forward) => Err(ferroformers::Error::InvalidInput(format!(
+        (other, forward) => Err(Error::InvalidInput(format!(
             "the server queued a {forward:?} forward for a {} model: a bug, please report it",
             other.task()
         ))),

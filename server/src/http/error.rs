@@ -5,6 +5,9 @@
 //! long) are 413, tokenizer errors 422, an overloaded server 429, a failed model 424. Two
 //! are ours (TEI has neither): 408 for a request body that stops arriving, and 503
 //! (`error_type` `unhealthy`) for a request that comes while the server shuts down.
+//!
+//! The batching threads answer with the library's errors, knowing nothing of HTTP: their
+//! status codes are chosen here, with the others.
 //! <https://github.com/huggingface/text-embeddings-inference/blob/v1.8.3/router/src/http/server.rs>
 
 use axum::extract::rejection::JsonRejection;
@@ -39,14 +42,11 @@ pub(crate) enum ServeError {
     WrongTask(String),
     /// No route at this path.
     NotFound(String),
-    /// The pipeline failed.
+    /// The pipeline, or the batching that runs it, failed; or the server is shutting down
+    /// ([`Error::ShuttingDown`]).
     Library(Error),
     /// The blocking task that ran the pipeline did not finish (it panicked).
     Internal(String),
-    /// The batched forward this request was part of failed (TEI's backend error).
-    Backend(String),
-    /// The server is shutting down and takes no new requests.
-    ShuttingDown,
 }
 
 /// The two error body shapes.
@@ -132,11 +132,16 @@ impl ServeError {
                 | Error::InvalidGeneration(_)
                 | Error::ChatTemplate(_)
                 | Error::Tokenizer { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+                // Another replica can take it: TEI's `unhealthy`.
+                Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+                // The server's own threads failed, not the model.
+                Error::WorkerStopped { .. } | Error::WorkerSpawn { .. } => {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                }
+                // The model failed (alone or in a batch, `BatchFailed`): TEI's backend error.
                 _ => StatusCode::FAILED_DEPENDENCY,
             },
             ServeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ServeError::Backend(_) => StatusCode::FAILED_DEPENDENCY,
-            ServeError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -153,17 +158,11 @@ impl ServeError {
                     .to_string()
             }
             ServeError::Body(rejection) => rejection.body_text(),
-            ServeError::ShuttingDown => {
-                "the server is shutting down: send the request to another replica, or retry \
-                 once it is back"
-                    .to_string()
-            }
             ServeError::Validation(_, message)
             | ServeError::Field { message, .. }
             | ServeError::WrongTask(message)
             | ServeError::NotFound(message)
-            | ServeError::Internal(message)
-            | ServeError::Backend(message) => message.clone(),
+            | ServeError::Internal(message) => message.clone(),
             ServeError::Library(error) => error.to_string(),
         }
     }

@@ -12,6 +12,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 use crate::http::error::{Flavor, ServeError};
+use ferroformers::Error;
 
 /// Whether the server is shutting down; shared by the connection loop, which sets it, and
 /// the middleware, which reads it.
@@ -38,7 +39,8 @@ pub(crate) async fn refuse_when_draining(
     next: Next,
 ) -> Response {
     let mut response = if draining.is_on() {
-        ServeError::ShuttingDown.into_response_as(Flavor::of_path(request.uri().path()))
+        ServeError::Library(Error::ShuttingDown)
+            .into_response_as(Flavor::of_path(request.uri().path()))
     } else {
         next.run(request).await
     };

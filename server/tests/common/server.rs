@@ -3,8 +3,10 @@
 #![allow(dead_code)]
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use ferroformers::pipelines::AnyPipeline;
 use ferroformers::{LoadOptions, Task};
@@ -14,18 +16,30 @@ use ureq::Agent;
 
 use super::fixture_model;
 
+/// How long the tests wait for a server to reach a state (a request in flight, the listener
+/// closed, the thread ended) before they fail.
+const DEADLINE: Duration = Duration::from_secs(30);
+
 /// A server on its own thread and runtime, stopped (gracefully) when dropped.
 pub struct TestServer {
     pub address: SocketAddr,
+    /// The inode of its listening socket (see [`listening_sockets`]).
+    listener: u64,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Disconnected once the server's thread has ended, however it ended (in a mutex, which
+    /// keeps the server `Sync` for the tests that share it between threads).
+    ended: Mutex<Receiver<()>>,
 }
 
 impl TestServer {
     pub fn start(pipeline: AnyPipeline, config: ServerConfig) -> Self {
         let (address_tx, address_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (ending, ended) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::spawn(move || {
+            // Dropped as the thread ends, a panic included.
+            let _ending = ending;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -45,12 +59,61 @@ impl TestServer {
             });
         });
         let address = address_rx
-            .recv_timeout(Duration::from_secs(30))
+            .recv_timeout(DEADLINE)
             .expect("the server reports its address");
+        let listener = listening_sockets()
+            .into_iter()
+            .find(|(local, _)| *local == proc_net_address(address))
+            .map(|(_, inode)| inode)
+            .unwrap_or_else(|| panic!("no socket listens on {address} in /proc/net/tcp"));
         Self {
             address,
+            listener,
             stop: Some(stop),
             thread: Some(thread),
+            ended: Mutex::new(ended),
+        }
+    }
+
+    /// Whether the server's own listening socket is still open. Unlike trying to connect, this
+    /// cannot be fooled by another test's server taking the port once it is free.
+    pub fn accepting(&self) -> bool {
+        listening_sockets()
+            .iter()
+            .any(|&(_, inode)| inode == self.listener)
+    }
+
+    /// Wait until the server has closed its listening socket (the first thing it does on the
+    /// shutdown signal); fail past the deadline.
+    pub fn wait_until_not_accepting(&self) {
+        let start = Instant::now();
+        while self.accepting() {
+            assert!(
+                start.elapsed() < DEADLINE,
+                "the server still listens {DEADLINE:?} after the shutdown signal"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Wait until `/metrics` shows `requests` requests in flight besides the scrape itself
+    /// (a request is in flight, holding a slot, once its head has been read); fail past the
+    /// deadline.
+    pub fn wait_for_in_flight(&self, requests: usize) {
+        let client = client();
+        let start = Instant::now();
+        loop {
+            let metrics = get(&client, &self.url("/metrics")).body;
+            let in_flight = sample(&metrics, "ferroformers_requests_in_flight");
+            if in_flight.is_some_and(|n| n >= (requests + 1) as f64) {
+                return;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "{requests} request(s) not in flight after {DEADLINE:?}: {in_flight:?} \
+                 (with the scrape)"
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -61,9 +124,14 @@ impl TestServer {
         }
     }
 
-    /// Wait until the server has stopped (after [`TestServer::begin_shutdown`]).
+    /// Wait until the server has stopped (after [`TestServer::begin_shutdown`]); fail past
+    /// the deadline.
     pub fn join(&mut self) {
         if let Some(thread) = self.thread.take() {
+            let ended = self.ended.get_mut().unwrap_or_else(PoisonError::into_inner);
+            if let Err(RecvTimeoutError::Timeout) = ended.recv_timeout(DEADLINE) {
+                panic!("the server has not stopped {DEADLINE:?} after the shutdown signal");
+            }
             thread.join().expect("the server thread ends cleanly");
         }
     }
@@ -171,6 +239,59 @@ pub fn floats(value: &Value) -> Vec<f32> {
         .iter()
         .map(|x| x.as_f64().expect("a number") as f32)
         .collect()
+}
+
+/// The value of the sample `name{labels}` in Prometheus' text format.
+pub fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+        value.parse().ok()
+    })
+}
+
+/// The TCP sockets in the LISTEN state, as (local address as the kernel writes it, inode),
+/// from Linux's `/proc/net/tcp` and `tcp6`. An inode names one socket for as long as it
+/// exists, whoever binds its port after it.
+pub fn listening_sockets() -> Vec<(String, u64)> {
+    let mut sockets = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        // tcp6 is absent where IPv6 is off.
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        // sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout
+        // inode ...; state 0A is TCP_LISTEN.
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if let (Some(&local), Some(&"0A"), Some(inode)) = (
+                fields.get(1),
+                fields.get(3),
+                fields.get(9).and_then(|inode| inode.parse().ok()),
+            ) {
+                sockets.push((local.to_string(), inode));
+            }
+        }
+    }
+    sockets
+}
+
+/// `address` as `/proc/net/tcp` writes it: each 32-bit word of the IP address as it lies in
+/// memory, read as a native integer, in hex; then `:` and the port in hex.
+fn proc_net_address(address: SocketAddr) -> String {
+    let octets = match address.ip() {
+        IpAddr::V4(ip) => ip.octets().to_vec(),
+        IpAddr::V6(ip) => ip.octets().to_vec(),
+    };
+    let words: String = octets
+        .chunks_exact(4)
+        .map(|word| {
+            format!(
+                "{:08X}",
+                u32::from_ne_bytes([word[0], word[1], word[2], word[3]])
+            )
+        })
+        .collect();
+    format!("{words}:{:04X}", address.port())
 }
 
 /// A `POST /embed` whose body stops after its first 5 bytes: the server has the request in

@@ -249,7 +249,7 @@ impl Running {
         let index = self.live[position].0;
         let step = match token {
             Some(Ok(token)) => self.choices[index].push(token),
-            Some(Err(error)) => return Some(Err(error)),
+            Some(Err(error)) => return Some(Err(error.into())),
             None => {
                 self.live.swap_remove(position);
                 return Some(Err(ServeError::Internal(format!(

@@ -19,12 +19,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use crate::batching::generation::{generation_pipeline, submit, GenerationRequest};
+use crate::batching::generation::{submit, GenerationRequest};
 use crate::http::error::{OpenAiError, ServeError};
 use crate::state::{run_blocking, AppState, Shared};
 use choice::Running;
 use ferroformers::generation::CausalLM;
-use ferroformers::pipelines::{Message, Pipeline};
+use ferroformers::pipelines::{AnyPipeline, Message, Pipeline, TextGenerationPipeline};
 use ferroformers::tokenizer::EncodeOptions;
 use request::{ChatRequest, CompletionRequest, Settings};
 use response::{Answer, Api, Usage};
@@ -37,6 +37,18 @@ struct Prepared {
     tokens: usize,
     /// New tokens per choice.
     max_new_tokens: usize,
+}
+
+/// The text-generation pipeline of `shared`, or the 400 a server of another task answers.
+fn generation_pipeline(shared: &Shared) -> Result<&TextGenerationPipeline, ServeError> {
+    match &shared.pipeline {
+        AnyPipeline::TextGeneration(pipeline) => Ok(pipeline),
+        other => Err(ServeError::WrongTask(format!(
+            "this server runs a {} model, which does not generate text: completions need a \
+             text-generation model (serve one with --task generate)",
+            other.task()
+        ))),
+    }
 }
 
 /// `POST /v1/completions`: a choice set per prompt.
