@@ -16,7 +16,8 @@ pub struct ServerConfig {
     pub model_dtype: WeightType,
     /// Address to bind; loopback unless told otherwise.
     pub host: String,
-    /// Port to bind; 0 picks a free one ([`Server::local_addr`] tells which).
+    /// Port to bind; 0 picks a free one ([`Server::local_addr`](crate::Server::local_addr)
+    /// tells which).
     pub port: u16,
     /// Longest input in tokens; `None` is the model's (`model_max_length`, at most its
     /// position table). Longer inputs are refused with 413 unless the request sets `truncate`.

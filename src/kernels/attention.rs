@@ -26,7 +26,7 @@ pub enum AttentionProducts {
 /// Attention over packed projections `qkv`: (batch, seq, 3 · heads · head_dim), query, key
 /// and value side by side as one GEMM makes them. Returns (batch, seq, heads · head_dim).
 /// `mask`: additive f32, (batch, 1, 1, seq), as `layers::padding_mask` makes it. On the CPU in
-/// f32 this is one fused kernel; elsewhere the heads are split and [`reference::attention`]
+/// f32 this is one fused kernel; elsewhere the heads are split and `reference::attention`
 /// runs.
 pub fn multi_head_attention(
     qkv: &Tensor,

@@ -12,7 +12,7 @@ use super::{reference, softmax_row};
 /// `softmax(q kᵀ · scale + mask) v` per head. `q`: (batch, heads, new, d); `k`, `v`:
 /// (batch, heads, len, d), any strides (views of a cache); `mask`: additive f32 that
 /// broadcasts to (batch, 1, new, len). Our kernel on the CPU in f32; elsewhere
-/// [`reference::attention`].
+/// `reference::attention`.
 pub fn decoder_attention(
     q: &Tensor,
     k: &Tensor,

@@ -12,7 +12,7 @@ use crate::models::weight_type::WeightType;
 ///
 /// The models walk it as their checkpoint keys nest (`vb.pp("encoder").pp("layer")`), like
 /// candle's `VarBuilder`, which it wraps; the weight type travels with it into every layer,
-/// where [`Linear`](crate::models::layers::Linear) stores its weights as it says.
+/// where each linear layer stores its weights as it says.
 #[derive(Clone)]
 pub struct ModelWeights {
     tensors: VarBuilder<'static>,
