@@ -20,7 +20,7 @@ use ferroformers::{
     DistilBertForTokenClassification, DistilBertModel, FromPretrained,
     Gpt2ForSequenceClassification, Gpt2LMHeadModel, Gpt2Model, HubOptions, LoadOptions, ModelInput,
     Result, RobertaForMaskedLM, RobertaForQuestionAnswering, RobertaForSequenceClassification,
-    RobertaForTokenClassification, RobertaModel, Tensor,
+    RobertaForTokenClassification, RobertaModel, Tensor, WeightType,
 };
 
 type Outputs = Vec<(&'static str, Tensor)>;
@@ -28,7 +28,7 @@ type Outputs = Vec<(&'static str, Tensor)>;
 struct Checker {
     fixtures: PathBuf,
     device: Device,
-    dtype: DType,
+    weight_type: WeightType,
     tolerance: f32,
     failures: usize,
 }
@@ -37,7 +37,7 @@ impl Checker {
     fn options(&self) -> LoadOptions {
         LoadOptions::default()
             .with_hub(HubOptions::default().with_offline(true))
-            .with_dtype(self.dtype)
+            .with_weight_type(self.weight_type)
             .with_device(self.device.clone())
     }
 
@@ -91,7 +91,7 @@ impl Checker {
         println!(
             "{:<6} {:<5} {what:<44} max |diff| {max:.2e} (tolerance {:.1e})",
             if ok { "ok" } else { "FAIL" },
-            format!("{:?}", self.dtype),
+            self.weight_type.to_string(),
             self.tolerance
         );
     }
@@ -255,11 +255,11 @@ fn main() -> Result<()> {
     println!("device: {device:?}");
     let mut failures = 0;
     // bf16 keeps 8 bits of mantissa: its tolerance is the one tests/bert.rs states for logits.
-    for (dtype, tolerance) in [(DType::F32, 1e-4), (DType::BF16, 1.2e-1)] {
+    for (weight_type, tolerance) in [(WeightType::F32, 1e-4), (WeightType::Bf16, 1.2e-1)] {
         let mut checker = Checker {
             fixtures: fixtures.clone(),
             device: device.clone(),
-            dtype,
+            weight_type,
             tolerance,
             failures: 0,
         };

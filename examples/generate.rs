@@ -30,8 +30,7 @@ fn main() -> ferroformers::Result<()> {
     let pretrained = Pretrained::open(model_id, &options.hub)?;
     let tokenizer = pretrained.tokenizer()?;
     let model = Gpt2LMHeadModel::from_pretrained(model_id, &options)?;
-    let mut config = pretrained
-        .generation_config()?
+    let mut config = GenerationConfig::from_source(pretrained.source())?
         .with_max_new_tokens(flag("--max-new-tokens").unwrap_or(50.0) as usize);
     if let Some(penalty) = flag("--repetition-penalty") {
         config.repetition_penalty = penalty as f32;

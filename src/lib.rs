@@ -43,23 +43,6 @@
 //! ```
 #![warn(missing_docs)]
 
-/// `FromPretrained` for model types whose `load` takes the config that `ModelConfig::$accessor`
-/// returns: `from_pretrained_impls!(bert: BertModel, BertForMaskedLM)`.
-#[macro_export]
-#[doc(hidden)]
-macro_rules! from_pretrained_impls {
-    ($accessor:ident: $($model:ty),* $(,)?) => {$(
-        impl $crate::models::pretrained::FromPretrained for $model {
-            fn from_config(
-                vb: candle_nn::VarBuilder,
-                config: &$crate::models::config::ModelConfig,
-            ) -> $crate::error::Result<Self> {
-                Self::load(vb, config.$accessor()?).map_err($crate::models::pretrained::checkpoint_mismatch)
-            }
-        }
-    )*};
-}
-
 pub mod error;
 pub mod generation;
 #[doc(hidden)]
@@ -89,7 +72,6 @@ pub use models::distilbert::{
 pub use models::gpt2::{
     Gpt2Config, Gpt2ForSequenceClassification, Gpt2LMHeadModel, Gpt2Model, KvCache,
 };
-pub use models::layers::Quantization;
 pub use models::pooling::{l2_normalize, Pooling};
 pub use models::pretrained::{FromPretrained, LoadOptions, Pretrained};
 pub use models::roberta::{
@@ -102,10 +84,12 @@ pub use models::roberta::{
     RobertaConfig, RobertaForMaskedLM, RobertaForQuestionAnswering,
     RobertaForSequenceClassification, RobertaForTokenClassification, RobertaModel,
 };
-pub use models::{EncoderOutput, ModelInput, QuestionAnsweringOutput};
+pub use models::weight_type::WeightType;
+pub use models::weights::ModelWeights;
+pub use models::{EncoderOutput, QuestionAnsweringOutput};
 pub use pipelines::{pipeline, AnyPipeline, Pipeline, Task};
 pub use runtime::threads::set_num_threads;
-pub use tokenizer::{EncodeOptions, EncodedBatch, PaddingSide, TextInput, Tokenizer};
+pub use tokenizer::{EncodeOptions, EncodedBatch, ModelInput, PaddingSide, TextInput, Tokenizer};
 
 // The README's Rust blocks are compiled (and the ones without `no_run` run) by
 // `cargo test --doc`, so the README cannot drift from the API.

@@ -7,20 +7,20 @@ use common::*;
 use ferroformers::{
     BertForMaskedLM, BertForQuestionAnswering, BertForSequenceClassification,
     BertForTokenClassification, BertModel, DType, EncodeOptions, Error, FromPretrained, HubOptions,
-    LoadOptions, ModelInput, Tensor, Tokenizer,
+    LoadOptions, ModelInput, Tensor, Tokenizer, WeightType,
 };
 
 /// f32 against PyTorch f32: the brief's bar.
 const F32_TOLERANCE: f32 = 1e-4;
 
-fn options(dtype: DType) -> LoadOptions {
+fn options(weight_type: WeightType) -> LoadOptions {
     LoadOptions::default()
         .with_hub(HubOptions::default().with_offline(true))
-        .with_dtype(dtype)
+        .with_weight_type(weight_type)
 }
 
-fn load<M: FromPretrained>(name: &str, dtype: DType) -> M {
-    M::from_pretrained(&fixture_model(name), &options(dtype)).expect("fixture model loads")
+fn load<M: FromPretrained>(name: &str, weight_type: WeightType) -> M {
+    M::from_pretrained(&fixture_model(name), &options(weight_type)).expect("fixture model loads")
 }
 
 fn texts(name: &str) -> Vec<serde_json::Value> {
@@ -116,7 +116,7 @@ fn base_model_matches_pytorch() {
     .unwrap();
     assert!(weights.contains_key("embeddings.position_ids"));
     let reference = reference("bert/base");
-    let model: BertModel = load("bert/base", DType::F32);
+    let model: BertModel = load("bert/base", WeightType::F32);
     let output = model.forward(&reference_input(&reference)).unwrap();
     assert_close(
         &output.last_hidden_state,
@@ -139,7 +139,7 @@ fn base_model_matches_pytorch() {
 fn pytorch_bin_checkpoint_matches_pytorch() {
     // Same weights as `base`, stored only as pytorch_model.bin.
     let reference = reference("bert/base-pytorch-bin");
-    let model: BertModel = load("bert/base-pytorch-bin", DType::F32);
+    let model: BertModel = load("bert/base-pytorch-bin", WeightType::F32);
     let output = model.forward(&reference_input(&reference)).unwrap();
     assert_close(
         &output.last_hidden_state,
@@ -153,7 +153,7 @@ fn pytorch_bin_checkpoint_matches_pytorch() {
 fn masked_lm_with_tied_decoder_matches_pytorch() {
     // The checkpoint has no cls.predictions.decoder.weight: it is tied to the word embeddings.
     let reference = reference("bert/masked-lm");
-    let model: BertForMaskedLM = load("bert/masked-lm", DType::F32);
+    let model: BertForMaskedLM = load("bert/masked-lm", WeightType::F32);
     let logits = model.forward(&reference_input(&reference)).unwrap();
     assert_close(
         &logits,
@@ -166,7 +166,8 @@ fn masked_lm_with_tied_decoder_matches_pytorch() {
 #[test]
 fn sequence_classification_matches_pytorch_and_names_labels() {
     let reference = reference("bert/sequence-classification");
-    let model: BertForSequenceClassification = load("bert/sequence-classification", DType::F32);
+    let model: BertForSequenceClassification =
+        load("bert/sequence-classification", WeightType::F32);
     let logits = model.forward(&reference_input(&reference)).unwrap();
     assert_close(
         &logits,
@@ -183,7 +184,7 @@ fn sequence_classification_matches_pytorch_and_names_labels() {
 fn token_classification_from_shards_matches_pytorch() {
     // Saved with a 20KB shard limit: five shards and model.safetensors.index.json.
     let reference = reference("bert/token-classification");
-    let model: BertForTokenClassification = load("bert/token-classification", DType::F32);
+    let model: BertForTokenClassification = load("bert/token-classification", WeightType::F32);
     let logits = model.forward(&reference_input(&reference)).unwrap();
     assert_close(
         &logits,
@@ -197,7 +198,7 @@ fn token_classification_from_shards_matches_pytorch() {
 #[test]
 fn question_answering_matches_pytorch() {
     let reference = reference("bert/question-answering");
-    let model: BertForQuestionAnswering = load("bert/question-answering", DType::F32);
+    let model: BertForQuestionAnswering = load("bert/question-answering", WeightType::F32);
     let output = model.forward(&reference_input(&reference)).unwrap();
     assert_close(
         &output.start_logits,
@@ -219,9 +220,10 @@ fn padded_batch_equals_each_input_alone() {
     // Padding changes matrix shapes and so summation order: allow float noise, nothing more.
     const TOLERANCE: f32 = 1e-5;
     let reference = reference("bert/base");
-    let model: BertModel = load("bert/base", DType::F32);
+    let model: BertModel = load("bert/base", WeightType::F32);
     let batch = model.forward(&reference_input(&reference)).unwrap();
-    let token_model: BertForTokenClassification = load("bert/token-classification", DType::F32);
+    let token_model: BertForTokenClassification =
+        load("bert/token-classification", WeightType::F32);
     let token_batch = token_model.forward(&reference_input(&reference)).unwrap();
     let lengths = lengths(&reference);
     assert!(
@@ -257,7 +259,7 @@ fn padded_batch_equals_each_input_alone() {
 #[test]
 fn attention_mask_changes_padded_rows() {
     let reference = reference("bert/base");
-    let model: BertModel = load("bert/base", DType::F32);
+    let model: BertModel = load("bert/base", WeightType::F32);
     let mut input = reference_input(&reference);
     let masked = model.forward(&input).unwrap().last_hidden_state;
     input.attention_mask = None;
@@ -284,22 +286,22 @@ fn attention_mask_changes_padded_rows() {
 #[test]
 fn half_precision_stays_close_to_f32() {
     let reference = reference("bert/base");
-    for (dtype, tolerance) in [(DType::F16, 1e-2), (DType::BF16, 6e-2)] {
-        let model: BertModel = load("bert/base", dtype);
+    for (weight_type, tolerance) in [(WeightType::F16, 1e-2), (WeightType::Bf16, 6e-2)] {
+        let model: BertModel = load("bert/base", weight_type);
         let output = model.forward(&reference_input(&reference)).unwrap();
         assert_eq!(output.last_hidden_state.dtype(), DType::F32);
         let diff = max_abs_diff(&output.last_hidden_state, &reference["last_hidden_state"]);
         assert!(
             diff <= tolerance,
-            "{dtype:?}: max abs difference {diff} exceeds {tolerance}"
+            "{weight_type}: max abs difference {diff} exceeds {tolerance}"
         );
-        let mlm: BertForMaskedLM = load("bert/masked-lm", dtype);
+        let mlm: BertForMaskedLM = load("bert/masked-lm", weight_type);
         let mlm_reference = common::reference("bert/masked-lm");
         let logits = mlm.forward(&reference_input(&mlm_reference)).unwrap();
         let diff = max_abs_diff(&logits, &mlm_reference["logits"]);
         assert!(
             diff <= 2.0 * tolerance,
-            "{dtype:?} logits: max abs difference {diff} exceeds {}",
+            "{weight_type} logits: max abs difference {diff} exceeds {}",
             2.0 * tolerance
         );
     }
@@ -308,7 +310,7 @@ fn half_precision_stays_close_to_f32() {
 #[test]
 fn base_model_loads_from_a_head_checkpoint_under_the_bert_prefix() {
     // masked-lm keys are `bert.embeddings...`; it was saved without a pooler.
-    let model: BertModel = load("bert/masked-lm", DType::F32);
+    let model: BertModel = load("bert/masked-lm", WeightType::F32);
     let reference = reference("bert/masked-lm");
     let output = model.forward(&reference_input(&reference)).unwrap();
     assert!(output.pooler_output.is_none());
@@ -322,7 +324,7 @@ fn base_model_loads_from_a_head_checkpoint_under_the_bert_prefix() {
 fn head_without_its_weights_is_an_error_naming_the_tensor() {
     let error = BertForQuestionAnswering::from_pretrained(
         &fixture_model("bert/base"),
-        &options(DType::F32),
+        &options(WeightType::F32),
     )
     .expect_err("the base checkpoint has no qa_outputs");
     assert!(error.to_string().contains("qa_outputs"), "{error}");
@@ -330,7 +332,7 @@ fn head_without_its_weights_is_an_error_naming_the_tensor() {
 
 #[test]
 fn input_longer_than_the_position_table_is_an_error() {
-    let model: BertModel = load("bert/base", DType::F32);
+    let model: BertModel = load("bert/base", WeightType::F32);
     let ids = Tensor::ones((1, 65), DType::U32, &ferroformers::Device::Cpu).unwrap();
     match model.forward(&ModelInput::from_ids(ids)) {
         Err(Error::InputTooLong {

@@ -17,7 +17,7 @@ use ferroformers::generation::{
 };
 use ferroformers::pipelines::{ChatTemplate, Message, Role};
 use ferroformers::{
-    DType, Device, FromPretrained, Gpt2LMHeadModel, KvCache, Quantization, Tensor, Tokenizer,
+    DType, Device, FromPretrained, Gpt2LMHeadModel, KvCache, Tensor, Tokenizer, WeightType,
 };
 
 /// Log-probabilities of a sequence in the batch against its solo stream (f32 log-softmax).
@@ -405,8 +405,8 @@ fn a_decoding_row_is_bitwise_its_sequence_alone_whatever_the_batch() {
     let path = folder.path().to_str().unwrap();
     let loads = [
         ("f32", options()),
-        ("bf16", options().with_dtype(DType::BF16)),
-        ("int8", options().with_quantization(Quantization::Int8)),
+        ("bf16", options().with_weight_type(WeightType::Bf16)),
+        ("int8", options().with_weight_type(WeightType::Int8)),
     ];
     for (format, load) in loads {
         let model = Gpt2LMHeadModel::from_pretrained(path, &load).unwrap();

@@ -13,7 +13,7 @@ use ferroformers::generation::{processors::processors_for, GenerationConfig};
 use ferroformers::loading::weights::WeightFiles;
 use ferroformers::{
     AutoModelForSequenceClassification, BertModel, FromPretrained, HubOptions, LoadOptions,
-    ModelConfig, Tokenizer,
+    ModelConfig, ModelWeights, Tokenizer, WeightType,
 };
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -237,7 +237,7 @@ fn build_and_run(
     config: &ModelConfig,
     depth: &Depth,
 ) -> Result<(), TestCaseError> {
-    let vb = match weights.var_builder(ferroformers::DType::F32, &ferroformers::Device::Cpu) {
+    let vb = match ModelWeights::open(weights, WeightType::F32, &ferroformers::Device::Cpu) {
         Ok(vb) => vb,
         Err(_) => {
             Depth::count(&depth.refused);

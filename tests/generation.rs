@@ -309,8 +309,7 @@ fn max_new_tokens_beyond_the_context_is_an_error() {
 fn sampling_is_reproducible_for_a_seed() {
     let (model, tokenizer, pretrained) = model_and_tokenizer();
     let generator = Generator::new(&model, &tokenizer);
-    let config = pretrained
-        .generation_config()
+    let config = GenerationConfig::from_source(pretrained.source())
         .unwrap()
         .with_max_new_tokens(30)
         .sampling(7);
@@ -443,8 +442,7 @@ fn streaming_never_splits_a_multibyte_character() {
 #[test]
 fn streamed_pieces_concatenate_to_the_generated_text() {
     let (model, tokenizer, pretrained) = model_and_tokenizer();
-    let config = pretrained
-        .generation_config()
+    let config = GenerationConfig::from_source(pretrained.source())
         .unwrap()
         .with_max_new_tokens(40);
     let generator = Generator::new(&model, &tokenizer);
@@ -466,8 +464,7 @@ fn streamed_pieces_concatenate_to_the_generated_text() {
 fn a_stop_string_ends_generation_and_stays_in_the_text() {
     let (model, tokenizer, pretrained) = model_and_tokenizer();
     let generator = Generator::new(&model, &tokenizer);
-    let config = pretrained
-        .generation_config()
+    let config = GenerationConfig::from_source(pretrained.source())
         .unwrap()
         .with_max_new_tokens(64);
     let prompt = "The quick brown fox";
@@ -638,12 +635,12 @@ fn bf16_and_int8_keep_f32s_greedy_tokens_until_a_near_tie() {
     let low_precision = [
         (
             "bf16",
-            LoadOptions::default().with_dtype(ferroformers::DType::BF16),
+            LoadOptions::default().with_weight_type(ferroformers::WeightType::Bf16),
             BF16_LOGIT_TOLERANCE,
         ),
         (
             "int8",
-            LoadOptions::default().with_quantization(ferroformers::Quantization::Int8),
+            LoadOptions::default().with_weight_type(ferroformers::WeightType::Int8),
             match u8_activations {
                 true => INT8_U8_LOGIT_TOLERANCE,
                 false => INT8_LOGIT_TOLERANCE,

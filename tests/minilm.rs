@@ -186,14 +186,14 @@ fn bf16_and_int8_embeddings_stay_close_to_f32() {
             "bf16",
             LoadOptions::default()
                 .with_hub(hub.clone())
-                .with_dtype(ferroformers::DType::BF16),
+                .with_weight_type(ferroformers::WeightType::Bf16),
             BF16_BARS,
         ),
         (
             "int8",
             LoadOptions::default()
                 .with_hub(hub.clone())
-                .with_quantization(ferroformers::Quantization::Int8),
+                .with_weight_type(ferroformers::WeightType::Int8),
             // The layout, and so the int8 product, is chosen at load by the kernels' ISA.
             match ferroformers::kernels::isa::Isa::current().has_avx512() {
                 true => INT8_U8_BARS,

@@ -9,12 +9,12 @@
 
 mod common;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use ferroformers::generation::{GenerationConfig, Generator, PromptBatch};
 use ferroformers::kernels::gemm::{matmul, Epilogue, Isa, PackedWeights, WeightFormat};
 use ferroformers::runtime::benchmark::{token_ids, Triad};
-use ferroformers::{FromPretrained, Gpt2LMHeadModel, LoadOptions, Quantization};
+use ferroformers::{FromPretrained, Gpt2LMHeadModel, LoadOptions, WeightType};
 
 const PROMPT: usize = 32;
 const NEW: usize = 16;
@@ -62,10 +62,13 @@ fn decoding(c: &mut Criterion) {
         .unwrap();
     for (label, options) in [
         ("f32", LoadOptions::default()),
-        ("bf16", LoadOptions::default().with_dtype(DType::BF16)),
+        (
+            "bf16",
+            LoadOptions::default().with_weight_type(WeightType::Bf16),
+        ),
         (
             "int8",
-            LoadOptions::default().with_quantization(Quantization::Int8),
+            LoadOptions::default().with_weight_type(WeightType::Int8),
         ),
     ] {
         let model = Gpt2LMHeadModel::from_pretrained(&folder, &options).unwrap();

@@ -10,7 +10,7 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use ferroformers::{BertModel, FromPretrained, LoadOptions, ModelInput, Quantization};
+use ferroformers::{BertModel, FromPretrained, LoadOptions, ModelInput, WeightType};
 
 fn input(batch: usize, lengths: &[usize]) -> ModelInput {
     let seq = lengths.iter().copied().max().unwrap_or(0);
@@ -42,11 +42,11 @@ fn shapes(c: &mut Criterion) {
             ("ferroformers-f32", LoadOptions::default()),
             (
                 "ferroformers-bf16",
-                LoadOptions::default().with_dtype(DType::BF16),
+                LoadOptions::default().with_weight_type(WeightType::Bf16),
             ),
             (
                 "ferroformers-int8",
-                LoadOptions::default().with_quantization(Quantization::Int8),
+                LoadOptions::default().with_weight_type(WeightType::Int8),
             ),
         ] {
             let model = BertModel::from_pretrained(&folder, &options).unwrap();

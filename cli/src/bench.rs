@@ -119,7 +119,7 @@ pub fn encoder(
     Ok(Report {
         batch,
         seq,
-        dtype: dtype_name(options),
+        dtype: options.weight_type.to_string(),
         runs,
         median_ms,
         sequences_per_second: batch as f64 * 1e3 / median_ms,
@@ -130,13 +130,6 @@ pub fn encoder(
 fn token_ids(count: usize, config: &ferroformers::ModelConfig) -> Vec<u32> {
     let vocab = config.vocab_size();
     ferroformers::runtime::benchmark::token_ids(count, vocab)
-}
-
-fn dtype_name(options: &LoadOptions) -> String {
-    match options.quantization {
-        ferroformers::Quantization::Int8 => "int8".to_string(),
-        ferroformers::Quantization::None => format!("{:?}", options.dtype).to_lowercase(),
-    }
 }
 
 /// What one decoding benchmark measured.
@@ -240,7 +233,7 @@ pub fn decoders(
                 batch,
                 prompt_tokens,
                 new_tokens,
-                dtype: dtype_name(options),
+                dtype: options.weight_type.to_string(),
                 runs,
                 prefill_ms: median(prefill),
                 decode_tokens_per_second,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::bench;
 
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ferroformers::generation::GenerationConfig;
 use ferroformers::pipelines::{
@@ -15,7 +16,7 @@ use ferroformers::pipelines::{
     TextGenerationPipeline, TokenClassificationOptions, TokenClassificationPipeline,
     DEFAULT_BATCH_SIZE,
 };
-use ferroformers::{DType, Device, HubOptions, LoadOptions, Pooling, Quantization};
+use ferroformers::{Device, HubOptions, LoadOptions, Pooling, WeightType};
 use serde::Serialize;
 
 #[derive(Debug, Parser)]
@@ -39,8 +40,8 @@ pub struct Common {
     #[arg(long, default_value = "main")]
     revision: String,
     /// Weight and activation type.
-    #[arg(long, value_enum, default_value_t = CliDType::F32)]
-    dtype: CliDType,
+    #[arg(long, value_parser = weight_types(), default_value_t = WeightType::F32)]
+    dtype: WeightType,
     /// Where the model runs.
     #[arg(long, value_enum, default_value_t = CliDevice::Cpu)]
     device: CliDevice,
@@ -68,16 +69,20 @@ pub(crate) fn at_least_one(value: &str) -> std::result::Result<usize, String> {
     }
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum CliDType {
-    /// 32-bit floats.
-    F32,
-    /// 16-bit floats.
-    F16,
-    /// bfloat16.
-    Bf16,
-    /// Linear layers quantized to int8 at load (one scale per output channel), the rest f32.
-    Int8,
+/// `--dtype`'s values: the library's names of its weight types, each with its help line.
+fn weight_types() -> impl TypedValueParser<Value = WeightType> {
+    let values = WeightType::ALL.map(|weight_type| {
+        PossibleValue::new(weight_type.short_name()).help(match weight_type {
+            WeightType::F32 => "32-bit floats",
+            WeightType::F16 => "16-bit floats",
+            WeightType::Bf16 => "bfloat16",
+            WeightType::Int8 => {
+                "Linear layers quantized to int8 at load (one scale per output channel), the rest f32"
+            }
+        })
+    });
+    // The possible values are the names `WeightType` parses, so the parse cannot fail.
+    PossibleValuesParser::new(values).try_map(|name| name.parse::<WeightType>())
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -258,8 +263,8 @@ enum Command {
         runs: usize,
         /// With --generate: also load the model in this dtype and time the two in turn, run
         /// by run, and report the paired ratio of their decoding speeds.
-        #[arg(long, value_enum, requires = "generate")]
-        against: Option<CliDType>,
+        #[arg(long, value_parser = weight_types(), requires = "generate")]
+        against: Option<WeightType>,
         /// The report as one JSON object.
         #[arg(long)]
         json: bool,
@@ -437,27 +442,11 @@ impl Common {
         self.load_options_as(self.dtype)
     }
 
-    /// `--dtype` as TEI's `/info` names weight types.
-    fn dtype_name(&self) -> &'static str {
-        match self.dtype {
-            CliDType::F32 => "float32",
-            CliDType::F16 => "float16",
-            CliDType::Bf16 => "bfloat16",
-            CliDType::Int8 => "int8",
-        }
-    }
-
-    fn load_options_as(&self, dtype: CliDType) -> Result<LoadOptions> {
+    fn load_options_as(&self, weight_type: WeightType) -> Result<LoadOptions> {
         let device = match self.device {
             CliDevice::Cpu => Device::Cpu,
             CliDevice::Cuda => Device::new_cuda(0).map_err(ferroformers::Error::from)?,
             CliDevice::Metal => Device::new_metal(0).map_err(ferroformers::Error::from)?,
-        };
-        let (dtype, quantization) = match dtype {
-            CliDType::F32 => (DType::F32, Quantization::None),
-            CliDType::F16 => (DType::F16, Quantization::None),
-            CliDType::Bf16 => (DType::BF16, Quantization::None),
-            CliDType::Int8 => (DType::F32, Quantization::Int8),
         };
         Ok(LoadOptions::default()
             .with_hub(
@@ -465,8 +454,7 @@ impl Common {
                     .with_revision(self.revision.clone())
                     .with_progress(!self.quiet),
             )
-            .with_dtype(dtype)
-            .with_quantization(quantization)
+            .with_weight_type(weight_type)
             .with_device(device))
     }
 }
@@ -829,13 +817,9 @@ pub fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
                 writeln!(out, "{}", reply.trim())?;
             }
         }
-        Command::Serve { common, args } => crate::serve_command::run(
-            &common.model,
-            common.load_options()?,
-            common.dtype_name(),
-            args,
-            out,
-        )?,
+        Command::Serve { common, args } => {
+            crate::serve_command::run(&common.model, common.load_options()?, args, out)?
+        }
     }
     Ok(())
 }

@@ -118,11 +118,10 @@ fn seconds(count: usize) -> Duration {
     Duration::from_secs(u64::try_from(count).unwrap_or(u64::MAX))
 }
 
-/// Load, bind and serve; `dtype` as /info reports it.
+/// Load, bind and serve.
 pub fn run(
     model: &str,
     load: LoadOptions,
-    dtype: &str,
     args: ServeArgs,
     out: &mut impl Write,
 ) -> Result<(), CliError> {
@@ -154,7 +153,7 @@ pub fn run(
         }
     }
     let config = ServerConfig {
-        model_dtype: dtype.to_string(),
+        model_dtype: load.weight_type,
         host: args.host,
         port: args.port,
         max_input_length: args.max_input_length,

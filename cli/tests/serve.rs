@@ -561,6 +561,8 @@ fn the_command_prints_its_address_serves_and_stops_on_sigterm() {
             "serve",
             "-m",
             &fixture_model("bert/sequence-classification"),
+            "--dtype",
+            "bf16",
             "--port",
             "0",
             "--quiet",
@@ -583,6 +585,8 @@ fn the_command_prints_its_address_serves_and_stops_on_sigterm() {
     );
     let info = get(&client(), &format!("http://{address}/info")).json();
     assert_eq!(info["task"], "text-classification");
+    // `--dtype` reaches /info by TEI's name for it.
+    assert_eq!(info["model_dtype"], "bfloat16");
     // SIGTERM: stops accepting, exits 0.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
     let status = child.wait().unwrap();

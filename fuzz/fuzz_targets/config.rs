@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use ferroformers::loading::weights::WeightFiles;
 use ferroformers::{
-    AutoModelForSequenceClassification, DType, Device, FromPretrained, ModelConfig, ModelInput,
-    Tensor,
+    AutoModelForSequenceClassification, Device, FromPretrained, ModelConfig, ModelInput,
+    ModelWeights, Tensor, WeightType,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -28,7 +28,8 @@ fuzz_target!(|text: &[u8]| {
     let Ok(config) = ModelConfig::from_json(text, Path::new("config.json")) else {
         return;
     };
-    let Ok(vb) = weights(config.model_type()).var_builder(DType::F32, &Device::Cpu) else {
+    let files = weights(config.model_type());
+    let Ok(vb) = ModelWeights::open(&files, WeightType::F32, &Device::Cpu) else {
         return;
     };
     if let Ok(model) = AutoModelForSequenceClassification::from_config(vb, &config) {

@@ -10,8 +10,8 @@ use std::sync::OnceLock;
 
 use ferroformers::loading::weights::WeightFiles;
 use ferroformers::{
-    AutoModelForSequenceClassification, DType, Device, FromPretrained, ModelConfig, ModelInput,
-    Tensor,
+    AutoModelForSequenceClassification, Device, FromPretrained, ModelConfig, ModelInput,
+    ModelWeights, Tensor, WeightType,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -50,7 +50,8 @@ fuzz_target!(|header: &[u8]| {
     // The model of the previous input, which mapped this file, was dropped with that input.
     let path = fixture.folder.path().join("model.safetensors");
     std::fs::write(&path, &file).unwrap();
-    let Ok(vb) = WeightFiles::Safetensors(vec![path]).var_builder(DType::F32, &Device::Cpu) else {
+    let files = WeightFiles::Safetensors(vec![path]);
+    let Ok(vb) = ModelWeights::open(&files, WeightType::F32, &Device::Cpu) else {
         return;
     };
     if let Ok(model) = AutoModelForSequenceClassification::from_config(vb, &fixture.config) {

@@ -2,16 +2,22 @@
 
 use std::time::Duration;
 
+use ferroformers::WeightType;
+
 /// How the server listens and what it accepts.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// The model's name in `/info` and `/v1/models` (its Hub id or folder).
     pub model_id: String,
-    /// The weight type `/info` reports (`float32`, `float16`, `bfloat16`, `int8`).
-    pub model_dtype: String,
+    /// How the model's weights are stored, which `/info` reports by its
+    /// [name](WeightType::name) (`float32`, `float16`, `bfloat16`, `int8`); set it to the
+    /// [`LoadOptions::weight_type`](ferroformers::LoadOptions::weight_type) the model was
+    /// loaded with.
+    pub model_dtype: WeightType,
     /// Address to bind; loopback unless told otherwise.
     pub host: String,
-    /// Port to bind; 0 picks a free one ([`Server::local_addr`] tells which).
+    /// Port to bind; 0 picks a free one ([`Server::local_addr`](crate::Server::local_addr)
+    /// tells which).
     pub port: u16,
     /// Longest input in tokens; `None` is the model's (`model_max_length`, at most its
     /// position table). Longer inputs are refused with 413 unless the request sets `truncate`.
@@ -51,7 +57,7 @@ impl ServerConfig {
     pub fn new(model_id: impl Into<String>) -> Self {
         Self {
             model_id: model_id.into(),
-            model_dtype: "float32".to_string(),
+            model_dtype: WeightType::F32,
             host: "127.0.0.1".to_string(),
             port: 8080,
             max_input_length: None,

@@ -6,6 +6,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::loading::hub::ModelSource;
 use crate::loading::json::read_json;
 
 /// When beam search stops, as transformers' `early_stopping`.
@@ -141,6 +142,15 @@ impl GenerationConfig {
     /// Read `generation_config.json` (or the generation fields of a `config.json`).
     pub fn from_file(path: &Path) -> Result<Self> {
         read_json(path)
+    }
+
+    /// A model's `generation_config.json`, or when it has none, the generation fields of its
+    /// `config.json` (end and pad tokens), as transformers' `GenerationConfig.from_model_config`.
+    pub fn from_source(source: &ModelSource) -> Result<Self> {
+        match source.get("generation_config.json")? {
+            Some(path) => Self::from_file(&path),
+            None => Self::from_file(&source.require("config.json")?),
+        }
     }
 
     /// Generate at most `max_new_tokens` new tokens.

@@ -21,7 +21,7 @@
 //! let pretrained = Pretrained::open("gpt2", &options.hub)?;
 //! let model = Gpt2LMHeadModel::from_pretrained("gpt2", &options)?;
 //! let tokenizer = pretrained.tokenizer()?;
-//! let config = pretrained.generation_config()?.with_max_new_tokens(40);
+//! let config = GenerationConfig::from_source(pretrained.source())?.with_max_new_tokens(40);
 //! let generator = Generator::new(&model, &tokenizer);
 //! for token in generator.stream("Rust is", &config)?.take(10) {
 //!     print!("{}", token?.text);

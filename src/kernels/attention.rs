@@ -10,7 +10,7 @@ use rayon::prelude::*;
 
 use super::gemm::{bf16_column_pairs, bf16_pairs_product, bf16_pairs_row, NR};
 use super::isa::Isa;
-use super::{f32_slice, softmax_row};
+use super::{f32_slice, reference, softmax_row};
 
 /// The precision of attention's two products (scores and the weighted sum of values).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,7 +26,8 @@ pub enum AttentionProducts {
 /// Attention over packed projections `qkv`: (batch, seq, 3 · heads · head_dim), query, key
 /// and value side by side as one GEMM makes them. Returns (batch, seq, heads · head_dim).
 /// `mask`: additive f32, (batch, 1, 1, seq), as `layers::padding_mask` makes it. On the CPU in
-/// f32 this is one fused kernel; elsewhere the heads are split and `layers::attention` runs.
+/// f32 this is one fused kernel; elsewhere the heads are split and `reference::attention`
+/// runs.
 pub fn multi_head_attention(
     qkv: &Tensor,
     heads: usize,
@@ -65,8 +66,7 @@ fn split_heads_attention(
             .reshape((batch, len, heads, width / heads))?
             .transpose(1, 2)
     };
-    let context =
-        crate::models::layers::attention(&split(0)?, &split(1)?, &split(2)?, mask, scale)?;
+    let context = reference::attention(&split(0)?, &split(1)?, &split(2)?, mask, scale)?;
     context.transpose(1, 2)?.reshape((batch, len, width))
 }
 

@@ -7,12 +7,12 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::isa::Isa;
-use super::softmax_row;
+use super::{reference, softmax_row};
 
 /// `softmax(q kᵀ · scale + mask) v` per head. `q`: (batch, heads, new, d); `k`, `v`:
 /// (batch, heads, len, d), any strides (views of a cache); `mask`: additive f32 that
 /// broadcasts to (batch, 1, new, len). Our kernel on the CPU in f32; elsewhere
-/// `layers::attention`.
+/// `reference::attention`.
 pub fn decoder_attention(
     q: &Tensor,
     k: &Tensor,
@@ -21,7 +21,7 @@ pub fn decoder_attention(
     scale: f64,
 ) -> candle_core::Result<Tensor> {
     if !super::use_kernels(q) || k.dtype() != q.dtype() || v.dtype() != q.dtype() {
-        return crate::models::layers::attention(q, k, v, mask, scale);
+        return reference::attention(q, k, v, mask, scale);
     }
     let (batch, _, new, _) = q.dims4()?;
     let len = k.dim(2)?;

@@ -7,6 +7,7 @@ pub mod gemm;
 pub mod host;
 pub mod isa;
 mod math;
+mod reference;
 #[cfg(target_arch = "x86_64")]
 mod simd;
 

@@ -4,8 +4,6 @@
 //! `Variant(Model) | Other | ...` loads the architectures after the bar with the same model:
 //! XLM-RoBERTa and CamemBERT are RoBERTa, key for key.
 
-use candle_nn::VarBuilder;
-
 use crate::error::{Error, Result};
 use crate::models::bert::{
     BertForMaskedLM, BertForQuestionAnswering, BertForSequenceClassification,
@@ -22,6 +20,7 @@ use crate::models::roberta::{
     RobertaForMaskedLM, RobertaForQuestionAnswering, RobertaForSequenceClassification,
     RobertaForTokenClassification, RobertaModel,
 };
+use crate::models::weights::ModelWeights;
 use crate::models::{EncoderOutput, ModelInput, QuestionAnsweringOutput};
 
 macro_rules! auto_model {
@@ -47,7 +46,7 @@ macro_rules! auto_model {
         }
 
         impl FromPretrained for $name {
-            fn from_config(vb: VarBuilder, config: &ModelConfig) -> Result<Self> {
+            fn from_config(vb: ModelWeights, config: &ModelConfig) -> Result<Self> {
                 #[allow(unreachable_patterns)]
                 match config {
                     $(ModelConfig::$variant(c) $(| ModelConfig::$shares(c))* => Ok($name::$variant(

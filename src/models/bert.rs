@@ -6,7 +6,6 @@
 //! like `bert.encoder.layer.0.attention.self.query.weight`.
 
 use candle_core::Tensor;
-use candle_nn::VarBuilder;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
@@ -15,6 +14,7 @@ use crate::models::layers::{
     padding_mask, require_divisible, require_positive, Activation, Embedding, LayerNorm, Linear,
     SelfAttention,
 };
+use crate::models::weights::ModelWeights;
 use crate::models::{
     base_model_weights, tied_weight, EncoderOutput, MaskedLmHead, ModelInput,
     QuestionAnsweringOutput,
@@ -112,7 +112,7 @@ struct BertEmbeddings {
 }
 
 impl BertEmbeddings {
-    fn load(vb: VarBuilder, config: &BertConfig) -> Result<Self> {
+    fn load(vb: ModelWeights, config: &BertConfig) -> Result<Self> {
         let hidden = config.hidden_size;
         Ok(Self {
             word_embeddings: Embedding::load(vb.pp("word_embeddings"), config.vocab_size, hidden)?,
@@ -203,7 +203,7 @@ struct ResidualOutput {
 }
 
 impl ResidualOutput {
-    fn load(vb: VarBuilder, in_dim: usize, config: &BertConfig) -> Result<Self> {
+    fn load(vb: ModelWeights, in_dim: usize, config: &BertConfig) -> Result<Self> {
         Ok(Self {
             dense: Linear::load(vb.pp("dense"), in_dim, config.hidden_size)?,
             layer_norm: LayerNorm::load(
@@ -234,7 +234,7 @@ struct BertLayer {
 }
 
 impl BertLayer {
-    fn load(vb: VarBuilder, config: &BertConfig) -> Result<Self> {
+    fn load(vb: ModelWeights, config: &BertConfig) -> Result<Self> {
         let attention = vb.pp("attention");
         Ok(Self {
             self_attention: SelfAttention::load(
@@ -276,7 +276,7 @@ struct BertPooler {
 }
 
 impl BertPooler {
-    fn load(vb: VarBuilder, config: &BertConfig) -> Result<Self> {
+    fn load(vb: ModelWeights, config: &BertConfig) -> Result<Self> {
         Ok(Self {
             dense: Linear::load(vb.pp("dense"), config.hidden_size, config.hidden_size)?,
         })
@@ -302,13 +302,13 @@ pub struct BertModel {
 impl BertModel {
     /// Load from the encoder's own keys (`embeddings.*`, `encoder.*`, `pooler.*`), found at the
     /// checkpoint's root or under `bert.`.
-    pub fn load(vb: VarBuilder, config: &BertConfig) -> Result<Self> {
+    pub fn load(vb: ModelWeights, config: &BertConfig) -> Result<Self> {
         Self::load_with(vb, config, "bert", Positions::FromZero)
     }
 
     /// Load an encoder with BERT's layout, whose task checkpoints nest it under `prefix`.
     pub(crate) fn load_with(
-        vb: VarBuilder,
+        vb: ModelWeights,
         config: &BertConfig,
         prefix: &str,
         positions: Positions,
@@ -398,7 +398,7 @@ pub struct BertForMaskedLM {
 impl BertForMaskedLM {
     /// Load the encoder (at the root or under `bert.`) and `cls.predictions.*`. The decoder
     /// weight is tied to the word embeddings and used from there when the checkpoint omits it.
-    pub fn load(vb: VarBuilder, config: &BertConfig) -> Result<Self> {
+    pub fn load(vb: ModelWeights, config: &BertConfig) -> Result<Self> {
         let bert = BertModel::load(vb.clone(), config)?;
         let predictions = vb.pp("cls").pp("predictions");
         let transform = predictions.pp("transform");
@@ -407,6 +407,7 @@ impl BertForMaskedLM {
         let decoder = Linear::new(
             tied_weight(&predictions, "decoder.weight", bert.word_embeddings())?,
             Some(predictions.get(config.vocab_size, "bias")?),
+            vb.weight_type(),
         )?;
         let head = MaskedLmHead {
             dense: Linear::load(
@@ -448,7 +449,7 @@ pub struct BertForSequenceClassification {
 impl BertForSequenceClassification {
     /// Load the encoder with its pooler, and `classifier` with [`BertConfig::num_labels`] outputs.
     /// A checkpoint without `pooler.dense.*` is an [`Error::InvalidWeights`].
-    pub fn load(vb: VarBuilder, config: &BertConfig) -> Result<Self> {
+    pub fn load(vb: ModelWeights, config: &BertConfig) -> Result<Self> {
         let bert = BertModel::load(vb.clone(), config)?;
         if !bert.has_pooler() {
             return Err(Error::InvalidWeights(
@@ -488,7 +489,7 @@ pub struct BertForTokenClassification {
 
 impl BertForTokenClassification {
     /// Load the encoder and `classifier`, with [`BertConfig::num_labels`] outputs.
-    pub fn load(vb: VarBuilder, config: &BertConfig) -> Result<Self> {
+    pub fn load(vb: ModelWeights, config: &BertConfig) -> Result<Self> {
         Ok(Self {
             bert: BertModel::load(vb.clone(), config)?,
             classifier: Linear::load(vb.pp("classifier"), config.hidden_size, config.num_labels())?,
@@ -517,7 +518,7 @@ pub struct BertForQuestionAnswering {
 
 impl BertForQuestionAnswering {
     /// Load the encoder and `qa_outputs` (two outputs: start and end).
-    pub fn load(vb: VarBuilder, config: &BertConfig) -> Result<Self> {
+    pub fn load(vb: ModelWeights, config: &BertConfig) -> Result<Self> {
         Ok(Self {
             bert: BertModel::load(vb.clone(), config)?,
             qa_outputs: Linear::load(vb.pp("qa_outputs"), config.hidden_size, 2)?,
@@ -536,7 +537,7 @@ impl BertForQuestionAnswering {
     }
 }
 
-crate::from_pretrained_impls!(
+from_pretrained_impls!(
     bert:
     BertModel,
     BertForMaskedLM,

@@ -7,7 +7,6 @@
 //! `hidden_dim`, `activation`).
 
 use candle_core::Tensor;
-use candle_nn::VarBuilder;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
@@ -16,6 +15,7 @@ use crate::models::layers::{
     padding_mask, require_divisible, require_positive, Activation, Embedding, LayerNorm, Linear,
     SelfAttention,
 };
+use crate::models::weights::ModelWeights;
 use crate::models::{
     base_model_weights, tied_weight, EncoderOutput, MaskedLmHead, ModelInput,
     QuestionAnsweringOutput,
@@ -90,7 +90,7 @@ struct Embeddings {
 }
 
 impl Embeddings {
-    fn load(vb: VarBuilder, config: &DistilBertConfig) -> Result<Self> {
+    fn load(vb: ModelWeights, config: &DistilBertConfig) -> Result<Self> {
         Ok(Self {
             word_embeddings: Embedding::load(
                 vb.pp("word_embeddings"),
@@ -126,7 +126,7 @@ struct MultiHeadSelfAttention {
 }
 
 impl MultiHeadSelfAttention {
-    fn load(vb: VarBuilder, config: &DistilBertConfig) -> Result<Self> {
+    fn load(vb: ModelWeights, config: &DistilBertConfig) -> Result<Self> {
         let dim = config.dim;
         Ok(Self {
             projections: SelfAttention::load(
@@ -159,7 +159,7 @@ struct TransformerBlock {
 }
 
 impl TransformerBlock {
-    fn load(vb: VarBuilder, config: &DistilBertConfig) -> Result<Self> {
+    fn load(vb: ModelWeights, config: &DistilBertConfig) -> Result<Self> {
         let ffn = vb.pp("ffn");
         Ok(Self {
             attention: MultiHeadSelfAttention::load(vb.pp("attention"), config)?,
@@ -197,7 +197,7 @@ pub struct DistilBertModel {
 
 impl DistilBertModel {
     /// Load from `embeddings.*` and `transformer.*`, at the root or under `distilbert.`.
-    pub fn load(vb: VarBuilder, config: &DistilBertConfig) -> Result<Self> {
+    pub fn load(vb: ModelWeights, config: &DistilBertConfig) -> Result<Self> {
         let vb = base_model_weights(&vb, "distilbert", "embeddings.word_embeddings.weight")?;
         let layer = vb.pp("transformer").pp("layer");
         Ok(Self {
@@ -258,7 +258,7 @@ impl DistilBertForMaskedLM {
     /// Load the encoder (at the root or under `distilbert.`), `vocab_transform`,
     /// `vocab_layer_norm` and `vocab_projector`, whose weight is tied to the word embeddings
     /// and used from there when the checkpoint omits it.
-    pub fn load(vb: VarBuilder, config: &DistilBertConfig) -> Result<Self> {
+    pub fn load(vb: ModelWeights, config: &DistilBertConfig) -> Result<Self> {
         let distilbert = DistilBertModel::load(vb.clone(), config)?;
         let projector = vb.pp("vocab_projector");
         let word_embeddings = distilbert.embeddings.word_embeddings.weight();
@@ -269,6 +269,7 @@ impl DistilBertForMaskedLM {
             decoder: Linear::new(
                 tied_weight(&projector, "weight", word_embeddings)?,
                 Some(projector.get(config.vocab_size, "bias")?),
+                vb.weight_type(),
             )?,
         };
         Ok(Self { distilbert, head })
@@ -299,7 +300,7 @@ pub struct DistilBertForSequenceClassification {
 impl DistilBertForSequenceClassification {
     /// Load the encoder, `pre_classifier`, and `classifier` with
     /// [`DistilBertConfig::num_labels`] outputs.
-    pub fn load(vb: VarBuilder, config: &DistilBertConfig) -> Result<Self> {
+    pub fn load(vb: ModelWeights, config: &DistilBertConfig) -> Result<Self> {
         Ok(Self {
             distilbert: DistilBertModel::load(vb.clone(), config)?,
             pre_classifier: Linear::load(vb.pp("pre_classifier"), config.dim, config.dim)?,
@@ -331,7 +332,7 @@ pub struct DistilBertForTokenClassification {
 
 impl DistilBertForTokenClassification {
     /// Load the encoder and `classifier`, with [`DistilBertConfig::num_labels`] outputs.
-    pub fn load(vb: VarBuilder, config: &DistilBertConfig) -> Result<Self> {
+    pub fn load(vb: ModelWeights, config: &DistilBertConfig) -> Result<Self> {
         Ok(Self {
             distilbert: DistilBertModel::load(vb.clone(), config)?,
             classifier: Linear::load(vb.pp("classifier"), config.dim, config.num_labels())?,
@@ -360,7 +361,7 @@ pub struct DistilBertForQuestionAnswering {
 
 impl DistilBertForQuestionAnswering {
     /// Load the encoder and `qa_outputs` (two outputs: start and end).
-    pub fn load(vb: VarBuilder, config: &DistilBertConfig) -> Result<Self> {
+    pub fn load(vb: ModelWeights, config: &DistilBertConfig) -> Result<Self> {
         Ok(Self {
             distilbert: DistilBertModel::load(vb.clone(), config)?,
             qa_outputs: Linear::load(vb.pp("qa_outputs"), config.dim, 2)?,
@@ -379,7 +380,7 @@ impl DistilBertForQuestionAnswering {
     }
 }
 
-crate::from_pretrained_impls!(
+from_pretrained_impls!(
     distilbert:
     DistilBertModel,
     DistilBertForMaskedLM,

@@ -12,7 +12,6 @@
 //! - keys come with the `transformer.` prefix (task checkpoints) or without (the original `gpt2`).
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
@@ -20,6 +19,7 @@ use crate::models::config::Labels;
 use crate::models::layers::{
     require_divisible, require_positive, Activation, Embedding, LayerNorm, Linear,
 };
+use crate::models::weights::ModelWeights;
 use crate::models::{base_model_weights, tied_weight, ModelInput};
 
 /// `GPT2Config` from `config.json`.
@@ -60,7 +60,7 @@ pub struct Gpt2Config {
     pub bos_token_id: Option<u32>,
     #[serde(default)]
     /// End-of-text token. The model does not read it; generation takes its stop tokens from
-    /// [`Pretrained::generation_config`](crate::Pretrained::generation_config).
+    /// the generation config (`generation_config.json`, else this file).
     pub eos_token_id: Option<u32>,
     /// Used by sequence classification to find each row's last real token.
     #[serde(default)]
@@ -115,9 +115,13 @@ impl Gpt2Config {
 /// A `Conv1D` layer as a [`Linear`]. GPT-2 stores these weights (in, out), transposed compared
 /// with `torch.nn.Linear`; a transposed view makes them (out, in) without copying.
 /// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/pytorch_utils.py#L94>
-fn conv1d(vb: VarBuilder, in_dim: usize, out_dim: usize) -> Result<Linear> {
+fn conv1d(vb: ModelWeights, in_dim: usize, out_dim: usize) -> Result<Linear> {
     let weight = vb.get((in_dim, out_dim), "weight")?;
-    Linear::new(weight.t()?, Some(vb.get(out_dim, "bias")?))
+    Linear::new(
+        weight.t()?,
+        Some(vb.get(out_dim, "bias")?),
+        vb.weight_type(),
+    )
 }
 
 /// Keys and values of every layer, kept between decoding steps.
@@ -280,7 +284,7 @@ struct Gpt2Attention {
 }
 
 impl Gpt2Attention {
-    fn load(vb: VarBuilder, config: &Gpt2Config, layer_idx: usize) -> Result<Self> {
+    fn load(vb: ModelWeights, config: &Gpt2Config, layer_idx: usize) -> Result<Self> {
         let n_embd = config.n_embd;
         let head_dim = n_embd / config.n_head;
         let mut scale = 1.0;
@@ -376,7 +380,7 @@ struct Gpt2Block {
 }
 
 impl Gpt2Block {
-    fn load(vb: VarBuilder, config: &Gpt2Config, layer_idx: usize) -> Result<Self> {
+    fn load(vb: ModelWeights, config: &Gpt2Config, layer_idx: usize) -> Result<Self> {
         let (n_embd, eps) = (config.n_embd, config.layer_norm_epsilon);
         let mlp = vb.pp("mlp");
         Ok(Self {
@@ -457,7 +461,7 @@ pub struct Gpt2Model {
 
 impl Gpt2Model {
     /// Load from `wte`, `wpe`, `h.*`, `ln_f`, at the root or under `transformer.`.
-    pub fn load(vb: VarBuilder, config: &Gpt2Config) -> Result<Self> {
+    pub fn load(vb: ModelWeights, config: &Gpt2Config) -> Result<Self> {
         let vb = base_model_weights(&vb, "transformer", "wte.weight")?;
         let h = vb.pp("h");
         Ok(Self {
@@ -725,11 +729,12 @@ pub struct Gpt2LMHeadModel {
 impl Gpt2LMHeadModel {
     /// Load the decoder (at the root or under `transformer.`) and `lm_head`, which is tied to
     /// `wte` and used from there when the checkpoint omits it.
-    pub fn load(vb: VarBuilder, config: &Gpt2Config) -> Result<Self> {
+    pub fn load(vb: ModelWeights, config: &Gpt2Config) -> Result<Self> {
         let transformer = Gpt2Model::load(vb.clone(), config)?;
         let lm_head = Linear::new(
             tied_weight(&vb.pp("lm_head"), "weight", transformer.wte.weight())?,
             None,
+            vb.weight_type(),
         )?;
         Ok(Self {
             transformer,
@@ -809,13 +814,13 @@ pub struct Gpt2ForSequenceClassification {
 
 impl Gpt2ForSequenceClassification {
     /// Load the decoder and `score` (no bias), with [`Gpt2Config::num_labels`] outputs.
-    pub fn load(vb: VarBuilder, config: &Gpt2Config) -> Result<Self> {
+    pub fn load(vb: ModelWeights, config: &Gpt2Config) -> Result<Self> {
         let score = vb
             .pp("score")
             .get((config.num_labels(), config.n_embd), "weight")?;
         Ok(Self {
             transformer: Gpt2Model::load(vb.clone(), config)?,
-            score: Linear::new(score, None)?,
+            score: Linear::new(score, None, vb.weight_type())?,
         })
     }
 
@@ -856,4 +861,4 @@ impl Gpt2ForSequenceClassification {
     }
 }
 
-crate::from_pretrained_impls!(gpt2: Gpt2Model, Gpt2LMHeadModel, Gpt2ForSequenceClassification);
+from_pretrained_impls!(gpt2: Gpt2Model, Gpt2LMHeadModel, Gpt2ForSequenceClassification);

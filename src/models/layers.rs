@@ -1,17 +1,19 @@
 //! Building blocks shared by every architecture.
 //!
 //! The hot paths are single free functions — [`linear`], [`layer_norm`], [`Activation::forward`]
-//! and [`attention`] — so that a fused or SIMD kernel can replace one of them in one place.
-//! The device comes from the weights (the `VarBuilder`), the dtype from the activations; softmax
-//! and layer norm accumulate in f32 whatever the dtype.
+//! and the kernels' attention (whose candle-ops reference is `kernels::reference::attention`) —
+//! so that a fused or SIMD kernel can replace one of them in one place. The device comes from
+//! the weights ([`ModelWeights`]), the dtype from the activations; softmax and layer norm
+//! accumulate in f32 whatever the dtype.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Module, Shape, Tensor, D};
-use candle_nn::VarBuilder;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::kernels::gemm::{Activations, Epilogue, Isa, Output, PackedWeights, WeightFormat};
 use crate::kernels::{kernel_mode, AttentionProducts, KernelMode};
+use crate::models::weight_type::WeightType;
+use crate::models::weights::ModelWeights;
 
 /// `x @ weight.T + bias`, with `weight` stored `(out, in)` as `torch.nn.Linear` stores it.
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
@@ -46,31 +48,8 @@ pub fn layer_norm(
     y.to_dtype(dtype)
 }
 
-/// Scaled dot-product attention.
-///
-/// `q`, `k`, `v`: (batch, heads, seq, head_dim). `mask`: additive, f32, broadcastable to
-/// (batch, heads, q_seq, k_seq), 0 where attention is allowed and a large negative value where
-/// it is not. The softmax runs in f32.
-pub fn attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    mask: Option<&Tensor>,
-    scale: f64,
-) -> candle_core::Result<Tensor> {
-    let dtype = q.dtype();
-    // (batch, heads, q_seq, k_seq)
-    let scores = q
-        .contiguous()?
-        .matmul(&k.t()?.contiguous()?)?
-        .to_dtype(DType::F32)?;
-    let probs = crate::kernels::scaled_masked_softmax(&scores, scale, mask)?.to_dtype(dtype)?;
-    // (batch, heads, q_seq, head_dim)
-    probs.matmul(&v.contiguous()?)
-}
-
 /// Turn a (batch, seq) 0/1 padding mask into the additive (batch, 1, 1, seq) f32 mask that
-/// [`attention`] takes: 0 to attend, `f32::MIN` to ignore, as transformers'
+/// the kernels' attention takes: 0 to attend, `f32::MIN` to ignore, as transformers'
 /// `get_extended_attention_mask` does with `torch.finfo(dtype).min`.
 pub fn padding_mask(attention_mask: &Tensor) -> candle_core::Result<Tensor> {
     let (batch, seq) = attention_mask.dims2()?;
@@ -79,35 +58,12 @@ pub fn padding_mask(attention_mask: &Tensor) -> candle_core::Result<Tensor> {
     (blocked * f32::MIN as f64)?.reshape((batch, 1, 1, seq))
 }
 
-/// How the linear layers store their weights on the CPU when the kernels are on; chosen at
-/// load with [`LoadOptions::with_quantization`](crate::LoadOptions::with_quantization).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Quantization {
-    /// Keep the checkpoint's precision (f32, or bf16 when loaded as bf16).
-    #[default]
-    None,
-    /// Weight-only int8, one scale per output channel; activations stay f32.
-    Int8,
-}
-
-thread_local! {
-    static QUANTIZATION: std::cell::Cell<Quantization> = const { std::cell::Cell::new(Quantization::None) };
-}
-
-/// Run `load` with every [`Linear`] it builds stored as `quantization` asks. A scope rather
-/// than an argument, so the architectures' loaders stay the checkpoint's shape.
-pub fn with_quantization<T>(quantization: Quantization, load: impl FnOnce() -> T) -> T {
-    let previous = QUANTIZATION.with(|q| q.replace(quantization));
-    let result = load();
-    QUANTIZATION.with(|q| q.set(previous));
-    result
-}
-
 /// A linear layer, `x @ weight.T + bias`, with `weight` (out, in) as `torch.nn.Linear`.
 ///
 /// On the CPU (unless the kernels are set to `reference`) the weight is packed at load for
-/// our GEMM, in f32, bf16 (when loaded as bf16) or int8 (see [`with_quantization`]), and
-/// activations are f32 whatever the weights' format. Elsewhere candle's matmul runs.
+/// our GEMM, in int8 for [`WeightType::Int8`], else bf16 when it was read as bf16 and f32
+/// otherwise, and activations are f32 whatever the weights' format. Elsewhere candle's
+/// matmul runs.
 #[derive(Debug, Clone)]
 pub struct Linear {
     weights: LinearWeights,
@@ -126,18 +82,21 @@ enum LinearWeights {
 }
 
 impl Linear {
-    pub fn load(vb: VarBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
+    /// `weight` and `bias` under `vb`, stored as its [`WeightType`].
+    pub fn load(vb: ModelWeights, in_dim: usize, out_dim: usize) -> Result<Self> {
         Self::new(
             vb.get((out_dim, in_dim), "weight")?,
             Some(vb.get(out_dim, "bias")?),
+            vb.weight_type(),
         )
     }
 
-    /// `weight`: (out, in), any layout (GPT-2's Conv1D passes a transposed view).
-    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
-        let quantization = QUANTIZATION.with(|q| q.get());
+    /// `weight`: (out, in), any layout (GPT-2's Conv1D passes a transposed view), stored as
+    /// `weight_type` says; [`WeightType::Int8`] off the CPU's kernels is an
+    /// [`Error::InvalidInput`].
+    pub fn new(weight: Tensor, bias: Option<Tensor>, weight_type: WeightType) -> Result<Self> {
         if !weight.device().is_cpu() || kernel_mode() == KernelMode::Reference {
-            if quantization != Quantization::None {
+            if weight_type == WeightType::Int8 {
                 return Err(Error::InvalidInput(
                     "int8 quantization runs on the CPU with the kernels on; load on the CPU, \
                      or without quantization"
@@ -157,9 +116,9 @@ impl Linear {
                 )));
             }
         }
-        let format = match (quantization, weight.dtype()) {
-            (Quantization::Int8, _) => WeightFormat::Int8,
-            (Quantization::None, DType::BF16) => WeightFormat::Bf16,
+        let format = match (weight_type, weight.dtype()) {
+            (WeightType::Int8, _) => WeightFormat::Int8,
+            (_, DType::BF16) => WeightFormat::Bf16,
             _ => WeightFormat::F32,
         };
         let weights = pack(&weight, format)?;
@@ -469,7 +428,7 @@ pub struct SelfAttention {
 
 impl SelfAttention {
     /// `names`: the checkpoint keys of the query, key and value projections under `vb`.
-    pub fn load(vb: VarBuilder, names: [&str; 3], hidden: usize, heads: usize) -> Result<Self> {
+    pub fn load(vb: ModelWeights, names: [&str; 3], hidden: usize, heads: usize) -> Result<Self> {
         let mut weights = Vec::with_capacity(3);
         let mut biases = Vec::with_capacity(3);
         for name in names {
@@ -477,7 +436,11 @@ impl SelfAttention {
             biases.push(vb.pp(name).get(hidden, "bias")?);
         }
         Ok(Self {
-            qkv: Linear::new(Tensor::cat(&weights, 0)?, Some(Tensor::cat(&biases, 0)?))?,
+            qkv: Linear::new(
+                Tensor::cat(&weights, 0)?,
+                Some(Tensor::cat(&biases, 0)?),
+                vb.weight_type(),
+            )?,
             heads,
             scale: 1.0 / ((hidden / heads) as f64).sqrt(),
         })
@@ -506,7 +469,7 @@ pub struct LayerNorm {
 }
 
 impl LayerNorm {
-    pub fn load(vb: VarBuilder, size: usize, eps: f64) -> Result<Self> {
+    pub fn load(vb: ModelWeights, size: usize, eps: f64) -> Result<Self> {
         Ok(Self {
             weight: vb.get(size, "weight")?,
             bias: vb.get(size, "bias")?,
@@ -527,7 +490,7 @@ pub struct Embedding {
 }
 
 impl Embedding {
-    pub fn load(vb: VarBuilder, count: usize, size: usize) -> Result<Self> {
+    pub fn load(vb: ModelWeights, count: usize, size: usize) -> Result<Self> {
         let weight = vb.get((count, size), "weight")?;
         // With packed linear layers the activations are f32 whatever the weights' dtype:
         // the sum of embeddings is where they start.

@@ -1,6 +1,23 @@
 //! One file per architecture. Each follows the nesting of its checkpoint keys; what several
 //! share (prefix detection, tied decoders, the masked-LM and QA heads) lives here.
 
+/// `FromPretrained` for model types whose `load` takes the config that `ModelConfig::$accessor`
+/// returns: `from_pretrained_impls!(bert: BertModel, BertForMaskedLM)`. Declared before the
+/// architectures' modules so that they see it.
+macro_rules! from_pretrained_impls {
+    ($accessor:ident: $($model:ty),* $(,)?) => {$(
+        impl $crate::models::pretrained::FromPretrained for $model {
+            fn from_config(
+                vb: $crate::models::weights::ModelWeights,
+                config: &$crate::models::config::ModelConfig,
+            ) -> $crate::error::Result<Self> {
+                Self::load(vb, config.$accessor()?)
+                    .map_err($crate::models::pretrained::checkpoint_mismatch)
+            }
+        }
+    )*};
+}
+
 pub mod auto;
 pub mod bert;
 pub mod config;
@@ -10,36 +27,18 @@ pub(crate) mod layers;
 pub mod pooling;
 pub mod pretrained;
 pub mod roberta;
+pub mod weight_type;
+pub mod weights;
 
 use candle_core::{Tensor, D};
-use candle_nn::VarBuilder;
 
 use crate::error::{Error, Result};
 use crate::models::layers::{Activation, LayerNorm, Linear};
+use crate::models::weights::ModelWeights;
 
-/// A batch ready for an encoder: all tensors are (batch, seq) of u32, on the model's device.
-#[derive(Debug, Clone)]
-pub struct ModelInput {
-    /// Token ids from the model's tokenizer. An id outside the vocabulary is an
-    /// [`Error::InvalidInput`], which catches a tokenizer that does not match the model.
-    pub input_ids: Tensor,
-    /// 1 for real tokens, 0 for padding. `None` means no padding.
-    pub attention_mask: Option<Tensor>,
-    /// Segment ids (0 for the first text, 1 for the second). `None` means all 0. Models without
-    /// segments (RoBERTa's single type, DistilBERT, GPT-2) ignore them.
-    pub token_type_ids: Option<Tensor>,
-}
-
-impl ModelInput {
-    /// A batch of token ids without padding or segments.
-    pub fn from_ids(input_ids: Tensor) -> Self {
-        Self {
-            input_ids,
-            attention_mask: None,
-            token_type_ids: None,
-        }
-    }
-}
+// What every model's `forward` takes lives with the tokenizer, which makes it; it keeps its
+// name here too, beside the models' outputs.
+pub use crate::tokenizer::ModelInput;
 
 /// What an encoder returns.
 #[derive(Debug, Clone)]
@@ -81,11 +80,11 @@ impl QuestionAnsweringOutput {
 /// (`bert.`, `roberta.`, `distilbert.`, `transformer.`); a bare base-model checkpoint does not.
 /// We look for `probe` at each place once and say which keys we expected when neither holds
 /// it, rather than retrying prefixes on every miss.
-pub(crate) fn base_model_weights<'a>(
-    vb: &VarBuilder<'a>,
+pub(crate) fn base_model_weights(
+    vb: &ModelWeights,
     prefix: &str,
     probe: &str,
-) -> Result<VarBuilder<'a>> {
+) -> Result<ModelWeights> {
     if vb.contains_tensor(&format!("{prefix}.{probe}")) {
         Ok(vb.pp(prefix))
     } else if vb.contains_tensor(probe) {
@@ -99,7 +98,7 @@ pub(crate) fn base_model_weights<'a>(
 
 /// A decoder weight tied to an embedding table. Checkpoints usually omit it, since
 /// safetensors conversion drops tensors that share storage, so the table stands in for it.
-pub(crate) fn tied_weight(vb: &VarBuilder, name: &str, tied_to: &Tensor) -> Result<Tensor> {
+pub(crate) fn tied_weight(vb: &ModelWeights, name: &str, tied_to: &Tensor) -> Result<Tensor> {
     if vb.contains_tensor(name) {
         Ok(vb.get(tied_to.shape(), name)?)
     } else {

@@ -1,14 +1,13 @@
 //! `from_pretrained`: a model id or folder in, a loaded model out.
 
-use candle_core::{DType, Device};
-use candle_nn::VarBuilder;
+use candle_core::Device;
 
 use crate::error::{Error, Result};
-use crate::generation::GenerationConfig;
 use crate::loading::hub::{HubOptions, ModelSource};
 use crate::loading::weights::WeightFiles;
 use crate::models::config::ModelConfig;
-use crate::models::layers::{with_quantization, Quantization};
+use crate::models::weight_type::WeightType;
+use crate::models::weights::ModelWeights;
 use crate::tokenizer::Tokenizer;
 
 /// Where to find a model and how to place its weights.
@@ -17,23 +16,21 @@ pub struct LoadOptions {
     /// Revision, token, cache folder, endpoint and offline mode of Hub downloads;
     /// [`HubOptions::from_env`] by default.
     pub hub: HubOptions,
-    /// The dtype the weights are converted to: f32, f16 or bf16. On the CPU the linear layers
-    /// keep bf16 weights as bf16 (f16 ones as f32) and compute with f32 activations.
-    pub dtype: DType,
+    /// How the weights are stored: f32 (the default), f16, bf16, or int8 linear layers (CPU
+    /// only). On the CPU the linear layers keep bf16 weights as bf16 (f16 ones as f32) and
+    /// compute with f32 activations.
+    pub weight_type: WeightType,
     /// Where the weights live and the model runs; the CPU by default. Inputs must be on
     /// this device too ([`EncodedBatch::to_input`](crate::EncodedBatch::to_input) takes it).
     pub device: Device,
-    /// Weight-only quantization of the linear layers (CPU only).
-    pub quantization: Quantization,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
         Self {
             hub: HubOptions::from_env(),
-            dtype: DType::F32,
+            weight_type: WeightType::F32,
             device: Device::Cpu,
-            quantization: Quantization::None,
         }
     }
 }
@@ -45,22 +42,16 @@ impl LoadOptions {
         self
     }
 
-    /// Set [`LoadOptions::dtype`]; f32 by default.
-    pub fn with_dtype(mut self, dtype: DType) -> Self {
-        self.dtype = dtype;
+    /// Set [`LoadOptions::weight_type`]; f32 by default. [`WeightType::Int8`] needs the CPU
+    /// with the kernels on; elsewhere loading fails with [`Error::InvalidInput`].
+    pub fn with_weight_type(mut self, weight_type: WeightType) -> Self {
+        self.weight_type = weight_type;
         self
     }
 
     /// Set [`LoadOptions::device`]; the CPU by default.
     pub fn with_device(mut self, device: Device) -> Self {
         self.device = device;
-        self
-    }
-
-    /// Set [`LoadOptions::quantization`]. [`Quantization::Int8`] needs the CPU with the kernels
-    /// on; elsewhere loading fails with [`Error::InvalidInput`].
-    pub fn with_quantization(mut self, quantization: Quantization) -> Self {
-        self.quantization = quantization;
         self
     }
 }
@@ -92,24 +83,15 @@ impl Pretrained {
         &self.source
     }
 
-    /// Fetch the weights and open them as `dtype` on `device`.
-    pub fn var_builder(&self, dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
-        WeightFiles::resolve(&self.source)?.var_builder(dtype, device)
+    /// Fetch the weights and open them as `weight_type` on `device`.
+    pub fn weights(&self, weight_type: WeightType, device: &Device) -> Result<ModelWeights> {
+        ModelWeights::open(&WeightFiles::resolve(&self.source)?, weight_type, device)
     }
 
     /// Fetch the weights and build `M` from them, as `options` place and store them.
     pub fn load<M: FromPretrained>(&self, options: &LoadOptions) -> Result<M> {
-        let vb = self.var_builder(options.dtype, &options.device)?;
-        with_quantization(options.quantization, || M::from_config(vb, &self.config))
-    }
-
-    /// `generation_config.json`, or when the model has none, the generation fields of
-    /// `config.json` (end and pad tokens), as transformers' `GenerationConfig.from_model_config`.
-    pub fn generation_config(&self) -> Result<GenerationConfig> {
-        match self.source.get("generation_config.json")? {
-            Some(path) => GenerationConfig::from_file(&path),
-            None => GenerationConfig::from_file(&self.source.require("config.json")?),
-        }
+        let vb = self.weights(options.weight_type, &options.device)?;
+        M::from_config(vb, &self.config)
     }
 
     /// Fetch the tokenizer files and build the tokenizer.
@@ -121,7 +103,7 @@ impl Pretrained {
 /// Models that load from a checkpoint, like transformers' `from_pretrained`.
 pub trait FromPretrained: Sized {
     /// Build the model from weights and the config that `config.json` dispatched to.
-    fn from_config(vb: VarBuilder, config: &ModelConfig) -> Result<Self>;
+    fn from_config(vb: ModelWeights, config: &ModelConfig) -> Result<Self>;
 
     /// Load `model` (a Hub id or a local folder).
     fn from_pretrained(model: &str, options: &LoadOptions) -> Result<Self> {

@@ -7,11 +7,11 @@
 //! there is a single token type (`type_vocab_size` 1). The heads differ and live here.
 
 use candle_core::Tensor;
-use candle_nn::VarBuilder;
 
 use crate::error::{Error, Result};
 use crate::models::bert::{BertConfig, BertModel, Positions};
 use crate::models::layers::{Activation, LayerNorm, Linear};
+use crate::models::weights::ModelWeights;
 use crate::models::{
     tied_weight, EncoderOutput, MaskedLmHead, ModelInput, QuestionAnsweringOutput,
 };
@@ -29,7 +29,7 @@ pub struct RobertaModel {
 
 impl RobertaModel {
     /// Load from `embeddings.*`, `encoder.*`, `pooler.*`, at the root or under `roberta.`.
-    pub fn load(vb: VarBuilder, config: &RobertaConfig) -> Result<Self> {
+    pub fn load(vb: ModelWeights, config: &RobertaConfig) -> Result<Self> {
         let padding_idx = u32::try_from(config.pad_token_id).map_err(|_| {
             Error::InvalidConfig(format!("pad_token_id {} is too large", config.pad_token_id))
         })?;
@@ -74,12 +74,13 @@ pub struct RobertaForMaskedLM {
 impl RobertaForMaskedLM {
     /// Load the encoder (at the root or under `roberta.`) and `lm_head.*`. The decoder weight
     /// is tied to the word embeddings and used from there when the checkpoint omits it.
-    pub fn load(vb: VarBuilder, config: &RobertaConfig) -> Result<Self> {
+    pub fn load(vb: ModelWeights, config: &RobertaConfig) -> Result<Self> {
         let roberta = RobertaModel::load(vb.clone(), config)?;
         let lm_head = vb.pp("lm_head");
         let decoder = Linear::new(
             tied_weight(&lm_head, "decoder.weight", roberta.word_embeddings())?,
             Some(lm_head.get(config.vocab_size, "bias")?),
+            vb.weight_type(),
         )?;
         let head = MaskedLmHead {
             dense: Linear::load(lm_head.pp("dense"), config.hidden_size, config.hidden_size)?,
@@ -119,7 +120,7 @@ pub struct RobertaForSequenceClassification {
 impl RobertaForSequenceClassification {
     /// Load the encoder, `classifier.dense`, and `classifier.out_proj` with
     /// [`RobertaConfig::num_labels`](BertConfig::num_labels) outputs.
-    pub fn load(vb: VarBuilder, config: &RobertaConfig) -> Result<Self> {
+    pub fn load(vb: ModelWeights, config: &RobertaConfig) -> Result<Self> {
         let classifier = vb.pp("classifier");
         Ok(Self {
             roberta: RobertaModel::load(vb.clone(), config)?,
@@ -161,7 +162,7 @@ pub struct RobertaForTokenClassification {
 impl RobertaForTokenClassification {
     /// Load the encoder and `classifier`, with
     /// [`RobertaConfig::num_labels`](BertConfig::num_labels) outputs.
-    pub fn load(vb: VarBuilder, config: &RobertaConfig) -> Result<Self> {
+    pub fn load(vb: ModelWeights, config: &RobertaConfig) -> Result<Self> {
         Ok(Self {
             roberta: RobertaModel::load(vb.clone(), config)?,
             classifier: Linear::load(vb.pp("classifier"), config.hidden_size, config.num_labels())?,
@@ -190,7 +191,7 @@ pub struct RobertaForQuestionAnswering {
 
 impl RobertaForQuestionAnswering {
     /// Load the encoder and `qa_outputs` (two outputs: start and end).
-    pub fn load(vb: VarBuilder, config: &RobertaConfig) -> Result<Self> {
+    pub fn load(vb: ModelWeights, config: &RobertaConfig) -> Result<Self> {
         Ok(Self {
             roberta: RobertaModel::load(vb.clone(), config)?,
             qa_outputs: Linear::load(vb.pp("qa_outputs"), config.hidden_size, 2)?,
@@ -209,7 +210,7 @@ impl RobertaForQuestionAnswering {
     }
 }
 
-crate::from_pretrained_impls!(
+from_pretrained_impls!(
     roberta:
     RobertaModel,
     RobertaForMaskedLM,

@@ -131,7 +131,7 @@ impl TextGenerationPipeline {
         Ok(Self {
             model: pretrained.load::<Gpt2LMHeadModel>(options)?,
             tokenizer: pretrained.tokenizer()?,
-            generation_config: pretrained.generation_config()?,
+            generation_config: GenerationConfig::from_source(pretrained.source())?,
             model_config: pretrained.config().clone(),
             chat_template,
         })

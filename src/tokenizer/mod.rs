@@ -29,7 +29,6 @@ use tokenizers::{
 use crate::error::{Error, Result};
 use crate::loading::hub::{HubOptions, ModelSource};
 use crate::loading::json::read_json;
-use crate::models::ModelInput;
 
 /// One input: a text, or a pair of texts (question and context, two sentences).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +88,31 @@ impl Default for EncodeOptions {
             truncation: false,
             max_length: None,
             padding_side: PaddingSide::Right,
+        }
+    }
+}
+
+/// A batch ready for a model, as [`EncodedBatch::to_input`] makes it (transformers'
+/// `BatchEncoding` on a device): all tensors are (batch, seq) of u32, on the model's device.
+#[derive(Debug, Clone)]
+pub struct ModelInput {
+    /// Token ids from the model's tokenizer. An id outside the vocabulary is an
+    /// [`Error::InvalidInput`], which catches a tokenizer that does not match the model.
+    pub input_ids: Tensor,
+    /// 1 for real tokens, 0 for padding. `None` means no padding.
+    pub attention_mask: Option<Tensor>,
+    /// Segment ids (0 for the first text, 1 for the second). `None` means all 0. Models without
+    /// segments (RoBERTa's single type, DistilBERT, GPT-2) ignore them.
+    pub token_type_ids: Option<Tensor>,
+}
+
+impl ModelInput {
+    /// A batch of token ids without padding or segments.
+    pub fn from_ids(input_ids: Tensor) -> Self {
+        Self {
+            input_ids,
+            attention_mask: None,
+            token_type_ids: None,
         }
     }
 }

@@ -24,7 +24,7 @@ pub fn model_and_tokenizer() -> (Gpt2LMHeadModel, Tokenizer, GenerationConfig) {
     (
         model,
         pretrained.tokenizer().unwrap(),
-        pretrained.generation_config().unwrap(),
+        GenerationConfig::from_source(pretrained.source()).unwrap(),
     )
 }
 

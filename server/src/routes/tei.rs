@@ -473,7 +473,7 @@ pub(crate) async fn decode(
 pub(crate) struct Info {
     model_id: String,
     model_sha: Option<String>,
-    model_dtype: String,
+    model_dtype: &'static str,
     model_type: ModelType,
     /// transformers' name of the pipeline task.
     task: &'static str,
@@ -537,7 +537,7 @@ pub(crate) async fn info(State(state): State<AppState>) -> Json<Info> {
     Json(Info {
         model_id: state.config.model_id.clone(),
         model_sha: None,
-        model_dtype: state.config.model_dtype.clone(),
+        model_dtype: state.config.model_dtype.name(),
         model_type,
         task: state.pipeline.task().name(),
         max_concurrent_requests: state.config.max_concurrent_requests,

@@ -1,0 +1,65 @@
+//! [`ModelWeights`]: a checkpoint's tensors as the models read them, with the [`WeightType`]
+//! they are stored as, so that the choice reaches every linear layer as an argument.
+
+use candle_core::{Device, Shape, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::error::Result;
+use crate::loading::weights::WeightFiles;
+use crate::models::weight_type::WeightType;
+
+/// The tensors of a checkpoint under a key prefix, read as a [`WeightType`] on a device.
+///
+/// The models walk it as their checkpoint keys nest (`vb.pp("encoder").pp("layer")`), like
+/// candle's `VarBuilder`, which it wraps; the weight type travels with it into every layer,
+/// where each linear layer stores its weights as it says.
+#[derive(Clone)]
+pub struct ModelWeights {
+    tensors: VarBuilder<'static>,
+    weight_type: WeightType,
+}
+
+impl ModelWeights {
+    /// Open `files`, reading every tensor as `weight_type`'s [dtype](WeightType::dtype) on
+    /// `device`. Opening checks the files' headers; the tensors are read when asked for.
+    pub fn open(files: &WeightFiles, weight_type: WeightType, device: &Device) -> Result<Self> {
+        Ok(Self {
+            tensors: files.var_builder(weight_type.dtype(), device)?,
+            weight_type,
+        })
+    }
+
+    /// The weights under `prefix.` (a checkpoint key's next component).
+    pub fn pp(&self, prefix: impl ToString) -> Self {
+        Self {
+            tensors: self.tensors.pp(prefix),
+            weight_type: self.weight_type,
+        }
+    }
+
+    /// The tensor `name` under this prefix, which must have `shape`; an error naming the
+    /// tensor when the checkpoint lacks it or holds another shape.
+    pub fn get(&self, shape: impl Into<Shape>, name: &str) -> Result<Tensor> {
+        Ok(self.tensors.get(shape, name)?)
+    }
+
+    /// Whether the checkpoint has the tensor `name` under this prefix.
+    pub fn contains_tensor(&self, name: &str) -> bool {
+        self.tensors.contains_tensor(name)
+    }
+
+    /// How the weights are stored once loaded.
+    pub fn weight_type(&self) -> WeightType {
+        self.weight_type
+    }
+}
+
+impl std::fmt::Debug for ModelWeights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // candle's VarBuilder has no Debug; its prefix is what tells one place from another.
+        f.debug_struct("ModelWeights")
+            .field("prefix", &self.tensors.prefix())
+            .field("weight_type", &self.weight_type)
+            .finish()
+    }
+}
