@@ -8,18 +8,21 @@
 //! Log lines go to stderr: warnings by default, `RUST_LOG` (e.g.
 //! `RUST_LOG=ferroformers=debug`) to see more, `--quiet` for errors only.
 
-mod bench;
+mod args;
 mod cli;
-mod serve_command;
+mod commands;
+mod error;
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
 
+use error::CliError;
+
 fn main() -> ExitCode {
     ferroformers::runtime::allocator::keep_freed_memory();
-    let args = match cli::Cli::try_parse() {
+    let args = match commands::Cli::try_parse() {
         Ok(args) => args,
         Err(error) => {
             // --help and --version are not errors; print them whole.
@@ -40,13 +43,11 @@ fn main() -> ExitCode {
     }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    match cli::run(args, &mut out).and_then(|()| out.flush().map_err(cli::CliError::from)) {
+    match commands::run(args, &mut out).and_then(|()| out.flush().map_err(CliError::from)) {
         Ok(()) => ExitCode::SUCCESS,
         // A closed pipe (`| head`) is the reader's choice, not an error.
-        Err(cli::CliError::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
-            ExitCode::SUCCESS
-        }
-        Err(cli::CliError::Usage(message)) => {
+        Err(CliError::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(CliError::Usage(message)) => {
             eprintln!("error: {message}\n\nFor more information, try '--help'.");
             ExitCode::from(2)
         }

@@ -321,6 +321,71 @@ fn every_flag_and_positional_has_help_text() {
 }
 
 #[test]
+fn every_serve_flag_names_its_environment_variable() {
+    let output = ferroformers(&["serve", "--help"], None);
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).unwrap();
+    // `--help` puts each flag on a line of its own (indented by 2 or 6), its help and
+    // `[env: ...]` below it, indented more (as the list of a flag's values).
+    let mut flags = Vec::new();
+    for line in help.lines() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with('-') && line.len() - trimmed.len() <= 6 {
+            let flag = trimmed
+                .split([' ', ','])
+                .find(|word| word.starts_with("--"));
+            flags.push((flag.unwrap_or(trimmed).to_string(), String::new()));
+        } else if let Some((_, text)) = flags.last_mut() {
+            text.push_str(line);
+        }
+    }
+    // The options every subcommand has but the model are the command line's alone.
+    let common = [
+        "--revision",
+        "--dtype",
+        "--device",
+        "--threads",
+        "--quiet",
+        "--help",
+    ];
+    let mut checked = 0;
+    for (flag, text) in &flags {
+        if common.contains(&flag.as_str()) {
+            continue;
+        }
+        let variable = match flag.as_str() {
+            "--model" => "FERROFORMERS_MODEL_ID".to_string(),
+            other => format!(
+                "FERROFORMERS_{}",
+                other
+                    .trim_start_matches('-')
+                    .replace('-', "_")
+                    .to_uppercase()
+            ),
+        };
+        assert!(
+            text.contains(&format!("[env: {variable}")),
+            "{flag} has no {variable} in: {text}"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 15, "{checked} flags in {help}");
+}
+
+#[test]
+fn serve_takes_the_task_names_and_refuses_chat_without_a_template() {
+    let output = ferroformers(&["serve", "-m", "x", "--task", "summarize"], None);
+    assert_usage_error(&output, &["summarize", "auto", "classify", "chat"]);
+    // Refused at start, before it binds: one line, exit 1.
+    let model = fixture_model("gpt2/lm-head");
+    let output = ferroformers(
+        &["serve", "-m", &model, "--task", "chat", "--port", "0"],
+        None,
+    );
+    assert_one_line_error(&output, 1, "no chat template");
+}
+
+#[test]
 fn fill_mask_and_ner_take_several_texts_and_stdin() {
     let refs = references();
     let case = &refs["token_classification"]["bert"];

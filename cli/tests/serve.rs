@@ -20,7 +20,7 @@ use ferroformers::pipelines::{
     TextClassificationOptions, TokenClassificationOptions,
 };
 use ferroformers::{EncodeOptions, HubOptions, Task, TextInput};
-use ferroformers_server::{detect_task, ServeTask, ServerConfig};
+use ferroformers_server::ServerConfig;
 use serde_json::{json, Value};
 
 const TOLERANCE: f32 = 1e-4;
@@ -540,16 +540,16 @@ fn requests_past_max_concurrent_requests_get_429() {
 fn auto_task_follows_the_model_files() {
     let hub = HubOptions::from_env();
     for (name, expected) in [
-        ("bert/sentence-transformers", ServeTask::Embed),
-        ("bert/base", ServeTask::Embed),
-        ("bert/cross-encoder", ServeTask::Rerank),
-        ("bert/sequence-classification", ServeTask::Classify),
-        ("bert/masked-lm", ServeTask::FillMask),
-        ("bert/token-classification", ServeTask::Ner),
-        ("bert/question-answering", ServeTask::Qa),
-        ("gpt2/lm-head", ServeTask::Generate),
+        ("bert/sentence-transformers", Task::Embeddings),
+        ("bert/base", Task::Embeddings),
+        ("bert/cross-encoder", Task::Rerank),
+        ("bert/sequence-classification", Task::TextClassification),
+        ("bert/masked-lm", Task::FillMask),
+        ("bert/token-classification", Task::TokenClassification),
+        ("bert/question-answering", Task::QuestionAnswering),
+        ("gpt2/lm-head", Task::TextGeneration),
     ] {
-        let (task, why) = detect_task(&fixture_model(name), &hub).unwrap();
+        let (task, why) = Task::detect(&fixture_model(name), &hub).unwrap();
         assert_eq!(task, expected, "{name}: {why}");
     }
 }
@@ -593,6 +593,38 @@ fn the_command_prints_its_address_serves_and_stops_on_sigterm() {
     assert!(status.success(), "{status}");
     let mut rest = String::new();
     stdout.read_to_string(&mut rest).unwrap();
+}
+
+/// Every `serve` flag also comes from a `FERROFORMERS_*` variable, the model too: here the
+/// model, the port (0) and the task (a transformers alias, where `auto` would rerank).
+#[test]
+fn the_command_takes_its_flags_from_the_environment() {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ferroformers"))
+        .args(["serve", "--quiet"])
+        .env("FERROFORMERS_MODEL_ID", fixture_model("bert/cross-encoder"))
+        .env("FERROFORMERS_PORT", "0")
+        .env("FERROFORMERS_TASK", "sentiment-analysis")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut ready = String::new();
+    stdout.read_line(&mut ready).unwrap();
+    assert!(ready.contains("task classify (--task)"), "{ready}");
+    let address = ready
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .expect("the ready line has the address");
+    assert!(
+        !address.ends_with(":8080"),
+        "FERROFORMERS_PORT=0 picks a free port: {ready}"
+    );
+    let info = get(&client(), &format!("http://{address}/info")).json();
+    assert_eq!(info["task"], "text-classification");
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
 }
 
 #[test]

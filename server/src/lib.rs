@@ -32,7 +32,6 @@ mod config;
 mod http;
 mod routes;
 mod state;
-mod task;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -53,7 +52,6 @@ use state::Shared;
 
 pub use config::ServerConfig;
 pub use http::shutdown::shutdown_signal;
-pub use task::{detect_task, ServeTask};
 
 /// A bound server, ready to [`run`](Server::run).
 pub struct Server {

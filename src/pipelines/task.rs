@@ -5,7 +5,10 @@
 use std::fmt;
 use std::str::FromStr;
 
+use serde::Deserialize;
+
 use crate::error::{Error, Result};
+use crate::loading::hub::{HubOptions, ModelSource};
 use crate::models::config::ModelConfig;
 use crate::models::pretrained::LoadOptions;
 use crate::pipelines::{
@@ -91,6 +94,70 @@ impl FromStr for Task {
                 )))
             }
         })
+    }
+}
+
+impl Task {
+    /// The task `model` (a Hub id or a local folder) is for, and why, from its files: a
+    /// sentence-transformers model (`modules.json`) embeds; otherwise the first of
+    /// `config.json`'s `architectures` decides (`…ForSequenceClassification` classifies, or
+    /// reranks with one label; `…ForMaskedLM` fills masks; `…ForTokenClassification` and
+    /// `…ForQuestionAnswering` are theirs; `…LMHeadModel` and `…ForCausalLM` generate), and a
+    /// base model (`…Model`, or no architecture) embeds. Other architectures are an error that
+    /// asks for the task by name.
+    ///
+    /// Only `modules.json` and `config.json` are fetched; loading the pipeline reads
+    /// `config.json` again (a local file by then), as every `from_pretrained` opens its model.
+    pub fn detect(model: &str, hub: &HubOptions) -> Result<(Task, String)> {
+        let source = ModelSource::new(model, hub)?;
+        if source.get("modules.json")?.is_some() {
+            return Ok((
+                Task::Embeddings,
+                "a sentence-transformers model (modules.json)".to_string(),
+            ));
+        }
+        let path = source.require("config.json")?;
+        // `architectures` is not part of the typed config: the models do not need it.
+        #[derive(Deserialize)]
+        struct Architectures {
+            #[serde(default)]
+            architectures: Vec<String>,
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let found: Architectures =
+            serde_json::from_str(&text).map_err(|e| Error::json(&path, e))?;
+        let Some(architecture) = found.architectures.first() else {
+            return Ok((
+                Task::Embeddings,
+                "config.json names no architecture: a base model".to_string(),
+            ));
+        };
+        let because = format!("config.json's architecture {architecture}");
+        let task = if architecture.ends_with("ForSequenceClassification") {
+            // One output is a relevance score: a cross-encoder (sentence-transformers'
+            // CrossEncoder makes one-label heads).
+            match ModelConfig::from_json(&text, &path)?.num_labels() {
+                1 => Task::Rerank,
+                _ => Task::TextClassification,
+            }
+        } else if architecture.ends_with("ForMaskedLM") {
+            Task::FillMask
+        } else if architecture.ends_with("ForTokenClassification") {
+            Task::TokenClassification
+        } else if architecture.ends_with("ForQuestionAnswering") {
+            Task::QuestionAnswering
+        } else if architecture.ends_with("LMHeadModel") || architecture.ends_with("ForCausalLM") {
+            Task::TextGeneration
+        } else if architecture.ends_with("Model") {
+            Task::Embeddings
+        } else {
+            return Err(Error::InvalidInput(format!(
+                "cannot tell the task of {architecture} models: name it ({}) if the checkpoint \
+                 is for one of those",
+                Task::ALL.map(|task| task.name()).join(", ")
+            )));
+        };
+        Ok((task, because))
     }
 }
 

@@ -1,14 +1,139 @@
 //! `ferroformers bench`: time an encoder's forward pass, or GPT-2 decoding, for comparisons
 //! run by scripts/bench_compare.py against PyTorch and ONNX Runtime on the same model files.
 
+use std::io::Write;
 use std::time::Instant;
 
+use clap::Args;
 use ferroformers::generation::{GenerationConfig, Generator, PromptBatch};
 use ferroformers::kernels::isa::Isa;
 use ferroformers::kernels::{kernel_mode, KernelMode};
 use ferroformers::runtime::benchmark::resident_memory;
-use ferroformers::{AutoModel, DType, Gpt2LMHeadModel, LoadOptions, ModelInput, Tensor};
+use ferroformers::{AutoModel, DType, Gpt2LMHeadModel, LoadOptions, ModelInput, Tensor, WeightType};
 use serde::Serialize;
+
+use super::json_line;
+use crate::cli::{weight_types, Common};
+use crate::error::CliError;
+
+/// The options of `bench` besides the model's.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Sequences per forward pass (prompts, with --generate).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 128)]
+    seq: usize,
+    /// Time GPT-2's greedy decoding instead of the encoder.
+    #[arg(long)]
+    generate: bool,
+    /// With --generate: prompt length in tokens.
+    #[arg(long, default_value_t = 32)]
+    prompt_tokens: usize,
+    /// With --generate: tokens to decode.
+    #[arg(long, default_value_t = 128)]
+    new_tokens: usize,
+    /// Timed runs, after two warm-up runs.
+    #[arg(long, default_value_t = 10)]
+    runs: usize,
+    /// With --generate: also load the model in this dtype and time the two in turn, run
+    /// by run, and report the paired ratio of their decoding speeds.
+    #[arg(long, value_parser = weight_types(), requires = "generate")]
+    against: Option<WeightType>,
+    /// The report as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `ferroformers bench`: time the encoder, or with --generate the decoding.
+pub fn bench(common: &Common, args: BenchArgs, out: &mut impl Write) -> Result<(), CliError> {
+    match args.generate {
+        true => bench_decoding(common, &args, out),
+        false => bench_encoder(common, &args, out),
+    }
+}
+
+fn bench_encoder(common: &Common, args: &BenchArgs, out: &mut impl Write) -> Result<(), CliError> {
+    let BenchArgs {
+        batch, seq, runs, ..
+    } = *args;
+    let report = encoder(common.model(), &common.load_options()?, batch, seq, runs)?;
+    if args.json {
+        return json_line(out, &report);
+    }
+    writeln!(
+        out,
+        "{}: batch {batch} x {seq} tokens, {}: median {:.2} ms, {:.2} sequences/s \
+         ({runs} runs); {}",
+        common.model(),
+        report.dtype,
+        report.median_ms,
+        report.sequences_per_second,
+        report.setting.describe()
+    )?;
+    Ok(())
+}
+
+fn bench_decoding(common: &Common, args: &BenchArgs, out: &mut impl Write) -> Result<(), CliError> {
+    let BenchArgs {
+        batch,
+        prompt_tokens,
+        new_tokens,
+        runs,
+        ..
+    } = *args;
+    let mut options = vec![common.load_options()?];
+    if let Some(against) = args.against {
+        options.push(common.load_options_as(against)?);
+    }
+    let reports = decoders(
+        common.model(),
+        &options,
+        batch,
+        prompt_tokens,
+        new_tokens,
+        runs,
+    )?;
+    match (&reports[..], args.json) {
+        ([report], true) => return json_line(out, report),
+        ([first, second], true) => return json_line(out, &PairedDecode::new(first, second)),
+        _ => {}
+    }
+    for report in &reports {
+        writeln!(
+            out,
+            "{}: {batch} x ({prompt_tokens} prompt + {new_tokens} new tokens), \
+             {}: prefill {:.2} ms, decode {:.2} tokens/s, {:.0}% of the {:.1} \
+             GB/s triad bandwidth at {:.1} MB per step ({runs} runs); {}",
+            common.model(),
+            report.dtype,
+            report.prefill_ms,
+            report.decode_tokens_per_second,
+            report.bandwidth_fraction * 100.0,
+            report.triad_gb_per_second,
+            report.weight_bytes_per_token as f64 / 1e6,
+            report.setting.describe()
+        )?;
+    }
+    if let [first, second] = &reports[..] {
+        let paired = PairedDecode::new(first, second);
+        writeln!(
+            out,
+            "{} vs {}: {:.2}x (median of {runs} runs paired in time: {})",
+            second.dtype,
+            first.dtype,
+            paired.ratio,
+            paired
+                .ratios
+                .iter()
+                .map(|r| format!("{r:.2}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )?;
+    }
+    Ok(())
+}
 
 /// What ran the products and how much memory the process held; reported with every benchmark.
 #[derive(Debug, Clone, Serialize)]

@@ -1,0 +1,142 @@
+//! The subcommands: the command line's grammar, and `run`, which hands each subcommand to its
+//! function.
+
+mod bench;
+mod encoders;
+mod generate;
+mod serve;
+
+use std::io::Write;
+
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+use crate::cli::Common;
+use crate::error::Result;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ferroformers",
+    version,
+    about = "Transformer pipelines in pure Rust: embeddings, fill-mask, classification, NER, QA, generation, chat"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Sentence embeddings (pooling from the model's sentence-transformers files).
+    Embed {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        args: encoders::EmbedArgs,
+    },
+    /// Predict the masked word.
+    FillMask {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        args: encoders::FillMaskArgs,
+    },
+    /// Text classification (sentiment and the like).
+    Classify {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        args: encoders::ClassifyArgs,
+    },
+    /// Named entities.
+    Ner {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        args: encoders::NerArgs,
+    },
+    /// Extractive question answering.
+    Qa {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        args: encoders::QaArgs,
+    },
+    /// Text generation, streamed as it decodes (without --json); one run per prompt.
+    Generate {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        args: generate::GenerateArgs,
+    },
+    /// Time the encoder's forward pass on random token ids: median milliseconds and
+    /// sequences/s. With --generate, time GPT-2's greedy decoding instead: prefill and
+    /// tokens/s, against the memory bandwidth measured in the same run. Both report the
+    /// instruction set the kernels ran and the resident memory (peak, after load, after the
+    /// runs).
+    Bench {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        args: bench::BenchArgs,
+    },
+    /// Chat, one line per turn on stdin: with the model's chat template when its
+    /// tokenizer_config.json has one, else DialoGPT-style (turns joined by end-of-text).
+    Chat {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        args: generate::GenerationArgs,
+    },
+    /// An HTTP server with the routes of text-embeddings-inference (/embed, /rerank,
+    /// /predict, /tokenize, /decode, /info, /health, /metrics), OpenAI's /v1/embeddings and /v1/models,
+    /// and the Inference API's POST / for fill-mask, NER and QA.
+    // A server in a container is configured by its environment, as TEI's is: the model too,
+    // and only here (a one-shot command names its model on the command line).
+    #[command(mut_arg("model", |model| model.env("FERROFORMERS_MODEL_ID")))]
+    Serve {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        args: serve::ServeArgs,
+    },
+}
+
+impl Cli {
+    /// The options every subcommand has.
+    pub fn common(&self) -> &Common {
+        match &self.command {
+            Command::Embed { common, .. }
+            | Command::FillMask { common, .. }
+            | Command::Classify { common, .. }
+            | Command::Ner { common, .. }
+            | Command::Qa { common, .. }
+            | Command::Generate { common, .. }
+            | Command::Bench { common, .. }
+            | Command::Chat { common, .. }
+            | Command::Serve { common, .. } => common,
+        }
+    }
+}
+
+/// Run the subcommand, its output on `out`.
+pub fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
+    match cli.command {
+        Command::Embed { common, args } => encoders::embed(&common, args, out),
+        Command::FillMask { common, args } => encoders::fill_mask(&common, args, out),
+        Command::Classify { common, args } => encoders::classify(&common, args, out),
+        Command::Ner { common, args } => encoders::ner(&common, args, out),
+        Command::Qa { common, args } => encoders::qa(&common, args, out),
+        Command::Generate { common, args } => generate::generate(&common, args, out),
+        Command::Bench { common, args } => bench::bench(&common, args, out),
+        Command::Chat { common, args } => generate::chat(&common, &args, out),
+        Command::Serve { common, args } => serve::serve(&common, args, out),
+    }
+}
+
+/// `value` as one line of JSON.
+fn json_line(out: &mut impl Write, value: &impl Serialize) -> Result<()> {
+    serde_json::to_writer(&mut *out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
