@@ -16,7 +16,7 @@ use ferroformers::generation::{
     FinishReason, Generated, GenerationConfig, Generator, MAX_TOP_LOGPROBS,
 };
 use ferroformers::pipelines::{
-    ChatTemplate, Conversation, Message, Pipeline, Role, TextGenerationOptions,
+    BatchOptions, ChatTemplate, Conversation, Message, Pipeline, Role, TextGenerationOptions,
     TextGenerationPipeline,
 };
 use ferroformers::tokenizer::EncodeOptions;

@@ -11,9 +11,9 @@ use common::{
     fixture_model, fixture_sanity,
 };
 use ferroformers::pipelines::{
-    cosine_similarity, AggregationStrategy, Conversation, EmbeddingsOptions, EmbeddingsPipeline,
-    Entity, FillMaskOptions, FillMaskPipeline, Pipeline, QuestionAnsweringOptions,
-    QuestionAnsweringPipeline, ScoreFunction, TextClassificationOptions,
+    cosine_similarity, AggregationStrategy, BatchOptions, Conversation, EmbeddingsOptions,
+    EmbeddingsPipeline, Entity, FillMaskOptions, FillMaskPipeline, Pipeline,
+    QuestionAnsweringOptions, QuestionAnsweringPipeline, ScoreFunction, TextClassificationOptions,
     TextClassificationPipeline, TextGenerationOptions, TextGenerationPipeline,
     TokenClassificationOptions, TokenClassificationPipeline,
 };

@@ -1,7 +1,6 @@
 //! Arguments and subcommands of the `ferroformers` command.
 
 use std::io::{BufRead, Write};
-use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use crate::bench;
@@ -12,7 +11,7 @@ use ferroformers::pipelines::{
     AggregationStrategy, Conversation, EmbeddingsOptions, EmbeddingsPipeline, FillMaskOptions,
     FillMaskPipeline, Pipeline, QuestionAnsweringOptions, QuestionAnsweringPipeline,
     TextClassificationOptions, TextClassificationPipeline, TextGenerationOptions,
-    TextGenerationPipeline, TokenClassificationOptions, TokenClassificationPipeline,
+    TextGenerationPipeline, TokenClassificationOptions, TokenClassificationPipeline, Truncation,
     DEFAULT_BATCH_SIZE,
 };
 use ferroformers::{DType, Device, HubOptions, LoadOptions, Pooling, Quantization};
@@ -516,7 +515,10 @@ pub fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
                     CliPooling::Max => Pooling::Max,
                 }),
                 normalize_embeddings: normalize,
-                max_length,
+                truncation: Truncation {
+                    max_length,
+                    ..Truncation::ON
+                },
                 batch_size: batching.batch_size,
                 ..EmbeddingsOptions::default()
             };
@@ -552,8 +554,10 @@ pub fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
                 FillMaskPipeline::from_pretrained(&common.model, &common.load_options()?)?;
             let options = FillMaskOptions {
                 top_k,
-                truncation,
-                max_length,
+                truncation: Truncation {
+                    enabled: truncation,
+                    max_length,
+                },
                 batch_size: batching.batch_size,
                 ..FillMaskOptions::default()
             };
@@ -589,8 +593,10 @@ pub fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
             )?;
             let options = TextClassificationOptions {
                 top_k,
-                truncation,
-                max_length,
+                truncation: Truncation {
+                    enabled: truncation,
+                    max_length,
+                },
                 batch_size: batching.batch_size,
                 ..TextClassificationOptions::default()
             };
@@ -629,7 +635,10 @@ pub fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
             };
             let options = TokenClassificationOptions {
                 aggregation_strategy: strategy,
-                max_length,
+                truncation: Truncation {
+                    max_length,
+                    ..Truncation::ON
+                },
                 stride,
                 batch_size: batching.batch_size,
                 ..TokenClassificationOptions::default()
@@ -700,19 +709,11 @@ pub fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
                 for prompt in &prompts {
                     write!(out, "{prompt}")?;
                     out.flush()?;
-                    let mut failed = None;
-                    pipeline.run_streaming(prompt, &options, |token| {
-                        match write!(out, "{}", token.text).and_then(|()| out.flush()) {
-                            Ok(()) => ControlFlow::Continue(()),
-                            // A closed stdout: stop generating, not only printing.
-                            Err(error) => {
-                                failed = Some(error);
-                                ControlFlow::Break(())
-                            }
-                        }
-                    })?;
-                    if let Some(error) = failed {
-                        return Err(error.into());
+                    // A closed stdout ends the loop, and dropping the stream stops generating,
+                    // not only printing.
+                    for token in pipeline.stream(prompt, &options)? {
+                        write!(out, "{}", token?.text)?;
+                        out.flush()?;
                     }
                     writeln!(out)?;
                 }

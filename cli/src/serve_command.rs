@@ -5,7 +5,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use ferroformers::pipelines::AnyPipeline;
+use ferroformers::pipelines::{pipeline, AnyPipeline};
 use ferroformers::LoadOptions;
 use ferroformers_server::{detect_task, shutdown_signal, ServeTask, Server, ServerConfig};
 
@@ -143,7 +143,7 @@ pub fn run(
         ),
     };
     tracing::info!(%task, reason = %why, "serving {model}");
-    let pipeline = AnyPipeline::load(task.task(), model, &load)?;
+    let pipeline = pipeline(task.task(), model, &load)?;
     if let (ServeTask::Chat, AnyPipeline::TextGeneration(generation)) = (task, &pipeline) {
         if generation.chat_template()?.is_none() {
             return Err(ferroformers::Error::InvalidInput(format!(

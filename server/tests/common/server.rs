@@ -6,7 +6,7 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use ferroformers::pipelines::AnyPipeline;
+use ferroformers::pipelines::{pipeline, AnyPipeline};
 use ferroformers::{LoadOptions, Task};
 use ferroformers_server::{Server, ServerConfig};
 use serde_json::Value;
@@ -92,7 +92,7 @@ pub fn config() -> ServerConfig {
 }
 
 pub fn load(task: Task, name: &str) -> AnyPipeline {
-    AnyPipeline::load(task, &fixture_model(name), &LoadOptions::default()).expect("fixture loads")
+    pipeline(task, &fixture_model(name), &LoadOptions::default()).expect("fixture loads")
 }
 
 pub fn client() -> Agent {
