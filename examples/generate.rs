@@ -8,7 +8,6 @@
 //! generation_config.json; the flags override them.
 
 use std::io::Write;
-use std::ops::ControlFlow;
 
 use ferroformers::generation::{GenerationConfig, Generator};
 use ferroformers::{FromPretrained, Gpt2LMHeadModel, LoadOptions, Pretrained};
@@ -50,11 +49,12 @@ fn main() -> ferroformers::Result<()> {
         println!("{}", best.text);
     } else {
         print!("{prompt}");
-        let result = generator.generate_stream(prompt, &config, |token| {
-            print!("{}", token.text);
+        let mut stream = generator.stream(prompt, &config)?;
+        for token in stream.by_ref() {
+            print!("{}", token?.text);
             let _ = std::io::stdout().flush();
-            ControlFlow::Continue(())
-        })?;
+        }
+        let result = stream.generated()?;
         println!(
             "\n[{:?}: {} prompt tokens, {} new]",
             result.finish_reason, result.prompt_tokens, result.completion_tokens

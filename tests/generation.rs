@@ -4,7 +4,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::ops::ControlFlow;
 
 use common::{assert_same_len, fixture, fixture_sanity};
 use ferroformers::generation::processors::{
@@ -447,13 +446,9 @@ fn streamed_pieces_concatenate_to_the_generated_text() {
         .with_max_new_tokens(40);
     let generator = Generator::new(&model, &tokenizer);
     let prompt = "In a shocking finding";
-    let mut pieces = Vec::new();
-    let streamed = generator
-        .generate_stream(prompt, &config, |token| {
-            pieces.push(token.text.clone());
-            ControlFlow::Continue(())
-        })
-        .unwrap();
+    let mut stream = generator.stream(prompt, &config).unwrap();
+    let pieces: Vec<String> = stream.by_ref().map(|token| token.unwrap().text).collect();
+    let streamed = stream.generated().unwrap();
     let plain = generator.generate(&[prompt], &config).unwrap();
     assert_eq!(streamed, plain[0]);
     assert_eq!(format!("{prompt}{}", pieces.concat()), streamed.text);
@@ -501,13 +496,9 @@ fn a_stop_string_ends_generation_and_stays_in_the_text() {
         stopped.text
     );
 
-    let mut streamed = String::new();
-    let result = generator
-        .generate_stream(prompt, &config, |token| {
-            streamed.push_str(&token.text);
-            ControlFlow::Continue(())
-        })
-        .unwrap();
+    let mut stream = generator.stream(prompt, &config).unwrap();
+    let streamed: String = stream.by_ref().map(|token| token.unwrap().text).collect();
+    let result = stream.generated().unwrap();
     assert_eq!(result.finish_reason, FinishReason::StopString);
     assert_eq!(result.stop_string.as_deref(), Some(stop.as_str()));
     assert_eq!(format!("{prompt}{streamed}"), stopped.text);

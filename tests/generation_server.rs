@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use common::gpt2::{model_and_tokenizer, options, CountingModel};
@@ -16,7 +15,7 @@ use ferroformers::generation::{
     FinishReason, Generated, GenerationConfig, Generator, MAX_TOP_LOGPROBS,
 };
 use ferroformers::pipelines::{
-    ChatTemplate, Conversation, Message, Pipeline, Role, TextGenerationOptions,
+    BatchOptions, ChatTemplate, Conversation, Message, Pipeline, Role, TextGenerationOptions,
     TextGenerationPipeline,
 };
 use ferroformers::tokenizer::EncodeOptions;
@@ -67,24 +66,19 @@ fn dropping_a_stream_stops_generation_within_one_step() {
     }
 }
 
-/// The same through the callback: `ControlFlow::Break` after the k-th token runs no further
-/// forward pass, and the result says `Cancelled` with k completion tokens.
+/// A stream stopped after its k-th token runs no further forward pass, and the result so far
+/// says `Cancelled` with k completion tokens.
 #[test]
-fn a_callback_that_breaks_stops_generation_and_says_cancelled() {
+fn a_stream_stopped_early_says_cancelled() {
     let (model, tokenizer, base) = model_and_tokenizer();
     let config = base.with_max_new_tokens(40);
     let counting = CountingModel::new(&model);
     let generator = Generator::new(&counting, &tokenizer);
-    let mut seen = 0;
-    let result = generator
-        .generate_stream(PROMPT, &config, |_| {
-            seen += 1;
-            match seen {
-                5 => ControlFlow::Break(()),
-                _ => ControlFlow::Continue(()),
-            }
-        })
-        .unwrap();
+    let mut stream = generator.stream(PROMPT, &config).unwrap();
+    for token in stream.by_ref().take(5) {
+        token.unwrap();
+    }
+    let result = stream.generated().unwrap();
     eprintln!(
         "break after 5 tokens of 40: {} forward passes",
         counting.forward_passes()
@@ -163,9 +157,11 @@ fn finish_reasons_and_counts_follow_the_end_token_batch_and_single_alike() {
         // Alone, and streamed: the same result.
         let alone = generator.generate(&[prompt], &config).unwrap().remove(0);
         assert_eq!(&alone, result, "{prompt}: batch == single");
-        let streamed = generator
-            .generate_stream(prompt, &config, |_| ControlFlow::Continue(()))
-            .unwrap();
+        let mut stream = generator.stream(prompt, &config).unwrap();
+        for token in stream.by_ref() {
+            token.unwrap();
+        }
+        let streamed = stream.generated().unwrap();
         assert_eq!(&streamed, result, "{prompt}: streamed == batch");
     }
     fixture_sanity(

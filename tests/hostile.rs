@@ -12,7 +12,7 @@ use ferroformers::pipelines::{
     AggregationStrategy, EmbeddingsOptions, EmbeddingsPipeline, FillMaskOptions, FillMaskPipeline,
     Pipeline, QuestionAnsweringOptions, QuestionAnsweringPipeline, TextClassificationOptions,
     TextClassificationPipeline, TextGenerationOptions, TextGenerationPipeline,
-    TokenClassificationOptions, TokenClassificationPipeline,
+    TokenClassificationOptions, TokenClassificationPipeline, TruncationOptions,
 };
 use ferroformers::{
     BertModel, DType, Device, Error, FromPretrained, HubOptions, LoadOptions, ModelInput,
@@ -473,10 +473,7 @@ fn a_million_characters_truncate_when_asked_and_fail_clearly_when_not() {
         }
         other => panic!("expected InputTooLong, got {other:?}"),
     }
-    let truncate = TextClassificationOptions {
-        truncation: true,
-        ..TextClassificationOptions::default()
-    };
+    let truncate = TextClassificationOptions::default().with_truncation(true);
     classify
         .run(&[TextInput::Single(&text)], &truncate)
         .unwrap();

@@ -11,10 +11,10 @@ use common::{
     assert_json_matches, assert_same_len, fixture, fixture_json, fixture_model, fixture_sanity,
 };
 use ferroformers::pipelines::{
-    pipeline, AggregationStrategy, AnyPipeline, AsInput, EmbeddingsOptions, EmbeddingsPipeline,
-    FillMaskOptions, FillMaskPipeline, Pipeline, QuestionAnsweringOptions,
+    pipeline, AggregationStrategy, AnyPipeline, AsInput, BatchOptions, EmbeddingsOptions,
+    EmbeddingsPipeline, FillMaskOptions, FillMaskPipeline, Pipeline, QuestionAnsweringOptions,
     QuestionAnsweringPipeline, Task, TextClassificationOptions, TextClassificationPipeline,
-    TokenClassificationOptions, TokenClassificationPipeline,
+    TokenClassificationOptions, TokenClassificationPipeline, TruncationOptions,
 };
 use ferroformers::{Error, LoadOptions, TextInput};
 use serde::Serialize;

@@ -11,13 +11,16 @@ use common::{
     fixture_model, fixture_sanity,
 };
 use ferroformers::pipelines::{
-    cosine_similarity, AggregationStrategy, Conversation, EmbeddingsOptions, EmbeddingsPipeline,
-    Entity, FillMaskOptions, FillMaskPipeline, Pipeline, QuestionAnsweringOptions,
-    QuestionAnsweringPipeline, ScoreFunction, TextClassificationOptions,
-    TextClassificationPipeline, TextGenerationOptions, TextGenerationPipeline,
-    TokenClassificationOptions, TokenClassificationPipeline,
+    cosine_similarity, AggregationStrategy, BatchOptions, Conversation, CrossEncoderActivation,
+    EmbeddingsOptions, EmbeddingsPipeline, Entity, FillMaskOptions, FillMaskPipeline, Pipeline,
+    PipelineBase, QuestionAnsweringOptions, QuestionAnsweringPipeline, RerankOptions,
+    RerankPipeline, ScoreFunction, TextClassificationOptions, TextClassificationPipeline,
+    TextGenerationOptions, TextGenerationPipeline, TokenClassificationOptions,
+    TokenClassificationPipeline,
 };
-use ferroformers::{Error, LoadOptions, Pooling, TextInput};
+use ferroformers::{
+    Device, Error, FromPretrained, LoadOptions, ModelConfig, Pooling, TextInput, Tokenizer,
+};
 use serde_json::Value;
 
 const SCORE_TOLERANCE: f64 = 1e-4;
@@ -477,4 +480,128 @@ fn batching_returns_results_in_input_order() {
             );
         }
     }
+}
+
+/// The parts of fixture `name` loaded one by one with the model-class API, as a program that
+/// already holds a model has them.
+fn parts<M: FromPretrained>(name: &str) -> PipelineBase<M> {
+    let model = fixture_model(name);
+    PipelineBase::new(
+        M::from_pretrained(&model, &options()).unwrap(),
+        Tokenizer::from_pretrained(&model, &options().hub).unwrap(),
+        ModelConfig::from_file(&fixture(name).join("config.json")).unwrap(),
+        Device::Cpu,
+    )
+}
+
+#[test]
+fn pipelines_from_loaded_models_run_as_loaded_by_from_pretrained() {
+    let text = "Hugging Face Inc. is a company based in New York City.";
+
+    let name = "bert/sequence-classification";
+    let wrapped = TextClassificationPipeline::from_parts(parts(name)).unwrap();
+    let loaded =
+        TextClassificationPipeline::from_pretrained(&fixture_model(name), &options()).unwrap();
+    let all = TextClassificationOptions::default().with_top_k(None);
+    assert_eq!(
+        wrapped.run_one(text, &all).unwrap(),
+        loaded.run_one(text, &all).unwrap()
+    );
+
+    let name = "bert/masked-lm";
+    let wrapped = FillMaskPipeline::from_parts(parts(name)).unwrap();
+    let loaded = FillMaskPipeline::from_pretrained(&fixture_model(name), &options()).unwrap();
+    let masked = format!("The capital of France is {}.", loaded.mask_token());
+    let defaults = FillMaskOptions::default();
+    assert_eq!(
+        wrapped.run_one(&masked, &defaults).unwrap(),
+        loaded.run_one(&masked, &defaults).unwrap()
+    );
+    // Fill-mask needs a mask token: a tokenizer without one is refused when wrapping.
+    let gpt2_tokenizer =
+        Tokenizer::from_pretrained(&fixture_model("gpt2/lm-head"), &options().hub).unwrap();
+    let without_mask = PipelineBase::new(
+        loaded.model().clone(),
+        gpt2_tokenizer,
+        loaded.config().clone(),
+        Device::Cpu,
+    );
+    let error = FillMaskPipeline::from_parts(without_mask).unwrap_err();
+    assert!(error.to_string().contains("no mask token"), "{error}");
+
+    let name = "bert/token-classification";
+    let wrapped = TokenClassificationPipeline::from_parts(parts(name)).unwrap();
+    let loaded =
+        TokenClassificationPipeline::from_pretrained(&fixture_model(name), &options()).unwrap();
+    let grouped = TokenClassificationOptions::default()
+        .with_aggregation_strategy(AggregationStrategy::Simple)
+        .with_ignore_labels(Vec::new());
+    assert_eq!(
+        wrapped.run_one(text, &grouped).unwrap(),
+        loaded.run_one(text, &grouped).unwrap()
+    );
+
+    let name = "bert/question-answering";
+    let wrapped = QuestionAnsweringPipeline::from_parts(parts(name)).unwrap();
+    let loaded =
+        QuestionAnsweringPipeline::from_pretrained(&fixture_model(name), &options()).unwrap();
+    let question = ("Where is the company based?", text);
+    let three = QuestionAnsweringOptions::default().with_top_k(3);
+    assert_eq!(
+        wrapped.run_one(question, &three).unwrap(),
+        loaded.run_one(question, &three).unwrap()
+    );
+
+    // A model without sentence-transformers files: mean pooling either way.
+    let name = "bert/base";
+    let wrapped = EmbeddingsPipeline::from_parts(parts(name)).unwrap();
+    let loaded = EmbeddingsPipeline::from_pretrained(&fixture_model(name), &options()).unwrap();
+    let defaults = EmbeddingsOptions::default();
+    assert_eq!(wrapped.pooling(), Pooling::Mean);
+    assert_eq!(
+        wrapped.run_one(text, &defaults).unwrap(),
+        loaded.run_one(text, &defaults).unwrap()
+    );
+
+    // The fixture cross-encoder was saved with Identity, which only from_pretrained reads:
+    // wrapped, it scores with the one-label default (Sigmoid) unless the options say.
+    let name = "bert/cross-encoder";
+    let wrapped = RerankPipeline::from_parts(parts(name)).unwrap();
+    let loaded = RerankPipeline::from_pretrained(&fixture_model(name), &options()).unwrap();
+    assert_eq!(
+        (wrapped.activation(), loaded.activation()),
+        (
+            CrossEncoderActivation::Sigmoid,
+            CrossEncoderActivation::Identity
+        )
+    );
+    let documents = ["New York City", "Paris is in France.", text];
+    let identity = RerankOptions::default().with_activation(CrossEncoderActivation::Identity);
+    assert_eq!(
+        wrapped
+            .rank("Where is Hugging Face?", &documents, &identity)
+            .unwrap(),
+        loaded
+            .rank(
+                "Where is Hugging Face?",
+                &documents,
+                &RerankOptions::default()
+            )
+            .unwrap()
+    );
+
+    // The generation settings come from config.json, which here says what
+    // generation_config.json says.
+    let name = "gpt2/lm-head";
+    let wrapped = TextGenerationPipeline::from_parts(parts(name)).unwrap();
+    let loaded = TextGenerationPipeline::from_pretrained(&fixture_model(name), &options()).unwrap();
+    assert_eq!(
+        wrapped.generation_config().eos_token_id,
+        loaded.generation_config().eos_token_id
+    );
+    let eight = TextGenerationOptions::default().with_max_new_tokens(8);
+    assert_eq!(
+        wrapped.run_one("The quick brown fox", &eight).unwrap(),
+        loaded.run_one("The quick brown fox", &eight).unwrap()
+    );
 }

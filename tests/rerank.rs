@@ -9,7 +9,7 @@ use common::{
     fixture_sanity,
 };
 use ferroformers::pipelines::{
-    CrossEncoderActivation, Pipeline, RerankInput, RerankOptions, RerankPipeline,
+    BatchOptions, CrossEncoderActivation, Pipeline, RerankInput, RerankOptions, RerankPipeline,
 };
 use ferroformers::{EncodeOptions, Error, LoadOptions, TextInput};
 use serde_json::Value;

@@ -17,7 +17,7 @@ use common::{assert_close_slices, assert_json_close, assert_same_len, fixture_mo
 use ferroformers::pipelines::{
     AggregationStrategy, CrossEncoderActivation, EmbeddingsOptions, FillMaskOptions, Pipeline,
     Prompt, QaInput, QuestionAnsweringOptions, RerankOptions, ScoreFunction,
-    TextClassificationOptions, TokenClassificationOptions,
+    TextClassificationOptions, TokenClassificationOptions, TruncationOptions,
 };
 use ferroformers::{EncodeOptions, HubOptions, Task, TextInput};
 use ferroformers_server::ServerConfig;

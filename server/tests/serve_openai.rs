@@ -1,5 +1,5 @@
 //! OpenAI's generation routes over HTTP, `/v1/completions` and `/v1/chat/completions`:
-//! every answer against the library (`TextGenerationPipeline::run_streaming` with the
+//! every answer against the library (`TextGenerationPipeline::stream` with the
 //! settings OpenAI's fields mean, on the same fixture GPT-2; chats rendered by the library's
 //! chat template), token for token and text for text; log-probabilities within 1e-5 (f32
 //! values that went through JSON); streamed pieces against the whole answer; token counts
@@ -10,7 +10,6 @@ mod common;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::ops::ControlFlow;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -114,13 +113,14 @@ fn reference(pipeline: &TextGenerationPipeline, prompt: &str, sampling: &Samplin
     let options = TextGenerationOptions::default()
         .with_generation(sampling.config(pipeline))
         .with_return_full_text(false);
-    let mut pieces = Vec::new();
-    let output = pipeline
-        .run_streaming(prompt, &options, |token| {
-            pieces.push(token.text.clone());
-            ControlFlow::Continue(())
-        })
+    let mut stream = pipeline
+        .stream(prompt, &options)
         .expect("the library generates");
+    let pieces = stream
+        .by_ref()
+        .map(|token| token.expect("the library generates").text)
+        .collect();
+    let output = stream.generated_text().expect("the library generates");
     let text = match &output.stop {
         Some(stop) => output.generated_text[..stop.offset].to_string(),
         None => output.generated_text.clone(),

@@ -6,13 +6,12 @@
 //! prompt and completion tokens.
 //!
 //! Streaming is an iterator ([`Generator::stream`]) that runs one forward pass per item:
-//! dropping it stops the work. [`Generator::generate_stream`] is the same with a callback that
-//! returns [`ControlFlow::Break`] to stop. [`ContinuousBatcher`] streams many sequences at
+//! dropping it stops the work, and [`GenerationStream::generated`] gives the result so far.
+//! [`ContinuousBatcher`] streams many sequences at
 //! once, each with its own settings, joining and leaving between steps, with one forward
 //! pass per step for all of them; each gets the tokens it gets alone.
 //!
 //! ```no_run
-//! use std::ops::ControlFlow;
 //! use ferroformers::generation::{GenerationConfig, Generator};
 //! use ferroformers::{FromPretrained, Gpt2LMHeadModel, LoadOptions, Pretrained};
 //!
@@ -23,13 +22,11 @@
 //! let tokenizer = pretrained.tokenizer()?;
 //! let config = GenerationConfig::from_source(pretrained.source())?.with_max_new_tokens(40);
 //! let generator = Generator::new(&model, &tokenizer);
-//! for token in generator.stream("Rust is", &config)?.take(10) {
+//! let mut stream = generator.stream("Rust is", &config)?;
+//! for token in stream.by_ref().take(10) {
 //!     print!("{}", token?.text);
 //! }
-//! let result = generator.generate_stream("Rust is", &config, |token| {
-//!     print!("{}", token.text);
-//!     ControlFlow::Continue(())
-//! })?;
+//! let result = stream.generated()?;
 //! println!("\n{:?} after {} tokens", result.finish_reason, result.completion_tokens);
 //! # Ok(())
 //! # }
@@ -43,8 +40,6 @@ pub mod processors;
 mod search;
 mod stop;
 mod stream;
-
-use std::ops::ControlFlow;
 
 use candle_core::{DType, Device, Tensor};
 
@@ -376,25 +371,6 @@ impl<'a, M: CausalLM> Generator<'a, M> {
             real_prompt(&batch, 0),
             config.clone(),
         ))
-    }
-
-    /// [`Generator::stream`] with a callback: `on_token` sees each new token as it is chosen,
-    /// and returning [`ControlFlow::Break`] stops generation before the next forward pass (the
-    /// result then says [`FinishReason::Cancelled`], unless that token had ended it anyway).
-    /// The text pieces concatenate to the continuation in the result.
-    pub fn generate_stream(
-        &self,
-        prompt: &str,
-        config: &GenerationConfig,
-        mut on_token: impl FnMut(&StreamToken) -> ControlFlow<()>,
-    ) -> Result<Generated> {
-        let mut stream = self.stream(prompt, config)?;
-        for token in stream.by_ref() {
-            if on_token(&token?).is_break() {
-                break;
-            }
-        }
-        stream.generated()
     }
 
     /// One prompt encoded and checked for token-by-token generation (a stream, or a sequence

@@ -2,17 +2,19 @@
 //! normalisation read from the model's own `modules.json` and `1_Pooling/config.json`, its
 //! `Dense` modules, and its prompts (read in `sentence_transformers.rs`).
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use tokenizers::Encoding;
 
 use crate::error::{Error, Result};
 use crate::models::auto::AutoModel;
-use crate::models::config::ModelConfig;
 use crate::models::pooling::Pooling;
 use crate::models::pretrained::{LoadOptions, Pretrained};
 use crate::pipelines::sentence_transformers::{Prompt, SentenceTransformersSetup};
-use crate::pipelines::{batch_input, encode_all, in_batches, Pipeline, Text, DEFAULT_BATCH_SIZE};
-use crate::tokenizer::{EncodeOptions, Tokenizer};
+use crate::pipelines::{
+    encode_all, in_batches, BatchOptions, Pipeline, PipelineBase, Text, Truncation,
+    TruncationOptions, DEFAULT_BATCH_SIZE,
+};
+use crate::tokenizer::EncodeOptions;
 
 /// Settings of one call, as sentence-transformers' `encode` takes them.
 ///
@@ -27,10 +29,9 @@ pub struct EmbeddingsOptions {
     /// Scale each embedding to unit length (the model's `Normalize` module does it anyway).
     pub normalize_embeddings: bool,
     /// Cut texts at `max_length` tokens, as sentence-transformers always does.
-    pub truncation: bool,
-    /// The length to cut at; `None` is the model's `max_seq_length`
-    /// (`sentence_bert_config.json`), else the tokenizer's `model_max_length`.
-    pub max_length: Option<usize>,
+    /// `max_length: None` is the model's `max_seq_length` (`sentence_bert_config.json`), else
+    /// the tokenizer's `model_max_length`.
+    pub truncation: Truncation,
     /// Texts per forward pass.
     pub batch_size: usize,
     /// The prompt put before each text (`encode(prompt_name=..., prompt=...)`); by default
@@ -43,8 +44,7 @@ impl Default for EmbeddingsOptions {
         Self {
             pooling: None,
             normalize_embeddings: false,
-            truncation: true,
-            max_length: None,
+            truncation: Truncation::ON,
             batch_size: DEFAULT_BATCH_SIZE,
             prompt: Prompt::ModelDefault,
         }
@@ -64,24 +64,6 @@ impl EmbeddingsOptions {
         self
     }
 
-    /// Cut long texts (or fail on texts the model cannot take).
-    pub fn with_truncation(mut self, truncation: bool) -> Self {
-        self.truncation = truncation;
-        self
-    }
-
-    /// The length to cut at.
-    pub fn with_max_length(mut self, max_length: usize) -> Self {
-        self.max_length = Some(max_length);
-        self
-    }
-
-    /// Texts per forward pass.
-    pub fn with_batch_size(mut self, batch_size: usize) -> Self {
-        self.batch_size = batch_size;
-        self
-    }
-
     /// Put this prompt before each text.
     pub fn with_prompt(mut self, prompt: Prompt) -> Self {
         self.prompt = prompt;
@@ -89,16 +71,25 @@ impl EmbeddingsOptions {
     }
 }
 
+impl TruncationOptions for EmbeddingsOptions {
+    fn truncation_mut(&mut self) -> &mut Truncation {
+        &mut self.truncation
+    }
+}
+
+impl BatchOptions for EmbeddingsOptions {
+    fn batch_size_mut(&mut self) -> &mut usize {
+        &mut self.batch_size
+    }
+}
+
 /// Sentence embeddings, as sentence-transformers' `SentenceTransformer.encode` computes them.
 #[derive(Debug, Clone)]
 pub struct EmbeddingsPipeline {
-    model: AutoModel,
-    tokenizer: Tokenizer,
-    config: ModelConfig,
+    base: PipelineBase<AutoModel>,
     pooling: Pooling,
     normalize: bool,
     setup: SentenceTransformersSetup,
-    device: Device,
 }
 
 impl EmbeddingsPipeline {
@@ -107,15 +98,26 @@ impl EmbeddingsPipeline {
     pub fn from_pretrained(model: &str, options: &LoadOptions) -> Result<Self> {
         let pretrained = Pretrained::open(model, &options.hub)?;
         let setup = SentenceTransformersSetup::read(pretrained.source(), &options.device)?;
-        Ok(Self {
-            model: pretrained.load::<AutoModel>(options)?,
-            tokenizer: pretrained.tokenizer()?,
-            config: pretrained.config().clone(),
+        Ok(Self::with_setup(
+            PipelineBase::load(&pretrained, options)?,
+            setup,
+        ))
+    }
+
+    /// Wrap a model already loaded, as a model without sentence-transformers files: mean
+    /// pooling, no normalisation, no Dense modules or prompts (the options choose another
+    /// pooling, or normalisation, per call).
+    pub fn from_parts(base: PipelineBase<AutoModel>) -> Result<Self> {
+        Ok(Self::with_setup(base, SentenceTransformersSetup::plain()))
+    }
+
+    fn with_setup(base: PipelineBase<AutoModel>, setup: SentenceTransformersSetup) -> Self {
+        Self {
+            base,
             pooling: setup.pooling.unwrap_or(Pooling::Mean),
             normalize: setup.normalize,
             setup,
-            device: options.device.clone(),
-        })
+        }
     }
 
     /// The model's pooling.
@@ -134,6 +136,7 @@ impl Pipeline for EmbeddingsPipeline {
     type Options = EmbeddingsOptions;
     /// The embedding of one text.
     type Output = Vec<f32>;
+    type Model = AutoModel;
 
     fn run_inputs(&self, texts: &[&str], options: &EmbeddingsOptions) -> Result<Vec<Vec<f32>>> {
         let encoded = self.encode(texts, options)?;
@@ -146,12 +149,8 @@ impl Pipeline for EmbeddingsPipeline {
         Ok(self.normalized(pooled, options.normalize_embeddings))
     }
 
-    fn tokenizer(&self) -> &Tokenizer {
-        &self.tokenizer
-    }
-
-    fn config(&self) -> &ModelConfig {
-        &self.config
+    fn base(&self) -> &PipelineBase<AutoModel> {
+        &self.base
     }
 }
 
@@ -174,16 +173,17 @@ impl EmbeddingsPipeline {
             .iter()
             .map(|text| format!("{}{text}", prompt.unwrap_or_default()))
             .collect();
+        let tokenizer = self.base.tokenizer();
         let limit = options
+            .truncation
             .max_length
             .or(self.setup.max_seq_length)
-            .or(self.tokenizer.model_max_length());
-        let encode = EncodeOptions {
-            truncation: options.truncation && limit.is_some(),
+            .or(tokenizer.model_max_length());
+        let truncation = Truncation {
+            enabled: options.truncation.enabled && limit.is_some(),
             max_length: limit,
-            ..EncodeOptions::default()
         };
-        let (encodings, _) = encode_all(&self.tokenizer, &prompted, &encode)?;
+        let (encodings, _) = encode_all(tokenizer, &prompted, &truncation.encode_options())?;
         let prompt_length = match prompt {
             Some(prompt) if !self.setup.include_prompt => self.prompt_length(prompt)?,
             _ => 0,
@@ -207,8 +207,8 @@ impl EmbeddingsPipeline {
         let pooling = pooling.unwrap_or(self.pooling);
         let lengths: Vec<usize> = encodings.iter().map(Encoding::len).collect();
         in_batches(&lengths, batch_size, |indices| {
-            let input = batch_input(&self.tokenizer, encodings, indices, &self.device)?;
-            let hidden = self.model.forward(&input)?.last_hidden_state;
+            let input = self.base.batch_input(encodings, indices)?;
+            let hidden = self.base.model().forward(&input)?.last_hidden_state;
             let mask = input
                 .attention_mask
                 .as_ref()
@@ -236,7 +236,10 @@ impl EmbeddingsPipeline {
     /// after it, as `SentenceTransformer._get_prompt_length` counts it:
     /// <https://github.com/huggingface/sentence-transformers/blob/v5.1.2/sentence_transformers/SentenceTransformer.py#L1576>
     fn prompt_length(&self, prompt: &str) -> Result<usize> {
-        let encoding = self.tokenizer.encode(prompt, &EncodeOptions::default())?;
+        let encoding = self
+            .base
+            .tokenizer()
+            .encode(prompt, &EncodeOptions::default())?;
         let ends_special = encoding.get_special_tokens_mask().last() == Some(&1);
         Ok(encoding.len() - usize::from(ends_special))
     }

@@ -1,17 +1,19 @@
 //! Fill-mask: transformers' `FillMaskPipeline`, for one mask token per input.
 //! <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/pipelines/fill_mask.py>
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use serde::Serialize;
 use tokenizers::Encoding;
 
 use crate::error::{Error, Result};
 use crate::kernels::host::softmax;
 use crate::models::auto::AutoModelForMaskedLM;
-use crate::models::config::ModelConfig;
-use crate::models::pretrained::{LoadOptions, Pretrained};
-use crate::pipelines::{batch_input, encode_all, in_batches, Pipeline, Text, DEFAULT_BATCH_SIZE};
-use crate::tokenizer::{EncodeOptions, Tokenizer};
+use crate::models::pretrained::LoadOptions;
+use crate::pipelines::{
+    encode_all, in_batches, BatchOptions, Pipeline, PipelineBase, Text, Truncation,
+    TruncationOptions, DEFAULT_BATCH_SIZE,
+};
+use crate::tokenizer::EncodeOptions;
 
 /// One candidate for the masked token.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -33,11 +35,10 @@ pub struct FillMaskOptions {
     pub top_k: usize,
     /// Only score these words (a word missing from the vocabulary counts as its first token).
     pub targets: Option<Vec<String>>,
-    /// Cut inputs longer than `max_length` instead of failing (transformers' default: off).
-    /// The mask must stay inside what is kept.
-    pub truncation: bool,
-    /// The length `truncation` cuts to; `None` is the tokenizer's `model_max_length`.
-    pub max_length: Option<usize>,
+    /// Cut inputs longer than `max_length` instead of failing (transformers' default: off);
+    /// `max_length: None` is the tokenizer's `model_max_length`. The mask must stay inside
+    /// what is kept.
+    pub truncation: Truncation,
     /// Inputs per forward pass.
     pub batch_size: usize,
 }
@@ -47,8 +48,7 @@ impl Default for FillMaskOptions {
         Self {
             top_k: 5,
             targets: None,
-            truncation: false,
-            max_length: None,
+            truncation: Truncation::OFF,
             batch_size: DEFAULT_BATCH_SIZE,
         }
     }
@@ -66,55 +66,49 @@ impl FillMaskOptions {
         self.targets = Some(targets);
         self
     }
+}
 
-    /// Cut long inputs (to `max_length` if given, else the model's maximum).
-    pub fn with_truncation(mut self, truncation: bool) -> Self {
-        self.truncation = truncation;
-        self
+impl TruncationOptions for FillMaskOptions {
+    fn truncation_mut(&mut self) -> &mut Truncation {
+        &mut self.truncation
     }
+}
 
-    /// The length to truncate to.
-    pub fn with_max_length(mut self, max_length: usize) -> Self {
-        self.max_length = Some(max_length);
-        self
-    }
-
-    /// Inputs per forward pass.
-    pub fn with_batch_size(mut self, batch_size: usize) -> Self {
-        self.batch_size = batch_size;
-        self
+impl BatchOptions for FillMaskOptions {
+    fn batch_size_mut(&mut self) -> &mut usize {
+        &mut self.batch_size
     }
 }
 
 /// transformers' `FillMaskPipeline`: candidates for the one mask token of each input.
 #[derive(Debug, Clone)]
 pub struct FillMaskPipeline {
-    model: AutoModelForMaskedLM,
-    tokenizer: Tokenizer,
-    config: ModelConfig,
+    base: PipelineBase<AutoModelForMaskedLM>,
     mask_id: u32,
     mask_token: String,
-    device: Device,
 }
 
 impl FillMaskPipeline {
     /// Load `model` (a Hub id or a local folder); its tokenizer must have a mask token.
     pub fn from_pretrained(model: &str, options: &LoadOptions) -> Result<Self> {
-        let pretrained = Pretrained::open(model, &options.hub)?;
-        let tokenizer = pretrained.tokenizer()?;
-        let (mask_id, mask_token) = tokenizer
+        Self::from_parts(PipelineBase::from_pretrained(model, options)?)
+    }
+
+    /// Wrap a model already loaded; its tokenizer must have a mask token.
+    pub fn from_parts(base: PipelineBase<AutoModelForMaskedLM>) -> Result<Self> {
+        let (mask_id, mask_token) = base
+            .tokenizer()
             .mask_token()
             .map(|(id, token)| (id, token.to_string()))
             .ok_or_else(|| {
-                Error::InvalidInput(format!("the tokenizer of `{model}` has no mask token"))
+                Error::InvalidInput(
+                    "the tokenizer has no mask token, which fill-mask needs".to_string(),
+                )
             })?;
         Ok(Self {
-            model: pretrained.load::<AutoModelForMaskedLM>(options)?,
-            tokenizer,
-            config: pretrained.config().clone(),
+            base,
             mask_id,
             mask_token,
-            device: options.device.clone(),
         })
     }
 
@@ -149,14 +143,15 @@ impl FillMaskPipeline {
     fn target_ids(&self, targets: &[String]) -> Result<Vec<u32>> {
         let mut ids = Vec::new();
         for target in targets {
-            let id = match self.tokenizer.token_to_id(target) {
+            let id = match self.base.tokenizer().token_to_id(target) {
                 Some(id) => Some(id),
                 None => {
                     let options = EncodeOptions {
                         add_special_tokens: false,
                         ..EncodeOptions::default()
                     };
-                    self.tokenizer
+                    self.base
+                        .tokenizer()
                         .encode(target.as_str(), &options)?
                         .get_ids()
                         .first()
@@ -203,8 +198,8 @@ impl FillMaskPipeline {
                 Ok(FillMaskPrediction {
                     score,
                     token,
-                    token_str: self.tokenizer.decode(&[token], false)?,
-                    sequence: self.tokenizer.decode(&ids, true)?,
+                    token_str: self.base.tokenizer().decode(&[token], false)?,
+                    sequence: self.base.tokenizer().decode(&ids, true)?,
                 })
             })
             .collect()
@@ -216,6 +211,7 @@ impl Pipeline for FillMaskPipeline {
     type Options = FillMaskOptions;
     /// Candidates for the mask, best first.
     type Output = Vec<FillMaskPrediction>;
+    type Model = AutoModelForMaskedLM;
 
     fn run_inputs(
         &self,
@@ -228,12 +224,9 @@ impl Pipeline for FillMaskPipeline {
             .as_deref()
             .map(|t| self.target_ids(t))
             .transpose()?;
-        let encode = EncodeOptions {
-            truncation: options.truncation,
-            max_length: options.max_length,
-            ..EncodeOptions::default()
-        };
-        let (encodings, lengths) = encode_all(&self.tokenizer, texts.iter().copied(), &encode)?;
+        let encode = options.truncation.encode_options();
+        let tokenizer = self.base.tokenizer();
+        let (encodings, lengths) = encode_all(tokenizer, texts.iter().copied(), &encode)?;
         let masks = encodings
             .iter()
             .zip(texts)
@@ -241,8 +234,8 @@ impl Pipeline for FillMaskPipeline {
             .collect::<Result<Vec<_>>>()?;
         // Forward: vocabulary logits at each input's mask.
         let logits = in_batches(&lengths, options.batch_size, |indices| {
-            let input = batch_input(&self.tokenizer, &encodings, indices, &self.device)?;
-            let logits = self.model.forward(&input)?;
+            let input = self.base.batch_input(&encodings, indices)?;
+            let logits = self.base.model().forward(&input)?;
             indices
                 .iter()
                 .enumerate()
@@ -260,12 +253,8 @@ impl Pipeline for FillMaskPipeline {
             .collect()
     }
 
-    fn tokenizer(&self) -> &Tokenizer {
-        &self.tokenizer
-    }
-
-    fn config(&self) -> &ModelConfig {
-        &self.config
+    fn base(&self) -> &PipelineBase<AutoModelForMaskedLM> {
+        &self.base
     }
 }
 

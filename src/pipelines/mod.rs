@@ -7,11 +7,18 @@
 //! defaults). [`pipeline`] loads the pipeline of a task chosen at run time, as
 //! transformers' `pipeline(task, model)` does.
 //!
+//! Every pipeline is a [`PipelineBase`] (model, tokenizer, config, device) plus what its task
+//! adds: `from_pretrained(model, &options)` loads one, `from_parts(base)` wraps a model you
+//! already hold. The options structs share [`Truncation`], and the builder methods
+//! `with_batch_size` ([`BatchOptions`]) and `with_truncation`, `with_max_length`
+//! ([`TruncationOptions`]).
+//!
 //! Each pipeline runs preprocess (tokenize, on the host), forward (the model, the only step
 //! on the device) and postprocess (scores to answers, on the host). Inputs are batched
 //! `batch_size` at a time, sorted by length to cut padding, and results come back in input
 //! order. Output fields are named as transformers names them.
 
+mod base;
 pub mod chat;
 pub mod embeddings;
 pub mod fill_mask;
@@ -25,6 +32,7 @@ pub mod token_classification;
 
 mod task;
 
+pub use base::{BatchOptions, PipelineBase, Truncation, TruncationOptions};
 pub use chat::{ChatTemplate, Conversation, Message, Role};
 pub use embeddings::{cosine_similarity, EmbeddingsOptions, EmbeddingsPipeline, EncodedTexts};
 pub use fill_mask::{FillMaskOptions, FillMaskPipeline, FillMaskPrediction};
@@ -34,25 +42,24 @@ pub use rerank::{
     CrossEncoderActivation, RankedDocument, RerankInput, RerankOptions, RerankPipeline,
 };
 pub use sentence_transformers::Prompt;
-pub use task::{pipeline, AnyPipeline, Task};
+pub use task::{pipeline, AnyPipeline, IntoTask, Task};
 pub use text_classification::{
     LabelScore, ScoreFunction, TextClassificationOptions, TextClassificationPipeline,
 };
 pub use text_generation::{
-    GeneratedText, StopMatch, TextGenerationOptions, TextGenerationPipeline,
+    GeneratedText, StopMatch, TextGenerationOptions, TextGenerationPipeline, TextGenerationStream,
 };
 pub use token_classification::{
     AggregationStrategy, Entity, TokenClassificationOptions, TokenClassificationPipeline,
 };
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use tokenizers::Encoding;
 
 use crate::error::{Error, Result};
 use crate::models::auto::AutoModelForSequenceClassification;
 use crate::models::config::ModelConfig;
-use crate::models::ModelInput;
-use crate::tokenizer::{EncodeOptions, PaddingSide, TextInput, Tokenizer};
+use crate::tokenizer::{EncodeOptions, TextInput, Tokenizer};
 
 /// Inputs per forward pass unless the options say otherwise.
 pub const DEFAULT_BATCH_SIZE: usize = 8;
@@ -79,6 +86,8 @@ pub trait Pipeline: Send + Sync {
     type Options: Default;
     /// The result for one input.
     type Output;
+    /// The model it runs: an [`AutoModel`](crate::AutoModel) enum for the encoder tasks.
+    type Model;
 
     /// Run on already borrowed inputs; [`Pipeline::run`] is the usual entry point.
     fn run_inputs(
@@ -87,11 +96,23 @@ pub trait Pipeline: Send + Sync {
         options: &Self::Options,
     ) -> Result<Vec<Self::Output>>;
 
+    /// The model, tokenizer, config and device the pipeline runs on.
+    fn base(&self) -> &PipelineBase<Self::Model>;
+
+    /// The model.
+    fn model(&self) -> &Self::Model {
+        self.base().model()
+    }
+
     /// The tokenizer the pipeline encodes with (to count tokens, say).
-    fn tokenizer(&self) -> &Tokenizer;
+    fn tokenizer(&self) -> &Tokenizer {
+        self.base().tokenizer()
+    }
 
     /// The model's `config.json`.
-    fn config(&self) -> &ModelConfig;
+    fn config(&self) -> &ModelConfig {
+        self.base().config()
+    }
 
     /// Run on every input; one output per input, in input order.
     fn run<I>(&self, inputs: I, options: &Self::Options) -> Result<Vec<Self::Output>>
@@ -169,31 +190,20 @@ pub(crate) fn encode_all<'a, T: Into<TextInput<'a>>>(
     Ok((encodings, lengths))
 }
 
-/// Pad the chosen encodings into one model input on `device`.
-pub(crate) fn batch_input(
-    tokenizer: &Tokenizer,
-    encodings: &[Encoding],
-    indices: &[usize],
-    device: &Device,
-) -> Result<ModelInput> {
-    let chosen = indices.iter().map(|&i| encodings[i].clone()).collect();
-    tokenizer.pad(chosen, PaddingSide::Right)?.to_input(device)
-}
-
-/// Forward of a sequence-classification head, `batch_size` encodings at a time: its logits,
-/// one row per encoding (text classification and reranking share it).
-pub(crate) fn classification_logits(
-    model: &AutoModelForSequenceClassification,
-    tokenizer: &Tokenizer,
-    device: &Device,
-    encodings: &[Encoding],
-    batch_size: usize,
-) -> Result<Vec<Vec<f32>>> {
-    let lengths: Vec<usize> = encodings.iter().map(Encoding::len).collect();
-    in_batches(&lengths, batch_size, |indices| {
-        let input = batch_input(tokenizer, encodings, indices, device)?;
-        rows_to_host(&model.forward(&input)?)
-    })
+impl PipelineBase<AutoModelForSequenceClassification> {
+    /// Forward of a sequence-classification head, `batch_size` encodings at a time: its
+    /// logits, one row per encoding (text classification and reranking share it).
+    pub(crate) fn classification_logits(
+        &self,
+        encodings: &[Encoding],
+        batch_size: usize,
+    ) -> Result<Vec<Vec<f32>>> {
+        let lengths: Vec<usize> = encodings.iter().map(Encoding::len).collect();
+        in_batches(&lengths, batch_size, |indices| {
+            let input = self.batch_input(encodings, indices)?;
+            rows_to_host(&self.model().forward(&input)?)
+        })
+    }
 }
 
 /// A (batch, ...) f32 tensor as one host vector per row, rows flattened.

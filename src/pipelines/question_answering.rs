@@ -3,18 +3,16 @@
 //! as start × end probabilities and mapped back to whole words of the context.
 //! <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/pipelines/question_answering.py>
 
-use candle_core::Device;
 use serde::Serialize;
 use tokenizers::Encoding;
 
 use crate::error::{Error, Result};
 use crate::models::auto::AutoModelForQuestionAnswering;
-use crate::models::config::ModelConfig;
-use crate::models::pretrained::{LoadOptions, Pretrained};
+use crate::models::pretrained::LoadOptions;
 use crate::pipelines::{
-    batch_input, in_batches, rows_to_host, Pipeline, QaInput, QuestionContext, DEFAULT_BATCH_SIZE,
+    in_batches, rows_to_host, BatchOptions, Pipeline, PipelineBase, QaInput, QuestionContext,
+    DEFAULT_BATCH_SIZE,
 };
-use crate::tokenizer::Tokenizer;
 
 /// An answer: a span of the context, with character offsets.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -89,22 +87,19 @@ impl QuestionAnsweringOptions {
         self.max_seq_len = Some(max_seq_len);
         self
     }
+}
 
-    /// Windows per forward pass.
-    pub fn with_batch_size(mut self, batch_size: usize) -> Self {
-        self.batch_size = batch_size;
-        self
+impl BatchOptions for QuestionAnsweringOptions {
+    fn batch_size_mut(&mut self) -> &mut usize {
+        &mut self.batch_size
     }
 }
 
 /// transformers' `QuestionAnsweringPipeline`: answers taken from the context.
 #[derive(Debug, Clone)]
 pub struct QuestionAnsweringPipeline {
-    model: AutoModelForQuestionAnswering,
-    tokenizer: Tokenizer,
-    config: ModelConfig,
+    base: PipelineBase<AutoModelForQuestionAnswering>,
     cls_id: Option<u32>,
-    device: Device,
 }
 
 /// A window's start and end logits, on the host.
@@ -116,18 +111,15 @@ struct WindowLogits {
 impl QuestionAnsweringPipeline {
     /// Load `model` (a Hub id or a local folder).
     pub fn from_pretrained(model: &str, options: &LoadOptions) -> Result<Self> {
-        let pretrained = Pretrained::open(model, &options.hub)?;
-        let tokenizer = pretrained.tokenizer()?;
+        Self::from_parts(PipelineBase::from_pretrained(model, options)?)
+    }
+
+    /// Wrap a model already loaded.
+    pub fn from_parts(base: PipelineBase<AutoModelForQuestionAnswering>) -> Result<Self> {
         let cls_id = ["[CLS]", "<s>"]
             .iter()
-            .find_map(|t| tokenizer.token_to_id(t));
-        Ok(Self {
-            model: pretrained.load::<AutoModelForQuestionAnswering>(options)?,
-            tokenizer,
-            config: pretrained.config().clone(),
-            cls_id,
-            device: options.device.clone(),
-        })
+            .find_map(|t| base.tokenizer().token_to_id(t));
+        Ok(Self { base, cls_id })
     }
 
     /// Preprocess one pair: its windows over the context.
@@ -137,17 +129,17 @@ impl QuestionAnsweringPipeline {
                 "question and context must not be empty".to_string(),
             ));
         }
+        let tokenizer = self.base.tokenizer();
         let max_seq_len = options
             .max_seq_len
-            .unwrap_or_else(|| self.tokenizer.model_max_length().unwrap_or(384).min(384));
+            .unwrap_or_else(|| tokenizer.model_max_length().unwrap_or(384).min(384));
         let doc_stride = options.doc_stride.unwrap_or((max_seq_len / 2).min(128));
         if doc_stride > max_seq_len {
             return Err(Error::InvalidInput(format!(
                 "doc_stride ({doc_stride}) is larger than max_seq_len ({max_seq_len})"
             )));
         }
-        self.tokenizer
-            .encode_windows((input.question, input.context), max_seq_len, doc_stride)
+        tokenizer.encode_windows((input.question, input.context), max_seq_len, doc_stride)
     }
 
     fn postprocess(
@@ -223,6 +215,7 @@ impl Pipeline for QuestionAnsweringPipeline {
     type Options = QuestionAnsweringOptions;
     /// The best answers to one question, best first.
     type Output = Vec<Answer>;
+    type Model = AutoModelForQuestionAnswering;
 
     fn run_inputs(
         &self,
@@ -240,8 +233,8 @@ impl Pipeline for QuestionAnsweringPipeline {
         // Forward.
         let lengths: Vec<usize> = windows.iter().map(Encoding::len).collect();
         let logits = in_batches(&lengths, options.batch_size, |indices| {
-            let input = batch_input(&self.tokenizer, &windows, indices, &self.device)?;
-            let output = self.model.forward(&input)?;
+            let input = self.base.batch_input(&windows, indices)?;
+            let output = self.base.model().forward(&input)?;
             let starts = rows_to_host(&output.start_logits)?;
             let ends = rows_to_host(&output.end_logits)?;
             Ok(starts
@@ -271,12 +264,8 @@ impl Pipeline for QuestionAnsweringPipeline {
             .collect()
     }
 
-    fn tokenizer(&self) -> &Tokenizer {
-        &self.tokenizer
-    }
-
-    fn config(&self) -> &ModelConfig {
-        &self.config
+    fn base(&self) -> &PipelineBase<AutoModelForQuestionAnswering> {
+        &self.base
     }
 }
 

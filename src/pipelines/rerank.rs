@@ -7,7 +7,6 @@
 
 use std::path::Path;
 
-use candle_core::Device;
 use serde::{Deserialize, Serialize};
 use tokenizers::Encoding;
 
@@ -17,8 +16,10 @@ use crate::loading::json::read_json;
 use crate::models::auto::AutoModelForSequenceClassification;
 use crate::models::config::ModelConfig;
 use crate::models::pretrained::{LoadOptions, Pretrained};
-use crate::pipelines::{classification_logits, encode_all, Pipeline, QueryDocuments};
-use crate::tokenizer::{EncodeOptions, TextInput, Tokenizer};
+use crate::pipelines::{
+    encode_all, BatchOptions, Pipeline, PipelineBase, QueryDocuments, Truncation, TruncationOptions,
+};
+use crate::tokenizer::TextInput;
 
 /// `CrossEncoder.predict`'s batch size.
 const CROSS_ENCODER_BATCH_SIZE: usize = 32;
@@ -58,8 +59,16 @@ impl CrossEncoderActivation {
         // falls back to the default for the others; we do the same.
         match path.filter(|p| p.starts_with("torch.")) {
             Some(path) => Self::from_torch_path(&path),
-            None if config.num_labels() == 1 => Ok(Self::Sigmoid),
-            None => Ok(Self::Identity),
+            None => Ok(Self::default_for(config)),
+        }
+    }
+
+    /// Sigmoid for one label, Identity for more.
+    fn default_for(config: &ModelConfig) -> Self {
+        if config.num_labels() == 1 {
+            Self::Sigmoid
+        } else {
+            Self::Identity
         }
     }
 
@@ -94,11 +103,10 @@ pub struct RerankOptions {
     pub return_documents: bool,
     /// Pairs per forward pass (32, as sentence-transformers).
     pub batch_size: usize,
-    /// Cut pairs longer than `max_length`, longest text first (sentence-transformers always does).
-    pub truncation: bool,
-    /// The length to cut to; defaults to the model's: the tokenizer's `model_max_length`, at
-    /// most `max_position_embeddings`, as `CrossEncoder.__init__` sets it.
-    pub max_length: Option<usize>,
+    /// Cut pairs longer than `max_length`, longest text first (sentence-transformers always
+    /// does). `max_length: None` is the model's: the tokenizer's `model_max_length`, at most
+    /// `max_position_embeddings`, as `CrossEncoder.__init__` sets it.
+    pub truncation: Truncation,
     /// Overrides the activation the model was saved with.
     pub activation: Option<CrossEncoderActivation>,
 }
@@ -109,8 +117,7 @@ impl Default for RerankOptions {
             top_k: None,
             return_documents: false,
             batch_size: CROSS_ENCODER_BATCH_SIZE,
-            truncation: true,
-            max_length: None,
+            truncation: Truncation::ON,
             activation: None,
         }
     }
@@ -129,28 +136,22 @@ impl RerankOptions {
         self
     }
 
-    /// Pairs per forward pass.
-    pub fn with_batch_size(mut self, batch_size: usize) -> Self {
-        self.batch_size = batch_size;
-        self
-    }
-
-    /// Cut pairs longer than the maximum length (or fail on them, when false).
-    pub fn with_truncation(mut self, truncation: bool) -> Self {
-        self.truncation = truncation;
-        self
-    }
-
-    /// The length, in tokens, to cut pairs to.
-    pub fn with_max_length(mut self, max_length: usize) -> Self {
-        self.max_length = Some(max_length);
-        self
-    }
-
     /// Score with this activation instead of the model's.
     pub fn with_activation(mut self, activation: CrossEncoderActivation) -> Self {
         self.activation = Some(activation);
         self
+    }
+}
+
+impl TruncationOptions for RerankOptions {
+    fn truncation_mut(&mut self) -> &mut Truncation {
+        &mut self.truncation
+    }
+}
+
+impl BatchOptions for RerankOptions {
+    fn batch_size_mut(&mut self) -> &mut usize {
+        &mut self.batch_size
     }
 }
 
@@ -178,31 +179,37 @@ pub struct RerankInput<'a> {
 /// A cross-encoder that scores (query, document) pairs and ranks documents by relevance.
 #[derive(Debug, Clone)]
 pub struct RerankPipeline {
-    model: AutoModelForSequenceClassification,
-    tokenizer: Tokenizer,
-    config: ModelConfig,
+    base: PipelineBase<AutoModelForSequenceClassification>,
     activation: CrossEncoderActivation,
     max_length: usize,
-    device: Device,
 }
 
 impl RerankPipeline {
-    /// Load a cross-encoder (any sequence-classification checkpoint) from a Hub id or folder.
+    /// Load a cross-encoder (any sequence-classification checkpoint) from a Hub id or folder,
+    /// with the activation it was saved with.
     pub fn from_pretrained(model: &str, options: &LoadOptions) -> Result<Self> {
         let pretrained = Pretrained::open(model, &options.hub)?;
-        let config = pretrained.config().clone();
         let config_json = pretrained.source().require("config.json")?;
-        let tokenizer = pretrained.tokenizer()?;
-        let positions = config.max_position_embeddings();
+        let activation = CrossEncoderActivation::for_model(&config_json, pretrained.config())?;
         Ok(Self {
-            model: pretrained.load::<AutoModelForSequenceClassification>(options)?,
-            activation: CrossEncoderActivation::for_model(&config_json, &config)?,
-            max_length: tokenizer
+            activation,
+            ..Self::from_parts(PipelineBase::load(&pretrained, options)?)?
+        })
+    }
+
+    /// Wrap a model already loaded. The activation is the default for its number of labels
+    /// (the one saved in `config.json` is only read by
+    /// [`from_pretrained`](Self::from_pretrained)); [`RerankOptions::with_activation`]
+    /// chooses another.
+    pub fn from_parts(base: PipelineBase<AutoModelForSequenceClassification>) -> Result<Self> {
+        let positions = base.config().max_position_embeddings();
+        Ok(Self {
+            activation: CrossEncoderActivation::default_for(base.config()),
+            max_length: base
+                .tokenizer()
                 .model_max_length()
                 .map_or(positions, |length| length.min(positions)),
-            tokenizer,
-            config,
-            device: options.device.clone(),
+            base,
         })
     }
 
@@ -229,26 +236,19 @@ impl RerankPipeline {
         pairs: &[(&str, &str)],
         options: &RerankOptions,
     ) -> Result<Vec<Encoding>> {
-        let encode = EncodeOptions {
-            truncation: options.truncation,
-            max_length: Some(options.max_length.unwrap_or(self.max_length)),
-            ..EncodeOptions::default()
+        let truncation = Truncation {
+            max_length: Some(options.truncation.max_length.unwrap_or(self.max_length)),
+            ..options.truncation
         };
         let inputs = pairs
             .iter()
             .map(|&(first, second)| TextInput::Pair(first, second));
-        Ok(encode_all(&self.tokenizer, inputs, &encode)?.0)
+        Ok(encode_all(self.base.tokenizer(), inputs, &truncation.encode_options())?.0)
     }
 
     /// Forward, `batch_size` pairs at a time: the head's logits, one row per encoding.
     pub fn logits(&self, encodings: &[Encoding], batch_size: usize) -> Result<Vec<Vec<f32>>> {
-        classification_logits(
-            &self.model,
-            &self.tokenizer,
-            &self.device,
-            encodings,
-            batch_size,
-        )
+        self.base.classification_logits(encodings, batch_size)
     }
 
     /// Postprocess: the activation (the options', else the model's) on every logit.
@@ -262,7 +262,7 @@ impl RerankPipeline {
 
     /// An error unless the model gives one logit per pair, which ranking needs.
     pub fn check_ranks(&self) -> Result<()> {
-        let labels = self.config.num_labels();
+        let labels = self.base.config().num_labels();
         if labels != 1 {
             return Err(Error::InvalidInput(format!(
                 "ranking needs a cross-encoder with one output, this model has {labels} labels: \
@@ -322,6 +322,7 @@ impl Pipeline for RerankPipeline {
     type Options = RerankOptions;
     /// The documents of one query, best first.
     type Output = Vec<RankedDocument>;
+    type Model = AutoModelForSequenceClassification;
 
     fn run_inputs(
         &self,
@@ -334,11 +335,7 @@ impl Pipeline for RerankPipeline {
             .collect()
     }
 
-    fn tokenizer(&self) -> &Tokenizer {
-        &self.tokenizer
-    }
-
-    fn config(&self) -> &ModelConfig {
-        &self.config
+    fn base(&self) -> &PipelineBase<AutoModelForSequenceClassification> {
+        &self.base
     }
 }

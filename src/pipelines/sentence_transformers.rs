@@ -165,11 +165,10 @@ pub(crate) struct SentenceTransformersSetup {
 }
 
 impl SentenceTransformersSetup {
-    /// Read the files of `source`; Dense weights are placed on `device`. A module other than
-    /// Transformer, Pooling, Dense and Normalize is an error naming it: skipping it would give
-    /// other vectors than sentence-transformers does.
-    pub fn read(source: &ModelSource, device: &Device) -> Result<Self> {
-        let mut setup = Self {
+    /// What a model without sentence-transformers files gets: no modules around the
+    /// transformer, no prompts.
+    pub fn plain() -> Self {
+        Self {
             pooling: None,
             include_prompt: true,
             dense: Vec::new(),
@@ -177,7 +176,14 @@ impl SentenceTransformersSetup {
             max_seq_length: None,
             prompts: BTreeMap::new(),
             default_prompt_name: None,
-        };
+        }
+    }
+
+    /// Read the files of `source`; Dense weights are placed on `device`. A module other than
+    /// Transformer, Pooling, Dense and Normalize is an error naming it: skipping it would give
+    /// other vectors than sentence-transformers does.
+    pub fn read(source: &ModelSource, device: &Device) -> Result<Self> {
+        let mut setup = Self::plain();
         let Some(modules_path) = source.get("modules.json")? else {
             tracing::warn!(
                 model = %source.name(),

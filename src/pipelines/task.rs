@@ -182,20 +182,72 @@ pub enum AnyPipeline {
 }
 
 /// Load the pipeline of `task` for `model` (a Hub id or a local folder), as transformers'
-/// `pipeline(task, model=...)` does; `task` takes transformers' names and aliases.
+/// `pipeline(task, model=...)` does. `task` is a [`Task`], or a name: transformers' names and
+/// aliases (`"ner"`, `"sentiment-analysis"`, ...).
 ///
 /// ```no_run
-/// use ferroformers::pipelines::{pipeline, AnyPipeline, Pipeline};
+/// use ferroformers::pipelines::{pipeline, AnyPipeline, Pipeline, Task};
 /// # fn main() -> ferroformers::Result<()> {
 /// let task = std::env::args().nth(1).unwrap_or_else(|| "sentiment-analysis".into());
 /// match pipeline(&task, "distilbert-base-uncased-finetuned-sst-2-english", &Default::default())? {
 ///     AnyPipeline::TextClassification(p) => println!("{:?}", p.run_one("Great!", &Default::default())?),
 ///     other => println!("{} has {} tokens in its vocabulary", other.task(), other.tokenizer().inner().get_vocab_size(true)),
 /// }
+/// let ner = pipeline(Task::TokenClassification, "dslim/bert-base-NER", &Default::default())?;
 /// # Ok(()) }
 /// ```
-pub fn pipeline(task: &str, model: &str, options: &LoadOptions) -> Result<AnyPipeline> {
-    AnyPipeline::load(task.parse()?, model, options)
+pub fn pipeline(task: impl IntoTask, model: &str, options: &LoadOptions) -> Result<AnyPipeline> {
+    Ok(match task.into_task()? {
+        Task::Embeddings => {
+            AnyPipeline::Embeddings(EmbeddingsPipeline::from_pretrained(model, options)?)
+        }
+        Task::FillMask => AnyPipeline::FillMask(FillMaskPipeline::from_pretrained(model, options)?),
+        Task::TextClassification => AnyPipeline::TextClassification(
+            TextClassificationPipeline::from_pretrained(model, options)?,
+        ),
+        Task::TokenClassification => AnyPipeline::TokenClassification(
+            TokenClassificationPipeline::from_pretrained(model, options)?,
+        ),
+        Task::QuestionAnswering => AnyPipeline::QuestionAnswering(
+            QuestionAnsweringPipeline::from_pretrained(model, options)?,
+        ),
+        Task::TextGeneration => {
+            AnyPipeline::TextGeneration(TextGenerationPipeline::from_pretrained(model, options)?)
+        }
+        Task::Rerank => AnyPipeline::Rerank(RerankPipeline::from_pretrained(model, options)?),
+    })
+}
+
+/// What [`pipeline`] takes as its task: a [`Task`], or its name as a string (parsed as
+/// [`Task::from_str`] parses it), so that a task known at compile time cannot be misspelt and
+/// one read at run time needs no parsing first.
+pub trait IntoTask {
+    /// The task, or an error listing the task names.
+    fn into_task(self) -> Result<Task>;
+}
+
+impl IntoTask for Task {
+    fn into_task(self) -> Result<Task> {
+        Ok(self)
+    }
+}
+
+impl IntoTask for &str {
+    fn into_task(self) -> Result<Task> {
+        self.parse()
+    }
+}
+
+impl IntoTask for &String {
+    fn into_task(self) -> Result<Task> {
+        self.parse()
+    }
+}
+
+impl IntoTask for String {
+    fn into_task(self) -> Result<Task> {
+        self.parse()
+    }
 }
 
 macro_rules! accessors {
@@ -221,29 +273,6 @@ macro_rules! accessors {
 }
 
 impl AnyPipeline {
-    /// Load the pipeline of `task` for `model`.
-    pub fn load(task: Task, model: &str, options: &LoadOptions) -> Result<Self> {
-        Ok(match task {
-            Task::Embeddings => {
-                Self::Embeddings(EmbeddingsPipeline::from_pretrained(model, options)?)
-            }
-            Task::FillMask => Self::FillMask(FillMaskPipeline::from_pretrained(model, options)?),
-            Task::TextClassification => Self::TextClassification(
-                TextClassificationPipeline::from_pretrained(model, options)?,
-            ),
-            Task::TokenClassification => Self::TokenClassification(
-                TokenClassificationPipeline::from_pretrained(model, options)?,
-            ),
-            Task::QuestionAnswering => {
-                Self::QuestionAnswering(QuestionAnsweringPipeline::from_pretrained(model, options)?)
-            }
-            Task::TextGeneration => {
-                Self::TextGeneration(TextGenerationPipeline::from_pretrained(model, options)?)
-            }
-            Task::Rerank => Self::Rerank(RerankPipeline::from_pretrained(model, options)?),
-        })
-    }
-
     /// The task this pipeline runs.
     pub fn task(&self) -> Task {
         match self {

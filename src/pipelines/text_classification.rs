@@ -1,7 +1,6 @@
 //! Text classification (sentiment and the like): transformers' `TextClassificationPipeline`.
 //! <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/pipelines/text_classification.py>
 
-use candle_core::Device;
 use serde::Serialize;
 use tokenizers::Encoding;
 
@@ -9,11 +8,12 @@ use crate::error::Result;
 use crate::kernels::host::{sigmoid, softmax};
 use crate::models::auto::AutoModelForSequenceClassification;
 use crate::models::config::{Labels, ModelConfig};
-use crate::models::pretrained::{LoadOptions, Pretrained};
+use crate::models::pretrained::LoadOptions;
 use crate::pipelines::{
-    classification_logits, encode_all, Pipeline, TextOrPair, DEFAULT_BATCH_SIZE,
+    encode_all, BatchOptions, Pipeline, PipelineBase, TextOrPair, Truncation, TruncationOptions,
+    DEFAULT_BATCH_SIZE,
 };
-use crate::tokenizer::{EncodeOptions, TextInput, Tokenizer};
+use crate::tokenizer::TextInput;
 
 /// How logits become scores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,10 +63,9 @@ pub struct TextClassificationOptions {
     pub top_k: Option<usize>,
     /// Overrides the score function the config implies.
     pub function_to_apply: Option<ScoreFunction>,
-    /// Cut inputs longer than `max_length` instead of failing (transformers' default: off).
-    pub truncation: bool,
-    /// The length `truncation` cuts to; `None` is the tokenizer's `model_max_length`.
-    pub max_length: Option<usize>,
+    /// Cut inputs longer than `max_length` instead of failing (transformers' default: off);
+    /// `max_length: None` is the tokenizer's `model_max_length`.
+    pub truncation: Truncation,
     /// Inputs per forward pass.
     pub batch_size: usize,
 }
@@ -76,8 +75,7 @@ impl Default for TextClassificationOptions {
         Self {
             top_k: Some(1),
             function_to_apply: None,
-            truncation: false,
-            max_length: None,
+            truncation: Truncation::OFF,
             batch_size: DEFAULT_BATCH_SIZE,
         }
     }
@@ -95,48 +93,40 @@ impl TextClassificationOptions {
         self.function_to_apply = Some(function);
         self
     }
+}
 
-    /// Cut long inputs (to `max_length` if given, else the model's maximum).
-    pub fn with_truncation(mut self, truncation: bool) -> Self {
-        self.truncation = truncation;
-        self
+impl TruncationOptions for TextClassificationOptions {
+    fn truncation_mut(&mut self) -> &mut Truncation {
+        &mut self.truncation
     }
+}
 
-    /// The length to truncate to.
-    pub fn with_max_length(mut self, max_length: usize) -> Self {
-        self.max_length = Some(max_length);
-        self
-    }
-
-    /// Inputs per forward pass.
-    pub fn with_batch_size(mut self, batch_size: usize) -> Self {
-        self.batch_size = batch_size;
-        self
+impl BatchOptions for TextClassificationOptions {
+    fn batch_size_mut(&mut self) -> &mut usize {
+        &mut self.batch_size
     }
 }
 
 /// transformers' `TextClassificationPipeline` (and `sentiment-analysis`).
 #[derive(Debug, Clone)]
 pub struct TextClassificationPipeline {
-    model: AutoModelForSequenceClassification,
-    tokenizer: Tokenizer,
-    config: ModelConfig,
+    base: PipelineBase<AutoModelForSequenceClassification>,
     labels: Labels,
     function: ScoreFunction,
-    device: Device,
 }
 
 impl TextClassificationPipeline {
     /// Load `model` (a Hub id or a local folder).
     pub fn from_pretrained(model: &str, options: &LoadOptions) -> Result<Self> {
-        let pretrained = Pretrained::open(model, &options.hub)?;
+        Self::from_parts(PipelineBase::from_pretrained(model, options)?)
+    }
+
+    /// Wrap a model already loaded; the labels and the score function come from its config.
+    pub fn from_parts(base: PipelineBase<AutoModelForSequenceClassification>) -> Result<Self> {
         Ok(Self {
-            model: pretrained.load::<AutoModelForSequenceClassification>(options)?,
-            tokenizer: pretrained.tokenizer()?,
-            config: pretrained.config().clone(),
-            labels: pretrained.config().id2label().clone(),
-            function: ScoreFunction::for_config(pretrained.config()),
-            device: options.device.clone(),
+            labels: base.config().id2label().clone(),
+            function: ScoreFunction::for_config(base.config()),
+            base,
         })
     }
 
@@ -146,23 +136,13 @@ impl TextClassificationPipeline {
         inputs: &[TextInput<'_>],
         options: &TextClassificationOptions,
     ) -> Result<Vec<Encoding>> {
-        let encode = EncodeOptions {
-            truncation: options.truncation,
-            max_length: options.max_length,
-            ..EncodeOptions::default()
-        };
-        Ok(encode_all(&self.tokenizer, inputs.iter().copied(), &encode)?.0)
+        let encode = options.truncation.encode_options();
+        Ok(encode_all(self.base.tokenizer(), inputs.iter().copied(), &encode)?.0)
     }
 
     /// Forward, `batch_size` inputs at a time: the head's logits, one row per encoding.
     pub fn logits(&self, encodings: &[Encoding], batch_size: usize) -> Result<Vec<Vec<f32>>> {
-        classification_logits(
-            &self.model,
-            &self.tokenizer,
-            &self.device,
-            encodings,
-            batch_size,
-        )
+        self.base.classification_logits(encodings, batch_size)
     }
 
     /// Postprocess: the score function (the options', else the config's), then the labels
@@ -200,6 +180,7 @@ impl Pipeline for TextClassificationPipeline {
     type Options = TextClassificationOptions;
     /// The classes of one input, best first.
     type Output = Vec<LabelScore>;
+    type Model = AutoModelForSequenceClassification;
 
     fn run_inputs(
         &self,
@@ -211,11 +192,7 @@ impl Pipeline for TextClassificationPipeline {
         Ok(self.labels(&logits, options))
     }
 
-    fn tokenizer(&self) -> &Tokenizer {
-        &self.tokenizer
-    }
-
-    fn config(&self) -> &ModelConfig {
-        &self.config
+    fn base(&self) -> &PipelineBase<AutoModelForSequenceClassification> {
+        &self.base
     }
 }

@@ -1,7 +1,5 @@
 //! Text generation: transformers' `TextGenerationPipeline` over [`crate::generation`].
 
-use std::ops::ControlFlow;
-
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -9,12 +7,12 @@ use crate::generation::{
     FinishReason, Generated, GenerationConfig, GenerationStream, Generator, StreamToken,
     TokenLogprob,
 };
-use crate::models::config::ModelConfig;
 use crate::models::gpt2::Gpt2LMHeadModel;
 use crate::models::pretrained::{LoadOptions, Pretrained};
-use crate::pipelines::chat::ChatTemplate;
-use crate::pipelines::{in_batches, Pipeline, Text};
-use crate::tokenizer::{EncodeOptions, Tokenizer};
+use crate::pipelines::{in_batches, BatchOptions, Pipeline, PipelineBase, Text};
+// From the tokenizer, not from `chat`: chat builds on this pipeline, not the reverse.
+use crate::tokenizer::chat_template::ChatTemplate;
+use crate::tokenizer::EncodeOptions;
 
 /// One generated text, as transformers' pipeline returns it, plus what a server reports:
 /// the new token ids, why generation finished, the token counts and, when asked for, the
@@ -94,23 +92,21 @@ impl TextGenerationOptions {
         self.return_full_text = return_full_text;
         self
     }
+}
 
-    /// How many prompts generate together.
-    pub fn with_batch_size(mut self, batch_size: usize) -> Self {
-        self.batch_size = batch_size;
-        self
+impl BatchOptions for TextGenerationOptions {
+    fn batch_size_mut(&mut self) -> &mut usize {
+        &mut self.batch_size
     }
 }
 
 /// Text generation with a GPT-2 model: owns its model and tokenizer, so it is
-/// `Send + Sync + 'static` and can be shared between threads (and by [`super::Conversation`])
-/// with an `Arc`.
+/// `Send + Sync + 'static` and can be shared between threads (and by a chat's
+/// `Conversation`) with an `Arc`.
 #[derive(Debug, Clone)]
 pub struct TextGenerationPipeline {
-    model: Gpt2LMHeadModel,
-    tokenizer: Tokenizer,
+    base: PipelineBase<Gpt2LMHeadModel>,
     generation_config: GenerationConfig,
-    model_config: ModelConfig,
     /// The model's chat template, or why it could not be read.
     chat_template: std::result::Result<Option<ChatTemplate>, String>,
 }
@@ -129,11 +125,28 @@ impl TextGenerationPipeline {
             None => Ok(None),
         };
         Ok(Self {
-            model: pretrained.load::<Gpt2LMHeadModel>(options)?,
-            tokenizer: pretrained.tokenizer()?,
+            base: PipelineBase::load(&pretrained, options)?,
             generation_config: GenerationConfig::from_source(pretrained.source())?,
-            model_config: pretrained.config().clone(),
             chat_template,
+        })
+    }
+
+    /// Wrap a model already loaded. Its generation settings are the end and pad tokens of
+    /// its config, as transformers' `GenerationConfig.from_model_config` makes them for a
+    /// model without `generation_config.json` (generate with others through
+    /// [`TextGenerationOptions::with_generation`]); chat joins turns as DialoGPT does
+    /// unless [`with_chat_template`](Self::with_chat_template) gives a template.
+    pub fn from_parts(base: PipelineBase<Gpt2LMHeadModel>) -> Result<Self> {
+        let config = base.model().config();
+        let generation_config = GenerationConfig {
+            eos_token_id: config.eos_token_id.into_iter().collect(),
+            pad_token_id: config.pad_token_id,
+            ..GenerationConfig::default()
+        };
+        Ok(Self {
+            base,
+            generation_config,
+            chat_template: Ok(None),
         })
     }
 
@@ -146,11 +159,6 @@ impl TextGenerationPipeline {
     /// The model's generation settings: start from these and override what you need.
     pub fn generation_config(&self) -> &GenerationConfig {
         &self.generation_config
-    }
-
-    /// The model.
-    pub fn model(&self) -> &Gpt2LMHeadModel {
-        &self.model
     }
 
     /// The chat template of `tokenizer_config.json`, if the model has one; an error if it has
@@ -174,41 +182,36 @@ impl TextGenerationPipeline {
         config
     }
 
-    /// Generate from one prompt as an iterator of tokens, one decoding step per item;
-    /// dropping it stops generation. See [`Generator::stream`].
+    /// Generate from one prompt, token by token: an iterator that runs one decoding step per
+    /// item and none ahead, so dropping it (or taking only some items) stops generation;
+    /// [`TextGenerationStream::generated_text`] then gives what [`Pipeline::run`] would
+    /// have returned for it. Greedy or sampled, one sequence: see [`Generator::stream`].
+    ///
+    /// The one streaming call, an iterator rather than a callback: it runs at the caller's
+    /// pace, composes with `take`, `by_ref` and `?`, and is what [`Generator::stream`]
+    /// returns; a callback would be a second way to do the same.
     pub fn stream(
         &self,
         prompt: &str,
         options: &TextGenerationOptions,
-    ) -> Result<GenerationStream<'_, Gpt2LMHeadModel>> {
-        Generator::new(&self.model, &self.tokenizer).stream(prompt, &self.settings(options))
-    }
-
-    /// Generate from one prompt, passing each token to `on_token` as it is chosen;
-    /// [`ControlFlow::Break`] stops generation (see [`Generator::generate_stream`]).
-    pub fn run_streaming(
-        &self,
-        prompt: &str,
-        options: &TextGenerationOptions,
-        on_token: impl FnMut(&StreamToken) -> ControlFlow<()>,
-    ) -> Result<GeneratedText> {
-        let generated = Generator::new(&self.model, &self.tokenizer).generate_stream(
-            prompt,
-            &self.settings(options),
-            on_token,
-        )?;
-        self.to_output(
-            prompt,
-            &self.decoded_prompt(prompt)?,
-            &generated,
-            options.return_full_text,
-        )
+    ) -> Result<TextGenerationStream<'_>> {
+        let tokens = Generator::new(self.base.model(), self.base.tokenizer())
+            .stream(prompt, &self.settings(options))?;
+        Ok(TextGenerationStream {
+            pipeline: self,
+            tokens,
+            prompt: prompt.to_string(),
+            return_full_text: options.return_full_text,
+        })
     }
 
     /// The prompt as the tokenizer decodes it back, which is what the full decode starts with.
     fn decoded_prompt(&self, prompt: &str) -> Result<String> {
-        let prompt_ids = self.tokenizer.encode(prompt, &EncodeOptions::default())?;
-        self.tokenizer.decode(prompt_ids.get_ids(), true)
+        let prompt_ids = self
+            .base
+            .tokenizer()
+            .encode(prompt, &EncodeOptions::default())?;
+        self.base.tokenizer().decode(prompt_ids.get_ids(), true)
     }
 
     /// The pipeline's text, as transformers builds it: the continuation is the full decode
@@ -222,7 +225,7 @@ impl TextGenerationPipeline {
     ) -> Result<GeneratedText> {
         let continuation = match generated.text.get(decoded_prompt.len()..) {
             Some(rest) if generated.text.starts_with(decoded_prompt) => rest.to_string(),
-            _ => self.tokenizer.decode(&generated.token_ids, true)?,
+            _ => self.base.tokenizer().decode(&generated.token_ids, true)?,
         };
         let before = if return_full_text { prompt.len() } else { 0 };
         let stop = generated.stop_string.as_ref().map(|string| StopMatch {
@@ -250,6 +253,7 @@ impl Pipeline for TextGenerationPipeline {
     type Options = TextGenerationOptions;
     /// `num_return_sequences` texts for one prompt.
     type Output = Vec<GeneratedText>;
+    type Model = Gpt2LMHeadModel;
 
     fn run_inputs(
         &self,
@@ -259,9 +263,15 @@ impl Pipeline for TextGenerationPipeline {
         let config = self.settings(options);
         let lengths = prompts
             .iter()
-            .map(|p| Ok(self.tokenizer.encode(*p, &EncodeOptions::default())?.len()))
+            .map(|p| {
+                Ok(self
+                    .base
+                    .tokenizer()
+                    .encode(*p, &EncodeOptions::default())?
+                    .len())
+            })
             .collect::<Result<Vec<_>>>()?;
-        let generator = Generator::new(&self.model, &self.tokenizer);
+        let generator = Generator::new(self.base.model(), self.base.tokenizer());
         in_batches(&lengths, options.batch_size, |indices| {
             let batch: Vec<&str> = indices.iter().map(|&i| prompts[i]).collect();
             let outputs = generator.generate(&batch, &config)?;
@@ -279,11 +289,42 @@ impl Pipeline for TextGenerationPipeline {
         })
     }
 
-    fn tokenizer(&self) -> &Tokenizer {
-        &self.tokenizer
+    fn base(&self) -> &PipelineBase<Gpt2LMHeadModel> {
+        &self.base
     }
+}
 
-    fn config(&self) -> &ModelConfig {
-        &self.model_config
+/// Generation from one prompt as an iterator of [`StreamToken`]s, made by
+/// [`TextGenerationPipeline::stream`]: each `next()` runs one decoding step (the first also
+/// reads the prompt); dropping it stops generation. An error ends it.
+#[derive(Debug)]
+pub struct TextGenerationStream<'a> {
+    pipeline: &'a TextGenerationPipeline,
+    tokens: GenerationStream<'a, Gpt2LMHeadModel>,
+    prompt: String,
+    return_full_text: bool,
+}
+
+impl TextGenerationStream<'_> {
+    /// The result so far, as the pipeline's `run` gives it: the whole text once the stream
+    /// has ended, or what was generated before the caller stopped, with
+    /// [`FinishReason::Cancelled`].
+    pub fn generated_text(&self) -> Result<GeneratedText> {
+        let generated = self.tokens.generated()?;
+        let decoded_prompt = self.pipeline.decoded_prompt(&self.prompt)?;
+        self.pipeline.to_output(
+            &self.prompt,
+            &decoded_prompt,
+            &generated,
+            self.return_full_text,
+        )
+    }
+}
+
+impl Iterator for TextGenerationStream<'_> {
+    type Item = Result<StreamToken>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.tokens.next()
     }
 }

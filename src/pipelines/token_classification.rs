@@ -5,17 +5,18 @@
 
 use std::str::FromStr;
 
-use candle_core::Device;
 use serde::Serialize;
 use tokenizers::Encoding;
 
 use crate::error::{Error, Result};
 use crate::kernels::host::{argmax, softmax};
 use crate::models::auto::AutoModelForTokenClassification;
-use crate::models::config::{Labels, ModelConfig};
-use crate::models::pretrained::{LoadOptions, Pretrained};
-use crate::pipelines::{batch_input, in_batches, rows_to_host, Pipeline, Text, DEFAULT_BATCH_SIZE};
-use crate::tokenizer::{EncodeOptions, Tokenizer};
+use crate::models::config::Labels;
+use crate::models::pretrained::LoadOptions;
+use crate::pipelines::{
+    in_batches, rows_to_host, BatchOptions, Pipeline, PipelineBase, Text, Truncation,
+    TruncationOptions, DEFAULT_BATCH_SIZE,
+};
 
 /// How token predictions become entities.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -85,10 +86,9 @@ pub struct TokenClassificationOptions {
     pub ignore_labels: Vec<String>,
     /// Cut texts at `max_length` tokens (transformers does whenever the tokenizer knows its
     /// `model_max_length`). With `stride` set, the rest is not dropped but runs in further
-    /// windows.
-    pub truncation: bool,
-    /// Tokens per window or truncated text; `None` is the tokenizer's `model_max_length`.
-    pub max_length: Option<usize>,
+    /// windows. `max_length` is also the length of those windows; `None` is the tokenizer's
+    /// `model_max_length`.
+    pub truncation: Truncation,
     /// Run texts longer than `max_length` in overlapping windows that share `stride` tokens,
     /// and merge the windows' entities as transformers does. Needs an aggregation strategy
     /// other than `None`.
@@ -102,8 +102,7 @@ impl Default for TokenClassificationOptions {
         Self {
             aggregation_strategy: AggregationStrategy::None,
             ignore_labels: vec!["O".to_string()],
-            truncation: true,
-            max_length: None,
+            truncation: Truncation::ON,
             stride: None,
             batch_size: DEFAULT_BATCH_SIZE,
         }
@@ -123,28 +122,22 @@ impl TokenClassificationOptions {
         self
     }
 
-    /// Cut texts at `max_length` tokens (or not, failing on texts the model cannot take).
-    pub fn with_truncation(mut self, truncation: bool) -> Self {
-        self.truncation = truncation;
-        self
-    }
-
-    /// Tokens per window or truncated text.
-    pub fn with_max_length(mut self, max_length: usize) -> Self {
-        self.max_length = Some(max_length);
-        self
-    }
-
     /// Overlapping windows sharing `stride` tokens over long texts.
     pub fn with_stride(mut self, stride: usize) -> Self {
         self.stride = Some(stride);
         self
     }
+}
 
-    /// Windows per forward pass.
-    pub fn with_batch_size(mut self, batch_size: usize) -> Self {
-        self.batch_size = batch_size;
-        self
+impl TruncationOptions for TokenClassificationOptions {
+    fn truncation_mut(&mut self) -> &mut Truncation {
+        &mut self.truncation
+    }
+}
+
+impl BatchOptions for TokenClassificationOptions {
+    fn batch_size_mut(&mut self) -> &mut usize {
+        &mut self.batch_size
     }
 }
 
@@ -173,23 +166,21 @@ struct Labeled {
 /// transformers' `TokenClassificationPipeline` (`ner`).
 #[derive(Debug, Clone)]
 pub struct TokenClassificationPipeline {
-    model: AutoModelForTokenClassification,
-    tokenizer: Tokenizer,
-    config: ModelConfig,
+    base: PipelineBase<AutoModelForTokenClassification>,
     labels: Labels,
-    device: Device,
 }
 
 impl TokenClassificationPipeline {
     /// Load `model` (a Hub id or a local folder).
     pub fn from_pretrained(model: &str, options: &LoadOptions) -> Result<Self> {
-        let pretrained = Pretrained::open(model, &options.hub)?;
+        Self::from_parts(PipelineBase::from_pretrained(model, options)?)
+    }
+
+    /// Wrap a model already loaded; the labels come from its config.
+    pub fn from_parts(base: PipelineBase<AutoModelForTokenClassification>) -> Result<Self> {
         Ok(Self {
-            model: pretrained.load::<AutoModelForTokenClassification>(options)?,
-            tokenizer: pretrained.tokenizer()?,
-            config: pretrained.config().clone(),
-            labels: pretrained.config().id2label().clone(),
-            device: options.device.clone(),
+            labels: base.config().id2label().clone(),
+            base,
         })
     }
 
@@ -205,23 +196,30 @@ impl TokenClassificationPipeline {
                          lower still for the special tokens"
                     )));
                 }
-                self.tokenizer.encode_windows(text, max_length, stride)
+                self.base
+                    .tokenizer()
+                    .encode_windows(text, max_length, stride)
             }
             None => {
-                let encode = EncodeOptions {
-                    truncation: options.truncation && self.window_length(options).is_ok(),
-                    max_length: options.max_length,
-                    ..EncodeOptions::default()
+                // With no length to cut at (no max_length, no model_max_length) texts stay
+                // whole, as transformers' tokenizer leaves them.
+                let truncation = Truncation {
+                    enabled: options.truncation.enabled && self.window_length(options).is_ok(),
+                    ..options.truncation
                 };
-                Ok(vec![self.tokenizer.encode(text, &encode)?])
+                Ok(vec![self
+                    .base
+                    .tokenizer()
+                    .encode(text, &truncation.encode_options())?])
             }
         }
     }
 
     fn window_length(&self, options: &TokenClassificationOptions) -> Result<usize> {
         options
+            .truncation
             .max_length
-            .or(self.tokenizer.model_max_length())
+            .or(self.base.tokenizer().model_max_length())
             .ok_or_else(|| {
                 Error::InvalidInput(
                     "stride needs a max_length: the tokenizer config sets no model_max_length"
@@ -273,8 +271,9 @@ impl TokenClassificationPipeline {
         logits: &[Vec<f32>],
     ) -> Vec<PreEntity> {
         let chars: Vec<char> = text.chars().collect();
-        let word_aware = self.tokenizer.continuing_subword_prefix().is_some();
-        let unk = self.tokenizer.unk_id();
+        let tokenizer = self.base.tokenizer();
+        let word_aware = tokenizer.continuing_subword_prefix().is_some();
+        let unk = tokenizer.unk_id();
         let mut pre_entities = Vec::new();
         for (index, (&id, token_logits)) in encoding.get_ids().iter().zip(logits).enumerate() {
             if encoding.get_special_tokens_mask()[index] == 1 {
@@ -284,7 +283,7 @@ impl TokenClassificationPipeline {
             let word_ref: String = chars[start.min(chars.len())..end.min(chars.len())]
                 .iter()
                 .collect();
-            let mut word = self.tokenizer.id_to_token(id).unwrap_or_default();
+            let mut word = tokenizer.id_to_token(id).unwrap_or_default();
             let mut is_subword = if word_aware {
                 // Python compares lengths in code points.
                 word.chars().count() != word_ref.chars().count()
@@ -377,7 +376,7 @@ impl TokenClassificationPipeline {
             entity: self.labels.name(best),
             score: scores[best],
             index: tokens[0].index,
-            word: self.tokenizer.convert_tokens_to_string(&pieces)?,
+            word: self.base.tokenizer().convert_tokens_to_string(&pieces)?,
             start: tokens[0].start,
             end: tokens[tokens.len() - 1].end,
         })
@@ -412,7 +411,7 @@ impl TokenClassificationPipeline {
             entity_group: Some(tag),
             score: group.iter().map(|e| e.score).sum::<f32>() / group.len() as f32,
             index: None,
-            word: self.tokenizer.convert_tokens_to_string(&pieces)?,
+            word: self.base.tokenizer().convert_tokens_to_string(&pieces)?,
             start: group[0].start,
             end: group[group.len() - 1].end,
         })
@@ -424,6 +423,7 @@ impl Pipeline for TokenClassificationPipeline {
     type Options = TokenClassificationOptions;
     /// The entities of one text.
     type Output = Vec<Entity>;
+    type Model = AutoModelForTokenClassification;
 
     fn run_inputs(
         &self,
@@ -448,8 +448,8 @@ impl Pipeline for TokenClassificationPipeline {
         let lengths: Vec<usize> = windows.iter().map(Encoding::len).collect();
         // Forward.
         let logits = in_batches(&lengths, options.batch_size, |indices| {
-            let input = batch_input(&self.tokenizer, &windows, indices, &self.device)?;
-            let logits = self.model.forward(&input)?;
+            let input = self.base.batch_input(&windows, indices)?;
+            let logits = self.base.model().forward(&input)?;
             let labels = logits.dim(2)?;
             Ok(rows_to_host(&logits)?
                 .into_iter()
@@ -476,12 +476,8 @@ impl Pipeline for TokenClassificationPipeline {
             .collect())
     }
 
-    fn tokenizer(&self) -> &Tokenizer {
-        &self.tokenizer
-    }
-
-    fn config(&self) -> &ModelConfig {
-        &self.config
+    fn base(&self) -> &PipelineBase<AutoModelForTokenClassification> {
+        &self.base
     }
 }
 

@@ -7,6 +7,7 @@ use ferroformers::pipelines::{
     AggregationStrategy, EmbeddingsOptions, EmbeddingsPipeline, FillMaskOptions, FillMaskPipeline,
     Pipeline, QuestionAnsweringOptions, QuestionAnsweringPipeline, TextClassificationOptions,
     TextClassificationPipeline, TokenClassificationOptions, TokenClassificationPipeline,
+    Truncation as TruncationSettings,
 };
 use ferroformers::Pooling;
 
@@ -143,7 +144,10 @@ pub fn embed(common: &Common, args: EmbedArgs, out: &mut impl Write) -> Result<(
             CliPooling::Max => Pooling::Max,
         }),
         normalize_embeddings: args.normalize,
-        max_length: args.max_length,
+        truncation: TruncationSettings {
+            max_length: args.max_length,
+            ..TruncationSettings::ON
+        },
         batch_size: args.batching.batch_size,
         ..EmbeddingsOptions::default()
     };
@@ -173,8 +177,10 @@ pub fn fill_mask(common: &Common, args: FillMaskArgs, out: &mut impl Write) -> R
     let pipeline = FillMaskPipeline::from_pretrained(common.model(), &common.load_options()?)?;
     let options = FillMaskOptions {
         top_k: args.top_k,
-        truncation: args.truncation.truncation,
-        max_length: args.truncation.max_length,
+        truncation: TruncationSettings {
+            enabled: args.truncation.truncation,
+            max_length: args.truncation.max_length,
+        },
         batch_size: args.batching.batch_size,
         ..FillMaskOptions::default()
     };
@@ -203,8 +209,10 @@ pub fn classify(common: &Common, args: ClassifyArgs, out: &mut impl Write) -> Re
         TextClassificationPipeline::from_pretrained(common.model(), &common.load_options()?)?;
     let options = TextClassificationOptions {
         top_k: args.top_k,
-        truncation: args.truncation.truncation,
-        max_length: args.truncation.max_length,
+        truncation: TruncationSettings {
+            enabled: args.truncation.truncation,
+            max_length: args.truncation.max_length,
+        },
         batch_size: args.batching.batch_size,
         ..TextClassificationOptions::default()
     };
@@ -235,7 +243,10 @@ pub fn ner(common: &Common, args: NerArgs, out: &mut impl Write) -> Result<()> {
             CliAggregation::Average => AggregationStrategy::Average,
             CliAggregation::Max => AggregationStrategy::Max,
         },
-        max_length: args.max_length,
+        truncation: TruncationSettings {
+            max_length: args.max_length,
+            ..TruncationSettings::ON
+        },
         stride: args.stride,
         batch_size: args.batching.batch_size,
         ..TokenClassificationOptions::default()

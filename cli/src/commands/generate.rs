@@ -1,7 +1,6 @@
 //! The text generation commands: `generate` and `chat`.
 
 use std::io::{BufRead, Write};
-use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use clap::Args;
@@ -164,19 +163,11 @@ fn stream(
     for prompt in prompts {
         write!(out, "{prompt}")?;
         out.flush()?;
-        let mut failed = None;
-        pipeline.run_streaming(prompt, options, |token| {
-            match write!(out, "{}", token.text).and_then(|()| out.flush()) {
-                Ok(()) => ControlFlow::Continue(()),
-                // A closed stdout: stop generating, not only printing.
-                Err(error) => {
-                    failed = Some(error);
-                    ControlFlow::Break(())
-                }
-            }
-        })?;
-        if let Some(error) = failed {
-            return Err(error.into());
+        // A closed stdout ends the loop, and dropping the stream stops generating, not only
+        // printing.
+        for token in pipeline.stream(prompt, options)? {
+            write!(out, "{}", token?.text)?;
+            out.flush()?;
         }
         writeln!(out)?;
     }

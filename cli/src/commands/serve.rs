@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::builder::{PossibleValue, TypedValueParser};
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::Args;
-use ferroformers::pipelines::{AnyPipeline, Task};
+use ferroformers::pipelines::{pipeline, AnyPipeline, Task};
 use ferroformers_server::{shutdown_signal, Server, ServerConfig};
 
 use crate::args::at_least_one;
@@ -257,7 +257,7 @@ pub fn serve(common: &Common, args: ServeArgs, out: &mut impl Write) -> Result<(
     };
     let name = TaskChoice::name(task, args.task.require_chat_template);
     tracing::info!(task = name, reason = %why, "serving {model}");
-    let pipeline = AnyPipeline::load(task, model, &load)?;
+    let pipeline = pipeline(task, model, &load)?;
     if args.task.require_chat_template {
         check_chat_template(model, &pipeline)?;
     }

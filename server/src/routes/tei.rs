@@ -16,7 +16,7 @@ use ferroformers::models::pooling::Pooling;
 use ferroformers::pipelines::rerank::ranked;
 use ferroformers::pipelines::{
     AnyPipeline, CrossEncoderActivation, EmbeddingsOptions, Pipeline, Prompt, RerankOptions,
-    ScoreFunction, TextClassificationOptions,
+    ScoreFunction, TextClassificationOptions, Truncation,
 };
 use ferroformers::tokenizer::{EncodeOptions, TextInput};
 
@@ -135,8 +135,10 @@ pub(crate) async fn embed_texts(
         state.check_client_batch(texts.len())?;
         let counts = state.count_tokens(&texts, truncate)?;
         let options = EmbeddingsOptions {
-            truncation: truncate,
-            max_length: state.config.max_input_length,
+            truncation: Truncation {
+                enabled: truncate,
+                max_length: state.config.max_input_length,
+            },
             prompt,
             ..EmbeddingsOptions::default()
         };
@@ -187,8 +189,10 @@ pub(crate) async fn rerank(
     right_only(&request.truncation_direction)?;
     let options = RerankOptions {
         return_documents: request.return_text,
-        truncation: request.truncate,
-        max_length: state.config.max_input_length,
+        truncation: Truncation {
+            enabled: request.truncate,
+            max_length: state.config.max_input_length,
+        },
         activation: request
             .raw_scores
             .then_some(CrossEncoderActivation::Identity),
@@ -290,8 +294,10 @@ pub(crate) async fn predict(
     let Json(request) = body?;
     right_only(&request.truncation_direction)?;
     let mut options = TextClassificationOptions {
-        truncation: request.truncate,
-        max_length: state.config.max_input_length,
+        truncation: Truncation {
+            enabled: request.truncate,
+            max_length: state.config.max_input_length,
+        },
         ..TextClassificationOptions::default()
     }
     .with_top_k(None);

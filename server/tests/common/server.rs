@@ -8,7 +8,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use ferroformers::pipelines::AnyPipeline;
+use ferroformers::pipelines::{pipeline, AnyPipeline};
 use ferroformers::{LoadOptions, Task};
 use ferroformers_server::{Server, ServerConfig};
 use serde_json::Value;
@@ -160,7 +160,7 @@ pub fn config() -> ServerConfig {
 }
 
 pub fn load(task: Task, name: &str) -> AnyPipeline {
-    AnyPipeline::load(task, &fixture_model(name), &LoadOptions::default()).expect("fixture loads")
+    pipeline(task, &fixture_model(name), &LoadOptions::default()).expect("fixture loads")
 }
 
 pub fn client() -> Agent {
