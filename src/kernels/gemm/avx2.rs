@@ -6,9 +6,10 @@
 use std::arch::x86_64::*;
 
 use super::pack::INT8_PANEL_ROW;
-use super::{
-    prefetch_distance, Ahead, Target, AHEAD_STEP, INT8_PAIRS_PER_SUM, MR, NR, ROW_STREAMS,
+use super::tile::{
+    prefetch_distance, Ahead, Target, AHEAD_STEP, INT8_PAIRS_PER_SUM, MR, ROW_STREAMS,
 };
+use super::NR;
 
 /// [`quantize_pairs`] on AVX2, 16 values at a time: it runs before every int8 product, on
 /// one core while the others wait (scalar, 3072 inputs took ~3.5 µs).
