@@ -3,6 +3,7 @@
 
 pub mod auto;
 pub mod bert;
+pub mod cache;
 pub mod config;
 pub mod distilbert;
 pub mod gpt2;
