@@ -64,14 +64,13 @@ pub use models::bert::{
     BertConfig, BertForMaskedLM, BertForQuestionAnswering, BertForSequenceClassification,
     BertForTokenClassification, BertModel,
 };
+pub use models::cache::{DecoderCache, KvCache};
 pub use models::config::{Labels, ModelConfig};
 pub use models::distilbert::{
     DistilBertConfig, DistilBertForMaskedLM, DistilBertForQuestionAnswering,
     DistilBertForSequenceClassification, DistilBertForTokenClassification, DistilBertModel,
 };
-pub use models::gpt2::{
-    Gpt2Config, Gpt2ForSequenceClassification, Gpt2LMHeadModel, Gpt2Model, KvCache,
-};
+pub use models::gpt2::{Gpt2Config, Gpt2ForSequenceClassification, Gpt2LMHeadModel, Gpt2Model};
 pub use models::pooling::{l2_normalize, Pooling};
 pub use models::pretrained::{FromPretrained, LoadOptions, Pretrained};
 pub use models::roberta::{

@@ -258,6 +258,8 @@ fn each_sequence_of_the_batch_gets_its_solo_stream() {
 struct DefaultDecoding<'a>(&'a Gpt2LMHeadModel);
 
 impl CausalLM for DefaultDecoding<'_> {
+    type Cache = KvCache;
+
     fn forward(
         &self,
         input_ids: &Tensor,

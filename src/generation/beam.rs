@@ -3,14 +3,15 @@
 //! penalty, the same early-stopping heuristic, and scores in f32.
 //! <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/generation/utils.py#L3113>
 //!
-//! The KV cache follows the beams with [`crate::KvCache::reorder`], which copies only the rows
-//! whose beam changed parent.
+//! The cache follows the beams with [`DecoderCache::reorder`] ([`crate::KvCache`]'s copies only
+//! the rows whose beam changed parent).
 
 use crate::error::Result;
 use crate::generation::processors::processors_for;
 use crate::generation::stop::StopStrings;
 use crate::generation::{CausalLM, EarlyStopping, GenerationConfig, PromptBatch};
 use crate::kernels::host::log_softmax;
+use crate::models::cache::DecoderCache;
 
 /// transformers' stand-in for "impossible" in beam scores.
 const IMPOSSIBLE: f32 = -1.0e9;

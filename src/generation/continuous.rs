@@ -14,7 +14,6 @@ use crate::error::{Error, Result};
 use crate::generation::search::Chooser;
 use crate::generation::stream::stream_token;
 use crate::generation::{CausalLM, GenerationConfig, Generator, StreamToken, TokenStream};
-use crate::models::gpt2::KvCache;
 use crate::tokenizer::Tokenizer;
 
 /// Names a sequence of a [`ContinuousBatcher`]; never reused by the same batcher.
@@ -60,9 +59,9 @@ pub struct ContinuousBatcher<'a, M: CausalLM> {
     model: &'a M,
     tokenizer: &'a Tokenizer,
     /// Added since the last step: their prompts are read at the next one.
-    joining: Vec<Sequence<'a>>,
+    joining: Vec<Sequence<'a, M>>,
     /// Each with its newest token not yet in its cache.
-    running: Vec<Sequence<'a>>,
+    running: Vec<Sequence<'a, M>>,
     next_id: u64,
 }
 
@@ -75,17 +74,17 @@ impl<M: CausalLM> std::fmt::Debug for ContinuousBatcher<'_, M> {
     }
 }
 
-/// One sequence of the batcher.
-struct Sequence<'a> {
+/// One sequence of the batcher, with its own cache.
+struct Sequence<'a, M: CausalLM> {
     id: SequenceId,
     /// The prompt, then the new tokens.
     tokens: Vec<u32>,
     chooser: Chooser<'a>,
     text: TokenStream<'a>,
-    cache: KvCache,
+    cache: M::Cache,
 }
 
-impl Sequence<'_> {
+impl<M: CausalLM> Sequence<'_, M> {
     /// Choose the next token from the model's `scores`, and say what it completes.
     fn advance(&mut self, scores: Vec<f32>) -> Result<StreamToken> {
         let (token, logits) = self.chooser.choose(&self.tokens, scores, true);
@@ -186,12 +185,15 @@ impl<'a, M: CausalLM> ContinuousBatcher<'a, M> {
     }
 
     /// The next-token scores of every sequence in `running`, from one forward pass.
-    fn decode(&self, mut running: Vec<Sequence<'a>>) -> Result<Vec<(Sequence<'a>, Vec<f32>)>> {
+    fn decode(
+        &self,
+        mut running: Vec<Sequence<'a, M>>,
+    ) -> Result<Vec<(Sequence<'a, M>, Vec<f32>)>> {
         let newest = running
             .iter()
             .map(|sequence| sequence.tokens.last().copied().ok_or_else(no_scores))
             .collect::<Result<Vec<u32>>>()?;
-        let mut caches: Vec<&mut KvCache> = running
+        let mut caches: Vec<&mut M::Cache> = running
             .iter_mut()
             .map(|sequence| &mut sequence.cache)
             .collect();
@@ -205,7 +207,7 @@ impl<'a, M: CausalLM> ContinuousBatcher<'a, M> {
     /// Report `token` of `sequence`, which runs on unless it ended or failed.
     fn settle(
         &mut self,
-        sequence: Sequence<'a>,
+        sequence: Sequence<'a, M>,
         token: Result<StreamToken>,
         tokens: &mut Vec<SequenceToken>,
     ) {

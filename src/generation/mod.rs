@@ -50,22 +50,28 @@ pub use search::sample_index;
 pub use stream::{GenerationStream, TokenStream};
 
 use crate::error::{Error, Result};
-use crate::models::gpt2::{Gpt2LMHeadModel, KvCache};
+use crate::models::cache::{DecoderCache, KvCache};
+use crate::models::gpt2::Gpt2LMHeadModel;
 use crate::tokenizer::{EncodeOptions, Tokenizer};
 use search::Decoder;
 use stop::StopStrings;
 
-/// A decoder that predicts the next token: what generation needs from a model.
+/// A decoder that predicts the next token: what generation needs from a model. The search,
+/// beams and continuous batching are generic over it, and so over its [`CausalLM::Cache`].
 pub trait CausalLM {
+    /// What the model keeps of past positions between forward passes: a [`KvCache`] for a
+    /// decoder whose layers cache keys and values, or a type of the model's own.
+    type Cache: DecoderCache;
+
     /// Logits of the new tokens, (batch, new, vocab); see [`Gpt2LMHeadModel::forward`].
     fn forward(
         &self,
         input_ids: &Tensor,
         attention_mask: Option<&Tensor>,
-        cache: Option<&mut KvCache>,
+        cache: Option<&mut Self::Cache>,
     ) -> Result<Tensor>;
-    /// An empty KV cache for this model.
-    fn new_cache(&self) -> KvCache;
+    /// An empty cache for this model.
+    fn new_cache(&self) -> Self::Cache;
     /// Prompt plus new tokens may not exceed this.
     fn max_positions(&self) -> usize;
     /// Where the model's weights live.
@@ -77,7 +83,7 @@ pub trait CausalLM {
         &self,
         input: &[Vec<u32>],
         mask: &[Vec<u32>],
-        cache: &mut KvCache,
+        cache: &mut Self::Cache,
     ) -> Result<Vec<Vec<f32>>> {
         let device = self.device();
         let ids = to_tensor(input, device)?;
@@ -93,7 +99,11 @@ pub trait CausalLM {
     /// Each row must equal what [`CausalLM::next_token_scores`] gives that sequence alone (the
     /// [`ContinuousBatcher`] relies on it). This default runs the sequences one after the
     /// other; a model overrides it to share its weight products among them.
-    fn decode_scores(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Vec<Vec<f32>>> {
+    fn decode_scores(
+        &self,
+        tokens: &[u32],
+        caches: &mut [&mut Self::Cache],
+    ) -> Result<Vec<Vec<f32>>> {
         if tokens.len() != caches.len() {
             return Err(Error::InvalidInput(format!(
                 "a decoding step takes one token per cache: {} tokens, {} caches",
@@ -114,7 +124,7 @@ pub trait CausalLM {
         &self,
         input_ids: &Tensor,
         attention_mask: Option<&Tensor>,
-        cache: Option<&mut KvCache>,
+        cache: Option<&mut Self::Cache>,
     ) -> Result<Tensor> {
         let logits = self.forward(input_ids, attention_mask, cache)?;
         let last = logits.dim(1)? - 1;
@@ -123,6 +133,8 @@ pub trait CausalLM {
 }
 
 impl CausalLM for Gpt2LMHeadModel {
+    type Cache = KvCache;
+
     fn forward(
         &self,
         input_ids: &Tensor,

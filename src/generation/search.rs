@@ -15,7 +15,6 @@ use crate::generation::{
     CausalLM, FinishReason, GenerationConfig, PromptBatch, TokenLogprob, TopLogprob,
 };
 use crate::kernels::host::{argmax, log_softmax, softmax};
-use crate::models::gpt2::KvCache;
 
 /// The random generator of a sampling run: seeded when the config has a seed.
 pub(crate) fn rng(config: &GenerationConfig) -> StdRng {
@@ -188,7 +187,7 @@ pub(crate) struct Decoder<'a, M: CausalLM> {
     mask: Vec<Vec<u32>>,
     /// Why each row finished, and its length then; `None` while it runs.
     finished: Vec<Option<(FinishReason, usize)>>,
-    cache: KvCache,
+    cache: M::Cache,
     /// The tokens not yet in the cache.
     input: Vec<Vec<u32>>,
 }

@@ -15,6 +15,7 @@ use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::models::cache::{KvCache, LayerKv};
 use crate::models::config::Labels;
 use crate::models::layers::{
     require_divisible, require_positive, Activation, Embedding, LayerNorm, Linear,
@@ -122,154 +123,6 @@ fn conv1d(vb: ModelWeights, in_dim: usize, out_dim: usize) -> Result<Linear> {
         Some(vb.get(out_dim, "bias")?),
         vb.weight_type(),
     )
-}
-
-/// Keys and values of every layer, kept between decoding steps.
-///
-/// Each layer's buffer is allocated with room to spare and filled in place, so a decoding step
-/// writes only its new positions; the buffer grows by doubling when full.
-#[derive(Debug, Clone)]
-pub struct KvCache {
-    layers: Vec<LayerKv>,
-}
-
-#[derive(Debug, Clone, Default)]
-struct LayerKv {
-    /// (batch, heads, capacity, head_dim) each.
-    keys: Option<Tensor>,
-    values: Option<Tensor>,
-    len: usize,
-}
-
-impl KvCache {
-    /// An empty cache for a model of `n_layer` layers.
-    pub fn new(n_layer: usize) -> Self {
-        Self {
-            layers: vec![LayerKv::default(); n_layer],
-        }
-    }
-
-    /// Number of positions cached.
-    pub fn len(&self) -> usize {
-        self.layers.first().map_or(0, |layer| layer.len)
-    }
-
-    /// True before the first forward and after [`KvCache::reset`].
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Forget the cached positions; the buffers are kept for reuse.
-    pub fn reset(&mut self) {
-        for layer in &mut self.layers {
-            layer.len = 0;
-        }
-    }
-
-    /// Make row `i` of the cache a copy of row `parents[i]`, as beam search needs after each
-    /// step. Only rows whose parent is another row are copied.
-    pub fn reorder(&mut self, parents: &[usize]) -> Result<()> {
-        for layer in &mut self.layers {
-            layer.reorder(parents)?;
-        }
-        Ok(())
-    }
-
-    /// Positions the buffers hold before they must grow.
-    pub fn capacity(&self) -> usize {
-        self.layers
-            .first()
-            .and_then(|layer| layer.keys.as_ref())
-            .map_or(0, |keys| keys.dim(2).unwrap_or(0))
-    }
-
-    /// The batch size the cache holds, if it holds anything.
-    fn batch_size(&self) -> Option<usize> {
-        let layer = self.layers.first()?;
-        layer.keys.as_ref().filter(|_| layer.len > 0)?.dim(0).ok()
-    }
-}
-
-/// Room for this many positions at least, to avoid growing on every early step.
-const MIN_CACHE_CAPACITY: usize = 64;
-
-impl LayerKv {
-    /// Append (batch, heads, new, head_dim) keys and values; return all of them so far.
-    fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
-        let new = k.dim(2)?;
-        let needed = self.len + new;
-        let capacity = self.keys.as_ref().map_or(0, |t| t.dim(2).unwrap_or(0));
-        let same_batch = self
-            .keys
-            .as_ref()
-            .is_some_and(|t| t.dim(0).ok() == k.dim(0).ok());
-        if needed > capacity || !same_batch {
-            let capacity = needed.max(2 * capacity).max(MIN_CACHE_CAPACITY);
-            self.keys = Some(grow(
-                self.keys.as_ref().filter(|_| same_batch),
-                k,
-                self.len,
-                capacity,
-            )?);
-            self.values = Some(grow(
-                self.values.as_ref().filter(|_| same_batch),
-                v,
-                self.len,
-                capacity,
-            )?);
-        }
-        let (keys, values) = match (&self.keys, &self.values) {
-            (Some(keys), Some(values)) => (keys, values),
-            _ => {
-                return Err(Error::InvalidInput(
-                    "the KV cache lost its buffers".to_string(),
-                ))
-            }
-        };
-        keys.slice_set(&k.contiguous()?, 2, self.len)?;
-        values.slice_set(&v.contiguous()?, 2, self.len)?;
-        self.len = needed;
-        Ok((keys.narrow(2, 0, needed)?, values.narrow(2, 0, needed)?))
-    }
-}
-
-impl LayerKv {
-    fn reorder(&mut self, parents: &[usize]) -> Result<()> {
-        for buffer in [&self.keys, &self.values].into_iter().flatten() {
-            let batch = buffer.dim(0)?;
-            if parents.len() != batch || parents.iter().any(|&p| p >= batch) {
-                return Err(Error::InvalidInput(format!(
-                    "cannot reorder a cache of {batch} rows with parents {parents:?}"
-                )));
-            }
-            // Snapshot the source rows first: a row may be both read and overwritten.
-            let moved: Vec<(usize, Tensor)> = parents
-                .iter()
-                .enumerate()
-                .filter(|(row, parent)| row != *parent)
-                .map(|(row, &parent)| Ok((row, buffer.narrow(0, parent, 1)?.copy()?)))
-                .collect::<Result<_>>()?;
-            for (row, source) in moved {
-                buffer.slice_set(&source, 0, row)?;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// A zeroed (batch, heads, capacity, head_dim) buffer shaped like `like`, holding the first
-/// `len` positions of `old`.
-fn grow(old: Option<&Tensor>, like: &Tensor, len: usize, capacity: usize) -> Result<Tensor> {
-    let (batch, heads, _, head_dim) = like.dims4()?;
-    let buffer = Tensor::zeros(
-        (batch, heads, capacity, head_dim),
-        like.dtype(),
-        like.device(),
-    )?;
-    if let Some(old) = old.filter(|_| len > 0) {
-        buffer.slice_set(&old.narrow(2, 0, len)?.contiguous()?, 2, 0)?;
-    }
-    Ok(buffer)
 }
 
 /// `attn`: causal self-attention with the fused `c_attn` projection.
@@ -525,10 +378,10 @@ impl Gpt2Model {
         }
         let past = match cache.as_deref() {
             Some(cache) => {
-                if cache.layers.len() != self.blocks.len() {
+                if cache.num_layers() != self.blocks.len() {
                     return Err(Error::InvalidInput(format!(
                         "the KV cache has {} layers, the model {}",
-                        cache.layers.len(),
+                        cache.num_layers(),
                         self.blocks.len()
                     )));
                 }
@@ -565,7 +418,7 @@ impl Gpt2Model {
             .add(&self.wpe.forward(&position_ids)?)?;
         let mask = attention_bias(mask.as_deref(), past, new, device)?;
         for (i, block) in self.blocks.iter().enumerate() {
-            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            let layer_cache = cache.as_deref_mut().map(|c| c.layer_mut(i));
             hidden = block.forward(&hidden, mask.as_ref(), layer_cache)?;
         }
         self.ln_f.forward(&hidden)
@@ -591,10 +444,10 @@ impl Gpt2Model {
             )));
         }
         for cache in caches.iter() {
-            if cache.layers.len() != self.blocks.len() {
+            if cache.num_layers() != self.blocks.len() {
                 return Err(Error::InvalidInput(format!(
                     "a KV cache has {} layers, the model {}",
-                    cache.layers.len(),
+                    cache.num_layers(),
                     self.blocks.len()
                 )));
             }
@@ -621,10 +474,8 @@ impl Gpt2Model {
             .forward(&ids)?
             .add(&self.wpe.forward(&positions)?)?;
         for (i, block) in self.blocks.iter().enumerate() {
-            let mut layers: Vec<&mut LayerKv> = caches
-                .iter_mut()
-                .map(|cache| &mut cache.layers[i])
-                .collect();
+            let mut layers: Vec<&mut LayerKv> =
+                caches.iter_mut().map(|cache| cache.layer_mut(i)).collect();
             hidden = block.decode_step(&hidden, &mut layers)?;
         }
         self.ln_f.forward(&hidden)

@@ -57,6 +57,8 @@ impl<'a> CountingModel<'a> {
 }
 
 impl CausalLM for CountingModel<'_> {
+    type Cache = KvCache;
+
     fn forward(
         &self,
         input_ids: &Tensor,

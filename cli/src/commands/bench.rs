@@ -9,7 +9,9 @@ use ferroformers::generation::{GenerationConfig, Generator, PromptBatch};
 use ferroformers::kernels::isa::Isa;
 use ferroformers::kernels::{kernel_mode, KernelMode};
 use ferroformers::runtime::benchmark::resident_memory;
-use ferroformers::{AutoModel, DType, Gpt2LMHeadModel, LoadOptions, ModelInput, Tensor, WeightType};
+use ferroformers::{
+    AutoModel, DType, Gpt2LMHeadModel, LoadOptions, ModelInput, Tensor, WeightType,
+};
 use serde::Serialize;
 
 use super::json_line;

@@ -6,9 +6,10 @@
 use std::arch::x86_64::*;
 
 use super::pack::INT8_PANEL_ROW;
-use super::{
-    prefetch_distance, Ahead, Target, AHEAD_STEP, INT8_PAIRS_PER_SUM, MR, NR, ROW_STREAMS,
+use super::tile::{
+    prefetch_distance, Ahead, Target, AHEAD_STEP, INT8_PAIRS_PER_SUM, MR, ROW_STREAMS,
 };
+use super::NR;
 
 /// [`quantize_pairs`] on AVX2, 16 values at a time: it runs before every int8 product, on
 /// one core while the others wait (scalar, 3072 inputs took ~3.5 µs).
@@ -99,8 +100,8 @@ pub(super) fn pack_six_rows(sources: &[&[f32]; MR], panel: &mut [f32]) -> usize 
 
 /// Instantiate the AVX2 micro-kernels for one weight type (`$load` turns 16 packed weights
 /// at a pointer into two f32 registers): the tile kernel, and the one-row kernel over up to
-/// [`ROW_STREAMS`] panels (`$prefetch`: whether it asks for its weights [`PREFETCH_AHEAD`]
-/// bytes early).
+/// [`ROW_STREAMS`] panels (`$prefetch`: whether it asks for its weights `PREFETCH_AHEAD` bytes
+/// early).
 macro_rules! tile_kernels {
     ($avx2:ident, $row:ident, $row_avx2:ident, $ty:ty, $load:expr, $prefetch:expr) => {
         /// The AVX2 micro-kernel: `M` rows of `a` (packed) × one panel of `kc` rows.

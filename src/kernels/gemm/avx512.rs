@@ -16,7 +16,8 @@
 use std::arch::x86_64::*;
 use std::mem::transmute;
 
-use super::{prefetch_distance, Ahead, Target, AHEAD_STEP, NR, ROW_STREAMS};
+use super::tile::{prefetch_distance, Ahead, Target, AHEAD_STEP, ROW_STREAMS};
+use super::NR;
 
 /// `step(p)` for p in 0..steps, asking L2 for one line of `ahead` every [`AHEAD_STEP`] steps
 /// (the AVX2 kernels' scheme, see [`Ahead`]).

@@ -1,7 +1,10 @@
 //! Packing: weights into panels at load time, rows of activations into micro-panels (and
 //! into 16-bit pairs, bf16 pairs or u8 quads) before each product.
 
-use super::{micro_panels, Isa, PackedWeights, Panels, WeightFormat, MR, NR};
+use super::block::micro_panels;
+use super::tile::MR;
+use super::weights::{PackedWeights, Panels, WeightFormat};
+use super::{Isa, NR};
 use crate::runtime::buffer::{Plain, StreamBuffer};
 use rayon::prelude::*;
 

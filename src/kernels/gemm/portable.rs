@@ -2,7 +2,8 @@
 //! writes a stack tile of raw sums (`Target::tile`) that `Block::store` finishes.
 
 use super::pack::{bf16_value, int8_lane, INT8_PANEL_ROW};
-use super::{Target, INT8_PAIRS_PER_SUM, NR};
+use super::tile::{Target, INT8_PAIRS_PER_SUM};
+use super::NR;
 
 /// Portable micro-kernel: `tile[i][j] = Σ_p a[p·mr + i] · w(p, j)`, where `load(row, j)`
 /// reads column j's weight from a panel row.

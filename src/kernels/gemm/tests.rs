@@ -1,6 +1,9 @@
 //! The GEMM against reference products, on every instruction set this CPU has.
 
+use super::block::{micro_panels_of, SHARED_GROUPS, SHARED_ROWS};
 use super::pack::{bf16_value, quantize_pairs};
+use super::tile::{MR, MR_WIDE};
+use super::weights::Panels;
 use super::*;
 
 /// The AVX2 quantizer gives the scalar one's bits: ties (x.5) away from zero, the row's
