@@ -57,7 +57,7 @@ pub use candle_core::{DType, Device, Tensor};
 pub use error::{Error, Result};
 pub use loading::hub::{HubOptions, ModelSource};
 pub use models::auto::{
-    AutoModel, AutoModelForMaskedLM, AutoModelForQuestionAnswering,
+    AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification, AutoModelForTokenClassification,
 };
 pub use models::bert::{
@@ -71,6 +71,7 @@ pub use models::distilbert::{
     DistilBertForSequenceClassification, DistilBertForTokenClassification, DistilBertModel,
 };
 pub use models::gpt2::{Gpt2Config, Gpt2ForSequenceClassification, Gpt2LMHeadModel, Gpt2Model};
+pub use models::llama::{LlamaConfig, LlamaForCausalLM, LlamaModel};
 pub use models::pooling::{l2_normalize, Pooling};
 pub use models::pretrained::{FromPretrained, LoadOptions, Pretrained};
 pub use models::roberta::{

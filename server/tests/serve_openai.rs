@@ -439,7 +439,7 @@ fn chat_equals_the_library_on_the_rendered_template() {
     assert!(body["id"].as_str().unwrap().starts_with("chatcmpl-"));
     // Without max_tokens: until the end token or the end of the context.
     let prompt_tokens = token_count(&pipeline, &prompt);
-    let context = pipeline.model().config().n_positions;
+    let context = pipeline.model().max_positions();
     let mut sampling = Sampling::greedy(context - prompt_tokens);
     sampling.logprobs = Some(2);
     let expected = reference(&pipeline, &prompt, &sampling);

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::loading::hub::ModelSource;
 use crate::loading::json::read_json;
+use crate::models::config::token_ids;
 
 /// When beam search stops, as transformers' `early_stopping`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -41,24 +42,6 @@ impl<'de> Deserialize<'de> for EarlyStopping {
             ))),
         }
     }
-}
-
-/// One token id or several, as `eos_token_id` may be written.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-enum TokenIds {
-    One(u32),
-    Many(Vec<u32>),
-}
-
-fn token_ids<'de, D: serde::Deserializer<'de>>(
-    deserializer: D,
-) -> std::result::Result<Vec<u32>, D::Error> {
-    Ok(match Option::<TokenIds>::deserialize(deserializer)? {
-        None => Vec::new(),
-        Some(TokenIds::One(id)) => vec![id],
-        Some(TokenIds::Many(ids)) => ids,
-    })
 }
 
 /// Generation settings. Defaults are transformers' `GenerationConfig` defaults.

@@ -50,8 +50,10 @@ pub use search::sample_index;
 pub use stream::{GenerationStream, TokenStream};
 
 use crate::error::{Error, Result};
+use crate::models::auto::AutoModelForCausalLM;
 use crate::models::cache::{DecoderCache, KvCache};
 use crate::models::gpt2::Gpt2LMHeadModel;
+use crate::models::llama::LlamaForCausalLM;
 use crate::tokenizer::{EncodeOptions, Tokenizer};
 use search::Decoder;
 use stop::StopStrings;
@@ -132,46 +134,58 @@ pub trait CausalLM {
     }
 }
 
-impl CausalLM for Gpt2LMHeadModel {
-    type Cache = KvCache;
+/// `CausalLM` for a decoder whose own methods (`forward`, `forward_last`, `decode_step`,
+/// `new_cache`, `device`, `max_positions`) already take a [`KvCache`].
+macro_rules! causal_lm_with_kv_cache {
+    ($($model:ty),* $(,)?) => {$(
+        impl CausalLM for $model {
+            type Cache = KvCache;
 
-    fn forward(
-        &self,
-        input_ids: &Tensor,
-        attention_mask: Option<&Tensor>,
-        cache: Option<&mut KvCache>,
-    ) -> Result<Tensor> {
-        Gpt2LMHeadModel::forward(self, input_ids, attention_mask, cache)
-    }
+            fn forward(
+                &self,
+                input_ids: &Tensor,
+                attention_mask: Option<&Tensor>,
+                cache: Option<&mut KvCache>,
+            ) -> Result<Tensor> {
+                <$model>::forward(self, input_ids, attention_mask, cache)
+            }
 
-    fn last_logits(
-        &self,
-        input_ids: &Tensor,
-        attention_mask: Option<&Tensor>,
-        cache: Option<&mut KvCache>,
-    ) -> Result<Tensor> {
-        Gpt2LMHeadModel::forward_last(self, input_ids, attention_mask, cache)
-    }
+            fn last_logits(
+                &self,
+                input_ids: &Tensor,
+                attention_mask: Option<&Tensor>,
+                cache: Option<&mut KvCache>,
+            ) -> Result<Tensor> {
+                <$model>::forward_last(self, input_ids, attention_mask, cache)
+            }
 
-    fn decode_scores(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Vec<Vec<f32>>> {
-        Ok(self
-            .decode_step(tokens, caches)?
-            .to_dtype(DType::F32)?
-            .to_vec2()?)
-    }
+            fn decode_scores(
+                &self,
+                tokens: &[u32],
+                caches: &mut [&mut KvCache],
+            ) -> Result<Vec<Vec<f32>>> {
+                Ok(self
+                    .decode_step(tokens, caches)?
+                    .to_dtype(DType::F32)?
+                    .to_vec2()?)
+            }
 
-    fn new_cache(&self) -> KvCache {
-        Gpt2LMHeadModel::new_cache(self)
-    }
+            fn new_cache(&self) -> KvCache {
+                <$model>::new_cache(self)
+            }
 
-    fn max_positions(&self) -> usize {
-        self.config().n_positions
-    }
+            fn max_positions(&self) -> usize {
+                <$model>::max_positions(self)
+            }
 
-    fn device(&self) -> &Device {
-        Gpt2LMHeadModel::device(self)
-    }
+            fn device(&self) -> &Device {
+                <$model>::device(self)
+            }
+        }
+    )*};
 }
+
+causal_lm_with_kv_cache!(Gpt2LMHeadModel, LlamaForCausalLM, AutoModelForCausalLM);
 
 fn to_tensor(rows: &[Vec<u32>], device: &Device) -> Result<Tensor> {
     let width = rows.first().map_or(0, Vec::len);

@@ -10,9 +10,11 @@ use super::isa::Isa;
 use super::{reference, softmax_row};
 
 /// `softmax(q kᵀ · scale + mask) v` per head. `q`: (batch, heads, new, d); `k`, `v`:
-/// (batch, heads, len, d), any strides (views of a cache); `mask`: additive f32 that
+/// (batch, kv_heads, len, d), any strides (views of a cache), where `kv_heads` divides `heads`
+/// and each key and value head serves a group of `heads / kv_heads` query heads (grouped-query
+/// attention; transformers' `repeat_kv`, without the copies); `mask`: additive f32 that
 /// broadcasts to (batch, 1, new, len). Our kernel on the CPU in f32; elsewhere
-/// `reference::attention`.
+/// `reference::attention` on repeated keys and values.
 pub fn decoder_attention(
     q: &Tensor,
     k: &Tensor,
@@ -21,7 +23,8 @@ pub fn decoder_attention(
     scale: f64,
 ) -> candle_core::Result<Tensor> {
     if !super::use_kernels(q) || k.dtype() != q.dtype() || v.dtype() != q.dtype() {
-        return reference::attention(q, k, v, mask, scale);
+        let group = q.dim(1)? / k.dim(1)?.max(1);
+        return reference::attention(q, &repeat_kv(k, group)?, &repeat_kv(v, group)?, mask, scale);
     }
     let (batch, _, new, _) = q.dims4()?;
     let len = k.dim(2)?;
@@ -43,6 +46,19 @@ pub fn decoder_attention(
             mask,
         },
     )
+}
+
+/// (batch, kv_heads, len, d) keys or values with each head repeated `group` times in a row,
+/// as transformers' `repeat_kv` makes them for grouped-query attention.
+/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/llama/modeling_llama.py#L117>
+fn repeat_kv(x: &Tensor, group: usize) -> candle_core::Result<Tensor> {
+    if group == 1 {
+        return Ok(x.clone());
+    }
+    let (batch, kv_heads, len, d) = x.dims4()?;
+    x.unsqueeze(2)?
+        .broadcast_as((batch, kv_heads, group, len, d))?
+        .reshape((batch, kv_heads * group, len, d))
 }
 
 struct DecoderAttention {
@@ -104,7 +120,8 @@ impl CustomOp3 for DecoderAttention {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (batch, heads, new, d) = q_layout.shape().dims4()?;
         let (kb, kh, len, kd) = k_layout.shape().dims4()?;
-        if (kb, kh, kd) != (batch, heads, d) || v_layout.shape() != k_layout.shape() {
+        let grouped = kh > 0 && heads % kh == 0;
+        if (kb, kd) != (batch, d) || !grouped || v_layout.shape() != k_layout.shape() {
             candle_core::bail!(
                 "decoder-attention: q {:?}, k {:?}, v {:?} do not fit",
                 q_layout.shape(),
@@ -127,20 +144,23 @@ impl CustomOp3 for DecoderAttention {
         let isa = super::isa::Isa::current();
         let rows = RowKernels::new(isa, d);
         let no_mask = vec![0f32; len];
+        let group = heads / kh;
         let mut out = vec![0f32; batch * heads * new * d];
         out.par_chunks_mut(new * d).enumerate().for_each_init(
             || vec![0f32; len],
             |scores, (task, out)| {
                 let (b, h) = (task / heads, task % heads);
+                // The key and value head of this query head's group.
+                let kv = h / group;
                 for (i, out_row) in out.chunks_mut(d).enumerate() {
                     let query = q.row(b, h, i, d);
-                    rows.dot(query, &k.data[k.head(b, h)..], k.stride[2], scores);
+                    rows.dot(query, &k.data[k.head(b, kv)..], k.stride[2], scores);
                     let mask = match &self.mask {
                         Some(mask) => &mask[(b * new + i) * len..(b * new + i + 1) * len],
                         None => &no_mask[..],
                     };
                     softmax_row(isa, scores, mask, self.scale);
-                    rows.weighted(scores, &v.data[v.head(b, h)..], v.stride[2], out_row);
+                    rows.weighted(scores, &v.data[v.head(b, kv)..], v.stride[2], out_row);
                 }
             },
         );

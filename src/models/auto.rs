@@ -9,12 +9,14 @@ use crate::models::bert::{
     BertForMaskedLM, BertForQuestionAnswering, BertForSequenceClassification,
     BertForTokenClassification, BertModel,
 };
+use crate::models::cache::KvCache;
 use crate::models::config::ModelConfig;
 use crate::models::distilbert::{
     DistilBertForMaskedLM, DistilBertForQuestionAnswering, DistilBertForSequenceClassification,
     DistilBertForTokenClassification, DistilBertModel,
 };
-use crate::models::gpt2::Gpt2ForSequenceClassification;
+use crate::models::gpt2::{Gpt2ForSequenceClassification, Gpt2LMHeadModel};
+use crate::models::llama::LlamaForCausalLM;
 use crate::models::pretrained::{checkpoint_mismatch, FromPretrained};
 use crate::models::roberta::{
     RobertaForMaskedLM, RobertaForQuestionAnswering, RobertaForSequenceClassification,
@@ -107,3 +109,97 @@ auto_model!(
         Distilbert(DistilBertForQuestionAnswering),
     }
 );
+
+/// A decoder with its language-model head, for generation: GPT-2 or the Llama family (Llama,
+/// Mistral, Qwen2, Qwen3), as transformers' `AutoModelForCausalLM` picks it from
+/// `config.json`. Every method takes and gives what the architectures' own do.
+#[derive(Debug, Clone)]
+pub enum AutoModelForCausalLM {
+    /// A [`Gpt2LMHeadModel`] (boxed, as the other: the enum stays a pointer wide).
+    Gpt2(Box<Gpt2LMHeadModel>),
+    /// A [`LlamaForCausalLM`]: Llama, Mistral, Qwen2 or Qwen3.
+    Llama(Box<LlamaForCausalLM>),
+}
+
+/// The same call on whichever decoder is loaded.
+macro_rules! each_decoder {
+    ($self:ident, $model:ident => $call:expr) => {
+        match $self {
+            AutoModelForCausalLM::Gpt2($model) => $call,
+            AutoModelForCausalLM::Llama($model) => $call,
+        }
+    };
+}
+
+impl AutoModelForCausalLM {
+    /// Logits of the new tokens, (batch, new, vocab): `input_ids` (batch, new) after those in
+    /// `cache`, `attention_mask` (batch, cached + new) with 0 for left padding.
+    pub fn forward(
+        &self,
+        input_ids: &candle_core::Tensor,
+        attention_mask: Option<&candle_core::Tensor>,
+        cache: Option<&mut KvCache>,
+    ) -> Result<candle_core::Tensor> {
+        each_decoder!(self, model => model.forward(input_ids, attention_mask, cache))
+    }
+
+    /// Logits of the last new token only, (batch, vocab).
+    pub fn forward_last(
+        &self,
+        input_ids: &candle_core::Tensor,
+        attention_mask: Option<&candle_core::Tensor>,
+        cache: Option<&mut KvCache>,
+    ) -> Result<candle_core::Tensor> {
+        each_decoder!(self, model => model.forward_last(input_ids, attention_mask, cache))
+    }
+
+    /// Logits, (rows, vocab), of one decoding step of several independent sequences, each over
+    /// its own cache; each row bitwise what that sequence gives alone.
+    pub fn decode_step(
+        &self,
+        tokens: &[u32],
+        caches: &mut [&mut KvCache],
+    ) -> Result<candle_core::Tensor> {
+        each_decoder!(self, model => model.decode_step(tokens, caches))
+    }
+
+    /// An empty KV cache for one generation.
+    pub fn new_cache(&self) -> KvCache {
+        each_decoder!(self, model => model.new_cache())
+    }
+
+    /// The device the weights are on.
+    pub fn device(&self) -> &candle_core::Device {
+        each_decoder!(self, model => model.device())
+    }
+
+    /// Prompt plus new tokens may not exceed this.
+    pub fn max_positions(&self) -> usize {
+        each_decoder!(self, model => model.max_positions())
+    }
+
+    /// Bytes of weights one decoding step reads.
+    pub fn weight_bytes_per_token(&self) -> usize {
+        each_decoder!(self, model => model.weight_bytes_per_token())
+    }
+}
+
+impl FromPretrained for AutoModelForCausalLM {
+    fn from_config(vb: ModelWeights, config: &ModelConfig) -> Result<Self> {
+        match config {
+            ModelConfig::Gpt2(c) => Ok(Self::Gpt2(Box::new(
+                Gpt2LMHeadModel::load(vb, c).map_err(checkpoint_mismatch)?,
+            ))),
+            ModelConfig::Llama(c)
+            | ModelConfig::Mistral(c)
+            | ModelConfig::Qwen2(c)
+            | ModelConfig::Qwen3(c) => Ok(Self::Llama(Box::new(
+                LlamaForCausalLM::load(vb, c).map_err(checkpoint_mismatch)?,
+            ))),
+            other => Err(Error::UnsupportedTask {
+                model_type: other.model_type(),
+                task: "text generation",
+            }),
+        }
+    }
+}

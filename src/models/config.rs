@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::models::bert::BertConfig;
 use crate::models::distilbert::DistilBertConfig;
 use crate::models::gpt2::Gpt2Config;
+use crate::models::llama::{LlamaConfig, LlamaFamily};
 use crate::models::roberta::RobertaConfig;
 
 /// A model's configuration, dispatched on the `model_type` field of `config.json`.
@@ -32,6 +33,14 @@ pub enum ModelConfig {
     Distilbert(DistilBertConfig),
     /// `"model_type": "gpt2"`.
     Gpt2(Gpt2Config),
+    /// `"model_type": "llama"`: Llama 2 and 3, SmolLM, TinyLlama.
+    Llama(LlamaConfig),
+    /// `"model_type": "mistral"`: the Llama block with a sliding window.
+    Mistral(LlamaConfig),
+    /// `"model_type": "qwen2"`: Qwen2 and Qwen2.5, with q/k/v biases.
+    Qwen2(LlamaConfig),
+    /// `"model_type": "qwen3"`: with per-head q/k norms.
+    Qwen3(LlamaConfig),
 }
 
 impl ModelConfig {
@@ -43,6 +52,10 @@ impl ModelConfig {
         "camembert",
         "distilbert",
         "gpt2",
+        "llama",
+        "mistral",
+        "qwen2",
+        "qwen3",
     ];
 
     /// Read and validate `config.json`.
@@ -66,7 +79,16 @@ impl ModelConfig {
                 supported: Self::SUPPORTED.join(", "),
             });
         }
-        let config: Self = serde_json::from_str(text).map_err(|e| Error::json(path, e))?;
+        let mut config: Self = serde_json::from_str(text).map_err(|e| Error::json(path, e))?;
+        // The Llama family shares one config struct; `model_type` says which family's
+        // defaults apply.
+        match &mut config {
+            ModelConfig::Llama(c) => c.family = LlamaFamily::Llama,
+            ModelConfig::Mistral(c) => c.family = LlamaFamily::Mistral,
+            ModelConfig::Qwen2(c) => c.family = LlamaFamily::Qwen2,
+            ModelConfig::Qwen3(c) => c.family = LlamaFamily::Qwen3,
+            _ => {}
+        }
         config.validate()?;
         Ok(config)
     }
@@ -80,6 +102,10 @@ impl ModelConfig {
             ModelConfig::Camembert(_) => "camembert",
             ModelConfig::Distilbert(_) => "distilbert",
             ModelConfig::Gpt2(_) => "gpt2",
+            ModelConfig::Llama(_) => "llama",
+            ModelConfig::Mistral(_) => "mistral",
+            ModelConfig::Qwen2(_) => "qwen2",
+            ModelConfig::Qwen3(_) => "qwen3",
         }
     }
 
@@ -92,6 +118,10 @@ impl ModelConfig {
             | ModelConfig::Camembert(c) => &c.id2label,
             ModelConfig::Distilbert(c) => &c.id2label,
             ModelConfig::Gpt2(c) => &c.id2label,
+            ModelConfig::Llama(c)
+            | ModelConfig::Mistral(c)
+            | ModelConfig::Qwen2(c)
+            | ModelConfig::Qwen3(c) => &c.id2label,
         }
     }
 
@@ -104,6 +134,10 @@ impl ModelConfig {
             | ModelConfig::Camembert(c) => c.num_labels(),
             ModelConfig::Distilbert(c) => c.num_labels(),
             ModelConfig::Gpt2(c) => c.num_labels(),
+            ModelConfig::Llama(c)
+            | ModelConfig::Mistral(c)
+            | ModelConfig::Qwen2(c)
+            | ModelConfig::Qwen3(c) => c.id2label.num_classes(),
         }
     }
 
@@ -117,6 +151,10 @@ impl ModelConfig {
             | ModelConfig::Camembert(c) => c.problem_type.as_deref(),
             ModelConfig::Distilbert(c) => c.problem_type.as_deref(),
             ModelConfig::Gpt2(c) => c.problem_type.as_deref(),
+            ModelConfig::Llama(c)
+            | ModelConfig::Mistral(c)
+            | ModelConfig::Qwen2(c)
+            | ModelConfig::Qwen3(c) => c.problem_type.as_deref(),
         }
     }
 
@@ -130,6 +168,36 @@ impl ModelConfig {
             | ModelConfig::Camembert(c) => c.max_position_embeddings,
             ModelConfig::Distilbert(c) => c.max_position_embeddings,
             ModelConfig::Gpt2(c) => c.n_positions,
+            ModelConfig::Llama(c)
+            | ModelConfig::Mistral(c)
+            | ModelConfig::Qwen2(c)
+            | ModelConfig::Qwen3(c) => c.max_position_embeddings,
+        }
+    }
+
+    /// The end tokens of a decoder's `config.json` (none for encoders): generation's stop
+    /// tokens when the model has no `generation_config.json`.
+    pub fn eos_token_ids(&self) -> Vec<u32> {
+        match self {
+            ModelConfig::Gpt2(c) => c.eos_token_id.into_iter().collect(),
+            ModelConfig::Llama(c)
+            | ModelConfig::Mistral(c)
+            | ModelConfig::Qwen2(c)
+            | ModelConfig::Qwen3(c) => c.eos_token_id.clone(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The padding token of a decoder's `config.json`, if it names one (none for encoders,
+    /// which only pad, never generate).
+    pub fn pad_token_id(&self) -> Option<u32> {
+        match self {
+            ModelConfig::Gpt2(c) => c.pad_token_id,
+            ModelConfig::Llama(c)
+            | ModelConfig::Mistral(c)
+            | ModelConfig::Qwen2(c)
+            | ModelConfig::Qwen3(c) => c.pad_token_id,
+            _ => None,
         }
     }
 
@@ -142,6 +210,10 @@ impl ModelConfig {
             | ModelConfig::Camembert(c) => c.vocab_size,
             ModelConfig::Distilbert(c) => c.vocab_size,
             ModelConfig::Gpt2(c) => c.vocab_size,
+            ModelConfig::Llama(c)
+            | ModelConfig::Mistral(c)
+            | ModelConfig::Qwen2(c)
+            | ModelConfig::Qwen3(c) => c.vocab_size,
         }
     }
 
@@ -153,6 +225,10 @@ impl ModelConfig {
             | ModelConfig::Camembert(config) => config.validate(),
             ModelConfig::Distilbert(config) => config.validate(),
             ModelConfig::Gpt2(config) => config.validate(),
+            ModelConfig::Llama(config)
+            | ModelConfig::Mistral(config)
+            | ModelConfig::Qwen2(config)
+            | ModelConfig::Qwen3(config) => config.validate(),
         }
     }
 }
@@ -247,3 +323,31 @@ config_accessor!(
 );
 config_accessor!(distilbert, Distilbert, DistilBertConfig, "DistilBERT");
 config_accessor!(gpt2, Gpt2, Gpt2Config, "GPT-2");
+// Mistral, Qwen2 and Qwen3 are the Llama block with variants their configs name ("modular"
+// files in transformers):
+// https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/qwen3/modular_qwen3.py
+config_accessor!(
+    llama,
+    Llama | Mistral | Qwen2 | Qwen3,
+    LlamaConfig,
+    "Llama-family"
+);
+
+/// One token id or several, as `eos_token_id` may be written (Llama 3 lists several).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum TokenIds {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+/// `deserialize_with` for an id or a list of ids: always a list.
+pub(crate) fn token_ids<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> std::result::Result<Vec<u32>, D::Error> {
+    Ok(match Option::<TokenIds>::deserialize(deserializer)? {
+        None => Vec::new(),
+        Some(TokenIds::One(id)) => vec![id],
+        Some(TokenIds::Many(ids)) => ids,
+    })
+}

@@ -17,6 +17,7 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::models::cache::{KvCache, LayerKv};
 use crate::models::config::Labels;
+use crate::models::decoder::{attention_bias, prepare, prepare_decode, rows_as_alone};
 use crate::models::layers::{
     require_divisible, require_positive, Activation, Embedding, LayerNorm, Linear,
 };
@@ -273,34 +274,6 @@ impl Gpt2Block {
     }
 }
 
-/// `linear` over the rows of a ragged decoding step, in groups small enough that each row's
-/// output is bitwise what it is when its sequence decodes alone
-/// ([`Linear::rows_summed_as_alone`]). The GEMM sums inputs longer than one K block in
-/// blocks once a product has more than a few rows; a row's result then depended on how many
-/// sequences shared the step, and a greedy token could flip. Grouping costs extra reads of
-/// those weights only (GPT-2 small: `mlp.c_proj`, 3072 inputs, once more per 6 rows).
-fn rows_as_alone(
-    linear: &Linear,
-    x: &Tensor,
-    activation: Option<Activation>,
-    residual: Option<&Tensor>,
-) -> Result<Tensor> {
-    let rows = x.dim(0)?;
-    let group = linear.rows_summed_as_alone();
-    if rows <= group {
-        return linear.forward_with(x, activation, residual);
-    }
-    let outputs = (0..rows)
-        .step_by(group)
-        .map(|start| {
-            let len = group.min(rows - start);
-            let residual = residual.map(|r| r.narrow(0, start, len)).transpose()?;
-            linear.forward_with(&x.narrow(0, start, len)?, activation, residual.as_ref())
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(Tensor::cat(&outputs, 0)?)
-}
-
 /// The GPT-2 decoder: `wte`, `wpe`, `h.*`, `ln_f`.
 /// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/gpt2/modeling_gpt2.py#L693>
 #[derive(Debug, Clone)]
@@ -372,51 +345,20 @@ impl Gpt2Model {
         attention_mask: Option<&Tensor>,
         mut cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
-        let (batch, new) = input_ids.dims2()?;
-        if new == 0 {
-            return Err(Error::InvalidInput("input_ids holds no token".to_string()));
-        }
-        let past = match cache.as_deref() {
-            Some(cache) => {
-                if cache.num_layers() != self.blocks.len() {
-                    return Err(Error::InvalidInput(format!(
-                        "the KV cache has {} layers, the model {}",
-                        cache.num_layers(),
-                        self.blocks.len()
-                    )));
-                }
-                if cache.batch_size().is_some_and(|b| b != batch) {
-                    return Err(Error::InvalidInput(
-                        "the batch size differs from the one in the KV cache".to_string(),
-                    ));
-                }
-                cache.len()
-            }
-            None => 0,
-        };
-        let total = past + new;
-        if total > self.config.n_positions {
-            return Err(Error::InputTooLong {
-                length: total,
-                max: self.config.n_positions,
-            });
-        }
-        if let Some(mask) = attention_mask {
-            if mask.dims() != [batch, total] {
-                return Err(Error::InvalidInput(format!(
-                    "attention_mask has shape {:?}, expected [{batch}, {total}] (cached + new tokens)",
-                    mask.dims()
-                )));
-            }
-        }
+        let step = prepare(
+            input_ids,
+            attention_mask,
+            cache.as_deref(),
+            self.blocks.len(),
+            self.config.n_positions,
+        )?;
         let device = input_ids.device();
-        let mask = host_mask(attention_mask)?;
-        let position_ids = position_ids(mask.as_deref(), batch, past, new, device)?;
+        let position_ids = Tensor::from_vec(step.positions, (step.batch, step.new), device)?;
         let mut hidden = self
             .wte
             .forward(input_ids)?
             .add(&self.wpe.forward(&position_ids)?)?;
-        let mask = attention_bias(mask.as_deref(), past, new, device)?;
+        let mask = attention_bias(step.mask.as_deref(), step.past, step.new, None, device)?;
         for (i, block) in self.blocks.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| c.layer_mut(i));
             hidden = block.forward(&hidden, mask.as_ref(), layer_cache)?;
@@ -436,38 +378,10 @@ impl Gpt2Model {
     }
 
     fn decode_step_on_worker(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor> {
-        if tokens.is_empty() || tokens.len() != caches.len() {
-            return Err(Error::InvalidInput(format!(
-                "a decoding step takes one token per cache: {} tokens, {} caches",
-                tokens.len(),
-                caches.len()
-            )));
-        }
-        for cache in caches.iter() {
-            if cache.num_layers() != self.blocks.len() {
-                return Err(Error::InvalidInput(format!(
-                    "a KV cache has {} layers, the model {}",
-                    cache.num_layers(),
-                    self.blocks.len()
-                )));
-            }
-            if cache.batch_size().is_some_and(|batch| batch != 1) {
-                return Err(Error::InvalidInput(
-                    "a decoding step of several sequences takes caches of one sequence each"
-                        .to_string(),
-                ));
-            }
-            if cache.len() + 1 > self.config.n_positions {
-                return Err(Error::InputTooLong {
-                    length: cache.len() + 1,
-                    max: self.config.n_positions,
-                });
-            }
-        }
+        let positions = prepare_decode(tokens, caches, self.blocks.len(), self.config.n_positions)?;
         let rows = tokens.len();
         let device = self.wte.weight().device();
         let ids = Tensor::from_vec(tokens.to_vec(), (rows, 1), device)?;
-        let positions: Vec<u32> = caches.iter().map(|cache| cache.len() as u32).collect();
         let positions = Tensor::from_vec(positions, (rows, 1), device)?;
         let mut hidden = self
             .wte
@@ -480,93 +394,6 @@ impl Gpt2Model {
         }
         self.ln_f.forward(&hidden)
     }
-}
-
-/// The attention mask as host rows of 0/1, read once per forward: position ids and padding
-/// both come from it, and it is only (batch, cached + new) values.
-fn host_mask(attention_mask: Option<&Tensor>) -> Result<Option<Vec<Vec<bool>>>> {
-    let Some(mask) = attention_mask else {
-        return Ok(None);
-    };
-    let rows = mask.to_dtype(DType::F32)?.to_vec2::<f32>()?;
-    if rows.iter().flatten().any(|&m| m != 0.0 && m != 1.0) {
-        return Err(Error::InvalidInput(
-            "attention_mask must hold only 0 (padding) and 1 (real token)".to_string(),
-        ));
-    }
-    Ok(Some(
-        rows.into_iter()
-            .map(|row| row.into_iter().map(|m| m == 1.0).collect())
-            .collect(),
-    ))
-}
-
-/// (batch, new) position ids of the new tokens. With a mask, positions count real tokens only,
-/// and padding gets 1, as transformers' `generate` does for GPT-2; without one, they continue
-/// from the cache.
-/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/gpt2/modeling_gpt2.py#L1100>
-fn position_ids(
-    mask: Option<&[Vec<bool>]>,
-    batch: usize,
-    past: usize,
-    new: usize,
-    device: &Device,
-) -> Result<Tensor> {
-    let positions: Vec<u32> = match mask {
-        None => (0..batch)
-            .flat_map(|_| past as u32..(past + new) as u32)
-            .collect(),
-        Some(rows) => rows
-            .iter()
-            .flat_map(|row| {
-                let before = row[..past].iter().filter(|&&real| real).count() as u32;
-                row[past..].iter().scan(before, |real_so_far, &real| {
-                    *real_so_far += u32::from(real);
-                    Some(if real { *real_so_far - 1 } else { 1 })
-                })
-            })
-            .collect(),
-    };
-    Ok(Tensor::from_vec(positions, (batch, new), device)?)
-}
-
-/// The additive f32 mask, (batch or 1, 1, new, past + new): causal, plus padding when given.
-/// `None` when nothing is masked (one new token and no padding).
-fn attention_bias(
-    mask: Option<&[Vec<bool>]>,
-    past: usize,
-    new: usize,
-    device: &Device,
-) -> Result<Option<Tensor>> {
-    let total = past + new;
-    let causal = if new > 1 {
-        let blocked: Vec<f32> = (0..new)
-            .flat_map(|i| (0..total).map(move |j| if j > past + i { f32::MIN } else { 0.0 }))
-            .collect();
-        Some(Tensor::from_vec(blocked, (1, 1, new, total), device)?)
-    } else {
-        None
-    };
-    // A mask of ones hides nothing: leave it out rather than add zeros in every layer.
-    let padding = match mask {
-        Some(rows) if rows.iter().flatten().any(|&real| !real) => {
-            let blocked: Vec<f32> = rows
-                .iter()
-                .flatten()
-                .map(|&real| if real { 0.0 } else { f32::MIN })
-                .collect();
-            Some(Tensor::from_vec(
-                blocked,
-                (rows.len(), 1, 1, total),
-                device,
-            )?)
-        }
-        _ => None,
-    };
-    Ok(match (causal, padding) {
-        (Some(causal), Some(padding)) => Some(causal.broadcast_minimum(&padding)?),
-        (causal, padding) => causal.or(padding),
-    })
 }
 
 /// `GPT2LMHeadModel`: the decoder and `lm_head`, tied to `wte`.
@@ -607,6 +434,11 @@ impl Gpt2LMHeadModel {
     /// The device the weights are on.
     pub fn device(&self) -> &Device {
         self.transformer.wte.weight().device()
+    }
+
+    /// Prompt plus new tokens may not exceed this (`n_positions`).
+    pub fn max_positions(&self) -> usize {
+        self.config().n_positions
     }
 
     /// Logits of the new tokens, (batch, new, vocab). See [`Gpt2Model::forward`].

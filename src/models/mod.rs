@@ -22,12 +22,15 @@ pub mod auto;
 pub mod bert;
 pub mod cache;
 pub mod config;
+pub(crate) mod decoder;
 pub mod distilbert;
 pub mod gpt2;
 pub(crate) mod layers;
+pub mod llama;
 pub mod pooling;
 pub mod pretrained;
 pub mod roberta;
+pub mod rope;
 pub mod weight_type;
 pub mod weights;
 

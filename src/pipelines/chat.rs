@@ -77,7 +77,7 @@ impl Conversation {
         let new_tokens = config.max_new_tokens.ok_or_else(|| {
             Error::InvalidGeneration("chat needs max_new_tokens, the length of a reply".to_string())
         })?;
-        let room = self.pipeline.model().config().n_positions;
+        let room = self.pipeline.model().max_positions();
         let ids = match self.pipeline.chat_template()? {
             Some(_) => Vec::new(),
             None => self.dialogpt_turn(user, &config.eos_token_id)?,

@@ -7,7 +7,7 @@ use crate::generation::{
     FinishReason, Generated, GenerationConfig, GenerationStream, Generator, StreamToken,
     TokenLogprob,
 };
-use crate::models::gpt2::Gpt2LMHeadModel;
+use crate::models::auto::AutoModelForCausalLM;
 use crate::models::pretrained::{LoadOptions, Pretrained};
 use crate::pipelines::{in_batches, BatchOptions, Pipeline, PipelineBase, Text};
 // From the tokenizer, not from `chat`: chat builds on this pipeline, not the reverse.
@@ -100,12 +100,12 @@ impl BatchOptions for TextGenerationOptions {
     }
 }
 
-/// Text generation with a GPT-2 model: owns its model and tokenizer, so it is
+/// Text generation with a decoder (GPT-2 or the Llama family): owns its model and tokenizer, so it is
 /// `Send + Sync + 'static` and can be shared between threads (and by a chat's
 /// `Conversation`) with an `Arc`.
 #[derive(Debug, Clone)]
 pub struct TextGenerationPipeline {
-    base: PipelineBase<Gpt2LMHeadModel>,
+    base: PipelineBase<AutoModelForCausalLM>,
     generation_config: GenerationConfig,
     /// The model's chat template, or why it could not be read.
     chat_template: std::result::Result<Option<ChatTemplate>, String>,
@@ -113,17 +113,14 @@ pub struct TextGenerationPipeline {
 
 impl TextGenerationPipeline {
     /// Load `model` (a Hub id or a local folder): weights, tokenizer, `generation_config.json`
-    /// and the `chat_template` of `tokenizer_config.json` when it has one.
+    /// and its chat template (`chat_template.jinja`, or `tokenizer_config.json`'s) when it has
+    /// one.
     pub fn from_pretrained(model: &str, options: &LoadOptions) -> Result<Self> {
         let pretrained = Pretrained::open(model, &options.hub)?;
         // A template this crate cannot render fails the chats that need it, not the load:
         // plain generation does not use it.
-        let chat_template = match pretrained.source().get("tokenizer_config.json")? {
-            Some(path) => {
-                ChatTemplate::from_tokenizer_config(&path, None).map_err(|error| error.to_string())
-            }
-            None => Ok(None),
-        };
+        let chat_template =
+            ChatTemplate::from_source(pretrained.source(), None).map_err(|error| error.to_string());
         Ok(Self {
             base: PipelineBase::load(&pretrained, options)?,
             generation_config: GenerationConfig::from_source(pretrained.source())?,
@@ -136,11 +133,11 @@ impl TextGenerationPipeline {
     /// model without `generation_config.json` (generate with others through
     /// [`TextGenerationOptions::with_generation`]); chat joins turns as DialoGPT does
     /// unless [`with_chat_template`](Self::with_chat_template) gives a template.
-    pub fn from_parts(base: PipelineBase<Gpt2LMHeadModel>) -> Result<Self> {
-        let config = base.model().config();
+    pub fn from_parts(base: PipelineBase<AutoModelForCausalLM>) -> Result<Self> {
+        let config = base.config();
         let generation_config = GenerationConfig {
-            eos_token_id: config.eos_token_id.into_iter().collect(),
-            pad_token_id: config.pad_token_id,
+            eos_token_id: config.eos_token_ids(),
+            pad_token_id: config.pad_token_id(),
             ..GenerationConfig::default()
         };
         Ok(Self {
@@ -253,7 +250,7 @@ impl Pipeline for TextGenerationPipeline {
     type Options = TextGenerationOptions;
     /// `num_return_sequences` texts for one prompt.
     type Output = Vec<GeneratedText>;
-    type Model = Gpt2LMHeadModel;
+    type Model = AutoModelForCausalLM;
 
     fn run_inputs(
         &self,
@@ -289,7 +286,7 @@ impl Pipeline for TextGenerationPipeline {
         })
     }
 
-    fn base(&self) -> &PipelineBase<Gpt2LMHeadModel> {
+    fn base(&self) -> &PipelineBase<AutoModelForCausalLM> {
         &self.base
     }
 }
@@ -300,7 +297,7 @@ impl Pipeline for TextGenerationPipeline {
 #[derive(Debug)]
 pub struct TextGenerationStream<'a> {
     pipeline: &'a TextGenerationPipeline,
-    tokens: GenerationStream<'a, Gpt2LMHeadModel>,
+    tokens: GenerationStream<'a, AutoModelForCausalLM>,
     prompt: String,
     return_full_text: bool,
 }

@@ -1,13 +1,15 @@
-//! Chat templates from `tokenizer_config.json`, rendered as transformers renders them: Jinja2
-//! with `trim_blocks` and `lstrip_blocks`, loop controls, Python's string methods, a `tojson`
-//! that writes JSON as Python's `json.dumps` does, `raise_exception`, and the tokenizer's
-//! special tokens (`bos_token`, `eos_token`, ...) beside `messages` and
-//! `add_generation_prompt`.
+//! Chat templates from `chat_template.jinja` (where transformers 4.57 and 5 save them) or
+//! `tokenizer_config.json`, rendered as transformers renders them: Jinja2 with `trim_blocks`
+//! and `lstrip_blocks`, loop controls, Python's string methods, a `tojson` that writes JSON as
+//! Python's `json.dumps` does, `raise_exception`, `strftime_now`, and the tokenizer's special
+//! tokens (`bos_token`, `eos_token`, ...) beside `messages`, `add_generation_prompt` and the
+//! caller's own variables (`apply_chat_template(**kwargs)`, such as Llama 3.1's
+//! `date_string`).
 //! <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/utils/chat_template_utils.py#L393>
 //!
 //! `{% generation %}` blocks (the tag of transformers' assistant masks) render their content,
-//! as transformers renders them when no mask is asked for. Not provided: `strftime_now`, tools
-//! and documents (rendered as `none`), and assistant masks.
+//! as transformers renders them when no mask is asked for. Not provided: tools and documents
+//! (rendered as `none`), and assistant masks.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -18,6 +20,7 @@ use minijinja::{Environment, ErrorKind, Value};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::loading::hub::ModelSource;
 use crate::loading::json::read_json;
 
 /// Who wrote a message.
@@ -143,16 +146,48 @@ impl ChatTemplate {
             }
         };
         let mut template = Self::new(source)?;
+        template.take_special_tokens(&config);
+        Ok(Some(template))
+    }
+
+    /// A model's chat template as transformers loads it: `chat_template.jinja` when the model
+    /// has one (transformers 4.57 and 5 save the template there), else the `chat_template` of
+    /// `tokenizer_config.json` (`name` picks one of a list); the special tokens come from
+    /// `tokenizer_config.json` either way. `None` when the model has no template.
+    /// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/tokenization_utils_base.py#L2087>
+    pub fn from_source(source: &ModelSource, name: Option<&str>) -> Result<Option<Self>> {
+        let config_path = source.get("tokenizer_config.json")?;
+        let jinja = match name {
+            None => source.get("chat_template.jinja")?,
+            Some(_) => None,
+        };
+        let Some(jinja) = jinja else {
+            return match config_path {
+                Some(path) => Self::from_tokenizer_config(&path, name),
+                None => Ok(None),
+            };
+        };
+        let text = std::fs::read_to_string(&jinja).map_err(|e| Error::io(&jinja, e))?;
+        let mut template = Self::new(text)?;
+        if let Some(path) = config_path {
+            let config: serde_json::Value = read_json(&path)?;
+            template.take_special_tokens(&config);
+        }
+        Ok(Some(template))
+    }
+
+    /// The special tokens of a parsed `tokenizer_config.json`, as transformers gives them to
+    /// templates.
+    fn take_special_tokens(&mut self, config: &serde_json::Value) {
         for key in SPECIAL_TOKENS {
             if let Some(content) = config.get(key).and_then(token_content) {
                 // transformers leaves out unset tokens and an empty list.
                 if content.as_array().is_some_and(Vec::is_empty) {
                     continue;
                 }
-                template.special_tokens.insert(key.to_string(), content);
+                self.special_tokens.insert(key.to_string(), content);
             }
         }
-        Ok(Some(template))
     }
 
     /// The Jinja source.
@@ -164,9 +199,22 @@ impl ChatTemplate {
     /// `add_generation_prompt`, ending with what starts the assistant's reply. A template's
     /// `raise_exception` becomes an [`Error::ChatTemplate`] with its message.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        self.render_with(messages, add_generation_prompt, &serde_json::Map::new())
+    }
+
+    /// [`ChatTemplate::render`] with the template's own variables beside the messages, as
+    /// `apply_chat_template(messages, **kwargs)` passes them (Llama 3.1's `date_string`,
+    /// Qwen3's `enable_thinking`); they override special tokens of the same name.
+    pub fn render_with(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+        variables: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<String> {
         let mut context: BTreeMap<String, Value> = self
             .special_tokens
             .iter()
+            .chain(variables)
             .map(|(key, value)| (key.clone(), Value::from(Serde(value))))
             .collect();
         context.insert("messages".into(), Value::from(Serde(messages)));
@@ -248,7 +296,109 @@ fn environment() -> Environment<'static> {
         },
     );
     environment.add_filter("tojson", tojson);
+    environment.add_function("strftime_now", strftime_now);
     environment
+}
+
+/// transformers' `strftime_now(format)`: the current local date and time in Python's
+/// `strftime` format. Local time is UTC here, as in the containers models are served from.
+fn strftime_now(format: String) -> String {
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs());
+    strftime(&format, seconds)
+}
+
+/// `format` with the `strftime` fields of the UTC time `seconds` after the epoch: `%Y %y %m
+/// %d %e %j %H %I %M %S %p %A %a %B %b %%`; other fields stay as written, as glibc leaves
+/// unknown ones.
+fn strftime(format: &str, seconds: u64) -> String {
+    const MONTHS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
+    const DAYS: [&str; 7] = [
+        "Thursday",
+        "Friday",
+        "Saturday",
+        "Sunday",
+        "Monday",
+        "Tuesday",
+        "Wednesday",
+    ];
+    let days = seconds / 86_400;
+    let (year, month, day) = civil_from_days(days as i64);
+    let weekday = DAYS[(days % 7) as usize];
+    let month_name = MONTHS[(month - 1) as usize];
+    let day_of_year = days as i64 - days_from_civil(year, 1, 1) + 1;
+    let (hour, minute, second) = (seconds / 3600 % 24, seconds / 60 % 60, seconds % 60);
+    let mut out = String::new();
+    let mut chars = format.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('Y') => out.push_str(&year.to_string()),
+            Some('y') => out.push_str(&format!("{:02}", year.rem_euclid(100))),
+            Some('m') => out.push_str(&format!("{month:02}")),
+            Some('d') => out.push_str(&format!("{day:02}")),
+            Some('e') => out.push_str(&format!("{day:>2}")),
+            Some('j') => out.push_str(&format!("{day_of_year:03}")),
+            Some('H') => out.push_str(&format!("{hour:02}")),
+            Some('I') => out.push_str(&format!("{:02}", (hour + 11) % 12 + 1)),
+            Some('M') => out.push_str(&format!("{minute:02}")),
+            Some('S') => out.push_str(&format!("{second:02}")),
+            Some('p') => out.push_str(if hour < 12 { "AM" } else { "PM" }),
+            Some('A') => out.push_str(weekday),
+            Some('a') => out.push_str(&weekday[..3]),
+            Some('B') => out.push_str(month_name),
+            Some('b') => out.push_str(&month_name[..3]),
+            Some('%') => out.push('%'),
+            Some(other) => {
+                out.push('%');
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
+    }
+    out
+}
+
+/// (year, month, day) of the day `days` after 1970-01-01 (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// Days from 1970-01-01 to (year, month, day) (Howard Hinnant's `days_from_civil`).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let yoe = year.rem_euclid(400);
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
 }
 
 /// Python's `json.dumps(value, ensure_ascii=False, indent=indent)`, which transformers
@@ -342,6 +492,23 @@ mod tests {
 
     /// Jinja2 with transformers' extension: `{%-` and `-%}` strip around the block tags as
     /// around any tag, and the block renders its content: "a" + "b" + "c".
+    /// Against Python: `datetime.fromtimestamp(t, timezone.utc).strftime(f)`.
+    #[test]
+    fn strftime_writes_dates_as_python_does() {
+        // 2024-07-26 13:25:09 UTC, a Friday (Llama 3.1's release date); 2000-02-29 (a leap
+        // day of a century leap year); 1970-01-01, the epoch.
+        assert_eq!(strftime("%d %b %Y", 1_722_000_309), "26 Jul 2024");
+        assert_eq!(
+            strftime("%A %a %B %m/%d/%y %H:%M:%S %I%p %j %e %%", 1_722_000_309),
+            "Friday Fri July 07/26/24 13:25:09 01PM 208 26 %"
+        );
+        assert_eq!(
+            strftime("%Y-%m-%d %j %A", 951_782_400),
+            "2000-02-29 060 Tuesday"
+        );
+        assert_eq!(strftime("%Y-%m-%d %A %Q", 0), "1970-01-01 Thursday %Q");
+    }
+
     #[test]
     fn generation_blocks_render_their_content_with_their_whitespace_control() {
         let source =

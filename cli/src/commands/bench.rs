@@ -10,7 +10,7 @@ use ferroformers::kernels::isa::Isa;
 use ferroformers::kernels::{kernel_mode, KernelMode};
 use ferroformers::runtime::benchmark::resident_memory;
 use ferroformers::{
-    AutoModel, DType, Gpt2LMHeadModel, LoadOptions, ModelInput, Tensor, WeightType,
+    AutoModel, AutoModelForCausalLM, DType, LoadOptions, ModelInput, Tensor, WeightType,
 };
 use serde::Serialize;
 
@@ -308,7 +308,7 @@ pub fn decoders(
         .iter()
         .map(|options| {
             let pretrained = ferroformers::Pretrained::open(model, &options.hub)?;
-            let decoder = pretrained.load::<Gpt2LMHeadModel>(options)?;
+            let decoder = pretrained.load::<AutoModelForCausalLM>(options)?;
             Ok((decoder, pretrained.config().clone()))
         })
         .collect::<Result<Vec<_>, ferroformers::Error>>()?;

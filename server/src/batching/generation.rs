@@ -23,7 +23,7 @@ use crate::state::Shared;
 use ferroformers::generation::{
     ContinuousBatcher, GenerationConfig, SequenceId, SequenceToken, StreamToken,
 };
-use ferroformers::models::gpt2::Gpt2LMHeadModel;
+use ferroformers::models::auto::AutoModelForCausalLM;
 use ferroformers::pipelines::{AnyPipeline, Pipeline, TextGenerationPipeline};
 use ferroformers::Error;
 
@@ -109,7 +109,7 @@ pub(crate) fn submit(
     // Room for every token a sequence can make (no more than the model's positions) and an
     // error, so that the decoding thread never waits on a slow client; tokio allocates the
     // slots as they fill.
-    let (sender, receiver) = mpsc::channel(pipeline.model().config().n_positions + 1);
+    let (sender, receiver) = mpsc::channel(pipeline.model().max_positions() + 1);
     let mut queue = shared.decode_queue.lock();
     queue.waiting.push_back((request, sender, Span::current()));
     if !queue.thread_running {
@@ -206,7 +206,7 @@ fn decode(shared: &Shared) {
 /// the thread running and is taken by it, or starts a new one).
 fn admit(
     shared: &Shared,
-    batcher: &mut ContinuousBatcher<'_, Gpt2LMHeadModel>,
+    batcher: &mut ContinuousBatcher<'_, AutoModelForCausalLM>,
     clients: &mut HashMap<SequenceId, Client>,
     limit: usize,
 ) -> bool {

@@ -23,7 +23,6 @@ use crate::batching::generation::{submit, GenerationRequest};
 use crate::http::error::{OpenAiError, ServeError};
 use crate::state::{run_blocking, AppState, Shared};
 use choice::Running;
-use ferroformers::generation::CausalLM;
 use ferroformers::pipelines::{AnyPipeline, Message, Pipeline, TextGenerationPipeline};
 use ferroformers::tokenizer::EncodeOptions;
 use request::{ChatRequest, CompletionRequest, Settings};
