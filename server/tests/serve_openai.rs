@@ -15,9 +15,11 @@ use std::time::{Duration, Instant};
 
 use common::server::{answer, client, config, get, load, post, TestServer};
 use common::{fixture, fixture_model, fixture_sanity};
+use ferroformers::generation::Generator;
 use ferroformers::generation::{GenerationConfig, TokenLogprob};
 use ferroformers::pipelines::{
-    ChatTemplate, Message, Pipeline, Role, TextGenerationOptions, TextGenerationPipeline,
+    ChatTemplate, Conversation, Message, Pipeline, Role, TextGenerationOptions,
+    TextGenerationPipeline,
 };
 use ferroformers::{AnyPipeline, Device, EncodeOptions, LoadOptions, Task, Tensor};
 use ferroformers_server::ServerConfig;
@@ -855,19 +857,35 @@ fn bad_requests_get_openai_errors_that_name_the_field() {
     assert_eq!(status, 200, "{body}");
 }
 
+/// A model without a chat template chats as `ferroformers chat` does (DialoGPT's turns, each
+/// ended by the end-of-text token), so that the server and the command agree.
 #[test]
-fn chat_needs_a_template_and_completions_a_generation_model() {
+fn chat_without_a_template_joins_turns_as_the_command_does() {
+    let pipeline = gpt2(false);
+    fixture_sanity(
+        pipeline.chat_template().unwrap().is_none(),
+        "the fixture has no chat template",
+    );
+    let server = serve(&pipeline);
+    let (status, body) = post(
+        &client(),
+        &server.url("/v1/chat/completions"),
+        &json!({"messages": [{"role": "user", "content": "Hi there"}], "max_tokens": 12,
+                "temperature": 0}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let mut conversation = Conversation::new(std::sync::Arc::new(pipeline.clone()));
+    let config = Sampling::greedy(12).config(&pipeline);
+    let expected = conversation.respond("Hi there", &config).unwrap();
+    fixture_sanity(!expected.trim().is_empty(), "the fixture replies");
+    assert_eq!(body["choices"][0]["message"]["content"], expected.as_str());
+}
+
+#[test]
+fn completions_need_a_generation_model() {
     let pipeline = gpt2(false);
     let server = serve(&pipeline);
     let client = client();
-    assert_openai_error(
-        &client,
-        &server.url("/v1/chat/completions"),
-        &json!({"messages": [{"role": "user", "content": "Hi"}]}),
-        400,
-        Some("messages"),
-        "no chat template",
-    );
     let (status, body) = post(
         &client,
         &server.url("/v1/completions"),
@@ -1051,5 +1069,69 @@ fn a_client_that_leaves_mid_stream_stops_its_sequence() {
             "a finished sequence stays active"
         );
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `/v1/chat/completions` on each Llama-family fixture with a chat template (Llama 3.1's
+/// template with its BOS token, ChatML from tokenizer_config.json and from
+/// chat_template.jinja): the rendered chat encoded without special tokens, as transformers'
+/// `apply_chat_template` encodes it, and the library's greedy reply, whole and streamed.
+#[test]
+fn chat_on_each_llama_family_model_equals_the_library() {
+    for family in ["llama", "qwen2", "qwen3"] {
+        let pipeline = TextGenerationPipeline::from_pretrained(
+            &fixture_model(&format!("{family}/lm-head")),
+            &LoadOptions::default(),
+        )
+        .expect("the fixture loads");
+        let server = serve(&pipeline);
+        let messages = [
+            Message::new(Role::System, "Be brief."),
+            Message::new(Role::User, "Hi there"),
+        ];
+        let text = pipeline
+            .chat_template()
+            .unwrap()
+            .unwrap()
+            .render(&messages, true)
+            .unwrap();
+        let options = EncodeOptions {
+            add_special_tokens: false,
+            ..EncodeOptions::default()
+        };
+        let ids = pipeline
+            .tokenizer()
+            .encode(text.as_str(), &options)
+            .unwrap()
+            .get_ids()
+            .to_vec();
+        let config = Sampling::greedy(16).config(&pipeline);
+        let tokens: Vec<_> = Generator::new(pipeline.model(), pipeline.tokenizer())
+            .stream(&ids, &config)
+            .unwrap()
+            .map(|token| token.unwrap())
+            .collect();
+        let expected: String = tokens.iter().map(|token| token.text.as_str()).collect();
+        let request = json!({
+            "model": "fixture",
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Hi there"},
+            ],
+            "max_tokens": 16, "temperature": 0,
+        });
+        let (status, body) = post(&client(), &server.url("/v1/chat/completions"), &request);
+        assert_eq!(status, 200, "{family}: {body}");
+        assert_eq!(
+            body["choices"][0]["message"]["content"],
+            expected.as_str(),
+            "{family}"
+        );
+        assert_usage(&body["usage"], ids.len(), tokens.len());
+        let mut streaming = request.clone();
+        streaming["stream"] = json!(true);
+        streaming["stream_options"] = json!({"include_usage": true});
+        let events = events(&client(), &server.url("/v1/chat/completions"), &streaming);
+        assert_stream_matches(&body, &events, true);
     }
 }

@@ -13,7 +13,9 @@
 use crate::error::{Error, Result};
 use crate::generation::search::Chooser;
 use crate::generation::stream::stream_token;
-use crate::generation::{CausalLM, GenerationConfig, Generator, StreamToken, TokenStream};
+use crate::generation::{
+    CausalLM, GenerationConfig, GenerationPrompt, Generator, StreamToken, TokenStream,
+};
 use crate::tokenizer::Tokenizer;
 
 /// Names a sequence of a [`ContinuousBatcher`]; never reused by the same batcher.
@@ -110,7 +112,11 @@ impl<'a, M: CausalLM> ContinuousBatcher<'a, M> {
     /// Add a sequence that continues `prompt` with `config`; it joins at the next step. The
     /// prompt and settings are checked here, as [`Generator::stream`] checks them (one
     /// sequence: no beams, one return sequence), and nothing is computed yet.
-    pub fn add(&mut self, prompt: &str, config: &GenerationConfig) -> Result<SequenceId> {
+    pub fn add<'p>(
+        &mut self,
+        prompt: impl Into<GenerationPrompt<'p>>,
+        config: &GenerationConfig,
+    ) -> Result<SequenceId> {
         let generator = Generator::new(self.model, self.tokenizer);
         let (batch, stop) = generator.single_sequence(prompt, config)?;
         let prompt_len = batch.seq_len();

@@ -198,6 +198,47 @@ fn to_tensor(rows: &[Vec<u32>], device: &Device) -> Result<Tensor> {
     Ok(Tensor::from_vec(flat, (rows.len(), width), device)?)
 }
 
+/// What a single sequence continues: text, encoded as the pipeline encodes prompts (the
+/// tokenizer's special tokens added), or token ids already made (a chat rendered by its
+/// template and encoded without special tokens, as transformers' `apply_chat_template` does).
+#[derive(Debug, Clone, Copy)]
+pub enum GenerationPrompt<'a> {
+    /// Text to encode.
+    Text(&'a str),
+    /// Token ids, used as they are.
+    Ids(&'a [u32]),
+}
+
+impl<'a> From<&'a str> for GenerationPrompt<'a> {
+    fn from(text: &'a str) -> Self {
+        GenerationPrompt::Text(text)
+    }
+}
+
+impl<'a> From<&&'a str> for GenerationPrompt<'a> {
+    fn from(text: &&'a str) -> Self {
+        GenerationPrompt::Text(text)
+    }
+}
+
+impl<'a> From<&'a String> for GenerationPrompt<'a> {
+    fn from(text: &'a String) -> Self {
+        GenerationPrompt::Text(text)
+    }
+}
+
+impl<'a> From<&'a [u32]> for GenerationPrompt<'a> {
+    fn from(ids: &'a [u32]) -> Self {
+        GenerationPrompt::Ids(ids)
+    }
+}
+
+impl<'a> From<&'a Vec<u32>> for GenerationPrompt<'a> {
+    fn from(ids: &'a Vec<u32>) -> Self {
+        GenerationPrompt::Ids(ids)
+    }
+}
+
 /// Prompts as token ids, left-padded to one length, with their attention mask.
 #[derive(Debug, Clone)]
 pub struct PromptBatch {
@@ -379,9 +420,9 @@ impl<'a, M: CausalLM> Generator<'a, M> {
     /// one also reads the prompt) and returns the new token. Dropping the iterator stops the
     /// work; [`GenerationStream::generated`] gives the result so far. Not for beam search,
     /// whose best sequence is only known at the end, nor for several sequences per prompt.
-    pub fn stream(
+    pub fn stream<'p>(
         &self,
-        prompt: &str,
+        prompt: impl Into<GenerationPrompt<'p>>,
         config: &GenerationConfig,
     ) -> Result<GenerationStream<'a, M>> {
         let (batch, stop) = self.single_sequence(prompt, config)?;
@@ -401,9 +442,9 @@ impl<'a, M: CausalLM> Generator<'a, M> {
 
     /// One prompt encoded and checked for token-by-token generation (a stream, or a sequence
     /// of the continuous batcher), with its stop strings.
-    fn single_sequence(
+    fn single_sequence<'p>(
         &self,
-        prompt: &str,
+        prompt: impl Into<GenerationPrompt<'p>>,
         config: &GenerationConfig,
     ) -> Result<(PromptBatch, Option<StopStrings<'a>>)> {
         if config.num_beams > 1 || config.num_return_sequences > 1 {
@@ -412,7 +453,12 @@ impl<'a, M: CausalLM> Generator<'a, M> {
                     .into(),
             ));
         }
-        let batch = self.encode(&[prompt], config)?;
+        let batch = match prompt.into() {
+            GenerationPrompt::Text(text) => self.encode(&[text], config)?,
+            GenerationPrompt::Ids(ids) => {
+                PromptBatch::left_padded(vec![ids.to_vec()], config.fill_token().unwrap_or(0))?
+            }
+        };
         let stop = self.check(&batch, config)?;
         Ok((batch, stop))
     }

@@ -35,8 +35,9 @@ const DEFAULT_MAX_SEQUENCES: usize = 32;
 /// A prompt and the settings to continue it with.
 #[derive(Debug, Clone)]
 pub(crate) struct GenerationRequest {
-    /// The text the model continues (a chat already rendered by its template).
-    pub prompt: String,
+    /// The token ids the model continues: a prompt encoded as the pipeline encodes prompts,
+    /// or a chat rendered by its template (or joined as DialoGPT's turns) and encoded.
+    pub prompt: Vec<u32>,
     /// Sampling, length and stop settings, validated.
     pub config: GenerationConfig,
 }
@@ -293,8 +294,9 @@ mod tests {
     use crate::batching::queue::{Batcher, Limits};
     use crate::config::ServerConfig;
     use crate::http::metrics::Metrics;
-    use ferroformers::pipelines::TextGenerationOptions;
-    use ferroformers::{HubOptions, LoadOptions};
+    use ferroformers::generation::Generator;
+    use ferroformers::pipelines::{Pipeline, TextGenerationOptions};
+    use ferroformers::{EncodeOptions, HubOptions, LoadOptions};
 
     fn shared(max_batch_requests: usize) -> Arc<Shared> {
         // The workspace's fixtures, one folder up from this package.
@@ -338,7 +340,7 @@ mod tests {
         let mut sampled = base.clone().sampling(5).with_max_new_tokens(20);
         sampled.top_p = 0.9;
         let request = |prompt: &str, config: &GenerationConfig| GenerationRequest {
-            prompt: prompt.to_string(),
+            prompt: ids(shared, prompt),
             config: config.clone(),
         };
         vec![
@@ -350,11 +352,21 @@ mod tests {
         ]
     }
 
+    /// `prompt`'s ids, as the completion route encodes a prompt.
+    fn ids(shared: &Shared, prompt: &str) -> Vec<u32> {
+        shared
+            .pipeline
+            .tokenizer()
+            .encode(prompt, &EncodeOptions::default())
+            .expect("encodes")
+            .get_ids()
+            .to_vec()
+    }
+
     fn solo(shared: &Shared, request: &GenerationRequest) -> Vec<StreamToken> {
-        let options = TextGenerationOptions::default().with_generation(request.config.clone());
-        text_generation(shared)
-            .expect("generates")
-            .stream(&request.prompt, &options)
+        let pipeline = text_generation(shared).expect("generates");
+        Generator::new(pipeline.model(), pipeline.tokenizer())
+            .stream(&request.prompt, &request.config)
             .expect("streams")
             .map(|token| token.expect("decodes"))
             .collect()
@@ -444,11 +456,11 @@ mod tests {
             .expect("generates")
             .settings(&TextGenerationOptions::default());
         let long = GenerationRequest {
-            prompt: "The quick brown fox".to_string(),
+            prompt: ids(&shared, "The quick brown fox"),
             config: base.clone().greedy().with_max_new_tokens(100),
         };
         let other = GenerationRequest {
-            prompt: "Once upon a time".to_string(),
+            prompt: ids(&shared, "Once upon a time"),
             config: base.clone().sampling(3).with_max_new_tokens(100),
         };
         let leaving_alone = solo(&shared, &long).len();
@@ -498,7 +510,7 @@ mod tests {
         assert!(shared.decode_queue.wait_until_idle(IDLE), "the thread ends");
 
         let too_long = GenerationRequest {
-            prompt: "The quick brown fox".to_string(),
+            prompt: ids(&shared, "The quick brown fox"),
             config: base.with_max_new_tokens(10_000),
         };
         let mut refused = submit(&shared, too_long).expect("submits");

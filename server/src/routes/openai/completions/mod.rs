@@ -30,10 +30,10 @@ use response::{Answer, Api, Usage};
 
 /// A prompt ready to generate from.
 struct Prepared {
-    /// The text the model continues.
+    /// The text the model continues (for stop strings that begin in it).
     text: String,
-    /// Its tokens.
-    tokens: usize,
+    /// Its token ids.
+    ids: Vec<u32>,
     /// New tokens per choice.
     max_new_tokens: usize,
 }
@@ -62,7 +62,10 @@ pub(crate) async fn completions(
     let prepared = run_blocking(&state, move |state| {
         prompts
             .into_iter()
-            .map(|prompt| prepare(state, prompt, max_tokens, "prompt"))
+            .map(|prompt| {
+                let ids = encode(state, &prompt, &EncodeOptions::default())?;
+                prepare(state, prompt, ids, max_tokens, "prompt")
+            })
             .collect::<Result<Vec<_>, _>>()
     })
     .await?;
@@ -79,52 +82,81 @@ pub(crate) async fn chat_completions(
     let (messages, settings) = request.checked()?;
     let max_tokens = settings.max_tokens;
     let prepared = run_blocking(&state, move |state| {
-        let prompt = render(state, &messages)?;
-        prepare(state, prompt, max_tokens, "messages")
+        let (prompt, ids) = render(state, &messages)?;
+        prepare(state, prompt, ids, max_tokens, "messages")
     })
     .await?;
     Ok(generate(&state, Api::Chat, vec![prepared], settings).await?)
 }
 
-/// The messages rendered by the model's chat template, with the assistant's turn opened.
-fn render(state: &Shared, messages: &[Message]) -> Result<String, ServeError> {
-    let no_chat =
-        |why: String| ServeError::field_with_status(StatusCode::BAD_REQUEST, "messages", why);
-    let template = generation_pipeline(state)?
-        .chat_template()
-        .map_err(|error| {
-            no_chat(format!(
+/// The messages as the model reads a chat, text and token ids: rendered by its chat template
+/// with the assistant's turn opened, and encoded without special tokens (the template writes
+/// them), as transformers' `apply_chat_template` does; or, for a model without a template,
+/// joined as DialoGPT's turns, each message's tokens and the end-of-text token, as
+/// `ferroformers chat` joins them.
+fn render(state: &Shared, messages: &[Message]) -> Result<(String, Vec<u32>), ServeError> {
+    let pipeline = generation_pipeline(state)?;
+    let template = pipeline.chat_template().map_err(|error| {
+        ServeError::field_with_status(
+            StatusCode::BAD_REQUEST,
+            "messages",
+            format!(
                 "this model's chat template cannot be used ({error}): use /v1/completions with \
                  a prompt you write"
-            ))
-        })?
-        .ok_or_else(|| {
-            no_chat(
-                "this model has no chat template (no `chat_template` in its \
-                 tokenizer_config.json), so it cannot chat: use /v1/completions with a prompt \
-                 you write, or serve a model that has a chat template"
+            ),
+        )
+    })?;
+    let Some(template) = template else {
+        let end = pipeline.generation_config().eos_token_id.first().copied();
+        let end = end.ok_or_else(|| {
+            ServeError::field_with_status(
+                StatusCode::BAD_REQUEST,
+                "messages",
+                "this model has neither a chat template nor an end-of-text token to join turns \
+                 with: use /v1/completions with a prompt you write"
                     .to_string(),
             )
         })?;
-    template
+        let mut ids = Vec::new();
+        for message in messages {
+            ids.extend(encode(state, &message.content, &EncodeOptions::default())?);
+            ids.push(end);
+        }
+        let text = pipeline.tokenizer().decode(&ids, false)?;
+        return Ok((text, ids));
+    };
+    let text = template
         .render(messages, true)
-        .map_err(|error| ServeError::field("messages", error.to_string()))
+        .map_err(|error| ServeError::field("messages", error.to_string()))?;
+    let options = EncodeOptions {
+        add_special_tokens: false,
+        ..EncodeOptions::default()
+    };
+    let ids = encode(state, &text, &options)?;
+    Ok((text, ids))
 }
 
-/// Count `prompt`'s tokens (as the generator will) and fit the new tokens into the model's
-/// context: `max_tokens`, or all the room left when it is not set. `field` is where the
+/// `text`'s token ids, as the generation pipeline's tokenizer encodes it with `options`.
+fn encode(state: &Shared, text: &str, options: &EncodeOptions) -> Result<Vec<u32>, ServeError> {
+    Ok(generation_pipeline(state)?
+        .tokenizer()
+        .encode(text, options)?
+        .get_ids()
+        .to_vec())
+}
+
+/// Check `prompt`'s token ids (`ids`, as the generator reads them) and fit the new tokens
+/// into the model's context: `max_tokens`, or all the room left when it is not set. `field` is where the
 /// prompt came from, for OpenAI's `context_length_exceeded`.
 fn prepare(
     state: &Shared,
     prompt: String,
+    ids: Vec<u32>,
     max_tokens: Option<usize>,
     field: &'static str,
 ) -> Result<Prepared, ServeError> {
     let pipeline = generation_pipeline(state)?;
-    let tokens = pipeline
-        .tokenizer()
-        .encode(prompt.as_str(), &EncodeOptions::default())?
-        .len();
+    let tokens = ids.len();
     let too_long = |message: String| ServeError::context_length_exceeded(field, message);
     let context = pipeline.model().max_positions();
     let max_new_tokens = max_tokens.unwrap_or(context.saturating_sub(tokens));
@@ -145,7 +177,7 @@ fn prepare(
     }
     Ok(Prepared {
         text: prompt,
-        tokens,
+        ids,
         max_new_tokens,
     })
 }
@@ -164,14 +196,14 @@ async fn generate(
             let choice = running.choices.len();
             let config = settings.generation_config(&model_config, prompt.max_new_tokens, choice);
             let request = GenerationRequest {
-                prompt: prompt.text.clone(),
+                prompt: prompt.ids.clone(),
                 config,
             };
             // On an error the choices submitted so far are dropped, which stops them.
             running.add(submit(state, request)?, &prompt.text);
         }
     }
-    let prompt_tokens = prompts.iter().map(|prompt| prompt.tokens).sum();
+    let prompt_tokens = prompts.iter().map(|prompt| prompt.ids.len()).sum();
     let answer = Answer::new(api, &state.config.model_id);
     if settings.stream {
         return Ok(stream::respond(
