@@ -52,3 +52,30 @@ if [ -z "$url" ]; then
 fi
 
 FERROFORMERS_URL="$url" SCREENSHOT_DIR="$out" node --test tests/browser/chat_page.test.mjs
+kill "$server" 2>/dev/null || true
+wait "$server" 2>/dev/null || true
+
+# A Llama-style model in the page: the Llama fixture (Llama 3.1's chat template, two end
+# tokens), its greedy reply streamed against the API's whole answer. The fixture decodes too
+# fast for the Stop test, which the model above covers.
+target/debug/ferroformers serve -m tests/fixtures/llama/lm-head --task chat --port 0 --threads 1 \
+  >"$out/llama-server.log" 2>&1 &
+server=$!
+url=""
+for _ in $(seq 600); do
+  url=$(grep -o -m1 'http://[0-9.]*:[0-9]*' "$out/llama-server.log" || true)
+  [ -n "$url" ] && break
+  if ! kill -0 "$server" 2>/dev/null; then
+    echo "the Llama server did not start:" >&2
+    cat "$out/llama-server.log" >&2
+    exit 1
+  fi
+  sleep 0.1
+done
+if [ -z "$url" ]; then
+  echo "the Llama server was not ready after 60 s:" >&2
+  cat "$out/llama-server.log" >&2
+  exit 1
+fi
+FERROFORMERS_URL="$url" SCREENSHOT_DIR="$out/llama" node --test \
+  --test-name-pattern="a greedy reply streams in" tests/browser/chat_page.test.mjs

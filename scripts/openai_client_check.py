@@ -5,8 +5,8 @@ Needs `openai` from PyPI (checked with openai==3.51.0: `pip install openai==3.51
 
     scripts/openai_client_check.py --embed-url http://127.0.0.1:PORT --generate-url http://...
 
-The embeddings server serves a sentence-transformers model; the generation server a GPT-2 with
-a chat template. Each check compares values: embeddings with TEI's /embed of the same server
+The embeddings server serves a sentence-transformers model; the generation servers a GPT-2 with
+a chat template and a Llama-style model (each checked the same way). Each check compares values: embeddings with TEI's /embed of the same server
 (within 1e-5), streamed text with the whole answer, usage with the token counts, the client's
 greedy answer with the raw HTTP answer to the same request, and the error the client raises
 with the server's status and OpenAI body. Prints one line per check; exits 1 on any mismatch.
@@ -221,11 +221,13 @@ def check_generation(url):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--embed-url", required=True, help="an embeddings server")
-    parser.add_argument("--generate-url", required=True, help="a GPT-2 with a chat template")
+    parser.add_argument("--generate-url", required=True, action="append",
+                        help="a generation model with a chat template (repeat for more)")
     args = parser.parse_args()
     print(f"openai {openai.__version__}")
     check_embeddings(args.embed_url.rstrip("/"))
-    check_generation(args.generate_url.rstrip("/"))
+    for url in args.generate_url:
+        check_generation(url.rstrip("/"))
     if FAILURES:
         print(f"{len(FAILURES)} check(s) failed: {', '.join(FAILURES)}")
         return 1

@@ -58,5 +58,7 @@ serve() {
 
 serve embed_url "$out/embed.log" -m tests/fixtures/bert/sentence-transformers --task embed
 serve generate_url "$out/generate.log" -m "$out/chat-model" --task generate
+# A Llama-style model: Llama 3.1's chat template (from chat_template.jinja), two end tokens.
+serve llama_url "$out/llama.log" -m tests/fixtures/llama/lm-head --task chat
 "${PYTHON:-python3}" scripts/openai_client_check.py \
-  --embed-url "$embed_url" --generate-url "$generate_url"
+  --embed-url "$embed_url" --generate-url "$generate_url" --generate-url "$llama_url"
