@@ -513,3 +513,84 @@ fn a_bad_config_is_an_error_that_names_the_field() {
         assert!(error.to_string().contains(words), "{field}: {error}");
     }
 }
+
+/// The largest logit difference to f32 along f32's greedy sequences of the four fixtures,
+/// measured: 9.2e-2 on AVX-512 (activations rounded to bf16 for `vdpbf16ps`), 7.9e-2 on AVX2
+/// (FERROFORMERS_ISA=avx2). The fixtures' weights carry 0.1 of noise on top of their
+/// initialisation, so their logits are larger than GPT-2's fixture's. Bar: 1.5× the largest.
+const BF16_LOGIT_BAR: f32 = 0.14;
+/// int8 (one scale per output channel): 2.2e-1 on AVX-512 (activations rounded to 8 bits over
+/// each row), 1.6e-1 on AVX2 (16 bits). Bar: 1.5× the largest. Greedy tokens kept of 32:
+/// llama 5 (both), qwen3 32 / 18, the others 32; where they part, f32's two scores were a near
+/// tie, which the test checks.
+const INT8_LOGIT_BAR: f32 = 0.33;
+
+/// bf16 and int8 against f32 on every family: the logits along f32's greedy sequence stay
+/// within their measured bar, and the greedy tokens stay f32's for every step of the case
+/// (32 new tokens), or part from them only where f32's two best scores were closer than twice
+/// the bar (a near tie that any rounding may flip).
+#[test]
+fn bf16_and_int8_keep_f32s_greedy_tokens() {
+    use ferroformers::WeightType;
+    for family in FAMILIES {
+        let f32_model = load(family);
+        let tokenizer = tokenizer(family);
+        let case = &cases(family)["greedy"];
+        let prompts =
+            PromptBatch::new(rows(&case["input_ids"]), rows(&case["attention_mask"])).unwrap();
+        let prompt_len = prompts.seq_len();
+        let config = config_for(family, &case["settings"]);
+        let expected = rows(&case["sequences"]).remove(0);
+        let ids = Tensor::new(vec![expected.clone()], &Device::Cpu).unwrap();
+        let f32_logits = f32_model
+            .forward(&ids, None, None)
+            .unwrap()
+            .squeeze(0)
+            .unwrap();
+        for (weight_type, bar) in [
+            (WeightType::Bf16, BF16_LOGIT_BAR),
+            (WeightType::Int8, INT8_LOGIT_BAR),
+        ] {
+            let model = LlamaForCausalLM::from_pretrained(
+                &folder(family),
+                &options().with_weight_type(weight_type),
+            )
+            .unwrap();
+            let logits = model.forward(&ids, None, None).unwrap().squeeze(0).unwrap();
+            let moved = max_abs_diff(&logits, &f32_logits);
+            let ours = Generator::new(&model, &tokenizer)
+                .generate_ids(&prompts, &config)
+                .unwrap()
+                .remove(0);
+            let kept = ours
+                .iter()
+                .zip(&expected)
+                .skip(prompt_len)
+                .take_while(|(a, b)| a == b)
+                .count();
+            eprintln!(
+                "{family} {weight_type}: logits within {moved:.3e} of f32, {kept} of {} greedy tokens kept",
+                expected.len() - prompt_len
+            );
+            assert!(
+                moved <= bar,
+                "{family} {weight_type}: logits moved {moved} > {bar}"
+            );
+            if prompt_len + kept < expected.len() {
+                // Where they part: f32's scores of the two tokens at that step.
+                let step: Vec<f32> = f32_logits
+                    .get(prompt_len + kept - 1)
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                let gap = step[expected[prompt_len + kept] as usize]
+                    - step[ours[prompt_len + kept] as usize];
+                assert!(
+                    gap <= 2.0 * bar,
+                    "{family} {weight_type}: parts from f32 at new token {kept} where f32's \
+                     scores were {gap} apart: not a near tie"
+                );
+            }
+        }
+    }
+}
