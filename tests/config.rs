@@ -35,19 +35,19 @@ fn bert_config_dispatches_and_applies_transformers_defaults() {
 
 #[test]
 fn unknown_model_type_names_it_and_lists_the_supported_ones() {
-    let error = parse(r#"{"model_type": "llama", "hidden_size": 8}"#).unwrap_err();
+    let error = parse(r#"{"model_type": "mamba", "hidden_size": 8}"#).unwrap_err();
     match &error {
         Error::UnknownModelType {
             model_type,
             supported,
             ..
         } => {
-            assert_eq!(model_type, "llama");
+            assert_eq!(model_type, "mamba");
             assert!(supported.contains("bert"));
         }
         other => panic!("expected UnknownModelType, got {other:?}"),
     }
-    assert!(error.to_string().contains("llama") && error.to_string().contains("bert"));
+    assert!(error.to_string().contains("mamba") && error.to_string().contains("llama"));
 }
 
 #[test]
