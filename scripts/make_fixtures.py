@@ -1559,6 +1559,7 @@ def make_decoders(encoder: dict, merges: list):
     llama_specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
                       "<|end_header_id|>", "<|eot_id|>"]
     tokenizer = decoder_tokenizer(encoder, merges, llama_specials, "<|begin_of_text|>")
+    tokenizer.model_max_length = 512
     tokenizer.bos_token, tokenizer.eos_token = "<|begin_of_text|>", "<|eot_id|>"
     tokenizer.pad_token = "<|end_of_text|>"
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in llama_specials}
@@ -1567,8 +1568,9 @@ def make_decoders(encoder: dict, merges: list):
     # Llama 3.2: llama3 rope scaling whose bands all matter at head_dim 16 and rope_theta 1e4
     # (wavelengths 6.3 / 19.9 / 62.8 ... against 8 and 32), GQA with 2 KV heads, untied head,
     # a list of end tokens; the config in transformers 4's form (rope_theta + rope_scaling).
+    # 512 positions: room for the chat page test's two turns under Llama 3.1's system header.
     make_decoder("llama", LlamaConfig, LlamaForCausalLM, dict(
-        base, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        base, max_position_embeddings=512, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, head_dim=16, rope_theta=10000.0, tie_word_embeddings=False,
         rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                       "high_freq_factor": 4.0, "original_max_position_embeddings": 32},
