@@ -24,26 +24,12 @@ fn load<M: FromPretrained>(name: &str) -> M {
     M::from_pretrained(&fixture_model(name), &options).expect("fixture model loads")
 }
 
-fn ids_and_mask(reference: &std::collections::HashMap<String, Tensor>) -> (Tensor, Tensor) {
-    let get = |k: &str| reference[k].to_dtype(DType::U32).unwrap();
-    (get("input_ids"), get("attention_mask"))
-}
-
 fn with_mask(ids: &Tensor, mask: &Tensor) -> ModelInput {
     ModelInput {
         input_ids: ids.clone(),
         attention_mask: Some(mask.clone()),
         token_type_ids: None,
     }
-}
-
-/// The real (unpadded) positions of row `i` of a left-padded (batch, seq, ...) tensor.
-fn real_positions(t: &Tensor, i: usize, len: usize) -> Tensor {
-    let seq = t.dim(1).unwrap();
-    t.narrow(0, i, 1)
-        .unwrap()
-        .narrow(1, seq - len, len)
-        .unwrap()
 }
 
 /// Compare a left-padded batch output with the reference at real positions only.
@@ -186,12 +172,6 @@ fn left_padded_batch_equals_each_prompt_alone() {
             &format!("prompt {i} alone"),
         );
     }
-}
-
-/// Greedy next tokens from the last position of (batch, seq, vocab) logits.
-fn greedy(logits: &Tensor) -> Tensor {
-    let seq = logits.dim(1).unwrap();
-    logits.narrow(1, seq - 1, 1).unwrap().argmax(2).unwrap()
 }
 
 #[test]

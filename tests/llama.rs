@@ -11,8 +11,6 @@
 
 mod common;
 
-use std::collections::HashMap;
-
 use common::*;
 use ferroformers::generation::{CausalLM, GenerationConfig, Generator, PromptBatch};
 use ferroformers::models::rope::{RopeScaling, RotaryEmbedding};
@@ -58,20 +56,6 @@ fn cases(family: &str) -> serde_json::Map<String, Value> {
 
 fn rows(value: &Value) -> Vec<Vec<u32>> {
     serde_json::from_value(value.clone()).unwrap()
-}
-
-fn ids_and_mask(reference: &HashMap<String, Tensor>) -> (Tensor, Tensor) {
-    let get = |k: &str| reference[k].to_dtype(DType::U32).unwrap();
-    (get("input_ids"), get("attention_mask"))
-}
-
-/// The real (unpadded) positions of row `i` of a left-padded (batch, seq, ...) tensor.
-fn real_positions(t: &Tensor, i: usize, len: usize) -> Tensor {
-    let seq = t.dim(1).unwrap();
-    t.narrow(0, i, 1)
-        .unwrap()
-        .narrow(1, seq - len, len)
-        .unwrap()
 }
 
 #[test]
@@ -175,12 +159,6 @@ fn left_padded_batch_equals_each_prompt_alone() {
             );
         }
     }
-}
-
-/// Greedy next tokens from the last position of (batch, seq, vocab) logits.
-fn greedy(logits: &Tensor) -> Tensor {
-    let seq = logits.dim(1).unwrap();
-    logits.narrow(1, seq - 1, 1).unwrap().argmax(2).unwrap()
 }
 
 /// 24 steps take every prompt past Mistral's window of 6 keys and through the cache's first

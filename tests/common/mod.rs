@@ -231,4 +231,25 @@ pub fn assert_json_close(actual: &Value, expected: &Value, tolerance: f64, at: &
     }
 }
 
+/// A decoder fixture's left-padded reference batch: its ids and attention mask, as u32.
+pub fn ids_and_mask(reference: &HashMap<String, Tensor>) -> (Tensor, Tensor) {
+    let get = |k: &str| reference[k].to_dtype(DType::U32).unwrap();
+    (get("input_ids"), get("attention_mask"))
+}
+
+/// The real (unpadded) positions of row `i` of a left-padded (batch, seq, ...) tensor.
+pub fn real_positions(t: &Tensor, i: usize, len: usize) -> Tensor {
+    let seq = t.dim(1).unwrap();
+    t.narrow(0, i, 1)
+        .unwrap()
+        .narrow(1, seq - len, len)
+        .unwrap()
+}
+
+/// Greedy next tokens from the last position of (batch, seq, vocab) logits.
+pub fn greedy(logits: &Tensor) -> Tensor {
+    let seq = logits.dim(1).unwrap();
+    logits.narrow(1, seq - 1, 1).unwrap().argmax(2).unwrap()
+}
+
 pub mod gpt2;
