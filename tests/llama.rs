@@ -11,6 +11,8 @@
 
 mod common;
 
+use std::collections::HashMap;
+
 use common::*;
 use ferroformers::generation::{CausalLM, GenerationConfig, Generator, PromptBatch};
 use ferroformers::models::rope::{RopeScaling, RotaryEmbedding};
@@ -569,6 +571,67 @@ fn bf16_and_int8_keep_f32s_greedy_tokens() {
                      scores were {gap} apart: not a near tie"
                 );
             }
+        }
+    }
+}
+
+/// Continuous batching on every family: sequences that join at different steps, greedy and
+/// seeded sampling, each get exactly their solo stream (token ids and text pieces), with one
+/// of them past Mistral's window while the others are short.
+#[test]
+fn continuous_batching_gives_each_sequence_its_solo_stream() {
+    use ferroformers::generation::{ContinuousBatcher, StreamToken};
+    for family in FAMILIES {
+        let model = load(family);
+        let tokenizer = tokenizer(family);
+        let base = GenerationConfig::from_file(&fixture(&format!(
+            "{family}/lm-head/generation_config.json"
+        )))
+        .unwrap();
+        let greedy = base.clone().greedy().with_max_new_tokens(20);
+        let sampled = base.clone().sampling(11).with_max_new_tokens(14);
+        let cases = [
+            (
+                "The quick brown fox jumps over the lazy dog, and then",
+                &greedy,
+                0,
+            ),
+            ("Hello", &sampled, 1),
+            ("In a shocking finding, scientists discovered", &greedy, 3),
+        ];
+        let solo = |prompt: &str, config: &GenerationConfig| -> Vec<StreamToken> {
+            Generator::new(&model, &tokenizer)
+                .stream(prompt, config)
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        };
+        let expected: Vec<_> = cases.iter().map(|(p, c, _)| solo(p, c)).collect();
+        let mut batcher = ContinuousBatcher::new(&model, &tokenizer);
+        let mut index = HashMap::new();
+        let mut got: Vec<Vec<StreamToken>> = vec![Vec::new(); cases.len()];
+        for step in 0..200 {
+            for (i, (prompt, config, joins_at)) in cases.iter().enumerate() {
+                if *joins_at == step {
+                    index.insert(batcher.add(*prompt, config).unwrap(), i);
+                }
+            }
+            if batcher.is_empty() && step > 3 {
+                break;
+            }
+            for token in batcher.step().unwrap() {
+                got[index[&token.id]].push(token.token.unwrap());
+            }
+        }
+        for (i, (ours, solo)) in got.iter().zip(&expected).enumerate() {
+            fixture_sanity(!solo.is_empty(), "a solo stream generates");
+            let ids = |tokens: &[StreamToken]| {
+                tokens
+                    .iter()
+                    .map(|t| (t.id, t.text.clone()))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(ids(ours), ids(solo), "{family}: sequence {i} in the batch");
         }
     }
 }
