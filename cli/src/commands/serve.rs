@@ -283,13 +283,16 @@ pub fn serve(common: &Common, args: ServeArgs, out: &mut impl Write) -> Result<(
         .build()?;
     runtime.block_on(async {
         let server = Server::bind(pipeline, config).await?;
+        // The signal handlers go in before the ready line, which is when clients (and
+        // supervisors) may start sending signals.
+        let shutdown = shutdown_signal();
         writeln!(
             out,
             "ferroformers serve: listening on http://{}, model {model}, task {name} ({why})",
             server.local_addr()
         )?;
         out.flush()?;
-        server.run(shutdown_signal()).await?;
+        server.run(shutdown).await?;
         Ok::<(), CliError>(())
     })
 }
