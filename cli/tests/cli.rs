@@ -373,16 +373,30 @@ fn every_serve_flag_names_its_environment_variable() {
 }
 
 #[test]
-fn serve_takes_the_task_names_and_refuses_chat_without_a_template() {
+fn serve_takes_the_task_names_and_refuses_a_chat_it_cannot_hold() {
     let output = ferroformers(&["serve", "-m", "x", "--task", "summarize"], None);
     assert_usage_error(&output, &["summarize", "auto", "classify", "chat"]);
-    // Refused at start, before it binds: one line, exit 1.
-    let model = fixture_model("gpt2/lm-head");
+    // A model with neither a chat template nor an end-of-text token to join turns with is
+    // refused at start, before it binds: one line, exit 1.
+    let folder = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixture("gpt2/lm-head")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap() != "generation_config.json" {
+            std::fs::copy(&path, folder.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let config = folder.path().join("config.json");
+    let mut settings: Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    settings["eos_token_id"] = Value::Null;
+    settings["bos_token_id"] = Value::Null;
+    std::fs::write(&config, settings.to_string()).unwrap();
+    let model = folder.path().to_string_lossy().into_owned();
     let output = ferroformers(
         &["serve", "-m", &model, "--task", "chat", "--port", "0"],
         None,
     );
-    assert_one_line_error(&output, 1, "no chat template");
+    assert_one_line_error(&output, 1, "no end-of-text token");
 }
 
 #[test]

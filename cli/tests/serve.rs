@@ -800,3 +800,52 @@ fn metrics_count_requests_by_route_and_status() {
     // The scrape itself is the one request in flight.
     assert_eq!(count("ferroformers_requests_in_flight"), Some(1.0));
 }
+
+/// `serve --task chat` on a model without a chat template (the GPT-2 fixture, as DialoGPT)
+/// serves chats joined as `ferroformers chat` joins them, instead of refusing to start: the
+/// server and the command agree about the same model.
+#[test]
+fn chat_serves_a_model_without_a_template_as_the_command_chats() {
+    let model = fixture_model("gpt2/lm-head");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ferroformers"))
+        .args([
+            "serve", "-m", &model, "--task", "chat", "--port", "0", "--quiet",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut ready = String::new();
+    stdout.read_line(&mut ready).unwrap();
+    assert!(ready.contains("task chat"), "{ready}");
+    let address = ready
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .expect("the ready line has the address");
+    let (status, body) = post(
+        &client(),
+        &format!("http://{address}/v1/chat/completions"),
+        &serde_json::json!({"messages": [{"role": "user", "content": "Hi there"}],
+                            "max_tokens": 12, "temperature": 0}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let pipeline = ferroformers::pipelines::TextGenerationPipeline::from_pretrained(
+        &model,
+        &ferroformers::LoadOptions::default(),
+    )
+    .unwrap();
+    let pipeline = std::sync::Arc::new(pipeline);
+    let config = pipeline
+        .generation_config()
+        .clone()
+        .greedy()
+        .with_max_new_tokens(12);
+    let reply = ferroformers::pipelines::Conversation::new(pipeline)
+        .respond("Hi there", &config)
+        .unwrap();
+    assert_eq!(body["choices"][0]["message"]["content"], reply.as_str());
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+}

@@ -21,8 +21,9 @@ use crate::error::{CliError, Result};
 struct TaskChoice {
     /// `None`: `auto`, from the model's files.
     task: Option<Task>,
-    /// `chat`: text generation that refuses to start without a chat template.
-    require_chat_template: bool,
+    /// `chat`: text generation checked at start for what chat needs (a chat template, or an
+    /// end-of-text token to join turns with, as DialoGPT expects).
+    for_chat: bool,
 }
 
 /// A `--task` name as `serve` has always named them, what it means, and its help.
@@ -39,7 +40,7 @@ const SERVE_TASKS: [ServeTaskName; 9] = [
         name: "auto",
         choice: TaskChoice {
             task: None,
-            require_chat_template: false,
+            for_chat: false,
         },
         help: "From config.json's `architectures` and the sentence-transformers files",
     },
@@ -76,16 +77,17 @@ const SERVE_TASKS: [ServeTaskName; 9] = [
     ServeTaskName {
         name: "generate",
         choice: TaskChoice::named(Task::TextGeneration),
-        help: "Text generation: /v1/completions, and /v1/chat/completions with the model's chat \
-               template",
+        help: "Text generation: /v1/completions, and /v1/chat/completions (the model's chat \
+               template, or DialoGPT's turns ended by the end-of-text token)",
     },
     ServeTaskName {
         name: "chat",
         choice: TaskChoice {
             task: Some(Task::TextGeneration),
-            require_chat_template: true,
+            for_chat: true,
         },
-        help: "Text generation for chat: as generate, refused at start without a chat template",
+        help: "Text generation for chat: as generate, refused at start if the model can chat \
+               neither with a template nor by joining turns with its end-of-text token",
     },
 ];
 
@@ -94,7 +96,7 @@ impl TaskChoice {
     const fn named(task: Task) -> Self {
         Self {
             task: Some(task),
-            require_chat_template: false,
+            for_chat: false,
         }
     }
 
@@ -108,10 +110,10 @@ impl TaskChoice {
     }
 
     /// The `--task` name of `task`, as the ready line and the log show it.
-    fn name(task: Task, require_chat_template: bool) -> &'static str {
+    fn name(task: Task, for_chat: bool) -> &'static str {
         let wanted = TaskChoice {
             task: Some(task),
-            require_chat_template,
+            for_chat,
         };
         SERVE_TASKS
             .iter()
@@ -255,10 +257,10 @@ pub fn serve(common: &Common, args: ServeArgs, out: &mut impl Write) -> Result<(
         None => Task::detect(model, &load.hub)?,
         Some(task) => (task, "--task".to_string()),
     };
-    let name = TaskChoice::name(task, args.task.require_chat_template);
+    let name = TaskChoice::name(task, args.task.for_chat);
     tracing::info!(task = name, reason = %why, "serving {model}");
     let pipeline = pipeline(task, model, &load)?;
-    if args.task.require_chat_template {
+    if args.task.for_chat {
         check_chat_template(model, &pipeline)?;
     }
     let config = ServerConfig {
@@ -297,19 +299,28 @@ pub fn serve(common: &Common, args: ServeArgs, out: &mut impl Write) -> Result<(
     })
 }
 
-/// `--task chat` serves /v1/chat/completions only: refuse to start rather than answer every
-/// request with an error.
+/// `--task chat` serves /v1/chat/completions: refuse to start rather than answer every
+/// request with an error when the model can chat neither way. A model without a template chats
+/// as `ferroformers chat` chats with it (DialoGPT's turns, each ended by the end-of-text token),
+/// so the server and the command agree.
 fn check_chat_template(model: &str, pipeline: &AnyPipeline) -> Result<()> {
     let Some(generation) = pipeline.as_text_generation() else {
         return Ok(());
     };
-    if generation.chat_template()?.is_none() {
+    if generation.chat_template()?.is_some() {
+        return Ok(());
+    }
+    if generation.generation_config().eos_token_id.is_empty() {
         return Err(ferroformers::Error::InvalidInput(format!(
-            "{model} has no chat template (no `chat_template` in its tokenizer_config.json): \
-             serve it with --task generate for /v1/completions"
+            "{model} has no chat template and no end-of-text token to join turns with: serve it \
+             with --task generate for /v1/completions"
         ))
         .into());
     }
+    tracing::warn!(
+        "{model} has no chat template: chats join turns with the end-of-text token, as \
+         DialoGPT expects (and as `ferroformers chat` does)"
+    );
     Ok(())
 }
 
