@@ -635,3 +635,49 @@ fn continuous_batching_gives_each_sequence_its_solo_stream() {
         }
     }
 }
+
+/// A checkpoint in shards (`model.safetensors.index.json`, as the 3B-and-larger models ship)
+/// loads the same model: the Llama fixture split in two, bitwise the same logits.
+#[test]
+fn a_sharded_checkpoint_loads_the_same_model() {
+    let source = fixture("llama/lm-head");
+    let folder = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(&source).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap() != "model.safetensors" {
+            std::fs::copy(&path, folder.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let tensors =
+        candle_core::safetensors::load(source.join("model.safetensors"), &Device::Cpu).unwrap();
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    let (first, second) = names.split_at(names.len() / 2);
+    let mut weight_map = serde_json::Map::new();
+    for (file, part) in [
+        ("model-00001-of-00002.safetensors", first),
+        ("model-00002-of-00002.safetensors", second),
+    ] {
+        let shard: HashMap<String, Tensor> = part
+            .iter()
+            .map(|name| ((*name).clone(), tensors[*name].clone()))
+            .collect();
+        candle_core::safetensors::save(&shard, folder.path().join(file)).unwrap();
+        for name in part {
+            weight_map.insert((*name).clone(), Value::from(file));
+        }
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+    std::fs::write(
+        folder.path().join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
+    let sharded =
+        LlamaForCausalLM::from_pretrained(&folder.path().to_string_lossy(), &options()).unwrap();
+    let reference = reference("llama/lm-head");
+    let (ids, mask) = ids_and_mask(&reference);
+    let ours = sharded.forward(&ids, Some(&mask), None).unwrap();
+    let whole = load("llama").forward(&ids, Some(&mask), None).unwrap();
+    assert_eq!(max_abs_diff(&ours, &whole), 0.0);
+}
