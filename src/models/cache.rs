@@ -117,11 +117,6 @@ impl DecoderCache for KvCache {
 const MIN_CACHE_CAPACITY: usize = 64;
 
 impl LayerKv {
-    /// Positions cached in this layer.
-    pub(crate) fn len(&self) -> usize {
-        self.len
-    }
-
     /// Append (batch, heads, new, head_dim) keys and values; return all of them so far.
     pub(crate) fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
         let new = k.dim(2)?;

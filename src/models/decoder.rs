@@ -168,8 +168,8 @@ fn host_mask(attention_mask: Option<&Tensor>) -> Result<Option<Vec<Vec<bool>>>> 
 }
 
 /// (batch, new) position ids of the new tokens. With a mask, positions count real tokens only,
-/// and padding gets 1, as transformers' `generate` does for these models; without one, they continue
-/// from the cache.
+/// and padding gets 1, as transformers' `generate` does for these models; without one, they
+/// continue from the cache.
 /// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/gpt2/modeling_gpt2.py#L1100>
 fn position_ids(mask: Option<&[Vec<bool>]>, batch: usize, past: usize, new: usize) -> Vec<u32> {
     match mask {

@@ -134,6 +134,31 @@ impl Linear {
         })
     }
 
+    /// Linear layers over the same input, `parts` (checkpoint name, outputs) under `vb`, stacked
+    /// into one (their weights and, with `bias`, their biases concatenated): each row of input
+    /// is read once, and the weights stream through one product (q, k and v; gate and up).
+    pub fn stacked(
+        vb: &ModelWeights,
+        parts: &[(&str, usize)],
+        in_dim: usize,
+        bias: bool,
+    ) -> Result<Self> {
+        let weights = parts
+            .iter()
+            .map(|&(name, out)| vb.pp(name).get((out, in_dim), "weight"))
+            .collect::<Result<Vec<_>>>()?;
+        let biases = if bias {
+            let biases = parts
+                .iter()
+                .map(|&(name, out)| vb.pp(name).get(out, "bias"))
+                .collect::<Result<Vec<_>>>()?;
+            Some(Tensor::cat(&biases, 0)?)
+        } else {
+            None
+        };
+        Linear::new(Tensor::cat(&weights, 0)?, biases, vb.weight_type())
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.forward_with(x, None, None)
     }
@@ -429,18 +454,9 @@ pub struct SelfAttention {
 impl SelfAttention {
     /// `names`: the checkpoint keys of the query, key and value projections under `vb`.
     pub fn load(vb: ModelWeights, names: [&str; 3], hidden: usize, heads: usize) -> Result<Self> {
-        let mut weights = Vec::with_capacity(3);
-        let mut biases = Vec::with_capacity(3);
-        for name in names {
-            weights.push(vb.pp(name).get((hidden, hidden), "weight")?);
-            biases.push(vb.pp(name).get(hidden, "bias")?);
-        }
+        let parts = names.map(|name| (name, hidden));
         Ok(Self {
-            qkv: Linear::new(
-                Tensor::cat(&weights, 0)?,
-                Some(Tensor::cat(&biases, 0)?),
-                vb.weight_type(),
-            )?,
+            qkv: Linear::stacked(&vb, &parts, hidden, true)?,
             heads,
             scale: 1.0 / ((hidden / heads) as f64).sqrt(),
         })

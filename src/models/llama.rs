@@ -261,32 +261,6 @@ fn linear(vb: ModelWeights, in_dim: usize, out_dim: usize, bias: bool) -> Result
     Linear::new(weight, bias, vb.weight_type())
 }
 
-/// Linear layers over the same input stacked into one product (q, k and v; gate and up): each
-/// row of input is read once, and the weights stream through one kernel call.
-fn stacked(
-    vb: &ModelWeights,
-    names: &[(&str, usize)],
-    in_dim: usize,
-    bias: bool,
-) -> Result<Linear> {
-    let weights = names
-        .iter()
-        .map(|&(name, out)| vb.pp(name).get((out, in_dim), "weight"))
-        .collect::<Result<Vec<_>>>()?;
-    let biases = if bias {
-        Some(Tensor::cat(
-            &names
-                .iter()
-                .map(|&(name, out)| vb.pp(name).get(out, "bias"))
-                .collect::<Result<Vec<_>>>()?,
-            0,
-        )?)
-    } else {
-        None
-    };
-    Linear::new(Tensor::cat(&weights, 0)?, biases, vb.weight_type())
-}
-
 /// `LlamaRMSNorm`: `weight · x / sqrt(mean(x²) + eps)`, in f32.
 /// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/llama/modeling_llama.py#L52>
 #[derive(Debug, Clone)]
@@ -343,7 +317,7 @@ impl LlamaAttention {
                 .transpose()
         };
         Ok(Self {
-            qkv_proj: stacked(
+            qkv_proj: Linear::stacked(
                 &vb,
                 &[
                     ("q_proj", heads * head_dim),
@@ -442,7 +416,7 @@ impl LlamaDecoderLayer {
                 hidden,
                 eps,
             )?,
-            gate_up_proj: stacked(
+            gate_up_proj: Linear::stacked(
                 &mlp,
                 &[("gate_proj", inner), ("up_proj", inner)],
                 hidden,
@@ -492,7 +466,7 @@ impl LlamaDecoderLayer {
     fn decode_step(
         &self,
         hidden: &Tensor,
-        rotations: &[Rotation],
+        rows: &[(Rotation, Masks)],
         layers: &mut [&mut LayerKv],
     ) -> Result<Tensor> {
         let normed = self.input_layernorm.forward(hidden)?;
@@ -501,15 +475,13 @@ impl LlamaDecoderLayer {
         // change the sums of the shorter ones.
         let contexts = layers
             .iter_mut()
-            .zip(rotations)
+            .zip(rows)
             .enumerate()
-            .map(|(row, (layer, rotation))| {
-                let layer: &mut LayerKv = layer;
-                let mask = window_of_one(self.self_attn.window, layer.len(), hidden.device())?;
+            .map(|(row, (layer, (rotation, masks)))| {
                 self.self_attn.attend_projected(
                     &qkv.narrow(0, row, 1)?,
                     rotation,
-                    mask.as_ref(),
+                    masks.for_window(self.self_attn.window),
                     Some(layer),
                 )
             })
@@ -524,21 +496,6 @@ impl LlamaDecoderLayer {
             None,
             Some(&hidden),
         )
-    }
-}
-
-/// The additive mask of one new token over `cached` positions plus itself, hiding the keys
-/// that left a sliding window; `None` when nothing is hidden.
-fn window_of_one(window: Option<usize>, cached: usize, device: &Device) -> Result<Option<Tensor>> {
-    match window {
-        Some(window) if cached + 1 > window => {
-            let total = cached + 1;
-            let blocked: Vec<f32> = (0..total)
-                .map(|j| if cached - j >= window { f32::MIN } else { 0.0 })
-                .collect();
-            Ok(Some(Tensor::from_vec(blocked, (1, 1, 1, total), device)?))
-        }
-        _ => Ok(None),
     }
 }
 
@@ -686,11 +643,23 @@ impl LlamaModel {
         )?;
         let rows = tokens.len();
         let device = self.embed_tokens.weight().device();
-        let rotations = positions
+        // Each sequence's rotation and, where a layer slides, the keys its window leaves out:
+        // made once for the step, read by every layer.
+        let window = self.layers.iter().find_map(|l| l.self_attn.window);
+        let steps = positions
             .iter()
             .map(|&position| {
                 let (cos, sin) = self.rotary.cos_sin(&[position], 1, device)?;
-                Ok(Rotation { cos, sin })
+                let masks = Masks {
+                    full: None,
+                    windowed: match window {
+                        Some(window) => {
+                            attention_bias(None, position as usize, 1, Some(window), device)?
+                        }
+                        None => None,
+                    },
+                };
+                Ok((Rotation { cos, sin }, masks))
             })
             .collect::<Result<Vec<_>>>()?;
         let ids = Tensor::from_vec(tokens.to_vec(), (rows, 1), device)?;
@@ -698,7 +667,7 @@ impl LlamaModel {
         for (i, layer) in self.layers.iter().enumerate() {
             let mut layers: Vec<&mut LayerKv> =
                 caches.iter_mut().map(|cache| cache.layer_mut(i)).collect();
-            hidden = layer.decode_step(&hidden, &rotations, &mut layers)?;
+            hidden = layer.decode_step(&hidden, &steps, &mut layers)?;
         }
         self.norm.forward(&hidden)
     }

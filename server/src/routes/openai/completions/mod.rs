@@ -146,8 +146,8 @@ fn encode(state: &Shared, text: &str, options: &EncodeOptions) -> Result<Vec<u32
 }
 
 /// Check `prompt`'s token ids (`ids`, as the generator reads them) and fit the new tokens
-/// into the model's context: `max_tokens`, or all the room left when it is not set. `field` is where the
-/// prompt came from, for OpenAI's `context_length_exceeded`.
+/// into the model's context: `max_tokens`, or all the room left when it is not set. `field`
+/// is where the prompt came from, for OpenAI's `context_length_exceeded`.
 fn prepare(
     state: &Shared,
     prompt: String,
