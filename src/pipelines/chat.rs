@@ -12,7 +12,6 @@ use crate::error::{Error, Result};
 use crate::generation::{GenerationConfig, Generator, PromptBatch};
 use crate::pipelines::text_generation::TextGenerationPipeline;
 use crate::pipelines::Pipeline;
-use crate::tokenizer::EncodeOptions;
 
 /// A message and its token ids as DialoGPT's joining feeds them to the model (the text and
 /// end-of-text for the user's turns, the reply's tokens as generated); unused with a template.
@@ -45,7 +44,7 @@ impl Conversation {
         let eos = &self.pipeline.generation_config().eos_token_id;
         let ids = match self.pipeline.chat_template()? {
             Some(_) => Vec::new(),
-            None => self.dialogpt_turn(content, eos)?,
+            None => self.pipeline.encode_turn(content, eos)?,
         };
         self.turns.push(Turn { message, ids });
         Ok(self)
@@ -80,7 +79,7 @@ impl Conversation {
         let room = self.pipeline.model().max_positions();
         let ids = match self.pipeline.chat_template()? {
             Some(_) => Vec::new(),
-            None => self.dialogpt_turn(user, &config.eos_token_id)?,
+            None => self.pipeline.encode_turn(user, &config.eos_token_id)?,
         };
         self.turns.push(Turn {
             message: Message::new(Role::User, user),
@@ -128,40 +127,8 @@ impl Conversation {
     /// The token ids the model continues: the rendered template, or the joined turns.
     fn prompt(&self) -> Result<Vec<u32>> {
         match self.pipeline.chat_template()? {
-            Some(template) => {
-                let text = template.render(&self.messages(), true)?;
-                // transformers tokenizes the rendering without adding special tokens: the
-                // template writes them.
-                let options = EncodeOptions {
-                    add_special_tokens: false,
-                    ..EncodeOptions::default()
-                };
-                Ok(self
-                    .pipeline
-                    .tokenizer()
-                    .encode(text.as_str(), &options)?
-                    .get_ids()
-                    .to_vec())
-            }
+            Some(template) => Ok(self.pipeline.encode_chat(template, &self.messages())?.1),
             None => Ok(self.turns.iter().flat_map(|t| t.ids.clone()).collect()),
         }
-    }
-
-    /// A DialoGPT turn: the text's tokens and the end-of-text token (the first of `eos`).
-    fn dialogpt_turn(&self, text: &str, eos: &[u32]) -> Result<Vec<u32>> {
-        let eos = eos.first().copied().ok_or_else(|| {
-            Error::InvalidGeneration(
-                "chat without a chat template needs an end-of-text token (eos_token_id)"
-                    .to_string(),
-            )
-        })?;
-        let mut ids = self
-            .pipeline
-            .tokenizer()
-            .encode(text, &EncodeOptions::default())?
-            .get_ids()
-            .to_vec();
-        ids.push(eos);
-        Ok(ids)
     }
 }

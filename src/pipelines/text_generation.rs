@@ -11,7 +11,7 @@ use crate::models::auto::AutoModelForCausalLM;
 use crate::models::pretrained::{LoadOptions, Pretrained};
 use crate::pipelines::{in_batches, BatchOptions, Pipeline, PipelineBase, Text};
 // From the tokenizer, not from `chat`: chat builds on this pipeline, not the reverse.
-use crate::tokenizer::chat_template::ChatTemplate;
+use crate::tokenizer::chat_template::{ChatTemplate, Message};
 use crate::tokenizer::EncodeOptions;
 
 /// One generated text, as transformers' pipeline returns it, plus what a server reports:
@@ -165,6 +165,45 @@ impl TextGenerationPipeline {
             Ok(template) => Ok(template.as_ref()),
             Err(message) => Err(Error::ChatTemplate(message.clone())),
         }
+    }
+
+    /// A chat as the model reads it, its text and token ids: `messages` rendered by `template`
+    /// with the assistant's turn opened, encoded without special tokens (the template writes
+    /// them), as transformers' `apply_chat_template` does.
+    pub fn encode_chat(
+        &self,
+        template: &ChatTemplate,
+        messages: &[Message],
+    ) -> Result<(String, Vec<u32>)> {
+        let text = template.render(messages, true)?;
+        let options = EncodeOptions {
+            add_special_tokens: false,
+            ..EncodeOptions::default()
+        };
+        let ids = self
+            .tokenizer()
+            .encode(text.as_str(), &options)?
+            .get_ids()
+            .to_vec();
+        Ok((text, ids))
+    }
+
+    /// A turn of a chat without a template, as DialoGPT reads one: `text`'s tokens and the
+    /// end-of-text token (the first of `eos`).
+    pub fn encode_turn(&self, text: &str, eos: &[u32]) -> Result<Vec<u32>> {
+        let eos = eos.first().copied().ok_or_else(|| {
+            Error::InvalidGeneration(
+                "chat without a chat template needs an end-of-text token (eos_token_id)"
+                    .to_string(),
+            )
+        })?;
+        let mut ids = self
+            .tokenizer()
+            .encode(text, &EncodeOptions::default())?
+            .get_ids()
+            .to_vec();
+        ids.push(eos);
+        Ok(ids)
     }
 
     /// The generation settings `options` resolve to.

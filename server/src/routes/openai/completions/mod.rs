@@ -119,21 +119,20 @@ fn render(state: &Shared, messages: &[Message]) -> Result<(String, Vec<u32>), Se
         })?;
         let mut ids = Vec::new();
         for message in messages {
-            ids.extend(encode(state, &message.content, &EncodeOptions::default())?);
-            ids.push(end);
+            ids.extend(pipeline.encode_turn(&message.content, &[end])?);
         }
         let text = pipeline.tokenizer().decode(&ids, false)?;
         return Ok((text, ids));
     };
-    let text = template
-        .render(messages, true)
-        .map_err(|error| ServeError::field("messages", error.to_string()))?;
-    let options = EncodeOptions {
-        add_special_tokens: false,
-        ..EncodeOptions::default()
-    };
-    let ids = encode(state, &text, &options)?;
-    Ok((text, ids))
+    pipeline
+        .encode_chat(template, messages)
+        .map_err(|error| match error {
+            // What the template raised, or could not render.
+            error @ ferroformers::Error::ChatTemplate(_) => {
+                ServeError::field("messages", error.to_string())
+            }
+            other => other.into(),
+        })
 }
 
 /// `text`'s token ids, as the generation pipeline's tokenizer encodes it with `options`.
