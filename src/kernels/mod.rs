@@ -141,6 +141,9 @@ macro_rules! dispatch {
 }
 
 mod decoder_attention;
+mod decoder_block;
+
+pub use decoder_block::{rms_norm, rotated_heads, swiglu, HeadNorms, RotatedHeads};
 
 /// Exact GELU in place, with `isa`'s kernel.
 fn gelu_erf_on(isa: isa::Isa, values: &mut [f32]) {

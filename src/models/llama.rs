@@ -17,15 +17,16 @@
 //! - `lm_head` tied to `embed_tokens` with `tie_word_embeddings`, and then usually absent
 //!   from the checkpoint.
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::kernels::{rotated_heads, swiglu, HeadNorms, RotatedHeads};
 use crate::models::cache::{KvCache, LayerKv};
 use crate::models::config::{token_ids, Labels};
 use crate::models::decoder::{attention_bias, prepare, prepare_decode, rows_as_alone};
 use crate::models::layers::{require_divisible, require_positive, Activation, Embedding, Linear};
-use crate::models::rope::{apply_rotary, RopeScaling, RotaryEmbedding};
+use crate::models::rope::{RopeScaling, RotaryEmbedding};
 use crate::models::tied_weight;
 use crate::models::weights::ModelWeights;
 
@@ -279,10 +280,7 @@ impl RmsNorm {
 
     /// Over the last dimension of `x` (f32).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = x.to_dtype(DType::F32)?;
-        let variance = x.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = x.broadcast_mul(&(variance + f64::from(self.eps))?.sqrt()?.recip()?)?;
-        Ok(normed.broadcast_mul(&self.weight)?)
+        Ok(crate::kernels::rms_norm(x, &self.weight, self.eps)?)
     }
 }
 
@@ -293,8 +291,8 @@ impl RmsNorm {
 struct LlamaAttention {
     qkv_proj: Linear,
     o_proj: Linear,
-    q_norm: Option<RmsNorm>,
-    k_norm: Option<RmsNorm>,
+    /// Qwen3's `q_norm` and `k_norm`.
+    head_norms: Option<HeadNorms>,
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
@@ -311,11 +309,18 @@ impl LlamaAttention {
     fn load(vb: ModelWeights, config: &LlamaConfig, layer: usize) -> Result<Self> {
         let (hidden, head_dim) = (config.hidden_size, config.head_dim());
         let (heads, kv_heads) = (config.num_attention_heads, config.num_key_value_heads());
-        let norm = |name: &str| -> Result<Option<RmsNorm>> {
-            (config.family == LlamaFamily::Qwen3)
-                .then(|| RmsNorm::load(vb.pp(name), head_dim, config.rms_norm_eps))
-                .transpose()
-        };
+        let head_norms = (config.family == LlamaFamily::Qwen3)
+            .then(|| -> Result<HeadNorms> {
+                let weight = |name: &str| -> Result<Tensor> {
+                    Ok(vb.pp(name).get(head_dim, "weight")?.to_dtype(DType::F32)?)
+                };
+                Ok(HeadNorms {
+                    q: weight("q_norm")?,
+                    k: weight("k_norm")?,
+                    eps: config.rms_norm_eps as f32,
+                })
+            })
+            .transpose()?;
         Ok(Self {
             qkv_proj: Linear::stacked(
                 &vb,
@@ -328,8 +333,7 @@ impl LlamaAttention {
                 config.qkv_bias(),
             )?,
             o_proj: linear(vb.pp("o_proj"), heads * head_dim, hidden, config.o_bias())?,
-            q_norm: norm("q_norm")?,
-            k_norm: norm("k_norm")?,
+            head_norms,
             heads,
             kv_heads,
             head_dim,
@@ -359,31 +363,22 @@ impl LlamaAttention {
     ) -> Result<Tensor> {
         let (rows, len, _) = qkv.dims3()?;
         let d = self.head_dim;
-        // (rows, len, n × d) -> (rows, n, len, d), each head normed first where Qwen3 norms it.
-        let split = |start: usize, n: usize, norm: Option<&RmsNorm>| -> Result<Tensor> {
-            let mut x = qkv
-                .narrow(2, start * d, n * d)?
-                .reshape((rows, len, n, d))?;
-            if let Some(norm) = norm {
-                x = norm.forward(&x)?;
-            }
-            Ok(x.transpose(1, 2)?.contiguous()?)
-        };
-        let q = split(0, self.heads, self.q_norm.as_ref())?;
-        let k = split(self.heads, self.kv_heads, self.k_norm.as_ref())?;
-        let v = split(self.heads + self.kv_heads, self.kv_heads, None)?;
-        let q = apply_rotary(&q, &rotation.cos, &rotation.sin)?;
-        let k = apply_rotary(&k, &rotation.cos, &rotation.sin)?.contiguous()?;
+        let RotatedHeads { q, k, v } = rotated_heads(
+            qkv,
+            &rotation.cos,
+            &rotation.sin,
+            self.heads,
+            self.kv_heads,
+            self.head_norms.as_ref(),
+        )?;
         let (k, v) = match cache {
             Some(cache) => cache.append(&k, &v)?,
             None => (k, v),
         };
         let scale = 1.0 / (d as f64).sqrt();
-        Ok(
-            crate::kernels::decoder_attention(&q.contiguous()?, &k, &v, mask, scale)?
-                .transpose(1, 2)?
-                .reshape((rows, len, self.heads * d))?,
-        )
+        Ok(crate::kernels::decoder_attention(&q, &k, &v, mask, scale)?
+            .transpose(1, 2)?
+            .reshape((rows, len, self.heads * d))?)
     }
 }
 
@@ -397,7 +392,6 @@ struct LlamaDecoderLayer {
     /// `mlp.gate_proj` and `mlp.up_proj`, stacked.
     gate_up_proj: Linear,
     down_proj: Linear,
-    intermediate: usize,
 }
 
 impl LlamaDecoderLayer {
@@ -423,16 +417,12 @@ impl LlamaDecoderLayer {
                 config.mlp_bias(),
             )?,
             down_proj: linear(mlp.pp("down_proj"), inner, hidden, config.mlp_bias())?,
-            intermediate: inner,
         })
     }
 
     /// `silu(gate) · up` of the stacked projections.
     fn swiglu(&self, gate_up: &Tensor) -> Result<Tensor> {
-        let last = gate_up.rank() - 1;
-        let gate = gate_up.narrow(last, 0, self.intermediate)?;
-        let up = gate_up.narrow(last, self.intermediate, self.intermediate)?;
-        Ok(gate.silu()?.mul(&up)?)
+        Ok(swiglu(gate_up)?)
     }
 
     fn forward(

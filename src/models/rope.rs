@@ -216,18 +216,6 @@ impl RotaryEmbedding {
     }
 }
 
-/// `x · cos + rotate_half(x) · sin`, with `rotate_half(x) = cat(-x₂, x₁)` over the halves of
-/// the last dimension. `x`: (rows, heads, len, dim); `cos`, `sin`: (rows, 1, len, dim).
-/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/llama/modeling_llama.py#L76>
-pub fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let dim = x.dim(3)?;
-    let half = dim / 2;
-    let x1 = x.narrow(3, 0, half)?;
-    let x2 = x.narrow(3, half, half)?;
-    let rotated = Tensor::cat(&[&x2.neg()?, &x1], 3)?;
-    Ok(x.broadcast_mul(cos)?.add(&rotated.broadcast_mul(sin)?)?)
-}
-
 /// `_compute_llama3_parameters`: long wavelengths stretched by `factor`, short ones kept, and a
 /// smooth blend between.
 /// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/modeling_rope_utils.py#L461>
