@@ -9,7 +9,7 @@ mod common;
 
 use std::sync::{Mutex, MutexGuard};
 
-use common::{fixture_model, lengths, reference, reference_input};
+use common::{fixture_model, ids_and_mask, lengths, real_positions, reference, reference_input};
 use ferroformers::kernels::gemm::{self, Epilogue, PackedWeights, WeightFormat};
 use ferroformers::kernels::isa::{set_isa_limit, skipped_paths_summary, test_can_run, Isa};
 use ferroformers::kernels::{
@@ -17,7 +17,7 @@ use ferroformers::kernels::{
 };
 use ferroformers::{
     BertForMaskedLM, DType, DistilBertForQuestionAnswering, FromPretrained, Gpt2LMHeadModel,
-    LoadOptions, RobertaForTokenClassification, Tensor, WeightType,
+    LlamaForCausalLM, LoadOptions, RobertaForTokenClassification, Tensor, WeightType,
 };
 
 /// f32 weights, any path: the project's bar against PyTorch.
@@ -182,6 +182,30 @@ fn check_fixtures(options: &LoadOptions, tolerance: f32, path: &str) -> f32 {
             &real(&expected["logits"]),
             &format!("gpt2 lm-head row {i}"),
         );
+    }
+
+    // The Llama family (RMSNorm, the q/k/v split with Qwen3's head norms and the rotation,
+    // SwiGLU, grouped-query attention), left-padded, in f32: its reduced-precision drift has
+    // bars of its own in tests/llama.rs.
+    if options.weight_type != WeightType::F32 {
+        return worst;
+    }
+    for family in ["llama", "mistral", "qwen2", "qwen3"] {
+        let expected = reference(&format!("{family}/lm-head"));
+        let model = LlamaForCausalLM::from_pretrained(
+            &fixture_model(&format!("{family}/lm-head")),
+            options,
+        )
+        .expect("the decoder loads");
+        let (ids, mask) = ids_and_mask(&expected);
+        let logits = model.forward(&ids, Some(&mask), None).unwrap();
+        for (i, len) in lengths(&expected).into_iter().enumerate() {
+            check(
+                &real_positions(&logits, i, len),
+                &real_positions(&expected["logits"], i, len),
+                &format!("{family} lm-head row {i}"),
+            );
+        }
     }
     worst
 }

@@ -378,7 +378,7 @@ impl BertModel {
         })
     }
 
-    pub(crate) fn word_embeddings(&self) -> &Tensor {
+    pub(crate) fn word_embeddings(&self) -> Result<&Tensor> {
         self.embeddings.word_embeddings.weight()
     }
 
@@ -405,7 +405,7 @@ impl BertForMaskedLM {
         // The decoder is tied to the word embeddings, and its bias is `cls.predictions.bias`.
         // <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/bert/modeling_bert.py#L723>
         let decoder = Linear::new(
-            tied_weight(&predictions, "decoder.weight", bert.word_embeddings())?,
+            tied_weight(&predictions, "decoder.weight", bert.word_embeddings()?)?,
             Some(predictions.get(config.vocab_size, "bias")?),
             vb.weight_type(),
         )?;

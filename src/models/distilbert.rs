@@ -261,7 +261,7 @@ impl DistilBertForMaskedLM {
     pub fn load(vb: ModelWeights, config: &DistilBertConfig) -> Result<Self> {
         let distilbert = DistilBertModel::load(vb.clone(), config)?;
         let projector = vb.pp("vocab_projector");
-        let word_embeddings = distilbert.embeddings.word_embeddings.weight();
+        let word_embeddings = distilbert.embeddings.word_embeddings.weight()?;
         let head = MaskedLmHead {
             dense: Linear::load(vb.pp("vocab_transform"), config.dim, config.dim)?,
             activation: config.activation,

@@ -380,7 +380,7 @@ impl Gpt2Model {
     fn decode_step_on_worker(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor> {
         let positions = prepare_decode(tokens, caches, self.blocks.len(), self.config.n_positions)?;
         let rows = tokens.len();
-        let device = self.wte.weight().device();
+        let device = self.wte.device();
         let ids = Tensor::from_vec(tokens.to_vec(), (rows, 1), device)?;
         let positions = Tensor::from_vec(positions, (rows, 1), device)?;
         let mut hidden = self
@@ -410,7 +410,7 @@ impl Gpt2LMHeadModel {
     pub fn load(vb: ModelWeights, config: &Gpt2Config) -> Result<Self> {
         let transformer = Gpt2Model::load(vb.clone(), config)?;
         let lm_head = Linear::new(
-            tied_weight(&vb.pp("lm_head"), "weight", transformer.wte.weight())?,
+            tied_weight(&vb.pp("lm_head"), "weight", transformer.wte.weight()?)?,
             None,
             vb.weight_type(),
         )?;
@@ -433,7 +433,7 @@ impl Gpt2LMHeadModel {
 
     /// The device the weights are on.
     pub fn device(&self) -> &Device {
-        self.transformer.wte.weight().device()
+        self.transformer.wte.device()
     }
 
     /// Prompt plus new tokens may not exceed this (`n_positions`).

@@ -6,7 +6,9 @@
 //! the weights ([`ModelWeights`]), the dtype from the activations; softmax and layer norm
 //! accumulate in f32 whatever the dtype.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Module, Shape, Tensor, D};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Module, Shape, Tensor, D,
+};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
@@ -501,13 +503,31 @@ impl LayerNorm {
 /// An embedding table, looked up by token ids of any integer dtype.
 #[derive(Debug, Clone)]
 pub struct Embedding {
-    table: candle_nn::Embedding,
-    output_dtype: DType,
+    table: EmbeddingTable,
+}
+
+#[derive(Debug, Clone)]
+enum EmbeddingTable {
+    /// The table as loaded; rows come out as `output_dtype`.
+    Tensor {
+        table: candle_nn::Embedding,
+        output_dtype: DType,
+    },
+    /// The rows of a tied output head's packed weights, in f32: the table is held once.
+    Packed {
+        weights: std::sync::Arc<PackedWeights>,
+        device: Device,
+    },
 }
 
 impl Embedding {
     pub fn load(vb: ModelWeights, count: usize, size: usize) -> Result<Self> {
-        let weight = vb.get((count, size), "weight")?;
+        Ok(Self::new(vb.get((count, size), "weight")?))
+    }
+
+    /// The table `weight` (count, size).
+    pub fn new(weight: Tensor) -> Self {
+        let size = weight.dims().last().copied().unwrap_or(0);
         // With packed linear layers the activations are f32 whatever the weights' dtype:
         // the sum of embeddings is where they start.
         let output_dtype = if weight.device().is_cpu() && kernel_mode() != KernelMode::Reference {
@@ -515,20 +535,62 @@ impl Embedding {
         } else {
             weight.dtype()
         };
-        Ok(Self {
-            table: candle_nn::Embedding::new(weight, size),
-            output_dtype,
-        })
+        Self {
+            table: EmbeddingTable::Tensor {
+                table: candle_nn::Embedding::new(weight, size),
+                output_dtype,
+            },
+        }
     }
 
-    pub fn weight(&self) -> &Tensor {
-        self.table.embeddings()
+    /// The table of a tied model, read from `head` (the output head made from it) where the
+    /// head packed it; else `weight`, the table as loaded. A packed table reads as the head
+    /// multiplies: bf16 as bf16, int8 dequantized (llama.cpp's q8_0 files quantize their
+    /// token embeddings alike).
+    pub fn tied(weight: Tensor, head: &Linear) -> Self {
+        match &head.weights {
+            LinearWeights::Packed { weights, .. } => Self {
+                table: EmbeddingTable::Packed {
+                    weights: weights.clone(),
+                    device: weight.device().clone(),
+                },
+            },
+            LinearWeights::Tensor { .. } => Self::new(weight),
+        }
+    }
+
+    /// The table as loaded; none (an error) when it is read from its packed head.
+    pub fn weight(&self) -> Result<&Tensor> {
+        match &self.table {
+            EmbeddingTable::Tensor { table, .. } => Ok(table.embeddings()),
+            EmbeddingTable::Packed { .. } => Err(Error::InvalidInput(
+                "this embedding table is read from its tied output head and has no tensor of \
+                 its own"
+                    .to_string(),
+            )),
+        }
+    }
+
+    /// The device the rows come out on.
+    pub fn device(&self) -> &Device {
+        match &self.table {
+            EmbeddingTable::Tensor { table, .. } => table.embeddings().device(),
+            EmbeddingTable::Packed { device, .. } => device,
+        }
+    }
+
+    /// Rows of the table.
+    fn rows(&self) -> Result<usize> {
+        match &self.table {
+            EmbeddingTable::Tensor { table, .. } => Ok(table.embeddings().dim(0)?),
+            EmbeddingTable::Packed { weights, .. } => Ok(weights.outer()),
+        }
     }
 
     /// Look up `ids`. An id outside the table is an error on every device (GPU gathers do
     /// not check bounds), which catches a tokenizer that does not match the model.
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
-        let rows = self.table.embeddings().dim(0)?;
+        let rows = self.rows()?;
         if ids.elem_count() > 0 {
             let max = ids
                 .flatten_all()?
@@ -542,7 +604,24 @@ impl Embedding {
                 )));
             }
         }
-        Ok(self.table.forward(ids)?.to_dtype(self.output_dtype)?)
+        match &self.table {
+            EmbeddingTable::Tensor {
+                table,
+                output_dtype,
+            } => Ok(table.forward(ids)?.to_dtype(*output_dtype)?),
+            EmbeddingTable::Packed { weights, device } => {
+                let size = weights.inner();
+                let ids = ids.to_dtype(DType::U32)?;
+                let mut shape = ids.dims().to_vec();
+                let ids = ids.flatten_all()?.to_vec1::<u32>()?;
+                let mut out = vec![0f32; ids.len() * size];
+                for (row, &id) in out.chunks_mut(size.max(1)).zip(&ids) {
+                    weights.unpack_row(id as usize, row);
+                }
+                shape.push(size);
+                Ok(Tensor::from_vec(out, shape, device)?)
+            }
+        }
     }
 }
 

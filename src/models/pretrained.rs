@@ -91,7 +91,10 @@ impl Pretrained {
     /// Fetch the weights and build `M` from them, as `options` place and store them.
     pub fn load<M: FromPretrained>(&self, options: &LoadOptions) -> Result<M> {
         let vb = self.weights(options.weight_type, &options.device)?;
-        M::from_config(vb, &self.config)
+        let model = M::from_config(vb, &self.config);
+        // The checkpoint's tensors, read and packed one by one, were freed into the heap.
+        crate::runtime::allocator::release_freed_memory();
+        model
     }
 
     /// Fetch the tokenizer files and build the tokenizer.

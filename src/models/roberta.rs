@@ -53,7 +53,7 @@ impl RobertaModel {
         self.encoder.config()
     }
 
-    fn word_embeddings(&self) -> &Tensor {
+    fn word_embeddings(&self) -> Result<&Tensor> {
         self.encoder.word_embeddings()
     }
 
@@ -78,7 +78,7 @@ impl RobertaForMaskedLM {
         let roberta = RobertaModel::load(vb.clone(), config)?;
         let lm_head = vb.pp("lm_head");
         let decoder = Linear::new(
-            tied_weight(&lm_head, "decoder.weight", roberta.word_embeddings())?,
+            tied_weight(&lm_head, "decoder.weight", roberta.word_embeddings()?)?,
             Some(lm_head.get(config.vocab_size, "bias")?),
             vb.weight_type(),
         )?;

@@ -42,3 +42,17 @@ pub fn keep_freed_memory() {
         libc::mallopt(libc::M_ARENA_MAX, 1);
     }
 }
+
+/// Hand the heap's free memory back to the kernel (`malloc_trim`), once: after a load, whose
+/// tensors were read, packed and freed one by one. With [`keep_freed_memory`] glibc would
+/// otherwise keep the largest of them resident for good, though inference reuses little of
+/// it: a tied Qwen2.5-0.5B in bf16 kept its 272 MB embedding table read from the checkpoint.
+/// Elsewhere it does nothing.
+pub fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel; allocated memory is
+    // untouched.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

@@ -143,7 +143,8 @@ pub struct Setting {
     /// The instruction set our kernels ran (`portable`, `avx2`, `avx512`), or `reference`
     /// when candle's own ops ran (`FERROFORMERS_KERNELS=reference`).
     pub isa: &'static str,
-    /// The most memory resident at once (VmHWM), loading included; null where the system
+    /// The most memory resident at once (VmHWM), loading included, the bandwidth probe's
+    /// arrays not; null where the system
     /// does not say (not Linux).
     pub peak_rss_bytes: Option<u64>,
     /// Resident memory once the model is loaded, before the first run (VmRSS).

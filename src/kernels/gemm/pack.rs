@@ -73,7 +73,6 @@ fn grouped_panels<T: Plain + Default>(
     })
 }
 
-#[cfg(test)]
 /// The index of W[o, i] in a grouped layout of `inner` inputs (see `grouped_panels`).
 pub(super) fn grouped_index(inner: usize, group: usize, o: usize, i: usize) -> usize {
     let groups = inner.div_ceil(group);

@@ -1,9 +1,7 @@
 //! [`PackedWeights`]: a weight matrix in the layout of the kernels it was packed for (the
 //! packing itself is `pack`'s), and the [`WeightFormat`] it is stored in.
 
-#[cfg(test)]
 use super::pack::{self, INT8_PANEL_ROW};
-#[cfg(test)]
 use super::NR;
 use crate::runtime::buffer::StreamBuffer;
 
@@ -101,30 +99,40 @@ impl PackedWeights {
         }
     }
 
+    /// Output row `o` as the product sees it (`inner` values, dequantized where the weights
+    /// are int8): what a tied embedding table reads for token `o`, so that the table is not
+    /// held a second time beside its packed LM head.
+    ///
+    /// Panics if `o` is not below `outer` or `out` is not `inner` long.
+    pub fn unpack_row(&self, o: usize, out: &mut [f32]) {
+        assert!(o < self.outer && out.len() == self.inner);
+        let (panel, lane) = (o / NR, o % NR);
+        for (i, w) in out.iter_mut().enumerate() {
+            let index = (panel * self.inner + i) * NR + lane;
+            *w = match &self.panels {
+                Panels::F32(v) => v[index],
+                Panels::Bf16(v) => pack::bf16_value(v[index - lane + pack::bf16_lane(lane)]),
+                Panels::Int8 { values, scales } => {
+                    let pairs = self.inner.div_ceil(2);
+                    let row = (panel * pairs + i / 2) * INT8_PANEL_ROW;
+                    values[row + pack::int8_lane(lane, i % 2)] as f32 * scales[o]
+                }
+                Panels::Bf16Pairs(v) => {
+                    pack::bf16_value(v[pack::grouped_index(self.inner, 2, o, i)])
+                }
+                Panels::Int8Quads { values, scales, .. } => {
+                    values[pack::grouped_index(self.inner, 4, o, i)] as f32 * scales[o]
+                }
+            };
+        }
+    }
+
     /// The weights as the product sees them, (out, in) row-major, for the tests.
     #[cfg(test)]
     pub(super) fn unpack(&self) -> Vec<f32> {
         let mut out = vec![0f32; self.outer * self.inner];
         for (o, row) in out.chunks_mut(self.inner.max(1)).enumerate() {
-            let (panel, lane) = (o / NR, o % NR);
-            for (i, w) in row.iter_mut().enumerate() {
-                let index = (panel * self.inner + i) * NR + lane;
-                *w = match &self.panels {
-                    Panels::F32(v) => v[index],
-                    Panels::Bf16(v) => pack::bf16_value(v[index - lane + pack::bf16_lane(lane)]),
-                    Panels::Int8 { values, scales } => {
-                        let pairs = self.inner.div_ceil(2);
-                        let row = (panel * pairs + i / 2) * INT8_PANEL_ROW;
-                        values[row + pack::int8_lane(lane, i % 2)] as f32 * scales[o]
-                    }
-                    Panels::Bf16Pairs(v) => {
-                        pack::bf16_value(v[pack::grouped_index(self.inner, 2, o, i)])
-                    }
-                    Panels::Int8Quads { values, scales, .. } => {
-                        values[pack::grouped_index(self.inner, 4, o, i)] as f32 * scales[o]
-                    }
-                };
-            }
+            self.unpack_row(o, row);
         }
         out
     }
