@@ -178,7 +178,7 @@ pub fn rotated_heads(
 ) -> candle_core::Result<RotatedHeads> {
     let (rows, len, width) = qkv.dims3()?;
     let all = heads + 2 * kv_heads;
-    if all == 0 || width % all != 0 {
+    if all == 0 || !width.is_multiple_of(all) {
         candle_core::bail!("rotated-heads: {width} columns are not {all} heads")
     }
     let d = width / all;
@@ -294,7 +294,7 @@ impl CustomOp3 for RotateHeads {
         let d = width / all;
         let fits = cos_layout.shape().dims() == [rows, 1, len, d]
             && sin_layout.shape() == cos_layout.shape()
-            && d % 2 == 0
+            && d.is_multiple_of(2)
             && d <= 512
             && self
                 .norms
