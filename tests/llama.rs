@@ -495,10 +495,11 @@ fn a_bad_config_is_an_error_that_names_the_field() {
 }
 
 /// The largest logit difference to f32 along f32's greedy sequences of the four fixtures,
-/// measured: 9.2e-2 on AVX-512 (activations rounded to bf16 for `vdpbf16ps`), 7.9e-2 on AVX2
-/// (FERROFORMERS_ISA=avx2). The fixtures' weights carry 0.1 of noise on top of their
-/// initialisation, so their logits are larger than GPT-2's fixture's. Bar: 1.5× the largest.
-const BF16_LOGIT_BAR: f32 = 0.14;
+/// measured: 1.04e-1 on AVX-512 (activations rounded to bf16 for `vdpbf16ps`, keys and values
+/// cached in bf16), 9.1e-2 on AVX2 (FERROFORMERS_ISA=avx2). The fixtures' weights carry 0.1 of
+/// noise on top of their initialisation, so their logits are larger than GPT-2's fixture's.
+/// Bar: 1.5× the largest.
+const BF16_LOGIT_BAR: f32 = 0.16;
 /// int8 (one scale per output channel): 2.2e-1 on AVX-512 (activations rounded to 8 bits over
 /// each row), 1.6e-1 on AVX2 (16 bits). Bar: 1.5× the largest. Greedy tokens kept of 32:
 /// llama 5 (both), qwen3 32 / 18, the others 32; where they part, f32's two scores were a near

@@ -2,8 +2,15 @@
 //! are read in place from the cache buffers (a view of their first `len` positions), with
 //! no transposed or contiguous copies, so a decoding step costs O(len) reads per head
 //! rather than O(len) copies and a (batch, heads, new, len) score tensor.
+//!
+//! Each task takes one key and value head and the group of query heads that share it
+//! (grouped-query attention), so the head is read from memory once for its group; a bf16
+//! cache is widened to f32 once per task, into the task's scratch. A query row stops at its
+//! last key that the mask leaves open: the causal future of a prompt's rows, half of a
+//! prefill's scores, is neither computed nor read.
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
+use half::bf16;
 use rayon::prelude::*;
 
 use super::isa::Isa;
@@ -13,8 +20,8 @@ use super::{reference, softmax_row};
 /// (batch, kv_heads, len, d), any strides (views of a cache), where `kv_heads` divides `heads`
 /// and each key and value head serves a group of `heads / kv_heads` query heads (grouped-query
 /// attention; transformers' `repeat_kv`, without the copies); `mask`: additive f32 that
-/// broadcasts to (batch, 1, new, len). Our kernel on the CPU in f32; elsewhere
-/// `reference::attention` on repeated keys and values.
+/// broadcasts to (batch, 1, new, len). Our kernel on the CPU for f32 queries over f32 or bf16
+/// keys and values; elsewhere `reference::attention` on repeated keys and values in `q`'s dtype.
 pub fn decoder_attention(
     q: &Tensor,
     k: &Tensor,
@@ -22,9 +29,17 @@ pub fn decoder_attention(
     mask: Option<&Tensor>,
     scale: f64,
 ) -> candle_core::Result<Tensor> {
-    if !super::use_kernels(q) || k.dtype() != q.dtype() || v.dtype() != q.dtype() {
+    let cache_dtype = matches!(k.dtype(), DType::F32 | DType::BF16) && v.dtype() == k.dtype();
+    if !super::use_kernels(q) || !cache_dtype {
         let group = q.dim(1)? / k.dim(1)?.max(1);
-        return reference::attention(q, &repeat_kv(k, group)?, &repeat_kv(v, group)?, mask, scale);
+        let (k, v) = (k.to_dtype(q.dtype())?, v.to_dtype(q.dtype())?);
+        return reference::attention(
+            q,
+            &repeat_kv(&k, group)?,
+            &repeat_kv(&v, group)?,
+            mask,
+            scale,
+        );
     }
     let (batch, _, new, _) = q.dims4()?;
     let len = k.dim(2)?;
@@ -67,18 +82,15 @@ struct DecoderAttention {
     mask: Option<Vec<f32>>,
 }
 
-/// A strided (batch, heads, len, d) f32 view: its data and where (b, h, t) starts.
-struct View<'a> {
-    data: &'a [f32],
+/// A strided (batch, heads, len, d) view: its data and where (b, h, t) starts.
+struct View<'a, T> {
+    data: &'a [T],
     start: usize,
     stride: [usize; 4],
 }
 
-impl<'a> View<'a> {
-    fn new(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<Self> {
-        let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("decoder-attention: f32 only")
-        };
+impl<'a, T> View<'a, T> {
+    fn new(data: &'a [T], layout: &Layout) -> candle_core::Result<Self> {
         let stride: [usize; 4] = match layout.stride() {
             [a, b, c, d] => [*a, *b, *c, *d],
             _ => candle_core::bail!("decoder-attention: rank-4 inputs only"),
@@ -93,7 +105,7 @@ impl<'a> View<'a> {
         })
     }
 
-    fn row(&self, b: usize, h: usize, t: usize, d: usize) -> &'a [f32] {
+    fn row(&self, b: usize, h: usize, t: usize, d: usize) -> &'a [T] {
         let at = self.head(b, h) + t * self.stride[2];
         &self.data[at..at + d]
     }
@@ -103,6 +115,73 @@ impl<'a> View<'a> {
         self.start + b * self.stride[0] + h * self.stride[1]
     }
 }
+
+/// Cached keys or values, as stored.
+enum Cached<'a> {
+    F32(View<'a, f32>),
+    Bf16(View<'a, bf16>),
+}
+
+impl<'a> Cached<'a> {
+    fn new(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<Self> {
+        match storage {
+            CpuStorage::F32(data) => Ok(Self::F32(View::new(data, layout)?)),
+            CpuStorage::BF16(data) => Ok(Self::Bf16(View::new(data, layout)?)),
+            _ => candle_core::bail!("decoder-attention: f32 or bf16 keys and values only"),
+        }
+    }
+
+    /// The first `count` rows of head (b, h) as f32 rows `stride` apart: the cache itself, or
+    /// bf16 rows widened into `scratch` (d apart).
+    fn rows<'s>(
+        &self,
+        isa: Isa,
+        b: usize,
+        h: usize,
+        count: usize,
+        d: usize,
+        scratch: &'s mut Vec<f32>,
+    ) -> (&'s [f32], usize)
+    where
+        'a: 's,
+    {
+        match self {
+            Cached::F32(view) => (&view.data[view.head(b, h)..], view.stride[2]),
+            Cached::Bf16(view) => {
+                scratch.resize(count * d, 0.0);
+                for (t, out) in scratch.chunks_mut(d.max(1)).enumerate() {
+                    widen_bf16(isa, view.row(b, h, t, d), out);
+                }
+                (&scratch[..], d)
+            }
+        }
+    }
+}
+
+/// The output buffer, written by tasks at disjoint rows.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: every task writes only the rows of its own (batch, query heads, new rows) block,
+// and the buffer outlives the parallel loop.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// `len` values from `offset` on.
+    ///
+    /// # Safety
+    /// They lie inside the buffer, and no other task reads or writes them meanwhile.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice(&self, offset: usize, len: usize) -> &mut [f32] {
+        // SAFETY: as the caller promises.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(offset), len) }
+    }
+}
+
+/// Query rows per task of a prompt's attention: enough tasks for the cores when key and value
+/// heads are few (one, in multi-query attention), few enough that a task's widened bf16 rows
+/// serve many queries.
+const ROWS_PER_TASK: usize = 16;
 
 impl CustomOp3 for DecoderAttention {
     fn name(&self) -> &'static str {
@@ -136,35 +215,68 @@ impl CustomOp3 for DecoderAttention {
         {
             candle_core::bail!("decoder-attention: the mask does not cover (batch, new, len)")
         }
+        let CpuStorage::F32(q) = q else {
+            candle_core::bail!("decoder-attention: f32 queries only")
+        };
         let (q, k, v) = (
             View::new(q, q_layout)?,
-            View::new(k, k_layout)?,
-            View::new(v, v_layout)?,
+            Cached::new(k, k_layout)?,
+            Cached::new(v, v_layout)?,
         );
         let isa = super::isa::Isa::current();
         let rows = RowKernels::new(isa, d);
         let no_mask = vec![0f32; len];
         let group = heads / kh;
+        let chunks = new.div_ceil(ROWS_PER_TASK).max(1);
         let mut out = vec![0f32; batch * heads * new * d];
-        out.par_chunks_mut(new * d).enumerate().for_each_init(
-            || vec![0f32; len],
-            |scores, (task, out)| {
-                let (b, h) = (task / heads, task % heads);
-                // The key and value head of this query head's group.
-                let kv = h / group;
-                for (i, out_row) in out.chunks_mut(d).enumerate() {
-                    let query = q.row(b, h, i, d);
-                    rows.dot(query, &k.data[k.head(b, kv)..], k.stride[2], scores);
-                    let mask = match &self.mask {
-                        Some(mask) => &mask[(b * new + i) * len..(b * new + i + 1) * len],
-                        None => &no_mask[..],
-                    };
-                    softmax_row(isa, scores, mask, self.scale);
-                    rows.weighted(scores, &v.data[v.head(b, kv)..], v.stride[2], out_row);
+        let shared = SharedOut(out.as_mut_ptr());
+        (0..batch * kh * chunks).into_par_iter().for_each_init(
+            || (vec![0f32; len], Vec::new(), Vec::new()),
+            |(scores, keys, values), task| {
+                let (b, kv, chunk) = (task / (kh * chunks), task / chunks % kh, task % chunks);
+                let first = chunk * ROWS_PER_TASK;
+                let query_rows = first..new.min(first + ROWS_PER_TASK);
+                let mask_of = |i: usize| match &self.mask {
+                    Some(mask) => &mask[(b * new + i) * len..(b * new + i + 1) * len],
+                    None => &no_mask[..],
+                };
+                // Keys a row attends to: up to its last one the mask leaves open. The keys
+                // after it would get weights of e^-87 at most (exp's clamp), below any sum's
+                // last bit.
+                let open = |i: usize| {
+                    let mask = mask_of(i);
+                    match mask.iter().rposition(|&m| m != f32::NEG_INFINITY) {
+                        Some(last) => last + 1,
+                        None => len,
+                    }
+                };
+                let needed = query_rows.clone().map(open).max().unwrap_or(0);
+                let (key_rows, key_stride) = k.rows(isa, b, kv, needed, d, keys);
+                let (value_rows, value_stride) = v.rows(isa, b, kv, needed, d, values);
+                for i in query_rows {
+                    let count = open(i);
+                    let scores = &mut scores[..count];
+                    for h in kv * group..(kv + 1) * group {
+                        rows.dot(q.row(b, h, i, d), key_rows, key_stride, scores);
+                        softmax_row(isa, scores, &mask_of(i)[..count], self.scale);
+                        // SAFETY: row (b, h, i) belongs to this task alone (h in its group, i
+                        // in its chunk), and lies inside `out`.
+                        let out_row = unsafe { shared.slice(((b * heads + h) * new + i) * d, d) };
+                        rows.weighted(scores, value_rows, value_stride, out_row);
+                    }
                 }
             },
         );
         Ok((CpuStorage::F32(out), Shape::from((batch, heads, new, d))))
+    }
+}
+
+dispatch! {
+    /// bf16 values to f32: exact, the upper half of the f32's bits.
+    fn widen_bf16(isa: Isa, values: &[bf16], out: &mut [f32]) {
+        for (out, value) in out.iter_mut().zip(values) {
+            *out = f32::from_bits(u32::from(value.to_bits()) << 16);
+        }
     }
 }
 
@@ -362,6 +474,73 @@ unsafe fn weighted_columns<const W: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Device;
+
+    /// Grouped heads over f32 and bf16 caches, against candle's attention on keys and values
+    /// repeated per query head (in f32, from the same bf16-rounded values): two sequences, a
+    /// causal mask whose closed keys end each row (the keys the kernel leaves out), one row
+    /// with padding in front, and more query rows than one task takes.
+    #[test]
+    fn grouped_heads_over_f32_and_bf16_caches_match_repeated_heads() {
+        let (batch, heads, kv_heads, new, past, d) = (2, 6, 2, 21, 4, 16);
+        let len = past + new;
+        let value =
+            |i: usize, seed: usize| (((i * 7919 + seed * 104_729) % 1000) as f32 / 500.0) - 1.0;
+        let tensor = |shape: (usize, usize, usize, usize), seed: usize| {
+            let count = shape.0 * shape.1 * shape.2 * shape.3;
+            Tensor::from_vec(
+                (0..count).map(|i| value(i, seed)).collect::<Vec<_>>(),
+                shape,
+                &Device::Cpu,
+            )
+            .unwrap()
+        };
+        let q = tensor((batch, heads, new, d), 1);
+        let mut mask = vec![0f32; batch * new * len];
+        for b in 0..batch {
+            for i in 0..new {
+                for t in 0..len {
+                    let future = t > past + i;
+                    let padding = b == 1 && t < 3;
+                    if future || padding {
+                        mask[(b * new + i) * len + t] = f32::NEG_INFINITY;
+                    }
+                }
+            }
+        }
+        let mask = Tensor::from_vec(mask, (batch, 1, new, len), &Device::Cpu).unwrap();
+        for dtype in [DType::F32, DType::BF16] {
+            let k = tensor((batch, kv_heads, len, d), 2)
+                .to_dtype(dtype)
+                .unwrap();
+            let v = tensor((batch, kv_heads, len, d), 3)
+                .to_dtype(dtype)
+                .unwrap();
+            let ours = decoder_attention(&q, &k, &v, Some(&mask), 0.25).unwrap();
+            let group = heads / kv_heads;
+            let (k, v) = (
+                k.to_dtype(DType::F32).unwrap(),
+                v.to_dtype(DType::F32).unwrap(),
+            );
+            let expected = reference::attention(
+                &q,
+                &repeat_kv(&k, group).unwrap(),
+                &repeat_kv(&v, group).unwrap(),
+                Some(&mask),
+                0.25,
+            )
+            .unwrap();
+            let ours = ours.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let expected = expected.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(ours.len(), expected.len());
+            for (i, (a, b)) in ours.iter().zip(&expected).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-5,
+                    "{dtype:?} output {i}: {a} against {b}"
+                );
+            }
+        }
+    }
 
     /// The row kernels of every instruction set this CPU has against a plain f64 sum, on head
     /// sizes that use whole groups of 32 outputs, single registers or both, on row counts with

@@ -27,6 +27,7 @@ use crate::models::config::{token_ids, Labels};
 use crate::models::decoder::{attention_bias, prepare, prepare_decode, rows_as_alone};
 use crate::models::layers::{require_divisible, require_positive, Activation, Embedding, Linear};
 use crate::models::rope::{RopeScaling, RotaryEmbedding};
+use crate::models::weight_type::WeightType;
 use crate::models::weights::ModelWeights;
 
 /// Which family a Llama-style `config.json` is of: the defaults and fixed choices that are not
@@ -296,6 +297,10 @@ struct LlamaAttention {
     kv_heads: usize,
     head_dim: usize,
     window: Option<usize>,
+    /// The dtype keys and values are cached in: bf16 with bf16 weights (a cache in the
+    /// weights' precision, as PyTorch's and llama.cpp's are, and half the bytes that each
+    /// step reads from it), else as computed.
+    cache_dtype: Option<DType>,
 }
 
 /// Cosines and sines of one forward's positions, (rows, 1, len, head_dim) each.
@@ -337,6 +342,7 @@ impl LlamaAttention {
             kv_heads,
             head_dim,
             window: config.sliding_window_of(layer),
+            cache_dtype: (vb.weight_type() == WeightType::Bf16).then_some(DType::BF16),
         })
     }
 
@@ -370,6 +376,12 @@ impl LlamaAttention {
             self.kv_heads,
             self.head_norms.as_ref(),
         )?;
+        // Rounded to the cache's dtype with or without a cache, so that a cached step and a
+        // full forward attend to the same keys.
+        let (k, v) = match self.cache_dtype {
+            Some(dtype) => (k.to_dtype(dtype)?, v.to_dtype(dtype)?),
+            None => (k, v),
+        };
         let (k, v) = match cache {
             Some(cache) => cache.append(&k, &v)?,
             None => (k, v),
