@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""Compare ferroformers with PyTorch (f32, bf16), ONNX Runtime (f32, int8) and CTranslate2
-(int8; GPT-2 also float32), one after another in one run, on the same random-initialised
-models of real shapes.
+"""Compare ferroformers with PyTorch (f32, bf16), ONNX Runtime (f32, int8), CTranslate2
+(int8; GPT-2 also float32) and llama.cpp (f32, bf16, q8_0; Llama-family decoders), one after
+another in one run, on the same random-initialised models of real shapes.
 
     python3 -m pip install -r scripts/requirements-fixtures.txt onnxruntime onnx ctranslate2
     cargo build --release
     python3 scripts/bench_compare.py [--threads 2] [--runs 10] [--cases bert-base-1,minilm-32,gpt2-1,gpt2-8]
+    python3 scripts/bench_compare.py --cases qwen2.5-0.5b-1,smollm2-360m-1 --llama-cpp DIR
 
 Encoder cases time one forward pass. GPT-2 cases (`gpt2-B`: GPT-2 small, B prompts of 32
 tokens, 128 new tokens, greedy, KV cache) time prefill (the prompt's forward pass) and decode
@@ -21,20 +22,54 @@ median over rounds of each engine's time and of each ratio. Our bf16 and int8 de
 one process, taking turns run by run (`ferroformers bench --against`); their ratio is the median
 over every such pair of every round.
 
+Llama-family cases (`qwen2.5-0.5b-1`, `smollm2-360m-1`: batch 1, a prompt of 128 tokens,
+--new-tokens new tokens, greedy) are random models with the shapes of the public configs of
+Qwen2.5-0.5B and SmolLM2-360M (tied heads), made with transformers and saved with the qwen2
+test fixture's reduced tokenizer (the bench feeds token ids; the tokenizer is only loaded).
+Each round times PyTorch f32 and bf16, llama.cpp f32, bf16 and q8_0, ours f32 and bf16+int8
+(paired as above), the prefill of 512 tokens in bf16 by ours and by llama.cpp, and ours
+`ferroformers generate` once per dtype for its peak RSS (the child's ru_maxrss), prompt and new
+tokens as above: `bench`'s own peak_rss_bytes also counts its bandwidth probe's three 128 MiB
+arrays. The table gives each goal of issue 26 beside its number.
+
+llama.cpp is the source vendored in the llama-cpp-python sdist, built with its own CMake, and
+given by --llama-cpp (the source tree, with build/bin/llama-bench); without it llama.cpp is n/a:
+
+    pip download --no-deps --no-binary :all: llama-cpp-python==0.3.36
+    tar xzf llama_cpp_python-0.3.36.tar.gz && cd llama_cpp_python-0.3.36
+    cmake -S vendor/llama.cpp -B vendor/llama.cpp/build -DGGML_NATIVE=ON -DLLAMA_CURL=OFF
+    cmake --build vendor/llama.cpp/build --target llama-bench -j2
+    # then: --llama-cpp llama_cpp_python-0.3.36/vendor/llama.cpp
+
+Its own convert_hf_to_gguf.py, run with its own gguf-py (which needs numpy, pyyaml, tqdm and
+requests; its Llama path also imports sentencepiece), makes GGUF f32, bf16 and q8_0 files of
+the same random model. Each is checked before it is timed: llama.cpp's logits over the prompt
+(through the sdist's ctypes bindings to build/bin/libllama.so) against PyTorch f32's, and its
+tensors' element count against the model's parameters. llama-bench times decoding as
+`-p 0 -n N-1 -d 128`: the N-1 tokens after the first, one by one, after a context of the 128
+prompt tokens (filled before its timer starts), the same steps as ours and PyTorch's tokens/s; and the
+prefill as `-p 512 -n 0`. It feeds its own token ids, which for a dense model's speed is the
+same. The two cases need about 10 GB of disk in the work folder (--work-dir) for the models and
+GGUF files. Each round prints on stderr the seconds each engine took; PyTorch's bf16 decoding,
+far the slowest, can be given fewer runs (--torch-runs).
+
 ONNX Runtime int8 is the f32 export quantized by `quantize_dynamic` (QInt8 weights);
 CTranslate2 int8 is the model converted with `quantization="int8"` and run with
 `compute_type="int8"`. Every peer is checked against PyTorch f32 before it is timed (the
 `check` lines: cosine of each output row) and left out when it fails. ONNX Runtime and
 CTranslate2 are shown as n/a when they are not installed or left out by --no-onnxruntime or
 --no-ctranslate2. Every engine runs on --threads threads: PyTorch by set_num_threads, ONNX
-Runtime by intra_op_num_threads, CTranslate2 by intra_threads (one replica), ferroformers by
-RAYON_NUM_THREADS.
+Runtime by intra_op_num_threads, CTranslate2 by intra_threads (one replica), llama.cpp by
+llama-bench -t, ferroformers by RAYON_NUM_THREADS; and on the same CPUs (--cpus, by default the
+first --threads of those the script may use): the script pins itself, as `taskset -c` would,
+and every process it starts inherits that.
 """
 import argparse
 import json
 import os
 import pathlib
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -44,7 +79,7 @@ import time
 import torch
 from transformers import (
     BertConfig, BertModel, DistilBertConfig, DistilBertModel, GPT2Config, GPT2LMHeadModel,
-    RobertaConfig, RobertaModel,
+    LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, RobertaConfig, RobertaModel,
 )
 
 import bench_peers as peers
@@ -72,6 +107,30 @@ CASES = {
 DECODE_CASES = {"gpt2-1": 1, "gpt2-8": 8}
 PROMPT_TOKENS, NEW_TOKENS = 32, 128
 PEERS = ["onnxruntime", "ctranslate2"]
+
+# The public configs' shapes (Qwen/Qwen2.5-0.5B, HuggingFaceTB/SmolLM2-360M), each with the
+# pre-tokenizer name that llama.cpp's converter is told (bench_peers.convert says why).
+LLAMA_SHAPES = {
+    "qwen2.5-0.5b": (lambda: Qwen2ForCausalLM(Qwen2Config(
+        vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+        num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
+        rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True, sliding_window=32768,
+        use_sliding_window=False, max_window_layers=21, bos_token_id=151643,
+        eos_token_id=151643)), "qwen2"),
+    "smollm2-360m": (lambda: LlamaForCausalLM(LlamaConfig(
+        vocab_size=49152, hidden_size=960, intermediate_size=2560, num_hidden_layers=32,
+        num_attention_heads=15, num_key_value_heads=5, max_position_embeddings=8192,
+        rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=True, bos_token_id=0,
+        eos_token_id=0)), "smollm"),
+}
+LLAMA_CASES = {"qwen2.5-0.5b-1": "qwen2.5-0.5b", "smollm2-360m-1": "smollm2-360m"}
+LLAMA_PROMPT_TOKENS, PREFILL_TOKENS = 128, 512
+# Issue 26's goals for these cases: ours over llama.cpp's tokens/s per dtype, over PyTorch's,
+# the fraction of the bandwidth ceiling, and the peak RSS over the weights.
+GOALS = {"f32": 1.0, "bf16": 1.0, "int8": 1.2}
+GOAL_TORCH, GOAL_CEILING, GOAL_PREFILL, RSS_MARGIN = 2.0, 0.85, 1.0, 200e6
+LLAMA_TYPES = {"f32": "f32", "bf16": "bf16", "int8": "q8_0"}
+FIXTURE_TOKENIZER = ROOT / "tests" / "fixtures" / "qwen2" / "lm-head"
 
 
 def token_ids(batch, seq, vocab):
@@ -165,14 +224,18 @@ def bench_ferroformers(binary, folder, batch, seq, runs, dtype, threads):
     return json.loads(out.stdout)["median_ms"]
 
 
-def bench_torch_decode(model, ids, runs, dtype, new_tokens):
-    """Median prefill ms and decode tokens/s of greedy generation with the KV cache."""
+def bench_torch_decode(model, ids, runs, dtype, new_tokens, last_logits=False):
+    """Median prefill ms and decode tokens/s of greedy generation with the KV cache. With
+    `last_logits`, the prefill timed alone computes the last position's logits only, as
+    generate's own prefill does for the models that take logits_to_keep (the Llama family:
+    all 128 positions through Qwen2.5's 151936-token head would add ~17 GFLOP)."""
     model = model.to(dtype)
     mask = torch.ones_like(ids)
     settings = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                     pad_token_id=0, attention_mask=mask)
+    keep = dict(logits_to_keep=1) if last_logits else {}
     with torch.inference_mode():
-        prefill = median_ms(lambda: model(input_ids=ids, attention_mask=mask, use_cache=True), runs)
+        prefill = median_ms(lambda: model(input_ids=ids, attention_mask=mask, use_cache=True, **keep), runs)
         total = median_ms(lambda: model.generate(ids, **settings), runs)
     model.to(torch.float32)
     tokens = ids.shape[0] * (new_tokens - 1)
@@ -209,12 +272,13 @@ def bench_ct2_decode(load, ids, runs, new_tokens):
             statistics.median(tokens / ((total - first) / 1e3) for first, total in timings))
 
 
-def bench_ferroformers_decode(binary, folder, batch, runs, dtype, threads, new_tokens, against=None):
+def bench_ferroformers_decode(binary, folder, batch, runs, dtype, threads, new_tokens, against=None,
+                              prompt_tokens=PROMPT_TOKENS):
     """One report; with `against`, the model in both dtypes timed in turn, run by run, in one
     process: {"first", "second", "ratios" (second/first per run), "ratio"}."""
     out = subprocess.run(
         [str(binary), "bench", "-m", str(folder), "--generate", "--batch", str(batch),
-         "--prompt-tokens", str(PROMPT_TOKENS), "--new-tokens", str(new_tokens),
+         "--prompt-tokens", str(prompt_tokens), "--new-tokens", str(new_tokens),
          "--runs", str(runs), "--dtype", dtype, "--json",
          *(["--against", against] if against else [])],
         check=True, capture_output=True, text=True, env=ferroformers_env(threads),
@@ -307,14 +371,250 @@ def decode_cases(names, args, work):
           "int8 vs ours bf16: the median of the per-run ratios of the two, timed in turn in one process.")
 
 
+def build_llama_model(shape, folder):
+    """A random model of `shape` (in LLAMA_SHAPES) saved in `folder` with what `ferroformers
+    bench --generate` loads beside the weights: the qwen2 fixture's tokenizer files (its
+    model_max_length raised to the model's) and a greedy generation_config.json."""
+    torch.manual_seed(0)
+    model = LLAMA_SHAPES[shape][0]().eval()
+    model.save_pretrained(folder, safe_serialization=True)
+    for name in ["tokenizer.json", "special_tokens_map.json"]:
+        shutil.copy(FIXTURE_TOKENIZER / name, folder / name)
+    tokenizer_config = json.loads((FIXTURE_TOKENIZER / "tokenizer_config.json").read_text())
+    tokenizer_config["model_max_length"] = model.config.max_position_embeddings
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
+    (folder / "generation_config.json").write_text('{"do_sample": false}')
+    return model
+
+
+def ferroformers_peak_rss(binary, folder, dtype, threads, prompt_tokens, new_tokens):
+    """Our peak RSS in bytes (the child's ru_maxrss) over loading the model in `dtype` and one
+    greedy generation of `new_tokens` after a prompt of `prompt_tokens` tokens: `generate`,
+    which unlike `bench` runs no bandwidth probe (three 128 MiB arrays)."""
+    # " the" is one token of the fixture's tokenizer: a prompt of exactly prompt_tokens.
+    out, peak = peers.run_measured(
+        [str(binary), "generate", "-m", str(folder), "--dtype", dtype, "--greedy", "--json", "-q",
+         "--max-new-tokens", str(new_tokens), " the" * prompt_tokens],
+        env=ferroformers_env(threads),
+    )
+    made = json.loads(out.splitlines()[-1])
+    if (made["prompt_tokens"], made["completion_tokens"]) != (prompt_tokens, new_tokens):
+        print(f"ferroformers generate {dtype}: {made['prompt_tokens']} prompt and "
+              f"{made['completion_tokens']} new tokens, not {prompt_tokens} and {new_tokens}", file=sys.stderr)
+    return peak
+
+
+def llama_cpp_files(model, ids, folder, pre, case, args):
+    """For each of our dtypes: llama.cpp's GGUF file of the model in the matching type, or None
+    when --llama-cpp is not given or the file fails its check against PyTorch f32."""
+    files = {dtype: None for dtype in LLAMA_TYPES}
+    if not args.llama_cpp:
+        return files
+    with torch.inference_mode():
+        reference = model(input_ids=ids).logits.numpy()
+    parameters = sum(p.numel() for p in model.parameters())
+    for dtype, outtype in LLAMA_TYPES.items():
+        path = peers.gguf_file(args.llama_cpp, folder, outtype, pre)
+        output, tensors = peers.llama_cpp_logits(args.llama_cpp, path, ids, args.threads)
+        name = f"llama.cpp {outtype} {case}"
+        same = tensors["elements"] == parameters
+        print(f"check {name}: {tensors['count']} tensors, {tensors['elements']} elements "
+              f"({'ok' if same else f'PyTorch has {parameters}: not timed'})")
+        files[dtype] = path if peers.check(name, reference, output) and same else None
+    return files
+
+
+def take_turns_timed(engines, rounds):
+    """take_turns, with each engine's seconds in the round under "seconds" (also printed)."""
+    results = []
+    for index in range(rounds):
+        result, seconds = {}, {}
+        for name, run in engines.items():
+            start = time.perf_counter()
+            result[name] = run()
+            seconds[name] = round(time.perf_counter() - start, 1)
+        result["seconds"] = seconds
+        print(f"round {index + 1}: {sum(seconds.values()):.0f} s ({json.dumps(seconds)})", file=sys.stderr)
+        results.append(result)
+    return results
+
+
+def llama_decode_cases(names, args, work):
+    new_tokens, prompt = args.new_tokens, LLAMA_PROMPT_TOKENS
+    torch_runs = args.torch_runs or args.runs
+    rows = []
+    for name in names:
+        shape = LLAMA_CASES[name]
+        folder = pathlib.Path(work) / shape
+        start = time.perf_counter()
+        model = build_llama_model(shape, folder)
+        case = f"{shape} 1x({prompt}+{new_tokens})"
+        ids = token_ids(1, prompt, model.config.vocab_size)
+        gguf = llama_cpp_files(model, ids, folder, LLAMA_SHAPES[shape][1], case, args)
+        setup = time.perf_counter() - start
+        print(f"{case}: the model, GGUF files and checks took {setup:.0f} s", file=sys.stderr)
+
+        def llama_cpp(dtype, **test):
+            path = gguf[dtype]
+            return peers.llama_bench(args.llama_cpp, path, args.threads, args.runs, **test) if path else None
+
+        ours = lambda dtype, **more: bench_ferroformers_decode(
+            args.binary, folder, 1, args.runs, dtype, args.threads, new_tokens, prompt_tokens=prompt, **more)
+        decode = dict(prompt=0, gen=new_tokens - 1, depth=prompt)
+        # Each of ours beside the llama.cpp type it is held against, PyTorch last (slowest).
+        engines = {
+            "ours f32": lambda: ours("f32"),
+            "llama.cpp f32": lambda: llama_cpp("f32", **decode),
+            "ours bf16+int8": lambda: ours("bf16", against="int8"),
+            "llama.cpp bf16": lambda: llama_cpp("bf16", **decode),
+            "llama.cpp q8_0": lambda: llama_cpp("int8", **decode),
+            "ours prefill": lambda: bench_ferroformers_decode(
+                args.binary, folder, 1, args.runs, "bf16", args.threads, 2, prompt_tokens=PREFILL_TOKENS),
+            "llama.cpp prefill": lambda: llama_cpp("bf16", prompt=PREFILL_TOKENS, gen=0),
+            "torch f32": lambda: bench_torch_decode(model, ids, torch_runs, torch.float32, new_tokens, True),
+            "torch bf16": lambda: bench_torch_decode(model, ids, torch_runs, torch.bfloat16, new_tokens, True),
+            # Measured every round like the rest; the goal is a ceiling, so the table gives the
+            # highest.
+            "ours peak rss": lambda: {d: ferroformers_peak_rss(args.binary, folder, d, args.threads, prompt, new_tokens)
+                                      for d in LLAMA_TYPES},
+        }
+        rounds = take_turns_timed(engines, args.rounds)
+        for r in rounds:
+            paired = r.pop("ours bf16+int8")
+            r["ours bf16"], r["ours int8"], r["int8 paired"] = paired["first"], paired["second"], paired["ratios"]
+
+        def tokens(result):
+            if result is None:
+                return None
+            if isinstance(result, tuple):
+                return result[1]
+            return result.get("decode_tokens_per_second", result.get("tokens_per_second"))
+
+        def faster(r, ours, other):
+            """Our tokens/s over the other engine's in round r; None where it did not run."""
+            return tokens(r[ours]) / tokens(r[other]) if r.get(other) else None
+
+        def theirs_ms(r):
+            """llama.cpp's prefill of PREFILL_TOKENS in round r, ms; None where it did not run."""
+            return r["llama.cpp prefill"]["ms"] if r["llama.cpp prefill"] else None
+
+        peer = {"f32": "llama.cpp f32", "bf16": "llama.cpp bf16", "int8": "llama.cpp q8_0"}
+        weights = {"f32": 4 * sum(p.numel() for p in model.parameters()),
+                   "bf16": 2 * sum(p.numel() for p in model.parameters()),
+                   "int8": median_of(rounds, lambda r: r["ours int8"]["weight_bytes_per_token"])}
+        engine_names = [n for n in engines if n not in ["ours bf16+int8", "ours peak rss"]] + ["ours bf16", "ours int8"]
+        row = {
+            "case": case,
+            "setup_seconds": round(setup),
+            "rounds": rounds,
+            "tokens": {n: median_of(rounds, lambda r, n=n: tokens(r[n])) for n in engine_names
+                       if "prefill" not in n},
+            # Prefill ms of the prompt of 128 (PyTorch's forward alone, ours to the first token).
+            "prefill": {n: median_of(rounds, lambda r, n=n: r[n][0] if isinstance(r[n], tuple) else r[n]["prefill_ms"])
+                        for n in ["torch f32", "torch bf16", "ours f32", "ours bf16", "ours int8"]},
+            "prefill 512 bf16": {
+                "ours": median_of(rounds, lambda r: r["ours prefill"]["prefill_ms"]),
+                "llama.cpp": median_of(rounds, lambda r: theirs_ms(r)),
+                "ours vs llama.cpp": median_of(
+                    rounds, lambda r: theirs_ms(r) / r["ours prefill"]["prefill_ms"] if theirs_ms(r) else None),
+            },
+            "vs llama.cpp": {d: median_of(rounds, lambda r, d=d: faster(r, f"ours {d}", peer[d])) for d in peer},
+            "vs torch": {d: median_of(rounds, lambda r, d=d: faster(r, f"ours {d}", f"torch {d}"))
+                         for d in ["f32", "bf16"]},
+            "int8 vs bf16": statistics.median(ratio for r in rounds for ratio in r["int8 paired"]),
+            "ceiling": {d: median_of(rounds, lambda r, d=d: r[f"ours {d}"]["bandwidth_fraction"]) for d in peer},
+            "triad": median_of(rounds, lambda r: r["ours f32"]["triad_gb_per_second"]),
+            "weight bytes": weights,
+            # The highest over rounds. Ours: `generate` (no bandwidth probe); llama.cpp:
+            # llama-bench's decoding test.
+            "peak rss": {
+                "ours": {d: max(r["ours peak rss"][d] for r in rounds) for d in peer},
+                "llama.cpp": {d: max((r[peer[d]]["peak_rss_bytes"] for r in rounds if r[peer[d]]), default=None)
+                              for d in peer},
+            },
+        }
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr)
+        print_llama_table(row, args)
+
+
+def print_llama_table(r, args):
+    number = lambda value: f"{value:.1f}" if value else "n/a"
+    ratio = lambda value, goal: f"{value:.2f}x (goal {goal:g}x)" if value else "n/a"
+    mb = lambda value: f"{value / 1e6:.0f}" if value else "n/a"
+    tok, rss, weights = r["tokens"], r["peak rss"], r["weight bytes"]
+    print(f"\n{r['case']}: {args.threads} threads (CPUs {args.cpus}), {args.rounds} rounds of the median of "
+          f"{args.runs} runs ({args.torch_runs or args.runs} of PyTorch), "
+          f"triad {r['triad']:.1f} GB/s, {time.strftime('%Y-%m-%d')}\n")
+    print("| ours (llama.cpp) | PyTorch tok/s | llama.cpp tok/s | ours tok/s | ours / llama.cpp | ours / PyTorch "
+          "| ours of bandwidth ceiling | ours peak RSS MB | weights + 200 MB | llama.cpp peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for dtype, theirs in LLAMA_TYPES.items():
+        torch_name = f"torch {dtype}"
+        peak = rss["ours"][dtype]
+        budget = weights[dtype] + RSS_MARGIN
+        print(
+            f"| {dtype} ({theirs}) | {number(tok.get(torch_name))} | {number(tok[f'llama.cpp {theirs}'])} | "
+            f"{number(tok[f'ours {dtype}'])} | {ratio(r['vs llama.cpp'][dtype], GOALS[dtype])} | "
+            f"{ratio(r['vs torch'].get(dtype), GOAL_TORCH)} | "
+            f"{r['ceiling'][dtype]:.0%} (goal {GOAL_CEILING:.0%}) | "
+            f"{mb(peak)} ({'within' if peak <= budget else 'over'}) | "
+            f"{mb(weights[dtype])} + 200 | {mb(rss['llama.cpp'][dtype])} |"
+        )
+    pre, pre512 = r["prefill"], r["prefill 512 bf16"]
+    ms = lambda value: f"{value:.1f} ms" if value else "n/a"
+    print(f"\nPrefill of {PREFILL_TOKENS} tokens, bf16: ours {ms(pre512['ours'])}, llama.cpp "
+          f"{ms(pre512['llama.cpp'])}: {ratio(pre512['ours vs llama.cpp'], GOAL_PREFILL)}. "
+          f"Prefill of {LLAMA_PROMPT_TOKENS}, ms: PyTorch f32 {number(pre['torch f32'])}, bf16 "
+          f"{number(pre['torch bf16'])}; ours f32 {number(pre['ours f32'])}, bf16 {number(pre['ours bf16'])}, "
+          f"int8 {number(pre['ours int8'])}. Ours int8 / bf16, paired in one process: {r['int8 vs bf16']:.2f}x.")
+    print("\nTokens/s are the decoding steps after the first new token (llama.cpp: `-p 0 -n N-1 -d 128`). Ratios "
+          "are medians of the per-round ratios. The bandwidth ceiling is steps/s x weight bytes per step / triad "
+          "bandwidth. Peak RSS is the highest over rounds: ours `ferroformers generate`'s (the child's ru_maxrss; "
+          "`bench`'s own also counts its bandwidth probe), llama.cpp's its decoding run's; weights are parameters "
+          "x 4 (f32) or x 2 (bf16) bytes and our own int8 weight bytes. "
+          "PyTorch has no int8 here and its RSS is not measured (it runs inside this script).")
+
+
+def pin(args):
+    """Pin this process's every thread to --cpus (by default the first --threads CPUs it may
+    use), as `taskset -c` would: PyTorch runs here, and every engine started later inherits it."""
+    if args.cpus:
+        cpus = set()
+        for part in args.cpus.split(","):
+            first, _, last = part.partition("-")
+            cpus.update(range(int(first), int(last or first) + 1))
+    else:
+        cpus = set(sorted(os.sched_getaffinity(0))[:args.threads])
+    # sched_setaffinity sets one thread's CPUs; threads already started keep theirs.
+    for thread in os.listdir("/proc/self/task"):
+        os.sched_setaffinity(int(thread), cpus)
+    args.cpus = ",".join(map(str, sorted(cpus)))
+    print(f"pinned to CPUs {args.cpus}, {args.threads} threads", file=sys.stderr)
+
+
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=10, help="timed runs per engine and round")
     parser.add_argument("--rounds", type=int, default=3, help="turns each engine takes")
-    parser.add_argument("--cases", default=",".join([*CASES, *DECODE_CASES]))
+    parser.add_argument("--torch-runs", type=int,
+                        help="timed runs of PyTorch per round in the Llama-family cases (default: --runs): "
+                        "with two warm-ups each, its bf16 decoding (about 1.3 tokens/s on Qwen2.5-0.5B "
+                        "on a Zen 5 core pair) takes most of a round")
+    parser.add_argument("--cases", default=",".join([*CASES, *DECODE_CASES]),
+                        help=f"comma-separated, of {', '.join([*CASES, *DECODE_CASES, *LLAMA_CASES])} "
+                        "(default: all but the Llama-family ones)")
     parser.add_argument("--new-tokens", type=int, default=NEW_TOKENS,
-                        help="tokens each GPT-2 case generates after its prompt (at least 2)")
+                        help="tokens each GPT-2 or Llama-family case generates after its prompt (at least 2)")
+    parser.add_argument("--llama-cpp", type=pathlib.Path, metavar="DIR",
+                        help="llama.cpp source tree with build/bin/llama-bench, as vendored in the "
+                        "llama-cpp-python sdist (see the docstring); without it llama.cpp is n/a")
+    parser.add_argument("--cpus", help="CPUs every engine is pinned to, as taskset -c takes them "
+                        "(default: the first --threads CPUs this script may use)")
+    parser.add_argument("--work-dir", type=pathlib.Path,
+                        help="where the temporary work folder is made (default: the system's); "
+                        "the Llama-family cases write about 10 GB there")
     parser.add_argument("--torch-bf16-batched", action=argparse.BooleanOptionalAction, default=True,
                         help="time PyTorch bf16 on batched cases too (encoders and GPT-2)")
     for peer in PEERS:
@@ -324,13 +624,22 @@ def main():
     args = parser.parse_args()
     if args.new_tokens < 2:
         parser.error("--new-tokens must be at least 2: decode speed is timed after the first")
+    names = args.cases.split(",")
+    unknown = [n for n in names if n not in {**CASES, **DECODE_CASES, **LLAMA_CASES}]
+    if unknown:
+        parser.error(f"unknown cases: {', '.join(unknown)}")
+    if args.llama_cpp and not peers.llama_bench_binary(args.llama_cpp).exists():
+        parser.error(f"no {peers.llama_bench_binary(args.llama_cpp)}: build llama-bench first (see above)")
+    pin(args)
     torch.set_num_threads(args.threads)
 
     rows = []
-    names = args.cases.split(",")
     decode_names = [n for n in names if n in DECODE_CASES]
-    names = [n for n in names if n not in DECODE_CASES]
-    with tempfile.TemporaryDirectory() as work:
+    llama_names = [n for n in names if n in LLAMA_CASES]
+    names = [n for n in names if n in CASES]
+    with tempfile.TemporaryDirectory(dir=args.work_dir) as work:
+        if llama_names:
+            llama_decode_cases(llama_names, args, work)
         if decode_names:
             decode_cases(decode_names, args, work)
         models = {}

@@ -180,3 +180,190 @@ def ct2_generate(generator, ids, new_tokens):
     if made != {new_tokens}:
         sys.exit(f"CTranslate2 made {made} new tokens per row, not {new_tokens}")
     return (first[0] - start) * 1e3, total * 1e3
+
+
+# llama.cpp.
+#
+# Nothing of llama.cpp is copied here: every piece comes from the llama.cpp source tree given
+# to bench_compare.py by --llama-cpp (the one vendored in the llama-cpp-python sdist, built as
+# its docstring says): build/bin/llama-bench times it, its convert_hf_to_gguf.py (with its
+# gguf-py) converts the random model, and for the check the sdist's own ctypes bindings
+# (llama_cpp/llama_cpp.py, two folders above the tree) load its build/bin/libllama.so. The
+# conversion and the check run in subprocesses of this file (see `main`), so that their
+# imports, threads and memory end with them.
+
+def llama_bench_binary(llama_cpp):
+    return pathlib.Path(llama_cpp) / "build" / "bin" / "llama-bench"
+
+
+# Starts the command given in its arguments, waits for it, and prints its ru_maxrss (KiB) as
+# the last line of stderr. Linux carries the hiwater RSS of the process that execs a program
+# into that program's ru_maxrss, so a child forked straight from this script (which holds
+# PyTorch's model) would report at least this script's own peak; the few MB of this small
+# interpreter (run with -S) are the most it adds.
+MAXRSS = """import os, resource, sys
+pid = os.posix_spawnp(sys.argv[1], sys.argv[1:], os.environ)
+status = os.waitpid(pid, 0)[1]
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def run_measured(command, env=None):
+    """The stdout of `command` (which must succeed) and its peak resident memory in bytes."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-S", "-c", MAXRSS, *map(str, command)],
+                          capture_output=True, text=True, env=env)
+    if done.returncode:
+        raise subprocess.CalledProcessError(done.returncode, command, done.stdout, done.stderr)
+    return done.stdout, int(done.stderr.splitlines()[-1]) * 1024
+
+
+def gguf_file(llama_cpp, folder, outtype, pre):
+    """The Transformers model in `folder` converted by llama.cpp's convert_hf_to_gguf.py to a
+    GGUF file with weights in `outtype` ("f32", "bf16" or "q8_0"); made once per folder.
+    `pre` is the pre-tokenizer name to write (see `convert`)."""
+    import subprocess
+
+    folder = pathlib.Path(folder)
+    out = folder.with_name(f"{folder.name}-{outtype}.gguf")
+    if not out.exists():
+        partial = out.with_suffix(".partial")
+        done = subprocess.run(
+            [sys.executable, __file__, "convert", str(llama_cpp), pre, str(folder),
+             "--outtype", outtype, "--outfile", str(partial)],
+            capture_output=True, text=True,
+        )
+        if done.returncode:
+            sys.exit(f"convert_hf_to_gguf.py --outtype {outtype} failed:\n{done.stderr[-4000:]}")
+        partial.rename(out)
+    return out
+
+
+def llama_cpp_logits(llama_cpp, path, ids, threads):
+    """llama.cpp's logits at every position of the one prompt row `ids` ([1, seq]) by the GGUF
+    file at `path`: [1, seq, vocab]; and the GGUF's tensor count and elements, from gguf-py."""
+    import json
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as work:
+        out = pathlib.Path(work) / "logits.npy"
+        done = subprocess.run(
+            [sys.executable, __file__, "logits", str(llama_cpp), str(path), str(threads), str(out)],
+            input=json.dumps(ids.view(-1).tolist()), capture_output=True, text=True,
+        )
+        if done.returncode:
+            sys.exit(f"llama.cpp logits of {path} failed:\n{done.stderr[-4000:]}")
+        tensors = json.loads(done.stdout.splitlines()[-1])
+        return np.load(out)[None], tensors
+
+
+def llama_bench(llama_cpp, path, threads, runs, prompt, gen, depth=0):
+    """llama-bench on the GGUF file at `path`, one test: `prompt` tokens of prefill from an
+    empty context (gen 0), or `gen` tokens decoded one by one after a context of `depth`
+    tokens (prompt 0; llama-bench fills that context before its timer starts). Returns the
+    median over its `runs` repetitions of tokens/s and of ms, and the process's peak RSS."""
+    import json
+
+    out, peak = run_measured([
+        str(llama_bench_binary(llama_cpp)), "-m", str(path), "-t", str(threads), "-r", str(runs),
+        "-p", str(prompt), "-n", str(gen), "-d", str(depth), "-o", "json",
+    ])
+    (test,) = json.loads(out)
+    if (test["n_prompt"], test["n_gen"], test["n_threads"]) != (prompt, gen, threads):
+        sys.exit(f"llama-bench ran {test['n_prompt']}/{test['n_gen']}/{test['n_threads']} "
+                 f"(prompt/gen/threads), not {prompt}/{gen}/{threads}")
+    return {
+        "tokens_per_second": float(np.median(test["samples_ts"])),
+        "ms": float(np.median(test["samples_ns"])) / 1e6,
+        "model_type": test["model_type"],
+        "peak_rss_bytes": peak,
+    }
+
+
+def convert(llama_cpp, pre, arguments):
+    """Run llama.cpp's convert_hf_to_gguf.py with `arguments`, in this process.
+
+    Measurement only: the random models carry a reduced BPE tokenizer (the qwen2 test
+    fixture's, which the benchmark needs only to load: every engine is fed token ids), whose
+    hash is none of the pre-tokenizers that the converter knows, so it refuses the model.
+    Every converter class's get_vocab_base_pre is made to answer the model family's own
+    pre-tokenizer name instead (`pre`: "qwen2" for Qwen2.5, "smollm" for SmolLM2, both known
+    to this llama.cpp). The name sets only how llama.cpp would split text, which no timing
+    here uses."""
+    import runpy
+
+    sys.path.insert(0, str(pathlib.Path(llama_cpp) / "gguf-py"))
+    sys.path.insert(0, str(llama_cpp))
+    import conversion.base as base
+
+    for name in dir(base):
+        cls = getattr(base, name)
+        if isinstance(cls, type) and "get_vocab_base_pre" in vars(cls):
+            cls.get_vocab_base_pre = lambda self, tokenizer: pre
+    sys.argv = ["convert_hf_to_gguf.py", *arguments]
+    runpy.run_path(str(pathlib.Path(llama_cpp) / "convert_hf_to_gguf.py"), run_name="__main__")
+
+
+def logits(llama_cpp, path, threads, out):
+    """Save llama.cpp's logits at every position of the prompt read from stdin (JSON token
+    ids) to `out` (.npy, [seq, vocab]); print the GGUF's tensor count and elements (JSON)."""
+    import ctypes
+    import json
+    import os
+    import types
+
+    llama_cpp = pathlib.Path(llama_cpp).resolve()
+    ids = json.load(sys.stdin)
+    sys.path.insert(0, str(llama_cpp / "gguf-py"))
+    from gguf import GGUFReader
+
+    tensors = GGUFReader(path).tensors
+    # The sdist's low-level bindings only: its package __init__ would import the high-level
+    # API and its dependencies (diskcache and others) too.
+    os.environ["LLAMA_CPP_LIB_PATH"] = str(llama_cpp / "build" / "bin")
+    package = types.ModuleType("llama_cpp")
+    package.__path__ = [str(llama_cpp.parent.parent / "llama_cpp")]
+    sys.modules["llama_cpp"] = package
+    import llama_cpp.llama_cpp as ll
+
+    ll.llama_backend_init()
+    model = ll.llama_model_load_from_file(str(path).encode(), ll.llama_model_default_params())
+    params = ll.llama_context_default_params()
+    params.n_ctx = params.n_batch = params.n_ubatch = len(ids)
+    params.n_threads = params.n_threads_batch = int(threads)
+    context = ll.llama_init_from_model(model, params)
+    vocab = ll.llama_vocab_n_tokens(ll.llama_model_get_vocab(model))
+    batch = ll.llama_batch_init(len(ids), 0, 1)
+    batch.n_tokens = len(ids)
+    for i, token in enumerate(ids):
+        batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, i, 1
+        batch.seq_id[i][0] = 0
+        batch.logits[i] = 1
+    if ll.llama_decode(context, batch) != 0:
+        sys.exit("llama_decode failed")
+    values = ll.llama_get_logits(context)
+    array = np.ctypeslib.as_array(ctypes.cast(values, ctypes.POINTER(ctypes.c_float)), shape=(len(ids), vocab))
+    np.save(out, array.copy())
+    ll.llama_batch_free(batch)
+    ll.llama_free(context)
+    ll.llama_model_free(model)
+    print(json.dumps({"count": len(tensors), "elements": int(sum(int(t.n_elements) for t in tensors))}))
+
+
+def main():
+    """The subprocesses of the llama.cpp helpers: `convert LLAMA_CPP PRE ARGUMENTS...` and
+    `logits LLAMA_CPP GGUF THREADS OUT.npy` (token ids on stdin)."""
+    command, *arguments = sys.argv[1:]
+    if command == "convert":
+        convert(arguments[0], arguments[1], arguments[2:])
+    elif command == "logits":
+        logits(*arguments)
+    else:
+        sys.exit(f"unknown command {command}")
+
+
+if __name__ == "__main__":
+    main()
