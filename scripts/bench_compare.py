@@ -29,8 +29,8 @@ test fixture's reduced tokenizer (the bench feeds token ids; the tokenizer is on
 Each round times PyTorch f32 and bf16, llama.cpp f32, bf16 and q8_0, ours f32 and bf16+int8
 (paired as above), the prefill of 512 tokens in bf16 by ours and by llama.cpp, and ours
 `ferroformers generate` once per dtype for its peak RSS (the child's ru_maxrss), prompt and new
-tokens as above: `bench`'s own peak_rss_bytes also counts its bandwidth probe's three 128 MiB
-arrays. The table gives each goal of issue 26 beside its number.
+tokens as above: a plain generation, as a user runs it, without the benchmark's harness. The
+table gives each goal of issue 26 beside its number.
 
 llama.cpp is the source vendored in the llama-cpp-python sdist, built with its own CMake, and
 given by --llama-cpp (the source tree, with build/bin/llama-bench); without it llama.cpp is n/a:
