@@ -27,7 +27,7 @@ pub struct BenchArgs {
     /// Tokens per sequence.
     #[arg(long, default_value_t = 128)]
     seq: usize,
-    /// Time GPT-2's greedy decoding instead of the encoder.
+    /// Time a decoder's greedy decoding (GPT-2 or a Llama-family model) instead of the encoder.
     #[arg(long)]
     generate: bool,
     /// With --generate: prompt length in tokens.

@@ -70,10 +70,10 @@ enum Command {
         args: generate::GenerateArgs,
     },
     /// Time the encoder's forward pass on random token ids: median milliseconds and
-    /// sequences/s. With --generate, time GPT-2's greedy decoding instead: prefill and
-    /// tokens/s, against the memory bandwidth measured in the same run. Both report the
-    /// instruction set the kernels ran and the resident memory (peak, after load, after the
-    /// runs).
+    /// sequences/s. With --generate, time a decoder's greedy decoding instead (GPT-2 or a
+    /// Llama-family model): prefill and tokens/s, against the memory bandwidth measured in the
+    /// same run. Both report the instruction set the kernels ran and the resident memory (peak,
+    /// after load, after the runs; the bandwidth probe's arrays not counted).
     Bench {
         #[command(flatten)]
         common: Common,
