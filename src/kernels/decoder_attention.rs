@@ -241,11 +241,12 @@ impl CustomOp3 for DecoderAttention {
                     None => &no_mask[..],
                 };
                 // Keys a row attends to: up to its last one the mask leaves open. The keys
-                // after it would get weights of e^-87 at most (exp's clamp), below any sum's
+                // after it, closed with f32::MIN (the models' masks) or -inf (two of those
+                // added), would get weights of e^-87 at most (exp's clamp), below any sum's
                 // last bit.
                 let open = |i: usize| {
                     let mask = mask_of(i);
-                    match mask.iter().rposition(|&m| m != f32::NEG_INFINITY) {
+                    match mask.iter().rposition(|&m| m > f32::MIN) {
                         Some(last) => last + 1,
                         None => len,
                     }
@@ -500,10 +501,14 @@ mod tests {
         for b in 0..batch {
             for i in 0..new {
                 for t in 0..len {
+                    // The models close keys with f32::MIN; -inf where two closings add up.
                     let future = t > past + i;
                     let padding = b == 1 && t < 3;
                     if future || padding {
-                        mask[(b * new + i) * len + t] = f32::NEG_INFINITY;
+                        mask[(b * new + i) * len + t] = match (future, padding) {
+                            (true, true) => f32::NEG_INFINITY,
+                            _ => f32::MIN,
+                        };
                     }
                 }
             }
