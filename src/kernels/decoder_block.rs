@@ -9,7 +9,7 @@ use std::mem::MaybeUninit;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use super::{exp, f32_slice, isa, math, use_kernels, CHUNK};
+use super::{exp, f32_slice, isa, map_rows, math, use_kernels, CHUNK};
 
 /// `weight · x / sqrt(mean(x²) + eps)` over the last dimension of `x`, in f32 (`LlamaRMSNorm`:
 /// the variance in f32, then the weight).
@@ -62,19 +62,14 @@ impl CustomOp2 for RmsNorm {
                 weight_layout.shape()
             )
         }
-        let mut out = Vec::with_capacity(x.len());
-        let rows_per_task = (CHUNK / size).max(1);
         let isa = isa::Isa::current();
-        out.spare_capacity_mut()[..x.len()]
-            .par_chunks_mut(rows_per_task * size)
-            .zip(x.par_chunks(rows_per_task * size))
-            .for_each(|(out, x)| {
-                for (out, row) in out.chunks_mut(size).zip(x.chunks(size)) {
-                    rms_norm_row(isa, out, row, weight, self.eps);
-                }
-            });
-        // SAFETY: every row of the first x.len() values was written above.
-        unsafe { out.set_len(x.len()) };
+        // SAFETY: `rms_norm_row` writes each of its `size` outputs (the weight is `size`
+        // long, checked above).
+        let out = unsafe {
+            map_rows(x, size, size, |out, row| {
+                rms_norm_row(isa, out, row, weight, self.eps)
+            })
+        };
         Ok((CpuStorage::F32(out), x_layout.shape().clone()))
     }
 }
@@ -123,21 +118,15 @@ impl CustomOp1 for Swiglu {
             Some(last) if width > 0 && *last == 2 * width => *last = width,
             _ => candle_core::bail!("swiglu: {:?} is not two halves", layout.shape()),
         }
-        let rows = x.len() / (2 * width);
-        let mut out = Vec::with_capacity(rows * width);
-        let rows_per_task = (CHUNK / width).max(1);
         let isa = isa::Isa::current();
-        out.spare_capacity_mut()[..rows * width]
-            .par_chunks_mut(rows_per_task * width)
-            .zip(x.par_chunks(rows_per_task * 2 * width))
-            .for_each(|(out, x)| {
-                for (out, row) in out.chunks_mut(width).zip(x.chunks(2 * width)) {
-                    let (gate, up) = row.split_at(width);
-                    swiglu_row(isa, out, gate, up);
-                }
-            });
-        // SAFETY: every row of the first rows·width values was written above.
-        unsafe { out.set_len(rows * width) };
+        // SAFETY: `swiglu_row` writes each of its `width` outputs (its gate and up halves are
+        // `width` long); `width` is not 0 (checked above).
+        let out = unsafe {
+            map_rows(x, 2 * width, width, |out, row| {
+                let (gate, up) = row.split_at(width);
+                swiglu_row(isa, out, gate, up)
+            })
+        };
         Ok((CpuStorage::F32(out), Shape::from(dims)))
     }
 }

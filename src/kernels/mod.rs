@@ -276,19 +276,14 @@ impl candle_core::CustomOp3 for LayerNorm {
                 bias_layout.shape()
             )
         }
-        let mut out = Vec::with_capacity(x.len());
-        let rows_per_task = (CHUNK / size).max(1);
         let isa = isa::Isa::current();
-        out.spare_capacity_mut()[..x.len()]
-            .par_chunks_mut(rows_per_task * size)
-            .zip(x.par_chunks(rows_per_task * size))
-            .for_each(|(out, x)| {
-                for (out, row) in out.chunks_mut(size).zip(x.chunks(size)) {
-                    layer_norm_row(isa, out, row, weight, bias, self.eps);
-                }
-            });
-        // SAFETY: every row of the first x.len() values was written above.
-        unsafe { out.set_len(x.len()) };
+        // SAFETY: `layer_norm_row` writes each of its `size` outputs (weight and bias are
+        // `size` long, checked above).
+        let out = unsafe {
+            map_rows(x, size, size, |out, row| {
+                layer_norm_row(isa, out, row, weight, bias, self.eps)
+            })
+        };
         Ok((CpuStorage::F32(out), x_layout.shape().clone()))
     }
 }
@@ -296,6 +291,33 @@ impl candle_core::CustomOp3 for LayerNorm {
 /// Elements per parallel task: large enough to amortise scheduling, small enough to share the
 /// work between cores.
 const CHUNK: usize = 16 * 1024;
+
+/// `x` as rows of `in_size` values, each mapped by `row` to `out_size` outputs, rows in
+/// parallel tasks of about [`CHUNK`] inputs, into an output that is never zero-filled.
+///
+/// # Safety
+/// `row` writes every one of the outputs it is given; `in_size` is not 0.
+unsafe fn map_rows(
+    x: &[f32],
+    in_size: usize,
+    out_size: usize,
+    row: impl Fn(&mut [MaybeUninit<f32>], &[f32]) + Sync + Send,
+) -> Vec<f32> {
+    let rows = x.len() / in_size;
+    let mut out = Vec::with_capacity(rows * out_size);
+    let rows_per_task = (CHUNK / in_size).max(1);
+    out.spare_capacity_mut()[..rows * out_size]
+        .par_chunks_mut((rows_per_task * out_size).max(1))
+        .zip(x.par_chunks(rows_per_task * in_size))
+        .for_each(|(out, x)| {
+            for (out, input) in out.chunks_mut(out_size.max(1)).zip(x.chunks(in_size)) {
+                row(out, input);
+            }
+        });
+    // SAFETY: `row` wrote every output of every row (the caller's promise).
+    unsafe { out.set_len(rows * out_size) };
+    out
+}
 
 /// Exact GELU, `0.5 x (1 + erf(x / sqrt 2))`, as `torch.nn.functional.gelu`. On the CPU in f32
 /// it runs our vectorised kernel (within 2e-6 of the exact value); elsewhere candle's
