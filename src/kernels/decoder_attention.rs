@@ -226,6 +226,22 @@ impl CustomOp3 for DecoderAttention {
         let isa = super::isa::Isa::current();
         let rows = RowKernels::new(isa, d);
         let no_mask = vec![0f32; len];
+        let mask_of = |b: usize, i: usize| match &self.mask {
+            Some(mask) => &mask[(b * new + i) * len..(b * new + i + 1) * len],
+            None => &no_mask[..],
+        };
+        // Keys each (batch, query) row attends to: up to its last one the mask leaves open,
+        // found once here for every key/value head's task. The keys after it, closed with
+        // f32::MIN (the models' masks) or -inf (two of those added), would get weights of
+        // e^-87 at most (exp's clamp), below any sum's last bit.
+        let open: Vec<usize> = (0..batch * new)
+            .map(|row| {
+                let mask = mask_of(row / new, row % new);
+                mask.iter()
+                    .rposition(|&m| m > f32::MIN)
+                    .map_or(len, |last| last + 1)
+            })
+            .collect();
         let group = heads / kh;
         let chunks = new.div_ceil(ROWS_PER_TASK).max(1);
         let mut out = vec![0f32; batch * heads * new * d];
@@ -236,21 +252,7 @@ impl CustomOp3 for DecoderAttention {
                 let (b, kv, chunk) = (task / (kh * chunks), task / chunks % kh, task % chunks);
                 let first = chunk * ROWS_PER_TASK;
                 let query_rows = first..new.min(first + ROWS_PER_TASK);
-                let mask_of = |i: usize| match &self.mask {
-                    Some(mask) => &mask[(b * new + i) * len..(b * new + i + 1) * len],
-                    None => &no_mask[..],
-                };
-                // Keys a row attends to: up to its last one the mask leaves open. The keys
-                // after it, closed with f32::MIN (the models' masks) or -inf (two of those
-                // added), would get weights of e^-87 at most (exp's clamp), below any sum's
-                // last bit.
-                let open = |i: usize| {
-                    let mask = mask_of(i);
-                    match mask.iter().rposition(|&m| m > f32::MIN) {
-                        Some(last) => last + 1,
-                        None => len,
-                    }
-                };
+                let open = |i: usize| open[b * new + i];
                 let needed = query_rows.clone().map(open).max().unwrap_or(0);
                 let (key_rows, key_stride) = k.rows(isa, b, kv, needed, d, keys);
                 let (value_rows, value_stride) = v.rows(isa, b, kv, needed, d, values);
@@ -259,7 +261,7 @@ impl CustomOp3 for DecoderAttention {
                     let scores = &mut scores[..count];
                     for h in kv * group..(kv + 1) * group {
                         rows.dot(q.row(b, h, i, d), key_rows, key_stride, scores);
-                        softmax_row(isa, scores, &mask_of(i)[..count], self.scale);
+                        softmax_row(isa, scores, &mask_of(b, i)[..count], self.scale);
                         // SAFETY: row (b, h, i) belongs to this task alone (h in its group, i
                         // in its chunk), and lies inside `out`.
                         let out_row = unsafe { shared.slice(((b * heads + h) * new + i) * d, d) };
