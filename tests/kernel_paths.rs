@@ -165,21 +165,12 @@ fn check_fixtures(options: &LoadOptions, tolerance: f32, path: &str) -> f32 {
     let expected = reference("gpt2/lm-head");
     let model = Gpt2LMHeadModel::from_pretrained(&fixture_model("gpt2/lm-head"), options)
         .expect("gpt2 loads");
-    let input = reference_input(&expected);
-    let logits = model
-        .forward(&input.input_ids, input.attention_mask.as_ref(), None)
-        .unwrap();
-    let seq = logits.dim(1).unwrap();
+    let (ids, mask) = ids_and_mask(&expected);
+    let logits = model.forward(&ids, Some(&mask), None).unwrap();
     for (i, len) in lengths(&expected).into_iter().enumerate() {
-        let real = |t: &Tensor| {
-            t.narrow(0, i, 1)
-                .unwrap()
-                .narrow(1, seq - len, len)
-                .unwrap()
-        };
         check(
-            &real(&logits),
-            &real(&expected["logits"]),
+            &real_positions(&logits, i, len),
+            &real_positions(&expected["logits"], i, len),
             &format!("gpt2 lm-head row {i}"),
         );
     }
