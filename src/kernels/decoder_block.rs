@@ -5,6 +5,7 @@
 //! Other devices, dtypes and the reference mode run the same formulas as candle ops.
 
 use std::mem::MaybeUninit;
+use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
@@ -145,11 +146,22 @@ pub struct RotatedHeads {
 #[derive(Debug, Clone)]
 pub struct HeadNorms {
     /// `q_norm.weight`, f32 (head_dim).
-    pub q: Tensor,
+    q: Tensor,
     /// `k_norm.weight`, f32 (head_dim).
-    pub k: Tensor,
+    k: Tensor,
     /// Their `rms_norm_eps`.
-    pub eps: f32,
+    eps: f32,
+    /// Both weights on the host, for the CPU kernel: read once here, not at every forward.
+    host: Arc<(Vec<f32>, Vec<f32>)>,
+}
+
+impl HeadNorms {
+    /// The norms of `q_norm.weight` and `k_norm.weight` (head_dim each), with `eps`.
+    pub fn new(q: &Tensor, k: &Tensor, eps: f32) -> candle_core::Result<Self> {
+        let (q, k) = (q.to_dtype(DType::F32)?, k.to_dtype(DType::F32)?);
+        let host = Arc::new((q.to_vec1::<f32>()?, k.to_vec1::<f32>()?));
+        Ok(Self { q, k, eps, host })
+    }
 }
 
 /// Split `qkv` (rows, len, (heads + 2·kv_heads) · head_dim), q's heads then k's then v's, into
@@ -171,22 +183,14 @@ pub fn rotated_heads(
         candle_core::bail!("rotated-heads: {width} columns are not {all} heads")
     }
     let d = width / all;
-    let norm_weights = match norms {
-        Some(norms) if use_kernels(qkv) => Some((
-            norms.q.to_dtype(DType::F32)?.to_vec1::<f32>()?,
-            norms.k.to_dtype(DType::F32)?.to_vec1::<f32>()?,
-            norms.eps,
-        )),
-        _ => None,
-    };
-    if use_kernels(qkv) && (norms.is_none() || norm_weights.is_some()) {
+    if use_kernels(qkv) {
         let all_heads = qkv.contiguous()?.apply_op3_no_bwd(
             &cos.contiguous()?,
             &sin.contiguous()?,
             &RotateHeads {
                 heads,
                 kv_heads,
-                norms: norm_weights,
+                norms: norms.cloned(),
             },
         )?;
         return Ok(RotatedHeads {
@@ -221,8 +225,8 @@ pub fn rotated_heads(
 struct RotateHeads {
     heads: usize,
     kv_heads: usize,
-    /// Per-head norm weights of q and k, and their epsilon.
-    norms: Option<(Vec<f32>, Vec<f32>, f32)>,
+    /// Qwen3's per-head norms of q and k.
+    norms: Option<HeadNorms>,
 }
 
 dispatch! {
@@ -288,7 +292,7 @@ impl CustomOp3 for RotateHeads {
             && self
                 .norms
                 .as_ref()
-                .is_none_or(|(q, k, _)| q.len() == d && k.len() == d);
+                .is_none_or(|norms| norms.host.0.len() == d && norms.host.1.len() == d);
         if !fits {
             candle_core::bail!(
                 "rotated-heads: qkv {:?}, cos {:?}, sin {:?} do not fit",
@@ -306,8 +310,10 @@ impl CustomOp3 for RotateHeads {
             .for_each(|(task, out)| {
                 let (row, head) = (task / all, task % all);
                 let norm = match &self.norms {
-                    Some((q, _, eps)) if head < self.heads => Some((&q[..], *eps)),
-                    Some((_, k, eps)) if head < self.heads + self.kv_heads => Some((&k[..], *eps)),
+                    Some(norms) if head < self.heads => Some((&norms.host.0[..], norms.eps)),
+                    Some(norms) if head < self.heads + self.kv_heads => {
+                        Some((&norms.host.1[..], norms.eps))
+                    }
                     _ => None,
                 };
                 for (position, out) in out.chunks_mut(d).enumerate() {

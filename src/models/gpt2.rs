@@ -17,7 +17,9 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::models::cache::{KvCache, LayerKv};
 use crate::models::config::Labels;
-use crate::models::decoder::{attention_bias, prepare, prepare_decode, rows_as_alone};
+use crate::models::decoder::{
+    attention_bias, last_position_logits, prepare, prepare_decode, rows_as_alone,
+};
 use crate::models::layers::{
     require_divisible, require_positive, Activation, Embedding, LayerNorm, Linear,
 };
@@ -463,9 +465,7 @@ impl Gpt2LMHeadModel {
     ) -> Result<Tensor> {
         crate::kernels::on_worker(|| {
             let hidden = self.transformer.forward(input_ids, attention_mask, cache)?;
-            let last = hidden.dim(1)? - 1;
-            self.lm_head
-                .forward(&hidden.narrow(1, last, 1)?.squeeze(1)?)
+            last_position_logits(&self.lm_head, &hidden)
         })
     }
 

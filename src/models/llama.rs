@@ -24,7 +24,9 @@ use crate::error::{Error, Result};
 use crate::kernels::{rotated_heads, swiglu, HeadNorms, RotatedHeads};
 use crate::models::cache::{KvCache, LayerKv};
 use crate::models::config::{token_ids, Labels};
-use crate::models::decoder::{attention_bias, prepare, prepare_decode, rows_as_alone};
+use crate::models::decoder::{
+    attention_bias, last_position_logits, prepare, prepare_decode, rows_as_alone,
+};
 use crate::models::layers::{require_divisible, require_positive, Activation, Embedding, Linear};
 use crate::models::rope::{RopeScaling, RotaryEmbedding};
 use crate::models::weight_type::WeightType;
@@ -315,14 +317,9 @@ impl LlamaAttention {
         let (heads, kv_heads) = (config.num_attention_heads, config.num_key_value_heads());
         let head_norms = (config.family == LlamaFamily::Qwen3)
             .then(|| -> Result<HeadNorms> {
-                let weight = |name: &str| -> Result<Tensor> {
-                    Ok(vb.pp(name).get(head_dim, "weight")?.to_dtype(DType::F32)?)
-                };
-                Ok(HeadNorms {
-                    q: weight("q_norm")?,
-                    k: weight("k_norm")?,
-                    eps: config.rms_norm_eps as f32,
-                })
+                let weight = |name: &str| vb.pp(name).get(head_dim, "weight");
+                let eps = config.rms_norm_eps as f32;
+                Ok(HeadNorms::new(&weight("q_norm")?, &weight("k_norm")?, eps)?)
             })
             .transpose()?;
         Ok(Self {
@@ -761,9 +758,7 @@ impl LlamaForCausalLM {
     ) -> Result<Tensor> {
         crate::kernels::on_worker(|| {
             let hidden = self.model.forward(input_ids, attention_mask, cache)?;
-            let last = hidden.dim(1)? - 1;
-            self.lm_head
-                .forward(&hidden.narrow(1, last, 1)?.squeeze(1)?)
+            last_position_logits(&self.lm_head, &hidden)
         })
     }
 
