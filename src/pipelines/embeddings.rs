@@ -11,7 +11,7 @@ use crate::models::pooling::Pooling;
 use crate::models::pretrained::{LoadOptions, Pretrained};
 use crate::pipelines::sentence_transformers::{Prompt, SentenceTransformersSetup};
 use crate::pipelines::{
-    encode_all, in_batches, BatchOptions, Pipeline, PipelineBase, Text, Truncation,
+    encode_all, in_buckets, BatchOptions, Pipeline, PipelineBase, Text, Truncation,
     TruncationOptions, DEFAULT_BATCH_SIZE,
 };
 use crate::tokenizer::EncodeOptions;
@@ -206,7 +206,7 @@ impl EmbeddingsPipeline {
     ) -> Result<Vec<Vec<f32>>> {
         let pooling = pooling.unwrap_or(self.pooling);
         let lengths: Vec<usize> = encodings.iter().map(Encoding::len).collect();
-        in_batches(&lengths, batch_size, |indices| {
+        in_buckets(&lengths, batch_size, |indices| {
             let input = self.base.batch_input(encodings, indices)?;
             let hidden = self.base.model().forward(&input)?.last_hidden_state;
             let mask = input

@@ -10,7 +10,7 @@ use crate::kernels::host::softmax;
 use crate::models::auto::AutoModelForMaskedLM;
 use crate::models::pretrained::LoadOptions;
 use crate::pipelines::{
-    encode_all, in_batches, BatchOptions, Pipeline, PipelineBase, Text, Truncation,
+    encode_all, in_buckets, BatchOptions, Pipeline, PipelineBase, Text, Truncation,
     TruncationOptions, DEFAULT_BATCH_SIZE,
 };
 use crate::tokenizer::EncodeOptions;
@@ -233,7 +233,7 @@ impl Pipeline for FillMaskPipeline {
             .map(|(encoding, text)| self.mask_position(encoding, text))
             .collect::<Result<Vec<_>>>()?;
         // Forward: vocabulary logits at each input's mask.
-        let logits = in_batches(&lengths, options.batch_size, |indices| {
+        let logits = in_buckets(&lengths, options.batch_size, |indices| {
             let input = self.base.batch_input(&encodings, indices)?;
             let logits = self.base.model().forward(&input)?;
             indices

@@ -16,9 +16,10 @@
 //! Each pipeline runs preprocess (tokenize, on the host), forward (the model, the only step
 //! on the device) and postprocess (scores to answers, on the host). Inputs are batched
 //! `batch_size` at a time, sorted by length to cut padding, and results come back in input
-//! order. Output fields are named as transformers names them.
+//! order (see `batches`). Output fields are named as transformers names them.
 
 mod base;
+mod batches;
 pub mod chat;
 pub mod embeddings;
 pub mod fill_mask;
@@ -60,6 +61,7 @@ use crate::error::{Error, Result};
 use crate::models::auto::AutoModelForSequenceClassification;
 use crate::models::config::ModelConfig;
 use crate::tokenizer::{EncodeOptions, TextInput, Tokenizer};
+pub(crate) use batches::{in_batches, in_buckets};
 
 /// Inputs per forward pass unless the options say otherwise.
 pub const DEFAULT_BATCH_SIZE: usize = 8;
@@ -141,41 +143,6 @@ pub trait Pipeline: Send + Sync {
     }
 }
 
-/// Run `run` over the items of the given `lengths` in batches of `batch_size`, longest first
-/// (similar lengths share a batch, so little padding), and return the results in input order.
-/// `run` gets the indices of one batch and returns one result per index.
-pub(crate) fn in_batches<T>(
-    lengths: &[usize],
-    batch_size: usize,
-    mut run: impl FnMut(&[usize]) -> Result<Vec<T>>,
-) -> Result<Vec<T>> {
-    if batch_size == 0 {
-        return Err(Error::InvalidInput(
-            "batch_size must be at least 1".to_string(),
-        ));
-    }
-    let mut order: Vec<usize> = (0..lengths.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
-    let mut results: Vec<Option<T>> = (0..lengths.len()).map(|_| None).collect();
-    for chunk in order.chunks(batch_size) {
-        let outputs = run(chunk)?;
-        if outputs.len() != chunk.len() {
-            return Err(Error::InvalidInput(
-                "a batch returned the wrong number of results".to_string(),
-            ));
-        }
-        for (&index, output) in chunk.iter().zip(outputs) {
-            results[index] = Some(output);
-        }
-    }
-    results
-        .into_iter()
-        .map(|r| {
-            r.ok_or_else(|| Error::InvalidInput("a batch left an input without result".to_string()))
-        })
-        .collect()
-}
-
 /// Preprocess: encode every input, and note each one's length for batching.
 pub(crate) fn encode_all<'a, T: Into<TextInput<'a>>>(
     tokenizer: &Tokenizer,
@@ -199,7 +166,7 @@ impl PipelineBase<AutoModelForSequenceClassification> {
         batch_size: usize,
     ) -> Result<Vec<Vec<f32>>> {
         let lengths: Vec<usize> = encodings.iter().map(Encoding::len).collect();
-        in_batches(&lengths, batch_size, |indices| {
+        in_buckets(&lengths, batch_size, |indices| {
             let input = self.batch_input(encodings, indices)?;
             rows_to_host(&self.model().forward(&input)?)
         })

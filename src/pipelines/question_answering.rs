@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::models::auto::AutoModelForQuestionAnswering;
 use crate::models::pretrained::LoadOptions;
 use crate::pipelines::{
-    in_batches, rows_to_host, BatchOptions, Pipeline, PipelineBase, QaInput, QuestionContext,
+    in_buckets, rows_to_host, BatchOptions, Pipeline, PipelineBase, QaInput, QuestionContext,
     DEFAULT_BATCH_SIZE,
 };
 
@@ -232,7 +232,7 @@ impl Pipeline for QuestionAnsweringPipeline {
         first_window.push(windows.len());
         // Forward.
         let lengths: Vec<usize> = windows.iter().map(Encoding::len).collect();
-        let logits = in_batches(&lengths, options.batch_size, |indices| {
+        let logits = in_buckets(&lengths, options.batch_size, |indices| {
             let input = self.base.batch_input(&windows, indices)?;
             let output = self.base.model().forward(&input)?;
             let starts = rows_to_host(&output.start_logits)?;

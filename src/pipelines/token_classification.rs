@@ -14,7 +14,7 @@ use crate::models::auto::AutoModelForTokenClassification;
 use crate::models::config::Labels;
 use crate::models::pretrained::LoadOptions;
 use crate::pipelines::{
-    in_batches, rows_to_host, BatchOptions, Pipeline, PipelineBase, Text, Truncation,
+    in_buckets, rows_to_host, BatchOptions, Pipeline, PipelineBase, Text, Truncation,
     TruncationOptions, DEFAULT_BATCH_SIZE,
 };
 
@@ -447,7 +447,7 @@ impl Pipeline for TokenClassificationPipeline {
         }
         let lengths: Vec<usize> = windows.iter().map(Encoding::len).collect();
         // Forward.
-        let logits = in_batches(&lengths, options.batch_size, |indices| {
+        let logits = in_buckets(&lengths, options.batch_size, |indices| {
             let input = self.base.batch_input(&windows, indices)?;
             let logits = self.base.model().forward(&input)?;
             let labels = logits.dim(2)?;
