@@ -33,9 +33,10 @@ pub struct ServerConfig {
     /// Padded tokens (the longest input × the inputs) per batched forward of the encoder
     /// routes; a request larger than this alone runs alone, in several forwards.
     pub max_batch_tokens: usize,
-    /// Requests per batched forward of the encoder routes; `None`: as many as fit in
-    /// `max_batch_tokens`, `Some(1)`: one request at a time. For text generation, the
-    /// sequences decoded together (continuous batching; more wait in a queue), 32 when `None`.
+    /// Requests per batched forward of the encoder routes (within `max_batch_tokens`); `None`:
+    /// 8 (see `batching::queue::DEFAULT_MAX_REQUESTS`), `Some(1)`: one request at a time. For
+    /// text generation, the sequences decoded together (continuous batching; more wait in a
+    /// queue), 32 when `None`.
     pub max_batch_requests: Option<usize>,
     /// Inputs one request may send at once; more get 413.
     pub max_client_batch_size: usize,

@@ -43,7 +43,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use batching::generation::DecodeQueue;
-use batching::queue::{Batcher, Limits};
+use batching::queue::{Batcher, Limits, DEFAULT_MAX_REQUESTS};
 use http::connections::{self, Timeouts};
 use http::metrics::Metrics;
 use http::router::{cors_layer, router};
@@ -85,7 +85,7 @@ impl Server {
             pipeline.clone(),
             Limits {
                 max_batch_tokens: config.max_batch_tokens,
-                max_batch_requests: config.max_batch_requests,
+                max_batch_requests: config.max_batch_requests.unwrap_or(DEFAULT_MAX_REQUESTS),
             },
             metrics.batch.clone(),
         )?;

@@ -196,9 +196,9 @@ pub struct ServeArgs {
     /// concurrent requests are served together up to this.
     #[arg(long, env = "FERROFORMERS_MAX_BATCH_TOKENS", default_value_t = 16384, value_parser = at_least_one)]
     max_batch_tokens: usize,
-    /// Requests per batched forward (default: as many as fit in --max-batch-tokens; 1: one
-    /// request at a time); with --task generate or chat, the sequences decoded together
-    /// (default: 32; more wait in a queue).
+    /// Requests per batched forward, within --max-batch-tokens (default: 8; 1: one request at
+    /// a time); with --task generate or chat, the sequences decoded together (default: 32;
+    /// more wait in a queue).
     #[arg(long, env = "FERROFORMERS_MAX_BATCH_REQUESTS", value_parser = at_least_one)]
     max_batch_requests: Option<usize>,
     /// Inputs one request may send; more get 413.

@@ -316,7 +316,7 @@ mod tests {
         // The encoder routes' queue, unused here: its thread ends when the batcher drops.
         let limits = Limits {
             max_batch_tokens: config.max_batch_tokens,
-            max_batch_requests: config.max_batch_requests,
+            max_batch_requests,
         };
         let queue = Batcher::start(pipeline.clone(), limits, metrics.batch.clone())
             .expect("the batching thread starts")
