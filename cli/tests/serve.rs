@@ -596,7 +596,8 @@ fn the_command_prints_its_address_serves_and_stops_on_sigterm() {
 }
 
 /// Every `serve` flag also comes from a `FERROFORMERS_*` variable, the model too: here the
-/// model, the port (0) and the task (a transformers alias, where `auto` would rerank).
+/// model, the port (0), the task (a transformers alias, where `auto` would rerank), and one
+/// HTTP worker thread, which serves it alone.
 #[test]
 fn the_command_takes_its_flags_from_the_environment() {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ferroformers"))
@@ -604,6 +605,7 @@ fn the_command_takes_its_flags_from_the_environment() {
         .env("FERROFORMERS_MODEL_ID", fixture_model("bert/cross-encoder"))
         .env("FERROFORMERS_PORT", "0")
         .env("FERROFORMERS_TASK", "sentiment-analysis")
+        .env("FERROFORMERS_HTTP_WORKERS", "1")
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("the binary starts");

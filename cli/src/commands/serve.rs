@@ -201,6 +201,10 @@ pub struct ServeArgs {
     /// more wait in a queue).
     #[arg(long, env = "FERROFORMERS_MAX_BATCH_REQUESTS", value_parser = at_least_one)]
     max_batch_requests: Option<usize>,
+    /// Threads that serve HTTP (tokio's workers), beside the model's --threads. Default: one
+    /// per CPU this process may run on.
+    #[arg(long, env = "FERROFORMERS_HTTP_WORKERS", value_parser = at_least_one)]
+    http_workers: Option<usize>,
     /// Inputs one request may send; more get 413.
     #[arg(long, env = "FERROFORMERS_MAX_CLIENT_BATCH_SIZE", default_value_t = 32, value_parser = at_least_one)]
     max_client_batch_size: usize,
@@ -280,9 +284,11 @@ pub fn serve(common: &Common, args: ServeArgs, out: &mut impl Write) -> Result<(
         shutdown_timeout: seconds(args.shutdown_timeout_secs),
         ..ServerConfig::new(model)
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = args.http_workers {
+        runtime.worker_threads(workers);
+    }
+    let runtime = runtime.enable_all().build()?;
     runtime.block_on(async {
         let server = Server::bind(pipeline, config).await?;
         // The signal handlers go in before the ready line, which is when clients (and
