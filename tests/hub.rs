@@ -434,6 +434,35 @@ fn offline_mode_loads_from_a_python_layout_cache() {
     assert!(error.to_string().contains("HF_HUB_OFFLINE"), "{error}");
 }
 
+/// A snapshot folder of that cache, passed as a local folder (as transformers users pass
+/// `.../snapshots/<commit>`), loads through its links into `blobs/`; a link out of the
+/// repository's cache folder is still refused.
+#[test]
+fn a_cache_snapshot_loads_as_a_folder() {
+    let cache = tempfile::tempdir().unwrap();
+    python_style_cache(cache.path(), "tiny/bert", &fixture("bert/base"), &[]);
+    let repo = cache.path().join("models--tiny--bert");
+    let snapshot = repo.join("snapshots").join(COMMIT);
+    let options = LoadOptions::default().with_hub(HubOptions::default().with_offline(true));
+    let model = BertModel::from_pretrained(snapshot.to_str().unwrap(), &options).unwrap();
+    let reference = reference("bert/base");
+    let output = model.forward(&reference_input(&reference)).unwrap();
+    assert_close(
+        &output.last_hidden_state,
+        &reference["last_hidden_state"],
+        1e-4,
+        "snapshot folder",
+    );
+
+    let outside = tempfile::tempdir().unwrap();
+    let secret = outside.path().join("config.json");
+    std::fs::copy(fixture("bert/base/config.json"), &secret).unwrap();
+    std::fs::remove_file(snapshot.join("config.json")).unwrap();
+    std::os::unix::fs::symlink(&secret, snapshot.join("config.json")).unwrap();
+    let error = BertModel::from_pretrained(snapshot.to_str().unwrap(), &options).unwrap_err();
+    assert!(matches!(error, Error::UnsafePath { .. }), "{error:?}");
+}
+
 #[test]
 fn offline_mode_with_missing_weights_says_so() {
     let cache = tempfile::tempdir().unwrap();

@@ -147,12 +147,16 @@ impl ModelSource {
     /// The local path of `file`, downloading it if needed; `None` when the model has no such file.
     ///
     /// Every file must resolve inside the model folder (for a Hub model, inside its cache
-    /// folder): a symlink or a `..` that leads elsewhere is an error.
+    /// folder): a symlink or a `..` that leads elsewhere is an error. A folder that is a
+    /// snapshot of the Hub cache (`models--org--name/snapshots/<commit>`, as transformers
+    /// users pass it) links each file to `../../blobs/`: its repository's cache folder is the
+    /// bound then.
     pub fn get(&self, file: &str) -> Result<Option<PathBuf>> {
         let (path, root) = match self {
             ModelSource::Folder(folder) => {
                 let path = folder.join(file);
-                (path.is_file().then_some(path), folder.clone())
+                let root = cache_repo_of_snapshot(folder).unwrap_or_else(|| folder.clone());
+                (path.is_file().then_some(path), root)
             }
             ModelSource::Hub(repo) => (repo.get(file)?, repo.repo_dir()),
         };
@@ -327,6 +331,16 @@ impl HubRepo {
             let _ = std::fs::create_dir_all(parent).and_then(|_| std::fs::write(&marker, b""));
         }
     }
+}
+
+/// The cache folder of the repository (`models--org--name`) when `folder` is one of its
+/// snapshots (`<repo>/snapshots/<commit>`).
+fn cache_repo_of_snapshot(folder: &Path) -> Option<PathBuf> {
+    let snapshots = folder.parent()?;
+    let repo = snapshots.parent()?;
+    let repo_name = repo.file_name()?.to_str()?;
+    (snapshots.file_name()? == "snapshots" && repo_name.starts_with("models--"))
+        .then(|| repo.to_path_buf())
 }
 
 /// `path`, after following links, must lie under `root`.
