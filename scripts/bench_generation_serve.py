@@ -22,15 +22,12 @@ PROMPTS = [
 ]
 
 
-def stream(url, prompt, tokens):
-    """Stream one completion; returns (text, chunks, finish_reason, seconds)."""
-    body = json.dumps({
-        "prompt": prompt, "max_tokens": tokens, "temperature": 0, "stream": True,
-    }).encode()
+def completion_choices(url, body):
+    """POST a streamed completion `body` to `url`/v1/completions; yield each event's choices
+    as they arrive, until `[DONE]`. An error event raises."""
     request = urllib.request.Request(
-        url + "/v1/completions", data=body, headers={"Content-Type": "application/json"})
-    start = time.perf_counter()
-    text, chunks, finish = [], 0, None
+        url + "/v1/completions", data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=600) as response:
         for line in response:
             line = line.decode().strip()
@@ -38,14 +35,22 @@ def stream(url, prompt, tokens):
                 continue
             data = line[len("data:"):].strip()
             if data == "[DONE]":
-                break
+                return
             event = json.loads(data)
             if "error" in event:
                 raise RuntimeError(event["error"])
-            for choice in event.get("choices", []):
-                chunks += 1
-                text.append(choice.get("text", ""))
-                finish = choice.get("finish_reason") or finish
+            yield from event.get("choices", [])
+
+
+def stream(url, prompt, tokens):
+    """Stream one completion; returns (text, chunks, finish_reason, seconds)."""
+    body = {"prompt": prompt, "max_tokens": tokens, "temperature": 0, "stream": True}
+    start = time.perf_counter()
+    text, chunks, finish = [], 0, None
+    for choice in completion_choices(url, body):
+        chunks += 1
+        text.append(choice.get("text", ""))
+        finish = choice.get("finish_reason") or finish
     return "".join(text), chunks, finish, time.perf_counter() - start
 
 

@@ -57,6 +57,8 @@ import time
 import urllib.request
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+from bench_generation_serve import completion_choices  # noqa: E402
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 SHORT = "The quick brown fox jumps over the lazy dog beside the quiet river bank."
 WORDS = (
@@ -271,28 +273,14 @@ def embed(args, work_dir):
 
 def stream_completion(url, prompt, tokens, extra):
     """Stream one completion: (arrival time of each token's chunk, finish reason)."""
-    body = json.dumps({"prompt": prompt, "max_tokens": tokens, "temperature": 0, "stream": True,
-                       **extra}).encode()
-    request = urllib.request.Request(url + "/v1/completions", data=body,
-                                     headers={"Content-Type": "application/json"})
+    body = {"prompt": prompt, "max_tokens": tokens, "temperature": 0, "stream": True, **extra}
     arrivals, finish = [], None
-    with urllib.request.urlopen(request, timeout=600) as response:
-        for line in response:
-            line = line.decode().strip()
-            if not line.startswith("data:"):
-                continue
-            data = line[len("data:"):].strip()
-            if data == "[DONE]":
-                break
-            event = json.loads(data)
-            if "error" in event:
-                raise RuntimeError(event["error"])
-            for choice in event.get("choices", []):
-                # A chunk per token; llama-server's last one carries only the finish reason,
-                # and its tokens that are control tokens in the GGUF have no text.
-                if choice.get("text") or choice.get("finish_reason") is None:
-                    arrivals.append(time.perf_counter())
-                finish = choice.get("finish_reason") or finish
+    for choice in completion_choices(url, body):
+        # A chunk per token; llama-server's last one carries only the finish reason, and its
+        # tokens that are control tokens in the GGUF have no text.
+        if choice.get("text") or choice.get("finish_reason") is None:
+            arrivals.append(time.perf_counter())
+        finish = choice.get("finish_reason") or finish
     return arrivals, finish
 
 

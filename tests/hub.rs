@@ -266,14 +266,7 @@ fn revision_is_sent_and_recorded_and_a_commit_revision_works_offline() {
     let offline =
         LoadOptions::default().with_hub(hub_options.with_revision(COMMIT).with_offline(true));
     let model = BertModel::from_pretrained("tiny/bert", &offline).unwrap();
-    let reference = reference("bert/base");
-    let output = model.forward(&reference_input(&reference)).unwrap();
-    assert_close(
-        &output.last_hidden_state,
-        &reference["last_hidden_state"],
-        1e-4,
-        "offline by commit",
-    );
+    assert_is_the_base_fixture(&model, "offline by commit");
     assert!(hub.take_requests().is_empty());
 }
 
@@ -385,6 +378,18 @@ fn server_error_is_a_hub_error_with_its_status() {
     }
 }
 
+/// `model` gives the bert/base fixture's hidden states: within 1e-4 of PyTorch's.
+fn assert_is_the_base_fixture(model: &BertModel, label: &str) {
+    let reference = reference("bert/base");
+    let output = model.forward(&reference_input(&reference)).unwrap();
+    assert_close(
+        &output.last_hidden_state,
+        &reference["last_hidden_state"],
+        1e-4,
+        label,
+    );
+}
+
 /// A cache written by Python's huggingface_hub: blobs, snapshot symlinks and refs.
 fn python_style_cache(root: &Path, repo_id: &str, folder: &Path, skip: &[&str]) {
     let repo = root.join(format!("models--{}", repo_id.replace('/', "--")));
@@ -417,14 +422,7 @@ fn offline_mode_loads_from_a_python_layout_cache() {
         .with_endpoint("http://127.0.0.1:9");
     let options = LoadOptions::default().with_hub(hub.clone());
     let model = BertModel::from_pretrained("tiny/bert", &options).unwrap();
-    let reference = reference("bert/base");
-    let output = model.forward(&reference_input(&reference)).unwrap();
-    assert_close(
-        &output.last_hidden_state,
-        &reference["last_hidden_state"],
-        1e-4,
-        "offline model",
-    );
+    assert_is_the_base_fixture(&model, "offline model");
     let tokenizer = Tokenizer::from_pretrained("tiny/bert", &hub).unwrap();
     assert_eq!(tokenizer.token_to_id("[MASK]"), Some(4));
 
@@ -445,14 +443,7 @@ fn a_cache_snapshot_loads_as_a_folder() {
     let snapshot = repo.join("snapshots").join(COMMIT);
     let options = LoadOptions::default().with_hub(HubOptions::default().with_offline(true));
     let model = BertModel::from_pretrained(snapshot.to_str().unwrap(), &options).unwrap();
-    let reference = reference("bert/base");
-    let output = model.forward(&reference_input(&reference)).unwrap();
-    assert_close(
-        &output.last_hidden_state,
-        &reference["last_hidden_state"],
-        1e-4,
-        "snapshot folder",
-    );
+    assert_is_the_base_fixture(&model, "snapshot folder");
 
     let outside = tempfile::tempdir().unwrap();
     let secret = outside.path().join("config.json");

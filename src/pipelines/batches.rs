@@ -25,10 +25,9 @@ pub(crate) fn in_batches<T>(
     batch_size: usize,
     run: impl FnMut(&[usize]) -> Result<Vec<T>>,
 ) -> Result<Vec<T>> {
-    check_batch_size(batch_size)?;
-    let order = longest_first(lengths);
-    let sizes = vec![batch_size; lengths.len().div_ceil(batch_size)];
-    run_in_order(&order, &sizes, run)
+    longest_first(lengths, batch_size, run, |sorted| {
+        vec![batch_size; sorted.len().div_ceil(batch_size)]
+    })
 }
 
 /// As [`in_batches`], with each batch of at most `batch_size` items cut where that saves more
@@ -38,26 +37,28 @@ pub(crate) fn in_buckets<T>(
     batch_size: usize,
     run: impl FnMut(&[usize]) -> Result<Vec<T>>,
 ) -> Result<Vec<T>> {
-    check_batch_size(batch_size)?;
-    let order = longest_first(lengths);
-    let sorted: Vec<usize> = order.iter().map(|&i| lengths[i]).collect();
-    run_in_order(&order, &bucket_sizes(&sorted, batch_size), run)
+    longest_first(lengths, batch_size, run, |sorted| {
+        bucket_sizes(sorted, batch_size)
+    })
 }
 
-fn check_batch_size(batch_size: usize) -> Result<()> {
-    match batch_size {
-        0 => Err(Error::InvalidInput(
+/// Sort the items longest first (ties in input order), cut them into runs of the sizes that
+/// `sizes` gives for their sorted lengths, and run each (see [`run_in_order`]).
+fn longest_first<T>(
+    lengths: &[usize],
+    batch_size: usize,
+    run: impl FnMut(&[usize]) -> Result<Vec<T>>,
+    sizes: impl FnOnce(&[usize]) -> Vec<usize>,
+) -> Result<Vec<T>> {
+    if batch_size == 0 {
+        return Err(Error::InvalidInput(
             "batch_size must be at least 1".to_string(),
-        )),
-        _ => Ok(()),
+        ));
     }
-}
-
-/// The indices, longest first (ties in input order).
-fn longest_first(lengths: &[usize]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..lengths.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
-    order
+    let sorted: Vec<usize> = order.iter().map(|&i| lengths[i]).collect();
+    run_in_order(&order, &sizes(&sorted), run)
 }
 
 /// The sizes of consecutive runs of `sorted` (lengths, longest first) that cost the fewest
