@@ -73,6 +73,53 @@ fn dense_modules_apply_in_order_after_the_pooling() {
     assert_embeddings(&ours, &reference["embeddings"], name);
 }
 
+/// `encode(truncate_dim=4)` on a model that ends with `Normalize`: its unit vectors cut to 4
+/// values (no longer unit length), and with `normalize_embeddings` those 4 made unit length
+/// again, as sentence-transformers truncates after the modules and normalises after that.
+/// Against the fixture's full reference embeddings, cut and normalised here in f64.
+#[test]
+fn truncate_dim_cuts_after_the_modules_and_normalises_when_asked() {
+    let name = "xlm-roberta/sentence-transformers-dense";
+    let reference = reference(name);
+    let sentences = sentences(&reference);
+    let sentences: Vec<&str> = sentences.iter().map(String::as_str).collect();
+    let full: Vec<Vec<f32>> = serde_json::from_value(reference["embeddings"].clone()).unwrap();
+    let cut: Vec<Vec<f32>> = full.iter().map(|row| row[..4].to_vec()).collect();
+    let unit: Vec<Vec<f32>> = cut
+        .iter()
+        .map(|row| {
+            let norm = row
+                .iter()
+                .map(|&x| f64::from(x).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            row.iter().map(|&x| (f64::from(x) / norm) as f32).collect()
+        })
+        .collect();
+    let pipeline = load(&fixture(name)).unwrap();
+    let options = EmbeddingsOptions::default().with_truncate_dim(4);
+    let ours = pipeline.run(&sentences, &options).unwrap();
+    assert_embeddings(
+        &ours,
+        &serde_json::to_value(&cut).unwrap(),
+        "truncate_dim 4",
+    );
+    let ours = pipeline
+        .run(&sentences, &options.with_normalize_embeddings(true))
+        .unwrap();
+    assert_embeddings(
+        &ours,
+        &serde_json::to_value(&unit).unwrap(),
+        "truncate_dim 4, normalised",
+    );
+    for dimensions in [0, 9] {
+        let options = EmbeddingsOptions::default().with_truncate_dim(dimensions);
+        let error = pipeline.run(&sentences, &options).unwrap_err();
+        assert!(matches!(error, Error::InvalidInput(_)), "{error:?}");
+        assert!(error.to_string().contains("truncate_dim"), "{error}");
+    }
+}
+
 #[test]
 fn prompts_are_chosen_as_sentence_transformers_chooses_them() {
     // prompts {query: "query: ", passage: "passage: "}, default_prompt_name "query"; mean

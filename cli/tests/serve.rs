@@ -31,6 +31,65 @@ const TEXTS: [&str; 3] = [
     "hello",
 ];
 
+/// `dimensions` (TEI's and OpenAI's): the first values of each embedding, unit length again,
+/// as the pipeline's `truncate_dim` with `normalize_embeddings` gives them; 0 or more than the
+/// model has is a 422 naming the field.
+#[test]
+fn dimensions_truncate_the_embeddings_as_the_pipeline_does() {
+    let pipeline = load(Task::Embeddings, "bert/sentence-transformers");
+    let server = TestServer::start(pipeline.clone(), config());
+    let embeddings = pipeline.as_embeddings().unwrap();
+    let client = client();
+    let options = EmbeddingsOptions::default()
+        .with_normalize_embeddings(true)
+        .with_truncate_dim(5);
+    let expected = embeddings.run(TEXTS, &options).unwrap();
+    for (route, body) in [
+        ("/embed", json!({ "inputs": TEXTS, "dimensions": 5 })),
+        ("/v1/embeddings", json!({ "input": TEXTS, "dimensions": 5 })),
+    ] {
+        let (status, answer) = post(&client, &server.url(route), &body);
+        assert_eq!(status, 200, "{route}: {answer}");
+        let rows: Vec<Vec<f32>> = match route {
+            "/embed" => answer.as_array().unwrap().iter().map(floats).collect(),
+            _ => answer["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|item| floats(&item["embedding"]))
+                .collect(),
+        };
+        assert_same_len(&rows, &expected, route);
+        for (row, expected) in rows.iter().zip(&expected) {
+            assert_eq!(row.len(), 5, "{route}");
+            assert_close_slices(row, expected, TOLERANCE, route);
+        }
+    }
+    let width = embeddings
+        .run(["hello"], &EmbeddingsOptions::default())
+        .unwrap()[0]
+        .len();
+    for dimensions in [0, width + 1] {
+        for (route, body) in [
+            (
+                "/embed",
+                json!({ "inputs": "hello", "dimensions": dimensions }),
+            ),
+            (
+                "/v1/embeddings",
+                json!({ "input": "hello", "dimensions": dimensions }),
+            ),
+        ] {
+            let (status, answer) = post(&client, &server.url(route), &body);
+            assert_eq!(status, 422, "{route} dimensions {dimensions}: {answer}");
+            assert!(
+                answer.to_string().contains("dimensions"),
+                "{route}: {answer}"
+            );
+        }
+    }
+}
+
 #[test]
 fn embed_and_openai_embeddings_match_the_pipeline() {
     let pipeline = load(Task::Embeddings, "bert/sentence-transformers");

@@ -37,6 +37,9 @@ pub struct EmbeddingsOptions {
     /// The prompt put before each text (`encode(prompt_name=..., prompt=...)`); by default
     /// the model's `default_prompt_name`, if it has one.
     pub prompt: Prompt,
+    /// Keep the first this many values of each embedding (`encode(truncate_dim=...)`, for
+    /// Matryoshka models); `None` keeps them all.
+    pub truncate_dim: Option<usize>,
 }
 
 impl Default for EmbeddingsOptions {
@@ -47,6 +50,7 @@ impl Default for EmbeddingsOptions {
             truncation: Truncation::ON,
             batch_size: DEFAULT_BATCH_SIZE,
             prompt: Prompt::ModelDefault,
+            truncate_dim: None,
         }
     }
 }
@@ -67,6 +71,12 @@ impl EmbeddingsOptions {
     /// Put this prompt before each text.
     pub fn with_prompt(mut self, prompt: Prompt) -> Self {
         self.prompt = prompt;
+        self
+    }
+
+    /// Keep the first `dimensions` values of each embedding.
+    pub fn with_truncate_dim(mut self, dimensions: usize) -> Self {
+        self.truncate_dim = Some(dimensions);
         self
     }
 }
@@ -146,7 +156,7 @@ impl Pipeline for EmbeddingsPipeline {
             options.pooling,
             options.batch_size,
         )?;
-        Ok(self.normalized(pooled, options.normalize_embeddings))
+        self.postprocess(pooled, options)
     }
 
     fn base(&self) -> &PipelineBase<AutoModel> {
@@ -219,17 +229,43 @@ impl EmbeddingsPipeline {
         })
     }
 
-    /// Postprocess: unit length when the model ends with `Normalize` or the caller asks.
-    /// Per row on the host, so that requests that differ only here share a forward.
-    pub fn normalized(
+    /// Postprocess, per row on the host (so that requests that differ only here share a
+    /// forward), in the order `SentenceTransformer.encode` takes: the model's `Normalize`
+    /// module, then `truncate_dim`, then `normalize_embeddings`. A truncated embedding of a
+    /// normalising model is unit length only when `normalize_embeddings` asks for it again:
+    /// <https://github.com/huggingface/sentence-transformers/blob/v5.1.2/sentence_transformers/SentenceTransformer.py>
+    /// (`encode`: `truncate_embeddings(out_features["sentence_embedding"], self.truncate_dim)`
+    /// after `self.forward`, `normalize` after that).
+    pub fn postprocess(
         &self,
         mut pooled: Vec<Vec<f32>>,
-        normalize_embeddings: bool,
-    ) -> Vec<Vec<f32>> {
-        if self.normalize || normalize_embeddings {
-            pooled.iter_mut().for_each(|row| l2_normalize_row(row));
+        options: &EmbeddingsOptions,
+    ) -> Result<Vec<Vec<f32>>> {
+        let normalize_rows = |rows: &mut Vec<Vec<f32>>| {
+            rows.iter_mut().for_each(|row| l2_normalize_row(row));
+        };
+        let Some(dimensions) = options.truncate_dim else {
+            // One normalisation when both ask: a second would move the last bits only.
+            if self.normalize || options.normalize_embeddings {
+                normalize_rows(&mut pooled);
+            }
+            return Ok(pooled);
+        };
+        let width = pooled.first().map_or(dimensions, Vec::len);
+        if dimensions == 0 || dimensions > width {
+            return Err(Error::InvalidInput(format!(
+                "truncate_dim must be between 1 and the embedding's {width} dimensions, not \
+                 {dimensions}"
+            )));
         }
-        pooled
+        if self.normalize {
+            normalize_rows(&mut pooled);
+        }
+        pooled.iter_mut().for_each(|row| row.truncate(dimensions));
+        if options.normalize_embeddings {
+            normalize_rows(&mut pooled);
+        }
+        Ok(pooled)
     }
 
     /// The prompt's length in tokens with the special tokens before it (`[CLS]`), not those

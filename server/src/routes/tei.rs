@@ -91,6 +91,9 @@ pub(crate) struct EmbedRequest {
     normalize: bool,
     /// One of the model's sentence-transformers prompts.
     prompt_name: Option<String>,
+    /// Keep the first this many values of each embedding (Matryoshka models), normalised
+    /// again when `normalize` is on, as TEI does.
+    dimensions: Option<usize>,
 }
 
 fn yes() -> bool {
@@ -106,26 +109,52 @@ pub(crate) async fn embed(
     let prompt = request
         .prompt_name
         .map_or(Prompt::ModelDefault, Prompt::Named);
-    let (embeddings, _) = embed_texts(
-        &state,
-        request.inputs,
-        request.truncate,
-        request.normalize,
+    let settings = EmbedSettings {
+        truncate: request.truncate,
+        normalize: request.normalize,
         prompt,
-    )
-    .await?;
+        dimensions: request.dimensions,
+    };
+    let (embeddings, _) = embed_texts(&state, request.inputs, settings).await?;
     Ok(Json(embeddings))
 }
 
+/// How [`embed_texts`] treats the inputs and their embeddings.
+pub(crate) struct EmbedSettings {
+    /// Cut inputs over the limit instead of refusing them.
+    pub truncate: bool,
+    /// Unit-length embeddings (after `dimensions`).
+    pub normalize: bool,
+    /// The prompt put before each input.
+    pub prompt: Prompt,
+    /// Keep the first this many values of each embedding.
+    pub dimensions: Option<usize>,
+}
+
 /// The embeddings of `inputs` and their token counts, shared with `/v1/embeddings`: tokenized
-/// on the blocking pool, pooled in a batch with other requests, normalised here.
+/// on the blocking pool, pooled in a batch with other requests, postprocessed here.
 pub(crate) async fn embed_texts(
     state: &AppState,
     inputs: Inputs,
-    truncate: bool,
-    normalize: bool,
-    prompt: Prompt,
+    settings: EmbedSettings,
 ) -> Result<(Vec<Vec<f32>>, Vec<usize>), ServeError> {
+    if settings.dimensions == Some(0) {
+        return Err(ServeError::field(
+            "dimensions",
+            "`dimensions` must be at least 1",
+        ));
+    }
+    let options = EmbeddingsOptions {
+        truncation: Truncation {
+            enabled: settings.truncate,
+            max_length: state.config.max_input_length,
+        },
+        prompt: settings.prompt,
+        normalize_embeddings: settings.normalize,
+        truncate_dim: settings.dimensions,
+        ..EmbeddingsOptions::default()
+    };
+    let encode_options = options.clone();
     let (encoded, counts) = run_blocking(state, move |state| {
         let AnyPipeline::Embeddings(pipeline) = &state.pipeline else {
             return Err(wrong_task(state, "embedding", "feature-extraction"));
@@ -133,16 +162,8 @@ pub(crate) async fn embed_texts(
         let texts = inputs.texts();
         not_empty(&texts)?;
         state.check_client_batch(texts.len())?;
-        let counts = state.count_tokens(&texts, truncate)?;
-        let options = EmbeddingsOptions {
-            truncation: Truncation {
-                enabled: truncate,
-                max_length: state.config.max_input_length,
-            },
-            prompt,
-            ..EmbeddingsOptions::default()
-        };
-        Ok((pipeline.encode(&texts, &options)?, counts))
+        let counts = state.count_tokens(&texts, settings.truncate)?;
+        Ok((pipeline.encode(&texts, &encode_options)?, counts))
     })
     .await?;
     let forward = Forward::Embeddings {
@@ -152,7 +173,14 @@ pub(crate) async fn embed_texts(
     let AnyPipeline::Embeddings(pipeline) = &state.pipeline else {
         return Err(wrong_task(state, "embedding", "feature-extraction"));
     };
-    Ok((pipeline.normalized(pooled, normalize), counts))
+    let width = pooled.first().map_or(0, Vec::len);
+    if let Some(dimensions) = settings.dimensions.filter(|&d| d > width) {
+        return Err(ServeError::field(
+            "dimensions",
+            format!("`dimensions` is {dimensions}, more than the model's {width}"),
+        ));
+    }
+    Ok((pipeline.postprocess(pooled, &options)?, counts))
 }
 
 /// `POST /rerank`'s body.

@@ -10,7 +10,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 use crate::http::error::OpenAiError;
-use crate::routes::tei::{embed_texts, Inputs};
+use crate::routes::tei::{embed_texts, EmbedSettings, Inputs};
 use crate::state::AppState;
 use ferroformers::pipelines::Prompt;
 
@@ -60,6 +60,9 @@ pub(crate) struct EmbeddingsRequest {
     input: Inputs,
     #[serde(default)]
     encoding_format: EncodingFormat,
+    /// Keep the first this many values of each embedding, unit length again (OpenAI's
+    /// `text-embedding-3` parameter; for Matryoshka models).
+    dimensions: Option<usize>,
 }
 
 /// An embedding as a list of floats or as base64.
@@ -102,8 +105,13 @@ pub(crate) async fn embeddings(
 ) -> Result<Json<EmbeddingsResponse>, OpenAiError> {
     let Json(request) = body?;
     let format = request.encoding_format;
-    let (vectors, counts) =
-        embed_texts(&state, request.input, false, true, Prompt::ModelDefault).await?;
+    let settings = EmbedSettings {
+        truncate: false,
+        normalize: true,
+        prompt: Prompt::ModelDefault,
+        dimensions: request.dimensions,
+    };
+    let (vectors, counts) = embed_texts(&state, request.input, settings).await?;
     let tokens = counts.iter().sum();
     let data = vectors
         .into_iter()
