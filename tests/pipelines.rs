@@ -19,7 +19,8 @@ use ferroformers::pipelines::{
     TokenClassificationPipeline,
 };
 use ferroformers::{
-    Device, Error, FromPretrained, LoadOptions, ModelConfig, Pooling, TextInput, Tokenizer,
+    Device, EncodeOptions, Error, FromPretrained, LoadOptions, ModelConfig, Pooling, TextInput,
+    Tokenizer,
 };
 use serde_json::Value;
 
@@ -431,6 +432,58 @@ fn embeddings_follow_the_sentence_transformers_modules() {
         assert_same_len(&ours, &theirs, mode);
         for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
             assert_close_slices(a, b, 1e-4, &format!("{mode}: sentence {i}"));
+        }
+    }
+}
+
+/// Every token's vector (`encode(output_value="token_embeddings")`): one row per token of
+/// each sentence, padding left out; pooled here (the first row, the mean, the maximum) and
+/// normalised, they give sentence-transformers' cls, mean and max embeddings (1e-4).
+#[test]
+fn token_embeddings_pool_to_the_sentence_transformers_references() {
+    let folder = fixture("bert/sentence-transformers");
+    let reference: Value =
+        serde_json::from_str(&std::fs::read_to_string(folder.join("reference.json")).unwrap())
+            .unwrap();
+    let sentences: Vec<String> = serde_json::from_value(reference["sentences"].clone()).unwrap();
+    let sentences: Vec<&str> = sentences.iter().map(String::as_str).collect();
+    let pipeline =
+        EmbeddingsPipeline::from_pretrained(&folder.to_string_lossy(), &options()).unwrap();
+    let tokens = pipeline
+        .run_token_embeddings(&sentences, &EmbeddingsOptions::default())
+        .unwrap();
+    assert_same_len(&tokens, &sentences, "sentences");
+    let unit = |row: Vec<f32>| {
+        let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+        row.into_iter().map(|x| x / norm).collect::<Vec<f32>>()
+    };
+    let width = pipeline.hidden_size();
+    for (i, rows) in tokens.iter().enumerate() {
+        let ids = pipeline
+            .tokenizer()
+            .encode(sentences[i], &EncodeOptions::default())
+            .unwrap();
+        assert_eq!(rows.len(), ids.len(), "sentence {i}: one row per token");
+        assert!(rows.iter().all(|row| row.len() == width), "sentence {i}");
+        let column = |j: usize| rows.iter().map(move |row| row[j]);
+        let pooled = [
+            ("cls", rows[0].clone()),
+            (
+                "mean",
+                (0..width)
+                    .map(|j| column(j).sum::<f32>() / rows.len() as f32)
+                    .collect(),
+            ),
+            (
+                "max",
+                (0..width)
+                    .map(|j| column(j).fold(f32::MIN, f32::max))
+                    .collect(),
+            ),
+        ];
+        for (mode, row) in pooled {
+            let theirs: Vec<f32> = serde_json::from_value(reference[mode][i].clone()).unwrap();
+            assert_close_slices(&unit(row), &theirs, 1e-4, &format!("{mode}: sentence {i}"));
         }
     }
 }

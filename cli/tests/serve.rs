@@ -90,6 +90,52 @@ fn dimensions_truncate_the_embeddings_as_the_pipeline_does() {
     }
 }
 
+/// `/embed_all`: every token's vector of each input, as the pipeline's token embeddings, and
+/// each input alone gives the rows it gets in a batch.
+#[test]
+fn embed_all_gives_every_tokens_vector_as_the_pipeline_does() {
+    let pipeline = load(Task::Embeddings, "bert/sentence-transformers");
+    let server = TestServer::start(pipeline.clone(), config());
+    let embeddings = pipeline.as_embeddings().unwrap();
+    let client = client();
+    let expected = embeddings
+        .run_token_embeddings(&TEXTS, &EmbeddingsOptions::default())
+        .unwrap();
+    let matrices = |answer: &Value| -> Vec<Vec<Vec<f32>>> {
+        answer
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|rows| rows.as_array().unwrap().iter().map(floats).collect())
+            .collect()
+    };
+    let (status, answer) = post(
+        &client,
+        &server.url("/embed_all"),
+        &json!({ "inputs": TEXTS }),
+    );
+    assert_eq!(status, 200, "{answer}");
+    let batched = matrices(&answer);
+    assert_same_len(&batched, &expected, "/embed_all inputs");
+    for (i, (ours, theirs)) in batched.iter().zip(&expected).enumerate() {
+        assert_same_len(ours, theirs, &format!("input {i}: tokens"));
+        for (row, expected) in ours.iter().zip(theirs) {
+            assert_close_slices(row, expected, TOLERANCE, &format!("/embed_all input {i}"));
+        }
+        let (status, alone) = post(
+            &client,
+            &server.url("/embed_all"),
+            &json!({ "inputs": TEXTS[i] }),
+        );
+        assert_eq!(status, 200, "{alone}");
+        let alone = matrices(&alone);
+        assert_same_len(&alone[0], ours, &format!("input {i} alone"));
+        for (row, batched) in alone[0].iter().zip(ours) {
+            assert_close_slices(row, batched, TOLERANCE, &format!("input {i} alone"));
+        }
+    }
+}
+
 #[test]
 fn embed_and_openai_embeddings_match_the_pipeline() {
     let pipeline = load(Task::Embeddings, "bert/sentence-transformers");

@@ -201,6 +201,22 @@ impl ModelConfig {
         }
     }
 
+    /// The width of each token's hidden state.
+    pub fn hidden_size(&self) -> usize {
+        match self {
+            ModelConfig::Bert(c)
+            | ModelConfig::Roberta(c)
+            | ModelConfig::XlmRoberta(c)
+            | ModelConfig::Camembert(c) => c.hidden_size,
+            ModelConfig::Distilbert(c) => c.dim,
+            ModelConfig::Gpt2(c) => c.n_embd,
+            ModelConfig::Llama(c)
+            | ModelConfig::Mistral(c)
+            | ModelConfig::Qwen2(c)
+            | ModelConfig::Qwen3(c) => c.hidden_size,
+        }
+    }
+
     /// Tokens in the vocabulary (rows of the word embeddings).
     pub fn vocab_size(&self) -> usize {
         match self {

@@ -2,7 +2,7 @@
 //! normalisation read from the model's own `modules.json` and `1_Pooling/config.json`, its
 //! `Dense` modules, and its prompts (read in `sentence_transformers.rs`).
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use tokenizers::Encoding;
 
 use crate::error::{Error, Result};
@@ -227,6 +227,54 @@ impl EmbeddingsPipeline {
             let pooled = self.setup.apply_dense(pooling.pool(&hidden, &mask)?)?;
             Ok(pooled.to_vec2()?)
         })
+    }
+
+    /// Every token's vector, as `encode(output_value="token_embeddings")` gives them: the
+    /// model's last hidden state, one row of `hidden` values per token of each encoding
+    /// (special and prompt tokens included, padding left out), before pooling, Dense modules
+    /// and normalisation. Flattened per encoding: `tokens × hidden` values, token after token.
+    pub fn token_embeddings(
+        &self,
+        encodings: &[Encoding],
+        batch_size: usize,
+    ) -> Result<Vec<Vec<f32>>> {
+        let lengths: Vec<usize> = encodings.iter().map(Encoding::len).collect();
+        in_buckets(&lengths, batch_size, |indices| {
+            let input = self.base.batch_input(encodings, indices)?;
+            let hidden = self.base.model().forward(&input)?.last_hidden_state;
+            let hidden = hidden.to_dtype(DType::F32)?;
+            let width = hidden.dim(2)?;
+            let rows: Vec<Vec<f32>> = hidden.flatten_from(1)?.to_vec2()?;
+            Ok(rows
+                .into_iter()
+                .zip(indices)
+                .map(|(mut row, &index)| {
+                    row.truncate(lengths[index] * width);
+                    row
+                })
+                .collect())
+        })
+    }
+
+    /// [`Self::token_embeddings`] of `texts`, preprocessed as [`Pipeline::run`] does (prompt,
+    /// truncation), each as one row per token.
+    pub fn run_token_embeddings(
+        &self,
+        texts: &[&str],
+        options: &EmbeddingsOptions,
+    ) -> Result<Vec<Vec<Vec<f32>>>> {
+        let encoded = self.encode(texts, options)?;
+        let width = self.hidden_size();
+        let flat = self.token_embeddings(&encoded.encodings, options.batch_size)?;
+        Ok(flat
+            .into_iter()
+            .map(|tokens| tokens.chunks(width).map(<[f32]>::to_vec).collect())
+            .collect())
+    }
+
+    /// The model's hidden size: the width of each token's vector.
+    pub fn hidden_size(&self) -> usize {
+        self.base.config().hidden_size()
     }
 
     /// Postprocess, per row on the host (so that requests that differ only here share a

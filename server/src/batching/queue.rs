@@ -27,6 +27,8 @@ pub(crate) enum Forward {
     /// Pooled sentence embeddings, the first `prompt_length` tokens of every encoding left out
     /// of the pooling (the prompt of a model whose pooling excludes it).
     Embeddings { prompt_length: usize },
+    /// Every token's hidden state, flattened per encoding (`/embed_all`).
+    TokenEmbeddings,
     /// The sequence-classification head's logits (classifiers and cross-encoders).
     Logits,
 }
@@ -297,6 +299,9 @@ fn run_forward(
     match (pipeline, forward) {
         (AnyPipeline::Embeddings(pipeline), Forward::Embeddings { prompt_length }) => {
             pipeline.pooled(encodings, prompt_length, None, per_forward)
+        }
+        (AnyPipeline::Embeddings(pipeline), Forward::TokenEmbeddings) => {
+            pipeline.token_embeddings(encodings, per_forward)
         }
         (AnyPipeline::TextClassification(pipeline), Forward::Logits) => {
             pipeline.logits(encodings, per_forward)

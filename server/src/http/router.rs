@@ -55,6 +55,7 @@ pub(crate) fn cors_layer(origins: &[String]) -> std::io::Result<Option<CorsLayer
 pub(crate) fn router(shared: AppState, cors: Option<CorsLayer>, draining: Draining) -> Router {
     let router = Router::new()
         .route("/embed", post(tei::embed))
+        .route("/embed_all", post(tei::embed_all))
         .route("/rerank", post(tei::rerank))
         .route("/predict", post(tei::predict))
         .route("/tokenize", post(tei::tokenize))

@@ -119,6 +119,58 @@ pub(crate) async fn embed(
     Ok(Json(embeddings))
 }
 
+/// `POST /embed_all`'s body: `/embed`'s, less what acts on a pooled vector.
+#[derive(Debug, Deserialize)]
+pub(crate) struct EmbedAllRequest {
+    inputs: Inputs,
+    #[serde(default)]
+    truncate: bool,
+    #[serde(default)]
+    truncation_direction: TruncationDirection,
+    prompt_name: Option<String>,
+}
+
+/// Every token's vector of every input (TEI's `/embed_all`): the model's last hidden state,
+/// special and prompt tokens included, as sentence-transformers' `token_embeddings`.
+pub(crate) async fn embed_all(
+    State(state): State<AppState>,
+    body: Result<Json<EmbedAllRequest>, JsonRejection>,
+) -> Result<Json<Vec<Vec<Vec<f32>>>>, TeiError> {
+    let Json(request) = body?;
+    right_only(&request.truncation_direction)?;
+    let options = EmbeddingsOptions {
+        truncation: Truncation {
+            enabled: request.truncate,
+            max_length: state.config.max_input_length,
+        },
+        prompt: request
+            .prompt_name
+            .map_or(Prompt::ModelDefault, Prompt::Named),
+        ..EmbeddingsOptions::default()
+    };
+    let inputs = request.inputs;
+    let (encoded, width) = run_blocking(&state, move |state| {
+        let AnyPipeline::Embeddings(pipeline) = &state.pipeline else {
+            return Err(wrong_task(state, "embedding", "feature-extraction"));
+        };
+        let texts = inputs.texts();
+        not_empty(&texts)?;
+        state.check_client_batch(texts.len())?;
+        state.count_tokens(&texts, request.truncate)?;
+        Ok((pipeline.encode(&texts, &options)?, pipeline.hidden_size()))
+    })
+    .await?;
+    let flat = state
+        .queue
+        .submit(encoded.encodings, Forward::TokenEmbeddings)
+        .await?;
+    Ok(Json(
+        flat.into_iter()
+            .map(|tokens| tokens.chunks(width).map(<[f32]>::to_vec).collect())
+            .collect(),
+    ))
+}
+
 /// How [`embed_texts`] treats the inputs and their embeddings.
 pub(crate) struct EmbedSettings {
     /// Cut inputs over the limit instead of refusing them.
