@@ -2,7 +2,7 @@
 //! each answer against the library pipeline called alone on that request's input (f32,
 //! tolerance 1e-4 on every vector and score, NaN and inf fail), and the batching itself read
 //! from `/metrics` (`ferroformers_batch_size`, `ferroformers_batch_tokens`,
-//! `ferroformers_forward_passes_total`).
+//! `ferroformers_batch_inference_seconds`, `ferroformers_forward_passes_total`).
 
 mod common;
 
@@ -81,10 +81,18 @@ struct Batching {
     forwards: f64,
 }
 
+/// The counts of `/metrics`; every batch's time in the model is timed once.
 fn batching(server: &TestServer) -> Batching {
     let text = metrics(server);
+    let batches = sample(&text, "ferroformers_batch_size_count");
+    let timed = sample(&text, "ferroformers_batch_inference_seconds_count");
+    assert_eq!(timed, batches, "one time in the model per batch");
+    assert!(
+        batches == 0.0 || sample(&text, "ferroformers_batch_inference_seconds_sum") > 0.0,
+        "batches took time:\n{text}"
+    );
     Batching {
-        batches: sample(&text, "ferroformers_batch_size_count"),
+        batches,
         requests: sample(&text, "ferroformers_batch_size_sum"),
         forwards: sample(&text, "ferroformers_forward_passes_total"),
     }

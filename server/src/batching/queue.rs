@@ -79,6 +79,9 @@ pub(crate) struct BatchMetrics {
     pub batch_requests: Histogram,
     /// Padded tokens per batch (TEI's `te_batch_next_tokens`).
     pub batch_tokens: Histogram,
+    /// Seconds each batch takes in the model: set beside the requests' durations, it tells a
+    /// slow forward from time spent around it.
+    pub batch_seconds: Histogram,
     /// Forward passes run: one per batch, more for a request too large for one.
     pub forwards: IntCounter,
     /// Requests dropped from the queue because their client left.
@@ -273,7 +276,12 @@ fn run_batch(pipeline: &AnyPipeline, batch: Vec<Entry>, limits: Limits, metrics:
     metrics
         .forwards
         .inc_by(encodings.len().div_ceil(per_forward) as u64);
-    match run_forward(pipeline, forward, &encodings, per_forward) {
+    let started = std::time::Instant::now();
+    let rows = run_forward(pipeline, forward, &encodings, per_forward);
+    metrics
+        .batch_seconds
+        .observe(started.elapsed().as_secs_f64());
+    match rows {
         Ok(rows) => {
             let mut rows = rows.into_iter();
             for (answer, count) in answers {

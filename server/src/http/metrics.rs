@@ -17,9 +17,10 @@ use crate::state::AppState;
 
 /// The routes counted under their own name; any other path counts as `unmatched`, so that
 /// clients probing random paths cannot grow the label set without bound.
-const ROUTES: [&str; 13] = [
+const ROUTES: [&str; 14] = [
     "/",
     "/embed",
+    "/embed_all",
     "/rerank",
     "/predict",
     "/tokenize",
@@ -86,6 +87,14 @@ impl Metrics {
                 )
                 .buckets(prometheus::exponential_buckets(16.0, 2.0, 12)?),
             )?,
+            batch_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "ferroformers_batch_inference_seconds",
+                    "Time a batch of the encoder routes takes in the model, its forwards together \
+                     (TEI's te_batch_inference_duration)",
+                )
+                .buckets(prometheus::exponential_buckets(0.0005, 2.0, 16)?),
+            )?,
             forwards: IntCounter::new(
                 "ferroformers_forward_passes_total",
                 "Forward passes the encoder routes' batching thread ran",
@@ -97,6 +106,7 @@ impl Metrics {
         };
         registry.register(Box::new(batch.batch_requests.clone()))?;
         registry.register(Box::new(batch.batch_tokens.clone()))?;
+        registry.register(Box::new(batch.batch_seconds.clone()))?;
         registry.register(Box::new(batch.forwards.clone()))?;
         registry.register(Box::new(batch.abandoned.clone()))?;
         registry.register(Box::new(requests.clone()))?;
