@@ -15,8 +15,8 @@ use crate::state::{run_blocking, too_long, AppState, Shared};
 use ferroformers::models::pooling::Pooling;
 use ferroformers::pipelines::rerank::ranked;
 use ferroformers::pipelines::{
-    AnyPipeline, CrossEncoderActivation, EmbeddingsOptions, Pipeline, Prompt, RerankOptions,
-    ScoreFunction, TextClassificationOptions, Truncation,
+    AnyPipeline, CrossEncoderActivation, EmbeddingsOptions, EmbeddingsPipeline, EncodedTexts,
+    Pipeline, Prompt, RerankOptions, ScoreFunction, TextClassificationOptions, Truncation,
 };
 use ferroformers::tokenizer::{EncodeOptions, TextInput};
 
@@ -148,27 +148,45 @@ pub(crate) async fn embed_all(
             .map_or(Prompt::ModelDefault, Prompt::Named),
         ..EmbeddingsOptions::default()
     };
-    let inputs = request.inputs;
-    let (encoded, width) = run_blocking(&state, move |state| {
-        let AnyPipeline::Embeddings(pipeline) = &state.pipeline else {
-            return Err(wrong_task(state, "embedding", "feature-extraction"));
-        };
-        let texts = inputs.texts();
-        not_empty(&texts)?;
-        state.check_client_batch(texts.len())?;
-        state.count_tokens(&texts, request.truncate)?;
-        Ok((pipeline.encode(&texts, &options)?, pipeline.hidden_size()))
-    })
-    .await?;
+    let (encoded, _) = encode_texts(&state, request.inputs, request.truncate, options).await?;
     let flat = state
         .queue
         .submit(encoded.encodings, Forward::TokenEmbeddings)
         .await?;
+    let width = embeddings_pipeline(&state)?.hidden_size();
     Ok(Json(
         flat.into_iter()
             .map(|tokens| tokens.chunks(width).map(<[f32]>::to_vec).collect())
             .collect(),
     ))
+}
+
+/// The embeddings pipeline this server runs, or the error for a model of another task.
+fn embeddings_pipeline(state: &Shared) -> Result<&EmbeddingsPipeline, ServeError> {
+    match &state.pipeline {
+        AnyPipeline::Embeddings(pipeline) => Ok(pipeline),
+        _ => Err(wrong_task(state, "embedding", "feature-extraction")),
+    }
+}
+
+/// Preprocess on the blocking pool: `inputs` checked (not empty, within the client batch,
+/// within the length limit unless `truncate`) and encoded with `options`; with their token
+/// counts.
+async fn encode_texts(
+    state: &AppState,
+    inputs: Inputs,
+    truncate: bool,
+    options: EmbeddingsOptions,
+) -> Result<(EncodedTexts, Vec<usize>), ServeError> {
+    run_blocking(state, move |state| {
+        let pipeline = embeddings_pipeline(state)?;
+        let texts = inputs.texts();
+        not_empty(&texts)?;
+        state.check_client_batch(texts.len())?;
+        let counts = state.count_tokens(&texts, truncate)?;
+        Ok((pipeline.encode(&texts, &options)?, counts))
+    })
+    .await
 }
 
 /// How [`embed_texts`] treats the inputs and their embeddings.
@@ -206,25 +224,12 @@ pub(crate) async fn embed_texts(
         truncate_dim: settings.dimensions,
         ..EmbeddingsOptions::default()
     };
-    let encode_options = options.clone();
-    let (encoded, counts) = run_blocking(state, move |state| {
-        let AnyPipeline::Embeddings(pipeline) = &state.pipeline else {
-            return Err(wrong_task(state, "embedding", "feature-extraction"));
-        };
-        let texts = inputs.texts();
-        not_empty(&texts)?;
-        state.check_client_batch(texts.len())?;
-        let counts = state.count_tokens(&texts, settings.truncate)?;
-        Ok((pipeline.encode(&texts, &encode_options)?, counts))
-    })
-    .await?;
+    let (encoded, counts) = encode_texts(state, inputs, settings.truncate, options.clone()).await?;
     let forward = Forward::Embeddings {
         prompt_length: encoded.prompt_length,
     };
     let pooled = state.queue.submit(encoded.encodings, forward).await?;
-    let AnyPipeline::Embeddings(pipeline) = &state.pipeline else {
-        return Err(wrong_task(state, "embedding", "feature-extraction"));
-    };
+    let pipeline = embeddings_pipeline(state)?;
     let width = pooled.first().map_or(0, Vec::len);
     if let Some(dimensions) = settings.dimensions.filter(|&d| d > width) {
         return Err(ServeError::field(
