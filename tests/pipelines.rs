@@ -400,18 +400,25 @@ fn chat_drops_the_oldest_turns_when_the_history_outgrows_the_context() {
     );
 }
 
-#[test]
-fn embeddings_follow_the_sentence_transformers_modules() {
-    // Mean pooling and Normalize from modules.json; cls and max chosen by the user (the
-    // references keep the Normalize module).
+/// The bert/sentence-transformers fixture's pipeline, its sentence-transformers references
+/// and the sentences they were computed on.
+fn sentence_transformers_fixture() -> (EmbeddingsPipeline, Value, Vec<String>) {
     let folder = fixture("bert/sentence-transformers");
     let reference: Value =
         serde_json::from_str(&std::fs::read_to_string(folder.join("reference.json")).unwrap())
             .unwrap();
-    let sentences: Vec<String> = serde_json::from_value(reference["sentences"].clone()).unwrap();
-    let sentences: Vec<&str> = sentences.iter().map(String::as_str).collect();
+    let sentences = serde_json::from_value(reference["sentences"].clone()).unwrap();
     let pipeline =
         EmbeddingsPipeline::from_pretrained(&folder.to_string_lossy(), &options()).unwrap();
+    (pipeline, reference, sentences)
+}
+
+#[test]
+fn embeddings_follow_the_sentence_transformers_modules() {
+    // Mean pooling and Normalize from modules.json; cls and max chosen by the user (the
+    // references keep the Normalize module).
+    let (pipeline, reference, sentences) = sentence_transformers_fixture();
+    let sentences: Vec<&str> = sentences.iter().map(String::as_str).collect();
     assert_eq!(
         (pipeline.pooling(), pipeline.normalize()),
         (Pooling::Mean, true)
@@ -441,14 +448,8 @@ fn embeddings_follow_the_sentence_transformers_modules() {
 /// normalised, they give sentence-transformers' cls, mean and max embeddings (1e-4).
 #[test]
 fn token_embeddings_pool_to_the_sentence_transformers_references() {
-    let folder = fixture("bert/sentence-transformers");
-    let reference: Value =
-        serde_json::from_str(&std::fs::read_to_string(folder.join("reference.json")).unwrap())
-            .unwrap();
-    let sentences: Vec<String> = serde_json::from_value(reference["sentences"].clone()).unwrap();
+    let (pipeline, reference, sentences) = sentence_transformers_fixture();
     let sentences: Vec<&str> = sentences.iter().map(String::as_str).collect();
-    let pipeline =
-        EmbeddingsPipeline::from_pretrained(&folder.to_string_lossy(), &options()).unwrap();
     let tokens = pipeline
         .run_token_embeddings(&sentences, &EmbeddingsOptions::default())
         .unwrap();
