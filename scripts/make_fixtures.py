@@ -1625,8 +1625,65 @@ def make_decoders(encoder: dict, merges: list):
     ), tokenizer, seed=630, chat_template=QWEN_CHAT_TEMPLATE, config_edit=transformers5_form)
 
 
+def make_qwen3_embedding():
+    """qwen3/sentence-transformers: Qwen3-Embedding's layout on a tiny random Qwen3Model, saved by
+    SentenceTransformer.save: the decoder's keys at the root (as `Qwen3Model.save_pretrained`
+    writes them), a tokenizer that appends <|endoftext|> to every input (Qwen3-Embedding's
+    post-processor) and pads on the left, Pooling(lasttoken) -> Normalize, and its instruction
+    prompt for queries. References: `encode` of the sentences with no prompt and with "query"."""
+    from sentence_transformers import SentenceTransformer, models
+    from tokenizers import processors
+    from transformers import Qwen3Config, Qwen3Model
+
+    encoder, merges = gpt2_bpe()
+    tokenizer = decoder_tokenizer(encoder, merges, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  None)
+    end = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="$A <|endoftext|>", pair="$A <|endoftext|> $B <|endoftext|>",
+        special_tokens=[("<|endoftext|>", end)])
+    tokenizer.eos_token = tokenizer.pad_token = "<|endoftext|>"
+    tokenizer.padding_side = "left"
+    torch.manual_seed(640)
+    config = Qwen3Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         head_dim=16, max_position_embeddings=128, rms_norm_eps=1e-6,
+                         rope_theta=1000000.0, tie_word_embeddings=True, initializer_range=0.1,
+                         eos_token_id=end, pad_token_id=end)
+    model = Qwen3Model(config).eval()
+    randomise(model)
+    work = pathlib.Path(tempfile.mkdtemp())
+    model.save_pretrained(work, safe_serialization=True)
+    tokenizer.save_pretrained(work)
+    transformer = models.Transformer(str(work), max_seq_length=64)
+    st = SentenceTransformer(
+        modules=[transformer, models.Pooling(32, "lasttoken"), models.Normalize()],
+        prompts={"query": "Instruct: Given a question, find the passage that answers it\nQuery:",
+                 "document": ""},
+        device="cpu",
+    )
+    folder = FIXTURES / "qwen3" / "sentence-transformers"
+    if folder.exists():
+        shutil.rmtree(folder)
+    st.save(str(folder))
+    shutil.rmtree(work)
+    (folder / "README.md").unlink(missing_ok=True)
+    st = SentenceTransformer(str(folder), device="cpu")
+    reference = {
+        "sentences": ST_SENTENCES,
+        "embeddings": st.encode(ST_SENTENCES).tolist(),
+        "query": st.encode(ST_SENTENCES, prompt_name="query").tolist(),
+        "alone": [st.encode([s]).tolist()[0] for s in ST_SENTENCES],
+    }
+    (folder / "reference.json").write_text(json.dumps(reference, indent=1))
+
+
 def main():
     torch.set_num_threads(1)
+    if sys.argv[1:] == ["--only", "qwen3-embedding"]:
+        # The decoder embedder alone, leaving the others as they are.
+        make_qwen3_embedding()
+        return
     if sys.argv[1:] == ["--only", "decoders"]:
         # The Llama-family fixtures alone, leaving the others as they are.
         encoder, merges = gpt2_bpe()
@@ -1652,6 +1709,7 @@ def main():
     make_multilingual_pipeline_references()
     make_cross_encoders()
     make_sentence_transformers_modules()
+    make_qwen3_embedding()
     shutil.rmtree(cache)
     total = sum(f.stat().st_size for f in FIXTURES.rglob("*") if f.is_file())
     print(f"fixtures written to {FIXTURES} ({total / 1e6:.2f} MB)")

@@ -73,6 +73,34 @@ fn dense_modules_apply_in_order_after_the_pooling() {
     assert_embeddings(&ours, &reference["embeddings"], name);
 }
 
+/// A decoder as an embedder, in Qwen3-Embedding's layout: a Qwen3Model checkpoint with its
+/// keys at the root, a tokenizer that appends <|endoftext|>, last-token pooling, Normalize and
+/// an instruction prompt for queries; against `encode` with no prompt and with "query". Our
+/// batches pad on the right where sentence-transformers padded this tokenizer on the left:
+/// causal attention makes them equal, and each sentence alone gives its batch row.
+#[test]
+fn a_decoder_embeds_with_last_token_pooling_as_sentence_transformers_does() {
+    let name = "qwen3/sentence-transformers";
+    let reference = reference(name);
+    let sentences = sentences(&reference);
+    let sentences: Vec<&str> = sentences.iter().map(String::as_str).collect();
+    let pipeline = load(&fixture(name)).unwrap();
+    assert_eq!(pipeline.pooling(), ferroformers::Pooling::LastToken);
+    let ours = pipeline
+        .run(&sentences, &EmbeddingsOptions::default())
+        .unwrap();
+    assert_embeddings(&ours, &reference["embeddings"], name);
+    let options = EmbeddingsOptions::default().with_prompt(Prompt::Named("query".to_string()));
+    let queries = pipeline.run(&sentences, &options).unwrap();
+    assert_embeddings(&queries, &reference["query"], "query prompt");
+    for (i, sentence) in sentences.iter().enumerate() {
+        let alone = pipeline
+            .run(&[*sentence], &EmbeddingsOptions::default())
+            .unwrap();
+        assert_close_slices(&alone[0], &ours[i], 1e-5, &format!("sentence {i} alone"));
+    }
+}
+
 /// `encode(truncate_dim=4)` on a model that ends with `Normalize`: its unit vectors cut to 4
 /// values (no longer unit length), and with `normalize_embeddings` those 4 made unit length
 /// again, as sentence-transformers truncates after the modules and normalises after that.

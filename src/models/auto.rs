@@ -16,7 +16,7 @@ use crate::models::distilbert::{
     DistilBertForTokenClassification, DistilBertModel,
 };
 use crate::models::gpt2::{Gpt2ForSequenceClassification, Gpt2LMHeadModel};
-use crate::models::llama::LlamaForCausalLM;
+use crate::models::llama::{LlamaEmbeddingModel, LlamaForCausalLM};
 use crate::models::pretrained::{checkpoint_mismatch, FromPretrained};
 use crate::models::roberta::{
     RobertaForMaskedLM, RobertaForQuestionAnswering, RobertaForSequenceClassification,
@@ -65,11 +65,13 @@ macro_rules! auto_model {
 }
 
 auto_model!(
-    /// The base encoder: hidden states (and the pooler output where there is one).
+    /// The base encoder: hidden states (and the pooler output where there is one); or a
+    /// Llama-family decoder's, for embedders built on one (Qwen3-Embedding).
     AutoModel -> EncoderOutput, "feature extraction" {
         Bert(BertModel),
         Roberta(RobertaModel) | XlmRoberta | Camembert,
         Distilbert(DistilBertModel),
+        Llama(LlamaEmbeddingModel) | Mistral | Qwen2 | Qwen3,
     }
 );
 

@@ -31,6 +31,7 @@ use crate::models::layers::{require_divisible, require_positive, Activation, Emb
 use crate::models::rope::{RopeScaling, RotaryEmbedding};
 use crate::models::weight_type::WeightType;
 use crate::models::weights::ModelWeights;
+use crate::models::{EncoderOutput, ModelInput};
 
 /// Which family a Llama-style `config.json` is of: the defaults and fixed choices that are not
 /// in the file.
@@ -527,18 +528,19 @@ pub struct LlamaModel {
 impl LlamaModel {
     /// Load from `model.*` (`embed_tokens`, `layers.N`, `norm`).
     pub fn load(vb: ModelWeights, config: &LlamaConfig) -> Result<Self> {
+        Self::load_decoder(vb.pp("model"), config)
+    }
+
+    /// Load from the decoder's own keys under `vb` (`embed_tokens`, `layers.N`, `norm`).
+    fn load_decoder(vb: ModelWeights, config: &LlamaConfig) -> Result<Self> {
         config.validate()?;
-        let embed_tokens = Embedding::load(
-            vb.pp("model").pp("embed_tokens"),
-            config.vocab_size,
-            config.hidden_size,
-        )?;
+        let embed_tokens =
+            Embedding::load(vb.pp("embed_tokens"), config.vocab_size, config.hidden_size)?;
         Self::load_with(vb, config, embed_tokens)
     }
 
-    /// Load `model.layers.*` and `model.norm` beside `embed_tokens`, already made.
+    /// Load `layers.*` and `norm` under `vb` beside `embed_tokens`, already made.
     fn load_with(vb: ModelWeights, config: &LlamaConfig, embed_tokens: Embedding) -> Result<Self> {
-        let vb = vb.pp("model");
         let layers = vb.pp("layers");
         Ok(Self {
             embed_tokens,
@@ -677,6 +679,38 @@ impl LlamaModel {
     }
 }
 
+/// A Llama-family decoder as a text embedder (Qwen3-Embedding, gte-Qwen2): its last hidden
+/// states, which sentence-transformers' last-token pooling reads. Checkpoints saved from the
+/// base model (`Qwen3Model.save_pretrained`, as Qwen3-Embedding's are) keep its keys at the
+/// root; those of a causal LM under `model.`: either loads.
+#[derive(Debug, Clone)]
+pub struct LlamaEmbeddingModel {
+    /// Boxed: the encoders beside it in `AutoModel` are much smaller.
+    model: Box<LlamaModel>,
+}
+
+impl LlamaEmbeddingModel {
+    /// Load from the decoder's keys, at the root or under `model.`.
+    pub fn load(vb: ModelWeights, config: &LlamaConfig) -> Result<Self> {
+        let vb = crate::models::base_model_weights(&vb, "model", "embed_tokens.weight")?;
+        Ok(Self {
+            model: Box::new(LlamaModel::load_decoder(vb, config)?),
+        })
+    }
+
+    /// The hidden states after the final norm, (batch, seq, hidden), of a right-padded batch
+    /// (causal attention: a token never sees the padding after it).
+    pub fn forward(&self, input: &ModelInput) -> Result<EncoderOutput> {
+        let hidden = self
+            .model
+            .forward(&input.input_ids, input.attention_mask.as_ref(), None)?;
+        Ok(EncoderOutput {
+            last_hidden_state: hidden,
+            pooler_output: None,
+        })
+    }
+}
+
 /// `LlamaForCausalLM` (and Mistral's, Qwen2's and Qwen3's): the decoder and `lm_head`, which
 /// is `embed_tokens` when `tie_word_embeddings` says so.
 /// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/llama/modeling_llama.py#L409>
@@ -706,10 +740,10 @@ impl LlamaForCausalLM {
             // The table as read is freed now; without this the heap would keep it resident
             // while every layer is loaded, the load's peak.
             crate::runtime::allocator::release_freed_memory();
-            let model = LlamaModel::load_with(vb, config, embed_tokens)?;
+            let model = LlamaModel::load_with(vb.pp("model"), config, embed_tokens)?;
             return Ok(Self { model, lm_head });
         }
-        let model = LlamaModel::load_with(vb.clone(), config, Embedding::new(table))?;
+        let model = LlamaModel::load_with(vb.pp("model"), config, Embedding::new(table))?;
         let weight = vb.pp("lm_head").get((vocab, hidden), "weight")?;
         Ok(Self {
             model,

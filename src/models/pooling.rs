@@ -16,6 +16,10 @@ pub enum Pooling {
     Cls,
     /// Element-wise maximum over the non-padding tokens.
     Max,
+    /// The last non-padding token (decoder embedders, Qwen3-Embedding: causal attention puts
+    /// the whole input in it).
+    #[serde(rename = "lasttoken")]
+    LastToken,
 }
 
 impl Pooling {
@@ -33,6 +37,23 @@ impl Pooling {
                 summed.broadcast_div(&counts)?
             }
             Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
+            Pooling::LastToken => {
+                // Right-padded rows: the last real token is at (real tokens − 1), as
+                // sentence-transformers gathers it for any padding side.
+                let last: Vec<u32> = mask
+                    .squeeze(D::Minus1)?
+                    .sum(1)?
+                    .to_vec1::<f32>()?
+                    .into_iter()
+                    .map(|count| (count as u32).saturating_sub(1))
+                    .collect();
+                let rows = last
+                    .iter()
+                    .enumerate()
+                    .map(|(row, &index)| hidden.get(row)?.get(index as usize))
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                Tensor::stack(&rows, 0)?
+            }
             Pooling::Max => {
                 // Padding is set to a large negative value so it never wins, as
                 // sentence-transformers does (`-1e9`).

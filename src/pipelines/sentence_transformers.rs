@@ -272,7 +272,11 @@ impl SentenceTransformersSetup {
                 config.pooling_mode_weightedmean_tokens,
                 None,
             ),
-            ("lasttoken", config.pooling_mode_lasttoken, None),
+            (
+                "lasttoken",
+                config.pooling_mode_lasttoken,
+                Some(Pooling::LastToken),
+            ),
         ];
         let chosen: Vec<_> = modes.iter().filter(|(_, on, _)| *on).collect();
         match chosen[..] {
@@ -284,7 +288,7 @@ impl SentenceTransformersSetup {
                     .collect();
                 Err(Error::InvalidConfig(format!(
                     "{file} asks for the pooling [{}], which this library does not implement: \
-                     exactly one of mean, cls or max is supported",
+                     exactly one of mean, cls, max or lasttoken is supported",
                     names.join(", ")
                 )))
             }

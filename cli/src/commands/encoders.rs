@@ -24,6 +24,8 @@ enum CliPooling {
     Cls,
     /// Element-wise maximum over the tokens.
     Max,
+    /// The last token's embedding (decoder embedders).
+    LastToken,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -142,6 +144,7 @@ pub fn embed(common: &Common, args: EmbedArgs, out: &mut impl Write) -> Result<(
             CliPooling::Mean => Pooling::Mean,
             CliPooling::Cls => Pooling::Cls,
             CliPooling::Max => Pooling::Max,
+            CliPooling::LastToken => Pooling::LastToken,
         }),
         normalize_embeddings: args.normalize,
         truncation: TruncationSettings {

@@ -616,6 +616,7 @@ pub(crate) async fn info(State(state): State<AppState>) -> Json<Info> {
                 Pooling::Mean => "mean",
                 Pooling::Cls => "cls",
                 Pooling::Max => "max",
+                Pooling::LastToken => "last_token",
             },
         },
         AnyPipeline::TextClassification(_) => ModelType::Classifier(labels(&state)),
