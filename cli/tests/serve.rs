@@ -90,6 +90,29 @@ fn dimensions_truncate_the_embeddings_as_the_pipeline_does() {
     }
 }
 
+/// A decoder embedder (Qwen3-Embedding's layout) served: `/embed` equals
+/// the pipeline, and `/info` names its last-token pooling as TEI does.
+#[test]
+fn a_decoder_embedder_serves_as_the_pipeline_embeds() {
+    let pipeline = load(Task::Embeddings, "qwen3/sentence-transformers");
+    let server = TestServer::start(pipeline.clone(), config());
+    let expected = pipeline
+        .as_embeddings()
+        .unwrap()
+        .run(TEXTS, &EmbeddingsOptions::default())
+        .unwrap();
+    let client = client();
+    let (status, answer) = post(&client, &server.url("/embed"), &json!({ "inputs": TEXTS }));
+    assert_eq!(status, 200, "{answer}");
+    let rows: Vec<Vec<f32>> = answer.as_array().unwrap().iter().map(floats).collect();
+    assert_same_len(&rows, &expected, "/embed");
+    for (row, expected) in rows.iter().zip(&expected) {
+        assert_close_slices(row, expected, TOLERANCE, "/embed");
+    }
+    let info = get(&client, &server.url("/info")).json();
+    assert_eq!(info["model_type"]["embedding"]["pooling"], "last_token");
+}
+
 /// `/embed_all`: every token's vector of each input, as the pipeline's token embeddings, and
 /// each input alone gives the rows it gets in a batch.
 #[test]
