@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
 use common::{fixture_model, ids_and_mask, lengths, real_positions, reference, reference_input};
@@ -161,19 +162,23 @@ fn check_fixtures(options: &LoadOptions, tolerance: f32, path: &str) -> f32 {
         "distilbert end",
     );
 
-    // GPT-2, left-padded: only the real positions of each row are compared.
+    // The decoders, left-padded: only the real positions of each row are compared.
+    let mut check_real_positions =
+        |logits: &Tensor, expected: &HashMap<String, Tensor>, model: &str| {
+            for (i, len) in lengths(expected).into_iter().enumerate() {
+                check(
+                    &real_positions(logits, i, len),
+                    &real_positions(&expected["logits"], i, len),
+                    &format!("{model} lm-head row {i}"),
+                );
+            }
+        };
     let expected = reference("gpt2/lm-head");
     let model = Gpt2LMHeadModel::from_pretrained(&fixture_model("gpt2/lm-head"), options)
         .expect("gpt2 loads");
     let (ids, mask) = ids_and_mask(&expected);
     let logits = model.forward(&ids, Some(&mask), None).unwrap();
-    for (i, len) in lengths(&expected).into_iter().enumerate() {
-        check(
-            &real_positions(&logits, i, len),
-            &real_positions(&expected["logits"], i, len),
-            &format!("gpt2 lm-head row {i}"),
-        );
-    }
+    check_real_positions(&logits, &expected, "gpt2");
 
     // The Llama family (RMSNorm, the q/k/v split with Qwen3's head norms and the rotation,
     // SwiGLU, grouped-query attention), left-padded, in f32: its reduced-precision drift has
@@ -190,13 +195,7 @@ fn check_fixtures(options: &LoadOptions, tolerance: f32, path: &str) -> f32 {
         .expect("the decoder loads");
         let (ids, mask) = ids_and_mask(&expected);
         let logits = model.forward(&ids, Some(&mask), None).unwrap();
-        for (i, len) in lengths(&expected).into_iter().enumerate() {
-            check(
-                &real_positions(&logits, i, len),
-                &real_positions(&expected["logits"], i, len),
-                &format!("{family} lm-head row {i}"),
-            );
-        }
+        check_real_positions(&logits, &expected, family);
     }
     worst
 }
