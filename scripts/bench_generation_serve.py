@@ -42,6 +42,27 @@ def completion_choices(url, body):
             yield from event.get("choices", [])
 
 
+def run_concurrently(calls):
+    """Run every call on a thread of its own, all at once. Returns each call's result (None
+    where it raised), the failures (`stream i: error`; the benchmarks count every one), and
+    the time they were started at (`time.perf_counter`)."""
+    results, errors = [None] * len(calls), []
+
+    def run(i):
+        try:
+            results[i] = calls[i]()
+        except Exception as error:  # reported by the caller
+            errors.append(f"stream {i}: {error!r}")
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results, errors, start
+
+
 def stream(url, prompt, tokens):
     """Stream one completion; returns (text, chunks, finish_reason, seconds)."""
     body = {"prompt": prompt, "max_tokens": tokens, "temperature": 0, "stream": True}
@@ -69,20 +90,8 @@ def main():
     solo_seconds = sum(s[3] for s in solo)
     solo_rate = args.tokens * len(prompts) / solo_seconds
 
-    results, errors = [None] * len(prompts), []
-
-    def run(i):
-        try:
-            results[i] = stream(args.url, prompts[i], args.tokens)
-        except Exception as error:  # reported below: the benchmark counts every failure
-            errors.append(f"stream {i}: {error!r}")
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
-    start = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    results, errors, start = run_concurrently(
+        [lambda prompt=prompt: stream(args.url, prompt, args.tokens) for prompt in prompts])
     wall = time.perf_counter() - start
     rate = args.tokens * len(prompts) / wall
     same = [r is not None and r[0] == s[0] for r, s in zip(results, solo)]

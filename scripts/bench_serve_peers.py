@@ -50,7 +50,6 @@ import re
 import shutil
 import signal
 import statistics
-import threading
 import subprocess
 import sys
 import time
@@ -58,7 +57,7 @@ import urllib.request
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
-from bench_generation_serve import completion_choices  # noqa: E402
+from bench_generation_serve import completion_choices, run_concurrently  # noqa: E402
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 SHORT = "The quick brown fox jumps over the lazy dog beside the quiet river bank."
 WORDS = (
@@ -291,20 +290,9 @@ def percentile(values, fraction):
 
 def concurrent_streams(server, prompts, tokens, extra):
     """All prompts streamed at once; tokens/s, TTFT and ITL in ms, errors."""
-    results, errors = [None] * len(prompts), []
-
-    def run(i):
-        try:
-            results[i] = stream_completion(server.url, prompts[i], tokens, extra)
-        except Exception as error:  # counted below: every failure is reported
-            errors.append(f"stream {i}: {error!r}")
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
-    start = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    results, errors, start = run_concurrently(
+        [lambda prompt=prompt: stream_completion(server.url, prompt, tokens, extra)
+         for prompt in prompts])
     done = [r for r in results if r is not None and r[0]]
     last = max((r[0][-1] for r in done), default=start)
     count = sum(len(r[0]) for r in done)
