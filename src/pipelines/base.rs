@@ -12,6 +12,7 @@ use crate::error::Result;
 use crate::models::config::ModelConfig;
 use crate::models::pretrained::{FromPretrained, LoadOptions, Pretrained};
 use crate::models::ModelInput;
+use crate::pipelines::in_buckets;
 use crate::tokenizer::{EncodeOptions, PaddingSide, Tokenizer};
 
 /// The parts of a pipeline: a model `M` (an [`AutoModel`](crate::AutoModel) enum or a model
@@ -88,6 +89,21 @@ impl<M> PipelineBase<M> {
         self.tokenizer
             .pad(chosen, PaddingSide::Right)?
             .to_input(&self.device)
+    }
+
+    /// Forward the encodings in batches of at most `batch_size`, cut into buckets of similar
+    /// length (see `batches::in_buckets`): `forward` gets each bucket's indices and their
+    /// padded input, and returns one result per index; the results come back in input order.
+    pub(crate) fn forward_in_buckets<T>(
+        &self,
+        encodings: &[Encoding],
+        batch_size: usize,
+        mut forward: impl FnMut(&[usize], ModelInput) -> Result<Vec<T>>,
+    ) -> Result<Vec<T>> {
+        let lengths: Vec<usize> = encodings.iter().map(Encoding::len).collect();
+        in_buckets(&lengths, batch_size, |indices| {
+            forward(indices, self.batch_input(encodings, indices)?)
+        })
     }
 }
 

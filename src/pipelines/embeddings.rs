@@ -11,8 +11,8 @@ use crate::models::pooling::Pooling;
 use crate::models::pretrained::{LoadOptions, Pretrained};
 use crate::pipelines::sentence_transformers::{Prompt, SentenceTransformersSetup};
 use crate::pipelines::{
-    encode_all, in_buckets, BatchOptions, Pipeline, PipelineBase, Text, Truncation,
-    TruncationOptions, DEFAULT_BATCH_SIZE,
+    encode_all, BatchOptions, Pipeline, PipelineBase, Text, Truncation, TruncationOptions,
+    DEFAULT_BATCH_SIZE,
 };
 use crate::tokenizer::EncodeOptions;
 
@@ -193,7 +193,7 @@ impl EmbeddingsPipeline {
             enabled: options.truncation.enabled && limit.is_some(),
             max_length: limit,
         };
-        let (encodings, _) = encode_all(tokenizer, &prompted, &truncation.encode_options())?;
+        let encodings = encode_all(tokenizer, &prompted, &truncation.encode_options())?;
         let prompt_length = match prompt {
             Some(prompt) if !self.setup.include_prompt => self.prompt_length(prompt)?,
             _ => 0,
@@ -215,18 +215,17 @@ impl EmbeddingsPipeline {
         batch_size: usize,
     ) -> Result<Vec<Vec<f32>>> {
         let pooling = pooling.unwrap_or(self.pooling);
-        let lengths: Vec<usize> = encodings.iter().map(Encoding::len).collect();
-        in_buckets(&lengths, batch_size, |indices| {
-            let input = self.base.batch_input(encodings, indices)?;
-            let hidden = self.base.model().forward(&input)?.last_hidden_state;
-            let mask = input
-                .attention_mask
-                .as_ref()
-                .ok_or_else(|| Error::InvalidInput("a padded batch has a mask".to_string()))?;
-            let mask = without_prompt(mask, prompt_length)?;
-            let pooled = self.setup.apply_dense(pooling.pool(&hidden, &mask)?)?;
-            Ok(pooled.to_vec2()?)
-        })
+        self.base
+            .forward_in_buckets(encodings, batch_size, |_, input| {
+                let hidden = self.base.model().forward(&input)?.last_hidden_state;
+                let mask = input
+                    .attention_mask
+                    .as_ref()
+                    .ok_or_else(|| Error::InvalidInput("a padded batch has a mask".to_string()))?;
+                let mask = without_prompt(mask, prompt_length)?;
+                let pooled = self.setup.apply_dense(pooling.pool(&hidden, &mask)?)?;
+                Ok(pooled.to_vec2()?)
+            })
     }
 
     /// Every token's vector, as `encode(output_value="token_embeddings")` gives them: the
@@ -238,22 +237,21 @@ impl EmbeddingsPipeline {
         encodings: &[Encoding],
         batch_size: usize,
     ) -> Result<Vec<Vec<f32>>> {
-        let lengths: Vec<usize> = encodings.iter().map(Encoding::len).collect();
-        in_buckets(&lengths, batch_size, |indices| {
-            let input = self.base.batch_input(encodings, indices)?;
-            let hidden = self.base.model().forward(&input)?.last_hidden_state;
-            let hidden = hidden.to_dtype(DType::F32)?;
-            let width = hidden.dim(2)?;
-            let rows: Vec<Vec<f32>> = hidden.flatten_from(1)?.to_vec2()?;
-            Ok(rows
-                .into_iter()
-                .zip(indices)
-                .map(|(mut row, &index)| {
-                    row.truncate(lengths[index] * width);
-                    row
-                })
-                .collect())
-        })
+        self.base
+            .forward_in_buckets(encodings, batch_size, |indices, input| {
+                let hidden = self.base.model().forward(&input)?.last_hidden_state;
+                let hidden = hidden.to_dtype(DType::F32)?;
+                let width = hidden.dim(2)?;
+                let rows: Vec<Vec<f32>> = hidden.flatten_from(1)?.to_vec2()?;
+                Ok(rows
+                    .into_iter()
+                    .zip(indices)
+                    .map(|(mut row, &index)| {
+                        row.truncate(encodings[index].len() * width);
+                        row
+                    })
+                    .collect())
+            })
     }
 
     /// [`Self::token_embeddings`] of `texts`, preprocessed as [`Pipeline::run`] does (prompt,

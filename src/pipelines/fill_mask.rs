@@ -10,8 +10,8 @@ use crate::kernels::host::softmax;
 use crate::models::auto::AutoModelForMaskedLM;
 use crate::models::pretrained::LoadOptions;
 use crate::pipelines::{
-    encode_all, in_buckets, BatchOptions, Pipeline, PipelineBase, Text, Truncation,
-    TruncationOptions, DEFAULT_BATCH_SIZE,
+    encode_all, BatchOptions, Pipeline, PipelineBase, Text, Truncation, TruncationOptions,
+    DEFAULT_BATCH_SIZE,
 };
 use crate::tokenizer::EncodeOptions;
 
@@ -226,22 +226,23 @@ impl Pipeline for FillMaskPipeline {
             .transpose()?;
         let encode = options.truncation.encode_options();
         let tokenizer = self.base.tokenizer();
-        let (encodings, lengths) = encode_all(tokenizer, texts.iter().copied(), &encode)?;
+        let encodings = encode_all(tokenizer, texts.iter().copied(), &encode)?;
         let masks = encodings
             .iter()
             .zip(texts)
             .map(|(encoding, text)| self.mask_position(encoding, text))
             .collect::<Result<Vec<_>>>()?;
         // Forward: vocabulary logits at each input's mask.
-        let logits = in_buckets(&lengths, options.batch_size, |indices| {
-            let input = self.base.batch_input(&encodings, indices)?;
-            let logits = self.base.model().forward(&input)?;
-            indices
-                .iter()
-                .enumerate()
-                .map(|(row, &i)| mask_logits(&logits, row, masks[i]))
-                .collect()
-        })?;
+        let logits =
+            self.base
+                .forward_in_buckets(&encodings, options.batch_size, |indices, input| {
+                    let logits = self.base.model().forward(&input)?;
+                    indices
+                        .iter()
+                        .enumerate()
+                        .map(|(row, &i)| mask_logits(&logits, row, masks[i]))
+                        .collect()
+                })?;
         // Postprocess.
         logits
             .iter()

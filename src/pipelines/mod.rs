@@ -143,18 +143,16 @@ pub trait Pipeline: Send + Sync {
     }
 }
 
-/// Preprocess: encode every input, and note each one's length for batching.
+/// Preprocess: encode every input.
 pub(crate) fn encode_all<'a, T: Into<TextInput<'a>>>(
     tokenizer: &Tokenizer,
     inputs: impl IntoIterator<Item = T>,
     options: &EncodeOptions,
-) -> Result<(Vec<Encoding>, Vec<usize>)> {
-    let encodings = inputs
+) -> Result<Vec<Encoding>> {
+    inputs
         .into_iter()
         .map(|input| tokenizer.encode(input, options))
-        .collect::<Result<Vec<_>>>()?;
-    let lengths = encodings.iter().map(Encoding::len).collect();
-    Ok((encodings, lengths))
+        .collect()
 }
 
 impl PipelineBase<AutoModelForSequenceClassification> {
@@ -165,9 +163,7 @@ impl PipelineBase<AutoModelForSequenceClassification> {
         encodings: &[Encoding],
         batch_size: usize,
     ) -> Result<Vec<Vec<f32>>> {
-        let lengths: Vec<usize> = encodings.iter().map(Encoding::len).collect();
-        in_buckets(&lengths, batch_size, |indices| {
-            let input = self.batch_input(encodings, indices)?;
+        self.forward_in_buckets(encodings, batch_size, |_, input| {
             rows_to_host(&self.model().forward(&input)?)
         })
     }

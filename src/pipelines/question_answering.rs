@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::models::auto::AutoModelForQuestionAnswering;
 use crate::models::pretrained::LoadOptions;
 use crate::pipelines::{
-    in_buckets, rows_to_host, BatchOptions, Pipeline, PipelineBase, QaInput, QuestionContext,
+    rows_to_host, BatchOptions, Pipeline, PipelineBase, QaInput, QuestionContext,
     DEFAULT_BATCH_SIZE,
 };
 
@@ -231,23 +231,23 @@ impl Pipeline for QuestionAnsweringPipeline {
         }
         first_window.push(windows.len());
         // Forward.
-        let lengths: Vec<usize> = windows.iter().map(Encoding::len).collect();
-        let logits = in_buckets(&lengths, options.batch_size, |indices| {
-            let input = self.base.batch_input(&windows, indices)?;
-            let output = self.base.model().forward(&input)?;
-            let starts = rows_to_host(&output.start_logits)?;
-            let ends = rows_to_host(&output.end_logits)?;
-            Ok(starts
-                .into_iter()
-                .zip(ends)
-                .zip(indices)
-                .map(|((start, end), &i)| WindowLogits {
-                    // Drop the batch's padding: the window's own length.
-                    start: start[..windows[i].len()].to_vec(),
-                    end: end[..windows[i].len()].to_vec(),
-                })
-                .collect())
-        })?;
+        let logits =
+            self.base
+                .forward_in_buckets(&windows, options.batch_size, |indices, input| {
+                    let output = self.base.model().forward(&input)?;
+                    let starts = rows_to_host(&output.start_logits)?;
+                    let ends = rows_to_host(&output.end_logits)?;
+                    Ok(starts
+                        .into_iter()
+                        .zip(ends)
+                        .zip(indices)
+                        .map(|((start, end), &i)| WindowLogits {
+                            // Drop the batch's padding: the window's own length.
+                            start: start[..windows[i].len()].to_vec(),
+                            end: end[..windows[i].len()].to_vec(),
+                        })
+                        .collect())
+                })?;
         // Postprocess, pair by pair.
         inputs
             .iter()

@@ -243,7 +243,7 @@ impl RerankPipeline {
         let inputs = pairs
             .iter()
             .map(|&(first, second)| TextInput::Pair(first, second));
-        Ok(encode_all(self.base.tokenizer(), inputs, &truncation.encode_options())?.0)
+        encode_all(self.base.tokenizer(), inputs, &truncation.encode_options())
     }
 
     /// Forward, `batch_size` pairs at a time: the head's logits, one row per encoding.

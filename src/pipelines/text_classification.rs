@@ -137,7 +137,7 @@ impl TextClassificationPipeline {
         options: &TextClassificationOptions,
     ) -> Result<Vec<Encoding>> {
         let encode = options.truncation.encode_options();
-        Ok(encode_all(self.base.tokenizer(), inputs.iter().copied(), &encode)?.0)
+        encode_all(self.base.tokenizer(), inputs.iter().copied(), &encode)
     }
 
     /// Forward, `batch_size` inputs at a time: the head's logits, one row per encoding.

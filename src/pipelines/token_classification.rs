@@ -14,8 +14,8 @@ use crate::models::auto::AutoModelForTokenClassification;
 use crate::models::config::Labels;
 use crate::models::pretrained::LoadOptions;
 use crate::pipelines::{
-    in_buckets, rows_to_host, BatchOptions, Pipeline, PipelineBase, Text, Truncation,
-    TruncationOptions, DEFAULT_BATCH_SIZE,
+    rows_to_host, BatchOptions, Pipeline, PipelineBase, Text, Truncation, TruncationOptions,
+    DEFAULT_BATCH_SIZE,
 };
 
 /// How token predictions become entities.
@@ -445,17 +445,17 @@ impl Pipeline for TokenClassificationPipeline {
             text_of_window.extend(std::iter::repeat_n(i, encoded.len()));
             windows.extend(encoded);
         }
-        let lengths: Vec<usize> = windows.iter().map(Encoding::len).collect();
         // Forward.
-        let logits = in_buckets(&lengths, options.batch_size, |indices| {
-            let input = self.base.batch_input(&windows, indices)?;
-            let logits = self.base.model().forward(&input)?;
-            let labels = logits.dim(2)?;
-            Ok(rows_to_host(&logits)?
-                .into_iter()
-                .map(|row| row.chunks(labels).map(<[f32]>::to_vec).collect::<Vec<_>>())
-                .collect())
-        })?;
+        let logits = self
+            .base
+            .forward_in_buckets(&windows, options.batch_size, |_, input| {
+                let logits = self.base.model().forward(&input)?;
+                let labels = logits.dim(2)?;
+                Ok(rows_to_host(&logits)?
+                    .into_iter()
+                    .map(|row| row.chunks(labels).map(<[f32]>::to_vec).collect::<Vec<_>>())
+                    .collect())
+            })?;
         // Postprocess: entities per window, then merged per text where windows overlap.
         let mut entities: Vec<Vec<Entity>> = vec![Vec::new(); texts.len()];
         let mut windows_of_text = vec![0usize; texts.len()];
