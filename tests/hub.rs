@@ -378,18 +378,6 @@ fn server_error_is_a_hub_error_with_its_status() {
     }
 }
 
-/// `model` gives the bert/base fixture's hidden states: within 1e-4 of PyTorch's.
-fn assert_is_the_base_fixture(model: &BertModel, label: &str) {
-    let reference = reference("bert/base");
-    let output = model.forward(&reference_input(&reference)).unwrap();
-    assert_close(
-        &output.last_hidden_state,
-        &reference["last_hidden_state"],
-        1e-4,
-        label,
-    );
-}
-
 /// A cache written by Python's huggingface_hub: blobs, snapshot symlinks and refs.
 fn python_style_cache(root: &Path, repo_id: &str, folder: &Path, skip: &[&str]) {
     let repo = root.join(format!("models--{}", repo_id.replace('/', "--")));

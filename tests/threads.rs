@@ -30,14 +30,7 @@ fn set_num_threads_sizes_the_pool_that_runs_the_models() {
         &LoadOptions::default(),
     )
     .unwrap();
-    let reference = reference("bert/base");
-    let output = model.forward(&reference_input(&reference)).unwrap();
-    assert_close(
-        &output.last_hidden_state,
-        &reference["last_hidden_state"],
-        1e-4,
-        "last_hidden_state",
-    );
+    assert_is_the_base_fixture(&model, "last_hidden_state");
     assert_eq!(threads_running_the_model(), wanted);
 
     // The same count again is fine; another one, once the pool runs, is an error that says so.

@@ -253,3 +253,15 @@ pub fn greedy(logits: &Tensor) -> Tensor {
 }
 
 pub mod gpt2;
+
+/// `model` gives the bert/base fixture's hidden states: within 1e-4 of PyTorch's.
+pub fn assert_is_the_base_fixture(model: &ferroformers::BertModel, label: &str) {
+    let reference = reference("bert/base");
+    let output = model.forward(&reference_input(&reference)).unwrap();
+    assert_close(
+        &output.last_hidden_state,
+        &reference["last_hidden_state"],
+        1e-4,
+        label,
+    );
+}
