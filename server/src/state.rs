@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use ferroformers::pipelines::AnyPipeline;
+use ferroformers::pipelines::{AnyPipeline, Truncation};
 use ferroformers::tokenizer::EncodeOptions;
 use tokio::sync::Semaphore;
 
@@ -30,6 +30,15 @@ pub(crate) struct Shared {
 pub(crate) type AppState = Arc<Shared>;
 
 impl Shared {
+    /// The pipelines' truncation for a request's `truncate`: at `--max-input-length` when set,
+    /// else at the model's own limit.
+    pub(crate) fn truncation(&self, enabled: bool) -> Truncation {
+        Truncation {
+            enabled,
+            max_length: self.config.max_input_length,
+        }
+    }
+
     /// TEI's 413 for more inputs than `max_client_batch_size`.
     pub(crate) fn check_client_batch(&self, inputs: usize) -> Result<(), ServeError> {
         let max = self.config.max_client_batch_size;

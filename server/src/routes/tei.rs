@@ -16,7 +16,7 @@ use ferroformers::models::pooling::Pooling;
 use ferroformers::pipelines::rerank::ranked;
 use ferroformers::pipelines::{
     AnyPipeline, CrossEncoderActivation, EmbeddingsOptions, EmbeddingsPipeline, EncodedTexts,
-    Pipeline, Prompt, RerankOptions, ScoreFunction, TextClassificationOptions, Truncation,
+    Pipeline, Prompt, RerankOptions, ScoreFunction, TextClassificationOptions,
 };
 use ferroformers::tokenizer::{EncodeOptions, TextInput};
 
@@ -109,13 +109,14 @@ pub(crate) async fn embed(
     let prompt = request
         .prompt_name
         .map_or(Prompt::ModelDefault, Prompt::Named);
-    let settings = EmbedSettings {
-        truncate: request.truncate,
-        normalize: request.normalize,
+    let options = EmbeddingsOptions {
+        truncation: state.truncation(request.truncate),
         prompt,
-        dimensions: request.dimensions,
+        normalize_embeddings: request.normalize,
+        truncate_dim: request.dimensions,
+        ..EmbeddingsOptions::default()
     };
-    let (embeddings, _) = embed_texts(&state, request.inputs, settings).await?;
+    let (embeddings, _) = embed_texts(&state, request.inputs, options).await?;
     Ok(Json(embeddings))
 }
 
@@ -139,16 +140,13 @@ pub(crate) async fn embed_all(
     let Json(request) = body?;
     right_only(&request.truncation_direction)?;
     let options = EmbeddingsOptions {
-        truncation: Truncation {
-            enabled: request.truncate,
-            max_length: state.config.max_input_length,
-        },
+        truncation: state.truncation(request.truncate),
         prompt: request
             .prompt_name
             .map_or(Prompt::ModelDefault, Prompt::Named),
         ..EmbeddingsOptions::default()
     };
-    let (encoded, _) = encode_texts(&state, request.inputs, request.truncate, options).await?;
+    let (encoded, _) = encode_texts(&state, request.inputs, options).await?;
     let flat = state
         .queue
         .submit(encoded.encodings, Forward::TokenEmbeddings)
@@ -170,12 +168,11 @@ fn embeddings_pipeline(state: &Shared) -> Result<&EmbeddingsPipeline, ServeError
 }
 
 /// Preprocess on the blocking pool: `inputs` checked (not empty, within the client batch,
-/// within the length limit unless `truncate`) and encoded with `options`; with their token
-/// counts.
+/// within the length limit unless `options` truncate) and encoded with `options`; with their
+/// token counts.
 async fn encode_texts(
     state: &AppState,
     inputs: Inputs,
-    truncate: bool,
     options: EmbeddingsOptions,
 ) -> Result<(EncodedTexts, Vec<usize>), ServeError> {
     run_blocking(state, move |state| {
@@ -183,55 +180,34 @@ async fn encode_texts(
         let texts = inputs.texts();
         not_empty(&texts)?;
         state.check_client_batch(texts.len())?;
-        let counts = state.count_tokens(&texts, truncate)?;
+        let counts = state.count_tokens(&texts, options.truncation.enabled)?;
         Ok((pipeline.encode(&texts, &options)?, counts))
     })
     .await
 }
 
-/// How [`embed_texts`] treats the inputs and their embeddings.
-pub(crate) struct EmbedSettings {
-    /// Cut inputs over the limit instead of refusing them.
-    pub truncate: bool,
-    /// Unit-length embeddings (after `dimensions`).
-    pub normalize: bool,
-    /// The prompt put before each input.
-    pub prompt: Prompt,
-    /// Keep the first this many values of each embedding.
-    pub dimensions: Option<usize>,
-}
-
 /// The embeddings of `inputs` and their token counts, shared with `/v1/embeddings`: tokenized
-/// on the blocking pool, pooled in a batch with other requests, postprocessed here.
+/// on the blocking pool, pooled in a batch with other requests, postprocessed here as
+/// `options` say (`truncate_dim` is the request's `dimensions`).
 pub(crate) async fn embed_texts(
     state: &AppState,
     inputs: Inputs,
-    settings: EmbedSettings,
+    options: EmbeddingsOptions,
 ) -> Result<(Vec<Vec<f32>>, Vec<usize>), ServeError> {
-    if settings.dimensions == Some(0) {
+    if options.truncate_dim == Some(0) {
         return Err(ServeError::field(
             "dimensions",
             "`dimensions` must be at least 1",
         ));
     }
-    let options = EmbeddingsOptions {
-        truncation: Truncation {
-            enabled: settings.truncate,
-            max_length: state.config.max_input_length,
-        },
-        prompt: settings.prompt,
-        normalize_embeddings: settings.normalize,
-        truncate_dim: settings.dimensions,
-        ..EmbeddingsOptions::default()
-    };
-    let (encoded, counts) = encode_texts(state, inputs, settings.truncate, options.clone()).await?;
+    let (encoded, counts) = encode_texts(state, inputs, options.clone()).await?;
     let forward = Forward::Embeddings {
         prompt_length: encoded.prompt_length,
     };
     let pooled = state.queue.submit(encoded.encodings, forward).await?;
     let pipeline = embeddings_pipeline(state)?;
     let width = pooled.first().map_or(0, Vec::len);
-    if let Some(dimensions) = settings.dimensions.filter(|&d| d > width) {
+    if let Some(dimensions) = options.truncate_dim.filter(|&d| d > width) {
         return Err(ServeError::field(
             "dimensions",
             format!("`dimensions` is {dimensions}, more than the model's {width}"),
@@ -274,10 +250,7 @@ pub(crate) async fn rerank(
     right_only(&request.truncation_direction)?;
     let options = RerankOptions {
         return_documents: request.return_text,
-        truncation: Truncation {
-            enabled: request.truncate,
-            max_length: state.config.max_input_length,
-        },
+        truncation: state.truncation(request.truncate),
         activation: request
             .raw_scores
             .then_some(CrossEncoderActivation::Identity),
@@ -379,10 +352,7 @@ pub(crate) async fn predict(
     let Json(request) = body?;
     right_only(&request.truncation_direction)?;
     let mut options = TextClassificationOptions {
-        truncation: Truncation {
-            enabled: request.truncate,
-            max_length: state.config.max_input_length,
-        },
+        truncation: state.truncation(request.truncate),
         ..TextClassificationOptions::default()
     }
     .with_top_k(None);

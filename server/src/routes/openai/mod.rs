@@ -10,9 +10,9 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 use crate::http::error::OpenAiError;
-use crate::routes::tei::{embed_texts, EmbedSettings, Inputs};
+use crate::routes::tei::{embed_texts, Inputs};
 use crate::state::AppState;
-use ferroformers::pipelines::Prompt;
+use ferroformers::pipelines::EmbeddingsOptions;
 
 /// `GET /v1/models`'s answer: the one model this server runs.
 #[derive(Debug, Serialize)]
@@ -105,13 +105,13 @@ pub(crate) async fn embeddings(
 ) -> Result<Json<EmbeddingsResponse>, OpenAiError> {
     let Json(request) = body?;
     let format = request.encoding_format;
-    let settings = EmbedSettings {
-        truncate: false,
-        normalize: true,
-        prompt: Prompt::ModelDefault,
-        dimensions: request.dimensions,
+    let options = EmbeddingsOptions {
+        truncation: state.truncation(false),
+        normalize_embeddings: true,
+        truncate_dim: request.dimensions,
+        ..EmbeddingsOptions::default()
     };
-    let (vectors, counts) = embed_texts(&state, request.input, settings).await?;
+    let (vectors, counts) = embed_texts(&state, request.input, options).await?;
     let tokens = counts.iter().sum();
     let data = vectors
         .into_iter()
