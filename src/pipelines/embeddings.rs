@@ -262,12 +262,16 @@ impl EmbeddingsPipeline {
         options: &EmbeddingsOptions,
     ) -> Result<Vec<Vec<Vec<f32>>>> {
         let encoded = self.encode(texts, options)?;
-        let width = self.hidden_size();
         let flat = self.token_embeddings(&encoded.encodings, options.batch_size)?;
-        Ok(flat
-            .into_iter()
+        Ok(self.token_rows(flat))
+    }
+
+    /// [`Self::token_embeddings`]' flattened vectors as one row per token.
+    pub fn token_rows(&self, flat: Vec<Vec<f32>>) -> Vec<Vec<Vec<f32>>> {
+        let width = self.hidden_size();
+        flat.into_iter()
             .map(|tokens| tokens.chunks(width).map(<[f32]>::to_vec).collect())
-            .collect())
+            .collect()
     }
 
     /// The model's hidden size: the width of each token's vector.

@@ -151,12 +151,7 @@ pub(crate) async fn embed_all(
         .queue
         .submit(encoded.encodings, Forward::TokenEmbeddings)
         .await?;
-    let width = embeddings_pipeline(&state)?.hidden_size();
-    Ok(Json(
-        flat.into_iter()
-            .map(|tokens| tokens.chunks(width).map(<[f32]>::to_vec).collect())
-            .collect(),
-    ))
+    Ok(Json(embeddings_pipeline(&state)?.token_rows(flat)))
 }
 
 /// The embeddings pipeline this server runs, or the error for a model of another task.
