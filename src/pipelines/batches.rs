@@ -5,8 +5,9 @@
 //! decoding steps, so more batches cost more than padding does. Encoder forwards run once, and
 //! a batch of mixed lengths pads every input to its longest: [`in_buckets`] cuts each sorted
 //! batch further, where the tokens that padding would add cost more than another forward pass.
-//! Each row's result does not depend on the rows beside it (the kernels sum a row as when it
-//! runs alone), so the cut changes the speed only.
+//! The products sum each row as when it runs alone; a row's padding reaches its result only
+//! through the attention's sums over masked keys (all-MiniLM-L6-v2's pooled vectors moved by
+//! 1.2e-7 at most when the cut changed), so the cut changes the speed, not the answers.
 
 use crate::error::{Error, Result};
 
