@@ -121,6 +121,36 @@ fn tokenizer_fields_that_make_the_tokenizers_crate_panic_are_errors() {
     }
 }
 
+#[test]
+fn a_template_that_names_an_undefined_special_token_is_an_error() {
+    // Found by tests/fuzz.rs: the tokenizers crate reads such a template, then panics at every
+    // encode when it looks the token up. Missing, with ids and tokens of different lengths, and
+    // inside a Sequence post-processor.
+    let source: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("bert/base/tokenizer.json")).unwrap(),
+    )
+    .unwrap();
+    let template = source["post_processor"].clone();
+    let mut missing = template.clone();
+    missing["special_tokens"]
+        .as_object_mut()
+        .unwrap()
+        .remove("[SEP]");
+    let mut uneven = template.clone();
+    uneven["special_tokens"]["[CLS]"]["tokens"] = serde_json::json!(["[CLS]", "[CLS]"]);
+    let nested = serde_json::json!({ "type": "Sequence", "processors": [missing.clone()] });
+    for processor in [missing, uneven, nested] {
+        let mut tokenizer = source.clone();
+        tokenizer["post_processor"] = processor;
+        let folder = copy_of("bert/base");
+        std::fs::write(folder.path().join("tokenizer.json"), tokenizer.to_string()).unwrap();
+        let error = Tokenizer::from_pretrained(&path_str(folder.path()), &HubOptions::default())
+            .unwrap_err();
+        assert!(matches!(error, Error::Tokenizer { .. }), "{error:?}");
+        assert_mentions(&error, &["tokenizer.json", "special"]);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // safetensors
 

@@ -537,9 +537,18 @@ impl Tokenizer {
 /// Parse `tokenizer.json`. The JSON is checked first, so a damaged file gets a JSON error with
 /// its position; and since the `tokenizers` crate panics on some malformed fields (its decoder
 /// deserializer `expect`s), its parsing runs under `catch_unwind` and a panic becomes an error.
+/// A post-processor that would panic at every encode is refused here (see
+/// [`check_templates`]).
 fn read_tokenizer_json(path: &Path) -> Result<tokenizers::Tokenizer> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str::<serde::de::IgnoredAny>(&text).map_err(|e| Error::json(path, e))?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::json(path, e))?;
+    check_templates(&json["post_processor"]).map_err(|problem| Error::Tokenizer {
+        message: format!(
+            "{} has a post-processor that {problem}; re-download it",
+            path.display()
+        ),
+        source: None,
+    })?;
     let parsed = std::panic::catch_unwind(|| text.parse::<tokenizers::Tokenizer>());
     match parsed {
         Ok(Ok(tokenizer)) => Ok(tokenizer),
@@ -554,6 +563,42 @@ fn read_tokenizer_json(path: &Path) -> Result<tokenizers::Tokenizer> {
             ),
             source: None,
         }),
+    }
+}
+
+/// The `TemplateProcessing` post-processors in `processor` (nested in a `Sequence` too) name
+/// only special tokens they define, each with as many ids as tokens: the tokenizers crate
+/// checks this when it builds a template, not when it reads one, and then indexes its map with
+/// the name at every encode, panicking on a missing one.
+fn check_templates(processor: &serde_json::Value) -> std::result::Result<(), String> {
+    match processor["type"].as_str() {
+        Some("Sequence") => processor["processors"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .try_for_each(check_templates),
+        Some("TemplateProcessing") => {
+            let defined = &processor["special_tokens"];
+            for piece in ["single", "pair"]
+                .iter()
+                .filter_map(|template| processor[template].as_array())
+                .flatten()
+            {
+                let Some(name) = piece["SpecialToken"]["id"].as_str() else {
+                    continue;
+                };
+                let token = &defined[name];
+                let ids = token["ids"].as_array().map(Vec::len);
+                if ids.is_none() || ids != token["tokens"].as_array().map(Vec::len) {
+                    return Err(format!(
+                        "puts the special token {name:?} in its template without defining it \
+                         (with as many ids as tokens) in its special_tokens"
+                    ));
+                }
+            }
+            Ok(())
+        }
+        _ => Ok(()),
     }
 }
 
