@@ -28,6 +28,9 @@ Layout:
                                         by `make_fixtures.py --only decoders`
     tests/fixtures/xlm-roberta/sentence-transformers-{dense,prompts}/ Dense modules and prompts, with
                                         SentenceTransformer.encode outputs in reference.json
+    tests/fixtures/qwen3/sentence-transformers/ Qwen3-Embedding's layout (`--only qwen3-embedding`)
+    tests/fixtures/qwen3/reranker/      Qwen3-Reranker's layout with the model card's yes/no
+                                        scores in reference.json (`--only qwen3-reranker`)
 """
 import json
 import os
@@ -1678,8 +1681,97 @@ def make_qwen3_embedding():
     (folder / "reference.json").write_text(json.dumps(reference, indent=1))
 
 
+def make_qwen3_reranker():
+    """qwen3/reranker: Qwen3-Reranker's layout on a tiny random Qwen3ForCausalLM (its tokenizer
+    with "yes" and "no" as vocabulary tokens, <think> and </think> added, left padding), and
+    scores computed as the model card's usage code computes them
+    (https://huggingface.co/Qwen/Qwen3-Reranker-0.6B#transformers-usage): the prompt's two ends
+    tokenized apart, the middle cut to max_length less them, a left-padded batch, and the
+    softmax over the "no" and "yes" logits at the last position. Cases: the default
+    instruction, another one, and a max_length that cuts the document; each pair also alone."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    encoder, merges = gpt2_bpe()
+    known = set(bpe_tokens(encoder, merges))
+    # The reduced BPE has neither answer as one token, which Qwen's vocabulary has.
+    extra = [m for m in ["n o", "y es"] if "".join(m.split(" ")) not in known]
+    tokenizer = decoder_tokenizer(encoder, merges + extra,
+                                  ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>",
+                                   "</think>"], None)
+    tokenizer.eos_token, tokenizer.pad_token = "<|im_end|>", "<|endoftext|>"
+    tokenizer.padding_side = "left"
+    tokenizer.model_max_length = 256
+    yes, no = tokenizer.convert_tokens_to_ids("yes"), tokenizer.convert_tokens_to_ids("no")
+    assert tokenizer.tokenize("yes") == ["yes"] and tokenizer.tokenize("no") == ["no"]
+    torch.manual_seed(650)
+    config = Qwen3Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         head_dim=16, max_position_embeddings=256, rms_norm_eps=1e-6,
+                         rope_theta=1000000.0, tie_word_embeddings=True, initializer_range=0.1,
+                         eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    model = Qwen3ForCausalLM(config).eval()
+    randomise(model)
+    folder = FIXTURES / "qwen3" / "reranker"
+    if folder.exists():
+        shutil.rmtree(folder)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    (folder / "generation_config.json").unlink(missing_ok=True)
+
+    prefix = ('<|im_start|>system\nJudge whether the Document meets the requirements based on '
+              'the Query and the Instruct provided. Note that the answer can only be "yes" or '
+              '"no".<|im_end|>\n<|im_start|>user\n')
+    suffix = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    prefix_tokens = tokenizer.encode(prefix, add_special_tokens=False)
+    suffix_tokens = tokenizer.encode(suffix, add_special_tokens=False)
+
+    def format_instruction(instruction, query, doc):
+        if instruction is None:
+            instruction = "Given a web search query, retrieve relevant passages that answer the query"
+        return f"<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {doc}"
+
+    def score(pairs, instruction, max_length):
+        texts = [format_instruction(instruction, q, d) for q, d in pairs]
+        inputs = tokenizer(texts, padding=False, truncation="longest_first",
+                           return_attention_mask=False,
+                           max_length=max_length - len(prefix_tokens) - len(suffix_tokens))
+        for i, ids in enumerate(inputs["input_ids"]):
+            inputs["input_ids"][i] = prefix_tokens + ids + suffix_tokens
+        ids = [list(i) for i in inputs["input_ids"]]
+        inputs = tokenizer.pad(inputs, padding=True, return_tensors="pt", max_length=max_length)
+        with torch.no_grad():
+            last = model(**inputs).logits[:, -1, :]
+        pair = torch.stack([last[:, no], last[:, yes]], dim=1)
+        return ids, torch.nn.functional.log_softmax(pair, dim=1)[:, 1].exp().tolist()
+
+    query = "What is the capital of France?"
+    documents = ["Paris is the capital of France.", "The quick brown fox jumps over the lazy dog.",
+                 "a", "Rust makes systems programming safe and fast, and France has cheese."]
+    long_document = " ".join(["The new movie is awesome, and the city of Paris is in France."] * 6)
+    cases = []
+    for instruction, docs, max_length in [
+        (None, documents, 256),
+        ("Given a question, find the sentence that answers it", documents, 256),
+        (None, [long_document, documents[0]], 200),
+    ]:
+        pairs = [(query, d) for d in docs]
+        ids, scores = score(pairs, instruction, max_length)
+        alone = [score([p], instruction, max_length)[1][0] for p in pairs]
+        cases.append({"instruction": instruction, "max_length": max_length, "query": query,
+                      "documents": docs, "input_ids": ids, "scores": scores, "alone": alone})
+    assert len(cases[2]["input_ids"][0]) == 200, "the long document must be cut"
+    reference = {"prefix_ids": prefix_tokens, "suffix_ids": suffix_tokens, "yes": yes, "no": no,
+                 "cases": cases}
+    (folder / "reference.json").write_text(json.dumps(reference, indent=1))
+
+
 def main():
     torch.set_num_threads(1)
+    if sys.argv[1:] == ["--only", "qwen3-reranker"]:
+        # The LLM reranker alone, leaving the others as they are.
+        make_qwen3_reranker()
+        return
     if sys.argv[1:] == ["--only", "qwen3-embedding"]:
         # The decoder embedder alone, leaving the others as they are.
         make_qwen3_embedding()
@@ -1710,6 +1802,7 @@ def main():
     make_cross_encoders()
     make_sentence_transformers_modules()
     make_qwen3_embedding()
+    make_qwen3_reranker()
     shutil.rmtree(cache)
     total = sum(f.stat().st_size for f in FIXTURES.rglob("*") if f.is_file())
     print(f"fixtures written to {FIXTURES} ({total / 1e6:.2f} MB)")

@@ -58,7 +58,7 @@ pub use error::{Error, Result};
 pub use loading::hub::{HubOptions, ModelSource};
 pub use models::auto::{
     AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForQuestionAnswering,
-    AutoModelForSequenceClassification, AutoModelForTokenClassification,
+    AutoModelForSequenceClassification, AutoModelForTextRanking, AutoModelForTokenClassification,
 };
 pub use models::bert::{
     BertConfig, BertForMaskedLM, BertForQuestionAnswering, BertForSequenceClassification,

@@ -10,6 +10,7 @@ use common::{
 };
 use ferroformers::pipelines::{
     BatchOptions, CrossEncoderActivation, Pipeline, RerankInput, RerankOptions, RerankPipeline,
+    TruncationOptions,
 };
 use ferroformers::{EncodeOptions, Error, LoadOptions, TextInput};
 use serde_json::Value;
@@ -200,4 +201,96 @@ fn ranking_needs_a_single_logit_model() {
         .unwrap_err();
     assert!(matches!(error, Error::InvalidInput(_)), "{error:?}");
     assert!(error.to_string().contains("3 labels"), "{error}");
+}
+
+/// An LLM reranker (Qwen3-Reranker's layout, tests/fixtures/qwen3/reranker) against the model
+/// card's scoring code run by scripts/make_fixtures.py: prompts token for token, cut where it
+/// cuts them; scores within 1e-4 (f32) of its left-padded batch; each pair scored alone within
+/// 1e-5 of the same pair in a batch (our positions skip the padding, so only summation order
+/// differs).
+#[test]
+fn llm_reranker_matches_the_model_cards_yes_no_scores() {
+    let refs = fixture_json("qwen3/reranker/reference.json");
+    let pipeline = pipeline("qwen3/reranker");
+    assert!(pipeline.is_yes_no());
+    assert_eq!(pipeline.activation(), CrossEncoderActivation::Sigmoid);
+    let cases = refs["cases"].as_array().unwrap();
+    fixture_sanity(cases.len() == 3, "three cases");
+    for (index, case) in cases.iter().enumerate() {
+        let what = format!("case {index}");
+        let mut options =
+            RerankOptions::default().with_max_length(case["max_length"].as_u64().unwrap() as usize);
+        if let Some(instruction) = case["instruction"].as_str() {
+            options = options.with_instruction(instruction);
+        }
+        let query = case["query"].as_str().unwrap();
+        let documents = strings(&case["documents"]);
+        let pairs: Vec<(&str, &str)> = documents.iter().map(|d| (query, d.as_str())).collect();
+
+        let ids: Vec<Vec<u32>> = serde_json::from_value(case["input_ids"].clone()).unwrap();
+        let encodings = pipeline.encode_pairs(&pairs, &options).unwrap();
+        let ours: Vec<Vec<u32>> = encodings.iter().map(|e| e.get_ids().to_vec()).collect();
+        assert_eq!(ours, ids, "{what}: prompts");
+
+        let expected: Vec<f32> = serde_json::from_value(case["scores"].clone()).unwrap();
+        let scores: Vec<f32> = pipeline
+            .predict(&pairs, &options)
+            .unwrap()
+            .into_iter()
+            .map(|row| row[0])
+            .collect();
+        assert_close_slices(&scores, &expected, SCORE_TOLERANCE, &what);
+        for (pair, &batched) in pairs.iter().zip(&scores) {
+            let alone = pipeline.predict(&[*pair], &options).unwrap()[0][0];
+            assert_close_slices(
+                &[alone],
+                &[batched],
+                BATCH_TOLERANCE,
+                &format!("{what} alone"),
+            );
+        }
+
+        // rank: the same scores, best first.
+        let ranked = pipeline.rank(query, &documents, &options).unwrap();
+        let mut order: Vec<usize> = (0..expected.len()).collect();
+        order.sort_by(|&a, &b| expected[b].total_cmp(&expected[a]));
+        let ids: Vec<usize> = ranked.iter().map(|r| r.corpus_id).collect();
+        assert_eq!(ids, order, "{what}: ranking");
+    }
+    // The default length (the tokenizer's 256 here) is the first case's.
+    let first = &cases[0];
+    let documents = strings(&first["documents"]);
+    let ranked = pipeline
+        .rank(
+            first["query"].as_str().unwrap(),
+            &documents,
+            &RerankOptions::default(),
+        )
+        .unwrap();
+    let expected: Vec<f32> = serde_json::from_value(first["scores"].clone()).unwrap();
+    for document in ranked {
+        assert_close_slices(
+            &[document.score],
+            &[expected[document.corpus_id]],
+            SCORE_TOLERANCE,
+            "default options",
+        );
+    }
+}
+
+/// An instruction is an LLM reranker's; a cross-encoder refuses it rather than drop it. A
+/// Llama-family checkpoint whose tokenizer lacks "yes" is no yes/no reranker.
+#[test]
+fn rerankers_refuse_what_they_cannot_use() {
+    let cross_encoder = pipeline("bert/cross-encoder");
+    let options = RerankOptions::default().with_instruction("Find the answer");
+    match cross_encoder.rank("q", &["d"], &options) {
+        Err(Error::InvalidInput(message)) => assert!(message.contains("instruction"), "{message}"),
+        other => panic!("expected InvalidInput, got {other:?}"),
+    }
+    match RerankPipeline::from_pretrained(&fixture_model("qwen3/lm-head"), &LoadOptions::default())
+    {
+        Err(Error::InvalidConfig(message)) => assert!(message.contains("`yes`"), "{message}"),
+        other => panic!("expected InvalidConfig, got {:?}", other.map(|_| ())),
+    }
 }

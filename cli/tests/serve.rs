@@ -307,9 +307,16 @@ fn tokenize_and_decode_match_the_tokenizer() {
     assert_eq!(body, json!([with_specials.clone(), with_specials]));
 }
 
+/// A cross-encoder, and an LLM reranker (Qwen3-Reranker's yes/no scores).
 #[test]
-fn rerank_matches_the_cross_encoder() {
-    let pipeline = load(Task::Rerank, "bert/cross-encoder");
+fn rerank_matches_the_pipeline() {
+    for name in ["bert/cross-encoder", "qwen3/reranker"] {
+        rerank_matches_the_pipeline_on(name);
+    }
+}
+
+fn rerank_matches_the_pipeline_on(name: &str) {
+    let pipeline = load(Task::Rerank, name);
     let server = TestServer::start(pipeline.clone(), config());
     let rerank = pipeline.as_rerank().unwrap();
     let client = client();

@@ -205,3 +205,31 @@ impl FromPretrained for AutoModelForCausalLM {
         }
     }
 }
+
+/// A reranker, as `config.json` makes it: a cross-encoder's sequence-classification head, or,
+/// for the Llama family, a causal LM that answers "yes" or "no" to a prompt holding the query
+/// and the document (Qwen3-Reranker, which is a plain `Qwen3ForCausalLM` checkpoint).
+#[derive(Debug, Clone)]
+pub enum AutoModelForTextRanking {
+    /// Relevance logits from a sequence-classification head (boxed: the enum stays a pointer
+    /// wide, as `AutoModelForCausalLM`).
+    CrossEncoder(Box<AutoModelForSequenceClassification>),
+    /// A decoder whose last position's logits are read at the "yes" and "no" tokens.
+    YesNo(AutoModelForCausalLM),
+}
+
+impl FromPretrained for AutoModelForTextRanking {
+    fn from_config(vb: ModelWeights, config: &ModelConfig) -> Result<Self> {
+        match config {
+            ModelConfig::Llama(_)
+            | ModelConfig::Mistral(_)
+            | ModelConfig::Qwen2(_)
+            | ModelConfig::Qwen3(_) => {
+                Ok(Self::YesNo(AutoModelForCausalLM::from_config(vb, config)?))
+            }
+            _ => Ok(Self::CrossEncoder(Box::new(
+                AutoModelForSequenceClassification::from_config(vb, config)?,
+            ))),
+        }
+    }
+}

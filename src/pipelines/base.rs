@@ -79,30 +79,42 @@ impl<M> PipelineBase<M> {
         &self.device
     }
 
-    /// Pad the chosen encodings into one model input on the model's device.
-    pub(crate) fn batch_input(
+    /// Pad the chosen encodings, on `side`, into one model input on the model's device.
+    fn batch_input(
         &self,
         encodings: &[Encoding],
         indices: &[usize],
+        side: PaddingSide,
     ) -> Result<ModelInput> {
         let chosen = indices.iter().map(|&i| encodings[i].clone()).collect();
-        self.tokenizer
-            .pad(chosen, PaddingSide::Right)?
-            .to_input(&self.device)
+        self.tokenizer.pad(chosen, side)?.to_input(&self.device)
     }
 
     /// Forward the encodings in batches of at most `batch_size`, cut into buckets of similar
     /// length (see `batches::in_buckets`): `forward` gets each bucket's indices and their
-    /// padded input, and returns one result per index; the results come back in input order.
+    /// input, padded on the right, and returns one result per index; the results come back in
+    /// input order.
     pub(crate) fn forward_in_buckets<T>(
         &self,
         encodings: &[Encoding],
         batch_size: usize,
+        forward: impl FnMut(&[usize], ModelInput) -> Result<Vec<T>>,
+    ) -> Result<Vec<T>> {
+        self.forward_in_buckets_padded(encodings, batch_size, PaddingSide::Right, forward)
+    }
+
+    /// [`forward_in_buckets`](Self::forward_in_buckets), padded on `side`: on the left, a
+    /// decoder's last position is every row's last token.
+    pub(crate) fn forward_in_buckets_padded<T>(
+        &self,
+        encodings: &[Encoding],
+        batch_size: usize,
+        side: PaddingSide,
         mut forward: impl FnMut(&[usize], ModelInput) -> Result<Vec<T>>,
     ) -> Result<Vec<T>> {
         let lengths: Vec<usize> = encodings.iter().map(Encoding::len).collect();
         in_buckets(&lengths, batch_size, |indices| {
-            forward(indices, self.batch_input(encodings, indices)?)
+            forward(indices, self.batch_input(encodings, indices, side)?)
         })
     }
 }

@@ -41,6 +41,7 @@ pub use input::{AsInput, InputKind, QaInput, QueryDocuments, QuestionContext, Te
 pub use question_answering::{Answer, QuestionAnsweringOptions, QuestionAnsweringPipeline};
 pub use rerank::{
     CrossEncoderActivation, RankedDocument, RerankInput, RerankOptions, RerankPipeline,
+    DEFAULT_RERANK_INSTRUCTION,
 };
 pub use sentence_transformers::Prompt;
 pub use task::{pipeline, AnyPipeline, IntoTask, Task};
@@ -155,16 +156,18 @@ pub(crate) fn encode_all<'a, T: Into<TextInput<'a>>>(
         .collect()
 }
 
-impl PipelineBase<AutoModelForSequenceClassification> {
-    /// Forward of a sequence-classification head, `batch_size` encodings at a time: its
-    /// logits, one row per encoding (text classification and reranking share it).
+impl<M> PipelineBase<M> {
+    /// Forward of a sequence-classification head (`classifier`, this pipeline's model or part
+    /// of it), `batch_size` encodings at a time: its logits, one row per encoding (text
+    /// classification and reranking share it).
     pub(crate) fn classification_logits(
         &self,
+        classifier: &AutoModelForSequenceClassification,
         encodings: &[Encoding],
         batch_size: usize,
     ) -> Result<Vec<Vec<f32>>> {
         self.forward_in_buckets(encodings, batch_size, |_, input| {
-            rows_to_host(&self.model().forward(&input)?)
+            rows_to_host(&classifier.forward(&input)?)
         })
     }
 }

@@ -4,6 +4,11 @@
 //! A cross-encoder reads the query and a document together, as a text pair, and its
 //! sequence-classification head gives a relevance logit; the activation the model was saved
 //! with (Sigmoid by default for one label) turns it into the score.
+//!
+//! A Llama-family checkpoint is read as an LLM reranker, Qwen3-Reranker's way: the query and
+//! document go into its prompt, and the score is the probability of "yes" against "no" at the
+//! last position, `softmax([no, yes])[1]`, which is the sigmoid of `yes − no`; so its logit is
+//! that difference, and its activation Sigmoid.
 
 use std::path::Path;
 
@@ -13,16 +18,32 @@ use tokenizers::Encoding;
 use crate::error::{Error, Result};
 use crate::kernels::host::sigmoid;
 use crate::loading::json::read_json;
-use crate::models::auto::AutoModelForSequenceClassification;
+use crate::models::auto::{AutoModelForCausalLM, AutoModelForTextRanking};
 use crate::models::config::ModelConfig;
 use crate::models::pretrained::{LoadOptions, Pretrained};
 use crate::pipelines::{
-    encode_all, BatchOptions, Pipeline, PipelineBase, QueryDocuments, Truncation, TruncationOptions,
+    encode_all, rows_to_host, BatchOptions, Pipeline, PipelineBase, QueryDocuments, Truncation,
+    TruncationOptions,
 };
-use crate::tokenizer::TextInput;
+use crate::tokenizer::{EncodeOptions, PaddingSide, TextInput, Tokenizer};
 
 /// `CrossEncoder.predict`'s batch size.
 const CROSS_ENCODER_BATCH_SIZE: usize = 32;
+
+/// Qwen3-Reranker's prompt, instruction and length, from its model card's usage code:
+/// <https://huggingface.co/Qwen/Qwen3-Reranker-0.6B#transformers-usage>. The prompt is a
+/// chat of a system message that asks for "yes" or "no", the user's turn of instruction,
+/// query and document, and an assistant's turn with an empty thought.
+const YES_NO_PREFIX: &str = "<|im_start|>system\nJudge whether the Document meets the \
+    requirements based on the Query and the Instruct provided. Note that the answer can only \
+    be \"yes\" or \"no\".<|im_end|>\n<|im_start|>user\n";
+const YES_NO_SUFFIX: &str = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n";
+/// The instruction a yes/no reranker's prompt holds unless the options give one.
+pub const DEFAULT_RERANK_INSTRUCTION: &str =
+    "Given a web search query, retrieve relevant passages that answer the query";
+/// The model card's `max_length`: prompt, instruction, query and document together, in
+/// tokens; the model's own limit when that is less.
+const YES_NO_MAX_LENGTH: usize = 8192;
 
 /// What turns a cross-encoder's logits into scores: sentence-transformers' `activation_fn`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +130,9 @@ pub struct RerankOptions {
     pub truncation: Truncation,
     /// Overrides the activation the model was saved with.
     pub activation: Option<CrossEncoderActivation>,
+    /// The task, for an LLM reranker's prompt (`None`: [`DEFAULT_RERANK_INSTRUCTION`]); a
+    /// cross-encoder takes none.
+    pub instruction: Option<String>,
 }
 
 impl Default for RerankOptions {
@@ -119,6 +143,7 @@ impl Default for RerankOptions {
             batch_size: CROSS_ENCODER_BATCH_SIZE,
             truncation: Truncation::ON,
             activation: None,
+            instruction: None,
         }
     }
 }
@@ -139,6 +164,12 @@ impl RerankOptions {
     /// Score with this activation instead of the model's.
     pub fn with_activation(mut self, activation: CrossEncoderActivation) -> Self {
         self.activation = Some(activation);
+        self
+    }
+
+    /// State the task in an LLM reranker's prompt (Qwen3-Reranker's `instruction`).
+    pub fn with_instruction(mut self, instruction: impl Into<String>) -> Self {
+        self.instruction = Some(instruction.into());
         self
     }
 }
@@ -176,39 +207,151 @@ pub struct RerankInput<'a> {
     pub documents: &'a [&'a str],
 }
 
-/// A cross-encoder that scores (query, document) pairs and ranks documents by relevance.
+/// What an LLM reranker needs besides its model: the ids of its two answers, and its prompt's
+/// two fixed ends, tokenized once (the model card tokenizes them apart from the rest too).
+#[derive(Debug, Clone)]
+struct YesNoPrompt {
+    yes: u32,
+    no: u32,
+    prefix: Encoding,
+    suffix: Encoding,
+}
+
+impl YesNoPrompt {
+    fn new(tokenizer: &Tokenizer) -> Result<Self> {
+        let answer = |token: &str| {
+            tokenizer.token_to_id(token).ok_or_else(|| {
+                Error::InvalidConfig(format!(
+                    "an LLM reranker answers \"yes\" or \"no\", but the tokenizer has no \
+                     `{token}` token: this checkpoint is not a yes/no reranker"
+                ))
+            })
+        };
+        let fixed = EncodeOptions {
+            add_special_tokens: false,
+            ..EncodeOptions::default()
+        };
+        Ok(Self {
+            yes: answer("yes")?,
+            no: answer("no")?,
+            prefix: tokenizer.encode(YES_NO_PREFIX, &fixed)?,
+            suffix: tokenizer.encode(YES_NO_SUFFIX, &fixed)?,
+        })
+    }
+
+    /// The prompt of one pair: its middle cut to what the prompt's ends leave of `truncation`'s
+    /// length, as the model card cuts it.
+    fn encode(
+        &self,
+        tokenizer: &Tokenizer,
+        instruction: &str,
+        (query, document): (&str, &str),
+        truncation: Truncation,
+        max_length: usize,
+    ) -> Result<Encoding> {
+        let ends = self.prefix.len() + self.suffix.len();
+        let length = truncation.max_length.unwrap_or(max_length);
+        let room = length
+            .checked_sub(ends)
+            .filter(|&room| room > 0)
+            .ok_or_else(|| {
+                Error::InvalidInput(format!(
+                "max_length {length} leaves no room for the query and document: the reranker's \
+                 prompt takes {ends} tokens by itself"
+            ))
+            })?;
+        let middle = format!("<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {document}");
+        let options = EncodeOptions {
+            truncation: truncation.enabled,
+            max_length: Some(room),
+            ..EncodeOptions::default()
+        };
+        let middle = tokenizer.encode(middle.as_str(), &options)?;
+        Ok(Encoding::merge(
+            [self.prefix.clone(), middle, self.suffix.clone()],
+            false,
+        ))
+    }
+
+    /// `yes − no` from the last position's logits of each row.
+    fn logits(
+        &self,
+        model: &AutoModelForCausalLM,
+        input: &crate::ModelInput,
+    ) -> Result<Vec<Vec<f32>>> {
+        let last = model.forward_last(&input.input_ids, input.attention_mask.as_ref(), None)?;
+        rows_to_host(&last)?
+            .into_iter()
+            .map(
+                |row| match (row.get(self.yes as usize), row.get(self.no as usize)) {
+                    (Some(yes), Some(no)) => Ok(vec![yes - no]),
+                    _ => Err(Error::InvalidConfig(format!(
+                        "the tokenizer's \"yes\" and \"no\" ({} and {}) are past the model's \
+                     vocabulary of {}: the tokenizer does not belong to this model",
+                        self.yes,
+                        self.no,
+                        row.len()
+                    ))),
+                },
+            )
+            .collect()
+    }
+}
+
+/// A reranker that scores (query, document) pairs and ranks documents by relevance: a
+/// cross-encoder, or an LLM reranker (see the module's documentation).
 #[derive(Debug, Clone)]
 pub struct RerankPipeline {
-    base: PipelineBase<AutoModelForSequenceClassification>,
+    base: PipelineBase<AutoModelForTextRanking>,
     activation: CrossEncoderActivation,
     max_length: usize,
+    /// `Some` for an LLM reranker (boxed: two encodings, which the other pipelines lack).
+    yes_no: Option<Box<YesNoPrompt>>,
 }
 
 impl RerankPipeline {
-    /// Load a cross-encoder (any sequence-classification checkpoint) from a Hub id or folder,
-    /// with the activation it was saved with.
+    /// Load a reranker from a Hub id or folder: any sequence-classification checkpoint, with
+    /// the activation it was saved with, or a Llama-family one as an LLM reranker.
     pub fn from_pretrained(model: &str, options: &LoadOptions) -> Result<Self> {
         let pretrained = Pretrained::open(model, &options.hub)?;
+        let pipeline = Self::from_parts(PipelineBase::load(&pretrained, options)?)?;
+        if pipeline.yes_no.is_some() {
+            return Ok(pipeline);
+        }
         let config_json = pretrained.source().require("config.json")?;
         let activation = CrossEncoderActivation::for_model(&config_json, pretrained.config())?;
         Ok(Self {
             activation,
-            ..Self::from_parts(PipelineBase::load(&pretrained, options)?)?
+            ..pipeline
         })
     }
 
-    /// Wrap a model already loaded. The activation is the default for its number of labels
-    /// (the one saved in `config.json` is only read by
+    /// Wrap a model already loaded. A cross-encoder's activation is the default for its
+    /// number of labels (the one saved in `config.json` is only read by
     /// [`from_pretrained`](Self::from_pretrained)); [`RerankOptions::with_activation`]
     /// chooses another.
-    pub fn from_parts(base: PipelineBase<AutoModelForSequenceClassification>) -> Result<Self> {
+    pub fn from_parts(base: PipelineBase<AutoModelForTextRanking>) -> Result<Self> {
         let positions = base.config().max_position_embeddings();
+        let max_length = base
+            .tokenizer()
+            .model_max_length()
+            .map_or(positions, |length| length.min(positions));
+        let (activation, max_length, yes_no) = match base.model() {
+            AutoModelForTextRanking::CrossEncoder(_) => (
+                CrossEncoderActivation::default_for(base.config()),
+                max_length,
+                None,
+            ),
+            AutoModelForTextRanking::YesNo(_) => (
+                CrossEncoderActivation::Sigmoid,
+                max_length.min(YES_NO_MAX_LENGTH),
+                Some(Box::new(YesNoPrompt::new(base.tokenizer())?)),
+            ),
+        };
         Ok(Self {
-            activation: CrossEncoderActivation::default_for(base.config()),
-            max_length: base
-                .tokenizer()
-                .model_max_length()
-                .map_or(positions, |length| length.min(positions)),
+            activation,
+            max_length,
+            yes_no,
             base,
         })
     }
@@ -216,6 +359,11 @@ impl RerankPipeline {
     /// The activation scores get unless a call overrides it.
     pub fn activation(&self) -> CrossEncoderActivation {
         self.activation
+    }
+
+    /// Whether this is an LLM reranker (scores from "yes" against "no").
+    pub fn is_yes_no(&self) -> bool {
+        self.yes_no.is_some()
     }
 
     /// Scores of (first, second) text pairs, one row of `num_labels` per pair, as
@@ -230,25 +378,69 @@ impl RerankPipeline {
         Ok(self.scores(logits, options))
     }
 
-    /// Preprocess: each pair tokenized together, cut to the maximum length if asked.
+    /// Preprocess: each pair tokenized together, cut to the maximum length if asked; for an
+    /// LLM reranker, each pair's prompt.
     pub fn encode_pairs(
         &self,
         pairs: &[(&str, &str)],
         options: &RerankOptions,
     ) -> Result<Vec<Encoding>> {
-        let truncation = Truncation {
-            max_length: Some(options.truncation.max_length.unwrap_or(self.max_length)),
-            ..options.truncation
+        let tokenizer = self.base.tokenizer();
+        let Some(prompt) = &self.yes_no else {
+            if options.instruction.is_some() {
+                return Err(Error::InvalidInput(
+                    "an instruction is for an LLM reranker's prompt (Qwen3-Reranker); this model \
+                     is a cross-encoder, which takes none: leave it out"
+                        .to_string(),
+                ));
+            }
+            let truncation = Truncation {
+                max_length: Some(options.truncation.max_length.unwrap_or(self.max_length)),
+                ..options.truncation
+            };
+            let inputs = pairs
+                .iter()
+                .map(|&(first, second)| TextInput::Pair(first, second));
+            return encode_all(tokenizer, inputs, &truncation.encode_options());
         };
-        let inputs = pairs
+        let instruction = options
+            .instruction
+            .as_deref()
+            .unwrap_or(DEFAULT_RERANK_INSTRUCTION);
+        pairs
             .iter()
-            .map(|&(first, second)| TextInput::Pair(first, second));
-        encode_all(self.base.tokenizer(), inputs, &truncation.encode_options())
+            .map(|&pair| {
+                prompt.encode(
+                    tokenizer,
+                    instruction,
+                    pair,
+                    options.truncation,
+                    self.max_length,
+                )
+            })
+            .collect()
     }
 
-    /// Forward, `batch_size` pairs at a time: the head's logits, one row per encoding.
+    /// Forward, `batch_size` pairs at a time: one row of logits per encoding (the head's, or
+    /// an LLM reranker's `yes − no`).
     pub fn logits(&self, encodings: &[Encoding], batch_size: usize) -> Result<Vec<Vec<f32>>> {
-        self.base.classification_logits(encodings, batch_size)
+        match (self.base.model(), &self.yes_no) {
+            (AutoModelForTextRanking::CrossEncoder(classifier), _) => self
+                .base
+                .classification_logits(classifier, encodings, batch_size),
+            // Left padding: the last position is then every row's last token, and positions
+            // are counted from the mask, so each row is as it is alone.
+            (AutoModelForTextRanking::YesNo(model), Some(prompt)) => self
+                .base
+                .forward_in_buckets_padded(encodings, batch_size, PaddingSide::Left, |_, input| {
+                    prompt.logits(model, &input)
+                }),
+            (AutoModelForTextRanking::YesNo(_), None) => Err(Error::InvalidInput(
+                "an LLM reranker was built without its prompt: load it with \
+                 RerankPipeline::from_pretrained or from_parts"
+                    .to_string(),
+            )),
+        }
     }
 
     /// Postprocess: the activation (the options', else the model's) on every logit.
@@ -262,6 +454,9 @@ impl RerankPipeline {
 
     /// An error unless the model gives one logit per pair, which ranking needs.
     pub fn check_ranks(&self) -> Result<()> {
+        if self.yes_no.is_some() {
+            return Ok(());
+        }
         let labels = self.base.config().num_labels();
         if labels != 1 {
             return Err(Error::InvalidInput(format!(
@@ -322,7 +517,7 @@ impl Pipeline for RerankPipeline {
     type Options = RerankOptions;
     /// The documents of one query, best first.
     type Output = Vec<RankedDocument>;
-    type Model = AutoModelForSequenceClassification;
+    type Model = AutoModelForTextRanking;
 
     fn run_inputs(
         &self,
@@ -335,7 +530,7 @@ impl Pipeline for RerankPipeline {
             .collect()
     }
 
-    fn base(&self) -> &PipelineBase<AutoModelForSequenceClassification> {
+    fn base(&self) -> &PipelineBase<AutoModelForTextRanking> {
         &self.base
     }
 }

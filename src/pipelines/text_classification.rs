@@ -142,7 +142,8 @@ impl TextClassificationPipeline {
 
     /// Forward, `batch_size` inputs at a time: the head's logits, one row per encoding.
     pub fn logits(&self, encodings: &[Encoding], batch_size: usize) -> Result<Vec<Vec<f32>>> {
-        self.base.classification_logits(encodings, batch_size)
+        self.base
+            .classification_logits(self.base.model(), encodings, batch_size)
     }
 
     /// Postprocess: the score function (the options', else the config's), then the labels
