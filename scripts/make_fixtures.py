@@ -29,6 +29,8 @@ Layout:
     tests/fixtures/xlm-roberta/sentence-transformers-{dense,prompts}/ Dense modules and prompts, with
                                         SentenceTransformer.encode outputs in reference.json
     tests/fixtures/qwen3/sentence-transformers/ Qwen3-Embedding's layout (`--only qwen3-embedding`)
+    tests/fixtures/xlm-roberta/bge-m3/  BGE-M3's sparse and ColBERT heads over xlm-roberta/base, with
+                                        FlagEmbedding's outputs in reference.json (`--only bge-m3`)
     tests/fixtures/qwen3/reranker/      Qwen3-Reranker's layout with the model card's yes/no
                                         scores in reference.json (`--only qwen3-reranker`)
 """
@@ -1766,8 +1768,77 @@ def make_qwen3_reranker():
     (folder / "reference.json").write_text(json.dumps(reference, indent=1))
 
 
+def make_bge_m3():
+    """xlm-roberta/bge-m3: BGE-M3's layout on the tiny random XLM-RoBERTa of xlm-roberta/base
+    (its files copied) with FlagEmbedding's two heads beside it, `sparse_linear.pt` and
+    `colbert_linear.pt` (state dicts saved by torch.save, as FlagEmbedding saves them), and
+    references from FlagEmbedding's formulas (BGEM3FlagModel.encode in FlagEmbedding 1.4.2:
+    `encode_single_device`, `_sparse_embedding`, `_colbert_embedding`) written out here: the
+    [CLS] vector normalised; relu(sparse_linear(hidden)) per token, each id's largest weight above
+    0 without cls/eos/pad/unk; colbert_linear on the tokens after [CLS], masked, normalised, the
+    first len - 1 kept. A padded batch sorted longest first, as encode runs it, and a max_length
+    that cuts."""
+    from transformers import AutoTokenizer, XLMRobertaModel
+
+    source = FIXTURES / "xlm-roberta" / "base"
+    folder = FIXTURES / "xlm-roberta" / "bge-m3"
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir()
+    for name in ("config.json", "model.safetensors", "special_tokens_map.json", "tokenizer.json",
+                 "tokenizer_config.json"):
+        shutil.copy(source / name, folder / name)
+    model = XLMRobertaModel.from_pretrained(folder, add_pooling_layer=False).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    hidden = model.config.hidden_size
+    torch.manual_seed(670)
+    sparse_linear = torch.nn.Linear(hidden, 1)
+    colbert_linear = torch.nn.Linear(hidden, hidden)
+    torch.save(sparse_linear.state_dict(), folder / "sparse_linear.pt")
+    torch.save(colbert_linear.state_dict(), folder / "colbert_linear.pt")
+    unused = {tokenizer.convert_tokens_to_ids(tokenizer.special_tokens_map[t])
+              for t in ("cls_token", "eos_token", "pad_token", "unk_token")
+              if t in tokenizer.special_tokens_map}
+
+    def encode(texts, max_length):
+        inputs = [tokenizer(t, truncation=True, max_length=max_length) for t in texts]
+        order = sorted(range(len(texts)), key=lambda i: -len(inputs[i]["input_ids"]))
+        batch = tokenizer.pad([inputs[i] for i in order], padding=True, return_tensors="pt")
+        with torch.no_grad():
+            last = model(**batch).last_hidden_state
+            dense = torch.nn.functional.normalize(last[:, 0], dim=-1)
+            weights = torch.relu(sparse_linear(last)).squeeze(-1)
+            colbert = colbert_linear(last[:, 1:]) * batch["attention_mask"][:, 1:][:, :, None].float()
+            colbert = torch.nn.functional.normalize(colbert, dim=-1)
+        out = [None] * len(texts)
+        for row, i in enumerate(order):
+            lexical = {}
+            for w, idx in zip(weights[row].tolist(), batch["input_ids"][row].tolist()):
+                if idx not in unused and w > 0 and w > lexical.get(idx, 0):
+                    lexical[idx] = w
+            tokens = int(batch["attention_mask"][row].sum())
+            out[i] = {"ids": inputs[i]["input_ids"], "dense": dense[row].tolist(),
+                      "sparse": [{"index": k, "value": v} for k, v in sorted(lexical.items())],
+                      "colbert": colbert[row][:tokens - 1].tolist()}
+        return out
+
+    texts = [t for t in MULTILINGUAL_INPUTS if isinstance(t, str)] + ["la la la gare la gare"]
+    reference = {
+        "texts": texts,
+        "unused_tokens": sorted(unused),
+        "batch": encode(texts, 8192),
+        "max_length_6": encode(texts, 6),
+    }
+    assert any(len(r["ids"]) > 6 for r in reference["batch"]), "max_length 6 must cut"
+    (folder / "reference.json").write_text(json.dumps(reference, indent=1, ensure_ascii=False))
+
+
 def main():
     torch.set_num_threads(1)
+    if sys.argv[1:] == ["--only", "bge-m3"]:
+        # BGE-M3's heads over the XLM-RoBERTa fixture, leaving the others as they are.
+        make_bge_m3()
+        return
     if sys.argv[1:] == ["--only", "qwen3-reranker"]:
         # The LLM reranker alone, leaving the others as they are.
         make_qwen3_reranker()
@@ -1799,6 +1870,7 @@ def main():
     make_multilingual("xlm-roberta", seed=300)
     make_multilingual("camembert", seed=400)
     make_multilingual_pipeline_references()
+    make_bge_m3()
     make_cross_encoders()
     make_sentence_transformers_modules()
     make_qwen3_embedding()

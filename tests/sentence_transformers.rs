@@ -4,8 +4,11 @@
 
 mod common;
 
-use common::{assert_close_slices, assert_same_len, fixture};
-use ferroformers::pipelines::{EmbeddingsOptions, EmbeddingsPipeline, Pipeline, Prompt};
+use common::{assert_close_slices, assert_same_len, fixture, fixture_model};
+use ferroformers::pipelines::{
+    EmbeddingsOptions, EmbeddingsPipeline, M3EmbeddingsPipeline, M3Options, Pipeline, Prompt,
+    TruncationOptions,
+};
 use ferroformers::{Error, LoadOptions};
 use serde_json::Value;
 
@@ -260,4 +263,90 @@ fn unsupported_pooling_modes_and_dense_activations_are_errors_naming_them() {
     let error = load(folder.path()).unwrap_err();
     assert!(matches!(error, Error::InvalidConfig(_)), "{error:?}");
     assert!(error.to_string().contains("Softplus"), "{error}");
+}
+
+/// Each text alone against the same text in a padded batch: only summation order differs.
+const BATCH_TOLERANCE: f32 = 1e-5;
+
+fn floats(value: &Value) -> Vec<f32> {
+    serde_json::from_value(value.clone()).unwrap()
+}
+
+/// BGE-M3 (tests/fixtures/xlm-roberta/bge-m3: the tiny XLM-RoBERTa with FlagEmbedding's sparse
+/// and ColBERT heads): the three outputs of one forward pass against FlagEmbedding's formulas
+/// run in PyTorch (scripts/make_fixtures.py), with texts cut at max_length too. Token ids
+/// exact, the same ids in every sparse vector, every value within 1e-4 (f32); each text alone
+/// within 1e-5 of the batch.
+#[test]
+fn bge_m3_outputs_match_flag_embedding() {
+    let refs = reference("xlm-roberta/bge-m3");
+    let pipeline = M3EmbeddingsPipeline::from_pretrained(
+        &fixture_model("xlm-roberta/bge-m3"),
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    let texts: Vec<String> = serde_json::from_value(refs["texts"].clone()).unwrap();
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let all = M3Options::default().with_sparse(true).with_colbert(true);
+    for (key, options) in [
+        ("batch", all.clone()),
+        ("max_length_6", all.clone().with_max_length(6)),
+    ] {
+        let theirs = refs[key].as_array().unwrap();
+        let encodings = pipeline.encode(&texts, &options).unwrap();
+        let ours = pipeline.run(&texts, &options).unwrap();
+        assert_same_len(&ours, theirs, key);
+        for (i, ((ours, theirs), encoding)) in ours.iter().zip(theirs).zip(&encodings).enumerate() {
+            let what = format!("{key}: text {i}");
+            let ids: Vec<u32> = serde_json::from_value(theirs["ids"].clone()).unwrap();
+            assert_eq!(encoding.get_ids(), ids.as_slice(), "{what}: ids");
+            let dense = ours.dense.as_ref().unwrap();
+            assert_close_slices(dense, &floats(&theirs["dense"]), F32_TOLERANCE, &what);
+
+            let sparse = ours.sparse.as_ref().unwrap();
+            let expected = theirs["sparse"].as_array().unwrap();
+            let indices: Vec<u64> = expected
+                .iter()
+                .map(|e| e["index"].as_u64().unwrap())
+                .collect();
+            let ours_indices: Vec<u64> = sparse.iter().map(|e| e.index as u64).collect();
+            assert_eq!(ours_indices, indices, "{what}: sparse ids");
+            let values: Vec<f32> = expected
+                .iter()
+                .map(|e| e["value"].as_f64().unwrap() as f32)
+                .collect();
+            let ours_values: Vec<f32> = sparse.iter().map(|e| e.value).collect();
+            // A text whose every weight is 0 ("a" here) has none: the ids said so above.
+            if !values.is_empty() {
+                let what = format!("{what}: sparse");
+                assert_close_slices(&ours_values, &values, F32_TOLERANCE, &what);
+            }
+
+            let colbert = ours.colbert.as_ref().unwrap();
+            let expected: Vec<Vec<f32>> =
+                serde_json::from_value(theirs["colbert"].clone()).unwrap();
+            assert_same_len(colbert, &expected, &format!("{what}: colbert vectors"));
+            for (a, b) in colbert.iter().zip(&expected) {
+                assert_close_slices(a, b, F32_TOLERANCE, &format!("{what}: colbert"));
+            }
+
+            let alone = pipeline.run_one(texts[i], &options).unwrap();
+            assert_close_slices(alone.dense.as_ref().unwrap(), dense, BATCH_TOLERANCE, &what);
+            let alone_colbert: Vec<f32> = alone.colbert.unwrap().concat();
+            assert_close_slices(&alone_colbert, &colbert.concat(), BATCH_TOLERANCE, &what);
+        }
+    }
+    // The heads are files beside the checkpoint: a plain XLM-RoBERTa has none to load.
+    match M3EmbeddingsPipeline::from_pretrained(
+        &fixture_model("xlm-roberta/base"),
+        &LoadOptions::default(),
+    ) {
+        Err(Error::MissingFile { file, .. }) => assert_eq!(file, "sparse_linear.pt"),
+        other => panic!("expected MissingFile, got {:?}", other.map(|_| ())),
+    }
+    // BGEM3FlagModel.encode's defaults: the dense embedding alone.
+    let dense_only = pipeline.run(&texts, &M3Options::default()).unwrap();
+    assert!(dense_only
+        .iter()
+        .all(|e| e.dense.is_some() && e.sparse.is_none() && e.colbert.is_none()));
 }

@@ -20,6 +20,7 @@ macro_rules! from_pretrained_impls {
 
 pub mod auto;
 pub mod bert;
+pub mod bge_m3;
 pub mod cache;
 pub mod config;
 pub(crate) mod decoder;

@@ -348,7 +348,7 @@ fn without_prompt(mask: &Tensor, prompt_length: usize) -> Result<Tensor> {
 
 /// Scale `row` to unit length, as [`crate::models::pooling::l2_normalize`] scales a tensor's rows
 /// (the norm clamped at 1e-12, so that a zero row stays zero).
-fn l2_normalize_row(row: &mut [f32]) {
+pub(crate) fn l2_normalize_row(row: &mut [f32]) {
     let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
     row.iter_mut().for_each(|x| *x /= norm);
 }

@@ -24,6 +24,7 @@ pub mod chat;
 pub mod embeddings;
 pub mod fill_mask;
 mod input;
+pub mod m3_embeddings;
 pub mod question_answering;
 pub mod rerank;
 mod sentence_transformers;
@@ -38,6 +39,7 @@ pub use chat::{ChatTemplate, Conversation, Message, Role};
 pub use embeddings::{cosine_similarity, EmbeddingsOptions, EmbeddingsPipeline, EncodedTexts};
 pub use fill_mask::{FillMaskOptions, FillMaskPipeline, FillMaskPrediction};
 pub use input::{AsInput, InputKind, QaInput, QueryDocuments, QuestionContext, Text, TextOrPair};
+pub use m3_embeddings::{M3Embedding, M3EmbeddingsPipeline, M3Options};
 pub use question_answering::{Answer, QuestionAnsweringOptions, QuestionAnsweringPipeline};
 pub use rerank::{
     CrossEncoderActivation, RankedDocument, RerankInput, RerankOptions, RerankPipeline,

@@ -261,6 +261,8 @@ pub struct Tokenizer {
     without_post_processor: tokenizers::Tokenizer,
     pad: Option<(u32, String)>,
     mask: Option<(u32, String)>,
+    cls: Option<u32>,
+    eos: Option<u32>,
     model_max_length: Option<usize>,
 }
 
@@ -313,12 +315,16 @@ impl Tokenizer {
         };
         let pad = stored_pad.or_else(|| find(&config.pad_token, ["[PAD]", "<pad>"]));
         let mask = find(&config.mask_token, ["[MASK]", "<mask>"]);
+        let cls = find(&config.cls_token, ["[CLS]", "<s>"]).map(|(id, _)| id);
+        let eos = find(&config.eos_token, ["</s>", "<|endoftext|>"]).map(|(id, _)| id);
         let mut without_post_processor = inner.clone();
         without_post_processor.with_post_processor(None::<tokenizers::PostProcessorWrapper>);
         Ok(Self {
             without_post_processor,
             pad,
             mask,
+            cls,
+            eos,
             model_max_length: config.model_max_length(),
             inner,
         })
@@ -337,6 +343,17 @@ impl Tokenizer {
     /// The mask token of masked-LM tokenizers, with its id.
     pub fn mask_token(&self) -> Option<(u32, &str)> {
         self.mask.as_ref().map(|(id, token)| (*id, token.as_str()))
+    }
+
+    /// The classifier token's id (`cls_token`: BERT's `[CLS]`, RoBERTa's `<s>`), when the
+    /// tokenizer has one.
+    pub fn cls_id(&self) -> Option<u32> {
+        self.cls
+    }
+
+    /// The end-of-sequence token's id (`eos_token`), when the tokenizer has one.
+    pub fn eos_id(&self) -> Option<u32> {
+        self.eos
     }
 
     /// The padding token id, when the tokenizer has one.
