@@ -1,8 +1,9 @@
 //! BGE-M3's two heads over its XLM-RoBERTa encoder, which FlagEmbedding saves beside the
 //! checkpoint as PyTorch state dicts rather than in it: `sparse_linear.pt` (hidden → 1, a
 //! weight per token) and `colbert_linear.pt` (hidden → hidden, a vector per token).
-//! <https://github.com/FlagOpen/FlagEmbedding/blob/v1.3.5/FlagEmbedding/finetune/embedder/encoder_only/m3/modeling.py#L116>
-//! (`_sparse_embedding`, `_colbert_embedding`; FlagEmbedding 1.4.2 on PyPI has the same lines).
+//! As FlagEmbedding 1.4.2 (<https://pypi.org/project/FlagEmbedding/1.4.2/>) applies them in
+//! `FlagEmbedding/finetune/embedder/encoder_only/m3/modeling.py` (`_sparse_embedding`,
+//! `_colbert_embedding`).
 
 use candle_core::{Device, Tensor};
 

@@ -2,9 +2,9 @@
 //! gives them: the dense embedding (the `[CLS]` vector), the lexical weights (a sparse vector:
 //! each token id's largest weight, special tokens left out) and the ColBERT vectors (one per
 //! token after `[CLS]`); dense and ColBERT vectors normalised unless asked not to be.
-//! <https://github.com/FlagOpen/FlagEmbedding/blob/v1.3.5/FlagEmbedding/inference/embedder/encoder_only/m3.py>
-//! (`encode_single_device`: `_process_token_weights`, `_process_colbert_vecs`; the same in
-//! FlagEmbedding 1.4.2 on PyPI).
+//! FlagEmbedding 1.4.2 (<https://pypi.org/project/FlagEmbedding/1.4.2/>),
+//! `FlagEmbedding/inference/embedder/encoder_only/m3.py`: `encode_single_device`, with its
+//! `_process_token_weights` and `_process_colbert_vecs`.
 
 use std::collections::BTreeMap;
 
