@@ -1833,8 +1833,57 @@ def make_bge_m3():
     (folder / "reference.json").write_text(json.dumps(reference, indent=1, ensure_ascii=False))
 
 
+def make_gguf_dequantize_references():
+    """gguf/dequantize.safetensors: for each ggml type we read, four blocks of random bytes (their
+    f16 scale fields set to finite random values) and the values the `gguf` package's
+    `dequantize` gives for them (llama.cpp's gguf-py), to be matched bit for bit."""
+    import numpy as np
+    from gguf import GGMLQuantizationType as T
+    from gguf.quants import dequantize
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(680)
+
+    def halves(n, scale):
+        return (rng.standard_normal(n) * scale).astype(np.float16).view(np.uint8)
+
+    # Where each block type keeps its f16 fields: (byte offset, scale of the random values).
+    fields = {"Q4_0": [(0, 0.1)], "Q4_1": [(0, 0.1), (2, 0.5)], "Q5_0": [(0, 0.1)],
+              "Q5_1": [(0, 0.1), (2, 0.5)], "Q8_0": [(0, 0.01)], "Q4_K": [(0, 0.01), (2, 0.01)],
+              "Q5_K": [(0, 0.01), (2, 0.01)], "Q6_K": [(208, 0.01)]}
+    tensors = {}
+    for name in ["F32", "F16", "BF16", *fields]:
+        qtype = T[name]
+        block, size = GGML_SIZES[name]
+        blocks = 4 if block > 1 else 64
+        data = rng.integers(0, 256, size=(blocks, size), dtype=np.uint8)
+        if name == "F32":
+            data = rng.standard_normal((blocks, 1)).astype(np.float32).view(np.uint8)
+        elif name == "F16":
+            data = halves(blocks, 1.0).reshape(blocks, 2)
+        elif name == "BF16":
+            data = (rng.standard_normal(blocks).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16).view(np.uint8).reshape(blocks, 2)
+        for offset, scale in fields.get(name, []):
+            data[:, offset:offset + 2] = halves(blocks, scale).reshape(blocks, 2)
+        values = dequantize(data.reshape(-1), qtype).astype(np.float32).reshape(-1)
+        tensors[f"{name}.blocks"] = np.ascontiguousarray(data.reshape(-1))
+        tensors[f"{name}.values"] = np.ascontiguousarray(values)
+    folder = FIXTURES / "gguf"
+    folder.mkdir(exist_ok=True)
+    save_file(tensors, str(folder / "dequantize.safetensors"))
+
+
+# Values and bytes per block of the ggml types above (ggml's blck_size and type_size).
+GGML_SIZES = {"F32": (1, 4), "F16": (1, 2), "BF16": (1, 2), "Q4_0": (32, 18), "Q4_1": (32, 20),
+              "Q5_0": (32, 22), "Q5_1": (32, 24), "Q8_0": (32, 34), "Q4_K": (256, 144),
+              "Q5_K": (256, 176), "Q6_K": (256, 210)}
+
+
 def main():
     torch.set_num_threads(1)
+    if sys.argv[1:] == ["--only", "gguf"]:
+        make_gguf_dequantize_references()
+        return
     if sys.argv[1:] == ["--only", "bge-m3"]:
         # BGE-M3's heads over the XLM-RoBERTa fixture, leaving the others as they are.
         make_bge_m3()
@@ -1871,6 +1920,7 @@ def main():
     make_multilingual("camembert", seed=400)
     make_multilingual_pipeline_references()
     make_bge_m3()
+    make_gguf_dequantize_references()
     make_cross_encoders()
     make_sentence_transformers_modules()
     make_qwen3_embedding()

@@ -14,6 +14,9 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 
+mod dequantize;
+pub use dequantize::dequantize;
+
 /// `GGUF`, read as a little-endian u32.
 const MAGIC: u32 = u32::from_le_bytes(*b"GGUF");
 /// The alignment of the tensor data when `general.alignment` does not say.
@@ -372,6 +375,13 @@ impl GgufFile {
     pub fn data(&self, tensor: &GgufTensor) -> &[u8] {
         // Within the file: checked when the header was read.
         &self.map[tensor.start..tensor.start + tensor.bytes]
+    }
+
+    /// The values of `tensor`, one of this file's, as f32 (see [`dequantize`]).
+    pub fn dequantized(&self, tensor: &GgufTensor) -> Result<Vec<f32>> {
+        let mut out = vec![0f32; tensor.elements()];
+        dequantize(tensor.ggml_type, self.data(tensor), &mut out)?;
+        Ok(out)
     }
 
     /// The tensor named `name`, or an error naming it.

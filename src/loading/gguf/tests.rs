@@ -302,3 +302,56 @@ fn lying_files_are_errors_that_say_what_is_wrong() {
         );
     }
 }
+
+/// Every type we dequantize against the `gguf` package's `dequantize` (llama.cpp's gguf-py) on
+/// random blocks (tests/fixtures/gguf/dequantize.safetensors, made by make_fixtures.py
+/// `--only gguf`): bit for bit.
+#[test]
+fn dequantized_values_are_the_gguf_packages_bit_for_bit() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/gguf/dequantize.safetensors"
+    );
+    let file = std::fs::read(path).unwrap();
+    let tensors = safetensors::SafeTensors::deserialize(&file).unwrap();
+    let types = [
+        GgmlType::F32,
+        GgmlType::F16,
+        GgmlType::BF16,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q8_0,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+    ];
+    for ggml_type in types {
+        let name = format!("{ggml_type:?}");
+        let blocks = tensors.tensor(&format!("{name}.blocks")).unwrap();
+        let values: Vec<f32> = tensors
+            .tensor(&format!("{name}.values"))
+            .unwrap()
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        assert!(
+            !values.is_empty() && values.iter().all(|v| v.is_finite()),
+            "{name}: fixture"
+        );
+        let mut ours = vec![f32::NAN; values.len()];
+        dequantize(ggml_type, blocks.data(), &mut ours).unwrap();
+        for (i, (a, b)) in ours.iter().zip(&values).enumerate() {
+            assert_eq!(
+                a.to_bits(),
+                b.to_bits(),
+                "{name}: value {i}: {a} against {b}"
+            );
+        }
+    }
+    // Data that does not fill whole blocks is an error, not a panic.
+    let mut out = [0f32; 32];
+    assert!(dequantize(GgmlType::Q8_0, &[0; 33], &mut out).is_err());
+}
