@@ -15,7 +15,7 @@ const QK_K: usize = 256;
 /// `data` their blocks' bytes exactly).
 pub fn dequantize(ggml_type: GgmlType, data: &[u8], out: &mut [f32]) -> Result<()> {
     let (block, block_bytes) = ggml_type.block();
-    if out.len() % block != 0 || data.len() != out.len() / block * block_bytes {
+    if !out.len().is_multiple_of(block) || data.len() != out.len() / block * block_bytes {
         return Err(Error::InvalidWeights(format!(
             "{} bytes of {ggml_type:?} data cannot hold {} values",
             data.len(),
