@@ -27,6 +27,7 @@ mod input;
 pub mod question_answering;
 pub mod rerank;
 mod sentence_transformers;
+pub mod sparse_embeddings;
 pub mod text_classification;
 pub mod text_generation;
 pub mod token_classification;
@@ -43,6 +44,7 @@ pub use rerank::{
     CrossEncoderActivation, RankedDocument, RerankInput, RerankOptions, RerankPipeline,
 };
 pub use sentence_transformers::Prompt;
+pub use sparse_embeddings::{SparseEmbeddingsOptions, SparseEmbeddingsPipeline, SparseValue};
 pub use task::{pipeline, AnyPipeline, IntoTask, Task};
 pub use text_classification::{
     LabelScore, ScoreFunction, TextClassificationOptions, TextClassificationPipeline,
