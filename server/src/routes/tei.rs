@@ -8,6 +8,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
+use tokenizers::Encoding;
 
 use crate::batching::queue::Forward;
 use crate::http::error::{ServeError, TeiError};
@@ -242,7 +243,7 @@ fn sparse_pipeline(state: &Shared) -> Result<&SparseEmbeddingsPipeline, ServeErr
 async fn encode_for_splade(
     state: &AppState,
     request: EmbedAllRequest,
-) -> Result<Vec<tokenizers::Encoding>, ServeError> {
+) -> Result<Vec<Encoding>, ServeError> {
     let options = SparseEmbeddingsOptions {
         truncation: state.truncation(request.truncate),
         prompt: request
