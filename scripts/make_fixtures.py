@@ -33,6 +33,9 @@ Layout:
                                         FlagEmbedding's outputs in reference.json (`--only bge-m3`)
     tests/fixtures/qwen3/reranker/      Qwen3-Reranker's layout with the model card's yes/no
                                         scores in reference.json (`--only qwen3-reranker`)
+    tests/fixtures/splade/              a SparseEncoder (MLMTransformer + SpladePooling) on the tiny
+                                        BERT masked LM, and SparseEncoder.encode outputs in
+                                        reference.json; remade alone by `make_fixtures.py --only splade`
 """
 import json
 import os
@@ -1879,6 +1882,63 @@ GGML_SIZES = {"F32": (1, 4), "F16": (1, 2), "BF16": (1, 2), "Q4_0": (32, 18), "Q
               "Q5_K": (256, 176), "Q6_K": (256, 210)}
 
 
+def make_splade():
+    """splade/: SPLADE as sentence-transformers' SparseEncoder computes it, on the tiny masked-LM
+    checkpoints (`make_fixtures.py --only splade` remakes it alone, from them):
+
+    - splade/sparse-encoder: bert/masked-lm saved by SparseEncoder.save as MLMTransformer
+      (max_seq_length 32) -> SpladePooling(max, relu), with a "query" prompt that no call uses by
+      default;
+    - splade/reference.json: `encode` of the sentences (of different lengths, so the batch pads)
+      as the non-zero entries of each vocabulary-sized vector ({"indices", "values"}, indices
+      ascending, values to 8 significant digits): the saved model, also with
+      prompt_name="query"; the other SpladePooling settings (sum, log1p_relu) on bert/masked-lm;
+      and the default SparseEncoder (SpladePooling max, relu) of the plain RoBERTa and DistilBERT
+      masked-LM checkpoints, as SparseEncoder builds one for a ForMaskedLM model without
+      modules.json (bert/masked-lm's is the saved model's: its sentences are shorter than 32).
+    """
+    from sentence_transformers.sparse_encoder import SparseEncoder
+    from sentence_transformers.sparse_encoder.models import MLMTransformer, SpladePooling
+
+    def sparse(model, sentences, **kwargs):
+        dense = model.encode(sentences, convert_to_tensor=True, convert_to_sparse_tensor=False, **kwargs)
+        rows = []
+        for row in dense:
+            indices = torch.nonzero(row).flatten()
+            values = [float(f"{value:.8g}") for value in row[indices].tolist()]
+            rows.append({"indices": indices.tolist(), "values": values})
+        return rows
+
+    def encoder(family, **pooling):
+        transformer = MLMTransformer(str(FIXTURES / family / "masked-lm"))
+        return SparseEncoder(modules=[transformer, SpladePooling(**pooling)], device="cpu")
+
+    folder = FIXTURES / "splade" / "sparse-encoder"
+    if folder.parent.exists():
+        shutil.rmtree(folder.parent)
+    model = SparseEncoder(
+        modules=[
+            MLMTransformer(str(FIXTURES / "bert" / "masked-lm"), max_seq_length=32),
+            SpladePooling(pooling_strategy="max", activation_function="relu"),
+        ],
+        prompts={"query": "query: "},
+        device="cpu",
+    )
+    model.save(str(folder))
+    (folder / "README.md").unlink(missing_ok=True)
+    model = SparseEncoder(str(folder), device="cpu")
+    reference = {
+        "sentences": ST_SENTENCES,
+        "sparse_encoder": sparse(model, ST_SENTENCES),
+        "query": sparse(model, ST_SENTENCES, prompt_name="query"),
+        "bert_sum": sparse(encoder("bert", pooling_strategy="sum"), ST_SENTENCES),
+        "bert_log1p_relu": sparse(encoder("bert", activation_function="log1p_relu"), ST_SENTENCES),
+        "roberta": sparse(encoder("roberta"), ST_SENTENCES),
+        "distilbert": sparse(encoder("distilbert"), ST_SENTENCES),
+    }
+    (folder.parent / "reference.json").write_text(json.dumps(reference, separators=(",", ":")))
+
+
 def main():
     torch.set_num_threads(1)
     if sys.argv[1:] == ["--only", "gguf"]:
@@ -1895,6 +1955,10 @@ def main():
     if sys.argv[1:] == ["--only", "qwen3-embedding"]:
         # The decoder embedder alone, leaving the others as they are.
         make_qwen3_embedding()
+        return
+    if sys.argv[1:] == ["--only", "splade"]:
+        # SPLADE alone, from the masked-LM fixtures as they are.
+        make_splade()
         return
     if sys.argv[1:] == ["--only", "decoders"]:
         # The Llama-family fixtures alone, leaving the others as they are.
@@ -1925,6 +1989,7 @@ def main():
     make_sentence_transformers_modules()
     make_qwen3_embedding()
     make_qwen3_reranker()
+    make_splade()
     shutil.rmtree(cache)
     total = sum(f.stat().st_size for f in FIXTURES.rglob("*") if f.is_file())
     print(f"fixtures written to {FIXTURES} ({total / 1e6:.2f} MB)")

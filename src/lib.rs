@@ -72,7 +72,7 @@ pub use models::distilbert::{
 };
 pub use models::gpt2::{Gpt2Config, Gpt2ForSequenceClassification, Gpt2LMHeadModel, Gpt2Model};
 pub use models::llama::{LlamaConfig, LlamaForCausalLM, LlamaModel};
-pub use models::pooling::{l2_normalize, Pooling};
+pub use models::pooling::{l2_normalize, Pooling, SpladeActivation, SpladePooling, SpladeStrategy};
 pub use models::pretrained::{FromPretrained, LoadOptions, Pretrained};
 pub use models::roberta::{
     CamembertForMaskedLM, CamembertForQuestionAnswering, CamembertForSequenceClassification,

@@ -9,8 +9,9 @@ use std::path::Path;
 
 use common::{assert_same_len, fixture, fixture_model};
 use ferroformers::pipelines::{
-    AggregationStrategy, EmbeddingsOptions, EmbeddingsPipeline, FillMaskOptions, FillMaskPipeline,
-    Pipeline, QuestionAnsweringOptions, QuestionAnsweringPipeline, TextClassificationOptions,
+    AggregationStrategy, BatchOptions, EmbeddingsOptions, EmbeddingsPipeline, FillMaskOptions,
+    FillMaskPipeline, Pipeline, QuestionAnsweringOptions, QuestionAnsweringPipeline,
+    SparseEmbeddingsOptions, SparseEmbeddingsPipeline, TextClassificationOptions,
     TextClassificationPipeline, TextGenerationOptions, TextGenerationPipeline,
     TokenClassificationOptions, TokenClassificationPipeline, TruncationOptions,
 };
@@ -449,8 +450,16 @@ fn odd_text_never_panics_any_pipeline() {
     let generate =
         TextGenerationPipeline::from_pretrained(&fixture_model("gpt2/lm-head"), &options())
             .unwrap();
+    let splade = SparseEmbeddingsPipeline::from_pretrained(
+        &fixture_model("splade/sparse-encoder"),
+        &options(),
+    )
+    .unwrap();
     let config = TextGenerationOptions::default().with_max_new_tokens(3);
     for &text in ODD_TEXTS {
+        splade
+            .run(&[text], &SparseEmbeddingsOptions::default())
+            .unwrap();
         classify
             .run(
                 &[TextInput::Single(text)],
@@ -516,6 +525,22 @@ fn a_million_characters_truncate_when_asked_and_fail_clearly_when_not() {
         embed.run(&[&text], &EmbeddingsOptions::default()).unwrap()[0].len(),
         32
     );
+    let splade = SparseEmbeddingsPipeline::from_pretrained(
+        &fixture_model("splade/sparse-encoder"),
+        &options(),
+    )
+    .unwrap();
+    assert!(!splade
+        .run(&[&text], &SparseEmbeddingsOptions::default())
+        .unwrap()[0]
+        .is_empty());
+    let error = splade
+        .run(
+            &[&text],
+            &SparseEmbeddingsOptions::default().with_truncation(false),
+        )
+        .unwrap_err();
+    assert!(matches!(error, Error::InputTooLong { .. }), "{error:?}");
 }
 
 #[test]
@@ -564,6 +589,22 @@ fn empty_batches_give_empty_results() {
         .run(Vec::<&str>::new(), &TextGenerationOptions::default())
         .unwrap()
         .is_empty());
+    let splade = SparseEmbeddingsPipeline::from_pretrained(
+        &fixture_model("splade/sparse-encoder"),
+        &options(),
+    )
+    .unwrap();
+    assert!(splade
+        .run(Vec::<&str>::new(), &SparseEmbeddingsOptions::default())
+        .unwrap()
+        .is_empty());
+    let error = splade
+        .run(
+            ["a"],
+            &SparseEmbeddingsOptions::default().with_batch_size(0),
+        )
+        .unwrap_err();
+    assert!(error.to_string().contains("batch_size"), "{error}");
 }
 
 #[test]

@@ -1,15 +1,19 @@
 //! EmbeddingsPipeline on sentence-transformers models with Dense modules and prompts, against
 //! `SentenceTransformer.encode` (sentence-transformers 5.1.2) on fixtures made by
-//! scripts/make_fixtures.py. Embeddings within 1e-4 (f32).
+//! scripts/make_fixtures.py. Embeddings within 1e-4 (f32). SPLADE (SparseEmbeddingsPipeline)
+//! against `SparseEncoder.encode` at the end of the file.
 
 mod common;
 
 use common::{assert_close_slices, assert_same_len, fixture, fixture_model};
 use ferroformers::pipelines::{
-    EmbeddingsOptions, EmbeddingsPipeline, M3EmbeddingsPipeline, M3Options, Pipeline, Prompt,
+    pipeline, EmbeddingsOptions, EmbeddingsPipeline, M3EmbeddingsPipeline, M3Options, Pipeline,
+    PipelineBase, Prompt, SparseEmbeddingsOptions, SparseEmbeddingsPipeline, SparseValue, Task,
     TruncationOptions,
 };
-use ferroformers::{Error, LoadOptions};
+use ferroformers::{
+    Error, LoadOptions, SpladeActivation, SpladePooling, SpladeStrategy, WeightType,
+};
 use serde_json::Value;
 
 const F32_TOLERANCE: f32 = 1e-4;
@@ -349,4 +353,261 @@ fn bge_m3_outputs_match_flag_embedding() {
     assert!(dense_only
         .iter()
         .all(|e| e.dense.is_some() && e.sparse.is_none() && e.colbert.is_none()));
+}
+
+// SPLADE: SparseEmbeddingsPipeline against `SparseEncoder.encode` (sentence-transformers 5.1.2)
+// on tests/fixtures/splade (made by `make_fixtures.py --only splade`). f32 values within
+// SPLADE_TOLERANCE, the same non-zero indices.
+
+/// f32 SPLADE values against sentence-transformers' (measured: 6.9e-7 at most): the logits match
+/// PyTorch's to ~1e-6, and log1p(relu(·)) only shrinks differences. The reference keeps 8
+/// significant digits.
+const SPLADE_TOLERANCE: f32 = 1e-5;
+
+/// How far bf16 and int8 weights move a SPLADE vector from sentence-transformers' f32 one, over
+/// every vocabulary entry (entries near zero may turn zero or not, so the vectors are compared
+/// whole). Measured on the fixture (Zen 4): bf16 1.66e-2 with the AVX-512 kernel, 1.67e-2 on
+/// the AVX2 and portable paths; int8 3.93e-2 with AVX-512's u8 activations (`vpdpbusd`),
+/// 2.36e-2 with the 16-bit ones of AVX2 and portable. The bars leave ~1.5x.
+const SPLADE_BF16_TOLERANCE: f32 = 2.5e-2;
+const SPLADE_INT8_TOLERANCE: f32 = 6e-2;
+
+fn sparse_pipeline(folder: &std::path::Path) -> Result<SparseEmbeddingsPipeline, Error> {
+    SparseEmbeddingsPipeline::from_pretrained(&folder.to_string_lossy(), &LoadOptions::default())
+}
+
+/// The reference's rows as our sparse entries.
+fn sparse_reference(rows: &Value) -> Vec<Vec<SparseValue>> {
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            let indices: Vec<usize> = serde_json::from_value(row["indices"].clone()).unwrap();
+            let values: Vec<f32> = serde_json::from_value(row["values"].clone()).unwrap();
+            indices
+                .into_iter()
+                .zip(values)
+                .map(|(index, value)| SparseValue { index, value })
+                .collect()
+        })
+        .collect()
+}
+
+/// The same non-zero indices, in ascending order, and values within `tolerance`; returns the
+/// largest difference.
+fn assert_sparse(
+    ours: &[Vec<SparseValue>],
+    theirs: &[Vec<SparseValue>],
+    tolerance: f32,
+    what: &str,
+) -> f32 {
+    assert_same_len(ours, theirs, what);
+    let mut worst = 0f32;
+    for (i, (a, b)) in ours.iter().zip(theirs).enumerate() {
+        let indices = |row: &[SparseValue]| row.iter().map(|e| e.index).collect::<Vec<_>>();
+        assert_eq!(
+            indices(a),
+            indices(b),
+            "{what}: sentence {i}'s non-zero indices"
+        );
+        let values = |row: &[SparseValue]| row.iter().map(|e| e.value).collect::<Vec<_>>();
+        let diff = assert_close_slices(
+            &values(a),
+            &values(b),
+            tolerance,
+            &format!("{what}: sentence {i}"),
+        );
+        worst = worst.max(diff);
+    }
+    worst
+}
+
+/// Sparse entries as a dense vector of `width`.
+fn densify(row: &[SparseValue], width: usize) -> Vec<f32> {
+    let mut dense = vec![0f32; width];
+    for entry in row {
+        dense[entry.index] = entry.value;
+    }
+    dense
+}
+
+#[test]
+fn a_sparse_encoder_gives_sentence_transformers_splade_vectors() {
+    let reference = reference("splade");
+    let sentences = sentences(&reference);
+    let sentences: Vec<&str> = sentences.iter().map(String::as_str).collect();
+    let folder = fixture("splade/sparse-encoder");
+    let (task, _) = Task::detect(&folder.to_string_lossy(), &Default::default()).unwrap();
+    assert_eq!(task, Task::SparseEmbeddings);
+    let pipeline = pipeline(task, &folder.to_string_lossy(), &LoadOptions::default())
+        .unwrap()
+        .into_sparse_embeddings()
+        .unwrap();
+    assert_eq!(pipeline.splade(), SpladePooling::default());
+    let theirs = sparse_reference(&reference["sparse_encoder"]);
+    // Batched (the sentences pad to the longest) and one at a time.
+    let batch = pipeline
+        .run(&sentences, &SparseEmbeddingsOptions::default())
+        .unwrap();
+    let worst = assert_sparse(&batch, &theirs, SPLADE_TOLERANCE, "splade batch");
+    println!("splade f32: max |difference| {worst:.2e}");
+    for (i, sentence) in sentences.iter().enumerate() {
+        let alone = pipeline
+            .run_one(*sentence, &SparseEmbeddingsOptions::default())
+            .unwrap();
+        // Padding reaches a row only through the attention's sums over masked keys.
+        assert_sparse(&[alone], &batch[i..=i], 1e-6, "splade alone == batch");
+    }
+    let query = pipeline
+        .run(
+            &sentences,
+            &SparseEmbeddingsOptions::default().with_prompt(Prompt::Named("query".into())),
+        )
+        .unwrap();
+    assert_sparse(
+        &query,
+        &sparse_reference(&reference["query"]),
+        SPLADE_TOLERANCE,
+        "splade query prompt",
+    );
+}
+
+#[test]
+fn splade_pooling_settings_are_read_from_the_module_config() {
+    let reference = reference("splade");
+    let sentences = sentences(&reference);
+    let sentences: Vec<&str> = sentences.iter().map(String::as_str).collect();
+    for (strategy, activation, key) in [
+        ("sum", "relu", "bert_sum"),
+        ("max", "log1p_relu", "bert_log1p_relu"),
+    ] {
+        let folder = copy_fixture("splade/sparse-encoder");
+        edit_json(
+            &folder.path().join("1_SpladePooling/config.json"),
+            |config| {
+                config["pooling_strategy"] = Value::from(strategy);
+                config["activation_function"] = Value::from(activation);
+            },
+        );
+        let ours = sparse_pipeline(folder.path())
+            .unwrap()
+            .run(&sentences, &SparseEmbeddingsOptions::default())
+            .unwrap();
+        assert_sparse(
+            &ours,
+            &sparse_reference(&reference[key]),
+            SPLADE_TOLERANCE,
+            key,
+        );
+    }
+    let folder = copy_fixture("splade/sparse-encoder");
+    edit_json(
+        &folder.path().join("1_SpladePooling/config.json"),
+        |config| {
+            config["pooling_strategy"] = Value::from("mean");
+        },
+    );
+    let error = sparse_pipeline(folder.path()).unwrap_err();
+    assert!(
+        error.to_string().contains("1_SpladePooling/config.json"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_plain_masked_lm_gets_the_default_splade_pooling_as_sparse_encoder_builds_it() {
+    let reference = reference("splade");
+    let sentences = sentences(&reference);
+    let sentences: Vec<&str> = sentences.iter().map(String::as_str).collect();
+    for (family, key) in [
+        ("bert", "sparse_encoder"),
+        ("roberta", "roberta"),
+        ("distilbert", "distilbert"),
+    ] {
+        let folder = fixture(&format!("{family}/masked-lm"));
+        let ours = sparse_pipeline(&folder)
+            .unwrap()
+            .run(&sentences, &SparseEmbeddingsOptions::default())
+            .unwrap();
+        assert_sparse(
+            &ours,
+            &sparse_reference(&reference[key]),
+            SPLADE_TOLERANCE,
+            family,
+        );
+    }
+    // A model already loaded, with the pooling chosen by hand.
+    let folder = fixture("bert/masked-lm");
+    let base =
+        PipelineBase::from_pretrained(&folder.to_string_lossy(), &LoadOptions::default()).unwrap();
+    let sum = SpladePooling {
+        strategy: SpladeStrategy::Sum,
+        activation: SpladeActivation::Relu,
+    };
+    let ours = SparseEmbeddingsPipeline::from_parts(base, sum)
+        .unwrap()
+        .run(&sentences, &SparseEmbeddingsOptions::default())
+        .unwrap();
+    assert_sparse(
+        &ours,
+        &sparse_reference(&reference["bert_sum"]),
+        SPLADE_TOLERANCE,
+        "from_parts sum",
+    );
+}
+
+#[test]
+fn splade_in_bf16_and_int8_stays_near_f32() {
+    let reference = reference("splade");
+    let sentences = sentences(&reference);
+    let sentences: Vec<&str> = sentences.iter().map(String::as_str).collect();
+    let folder = fixture("splade/sparse-encoder");
+    let theirs = sparse_reference(&reference["sparse_encoder"]);
+    for (weight_type, tolerance) in [
+        (WeightType::Bf16, SPLADE_BF16_TOLERANCE),
+        (WeightType::Int8, SPLADE_INT8_TOLERANCE),
+    ] {
+        let load = LoadOptions::default().with_weight_type(weight_type);
+        let pipeline =
+            SparseEmbeddingsPipeline::from_pretrained(&folder.to_string_lossy(), &load).unwrap();
+        let width = pipeline.vocab_size();
+        let ours = pipeline
+            .run(&sentences, &SparseEmbeddingsOptions::default())
+            .unwrap();
+        assert_same_len(&ours, &theirs, "rows");
+        let mut worst = 0f32;
+        for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+            assert!(
+                a.windows(2).all(|w| w[0].index < w[1].index),
+                "ascending indices"
+            );
+            let what = format!("{weight_type}: sentence {i}");
+            let diff =
+                assert_close_slices(&densify(a, width), &densify(b, width), tolerance, &what);
+            worst = worst.max(diff);
+        }
+        println!("splade {weight_type}: max |difference| {worst:.2e} (bar {tolerance:.1e})");
+    }
+}
+
+#[test]
+fn splade_and_dense_models_refuse_the_other_pipeline() {
+    let error = load(&fixture("splade/sparse-encoder")).unwrap_err();
+    assert!(matches!(error, Error::InvalidConfig(_)), "{error:?}");
+    assert!(
+        error.to_string().contains("SparseEmbeddingsPipeline"),
+        "{error}"
+    );
+    let error = sparse_pipeline(&fixture("bert/sentence-transformers")).unwrap_err();
+    assert!(
+        error.to_string().contains("without SpladePooling"),
+        "{error}"
+    );
+    // SpladePooling pools a masked LM's logits, not a Transformer's hidden states.
+    let folder = copy_fixture("splade/sparse-encoder");
+    edit_json(&folder.path().join("modules.json"), |modules| {
+        modules[0]["type"] = Value::from("sentence_transformers.models.Transformer");
+    });
+    let error = sparse_pipeline(folder.path()).unwrap_err();
+    assert!(error.to_string().contains("SpladePooling"), "{error}");
 }

@@ -216,6 +216,51 @@ fn embed_json_is_an_array_of_floats_per_input() {
     assert_close(&lines[1], &reference["mean"][1]);
 }
 
+/// SPLADE vectors print as `/embed_sparse`'s entries: a SparseEncoder without asking, a plain
+/// masked LM with `--pooling splade`; sentence-transformers' values within 1e-5.
+#[test]
+fn embed_prints_splade_vectors_as_their_non_zero_entries() {
+    let reference = fixture_json("splade/reference.json");
+    let sentences: Vec<&str> = reference["sentences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    let expected: Vec<Value> = reference["sparse_encoder"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            let indices = row["indices"].as_array().unwrap();
+            let values = row["values"].as_array().unwrap();
+            let entries = indices
+                .iter()
+                .zip(values)
+                .map(|(index, value)| serde_json::json!({ "index": index, "value": value }));
+            Value::Array(entries.collect())
+        })
+        .collect();
+    for (model, pooling) in [
+        ("splade/sparse-encoder", None),
+        ("bert/masked-lm", Some("splade")),
+    ] {
+        let model = fixture_model(model);
+        let mut args = vec!["embed", "-m", &model, "--json"];
+        args.extend(pooling.iter().flat_map(|p| ["--pooling", *p]));
+        args.extend(&sentences);
+        let lines = json_lines(&ferroformers(&args, None));
+        assert_same_len(&lines, &expected, "lines");
+        for (i, (line, expected)) in lines.iter().zip(&expected).enumerate() {
+            assert_json_close(line, expected, 1e-5, &format!("{model}: sentence {i}"));
+        }
+    }
+    let model = fixture_model("splade/sparse-encoder");
+    let output = ferroformers(&["embed", "-m", &model, "hello world"], None);
+    let summary = String::from_utf8(output.stdout).unwrap();
+    assert!(summary.contains("non-zero of 451"), "{summary}");
+}
+
 fn assert_one_line_error(output: &Output, code: i32, needle: &str) {
     assert_eq!(
         output.status.code(),

@@ -13,11 +13,14 @@ use common::server::{
     answer, client, config, floats, get, load, post, sample, send_json, Answer, HeldRequest,
     TestServer,
 };
-use common::{assert_close_slices, assert_json_close, assert_same_len, fixture_model};
+use common::{
+    assert_close_slices, assert_json_close, assert_same_len, fixture_json, fixture_model,
+};
 use ferroformers::pipelines::{
     AggregationStrategy, CrossEncoderActivation, EmbeddingsOptions, FillMaskOptions, Pipeline,
     Prompt, QaInput, QuestionAnsweringOptions, RerankOptions, ScoreFunction,
-    TextClassificationOptions, TokenClassificationOptions, TruncationOptions,
+    SparseEmbeddingsOptions, SparseValue, TextClassificationOptions, TokenClassificationOptions,
+    TruncationOptions,
 };
 use ferroformers::{EncodeOptions, HubOptions, Task, TextInput};
 use ferroformers_server::ServerConfig;
@@ -985,4 +988,275 @@ fn chat_serves_a_model_without_a_template_as_the_command_chats() {
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
     let status = child.wait().unwrap();
     assert!(status.success(), "{status}");
+}
+
+/// A sparse embedding's entries from `/embed_sparse`'s JSON: `[{"index", "value"}, ...]`, each
+/// entry exactly those two fields.
+fn sparse_rows(answer: &Value) -> Vec<Vec<SparseValue>> {
+    answer
+        .as_array()
+        .expect("one array per input")
+        .iter()
+        .map(|row| {
+            row.as_array()
+                .expect("an array of entries")
+                .iter()
+                .map(|entry| {
+                    assert_eq!(entry.as_object().unwrap().len(), 2, "{entry}");
+                    SparseValue {
+                        index: entry["index"].as_u64().unwrap() as usize,
+                        value: entry["value"].as_f64().unwrap() as f32,
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// The fixture's `SparseEncoder.encode` rows (`{"indices", "values"}`) as entries.
+fn sparse_reference(rows: &Value) -> Vec<Vec<SparseValue>> {
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            let indices = row["indices"].as_array().unwrap();
+            let values = row["values"].as_array().unwrap();
+            indices
+                .iter()
+                .zip(values)
+                .map(|(index, value)| SparseValue {
+                    index: index.as_u64().unwrap() as usize,
+                    value: value.as_f64().unwrap() as f32,
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// The same indices and values within `tolerance`, input by input.
+fn assert_same_sparse(
+    ours: &[Vec<SparseValue>],
+    theirs: &[Vec<SparseValue>],
+    tolerance: f32,
+    what: &str,
+) {
+    assert_same_len(ours, theirs, what);
+    for (i, (a, b)) in ours.iter().zip(theirs).enumerate() {
+        let indices = |row: &[SparseValue]| row.iter().map(|e| e.index).collect::<Vec<_>>();
+        assert_eq!(indices(a), indices(b), "{what}: input {i}'s indices");
+        let values = |row: &[SparseValue]| row.iter().map(|e| e.value).collect::<Vec<_>>();
+        assert_close_slices(
+            &values(a),
+            &values(b),
+            tolerance,
+            &format!("{what}: input {i}"),
+        );
+    }
+}
+
+/// `/embed_sparse` on a SparseEncoder: TEI's shape, sentence-transformers' values (the fixture's
+/// `SparseEncoder.encode`, 1e-5) and the pipeline's, one input or several, with a prompt; the
+/// other embedding routes answer a SPLADE model as TEI does.
+#[test]
+fn embed_sparse_serves_splade_vectors_as_sentence_transformers_encodes_them() {
+    let pipeline = load(Task::SparseEmbeddings, "splade/sparse-encoder");
+    let server = TestServer::start(pipeline.clone(), config());
+    let sparse = pipeline.as_sparse_embeddings().unwrap();
+    let client = client();
+    let reference = fixture_json("splade/reference.json");
+    let sentences = reference["sentences"].clone();
+    let (status, answer) = post(
+        &client,
+        &server.url("/embed_sparse"),
+        &json!({ "inputs": sentences }),
+    );
+    assert_eq!(status, 200, "{answer}");
+    let theirs = sparse_reference(&reference["sparse_encoder"]);
+    assert_same_sparse(&sparse_rows(&answer), &theirs, 1e-5, "/embed_sparse");
+    let (status, answer) = post(
+        &client,
+        &server.url("/embed_sparse"),
+        &json!({ "inputs": sentences, "prompt_name": "query" }),
+    );
+    assert_eq!(status, 200, "{answer}");
+    let query = sparse_reference(&reference["query"]);
+    assert_same_sparse(&sparse_rows(&answer), &query, 1e-5, "/embed_sparse query");
+    // One text: a list of one vector, as TEI answers; against the pipeline on other texts.
+    let expected = sparse
+        .run(&TEXTS, &SparseEmbeddingsOptions::default())
+        .unwrap();
+    for (i, text) in TEXTS.iter().enumerate() {
+        let (status, answer) = post(
+            &client,
+            &server.url("/embed_sparse"),
+            &json!({ "inputs": text }),
+        );
+        assert_eq!(status, 200, "{answer}");
+        assert_same_sparse(
+            &sparse_rows(&answer),
+            &expected[i..=i],
+            TOLERANCE,
+            "one text",
+        );
+    }
+
+    let info = get(&client, &server.url("/info")).json();
+    assert_eq!(
+        info["model_type"],
+        json!({ "embedding": { "pooling": "splade" } })
+    );
+    assert_eq!(info["task"], "sparse-embeddings");
+    // TEI's /embed gives a SPLADE model's whole vectors, without `normalize` only.
+    let (status, body) = post(&client, &server.url("/embed"), &json!({ "inputs": TEXTS }));
+    assert_tei_error(
+        status,
+        &body,
+        424,
+        "backend",
+        "`normalize` is not available for SPLADE",
+    );
+    let (status, answer) = post(
+        &client,
+        &server.url("/embed"),
+        &json!({ "inputs": TEXTS, "normalize": false }),
+    );
+    assert_eq!(status, 200, "{answer}");
+    for (i, (row, entries)) in answer.as_array().unwrap().iter().zip(&expected).enumerate() {
+        let row = floats(row);
+        assert_eq!(
+            row.len(),
+            sparse.vocab_size(),
+            "input {i}: a vocabulary-sized vector"
+        );
+        let mut dense = vec![0f32; row.len()];
+        for entry in entries {
+            dense[entry.index] = entry.value;
+        }
+        assert_close_slices(&row, &dense, TOLERANCE, &format!("/embed input {i}"));
+    }
+    let (status, body) = post(
+        &client,
+        &server.url("/embed_all"),
+        &json!({ "inputs": "a" }),
+    );
+    assert_tei_error(
+        status,
+        &body,
+        424,
+        "backend",
+        "`embed_all` is not available for SPLADE",
+    );
+}
+
+/// `/embed_sparse` checks its request as `/embed` does, and a model without SPLADE pooling
+/// gets TEI's 424.
+#[test]
+fn embed_sparse_refuses_bad_requests_and_models_without_splade() {
+    let pipeline = load(Task::SparseEmbeddings, "splade/sparse-encoder");
+    let server = TestServer::start(
+        pipeline,
+        ServerConfig {
+            max_input_length: Some(8),
+            max_client_batch_size: 2,
+            ..config()
+        },
+    );
+    let client = client();
+    let url = server.url("/embed_sparse");
+    let (status, body) = post(&client, &url, &json!({ "inputs": [] }));
+    assert_tei_error(status, &body, 400, "empty", "empty");
+    let (status, body) = post(&client, &url, &json!({ "inputs": ["a", "b", "c"] }));
+    assert_tei_error(status, &body, 413, "validation", "batch size 3");
+    let long = "the quick brown fox jumps over the lazy dog";
+    let (status, body) = post(&client, &url, &json!({ "inputs": long }));
+    assert_tei_error(status, &body, 413, "validation", "less than 8 tokens");
+    let (status, answer) = post(&client, &url, &json!({ "inputs": long, "truncate": true }));
+    assert_eq!(status, 200, "{answer}");
+    let (status, body) = post(
+        &client,
+        &url,
+        &json!({ "inputs": "a", "truncation_direction": "Left" }),
+    );
+    assert_tei_error(status, &body, 422, "validation", "truncation_direction");
+    let (status, body) = post(
+        &client,
+        &url,
+        &json!({ "inputs": "a", "prompt_name": "nope" }),
+    );
+    assert_tei_error(status, &body, 422, "validation", "no prompt named `nope`");
+    let (status, body) = post(&client, &url, &json!({ "input": "a" }));
+    assert_tei_error(status, &body, 422, "validation", "`inputs`");
+    // The route counts under its own name.
+    let metrics = get(&client, &server.url("/metrics")).body;
+    let count = |series: &str| sample(&metrics, series);
+    assert_eq!(
+        count(r#"ferroformers_requests_total{route="/embed_sparse",status="413"}"#),
+        Some(2.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        count(r#"ferroformers_requests_total{route="/embed_sparse",status="200"}"#),
+        Some(1.0)
+    );
+
+    let dense = TestServer::start(
+        load(Task::Embeddings, "bert/sentence-transformers"),
+        config(),
+    );
+    let (status, body) = post(
+        &client,
+        &dense.url("/embed_sparse"),
+        &json!({ "inputs": "a" }),
+    );
+    assert_tei_error(
+        status,
+        &body,
+        424,
+        "backend",
+        "Model is not an embedding model with SPLADE pooling",
+    );
+}
+
+/// `serve --pooling splade` serves a plain masked LM's SPLADE vectors (TEI's flag), which
+/// `--task auto` would serve for fill-mask; a SparseEncoder is detected without it.
+#[test]
+fn the_command_serves_a_masked_lm_with_splade_pooling() {
+    let hub = HubOptions::from_env();
+    let (task, why) = Task::detect(&fixture_model("splade/sparse-encoder"), &hub).unwrap();
+    assert_eq!(task, Task::SparseEmbeddings, "{why}");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ferroformers"))
+        .args([
+            "serve",
+            "-m",
+            &fixture_model("bert/masked-lm"),
+            "--pooling",
+            "splade",
+            "--port",
+            "0",
+            "--quiet",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut ready = String::new();
+    stdout.read_line(&mut ready).unwrap();
+    assert!(ready.contains("task splade (--pooling splade)"), "{ready}");
+    let address = ready
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .expect("the ready line has the address");
+    let reference = fixture_json("splade/reference.json");
+    let (status, answer) = post(
+        &client(),
+        &format!("http://{address}/embed_sparse"),
+        &json!({ "inputs": reference["sentences"] }),
+    );
+    assert_eq!(status, 200, "{answer}");
+    // bert/masked-lm is the SparseEncoder's transformer: the same vectors.
+    let theirs = sparse_reference(&reference["sparse_encoder"]);
+    assert_same_sparse(&sparse_rows(&answer), &theirs, 1e-5, "--pooling splade");
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    assert!(child.wait().unwrap().success());
 }

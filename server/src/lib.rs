@@ -2,7 +2,7 @@
 //! text-embeddings-inference (TEI 1.x), OpenAI's `/v1/embeddings` and the Inference API's
 //! `POST /`, so that existing clients work unchanged.
 //!
-//! The encoder routes (`/embed`, `/embed_all`, `/v1/embeddings`, `/rerank`, `/predict`) tokenize on tokio's
+//! The encoder routes (`/embed`, `/embed_all`, `/embed_sparse`, `/v1/embeddings`, `/rerank`, `/predict`) tokenize on tokio's
 //! blocking pool and queue their request; one batching thread runs the queued requests
 //! together, one forward for as many as fit in `max_batch_tokens` (see `batching::queue`). `POST /`
 //! runs each request on its own on the blocking pool. A semaphore caps the

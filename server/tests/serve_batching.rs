@@ -12,7 +12,7 @@ use common::server::{client, config, load, post, TestServer};
 use common::{assert_close_slices, assert_json_close, assert_same_len};
 use ferroformers::pipelines::{
     CrossEncoderActivation, EmbeddingsOptions, LabelScore, Pipeline, Prompt, RerankOptions,
-    ScoreFunction, TextClassificationOptions,
+    ScoreFunction, SparseEmbeddingsOptions, TextClassificationOptions,
 };
 use ferroformers::{EncodeOptions, Task};
 use ferroformers_server::ServerConfig;
@@ -205,6 +205,43 @@ fn concurrent_requests_with_different_prompts_each_get_their_own() {
             TOLERANCE,
             &format!("client {i}"),
         );
+    }
+    assert_eq!(batching(&server).requests, CLIENTS as f64);
+}
+
+#[test]
+fn concurrent_embed_sparse_requests_each_get_what_the_pipeline_gives_alone() {
+    let pipeline = load(Task::SparseEmbeddings, "splade/sparse-encoder");
+    let server = TestServer::start(pipeline.clone(), config());
+    let url = server.url("/embed_sparse");
+    let answers = concurrently(move |i| {
+        let texts: Vec<String> = (0..1 + i % 3).map(|part| text(i, part)).collect();
+        let (status, body) = post(&client(), &url, &json!({ "inputs": texts }));
+        (texts, status, body)
+    });
+    let splade = pipeline.as_sparse_embeddings().expect("a SPLADE pipeline");
+    for (i, (texts, status, body)) in answers.into_iter().enumerate() {
+        assert_eq!(status, 200, "client {i}: {body}");
+        let expected = splade
+            .run(&texts, &SparseEmbeddingsOptions::default())
+            .expect("SPLADE vectors");
+        let rows = body.as_array().expect("a list of sparse vectors");
+        assert_same_len(rows, &expected, "vectors");
+        // Compared whole: a batch moves the logits by ~1e-7, which may turn an entry that is
+        // nearly zero into zero or not.
+        let width = splade.vocab_size();
+        for (row, entries) in rows.iter().zip(&expected) {
+            let mut ours = vec![0f32; width];
+            for entry in row.as_array().expect("a list of entries") {
+                let index = entry["index"].as_u64().expect("an index") as usize;
+                ours[index] = entry["value"].as_f64().expect("a value") as f32;
+            }
+            let mut alone = vec![0f32; width];
+            for entry in entries {
+                alone[entry.index] = entry.value;
+            }
+            assert_close_slices(&ours, &alone, TOLERANCE, &format!("client {i}"));
+        }
     }
     assert_eq!(batching(&server).requests, CLIENTS as f64);
 }

@@ -108,6 +108,20 @@ impl EmbeddingsPipeline {
     pub fn from_pretrained(model: &str, options: &LoadOptions) -> Result<Self> {
         let pretrained = Pretrained::open(model, &options.hub)?;
         let setup = SentenceTransformersSetup::read(pretrained.source(), &options.device)?;
+        if setup.masked_lm {
+            // Its token embeddings are vocabulary logits: pooling hidden states instead would
+            // give vectors the model was never trained to make.
+            return Err(Error::InvalidConfig(format!(
+                "{model} is a SparseEncoder (MLMTransformer, SpladePooling): load it with \
+                 SparseEmbeddingsPipeline (task sparse-embeddings)"
+            )));
+        }
+        if !setup.modules {
+            tracing::warn!(
+                model = %pretrained.source().name(),
+                "no modules.json (not a sentence-transformers model): mean pooling, not normalised"
+            );
+        }
         Ok(Self::with_setup(
             PipelineBase::load(&pretrained, options)?,
             setup,

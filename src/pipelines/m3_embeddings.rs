@@ -17,6 +17,7 @@ use crate::models::auto::AutoModel;
 use crate::models::bge_m3::BgeM3Heads;
 use crate::models::pretrained::{LoadOptions, Pretrained};
 use crate::pipelines::embeddings::l2_normalize_row;
+use crate::pipelines::sparse_embeddings::SparseValue;
 use crate::pipelines::{
     encode_all, BatchOptions, Pipeline, PipelineBase, Text, Truncation, TruncationOptions,
     DEFAULT_BATCH_SIZE,
@@ -25,15 +26,6 @@ use crate::pipelines::{
 /// `BGEM3FlagModel.encode`'s default `max_length`: texts are cut there, or at the model's
 /// limit when that is less.
 const M3_MAX_LENGTH: usize = 8192;
-
-/// One non-zero entry of a sparse vector: a vocabulary id and its weight.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct SparseValue {
-    /// The token id.
-    pub index: usize,
-    /// Its weight (> 0).
-    pub value: f32,
-}
 
 /// Settings of one call, with `BGEM3FlagModel`'s defaults: the dense embedding only,
 /// normalised.

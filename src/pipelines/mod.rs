@@ -28,6 +28,7 @@ pub mod m3_embeddings;
 pub mod question_answering;
 pub mod rerank;
 mod sentence_transformers;
+pub mod sparse_embeddings;
 pub mod text_classification;
 pub mod text_generation;
 pub mod token_classification;
@@ -46,6 +47,7 @@ pub use rerank::{
     DEFAULT_RERANK_INSTRUCTION,
 };
 pub use sentence_transformers::Prompt;
+pub use sparse_embeddings::{SparseEmbeddingsOptions, SparseEmbeddingsPipeline, SparseValue};
 pub use task::{pipeline, AnyPipeline, IntoTask, Task};
 pub use text_classification::{
     LabelScore, ScoreFunction, TextClassificationOptions, TextClassificationPipeline,

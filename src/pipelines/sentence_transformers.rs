@@ -1,6 +1,8 @@
 //! The files of a sentence-transformers model: `modules.json` and the folders it lists,
 //! `sentence_bert_config.json` and `config_sentence_transformers.json`, read into what
-//! [`EmbeddingsPipeline`](super::EmbeddingsPipeline) applies around the transformer.
+//! [`EmbeddingsPipeline`](super::EmbeddingsPipeline) applies around the transformer, or
+//! [`SparseEmbeddingsPipeline`](super::SparseEmbeddingsPipeline) around a masked LM (a
+//! `SparseEncoder`'s `MLMTransformer` and `SpladePooling`).
 //! <https://github.com/huggingface/sentence-transformers/blob/v5.1.2/sentence_transformers/SentenceTransformer.py>
 
 use std::collections::BTreeMap;
@@ -12,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::loading::hub::ModelSource;
 use crate::loading::json::read_json;
 use crate::loading::weights::WeightFiles;
-use crate::models::pooling::Pooling;
+use crate::models::pooling::{Pooling, SpladePooling};
 
 /// An entry of `modules.json`.
 #[derive(Debug, Deserialize)]
@@ -151,8 +153,16 @@ pub enum Prompt {
 /// prompts.
 #[derive(Debug, Clone)]
 pub(crate) struct SentenceTransformersSetup {
-    /// `None` when the model is no sentence-transformers model (no `modules.json`).
+    /// Whether the model has a `modules.json`: without one it is no sentence-transformers model,
+    /// and each pipeline says what it does instead.
+    pub modules: bool,
+    /// `None` when `modules.json` has no `Pooling` module.
     pub pooling: Option<Pooling>,
+    /// Whether the transformer is a masked LM whose logits are the token embeddings (a
+    /// `SparseEncoder`'s `MLMTransformer`).
+    pub masked_lm: bool,
+    /// The `SpladePooling` module after an `MLMTransformer`.
+    pub splade: Option<SpladePooling>,
     /// Whether prompt tokens count in the pooling.
     pub include_prompt: bool,
     /// The `Dense` modules after the pooling, in order.
@@ -169,7 +179,10 @@ impl SentenceTransformersSetup {
     /// transformer, no prompts.
     pub fn plain() -> Self {
         Self {
+            modules: false,
             pooling: None,
+            masked_lm: false,
+            splade: None,
             include_prompt: true,
             dense: Vec::new(),
             normalize: false,
@@ -180,17 +193,15 @@ impl SentenceTransformersSetup {
     }
 
     /// Read the files of `source`; Dense weights are placed on `device`. A module other than
-    /// Transformer, Pooling, Dense and Normalize is an error naming it: skipping it would give
-    /// other vectors than sentence-transformers does.
+    /// Transformer, Pooling, Dense and Normalize (or a `SparseEncoder`'s MLMTransformer and
+    /// SpladePooling) is an error naming it: skipping it would give other vectors than
+    /// sentence-transformers does.
     pub fn read(source: &ModelSource, device: &Device) -> Result<Self> {
         let mut setup = Self::plain();
         let Some(modules_path) = source.get("modules.json")? else {
-            tracing::warn!(
-                model = %source.name(),
-                "no modules.json (not a sentence-transformers model): mean pooling, not normalised"
-            );
             return Ok(setup);
         };
+        setup.modules = true;
         let modules: Vec<ModuleEntry> = read_json(&modules_path)?;
         for module in &modules {
             if setup.normalize {
@@ -204,16 +215,25 @@ impl SentenceTransformersSetup {
             }
             let folder = module.path.trim_end_matches('/');
             // The class name after the package path: `sentence_transformers.models.Dense`.
+            let pooled = setup.pooling.is_some() || setup.splade.is_some();
             match module.kind.rsplit('.').next().unwrap_or_default() {
-                "Transformer" | "Pooling" if setup.pooling.is_some() => {
+                "Transformer" | "MLMTransformer" | "Pooling" | "SpladePooling" if pooled => {
                     return Err(Error::InvalidConfig(format!(
                         "modules.json lists `{}` after the pooling: only Dense and Normalize \
-                         modules may follow it",
+                         modules may follow a Pooling, nothing a SpladePooling",
                         module.kind
                     )))
                 }
                 "Transformer" => {}
-                "Pooling" => {
+                // sentence-transformers' MLMTransformer: the masked LM's logits are the token
+                // embeddings, which only SpladePooling pools.
+                // <https://github.com/huggingface/sentence-transformers/blob/v5.1.2/sentence_transformers/sparse_encoder/models/MLMTransformer.py#L196>
+                "MLMTransformer" => setup.masked_lm = true,
+                "SpladePooling" if setup.masked_lm => {
+                    let file = format!("{folder}/config.json");
+                    setup.splade = Some(read_json(&source.require(&file)?)?);
+                }
+                "Pooling" if !setup.masked_lm => {
                     let file = format!("{folder}/config.json");
                     let config: PoolingConfig = read_json(&source.require(&file)?)?;
                     setup.pooling = Some(Self::pooling(&config, &file)?);
@@ -222,12 +242,12 @@ impl SentenceTransformersSetup {
                 "Dense" if setup.pooling.is_some() => {
                     setup.dense.push(Dense::load(source, folder, device)?)
                 }
-                "Normalize" => setup.normalize = true,
+                "Normalize" if setup.splade.is_none() => setup.normalize = true,
                 _ => {
                     return Err(Error::InvalidConfig(format!(
                         "modules.json lists the module `{}` (folder `{}`), which this library \
                          does not support there: it implements Transformer, Pooling, then Dense \
-                         modules and a final Normalize",
+                         modules and a final Normalize, and MLMTransformer then SpladePooling",
                         module.kind, module.path
                     )))
                 }
@@ -324,4 +344,13 @@ impl SentenceTransformersSetup {
         };
         Ok(text.filter(|t| !t.is_empty()))
     }
+}
+
+/// Whether the `modules.json` at `path` pools with SPLADE (a `SparseEncoder`'s), for
+/// [`Task::detect`](super::Task::detect).
+pub(crate) fn pools_with_splade(path: &std::path::Path) -> Result<bool> {
+    let modules: Vec<ModuleEntry> = read_json(path)?;
+    Ok(modules
+        .iter()
+        .any(|module| module.kind.rsplit('.').next() == Some("SpladePooling")))
 }

@@ -11,9 +11,11 @@ use crate::error::{Error, Result};
 use crate::loading::hub::{HubOptions, ModelSource};
 use crate::models::config::ModelConfig;
 use crate::models::pretrained::LoadOptions;
+use crate::pipelines::sentence_transformers::pools_with_splade;
 use crate::pipelines::{
     EmbeddingsPipeline, FillMaskPipeline, Pipeline, QuestionAnsweringPipeline, RerankPipeline,
-    TextClassificationPipeline, TextGenerationPipeline, TokenClassificationPipeline,
+    SparseEmbeddingsPipeline, TextClassificationPipeline, TextGenerationPipeline,
+    TokenClassificationPipeline,
 };
 use crate::tokenizer::Tokenizer;
 
@@ -37,11 +39,14 @@ pub enum Task {
     TextGeneration,
     /// `text-ranking`, also `rerank`: a cross-encoder scores (query, document) pairs.
     Rerank,
+    /// `sparse-embeddings`, also `splade`: SPLADE vectors of a masked LM (sentence-transformers'
+    /// `SparseEncoder`; transformers has no such task, so the name is this library's).
+    SparseEmbeddings,
 }
 
 impl Task {
     /// Every task, in the order errors list them.
-    pub const ALL: [Task; 7] = [
+    pub const ALL: [Task; 8] = [
         Task::Embeddings,
         Task::FillMask,
         Task::TextClassification,
@@ -49,6 +54,7 @@ impl Task {
         Task::QuestionAnswering,
         Task::TextGeneration,
         Task::Rerank,
+        Task::SparseEmbeddings,
     ];
 
     /// transformers' name of the task.
@@ -61,6 +67,7 @@ impl Task {
             Task::QuestionAnswering => "question-answering",
             Task::TextGeneration => "text-generation",
             Task::Rerank => "text-ranking",
+            Task::SparseEmbeddings => "sparse-embeddings",
         }
     }
 }
@@ -85,12 +92,13 @@ impl FromStr for Task {
             "question-answering" => Task::QuestionAnswering,
             "text-generation" => Task::TextGeneration,
             "text-ranking" | "rerank" => Task::Rerank,
+            "sparse-embeddings" | "splade" => Task::SparseEmbeddings,
             other => {
                 return Err(Error::InvalidInput(format!(
                     "unknown task `{other}`: use one of feature-extraction (or \
                      sentence-similarity), fill-mask, text-classification (or \
                      sentiment-analysis), token-classification (or ner), question-answering, \
-                     text-generation, text-ranking (or rerank)"
+                     text-generation, text-ranking (or rerank), sparse-embeddings (or splade)"
                 )))
             }
         })
@@ -99,7 +107,8 @@ impl FromStr for Task {
 
 impl Task {
     /// The task `model` (a Hub id or a local folder) is for, and why, from its files: a
-    /// sentence-transformers model (`modules.json`) embeds; otherwise the first of
+    /// sentence-transformers model (`modules.json`) embeds, sparsely when it pools with SPLADE
+    /// (a `SparseEncoder`); otherwise the first of
     /// `config.json`'s `architectures` decides (`…ForSequenceClassification` classifies, or
     /// reranks with one label; `…ForMaskedLM` fills masks; `…ForTokenClassification` and
     /// `…ForQuestionAnswering` are theirs; `…LMHeadModel` and `…ForCausalLM` generate), and a
@@ -110,7 +119,13 @@ impl Task {
     /// `config.json` again (a local file by then), as every `from_pretrained` opens its model.
     pub fn detect(model: &str, hub: &HubOptions) -> Result<(Task, String)> {
         let source = ModelSource::new(model, hub)?;
-        if source.get("modules.json")?.is_some() {
+        if let Some(modules) = source.get("modules.json")? {
+            if pools_with_splade(&modules)? {
+                return Ok((
+                    Task::SparseEmbeddings,
+                    "a SparseEncoder with SpladePooling (modules.json)".to_string(),
+                ));
+            }
             return Ok((
                 Task::Embeddings,
                 "a sentence-transformers model (modules.json)".to_string(),
@@ -179,6 +194,8 @@ pub enum AnyPipeline {
     TextGeneration(TextGenerationPipeline),
     /// `text-ranking`.
     Rerank(RerankPipeline),
+    /// `sparse-embeddings`.
+    SparseEmbeddings(SparseEmbeddingsPipeline),
 }
 
 /// Load the pipeline of `task` for `model` (a Hub id or a local folder), as transformers'
@@ -215,6 +232,9 @@ pub fn pipeline(task: impl IntoTask, model: &str, options: &LoadOptions) -> Resu
             AnyPipeline::TextGeneration(TextGenerationPipeline::from_pretrained(model, options)?)
         }
         Task::Rerank => AnyPipeline::Rerank(RerankPipeline::from_pretrained(model, options)?),
+        Task::SparseEmbeddings => AnyPipeline::SparseEmbeddings(
+            SparseEmbeddingsPipeline::from_pretrained(model, options)?,
+        ),
     })
 }
 
@@ -283,6 +303,7 @@ impl AnyPipeline {
             AnyPipeline::QuestionAnswering(_) => Task::QuestionAnswering,
             AnyPipeline::TextGeneration(_) => Task::TextGeneration,
             AnyPipeline::Rerank(_) => Task::Rerank,
+            AnyPipeline::SparseEmbeddings(_) => Task::SparseEmbeddings,
         }
     }
 
@@ -296,6 +317,7 @@ impl AnyPipeline {
             AnyPipeline::QuestionAnswering(p) => p.tokenizer(),
             AnyPipeline::TextGeneration(p) => p.tokenizer(),
             AnyPipeline::Rerank(p) => p.tokenizer(),
+            AnyPipeline::SparseEmbeddings(p) => p.tokenizer(),
         }
     }
 
@@ -309,6 +331,7 @@ impl AnyPipeline {
             AnyPipeline::QuestionAnswering(p) => p.config(),
             AnyPipeline::TextGeneration(p) => p.config(),
             AnyPipeline::Rerank(p) => p.config(),
+            AnyPipeline::SparseEmbeddings(p) => p.config(),
         }
     }
 
@@ -320,6 +343,7 @@ impl AnyPipeline {
         QuestionAnswering: QuestionAnsweringPipeline, as_question_answering, into_question_answering;
         TextGeneration: TextGenerationPipeline, as_text_generation, into_text_generation;
         Rerank: RerankPipeline, as_rerank, into_rerank;
+        SparseEmbeddings: SparseEmbeddingsPipeline, as_sparse_embeddings, into_sparse_embeddings;
     }
 
     fn wrong_task(&self, wanted: Task) -> Error {

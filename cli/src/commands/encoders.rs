@@ -5,11 +5,11 @@ use std::io::Write;
 use clap::{Args, ValueEnum};
 use ferroformers::pipelines::{
     AggregationStrategy, EmbeddingsOptions, EmbeddingsPipeline, FillMaskOptions, FillMaskPipeline,
-    Pipeline, QuestionAnsweringOptions, QuestionAnsweringPipeline, TextClassificationOptions,
-    TextClassificationPipeline, TokenClassificationOptions, TokenClassificationPipeline,
-    Truncation as TruncationSettings,
+    Pipeline, QuestionAnsweringOptions, QuestionAnsweringPipeline, SparseEmbeddingsOptions,
+    SparseEmbeddingsPipeline, TextClassificationOptions, TextClassificationPipeline,
+    TokenClassificationOptions, TokenClassificationPipeline, Truncation as TruncationSettings,
 };
-use ferroformers::Pooling;
+use ferroformers::{Pooling, Task};
 
 use super::json_line;
 use crate::args::{inputs, Batching, Texts, Truncation};
@@ -26,6 +26,9 @@ enum CliPooling {
     Max,
     /// The last token's embedding (decoder embedders).
     LastToken,
+    /// SPLADE: a masked LM's sparse vocabulary vectors, printed as their non-zero
+    /// (index, value) entries (a SparseEncoder model gets it without asking).
+    Splade,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -135,17 +138,29 @@ pub struct QaArgs {
     json: bool,
 }
 
-/// `ferroformers embed`: one embedding per text, or its first values as a summary.
+/// `ferroformers embed`: one embedding per text, or its first values as a summary; SPLADE
+/// vectors (`--pooling splade`, or a SparseEncoder model) as their non-zero entries.
 pub fn embed(common: &Common, args: EmbedArgs, out: &mut impl Write) -> Result<()> {
+    let load = common.load_options()?;
+    // A model whose task cannot be told (an unknown architecture) still embeds densely, as
+    // before: only a SparseEncoder's modules.json turns SPLADE on unasked.
+    let sparse_encoder = matches!(
+        Task::detect(common.model(), &load.hub),
+        Ok((Task::SparseEmbeddings, _))
+    );
+    let pooling = match args.pooling {
+        None if sparse_encoder => return embed_sparse(common, args, out),
+        None => None,
+        Some(CliPooling::Splade) => return embed_sparse(common, args, out),
+        Some(CliPooling::Mean) => Some(Pooling::Mean),
+        Some(CliPooling::Cls) => Some(Pooling::Cls),
+        Some(CliPooling::Max) => Some(Pooling::Max),
+        Some(CliPooling::LastToken) => Some(Pooling::LastToken),
+    };
     let texts = args.texts.read()?;
-    let pipeline = EmbeddingsPipeline::from_pretrained(common.model(), &common.load_options()?)?;
+    let pipeline = EmbeddingsPipeline::from_pretrained(common.model(), &load)?;
     let options = EmbeddingsOptions {
-        pooling: args.pooling.map(|pooling| match pooling {
-            CliPooling::Mean => Pooling::Mean,
-            CliPooling::Cls => Pooling::Cls,
-            CliPooling::Max => Pooling::Max,
-            CliPooling::LastToken => Pooling::LastToken,
-        }),
+        pooling,
         normalize_embeddings: args.normalize,
         truncation: TruncationSettings {
             max_length: args.max_length,
@@ -169,6 +184,48 @@ pub fn embed(common: &Common, args: EmbedArgs, out: &mut impl Write) -> Result<(
             "{text}\n  [{}, ...] ({} dimensions)",
             head.join(", "),
             embedding.len()
+        )?;
+    }
+    Ok(())
+}
+
+/// `embed` of a SPLADE model: each text's non-zero entries, as JSON (`[{"index", "value"}, ...]`,
+/// `/embed_sparse`'s shape) or as a summary of the largest.
+fn embed_sparse(common: &Common, args: EmbedArgs, out: &mut impl Write) -> Result<()> {
+    if args.normalize {
+        return Err(CliError::Usage(
+            "--normalize does not apply to SPLADE vectors".to_string(),
+        ));
+    }
+    let texts = args.texts.read()?;
+    let pipeline =
+        SparseEmbeddingsPipeline::from_pretrained(common.model(), &common.load_options()?)?;
+    let options = SparseEmbeddingsOptions {
+        truncation: TruncationSettings {
+            max_length: args.max_length,
+            ..TruncationSettings::ON
+        },
+        batch_size: args.batching.batch_size,
+        ..SparseEmbeddingsOptions::default()
+    };
+    for (text, entries) in texts.iter().zip(pipeline.run(&texts, &options)?) {
+        if args.json {
+            json_line(out, &entries)?;
+            continue;
+        }
+        let mut largest = entries.clone();
+        largest.sort_by(|a, b| b.value.total_cmp(&a.value));
+        let head: Vec<String> = largest
+            .iter()
+            .take(6)
+            .map(|entry| format!("{}: {:.4}", entry.index, entry.value))
+            .collect();
+        writeln!(
+            out,
+            "{text}\n  {{{}, ...}} ({} non-zero of {})",
+            head.join(", "),
+            entries.len(),
+            pipeline.vocab_size()
         )?;
     }
     Ok(())

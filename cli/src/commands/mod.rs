@@ -27,7 +27,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Sentence embeddings (pooling from the model's sentence-transformers files).
+    /// Sentence embeddings (pooling from the model's sentence-transformers files); SPLADE vectors
+    /// as their non-zero entries for a SparseEncoder or with --pooling splade.
     Embed {
         #[command(flatten)]
         common: Common,
@@ -88,8 +89,8 @@ enum Command {
         #[command(flatten)]
         args: generate::GenerationArgs,
     },
-    /// An HTTP server with the routes of text-embeddings-inference (/embed, /rerank,
-    /// /predict, /tokenize, /decode, /info, /health, /metrics), OpenAI's /v1/embeddings and /v1/models,
+    /// An HTTP server with the routes of text-embeddings-inference (/embed, /embed_sparse,
+    /// /rerank, /predict, /tokenize, /decode, /info, /health, /metrics), OpenAI's /v1/embeddings and /v1/models,
     /// and the Inference API's POST / for fill-mask, NER and QA.
     // A server in a container is configured by its environment, as TEI's is: the model too,
     // and only here (a one-shot command names its model on the command line).

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::builder::{PossibleValue, TypedValueParser};
 use clap::error::{ContextKind, ContextValue, ErrorKind};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use ferroformers::pipelines::{pipeline, AnyPipeline, Task};
 use ferroformers_server::{shutdown_signal, Server, ServerConfig};
 
@@ -35,7 +35,7 @@ struct ServeTaskName {
 
 /// `--task`'s own names, which `--help` lists; Task's transformers names and aliases
 /// (`text-classification`, `sentiment-analysis`, ...) are accepted too.
-const SERVE_TASKS: [ServeTaskName; 9] = [
+const SERVE_TASKS: [ServeTaskName; 10] = [
     ServeTaskName {
         name: "auto",
         choice: TaskChoice {
@@ -48,6 +48,12 @@ const SERVE_TASKS: [ServeTaskName; 9] = [
         name: "embed",
         choice: TaskChoice::named(Task::Embeddings),
         help: "Sentence embeddings: /embed, /v1/embeddings",
+    },
+    ServeTaskName {
+        name: "splade",
+        choice: TaskChoice::named(Task::SparseEmbeddings),
+        help: "SPLADE sparse embeddings of a masked LM (a SparseEncoder, or any ForMaskedLM \
+               checkpoint): /embed_sparse",
     },
     ServeTaskName {
         name: "classify",
@@ -162,6 +168,14 @@ impl TypedValueParser for TaskParser {
     }
 }
 
+/// What `--pooling` takes: TEI's `--pooling` values that change the task. The dense poolings
+/// (mean, cls, ...) come from the model's sentence-transformers files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ServePooling {
+    /// SPLADE vectors of a masked LM on /embed_sparse, as TEI's `--pooling splade`.
+    Splade,
+}
+
 /// The options of `serve` besides the model's.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -169,6 +183,10 @@ pub struct ServeArgs {
     /// sentiment-analysis, token-classification, ...).
     #[arg(long, env = "FERROFORMERS_TASK", default_value = "auto", value_parser = TaskParser)]
     task: TaskChoice,
+    /// Pool as TEI's `--pooling` does: `splade` serves a ForMaskedLM checkpoint's SPLADE
+    /// vectors (as --task splade; a SparseEncoder model is detected without it).
+    #[arg(long, env = "FERROFORMERS_POOLING", value_enum)]
+    pooling: Option<ServePooling>,
     /// Address to listen on (0.0.0.0 to accept other machines).
     #[arg(long, env = "FERROFORMERS_HOST", default_value = "127.0.0.1")]
     host: String,
@@ -257,9 +275,18 @@ fn seconds(count: usize) -> Duration {
 pub fn serve(common: &Common, args: ServeArgs, out: &mut impl Write) -> Result<()> {
     let model = common.model();
     let load = common.load_options()?;
-    let (task, why) = match args.task.task {
-        None => Task::detect(model, &load.hub)?,
-        Some(task) => (task, "--task".to_string()),
+    let (task, why) = match (args.task.task, args.pooling) {
+        (None | Some(Task::SparseEmbeddings), Some(ServePooling::Splade)) => {
+            (Task::SparseEmbeddings, "--pooling splade".to_string())
+        }
+        (Some(task), Some(ServePooling::Splade)) => {
+            return Err(CliError::Usage(format!(
+                "--pooling splade serves sparse embeddings, not --task {}",
+                TaskChoice::name(task, args.task.for_chat)
+            )))
+        }
+        (None, None) => Task::detect(model, &load.hub)?,
+        (Some(task), None) => (task, "--task".to_string()),
     };
     let name = TaskChoice::name(task, args.task.for_chat);
     tracing::info!(task = name, reason = %why, "serving {model}");

@@ -29,6 +29,8 @@ pub(crate) enum Forward {
     Embeddings { prompt_length: usize },
     /// Every token's hidden state, flattened per encoding (`/embed_all`).
     TokenEmbeddings,
+    /// SPLADE vectors, dense (vocabulary-sized) rows (`/embed_sparse`).
+    SparseEmbeddings,
     /// The sequence-classification head's logits (classifiers and cross-encoders).
     Logits,
 }
@@ -315,6 +317,9 @@ fn run_forward(
             pipeline.logits(encodings, per_forward)
         }
         (AnyPipeline::Rerank(pipeline), Forward::Logits) => pipeline.logits(encodings, per_forward),
+        (AnyPipeline::SparseEmbeddings(pipeline), Forward::SparseEmbeddings) => {
+            pipeline.pooled(encodings, per_forward)
+        }
         (other, forward) => Err(Error::InvalidInput(format!(
             "the server queued a {forward:?} forward for a {} model: a bug, please report it",
             other.task()

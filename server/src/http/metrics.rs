@@ -17,10 +17,11 @@ use crate::state::AppState;
 
 /// The routes counted under their own name; any other path counts as `unmatched`, so that
 /// clients probing random paths cannot grow the label set without bound.
-const ROUTES: [&str; 14] = [
+const ROUTES: [&str; 15] = [
     "/",
     "/embed",
     "/embed_all",
+    "/embed_sparse",
     "/rerank",
     "/predict",
     "/tokenize",

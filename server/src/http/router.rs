@@ -56,6 +56,7 @@ pub(crate) fn router(shared: AppState, cors: Option<CorsLayer>, draining: Draini
     let router = Router::new()
         .route("/embed", post(tei::embed))
         .route("/embed_all", post(tei::embed_all))
+        .route("/embed_sparse", post(tei::embed_sparse))
         .route("/rerank", post(tei::rerank))
         .route("/predict", post(tei::predict))
         .route("/tokenize", post(tei::tokenize))

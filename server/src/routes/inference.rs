@@ -192,6 +192,7 @@ fn answer(state: &Shared, request: InferenceRequest) -> Result<Value, ServeError
                 AnyPipeline::Embeddings(_) => "/embed or /v1/embeddings",
                 AnyPipeline::TextClassification(_) => "/predict",
                 AnyPipeline::Rerank(_) => "/rerank",
+                AnyPipeline::SparseEmbeddings(_) => "/embed_sparse",
                 _ => "/info to see what it serves",
             }
         ))),

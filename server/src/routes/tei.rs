@@ -8,6 +8,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
+use tokenizers::Encoding;
 
 use crate::batching::queue::Forward;
 use crate::http::error::{ServeError, TeiError};
@@ -16,7 +17,8 @@ use ferroformers::models::pooling::Pooling;
 use ferroformers::pipelines::rerank::ranked;
 use ferroformers::pipelines::{
     AnyPipeline, CrossEncoderActivation, EmbeddingsOptions, EmbeddingsPipeline, EncodedTexts,
-    Pipeline, Prompt, RerankOptions, ScoreFunction, TextClassificationOptions,
+    Pipeline, Prompt, RerankOptions, ScoreFunction, SparseEmbeddingsOptions,
+    SparseEmbeddingsPipeline, SparseValue, TextClassificationOptions,
 };
 use ferroformers::tokenizer::{EncodeOptions, TextInput};
 
@@ -106,6 +108,9 @@ pub(crate) async fn embed(
 ) -> Result<Json<Vec<Vec<f32>>>, TeiError> {
     let Json(request) = body?;
     right_only(&request.truncation_direction)?;
+    if let AnyPipeline::SparseEmbeddings(_) = &state.pipeline {
+        return Ok(Json(embed_splade_dense(&state, request).await?));
+    }
     let prompt = request
         .prompt_name
         .map_or(Prompt::ModelDefault, Prompt::Named);
@@ -120,7 +125,43 @@ pub(crate) async fn embed(
     Ok(Json(embeddings))
 }
 
-/// `POST /embed_all`'s body: `/embed`'s, less what acts on a pooled vector.
+/// A SPLADE model's `/embed`: the whole vocabulary-sized vectors, as TEI gives them, which
+/// refuses `normalize` for them (its default, so a plain request fails: TEI's 424).
+/// <https://github.com/huggingface/text-embeddings-inference/blob/v1.8.3/core/src/infer.rs>
+/// (`embed_pooled`: "`normalize` is not available for SPLADE models").
+async fn embed_splade_dense(
+    state: &AppState,
+    request: EmbedRequest,
+) -> Result<Vec<Vec<f32>>, ServeError> {
+    if request.normalize {
+        return Err(ServeError::Validation(
+            StatusCode::FAILED_DEPENDENCY,
+            "`normalize` is not available for SPLADE models: send `normalize: false` for the \
+             vocabulary-sized vectors, or use /embed_sparse"
+                .to_string(),
+        ));
+    }
+    if request.dimensions.is_some() {
+        return Err(ServeError::field(
+            "dimensions",
+            "`dimensions` does not apply to SPLADE vectors: their values are vocabulary entries",
+        ));
+    }
+    let request = EmbedAllRequest {
+        inputs: request.inputs,
+        truncate: request.truncate,
+        truncation_direction: request.truncation_direction,
+        prompt_name: request.prompt_name,
+    };
+    let encodings = encode_for_splade(state, request).await?;
+    Ok(state
+        .queue
+        .submit(encodings, Forward::SparseEmbeddings)
+        .await?)
+}
+
+/// `POST /embed_all`'s and `/embed_sparse`'s body: `/embed`'s, less what acts on a pooled
+/// vector.
 #[derive(Debug, Deserialize)]
 pub(crate) struct EmbedAllRequest {
     inputs: Inputs,
@@ -139,6 +180,14 @@ pub(crate) async fn embed_all(
 ) -> Result<Json<Vec<Vec<Vec<f32>>>>, TeiError> {
     let Json(request) = body?;
     right_only(&request.truncation_direction)?;
+    if let AnyPipeline::SparseEmbeddings(_) = &state.pipeline {
+        // TEI's answer: a SPLADE model's token vectors are vocabulary logits, not embeddings.
+        return Err(ServeError::Validation(
+            StatusCode::FAILED_DEPENDENCY,
+            "`embed_all` is not available for SPLADE models".to_string(),
+        )
+        .into());
+    }
     let options = EmbeddingsOptions {
         truncation: state.truncation(request.truncate),
         prompt: request
@@ -152,6 +201,65 @@ pub(crate) async fn embed_all(
         .submit(encoded.encodings, Forward::TokenEmbeddings)
         .await?;
     Ok(Json(embeddings_pipeline(&state)?.token_rows(flat)))
+}
+
+/// Every input's SPLADE vector as its non-zero entries, by ascending index (TEI's
+/// `/embed_sparse`), batched with other requests as `/embed` is. A model without SPLADE pooling
+/// gets TEI's 424.
+pub(crate) async fn embed_sparse(
+    State(state): State<AppState>,
+    body: Result<Json<EmbedAllRequest>, JsonRejection>,
+) -> Result<Json<Vec<Vec<SparseValue>>>, TeiError> {
+    let Json(request) = body?;
+    right_only(&request.truncation_direction)?;
+    let encodings = encode_for_splade(&state, request).await?;
+    let pooled = state
+        .queue
+        .submit(encodings, Forward::SparseEmbeddings)
+        .await?;
+    Ok(Json(sparse_pipeline(&state)?.postprocess(pooled)))
+}
+
+/// The SPLADE pipeline this server runs, or TEI's 424 for any other model:
+/// <https://github.com/huggingface/text-embeddings-inference/blob/v1.8.3/core/src/infer.rs>
+/// (`embed_sparse`: "Model is not an embedding model with SPLADE pooling", a backend error).
+fn sparse_pipeline(state: &Shared) -> Result<&SparseEmbeddingsPipeline, ServeError> {
+    match &state.pipeline {
+        AnyPipeline::SparseEmbeddings(pipeline) => Ok(pipeline),
+        other => Err(ServeError::Validation(
+            StatusCode::FAILED_DEPENDENCY,
+            format!(
+                "Model is not an embedding model with SPLADE pooling: this server runs {} ({}); \
+                 serve a SparseEncoder, or a masked LM with --pooling splade",
+                state.config.model_id,
+                other.task()
+            ),
+        )),
+    }
+}
+
+/// Preprocess of a SPLADE request on the blocking pool, checked as `/embed`'s is (TEI's 424
+/// first, for a model without SPLADE pooling).
+async fn encode_for_splade(
+    state: &AppState,
+    request: EmbedAllRequest,
+) -> Result<Vec<Encoding>, ServeError> {
+    let options = SparseEmbeddingsOptions {
+        truncation: state.truncation(request.truncate),
+        prompt: request
+            .prompt_name
+            .map_or(Prompt::ModelDefault, Prompt::Named),
+        ..SparseEmbeddingsOptions::default()
+    };
+    run_blocking(state, move |state| {
+        let pipeline = sparse_pipeline(state)?;
+        let texts = request.inputs.texts();
+        not_empty(&texts)?;
+        state.check_client_batch(texts.len())?;
+        state.count_tokens(&texts, options.truncation.enabled)?;
+        Ok(pipeline.encode(&texts, &options)?)
+    })
+    .await
 }
 
 /// The embeddings pipeline this server runs, or the error for a model of another task.
@@ -584,6 +692,8 @@ pub(crate) async fn info(State(state): State<AppState>) -> Json<Info> {
                 Pooling::LastToken => "last_token",
             },
         },
+        // TEI's name for a model served with `--pooling splade`.
+        AnyPipeline::SparseEmbeddings(_) => ModelType::Embedding { pooling: "splade" },
         AnyPipeline::TextClassification(_) => ModelType::Classifier(labels(&state)),
         AnyPipeline::Rerank(_) => ModelType::Reranker(labels(&state)),
         AnyPipeline::TokenClassification(_) => ModelType::TokenClassification(labels(&state)),
