@@ -79,7 +79,8 @@ import time
 import torch
 from transformers import (
     BertConfig, BertModel, DistilBertConfig, DistilBertModel, GPT2Config, GPT2LMHeadModel,
-    LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, RobertaConfig, RobertaModel,
+    LlamaConfig, LlamaForCausalLM, MPNetConfig, MPNetModel, Qwen2Config, Qwen2ForCausalLM,
+    RobertaConfig, RobertaModel,
 )
 
 import bench_peers as peers
@@ -96,6 +97,10 @@ SHAPES = {
     "roberta-base": lambda: RobertaModel(RobertaConfig(
         vocab_size=50265, max_position_embeddings=514, type_vocab_size=1, pad_token_id=1, **BASE)),
     "distilbert": lambda: DistilBertModel(DistilBertConfig(vocab_size=30522)),
+    # all-mpnet-base-v2's shape (BERT-base's, with a relative-position bias in attention).
+    "mpnet-base": lambda: MPNetModel(MPNetConfig(
+        vocab_size=30527, max_position_embeddings=514, layer_norm_eps=1e-5,
+        relative_attention_num_buckets=32, pad_token_id=1, **BASE)),
 }
 CASES = {
     "bert-base-1": ("bert-base", 1, 128),
@@ -103,6 +108,7 @@ CASES = {
     "minilm-32": ("minilm", 32, 128),
     "roberta-base-1": ("roberta-base", 1, 128),
     "distilbert-32": ("distilbert", 32, 128),
+    "mpnet-32": ("mpnet-base", 32, 128),
 }
 DECODE_CASES = {"gpt2-1": 1, "gpt2-8": 8}
 PROMPT_TOKENS, NEW_TOKENS = 32, 128
@@ -197,7 +203,10 @@ def encoder_peers(model, ids, folder, case, args):
             path = peers.onnx_file(model, ids, folder, int8)
             load = lambda path=path: peers.onnx_forward(path, ids, args.threads)
             loaders[name] = load if peers.check(f"{name} {case}", reference, load()()) else None
-    if use(args, "ctranslate2"):
+    if use(args, "ctranslate2") and not peers.ct2_converts(model):
+        print(f"ctranslate2 has no converter for {type(model.config).__name__}: n/a for {case}",
+              file=sys.stderr)
+    elif use(args, "ctranslate2"):
         path = peers.ct2_model(folder, "int8")
         load = lambda: peers.ct2_encoder_forward(path, ids, args.threads)
         name = "ctranslate2 int8"

@@ -106,6 +106,15 @@ class IdVocabulary:
         return {token(i): i for i in range(self.size)}
 
 
+def ct2_converts(model):
+    """Whether CTranslate2's Transformers converter has a loader for `model`'s config class
+    (4.8 has none for MPNetConfig, for one). The converter keeps its loaders in a private
+    registry by config class name, which it also reads to refuse any other."""
+    from ctranslate2.converters import transformers as converter
+
+    return type(model.config).__name__ in converter._MODEL_LOADERS
+
+
 def ct2_model(folder, quantization):
     """The Transformers model in `folder` converted to CTranslate2 with weights in
     `quantization` ("int8" or "float32"); made once per folder."""

@@ -36,6 +36,10 @@ Layout:
     tests/fixtures/splade/              a SparseEncoder (MLMTransformer + SpladePooling) on the tiny
                                         BERT masked LM, and SparseEncoder.encode outputs in
                                         reference.json; remade alone by `make_fixtures.py --only splade`
+    tests/fixtures/mpnet/<head>/        MPNet's heads on a WordPiece vocabulary with MPNet's
+                                        specials; mpnet/sentence-transformers/ in all-mpnet-base-v2's
+                                        layout with `encode` outputs; mpnet/relative-position-buckets.json
+                                        transformers' buckets; remade alone by `--only mpnet`
 """
 import json
 import os
@@ -68,6 +72,13 @@ from transformers import (
     GPT2LMHeadModel,
     GPT2Model,
     GPT2TokenizerFast,
+    MPNetConfig,
+    MPNetForMaskedLM,
+    MPNetForQuestionAnswering,
+    MPNetForSequenceClassification,
+    MPNetForTokenClassification,
+    MPNetModel,
+    MPNetTokenizerFast,
     RobertaConfig,
     RobertaForMaskedLM,
     RobertaForQuestionAnswering,
@@ -1294,6 +1305,108 @@ def make_cross_encoders():
 ST_SENTENCES = ["The quick brown fox jumps over the lazy dog.", "Hello, world!", "a", "Café déjà vu"]
 
 
+# Single texts and a pair (MPNet has no segment ids: `<s> A </s></s> B </s>`), and one input
+# long enough (over 40 tokens) for relative distances past the 8 exact buckets.
+MPNET_INPUTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Hello, world!",
+    "Café déjà vu: a naïve résumé.",
+    "a",
+    "The capital of France is <mask>.",
+    "The quick brown fox jumps over the lazy dog, and the lazy dog sleeps on in the sun while "
+    "the fox runs back over the hill to the woods.",
+    ["Who wrote the book?", "The book was written by people of the city in 1999."],
+]
+MPNET_ST_SENTENCES = ST_SENTENCES + [MPNET_INPUTS[5]]
+
+
+def make_mpnet():
+    """MPNet: its heads, all-mpnet-base-v2's sentence-transformers layout, and the buckets.
+
+    The vocabulary is the tiny BERT one laid out as MPNet's: <s> <pad> </s> <unk> first, the
+    WordPiece tokens (their own [PAD] ... [MASK] included, as in microsoft/mpnet-base), <mask>
+    last. Positions start at 2 (padding_idx 1), so 64 tokens need 66 rows. The sentence-
+    transformers model mean-pools and normalises, as all-mpnet-base-v2 does; it cuts inputs at
+    32 tokens, which the long sentence passes. relative-position-buckets.json has transformers'
+    `relative_position_bucket` for every relative position in -1100..1100, past the largest
+    distance (128) that has a bucket of its own.
+    """
+    from sentence_transformers import SentenceTransformer
+    from transformers.models.mpnet.modeling_mpnet import MPNetEncoder
+
+    work = pathlib.Path(tempfile.mkdtemp())
+    wordpiece = (FIXTURES / "bert" / "base" / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    vocab = ["<s>", "<pad>", "</s>", "<unk>"] + wordpiece + ["<mask>"]
+    (work / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    tokenizer = MPNetTokenizerFast(vocab_file=str(work / "vocab.txt"), do_lower_case=True)
+    tokenizer.model_max_length = 64
+    batch = encode_padded(tokenizer, MPNET_INPUTS)
+    config = dict(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        hidden_act="gelu",
+        max_position_embeddings=66,
+        initializer_range=0.1,
+        layer_norm_eps=1e-5,
+        relative_attention_num_buckets=32,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+    )
+    heads = {
+        "base": (MPNetModel, {}),
+        "masked-lm": (MPNetForMaskedLM, {}),
+        "sequence-classification": (
+            MPNetForSequenceClassification,
+            {"id2label": {0: "negative", 1: "neutral", 2: "positive"}},
+        ),
+        "token-classification": (
+            MPNetForTokenClassification,
+            {"id2label": {0: "O", 1: "B-PER", 2: "I-PER", 3: "B-LOC", 4: "I-LOC"}},
+        ),
+        "question-answering": (MPNetForQuestionAnswering, {}),
+    }
+    save_heads("mpnet", MPNetConfig, config, heads, tokenizer, MPNET_INPUTS, batch,
+               ["input_ids", "attention_mask"], seed=700)
+    shutil.rmtree(work)
+
+    folder = FIXTURES / "mpnet" / "sentence-transformers"
+    shutil.copytree(FIXTURES / "mpnet" / "base", folder)
+    for name in ("reference.safetensors", "inputs.json"):
+        (folder / name).unlink()
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+    ]
+    (folder / "modules.json").write_text(json.dumps(modules, indent=1))
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 32, "do_lower_case": False}))
+    (folder / "1_Pooling").mkdir()
+    pooling = {
+        "word_embedding_dimension": 32,
+        "pooling_mode_cls_token": False,
+        "pooling_mode_mean_tokens": True,
+        "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False,
+    }
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=1))
+    st = SentenceTransformer(str(folder), device="cpu")
+    reference = {
+        "sentences": MPNET_ST_SENTENCES,
+        "embeddings": st.encode(MPNET_ST_SENTENCES).tolist(),
+        "alone": [st.encode([s]).tolist()[0] for s in MPNET_ST_SENTENCES],
+    }
+    (folder / "reference.json").write_text(json.dumps(reference, indent=1))
+
+    relative = torch.arange(-1100, 1101)
+    buckets = MPNetEncoder.relative_position_bucket(relative)
+    (FIXTURES / "mpnet" / "relative-position-buckets.json").write_text(json.dumps(
+        {"relative_positions": relative.tolist(), "buckets": buckets.tolist()}))
+
+
 def make_sentence_transformers_modules():
     """Two sentence-transformers models on the tiny XLM-R, saved by SentenceTransformer.save:
 
@@ -1960,6 +2073,12 @@ def main():
         # SPLADE alone, from the masked-LM fixtures as they are.
         make_splade()
         return
+    if sys.argv[1:] == ["--only", "mpnet"]:
+        # MPNet alone (it reads the tiny BERT vocabulary), leaving the others as they are.
+        make_mpnet()
+        count = fixture_manifest.write_manifest(FIXTURES)
+        print(f"{fixture_manifest.MANIFEST}: {count} files")
+        return
     if sys.argv[1:] == ["--only", "decoders"]:
         # The Llama-family fixtures alone, leaving the others as they are.
         encoder, merges = gpt2_bpe()
@@ -1990,6 +2109,7 @@ def main():
     make_qwen3_embedding()
     make_qwen3_reranker()
     make_splade()
+    make_mpnet()
     shutil.rmtree(cache)
     total = sum(f.stat().st_size for f in FIXTURES.rglob("*") if f.is_file())
     print(f"fixtures written to {FIXTURES} ({total / 1e6:.2f} MB)")

@@ -1,9 +1,9 @@
 //! # ferroformers
 //!
 //! Transformer inference in pure Rust, on [candle](https://github.com/huggingface/candle)
-//! tensors: BERT, RoBERTa, XLM-RoBERTa, CamemBERT, DistilBERT and GPT-2 with their task heads,
-//! loaded from the Hugging Face Hub or a local folder the way transformers' `from_pretrained`
-//! loads them, with outputs that match PyTorch.
+//! tensors: BERT, RoBERTa, XLM-RoBERTa, CamemBERT, DistilBERT, MPNet and GPT-2 with their task
+//! heads, loaded from the Hugging Face Hub or a local folder the way transformers'
+//! `from_pretrained` loads them, with outputs that match PyTorch.
 //!
 //! Most programs use a [pipeline](pipelines): every one is loaded with `from_pretrained` and
 //! called the same way, [`Pipeline::run`] on any list of inputs (or
@@ -72,6 +72,10 @@ pub use models::distilbert::{
 };
 pub use models::gpt2::{Gpt2Config, Gpt2ForSequenceClassification, Gpt2LMHeadModel, Gpt2Model};
 pub use models::llama::{LlamaConfig, LlamaForCausalLM, LlamaModel};
+pub use models::mpnet::{
+    MpNetConfig, MpNetForMaskedLM, MpNetForQuestionAnswering, MpNetForSequenceClassification,
+    MpNetForTokenClassification, MpNetModel,
+};
 pub use models::pooling::{l2_normalize, Pooling, SpladeActivation, SpladePooling, SpladeStrategy};
 pub use models::pretrained::{FromPretrained, LoadOptions, Pretrained};
 pub use models::roberta::{

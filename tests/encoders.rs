@@ -1,5 +1,5 @@
-//! RoBERTa (and XLM-RoBERTa, CamemBERT) and DistilBERT against PyTorch, head by head, on tiny
-//! random checkpoints made by scripts/make_fixtures.py with transformers 4.57.6.
+//! RoBERTa (and XLM-RoBERTa, CamemBERT), DistilBERT and MPNet against PyTorch, head by head, on
+//! tiny random checkpoints made by scripts/make_fixtures.py with transformers 4.57.6.
 
 mod common;
 
@@ -9,9 +9,9 @@ use ferroformers::{
     AutoModelForSequenceClassification, AutoModelForTokenClassification, DType,
     DistilBertForMaskedLM, DistilBertForQuestionAnswering, DistilBertForSequenceClassification,
     DistilBertForTokenClassification, DistilBertModel, EncodeOptions, Error, FromPretrained,
-    HubOptions, LoadOptions, ModelInput, RobertaForMaskedLM, RobertaForQuestionAnswering,
-    RobertaForSequenceClassification, RobertaForTokenClassification, RobertaModel, Tensor,
-    TextInput, Tokenizer,
+    HubOptions, LoadOptions, ModelInput, MpNetForSequenceClassification, MpNetModel,
+    RobertaForMaskedLM, RobertaForQuestionAnswering, RobertaForSequenceClassification,
+    RobertaForTokenClassification, RobertaModel, Tensor, TextInput, Tokenizer,
 };
 
 /// f32 against PyTorch f32.
@@ -343,4 +343,120 @@ fn xlm_roberta_loads_with_the_roberta_named_classes() {
     check("xlm-roberta/sequence-classification", |input| {
         vec![("logits", model.forward(input).unwrap())]
     });
+}
+
+#[test]
+fn mpnet_base_matches_pytorch() {
+    // Through AutoModel: `model_type: "mpnet"` dispatches to MpNetModel.
+    let model: AutoModel = load("mpnet/base");
+    assert!(matches!(model, AutoModel::MpNet(_)));
+    check("mpnet/base", |input| {
+        let out = model.forward(input).unwrap();
+        vec![
+            ("last_hidden_state", out.last_hidden_state),
+            ("pooler_output", out.pooler_output.unwrap()),
+        ]
+    });
+}
+
+#[test]
+fn mpnet_masked_lm_with_tied_decoder_matches_pytorch() {
+    // The checkpoint has `lm_head.bias` and no `lm_head.decoder.weight` (tied, dropped by
+    // safetensors).
+    let model: AutoModelForMaskedLM = load("mpnet/masked-lm");
+    check("mpnet/masked-lm", |input| {
+        vec![("logits", model.forward(input).unwrap())]
+    });
+}
+
+#[test]
+fn mpnet_sequence_classification_matches_pytorch() {
+    let model: MpNetForSequenceClassification = load("mpnet/sequence-classification");
+    check("mpnet/sequence-classification", |input| {
+        vec![("logits", model.forward(input).unwrap())]
+    });
+    assert_eq!(model.config().id2label.name(2), "positive");
+    let auto: AutoModelForSequenceClassification = load("mpnet/sequence-classification");
+    assert!(matches!(auto, AutoModelForSequenceClassification::MpNet(_)));
+}
+
+#[test]
+fn mpnet_token_classification_matches_pytorch() {
+    let model: AutoModelForTokenClassification = load("mpnet/token-classification");
+    check("mpnet/token-classification", |input| {
+        vec![("logits", model.forward(input).unwrap())]
+    });
+}
+
+#[test]
+fn mpnet_question_answering_matches_pytorch() {
+    let model: AutoModelForQuestionAnswering = load("mpnet/question-answering");
+    check("mpnet/question-answering", |input| {
+        let out = model.forward(input).unwrap();
+        vec![
+            ("start_logits", out.start_logits),
+            ("end_logits", out.end_logits),
+        ]
+    });
+}
+
+#[test]
+fn mpnet_tokenizer_json_matches_python() {
+    // WordPiece with MPNet's specials: `<s> A </s>`, a pair as `<s> A </s></s> B </s>`.
+    check_tokenizer("mpnet/base");
+}
+
+#[test]
+fn mpnet_relative_position_buckets_match_transformers() {
+    // transformers' `relative_position_bucket` for every distance in -1100..=1100: the exact
+    // buckets, the logarithmic ones (whose float form lands on whole numbers at 16, 32, 64)
+    // and the last one past 128, on both sides.
+    let reference = fixture_json("mpnet/relative-position-buckets.json");
+    let relative: Vec<i64> =
+        serde_json::from_value(reference["relative_positions"].clone()).unwrap();
+    let buckets: Vec<u32> = serde_json::from_value(reference["buckets"].clone()).unwrap();
+    assert_eq!(relative.len(), 2201);
+    assert_same_len(&relative, &buckets, "relative positions and buckets");
+    for (&relative, &bucket) in relative.iter().zip(&buckets) {
+        assert_eq!(
+            ferroformers::models::mpnet::relative_position_bucket(relative),
+            bucket,
+            "relative position {relative}"
+        );
+    }
+    for extreme in [i64::MIN, i64::MAX] {
+        assert!(ferroformers::models::mpnet::relative_position_bucket(extreme) < 32);
+    }
+}
+
+#[test]
+fn mpnet_positions_start_after_padding_index_one() {
+    // max_position_embeddings 66: positions 2..=65, so 64 tokens fit and 65 do not.
+    let model: MpNetModel = load("mpnet/base");
+    let device = ferroformers::Device::Cpu;
+    let fits = Tensor::full(5u32, (1, 64), &device).unwrap();
+    assert!(model.forward(&ModelInput::from_ids(fits)).is_ok());
+    let too_long = Tensor::full(5u32, (1, 65), &device).unwrap();
+    match model.forward(&ModelInput::from_ids(too_long)) {
+        Err(Error::InputTooLong {
+            length: 65,
+            max: 64,
+        }) => {}
+        other => panic!("expected InputTooLong, got {other:?}"),
+    }
+}
+
+#[test]
+fn mpnet_config_with_fewer_than_32_buckets_is_an_error() {
+    // transformers sorts distances into 32 buckets whatever the config says: a smaller table
+    // could not hold them.
+    let path = fixture("mpnet/base/config.json");
+    let mut config = fixture_json("mpnet/base/config.json");
+    config["relative_attention_num_buckets"] = 16.into();
+    let error = ferroformers::ModelConfig::from_json(&config.to_string(), &path).unwrap_err();
+    assert!(matches!(error, Error::InvalidConfig(_)), "{error:?}");
+    assert!(
+        error.to_string().contains("relative_attention_num_buckets"),
+        "{error}"
+    );
 }

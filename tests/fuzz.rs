@@ -68,6 +68,7 @@ const CONFIG_KEYS: &[&str] = &[
     "n_embd",
     "n_head",
     "dim",
+    "relative_attention_num_buckets",
 ];
 
 proptest! {
@@ -82,7 +83,7 @@ proptest! {
     fn config_parsing_never_panics_on_mutated_configs(
         key in prop::sample::select(CONFIG_KEYS),
         value in json_value(),
-        model_type in prop::sample::select(&["bert", "roberta", "distilbert", "gpt2", "t5"][..]),
+        model_type in prop::sample::select(&["bert", "roberta", "distilbert", "mpnet", "gpt2", "t5"][..]),
     ) {
         let mut config: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(fixture("bert/base/config.json")).unwrap(),

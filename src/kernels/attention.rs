@@ -1,5 +1,5 @@
 //! Fused multi-head self-attention for encoders on the CPU: for each (batch, head) pair, in
-//! parallel, `softmax(Q Kᵀ · scale + mask) V` with the head's rows read in place from the
+//! parallel, `softmax(Q Kᵀ · scale + bias + mask) V` with the head's rows read in place from the
 //! packed (batch, seq, 3 · hidden) projections and the result written in place into a
 //! (batch, seq, hidden) output. No head transposes, no (batch, heads, seq, seq) score tensor:
 //! each task keeps one head's scores in a buffer of its own.
@@ -25,38 +25,45 @@ pub enum AttentionProducts {
 
 /// Attention over packed projections `qkv`: (batch, seq, 3 · heads · head_dim), query, key
 /// and value side by side as one GEMM makes them. Returns (batch, seq, heads · head_dim).
-/// `mask`: additive f32, (batch, 1, 1, seq), as `layers::padding_mask` makes it. On the CPU in
-/// f32 this is one fused kernel; elsewhere the heads are split and `reference::attention`
-/// runs.
+/// `mask`: additive f32, (batch, 1, 1, seq), as `layers::padding_mask` makes it.
+/// `position_bias`: additive f32, (heads, seq, seq), the same for every sequence of the batch
+/// (MPNet's relative positions); `None` for the encoders without one. On the CPU in f32 this
+/// is one fused kernel; elsewhere the heads are split and `reference::attention` runs.
 pub fn multi_head_attention(
     qkv: &Tensor,
     heads: usize,
     mask: Option<&Tensor>,
+    position_bias: Option<&Tensor>,
     scale: f64,
     products: AttentionProducts,
 ) -> candle_core::Result<Tensor> {
     let fused = super::use_kernels(qkv)
         && mask.is_none_or(|m| m.dims().len() == 4 && m.dim(2).ok() == Some(1));
     if !fused {
-        return split_heads_attention(qkv, heads, mask, scale);
+        return split_heads_attention(qkv, heads, mask, position_bias, scale);
     }
-    let mask = mask
-        .map(|m| m.flatten_all()?.to_vec1::<f32>())
-        .transpose()?;
+    let host = |t: &Tensor| {
+        t.to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()
+    };
     let op = FusedAttention {
         heads,
         scale: scale as f32,
-        mask,
+        mask: mask.map(host).transpose()?,
+        position_bias: position_bias.map(host).transpose()?,
         products,
     };
     qkv.contiguous()?.apply_op1_no_bwd(&op)
 }
 
-/// The portable path: each of q, k, v to (batch, heads, seq, d), attention, and back.
+/// The portable path: each of q, k, v to (batch, heads, seq, d), attention, and back. A
+/// position bias joins the mask, (batch or 1, heads, seq, seq).
 fn split_heads_attention(
     qkv: &Tensor,
     heads: usize,
     mask: Option<&Tensor>,
+    position_bias: Option<&Tensor>,
     scale: f64,
 ) -> candle_core::Result<Tensor> {
     let (batch, len, packed) = qkv.dims3()?;
@@ -66,7 +73,13 @@ fn split_heads_attention(
             .reshape((batch, len, heads, width / heads))?
             .transpose(1, 2)
     };
-    let context = reference::attention(&split(0)?, &split(1)?, &split(2)?, mask, scale)?;
+    let additive = match (mask, position_bias) {
+        (mask, None) => mask.cloned(),
+        (None, Some(bias)) => Some(bias.unsqueeze(0)?),
+        (Some(mask), Some(bias)) => Some(mask.broadcast_add(&bias.unsqueeze(0)?)?),
+    };
+    let context =
+        reference::attention(&split(0)?, &split(1)?, &split(2)?, additive.as_ref(), scale)?;
     context.transpose(1, 2)?.reshape((batch, len, width))
 }
 
@@ -75,7 +88,41 @@ struct FusedAttention {
     scale: f32,
     /// (batch, k_seq) additive mask, on the host.
     mask: Option<Vec<f32>>,
+    /// (heads, q_seq, k_seq) additive bias, on the host.
+    position_bias: Option<Vec<f32>>,
     products: AttentionProducts,
+}
+
+/// What is added to one head's scores before the softmax: its sequence's padding mask, the
+/// same for every query, and the head's (q_seq, k_seq) position bias where the model has one.
+#[derive(Clone, Copy)]
+struct ScoreBias<'a> {
+    mask: &'a [f32],
+    position: Option<&'a [f32]>,
+}
+
+impl<'a> ScoreBias<'a> {
+    /// The values added to query `i`'s scores, in `buffer` when they are a sum. transformers
+    /// adds the bias, then the mask (`scores + position_bias + attention_mask`); here the two
+    /// are summed first, which changes nothing where the mask is 0 and leaves `f32::MIN`
+    /// where it is not (a bias is far below one of its units in the last place).
+    fn row<'b>(self, i: usize, buffer: &'b mut Vec<f32>) -> &'b [f32]
+    where
+        'a: 'b,
+    {
+        let Some(position) = self.position else {
+            return self.mask;
+        };
+        let len = self.mask.len();
+        buffer.clear();
+        buffer.extend(
+            self.mask
+                .iter()
+                .zip(&position[i * len..(i + 1) * len])
+                .map(|(mask, bias)| mask + bias),
+        );
+        buffer
+    }
 }
 
 thread_local! {
@@ -101,6 +148,8 @@ struct Bf16Head {
     values: Vec<i32>,
     /// One row's pairs on their way into a panel.
     row: Vec<i32>,
+    /// One query's mask plus position bias (`ScoreBias::row`).
+    additive: Vec<f32>,
 }
 
 /// A pointer that parallel tasks write through, each to its own disjoint (rows, head) block.
@@ -145,6 +194,15 @@ impl CustomOp1 for FusedAttention {
                 )
             }
         }
+        if let Some(bias) = &self.position_bias {
+            if bias.len() != self.heads * len * len {
+                candle_core::bail!(
+                    "fused-attention: position bias of {} values for {} heads x {len} x {len}",
+                    bias.len(),
+                    self.heads
+                )
+            }
+        }
         let head_dim = width / self.heads;
         let no_mask = vec![0f32; len];
         let isa = Isa::current();
@@ -157,9 +215,15 @@ impl CustomOp1 for FusedAttention {
             width,
             head_dim,
         };
-        let mask_row = |b: usize| match &self.mask {
-            Some(mask) => &mask[b * len..(b + 1) * len],
-            None => &no_mask[..],
+        let bias = |b: usize, h: usize| ScoreBias {
+            mask: match &self.mask {
+                Some(mask) => &mask[b * len..(b + 1) * len],
+                None => &no_mask[..],
+            },
+            position: self
+                .position_bias
+                .as_deref()
+                .map(|bias| &bias[h * len * len..(h + 1) * len * len]),
         };
         // The bf16 kernels take whole panels of a head's output columns.
         let bf16 = self.products == AttentionProducts::Bf16
@@ -170,15 +234,16 @@ impl CustomOp1 for FusedAttention {
                 let (b, h) = (task / self.heads, task % self.heads);
                 BF16_HEAD.with(|buffers| {
                     let buffers = &mut buffers.borrow_mut();
-                    self.head_bf16(isa, qkv, dims, b, h, mask_row(b), buffers, shared);
+                    self.head_bf16(isa, qkv, dims, b, h, bias(b, h), buffers, shared);
                 });
             });
         } else {
             (0..batch * self.heads).into_par_iter().for_each_init(
-                || vec![0f32; len * len],
-                |scores, task| {
+                || (vec![0f32; len * len], Vec::new()),
+                |(scores, additive), task| {
                     let (b, h) = (task / self.heads, task % self.heads);
-                    self.head_f32(isa, qkv, dims, b, h, mask_row(b), scores, shared);
+                    let bias = bias(b, h);
+                    self.head_f32(isa, qkv, dims, b, h, bias, scores, additive, shared);
                 },
             );
         }
@@ -222,8 +287,9 @@ impl FusedAttention {
         dims: HeadDims,
         b: usize,
         h: usize,
-        mask_row: &[f32],
+        bias: ScoreBias,
         scores: &mut [f32],
+        additive: &mut Vec<f32>,
         out: SharedOut,
     ) {
         let HeadDims {
@@ -261,8 +327,8 @@ impl FusedAttention {
                 Parallelism::None,
             );
         }
-        for row in scores.chunks_mut(len) {
-            softmax_row(isa, row, mask_row, 1.0);
+        for (i, row) in scores.chunks_mut(len).enumerate() {
+            softmax_row(isa, row, bias.row(i, additive), 1.0);
         }
         unsafe {
             // out rows (len × d) = P (len × len) · V_bh (len × d)
@@ -303,7 +369,7 @@ impl FusedAttention {
         dims: HeadDims,
         b: usize,
         h: usize,
-        mask_row: &[f32],
+        bias: ScoreBias,
         buffers: &mut Bf16Head,
         out: SharedOut,
     ) {
@@ -324,6 +390,7 @@ impl FusedAttention {
             probabilities,
             values,
             row: pairs,
+            additive,
         } = buffers;
 
         queries.resize(len * half, 0);
@@ -362,12 +429,13 @@ impl FusedAttention {
             )
         };
         probabilities.resize(len * key_pairs, 0);
-        for (scores, out) in scores
+        for (i, (scores, out)) in scores
             .chunks_mut(keys)
             .zip(probabilities.chunks_mut(key_pairs))
+            .enumerate()
         {
             let (real, padding) = scores.split_at_mut(len);
-            softmax_row(isa, real, mask_row, self.scale);
+            softmax_row(isa, real, bias.row(i, additive), self.scale);
             padding.fill(0.0);
             bf16_pairs_row(isa, scores, out);
         }
@@ -416,11 +484,13 @@ mod tests {
     }
 
     /// What the bf16 products promise, in f64: q, k, v and the probabilities rounded to bf16,
-    /// everything else exact. Returns (batch, len, width).
+    /// everything else exact; `bias` (heads, len, len) added to the scores before the mask.
+    /// Returns (batch, len, width).
     fn bf16_reference(
         qkv: &[f32],
         (batch, len, heads, d): (usize, usize, usize, usize),
         mask: &[f32],
+        bias: Option<&[f32]>,
         scale: f64,
     ) -> Vec<f64> {
         let width = heads * d;
@@ -435,7 +505,8 @@ mod tests {
                         .map(|j| {
                             let dot: f64 =
                                 (0..d).map(|c| at(b, i, 0, h, c) * at(b, j, 1, h, c)).sum();
-                            dot * scale + mask[b * len + j] as f64
+                            let bias = bias.map_or(0.0, |bias| bias[(h * len + i) * len + j]);
+                            dot * scale + bias as f64 + mask[b * len + j] as f64
                         })
                         .collect();
                     let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
@@ -455,9 +526,10 @@ mod tests {
     /// The bf16 products (queries × keys, probabilities × values) against the f64 product
     /// of the same bf16-rounded operands: sequences that fill whole key panels (128) and that
     /// do not (13, odd: a zero partner for the last key), heads of 32 and 64, a padding mask
-    /// on the second sequence, peaked scores (|q|, |k| up to 2). Differences come from the
-    /// f32 sums and softmax, and from a probability that f32 rounds to the neighbouring bf16
-    /// (2^-8 of its share of an output).
+    /// on the second sequence, peaked scores (|q|, |k| up to 2); without and with a position
+    /// bias per head (MPNet's, within ±1). Differences come from the f32 sums and softmax, and
+    /// from a probability that f32 rounds to the neighbouring bf16 (2^-8 of its share of an
+    /// output).
     #[test]
     fn bf16_products_match_the_rounded_reference() {
         let name = "attention::bf16_products_match_the_rounded_reference";
@@ -465,7 +537,9 @@ mod tests {
             eprintln!("{name}: SKIPPED: the bf16 products run on AVX-512 only");
             return;
         }
-        for (len, heads, d) in [(13, 2, 64), (128, 2, 64), (37, 3, 32)] {
+        let cases = [(13, 2, 64), (128, 2, 64), (37, 3, 32)];
+        for ((len, heads, d), with_bias) in cases.into_iter().flat_map(|c| [(c, false), (c, true)])
+        {
             let batch = 2;
             let width = heads * d;
             let mut qkv: Vec<f32> = pseudo_random(batch * len * 3 * width, len as u32)
@@ -489,13 +563,20 @@ mod tests {
             let mask_tensor =
                 Tensor::from_slice(&mask, (batch, 1, 1, len), &candle_core::Device::Cpu)
                     .expect("a tensor of its own size");
+            let bias = with_bias.then(|| pseudo_random(heads * len * len, 7));
+            let bias_tensor = bias.as_ref().map(|bias| {
+                Tensor::from_slice(bias, (heads, len, len), &candle_core::Device::Cpu)
+                    .expect("a tensor of its own size")
+            });
             let run = |products| {
-                multi_head_attention(&tensor, heads, Some(&mask_tensor), scale, products)
+                let (mask, bias) = (Some(&mask_tensor), bias_tensor.as_ref());
+                multi_head_attention(&tensor, heads, mask, bias, scale, products)
                     .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
                     .expect("attention runs")
             };
             let (got, f32_path) = (run(AttentionProducts::Bf16), run(AttentionProducts::F32));
-            let expected = bf16_reference(&qkv, (batch, len, heads, d), &mask, scale);
+            let expected =
+                bf16_reference(&qkv, (batch, len, heads, d), &mask, bias.as_deref(), scale);
             assert_eq!(got.len(), expected.len());
             let mut worst = 0f64;
             for (i, (&g, &e)) in got.iter().zip(&expected).enumerate() {
@@ -508,13 +589,80 @@ mod tests {
                 .map(|(&g, &f)| (g - f).abs())
                 .fold(0f32, f32::max);
             eprintln!(
-                "len {len}, d {d}: {worst:.2e} from the rounded reference, {drift:.2e} from f32"
+                "len {len}, d {d}, bias {with_bias}: {worst:.2e} from the rounded reference, \
+                 {drift:.2e} from f32"
             );
             assert!(
                 worst <= BF16_ATTENTION_BOUND,
-                "len {len}, d {d}: {worst} > bound"
+                "len {len}, d {d}, bias {with_bias}: {worst} > bound"
             );
         }
+    }
+
+    /// The fused f32 kernel with a position bias (MPNet's) and a padding mask against candle's
+    /// ops on the split heads (`reference::attention`, the path off the CPU): the bias is read
+    /// for the right head, query and key. (tests/kernel_paths.rs runs MPNet on each
+    /// instruction set.)
+    #[test]
+    fn position_bias_in_the_fused_kernel_matches_the_split_heads() {
+        let (batch, len, heads, d) = (2, 19, 3, 8);
+        let width = heads * d;
+        let device = candle_core::Device::Cpu;
+        let qkv = Tensor::from_vec(
+            pseudo_random(batch * len * 3 * width, 11),
+            (batch, len, 3 * width),
+            &device,
+        )
+        .expect("a tensor of its own size");
+        let mut mask = vec![0f32; batch * len];
+        mask[len + len - 5..].fill(f32::MIN);
+        let mask = Tensor::from_vec(mask, (batch, 1, 1, len), &device).expect("mask");
+        let bias = Tensor::from_vec(
+            pseudo_random(heads * len * len, 12),
+            (heads, len, len),
+            &device,
+        )
+        .expect("bias");
+        let scale = 1.0 / (d as f64).sqrt();
+        let values = |t: Tensor| {
+            t.flatten_all()
+                .and_then(|t| t.to_vec1::<f32>())
+                .expect("values")
+        };
+        let split = values(
+            split_heads_attention(&qkv, heads, Some(&mask), Some(&bias), scale)
+                .expect("split heads run"),
+        );
+        let unbiased = values(
+            split_heads_attention(&qkv, heads, Some(&mask), None, scale).expect("split heads run"),
+        );
+        let gap = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max)
+        };
+        assert!(
+            gap(&split, &unbiased) > 1e-2,
+            "the bias must change the output"
+        );
+        let fused = values(
+            multi_head_attention(
+                &qkv,
+                heads,
+                Some(&mask),
+                Some(&bias),
+                scale,
+                AttentionProducts::F32,
+            )
+            .expect("fused attention runs"),
+        );
+        let error = gap(&fused, &split);
+        eprintln!(
+            "{}: {error:.1e} from the split heads",
+            Isa::current().name()
+        );
+        assert!(error <= 1e-6, "{error} from the split heads");
     }
 
     /// See `bf16_products_match_the_rounded_reference`. Measured on the Zen 5: 1.2e-4 (128

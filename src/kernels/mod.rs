@@ -358,7 +358,8 @@ impl CustomOp1 for GeluErf {
 }
 
 /// `softmax(scores * scale + mask)` over the last dimension, in one pass. `scores`:
-/// (batch, heads, q, k); `mask`: additive, (batch or 1, 1, q or 1, k). On the CPU in f32 one
+/// (batch, heads, q, k); `mask`: additive, (batch or 1, heads or 1, q or 1, k): a padding
+/// mask, or one with MPNet's per-head position bias in it. On the CPU in f32 one
 /// kernel does it all, without the intermediate tensors; elsewhere candle's ops, in f32.
 pub fn scaled_masked_softmax(
     scores: &Tensor,
@@ -422,8 +423,8 @@ impl CustomOp2 for ScaledMaskedSoftmax {
         };
         let (scores, mask) = (&scores[s_start..s_end], &mask[m_start..m_end]);
         let (batch, heads, q, k) = scores_layout.shape().dims4()?;
-        let (mask_batch, one, mask_q, mask_k) = mask_layout.shape().dims4()?;
-        if one != 1
+        let (mask_batch, mask_heads, mask_q, mask_k) = mask_layout.shape().dims4()?;
+        if !(mask_heads == 1 || mask_heads == heads)
             || mask_k != k
             || !(mask_batch == 1 || mask_batch == batch)
             || !(mask_q == 1 || mask_q == q)
@@ -443,8 +444,10 @@ impl CustomOp2 for ScaledMaskedSoftmax {
             .for_each(|(task, out)| {
                 for (i, out_row) in out.chunks_mut(k).enumerate() {
                     let row = task * rows_per_task + i;
-                    let (b, qi) = (row / (heads * q), row % q);
-                    let mask_row = (if mask_batch == 1 { 0 } else { b }) * mask_q
+                    let (b, h, qi) = (row / (heads * q), row / q % heads, row % q);
+                    let mask_row = ((if mask_batch == 1 { 0 } else { b }) * mask_heads
+                        + if mask_heads == 1 { 0 } else { h })
+                        * mask_q
                         + if mask_q == 1 { 0 } else { qi };
                     let m = &mask[mask_row * k..(mask_row + 1) * k];
                     out_row.copy_from_slice(&scores[row * k..(row + 1) * k]);

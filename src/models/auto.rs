@@ -17,6 +17,10 @@ use crate::models::distilbert::{
 };
 use crate::models::gpt2::{Gpt2ForSequenceClassification, Gpt2LMHeadModel};
 use crate::models::llama::{LlamaEmbeddingModel, LlamaForCausalLM};
+use crate::models::mpnet::{
+    MpNetForMaskedLM, MpNetForQuestionAnswering, MpNetForSequenceClassification,
+    MpNetForTokenClassification, MpNetModel,
+};
 use crate::models::pretrained::{checkpoint_mismatch, FromPretrained};
 use crate::models::roberta::{
     RobertaForMaskedLM, RobertaForQuestionAnswering, RobertaForSequenceClassification,
@@ -71,6 +75,7 @@ auto_model!(
         Bert(BertModel),
         Roberta(RobertaModel) | XlmRoberta | Camembert,
         Distilbert(DistilBertModel),
+        MpNet(MpNetModel),
         Llama(LlamaEmbeddingModel) | Mistral | Qwen2 | Qwen3,
     }
 );
@@ -81,6 +86,7 @@ auto_model!(
         Bert(BertForMaskedLM),
         Roberta(RobertaForMaskedLM) | XlmRoberta | Camembert,
         Distilbert(DistilBertForMaskedLM),
+        MpNet(MpNetForMaskedLM),
     }
 );
 
@@ -90,6 +96,7 @@ auto_model!(
         Bert(BertForSequenceClassification),
         Roberta(RobertaForSequenceClassification) | XlmRoberta | Camembert,
         Distilbert(DistilBertForSequenceClassification),
+        MpNet(MpNetForSequenceClassification),
         Gpt2(Gpt2ForSequenceClassification),
     }
 );
@@ -100,6 +107,7 @@ auto_model!(
         Bert(BertForTokenClassification),
         Roberta(RobertaForTokenClassification) | XlmRoberta | Camembert,
         Distilbert(DistilBertForTokenClassification),
+        MpNet(MpNetForTokenClassification),
     }
 );
 
@@ -109,6 +117,7 @@ auto_model!(
         Bert(BertForQuestionAnswering),
         Roberta(RobertaForQuestionAnswering) | XlmRoberta | Camembert,
         Distilbert(DistilBertForQuestionAnswering),
+        MpNet(MpNetForQuestionAnswering),
     }
 );
 

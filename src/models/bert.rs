@@ -163,7 +163,7 @@ pub(crate) enum Positions {
 
 impl Positions {
     /// The longest input the position table of `table_size` rows allows.
-    fn max_len(&self, table_size: usize) -> usize {
+    pub(crate) fn max_len(&self, table_size: usize) -> usize {
         match self {
             Positions::FromZero => table_size,
             Positions::AfterPadding { padding_idx } => {
@@ -173,7 +173,7 @@ impl Positions {
     }
 
     /// (batch, seq) position ids for `input_ids`.
-    fn ids(&self, input_ids: &Tensor) -> Result<Tensor> {
+    pub(crate) fn ids(&self, input_ids: &Tensor) -> Result<Tensor> {
         let (batch, seq) = input_ids.dims2()?;
         let device = input_ids.device();
         Ok(match self {

@@ -11,6 +11,7 @@ use crate::models::bert::BertConfig;
 use crate::models::distilbert::DistilBertConfig;
 use crate::models::gpt2::Gpt2Config;
 use crate::models::llama::{LlamaConfig, LlamaFamily};
+use crate::models::mpnet::MpNetConfig;
 use crate::models::roberta::RobertaConfig;
 
 /// A model's configuration, dispatched on the `model_type` field of `config.json`.
@@ -31,6 +32,8 @@ pub enum ModelConfig {
     Camembert(RobertaConfig),
     /// `"model_type": "distilbert"`.
     Distilbert(DistilBertConfig),
+    /// `"model_type": "mpnet"`.
+    MpNet(MpNetConfig),
     /// `"model_type": "gpt2"`.
     Gpt2(Gpt2Config),
     /// `"model_type": "llama"`: Llama 2 and 3, SmolLM, TinyLlama.
@@ -51,6 +54,7 @@ impl ModelConfig {
         "xlm-roberta",
         "camembert",
         "distilbert",
+        "mpnet",
         "gpt2",
         "llama",
         "mistral",
@@ -101,6 +105,7 @@ impl ModelConfig {
             ModelConfig::XlmRoberta(_) => "xlm-roberta",
             ModelConfig::Camembert(_) => "camembert",
             ModelConfig::Distilbert(_) => "distilbert",
+            ModelConfig::MpNet(_) => "mpnet",
             ModelConfig::Gpt2(_) => "gpt2",
             ModelConfig::Llama(_) => "llama",
             ModelConfig::Mistral(_) => "mistral",
@@ -117,6 +122,7 @@ impl ModelConfig {
             | ModelConfig::XlmRoberta(c)
             | ModelConfig::Camembert(c) => &c.id2label,
             ModelConfig::Distilbert(c) => &c.id2label,
+            ModelConfig::MpNet(c) => &c.id2label,
             ModelConfig::Gpt2(c) => &c.id2label,
             ModelConfig::Llama(c)
             | ModelConfig::Mistral(c)
@@ -133,6 +139,7 @@ impl ModelConfig {
             | ModelConfig::XlmRoberta(c)
             | ModelConfig::Camembert(c) => c.num_labels(),
             ModelConfig::Distilbert(c) => c.num_labels(),
+            ModelConfig::MpNet(c) => c.num_labels(),
             ModelConfig::Gpt2(c) => c.num_labels(),
             ModelConfig::Llama(c)
             | ModelConfig::Mistral(c)
@@ -150,6 +157,7 @@ impl ModelConfig {
             | ModelConfig::XlmRoberta(c)
             | ModelConfig::Camembert(c) => c.problem_type.as_deref(),
             ModelConfig::Distilbert(c) => c.problem_type.as_deref(),
+            ModelConfig::MpNet(c) => c.problem_type.as_deref(),
             ModelConfig::Gpt2(c) => c.problem_type.as_deref(),
             ModelConfig::Llama(c)
             | ModelConfig::Mistral(c)
@@ -159,7 +167,7 @@ impl ModelConfig {
     }
 
     /// Rows of the position table: the longest input the model takes, less RoBERTa's offset
-    /// of `pad_token_id + 1` for the RoBERTa family.
+    /// of `pad_token_id + 1` for the RoBERTa family (and MPNet's of 2).
     pub fn max_position_embeddings(&self) -> usize {
         match self {
             ModelConfig::Bert(c)
@@ -167,6 +175,7 @@ impl ModelConfig {
             | ModelConfig::XlmRoberta(c)
             | ModelConfig::Camembert(c) => c.max_position_embeddings,
             ModelConfig::Distilbert(c) => c.max_position_embeddings,
+            ModelConfig::MpNet(c) => c.max_position_embeddings,
             ModelConfig::Gpt2(c) => c.n_positions,
             ModelConfig::Llama(c)
             | ModelConfig::Mistral(c)
@@ -209,6 +218,7 @@ impl ModelConfig {
             | ModelConfig::XlmRoberta(c)
             | ModelConfig::Camembert(c) => c.hidden_size,
             ModelConfig::Distilbert(c) => c.dim,
+            ModelConfig::MpNet(c) => c.hidden_size,
             ModelConfig::Gpt2(c) => c.n_embd,
             ModelConfig::Llama(c)
             | ModelConfig::Mistral(c)
@@ -225,6 +235,7 @@ impl ModelConfig {
             | ModelConfig::XlmRoberta(c)
             | ModelConfig::Camembert(c) => c.vocab_size,
             ModelConfig::Distilbert(c) => c.vocab_size,
+            ModelConfig::MpNet(c) => c.vocab_size,
             ModelConfig::Gpt2(c) => c.vocab_size,
             ModelConfig::Llama(c)
             | ModelConfig::Mistral(c)
@@ -240,6 +251,7 @@ impl ModelConfig {
             | ModelConfig::XlmRoberta(config)
             | ModelConfig::Camembert(config) => config.validate(),
             ModelConfig::Distilbert(config) => config.validate(),
+            ModelConfig::MpNet(config) => config.validate(),
             ModelConfig::Gpt2(config) => config.validate(),
             ModelConfig::Llama(config)
             | ModelConfig::Mistral(config)
@@ -338,6 +350,7 @@ config_accessor!(
     "RoBERTa"
 );
 config_accessor!(distilbert, Distilbert, DistilBertConfig, "DistilBERT");
+config_accessor!(mpnet, MpNet, MpNetConfig, "MPNet");
 config_accessor!(gpt2, Gpt2, Gpt2Config, "GPT-2");
 // Mistral, Qwen2 and Qwen3 are the Llama block with variants their configs name ("modular"
 // files in transformers):

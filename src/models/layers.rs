@@ -466,6 +466,17 @@ impl SelfAttention {
 
     /// (batch, seq, hidden) in and out; the heads are split inside.
     pub fn forward(&self, hidden: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        self.forward_with_bias(hidden, mask, None)
+    }
+
+    /// [`SelfAttention::forward`] with `position_bias`, (heads, seq, seq) f32, added to every
+    /// sequence's scores before the mask (MPNet's relative positions).
+    pub fn forward_with_bias(
+        &self,
+        hidden: &Tensor,
+        mask: Option<&Tensor>,
+        position_bias: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let qkv = self.qkv.forward(hidden)?;
         // bf16 weights get bf16 attention products, as PyTorch computes a bf16 model's.
         let products = match self.qkv.weight_format() {
@@ -473,7 +484,12 @@ impl SelfAttention {
             _ => AttentionProducts::F32,
         };
         Ok(crate::kernels::multi_head_attention(
-            &qkv, self.heads, mask, self.scale, products,
+            &qkv,
+            self.heads,
+            mask,
+            position_bias,
+            self.scale,
+            products,
         )?)
     }
 }
