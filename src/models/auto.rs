@@ -17,6 +17,10 @@ use crate::models::distilbert::{
 };
 use crate::models::gpt2::{Gpt2ForSequenceClassification, Gpt2LMHeadModel};
 use crate::models::llama::{LlamaEmbeddingModel, LlamaForCausalLM};
+use crate::models::modernbert::{
+    ModernBertForMaskedLM, ModernBertForSequenceClassification, ModernBertForTokenClassification,
+    ModernBertModel,
+};
 use crate::models::pretrained::{checkpoint_mismatch, FromPretrained};
 use crate::models::roberta::{
     RobertaForMaskedLM, RobertaForQuestionAnswering, RobertaForSequenceClassification,
@@ -72,6 +76,7 @@ auto_model!(
         Roberta(RobertaModel) | XlmRoberta | Camembert,
         Distilbert(DistilBertModel),
         Llama(LlamaEmbeddingModel) | Mistral | Qwen2 | Qwen3,
+        Modernbert(ModernBertModel),
     }
 );
 
@@ -81,6 +86,7 @@ auto_model!(
         Bert(BertForMaskedLM),
         Roberta(RobertaForMaskedLM) | XlmRoberta | Camembert,
         Distilbert(DistilBertForMaskedLM),
+        Modernbert(ModernBertForMaskedLM),
     }
 );
 
@@ -91,6 +97,7 @@ auto_model!(
         Roberta(RobertaForSequenceClassification) | XlmRoberta | Camembert,
         Distilbert(DistilBertForSequenceClassification),
         Gpt2(Gpt2ForSequenceClassification),
+        Modernbert(ModernBertForSequenceClassification),
     }
 );
 
@@ -100,6 +107,7 @@ auto_model!(
         Bert(BertForTokenClassification),
         Roberta(RobertaForTokenClassification) | XlmRoberta | Camembert,
         Distilbert(DistilBertForTokenClassification),
+        Modernbert(ModernBertForTokenClassification),
     }
 );
 

@@ -27,6 +27,7 @@ pub mod distilbert;
 pub mod gpt2;
 pub(crate) mod layers;
 pub mod llama;
+pub mod modernbert;
 pub mod pooling;
 pub mod pretrained;
 pub mod roberta;
