@@ -5,7 +5,7 @@ another in one run, on the same random-initialised models of real shapes.
 
     python3 -m pip install -r scripts/requirements-fixtures.txt onnxruntime onnx ctranslate2
     cargo build --release
-    python3 scripts/bench_compare.py [--threads 2] [--runs 10] [--cases bert-base-1,minilm-32,gpt2-1,gpt2-8]
+    python3 scripts/bench_compare.py [--threads 2] [--runs 10] [--cases bert-base-1,minilm-32,gpt2-1,gpt2-8,modernbert-32]
     python3 scripts/bench_compare.py --cases qwen2.5-0.5b-1,smollm2-360m-1 --llama-cpp DIR
 
 Encoder cases time one forward pass. GPT-2 cases (`gpt2-B`: GPT-2 small, B prompts of 32
@@ -79,7 +79,8 @@ import time
 import torch
 from transformers import (
     BertConfig, BertModel, DistilBertConfig, DistilBertModel, GPT2Config, GPT2LMHeadModel,
-    LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, RobertaConfig, RobertaModel,
+    LlamaConfig, LlamaForCausalLM, ModernBertConfig, ModernBertModel, Qwen2Config, Qwen2ForCausalLM,
+    RobertaConfig, RobertaModel,
 )
 
 import bench_peers as peers
@@ -96,6 +97,12 @@ SHAPES = {
     "roberta-base": lambda: RobertaModel(RobertaConfig(
         vocab_size=50265, max_position_embeddings=514, type_vocab_size=1, pad_token_id=1, **BASE)),
     "distilbert": lambda: DistilBertModel(DistilBertConfig(vocab_size=30522)),
+    # answerdotai/ModernBERT-base's shape; PyTorch runs sdpa (no flash-attention on the CPU),
+    # the sliding window as a mask. CTranslate2 has no ModernBERT: n/a.
+    "modernbert-base": lambda: ModernBertModel(ModernBertConfig(
+        vocab_size=50368, hidden_size=768, num_hidden_layers=22, num_attention_heads=12,
+        intermediate_size=1152, global_attn_every_n_layers=3, local_attention=128,
+        max_position_embeddings=8192)),
 }
 CASES = {
     "bert-base-1": ("bert-base", 1, 128),
@@ -103,6 +110,7 @@ CASES = {
     "minilm-32": ("minilm", 32, 128),
     "roberta-base-1": ("roberta-base", 1, 128),
     "distilbert-32": ("distilbert", 32, 128),
+    "modernbert-32": ("modernbert-base", 32, 512),
 }
 DECODE_CASES = {"gpt2-1": 1, "gpt2-8": 8}
 PROMPT_TOKENS, NEW_TOKENS = 32, 128
@@ -197,7 +205,7 @@ def encoder_peers(model, ids, folder, case, args):
             path = peers.onnx_file(model, ids, folder, int8)
             load = lambda path=path: peers.onnx_forward(path, ids, args.threads)
             loaders[name] = load if peers.check(f"{name} {case}", reference, load()()) else None
-    if use(args, "ctranslate2"):
+    if use(args, "ctranslate2") and peers.ct2_supports(model):
         path = peers.ct2_model(folder, "int8")
         load = lambda: peers.ct2_encoder_forward(path, ids, args.threads)
         name = "ctranslate2 int8"

@@ -106,6 +106,18 @@ class IdVocabulary:
         return {token(i): i for i in range(self.size)}
 
 
+def ct2_supports(model):
+    """Whether CTranslate2's converter takes `model`'s architecture (it has no ModernBERT); says
+    so when it does not, and the case shows CTranslate2 as n/a."""
+    from ctranslate2.converters.transformers import _MODEL_LOADERS
+
+    config = type(model.config).__name__
+    if config in _MODEL_LOADERS:
+        return True
+    print(f"ctranslate2 has no converter for {config}: n/a", file=sys.stderr)
+    return False
+
+
 def ct2_model(folder, quantization):
     """The Transformers model in `folder` converted to CTranslate2 with weights in
     `quantization` ("int8" or "float32"); made once per folder."""
