@@ -411,3 +411,48 @@ fn unpadding_pays_on_mixed_length_batches() {
         padded / unpadded
     );
 }
+
+/// The fill-mask pipeline on the masked-LM fixture: its best candidate for the `[MASK]` of
+/// "The capital of France is [MASK]." is the reference logits' argmax at that position, with
+/// their softmax as its score.
+#[test]
+fn fill_mask_pipeline_picks_the_reference_logits_best_token() {
+    use ferroformers::pipelines::{FillMaskOptions, FillMaskPipeline};
+
+    let name = "modernbert/masked-lm";
+    let reference = reference(name);
+    let (ids, _) = ids_and_mask(&reference);
+    let ids = ids.to_vec2::<u32>().unwrap();
+    let mask_id = 860; // [MASK], the last special token the fixture script adds
+    let (row, position) = ids
+        .iter()
+        .enumerate()
+        .find_map(|(r, row)| row.iter().position(|&id| id == mask_id).map(|p| (r, p)))
+        .expect("one fixture input holds [MASK]");
+    let logits = reference["logits"]
+        .get(row)
+        .unwrap()
+        .get(position)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let max = logits.iter().copied().fold(f32::MIN, f32::max);
+    let best = logits.iter().position(|&l| l == max).unwrap() as u32;
+    let probability = 1.0 / logits.iter().map(|&l| (l - max).exp()).sum::<f32>();
+
+    let pipeline =
+        FillMaskPipeline::from_pretrained(&fixture_model(name), &options(WeightType::F32)).unwrap();
+    let predictions = pipeline
+        .run(
+            &["The capital of France is [MASK]."],
+            &FillMaskOptions::default(),
+        )
+        .unwrap();
+    let top = &predictions[0][0];
+    assert_eq!(top.token, best, "best candidate");
+    assert!(
+        (top.score - probability).abs() < 1e-5,
+        "score {} against {probability}",
+        top.score
+    );
+}
