@@ -293,24 +293,36 @@ fn sentence_embeddings_match_sentence_transformers_encode() {
     }
 }
 
-/// bf16 and int8 weights against PyTorch's f32 masked-LM logits, with the bars measured on
-/// this fixture (the error of the whole stack: three layers, the head and the tied decoder).
+/// bf16 and int8 weights against PyTorch's f32 masked-LM logits, with bars measured on this
+/// fixture (the error of the whole stack: three layers, the head and the tied decoder) with
+/// about 1.5x headroom, as tests/kernel_paths.rs sets its own. Under
+/// `FERROFORMERS_KERNELS=reference` candle computes bf16 throughout (its bar there) and int8
+/// is a load error.
 #[test]
 fn reduced_precision_weights_stay_within_their_bars() {
-    // Measured (AVX-512 Zen 5, the CI machine's kind): bf16 see below, int8 see below; the bars
-    // give about 1.5x headroom.
-    const BF16_TOLERANCE: f32 = 5e-2;
-    const INT8_TOLERANCE: f32 = 8e-2;
+    use ferroformers::kernels::{kernel_mode, KernelMode};
+
+    let reference_ops = kernel_mode() == KernelMode::Reference;
+    // Measured on AVX-512 (Zen 5) and portable code: bf16 2.5e-2 (5.0e-2 on candle's ops),
+    // int8 6.6e-2 (AVX-512 VNNI; 3.9e-2 portable).
+    let bf16_tolerance = if reference_ops { 8e-2 } else { 4e-2 };
+    const INT8_TOLERANCE: f32 = 1e-1;
     let name = "modernbert/masked-lm";
     let reference = reference(name);
     for (weight_type, tolerance) in [
-        (WeightType::Bf16, BF16_TOLERANCE),
+        (WeightType::Bf16, bf16_tolerance),
         (WeightType::Int8, INT8_TOLERANCE),
     ] {
-        let model =
-            ModernBertForMaskedLM::from_pretrained(&fixture_model(name), &options(weight_type))
-                .unwrap();
-        let logits = model.forward(&reference_input(&reference)).unwrap();
+        let loaded =
+            ModernBertForMaskedLM::from_pretrained(&fixture_model(name), &options(weight_type));
+        if weight_type == WeightType::Int8 && reference_ops {
+            assert!(loaded.is_err(), "int8 loads with candle's ops");
+            continue;
+        }
+        let logits = loaded
+            .unwrap()
+            .forward(&reference_input(&reference))
+            .unwrap();
         let error = max_abs_diff(&logits, &reference["logits"]);
         eprintln!("{weight_type:?}: max abs error {error:.2e} (bar {tolerance:.0e})");
         assert!(

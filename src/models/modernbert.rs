@@ -259,9 +259,19 @@ struct Rotation {
 }
 
 impl Rotation {
-    fn new(rotary: &RotaryEmbedding, positions: &[u32], device: &Device) -> Result<Self> {
+    /// Computed in f32 and applied in `dtype`, the activations' (bf16 off the CPU's kernels),
+    /// as transformers casts them (`cos.to(dtype=x.dtype)`).
+    fn new(
+        rotary: &RotaryEmbedding,
+        positions: &[u32],
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
         let (cos, sin) = rotary.cos_sin(positions, 1, device)?;
-        Ok(Self { cos, sin })
+        Ok(Self {
+            cos: cos.to_dtype(dtype)?,
+            sin: sin.to_dtype(dtype)?,
+        })
     }
 }
 
@@ -550,17 +560,18 @@ impl ModernBertModel {
                 }
             }
         }
+        let embedded = self.tok_embeddings.forward(&token_ids)?;
+        let mut hidden = self.embeddings_norm.forward(&embedded)?;
+        let dtype = hidden.dtype();
         let context = Batch {
             sequences,
-            global: Rotation::new(&self.global_rotary, &positions, &device)?,
+            global: Rotation::new(&self.global_rotary, &positions, &device, dtype)?,
             local: has_local
-                .then(|| Rotation::new(&self.local_rotary, &positions, &device))
+                .then(|| Rotation::new(&self.local_rotary, &positions, &device, dtype))
                 .transpose()?,
             window_masks,
         };
 
-        let embedded = self.tok_embeddings.forward(&token_ids)?;
-        let mut hidden = self.embeddings_norm.forward(&embedded)?;
         for layer in &self.layers {
             hidden = layer.forward(&hidden, &context)?;
         }
