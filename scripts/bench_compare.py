@@ -5,7 +5,7 @@ another in one run, on the same random-initialised models of real shapes.
 
     python3 -m pip install -r scripts/requirements-fixtures.txt onnxruntime onnx ctranslate2
     cargo build --release
-    python3 scripts/bench_compare.py [--threads 2] [--runs 10] [--cases bert-base-1,minilm-32,gpt2-1,gpt2-8]
+    python3 scripts/bench_compare.py [--threads 2] [--runs 10] [--cases bert-base-1,minilm-32,gpt2-1,gpt2-8,modernbert-32]
     python3 scripts/bench_compare.py --cases qwen2.5-0.5b-1,smollm2-360m-1 --llama-cpp DIR
 
 Encoder cases time one forward pass. GPT-2 cases (`gpt2-B`: GPT-2 small, B prompts of 32
@@ -79,7 +79,8 @@ import time
 import torch
 from transformers import (
     BertConfig, BertModel, DistilBertConfig, DistilBertModel, GPT2Config, GPT2LMHeadModel,
-    LlamaConfig, LlamaForCausalLM, MPNetConfig, MPNetModel, Qwen2Config, Qwen2ForCausalLM,
+    LlamaConfig, LlamaForCausalLM, ModernBertConfig, ModernBertModel, MPNetConfig, MPNetModel,
+    Qwen2Config, Qwen2ForCausalLM,
     RobertaConfig, RobertaModel,
 )
 
@@ -101,6 +102,12 @@ SHAPES = {
     "mpnet-base": lambda: MPNetModel(MPNetConfig(
         vocab_size=30527, max_position_embeddings=514, layer_norm_eps=1e-5,
         relative_attention_num_buckets=32, pad_token_id=1, **BASE)),
+    # answerdotai/ModernBERT-base's shape; PyTorch runs sdpa (no flash-attention on the CPU),
+    # the sliding window as a mask. CTranslate2 has no ModernBERT: n/a.
+    "modernbert-base": lambda: ModernBertModel(ModernBertConfig(
+        vocab_size=50368, hidden_size=768, num_hidden_layers=22, num_attention_heads=12,
+        intermediate_size=1152, global_attn_every_n_layers=3, local_attention=128,
+        max_position_embeddings=8192)),
 }
 CASES = {
     "bert-base-1": ("bert-base", 1, 128),
@@ -109,6 +116,7 @@ CASES = {
     "roberta-base-1": ("roberta-base", 1, 128),
     "distilbert-32": ("distilbert", 32, 128),
     "mpnet-32": ("mpnet-base", 32, 128),
+    "modernbert-32": ("modernbert-base", 32, 512),
 }
 DECODE_CASES = {"gpt2-1": 1, "gpt2-8": 8}
 PROMPT_TOKENS, NEW_TOKENS = 32, 128

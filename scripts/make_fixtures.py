@@ -40,6 +40,9 @@ Layout:
                                         specials; mpnet/sentence-transformers/ in all-mpnet-base-v2's
                                         layout with `encode` outputs; mpnet/relative-position-buckets.json
                                         transformers' buckets; remade alone by `--only mpnet`
+    tests/fixtures/modernbert/<head>/   tiny ModernBERT (global and sliding-window layers) per head,
+                                        and sentence-transformers/ (mean pooling + Normalize) with
+                                        `encode` outputs in reference.json (`--only modernbert`)
 """
 import json
 import os
@@ -2052,6 +2055,126 @@ def make_splade():
     (folder.parent / "reference.json").write_text(json.dumps(reference, separators=(",", ":")))
 
 
+# ModernBERT (issue 30): pre-norm blocks without biases, fused Wqkv, RoPE with a global and a
+# local theta, sliding-window attention on all but every `global_attn_every_n_layers`-th layer,
+# GeGLU. The tokenizer is the reduced GPT-2 byte-level BPE with ModernBERT's specials and its
+# BERT-style post-processor ([CLS] A [SEP] B [SEP]); [MASK] takes the space before it (lstrip).
+MODERNBERT_INPUTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Hello, world!",
+    "naïve café 😀",
+    "a",
+    "The capital of France is [MASK].",
+    ["Who wrote the book?", "The book was written by people of the city in 1999."],
+]
+
+
+def modernbert_tokenizer(encoder: dict, merges: list):
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {}
+    for token in bpe_tokens(encoder, merges):
+        vocab.setdefault(token, len(vocab))
+    pairs = [tuple(m.split(" ")) for m in merges]
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=pairs))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens(["[UNK]", "[CLS]", "[SEP]", "[PAD]",
+                                AddedToken("[MASK]", lstrip=True, normalized=False)])
+    cls, sep = backend.token_to_id("[CLS]"), backend.token_to_id("[SEP]")
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, model_max_length=128, unk_token="[UNK]", cls_token="[CLS]",
+        sep_token="[SEP]", pad_token="[PAD]", mask_token="[MASK]",
+        model_input_names=["input_ids", "attention_mask"])
+
+
+def make_modernbert():
+    """modernbert/<head>: one tiny random ModernBERT per head. Three layers with
+    global_attn_every_n_layers 2 make layers 0 and 2 global and layer 1 local, and a window of
+    4 (2 keys each side) is far shorter than the inputs. References come from eager attention on
+    a right-padded batch; per-token outputs at padded positions are set to 0, as transformers'
+    unpadded path (`_pad_modernbert_output`) returns them, since ours runs only real tokens.
+    modernbert/sentence-transformers: the base model with Pooling(mean) -> Normalize, and
+    `encode` outputs of the batch and of each sentence alone."""
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import (ModernBertConfig, ModernBertForMaskedLM, ModernBertForSequenceClassification,
+                              ModernBertForTokenClassification, ModernBertModel)
+
+    encoder, merges = gpt2_bpe()
+    tokenizer = modernbert_tokenizer(encoder, merges)
+    batch = encode_padded(tokenizer, MODERNBERT_INPUTS)
+    config = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=40,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        hidden_activation="gelu",
+        max_position_embeddings=128,
+        initializer_range=0.1,
+        global_attn_every_n_layers=2,
+        local_attention=4,
+        pad_token_id=tokenizer.pad_token_id,
+        cls_token_id=tokenizer.cls_token_id,
+        sep_token_id=tokenizer.sep_token_id,
+        bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+    )
+    heads = {
+        "base": (ModernBertModel, {}),
+        "masked-lm": (ModernBertForMaskedLM, {}),
+        "sequence-classification": (
+            ModernBertForSequenceClassification,
+            {"id2label": {0: "negative", 1: "neutral", 2: "positive"}, "classifier_pooling": "mean"},
+        ),
+        "token-classification": (
+            ModernBertForTokenClassification,
+            {"id2label": {0: "O", 1: "B-PER", 2: "I-PER", 3: "B-LOC", 4: "I-LOC"}},
+        ),
+    }
+    out = FIXTURES / "modernbert"
+    if out.exists():
+        shutil.rmtree(out)
+    padding = (batch["attention_mask"] == 0)
+    for offset, (name, (cls, extra)) in enumerate(heads.items()):
+        torch.manual_seed(800 + offset)
+        model = cls._from_config(ModernBertConfig(**config, **extra), attn_implementation="eager")
+        randomise(model)
+        model.eval()
+        with torch.no_grad():
+            outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        folder = out / name
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        reference = {k: v.contiguous() for k, v in batch.items()}
+        for key in ("last_hidden_state", "logits"):
+            if key in outputs and outputs[key] is not None:
+                value = outputs[key]
+                if value.dim() == 3:
+                    value = value.masked_fill(padding.unsqueeze(-1), 0.0)
+                reference[key] = value.contiguous()
+        save_file(reference, folder / "reference.safetensors")
+        (folder / "inputs.json").write_text(json.dumps(MODERNBERT_INPUTS, ensure_ascii=False, indent=1))
+
+    transformer = models.Transformer(str(out / "base"), max_seq_length=64)
+    st = SentenceTransformer(modules=[transformer, models.Pooling(32, "mean"), models.Normalize()],
+                             device="cpu")
+    folder = out / "sentence-transformers"
+    st.save(str(folder))
+    (folder / "README.md").unlink(missing_ok=True)
+    st = SentenceTransformer(str(folder), device="cpu")
+    reference = {
+        "sentences": ST_SENTENCES,
+        "embeddings": st.encode(ST_SENTENCES).tolist(),
+        "alone": [st.encode([s]).tolist()[0] for s in ST_SENTENCES],
+    }
+    (folder / "reference.json").write_text(json.dumps(reference, indent=1))
+
+
 def main():
     torch.set_num_threads(1)
     if sys.argv[1:] == ["--only", "gguf"]:
@@ -2078,6 +2201,11 @@ def main():
         make_mpnet()
         count = fixture_manifest.write_manifest(FIXTURES)
         print(f"{fixture_manifest.MANIFEST}: {count} files")
+        return
+    if sys.argv[1:] == ["--only", "modernbert"]:
+        # ModernBERT alone, leaving the others as they are.
+        make_modernbert()
+        fixture_manifest.write_manifest(FIXTURES)
         return
     if sys.argv[1:] == ["--only", "decoders"]:
         # The Llama-family fixtures alone, leaving the others as they are.
@@ -2110,6 +2238,7 @@ def main():
     make_qwen3_reranker()
     make_splade()
     make_mpnet()
+    make_modernbert()
     shutil.rmtree(cache)
     total = sum(f.stat().st_size for f in FIXTURES.rglob("*") if f.is_file())
     print(f"fixtures written to {FIXTURES} ({total / 1e6:.2f} MB)")

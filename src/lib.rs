@@ -72,6 +72,10 @@ pub use models::distilbert::{
 };
 pub use models::gpt2::{Gpt2Config, Gpt2ForSequenceClassification, Gpt2LMHeadModel, Gpt2Model};
 pub use models::llama::{LlamaConfig, LlamaForCausalLM, LlamaModel};
+pub use models::modernbert::{
+    ModernBertConfig, ModernBertForMaskedLM, ModernBertForSequenceClassification,
+    ModernBertForTokenClassification, ModernBertModel,
+};
 pub use models::mpnet::{
     MpNetConfig, MpNetForMaskedLM, MpNetForQuestionAnswering, MpNetForSequenceClassification,
     MpNetForTokenClassification, MpNetModel,

@@ -5,9 +5,10 @@
 //!
 //! Each task takes one key and value head and the group of query heads that share it
 //! (grouped-query attention), so the head is read from memory once for its group; a bf16
-//! cache is widened to f32 once per task, into the task's scratch. A query row stops at its
-//! last key that the mask leaves open: the causal future of a prompt's rows, half of a
-//! prefill's scores, is neither computed nor read.
+//! cache is widened to f32 once per task, into the task's scratch. A query row spans only its
+//! keys from the first to the last that the mask leaves open: the causal future of a prompt's
+//! rows, half of a prefill's scores, and the keys before a sliding window (ModernBERT's local
+//! layers) are neither computed nor read.
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use half::bf16;
@@ -230,16 +231,21 @@ impl CustomOp3 for DecoderAttention {
             Some(mask) => &mask[(b * new + i) * len..(b * new + i + 1) * len],
             None => &no_mask[..],
         };
-        // Keys each (batch, query) row attends to: up to its last one the mask leaves open,
-        // found once here for every key/value head's task. The keys after it, closed with
-        // f32::MIN (the models' masks) or -inf (two of those added), would get weights of
-        // e^-87 at most (exp's clamp), below any sum's last bit.
-        let open: Vec<usize> = (0..batch * new)
+        // Keys each (batch, query) row attends to: from its first to its last one the mask
+        // leaves open, found once here for every key/value head's task. The keys outside,
+        // closed with f32::MIN (the models' masks) or -inf (two of those added), would get
+        // weights of e^-87 at most (exp's clamp), below any sum's last bit: the causal future
+        // of a prompt's rows, a left-padded row's padding, the keys before a sliding window.
+        let open: Vec<(usize, usize)> = (0..batch * new)
             .map(|row| {
                 let mask = mask_of(row / new, row % new);
-                mask.iter()
-                    .rposition(|&m| m > f32::MIN)
-                    .map_or(len, |last| last + 1)
+                match mask.iter().rposition(|&m| m > f32::MIN) {
+                    Some(last) => (
+                        mask.iter().position(|&m| m > f32::MIN).unwrap_or(0),
+                        last + 1,
+                    ),
+                    None => (0, len),
+                }
             })
             .collect();
         let group = heads / kh;
@@ -253,19 +259,21 @@ impl CustomOp3 for DecoderAttention {
                 let first = chunk * ROWS_PER_TASK;
                 let query_rows = first..new.min(first + ROWS_PER_TASK);
                 let open = |i: usize| open[b * new + i];
-                let needed = query_rows.clone().map(open).max().unwrap_or(0);
+                let needed = query_rows.clone().map(|i| open(i).1).max().unwrap_or(0);
                 let (key_rows, key_stride) = k.rows(isa, b, kv, needed, d, keys);
                 let (value_rows, value_stride) = v.rows(isa, b, kv, needed, d, values);
                 for i in query_rows {
-                    let count = open(i);
-                    let scores = &mut scores[..count];
+                    let (first, end) = open(i);
+                    let scores = &mut scores[..end - first];
+                    let keys = &key_rows[first * key_stride..];
+                    let values = &value_rows[first * value_stride..];
                     for h in kv * group..(kv + 1) * group {
-                        rows.dot(q.row(b, h, i, d), key_rows, key_stride, scores);
-                        softmax_row(isa, scores, &mask_of(b, i)[..count], self.scale);
+                        rows.dot(q.row(b, h, i, d), keys, key_stride, scores);
+                        softmax_row(isa, scores, &mask_of(b, i)[first..end], self.scale);
                         // SAFETY: row (b, h, i) belongs to this task alone (h in its group, i
                         // in its chunk), and lies inside `out`.
                         let out_row = unsafe { shared.slice(((b * heads + h) * new + i) * d, d) };
-                        rows.weighted(scores, value_rows, value_stride, out_row);
+                        rows.weighted(scores, values, value_stride, out_row);
                     }
                 }
             },

@@ -17,6 +17,10 @@ use crate::models::distilbert::{
 };
 use crate::models::gpt2::{Gpt2ForSequenceClassification, Gpt2LMHeadModel};
 use crate::models::llama::{LlamaEmbeddingModel, LlamaForCausalLM};
+use crate::models::modernbert::{
+    ModernBertForMaskedLM, ModernBertForSequenceClassification, ModernBertForTokenClassification,
+    ModernBertModel,
+};
 use crate::models::mpnet::{
     MpNetForMaskedLM, MpNetForQuestionAnswering, MpNetForSequenceClassification,
     MpNetForTokenClassification, MpNetModel,
@@ -77,6 +81,7 @@ auto_model!(
         Distilbert(DistilBertModel),
         MpNet(MpNetModel),
         Llama(LlamaEmbeddingModel) | Mistral | Qwen2 | Qwen3,
+        Modernbert(ModernBertModel),
     }
 );
 
@@ -86,6 +91,7 @@ auto_model!(
         Bert(BertForMaskedLM),
         Roberta(RobertaForMaskedLM) | XlmRoberta | Camembert,
         Distilbert(DistilBertForMaskedLM),
+        Modernbert(ModernBertForMaskedLM),
         MpNet(MpNetForMaskedLM),
     }
 );
@@ -98,6 +104,7 @@ auto_model!(
         Distilbert(DistilBertForSequenceClassification),
         MpNet(MpNetForSequenceClassification),
         Gpt2(Gpt2ForSequenceClassification),
+        Modernbert(ModernBertForSequenceClassification),
     }
 );
 
@@ -107,6 +114,7 @@ auto_model!(
         Bert(BertForTokenClassification),
         Roberta(RobertaForTokenClassification) | XlmRoberta | Camembert,
         Distilbert(DistilBertForTokenClassification),
+        Modernbert(ModernBertForTokenClassification),
         MpNet(MpNetForTokenClassification),
     }
 );

@@ -11,6 +11,7 @@ use crate::models::bert::BertConfig;
 use crate::models::distilbert::DistilBertConfig;
 use crate::models::gpt2::Gpt2Config;
 use crate::models::llama::{LlamaConfig, LlamaFamily};
+use crate::models::modernbert::ModernBertConfig;
 use crate::models::mpnet::MpNetConfig;
 use crate::models::roberta::RobertaConfig;
 
@@ -44,6 +45,8 @@ pub enum ModelConfig {
     Qwen2(LlamaConfig),
     /// `"model_type": "qwen3"`: with per-head q/k norms.
     Qwen3(LlamaConfig),
+    /// `"model_type": "modernbert"`.
+    Modernbert(ModernBertConfig),
 }
 
 impl ModelConfig {
@@ -60,6 +63,7 @@ impl ModelConfig {
         "mistral",
         "qwen2",
         "qwen3",
+        "modernbert",
     ];
 
     /// Read and validate `config.json`.
@@ -111,6 +115,7 @@ impl ModelConfig {
             ModelConfig::Mistral(_) => "mistral",
             ModelConfig::Qwen2(_) => "qwen2",
             ModelConfig::Qwen3(_) => "qwen3",
+            ModelConfig::Modernbert(_) => "modernbert",
         }
     }
 
@@ -128,6 +133,7 @@ impl ModelConfig {
             | ModelConfig::Mistral(c)
             | ModelConfig::Qwen2(c)
             | ModelConfig::Qwen3(c) => &c.id2label,
+            ModelConfig::Modernbert(c) => &c.id2label,
         }
     }
 
@@ -145,6 +151,7 @@ impl ModelConfig {
             | ModelConfig::Mistral(c)
             | ModelConfig::Qwen2(c)
             | ModelConfig::Qwen3(c) => c.id2label.num_classes(),
+            ModelConfig::Modernbert(c) => c.num_labels(),
         }
     }
 
@@ -163,6 +170,7 @@ impl ModelConfig {
             | ModelConfig::Mistral(c)
             | ModelConfig::Qwen2(c)
             | ModelConfig::Qwen3(c) => c.problem_type.as_deref(),
+            ModelConfig::Modernbert(c) => c.problem_type.as_deref(),
         }
     }
 
@@ -181,6 +189,7 @@ impl ModelConfig {
             | ModelConfig::Mistral(c)
             | ModelConfig::Qwen2(c)
             | ModelConfig::Qwen3(c) => c.max_position_embeddings,
+            ModelConfig::Modernbert(c) => c.max_position_embeddings,
         }
     }
 
@@ -224,6 +233,7 @@ impl ModelConfig {
             | ModelConfig::Mistral(c)
             | ModelConfig::Qwen2(c)
             | ModelConfig::Qwen3(c) => c.hidden_size,
+            ModelConfig::Modernbert(c) => c.hidden_size,
         }
     }
 
@@ -241,6 +251,7 @@ impl ModelConfig {
             | ModelConfig::Mistral(c)
             | ModelConfig::Qwen2(c)
             | ModelConfig::Qwen3(c) => c.vocab_size,
+            ModelConfig::Modernbert(c) => c.vocab_size,
         }
     }
 
@@ -257,6 +268,7 @@ impl ModelConfig {
             | ModelConfig::Mistral(config)
             | ModelConfig::Qwen2(config)
             | ModelConfig::Qwen3(config) => config.validate(),
+            ModelConfig::Modernbert(config) => config.validate(),
         }
     }
 }
@@ -355,6 +367,7 @@ config_accessor!(gpt2, Gpt2, Gpt2Config, "GPT-2");
 // Mistral, Qwen2 and Qwen3 are the Llama block with variants their configs name ("modular"
 // files in transformers):
 // https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/qwen3/modular_qwen3.py
+config_accessor!(modernbert, Modernbert, ModernBertConfig, "ModernBERT");
 config_accessor!(
     llama,
     Llama | Mistral | Qwen2 | Qwen3,

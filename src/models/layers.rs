@@ -511,6 +511,17 @@ impl LayerNorm {
         })
     }
 
+    /// A layer norm whose checkpoint has a shift only when `bias` (`nn.LayerNorm(bias=False)`
+    /// stores none, as ModernBERT's do): a zero shift stands in for it.
+    pub fn load_with_bias(vb: ModelWeights, size: usize, eps: f64, bias: bool) -> Result<Self> {
+        let weight = vb.get(size, "weight")?;
+        let bias = match bias {
+            true => vb.get(size, "bias")?,
+            false => weight.zeros_like()?,
+        };
+        Ok(Self { weight, bias, eps })
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(layer_norm(x, &self.weight, &self.bias, self.eps)?)
     }

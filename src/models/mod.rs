@@ -28,6 +28,7 @@ pub mod distilbert;
 pub mod gpt2;
 pub(crate) mod layers;
 pub mod llama;
+pub mod modernbert;
 pub mod mpnet;
 pub mod pooling;
 pub mod pretrained;
