@@ -208,6 +208,18 @@ fn ranking_needs_a_single_logit_model() {
     assert!(error.to_string().contains("3 labels"), "{error}");
 }
 
+/// One case of tests/fixtures/qwen3/reranker/reference.json: its options (length, and the
+/// instruction when it has one), query and documents.
+fn yes_no_case(case: &Value) -> (RerankOptions, &str, Vec<String>) {
+    let mut options =
+        RerankOptions::default().with_max_length(case["max_length"].as_u64().unwrap() as usize);
+    if let Some(instruction) = case["instruction"].as_str() {
+        options = options.with_instruction(instruction);
+    }
+    let query = case["query"].as_str().unwrap();
+    (options, query, strings(&case["documents"]))
+}
+
 /// An LLM reranker (Qwen3-Reranker's layout, tests/fixtures/qwen3/reranker) against the model
 /// card's scoring code run by scripts/make_fixtures.py: prompts token for token, cut where it
 /// cuts them; scores within 1e-4 (f32) of its left-padded batch; each pair scored alone within
@@ -223,13 +235,7 @@ fn llm_reranker_matches_the_model_cards_yes_no_scores() {
     fixture_sanity(cases.len() == 3, "three cases");
     for (index, case) in cases.iter().enumerate() {
         let what = format!("case {index}");
-        let mut options =
-            RerankOptions::default().with_max_length(case["max_length"].as_u64().unwrap() as usize);
-        if let Some(instruction) = case["instruction"].as_str() {
-            options = options.with_instruction(instruction);
-        }
-        let query = case["query"].as_str().unwrap();
-        let documents = strings(&case["documents"]);
+        let (options, query, documents) = yes_no_case(case);
         let pairs: Vec<(&str, &str)> = documents.iter().map(|d| (query, d.as_str())).collect();
 
         let ids: Vec<Vec<u32>> = serde_json::from_value(case["input_ids"].clone()).unwrap();
@@ -316,13 +322,7 @@ fn llm_reranker_scores_in_bf16_and_int8_stay_near_f32() {
         .unwrap();
         let mut gap = 0f32;
         for case in refs["cases"].as_array().unwrap() {
-            let mut options = RerankOptions::default()
-                .with_max_length(case["max_length"].as_u64().unwrap() as usize);
-            if let Some(instruction) = case["instruction"].as_str() {
-                options = options.with_instruction(instruction);
-            }
-            let query = case["query"].as_str().unwrap();
-            let documents = strings(&case["documents"]);
+            let (options, query, documents) = yes_no_case(case);
             let pairs: Vec<(&str, &str)> = documents.iter().map(|d| (query, d.as_str())).collect();
             let expected: Vec<f32> = serde_json::from_value(case["scores"].clone()).unwrap();
             let scores: Vec<f32> = pipeline

@@ -128,9 +128,58 @@ pub(crate) struct MaskedLmHead {
 }
 
 impl MaskedLmHead {
+    /// RoBERTa's `lm_head` (MPNet's too): `dense`, exact GELU whatever `hidden_act` says,
+    /// `layer_norm`, then `decoder` tied to `word_embeddings` (used from there when the
+    /// checkpoint omits it) with `lm_head.bias`.
+    /// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/roberta/modeling_roberta.py#L1145>
+    pub fn roberta(
+        lm_head: ModelWeights,
+        hidden: usize,
+        layer_norm_eps: f64,
+        word_embeddings: &Tensor,
+    ) -> Result<Self> {
+        let vocab = word_embeddings.dim(0)?;
+        Ok(Self {
+            dense: Linear::load(lm_head.pp("dense"), hidden, hidden)?,
+            activation: Activation::Gelu,
+            layer_norm: LayerNorm::load(lm_head.pp("layer_norm"), hidden, layer_norm_eps)?,
+            decoder: Linear::new(
+                tied_weight(&lm_head, "decoder.weight", word_embeddings)?,
+                Some(lm_head.get(vocab, "bias")?),
+                lm_head.weight_type(),
+            )?,
+        })
+    }
+
     /// (batch, seq, hidden) -> (batch, seq, vocab)
     pub fn forward(&self, hidden: &Tensor) -> Result<Tensor> {
         let hidden = self.activation.forward(&self.dense.forward(hidden)?)?;
         self.decoder.forward(&self.layer_norm.forward(&hidden)?)
+    }
+}
+
+/// RoBERTa's sequence-classification head (MPNet's too): `classifier.dense`, tanh,
+/// `classifier.out_proj`, on the first token (`<s>`; no pooler).
+/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/roberta/modeling_roberta.py#L1537>
+#[derive(Debug, Clone)]
+pub(crate) struct FirstTokenClassifier {
+    dense: Linear,
+    out_proj: Linear,
+}
+
+impl FirstTokenClassifier {
+    /// `dense` and `out_proj` under `classifier`, with `labels` outputs.
+    pub fn load(classifier: ModelWeights, hidden: usize, labels: usize) -> Result<Self> {
+        Ok(Self {
+            dense: Linear::load(classifier.pp("dense"), hidden, hidden)?,
+            out_proj: Linear::load(classifier.pp("out_proj"), hidden, labels)?,
+        })
+    }
+
+    /// (batch, seq, hidden) hidden states -> (batch, labels) logits.
+    pub fn forward(&self, hidden: &Tensor) -> Result<Tensor> {
+        let first = hidden.narrow(1, 0, 1)?.squeeze(1)?;
+        let features = self.dense.forward(&first)?.tanh()?;
+        self.out_proj.forward(&features)
     }
 }

@@ -19,7 +19,7 @@ use crate::models::layers::{
 };
 use crate::models::weights::ModelWeights;
 use crate::models::{
-    base_model_weights, tied_weight, EncoderOutput, MaskedLmHead, ModelInput,
+    base_model_weights, EncoderOutput, FirstTokenClassifier, MaskedLmHead, ModelInput,
     QuestionAnsweringOutput,
 };
 
@@ -421,22 +421,12 @@ impl MpNetForMaskedLM {
     /// is tied to the word embeddings and used from there when the checkpoint omits it.
     pub fn load(vb: ModelWeights, config: &MpNetConfig) -> Result<Self> {
         let mpnet = MpNetModel::load(vb.clone(), config)?;
-        let lm_head = vb.pp("lm_head");
-        let decoder = Linear::new(
-            tied_weight(&lm_head, "decoder.weight", mpnet.word_embeddings()?)?,
-            Some(lm_head.get(config.vocab_size, "bias")?),
-            vb.weight_type(),
+        let head = MaskedLmHead::roberta(
+            vb.pp("lm_head"),
+            config.hidden_size,
+            config.layer_norm_eps,
+            mpnet.word_embeddings()?,
         )?;
-        let head = MaskedLmHead {
-            dense: Linear::load(lm_head.pp("dense"), config.hidden_size, config.hidden_size)?,
-            activation: Activation::Gelu,
-            layer_norm: LayerNorm::load(
-                lm_head.pp("layer_norm"),
-                config.hidden_size,
-                config.layer_norm_eps,
-            )?,
-            decoder,
-        };
         Ok(Self { mpnet, head })
     }
 
@@ -457,24 +447,17 @@ impl MpNetForMaskedLM {
 #[derive(Debug, Clone)]
 pub struct MpNetForSequenceClassification {
     mpnet: MpNetModel,
-    dense: Linear,
-    out_proj: Linear,
+    classifier: FirstTokenClassifier,
 }
 
 impl MpNetForSequenceClassification {
     /// Load the encoder, `classifier.dense`, and `classifier.out_proj` with
     /// [`MpNetConfig::num_labels`] outputs.
     pub fn load(vb: ModelWeights, config: &MpNetConfig) -> Result<Self> {
-        let classifier = vb.pp("classifier");
         Ok(Self {
             mpnet: MpNetModel::load(vb.clone(), config)?,
-            dense: Linear::load(
-                classifier.pp("dense"),
-                config.hidden_size,
-                config.hidden_size,
-            )?,
-            out_proj: Linear::load(
-                classifier.pp("out_proj"),
+            classifier: FirstTokenClassifier::load(
+                vb.pp("classifier"),
                 config.hidden_size,
                 config.num_labels(),
             )?,
@@ -483,10 +466,8 @@ impl MpNetForSequenceClassification {
 
     /// Class logits, (batch, num_labels).
     pub fn forward(&self, input: &ModelInput) -> Result<Tensor> {
-        let hidden = self.mpnet.last_hidden_state(input)?;
-        let first = hidden.narrow(1, 0, 1)?.squeeze(1)?;
-        let features = self.dense.forward(&first)?.tanh()?;
-        self.out_proj.forward(&features)
+        self.classifier
+            .forward(&self.mpnet.last_hidden_state(input)?)
     }
 
     /// The parsed `config.json` the model was loaded with: sizes, labels, special ids.

@@ -10,10 +10,10 @@ use candle_core::Tensor;
 
 use crate::error::{Error, Result};
 use crate::models::bert::{BertConfig, BertModel, Positions};
-use crate::models::layers::{Activation, LayerNorm, Linear};
+use crate::models::layers::Linear;
 use crate::models::weights::ModelWeights;
 use crate::models::{
-    tied_weight, EncoderOutput, MaskedLmHead, ModelInput, QuestionAnsweringOutput,
+    EncoderOutput, FirstTokenClassifier, MaskedLmHead, ModelInput, QuestionAnsweringOutput,
 };
 
 /// RoBERTa's `config.json` has BERT's fields; `pad_token_id` (1 in released checkpoints)
@@ -76,23 +76,12 @@ impl RobertaForMaskedLM {
     /// is tied to the word embeddings and used from there when the checkpoint omits it.
     pub fn load(vb: ModelWeights, config: &RobertaConfig) -> Result<Self> {
         let roberta = RobertaModel::load(vb.clone(), config)?;
-        let lm_head = vb.pp("lm_head");
-        let decoder = Linear::new(
-            tied_weight(&lm_head, "decoder.weight", roberta.word_embeddings()?)?,
-            Some(lm_head.get(config.vocab_size, "bias")?),
-            vb.weight_type(),
+        let head = MaskedLmHead::roberta(
+            vb.pp("lm_head"),
+            config.hidden_size,
+            config.layer_norm_eps,
+            roberta.word_embeddings()?,
         )?;
-        let head = MaskedLmHead {
-            dense: Linear::load(lm_head.pp("dense"), config.hidden_size, config.hidden_size)?,
-            // RobertaLMHead always applies exact GELU, whatever `hidden_act` says.
-            activation: Activation::Gelu,
-            layer_norm: LayerNorm::load(
-                lm_head.pp("layer_norm"),
-                config.hidden_size,
-                config.layer_norm_eps,
-            )?,
-            decoder,
-        };
         Ok(Self { roberta, head })
     }
 
@@ -113,24 +102,17 @@ impl RobertaForMaskedLM {
 #[derive(Debug, Clone)]
 pub struct RobertaForSequenceClassification {
     roberta: RobertaModel,
-    dense: Linear,
-    out_proj: Linear,
+    classifier: FirstTokenClassifier,
 }
 
 impl RobertaForSequenceClassification {
     /// Load the encoder, `classifier.dense`, and `classifier.out_proj` with
     /// [`RobertaConfig::num_labels`](BertConfig::num_labels) outputs.
     pub fn load(vb: ModelWeights, config: &RobertaConfig) -> Result<Self> {
-        let classifier = vb.pp("classifier");
         Ok(Self {
             roberta: RobertaModel::load(vb.clone(), config)?,
-            dense: Linear::load(
-                classifier.pp("dense"),
-                config.hidden_size,
-                config.hidden_size,
-            )?,
-            out_proj: Linear::load(
-                classifier.pp("out_proj"),
+            classifier: FirstTokenClassifier::load(
+                vb.pp("classifier"),
                 config.hidden_size,
                 config.num_labels(),
             )?,
@@ -139,10 +121,8 @@ impl RobertaForSequenceClassification {
 
     /// Class logits, (batch, num_labels).
     pub fn forward(&self, input: &ModelInput) -> Result<Tensor> {
-        let hidden = self.roberta.last_hidden_state(input)?;
-        let first = hidden.narrow(1, 0, 1)?.squeeze(1)?;
-        let features = self.dense.forward(&first)?.tanh()?;
-        self.out_proj.forward(&features)
+        self.classifier
+            .forward(&self.roberta.last_hidden_state(input)?)
     }
 
     /// The parsed `config.json` the model was loaded with: sizes, labels, special ids.
