@@ -692,6 +692,25 @@ fn auto_task_follows_the_model_files() {
     }
 }
 
+/// The binary's first line on stdout, which must name `task`, and the address in it; the rest
+/// of stdout stays readable.
+fn ready_address(
+    child: &mut std::process::Child,
+    task: &str,
+) -> (BufReader<std::process::ChildStdout>, String) {
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut ready = String::new();
+    stdout.read_line(&mut ready).unwrap();
+    assert!(ready.contains(task), "{ready}");
+    let address = ready
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .expect("the ready line has the address")
+        .to_string();
+    (stdout, address)
+}
+
 #[test]
 fn the_command_prints_its_address_serves_and_stops_on_sigterm() {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ferroformers"))
@@ -708,18 +727,10 @@ fn the_command_prints_its_address_serves_and_stops_on_sigterm() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("the binary starts");
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut ready = String::new();
-    stdout.read_line(&mut ready).unwrap();
-    assert!(ready.contains("task classify"), "{ready}");
-    let address = ready
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split(',').next())
-        .expect("the ready line has the address");
+    let (mut stdout, address) = ready_address(&mut child, "task classify");
     assert!(
         address.starts_with("127.0.0.1:"),
-        "binds loopback by default: {ready}"
+        "binds loopback by default: {address}"
     );
     let info = get(&client(), &format!("http://{address}/info")).json();
     assert_eq!(info["task"], "text-classification");
@@ -747,18 +758,10 @@ fn the_command_takes_its_flags_from_the_environment() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("the binary starts");
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut ready = String::new();
-    stdout.read_line(&mut ready).unwrap();
-    assert!(ready.contains("task classify (--task)"), "{ready}");
-    let address = ready
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split(',').next())
-        .expect("the ready line has the address");
+    let (_stdout, address) = ready_address(&mut child, "task classify (--task)");
     assert!(
         !address.ends_with(":8080"),
-        "FERROFORMERS_PORT=0 picks a free port: {ready}"
+        "FERROFORMERS_PORT=0 picks a free port: {address}"
     );
     let info = get(&client(), &format!("http://{address}/info")).json();
     assert_eq!(info["task"], "text-classification");
@@ -954,15 +957,7 @@ fn chat_serves_a_model_without_a_template_as_the_command_chats() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("the binary starts");
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut ready = String::new();
-    stdout.read_line(&mut ready).unwrap();
-    assert!(ready.contains("task chat"), "{ready}");
-    let address = ready
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split(',').next())
-        .expect("the ready line has the address");
+    let (_stdout, address) = ready_address(&mut child, "task chat");
     let (status, body) = post(
         &client(),
         &format!("http://{address}/v1/chat/completions"),
@@ -1238,15 +1233,7 @@ fn the_command_serves_a_masked_lm_with_splade_pooling() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("the binary starts");
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut ready = String::new();
-    stdout.read_line(&mut ready).unwrap();
-    assert!(ready.contains("task splade (--pooling splade)"), "{ready}");
-    let address = ready
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split(',').next())
-        .expect("the ready line has the address");
+    let (_stdout, address) = ready_address(&mut child, "task splade (--pooling splade)");
     let reference = fixture_json("splade/reference.json");
     let (status, answer) = post(
         &client(),

@@ -163,7 +163,7 @@ pub(crate) enum Positions {
 
 impl Positions {
     /// The longest input the position table of `table_size` rows allows.
-    pub(crate) fn max_len(&self, table_size: usize) -> usize {
+    fn max_len(&self, table_size: usize) -> usize {
         match self {
             Positions::FromZero => table_size,
             Positions::AfterPadding { padding_idx } => {
@@ -172,9 +172,14 @@ impl Positions {
         }
     }
 
-    /// (batch, seq) position ids for `input_ids`.
-    pub(crate) fn ids(&self, input_ids: &Tensor) -> Result<Tensor> {
+    /// (batch, seq) position ids for `input_ids`; [`Error::InputTooLong`] when they would run
+    /// past a position table of `table_size` rows.
+    pub(crate) fn ids(&self, input_ids: &Tensor, table_size: usize) -> Result<Tensor> {
         let (batch, seq) = input_ids.dims2()?;
+        let max = self.max_len(table_size);
+        if seq > max {
+            return Err(Error::InputTooLong { length: seq, max });
+        }
         let device = input_ids.device();
         Ok(match self {
             Positions::FromZero => Tensor::arange(0u32, seq as u32, device)?
@@ -348,12 +353,9 @@ impl BertModel {
     }
 
     fn forward_on_worker(&self, input: &ModelInput) -> Result<EncoderOutput> {
-        let (_batch, seq) = input.input_ids.dims2()?;
-        let max = self.positions.max_len(self.config.max_position_embeddings);
-        if seq > max {
-            return Err(Error::InputTooLong { length: seq, max });
-        }
-        let position_ids = self.positions.ids(&input.input_ids)?;
+        let position_ids = self
+            .positions
+            .ids(&input.input_ids, self.config.max_position_embeddings)?;
         let mut hidden = self.embeddings.forward(
             &input.input_ids,
             input.token_type_ids.as_ref(),

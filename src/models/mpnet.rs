@@ -374,12 +374,8 @@ impl MpNetModel {
     }
 
     fn forward_on_worker(&self, input: &ModelInput) -> Result<EncoderOutput> {
-        let (_batch, seq) = input.input_ids.dims2()?;
-        let max = Self::POSITIONS.max_len(self.config.max_position_embeddings);
-        if seq > max {
-            return Err(Error::InputTooLong { length: seq, max });
-        }
-        let position_ids = Self::POSITIONS.ids(&input.input_ids)?;
+        let position_ids =
+            Self::POSITIONS.ids(&input.input_ids, self.config.max_position_embeddings)?;
         let hidden = self.embeddings.forward(&input.input_ids, &position_ids)?;
         let mask = input
             .attention_mask

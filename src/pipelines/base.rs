@@ -79,6 +79,15 @@ impl<M> PipelineBase<M> {
         &self.device
     }
 
+    /// The longest input the model takes: the tokenizer's `model_max_length`, at most
+    /// `max_position_embeddings` (sentence-transformers' `CrossEncoder` caps it so).
+    pub(crate) fn max_input_length(&self) -> usize {
+        let positions = self.config.max_position_embeddings();
+        self.tokenizer
+            .model_max_length()
+            .map_or(positions, |length| length.min(positions))
+    }
+
     /// Pad the chosen encodings, on `side`, into one model input on the model's device.
     fn batch_input(
         &self,
@@ -160,6 +169,14 @@ impl Truncation {
         enabled: false,
         max_length: None,
     };
+
+    /// These settings with `max_length` set: the given one, else `length`.
+    pub(crate) fn or_length(self, length: usize) -> Self {
+        Self {
+            max_length: Some(self.max_length.unwrap_or(length)),
+            ..self
+        }
+    }
 
     /// Tokenizer options for these settings; `max_length: None` leaves the tokenizer's
     /// `model_max_length`.

@@ -145,11 +145,7 @@ impl M3EmbeddingsPipeline {
         .into_iter()
         .flatten()
         .collect();
-        let positions = base.config().max_position_embeddings();
-        let max_length = tokenizer
-            .model_max_length()
-            .map_or(positions, |length| length.min(positions))
-            .min(M3_MAX_LENGTH);
+        let max_length = base.max_input_length().min(M3_MAX_LENGTH);
         Self {
             base,
             heads,
@@ -160,10 +156,7 @@ impl M3EmbeddingsPipeline {
 
     /// Preprocess: each text tokenized, cut at the maximum length.
     pub fn encode(&self, texts: &[&str], options: &M3Options) -> Result<Vec<Encoding>> {
-        let truncation = Truncation {
-            max_length: Some(options.truncation.max_length.unwrap_or(self.max_length)),
-            ..options.truncation
-        };
+        let truncation = options.truncation.or_length(self.max_length);
         encode_all(
             self.base.tokenizer(),
             texts.iter().copied(),

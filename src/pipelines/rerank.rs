@@ -239,18 +239,17 @@ impl YesNoPrompt {
         })
     }
 
-    /// The prompt of one pair: its middle cut to what the prompt's ends leave of `truncation`'s
-    /// length, as the model card cuts it.
+    /// The prompt of one pair: its middle cut (when `truncate`) to what the prompt's ends leave
+    /// of `length`, as the model card cuts it.
     fn encode(
         &self,
         tokenizer: &Tokenizer,
         instruction: &str,
         (query, document): (&str, &str),
-        truncation: Truncation,
-        max_length: usize,
+        truncate: bool,
+        length: usize,
     ) -> Result<Encoding> {
         let ends = self.prefix.len() + self.suffix.len();
-        let length = truncation.max_length.unwrap_or(max_length);
         let room = length
             .checked_sub(ends)
             .filter(|&room| room > 0)
@@ -262,7 +261,7 @@ impl YesNoPrompt {
             })?;
         let middle = format!("<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {document}");
         let options = EncodeOptions {
-            truncation: truncation.enabled,
+            truncation: truncate,
             max_length: Some(room),
             ..EncodeOptions::default()
         };
@@ -331,11 +330,7 @@ impl RerankPipeline {
     /// [`from_pretrained`](Self::from_pretrained)); [`RerankOptions::with_activation`]
     /// chooses another.
     pub fn from_parts(base: PipelineBase<AutoModelForTextRanking>) -> Result<Self> {
-        let positions = base.config().max_position_embeddings();
-        let max_length = base
-            .tokenizer()
-            .model_max_length()
-            .map_or(positions, |length| length.min(positions));
+        let max_length = base.max_input_length();
         let (activation, max_length, yes_no) = match base.model() {
             AutoModelForTextRanking::CrossEncoder(_) => (
                 CrossEncoderActivation::default_for(base.config()),
@@ -394,15 +389,13 @@ impl RerankPipeline {
                         .to_string(),
                 ));
             }
-            let truncation = Truncation {
-                max_length: Some(options.truncation.max_length.unwrap_or(self.max_length)),
-                ..options.truncation
-            };
             let inputs = pairs
                 .iter()
                 .map(|&(first, second)| TextInput::Pair(first, second));
+            let truncation = options.truncation.or_length(self.max_length);
             return encode_all(tokenizer, inputs, &truncation.encode_options());
         };
+        let length = options.truncation.max_length.unwrap_or(self.max_length);
         let instruction = options
             .instruction
             .as_deref()
@@ -414,8 +407,8 @@ impl RerankPipeline {
                     tokenizer,
                     instruction,
                     pair,
-                    options.truncation,
-                    self.max_length,
+                    options.truncation.enabled,
+                    length,
                 )
             })
             .collect()
