@@ -338,6 +338,7 @@ fn llm_reranker_scores_in_bf16_and_int8_stay_near_f32() {
                 &format!("{weight_type}"),
             ));
         }
-        eprintln!("{weight_type}: largest score gap to f32 {gap:e}");
+        let isa = ferroformers::kernels::isa::Isa::best().name();
+        eprintln!("{weight_type} on the {isa} kernels: largest score gap to f32 {gap:e}");
     }
 }
