@@ -1992,6 +1992,112 @@ def make_gguf_dequantize_references():
     save_file(tensors, str(folder / "dequantize.safetensors"))
 
 
+LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"
+
+
+def llama_cpp_source() -> pathlib.Path:
+    """llama.cpp's source as vendored in the llama-cpp-python sdist on PyPI (its converter,
+    gguf-py and tools): `LLAMA_CPP_DIR` when set, else the sdist downloaded and unpacked once
+    into a cache folder."""
+    if os.environ.get("LLAMA_CPP_DIR"):
+        return pathlib.Path(os.environ["LLAMA_CPP_DIR"])
+    cache = pathlib.Path(tempfile.gettempdir()) / "ferroformers-llama-cpp"
+    found = sorted(cache.glob("llama_cpp_python-*/vendor/llama.cpp"))
+    if found:
+        return found[-1]
+    cache.mkdir(exist_ok=True)
+    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                    "-d", str(cache), LLAMA_CPP_PYTHON], check=True)
+    (sdist,) = cache.glob("llama_cpp_python-*.tar.gz")
+    with tarfile.open(sdist) as archive:
+        archive.extractall(cache, filter="data")
+    (source,) = cache.glob("llama_cpp_python-*/vendor/llama.cpp")
+    return source
+
+
+def convert_to_gguf(checkpoint: pathlib.Path, out: pathlib.Path, outtype: str, pre: str):
+    """llama.cpp's convert_hf_to_gguf.py on `checkpoint`. The converter names a BPE
+    tokenizer's pre-tokenizer by hashing how it splits a test text, and the tiny fixture
+    vocabularies give hashes it does not know; `pre` is the name of the pre-tokenizer they
+    really use (GPT-2's byte-level split for all the decoder fixtures)."""
+    source = llama_cpp_source()
+    run = (
+        "import runpy, sys\n"
+        f"sys.path[:0] = [{str(source)!r}, {str(source / 'gguf-py')!r}]\n"
+        "import conversion.base as base\n"
+        f"base.TextModel.get_vocab_base_pre = lambda self, tokenizer: {pre!r}\n"
+        f"sys.argv = ['convert_hf_to_gguf.py', {str(checkpoint)!r}, '--outtype', {outtype!r}, "
+        f"'--outfile', {str(out)!r}]\n"
+        f"runpy.run_path({str(source / 'convert_hf_to_gguf.py')!r}, run_name='__main__')\n"
+    )
+    subprocess.run([sys.executable, "-c", run], check=True, cwd=source)
+
+
+def make_gguf_models():
+    """gguf/<family>-f32.gguf: the decoder fixtures converted by llama.cpp's own converter, in
+    f32, so that their logits can be held to the safetensors references of the same models."""
+    folder = FIXTURES / "gguf"
+    folder.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory() as work:
+        for family in ["llama", "qwen2", "qwen3", "gpt2"]:
+            checkpoint = pathlib.Path(work) / family
+            shutil.copytree(FIXTURES / family / "lm-head", checkpoint)
+            if family == "gpt2":
+                # The converter reads GPT-2's context length from `n_ctx`, which transformers
+                # no longer writes (it is `n_positions`).
+                config = json.loads((checkpoint / "config.json").read_text())
+                config["n_ctx"] = config["n_positions"]
+                (checkpoint / "config.json").write_text(json.dumps(config))
+            convert_to_gguf(checkpoint, folder / f"{family}-f32.gguf", "f32", "gpt-2")
+
+
+def make_perplexity_references():
+    """perplexity/: a text (the Zen of Python, as `import this` holds it) and the perplexity of
+    the Llama and Qwen2 decoder fixtures over it, windowed as llama.cpp's llama-perplexity
+    windows a file: tokenized whole with the tokenizer's start token, cut into windows of
+    `context` tokens, each window's first token replaced by the start token (when there is
+    one), the second half of each window scored; log-softmax summed in float64."""
+    import this
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    text = "".join(this.d.get(c, c) for c in this.s)
+    folder = FIXTURES / "perplexity"
+    folder.mkdir(exist_ok=True)
+    (folder / "zen.txt").write_text(text)
+    context = 32
+    references = {}
+    for family in ["llama", "qwen2"]:
+        checkpoint = FIXTURES / family / "lm-head"
+        tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+        model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
+        tokens = tokenizer(text)["input_ids"]
+        plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+        special = tokenizer("a")["input_ids"]
+        start = special[0] if len(special) == len(plain) + 1 and special[1:] == plain else None
+        first = context // 2
+        nll, running, count = [], [], 0
+        for w in range(len(tokens) // context):
+            window = tokens[w * context:(w + 1) * context]
+            if start is not None:
+                window[0] = start
+            with torch.no_grad():
+                logits = model(torch.tensor([window])).logits[0].double()
+            logprobs = torch.log_softmax(logits[first:context - 1], dim=-1)
+            targets = torch.tensor(window[first + 1:])
+            nll.extend((-logprobs[torch.arange(len(targets)), targets]).tolist())
+            running.append(float(torch.tensor(nll, dtype=torch.float64).mean().exp()))
+        values = torch.tensor(nll, dtype=torch.float64)
+        mean = values.mean()
+        variance = (values * values).mean() - mean * mean
+        ppl = float(mean.exp())
+        references[family] = {
+            "context": context, "tokens": len(tokens), "start_token": start,
+            "scored": len(nll), "perplexity": ppl, "running": running,
+            "error": float((variance / (len(nll) - 1)).sqrt() * ppl),
+        }
+    (folder / "reference.json").write_text(json.dumps(references, indent=1) + "\n")
+
+
 # Values and bytes per block of the ggml types above (ggml's blck_size and type_size).
 GGML_SIZES = {"F32": (1, 4), "F16": (1, 2), "BF16": (1, 2), "Q4_0": (32, 18), "Q4_1": (32, 20),
               "Q5_0": (32, 22), "Q5_1": (32, 24), "Q8_0": (32, 34), "Q4_K": (256, 144),
@@ -2179,6 +2285,15 @@ def main():
     torch.set_num_threads(1)
     if sys.argv[1:] == ["--only", "gguf"]:
         make_gguf_dequantize_references()
+        return
+    if sys.argv[1:] == ["--only", "perplexity"]:
+        make_perplexity_references()
+        fixture_manifest.write_manifest(FIXTURES)
+        return
+    if sys.argv[1:] == ["--only", "gguf-models"]:
+        # The decoder fixtures as GGUF files, converted by llama.cpp's converter.
+        make_gguf_models()
+        fixture_manifest.write_manifest(FIXTURES)
         return
     if sys.argv[1:] == ["--only", "bge-m3"]:
         # BGE-M3's heads over the XLM-RoBERTa fixture, leaving the others as they are.

@@ -10,9 +10,13 @@ use crate::error::Result;
 /// Options every subcommand takes.
 #[derive(Debug, Args)]
 pub struct Common {
-    /// Hub model id (org/name) or local folder.
+    /// Hub model id (org/name), local folder, or a `.gguf` file.
     #[arg(short, long)]
     model: String,
+    /// The GGUF file of the Hub repository or folder to load (Q4_K_M, Q8_0, ... files, as
+    /// llama.cpp runs them); its metadata stands for config.json.
+    #[arg(long)]
+    gguf_file: Option<String>,
     /// Branch, tag or commit of the Hub repository.
     #[arg(long, default_value = "main")]
     revision: String,
@@ -82,13 +86,17 @@ impl Common {
             CliDevice::Cuda => Device::new_cuda(0).map_err(ferroformers::Error::from)?,
             CliDevice::Metal => Device::new_metal(0).map_err(ferroformers::Error::from)?,
         };
-        Ok(LoadOptions::default()
+        let options = LoadOptions::default()
             .with_hub(
                 HubOptions::from_env()
                     .with_revision(self.revision.clone())
                     .with_progress(!self.quiet),
             )
             .with_weight_type(weight_type)
-            .with_device(device))
+            .with_device(device);
+        Ok(match &self.gguf_file {
+            Some(file) => options.with_gguf_file(file),
+            None => options,
+        })
     }
 }

@@ -14,7 +14,9 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 
+mod checkpoint;
 mod dequantize;
+pub use checkpoint::{GgufCheckpoint, StoredBlocks, StoredLayout, StoredTensor, TensorNames};
 pub use dequantize::dequantize;
 
 /// `GGUF`, read as a little-endian u32.
@@ -340,6 +342,56 @@ impl GgufHeader {
         self.metadata
             .get(key)
             .ok_or_else(|| invalid(&format!("its metadata has no `{key}`")))
+    }
+
+    /// `general.architecture`: llama.cpp's name of the model's architecture (`llama`, `qwen2`,
+    /// `gpt2`, ...), which prefixes its hyper-parameters' keys.
+    pub fn architecture(&self) -> Result<&str> {
+        self.string("general.architecture")
+    }
+
+    /// A string value, or an error naming the key.
+    pub fn string(&self, key: &str) -> Result<&str> {
+        self.get(key)?
+            .as_str()
+            .ok_or_else(|| invalid(&format!("its metadata `{key}` is not a string")))
+    }
+
+    /// A count or size, or an error naming the key.
+    pub fn count(&self, key: &str) -> Result<usize> {
+        self.optional_count(key)?
+            .ok_or_else(|| invalid(&format!("its metadata has no `{key}`")))
+    }
+
+    /// A count or size when the metadata has `key`; an error when it holds something else
+    /// (a negative number, a list: per-layer values that no model here has).
+    pub fn optional_count(&self, key: &str) -> Result<Option<usize>> {
+        self.metadata
+            .get(key)
+            .map(|value| {
+                value
+                    .to_u64()
+                    .and_then(|v| usize::try_from(v).ok())
+                    .ok_or_else(|| {
+                        invalid(&format!(
+                            "its metadata `{key}` is not a single non-negative integer"
+                        ))
+                    })
+            })
+            .transpose()
+    }
+
+    /// A number when the metadata has `key`; an error when it holds something else.
+    pub fn optional_number(&self, key: &str) -> Result<Option<f64>> {
+        self.metadata
+            .get(key)
+            .map(|value| {
+                value
+                    .to_f64()
+                    .or_else(|| value.to_u64().map(|v| v as f64))
+                    .ok_or_else(|| invalid(&format!("its metadata `{key}` is not a number")))
+            })
+            .transpose()
     }
 }
 

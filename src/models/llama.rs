@@ -121,6 +121,11 @@ pub struct LlamaConfig {
     /// Padding token, when the config names one.
     #[serde(default)]
     pub pad_token_id: Option<u32>,
+    /// What each rotary frequency is divided by: how llama.cpp's converter stores llama3's
+    /// scaling in a GGUF file (its `rope_freqs` tensor), in place of `rope_scaling`. Never in
+    /// `config.json`.
+    #[serde(skip)]
+    pub rope_frequency_divisors: Option<Vec<f32>>,
     /// Class names, for a sequence-classification head (not implemented for this family).
     #[serde(default)]
     pub id2label: Labels,
@@ -189,13 +194,21 @@ impl LlamaConfig {
                 "sliding_window must be at least 1".to_string(),
             ));
         }
-        RotaryEmbedding::new(
+        self.rotary_embedding().map(|_| ())
+    }
+
+    /// The rotary embedding the config describes.
+    pub fn rotary_embedding(&self) -> Result<RotaryEmbedding> {
+        let rotary = RotaryEmbedding::new(
             self.rope_theta(),
             self.head_dim(),
             self.rope_scaling(),
             self.max_position_embeddings,
-        )
-        .map(|_| ())
+        )?;
+        match &self.rope_frequency_divisors {
+            Some(divisors) => rotary.with_frequency_divisors(divisors),
+            None => Ok(rotary),
+        }
     }
 
     /// Width of one attention head.
@@ -548,12 +561,7 @@ impl LlamaModel {
                 .map(|i| LlamaDecoderLayer::load(layers.pp(i), config, i))
                 .collect::<Result<_>>()?,
             norm: RmsNorm::load(vb.pp("norm"), config.hidden_size, config.rms_norm_eps)?,
-            rotary: RotaryEmbedding::new(
-                config.rope_theta(),
-                config.head_dim(),
-                config.rope_scaling(),
-                config.max_position_embeddings,
-            )?,
+            rotary: config.rotary_embedding()?,
             config: config.clone(),
         })
     }

@@ -1,11 +1,16 @@
 //! `from_pretrained`: a model id or folder in, a loaded model out.
 
+use std::path::Path;
+use std::sync::Arc;
+
 use candle_core::Device;
 
 use crate::error::{Error, Result};
+use crate::loading::gguf::{GgufCheckpoint, GgufFile};
 use crate::loading::hub::{HubOptions, ModelSource};
 use crate::loading::weights::WeightFiles;
 use crate::models::config::ModelConfig;
+use crate::models::gguf;
 use crate::models::weight_type::WeightType;
 use crate::models::weights::ModelWeights;
 use crate::tokenizer::Tokenizer;
@@ -23,6 +28,10 @@ pub struct LoadOptions {
     /// Where the weights live and the model runs; the CPU by default. Inputs must be on
     /// this device too ([`EncodedBatch::to_input`](crate::EncodedBatch::to_input) takes it).
     pub device: Device,
+    /// The GGUF file of the repository to load, as transformers' `gguf_file`: its metadata
+    /// stands for `config.json` and its tensors for the weights. A path to a `.gguf` file
+    /// given as the model needs none.
+    pub gguf_file: Option<String>,
 }
 
 impl Default for LoadOptions {
@@ -31,6 +40,7 @@ impl Default for LoadOptions {
             hub: HubOptions::from_env(),
             weight_type: WeightType::F32,
             device: Device::Cpu,
+            gguf_file: None,
         }
     }
 }
@@ -54,22 +64,76 @@ impl LoadOptions {
         self.device = device;
         self
     }
+
+    /// Set [`LoadOptions::gguf_file`]: load this GGUF file of the repository.
+    pub fn with_gguf_file(mut self, file: impl Into<String>) -> Self {
+        self.gguf_file = Some(file.into());
+        self
+    }
 }
 
-/// A model repository (Hub id or folder) with its parsed `config.json`.
-/// Weights and tokenizer files are only fetched when asked for.
+/// A model repository (Hub id or folder) with its parsed `config.json`, or a GGUF file with
+/// the config its metadata stands for. Weights and tokenizer files are only fetched when asked
+/// for.
 #[derive(Debug, Clone)]
 pub struct Pretrained {
     source: ModelSource,
     config: ModelConfig,
+    gguf: Option<Arc<GgufFile>>,
 }
 
 impl Pretrained {
-    /// Resolve `model` and read its `config.json`.
+    /// Resolve `model` and read its `config.json`; a path to a `.gguf` file opens that file
+    /// (see [`Pretrained::open_gguf`]), with the folder it is in as the repository.
     pub fn open(model: &str, hub: &HubOptions) -> Result<Self> {
+        let path = Path::new(model);
+        if path.is_file() && path.extension().is_some_and(|e| e == "gguf") {
+            let folder = match path.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => parent,
+                _ => Path::new("."),
+            };
+            let source = ModelSource::Folder(folder.to_path_buf());
+            return Self::with_gguf(source, path);
+        }
         let source = ModelSource::new(model, hub)?;
         let config = ModelConfig::from_file(&source.require("config.json")?)?;
-        Ok(Self { source, config })
+        Ok(Self {
+            source,
+            config,
+            gguf: None,
+        })
+    }
+
+    /// Resolve `model` and open its GGUF file `file` (downloaded like any file of a Hub
+    /// model): its metadata stands for `config.json`, its tensors for the weights, and its
+    /// `tokenizer.ggml.*` entries for the tokenizer unless a `tokenizer.json` is beside it.
+    pub fn open_gguf(model: &str, file: &str, hub: &HubOptions) -> Result<Self> {
+        let source = ModelSource::new(model, hub)?;
+        let path = source.require(file)?;
+        Self::with_gguf(source, &path)
+    }
+
+    /// [`Pretrained::open_gguf`] when `options` name a GGUF file, else [`Pretrained::open`].
+    pub fn open_with(model: &str, options: &LoadOptions) -> Result<Self> {
+        match &options.gguf_file {
+            Some(file) => Self::open_gguf(model, file, &options.hub),
+            None => Self::open(model, &options.hub),
+        }
+    }
+
+    fn with_gguf(source: ModelSource, path: &Path) -> Result<Self> {
+        let file = Arc::new(GgufFile::open(path)?);
+        let config = gguf::config(&file, &path.display().to_string())?;
+        Ok(Self {
+            source,
+            config,
+            gguf: Some(file),
+        })
+    }
+
+    /// The GGUF file the model is read from, if it is.
+    pub fn gguf(&self) -> Option<&GgufFile> {
+        self.gguf.as_deref()
     }
 
     /// The parsed `config.json`: check the architecture or the labels before fetching weights.
@@ -85,7 +149,14 @@ impl Pretrained {
 
     /// Fetch the weights and open them as `weight_type` on `device`.
     pub fn weights(&self, weight_type: WeightType, device: &Device) -> Result<ModelWeights> {
-        ModelWeights::open(&WeightFiles::resolve(&self.source)?, weight_type, device)
+        match &self.gguf {
+            Some(file) => {
+                let names = gguf::tensor_names(&self.config)?;
+                let checkpoint = GgufCheckpoint::new(file.clone(), names);
+                Ok(ModelWeights::from_gguf(checkpoint, weight_type, device))
+            }
+            None => ModelWeights::open(&WeightFiles::resolve(&self.source)?, weight_type, device),
+        }
     }
 
     /// Fetch the weights and build `M` from them, as `options` place and store them.
@@ -110,7 +181,7 @@ pub trait FromPretrained: Sized {
 
     /// Load `model` (a Hub id or a local folder).
     fn from_pretrained(model: &str, options: &LoadOptions) -> Result<Self> {
-        Pretrained::open(model, &options.hub)?.load(options)
+        Pretrained::open_with(model, options)?.load(options)
     }
 }
 

@@ -155,6 +155,32 @@ impl RotaryEmbedding {
         Ok(rope)
     }
 
+    /// Each inverse frequency divided by its divisor: llama.cpp's form of llama3's scaling
+    /// (frequency factors, as its converter stores them beside the base).
+    pub fn with_frequency_divisors(mut self, divisors: &[f32]) -> Result<Self> {
+        if divisors.len() != self.inv_freq.len() || self.kind != Kind::Fixed {
+            return Err(Error::InvalidConfig(format!(
+                "{} rotary frequency divisors were given for {} frequencies{}",
+                divisors.len(),
+                self.inv_freq.len(),
+                if self.kind == Kind::Fixed {
+                    ""
+                } else {
+                    " of a dynamic scaling"
+                }
+            )));
+        }
+        if let Some(bad) = divisors.iter().find(|d| !(d.is_finite() && **d > 0.0)) {
+            return Err(Error::InvalidConfig(format!(
+                "a rotary frequency divisor is {bad}: each must be a positive number"
+            )));
+        }
+        for (f, d) in self.inv_freq.iter_mut().zip(divisors) {
+            *f /= d;
+        }
+        Ok(self)
+    }
+
     /// The inverse frequencies for a forward whose largest position is `max_position`:
     /// dynamic NTK recomputes them past the trained length, as transformers'
     /// `dynamic_rope_update` does (within one generation positions only grow, so its cached

@@ -5,6 +5,7 @@ use candle_core::{Device, Shape, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::error::Result;
+use crate::loading::gguf::{GgufCheckpoint, StoredBlocks};
 use crate::loading::weights::WeightFiles;
 use crate::models::weight_type::WeightType;
 
@@ -17,6 +18,8 @@ use crate::models::weight_type::WeightType;
 pub struct ModelWeights {
     tensors: VarBuilder<'static>,
     weight_type: WeightType,
+    /// The GGUF file the tensors come from, whose quantized weights can be read as blocks.
+    gguf: Option<GgufCheckpoint>,
 }
 
 impl ModelWeights {
@@ -26,7 +29,38 @@ impl ModelWeights {
         Ok(Self {
             tensors: files.var_builder(weight_type.dtype(), device)?,
             weight_type,
+            gguf: None,
         })
+    }
+
+    /// The tensors of a GGUF file under their checkpoint names, float ones read as
+    /// `weight_type`'s dtype (quantized ones dequantized to it, unless a layer takes their
+    /// [`blocks`](Self::blocks)).
+    pub fn from_gguf(checkpoint: GgufCheckpoint, weight_type: WeightType, device: &Device) -> Self {
+        Self {
+            tensors: VarBuilder::from_backend(
+                Box::new(checkpoint.clone()),
+                weight_type.dtype(),
+                device.clone(),
+            ),
+            weight_type,
+            gguf: Some(checkpoint),
+        }
+    }
+
+    /// The quantized weight matrix `name` under this prefix as stored in a GGUF file, rows in
+    /// the checkpoint's order; `None` for other checkpoints and for float tensors.
+    pub fn blocks(&self, name: &str) -> Result<Option<StoredBlocks<'_>>> {
+        let Some(gguf) = &self.gguf else {
+            return Ok(None);
+        };
+        let prefix = self.tensors.prefix();
+        let path = if prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{prefix}.{name}")
+        };
+        gguf.blocks(&path)
     }
 
     /// The weights under `prefix.` (a checkpoint key's next component).
@@ -34,6 +68,7 @@ impl ModelWeights {
         Self {
             tensors: self.tensors.pp(prefix),
             weight_type: self.weight_type,
+            gguf: self.gguf.clone(),
         }
     }
 

@@ -131,7 +131,7 @@ impl<M> PipelineBase<M> {
 impl<M: FromPretrained> PipelineBase<M> {
     /// Load `model` (a Hub id or a local folder): weights, tokenizer and `config.json`.
     pub fn from_pretrained(model: &str, options: &LoadOptions) -> Result<Self> {
-        Self::load(&Pretrained::open(model, &options.hub)?, options)
+        Self::load(&Pretrained::open_with(model, options)?, options)
     }
 
     /// Load from a repository already opened, for pipelines that also read other files of

@@ -106,7 +106,7 @@ impl EmbeddingsPipeline {
     /// Load a model; pooling and normalisation come from its sentence-transformers files,
     /// else mean pooling without normalisation (override them in [`EmbeddingsOptions`]).
     pub fn from_pretrained(model: &str, options: &LoadOptions) -> Result<Self> {
-        let pretrained = Pretrained::open(model, &options.hub)?;
+        let pretrained = Pretrained::open_with(model, options)?;
         let setup = SentenceTransformersSetup::read(pretrained.source(), &options.device)?;
         if setup.masked_lm {
             // Its token embeddings are vocabulary logits: pooling hidden states instead would

@@ -125,7 +125,7 @@ impl M3EmbeddingsPipeline {
     /// Load the encoder and its heads (`sparse_linear.pt`, `colbert_linear.pt`) from a Hub id
     /// or folder.
     pub fn from_pretrained(model: &str, options: &LoadOptions) -> Result<Self> {
-        let pretrained = Pretrained::open(model, &options.hub)?;
+        let pretrained = Pretrained::open_with(model, options)?;
         let base = PipelineBase::load(&pretrained, options)?;
         let hidden = base.config().hidden_size();
         let heads = BgeM3Heads::load(pretrained.source(), hidden, &options.device)?;

@@ -25,6 +25,7 @@ pub mod embeddings;
 pub mod fill_mask;
 mod input;
 pub mod m3_embeddings;
+pub mod perplexity;
 pub mod question_answering;
 pub mod rerank;
 mod sentence_transformers;
@@ -41,6 +42,7 @@ pub use embeddings::{cosine_similarity, EmbeddingsOptions, EmbeddingsPipeline, E
 pub use fill_mask::{FillMaskOptions, FillMaskPipeline, FillMaskPrediction};
 pub use input::{AsInput, InputKind, QaInput, QueryDocuments, QuestionContext, Text, TextOrPair};
 pub use m3_embeddings::{M3Embedding, M3EmbeddingsPipeline, M3Options};
+pub use perplexity::{Perplexity, PerplexityOptions, PerplexityPipeline};
 pub use question_answering::{Answer, QuestionAnsweringOptions, QuestionAnsweringPipeline};
 pub use rerank::{
     CrossEncoderActivation, RankedDocument, RerankInput, RerankOptions, RerankPipeline,

@@ -312,7 +312,7 @@ impl RerankPipeline {
     /// Load a reranker from a Hub id or folder: any sequence-classification checkpoint, with
     /// the activation it was saved with, or a Llama-family one as an LLM reranker.
     pub fn from_pretrained(model: &str, options: &LoadOptions) -> Result<Self> {
-        let pretrained = Pretrained::open(model, &options.hub)?;
+        let pretrained = Pretrained::open_with(model, options)?;
         let pipeline = Self::from_parts(PipelineBase::load(&pretrained, options)?)?;
         if pipeline.yes_no.is_some() {
             return Ok(pipeline);

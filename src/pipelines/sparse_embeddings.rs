@@ -88,7 +88,7 @@ impl SparseEmbeddingsPipeline {
     /// <https://github.com/huggingface/sentence-transformers/blob/v5.1.2/sentence_transformers/sparse_encoder/SparseEncoder.py#L959>
     /// A sentence-transformers model of another kind (a dense `Pooling`) is an error.
     pub fn from_pretrained(model: &str, options: &LoadOptions) -> Result<Self> {
-        let pretrained = Pretrained::open(model, &options.hub)?;
+        let pretrained = Pretrained::open_with(model, options)?;
         let setup = SentenceTransformersSetup::read(pretrained.source(), &options.device)?;
         let splade = match (setup.modules, setup.splade) {
             (true, Some(splade)) => splade,

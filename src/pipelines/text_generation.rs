@@ -116,7 +116,7 @@ impl TextGenerationPipeline {
     /// and its chat template (`chat_template.jinja`, or `tokenizer_config.json`'s) when it has
     /// one.
     pub fn from_pretrained(model: &str, options: &LoadOptions) -> Result<Self> {
-        let pretrained = Pretrained::open(model, &options.hub)?;
+        let pretrained = Pretrained::open_with(model, options)?;
         // A template this crate cannot render fails the chats that need it, not the load:
         // plain generation does not use it.
         let chat_template =

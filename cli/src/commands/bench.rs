@@ -215,7 +215,7 @@ pub fn encoder(
     seq: usize,
     runs: usize,
 ) -> Result<Report, ferroformers::Error> {
-    let pretrained = ferroformers::Pretrained::open(model, &options.hub)?;
+    let pretrained = ferroformers::Pretrained::open_with(model, options)?;
     let encoder = pretrained.load::<AutoModel>(options)?;
     if batch == 0 || seq == 0 || runs == 0 {
         return Err(ferroformers::Error::InvalidInput(
@@ -308,7 +308,7 @@ pub fn decoders(
     let decoders = options
         .iter()
         .map(|options| {
-            let pretrained = ferroformers::Pretrained::open(model, &options.hub)?;
+            let pretrained = ferroformers::Pretrained::open_with(model, options)?;
             let decoder = pretrained.load::<AutoModelForCausalLM>(options)?;
             Ok((decoder, pretrained.config().clone()))
         })

@@ -4,6 +4,7 @@
 mod bench;
 mod encoders;
 mod generate;
+mod perplexity;
 mod serve;
 
 use std::io::Write;
@@ -70,6 +71,15 @@ enum Command {
         #[command(flatten)]
         args: generate::GenerateArgs,
     },
+    /// Perplexity of a text file, windowed as llama.cpp's llama-perplexity: windows of
+    /// --ctx-size tokens, each scored over its second half; prints the running figure after
+    /// each window and the final estimate with its error.
+    Perplexity {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        args: perplexity::PerplexityArgs,
+    },
     /// Time the encoder's forward pass on random token ids: median milliseconds and
     /// sequences/s. With --generate, time a decoder's greedy decoding instead (GPT-2 or a
     /// Llama-family model): prefill and tokens/s, against the memory bandwidth measured in the
@@ -113,6 +123,7 @@ impl Cli {
             | Command::Ner { common, .. }
             | Command::Qa { common, .. }
             | Command::Generate { common, .. }
+            | Command::Perplexity { common, .. }
             | Command::Bench { common, .. }
             | Command::Chat { common, .. }
             | Command::Serve { common, .. } => common,
@@ -129,6 +140,7 @@ pub fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
         Command::Ner { common, args } => encoders::ner(&common, args, out),
         Command::Qa { common, args } => encoders::qa(&common, args, out),
         Command::Generate { common, args } => generate::generate(&common, args, out),
+        Command::Perplexity { common, args } => perplexity::perplexity(&common, args, out),
         Command::Bench { common, args } => bench::bench(&common, args, out),
         Command::Chat { common, args } => generate::chat(&common, &args, out),
         Command::Serve { common, args } => serve::serve(&common, args, out),
