@@ -1992,13 +1992,16 @@ def make_gguf_dequantize_references():
     save_file(tensors, str(folder / "dequantize.safetensors"))
 
 
-LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"
+LLAMA_CPP_PYTHON = ("llama-cpp-python", "0.3.36")
 
 
 def llama_cpp_source() -> pathlib.Path:
     """llama.cpp's source as vendored in the llama-cpp-python sdist on PyPI (its converter,
-    gguf-py and tools): `LLAMA_CPP_DIR` when set, else the sdist downloaded and unpacked once
-    into a cache folder."""
+    gguf-py and tools): `LLAMA_CPP_DIR` when set, else the sdist downloaded from PyPI and
+    unpacked once into a cache folder (straight from PyPI's simple index: `pip download` of
+    an sdist would build its build dependencies first)."""
+    import urllib.request
+
     if os.environ.get("LLAMA_CPP_DIR"):
         return pathlib.Path(os.environ["LLAMA_CPP_DIR"])
     cache = pathlib.Path(tempfile.gettempdir()) / "ferroformers-llama-cpp"
@@ -2006,10 +2009,16 @@ def llama_cpp_source() -> pathlib.Path:
     if found:
         return found[-1]
     cache.mkdir(exist_ok=True)
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                    "-d", str(cache), LLAMA_CPP_PYTHON], check=True)
-    (sdist,) = cache.glob("llama_cpp_python-*.tar.gz")
-    with tarfile.open(sdist) as archive:
+    name, version = LLAMA_CPP_PYTHON
+    request = urllib.request.Request(f"https://pypi.org/simple/{name}/",
+                                     headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    with urllib.request.urlopen(request) as response:
+        files = json.loads(response.read())["files"]
+    filename = f"{name.replace('-', '_')}-{version}.tar.gz"
+    (sdist,) = [f for f in files if f["filename"] == filename]
+    archive_path = cache / filename
+    urllib.request.urlretrieve(sdist["url"], archive_path)
+    with tarfile.open(archive_path) as archive:
         archive.extractall(cache, filter="data")
     (source,) = cache.glob("llama_cpp_python-*/vendor/llama.cpp")
     return source
@@ -2096,6 +2105,120 @@ def make_perplexity_references():
             "error": float((variance / (len(nll) - 1)).sqrt() * ppl),
         }
     (folder / "reference.json").write_text(json.dumps(references, indent=1) + "\n")
+
+
+def llama_cpp_tool(name: str) -> pathlib.Path:
+    """A llama.cpp program (llama-quantize, llama-server), built once from the vendored source
+    with CMake (pip's `cmake` when there is no other); `LLAMA_CPP_BUILD` names a build folder
+    that has it already."""
+    build = pathlib.Path(os.environ.get("LLAMA_CPP_BUILD", llama_cpp_source() / "build"))
+    program = build / "bin" / name
+    if not program.exists():
+        cmake = shutil.which("cmake") or str(pathlib.Path(sys.executable).parent / "cmake")
+        subprocess.run([cmake, "-S", str(llama_cpp_source()), "-B", str(build),
+                        "-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF"], check=True)
+        subprocess.run([cmake, "--build", str(build), "--target", name, "-j"], check=True)
+    return program
+
+
+def fnv1a(data: bytes) -> str:
+    """64-bit FNV-1a of `data`, as hex: the tests hash their dequantized values the same way."""
+    value = 0xcbf29ce484222325
+    for byte in data:
+        value = ((value ^ byte) * 0x100000001b3) & 0xFFFFFFFFFFFFFFFF
+    return f"{value:016x}"
+
+
+def llama_cpp_greedy(model: pathlib.Path, prompts: list, new_tokens: int) -> list:
+    """llama.cpp's greedy continuation of each prompt (token ids), from llama-server's
+    /completion at temperature 0, the end token ignored. The KV cache is f32 (llama.cpp's
+    default is f16), as ours is for f32 activations, so that only the weights' and the
+    products' arithmetic differ."""
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [str(llama_cpp_tool("llama-server")), "-m", str(model), "--port", str(port), "-c", "512",
+         "-t", "2", "-np", "1", "--cache-type-k", "f32", "--cache-type-v", "f32"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(600):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health") as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.1)
+        continuations = []
+        for prompt in prompts:
+            body = json.dumps({"prompt": prompt, "n_predict": new_tokens, "temperature": 0,
+                               "ignore_eos": True, "return_tokens": True,
+                               "cache_prompt": False}).encode()
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/completion", body,
+                                             {"Content-Type": "application/json"})
+            with urllib.request.urlopen(request) as response:
+                continuations.append(json.loads(response.read())["tokens"])
+        return continuations
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def make_gguf_quantized():
+    """gguf/: the Llama fixture quantized by llama.cpp's llama-quantize to Q8_0 and Q4_0, and a
+    Llama of the K-quants' width (256) to Q4_K_M (Q4_K and Q6_K tensors), with
+    - dequantized.json: each tensor's values as the gguf package dequantizes them, hashed;
+    - greedy.json: llama.cpp's greedy continuations of two prompts by each file."""
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = FIXTURES / "gguf"
+    quantize = llama_cpp_tool("llama-quantize")
+    with tempfile.TemporaryDirectory() as work:
+        work = pathlib.Path(work)
+        files = {}
+        for kind in ["Q8_0", "Q4_0"]:
+            out = folder / f"llama-{kind.lower()}.gguf"
+            subprocess.run([str(quantize), str(folder / "llama-f32.gguf"), str(out), kind, "2"],
+                           check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            files[out.name] = out
+        # A Llama whose every matrix is whole 256-value blocks, as the K-quants need.
+        wide = work / "llama-256"
+        shutil.copytree(FIXTURES / "llama" / "lm-head", wide)
+        for name in ["model.safetensors", "config.json", "generation_config.json"]:
+            (wide / name).unlink()
+        config = LlamaConfig(vocab_size=861, hidden_size=256, intermediate_size=256,
+                             num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                             max_position_embeddings=512, rms_norm_eps=1e-5, rope_theta=10000.0,
+                             initializer_range=0.1, tie_word_embeddings=True,
+                             bos_token_id=856, eos_token_id=857)
+        torch.manual_seed(610)
+        model = LlamaForCausalLM(config)
+        randomise(model)
+        model.save_pretrained(wide)
+        convert_to_gguf(wide, work / "llama-256-f32.gguf", "f32", "gpt-2")
+        out = folder / "llama256-q4_k_m.gguf"
+        subprocess.run([str(quantize), str(work / "llama-256-f32.gguf"), str(out), "Q4_K_M", "2"],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        files[out.name] = out
+    hashes, greedy = {}, {}
+    prompts = [[856, 40, 300, 12, 77, 5], [856, 600, 601, 9]]
+    for name, path in files.items():
+        reader = GGUFReader(path)
+        hashes[name] = {
+            tensor.name: {"type": tensor.tensor_type.name,
+                          "fnv1a": fnv1a(dequantize(tensor.data, tensor.tensor_type)
+                                         .astype("<f4").tobytes())}
+            for tensor in reader.tensors
+        }
+        greedy[name] = {"prompts": prompts, "tokens": llama_cpp_greedy(path, prompts, 32)}
+    (folder / "dequantized.json").write_text(json.dumps(hashes, indent=1) + "\n")
+    (folder / "greedy.json").write_text(json.dumps(greedy) + "\n")
 
 
 # Values and bytes per block of the ggml types above (ggml's blck_size and type_size).
@@ -2291,8 +2414,10 @@ def main():
         fixture_manifest.write_manifest(FIXTURES)
         return
     if sys.argv[1:] == ["--only", "gguf-models"]:
-        # The decoder fixtures as GGUF files, converted by llama.cpp's converter.
+        # The decoder fixtures as GGUF files, converted by llama.cpp's converter and quantized
+        # by its llama-quantize, with llama.cpp's greedy outputs.
         make_gguf_models()
+        make_gguf_quantized()
         fixture_manifest.write_manifest(FIXTURES)
         return
     if sys.argv[1:] == ["--only", "bge-m3"]:

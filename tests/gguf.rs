@@ -122,3 +122,89 @@ fn f32_gguf_logits_match_pytorch() {
         }
     }
 }
+
+/// The quantized fixtures, each made by llama.cpp's llama-quantize.
+const QUANTIZED: [&str; 3] = ["llama-q8_0.gguf", "llama-q4_0.gguf", "llama256-q4_k_m.gguf"];
+
+/// 64-bit FNV-1a, as `make_fixtures.py` hashes the `gguf` package's dequantized values.
+fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in bytes {
+        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
+#[test]
+fn every_quantized_tensor_dequantizes_as_the_gguf_package_does() {
+    let reference = fixture_json("gguf/dequantized.json");
+    for name in QUANTIZED {
+        let file =
+            ferroformers::loading::gguf::GgufFile::open(&fixture(&format!("gguf/{name}"))).unwrap();
+        let expected = reference[name].as_object().unwrap();
+        assert_eq!(file.header().tensors.len(), expected.len(), "{name}");
+        for tensor in &file.header().tensors {
+            let values = file.dequantized(tensor).unwrap();
+            let hash = fnv1a(values.iter().flat_map(|v| v.to_le_bytes()));
+            let want = &expected[&tensor.name];
+            assert_eq!(
+                format!("{:?}", tensor.ggml_type),
+                want["type"].as_str().unwrap(),
+                "{name}: {}",
+                tensor.name
+            );
+            assert_eq!(
+                hash,
+                want["fnv1a"].as_str().unwrap(),
+                "{name}: {}",
+                tensor.name
+            );
+        }
+    }
+}
+
+/// Greedy continuations of llama.cpp's prompts (ids), the end token ignored, as llama.cpp's
+/// server made them (`greedy.json`): how many of the first new tokens agree, per prompt.
+fn greedy_agreement(name: &str, model: &AutoModelForCausalLM) -> Vec<(usize, usize)> {
+    use ferroformers::generation::{GenerationConfig, Generator, PromptBatch};
+    let reference = &fixture_json("gguf/greedy.json")[name];
+    let prompts: Vec<Vec<u32>> = serde_json::from_value(reference["prompts"].clone()).unwrap();
+    let expected: Vec<Vec<u32>> = serde_json::from_value(reference["tokens"].clone()).unwrap();
+    let config = GenerationConfig {
+        max_new_tokens: Some(32),
+        eos_token_id: Vec::new(),
+        do_sample: false,
+        ..GenerationConfig::default()
+    };
+    prompts
+        .iter()
+        .zip(&expected)
+        .map(|(prompt, theirs)| {
+            let batch =
+                PromptBatch::new(vec![prompt.clone()], vec![vec![1; prompt.len()]]).unwrap();
+            let ours = Generator::without_tokenizer(model)
+                .generate_ids(&batch, &config)
+                .unwrap()
+                .remove(0);
+            let ours = &ours[prompt.len()..];
+            let agree = ours.iter().zip(theirs).take_while(|(a, b)| a == b).count();
+            (agree, theirs.len())
+        })
+        .collect()
+}
+
+#[test]
+fn greedy_tokens_against_llama_cpp() {
+    for name in QUANTIZED {
+        let model = load_gguf_file(name);
+        let agreement = greedy_agreement(name, &model);
+        eprintln!("{name}: {agreement:?} new tokens as llama.cpp's");
+    }
+}
+
+fn load_gguf_file(name: &str) -> AutoModelForCausalLM {
+    use ferroformers::FromPretrained;
+    let path = fixture(&format!("gguf/{name}"));
+    AutoModelForCausalLM::from_pretrained(path.to_str().unwrap(), &options())
+        .expect("the GGUF fixture loads")
+}
