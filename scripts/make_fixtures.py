@@ -43,6 +43,10 @@ Layout:
     tests/fixtures/modernbert/<head>/   tiny ModernBERT (global and sliding-window layers) per head,
                                         and sentence-transformers/ (mean pooling + Normalize) with
                                         `encode` outputs in reference.json (`--only modernbert`)
+    tests/fixtures/gguf/tokenizers/     vocabulary-only GGUF files of five tokenizers (GPT-2, Qwen2,
+                                        Llama 3, SmolLM2 and Llama 2 SentencePiece forms) written
+                                        by llama.cpp's convert_hf_to_gguf.py, with the ids and
+                                        decodes of `tokenizers` (`--only gguf-tokenizers`)
 """
 import json
 import os
@@ -2025,21 +2029,12 @@ def llama_cpp_source() -> pathlib.Path:
 
 
 def convert_to_gguf(checkpoint: pathlib.Path, out: pathlib.Path, outtype: str, pre: str):
-    """llama.cpp's convert_hf_to_gguf.py on `checkpoint`. The converter names a BPE
-    tokenizer's pre-tokenizer by hashing how it splits a test text, and the tiny fixture
-    vocabularies give hashes it does not know; `pre` is the name of the pre-tokenizer they
-    really use (GPT-2's byte-level split for all the decoder fixtures)."""
-    source = llama_cpp_source()
-    run = (
-        "import runpy, sys\n"
-        f"sys.path[:0] = [{str(source)!r}, {str(source / 'gguf-py')!r}]\n"
-        "import conversion.base as base\n"
-        f"base.TextModel.get_vocab_base_pre = lambda self, tokenizer: {pre!r}\n"
-        f"sys.argv = ['convert_hf_to_gguf.py', {str(checkpoint)!r}, '--outtype', {outtype!r}, "
-        f"'--outfile', {str(out)!r}]\n"
-        f"runpy.run_path({str(source / 'convert_hf_to_gguf.py')!r}, run_name='__main__')\n"
-    )
-    subprocess.run([sys.executable, "-c", run], check=True, cwd=source)
+    """llama.cpp's convert_hf_to_gguf.py on `checkpoint`, in a process of its own
+    (`run_converter`): `pre` names the pre-tokenizer the fixture's tiny vocabulary really uses
+    (GPT-2's byte-level split for all the decoder fixtures), whose hash the converter cannot
+    know."""
+    subprocess.run([sys.executable, __file__, "--convert-to-gguf", str(llama_cpp_source()), pre,
+                    str(checkpoint), "--outtype", outtype, "--outfile", str(out)], check=True)
 
 
 def make_gguf_models():
@@ -2404,6 +2399,237 @@ def make_modernbert():
     (folder / "reference.json").write_text(json.dumps(reference, indent=1))
 
 
+
+
+# Tokenizers as GGUF metadata. Texts that split differently under each pre-tokenizer: runs of
+# spaces and newlines, digits (GPT-2 keeps a run, Llama 3 cuts it in threes, Qwen2 and SmolLM
+# in ones), contractions, accents, combining marks (NFC for Qwen2), CJK, emoji (byte fallback
+# in SentencePiece), the special tokens of every family inside the text, and llama.cpp's own
+# check text (conversion/base.py get_vocab_base_pre).
+GGUF_TOKENIZER_TEXTS = [
+    "Hello world",
+    " Hello world",
+    "   three leading spaces",
+    "trailing spaces   ",
+    "line\nbreak\n\n\nthree newlines\r\nwindows",
+    "\ttab\t\tand  two  spaces \n  \n",
+    "1 12 123 1234 12345 3.14159 2024-06-01",
+    "I've been 'told he's there, 'RE you sure? We'Ve a'lL",
+    "naïve café Grüße déjà vu",
+    "e\u0301te\u0301 combining accents",
+    "中文 日本語 한국어 Быстрая",
+    "emoji 😀🦙 👍🏽 🚀",
+    "<|im_start|>user\nHi there<|im_end|>\n<|endoftext|>",
+    "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>",
+    "<s>the start</s> and <unk> and <tool>call",
+    "<think>\nmaybe</think> so",
+    "a",
+    " ",
+    "\n",
+    "",
+    "\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n🚀 (normal) 😶\u200d🌫️ (multiple emojis concatenated) ✅ 🦙🦙 3 33 333 3333 33333 333333 3333333 33333333 3.3 3..3 3...3 កាន់តែពិសេសអាច😁 ?我想在apple工作1314151天～ ------======= нещо на Български ''''''```````\"\"\"\"......!!!!!!?????? I've been 'told he's there, 'RE you sure? 'M not sure I'll make it, 'D you like some tea? We'Ve a'lL",
+]
+GGUF_CHAT = [
+    {"role": "system", "content": "You are terse."},
+    {"role": "user", "content": "Hi there!"},
+    {"role": "assistant", "content": "Hello."},
+    {"role": "user", "content": "And now?"},
+]
+
+
+def run_converter(llama_cpp, pre, arguments):
+    """Run llama.cpp's convert_hf_to_gguf.py with `arguments`, in this process (a subprocess of
+    make_gguf_tokenizers).
+
+    The converter names a BPE tokenizer's pre-tokenizer (`tokenizer.ggml.pre`) by hashing the
+    ids it gives for a check text and looking the hash up among the released models it knows.
+    The fixtures' vocabularies are tiny, so their ids (and hashes) are no released model's,
+    however exactly they copy a model's pre-tokenizer, and the converter refuses them. Here the
+    hash is still looked up first; only when it is unknown does the converter get `pre`, the
+    name of the pre-tokenizer the fixture was built with (make_gguf_tokenizers)."""
+    import logging
+    import runpy
+
+    sys.path.insert(0, str(pathlib.Path(llama_cpp) / "gguf-py"))
+    sys.path.insert(0, str(llama_cpp))
+    import conversion.base as base
+
+    recognise = base.TextModel.get_vocab_base_pre
+
+    def get_vocab_base_pre(self, tokenizer):
+        try:
+            found = recognise(self, tokenizer)
+        except NotImplementedError:
+            logging.warning("pre-tokenizer hash unknown (a tiny vocabulary): writing %r", pre)
+            return pre
+        if found != pre:
+            sys.exit(f"the converter recognised the pre-tokenizer {found!r}, not {pre!r}")
+        return found
+
+    base.TextModel.get_vocab_base_pre = get_vocab_base_pre
+    sys.argv = ["convert_hf_to_gguf.py", *arguments]
+    runpy.run_path(str(pathlib.Path(llama_cpp) / "convert_hf_to_gguf.py"), run_name="__main__")
+
+
+def byte_level_tokenizer(encoder, merges, specials, split_pattern=None, digits=False,
+                         nfc=False, ignore_merges=False, bos=None, chat_template=None):
+    """The reduced GPT-2 BPE with `specials` after it, pre-tokenized as a released family's
+    tokenizer.json does: GPT-2's ByteLevel regex (no `split_pattern`), or a Split on
+    `split_pattern` before a ByteLevel without its regex (Llama 3, Qwen2), or SmolLM2's single
+    digits before GPT-2's regex (`digits`)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {}
+    for token in bpe_tokens(encoder, merges):
+        vocab.setdefault(token, len(vocab))
+    pairs = [tuple(m.split(" ")) for m in merges]
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=pairs, ignore_merges=ignore_merges))
+    if nfc:
+        backend.normalizer = normalizers.NFC()
+    if split_pattern is not None:
+        backend.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(split_pattern), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
+        ])
+    elif digits:
+        backend.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ])
+    else:
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens(specials)
+    if bos is not None:
+        backend.post_processor = processors.Sequence([
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                          special_tokens=[(bos, backend.token_to_id(bos))]),
+        ])
+    else:
+        backend.post_processor = processors.ByteLevel(trim_offsets=False)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, model_max_length=128,
+                                        clean_up_tokenization_spaces=False)
+    tokenizer.add_bos_token = bos is not None
+    tokenizer.chat_template = chat_template
+    return tokenizer
+
+
+# Llama 3's split (its tokenizer.json, as transformers' TikTokenConverter writes it) and Qwen2's
+# (transformers' Qwen2Converter): Llama 3 keeps up to three digits together, Qwen2 one.
+LLAMA3_SPLIT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+QWEN2_SPLIT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+
+
+def sentencepiece_llama_tokenizer(work: pathlib.Path):
+    """LlamaTokenizerFast over a tiny SentencePiece BPE model trained as Llama 2's was: BPE with
+    byte fallback, digits split, no normalisation (identity, spaces kept), a dummy prefix;
+    <unk> 0, <s> 1, </s> 2, and one user-defined symbol (<tool>)."""
+    import sentencepiece as spm
+    from transformers import LlamaTokenizerFast
+
+    corpus = [s if i % 2 == 0 else s.lower() for i in range(8) for s in MULTILINGUAL_CORPUS]
+    prefix = work / "llama-spm"
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus), model_prefix=str(prefix), vocab_size=700,
+        model_type="bpe", character_coverage=1.0, byte_fallback=True, split_digits=True,
+        normalization_rule_name="identity", remove_extra_whitespaces=False,
+        add_dummy_prefix=True, allow_whitespace_only_pieces=True, unk_id=0, bos_id=1, eos_id=2,
+        pad_id=-1, user_defined_symbols=["<tool>"], hard_vocab_limit=False, minloglevel=2,
+    )
+    # The tokenizer.json form of Llama 2 and TinyLlama: legacy, with a Prepend("▁") normaliser
+    # and a Strip decoder for the dummy prefix (add_prefix_space; left unset, transformers
+    # 4.57 converts the model without either).
+    return LlamaTokenizerFast(vocab_file=str(prefix.with_suffix(".model")), legacy=True,
+                              add_prefix_space=True, clean_up_tokenization_spaces=False)
+
+
+def make_gguf_tokenizers():
+    """gguf/tokenizers/<name>.gguf: vocabulary-only GGUF files that llama.cpp's
+    convert_hf_to_gguf.py (from the llama-cpp-python sdist) writes for five tokenizers, and
+    <name>.json: the ids, tokens and decodes the `tokenizers` library gives on
+    GGUF_TOKENIZER_TEXTS with the tokenizer converted, and its chat template rendered."""
+    work = pathlib.Path(tempfile.mkdtemp())
+    llama_cpp = llama_cpp_source()
+    encoder, merges = gpt2_bpe()
+    llama_specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
+                      "<|end_header_id|>", "<|eot_id|>"]
+    qwen_specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    from tokenizers import AddedToken
+
+    gpt2 = GPT2TokenizerFast.from_pretrained(FIXTURES / "gpt2" / "lm-head")
+    qwen2 = byte_level_tokenizer(encoder, merges, qwen_specials, split_pattern=QWEN2_SPLIT,
+                                 nfc=True, chat_template=QWEN_CHAT_TEMPLATE)
+    qwen2.eos_token, qwen2.pad_token = "<|im_end|>", "<|endoftext|>"
+    # Added tokens that are not special, as Qwen3's <think> (USER_DEFINED in the GGUF).
+    qwen2.add_tokens([AddedToken("<think>", normalized=False, special=False),
+                      AddedToken("</think>", normalized=False, special=False)])
+    llama3 = byte_level_tokenizer(encoder, merges, llama_specials, split_pattern=LLAMA3_SPLIT,
+                                  ignore_merges=True, bos="<|begin_of_text|>",
+                                  chat_template=LLAMA3_CHAT_TEMPLATE)
+    llama3.bos_token, llama3.eos_token = "<|begin_of_text|>", "<|eot_id|>"
+    llama3.pad_token = "<|end_of_text|>"
+    smollm = byte_level_tokenizer(encoder, merges, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  digits=True)
+    smollm.bos_token, smollm.eos_token = "<|im_start|>", "<|im_end|>"
+    spm = sentencepiece_llama_tokenizer(work)
+    # name: (tokenizer, architecture, pre-tokenizer name in llama.cpp)
+    cases = {
+        "gpt2": (gpt2, "GPT2LMHeadModel", "gpt-2"),
+        "qwen2": (qwen2, "Qwen2ForCausalLM", "qwen2"),
+        "llama-bpe": (llama3, "LlamaForCausalLM", "llama-bpe"),
+        "smollm": (smollm, "LlamaForCausalLM", "smollm"),
+        "llama-spm": (spm, "LlamaForCausalLM", None),
+    }
+    out = FIXTURES / "gguf" / "tokenizers"
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    for name, (tokenizer, architecture, pre) in cases.items():
+        folder = work / name
+        tokenizer.save_pretrained(folder)
+        # A config for the converter to pick its model class and hyper-parameters by; with
+        # --vocab-only it writes no tensors. vocab_size as the tokenizer's: a larger one would
+        # pad the vocabulary with [PAD] tokens.
+        config = {"architectures": [architecture], "vocab_size": len(tokenizer),
+                  "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                  "num_attention_heads": 2, "num_key_value_heads": 2, "n_embd": 16,
+                  "n_layer": 1, "n_head": 2, "n_ctx": 128, "n_positions": 128,
+                  "max_position_embeddings": 128, "rms_norm_eps": 1e-5,
+                  "layer_norm_epsilon": 1e-5, "rope_theta": 10000.0}
+        config["model_type"] = {"GPT2LMHeadModel": "gpt2", "Qwen2ForCausalLM": "qwen2"}.get(
+            architecture, "llama")
+        (folder / "config.json").write_text(json.dumps(config))
+        subprocess.run([sys.executable, __file__, "--convert-to-gguf", str(llama_cpp),
+                        pre or "", str(folder), "--vocab-only", "--outfile",
+                        str(out / f"{name}.gguf")], check=True)
+        backend = tokenizer.backend_tokenizer
+        cases_out = []
+        for text in GGUF_TOKENIZER_TEXTS:
+            ids = tokenizer(text)["input_ids"]
+            cases_out.append({
+                "text": text,
+                "ids": ids,
+                "tokens": tokenizer.convert_ids_to_tokens(ids),
+                # The backend's decode: what transformers' decode gives without its
+                # clean_up_tokenization_spaces (off in all five).
+                "decode": backend.decode(ids, skip_special_tokens=False),
+                "decode_skip_special": backend.decode(ids, skip_special_tokens=True),
+            })
+        reference = {"texts": cases_out}
+        if tokenizer.chat_template is not None:
+            reference["chat"] = {
+                "messages": GGUF_CHAT,
+                "rendered": tokenizer.apply_chat_template(
+                    GGUF_CHAT, tokenize=False, add_generation_prompt=True,
+                    date_string="26 Jul 2024"),
+            }
+        (out / f"{name}.json").write_text(json.dumps(reference, ensure_ascii=False, indent=1),
+                                          encoding="utf-8")
+    shutil.rmtree(work)
+
+
 def main():
     torch.set_num_threads(1)
     if sys.argv[1:] == ["--only", "gguf"]:
@@ -2419,6 +2645,14 @@ def main():
         make_gguf_models()
         make_gguf_quantized()
         fixture_manifest.write_manifest(FIXTURES)
+        return
+    if sys.argv[1:] == ["--only", "gguf-tokenizers"]:
+        make_gguf_tokenizers()
+        fixture_manifest.write_manifest(FIXTURES)
+        return
+    if sys.argv[1:2] == ["--convert-to-gguf"]:
+        # make_gguf_tokenizers' subprocess: llama.cpp's converter, in a process of its own.
+        run_converter(sys.argv[2], sys.argv[3], sys.argv[4:])
         return
     if sys.argv[1:] == ["--only", "bge-m3"]:
         # BGE-M3's heads over the XLM-RoBERTa fixture, leaving the others as they are.
@@ -2472,6 +2706,7 @@ def main():
     make_multilingual_pipeline_references()
     make_bge_m3()
     make_gguf_dequantize_references()
+    make_gguf_tokenizers()
     make_cross_encoders()
     make_sentence_transformers_modules()
     make_qwen3_embedding()

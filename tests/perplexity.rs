@@ -1,6 +1,6 @@
 //! Perplexity windowed as llama.cpp's llama-perplexity, against the same windowing in PyTorch
 //! (`scripts/make_fixtures.py --only perplexity`) on the Llama fixture (whose tokenizer adds
-//! a start token, so every window starts with it) and the Qwen2 one (no start token).
+//! a start token, so every window starts with it) and the Qwen2 one (no start token), and the Llama fixture's GGUF conversion, tokenizer and all.
 
 mod common;
 
@@ -95,4 +95,12 @@ fn a_text_shorter_than_two_windows_is_refused() {
         .unwrap_err()
         .to_string();
     assert!(error.contains("two windows"), "{error}");
+}
+#[test]
+fn a_gguf_file_gives_the_same_perplexity() {
+    let references = fixture_json("perplexity/reference.json");
+    let gguf = fixture("gguf/llama-f32.gguf");
+    // No tokenizer.json beside it: the tokenizer is the GGUF metadata's.
+    let pipeline = PerplexityPipeline::from_pretrained(gguf.to_str().unwrap(), &options()).unwrap();
+    check(&pipeline, &references["llama"], "llama GGUF");
 }

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::loading::hub::ModelSource;
 use crate::loading::json::read_json;
-use crate::models::config::token_ids;
+use crate::models::config::{token_ids, ModelConfig};
 
 /// When beam search stops, as transformers' `early_stopping`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -133,6 +133,16 @@ impl GenerationConfig {
         match source.get("generation_config.json")? {
             Some(path) => Self::from_file(&path),
             None => Self::from_file(&source.require("config.json")?),
+        }
+    }
+
+    /// The generation settings of a model without `generation_config.json`: its config's end
+    /// and pad tokens over the defaults, as transformers' `GenerationConfig.from_model_config`.
+    pub fn from_model_config(config: &ModelConfig) -> Self {
+        Self {
+            eos_token_id: config.eos_token_ids(),
+            pad_token_id: config.pad_token_id(),
+            ..Self::default()
         }
     }
 

@@ -168,9 +168,15 @@ impl Pretrained {
         model
     }
 
-    /// Fetch the tokenizer files and build the tokenizer.
+    /// Fetch the tokenizer files and build the tokenizer; for a GGUF file, from its
+    /// `tokenizer.ggml.*` metadata unless a `tokenizer.json` is beside it.
     pub fn tokenizer(&self) -> Result<Tokenizer> {
-        Tokenizer::from_source(&self.source)
+        match &self.gguf {
+            Some(file) if self.source.get("tokenizer.json")?.is_none() => {
+                Tokenizer::from_gguf(file.header())
+            }
+            _ => Tokenizer::from_source(&self.source),
+        }
     }
 }
 

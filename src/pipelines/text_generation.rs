@@ -117,14 +117,24 @@ impl TextGenerationPipeline {
     /// one.
     pub fn from_pretrained(model: &str, options: &LoadOptions) -> Result<Self> {
         let pretrained = Pretrained::open_with(model, options)?;
-        // A template this crate cannot render fails the chats that need it, not the load:
-        // plain generation does not use it.
-        let chat_template =
-            ChatTemplate::from_source(pretrained.source(), None).map_err(|error| error.to_string());
+        // A GGUF file holds the model whole: its metadata stands for the generation settings
+        // (as transformers' `from_model_config`) and holds the chat template.
+        let (chat_template, generation_config) = match pretrained.gguf() {
+            Some(file) => (
+                ChatTemplate::from_gguf(file.header()),
+                GenerationConfig::from_model_config(pretrained.config()),
+            ),
+            None => (
+                ChatTemplate::from_source(pretrained.source(), None),
+                GenerationConfig::from_source(pretrained.source())?,
+            ),
+        };
         Ok(Self {
             base: PipelineBase::load(&pretrained, options)?,
-            generation_config: GenerationConfig::from_source(pretrained.source())?,
-            chat_template,
+            generation_config,
+            // A template this crate cannot render fails the chats that need it, not the load:
+            // plain generation does not use it.
+            chat_template: chat_template.map_err(|error| error.to_string()),
         })
     }
 
@@ -134,15 +144,9 @@ impl TextGenerationPipeline {
     /// [`TextGenerationOptions::with_generation`]); chat joins turns as DialoGPT does
     /// unless [`with_chat_template`](Self::with_chat_template) gives a template.
     pub fn from_parts(base: PipelineBase<AutoModelForCausalLM>) -> Result<Self> {
-        let config = base.config();
-        let generation_config = GenerationConfig {
-            eos_token_id: config.eos_token_ids(),
-            pad_token_id: config.pad_token_id(),
-            ..GenerationConfig::default()
-        };
         Ok(Self {
+            generation_config: GenerationConfig::from_model_config(base.config()),
             base,
-            generation_config,
             chat_template: Ok(None),
         })
     }

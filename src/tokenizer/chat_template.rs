@@ -1,10 +1,10 @@
-//! Chat templates from `chat_template.jinja` (where transformers 4.57 and 5 save them) or
-//! `tokenizer_config.json`, rendered as transformers renders them: Jinja2 with `trim_blocks`
-//! and `lstrip_blocks`, loop controls, Python's string methods, a `tojson` that writes JSON as
-//! Python's `json.dumps` does, `raise_exception`, `strftime_now`, and the tokenizer's special
-//! tokens (`bos_token`, `eos_token`, ...) beside `messages`, `add_generation_prompt` and the
-//! caller's own variables (`apply_chat_template(**kwargs)`, such as Llama 3.1's
-//! `date_string`).
+//! Chat templates from `chat_template.jinja` (where transformers 4.57 and 5 save them),
+//! `tokenizer_config.json` or a GGUF file's `tokenizer.chat_template`, rendered as transformers
+//! renders them: Jinja2 with `trim_blocks` and `lstrip_blocks`, loop controls, Python's string
+//! methods, a `tojson` that writes JSON as Python's `json.dumps` does, `raise_exception`,
+//! `strftime_now`, and the tokenizer's special tokens (`bos_token`, `eos_token`, ...) beside
+//! `messages`, `add_generation_prompt` and the caller's own variables
+//! (`apply_chat_template(**kwargs)`, such as Llama 3.1's `date_string`).
 //! <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/utils/chat_template_utils.py#L393>
 //!
 //! `{% generation %}` blocks (the tag of transformers' assistant masks) render their content,
@@ -19,7 +19,9 @@ use minijinja::value::{Kwargs, Serde, ValueKind};
 use minijinja::{Environment, ErrorKind, Value};
 use serde::{Deserialize, Serialize};
 
+use super::gguf::special_token_names;
 use crate::error::{Error, Result};
+use crate::loading::gguf::GgufHeader;
 use crate::loading::hub::ModelSource;
 use crate::loading::json::read_json;
 
@@ -172,6 +174,27 @@ impl ChatTemplate {
         if let Some(path) = config_path {
             let config: serde_json::Value = read_json(&path)?;
             template.take_special_tokens(&config);
+        }
+        Ok(Some(template))
+    }
+
+    /// The `tokenizer.chat_template` of a GGUF file, with its BOS, EOS, unknown, padding and
+    /// mask tokens (those its `tokenizer.ggml.*_token_id` name) as the template's special
+    /// tokens; `None` when it has no template.
+    pub fn from_gguf(header: &GgufHeader) -> Result<Option<Self>> {
+        let Some(source) = header.metadata.get("tokenizer.chat_template") else {
+            return Ok(None);
+        };
+        let source = source.as_str().ok_or_else(|| {
+            Error::InvalidWeights(
+                "GGUF file: tokenizer.chat_template is not a string; convert the model again \
+                 with llama.cpp's convert_hf_to_gguf.py"
+                    .to_string(),
+            )
+        })?;
+        let mut template = Self::new(source)?;
+        for (name, content) in special_token_names(header)? {
+            template = template.with_special_token(name, &content);
         }
         Ok(Some(template))
     }

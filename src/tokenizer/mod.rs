@@ -1,11 +1,12 @@
 //! Tokenizers from a model's files: `tokenizer.json` when present, else a BERT WordPiece built
 //! from `vocab.txt`, else a byte-level BPE built from `vocab.json` + `merges.txt`, with options
-//! from `tokenizer_config.json`.
+//! from `tokenizer_config.json`; or from a GGUF file's metadata ([`Tokenizer::from_gguf`]).
 //!
 //! Padding and truncation are decided per call. Whatever `tokenizer.json` stores is cleared at
 //! load: all-MiniLM-L6-v2's file, for one, pads every input to 128 tokens.
 
 pub mod chat_template;
+mod gguf;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -317,17 +318,36 @@ impl Tokenizer {
         let mask = find(&config.mask_token, ["[MASK]", "<mask>"]);
         let cls = find(&config.cls_token, ["[CLS]", "<s>"]).map(|(id, _)| id);
         let eos = find(&config.eos_token, ["</s>", "<|endoftext|>"]).map(|(id, _)| id);
+        Ok(Self::assemble(
+            inner,
+            pad,
+            mask,
+            cls,
+            eos,
+            config.model_max_length(),
+        ))
+    }
+
+    /// A tokenizer of `inner`, whose padding and truncation are cleared, and its special ids.
+    fn assemble(
+        inner: tokenizers::Tokenizer,
+        pad: Option<(u32, String)>,
+        mask: Option<(u32, String)>,
+        cls: Option<u32>,
+        eos: Option<u32>,
+        model_max_length: Option<usize>,
+    ) -> Self {
         let mut without_post_processor = inner.clone();
         without_post_processor.with_post_processor(None::<tokenizers::PostProcessorWrapper>);
-        Ok(Self {
+        Self {
             without_post_processor,
             pad,
             mask,
             cls,
             eos,
-            model_max_length: config.model_max_length(),
+            model_max_length,
             inner,
-        })
+        }
     }
 
     /// The underlying `tokenizers` tokenizer, with no stored padding or truncation.
