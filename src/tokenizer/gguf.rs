@@ -10,8 +10,8 @@
 //!
 //! Tokens typed CONTROL or UNKNOWN become special tokens, USER_DEFINED ones added tokens, so
 //! both are matched whole in the text (`<|im_start|>` is one id).
-//! <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/integrations/ggml.py#L320>
-//! <https://github.com/ggml-org/llama.cpp/blob/0c1e57098bba43ac29e6e3b677cdceebdd22334f/src/llama-vocab.cpp#L2140>
+//! <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/integrations/ggml.py#L341>
+//! <https://github.com/ggml-org/llama.cpp/blob/0c1e57098bba43ac29e6e3b677cdceebdd22334f/src/llama-vocab.cpp#L2154>
 
 use std::collections::HashMap;
 
@@ -50,7 +50,7 @@ const SUPPORTED_PRE: &str = "gpt-2, llama-bpe (llama3, llama-v3), qwen2 (deepsee
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// Qwen2's split: Llama 3's with one digit per piece.
-/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/convert_slow_tokenizer.py#L437>
+/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/convert_slow_tokenizer.py#L430>
 const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 impl Tokenizer {
@@ -280,7 +280,7 @@ fn byte_level_bpe(
 
 /// A merge `left right` of tokens, split at the first space after its first character (a
 /// token may start with a space), as llama.cpp splits it.
-/// <https://github.com/ggml-org/llama.cpp/blob/0c1e57098bba43ac29e6e3b677cdceebdd22334f/src/llama-vocab.cpp#L2010>
+/// <https://github.com/ggml-org/llama.cpp/blob/0c1e57098bba43ac29e6e3b677cdceebdd22334f/src/llama-vocab.cpp#L2020>
 fn split_merge(vocabulary: &Vocabulary, index: usize, merge: &str) -> Result<(String, String)> {
     let first = merge.chars().next().map_or(0, char::len_utf8);
     let (left, right) = merge[first..]
@@ -306,7 +306,7 @@ fn split_merge(vocabulary: &Vocabulary, index: usize, merge: &str) -> Result<(St
 /// merges made from the scores, `<0x..>` tokens for the bytes of what no token covers, spaces
 /// as `▁` and a `▁` before the text when `tokenizer.ggml.add_space_prefix` (llama.cpp's
 /// default) is set; decoded back, the prefix stripped.
-/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/integrations/ggml.py#L352>
+/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/integrations/ggml.py#L384>
 fn sentencepiece_bpe(
     header: &GgufHeader,
     vocabulary: &Vocabulary,
@@ -368,7 +368,7 @@ fn sentencepiece_bpe(
 /// BPE merges from SentencePiece scores, as transformers' GGUFTokenizerSkeleton makes them:
 /// every split of every token into two tokens, those of one token by their pieces' scores,
 /// all by the score of the token they make, highest first (stable, so ties keep that order).
-/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/integrations/ggml.py#L285>
+/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/integrations/ggml.py#L346>
 fn merges_from_scores(vocabulary: &Vocabulary, scores: &[f64]) -> Vec<(String, String)> {
     let score = |token: &str| scores[vocabulary.ids[token] as usize];
     let mut merges: Vec<(&str, &str, f64)> = Vec::new();
