@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 
 mod dequantize;
 pub use dequantize::dequantize;
+pub(crate) use dequantize::scales_and_mins;
 
 /// `GGUF`, read as a little-endian u32.
 const MAGIC: u32 = u32::from_le_bytes(*b"GGUF");
