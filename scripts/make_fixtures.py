@@ -1959,7 +1959,8 @@ def make_bge_m3():
 def make_gguf_dequantize_references():
     """gguf/dequantize.safetensors: for each ggml type we read, four blocks of random bytes (their
     f16 scale fields set to finite random values) and the values the `gguf` package's
-    `dequantize` gives for them (llama.cpp's gguf-py), to be matched bit for bit."""
+    `dequantize` gives for them (llama.cpp's gguf-py), to be matched bit for bit; and for the
+    types we quantize at load time, f32 rows and the blocks its `quantize` makes of them."""
     import numpy as np
     from gguf import GGMLQuantizationType as T
     from gguf.quants import dequantize
@@ -1991,6 +1992,18 @@ def make_gguf_dequantize_references():
         values = dequantize(data.reshape(-1), qtype).astype(np.float32).reshape(-1)
         tensors[f"{name}.blocks"] = np.ascontiguousarray(data.reshape(-1))
         tensors[f"{name}.values"] = np.ascontiguousarray(values)
+    # And the other way: f32 rows (two of 64 values each) and the blocks `quantize` makes of
+    # them, for the types we quantize at load time. The rows hold a block of zeros, a block
+    # whose largest magnitude is negative, and values that land on halves once scaled.
+    from gguf.quants import quantize
+    rows = np.random.default_rng(681).standard_normal((2, 64)).astype(np.float32)
+    rows[0, :32] = 0
+    rows[1, 32] = -4.0
+    rows[1, 33:40] = np.float32(4.0 / 127) * np.arange(1, 8, dtype=np.float32) + np.float32(2.0 / 127)
+    tensors["quantize.input"] = np.ascontiguousarray(rows.reshape(-1))
+    for name in ["Q8_0", "Q4_0", "Q4_1"]:
+        blocks = quantize(rows, T[name])
+        tensors[f"quantize.{name}.blocks"] = np.ascontiguousarray(blocks.reshape(-1))
     folder = FIXTURES / "gguf"
     folder.mkdir(exist_ok=True)
     save_file(tensors, str(folder / "dequantize.safetensors"))

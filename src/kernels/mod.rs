@@ -142,6 +142,7 @@ macro_rules! dispatch {
 
 mod decoder_attention;
 mod decoder_block;
+pub mod quant;
 
 pub use decoder_block::{rms_norm, rotated_heads, swiglu, HeadNorms, RotatedHeads};
 

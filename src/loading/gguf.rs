@@ -18,6 +18,7 @@ mod checkpoint;
 mod dequantize;
 pub use checkpoint::{GgufCheckpoint, StoredBlocks, StoredLayout, StoredTensor, TensorNames};
 pub use dequantize::dequantize;
+pub(crate) use dequantize::scales_and_mins;
 
 /// `GGUF`, read as a little-endian u32.
 const MAGIC: u32 = u32::from_le_bytes(*b"GGUF");

@@ -33,6 +33,8 @@ unsafe impl Plain for f32 {}
 unsafe impl Plain for u16 {}
 // SAFETY: as above.
 unsafe impl Plain for i8 {}
+// SAFETY: as above (GGUF blocks are held as their bytes).
+unsafe impl Plain for u8 {}
 
 const CACHE_LINE: usize = 64;
 #[cfg(target_os = "linux")]

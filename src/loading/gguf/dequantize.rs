@@ -107,7 +107,7 @@ fn q8_0(block: &[u8], out: &mut [f32]) {
 /// bytes: the first four of each in the low six bits of bytes 0–3 (scales) and 4–7
 /// (minimums), the last four in the nibbles of bytes 8–11 with their top two bits in the top
 /// bits of bytes 0–7.
-fn scales_and_mins(packed: &[u8]) -> ([u8; 8], [u8; 8]) {
+pub(crate) fn scales_and_mins(packed: &[u8]) -> ([u8; 8], [u8; 8]) {
     let (mut scales, mut mins) = ([0u8; 8], [0u8; 8]);
     for j in 0..4 {
         scales[j] = packed[j] & 0x3F;

@@ -1,0 +1,28 @@
+//! The block kernels with AVX-512 VNNI on 256-bit registers (`Isa::Avx512`): the integer
+//! products by `vpdpbusd` (unsigned weight bytes × signed activation bytes, four per i32
+//! lane, added in one instruction), sub-block scales by `vpmulld`.
+
+use std::arch::x86_64::{__m256i, _mm256_dpbusd_epi32, _mm256_mullo_epi32, _mm256_setzero_si256};
+
+/// `acc` plus the sums of each lane's four products.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn dot_add(acc: __m256i, w: __m256i, x: __m256i) -> __m256i {
+    _mm256_dpbusd_epi32(acc, w, x)
+}
+
+/// The scales as they are: `dot_scaled` multiplies i32 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn scale_form(scales: __m256i) -> __m256i {
+    scales
+}
+
+/// Each lane's four products summed, times its scale.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn dot_scaled(w: __m256i, x: __m256i, scale: __m256i) -> __m256i {
+    _mm256_mullo_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), w, x), scale)
+}
+
+block_kernels!("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni");

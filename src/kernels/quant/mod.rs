@@ -1,0 +1,409 @@
+//! `y = x · Wᵀ + b (+ residual)` with `W` held in llama.cpp's quantized block formats (GGUF's
+//! Q8_0, Q4_0, Q4_1, Q5_0, Q4_K, Q5_K, Q6_K), computed as llama.cpp's CPU backend computes
+//! it: each row of activations is quantized per block to int8 (blocks of 32 beside the
+//! 32-value types, blocks of 256 with sums beside the K-quants, see `activations`), and each
+//! output is a sum over blocks of exact integer dot products, scaled by the two blocks'
+//! scales in f32.
+//!
+//! [`QuantizedWeights`] keeps a matrix's GGUF bytes as they are (row-major, (out, in) like
+//! `torch.nn.Linear`, each output row `in / block` blocks), in aligned [`StreamBuffer`]s. A
+//! fused projection ([`QuantizedWeights::stack`]: q/k/v, gate/up) may join parts of different
+//! types, as a Q4_K_M file stores some of its matrices in Q6_K: the matrix is then a list of
+//! row segments, each of one type. [`matmul`] is the product a model calls (a model wires it
+//! where it wires [`super::gemm::matmul`]); [`QuantizedWeights::unpack_row`] serves tied
+//! embeddings.
+//!
+//! Threads take runs of output rows. Decoding (one row of activations) streams every weight
+//! once, spread over the cores in runs of a few rows, each row read front to back. With
+//! several rows of activations, each task takes a run of weight rows (held in L1/L2) and
+//! the activations four rows at a time: a weight block is unpacked into registers once and
+//! multiplied with four rows, so that prefill is bound by the integer products, not by memory.
+//!
+//! Layout: this file holds the API and the split into tasks; `activations` the quantized
+//! activations; `quantize` f32 weights to blocks; `portable` the block formats and the scalar
+//! kernels (the reference of the others); `x86` the AVX2 and AVX-512 kernels, written once
+//! over the integer dot product that `avx2` (`vpmaddubsw`) and `avx512` (`vpdpbusd`) each
+//! give them, reached only after the CPU check.
+
+mod activations;
+mod portable;
+mod quantize;
+#[cfg(test)]
+mod tests;
+#[cfg(target_arch = "x86_64")]
+#[macro_use]
+mod x86;
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+
+use activations::{ActRow, Q8KRows, Q8Rows};
+use rayon::prelude::*;
+use std::ops::Range;
+
+pub use super::isa::Isa;
+use crate::error::{Error, Result};
+use crate::loading::gguf::dequantize;
+pub use crate::loading::gguf::GgmlType;
+use crate::runtime::buffer::StreamBuffer;
+
+/// Values per block of the 32-value types.
+const QK: usize = 32;
+/// Values per block of the K-quants.
+const QK_K: usize = 256;
+
+/// The block types that have kernels.
+pub const KERNEL_TYPES: [GgmlType; 7] = [
+    GgmlType::Q8_0,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+];
+
+/// Rows of activations a kernel call multiplies with each weight block it unpacks.
+const GROUP: usize = 4;
+
+/// Rows of one block type: `rows` of the matrix, `row_bytes` each, in `bytes`.
+#[derive(Debug, Clone)]
+struct Segment {
+    ty: GgmlType,
+    rows: Range<usize>,
+    row_bytes: usize,
+    bytes: StreamBuffer<u8>,
+}
+
+/// A weight matrix (out = `outer` rows × `inner` inputs) in GGUF block formats, one or more
+/// row segments of one type each.
+#[derive(Debug, Clone)]
+pub struct QuantizedWeights {
+    inner: usize,
+    outer: usize,
+    segments: Vec<Segment>,
+}
+
+impl QuantizedWeights {
+    /// A matrix of `outer` rows × `inner` inputs from its GGUF data: `bytes` holds the rows'
+    /// blocks of `ty`, row after row, exactly.
+    pub fn from_blocks(ty: GgmlType, inner: usize, outer: usize, bytes: &[u8]) -> Result<Self> {
+        let row_bytes = row_bytes(ty, inner)?;
+        let expected = outer.checked_mul(row_bytes);
+        if expected != Some(bytes.len()) {
+            return Err(Error::InvalidWeights(format!(
+                "{} bytes of {ty:?} blocks for a {outer} × {inner} matrix, which takes {}",
+                bytes.len(),
+                expected.map_or("more than fits in memory".to_string(), |n| n.to_string())
+            )));
+        }
+        let mut buffer = StreamBuffer::zeroed(bytes.len());
+        buffer.copy_from_slice(bytes);
+        Ok(Self {
+            inner,
+            outer,
+            segments: vec![Segment {
+                ty,
+                rows: 0..outer,
+                row_bytes,
+                bytes: buffer,
+            }],
+        })
+    }
+
+    /// `weights` (`outer` × `inner`, row-major) quantized to `ty`, bit for bit as
+    /// `gguf.quants.quantize` does it: Q8_0, Q4_0 or Q4_1 (the types gguf-py quantizes that
+    /// have kernels).
+    pub fn quantize(ty: GgmlType, weights: &[f32], inner: usize, outer: usize) -> Result<Self> {
+        if !matches!(ty, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1) {
+            return Err(Error::InvalidInput(format!(
+                "weights are quantized at load time to Q8_0, Q4_0 or Q4_1, not {ty:?}"
+            )));
+        }
+        let row_bytes = row_bytes(ty, inner)?;
+        if inner.checked_mul(outer) != Some(weights.len()) {
+            return Err(Error::InvalidInput(format!(
+                "{} weights for a {outer} × {inner} matrix",
+                weights.len()
+            )));
+        }
+        let mut bytes = Vec::with_capacity(outer * row_bytes);
+        for row in weights.chunks_exact(inner.max(1)).take(outer) {
+            quantize::quantize_row(ty, row, &mut bytes);
+        }
+        Self::from_blocks(ty, inner, outer, &bytes)
+    }
+
+    /// The matrices of `parts`, one below the other (their rows in order): a fused q/k/v or
+    /// gate/up projection. The parts must have the same `inner`; their types may differ.
+    pub fn stack(parts: Vec<QuantizedWeights>) -> Result<Self> {
+        let Some(inner) = parts.first().map(|part| part.inner) else {
+            return Err(Error::InvalidInput("no matrix to stack".into()));
+        };
+        if let Some(part) = parts.iter().find(|part| part.inner != inner) {
+            return Err(Error::InvalidInput(format!(
+                "matrices of {inner} and {} inputs cannot be stacked",
+                part.inner
+            )));
+        }
+        let mut outer = 0;
+        let mut segments: Vec<Segment> = Vec::new();
+        for segment in parts.into_iter().flat_map(|part| part.segments) {
+            let rows = outer..outer + segment.rows.len();
+            outer = rows.end;
+            match segments.last_mut() {
+                // Rows of the same type join into one stream.
+                Some(last) if last.ty == segment.ty => {
+                    let mut joined = StreamBuffer::zeroed(last.bytes.len() + segment.bytes.len());
+                    joined[..last.bytes.len()].copy_from_slice(&last.bytes);
+                    joined[last.bytes.len()..].copy_from_slice(&segment.bytes);
+                    last.bytes = joined;
+                    last.rows.end = rows.end;
+                }
+                _ => segments.push(Segment { rows, ..segment }),
+            }
+        }
+        Ok(Self {
+            inner,
+            outer,
+            segments,
+        })
+    }
+
+    /// Input features (`in`).
+    pub fn inner(&self) -> usize {
+        self.inner
+    }
+
+    /// Output features (`out`).
+    pub fn outer(&self) -> usize {
+        self.outer
+    }
+
+    /// Bytes of weights streamed per product (what one decoded token reads).
+    pub fn bytes(&self) -> usize {
+        self.segments.iter().map(|s| s.bytes.len()).sum()
+    }
+
+    /// The block type of each run of output rows, in order.
+    pub fn segments(&self) -> Vec<(GgmlType, Range<usize>)> {
+        self.segments
+            .iter()
+            .map(|s| (s.ty, s.rows.clone()))
+            .collect()
+    }
+
+    /// Output row `o`, dequantized (`inner` values): what a tied embedding table reads for
+    /// token `o`, so that the table is not held a second time beside its LM head.
+    ///
+    /// Panics if `o` is not below `outer` or `out` is not `inner` long.
+    pub fn unpack_row(&self, o: usize, out: &mut [f32]) {
+        assert!(o < self.outer && out.len() == self.inner);
+        let segment = self
+            .segments
+            .iter()
+            .find(|s| s.rows.contains(&o))
+            .expect("the segments cover every row");
+        let start = (o - segment.rows.start) * segment.row_bytes;
+        dequantize(
+            segment.ty,
+            &segment.bytes[start..start + segment.row_bytes],
+            out,
+        )
+        .expect("a row holds inner values of its type");
+    }
+
+    /// Whether some segment's type is a K-quant (its activations go in blocks of 256), and
+    /// whether some is not (blocks of 32).
+    fn activation_forms(&self) -> (bool, bool) {
+        let k_quant =
+            |s: &Segment| matches!(s.ty, GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K);
+        (
+            self.segments.iter().any(|s| !k_quant(s)),
+            self.segments.iter().any(k_quant),
+        )
+    }
+}
+
+/// Bytes of a row of `inner` values of `ty`, or an error if `ty` has no kernels or `inner`
+/// is not a whole number of its blocks.
+fn row_bytes(ty: GgmlType, inner: usize) -> Result<usize> {
+    if !KERNEL_TYPES.contains(&ty) {
+        return Err(Error::InvalidWeights(format!(
+            "{ty:?} weights have no quantized kernels (these have: {KERNEL_TYPES:?})"
+        )));
+    }
+    let (block, block_bytes) = ty.block();
+    if !inner.is_multiple_of(block) {
+        return Err(Error::InvalidWeights(format!(
+            "rows of {inner} values are not whole {ty:?} blocks of {block}"
+        )));
+    }
+    (inner / block).checked_mul(block_bytes).ok_or_else(|| {
+        Error::InvalidWeights(format!(
+            "rows of {inner} {ty:?} values take more bytes than fit in memory"
+        ))
+    })
+}
+
+/// The instruction set the kernels run for `isa`: the best within it that the CPU has, the
+/// x86 kernels needing F16C too (for the blocks' f16 scales), which every AVX2 CPU has.
+fn kernel_isa(isa: Isa) -> Isa {
+    let isa = isa.min(Isa::of_cpu());
+    #[cfg(target_arch = "x86_64")]
+    if isa != Isa::Portable && !std::arch::is_x86_feature_detected!("f16c") {
+        return Isa::Portable;
+    }
+    isa
+}
+
+/// The output, written by parallel tasks at disjoint (row, column) places.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: tasks write disjoint outputs (each its own output columns), and the buffer
+// outlives them.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// Where output `index` goes (a method, so that closures capture the whole `SharedOut`).
+    fn at(self, index: usize) -> *mut f32 {
+        self.0.wrapping_add(index)
+    }
+}
+
+/// `out (m × outer) = x (m × inner) · Wᵀ + bias + residual`, all row-major, with `isa`'s
+/// kernels (or the best below it that the CPU has).
+///
+/// Row i of the result does not depend on the other rows: it is bit for bit the product of
+/// row i alone.
+///
+/// Panics if a slice is shorter than its shape says: callers check shapes first.
+pub fn matmul(
+    x: &[f32],
+    m: usize,
+    weights: &QuantizedWeights,
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    out: &mut [f32],
+    isa: Isa,
+) {
+    let (k, n) = (weights.inner, weights.outer);
+    assert!(x.len() >= m * k && out.len() >= m * n);
+    assert!(bias.is_none_or(|b| b.len() >= n) && residual.is_none_or(|r| r.len() >= m * n));
+    if m == 0 || n == 0 {
+        return;
+    }
+    let isa = kernel_isa(isa);
+    let (blocks32, blocks256) = weights.activation_forms();
+    let q8 = if blocks32 {
+        Q8Rows::quantize(x, m, k, isa)
+    } else {
+        Q8Rows::default()
+    };
+    let q8k = if blocks256 {
+        Q8KRows::quantize(x, m, k, isa)
+    } else {
+        Q8KRows::default()
+    };
+    let act_row = |r: usize| ActRow {
+        q8: if blocks32 {
+            q8.row(r)
+        } else {
+            Default::default()
+        },
+        q8k: if blocks256 {
+            q8k.row(r)
+        } else {
+            Default::default()
+        },
+    };
+    let acts: Vec<ActRow> = (0..m).map(act_row).collect();
+
+    // Decoding: enough runs of rows to balance the cores (a few per thread, so that one
+    // slowed thread does not hold the rest). With more rows, runs short enough that a run
+    // of weight rows stays in L1/L2 while every group of activation rows passes over it.
+    let threads = rayon::current_num_threads();
+    let run = if m == 1 {
+        n.div_ceil(threads * 8).clamp(4, 512)
+    } else {
+        16
+    };
+    let tasks: Vec<(&Segment, Range<usize>)> = weights
+        .segments
+        .iter()
+        .flat_map(|segment| {
+            let rows = segment.rows.clone();
+            rows.clone()
+                .step_by(run)
+                .map(move |start| (segment, start..rows.end.min(start + run)))
+        })
+        .collect();
+    let shared = SharedOut(out.as_mut_ptr());
+    let task = |(segment, rows): &(&Segment, Range<usize>)| {
+        let first = (rows.start - segment.rows.start) * segment.row_bytes;
+        let w = &segment.bytes[first..first + rows.len() * segment.row_bytes];
+        let mut sums = [[0f32; GROUP]; 512];
+        let sums = &mut sums[..rows.len()];
+        let store = |r: usize, o: usize, value: f32| {
+            let mut value = value;
+            if let Some(bias) = bias {
+                value += bias[o];
+            }
+            if let Some(residual) = residual {
+                value += residual[r * n + o];
+            }
+            // SAFETY: r < m and o < n, inside `out` (checked above); this task alone writes
+            // output column o.
+            unsafe { *shared.at(r * n + o) = value };
+        };
+        let mut r0 = 0;
+        while r0 < m {
+            if m - r0 >= GROUP {
+                let group: &[ActRow; GROUP] = acts[r0..r0 + GROUP].try_into().expect("GROUP rows");
+                dot_rows(isa, segment.ty, w, segment.row_bytes, group, sums);
+                for (o, sums) in rows.clone().zip(sums.iter()) {
+                    for (i, &sum) in sums.iter().enumerate() {
+                        store(r0 + i, o, sum);
+                    }
+                }
+                r0 += GROUP;
+            } else {
+                let mut single = [[0f32; 1]; 512];
+                let single = &mut single[..rows.len()];
+                dot_rows(isa, segment.ty, w, segment.row_bytes, &[acts[r0]], single);
+                for (o, sum) in rows.clone().zip(single.iter()) {
+                    store(r0, o, sum[0]);
+                }
+                r0 += 1;
+            }
+        }
+    };
+    if tasks.len() == 1 {
+        task(&tasks[0]);
+    } else {
+        tasks.par_iter().for_each(task);
+    }
+}
+
+/// `out[o][r]` = weight row o (of `w`, `row_bytes` each, of type `ty`) · activation row r,
+/// with `isa`'s kernels (`isa` within what the CPU has: see [`kernel_isa`]).
+fn dot_rows<const R: usize>(
+    isa: Isa,
+    ty: GgmlType,
+    w: &[u8],
+    row_bytes: usize,
+    x: &[ActRow; R],
+    out: &mut [[f32; R]],
+) {
+    match isa {
+        // SAFETY: `kernel_isa` chose AVX-512 only on a CPU with its features and F16C.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { avx512::dot_rows(ty, w, row_bytes, x, out) },
+        // SAFETY: as above, for AVX2.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { avx2::dot_rows(ty, w, row_bytes, x, out) },
+        Isa::Portable => portable::dot_rows(ty, w, row_bytes, x, out),
+    }
+}
