@@ -14,7 +14,8 @@ pub struct Common {
     #[arg(short, long)]
     model: String,
     /// The GGUF file of the Hub repository or folder to load (Q4_K_M, Q8_0, ... files, as
-    /// llama.cpp runs them); its metadata stands for config.json.
+    /// llama.cpp runs them); its metadata stands for config.json. Its quantized layers stay
+    /// as stored; --dtype applies to its float tensors.
     #[arg(long)]
     gguf_file: Option<String>,
     /// Branch, tag or commit of the Hub repository.
@@ -37,16 +38,28 @@ pub struct Common {
 /// `--dtype`'s values: the library's names of its weight types, each with its help line.
 pub fn weight_types() -> impl TypedValueParser<Value = WeightType> {
     let values = WeightType::ALL.map(|weight_type| {
-        PossibleValue::new(weight_type.short_name()).help(match weight_type {
+        let value = PossibleValue::new(weight_type.short_name());
+        let value = match weight_type {
+            WeightType::Q8_0 => value.alias("q8"),
+            WeightType::Q4_0 => value.alias("q4"),
+            _ => value,
+        };
+        value.help(match weight_type {
             WeightType::F32 => "32-bit floats",
             WeightType::F16 => "16-bit floats",
             WeightType::Bf16 => "bfloat16",
             WeightType::Int8 => {
                 "Linear layers quantized to int8 at load (one scale per output channel), the rest f32"
             }
+            WeightType::Q8_0 => {
+                "Linear layers quantized to llama.cpp's Q8_0 at load (alias q8), the rest f32"
+            }
+            WeightType::Q4_0 => {
+                "Linear layers quantized to llama.cpp's Q4_0 at load (alias q4), the rest f32"
+            }
         })
     });
-    // The possible values are the names `WeightType` parses, so the parse cannot fail.
+    // The possible values (aliases too) are names `WeightType` parses: the parse cannot fail.
     PossibleValuesParser::new(values).try_map(|name| name.parse::<WeightType>())
 }
 

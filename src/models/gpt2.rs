@@ -120,9 +120,8 @@ impl Gpt2Config {
 /// with `torch.nn.Linear`; a transposed view makes them (out, in) without copying.
 /// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/pytorch_utils.py#L94>
 fn conv1d(vb: ModelWeights, in_dim: usize, out_dim: usize) -> Result<Linear> {
-    let weight = vb.get((in_dim, out_dim), "weight")?;
-    Linear::new(
-        weight.t()?,
+    Linear::from_matrix(
+        vb.transposed_matrix((out_dim, in_dim), "weight")?,
         Some(vb.get(out_dim, "bias")?),
         vb.weight_type(),
     )

@@ -13,9 +13,10 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::kernels::gemm::{Activations, Epilogue, Isa, Output, PackedWeights, WeightFormat};
+use crate::kernels::quant::QuantizedWeights;
 use crate::kernels::{kernel_mode, AttentionProducts, KernelMode};
 use crate::models::weight_type::WeightType;
-use crate::models::weights::ModelWeights;
+use crate::models::weights::{Matrix, ModelWeights};
 
 /// `x @ weight.T + bias`, with `weight` stored `(out, in)` as `torch.nn.Linear` stores it.
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
@@ -81,53 +82,105 @@ enum LinearWeights {
         weights: std::sync::Arc<PackedWeights>,
         bias: Option<std::sync::Arc<[f32]>>,
     },
+    /// llama.cpp's quantized blocks, multiplied by the block kernels.
+    Blocks {
+        weights: std::sync::Arc<QuantizedWeights>,
+        bias: Option<std::sync::Arc<[f32]>>,
+    },
 }
 
 impl Linear {
-    /// `weight` and `bias` under `vb`, stored as its [`WeightType`].
+    /// `weight` and `bias` under `vb`, stored as its [`WeightType`] (a GGUF file's quantized
+    /// weight as its blocks).
     pub fn load(vb: ModelWeights, in_dim: usize, out_dim: usize) -> Result<Self> {
-        Self::new(
-            vb.get((out_dim, in_dim), "weight")?,
-            Some(vb.get(out_dim, "bias")?),
+        Self::load_with_bias(&vb, in_dim, out_dim, true)
+    }
+
+    /// [`Linear::load`], with a bias or without.
+    pub fn load_with_bias(
+        vb: &ModelWeights,
+        in_dim: usize,
+        out_dim: usize,
+        bias: bool,
+    ) -> Result<Self> {
+        let bias = bias.then(|| vb.get(out_dim, "bias")).transpose()?;
+        Self::from_matrix(
+            vb.matrix((out_dim, in_dim), "weight")?,
+            bias,
             vb.weight_type(),
         )
+    }
+
+    /// A layer of `matrix`: dense values stored as `weight_type` says ([`Linear::new`]), or
+    /// quantized blocks as they are.
+    pub fn from_matrix(
+        matrix: Matrix,
+        bias: Option<Tensor>,
+        weight_type: WeightType,
+    ) -> Result<Self> {
+        match matrix {
+            Matrix::Dense(weight) => Self::new(weight, bias, weight_type),
+            Matrix::Blocks(weights) => Self::blocks(weights, bias),
+        }
+    }
+
+    fn blocks(weights: QuantizedWeights, bias: Option<Tensor>) -> Result<Self> {
+        let bias = bias
+            .map(|bias| Self::bias_values(&bias, weights.outer()))
+            .transpose()?;
+        Ok(Self {
+            weights: LinearWeights::Blocks {
+                weights: std::sync::Arc::new(weights),
+                bias,
+            },
+        })
+    }
+
+    /// A bias's values, checked against the layer's `outer` outputs.
+    fn bias_values(bias: &Tensor, outer: usize) -> Result<std::sync::Arc<[f32]>> {
+        if bias.dims() != [outer] {
+            return Err(Error::InvalidWeights(format!(
+                "a linear layer's bias has shape {:?}, its weight {outer} outputs",
+                bias.dims()
+            )));
+        }
+        Ok(bias.to_dtype(DType::F32)?.to_vec1::<f32>()?.into())
     }
 
     /// `weight`: (out, in), any layout (GPT-2's Conv1D passes a transposed view), stored as
     /// `weight_type` says; [`WeightType::Int8`] off the CPU's kernels is an
     /// [`Error::InvalidInput`].
     pub fn new(weight: Tensor, bias: Option<Tensor>, weight_type: WeightType) -> Result<Self> {
+        let quantized = weight_type == WeightType::Int8 || weight_type.block_type().is_some();
         if !weight.device().is_cpu() || kernel_mode() == KernelMode::Reference {
-            if weight_type == WeightType::Int8 {
-                return Err(Error::InvalidInput(
-                    "int8 quantization runs on the CPU with the kernels on; load on the CPU, \
-                     or without quantization"
-                        .to_string(),
-                ));
+            if quantized {
+                return Err(Error::InvalidInput(format!(
+                    "{weight_type} quantization runs on the CPU with the kernels on; load on \
+                     the CPU, or without quantization"
+                )));
             }
             return Ok(Self {
                 weights: LinearWeights::Tensor { weight, bias },
             });
         }
-        let (outer, _) = weight.dims2()?;
-        if let Some(bias) = &bias {
-            if bias.dims() != [outer] {
-                return Err(Error::InvalidWeights(format!(
-                    "a linear layer's bias has shape {:?}, its weight {outer} outputs",
-                    bias.dims()
-                )));
-            }
+        let (outer, inner) = weight.dims2()?;
+        if let Some(ty) = weight_type.block_type() {
+            let values = weight
+                .to_dtype(DType::F32)?
+                .contiguous()?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            return Self::blocks(QuantizedWeights::quantize(ty, &values, inner, outer)?, bias);
         }
+        let bias = bias
+            .map(|bias| Self::bias_values(&bias, outer))
+            .transpose()?;
         let format = match (weight_type, weight.dtype()) {
             (WeightType::Int8, _) => WeightFormat::Int8,
             (_, DType::BF16) => WeightFormat::Bf16,
             _ => WeightFormat::F32,
         };
         let weights = pack(&weight, format)?;
-        let bias = match bias {
-            Some(bias) => Some(bias.to_dtype(DType::F32)?.to_vec1::<f32>()?.into()),
-            None => None,
-        };
         Ok(Self {
             weights: LinearWeights::Packed {
                 weights: std::sync::Arc::new(weights),
@@ -145,9 +198,9 @@ impl Linear {
         in_dim: usize,
         bias: bool,
     ) -> Result<Self> {
-        let weights = parts
+        let matrices = parts
             .iter()
-            .map(|&(name, out)| vb.pp(name).get((out, in_dim), "weight"))
+            .map(|&(name, out)| vb.pp(name).matrix((out, in_dim), "weight"))
             .collect::<Result<Vec<_>>>()?;
         let biases = if bias {
             let biases = parts
@@ -158,6 +211,25 @@ impl Linear {
         } else {
             None
         };
+        if matrices.iter().all(|m| matches!(m, Matrix::Blocks(_))) {
+            let blocks = matrices
+                .into_iter()
+                .filter_map(|m| match m {
+                    Matrix::Blocks(blocks) => Some(blocks),
+                    Matrix::Dense(_) => None,
+                })
+                .collect();
+            return Self::blocks(QuantizedWeights::stack(blocks)?, biases);
+        }
+        // Dense parts, or blocks beside dense ones (a type without kernels): values all.
+        let weights = parts
+            .iter()
+            .zip(matrices)
+            .map(|(&(name, out), matrix)| match matrix {
+                Matrix::Dense(weight) => Ok(weight),
+                Matrix::Blocks(_) => vb.pp(name).get((out, in_dim), "weight"),
+            })
+            .collect::<Result<Vec<_>>>()?;
         Linear::new(Tensor::cat(&weights, 0)?, biases, vb.weight_type())
     }
 
@@ -165,10 +237,11 @@ impl Linear {
         self.forward_with(x, None, None)
     }
 
-    /// The format the weight is packed in for our GEMM; `None` when candle's matmul runs.
+    /// The format the weight is packed in for our GEMM; `None` when candle's matmul or the
+    /// block kernels run.
     pub fn weight_format(&self) -> Option<WeightFormat> {
         match &self.weights {
-            LinearWeights::Tensor { .. } => None,
+            LinearWeights::Tensor { .. } | LinearWeights::Blocks { .. } => None,
             LinearWeights::Packed { weights, .. } => Some(weights.format()),
         }
     }
@@ -180,15 +253,18 @@ impl Linear {
                 weight.elem_count() * weight.dtype().size_in_bytes()
             }
             LinearWeights::Packed { weights, .. } => weights.bytes(),
+            LinearWeights::Blocks { weights, .. } => weights.bytes(),
         }
     }
 
     /// The most rows one call may take while each row's output stays bitwise what it is when
     /// the row goes alone ([`gemm::rows_summed_as_alone`](crate::kernels::gemm::rows_summed_as_alone));
-    /// one for candle's matmul, which promises nothing of the kind.
+    /// one for candle's matmul, which promises nothing of the kind; any number for the block
+    /// kernels, which sum each row alone.
     pub fn rows_summed_as_alone(&self) -> usize {
         match &self.weights {
             LinearWeights::Tensor { .. } => 1,
+            LinearWeights::Blocks { .. } => usize::MAX,
             LinearWeights::Packed { weights, .. } => {
                 crate::kernels::gemm::rows_summed_as_alone(weights.inner())
             }
@@ -282,6 +358,30 @@ impl Linear {
                     }
                 }
                 Ok(y)
+            }
+            LinearWeights::Blocks { weights, bias } => {
+                let op = BlockLinear {
+                    weights: weights.clone(),
+                    bias: bias.clone(),
+                    isa: Isa::detect(kernel_mode() == KernelMode::Portable),
+                };
+                let x = x.to_dtype(DType::F32)?.contiguous()?;
+                // The residual joins in the kernel unless an activation comes between.
+                let y = match (residual, activation) {
+                    (Some(residual), None) => {
+                        let residual = residual.to_dtype(DType::F32)?.contiguous()?;
+                        return Ok(x.apply_op2_no_bwd(&residual, &op)?);
+                    }
+                    _ => x.apply_op1_no_bwd(&op)?,
+                };
+                let y = match activation {
+                    Some(activation) => activation.forward(&y)?,
+                    None => y,
+                };
+                match residual {
+                    Some(residual) => Ok((y + residual)?),
+                    None => Ok(y),
+                }
             }
         }
     }
@@ -443,6 +543,86 @@ impl CustomOp2 for PackedLinear {
     }
 }
 
+/// [`Linear`] over quantized blocks on the CPU: the block kernels, `(…, in)` f32 to `(…, out)`
+/// f32; the two-input form adds a residual of the output's shape.
+struct BlockLinear {
+    weights: std::sync::Arc<QuantizedWeights>,
+    bias: Option<std::sync::Arc<[f32]>>,
+    isa: Isa,
+}
+
+impl BlockLinear {
+    fn run(
+        &self,
+        x: &CpuStorage,
+        layout: &Layout,
+        residual: Option<&[f32]>,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(data), Some((start, end))) = (x, layout.contiguous_offsets()) else {
+            candle_core::bail!("block linear: contiguous f32 input only")
+        };
+        let dims = layout.shape().dims();
+        let inner = self.weights.inner();
+        if dims.last() != Some(&inner) {
+            candle_core::bail!(
+                "block linear: input {:?} does not end in {inner} features",
+                layout.shape()
+            )
+        }
+        let rows = (end - start) / inner.max(1);
+        let outer = self.weights.outer();
+        if residual.is_some_and(|r| r.len() != rows * outer) {
+            candle_core::bail!("block linear: the residual is not of the output's shape")
+        }
+        let mut out = vec![0f32; rows * outer];
+        crate::kernels::quant::matmul(
+            &data[start..end],
+            rows,
+            &self.weights,
+            self.bias.as_deref(),
+            residual,
+            &mut out,
+            self.isa,
+        );
+        let mut out_dims = dims.to_vec();
+        if let Some(last) = out_dims.last_mut() {
+            *last = outer;
+        }
+        Ok((CpuStorage::F32(out), Shape::from(out_dims)))
+    }
+}
+
+impl CustomOp1 for BlockLinear {
+    fn name(&self) -> &'static str {
+        "block-linear"
+    }
+
+    fn cpu_fwd(&self, x: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.run(x, layout, None)
+    }
+}
+
+impl CustomOp2 for BlockLinear {
+    fn name(&self) -> &'static str {
+        "block-linear-residual"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_layout: &Layout,
+        residual: &CpuStorage,
+        residual_layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(data), Some((start, end))) =
+            (residual, residual_layout.contiguous_offsets())
+        else {
+            candle_core::bail!("block linear: contiguous f32 residual only")
+        };
+        self.run(x, x_layout, Some(&data[start..end]))
+    }
+}
+
 /// Query, key and value projections and multi-head attention over them: the self-attention of
 /// the BERT-style encoders, whose checkpoints differ only in the projections' key names.
 #[derive(Debug, Clone)]
@@ -540,11 +720,43 @@ enum EmbeddingTable {
         table: candle_nn::Embedding,
         output_dtype: DType,
     },
-    /// The rows of a tied output head's packed weights, in f32: the table is held once.
+    /// The rows of a tied output head's packed weights or blocks, in f32: the table is held
+    /// once.
     Packed {
-        weights: std::sync::Arc<PackedWeights>,
+        weights: std::sync::Arc<dyn PackedRows>,
         device: Device,
     },
+}
+
+/// Weights packed for a product whose rows read back as f32: what a tied table reads.
+trait PackedRows: std::fmt::Debug + Send + Sync {
+    fn inner(&self) -> usize;
+    fn outer(&self) -> usize;
+    fn unpack_row(&self, o: usize, out: &mut [f32]);
+}
+
+impl PackedRows for PackedWeights {
+    fn inner(&self) -> usize {
+        PackedWeights::inner(self)
+    }
+    fn outer(&self) -> usize {
+        PackedWeights::outer(self)
+    }
+    fn unpack_row(&self, o: usize, out: &mut [f32]) {
+        PackedWeights::unpack_row(self, o, out)
+    }
+}
+
+impl PackedRows for QuantizedWeights {
+    fn inner(&self) -> usize {
+        QuantizedWeights::inner(self)
+    }
+    fn outer(&self) -> usize {
+        QuantizedWeights::outer(self)
+    }
+    fn unpack_row(&self, o: usize, out: &mut [f32]) {
+        QuantizedWeights::unpack_row(self, o, out)
+    }
 }
 
 impl Embedding {
@@ -571,19 +783,22 @@ impl Embedding {
     }
 
     /// The table of a tied model, read from `head` (the output head made from it) where the
-    /// head packed it; else `weight`, the table as loaded. A packed table reads as the head
-    /// multiplies: bf16 as bf16, int8 dequantized (llama.cpp's q8_0 files quantize their
-    /// token embeddings alike).
-    pub fn tied(weight: Tensor, head: &Linear) -> Self {
-        match &head.weights {
-            LinearWeights::Packed { weights, .. } => Self {
-                table: EmbeddingTable::Packed {
-                    weights: weights.clone(),
-                    device: weight.device().clone(),
-                },
+    /// head packed it or holds its blocks, on `device`; `None` where candle's matmul runs the
+    /// head (the table is then the tensor as loaded). A packed table reads as the head
+    /// multiplies: bf16 as bf16, int8 and blocks dequantized (llama.cpp's files quantize
+    /// their token embeddings alike).
+    pub fn of_head(head: &Linear, device: &Device) -> Option<Self> {
+        let weights: std::sync::Arc<dyn PackedRows> = match &head.weights {
+            LinearWeights::Packed { weights, .. } => weights.clone(),
+            LinearWeights::Blocks { weights, .. } => weights.clone(),
+            LinearWeights::Tensor { .. } => return None,
+        };
+        Some(Self {
+            table: EmbeddingTable::Packed {
+                weights,
+                device: device.clone(),
             },
-            LinearWeights::Tensor { .. } => Self::new(weight),
-        }
+        })
     }
 
     /// The table as loaded; none (an error) when it is read from its packed head.

@@ -273,9 +273,7 @@ impl LlamaConfig {
 
 /// A linear layer whose bias the family may or may not have.
 fn linear(vb: ModelWeights, in_dim: usize, out_dim: usize, bias: bool) -> Result<Linear> {
-    let weight = vb.get((out_dim, in_dim), "weight")?;
-    let bias = bias.then(|| vb.get(out_dim, "bias")).transpose()?;
-    Linear::new(weight, bias, vb.weight_type())
+    Linear::load_with_bias(&vb, in_dim, out_dim, bias)
 }
 
 /// `LlamaRMSNorm`: `weight · x / sqrt(mean(x²) + eps)`, in f32.
@@ -736,26 +734,32 @@ impl LlamaForCausalLM {
     pub fn load(vb: ModelWeights, config: &LlamaConfig) -> Result<Self> {
         config.validate()?;
         let (vocab, hidden) = (config.vocab_size, config.hidden_size);
-        let table = vb
-            .pp("model")
-            .pp("embed_tokens")
-            .get((vocab, hidden), "weight")?;
+        let embed = vb.pp("model").pp("embed_tokens");
         if config.tie_word_embeddings {
             // Tied checkpoints usually leave `lm_head.weight` out; when it is there it is the
-            // same tensor, as transformers' tying makes it.
-            let lm_head = Linear::new(table.clone(), None, vb.weight_type())?;
-            let embed_tokens = Embedding::tied(table, &lm_head);
+            // same tensor, as transformers' tying makes it. A GGUF file's quantized table is
+            // the head's blocks, and the embeddings read their rows.
+            let lm_head = Linear::from_matrix(
+                embed.matrix((vocab, hidden), "weight")?,
+                None,
+                vb.weight_type(),
+            )?;
+            let embed_tokens = match Embedding::of_head(&lm_head, embed.device()) {
+                Some(table) => table,
+                None => Embedding::new(embed.get((vocab, hidden), "weight")?),
+            };
             // The table as read is freed now; without this the heap would keep it resident
             // while every layer is loaded, the load's peak.
             crate::runtime::allocator::release_freed_memory();
             let model = LlamaModel::load_with(vb.pp("model"), config, embed_tokens)?;
             return Ok(Self { model, lm_head });
         }
+        let table = embed.get((vocab, hidden), "weight")?;
         let model = LlamaModel::load_with(vb.pp("model"), config, Embedding::new(table))?;
-        let weight = vb.pp("lm_head").get((vocab, hidden), "weight")?;
+        let head = vb.pp("lm_head").matrix((vocab, hidden), "weight")?;
         Ok(Self {
             model,
-            lm_head: Linear::new(weight, None, vb.weight_type())?,
+            lm_head: Linear::from_matrix(head, None, vb.weight_type())?,
         })
     }
 

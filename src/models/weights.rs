@@ -4,10 +4,21 @@
 use candle_core::{Device, Shape, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::kernels::quant::{QuantizedWeights, KERNEL_TYPES};
+use crate::kernels::{kernel_mode, KernelMode};
 use crate::loading::gguf::{GgufCheckpoint, StoredBlocks};
 use crate::loading::weights::WeightFiles;
 use crate::models::weight_type::WeightType;
+
+/// A weight matrix (out, in) as a linear layer takes it.
+#[derive(Debug)]
+pub enum Matrix {
+    /// Values, read as the weight type's dtype.
+    Dense(Tensor),
+    /// A GGUF file's quantized blocks, kept as stored for the block kernels.
+    Blocks(QuantizedWeights),
+}
 
 /// The tensors of a checkpoint under a key prefix, read as a [`WeightType`] on a device.
 ///
@@ -78,9 +89,59 @@ impl ModelWeights {
         Ok(self.tensors.get(shape, name)?)
     }
 
+    /// The weight matrix `name` under this prefix, `(out, in)`: a GGUF file's quantized matrix
+    /// as its blocks when the CPU's kernels multiply that block type, else its values (a
+    /// block type without kernels dequantized).
+    pub fn matrix(&self, (outer, inner): (usize, usize), name: &str) -> Result<Matrix> {
+        self.matrix_or((outer, inner), name, || self.get((outer, inner), name))
+    }
+
+    /// [`ModelWeights::matrix`] of a checkpoint that stores the matrix transposed, (in, out),
+    /// as GPT-2's `Conv1D` does; a GGUF file stores it as a linear layer's (out, in).
+    pub fn transposed_matrix(&self, (outer, inner): (usize, usize), name: &str) -> Result<Matrix> {
+        self.matrix_or((outer, inner), name, || {
+            Ok(self.get((inner, outer), name)?.t()?)
+        })
+    }
+
+    fn matrix_or(
+        &self,
+        (outer, inner): (usize, usize),
+        name: &str,
+        dense: impl FnOnce() -> Result<Tensor>,
+    ) -> Result<Matrix> {
+        let kernels = self.tensors.device().is_cpu() && kernel_mode() != KernelMode::Reference;
+        if kernels {
+            if let Some(blocks) = self.blocks(name)? {
+                if KERNEL_TYPES.contains(&blocks.ggml_type) {
+                    if (blocks.outer, blocks.inner) != (outer, inner) {
+                        return Err(Error::InvalidWeights(format!(
+                            "the GGUF tensor for `{}.{name}` is {} × {}, the config makes it                              {outer} × {inner}: the file's metadata does not fit its tensors",
+                            self.tensors.prefix(),
+                            blocks.outer,
+                            blocks.inner
+                        )));
+                    }
+                    return Ok(Matrix::Blocks(QuantizedWeights::from_blocks(
+                        blocks.ggml_type,
+                        inner,
+                        outer,
+                        &blocks.bytes,
+                    )?));
+                }
+            }
+        }
+        Ok(Matrix::Dense(dense()?))
+    }
+
     /// Whether the checkpoint has the tensor `name` under this prefix.
     pub fn contains_tensor(&self, name: &str) -> bool {
         self.tensors.contains_tensor(name)
+    }
+
+    /// The device the tensors are read onto.
+    pub fn device(&self) -> &Device {
+        self.tensors.device()
     }
 
     /// How the weights are stored once loaded.
