@@ -137,7 +137,19 @@ LLAMA_SHAPES = {
         rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=True, bos_token_id=0,
         eos_token_id=0)), "smollm"),
 }
+LLAMA_SHAPES["llama3.2-1b"] = (lambda: LlamaForCausalLM(LlamaConfig(
+    vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+    num_attention_heads=32, num_key_value_heads=8, head_dim=64, max_position_embeddings=131072,
+    rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=True, bos_token_id=128000,
+    eos_token_id=128001, rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                                       "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})),
+    "llama-bpe")
 LLAMA_CASES = {"qwen2.5-0.5b-1": "qwen2.5-0.5b", "smollm2-360m-1": "smollm2-360m"}
+# Issue 29: the same GGUF files, quantized by llama.cpp's llama-quantize, run by both.
+GGUF_CASES = {"qwen2.5-0.5b-gguf": "qwen2.5-0.5b", "smollm2-360m-gguf": "smollm2-360m",
+              "llama3.2-1b-gguf": "llama3.2-1b"}
+GGUF_TYPES = ["Q4_0", "Q4_K_M", "Q8_0"]
+GOAL_GGUF_DECODE, GOAL_GGUF_RSS = 1.2, 50e6
 LLAMA_PROMPT_TOKENS, PREFILL_TOKENS = 128, 512
 # Issue 26's goals for these cases: ours over llama.cpp's tokens/s per dtype, over PyTorch's,
 # the fraction of the bandwidth ceiling, and the peak RSS over the weights.
@@ -555,6 +567,89 @@ def llama_decode_cases(names, args, work):
         print_llama_table(row, args)
 
 
+def gguf_cases(names, args, work):
+    """Issue 29: each shape's random model as llama.cpp's bf16 GGUF, quantized by its
+    llama-quantize to GGUF_TYPES; ours and llama.cpp run the same files. Each round times, per
+    type, both decoders (after a context of the prompt) and both prefills of PREFILL_TOKENS
+    tokens, and our peak RSS over a plain `generate`."""
+    new_tokens, prompt = args.new_tokens, LLAMA_PROMPT_TOKENS
+    quantize = pathlib.Path(args.llama_cpp) / "build" / "bin" / "llama-quantize"
+    for name in names:
+        shape = GGUF_CASES[name]
+        folder = pathlib.Path(work) / shape
+        start = time.perf_counter()
+        model = build_llama_model(shape, folder)
+        parameters = sum(p.numel() for p in model.parameters())
+        del model
+        bf16 = peers.gguf_file(args.llama_cpp, folder, "bf16", LLAMA_SHAPES[shape][1])
+        shutil.rmtree(folder)
+        files = {}
+        for kind in GGUF_TYPES:
+            files[kind] = bf16.with_name(f"{shape}-{kind.lower()}.gguf")
+            subprocess.run([str(quantize), str(bf16), str(files[kind]), kind, str(args.threads)],
+                           check=True, capture_output=True)
+        bf16.unlink()
+        case = f"{shape} 1x({prompt}+{new_tokens})"
+        print(f"{case}: the GGUF files took {time.perf_counter() - start:.0f} s", file=sys.stderr)
+        decode = dict(prompt=0, gen=new_tokens - 1, depth=prompt)
+        engines = {}
+        for kind, path in files.items():
+            engines[f"ours {kind}"] = lambda path=path: bench_ferroformers_decode(
+                args.binary, path, 1, args.runs, "f32", args.threads, new_tokens, prompt_tokens=prompt)
+            engines[f"llama.cpp {kind}"] = lambda path=path: peers.llama_bench(
+                args.llama_cpp, path, args.threads, args.runs, **decode)
+            engines[f"ours prefill {kind}"] = lambda path=path: bench_ferroformers_decode(
+                args.binary, path, 1, args.runs, "f32", args.threads, 2, prompt_tokens=PREFILL_TOKENS)
+            engines[f"llama.cpp prefill {kind}"] = lambda path=path: peers.llama_bench(
+                args.llama_cpp, path, args.threads, args.runs, prompt=PREFILL_TOKENS, gen=0)
+            engines[f"ours peak rss {kind}"] = lambda path=path: ferroformers_peak_rss(
+                args.binary, path, "f32", args.threads, prompt, new_tokens)
+        rounds = take_turns_timed(engines, args.rounds)
+        ours_tps = lambda result: result["decode_tokens_per_second"]
+        row = {"case": case, "parameters": parameters, "rounds": rounds, "types": {}}
+        for kind, path in files.items():
+            row["types"][kind] = {
+                "file bytes": path.stat().st_size,
+                "ours tok/s": median_of(rounds, lambda r: ours_tps(r[f"ours {kind}"])),
+                "llama.cpp tok/s": median_of(rounds, lambda r: r[f"llama.cpp {kind}"]["tokens_per_second"]),
+                "decode vs llama.cpp": median_of(
+                    rounds, lambda r: ours_tps(r[f"ours {kind}"]) / r[f"llama.cpp {kind}"]["tokens_per_second"]),
+                "ours prefill ms": median_of(rounds, lambda r: r[f"ours prefill {kind}"]["prefill_ms"]),
+                "llama.cpp prefill ms": median_of(rounds, lambda r: r[f"llama.cpp prefill {kind}"]["ms"]),
+                "prefill vs llama.cpp": median_of(
+                    rounds, lambda r: r[f"llama.cpp prefill {kind}"]["ms"] / r[f"ours prefill {kind}"]["prefill_ms"]),
+                "ceiling": median_of(rounds, lambda r: r[f"ours {kind}"]["bandwidth_fraction"]),
+                "ours peak rss": max(r[f"ours peak rss {kind}"] for r in rounds),
+                "llama.cpp peak rss": max(r[f"llama.cpp {kind}"]["peak_rss_bytes"] for r in rounds),
+            }
+        row["triad"] = median_of(rounds, lambda r: r[f"ours {GGUF_TYPES[0]}"]["triad_gb_per_second"])
+        print(json.dumps(row), file=sys.stderr)
+        print_gguf_table(row, args)
+        for path in files.values():
+            path.unlink()
+
+
+def print_gguf_table(r, args):
+    mb = lambda value: f"{value / 1e6:.0f}"
+    print(f"\n{r['case']}, GGUF files by llama-quantize: {args.threads} threads (CPUs {args.cpus}), "
+          f"{args.rounds} rounds of the median of {args.runs} runs, triad {r['triad']:.1f} GB/s, "
+          f"{time.strftime('%Y-%m-%d')}\n")
+    print("| type | file MB | llama.cpp tok/s | ours tok/s | decode ours / llama.cpp | ours of bandwidth ceiling "
+          f"| prefill {PREFILL_TOKENS}: llama.cpp ms | ours ms | prefill ours / llama.cpp | llama.cpp peak RSS MB "
+          "| ours peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for kind, t in r["types"].items():
+        rss_ok = t["ours peak rss"] <= t["llama.cpp peak rss"] + GOAL_GGUF_RSS
+        print(f"| {kind} | {mb(t['file bytes'])} | {t['llama.cpp tok/s']:.1f} | {t['ours tok/s']:.1f} | "
+              f"{t['decode vs llama.cpp']:.2f}x (goal {GOAL_GGUF_DECODE:g}x) | {t['ceiling']:.0%} | "
+              f"{t['llama.cpp prefill ms']:.0f} | {t['ours prefill ms']:.0f} | "
+              f"{t['prefill vs llama.cpp']:.2f}x (goal {GOAL_PREFILL:g}x) | {mb(t['llama.cpp peak rss'])} | "
+              f"{mb(t['ours peak rss'])} ({'within' if rss_ok else 'over'} +50) |")
+    print("\nTokens/s are the decoding steps after the first new token (llama.cpp: `-p 0 -n N-1 -d 128`). "
+          "Ratios are medians of the per-round ratios. Peak RSS: ours `ferroformers generate`'s, llama.cpp's "
+          "its decoding run's, the highest over rounds.")
+
+
 def print_llama_table(r, args):
     number = lambda value: f"{value:.1f}" if value else "n/a"
     ratio = lambda value, goal: f"{value:.2f}x (goal {goal:g}x)" if value else "n/a"
@@ -620,8 +715,8 @@ def main():
                         "with two warm-ups each, its bf16 decoding (about 1.3 tokens/s on Qwen2.5-0.5B "
                         "on a Zen 5 core pair) takes most of a round")
     parser.add_argument("--cases", default=",".join([*CASES, *DECODE_CASES]),
-                        help=f"comma-separated, of {', '.join([*CASES, *DECODE_CASES, *LLAMA_CASES])} "
-                        "(default: all but the Llama-family ones)")
+                        help=f"comma-separated, of {', '.join([*CASES, *DECODE_CASES, *LLAMA_CASES, *GGUF_CASES])} "
+                        "(default: all but the Llama-family and GGUF ones)")
     parser.add_argument("--new-tokens", type=int, default=NEW_TOKENS,
                         help="tokens each GPT-2 or Llama-family case generates after its prompt (at least 2)")
     parser.add_argument("--llama-cpp", type=pathlib.Path, metavar="DIR",
@@ -642,7 +737,7 @@ def main():
     if args.new_tokens < 2:
         parser.error("--new-tokens must be at least 2: decode speed is timed after the first")
     names = args.cases.split(",")
-    unknown = [n for n in names if n not in {**CASES, **DECODE_CASES, **LLAMA_CASES}]
+    unknown = [n for n in names if n not in {**CASES, **DECODE_CASES, **LLAMA_CASES, **GGUF_CASES}]
     if unknown:
         parser.error(f"unknown cases: {', '.join(unknown)}")
     if args.llama_cpp and not peers.llama_bench_binary(args.llama_cpp).exists():
@@ -653,8 +748,13 @@ def main():
     rows = []
     decode_names = [n for n in names if n in DECODE_CASES]
     llama_names = [n for n in names if n in LLAMA_CASES]
+    gguf_names = [n for n in names if n in GGUF_CASES]
+    if gguf_names and not args.llama_cpp:
+        parser.error("the GGUF cases need --llama-cpp (its llama-quantize makes the files)")
     names = [n for n in names if n in CASES]
     with tempfile.TemporaryDirectory(dir=args.work_dir) as work:
+        if gguf_names:
+            gguf_cases(gguf_names, args, work)
         if llama_names:
             llama_decode_cases(llama_names, args, work)
         if decode_names:

@@ -113,6 +113,9 @@ fn tolerance(weights: WeightType, mode: KernelMode) -> f32 {
         (WeightType::Bf16, _) => BF16_TOLERANCE,
         (WeightType::Int8, _) => INT8_TOLERANCE,
         (WeightType::F16, _) => unreachable!("f16 weights are not among the paths checked"),
+        (WeightType::Q8_0 | WeightType::Q4_0, _) => {
+            unreachable!("llama.cpp's block types are checked in tests/gguf.rs")
+        }
     }
 }
 

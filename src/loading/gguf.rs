@@ -430,6 +430,16 @@ impl GgufFile {
         &self.map[tensor.start..tensor.start + tensor.bytes]
     }
 
+    /// Hand the pages of `tensor`'s data back once it has been read (converted or copied), so
+    /// that the mapped file does not count in the process's resident memory beside what was
+    /// made of it (see `loading::weights::released`); reading it again faults them back in.
+    pub fn release(&self, tensor: &GgufTensor) {
+        crate::loading::weights::release(
+            self.data(tensor),
+            crate::loading::weights::Rounding::Outward,
+        );
+    }
+
     /// The values of `tensor`, one of this file's, as f32 (see [`dequantize`]).
     pub fn dequantized(&self, tensor: &GgufTensor) -> Result<Vec<f32>> {
         let mut out = vec![0f32; tensor.elements()];

@@ -65,13 +65,17 @@ impl ModelWeights {
         let Some(gguf) = &self.gguf else {
             return Ok(None);
         };
+        gguf.blocks(&self.path(name))
+    }
+
+    /// The checkpoint name of `name` under this prefix.
+    fn path(&self, name: &str) -> String {
         let prefix = self.tensors.prefix();
-        let path = if prefix.is_empty() {
+        if prefix.is_empty() {
             name.to_string()
         } else {
             format!("{prefix}.{name}")
-        };
-        gguf.blocks(&path)
+        }
     }
 
     /// The weights under `prefix.` (a checkpoint key's next component).
@@ -122,12 +126,16 @@ impl ModelWeights {
                             blocks.inner
                         )));
                     }
-                    return Ok(Matrix::Blocks(QuantizedWeights::from_blocks(
+                    let weights = QuantizedWeights::from_blocks(
                         blocks.ggml_type,
                         inner,
                         outer,
                         &blocks.bytes,
-                    )?));
+                    )?;
+                    if let Some(gguf) = &self.gguf {
+                        gguf.release(&self.path(name));
+                    }
+                    return Ok(Matrix::Blocks(weights));
                 }
             }
         }

@@ -161,10 +161,19 @@ impl GgufCheckpoint {
         }))
     }
 
+    /// Hand back the mapped pages of the tensor behind `name` once its blocks have been
+    /// copied ([`GgufFile::release`]).
+    pub fn release(&self, name: &str) {
+        if let Some((tensor, _)) = self.stored(name) {
+            self.file.release(tensor);
+        }
+    }
+
     /// The tensor `name` in transformers' shape and order, as f32 values.
     fn values(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
         let (tensor, layout, shape) = self.located(name)?;
         let stored = self.file.dequantized(tensor)?;
+        self.file.release(tensor);
         let values = match layout {
             StoredLayout::AsIs => stored,
             StoredLayout::Transposed => {

@@ -173,16 +173,17 @@ fn convert<T: Target>(data: &[u8], source: Source) -> Vec<T> {
 }
 
 #[derive(Debug, Clone, Copy)]
-enum Rounding {
+pub(crate) enum Rounding {
     /// Only the pages that lie wholly inside the bytes.
     Inward,
     /// Every page the bytes touch.
     Outward,
 }
 
-/// Unmap the pages of `bytes`, a part of a read-only shared file mapping, from this process.
+/// Unmap the pages of `bytes`, a part of a read-only shared file mapping (a safetensors or
+/// GGUF file's), from this process.
 #[cfg(target_os = "linux")]
-fn release(bytes: &[u8], rounding: Rounding) {
+pub(crate) fn release(bytes: &[u8], rounding: Rounding) {
     // SAFETY: sysconf has no preconditions.
     let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
         page if page > 0 => page as usize,
@@ -209,7 +210,7 @@ fn release(bytes: &[u8], rounding: Rounding) {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn release(_: &[u8], _: Rounding) {}
+pub(crate) fn release(_: &[u8], _: Rounding) {}
 
 #[cfg(test)]
 mod tests {
