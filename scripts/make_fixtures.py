@@ -2176,6 +2176,32 @@ def llama_cpp_greedy(model: pathlib.Path, prompts: list, new_tokens: int) -> lis
         server.wait()
 
 
+def make_block_quantized_references():
+    """gguf/block-quantized.safetensors: the Llama fixture's last-position logits on its
+    reference batch with every linear layer's weights quantized to Q8_0 and to Q4_0 by the
+    `gguf` package and dequantized (activations f32): what `--dtype q8_0` / `q4_0` compute
+    but for the rounding of the activations, which llama.cpp's products add."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize, quantize
+    from transformers import AutoModelForCausalLM
+
+    reference = load_file(FIXTURES / "llama" / "lm-head" / "reference.safetensors")
+    out = {}
+    for kind in ["Q8_0", "Q4_0"]:
+        qtype = GGMLQuantizationType[kind]
+        model = AutoModelForCausalLM.from_pretrained(FIXTURES / "llama" / "lm-head").eval()
+        with torch.no_grad():
+            for module in model.modules():
+                if isinstance(module, torch.nn.Linear):
+                    weight = module.weight.numpy().astype("float32")
+                    blocks = dequantize(quantize(weight, qtype), qtype).reshape(weight.shape)
+                    module.weight.copy_(torch.from_numpy(blocks))
+            logits = model(input_ids=reference["input_ids"], attention_mask=reference["attention_mask"],
+                           position_ids=reference["position_ids"]).logits
+        out[kind] = logits[:, -1].contiguous()
+    save_file(out, FIXTURES / "gguf" / "block-quantized.safetensors")
+
+
 def make_gguf_quantized():
     """gguf/: the Llama fixture quantized by llama.cpp's llama-quantize to Q8_0 and Q4_0, and a
     Llama of the K-quants' width (256) to Q4_K_M (Q4_K and Q6_K tensors), with
@@ -2657,6 +2683,7 @@ def main():
         # by its llama-quantize, with llama.cpp's greedy outputs.
         make_gguf_models()
         make_gguf_quantized()
+        make_block_quantized_references()
         fixture_manifest.write_manifest(FIXTURES)
         return
     if sys.argv[1:] == ["--only", "gguf-tokenizers"]:
