@@ -1,7 +1,7 @@
 //! Speed of the quantized block kernels (`kernels::quant`) beside the int8 GEMM
 //! (`kernels::gemm`, `WeightFormat::Int8`) on Qwen2.5-0.5B's shapes: decoding one token
-//! (896 → 4864, 4864 → 896, and the 151936 × 896 LM head) and a 512-token prefill
-//! (896 → 4864), per block type and instruction set.
+//! (896 → 4864, 4864 → 896, and the 151936 × 896 LM head; and Llama-3.2-1B's 2048 → 8192)
+//! and a 512-token prefill (896 → 4864, 4864 → 896), per block type and instruction set.
 //!
 //!     cargo build --release --example quant_gemv
 //!     taskset -c 0,1 target/release/examples/quant_gemv [ROUNDS]
@@ -94,11 +94,15 @@ fn main() {
         GgmlType::Q5_0,
     ];
     println!("threads: {}", rayon::current_num_threads());
+    // Qwen2.5-0.5B's, and Llama-3.2-1B's feed-forward (2048 → 8192): 896 is no whole number
+    // of K-quant blocks (llama-quantize stores such matrices in Q5_0 or Q8_0 instead).
     let shapes = [
         (896, 4864, 1),
         (4864, 896, 1),
         (896, 151936, 1),
+        (2048, 8192, 1),
         (896, 4864, 512),
+        (4864, 896, 512),
     ];
     for (inner, outer, m) in shapes {
         let x = pseudo_random(m * inner, 7);
@@ -109,8 +113,13 @@ fn main() {
         } else {
             usize::MAX
         });
-        for isa in Isa::available() {
-            for ty in types {
+        // Portable code is for CPUs without AVX2: timed on the first shape only.
+        let portable = (inner, outer, m) == shapes[0];
+        let isas = Isa::available()
+            .into_iter()
+            .filter(|&isa| portable || isa != Isa::Portable);
+        for isa in isas {
+            for ty in types.into_iter().filter(|ty| inner % ty.block().0 == 0) {
                 let first = random_weights(ty, inner, outer, 1);
                 let copies = if m == 1 {
                     STREAM_BYTES.div_ceil(first.bytes())

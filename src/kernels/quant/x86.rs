@@ -18,6 +18,31 @@
 //! For VNNI on 512-bit registers (two blocks per instruction) Zen 4 splits each into two
 //! 256-bit halves, and the blocks would have to be gathered from two places: not done.
 
+/// `$body` for each block `$b` of `$blocks`, with `$acc` the row accumulators of even blocks
+/// (`$even`) or of odd ones (`$odd`): the loop is unrolled by two so that each accumulator is
+/// a register, not an array slot indexed at run time (which kept them in memory).
+macro_rules! each_block {
+    ($blocks:expr, $even:ident, $odd:ident, |$b:ident, $acc:ident| $body:block) => {
+        let blocks = $blocks;
+        let mut start = 0;
+        while start + 2 <= blocks {
+            {
+                let ($b, $acc) = (start, &mut $even);
+                $body
+            }
+            {
+                let ($b, $acc) = (start + 1, &mut $odd);
+                $body
+            }
+            start += 2;
+        }
+        if start < blocks {
+            let ($b, $acc) = (start, &mut $even);
+            $body
+        }
+    };
+}
+
 macro_rules! block_kernels {
     ($features:literal) => {
         use super::activations::{ActRow, Q8KRow, Q8Row};
@@ -85,10 +110,10 @@ macro_rules! block_kernels {
         /// Each row's two accumulators, summed.
         #[inline]
         #[target_feature(enable = $features)]
-        fn finish<const R: usize>(acc: &[[__m256; 2]; R]) -> [f32; R] {
+        fn finish<const R: usize>(even: &[__m256; R], odd: &[__m256; R]) -> [f32; R] {
             let mut out = [0f32; R];
             for r in 0..R {
-                out[r] = hsum(_mm256_add_ps(acc[r][0], acc[r][1]));
+                out[r] = hsum(_mm256_add_ps(even[r], odd[r]));
             }
             out
         }
@@ -117,12 +142,11 @@ macro_rules! block_kernels {
             _mm256_and_si256(both, _mm256_set1_epi8(0x0F))
         }
 
-        /// `acc[r][b % 2] += dot · scale`, in f32.
+        /// `acc += dot · scale`, in f32.
         #[inline]
         #[target_feature(enable = $features)]
-        fn accumulate(acc: &mut [__m256; 2], b: usize, dot: __m256i, scale: f32) {
-            let slot = &mut acc[b % 2];
-            *slot = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(scale), *slot);
+        fn accumulate(acc: &mut __m256, dot: __m256i, scale: f32) {
+            *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(scale), *acc);
         }
 
         /// An i32 vector with `value` in lane 0: the start of a block's sum that takes out
@@ -138,8 +162,8 @@ macro_rules! block_kernels {
         fn q8_0<const R: usize>(w: &[u8], x: &[Q8Row; R]) -> [f32; R] {
             let blocks = w.len() / 34;
             check32(x, blocks);
-            let mut acc = [[_mm256_setzero_ps(); 2]; R];
-            for b in 0..blocks {
+            let (mut even, mut odd) = ([_mm256_setzero_ps(); R], [_mm256_setzero_ps(); R]);
+            each_block!(blocks, even, odd, |b, acc| {
                 // SAFETY: block b is inside the row, and block b of each activation row
                 // inside it (`check32`).
                 unsafe {
@@ -151,11 +175,11 @@ macro_rules! block_kernels {
                         let values = load32(x[r].values.as_ptr().add(b * 32));
                         let signed = _mm256_sign_epi8(values, q);
                         let dot = dot_add(_mm256_setzero_si256(), magnitudes, signed);
-                        accumulate(&mut acc[r], b, dot, d * *x[r].scales.get_unchecked(b));
+                        accumulate(&mut acc[r], dot, d * *x[r].scales.get_unchecked(b));
                     }
                 }
-            }
-            finish(&acc)
+            });
+            finish(&even, &odd)
         }
 
         #[inline]
@@ -163,8 +187,8 @@ macro_rules! block_kernels {
         fn q4_0<const R: usize>(w: &[u8], x: &[Q8Row; R]) -> [f32; R] {
             let blocks = w.len() / 18;
             check32(x, blocks);
-            let mut acc = [[_mm256_setzero_ps(); 2]; R];
-            for b in 0..blocks {
+            let (mut even, mut odd) = ([_mm256_setzero_ps(); R], [_mm256_setzero_ps(); R]);
+            each_block!(blocks, even, odd, |b, acc| {
                 // SAFETY: as in `q8_0`.
                 unsafe {
                     let p = w.as_ptr().add(b * 18);
@@ -174,11 +198,11 @@ macro_rules! block_kernels {
                         let values = load32(x[r].values.as_ptr().add(b * 32));
                         let offset = lane0(-8 * *x[r].sums.get_unchecked(b));
                         let dot = dot_add(offset, q, values);
-                        accumulate(&mut acc[r], b, dot, d * *x[r].scales.get_unchecked(b));
+                        accumulate(&mut acc[r], dot, d * *x[r].scales.get_unchecked(b));
                     }
                 }
-            }
-            finish(&acc)
+            });
+            finish(&even, &odd)
         }
 
         #[inline]
@@ -186,9 +210,8 @@ macro_rules! block_kernels {
         fn q4_1<const R: usize>(w: &[u8], x: &[Q8Row; R]) -> [f32; R] {
             let blocks = w.len() / 20;
             check32(x, blocks);
-            let mut acc = [[_mm256_setzero_ps(); 2]; R];
-            let mut min_acc = [[0f32; 2]; R];
-            for b in 0..blocks {
+            let (mut even, mut odd) = ([_mm256_setzero_ps(); R], [_mm256_setzero_ps(); R]);
+            each_block!(blocks, even, odd, |b, acc| {
                 // SAFETY: as in `q8_0`.
                 unsafe {
                     let p = w.as_ptr().add(b * 20);
@@ -198,17 +221,15 @@ macro_rules! block_kernels {
                         let values = load32(x[r].values.as_ptr().add(b * 32));
                         let dot = dot_add(_mm256_setzero_si256(), q, values);
                         let dx = *x[r].scales.get_unchecked(b);
-                        accumulate(&mut acc[r], b, dot, d * dx);
+                        accumulate(&mut acc[r], dot, d * dx);
+                        // The minimums' share, m · Σx, in lane 0.
                         let sum = *x[r].sums.get_unchecked(b) as f32;
-                        min_acc[r][b % 2] += m * (dx * sum);
+                        let min_share = _mm256_setr_ps(m * (dx * sum), 0., 0., 0., 0., 0., 0., 0.);
+                        acc[r] = _mm256_add_ps(acc[r], min_share);
                     }
                 }
-            }
-            let mut out = finish(&acc);
-            for r in 0..R {
-                out[r] += min_acc[r][0] + min_acc[r][1];
-            }
-            out
+            });
+            finish(&even, &odd)
         }
 
         /// The 32 bits of `qh` as 32 bytes, 0x10 where the bit is set.
@@ -232,8 +253,8 @@ macro_rules! block_kernels {
         fn q5_0<const R: usize>(w: &[u8], x: &[Q8Row; R]) -> [f32; R] {
             let blocks = w.len() / 22;
             check32(x, blocks);
-            let mut acc = [[_mm256_setzero_ps(); 2]; R];
-            for b in 0..blocks {
+            let (mut even, mut odd) = ([_mm256_setzero_ps(); R], [_mm256_setzero_ps(); R]);
+            each_block!(blocks, even, odd, |b, acc| {
                 // SAFETY: as in `q8_0`.
                 unsafe {
                     let p = w.as_ptr().add(b * 22);
@@ -245,11 +266,11 @@ macro_rules! block_kernels {
                         let values = load32(x[r].values.as_ptr().add(b * 32));
                         let offset = lane0(-16 * *x[r].sums.get_unchecked(b));
                         let dot = dot_add(offset, q, values);
-                        accumulate(&mut acc[r], b, dot, d * *x[r].scales.get_unchecked(b));
+                        accumulate(&mut acc[r], dot, d * *x[r].scales.get_unchecked(b));
                     }
                 }
-            }
-            finish(&acc)
+            });
+            finish(&even, &odd)
         }
 
         /// The eight 6-bit scales and minimums of a Q4_K/Q5_K block (the 12 bytes at `p`)
@@ -295,19 +316,18 @@ macro_rules! block_kernels {
             x: &[Q8KRow; R],
             mins: __m256i,
             dots: &[__m256i; R],
-            acc: &mut [[__m256; 2]; R],
+            acc: &mut [__m256; R],
         ) {
             let (d, dmin) = (f16_at(p), f16_at(p.add(2)));
             for r in 0..R {
                 let sums = load32(x[r].sums32.as_ptr().add(b * 8));
                 let min_dot = _mm256_mullo_epi32(mins, sums);
                 let dx = *x[r].scales.get_unchecked(b);
-                accumulate(&mut acc[r], b, dots[r], d * dx);
-                let slot = &mut acc[r][b % 2];
-                *slot = _mm256_fnmadd_ps(
+                accumulate(&mut acc[r], dots[r], d * dx);
+                acc[r] = _mm256_fnmadd_ps(
                     _mm256_cvtepi32_ps(min_dot),
                     _mm256_set1_ps(dmin * dx),
-                    *slot,
+                    acc[r],
                 );
             }
         }
@@ -317,9 +337,9 @@ macro_rules! block_kernels {
         fn q4_k<const R: usize>(w: &[u8], x: &[Q8KRow; R]) -> [f32; R] {
             let blocks = w.len() / 144;
             check256(x, blocks);
-            let mut acc = [[_mm256_setzero_ps(); 2]; R];
+            let (mut even, mut odd) = ([_mm256_setzero_ps(); R], [_mm256_setzero_ps(); R]);
             let low_nibbles = _mm256_set1_epi8(0x0F);
-            for b in 0..blocks {
+            each_block!(blocks, even, odd, |b, acc| {
                 // SAFETY: block b is inside the row, and block b of each activation row
                 // inside it (`check256`).
                 unsafe {
@@ -341,10 +361,10 @@ macro_rules! block_kernels {
                             dots[r] = _mm256_add_epi32(dots[r], sum);
                         }
                     }
-                    k_finish(p, b, x, mins, &dots, &mut acc);
+                    k_finish(p, b, x, mins, &dots, acc);
                 }
-            }
-            finish(&acc)
+            });
+            finish(&even, &odd)
         }
 
         #[inline]
@@ -352,10 +372,10 @@ macro_rules! block_kernels {
         fn q5_k<const R: usize>(w: &[u8], x: &[Q8KRow; R]) -> [f32; R] {
             let blocks = w.len() / 176;
             check256(x, blocks);
-            let mut acc = [[_mm256_setzero_ps(); 2]; R];
+            let (mut even, mut odd) = ([_mm256_setzero_ps(); R], [_mm256_setzero_ps(); R]);
             let low_nibbles = _mm256_set1_epi8(0x0F);
             let fifth = _mm256_set1_epi8(0x10);
-            for b in 0..blocks {
+            each_block!(blocks, even, odd, |b, acc| {
                 // SAFETY: as in `q4_k`.
                 unsafe {
                     let p = w.as_ptr().add(b * 176);
@@ -387,10 +407,10 @@ macro_rules! block_kernels {
                             dots[r] = _mm256_add_epi32(dots[r], sum);
                         }
                     }
-                    k_finish(p, b, x, mins, &dots, &mut acc);
+                    k_finish(p, b, x, mins, &dots, acc);
                 }
-            }
-            finish(&acc)
+            });
+            finish(&even, &odd)
         }
 
         #[inline]
@@ -398,7 +418,7 @@ macro_rules! block_kernels {
         fn q6_k<const R: usize>(w: &[u8], x: &[Q8KRow; R]) -> [f32; R] {
             let blocks = w.len() / 210;
             check256(x, blocks);
-            let mut acc = [[_mm256_setzero_ps(); 2]; R];
+            let (mut even, mut odd) = ([_mm256_setzero_ps(); R], [_mm256_setzero_ps(); R]);
             let low_nibbles = _mm256_set1_epi8(0x0F);
             let top_bits = _mm256_set1_epi8(0x30);
             // Register i of a half holds sub-blocks 2i and 2i + 1 of its eight.
@@ -408,7 +428,7 @@ macro_rules! block_kernels {
                 _mm256_setr_epi32(4, 4, 4, 4, 5, 5, 5, 5),
                 _mm256_setr_epi32(6, 6, 6, 6, 7, 7, 7, 7),
             ];
-            for b in 0..blocks {
+            each_block!(blocks, even, odd, |b, acc| {
                 // SAFETY: as in `q4_k`.
                 unsafe {
                     let p = w.as_ptr().add(b * 210);
@@ -459,11 +479,11 @@ macro_rules! block_kernels {
                             _mm256_mullo_epi32(scales[1], load32(sums.add(8))),
                         );
                         let dot = _mm256_sub_epi32(dots[r], _mm256_slli_epi32::<5>(offsets));
-                        accumulate(&mut acc[r], b, dot, d * *x[r].scales.get_unchecked(b));
+                        accumulate(&mut acc[r], dot, d * *x[r].scales.get_unchecked(b));
                     }
                 }
-            }
-            finish(&acc)
+            });
+            finish(&even, &odd)
         }
     };
 }
