@@ -567,28 +567,34 @@ def llama_decode_cases(names, args, work):
         print_llama_table(row, args)
 
 
+def gguf_files(shape, args, work):
+    """The random model of `shape` as GGUF_TYPES files, by llama.cpp's converter (bf16) and
+    llama-quantize: in --gguf-dir when given (made once, kept), else in `work`."""
+    quantize = pathlib.Path(args.llama_cpp) / "build" / "bin" / "llama-quantize"
+    folder = pathlib.Path(args.gguf_dir or work) / shape
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    files = {kind: folder.with_name(f"{shape}-{kind.lower()}.gguf") for kind in GGUF_TYPES}
+    if not all(path.exists() for path in files.values()):
+        build_llama_model(shape, folder)
+        bf16 = peers.gguf_file(args.llama_cpp, folder, "bf16", LLAMA_SHAPES[shape][1])
+        shutil.rmtree(folder)
+        for kind, path in files.items():
+            subprocess.run([str(quantize), str(bf16), str(path), kind, str(args.threads)],
+                           check=True, capture_output=True)
+        bf16.unlink()
+    return files
+
+
 def gguf_cases(names, args, work):
     """Issue 29: each shape's random model as llama.cpp's bf16 GGUF, quantized by its
     llama-quantize to GGUF_TYPES; ours and llama.cpp run the same files. Each round times, per
     type, both decoders (after a context of the prompt) and both prefills of PREFILL_TOKENS
     tokens, and our peak RSS over a plain `generate`."""
     new_tokens, prompt = args.new_tokens, LLAMA_PROMPT_TOKENS
-    quantize = pathlib.Path(args.llama_cpp) / "build" / "bin" / "llama-quantize"
     for name in names:
         shape = GGUF_CASES[name]
-        folder = pathlib.Path(work) / shape
         start = time.perf_counter()
-        model = build_llama_model(shape, folder)
-        parameters = sum(p.numel() for p in model.parameters())
-        del model
-        bf16 = peers.gguf_file(args.llama_cpp, folder, "bf16", LLAMA_SHAPES[shape][1])
-        shutil.rmtree(folder)
-        files = {}
-        for kind in GGUF_TYPES:
-            files[kind] = bf16.with_name(f"{shape}-{kind.lower()}.gguf")
-            subprocess.run([str(quantize), str(bf16), str(files[kind]), kind, str(args.threads)],
-                           check=True, capture_output=True)
-        bf16.unlink()
+        files = gguf_files(shape, args, work)
         case = f"{shape} 1x({prompt}+{new_tokens})"
         print(f"{case}: the GGUF files took {time.perf_counter() - start:.0f} s", file=sys.stderr)
         decode = dict(prompt=0, gen=new_tokens - 1, depth=prompt)
@@ -606,7 +612,7 @@ def gguf_cases(names, args, work):
                 args.binary, path, "f32", args.threads, prompt, new_tokens)
         rounds = take_turns_timed(engines, args.rounds)
         ours_tps = lambda result: result["decode_tokens_per_second"]
-        row = {"case": case, "parameters": parameters, "rounds": rounds, "types": {}}
+        row = {"case": case, "rounds": rounds, "types": {}}
         for kind, path in files.items():
             row["types"][kind] = {
                 "file bytes": path.stat().st_size,
@@ -625,8 +631,9 @@ def gguf_cases(names, args, work):
         row["triad"] = median_of(rounds, lambda r: r[f"ours {GGUF_TYPES[0]}"]["triad_gb_per_second"])
         print(json.dumps(row), file=sys.stderr)
         print_gguf_table(row, args)
-        for path in files.values():
-            path.unlink()
+        if args.gguf_dir is None:
+            for path in files.values():
+                path.unlink()
 
 
 def print_gguf_table(r, args):
@@ -727,6 +734,9 @@ def main():
     parser.add_argument("--work-dir", type=pathlib.Path,
                         help="where the temporary work folder is made (default: the system's); "
                         "the Llama-family cases write about 10 GB there")
+    parser.add_argument("--gguf-dir", type=pathlib.Path,
+                        help="where the GGUF cases keep their files (made once, reused by later runs); "
+                        "by default they are made in the work folder and deleted")
     parser.add_argument("--torch-bf16-batched", action=argparse.BooleanOptionalAction, default=True,
                         help="time PyTorch bf16 on batched cases too (encoders and GPT-2)")
     for peer in PEERS:

@@ -193,12 +193,31 @@ fn greedy_agreement(name: &str, model: &AutoModelForCausalLM) -> Vec<(usize, usi
         .collect()
 }
 
+/// Greedy tokens against llama.cpp's (`llama-server`, f32 KV cache, temperature 0) on two
+/// prompts, 32 new tokens each. Both engines round every row of activations to int8 blocks
+/// and multiply integers, but their logits still differ by 0.05 to 0.1 on these tiny random
+/// models (summation order, llama.cpp's interleaved rotation, its batched prefill), so a
+/// token whose top two logits are closer than that can go either way: Q8_0's first prompt
+/// turns at its 17th token, where llama.cpp's top two are 0.017 apart. The counts measured
+/// on AVX-512 are the floor (a change that moves our products away from llama.cpp's shows
+/// here); the three ISAs give the same counts. Q8_0's second prompt agrees all the way.
 #[test]
 fn greedy_tokens_against_llama_cpp() {
-    for name in QUANTIZED {
+    for (name, floor) in [
+        ("llama-q8_0.gguf", [16, 32]),
+        ("llama-q4_0.gguf", [20, 27]),
+        ("llama256-q4_k_m.gguf", [32, 6]),
+    ] {
         let model = load_gguf_file(name);
         let agreement = greedy_agreement(name, &model);
-        eprintln!("{name}: {agreement:?} new tokens as llama.cpp's");
+        eprintln!("{name}: {agreement:?} (agreeing, of) new tokens as llama.cpp's");
+        for ((agree, of), floor) in agreement.into_iter().zip(floor) {
+            assert_eq!(of, 32, "{name}: llama.cpp's reference has 32 tokens");
+            assert!(
+                agree >= floor,
+                "{name}: {agree} tokens as llama.cpp's, {floor} before"
+            );
+        }
     }
 }
 

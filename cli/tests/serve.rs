@@ -14,7 +14,7 @@ use common::server::{
     TestServer,
 };
 use common::{
-    assert_close_slices, assert_json_close, assert_same_len, fixture_json, fixture_model,
+    assert_close_slices, assert_json_close, assert_same_len, fixture, fixture_json, fixture_model,
 };
 use ferroformers::pipelines::{
     AggregationStrategy, CrossEncoderActivation, EmbeddingsOptions, FillMaskOptions, Pipeline,
@@ -980,6 +980,55 @@ fn chat_serves_a_model_without_a_template_as_the_command_chats() {
         .respond("Hi there", &config)
         .unwrap();
     assert_eq!(body["choices"][0]["message"]["content"], reply.as_str());
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+}
+
+/// A GGUF file (llama.cpp's Q4_K_M of a Llama) served as it is: the task found from the file,
+/// the chat template and tokenizer from its metadata, and the reply the pipeline gives.
+#[test]
+fn a_gguf_file_serves_chat_with_the_template_it_holds() {
+    let model = fixture("gguf/llama256-q4_k_m.gguf")
+        .to_string_lossy()
+        .into_owned();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ferroformers"))
+        .args(["serve", "-m", &model, "--port", "0", "--quiet"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    let (_stdout, address) = ready_address(&mut child, "task generate (a GGUF file)");
+    let (status, body) = post(
+        &client(),
+        &format!("http://{address}/v1/chat/completions"),
+        &serde_json::json!({"messages": [{"role": "user", "content": "Hi there"}],
+                            "max_tokens": 12, "temperature": 0}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let pipeline = ferroformers::pipelines::TextGenerationPipeline::from_pretrained(
+        &model,
+        &ferroformers::LoadOptions::default(),
+    )
+    .unwrap();
+    let template = pipeline
+        .chat_template()
+        .unwrap()
+        .expect("the GGUF holds a template");
+    assert!(
+        template.source().contains("start_header_id"),
+        "Llama 3's template"
+    );
+    let pipeline = std::sync::Arc::new(pipeline);
+    let config = pipeline
+        .generation_config()
+        .clone()
+        .greedy()
+        .with_max_new_tokens(12);
+    let reply = ferroformers::pipelines::Conversation::new(pipeline)
+        .respond("Hi there", &config)
+        .unwrap();
+    assert_eq!(body["choices"][0]["message"]["content"], reply.as_str());
+    assert_eq!(body["usage"]["completion_tokens"], 12, "{body}");
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
     let status = child.wait().unwrap();
     assert!(status.success(), "{status}");

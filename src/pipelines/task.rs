@@ -106,7 +106,8 @@ impl FromStr for Task {
 }
 
 impl Task {
-    /// The task `model` (a Hub id or a local folder) is for, and why, from its files: a
+    /// The task `model` (a Hub id, a local folder or a GGUF file, which generates) is for, and
+    /// why, from its files: a
     /// sentence-transformers model (`modules.json`) embeds, sparsely when it pools with SPLADE
     /// (a `SparseEncoder`); otherwise the first of
     /// `config.json`'s `architectures` decides (`…ForSequenceClassification` classifies, or
@@ -118,6 +119,11 @@ impl Task {
     /// Only `modules.json` and `config.json` are fetched; loading the pipeline reads
     /// `config.json` again (a local file by then), as every `from_pretrained` opens its model.
     pub fn detect(model: &str, hub: &HubOptions) -> Result<(Task, String)> {
+        let path = std::path::Path::new(model);
+        if path.is_file() && path.extension().is_some_and(|e| e == "gguf") {
+            // llama.cpp's files are decoders; its server generates with them too.
+            return Ok((Task::TextGeneration, "a GGUF file".to_string()));
+        }
         let source = ModelSource::new(model, hub)?;
         if let Some(modules) = source.get("modules.json")? {
             if pools_with_splade(&modules)? {

@@ -285,6 +285,10 @@ pub fn serve(common: &Common, args: ServeArgs, out: &mut impl Write) -> Result<(
                 TaskChoice::name(task, args.task.for_chat)
             )))
         }
+        (None, None) if load.gguf_file.is_some() => (
+            Task::TextGeneration,
+            "a GGUF file (--gguf-file)".to_string(),
+        ),
         (None, None) => Task::detect(model, &load.hub)?,
         (Some(task), None) => (task, "--task".to_string()),
     };

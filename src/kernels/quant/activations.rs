@@ -1,6 +1,7 @@
 //! Rows of activations quantized to int8 per block, as llama.cpp's CPU product quantizes
 //! them before its integer dot products: blocks of 32 with an f16 scale (`block_q8_0`,
-//! rounded as `quantize_row_q8_0_ref`) beside Q8_0, Q4_0, Q4_1 and Q5_0 weights, and blocks of
+//! rounded as the llama.cpp built for the same CPU rounds them, see `q8_row`) beside Q8_0,
+//! Q4_0, Q4_1 and Q5_0 weights, and blocks of
 //! 256 with an f32 scale and sums of 16 (`block_q8_K`, rounded as `quantize_row_q8_K_ref`)
 //! beside the K-quants:
 //! <https://github.com/ggml-org/llama.cpp/blob/0c1e57098bba43ac29e6e3b677cdceebdd22334f/ggml/src/ggml-quants.c#L276-L299>
@@ -79,7 +80,9 @@ impl Q8Rows {
             .zip(rows.values.chunks_mut(k))
             .zip(rows.scales.chunks_mut(blocks))
             .zip(rows.sums.chunks_mut(blocks));
-        let quantize = |(((x, values), scales), sums)| q8_row(isa, x, values, scales, sums);
+        // llama.cpp's x86 rounding on our x86 paths, its reference on portable code.
+        let x86 = isa != Isa::Portable;
+        let quantize = |(((x, values), scales), sums)| q8_row(isa, x86, x, values, scales, sums);
         if m >= PARALLEL_ROWS {
             parts.par_bridge().for_each(quantize);
         } else {
@@ -139,9 +142,20 @@ impl Q8KRows {
 
 dispatch! {
     /// One row in blocks of 32: `d = max|x| / 127` (stored rounded to f16, as `block_q8_0`
-    /// holds it), values `round(x · (1/d))` with halves away from zero (C's `roundf`), computed
-    /// with the unrounded d as the reference does.
-    fn q8_row(isa: Isa, x: &[f32], values: &mut [i8], scales: &mut [f32], sums: &mut [i32]) {
+    /// holds it), values `x` times an inverse scale, rounded, as the llama.cpp built for the
+    /// same CPU computes them: its x86 build (AVX and up) multiplies by `127 / max|x|` and
+    /// rounds halves to even (`quantize_row_q8_0` in `ggml-cpu/arch/x86/quants.c`); its
+    /// reference multiplies by `1 / d` and rounds halves away from zero (C's `roundf`,
+    /// `quantize_row_q8_0_ref`). The two differ in the last bit of a few values, which can
+    /// turn a greedy token.
+    fn q8_row(
+        isa: Isa,
+        x86: bool,
+        x: &[f32],
+        values: &mut [i8],
+        scales: &mut [f32],
+        sums: &mut [i32],
+    ) {
         let blocks = x
             .chunks_exact(QK)
             .zip(values.chunks_exact_mut(QK))
@@ -150,11 +164,16 @@ dispatch! {
             // C's MAX(amax, fabsf(v)), in its order.
             let amax = x.iter().fold(0f32, |amax, &v| if amax > v.abs() { amax } else { v.abs() });
             let d = amax / 127.0;
-            let inverse = if d != 0.0 { 1.0 / d } else { 0.0 };
+            let inverse = match (x86, amax != 0.0) {
+                (_, false) => 0.0,
+                (true, true) => 127.0 / amax,
+                (false, true) => 1.0 / d,
+            };
             *scale = half::f16::from_f32(d).to_f32();
             let mut total = 0i32;
             for (q, &v) in values.iter_mut().zip(x) {
-                let rounded = (v * inverse).round() as i32;
+                let product = v * inverse;
+                let rounded = if x86 { product.round_ties_even() } else { product.round() } as i32;
                 *q = rounded as i8;
                 total += rounded;
             }

@@ -51,8 +51,10 @@ fn activations(len: usize, seed: u32) -> Vec<f32> {
     x
 }
 
-/// llama.cpp's `quantize_row_q8_0_ref`, as plainly as it is written.
-fn reference_q8(x: &[f32]) -> (Vec<i8>, Vec<f32>) {
+/// llama.cpp's `quantize_row_q8_0` as the build for `isa` has it, as plainly as it is
+/// written: the reference (`quantize_row_q8_0_ref`) for portable code, the x86 one
+/// (`ggml-cpu/arch/x86/quants.c`: `127 / max`, `_mm256_round_ps` to nearest even) otherwise.
+fn reference_q8(x: &[f32], isa: Isa) -> (Vec<i8>, Vec<f32>) {
     let (mut values, mut scales) = (Vec::new(), Vec::new());
     for block in x.chunks_exact(32) {
         let mut amax = 0f32;
@@ -60,9 +62,14 @@ fn reference_q8(x: &[f32]) -> (Vec<i8>, Vec<f32>) {
             amax = if amax > v.abs() { amax } else { v.abs() };
         }
         let d = amax / 127.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         scales.push(half::f16::from_f32(d).to_f32());
-        values.extend(block.iter().map(|&v| (v * id).round() as i8));
+        if isa == Isa::Portable {
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            values.extend(block.iter().map(|&v| (v * id).round() as i8));
+        } else {
+            let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+            values.extend(block.iter().map(|&v| (v * id).round_ties_even() as i8));
+        }
     }
     (values, scales)
 }
@@ -115,7 +122,7 @@ fn activations_are_quantized_as_llama_cpp_rounds_them() {
         let q8k = Q8KRows::quantize(&x, m, k, isa);
         for r in 0..m {
             let row = &x[r * k..(r + 1) * k];
-            let (values, scales) = reference_q8(row);
+            let (values, scales) = reference_q8(row, isa);
             let got = q8.row(r);
             assert_eq!(got.values, &values[..], "{isa:?} row {r}");
             assert_eq!(bits(got.scales), bits(&scales), "{isa:?} row {r}");
@@ -142,6 +149,7 @@ fn reference_product(
     m: usize,
     bias: &[f32],
     residual: &[f32],
+    isa: Isa,
 ) -> (Vec<f32>, Vec<f32>) {
     let (k, n) = (weights.inner(), weights.outer());
     let mut out = vec![0f32; m * n];
@@ -164,7 +172,7 @@ fn reference_product(
                 let (v, s) = reference_q8k(row);
                 (v, s, 256)
             } else {
-                let (v, s) = reference_q8(row);
+                let (v, s) = reference_q8(row, isa);
                 (v, s, 32)
             };
             let x_deq: Vec<f64> = values
@@ -212,8 +220,10 @@ fn product(
 }
 
 /// (b) and (c): for every type and ISA, the product is within [`TOLERANCE`] of the f64
-/// product of what it multiplies, and of the portable kernels' product; (d) each row of a
-/// batch is, bit for bit, that row's product alone.
+/// product of what it multiplies (the activations rounded as that ISA's llama.cpp build
+/// rounds them, so the ISAs are not compared with each other directly: x86 and portable
+/// round a few values a step apart); (d) each row of a batch is, bit for bit, that row's
+/// product alone.
 #[test]
 fn products_match_the_f64_reference_on_every_isa() {
     let mut worst = 0f32;
@@ -225,18 +235,12 @@ fn products_match_the_f64_reference_on_every_isa() {
             let x = activations(m * inner, seed + 7);
             let bias = pseudo_random(outer, seed + 8);
             let residual = pseudo_random(m * outer, seed + 9);
-            let (expected, scale) = reference_product(&weights, &x, m, &bias, &residual);
-            let portable = product(&weights, &x, m, &bias, &residual, Isa::Portable);
             for isa in Isa::available() {
+                let (expected, scale) = reference_product(&weights, &x, m, &bias, &residual, isa);
                 let got = product(&weights, &x, m, &bias, &residual, isa);
                 let gap = worst_gap(&got, &expected, &scale);
-                let against_portable = worst_gap(&got, &portable, &scale);
-                eprintln!("{ty:?} {isa:?} {m}×{inner}×{outer}: {gap:.2e} from f64, {against_portable:.2e} from portable");
+                eprintln!("{ty:?} {isa:?} {m}×{inner}×{outer}: {gap:.2e} from f64");
                 assert!(gap <= TOLERANCE, "{ty:?} {isa:?}: {gap:e}");
-                assert!(
-                    against_portable <= TOLERANCE,
-                    "{ty:?} {isa:?}: {against_portable:e}"
-                );
                 worst = worst.max(gap);
                 for r in 0..m {
                     let alone = product(
