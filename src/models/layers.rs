@@ -120,7 +120,7 @@ impl Linear {
     ) -> Result<Self> {
         match matrix {
             Matrix::Dense(weight) => Self::new(weight, bias, weight_type),
-            Matrix::Blocks(weights) => Self::blocks(weights, bias),
+            Matrix::Blocks(matrix) => Self::blocks(QuantizedWeights::stack(&[matrix.blocks()])?, bias),
         }
     }
 
@@ -211,15 +211,15 @@ impl Linear {
         } else {
             None
         };
-        if matrices.iter().all(|m| matches!(m, Matrix::Blocks(_))) {
-            let blocks = matrices
-                .into_iter()
-                .filter_map(|m| match m {
-                    Matrix::Blocks(blocks) => Some(blocks),
-                    Matrix::Dense(_) => None,
-                })
-                .collect();
-            return Self::blocks(QuantizedWeights::stack(blocks)?, biases);
+        let blocks: Vec<_> = matrices
+            .iter()
+            .filter_map(|m| match m {
+                Matrix::Blocks(matrix) => Some(matrix.blocks()),
+                Matrix::Dense(_) => None,
+            })
+            .collect();
+        if blocks.len() == matrices.len() {
+            return Self::blocks(QuantizedWeights::stack(&blocks)?, biases);
         }
         // Dense parts, or blocks beside dense ones (a type without kernels): values all.
         let weights = parts

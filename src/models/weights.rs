@@ -5,7 +5,7 @@ use candle_core::{Device, Shape, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::error::{Error, Result};
-use crate::kernels::quant::{QuantizedWeights, KERNEL_TYPES};
+use crate::kernels::quant::{Blocks, KERNEL_TYPES};
 use crate::kernels::{kernel_mode, KernelMode};
 use crate::loading::gguf::{GgufCheckpoint, StoredBlocks};
 use crate::loading::weights::WeightFiles;
@@ -17,7 +17,29 @@ pub enum Matrix {
     /// Values, read as the weight type's dtype.
     Dense(Tensor),
     /// A GGUF file's quantized blocks, kept as stored for the block kernels.
-    Blocks(QuantizedWeights),
+    Blocks(BlockMatrix),
+}
+
+/// A matrix's GGUF blocks, rows in the checkpoint's order, copied out of the file (whose pages
+/// are then handed back): a layer's weights are made of one or several of these at once.
+#[derive(Debug)]
+pub struct BlockMatrix {
+    ty: crate::loading::gguf::GgmlType,
+    inner: usize,
+    outer: usize,
+    bytes: Vec<u8>,
+}
+
+impl BlockMatrix {
+    /// The blocks, as the kernels' constructors take them.
+    pub fn blocks(&self) -> Blocks<'_> {
+        Blocks {
+            ty: self.ty,
+            inner: self.inner,
+            outer: self.outer,
+            bytes: &self.bytes,
+        }
+    }
 }
 
 /// The tensors of a checkpoint under a key prefix, read as a [`WeightType`] on a device.
@@ -126,16 +148,16 @@ impl ModelWeights {
                             blocks.inner
                         )));
                     }
-                    let weights = QuantizedWeights::from_blocks(
-                        blocks.ggml_type,
+                    let matrix = BlockMatrix {
+                        ty: blocks.ggml_type,
                         inner,
                         outer,
-                        &blocks.bytes,
-                    )?;
+                        bytes: blocks.bytes.into_owned(),
+                    };
                     if let Some(gguf) = &self.gguf {
                         gguf.release(&self.path(name));
                     }
-                    return Ok(Matrix::Blocks(weights));
+                    return Ok(Matrix::Blocks(matrix));
                 }
             }
         }

@@ -80,6 +80,19 @@ struct Segment {
     bytes: StreamBuffer<u8>,
 }
 
+/// A matrix's rows in one GGUF block type, borrowed: a part of [`QuantizedWeights::stack`].
+#[derive(Debug, Clone, Copy)]
+pub struct Blocks<'a> {
+    /// The block type.
+    pub ty: GgmlType,
+    /// Values per row (inputs).
+    pub inner: usize,
+    /// Rows (outputs).
+    pub outer: usize,
+    /// The rows' blocks, row after row, exactly.
+    pub bytes: &'a [u8],
+}
+
 /// A weight matrix (out = `outer` rows × `inner` inputs) in GGUF block formats, one or more
 /// row segments of one type each.
 #[derive(Debug, Clone)]
@@ -93,27 +106,12 @@ impl QuantizedWeights {
     /// A matrix of `outer` rows × `inner` inputs from its GGUF data: `bytes` holds the rows'
     /// blocks of `ty`, row after row, exactly.
     pub fn from_blocks(ty: GgmlType, inner: usize, outer: usize, bytes: &[u8]) -> Result<Self> {
-        let row_bytes = row_bytes(ty, inner)?;
-        let expected = outer.checked_mul(row_bytes);
-        if expected != Some(bytes.len()) {
-            return Err(Error::InvalidWeights(format!(
-                "{} bytes of {ty:?} blocks for a {outer} × {inner} matrix, which takes {}",
-                bytes.len(),
-                expected.map_or("more than fits in memory".to_string(), |n| n.to_string())
-            )));
-        }
-        let mut buffer = StreamBuffer::zeroed(bytes.len());
-        buffer.copy_from_slice(bytes);
-        Ok(Self {
+        Self::stack(&[Blocks {
+            ty,
             inner,
             outer,
-            segments: vec![Segment {
-                ty,
-                rows: 0..outer,
-                row_bytes,
-                bytes: buffer,
-            }],
-        })
+            bytes,
+        }])
     }
 
     /// `weights` (`outer` × `inner`, row-major) quantized to `ty`, bit for bit as
@@ -140,8 +138,11 @@ impl QuantizedWeights {
     }
 
     /// The matrices of `parts`, one below the other (their rows in order): a fused q/k/v or
-    /// gate/up projection. The parts must have the same `inner`; their types may differ.
-    pub fn stack(parts: Vec<QuantizedWeights>) -> Result<Self> {
+    /// gate/up projection. The parts must have the same `inner`; their types may differ. Each
+    /// run of parts of one type is copied once into one stream: no part is held on its own
+    /// first (the allocations of parts dropped after the join would be left as holes in the
+    /// shared regions of `StreamBuffer`).
+    pub fn stack(parts: &[Blocks]) -> Result<Self> {
         let Some(inner) = parts.first().map(|part| part.inner) else {
             return Err(Error::InvalidInput("no matrix to stack".into()));
         };
@@ -151,22 +152,37 @@ impl QuantizedWeights {
                 part.inner
             )));
         }
-        let mut outer = 0;
-        let mut segments: Vec<Segment> = Vec::new();
-        for segment in parts.into_iter().flat_map(|part| part.segments) {
-            let rows = outer..outer + segment.rows.len();
-            outer = rows.end;
-            match segments.last_mut() {
-                // Rows of the same type join into one stream.
-                Some(last) if last.ty == segment.ty => {
-                    let mut joined = StreamBuffer::zeroed(last.bytes.len() + segment.bytes.len());
-                    joined[..last.bytes.len()].copy_from_slice(&last.bytes);
-                    joined[last.bytes.len()..].copy_from_slice(&segment.bytes);
-                    last.bytes = joined;
-                    last.rows.end = rows.end;
-                }
-                _ => segments.push(Segment { rows, ..segment }),
+        for part in parts {
+            let row_bytes = row_bytes(part.ty, inner)?;
+            let expected = part.outer.checked_mul(row_bytes);
+            if expected != Some(part.bytes.len()) {
+                return Err(Error::InvalidWeights(format!(
+                    "{} bytes of {:?} blocks for a {} × {inner} matrix, which takes {}",
+                    part.bytes.len(),
+                    part.ty,
+                    part.outer,
+                    expected.map_or("more than fits in memory".to_string(), |n| n.to_string())
+                )));
             }
+        }
+        let mut outer = 0;
+        let mut segments = Vec::new();
+        for run in parts.chunk_by(|a, b| a.ty == b.ty) {
+            let ty = run[0].ty;
+            let rows: usize = run.iter().map(|part| part.outer).sum();
+            let mut bytes = StreamBuffer::zeroed(run.iter().map(|part| part.bytes.len()).sum());
+            let mut at = 0;
+            for part in run {
+                bytes[at..at + part.bytes.len()].copy_from_slice(part.bytes);
+                at += part.bytes.len();
+            }
+            segments.push(Segment {
+                ty,
+                rows: outer..outer + rows,
+                row_bytes: row_bytes(ty, inner)?,
+                bytes,
+            });
+            outer += rows;
         }
         Ok(Self {
             inner,

@@ -274,16 +274,28 @@ fn stacked_types_give_each_parts_product() {
         GgmlType::Q8_0,
     ];
     let outers = [9, 3, 4, 6];
-    let parts: Vec<QuantizedWeights> = types
+    let part_bytes: Vec<Vec<u8>> = types
         .iter()
         .zip(outers)
         .enumerate()
-        .map(|(i, (&ty, outer))| {
-            let bytes = random_blocks(ty, inner, outer, 40 + i as u32);
-            QuantizedWeights::from_blocks(ty, inner, outer, &bytes).unwrap()
+        .map(|(i, (&ty, outer))| random_blocks(ty, inner, outer, 40 + i as u32))
+        .collect();
+    let blocks: Vec<Blocks> = types
+        .iter()
+        .zip(outers)
+        .zip(&part_bytes)
+        .map(|((&ty, outer), bytes)| Blocks {
+            ty,
+            inner,
+            outer,
+            bytes,
         })
         .collect();
-    let stacked = QuantizedWeights::stack(parts.clone()).unwrap();
+    let parts: Vec<QuantizedWeights> = blocks
+        .iter()
+        .map(|b| QuantizedWeights::from_blocks(b.ty, b.inner, b.outer, b.bytes).unwrap())
+        .collect();
+    let stacked = QuantizedWeights::stack(&blocks).unwrap();
     let n: usize = outers.iter().sum();
     assert_eq!((stacked.inner(), stacked.outer()), (inner, n));
     assert_eq!(
@@ -365,8 +377,19 @@ fn hostile_shapes_are_errors() {
     assert!(QuantizedWeights::from_blocks(GgmlType::Q8_0, usize::MAX - 31, 2, &bytes).is_err());
     assert!(QuantizedWeights::from_blocks(GgmlType::Q8_K, 256, 1, &[0; 292]).is_err());
     assert!(QuantizedWeights::from_blocks(GgmlType::F32, 1, 2, &[0; 8]).is_err());
-    let a = QuantizedWeights::from_blocks(q4k, 256, 2, &bytes).unwrap();
-    let b = QuantizedWeights::from_blocks(GgmlType::Q8_0, 32, 1, &[0; 34]).unwrap();
-    assert!(QuantizedWeights::stack(vec![a, b]).is_err());
-    assert!(QuantizedWeights::stack(Vec::new()).is_err());
+    let a = Blocks {
+        ty: q4k,
+        inner: 256,
+        outer: 2,
+        bytes: &bytes,
+    };
+    let b = Blocks {
+        ty: GgmlType::Q8_0,
+        inner: 32,
+        outer: 1,
+        bytes: &[0; 34],
+    };
+    assert!(QuantizedWeights::stack(&[a, b]).is_err());
+    assert!(QuantizedWeights::stack(&[a, Blocks { outer: 3, ..a }]).is_err());
+    assert!(QuantizedWeights::stack(&[]).is_err());
 }
