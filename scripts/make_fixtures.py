@@ -2176,6 +2176,24 @@ def llama_cpp_greedy(model: pathlib.Path, prompts: list, new_tokens: int) -> lis
         server.wait()
 
 
+def make_llama_cpp_perplexities():
+    """gguf/perplexity.json: llama.cpp's `llama-perplexity` on perplexity/zen.txt (windows of
+    32 tokens) with each GGUF fixture of the Llama (f32, Q8_0, Q4_0) and the 256-wide Llama
+    (Q4_K_M): its final estimate, to be matched within 0.5%."""
+    import re
+
+    text = FIXTURES / "perplexity" / "zen.txt"
+    results = {}
+    for name in ["llama-f32.gguf", "llama-q8_0.gguf", "llama-q4_0.gguf", "llama256-q4_k_m.gguf"]:
+        done = subprocess.run([str(llama_cpp_tool("llama-perplexity")), "-m",
+                               str(FIXTURES / "gguf" / name), "-f", str(text), "-c", "32", "-b", "32",
+                               "-t", "2"], capture_output=True, text=True, check=True)
+        found = re.search(r"Final estimate: PPL = ([0-9.]+) \+/- ([0-9.]+)", done.stdout + done.stderr)
+        results[name] = {"context": 32, "perplexity": float(found.group(1)),
+                         "error": float(found.group(2))}
+    (FIXTURES / "gguf" / "perplexity.json").write_text(json.dumps(results, indent=1) + "\n")
+
+
 def make_block_quantized_references():
     """gguf/block-quantized.safetensors: the Llama fixture's last-position logits on its
     reference batch with every linear layer's weights quantized to Q8_0 and to Q4_0 by the
@@ -2684,6 +2702,7 @@ def main():
         make_gguf_models()
         make_gguf_quantized()
         make_block_quantized_references()
+        make_llama_cpp_perplexities()
         fixture_manifest.write_manifest(FIXTURES)
         return
     if sys.argv[1:] == ["--only", "gguf-tokenizers"]:

@@ -104,3 +104,33 @@ fn a_gguf_file_gives_the_same_perplexity() {
     let pipeline = PerplexityPipeline::from_pretrained(gguf.to_str().unwrap(), &options()).unwrap();
     check(&pipeline, &references["llama"], "llama GGUF");
 }
+
+/// llama.cpp's `llama-perplexity` on the same text, windows and GGUF files
+/// (`gguf/perplexity.json`, by `make_fixtures.py --only gguf-models`), within 0.5%: a
+/// quantization's drift, stated by both the same way.
+#[test]
+fn gguf_perplexities_agree_with_llama_cpps() {
+    let references = fixture_json("gguf/perplexity.json");
+    for (name, reference) in references.as_object().unwrap() {
+        let path = fixture(&format!("gguf/{name}"));
+        let pipeline =
+            PerplexityPipeline::from_pretrained(path.to_str().unwrap(), &options()).unwrap();
+        let options = PerplexityOptions {
+            context: reference["context"].as_u64().unwrap() as usize,
+            max_windows: None,
+        };
+        let ours = pipeline.run([text().as_str()], &options).unwrap().remove(0);
+        let theirs = reference["perplexity"].as_f64().unwrap();
+        let gap = (ours.perplexity - theirs).abs() / theirs;
+        eprintln!(
+            "{name}: perplexity {:.4}, llama.cpp {theirs:.4} ({:.3}% apart)",
+            ours.perplexity,
+            gap * 100.0
+        );
+        assert!(
+            ours.perplexity.is_finite() && gap <= 0.005,
+            "{name}: {} against {theirs}",
+            ours.perplexity
+        );
+    }
+}

@@ -440,6 +440,16 @@ impl GgufFile {
         );
     }
 
+    /// Hand back the pages wholly inside `bytes` when they are part of this file's mapping
+    /// (as [`GgufFile::release`]); bytes elsewhere (a copy on the heap) are left alone.
+    pub fn release_bytes(&self, bytes: &[u8]) {
+        let map = self.map.as_ptr_range();
+        let inside = map.start <= bytes.as_ptr() && bytes.as_ptr_range().end <= map.end;
+        if inside {
+            crate::loading::weights::release(bytes, crate::loading::weights::Rounding::Inward);
+        }
+    }
+
     /// The values of `tensor`, one of this file's, as f32 (see [`dequantize`]).
     pub fn dequantized(&self, tensor: &GgufTensor) -> Result<Vec<f32>> {
         let mut out = vec![0f32; tensor.elements()];

@@ -120,7 +120,7 @@ impl Linear {
     ) -> Result<Self> {
         match matrix {
             Matrix::Dense(weight) => Self::new(weight, bias, weight_type),
-            Matrix::Blocks(matrix) => Self::blocks(QuantizedWeights::stack(&[matrix.blocks()])?, bias),
+            Matrix::Blocks(weights) => Self::blocks(weights, bias),
         }
     }
 
@@ -198,10 +198,6 @@ impl Linear {
         in_dim: usize,
         bias: bool,
     ) -> Result<Self> {
-        let matrices = parts
-            .iter()
-            .map(|&(name, out)| vb.pp(name).matrix((out, in_dim), "weight"))
-            .collect::<Result<Vec<_>>>()?;
         let biases = if bias {
             let biases = parts
                 .iter()
@@ -211,26 +207,7 @@ impl Linear {
         } else {
             None
         };
-        let blocks: Vec<_> = matrices
-            .iter()
-            .filter_map(|m| match m {
-                Matrix::Blocks(matrix) => Some(matrix.blocks()),
-                Matrix::Dense(_) => None,
-            })
-            .collect();
-        if blocks.len() == matrices.len() {
-            return Self::blocks(QuantizedWeights::stack(&blocks)?, biases);
-        }
-        // Dense parts, or blocks beside dense ones (a type without kernels): values all.
-        let weights = parts
-            .iter()
-            .zip(matrices)
-            .map(|(&(name, out), matrix)| match matrix {
-                Matrix::Dense(weight) => Ok(weight),
-                Matrix::Blocks(_) => vb.pp(name).get((out, in_dim), "weight"),
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Linear::new(Tensor::cat(&weights, 0)?, biases, vb.weight_type())
+        Linear::from_matrix(vb.stacked_matrix(parts, in_dim)?, biases, vb.weight_type())
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {

@@ -5,7 +5,7 @@ use candle_core::{Device, Shape, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::error::{Error, Result};
-use crate::kernels::quant::{Blocks, KERNEL_TYPES};
+use crate::kernels::quant::{Blocks, QuantizedWeights, KERNEL_TYPES};
 use crate::kernels::{kernel_mode, KernelMode};
 use crate::loading::gguf::{GgufCheckpoint, StoredBlocks};
 use crate::loading::weights::WeightFiles;
@@ -17,29 +17,7 @@ pub enum Matrix {
     /// Values, read as the weight type's dtype.
     Dense(Tensor),
     /// A GGUF file's quantized blocks, kept as stored for the block kernels.
-    Blocks(BlockMatrix),
-}
-
-/// A matrix's GGUF blocks, rows in the checkpoint's order, copied out of the file (whose pages
-/// are then handed back): a layer's weights are made of one or several of these at once.
-#[derive(Debug)]
-pub struct BlockMatrix {
-    ty: crate::loading::gguf::GgmlType,
-    inner: usize,
-    outer: usize,
-    bytes: Vec<u8>,
-}
-
-impl BlockMatrix {
-    /// The blocks, as the kernels' constructors take them.
-    pub fn blocks(&self) -> Blocks<'_> {
-        Blocks {
-            ty: self.ty,
-            inner: self.inner,
-            outer: self.outer,
-            bytes: &self.bytes,
-        }
-    }
+    Blocks(QuantizedWeights),
 }
 
 /// The tensors of a checkpoint under a key prefix, read as a [`WeightType`] on a device.
@@ -136,32 +114,89 @@ impl ModelWeights {
         name: &str,
         dense: impl FnOnce() -> Result<Tensor>,
     ) -> Result<Matrix> {
-        let kernels = self.tensors.device().is_cpu() && kernel_mode() != KernelMode::Reference;
-        if kernels {
-            if let Some(blocks) = self.blocks(name)? {
-                if KERNEL_TYPES.contains(&blocks.ggml_type) {
-                    if (blocks.outer, blocks.inner) != (outer, inner) {
-                        return Err(Error::InvalidWeights(format!(
-                            "the GGUF tensor for `{}.{name}` is {} × {}, the config makes it                              {outer} × {inner}: the file's metadata does not fit its tensors",
-                            self.tensors.prefix(),
-                            blocks.outer,
-                            blocks.inner
-                        )));
-                    }
-                    let matrix = BlockMatrix {
-                        ty: blocks.ggml_type,
-                        inner,
-                        outer,
-                        bytes: blocks.bytes.into_owned(),
-                    };
-                    if let Some(gguf) = &self.gguf {
-                        gguf.release(&self.path(name));
-                    }
-                    return Ok(Matrix::Blocks(matrix));
-                }
-            }
+        if let Some(blocks) = self.kernel_blocks((outer, inner), name)? {
+            let weights = self.stack_blocks(&[blocks])?;
+            self.release(name);
+            return Ok(Matrix::Blocks(weights));
         }
         Ok(Matrix::Dense(dense()?))
+    }
+
+    /// The matrices `<part>.weight` of `parts` (name, outputs) under this prefix, one below the
+    /// other, each of `inner` inputs: a fused q/k/v or gate/up projection. Blocks when every
+    /// part is a GGUF file's quantized matrix of a type with kernels (the types may differ),
+    /// copied from the file once; otherwise the parts' values, concatenated.
+    pub fn stacked_matrix(&self, parts: &[(&str, usize)], inner: usize) -> Result<Matrix> {
+        let names: Vec<String> = parts
+            .iter()
+            .map(|(name, _)| format!("{name}.weight"))
+            .collect();
+        let blocks = parts
+            .iter()
+            .zip(&names)
+            .map(|(&(_, outer), name)| self.kernel_blocks((outer, inner), name))
+            .collect::<Result<Option<Vec<_>>>>()?;
+        if let Some(blocks) = blocks {
+            let weights = self.stack_blocks(&blocks)?;
+            names.iter().for_each(|name| self.release(name));
+            return Ok(Matrix::Blocks(weights));
+        }
+        let weights = parts
+            .iter()
+            .zip(&names)
+            .map(|(&(_, outer), name)| self.get((outer, inner), name))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Matrix::Dense(Tensor::cat(&weights, 0)?))
+    }
+
+    /// The matrix `name` as its GGUF blocks when the file holds it in a type the CPU's block
+    /// kernels multiply (and those kernels run); an error when its shape is not `(outer,
+    /// inner)`.
+    fn kernel_blocks(
+        &self,
+        (outer, inner): (usize, usize),
+        name: &str,
+    ) -> Result<Option<Blocks<'_>>> {
+        let kernels = self.tensors.device().is_cpu() && kernel_mode() != KernelMode::Reference;
+        let Some(stored) = self
+            .blocks(name)?
+            .filter(|b| kernels && KERNEL_TYPES.contains(&b.ggml_type))
+        else {
+            return Ok(None);
+        };
+        if (stored.outer, stored.inner) != (outer, inner) {
+            return Err(Error::InvalidWeights(format!(
+                "the GGUF tensor for `{}` is {} × {}, the config makes it {outer} × {inner}: \
+                 the file's metadata does not fit its tensors",
+                self.path(name),
+                stored.outer,
+                stored.inner
+            )));
+        }
+        Ok(Some(Blocks {
+            ty: stored.ggml_type,
+            inner,
+            outer,
+            bytes: stored.bytes,
+        }))
+    }
+
+    /// The block kernels' matrix of `blocks`, the file's pages handed back piece by piece as
+    /// they are copied (an embedding table is not resident twice at the load's peak).
+    fn stack_blocks(&self, blocks: &[Blocks]) -> Result<QuantizedWeights> {
+        match &self.gguf {
+            Some(gguf) => {
+                QuantizedWeights::stack_copied(blocks, &mut |piece| gguf.release_bytes(piece))
+            }
+            None => QuantizedWeights::stack(blocks),
+        }
+    }
+
+    /// Hand back the mapped pages of the GGUF tensor behind `name` once it has been copied.
+    fn release(&self, name: &str) {
+        if let Some(gguf) = &self.gguf {
+            gguf.release(&self.path(name));
+        }
     }
 
     /// Whether the checkpoint has the tensor `name` under this prefix.

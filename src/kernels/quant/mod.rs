@@ -57,6 +57,9 @@ const QK: usize = 32;
 /// Values per block of the K-quants.
 const QK_K: usize = 256;
 
+/// Bytes copied between two calls of [`QuantizedWeights::stack_copied`]'s callback.
+pub const COPY_PIECE: usize = 4 << 20;
+
 /// The block types that have kernels.
 pub const KERNEL_TYPES: [GgmlType; 7] = [
     GgmlType::Q8_0,
@@ -80,8 +83,9 @@ struct Segment {
     bytes: StreamBuffer<u8>,
 }
 
-/// A matrix's rows in one GGUF block type, borrowed: a part of [`QuantizedWeights::stack`].
-#[derive(Debug, Clone, Copy)]
+/// A matrix's rows in one GGUF block type, borrowed (or reordered from a file): a part of
+/// [`QuantizedWeights::stack`].
+#[derive(Debug, Clone)]
 pub struct Blocks<'a> {
     /// The block type.
     pub ty: GgmlType,
@@ -90,7 +94,7 @@ pub struct Blocks<'a> {
     /// Rows (outputs).
     pub outer: usize,
     /// The rows' blocks, row after row, exactly.
-    pub bytes: &'a [u8],
+    pub bytes: std::borrow::Cow<'a, [u8]>,
 }
 
 /// A weight matrix (out = `outer` rows × `inner` inputs) in GGUF block formats, one or more
@@ -110,7 +114,7 @@ impl QuantizedWeights {
             ty,
             inner,
             outer,
-            bytes,
+            bytes: bytes.into(),
         }])
     }
 
@@ -143,6 +147,13 @@ impl QuantizedWeights {
     /// first (the allocations of parts dropped after the join would be left as holes in the
     /// shared regions of `StreamBuffer`).
     pub fn stack(parts: &[Blocks]) -> Result<Self> {
+        Self::stack_copied(parts, &mut |_| {})
+    }
+
+    /// [`QuantizedWeights::stack`], calling `copied` with each piece of a part's bytes (up to
+    /// [`COPY_PIECE`]) once it has been copied: a loader hands the pages of a mapped file back
+    /// as it goes, so that a large matrix is not resident twice at the load's peak.
+    pub fn stack_copied(parts: &[Blocks], copied: &mut dyn FnMut(&[u8])) -> Result<Self> {
         let Some(inner) = parts.first().map(|part| part.inner) else {
             return Err(Error::InvalidInput("no matrix to stack".into()));
         };
@@ -173,8 +184,11 @@ impl QuantizedWeights {
             let mut bytes = StreamBuffer::zeroed(run.iter().map(|part| part.bytes.len()).sum());
             let mut at = 0;
             for part in run {
-                bytes[at..at + part.bytes.len()].copy_from_slice(part.bytes);
-                at += part.bytes.len();
+                for piece in part.bytes.chunks(COPY_PIECE) {
+                    bytes[at..at + piece.len()].copy_from_slice(piece);
+                    at += piece.len();
+                    copied(piece);
+                }
             }
             segments.push(Segment {
                 ty,

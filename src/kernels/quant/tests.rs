@@ -288,12 +288,12 @@ fn stacked_types_give_each_parts_product() {
             ty,
             inner,
             outer,
-            bytes,
+            bytes: bytes[..].into(),
         })
         .collect();
     let parts: Vec<QuantizedWeights> = blocks
         .iter()
-        .map(|b| QuantizedWeights::from_blocks(b.ty, b.inner, b.outer, b.bytes).unwrap())
+        .map(|b| QuantizedWeights::from_blocks(b.ty, b.inner, b.outer, &b.bytes).unwrap())
         .collect();
     let stacked = QuantizedWeights::stack(&blocks).unwrap();
     let n: usize = outers.iter().sum();
@@ -381,15 +381,19 @@ fn hostile_shapes_are_errors() {
         ty: q4k,
         inner: 256,
         outer: 2,
-        bytes: &bytes,
+        bytes: bytes[..].into(),
     };
     let b = Blocks {
         ty: GgmlType::Q8_0,
         inner: 32,
         outer: 1,
-        bytes: &[0; 34],
+        bytes: vec![0; 34].into(),
     };
-    assert!(QuantizedWeights::stack(&[a, b]).is_err());
-    assert!(QuantizedWeights::stack(&[a, Blocks { outer: 3, ..a }]).is_err());
+    assert!(QuantizedWeights::stack(&[a.clone(), b]).is_err());
+    let short = Blocks {
+        outer: 3,
+        ..a.clone()
+    };
+    assert!(QuantizedWeights::stack(&[a, short]).is_err());
     assert!(QuantizedWeights::stack(&[]).is_err());
 }

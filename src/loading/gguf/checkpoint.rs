@@ -161,6 +161,12 @@ impl GgufCheckpoint {
         }))
     }
 
+    /// Hand back the mapped pages wholly inside `bytes`, if they are the file's
+    /// ([`GgufFile::release_bytes`]).
+    pub fn release_bytes(&self, bytes: &[u8]) {
+        self.file.release_bytes(bytes);
+    }
+
     /// Hand back the mapped pages of the tensor behind `name` once its blocks have been
     /// copied ([`GgufFile::release`]).
     pub fn release(&self, name: &str) {
