@@ -172,10 +172,24 @@ mod tests {
             match name.parse::<WeightType>() {
                 Err(Error::InvalidInput(message)) => assert_eq!(
                     message,
-                    format!("unknown weight type `{name}`: expected one of f32, f16, bf16, int8")
+                    format!(
+                        "unknown weight type `{name}`: expected one of f32, f16, bf16, int8, \
+                         q8_0, q4_0"
+                    )
                 ),
                 other => panic!("{name:?} parsed as {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn llama_cpps_short_names_are_aliases() {
+        assert_eq!("q8".parse::<WeightType>().unwrap(), WeightType::Q8_0);
+        assert_eq!("q4".parse::<WeightType>().unwrap(), WeightType::Q4_0);
+        assert_eq!(
+            WeightType::Q4_0.block_type(),
+            Some(crate::loading::gguf::GgmlType::Q4_0)
+        );
+        assert_eq!(WeightType::Int8.block_type(), None);
     }
 }

@@ -257,9 +257,12 @@ impl TokenizerConfig {
 #[derive(Debug, Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
-    /// `inner` without its post-processor, to encode each text before truncation; the
-    /// post-processor then runs once (running it twice would trim RoBERTa's offsets twice).
-    without_post_processor: tokenizers::Tokenizer,
+    /// `inner` without its post-processor, to encode each text before truncation, where the
+    /// post-processor changes an encoding even when it adds no special tokens (RoBERTa's and
+    /// byte-level offset trimming): it then runs once (running it twice would trim the offsets
+    /// twice). Other post-processors add nothing without special tokens, and `inner` encodes:
+    /// a second copy of a 152K-token vocabulary held 70 MB.
+    without_post_processor: Option<tokenizers::Tokenizer>,
     pad: Option<(u32, String)>,
     mask: Option<(u32, String)>,
     cls: Option<u32>,
@@ -337,8 +340,17 @@ impl Tokenizer {
         eos: Option<u32>,
         model_max_length: Option<usize>,
     ) -> Self {
-        let mut without_post_processor = inner.clone();
-        without_post_processor.with_post_processor(None::<tokenizers::PostProcessorWrapper>);
+        use tokenizers::PostProcessorWrapper as Processor;
+        let changes_plain_encodings = match inner.get_post_processor() {
+            None | Some(Processor::Bert(_) | Processor::Template(_)) => false,
+            Some(Processor::ByteLevel(byte_level)) => byte_level.trim_offsets,
+            Some(Processor::Roberta(_) | Processor::Sequence(_)) => true,
+        };
+        let without_post_processor = changes_plain_encodings.then(|| {
+            let mut plain = inner.clone();
+            plain.with_post_processor(None::<Processor>);
+            plain
+        });
         Self {
             without_post_processor,
             pad,
@@ -495,8 +507,9 @@ impl Tokenizer {
             TextInput::Single(text) => (text, None),
             TextInput::Pair(first, second) => (first, Some(second)),
         };
+        let encoder = self.without_post_processor.as_ref().unwrap_or(&self.inner);
         let encode = |text: &str| {
-            self.without_post_processor
+            encoder
                 .encode_char_offsets(text, false)
                 .map_err(|e| Error::tokenizer("cannot encode the input", e))
         };
