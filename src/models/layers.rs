@@ -435,19 +435,8 @@ impl PackedLinear {
             CpuStorage::BF16(data) => Activations::Bf16(bf16_bits(&data[start..end])),
             _ => candle_core::bail!("packed linear: f32 or bf16 input only"),
         };
-        let dims = layout.shape().dims();
-        let inner = self.weights.inner();
-        if dims.last() != Some(&inner) {
-            candle_core::bail!(
-                "packed linear: input {:?} does not end in {inner} features",
-                layout.shape()
-            )
-        }
-        let rows = (end - start) / inner.max(1);
         let outer = self.weights.outer();
-        if residual.is_some_and(|r| r.len() != rows * outer) {
-            candle_core::bail!("packed linear: the residual is not of the output's shape")
-        }
+        let (rows, shape) = product_shape(layout, self.weights.inner(), outer, residual)?;
         let product = |out| {
             crate::kernels::gemm::matmul_into(
                 x,
@@ -481,44 +470,80 @@ impl PackedLinear {
                 CpuStorage::F32(out)
             }
         };
-        let mut out_dims = dims.to_vec();
-        if let Some(last) = out_dims.last_mut() {
-            *last = outer;
+        Ok((out, shape))
+    }
+}
+
+linear_ops!(PackedLinear, "packed-linear", "packed-linear-residual");
+
+/// The rows of a product's input (`…, inner`) and its output's shape (`…, outer`); an error
+/// when the input does not end in `inner` features or the residual is not of the output's
+/// size.
+fn product_shape(
+    layout: &Layout,
+    inner: usize,
+    outer: usize,
+    residual: Option<&[f32]>,
+) -> candle_core::Result<(usize, Shape)> {
+    let dims = layout.shape().dims();
+    if dims.last() != Some(&inner) {
+        candle_core::bail!(
+            "linear: input {:?} does not end in {inner} features",
+            layout.shape()
+        )
+    }
+    let rows = layout.shape().elem_count() / inner.max(1);
+    if residual.is_some_and(|r| r.len() != rows * outer) {
+        candle_core::bail!("linear: the residual is not of the output's shape")
+    }
+    let mut out_dims = dims.to_vec();
+    if let Some(last) = out_dims.last_mut() {
+        *last = outer;
+    }
+    Ok((rows, Shape::from(out_dims)))
+}
+
+/// `CustomOp1` (the product) and `CustomOp2` (the product plus a contiguous f32 residual) for
+/// a linear layer's op with a `run(x, layout, residual)`.
+macro_rules! linear_ops {
+    ($op:ty, $name:literal, $with_residual:literal) => {
+        impl CustomOp1 for $op {
+            fn name(&self) -> &'static str {
+                $name
+            }
+
+            fn cpu_fwd(
+                &self,
+                x: &CpuStorage,
+                layout: &Layout,
+            ) -> candle_core::Result<(CpuStorage, Shape)> {
+                self.run(x, layout, None)
+            }
         }
-        Ok((out, Shape::from(out_dims)))
-    }
+
+        impl CustomOp2 for $op {
+            fn name(&self) -> &'static str {
+                $with_residual
+            }
+
+            fn cpu_fwd(
+                &self,
+                x: &CpuStorage,
+                x_layout: &Layout,
+                residual: &CpuStorage,
+                residual_layout: &Layout,
+            ) -> candle_core::Result<(CpuStorage, Shape)> {
+                let (CpuStorage::F32(data), Some((start, end))) =
+                    (residual, residual_layout.contiguous_offsets())
+                else {
+                    candle_core::bail!(concat!($name, ": contiguous f32 residual only"))
+                };
+                self.run(x, x_layout, Some(&data[start..end]))
+            }
+        }
+    };
 }
-
-impl CustomOp1 for PackedLinear {
-    fn name(&self) -> &'static str {
-        "packed-linear"
-    }
-
-    fn cpu_fwd(&self, x: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        self.run(x, layout, None)
-    }
-}
-
-impl CustomOp2 for PackedLinear {
-    fn name(&self) -> &'static str {
-        "packed-linear-residual"
-    }
-
-    fn cpu_fwd(
-        &self,
-        x: &CpuStorage,
-        x_layout: &Layout,
-        residual: &CpuStorage,
-        residual_layout: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(data), Some((start, end))) =
-            (residual, residual_layout.contiguous_offsets())
-        else {
-            candle_core::bail!("packed linear: contiguous f32 residual only")
-        };
-        self.run(x, x_layout, Some(&data[start..end]))
-    }
-}
+use linear_ops;
 
 /// [`Linear`] over quantized blocks on the CPU: the block kernels, `(…, in)` f32 to `(…, out)`
 /// f32; the two-input form adds a residual of the output's shape.
@@ -538,19 +563,8 @@ impl BlockLinear {
         let (CpuStorage::F32(data), Some((start, end))) = (x, layout.contiguous_offsets()) else {
             candle_core::bail!("block linear: contiguous f32 input only")
         };
-        let dims = layout.shape().dims();
-        let inner = self.weights.inner();
-        if dims.last() != Some(&inner) {
-            candle_core::bail!(
-                "block linear: input {:?} does not end in {inner} features",
-                layout.shape()
-            )
-        }
-        let rows = (end - start) / inner.max(1);
         let outer = self.weights.outer();
-        if residual.is_some_and(|r| r.len() != rows * outer) {
-            candle_core::bail!("block linear: the residual is not of the output's shape")
-        }
+        let (rows, shape) = product_shape(layout, self.weights.inner(), outer, residual)?;
         let mut out = vec![0f32; rows * outer];
         crate::kernels::quant::matmul(
             &data[start..end],
@@ -561,44 +575,11 @@ impl BlockLinear {
             &mut out,
             self.isa,
         );
-        let mut out_dims = dims.to_vec();
-        if let Some(last) = out_dims.last_mut() {
-            *last = outer;
-        }
-        Ok((CpuStorage::F32(out), Shape::from(out_dims)))
+        Ok((CpuStorage::F32(out), shape))
     }
 }
 
-impl CustomOp1 for BlockLinear {
-    fn name(&self) -> &'static str {
-        "block-linear"
-    }
-
-    fn cpu_fwd(&self, x: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        self.run(x, layout, None)
-    }
-}
-
-impl CustomOp2 for BlockLinear {
-    fn name(&self) -> &'static str {
-        "block-linear-residual"
-    }
-
-    fn cpu_fwd(
-        &self,
-        x: &CpuStorage,
-        x_layout: &Layout,
-        residual: &CpuStorage,
-        residual_layout: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(data), Some((start, end))) =
-            (residual, residual_layout.contiguous_offsets())
-        else {
-            candle_core::bail!("block linear: contiguous f32 residual only")
-        };
-        self.run(x, x_layout, Some(&data[start..end]))
-    }
-}
+linear_ops!(BlockLinear, "block-linear", "block-linear-residual");
 
 /// Query, key and value projections and multi-head attention over them: the self-attention of
 /// the BERT-style encoders, whose checkpoints differ only in the projections' key names.

@@ -102,9 +102,10 @@ enum Command {
     /// An HTTP server with the routes of text-embeddings-inference (/embed, /embed_sparse,
     /// /rerank, /predict, /tokenize, /decode, /info, /health, /metrics), OpenAI's /v1/embeddings and /v1/models,
     /// and the Inference API's POST / for fill-mask, NER and QA.
-    // A server in a container is configured by its environment, as TEI's is: the model too,
-    // and only here (a one-shot command names its model on the command line).
+    // A server in a container is configured by its environment, as TEI's is: the model (and
+    // its GGUF file) too, and only here (a one-shot command names its model on the command line).
     #[command(mut_arg("model", |model| model.env("FERROFORMERS_MODEL_ID")))]
+    #[command(mut_arg("gguf_file", |file| file.env("FERROFORMERS_GGUF_FILE")))]
     Serve {
         #[command(flatten)]
         common: Common,

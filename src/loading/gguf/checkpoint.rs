@@ -246,14 +246,7 @@ impl SimpleBackend for GgufCheckpoint {
         device: &Device,
     ) -> candle_core::Result<Tensor> {
         let tensor = self.get_unchecked(name, dtype, device)?;
-        if tensor.shape() != &shape {
-            Err(candle_core::Error::UnexpectedShape {
-                msg: format!("shape mismatch for {name}"),
-                expected: shape,
-                got: tensor.shape().clone(),
-            }
-            .bt())?
-        }
+        crate::loading::weights::check_shape(name, shape, tensor.dims())?;
         Ok(tensor)
     }
 

@@ -16,7 +16,7 @@ use crate::loading::json::read_json;
 pub(crate) mod pickle;
 mod released;
 use released::ReleasedSafetensors;
-pub(crate) use released::{release, Rounding};
+pub(crate) use released::{check_shape, release, Rounding};
 
 const SAFETENSORS: &str = "model.safetensors";
 const SAFETENSORS_INDEX: &str = "model.safetensors.index.json";

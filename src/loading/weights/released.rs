@@ -47,14 +47,7 @@ impl SimpleBackend for ReleasedSafetensors {
     ) -> candle_core::Result<Tensor> {
         let view = self.0.get(name)?;
         // Checked before reading, so that a wrong checkpoint costs no conversion.
-        if view.shape() != shape.dims() {
-            Err(candle_core::Error::UnexpectedShape {
-                msg: format!("shape mismatch for {name}"),
-                expected: shape,
-                got: view.shape().into(),
-            }
-            .bt())?
-        }
+        check_shape(name, shape, view.shape())?;
         read(&view, dtype, device)
     }
 
@@ -70,6 +63,19 @@ impl SimpleBackend for ReleasedSafetensors {
     fn contains_tensor(&self, name: &str) -> bool {
         self.0.get(name).is_ok()
     }
+}
+
+/// candle's error for a checkpoint tensor `name` of another shape than asked for.
+pub(crate) fn check_shape(name: &str, expected: Shape, got: &[usize]) -> candle_core::Result<()> {
+    if expected.dims() == got {
+        return Ok(());
+    }
+    Err(candle_core::Error::UnexpectedShape {
+        msg: format!("shape mismatch for {name}"),
+        expected,
+        got: got.into(),
+    }
+    .bt())
 }
 
 /// `view` as a tensor of `dtype` on `device`, its pages released once read.
