@@ -396,6 +396,12 @@ impl GgufHeader {
     }
 }
 
+/// Whether `model` names a GGUF file (an existing `.gguf` file), which loads on its own rather
+/// than as a repository.
+pub fn is_gguf_file(model: &Path) -> bool {
+    model.is_file() && model.extension().is_some_and(|e| e == "gguf")
+}
+
 /// A GGUF file, memory-mapped, with its header read.
 #[derive(Debug)]
 pub struct GgufFile {

@@ -16,38 +16,30 @@ use crate::error::{Error, Result};
 use crate::loading::gguf::{GgufFile, GgufHeader, StoredLayout, StoredTensor, TensorNames};
 use crate::models::config::ModelConfig;
 
-/// llama.cpp's architectures that load as a family here, by `general.architecture`.
-const ARCHITECTURES: &[(&str, &str)] = &[
-    ("llama", "llama"),
-    ("qwen2", "qwen2"),
-    ("qwen3", "qwen3"),
-    ("gpt2", "gpt2"),
-];
+/// llama.cpp's architectures (`general.architecture`) that load as a family here; each is
+/// also the family's `model_type`.
+const ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3", "gpt2"];
 
 /// The config of the model in `file`, from its metadata and tensor table.
 pub(crate) fn config(file: &GgufFile, name: &str) -> Result<ModelConfig> {
     let header = file.header();
     let architecture = header.architecture()?;
-    let Some(&(_, model_type)) = ARCHITECTURES.iter().find(|(a, _)| *a == architecture) else {
+    if !ARCHITECTURES.contains(&architecture) {
         return Err(Error::UnknownModelType {
             model_type: format!("{architecture} (a GGUF architecture)"),
             path: name.into(),
-            supported: ARCHITECTURES
-                .iter()
-                .map(|(a, _)| *a)
-                .collect::<Vec<_>>()
-                .join(", "),
+            supported: ARCHITECTURES.join(", "),
         });
-    };
+    }
     let hparams = Hparams {
         header,
         prefix: architecture,
     };
-    let mut config = match model_type {
-        "gpt2" => gpt2_config(&hparams)?,
+    let mut config = match architecture {
+        "gpt2" => gpt2_config(&hparams, file)?,
         _ => llama_config(&hparams, file)?,
     };
-    config.insert("model_type".into(), model_type.into());
+    config.insert("model_type".into(), architecture.into());
     let special = |key: &str| header.optional_count(&format!("tokenizer.ggml.{key}"));
     for (field, key) in [
         ("bos_token_id", "bos_token_id"),
@@ -63,6 +55,15 @@ pub(crate) fn config(file: &GgufFile, name: &str) -> Result<ModelConfig> {
     if let ModelConfig::Llama(llama) | ModelConfig::Qwen2(llama) | ModelConfig::Qwen3(llama) =
         &mut config
     {
+        if let Some(rotated) = hparams.optional_count("rope.dimension_count")? {
+            if rotated != llama.head_dim() {
+                return Err(Error::InvalidConfig(format!(
+                    "the GGUF file rotates {rotated} of each head's {} dimensions; only \
+                     models that rotate whole heads are supported",
+                    llama.head_dim()
+                )));
+            }
+        }
         llama.rope_frequency_divisors = rope_frequency_divisors(file)?;
         if llama.rope_frequency_divisors.is_some() {
             // Checked again now that the divisors are part of it.
@@ -95,7 +96,7 @@ impl Hparams<'_> {
         self.header.optional_number(&self.key(name))
     }
 
-    /// The vocabulary size: the key when the file has it, else the token list's length.
+    /// The vocabulary size: the key when the file has it, else the embedding table's rows.
     fn vocab_size(&self, file: &GgufFile) -> Result<usize> {
         if let Some(size) = self.optional_count("vocab_size")? {
             return Ok(size);
@@ -126,18 +127,6 @@ fn llama_config(hparams: &Hparams, file: &GgufFile) -> Result<Map<String, Value>
     ] {
         if let Some(value) = hparams.optional_count(key)? {
             config.insert(field.into(), value.into());
-        }
-    }
-    let head_dim = match hparams.optional_count("attention.key_length")? {
-        Some(size) => size,
-        None => hparams.count("embedding_length")? / hparams.count("attention.head_count")?.max(1),
-    };
-    if let Some(rotated) = hparams.optional_count("rope.dimension_count")? {
-        if rotated != head_dim {
-            return Err(Error::InvalidConfig(format!(
-                "the GGUF file rotates {rotated} of each head's {head_dim} dimensions; only \
-                 models that rotate whole heads are supported"
-            )));
         }
     }
     if let Some(eps) = hparams.optional_number("attention.layer_norm_rms_epsilon")? {
@@ -197,7 +186,7 @@ fn rope_frequency_divisors(file: &GgufFile) -> Result<Option<Vec<f32>>> {
 }
 
 /// `GPT2Config`'s fields from the metadata.
-fn gpt2_config(hparams: &Hparams) -> Result<Map<String, Value>> {
+fn gpt2_config(hparams: &Hparams, file: &GgufFile) -> Result<Map<String, Value>> {
     let mut config = Map::new();
     for (field, key) in [
         ("n_positions", "context_length"),
@@ -208,14 +197,7 @@ fn gpt2_config(hparams: &Hparams) -> Result<Map<String, Value>> {
     ] {
         config.insert(field.into(), hparams.count(key)?.into());
     }
-    let vocab = match hparams.optional_count("vocab_size")? {
-        Some(size) => size,
-        None => match hparams.header.get("tokenizer.ggml.tokens")? {
-            crate::loading::gguf::GgufValue::Array(tokens) => tokens.len(),
-            _ => 0,
-        },
-    };
-    config.insert("vocab_size".into(), vocab.into());
+    config.insert("vocab_size".into(), hparams.vocab_size(file)?.into());
     if let Some(eps) = hparams.optional_number("attention.layer_norm_epsilon")? {
         config.insert("layer_norm_epsilon".into(), eps.into());
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use candle_core::Device;
 
 use crate::error::{Error, Result};
-use crate::loading::gguf::{GgufCheckpoint, GgufFile};
+use crate::loading::gguf::{is_gguf_file, GgufCheckpoint, GgufFile};
 use crate::loading::hub::{HubOptions, ModelSource};
 use crate::loading::weights::WeightFiles;
 use crate::models::config::ModelConfig;
@@ -87,7 +87,7 @@ impl Pretrained {
     /// (see [`Pretrained::open_gguf`]), with the folder it is in as the repository.
     pub fn open(model: &str, hub: &HubOptions) -> Result<Self> {
         let path = Path::new(model);
-        if path.is_file() && path.extension().is_some_and(|e| e == "gguf") {
+        if is_gguf_file(path) {
             let folder = match path.parent() {
                 Some(parent) if !parent.as_os_str().is_empty() => parent,
                 _ => Path::new("."),

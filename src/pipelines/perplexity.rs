@@ -89,19 +89,20 @@ impl PerplexityPipeline {
             };
             Ok(tokenizer.encode(text, &options)?.get_ids().to_vec())
         };
-        let tokens = encode(text, true)?;
+        // What the tokenizer adds around a text, seen on a one-letter probe: the same for any
+        // text, so the text itself is encoded once.
         let plain = encode("a", false)?;
         let special = encode("a", true)?;
         let start =
             (special.len() == plain.len() + 1 && special[1..] == plain[..]).then(|| special[0]);
-        if tokens.len() > encode(text, false)?.len() + usize::from(start.is_some()) {
+        if special.len() > plain.len() + usize::from(start.is_some()) {
             return Err(Error::InvalidInput(
                 "the tokenizer adds tokens after the text (an end token), which llama.cpp's \
                  perplexity does not allow either"
                     .to_string(),
             ));
         }
-        Ok((tokens, start))
+        Ok((encode(text, true)?, start))
     }
 
     /// Forward and score: the negative log-likelihood of each scored token of every window,

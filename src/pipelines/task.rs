@@ -119,8 +119,7 @@ impl Task {
     /// Only `modules.json` and `config.json` are fetched; loading the pipeline reads
     /// `config.json` again (a local file by then), as every `from_pretrained` opens its model.
     pub fn detect(model: &str, hub: &HubOptions) -> Result<(Task, String)> {
-        let path = std::path::Path::new(model);
-        if path.is_file() && path.extension().is_some_and(|e| e == "gguf") {
+        if crate::loading::gguf::is_gguf_file(std::path::Path::new(model)) {
             // llama.cpp's files are decoders; its server generates with them too.
             return Ok((Task::TextGeneration, "a GGUF file".to_string()));
         }

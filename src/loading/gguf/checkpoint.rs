@@ -144,13 +144,7 @@ impl GgufCheckpoint {
         let bytes = match layout {
             StoredLayout::AsIs | StoredLayout::Transposed => Cow::Borrowed(data),
             StoredLayout::InterleavedRotary { heads } => {
-                let row_bytes = data.len() / outer.max(1);
-                let order = rotary_row_order(outer, heads, &tensor.name)?;
-                let mut rows = Vec::with_capacity(data.len());
-                for stored in order {
-                    rows.extend_from_slice(&data[stored * row_bytes..(stored + 1) * row_bytes]);
-                }
-                Cow::Owned(rows)
+                Cow::Owned(rotary_rows_in_order(data, outer, heads, &tensor.name)?)
             }
         };
         Ok(Some(StoredBlocks {
@@ -197,12 +191,7 @@ impl GgufCheckpoint {
             }
             StoredLayout::InterleavedRotary { heads } => {
                 let outer = shape.first().copied().unwrap_or(0);
-                let row = stored.len() / outer.max(1);
-                let order = rotary_row_order(outer, heads, &tensor.name)?;
-                order
-                    .into_iter()
-                    .flat_map(|s| stored[s * row..(s + 1) * row].iter().copied())
-                    .collect()
+                rotary_rows_in_order(&stored, outer, heads, &tensor.name)?
             }
         };
         Ok((values, shape))
@@ -214,6 +203,22 @@ fn not_a_matrix(tensor: &GgufTensor) -> Error {
         "the GGUF tensor `{}` should be a matrix but has dims {:?}",
         tensor.name, tensor.dims
     ))
+}
+
+/// The `rows` rows of a q or k projection of `heads` heads (values or block bytes, each row
+/// the same length) in the checkpoint's order (see [`StoredLayout::InterleavedRotary`]).
+fn rotary_rows_in_order<T: Copy>(
+    stored: &[T],
+    rows: usize,
+    heads: usize,
+    name: &str,
+) -> Result<Vec<T>> {
+    let row = stored.len() / rows.max(1);
+    let order = rotary_row_order(rows, heads, name)?;
+    Ok(order
+        .into_iter()
+        .flat_map(|s| stored[s * row..(s + 1) * row].iter().copied())
+        .collect())
 }
 
 /// For each checkpoint row of a q or k projection of `heads` heads, the stored row holding it
