@@ -944,20 +944,17 @@ fn metrics_count_requests_by_route_and_status() {
     assert_eq!(count("ferroformers_requests_in_flight"), Some(1.0));
 }
 
-/// `serve --task chat` on a model without a chat template (the GPT-2 fixture, as DialoGPT)
-/// serves chats joined as `ferroformers chat` joins them, instead of refusing to start: the
-/// server and the command agree about the same model.
-#[test]
-fn chat_serves_a_model_without_a_template_as_the_command_chats() {
-    let model = fixture_model("gpt2/lm-head");
+/// `ferroformers serve` with `args` (the model's among them), once its ready line names
+/// `ready`, asked for a greedy reply of 12 tokens to "Hi there" on `/v1/chat/completions`:
+/// the answer's JSON, after SIGTERM stopped the server cleanly.
+fn serve_one_chat(args: &[&str], ready: &str) -> Value {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ferroformers"))
-        .args([
-            "serve", "-m", &model, "--task", "chat", "--port", "0", "--quiet",
-        ])
+        .args(["serve", "--port", "0", "--quiet"])
+        .args(args)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("the binary starts");
-    let (_stdout, address) = ready_address(&mut child, "task chat");
+    let (_stdout, address) = ready_address(&mut child, ready);
     let (status, body) = post(
         &client(),
         &format!("http://{address}/v1/chat/completions"),
@@ -965,24 +962,39 @@ fn chat_serves_a_model_without_a_template_as_the_command_chats() {
                             "max_tokens": 12, "temperature": 0}),
     );
     assert_eq!(status, 200, "{body}");
-    let pipeline = ferroformers::pipelines::TextGenerationPipeline::from_pretrained(
-        &model,
-        &ferroformers::LoadOptions::default(),
-    )
-    .unwrap();
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    body
+}
+
+/// The pipeline's own greedy reply of 12 tokens to "Hi there", as `ferroformers chat` makes it.
+fn pipeline_chat_reply(pipeline: ferroformers::pipelines::TextGenerationPipeline) -> String {
     let pipeline = std::sync::Arc::new(pipeline);
     let config = pipeline
         .generation_config()
         .clone()
         .greedy()
         .with_max_new_tokens(12);
-    let reply = ferroformers::pipelines::Conversation::new(pipeline)
+    ferroformers::pipelines::Conversation::new(pipeline)
         .respond("Hi there", &config)
-        .unwrap();
+        .unwrap()
+}
+
+/// `serve --task chat` on a model without a chat template (the GPT-2 fixture, as DialoGPT)
+/// serves chats joined as `ferroformers chat` joins them, instead of refusing to start: the
+/// server and the command agree about the same model.
+#[test]
+fn chat_serves_a_model_without_a_template_as_the_command_chats() {
+    let model = fixture_model("gpt2/lm-head");
+    let body = serve_one_chat(&["-m", &model, "--task", "chat"], "task chat");
+    let pipeline = ferroformers::pipelines::TextGenerationPipeline::from_pretrained(
+        &model,
+        &ferroformers::LoadOptions::default(),
+    )
+    .unwrap();
+    let reply = pipeline_chat_reply(pipeline);
     assert_eq!(body["choices"][0]["message"]["content"], reply.as_str());
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
-    let status = child.wait().unwrap();
-    assert!(status.success(), "{status}");
 }
 
 /// A GGUF file (llama.cpp's Q4_K_M of a Llama) served as it is: the task found from the file,
@@ -992,19 +1004,7 @@ fn a_gguf_file_serves_chat_with_the_template_it_holds() {
     let model = fixture("gguf/llama256-q4_k_m.gguf")
         .to_string_lossy()
         .into_owned();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ferroformers"))
-        .args(["serve", "-m", &model, "--port", "0", "--quiet"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("the binary starts");
-    let (_stdout, address) = ready_address(&mut child, "task generate (a GGUF file)");
-    let (status, body) = post(
-        &client(),
-        &format!("http://{address}/v1/chat/completions"),
-        &serde_json::json!({"messages": [{"role": "user", "content": "Hi there"}],
-                            "max_tokens": 12, "temperature": 0}),
-    );
-    assert_eq!(status, 200, "{body}");
+    let body = serve_one_chat(&["-m", &model], "task generate (a GGUF file)");
     let pipeline = ferroformers::pipelines::TextGenerationPipeline::from_pretrained(
         &model,
         &ferroformers::LoadOptions::default(),
@@ -1018,20 +1018,9 @@ fn a_gguf_file_serves_chat_with_the_template_it_holds() {
         template.source().contains("start_header_id"),
         "Llama 3's template"
     );
-    let pipeline = std::sync::Arc::new(pipeline);
-    let config = pipeline
-        .generation_config()
-        .clone()
-        .greedy()
-        .with_max_new_tokens(12);
-    let reply = ferroformers::pipelines::Conversation::new(pipeline)
-        .respond("Hi there", &config)
-        .unwrap();
+    let reply = pipeline_chat_reply(pipeline);
     assert_eq!(body["choices"][0]["message"]["content"], reply.as_str());
     assert_eq!(body["usage"]["completion_tokens"], 12, "{body}");
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
-    let status = child.wait().unwrap();
-    assert!(status.success(), "{status}");
 }
 
 /// A sparse embedding's entries from `/embed_sparse`'s JSON: `[{"index", "value"}, ...]`, each
