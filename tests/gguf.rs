@@ -17,6 +17,12 @@ const F32_TOLERANCE: f32 = 1e-4;
 
 const FAMILIES: [&str; 4] = ["llama", "qwen2", "qwen3", "gpt2"];
 
+/// The instruction set the kernels run here (`FERROFORMERS_ISA` caps it), for the lines that
+/// report a measured gap.
+fn kernel_isa() -> ferroformers::kernels::isa::Isa {
+    ferroformers::kernels::isa::Isa::best()
+}
+
 fn options() -> LoadOptions {
     LoadOptions::default().with_hub(HubOptions::default().with_offline(true))
 }
@@ -112,7 +118,10 @@ fn f32_gguf_logits_match_pytorch() {
                 .unwrap();
             let expected = real_positions(&reference["logits"], i, len);
             let diff = max_abs_diff(&logits, &expected);
-            eprintln!("{family}: row {i} logits within {diff:e} of PyTorch");
+            eprintln!(
+                "{family} ({:?}): row {i} logits within {diff:e} of PyTorch",
+                kernel_isa()
+            );
             assert_close(
                 &logits,
                 &expected,
@@ -210,7 +219,10 @@ fn greedy_tokens_against_llama_cpp() {
     ] {
         let model = load_gguf_file(name);
         let agreement = greedy_agreement(name, &model);
-        eprintln!("{name}: {agreement:?} (agreeing, of) new tokens as llama.cpp's");
+        eprintln!(
+            "{name} ({:?}): {agreement:?} (agreeing, of) new tokens as llama.cpp's",
+            kernel_isa()
+        );
         for ((agree, of), floor) in agreement.into_iter().zip(floor) {
             assert_eq!(of, 32, "{name}: llama.cpp's reference has 32 tokens");
             assert!(
@@ -254,7 +266,8 @@ fn load_time_block_quantization_computes_what_the_blocks_hold() {
         let last = model.forward_last(&ids, Some(&mask), None).unwrap();
         let gap = max_abs_diff(&last, &reference[name]);
         eprintln!(
-            "llama {weight_type}: last logits within {gap:e} of the weights-quantized reference"
+            "llama {weight_type} ({:?}): last logits within {gap:e} of the weights-quantized reference",
+            kernel_isa()
         );
         assert_close(
             &last,

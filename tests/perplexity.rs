@@ -36,8 +36,10 @@ fn check(pipeline: &PerplexityPipeline, reference: &Value, what: &str) {
     };
     let result = pipeline.run([text().as_str()], &options).unwrap().remove(0);
     eprintln!(
-        "{what}: perplexity {} (PyTorch {})",
-        result.perplexity, reference["perplexity"]
+        "{what} ({:?}): perplexity {} (PyTorch {})",
+        ferroformers::kernels::isa::Isa::best(),
+        result.perplexity,
+        reference["perplexity"]
     );
     assert_eq!(
         result.tokens as u64,
@@ -123,7 +125,8 @@ fn gguf_perplexities_agree_with_llama_cpps() {
         let theirs = reference["perplexity"].as_f64().unwrap();
         let gap = (ours.perplexity - theirs).abs() / theirs;
         eprintln!(
-            "{name}: perplexity {:.4}, llama.cpp {theirs:.4} ({:.3}% apart)",
+            "{name} ({:?}): perplexity {:.4}, llama.cpp {theirs:.4} ({:.3}% apart)",
+            ferroformers::kernels::isa::Isa::best(),
             ours.perplexity,
             gap * 100.0
         );
