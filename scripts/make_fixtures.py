@@ -2687,8 +2687,247 @@ def make_gguf_tokenizers():
     shutil.rmtree(work)
 
 
+TRAINING_STEPS = 10
+TRAINING_WARMUP = 3
+TRAINING_LR = 2e-3
+TRAINING_WEIGHT_DECAY = 0.01
+TRAINING_MAX_GRAD_NORM = 1.0
+TRAINING_VOCAB = 64
+
+
+def tiny_encoder(family, cls, num_labels=None, problem_type=None, seed=0):
+    """A tiny random encoder of `family` with dropout off, every parameter perturbed."""
+    from transformers import DistilBertConfig, RobertaConfig
+
+    torch.manual_seed(seed)
+    extra = {}
+    if num_labels is not None:
+        extra["num_labels"] = num_labels
+    if problem_type is not None:
+        extra["problem_type"] = problem_type
+    if family == "distilbert":
+        config = DistilBertConfig(vocab_size=TRAINING_VOCAB, dim=16, n_layers=2, n_heads=2,
+                                  hidden_dim=24, max_position_embeddings=40, dropout=0.0,
+                                  attention_dropout=0.0, seq_classif_dropout=0.0, pad_token_id=0,
+                                  **extra)
+    else:
+        config_cls = RobertaConfig if family == "roberta" else BertConfig
+        config = config_cls(vocab_size=TRAINING_VOCAB, hidden_size=16, num_hidden_layers=2,
+                            num_attention_heads=2, intermediate_size=24, max_position_embeddings=40,
+                            type_vocab_size=2, hidden_dropout_prob=0.0,
+                            attention_probs_dropout_prob=0.0, initializer_range=0.2,
+                            pad_token_id=1 if family == "roberta" else 0, **extra)
+    model = cls._from_config(config, attn_implementation="eager")
+    randomise(model)
+    return model
+
+
+def random_text_batch(generator, rows, pad, pairs=False):
+    """Token ids of `rows` texts of different lengths, right-padded with `pad`."""
+    lengths = torch.randint(4, 12, (rows,), generator=generator).tolist()
+    width = max(lengths)
+    ids = torch.full((rows, width), pad, dtype=torch.long)
+    mask = torch.zeros((rows, width), dtype=torch.long)
+    types = torch.zeros((rows, width), dtype=torch.long)
+    for row, length in enumerate(lengths):
+        ids[row, :length] = torch.randint(3, TRAINING_VOCAB, (length,), generator=generator)
+        mask[row, :length] = 1
+        if pairs:
+            types[row, length // 2:length] = 1
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+
+def classification_labels(generator, kind, rows, num_labels, batch):
+    if kind == "single_label_classification":
+        return torch.randint(0, num_labels, (rows,), generator=generator)
+    if kind == "multi_label_classification":
+        return torch.randint(0, 2, (rows, num_labels), generator=generator).float()
+    if kind == "regression":
+        return torch.rand((rows,), generator=generator) * 4.0 - 2.0
+    if kind == "token_classification":
+        labels = torch.randint(0, num_labels, batch["input_ids"].shape, generator=generator)
+        # Padding and, as run_ner labels only a word's first piece, some pieces are -100.
+        labels[batch["attention_mask"] == 0] = -100
+        labels[torch.rand(labels.shape, generator=generator) < 0.2] = -100
+        return labels
+    if kind == "cross_encoder":
+        return torch.randint(0, 2, (rows,), generator=generator).float()
+    raise ValueError(kind)
+
+
+def to_lists(batch):
+    return {k: v.tolist() for k, v in batch.items()}
+
+
+def adamw_for(model, trainable):
+    """transformers' Trainer optimiser: AdamW whose weight decay skips biases and LayerNorm
+    weights (`Trainer.get_decay_parameter_names`), with the linear warmup schedule."""
+    from transformers import get_linear_schedule_with_warmup
+    from transformers.trainer_pt_utils import get_parameter_names
+    from transformers.pytorch_utils import ALL_LAYERNORM_LAYERS
+
+    decay = [n for n in get_parameter_names(model, ALL_LAYERNORM_LAYERS) if "bias" not in n]
+    named = [(n, p) for n, p in model.named_parameters() if trainable(n)]
+    for n, p in model.named_parameters():
+        p.requires_grad_(trainable(n))
+    groups = [
+        {"params": [p for n, p in named if n in decay], "weight_decay": TRAINING_WEIGHT_DECAY},
+        {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=TRAINING_LR, betas=(0.9, 0.999), eps=1e-8)
+    schedule = get_linear_schedule_with_warmup(optimizer, TRAINING_WARMUP, TRAINING_STEPS)
+    return optimizer, schedule, [p for _, p in named]
+
+
+def run_training_steps(model, trainable, micro_batches, loss_of):
+    """TRAINING_STEPS optimiser steps as the Trainer takes them: each micro-batch's loss is
+    divided by the accumulation count before `backward`, the summed gradients are clipped to
+    norm TRAINING_MAX_GRAD_NORM, then AdamW and the schedule step."""
+    optimizer, schedule, parameters = adamw_for(model, trainable)
+    model.train()
+    losses, rates = [], []
+    for step in micro_batches:
+        optimizer.zero_grad()
+        rates.append(schedule.get_last_lr()[0])
+        for micro in step:
+            loss = loss_of(micro)
+            losses.append(loss.item())
+            (loss / len(step)).backward()
+        torch.nn.utils.clip_grad_norm_(parameters, TRAINING_MAX_GRAD_NORM)
+        optimizer.step()
+        schedule.step()
+    return losses, rates
+
+
+def training_case(name, model, saved, micro_batches, loss_of, settings, trainable=lambda n: True):
+    """Save `saved`'s initial weights, train, save the final weights and the steps."""
+    out = FIXTURES / "training" / name
+    out.mkdir(parents=True)
+    saved.save_pretrained(out / "initial")
+    (out / "initial" / "generation_config.json").unlink(missing_ok=True)
+    tensors_before = {k: v.clone() for k, v in saved.state_dict().items()}
+    losses, rates = run_training_steps(model, trainable, micro_batches, loss_of)
+    final = {k: v.detach().contiguous() for k, v in saved.state_dict().items()}
+    assert any(not torch.equal(final[k], tensors_before[k]) for k in final)
+    save_file(final, out / "final.safetensors")
+    steps = [[{k: to_lists(v) if isinstance(v, dict) else v.tolist() for k, v in micro.items()}
+              for micro in step] for step in micro_batches]
+    reference = {
+        "settings": {
+            "steps": TRAINING_STEPS, "warmup_steps": TRAINING_WARMUP,
+            "learning_rate": TRAINING_LR, "weight_decay": TRAINING_WEIGHT_DECAY,
+            "max_grad_norm": TRAINING_MAX_GRAD_NORM, **settings,
+        },
+        "batches": steps, "losses": losses, "learning_rates": rates,
+    }
+    (out / "steps.json").write_text(json.dumps(reference))
+
+
+def make_training_references():
+    """Ten optimiser steps of transformers' Trainer recipe on tiny random encoders, per task.
+
+    Each case under tests/fixtures/training/<case>/ holds the initial checkpoint (`initial/`,
+    heads included, as save_pretrained writes it), the batches (token ids, so that only the
+    training is under test), the loss of every micro-batch, the learning rate of every step and
+    every parameter after the last step (`final.safetensors`). Dropout is off; AdamW with
+    weight decay on all but biases and LayerNorm weights, linear warmup then decay, gradient
+    clipping to norm 1 (the Trainer's defaults but for the learning rate and decay, raised so
+    that ten steps move every parameter).
+    """
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers import losses as st_losses
+    from sentence_transformers import models as st_models
+    from transformers import (BertForTokenClassification, BertModel,
+                              DistilBertForSequenceClassification, RobertaForSequenceClassification)
+
+    out = FIXTURES / "training"
+    if out.exists():
+        shutil.rmtree(out)
+    generator = torch.Generator().manual_seed(2028)
+    classification = [
+        ("bert-single-label", "bert", BertForSequenceClassification, 3, "single_label_classification", 2),
+        ("bert-multi-label", "bert", BertForSequenceClassification, 3, "multi_label_classification", 1),
+        ("bert-regression", "bert", BertForSequenceClassification, 1, "regression", 1),
+        ("bert-token-classification", "bert", BertForTokenClassification, 5, "token_classification", 1),
+        ("roberta-single-label", "roberta", RobertaForSequenceClassification, 3, "single_label_classification", 1),
+        ("distilbert-single-label", "distilbert", DistilBertForSequenceClassification, 2, "single_label_classification", 1),
+        ("bert-cross-encoder", "bert", BertForSequenceClassification, 1, "cross_encoder", 1),
+    ]
+    for seed, (name, family, cls, num_labels, kind, accumulation) in enumerate(classification):
+        problem = None if kind in ("token_classification", "cross_encoder") else kind
+        model = tiny_encoder(family, cls, num_labels, problem, seed=seed)
+        pad = model.config.pad_token_id
+        micro_batches = []
+        for _ in range(TRAINING_STEPS):
+            step = []
+            for _ in range(accumulation):
+                batch = random_text_batch(generator, 3, pad, pairs=family == "bert")
+                if family == "distilbert":
+                    del batch["token_type_ids"]
+                batch["labels"] = classification_labels(generator, kind, 3, num_labels, batch)
+                step.append(batch)
+            micro_batches.append(step)
+
+        def loss_of(micro, model=model, kind=kind):
+            if kind == "cross_encoder":
+                inputs = {k: v for k, v in micro.items() if k != "labels"}
+                logits = model(**inputs).logits.view(-1)
+                return torch.nn.BCEWithLogitsLoss()(logits, micro["labels"])
+            return model(**micro).loss
+
+        settings = {"task": kind, "num_labels": num_labels, "accumulation": accumulation}
+        training_case(name, model, model, micro_batches, loss_of, settings)
+
+    # The classifier alone, the encoder frozen (only parameters outside `bert.` train).
+    model = tiny_encoder("bert", BertForSequenceClassification, 3, "single_label_classification", seed=20)
+    micro_batches = [[{**random_text_batch(generator, 3, 0),
+                       "labels": torch.randint(0, 3, (3,), generator=generator)}]
+                     for _ in range(TRAINING_STEPS)]
+    training_case("bert-head-only", model, model, micro_batches, lambda m: model(**m).loss,
+                  {"task": "single_label_classification", "num_labels": 3, "accumulation": 1,
+                   "head_only": True}, trainable=lambda n: not n.startswith("bert."))
+
+    # Sentence embeddings: a BertModel with mean pooling under sentence-transformers' losses.
+    tokenizer_files = FIXTURES / "bert" / "base"
+    for seed, (name, loss_cls, columns) in enumerate([
+        ("embeddings-mnrl", st_losses.MultipleNegativesRankingLoss, ("anchor", "positive", "negative")),
+        ("embeddings-cosent", st_losses.CoSENTLoss, ("sentence1", "sentence2")),
+        ("embeddings-cosine", st_losses.CosineSimilarityLoss, ("sentence1", "sentence2")),
+    ]):
+        encoder = tiny_encoder("bert", BertModel, seed=30 + seed)
+        with tempfile.TemporaryDirectory() as tmp:
+            encoder.save_pretrained(tmp)
+            for file in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+                shutil.copy(tokenizer_files / file, pathlib.Path(tmp) / file)
+            transformer = st_models.Transformer(tmp)
+        transformer.auto_model = encoder
+        pooling = st_models.Pooling(16, pooling_mode="mean")
+        st_model = SentenceTransformer(modules=[transformer, pooling], device="cpu")
+        loss = loss_cls(st_model)
+        micro_batches = []
+        for _ in range(TRAINING_STEPS):
+            micro = {column: random_text_batch(generator, 4, 0) for column in columns}
+            if len(columns) == 2:
+                micro["labels"] = torch.rand((4,), generator=generator)
+            micro_batches.append([micro])
+
+        def loss_of(micro, loss=loss, columns=columns):
+            labels = micro.get("labels", torch.zeros(0))
+            return loss([dict(micro[c]) for c in columns], labels)
+
+        settings = {"task": name.removeprefix("embeddings-"), "pooling": "mean", "accumulation": 1}
+        if hasattr(loss, "scale"):
+            settings["scale"] = loss.scale
+        training_case(name, st_model, encoder, micro_batches, loss_of, settings)
+
+
 def main():
     torch.set_num_threads(1)
+    if sys.argv[1:] == ["--only", "training"]:
+        # The fine-tuning references alone, leaving the others as they are.
+        make_training_references()
+        fixture_manifest.write_manifest(FIXTURES)
+        return
     if sys.argv[1:] == ["--only", "gguf"]:
         make_gguf_dequantize_references()
         return

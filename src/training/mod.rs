@@ -1,0 +1,21 @@
+//! Fine-tuning: the BERT family (BERT, RoBERTa, XLM-RoBERTa, CamemBERT, DistilBERT) trained
+//! for sequence and token classification, sentence embeddings and cross-encoder reranking,
+//! as transformers' `Trainer` and sentence-transformers train them.
+//!
+//! The floor above the models: it reads their checkpoints and config, and builds its own
+//! differentiable graph (the inference models' fused kernels have no backward pass).
+//! - [`TrainableModel`]: the encoder and a task head over [`Parameters`] that train;
+//! - [`losses`]: the heads' and sentence-transformers' losses;
+//! - [`optimizer`]: gradient accumulation and clipping, AdamW and the linear schedule.
+
+mod encoder;
+pub mod losses;
+mod model;
+pub mod optimizer;
+mod parameters;
+
+pub use encoder::Dropout;
+pub use losses::EmbeddingLoss;
+pub use model::{Problem, TrainableModel, TrainedPart, TrainingBatch, TrainingTask};
+pub use optimizer::{AdamW, AdamWSettings, Gradients, LinearSchedule};
+pub use parameters::{Parameter, Parameters};
