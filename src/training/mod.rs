@@ -13,6 +13,7 @@ pub mod losses;
 mod model;
 pub mod optimizer;
 mod parameters;
+mod save;
 
 pub use encoder::Dropout;
 pub use losses::EmbeddingLoss;

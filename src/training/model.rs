@@ -3,6 +3,7 @@
 use candle_core::{DType, Device, Tensor, D};
 
 use crate::error::{Error, Result};
+use crate::loading::hub::ModelSource;
 use crate::loading::json::read_json;
 use crate::models::pooling::Pooling;
 use crate::models::pretrained::{LoadOptions, Pretrained};
@@ -121,6 +122,7 @@ enum Head {
 /// A BERT-family model with a task head, whose parameters train.
 pub struct TrainableModel {
     task: TrainingTask,
+    source: ModelSource,
     config: serde_json::Value,
     encoder: Encoder,
     head: Head,
@@ -179,6 +181,7 @@ impl TrainableModel {
         }
         Ok(Self {
             task,
+            source: pretrained.source().clone(),
             config,
             encoder,
             head,
@@ -207,9 +210,27 @@ impl TrainableModel {
         &self.config
     }
 
-    /// The family's name of the base model in task checkpoints (`bert`, `roberta`, ...).
-    pub(crate) fn base_prefix(&self) -> &'static str {
-        self.encoder.shape.prefix
+    /// Where it was loaded from (its tokenizer files are there).
+    pub(crate) fn source(&self) -> &ModelSource {
+        &self.source
+    }
+
+    /// The width of the hidden states (and of pooled embeddings).
+    pub fn hidden_size(&self) -> usize {
+        self.encoder.shape.hidden
+    }
+
+    /// The longest input the position table allows: RoBERTa's positions start after
+    /// `pad_token_id`, so 514 rows give 512.
+    pub fn max_sequence_length(&self) -> usize {
+        match self.encoder.shape.family {
+            Family::Roberta => self
+                .encoder
+                .shape
+                .positions
+                .saturating_sub(self.encoder.shape.pad_token_id + 1),
+            Family::Bert | Family::DistilBert => self.encoder.shape.positions,
+        }
     }
 
     /// The head's output for `input`: logits (rows, labels), (rows, seq, labels) for token
