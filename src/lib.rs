@@ -52,6 +52,7 @@ pub mod models;
 pub mod pipelines;
 pub mod runtime;
 pub mod tokenizer;
+pub mod training;
 
 pub use candle_core::{DType, Device, Tensor};
 pub use error::{Error, Result};
