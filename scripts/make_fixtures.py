@@ -47,6 +47,8 @@ Layout:
                                         Llama 3, SmolLM2 and Llama 2 SentencePiece forms) written
                                         by llama.cpp's convert_hf_to_gguf.py, with the ids and
                                         decodes of `tokenizers` (`--only gguf-tokenizers`)
+    tests/fixtures/training/metrics.json scikit-learn's, SciPy's and seqeval's metrics on small
+                                        fixed cases (`--only training-metrics`)
 """
 import json
 import os
@@ -1648,6 +1650,114 @@ def make_decoder(family, config_cls, model_cls, config, tokenizer, seed, chat_te
     return folder
 
 
+def make_training_metric_references():
+    """scikit-learn's, SciPy's and seqeval's metrics on small fixed cases, for
+    training::metrics (tests/training_metrics.rs): two and three classes (with a class never
+    predicted, one never true, and no positive predictions: scikit-learn's zero_division),
+    multi-hot rows, regressions with tied values, values whose squares overflow and a constant
+    input (SciPy's NaN, written as null), and tag sequences with IOB1, IOB2 and IOBES quirks in seqeval's default mode."""
+    import math
+    import warnings
+
+    import numpy as np
+    from scipy.stats import pearsonr, spearmanr
+    from seqeval.metrics import accuracy_score as seqeval_accuracy
+    from seqeval.metrics import f1_score as seqeval_f1
+    from seqeval.metrics import precision_score as seqeval_precision
+    from seqeval.metrics import recall_score as seqeval_recall
+    from seqeval.metrics.sequence_labeling import get_entities
+    from sklearn.metrics import (accuracy_score, f1_score, mean_squared_error,
+                                 precision_recall_fscore_support)
+
+    def prf(references, predictions, average):
+        precision, recall, f1, _ = precision_recall_fscore_support(
+            references, predictions, average=average, zero_division="warn")
+        return {"precision": float(precision), "recall": float(recall), "f1": float(f1)}
+
+    classification_cases = {
+        "binary": ([0, 1, 1, 0, 1, 1, 0, 0, 1, 0], [0, 1, 0, 0, 1, 1, 1, 0, 1, 1]),
+        "binary_no_positive_predictions": ([0, 0, 0, 0, 0], [0, 1, 0, 1, 1]),
+        "three_classes": ([0, 2, 1, 2, 0, 1, 2, 2, 0], [0, 1, 1, 2, 0, 2, 2, 1, 1]),
+        # Class 2 is never predicted, class 3 never true: both count in the macro average.
+        "classes_never_predicted_or_never_true": ([0, 1, 1, 3, 0, 1, 3], [0, 1, 2, 2, 0, 1, 1]),
+    }
+    multi_label_cases = {
+        "multi_label": ([[1, 0, 1, 0], [0, 1, 0, 0], [1, 1, 0, 1], [0, 0, 0, 0], [0, 1, 1, 0]],
+                        [[1, 0, 0, 0], [0, 1, 0, 0], [1, 0, 0, 1], [0, 0, 1, 0], [0, 1, 1, 0]]),
+        "multi_label_nothing_predicted": ([[0, 0, 0], [0, 0, 0]], [[1, 0, 0], [0, 0, 1]]),
+    }
+    regression_cases = {
+        "ties": ([1, 2, 2, 3, 5, 5, 5, 8], [2.5, 1, 4, 4, 6, 3, 7, 9]),
+        "anticorrelated_with_ties": ([0.5, 0.25, 0.25, -1, -3.5, -3.5],
+                                     [-2, 0.1, 0.3, 0.3, 1.7, 2.2]),
+        # Squares of these overflow f64: SciPy scales by the largest magnitude first.
+        "large_values": ([1e200, 3e200, 2e200, 5e200], [4e200, 7e200, 5e200, 6e200]),
+        "constant_prediction": ([0.7, 0.7, 0.7, 0.7], [0.1, 0.5, 0.2, 0.9]),
+    }
+    tag_cases = {
+        "iob2": ([["B-PER", "I-PER", "O", "B-LOC"], ["O", "B-ORG", "I-ORG", "O"]],
+                 [["B-PER", "I-PER", "O", "B-LOC"], ["O", "B-ORG", "O", "O"]]),
+        # IOB1: I- begins an entity after O, B- only between two of the same type.
+        "iob1": ([["I-PER", "I-PER", "B-PER", "O", "I-LOC"], ["I-ORG", "I-MISC", "I-MISC"]],
+                 [["I-PER", "I-PER", "I-PER", "O", "I-LOC"], ["I-ORG", "I-MISC", "O"]]),
+        # IOB2 quirks: a type change inside splits an entity; I- after O starts one; an
+        # entity at the end of one sentence does not run into the next.
+        "iob2_quirks": ([["B-PER", "I-LOC", "O", "I-LOC", "I-LOC"], ["I-LOC", "B-LOC", "I-PER"]],
+                        [["B-PER", "I-PER", "O", "B-LOC", "I-LOC"], ["I-LOC", "I-LOC", "I-PER"]]),
+        "iobes_and_typeless": ([["S-PER", "B-LOC", "E-LOC", "B", "I", "O"], ["E-ORG", "S-ORG"]],
+                               [["S-PER", "B-LOC", "I-LOC", "B", "I", "O"], ["B-ORG", "E-ORG"]]),
+        # Tags without a type (seqeval's "_"): only the I- after O rule starts these.
+        "typeless_iob1": ([["I", "I", "O", "O", "I", "I"]], [["O", "I", "I", "O", "B", "I"]]),
+        "nothing_predicted": ([["O", "O", "O"], ["O"]], [["B-PER", "I-PER", "O"], ["B-LOC"]]),
+    }
+
+    out = {"classification": [], "multi_label": [], "regression": [], "seqeval": []}
+    with warnings.catch_warnings():
+        # The zero-division and constant-input warnings are the cases' point.
+        warnings.simplefilter("ignore")
+        for name, (predictions, references) in classification_cases.items():
+            binary = set(predictions) | set(references) <= {0, 1}
+            out["classification"].append({
+                "name": name, "predictions": predictions, "references": references,
+                "accuracy": float(accuracy_score(references, predictions)),
+                "binary": prf(references, predictions, "binary") if binary else None,
+                "micro": prf(references, predictions, "micro"),
+                "macro": prf(references, predictions, "macro"),
+            })
+        for name, (predictions, references) in multi_label_cases.items():
+            out["multi_label"].append({
+                "name": name, "predictions": predictions, "references": references,
+                "micro": prf(np.array(references), np.array(predictions), "micro"),
+                "subset_accuracy": float(accuracy_score(np.array(references),
+                                                        np.array(predictions))),
+            })
+        for name, (predictions, references) in regression_cases.items():
+            def finite_or_none(value):
+                return float(value) if math.isfinite(value) else None
+            out["regression"].append({
+                "name": name, "predictions": predictions, "references": references,
+                # null: an MSE that overflows to inf, a correlation that SciPy leaves NaN.
+                "mean_squared_error": finite_or_none(mean_squared_error(references, predictions)),
+                "pearson": finite_or_none(pearsonr(predictions, references).statistic),
+                "spearman": finite_or_none(spearmanr(predictions, references).statistic),
+            })
+        for name, (predictions, references) in tag_cases.items():
+            true_entities = set(get_entities(references))
+            predicted_entities = set(get_entities(predictions))
+            out["seqeval"].append({
+                "name": name, "predictions": predictions, "references": references,
+                "precision": float(seqeval_precision(references, predictions)),
+                "recall": float(seqeval_recall(references, predictions)),
+                "f1": float(seqeval_f1(references, predictions)),
+                "accuracy": float(seqeval_accuracy(references, predictions)),
+                "true_entities": len(true_entities),
+                "predicted_entities": len(predicted_entities),
+                "correct_entities": len(true_entities & predicted_entities),
+            })
+    (FIXTURES / "training").mkdir(exist_ok=True)
+    (FIXTURES / "training" / "metrics.json").write_text(json.dumps(out, indent=1, allow_nan=False) + "\n")
+
+
 def make_rope_references():
     """transformers' inverse frequencies (and attention scaling) of every rope_type the Llama
     family reads, on a head of 16 and for dynamic NTK at a length past the trained one: the
@@ -2979,6 +3089,11 @@ def main():
         make_modernbert()
         fixture_manifest.write_manifest(FIXTURES)
         return
+    if sys.argv[1:] == ["--only", "training-metrics"]:
+        # The metric references alone (scikit-learn, SciPy, seqeval; no model).
+        make_training_metric_references()
+        fixture_manifest.write_manifest(FIXTURES)
+        return
     if sys.argv[1:] == ["--only", "decoders"]:
         # The Llama-family fixtures alone, leaving the others as they are.
         encoder, merges = gpt2_bpe()
@@ -3012,6 +3127,7 @@ def main():
     make_splade()
     make_mpnet()
     make_modernbert()
+    make_training_metric_references()
     shutil.rmtree(cache)
     total = sum(f.stat().st_size for f in FIXTURES.rglob("*") if f.is_file())
     print(f"fixtures written to {FIXTURES} ({total / 1e6:.2f} MB)")

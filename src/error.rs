@@ -156,6 +156,21 @@ pub enum Error {
     #[error("invalid input: {0}")]
     InvalidInput(String),
 
+    /// A row of a training dataset file does not hold what its task needs (a missing column,
+    /// a value of the wrong type, a class id out of range), or the file has no rows.
+    #[error(
+        "{path}:{line}: {message}. Fix that row, or read the file as the task and label kind \
+         its columns hold"
+    )]
+    InvalidDataset {
+        /// The dataset file.
+        path: PathBuf,
+        /// The 1-based line the row starts on (CSV: the header is line 1).
+        line: usize,
+        /// What is wrong with the row.
+        message: String,
+    },
+
     /// A tensor operation failed inside candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

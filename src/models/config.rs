@@ -279,6 +279,17 @@ impl ModelConfig {
 pub struct Labels(Vec<String>);
 
 impl Labels {
+    /// The classes named `names`, class `i` being `names[i]` (a dataset's label vocabulary, or
+    /// the names a caller gives it).
+    pub fn from_names(names: Vec<String>) -> Self {
+        Labels(names)
+    }
+
+    /// The names listed, by class id.
+    pub fn names(&self) -> &[String] {
+        &self.0
+    }
+
     /// The label of class `id`, or `LABEL_<id>` as transformers names unnamed classes.
     pub fn name(&self, id: usize) -> String {
         self.0

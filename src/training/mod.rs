@@ -6,9 +6,12 @@
 //! differentiable graph (the inference models' fused kernels have no backward pass).
 //! - [`TrainableModel`]: the encoder and a task head over [`Parameters`] that train;
 //! - [`losses`]: the heads' and sentence-transformers' losses;
-//! - [`optimizer`]: gradient accumulation and clipping, AdamW and the linear schedule.
+//! - [`optimizer`]: gradient accumulation and clipping, AdamW and the linear schedule;
+//! - [`data`]: datasets in the Hub's column names, from JSON Lines or CSV, and [`metrics`].
 
+pub mod data;
 mod encoder;
+pub mod metrics;
 pub mod losses;
 mod model;
 pub mod optimizer;
