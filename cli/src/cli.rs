@@ -84,6 +84,11 @@ impl Common {
         self.quiet
     }
 
+    /// The weight type of `--dtype`.
+    pub fn weight_type(&self) -> WeightType {
+        self.dtype
+    }
+
     /// The Hub model id or folder of `--model`.
     pub fn model(&self) -> &str {
         &self.model

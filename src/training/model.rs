@@ -190,6 +190,15 @@ impl TrainableModel {
         })
     }
 
+    /// The model saved in `folder` (a checkpoint of a run), for the task of `like`.
+    pub(crate) fn reload(like: &TrainableModel, folder: &std::path::Path) -> Result<Self> {
+        let source = folder.to_str().ok_or_else(|| {
+            Error::InvalidInput(format!("{} is not a UTF-8 path", folder.display()))
+        })?;
+        let pretrained = Pretrained::open(source, &crate::loading::hub::HubOptions::default())?;
+        Self::load(&pretrained, like.task.clone(), TrainedPart::Everything, 0)
+    }
+
     /// The task it trains for.
     pub fn task(&self) -> &TrainingTask {
         &self.task
@@ -281,47 +290,58 @@ impl TrainableModel {
     /// The task's loss on `batch`, a scalar whose `backward()` gives every trainable
     /// parameter its gradient.
     pub fn loss(&self, batch: &TrainingBatch, dropout: &Dropout) -> Result<Tensor> {
-        match (batch, &self.task) {
-            (
-                TrainingBatch::Texts { input, targets },
-                TrainingTask::SequenceClassification { problem, .. },
-            ) => {
-                let logits = self.forward(input, dropout)?;
-                match problem {
-                    Problem::SingleLabel => cross_entropy(&logits, targets),
+        let outputs = self.outputs(batch, dropout)?;
+        self.loss_of(&outputs, batch)
+    }
+
+    /// The head's outputs on `batch`: its logits, or one embedding matrix per column.
+    pub fn outputs(&self, batch: &TrainingBatch, dropout: &Dropout) -> Result<Vec<Tensor>> {
+        match batch {
+            TrainingBatch::Texts { input, .. } => Ok(vec![self.forward(input, dropout)?]),
+            TrainingBatch::Columns { columns, .. } => columns
+                .iter()
+                .map(|input| self.forward(input, dropout))
+                .collect(),
+        }
+    }
+
+    /// The task's loss of `outputs` (from [`TrainableModel::outputs`]) against `batch`'s targets.
+    pub fn loss_of(&self, outputs: &[Tensor], batch: &TrainingBatch) -> Result<Tensor> {
+        let mismatch = || {
+            Error::InvalidInput(
+                "this batch is not of the model's task: texts with targets for \
+                 classification, columns of texts for sentence embeddings"
+                    .into(),
+            )
+        };
+        match (batch, &self.task, outputs) {
+            (TrainingBatch::Texts { targets, .. }, task, [logits]) => match task {
+                TrainingTask::SequenceClassification { problem, .. } => match problem {
+                    Problem::SingleLabel => cross_entropy(logits, targets),
                     Problem::MultiLabel => {
-                        binary_cross_entropy_with_logits(&logits, &targets.to_dtype(DType::F32)?)
+                        binary_cross_entropy_with_logits(logits, &targets.to_dtype(DType::F32)?)
                     }
                     Problem::Regression => mean_squared_error(
                         &logits.squeeze(D::Minus1)?,
                         &targets.to_dtype(DType::F32)?,
                     ),
+                },
+                TrainingTask::TokenClassification { .. } => {
+                    let labels = logits.dim(D::Minus1)?;
+                    cross_entropy_ignoring(&logits.reshape(((), labels))?, targets)
                 }
-            }
-            (TrainingBatch::Texts { input, targets }, TrainingTask::TokenClassification { .. }) => {
-                let logits = self.forward(input, dropout)?;
-                let labels = logits.dim(D::Minus1)?;
-                cross_entropy_ignoring(&logits.reshape(((), labels))?, targets)
-            }
-            (TrainingBatch::Texts { input, targets }, TrainingTask::CrossEncoder) => {
-                let logits = self.forward(input, dropout)?.flatten_all()?;
-                binary_cross_entropy_with_logits(&logits, &targets.to_dtype(DType::F32)?)
-            }
+                TrainingTask::CrossEncoder => binary_cross_entropy_with_logits(
+                    &logits.flatten_all()?,
+                    &targets.to_dtype(DType::F32)?,
+                ),
+                TrainingTask::SentenceEmbeddings { .. } => Err(mismatch()),
+            },
             (
-                TrainingBatch::Columns { columns, scores },
+                TrainingBatch::Columns { scores, .. },
                 TrainingTask::SentenceEmbeddings { loss, .. },
-            ) => {
-                let embeddings = columns
-                    .iter()
-                    .map(|input| self.forward(input, dropout))
-                    .collect::<Result<Vec<_>>>()?;
-                loss.compute(&embeddings, scores.as_ref())
-            }
-            _ => Err(Error::InvalidInput(
-                "this batch is not of the model's task: texts with targets for \
-                 classification, columns of texts for sentence embeddings"
-                    .into(),
-            )),
+                embeddings,
+            ) => loss.compute(embeddings, scores.as_ref()),
+            _ => Err(mismatch()),
         }
     }
 }

@@ -7,8 +7,10 @@
 //! - clipping: `torch.nn.utils.clip_grad_norm_`;
 //! - the schedule: transformers' `get_linear_schedule_with_warmup`.
 
+use std::path::Path;
+
 use candle_core::backprop::GradStore;
-use candle_core::Tensor;
+use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -190,6 +192,82 @@ impl AdamW {
                 .set(&Tensor::from_vec(values, tensor.shape(), tensor.device())?)?;
         }
         Ok(())
+    }
+}
+
+impl AdamW {
+    /// Its moments as `m.<name>` and `v.<name>` tensors and its step count as metadata.
+    pub(crate) fn save(&self, parameters: &Parameters, path: &Path) -> Result<()> {
+        let mut tensors = Vec::new();
+        for (parameter, (m, v)) in parameters.trainable().zip(&self.moments) {
+            let shape = parameter.var.shape();
+            if m.is_empty() {
+                continue;
+            }
+            tensors.push((
+                format!("m.{}", parameter.name),
+                Tensor::from_slice(m, shape, &Device::Cpu)?,
+            ));
+            tensors.push((
+                format!("v.{}", parameter.name),
+                Tensor::from_slice(v, shape, &Device::Cpu)?,
+            ));
+        }
+        let metadata =
+            std::collections::HashMap::from([("steps".to_string(), self.steps().to_string())]);
+        safetensors::serialize_to_file(tensors, Some(metadata), path).map_err(|e| {
+            Error::io(
+                path,
+                std::io::Error::other(format!("cannot write the optimiser state: {e}")),
+            )
+        })
+    }
+
+    /// The state [`AdamW::save`] wrote, for `parameters`' trainable ones.
+    pub(crate) fn load(
+        parameters: &Parameters,
+        settings: AdamWSettings,
+        path: &Path,
+    ) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let invalid = |what: String| {
+            Error::InvalidWeights(format!(
+                "{}: {what}; the checkpoint is damaged",
+                path.display()
+            ))
+        };
+        let (_, metadata) =
+            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| invalid(e.to_string()))?;
+        let steps: u64 = metadata
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get("steps"))
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| invalid("no step count".into()))?;
+        let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)?;
+        let moments = parameters
+            .trainable()
+            .map(|parameter| {
+                let read = |kind: &str| -> Result<Vec<f32>> {
+                    match tensors.get(&format!("{kind}.{}", parameter.name)) {
+                        Some(t) if t.shape() == parameter.var.shape() => {
+                            Ok(t.flatten_all()?.to_vec1()?)
+                        }
+                        Some(_) => Err(invalid(format!(
+                            "{kind}.{} has another shape",
+                            parameter.name
+                        ))),
+                        None => Ok(Vec::new()),
+                    }
+                };
+                Ok((read("m")?, read("v")?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            settings,
+            steps,
+            moments,
+        })
     }
 }
 

@@ -6,6 +6,7 @@ mod encoders;
 mod generate;
 mod perplexity;
 mod serve;
+mod train;
 
 use std::io::Write;
 
@@ -80,6 +81,16 @@ enum Command {
         #[command(flatten)]
         args: perplexity::PerplexityArgs,
     },
+    /// Fine-tune a BERT-family model on a JSON Lines or CSV file (classification,
+    /// multi-label, regression, token classification, sentence embeddings, cross-encoder):
+    /// AdamW with warmup and decay, an evaluation and a checkpoint each epoch, the best model
+    /// saved to --output where transformers and sentence-transformers load it.
+    Train {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        args: train::TrainArgs,
+    },
     /// Time the encoder's forward pass on random token ids: median milliseconds and
     /// sequences/s. With --generate, time a decoder's greedy decoding instead (GPT-2 or a
     /// Llama-family model): prefill and tokens/s, against the memory bandwidth measured in the
@@ -125,6 +136,7 @@ impl Cli {
             | Command::Qa { common, .. }
             | Command::Generate { common, .. }
             | Command::Perplexity { common, .. }
+            | Command::Train { common, .. }
             | Command::Bench { common, .. }
             | Command::Chat { common, .. }
             | Command::Serve { common, .. } => common,
@@ -142,6 +154,7 @@ pub fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
         Command::Qa { common, args } => encoders::qa(&common, args, out),
         Command::Generate { common, args } => generate::generate(&common, args, out),
         Command::Perplexity { common, args } => perplexity::perplexity(&common, args, out),
+        Command::Train { common, args } => train::train(&common, args, out),
         Command::Bench { common, args } => bench::bench(&common, args, out),
         Command::Chat { common, args } => generate::chat(&common, &args, out),
         Command::Serve { common, args } => serve::serve(&common, args, out),
