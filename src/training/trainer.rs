@@ -196,7 +196,25 @@ impl Trainer {
         output: Option<&Path>,
         progress: &mut dyn FnMut(&Progress),
     ) -> Result<&TrainerState> {
+        self.train_epochs(train, eval, output, u32::MAX, progress)
+    }
+
+    /// [`Trainer::train`], but at most `epochs` more epochs: a run cut into parts (the
+    /// schedule still spans the settings' epochs), which [`Trainer::resume`] continues.
+    pub fn train_epochs(
+        &mut self,
+        train: &Dataset,
+        eval: Option<&Dataset>,
+        output: Option<&Path>,
+        epochs: u32,
+        progress: &mut dyn FnMut(&Progress),
+    ) -> Result<&TrainerState> {
         let settings = self.state.settings;
+        let stop_after = self
+            .state
+            .epochs_done
+            .saturating_add(epochs)
+            .min(settings.epochs);
         if train.is_empty() {
             return Err(Error::InvalidInput("the training set is empty".into()));
         }
@@ -211,7 +229,7 @@ impl Trainer {
             warmup_steps: (total_steps as f64 * settings.warmup_ratio).ceil() as u64,
             total_steps,
         };
-        while self.state.epochs_done < settings.epochs {
+        while self.state.epochs_done < stop_after {
             if self.should_stop() {
                 break;
             }
