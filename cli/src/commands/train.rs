@@ -128,10 +128,12 @@ pub fn train(common: &Common, args: TrainArgs, out: &mut impl Write) -> Result<(
     let save_dtype = match common.weight_type() {
         WeightType::F32 => DType::F32,
         WeightType::Bf16 => DType::BF16,
-        other => return Err(ferroformers::Error::InvalidInput(format!(
+        other => {
+            return Err(ferroformers::Error::InvalidInput(format!(
             "training runs in f32; --dtype picks the saved weights' type, f32 or bf16, not {other}"
         ))
-        .into()),
+            .into())
+        }
     };
     let (train, eval) = read_datasets(&args)?;
     let task = training_task(&args, &train)?;
