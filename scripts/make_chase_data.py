@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write examples/data/chase-{train,test}.jsonl: who chased whom, which word order decides.
+"""Write examples/data/chase-{train,test,pairs}.jsonl: who chased whom, which word order decides.
 
 "The dog chased the mouse" is `expected` (the bigger animal acts on the smaller one); "the
 mouse chased the dog" and "the dog was chased by the mouse" are `surprising`. The same words
@@ -8,7 +8,9 @@ the mean of what its words mean, leaves a linear model on frozen embeddings litt
 fine-tuning the encoder can learn who acts. The test set holds a quarter of the (pair of
 animals, verb) combinations, which the training set never shows, in both directions and
 voices. `tests/training_learns.rs` fine-tunes all-MiniLM-L6-v2 on it and compares it with
-logistic regression on its frozen embeddings.
+logistic regression on its frozen embeddings. chase-pairs.jsonl pairs each active
+sentence of the training set with its passive form (`anchor`/`positive`), to train sentence
+embeddings.
 
     python3 scripts/make_chase_data.py
 """
@@ -52,6 +54,13 @@ def main():
                 for passive in (False, True)]
         rng.shuffle(rows)
         (OUT / f"chase-{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # Paraphrase pairs for sentence embeddings (MultipleNegativesRankingLoss): each active
+    # sentence of the training combinations with its passive form.
+    pairs = [{"anchor": sentence(actor, target, verb, False)["text"],
+              "positive": sentence(actor, target, verb, True)["text"]}
+             for (a, b), verb in splits["train"] for actor, target in ((a, b), (b, a))]
+    rng.shuffle(pairs)
+    (OUT / "chase-pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pairs))
 
 
 if __name__ == "__main__":
