@@ -56,6 +56,7 @@ pub mod tokenizer;
 pub use candle_core::{DType, Device, Tensor};
 pub use error::{Error, Result};
 pub use loading::hub::{HubOptions, ModelSource};
+pub use loading::upload::{push_folder, CommitInfo, RepoKind, UploadOptions};
 pub use models::auto::{
     AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification, AutoModelForTextRanking, AutoModelForTokenClassification,
