@@ -346,7 +346,11 @@ fn what_can_be_told_wrong_before_any_request_is_invalid_input() {
     let hub = FakeHub::start();
     let folder = model_folder();
     let online = hub_options(&hub, Some(WRITE_TOKEN));
+    let only_git = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(only_git.path().join(".git")).unwrap();
+    std::fs::write(only_git.path().join(".git/HEAD"), "ref: refs/heads/main\n").unwrap();
     let cases = [
+        (only_git.path(), "org/tiny", online.clone(), options()),
         (folder.path(), "no-namespace", online.clone(), options()),
         (folder.path(), "org/a?b=c", online.clone(), options()),
         (

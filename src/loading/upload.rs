@@ -337,6 +337,12 @@ fn list_folder(folder: &Path) -> Result<Vec<LocalFile>> {
     }
     let mut files = Vec::new();
     collect_files(folder, "", &mut files)?;
+    if files.is_empty() {
+        return Err(Error::InvalidInput(format!(
+            "{} has no files to push (besides .git/ and .cache/)",
+            folder.display()
+        )));
+    }
     files.sort_by(|a, b| a.path_in_repo.cmp(&b.path_in_repo));
     Ok(files)
 }
