@@ -7,7 +7,7 @@ use std::sync::Arc;
 /// Result alias used across the crate.
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// Everything that can go wrong when finding, loading or running a model.
+/// Everything that can go wrong when finding, loading, running or pushing a model.
 ///
 /// New variants may come in any release: match with a `_` arm.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +51,76 @@ pub enum Error {
         /// The file being downloaded.
         file: String,
         /// What the Hub client reported (the HTTP status, if any, is in [`HubError::status`]).
+        #[source]
+        source: HubError,
+    },
+
+    /// The Hub refused the token (401) while pushing to a repository: there is none, or it is
+    /// invalid or expired.
+    #[error(
+        "pushing to `{repo}` failed at {step}: the Hub refused the token (401: {source}). The \
+         token is missing or invalid: set HF_TOKEN to a token with the write role \
+         (https://huggingface.co/settings/tokens) or run `huggingface-cli login`. The Hub also \
+         answers 401 for a repository it does not show you: check the id and the repository type"
+    )]
+    UploadUnauthorized {
+        /// The repository id pushed to.
+        repo: String,
+        /// The step that failed (repository creation, preupload, LFS batch, ..., commit).
+        step: String,
+        /// The Hub's answer; [`HubError::status`] is 401.
+        #[source]
+        source: HubError,
+    },
+
+    /// The token cannot write to the repository or create it in that namespace (403).
+    #[error(
+        "pushing to `{repo}` failed at {step}: the token cannot write there (403: {source}). \
+         Use a token with the write role, or a fine-grained token with write access to this \
+         repository or its namespace (https://huggingface.co/settings/tokens), and check that \
+         the namespace is yours or an organization you can write to"
+    )]
+    UploadForbidden {
+        /// The repository id pushed to.
+        repo: String,
+        /// The step that failed.
+        step: String,
+        /// The Hub's answer; [`HubError::status`] is 403.
+        #[source]
+        source: HubError,
+    },
+
+    /// The Hub refused the push because of a conflict (409): the branch moved since the parent
+    /// commit given, or another operation on the repository is under way.
+    #[error(
+        "pushing to `{repo}` failed at {step}: conflict (409: {source}). The branch moved since \
+         the parent commit given (someone pushed meanwhile), or another operation on the \
+         repository is under way: push again (from the branch's new head if you give a parent \
+         commit), and check the repository type if a repository of that name exists as another"
+    )]
+    UploadConflict {
+        /// The repository id pushed to.
+        repo: String,
+        /// The step that failed.
+        step: String,
+        /// The Hub's answer; [`HubError::status`] is 409.
+        #[source]
+        source: HubError,
+    },
+
+    /// Any other failure while pushing: the network, a server error, a missing repository or
+    /// branch, an answer that is not what the Hub sends.
+    #[error(
+        "pushing to `{repo}` failed at {step}: {source}. Check the repository id, its type, that \
+         the revision is an existing branch, and your network; pushing again resumes (files \
+         already stored on the Hub are not sent twice)"
+    )]
+    Upload {
+        /// The repository id pushed to.
+        repo: String,
+        /// The step that failed.
+        step: String,
+        /// What failed; [`HubError::status`] is the Hub's status when it answered.
         #[source]
         source: HubError,
     },
@@ -225,8 +295,8 @@ pub enum Error {
 #[derive(Debug)]
 pub struct HubError {
     status: Option<u16>,
-    // Boxed: hf-hub's error is large, and its type stays out of our API.
-    source: Box<hf_hub::api::sync::ApiError>,
+    // Boxed: hf-hub's error is large; the HTTP client's types stay out of our API.
+    source: Box<dyn std::error::Error + Send + Sync>,
 }
 
 impl HubError {
@@ -238,6 +308,14 @@ impl HubError {
             },
             _ => None,
         };
+        Self::with_status(status, source)
+    }
+
+    /// A failure of our own requests (the uploads): `status` when the Hub answered.
+    pub(crate) fn with_status(
+        status: Option<u16>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
         Self {
             status,
             source: Box::new(source),

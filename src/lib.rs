@@ -57,6 +57,7 @@ pub mod training;
 pub use candle_core::{DType, Device, Tensor};
 pub use error::{Error, Result};
 pub use loading::hub::{HubOptions, ModelSource};
+pub use loading::upload::{push_folder, CommitInfo, RepoKind, UploadOptions};
 pub use models::auto::{
     AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification, AutoModelForTextRanking, AutoModelForTokenClassification,

@@ -2,6 +2,7 @@
 //!
 //!     ferroformers classify -m distilbert-base-uncased-finetuned-sst-2-english "I love it"
 //!     echo "Paris is the [MASK] of France." | ferroformers fill-mask -m bert-base-uncased --json
+//!     ferroformers push ./my-model my-org/my-model
 //!
 //! Usage errors print clap's message (what is wrong, the usage line, allowed values) and exit
 //! with 2; runtime errors are one line on stderr and exit with 1.
@@ -34,8 +35,8 @@ fn main() -> ExitCode {
             };
         }
     };
-    init_logging(args.common().quiet());
-    if let Some(threads) = args.common().threads() {
+    init_logging(args.quiet());
+    if let Some(threads) = args.threads() {
         if let Err(error) = ferroformers::set_num_threads(threads) {
             eprintln!("error: {error}");
             return ExitCode::FAILURE;

@@ -337,7 +337,15 @@ fn empty_stdin_is_a_usage_error() {
 
 #[test]
 fn every_flag_and_positional_has_help_text() {
-    for sub in ["embed", "fill-mask", "classify", "ner", "qa", "bench"] {
+    for sub in [
+        "embed",
+        "fill-mask",
+        "classify",
+        "ner",
+        "qa",
+        "bench",
+        "push",
+    ] {
         let output = ferroformers(&[sub, "--help"], None);
         assert!(output.status.success(), "{sub} --help");
         let help = String::from_utf8(output.stdout).unwrap();

@@ -20,7 +20,7 @@ const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 pub struct HubOptions {
     /// A branch, tag or commit hash.
     pub revision: String,
-    /// Bearer token for gated or private repositories.
+    /// Bearer token for gated or private repositories, and for pushing (a write token).
     pub token: Option<String>,
     /// Folder of the Hub cache (the one holding `models--org--name` folders).
     pub cache_dir: PathBuf,
@@ -28,7 +28,7 @@ pub struct HubOptions {
     pub endpoint: String,
     /// Use only the cache; never send a request.
     pub offline: bool,
-    /// Show a progress bar while downloading.
+    /// Show a progress bar while downloading or pushing.
     pub progress: bool,
 }
 
@@ -103,7 +103,7 @@ impl HubOptions {
         self
     }
 
-    /// Show download progress bars on stderr.
+    /// Show download and upload progress bars on stderr.
     pub fn with_progress(mut self, progress: bool) -> Self {
         self.progress = progress;
         self

@@ -1,5 +1,6 @@
 //! Files in: the Hub and its cache (or a local folder), JSON files, and weights
-//! (safetensors, sharded or not, vetted `pytorch_model.bin` pickles, and GGUF files' headers).
+//! (safetensors, sharded or not, vetted `pytorch_model.bin` pickles, and GGUF files' headers);
+//! and files out: a folder pushed to the Hub in one commit.
 
 // The cargo-fuzz targets' door to the pickle check; not part of the API.
 #[doc(hidden)]
@@ -7,6 +8,7 @@ pub mod fuzzing;
 pub mod gguf;
 pub mod hub;
 pub mod json;
+pub mod upload;
 // Public for the benches and fuzz targets (the weight-file parser); not part of the API.
 #[doc(hidden)]
 pub mod weights;

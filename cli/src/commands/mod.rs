@@ -5,6 +5,7 @@ mod bench;
 mod encoders;
 mod generate;
 mod perplexity;
+mod push;
 mod serve;
 mod train;
 
@@ -20,7 +21,7 @@ use crate::error::Result;
 #[command(
     name = "ferroformers",
     version,
-    about = "Transformer pipelines in pure Rust: embeddings, fill-mask, classification, NER, QA, generation, chat"
+    about = "Transformer pipelines in pure Rust: embeddings, fill-mask, classification, NER, QA, generation, chat; and push to the Hub"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -123,11 +124,18 @@ enum Command {
         #[command(flatten)]
         args: serve::ServeArgs,
     },
+    /// Upload a folder to a Hub repository in one commit, creating the repository when it is
+    /// missing (needs a write token: HF_TOKEN, `huggingface-cli login` or --token); prints the
+    /// commit's URL.
+    Push {
+        #[command(flatten)]
+        args: push::PushArgs,
+    },
 }
 
 impl Cli {
-    /// The options every subcommand has.
-    pub fn common(&self) -> &Common {
+    /// The options of the subcommands that run a model; `push` runs none.
+    fn common(&self) -> Option<&Common> {
         match &self.command {
             Command::Embed { common, .. }
             | Command::FillMask { common, .. }
@@ -139,8 +147,22 @@ impl Cli {
             | Command::Train { common, .. }
             | Command::Bench { common, .. }
             | Command::Chat { common, .. }
-            | Command::Serve { common, .. } => common,
+            | Command::Serve { common, .. } => Some(common),
+            Command::Push { .. } => None,
         }
+    }
+
+    /// Whether `--quiet` was given.
+    pub fn quiet(&self) -> bool {
+        match &self.command {
+            Command::Push { args } => args.quiet,
+            _ => self.common().is_some_and(Common::quiet),
+        }
+    }
+
+    /// The thread count asked for with `--threads`.
+    pub fn threads(&self) -> Option<usize> {
+        self.common().and_then(Common::threads)
     }
 }
 
@@ -158,6 +180,7 @@ pub fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
         Command::Bench { common, args } => bench::bench(&common, args, out),
         Command::Chat { common, args } => generate::chat(&common, &args, out),
         Command::Serve { common, args } => serve::serve(&common, args, out),
+        Command::Push { args } => push::push(args, out),
     }
 }
 
