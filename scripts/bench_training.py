@@ -77,11 +77,12 @@ def main():
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--work", default=str(ROOT / "target" / "bench-training"))
     parser.add_argument("--shapes", default=",".join(SHAPES))
+    parser.add_argument("--binary", default=str(ROOT / "target" / "release" / "examples" / "train_step"))
     args = parser.parse_args()
     work = pathlib.Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     threads = len(args.cpus.split(","))
-    ours_binary = ROOT / "target" / "release" / "examples" / "train_step"
+    ours_binary = pathlib.Path(args.binary)
     pin = ["taskset", "-c", args.cpus]
     print(f"| model | batch x seq | PyTorch ms/step | ours ms/step | ours / PyTorch (steps/s) | peak RSS PyTorch / ours (MB) |")
     print("|---|---|---|---|---|---|")

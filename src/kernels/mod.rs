@@ -6,7 +6,7 @@ mod attention;
 pub mod gemm;
 pub mod host;
 pub mod isa;
-mod math;
+pub(crate) mod math;
 mod reference;
 #[cfg(target_arch = "x86_64")]
 mod simd;

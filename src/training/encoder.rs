@@ -5,8 +5,9 @@
 //! The inference models run fused kernels (packed GEMM, fused attention and layer norm) that
 //! have no backward pass; candle's own fused `layer_norm` and `softmax_last_dim` have none
 //! either, and a parameter upstream of them silently gets no gradient (candle issues 3011,
-//! 2168). Here every step is a primitive with a gradient, and `tests/training.rs` checks that
-//! every trainable parameter receives one.
+//! 2168). Here every step is a candle primitive or one of [`ops`]' fused steps, each with a
+//! backward pass, and `tests/training.rs` checks that every trainable parameter receives a
+//! gradient.
 //!
 //! References: transformers v4.57.6 `modeling_bert.py`, `modeling_roberta.py` and
 //! `modeling_distilbert.py`
@@ -15,7 +16,7 @@
 
 use std::cell::RefCell;
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 use rand::rngs::StdRng;
 use rand::Rng;
 
@@ -23,6 +24,7 @@ use crate::error::{Error, Result};
 use crate::models::config::ModelConfig;
 use crate::models::layers::Activation;
 use crate::tokenizer::ModelInput;
+use crate::training::ops;
 use crate::training::parameters::ParameterReader;
 
 /// Which of the family's layouts: BERT's names, RoBERTa's positions, DistilBERT's names.
@@ -181,12 +183,7 @@ impl Norm {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
-        let variance = centred.sqr()?.mean_keepdim(D::Minus1)?;
-        let normalised = centred.broadcast_div(&(variance + self.eps)?.sqrt()?)?;
-        Ok(normalised
-            .broadcast_mul(&self.weight)?
-            .broadcast_add(&self.bias)?)
+        ops::layer_norm(x, &self.weight, &self.bias, self.eps)
     }
 }
 
@@ -497,29 +494,24 @@ impl Layer {
         let value = split(self.value.forward(x)?)?;
         // DistilBERT scales the queries before the product, BERT the scores after it; the
         // order is kept so that the rounding is the reference's.
-        let scores = match encoder.shape.family {
-            Family::DistilBert => (query * scale)?.matmul(&key.t()?)?,
-            Family::Bert | Family::Roberta => (query.matmul(&key.t()?)? * scale)?,
+        let probabilities = match encoder.shape.family {
+            Family::DistilBert => {
+                ops::masked_softmax(&(query * scale)?.matmul(&key.t()?)?, mask, 1.0)?
+            }
+            Family::Bert | Family::Roberta => {
+                ops::masked_softmax(&query.matmul(&key.t()?)?, mask, scale as f32)?
+            }
         };
-        let probabilities = softmax(&scores.broadcast_add(mask)?)?;
         let probabilities = dropout.apply(&probabilities, encoder.rates.attention)?;
         let context = probabilities.matmul(&value)?;
         Ok(context.transpose(1, 2)?.reshape((batch, seq, hidden))?)
     }
 }
 
-/// Softmax over the last dimension from primitives; the maximum that keeps `exp` finite is a
-/// constant to the gradient (softmax does not change when it shifts).
-fn softmax(x: &Tensor) -> Result<Tensor> {
-    let shifted = x.broadcast_sub(&x.max_keepdim(D::Minus1)?.detach())?;
-    let exp = shifted.exp()?;
-    Ok(exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)?)
-}
-
-/// The activations with a backward pass in candle.
+/// The activations, each with a backward pass.
 pub(crate) fn activation(kind: Activation, x: &Tensor) -> Result<Tensor> {
     Ok(match kind {
-        Activation::Gelu => x.gelu_erf()?,
+        Activation::Gelu => ops::gelu_erf(x)?,
         Activation::GeluNew => x.gelu()?,
         Activation::Relu => x.relu()?,
         Activation::Silu => x.silu()?,

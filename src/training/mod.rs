@@ -17,6 +17,7 @@ mod evaluation;
 pub mod losses;
 pub mod metrics;
 mod model;
+mod ops;
 pub mod optimizer;
 mod parameters;
 mod save;
