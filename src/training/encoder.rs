@@ -157,10 +157,7 @@ impl Dense {
         let inputs = shape.pop().unwrap_or(1);
         let rows = x.elem_count() / inputs.max(1);
         shape.push(self.weight.dim(0)?);
-        let y = x
-            .reshape((rows, inputs))?
-            .matmul(&self.weight.t()?)?
-            .broadcast_add(&self.bias)?;
+        let y = ops::linear(&x.reshape((rows, inputs))?, &self.weight, &self.bias)?;
         Ok(y.reshape(shape)?)
     }
 }

@@ -290,3 +290,125 @@ impl CustomOp1 for GeluErf {
         Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
     }
 }
+
+/// `x @ weight.T + bias` for `x` (rows, in), `weight` (out, in), `bias` (out): the bias
+/// written first and the product summed onto it by one GEMM; backward, two GEMMs and a
+/// column sum, with no transposed copies.
+pub(crate) fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    let (rows, inputs) = x.dims2()?;
+    let (outputs, weight_inputs) = weight.dims2()?;
+    if weight_inputs != inputs || bias.dims() != [outputs] {
+        return Err(Error::InvalidInput(format!(
+            "a linear layer of weight {:?} and bias {:?} cannot take inputs ({rows}, {inputs})",
+            weight.dims(),
+            bias.dims()
+        )));
+    }
+    Ok(x.contiguous()?.apply_op3(&weight.contiguous()?, bias, Linear)?)
+}
+
+struct Linear;
+
+/// `dst (m × n) = read · dst + lhs (m × k) · rhs (k × n)`, each operand given by its row and
+/// column strides, on every rayon thread.
+#[allow(clippy::too_many_arguments)]
+fn product(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    read: bool,
+    lhs: (&[f32], isize, isize),
+    rhs: (&[f32], isize, isize),
+) {
+    let (lhs, lhs_rs, lhs_cs) = lhs;
+    let (rhs, rhs_rs, rhs_cs) = rhs;
+    assert!(dst.len() >= m * n && lhs.len() >= m * k && rhs.len() >= k * n);
+    // SAFETY: the strides address only elements inside the slices, whose lengths were
+    // checked above against the shapes (all strides are those of dense row-major matrices
+    // of these shapes, or their transposes).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            read,
+            lhs.as_ptr(),
+            lhs_cs,
+            lhs_rs,
+            rhs.as_ptr(),
+            rhs_cs,
+            rhs_rs,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(rayon::current_num_threads()),
+        );
+    }
+}
+
+impl CustomOp3 for Linear {
+    fn name(&self) -> &'static str {
+        "training-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_layout: &Layout,
+        w: &CpuStorage,
+        w_layout: &Layout,
+        b: &CpuStorage,
+        b_layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, w, b) = (
+            f32_slice(x, x_layout, self.name())?,
+            f32_slice(w, w_layout, self.name())?,
+            f32_slice(b, b_layout, self.name())?,
+        );
+        let (rows, inputs) = x_layout.shape().dims2()?;
+        let outputs = b.len();
+        let mut y: Vec<f32> = b.iter().copied().cycle().take(rows * outputs).collect();
+        // y += x (rows × in) · wᵀ (in × out); wᵀ's element (i, o) is w[o · in + i].
+        product((rows, outputs, inputs), &mut y, true, (x, inputs as isize, 1), (w, 1, inputs as isize));
+        Ok((CpuStorage::F32(y), Shape::from((rows, outputs))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (rows, inputs) = x.dims2()?;
+        let outputs = weight.dim(0)?;
+        let (xs, w, g) = (values(x)?, values(weight)?, values(grad)?);
+        // dx (rows × in) = g (rows × out) · w (out × in).
+        let mut dx = vec![0f32; rows * inputs];
+        product((rows, inputs, outputs), &mut dx, false, (&g, outputs as isize, 1), (&w, inputs as isize, 1));
+        // dw (out × in) = gᵀ (out × rows) · x (rows × in); gᵀ's element (o, r) is g[r · out + o].
+        let mut dw = vec![0f32; outputs * inputs];
+        product((outputs, inputs, rows), &mut dw, false, (&g, 1, outputs as isize), (&xs, inputs as isize, 1));
+        let db = g.par_chunks(outputs * ROWS_PER_TASK).map(|rows| {
+            let mut sums = vec![0f32; outputs];
+            for row in rows.chunks(outputs) {
+                sums.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+            }
+            sums
+        }).reduce(|| vec![0f32; outputs], |mut a, b| {
+            a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+            a
+        });
+        let device = x.device();
+        Ok((
+            Some(Tensor::from_vec(dx, (rows, inputs), device)?),
+            Some(Tensor::from_vec(dw, (outputs, inputs), device)?),
+            Some(Tensor::from_vec(db, outputs, device)?),
+        ))
+    }
+}
