@@ -30,9 +30,37 @@ fn f32_slice<'a>(
     Ok(&data[start..end])
 }
 
-/// A tensor's values, contiguous, as f32.
-fn values(tensor: &Tensor) -> candle_core::Result<Vec<f32>> {
-    tensor.flatten_all()?.to_vec1::<f32>()
+/// A tensor's values as one f32 slice: borrowed from its storage when it is contiguous on
+/// the CPU (the backward passes read activations and gradients of tens of megabytes), else
+/// copied.
+enum Values<'a> {
+    Stored(candle_core::StorageRef<'a>, usize, usize),
+    Copied(Vec<f32>),
+}
+
+impl std::ops::Deref for Values<'_> {
+    type Target = [f32];
+
+    fn deref(&self) -> &[f32] {
+        match self {
+            Values::Stored(storage, start, end) => match &**storage {
+                candle_core::Storage::Cpu(CpuStorage::F32(data)) => &data[*start..*end],
+                _ => &[],
+            },
+            Values::Copied(values) => values,
+        }
+    }
+}
+
+fn values(tensor: &Tensor) -> candle_core::Result<Values<'_>> {
+    let (storage, layout) = tensor.storage_and_layout();
+    if let (candle_core::Storage::Cpu(CpuStorage::F32(_)), Some((start, end))) =
+        (&*storage, layout.contiguous_offsets())
+    {
+        return Ok(Values::Stored(storage, start, end));
+    }
+    drop(storage);
+    Ok(Values::Copied(tensor.flatten_all()?.to_vec1::<f32>()?))
 }
 
 /// `LayerNorm(x) * weight + bias` over the last dimension; gradients for all three.
@@ -156,7 +184,7 @@ pub(crate) fn masked_softmax(scores: &Tensor, mask: &Tensor, scale: f32) -> Resu
         )));
     }
     let op = MaskedSoftmax {
-        mask: values(mask)?,
+        mask: values(mask)?.to_vec(),
         rows_per_item: heads * queries,
         keys,
         scale,
@@ -304,7 +332,8 @@ pub(crate) fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tenso
             bias.dims()
         )));
     }
-    Ok(x.contiguous()?.apply_op3(&weight.contiguous()?, bias, Linear)?)
+    Ok(x.contiguous()?
+        .apply_op3(&weight.contiguous()?, bias, Linear)?)
 }
 
 struct Linear;
@@ -373,7 +402,13 @@ impl CustomOp3 for Linear {
         let outputs = b.len();
         let mut y: Vec<f32> = b.iter().copied().cycle().take(rows * outputs).collect();
         // y += x (rows × in) · wᵀ (in × out); wᵀ's element (i, o) is w[o · in + i].
-        product((rows, outputs, inputs), &mut y, true, (x, inputs as isize, 1), (w, 1, inputs as isize));
+        product(
+            (rows, outputs, inputs),
+            &mut y,
+            true,
+            (x, inputs as isize, 1),
+            (w, 1, inputs as isize),
+        );
         Ok((CpuStorage::F32(y), Shape::from((rows, outputs))))
     }
 
@@ -390,20 +425,38 @@ impl CustomOp3 for Linear {
         let (xs, w, g) = (values(x)?, values(weight)?, values(grad)?);
         // dx (rows × in) = g (rows × out) · w (out × in).
         let mut dx = vec![0f32; rows * inputs];
-        product((rows, inputs, outputs), &mut dx, false, (&g, outputs as isize, 1), (&w, inputs as isize, 1));
+        product(
+            (rows, inputs, outputs),
+            &mut dx,
+            false,
+            (&g, outputs as isize, 1),
+            (&w, inputs as isize, 1),
+        );
         // dw (out × in) = gᵀ (out × rows) · x (rows × in); gᵀ's element (o, r) is g[r · out + o].
         let mut dw = vec![0f32; outputs * inputs];
-        product((outputs, inputs, rows), &mut dw, false, (&g, 1, outputs as isize), (&xs, inputs as isize, 1));
-        let db = g.par_chunks(outputs * ROWS_PER_TASK).map(|rows| {
-            let mut sums = vec![0f32; outputs];
-            for row in rows.chunks(outputs) {
-                sums.iter_mut().zip(row).for_each(|(s, v)| *s += v);
-            }
-            sums
-        }).reduce(|| vec![0f32; outputs], |mut a, b| {
-            a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
-            a
-        });
+        product(
+            (outputs, inputs, rows),
+            &mut dw,
+            false,
+            (&g, 1, outputs as isize),
+            (&xs, inputs as isize, 1),
+        );
+        let db = g
+            .par_chunks(outputs * ROWS_PER_TASK)
+            .map(|rows| {
+                let mut sums = vec![0f32; outputs];
+                for row in rows.chunks(outputs) {
+                    sums.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+                }
+                sums
+            })
+            .reduce(
+                || vec![0f32; outputs],
+                |mut a, b| {
+                    a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+                    a
+                },
+            );
         let device = x.device();
         Ok((
             Some(Tensor::from_vec(dx, (rows, inputs), device)?),
