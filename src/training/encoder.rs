@@ -94,21 +94,26 @@ impl Dropout {
     /// Zero each value with probability `p` and scale the rest by `1 / (1 - p)`, as
     /// `torch.nn.Dropout` does in training.
     pub(crate) fn apply(&self, x: &Tensor, p: f32) -> Result<Tensor> {
-        let Some(rng) = &self.rng else {
-            return Ok(x.clone());
-        };
-        if p <= 0.0 {
-            return Ok(x.clone());
+        match self.factors(x.elem_count(), p) {
+            Some(mask) => Ok(x.mul(&Tensor::from_vec(mask, x.shape(), x.device())?)?),
+            None => Ok(x.clone()),
         }
+    }
+
+    /// `len` factors, each 0 with probability `p` and `1 / (1 - p)` otherwise; `None` when
+    /// nothing drops (evaluation, or `p` 0).
+    pub(crate) fn factors(&self, len: usize, p: f32) -> Option<Vec<f32>> {
+        let rng = self.rng.as_ref().filter(|_| p > 0.0)?;
         let keep = 1.0 - p;
         let mut rng = rng.borrow_mut();
-        let mask: Vec<f32> = (0..x.elem_count())
-            .map(|_| match rng.random::<f32>() < keep {
-                true => 1.0 / keep,
-                false => 0.0,
-            })
-            .collect();
-        Ok(x.mul(&Tensor::from_vec(mask, x.shape(), x.device())?)?)
+        Some(
+            (0..len)
+                .map(|_| match rng.random::<f32>() < keep {
+                    true => 1.0 / keep,
+                    false => 0.0,
+                })
+                .collect(),
+        )
     }
 }
 
@@ -479,29 +484,20 @@ impl Layer {
     ) -> Result<Tensor> {
         let (batch, seq, hidden) = x.dims3()?;
         let heads = encoder.shape.heads;
-        let head = hidden / heads;
-        let split = |t: Tensor| -> Result<Tensor> {
-            Ok(t.reshape((batch, seq, heads, head))?
-                .transpose(1, 2)?
-                .contiguous()?)
-        };
-        let scale = 1.0 / (head as f64).sqrt();
-        let query = split(self.query.forward(x)?)?;
-        let key = split(self.key.forward(x)?)?;
-        let value = split(self.value.forward(x)?)?;
+        let scale = 1.0 / ((hidden / heads) as f64).sqrt();
+        let query = self.query.forward(x)?;
+        let (key, value) = (self.key.forward(x)?, self.value.forward(x)?);
+        let factors = dropout.factors(batch * heads * seq * seq, encoder.rates.attention);
         // DistilBERT scales the queries before the product, BERT the scores after it; the
         // order is kept so that the rounding is the reference's.
-        let probabilities = match encoder.shape.family {
+        match encoder.shape.family {
             Family::DistilBert => {
-                ops::masked_softmax(&(query * scale)?.matmul(&key.t()?)?, mask, 1.0)?
+                ops::attention(&(query * scale)?, &key, &value, heads, mask, 1.0, factors)
             }
             Family::Bert | Family::Roberta => {
-                ops::masked_softmax(&query.matmul(&key.t()?)?, mask, scale as f32)?
+                ops::attention(&query, &key, &value, heads, mask, scale as f32, factors)
             }
-        };
-        let probabilities = dropout.apply(&probabilities, encoder.rates.attention)?;
-        let context = probabilities.matmul(&value)?;
-        Ok(context.transpose(1, 2)?.reshape((batch, seq, hidden))?)
+        }
     }
 }
 

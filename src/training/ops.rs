@@ -1,5 +1,6 @@
-//! The training graph's memory-bound steps as single candle ops with backward passes: layer
-//! normalisation, the attention's scaled, masked softmax, and exact GELU.
+//! The training graph's heavy steps as single candle ops with backward passes: linear layers,
+//! layer normalisation, multi-head attention (scaled, masked softmax and dropout inside) and
+//! exact GELU.
 //!
 //! Written from candle's primitives they were a dozen passes each way over their tensors,
 //! each a fresh allocation, most of them on one thread: 0.34× PyTorch's step time on MiniLM
@@ -173,91 +174,26 @@ impl CustomOp3 for LayerNorm {
     }
 }
 
-/// `softmax(scores * scale + mask)` over the last dimension; `scores` (batch, heads, q, k),
-/// `mask` additive (batch, 1, 1, k). The gradient goes to `scores` (the mask is a constant).
-pub(crate) fn masked_softmax(scores: &Tensor, mask: &Tensor, scale: f32) -> Result<Tensor> {
-    let (batch, heads, queries, keys) = scores.dims4()?;
-    if mask.dims() != [batch, 1, 1, keys] {
-        return Err(Error::InvalidInput(format!(
-            "the attention mask has shape {:?}, not ({batch}, 1, 1, {keys})",
-            mask.dims()
-        )));
+/// `out = softmax(row * scale + mask)`.
+fn softmax_row(out: &mut [f32], row: &[f32], mask: &[f32], scale: f32) {
+    let mut max = f32::NEG_INFINITY;
+    for ((o, &s), &m) in out.iter_mut().zip(row).zip(mask) {
+        *o = s * scale + m;
+        max = max.max(*o);
     }
-    let op = MaskedSoftmax {
-        mask: values(mask)?.to_vec(),
-        rows_per_item: heads * queries,
-        keys,
-        scale,
-    };
-    Ok(scores.contiguous()?.apply_op1(op)?)
+    let mut sum = 0f32;
+    for o in out.iter_mut() {
+        *o = (*o - max).exp();
+        sum += *o;
+    }
+    out.iter_mut().for_each(|o| *o /= sum);
 }
 
-struct MaskedSoftmax {
-    /// (batch, keys).
-    mask: Vec<f32>,
-    rows_per_item: usize,
-    keys: usize,
-    scale: f32,
-}
-
-impl CustomOp1 for MaskedSoftmax {
-    fn name(&self) -> &'static str {
-        "training-masked-softmax"
-    }
-
-    fn cpu_fwd(
-        &self,
-        storage: &CpuStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let scores = f32_slice(storage, layout, self.name())?;
-        let k = self.keys;
-        let mut out = vec![0f32; scores.len()];
-        out.par_chunks_mut(k * ROWS_PER_TASK)
-            .zip(scores.par_chunks(k * ROWS_PER_TASK))
-            .enumerate()
-            .for_each(|(task, (out, scores))| {
-                for (r, (out, row)) in out.chunks_mut(k).zip(scores.chunks(k)).enumerate() {
-                    let item = (task * ROWS_PER_TASK + r) / self.rows_per_item;
-                    let mask = &self.mask[item * k..(item + 1) * k];
-                    let mut max = f32::NEG_INFINITY;
-                    for ((o, &s), &m) in out.iter_mut().zip(row).zip(mask) {
-                        *o = s * self.scale + m;
-                        max = max.max(*o);
-                    }
-                    let mut sum = 0f32;
-                    for o in out.iter_mut() {
-                        *o = (*o - max).exp();
-                        sum += *o;
-                    }
-                    out.iter_mut().for_each(|o| *o /= sum);
-                }
-            });
-        Ok((CpuStorage::F32(out), layout.shape().clone()))
-    }
-
-    /// `dx = scale · p ⊙ (g − Σ g ⊙ p)`, row by row.
-    fn bwd(
-        &self,
-        arg: &Tensor,
-        res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<Option<Tensor>> {
-        let (p, g) = (values(res)?, values(grad)?);
-        let k = self.keys;
-        let mut dx = vec![0f32; p.len()];
-        dx.par_chunks_mut(k * ROWS_PER_TASK)
-            .zip(p.par_chunks(k * ROWS_PER_TASK))
-            .zip(g.par_chunks(k * ROWS_PER_TASK))
-            .for_each(|((dx, p), g)| {
-                for ((dx, p), g) in dx.chunks_mut(k).zip(p.chunks(k)).zip(g.chunks(k)) {
-                    let dot: f32 = p.iter().zip(g).map(|(p, g)| p * g).sum();
-                    for ((d, &p), &g) in dx.iter_mut().zip(p).zip(g) {
-                        *d = self.scale * p * (g - dot);
-                    }
-                }
-            });
-        Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
+/// `dx = scale · p ⊙ (g − Σ g ⊙ p)` for one row: the softmax's backward pass.
+fn softmax_row_backward(dx: &mut [f32], p: &[f32], g: &[f32], scale: f32) {
+    let dot: f32 = p.iter().zip(g).map(|(p, g)| p * g).sum();
+    for ((d, &p), &g) in dx.iter_mut().zip(p).zip(g) {
+        *d = scale * p * (g - dot);
     }
 }
 
@@ -340,20 +276,54 @@ struct Linear;
 
 /// `dst (m × n) = read · dst + lhs (m × k) · rhs (k × n)`, each operand given by its row and
 /// column strides, on every rayon thread.
-#[allow(clippy::too_many_arguments)]
 fn product(
-    (m, n, k): (usize, usize, usize),
+    shape: (usize, usize, usize),
     dst: &mut [f32],
     read: bool,
     lhs: (&[f32], isize, isize),
     rhs: (&[f32], isize, isize),
 ) {
+    product_on(
+        shape,
+        dst,
+        read,
+        lhs,
+        rhs,
+        gemm::Parallelism::Rayon(rayon::current_num_threads()),
+    )
+}
+
+/// [`product`] on the calling thread alone (inside a parallel loop).
+fn product_here(
+    shape: (usize, usize, usize),
+    dst: &mut [f32],
+    lhs: (&[f32], isize, isize),
+    rhs: (&[f32], isize, isize),
+) {
+    product_on(shape, dst, false, lhs, rhs, gemm::Parallelism::None)
+}
+
+fn product_on(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    read: bool,
+    lhs: (&[f32], isize, isize),
+    rhs: (&[f32], isize, isize),
+    parallelism: gemm::Parallelism,
+) {
     let (lhs, lhs_rs, lhs_cs) = lhs;
     let (rhs, rhs_rs, rhs_cs) = rhs;
-    assert!(dst.len() >= m * n && lhs.len() >= m * k && rhs.len() >= k * n);
-    // SAFETY: the strides address only elements inside the slices, whose lengths were
-    // checked above against the shapes (all strides are those of dense row-major matrices
-    // of these shapes, or their transposes).
+    // The last element each operand's strides reach must lie inside its slice.
+    let reach = |rows: usize, cols: usize, rs: isize, cs: isize| {
+        (rows.max(1) - 1) * rs as usize + (cols.max(1) - 1) * cs as usize
+    };
+    assert!(
+        dst.len() >= m * n
+            && reach(m, k, lhs_rs, lhs_cs) < lhs.len().max(1)
+            && reach(k, n, rhs_rs, rhs_cs) < rhs.len().max(1)
+    );
+    // SAFETY: every element the strides address lies inside its slice (checked above; the
+    // strides are non-negative), and `dst` is written as a dense row-major m × n matrix.
     unsafe {
         gemm::gemm(
             m,
@@ -374,7 +344,7 @@ fn product(
             false,
             false,
             false,
-            gemm::Parallelism::Rayon(rayon::current_num_threads()),
+            parallelism,
         );
     }
 }
@@ -463,5 +433,243 @@ impl CustomOp3 for Linear {
             Some(Tensor::from_vec(dw, (outputs, inputs), device)?),
             Some(Tensor::from_vec(db, outputs, device)?),
         ))
+    }
+}
+
+/// Multi-head attention over `query`, `key` and `value`, each (batch, seq, heads · head_dim)
+/// as the projections make them: per sequence and head, `softmax(q kᵀ · scale + mask)`,
+/// dropped out by `dropout` ((batch, heads, seq, seq) factors, 0 or 1/keep) when given, times
+/// v; returns (batch, seq, heads · head_dim). No head is copied out: the products read the
+/// projections through strides. The backward pass recomputes the probabilities instead of
+/// keeping them (one more product of the four, and no (batch, heads, seq, seq) tensor held
+/// from the forward pass to the backward one but the dropout's).
+pub(crate) fn attention(
+    query: &Tensor,
+    key: &Tensor,
+    value: &Tensor,
+    heads: usize,
+    mask: &Tensor,
+    scale: f32,
+    dropout: Option<Vec<f32>>,
+) -> Result<Tensor> {
+    let (batch, seq, width) = query.dims3()?;
+    let shapes_agree = key.dims() == query.dims() && value.dims() == query.dims();
+    if !shapes_agree || width % heads != 0 || mask.dims() != [batch, 1, 1, seq] {
+        return Err(Error::InvalidInput(format!(
+            "attention over q {:?}, k {:?}, v {:?} with {heads} heads and a mask {:?}",
+            query.dims(),
+            key.dims(),
+            value.dims(),
+            mask.dims()
+        )));
+    }
+    if dropout
+        .as_ref()
+        .is_some_and(|d| d.len() != batch * heads * seq * seq)
+    {
+        return Err(Error::InvalidInput(
+            "the attention dropout mask has another size".into(),
+        ));
+    }
+    let op = Attention {
+        shape: AttentionShape {
+            batch,
+            seq,
+            heads,
+            head: width / heads,
+        },
+        mask: values(mask)?.to_vec(),
+        scale,
+        dropout,
+    };
+    Ok(query
+        .contiguous()?
+        .apply_op3(&key.contiguous()?, &value.contiguous()?, op)?)
+}
+
+#[derive(Clone, Copy)]
+struct AttentionShape {
+    batch: usize,
+    seq: usize,
+    heads: usize,
+    head: usize,
+}
+
+impl AttentionShape {
+    fn width(&self) -> usize {
+        self.heads * self.head
+    }
+
+    /// Where head `h` of sequence `b` starts in a (batch, seq, width) tensor, and its row
+    /// and column strides.
+    fn head_of<'a>(&self, data: &'a [f32], b: usize, h: usize) -> (&'a [f32], isize, isize) {
+        let start = b * self.seq * self.width() + h * self.head;
+        (&data[start..], self.width() as isize, 1)
+    }
+
+    /// Write each (sequence, head)'s (seq, head_dim) block into a (batch, seq, width) tensor.
+    fn gather(&self, blocks: &[Vec<f32>]) -> Vec<f32> {
+        let mut out = vec![0f32; self.batch * self.seq * self.width()];
+        for (index, block) in blocks.iter().enumerate() {
+            let (b, h) = (index / self.heads, index % self.heads);
+            for (i, row) in block.chunks(self.head).enumerate() {
+                let start = (b * self.seq + i) * self.width() + h * self.head;
+                out[start..start + self.head].copy_from_slice(row);
+            }
+        }
+        out
+    }
+}
+
+struct Attention {
+    shape: AttentionShape,
+    /// Additive, (batch, seq).
+    mask: Vec<f32>,
+    scale: f32,
+    dropout: Option<Vec<f32>>,
+}
+
+impl Attention {
+    /// The probabilities of sequence `b`, head `h`: (seq, seq), before dropout.
+    fn probabilities(&self, q: &[f32], k: &[f32], b: usize, h: usize) -> Vec<f32> {
+        let AttentionShape { seq, head, .. } = self.shape;
+        let mut scores = vec![0f32; seq * seq];
+        let (k_head, rs, cs) = self.shape.head_of(k, b, h);
+        // q kᵀ: kᵀ's element (d, j) is k[j · width + d].
+        product_here(
+            (seq, seq, head),
+            &mut scores,
+            self.shape.head_of(q, b, h),
+            (k_head, cs, rs),
+        );
+        let mask = &self.mask[b * seq..(b + 1) * seq];
+        let mut probabilities = vec![0f32; seq * seq];
+        for (out, row) in probabilities.chunks_mut(seq).zip(scores.chunks(seq)) {
+            softmax_row(out, row, mask, self.scale);
+        }
+        probabilities
+    }
+
+    /// The probabilities after dropout, for sequence `b`, head `h`.
+    fn dropped(&self, mut probabilities: Vec<f32>, b: usize, h: usize) -> Vec<f32> {
+        if let Some(dropout) = &self.dropout {
+            let block = self.shape.seq * self.shape.seq;
+            let start = (b * self.shape.heads + h) * block;
+            probabilities
+                .iter_mut()
+                .zip(&dropout[start..start + block])
+                .for_each(|(p, d)| *p *= d);
+        }
+        probabilities
+    }
+}
+
+impl CustomOp3 for Attention {
+    fn name(&self) -> &'static str {
+        "training-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        q: &CpuStorage,
+        q_layout: &Layout,
+        k: &CpuStorage,
+        k_layout: &Layout,
+        v: &CpuStorage,
+        v_layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (q, k, v) = (
+            f32_slice(q, q_layout, self.name())?,
+            f32_slice(k, k_layout, self.name())?,
+            f32_slice(v, v_layout, self.name())?,
+        );
+        let AttentionShape {
+            batch,
+            seq,
+            heads,
+            head,
+        } = self.shape;
+        let blocks: Vec<Vec<f32>> = (0..batch * heads)
+            .into_par_iter()
+            .map(|index| {
+                let (b, h) = (index / heads, index % heads);
+                let p = self.dropped(self.probabilities(q, k, b, h), b, h);
+                let mut context = vec![0f32; seq * head];
+                product_here(
+                    (seq, head, seq),
+                    &mut context,
+                    (&p, seq as isize, 1),
+                    self.shape.head_of(v, b, h),
+                );
+                context
+            })
+            .collect();
+        Ok((
+            CpuStorage::F32(self.shape.gather(&blocks)),
+            q_layout.shape().clone(),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        query: &Tensor,
+        key: &Tensor,
+        value: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (q, k, v, g) = (values(query)?, values(key)?, values(value)?, values(grad)?);
+        let AttentionShape {
+            batch,
+            seq,
+            heads,
+            head,
+        } = self.shape;
+        let blocks: Vec<[Vec<f32>; 3]> = (0..batch * heads)
+            .into_par_iter()
+            .map(|index| {
+                let (b, h) = (index / heads, index % heads);
+                let p = self.probabilities(&q, &k, b, h);
+                let dropped = self.dropped(p.clone(), b, h);
+                let g_head = self.shape.head_of(&g, b, h);
+                // dv = dropped(p)ᵀ · g.
+                let mut dv = vec![0f32; seq * head];
+                product_here(
+                    (seq, head, seq),
+                    &mut dv,
+                    (&dropped, 1, seq as isize),
+                    g_head,
+                );
+                // d(dropped p) = g · vᵀ, then through the dropout.
+                let (v_head, rs, cs) = self.shape.head_of(&v, b, h);
+                let mut dp = vec![0f32; seq * seq];
+                product_here((seq, seq, head), &mut dp, g_head, (v_head, cs, rs));
+                let dp = self.dropped(dp, b, h);
+                let mut ds = vec![0f32; seq * seq];
+                for ((ds, p), dp) in ds.chunks_mut(seq).zip(p.chunks(seq)).zip(dp.chunks(seq)) {
+                    softmax_row_backward(ds, p, dp, self.scale);
+                }
+                // dq = ds · k; dk = dsᵀ · q.
+                let mut dq = vec![0f32; seq * head];
+                product_here(
+                    (seq, head, seq),
+                    &mut dq,
+                    (&ds, seq as isize, 1),
+                    self.shape.head_of(&k, b, h),
+                );
+                let mut dk = vec![0f32; seq * head];
+                product_here(
+                    (seq, head, seq),
+                    &mut dk,
+                    (&ds, 1, seq as isize),
+                    self.shape.head_of(&q, b, h),
+                );
+                [dq, dk, dv]
+            })
+            .collect();
+        let part = |i: usize| -> Vec<Vec<f32>> { blocks.iter().map(|b| b[i].clone()).collect() };
+        let device = query.device();
+        let tensor = |i| Tensor::from_vec(self.shape.gather(&part(i)), query.shape(), device);
+        Ok((Some(tensor(0)?), Some(tensor(1)?), Some(tensor(2)?)))
     }
 }
