@@ -673,3 +673,147 @@ impl CustomOp3 for Attention {
         Ok((Some(tensor(0)?), Some(tensor(1)?), Some(tensor(2)?)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Each op's gradients against the same computation in candle's primitives, whose
+    //! backward passes candle derives: dropout on, padding in the mask.
+
+    use candle_core::{Device, Tensor, Var, D};
+
+    use super::*;
+
+    fn random(shape: &[usize], seed: u64) -> Var {
+        let mut state = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let values: Vec<f32> = (0..shape.iter().product())
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect();
+        Var::from_tensor(&Tensor::from_vec(values, shape, &Device::Cpu).unwrap()).unwrap()
+    }
+
+    fn max_gap(a: &Tensor, b: &Tensor) -> f32 {
+        let gap = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(gap.is_finite());
+        gap
+    }
+
+    /// The gradients of `Σ out ⊙ weights` for the fused op and the primitive one, for `vars`.
+    fn assert_same_gradients(fused: Tensor, primitive: Tensor, vars: &[&Var], what: &str) {
+        assert!(max_gap(&fused, &primitive) < 1e-5, "{what}: outputs differ");
+        let weights = random(fused.dims(), 99);
+        let fused = fused
+            .mul(weights.as_tensor())
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let primitive = primitive
+            .mul(weights.as_tensor())
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for (i, var) in vars.iter().enumerate() {
+            let (a, b) = (fused.get(var).unwrap(), primitive.get(var).unwrap());
+            let gap = max_gap(a, b);
+            assert!(gap < 1e-5, "{what}: gradient {i} differs by {gap}");
+        }
+    }
+
+    #[test]
+    fn attention_with_padding_and_dropout_has_the_primitives_gradients() {
+        let (batch, seq, heads, head) = (2, 5, 3, 4);
+        let width = heads * head;
+        let (q, k, v) = (
+            random(&[batch, seq, width], 1),
+            random(&[batch, seq, width], 2),
+            random(&[batch, seq, width], 3),
+        );
+        // The second sequence has two padding positions.
+        let mask: Vec<f32> = (0..batch * seq)
+            .map(|i| if i >= seq + 3 { f32::MIN } else { 0.0 })
+            .collect();
+        let mask = Tensor::from_vec(mask, (batch, 1, 1, seq), &Device::Cpu).unwrap();
+        let factors: Vec<f32> = (0..batch * heads * seq * seq)
+            .map(|i| if i % 7 == 3 { 0.0 } else { 1.0 / 0.9 })
+            .collect();
+        let scale = 0.5;
+        let fused = attention(&q, &k, &v, heads, &mask, scale, Some(factors.clone())).unwrap();
+        let split = |t: &Tensor| {
+            t.reshape((batch, seq, heads, head))
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .contiguous()
+                .unwrap()
+        };
+        let scores = (split(&q).matmul(&split(&k).t().unwrap()).unwrap() * scale as f64).unwrap();
+        let scores = scores.broadcast_add(&mask).unwrap();
+        let shifted = scores
+            .broadcast_sub(&scores.max_keepdim(D::Minus1).unwrap().detach())
+            .unwrap()
+            .exp()
+            .unwrap();
+        let p = shifted
+            .broadcast_div(&shifted.sum_keepdim(D::Minus1).unwrap())
+            .unwrap();
+        let p = p
+            .mul(&Tensor::from_vec(factors, (batch, heads, seq, seq), &Device::Cpu).unwrap())
+            .unwrap();
+        let primitive = p
+            .matmul(&split(&v))
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .reshape((batch, seq, width))
+            .unwrap();
+        assert_same_gradients(fused, primitive, &[&q, &k, &v], "attention");
+    }
+
+    #[test]
+    fn layer_norm_linear_and_gelu_have_the_primitives_gradients() {
+        let (x, w, b) = (random(&[6, 8], 4), random(&[8], 5), random(&[8], 6));
+        let fused = layer_norm(&x, &w, &b, 1e-5).unwrap();
+        let centred = x
+            .broadcast_sub(&x.mean_keepdim(D::Minus1).unwrap())
+            .unwrap();
+        let variance = centred.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+        let primitive = centred
+            .broadcast_div(&(variance + 1e-5).unwrap().sqrt().unwrap())
+            .unwrap()
+            .broadcast_mul(&w)
+            .unwrap()
+            .broadcast_add(&b)
+            .unwrap();
+        assert_same_gradients(fused, primitive, &[&x, &w, &b], "layer norm");
+
+        let (weight, bias) = (random(&[5, 8], 7), random(&[5], 8));
+        let fused = linear(&x, &weight, &bias).unwrap();
+        let primitive = x
+            .matmul(&weight.t().unwrap())
+            .unwrap()
+            .broadcast_add(&bias)
+            .unwrap();
+        assert_same_gradients(fused, primitive, &[&x, &weight, &bias], "linear");
+
+        let fused = gelu_erf(&x).unwrap();
+        let primitive = x.gelu_erf().unwrap();
+        assert_same_gradients(fused, primitive, &[&x], "gelu");
+    }
+}
