@@ -17,8 +17,8 @@
 use std::cell::RefCell;
 
 use candle_core::{DType, Device, Tensor};
-use rand::rngs::StdRng;
-use rand::Rng;
+use rand::rngs::{SmallRng, StdRng};
+use rand::{Rng, SeedableRng};
 
 use crate::error::{Error, Result};
 use crate::models::config::ModelConfig;
@@ -105,10 +105,13 @@ impl Dropout {
     pub(crate) fn factors(&self, len: usize, p: f32) -> Option<Vec<f32>> {
         let rng = self.rng.as_ref().filter(|_| p > 0.0)?;
         let keep = 1.0 - p;
-        let mut rng = rng.borrow_mut();
+        // A fast generator seeded from the run's for each mask: the attention's masks are
+        // tens of millions of draws a step, which ChaCha spent seconds on.
+        let mut draws = SmallRng::from_rng(&mut *rng.borrow_mut());
+        let threshold = (keep as f64 * u32::MAX as f64) as u32;
         Some(
             (0..len)
-                .map(|_| match rng.random::<f32>() < keep {
+                .map(|_| match draws.random::<u32>() < threshold {
                     true => 1.0 / keep,
                     false => 0.0,
                 })
