@@ -34,7 +34,7 @@ fn f32_slice<'a>(
 /// A tensor's values as one f32 slice: borrowed from its storage when it is contiguous on
 /// the CPU (the backward passes read activations and gradients of tens of megabytes), else
 /// copied.
-enum Values<'a> {
+pub(crate) enum Values<'a> {
     Stored(candle_core::StorageRef<'a>, usize, usize),
     Copied(Vec<f32>),
 }
@@ -53,7 +53,7 @@ impl std::ops::Deref for Values<'_> {
     }
 }
 
-fn values(tensor: &Tensor) -> candle_core::Result<Values<'_>> {
+pub(crate) fn values(tensor: &Tensor) -> candle_core::Result<Values<'_>> {
     let (storage, layout) = tensor.storage_and_layout();
     if let (candle_core::Storage::Cpu(CpuStorage::F32(_)), Some((start, end))) =
         (&*storage, layout.contiguous_offsets())

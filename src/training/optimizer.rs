@@ -11,9 +11,11 @@ use std::path::Path;
 
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::training::ops::values;
 use crate::training::parameters::Parameters;
 
 /// The gradient of each trainable parameter, summed over the micro-batches of a step.
@@ -37,10 +39,13 @@ impl Gradients {
             let Some(gradient) = store.get(parameter.var.as_tensor()) else {
                 continue;
             };
-            let values = gradient.flatten_all()?.to_vec1::<f32>()?;
+            let values = values(gradient)?;
             match sum {
-                Some(sum) => sum.iter_mut().zip(&values).for_each(|(s, v)| *s += v),
-                None => *sum = Some(values),
+                Some(sum) => sum
+                    .par_chunks_mut(CHUNK)
+                    .zip(values.par_chunks(CHUNK))
+                    .for_each(|(s, v)| s.iter_mut().zip(v).for_each(|(s, v)| *s += v)),
+                None => *sum = Some(values.to_vec()),
             }
         }
         Ok(())
@@ -61,7 +66,15 @@ impl Gradients {
             .iter()
             .flatten()
             .map(|g| {
-                let norm = g.iter().map(|v| v * v).sum::<f32>().sqrt();
+                // Chunk by chunk, in parallel: partial sums also keep the rounding of tens
+                // of millions of squares small, as PyTorch's cascaded sum does.
+                let norm = g
+                    .par_chunks(CHUNK)
+                    .map(|chunk| chunk.iter().map(|v| v * v).sum::<f32>())
+                    .collect::<Vec<f32>>()
+                    .iter()
+                    .sum::<f32>()
+                    .sqrt();
                 norm * norm
             })
             .sum();
@@ -72,8 +85,12 @@ impl Gradients {
             )));
         }
         let factor = (max_norm / (norm + 1e-6)).min(1.0);
-        for sum in self.sums.iter_mut().flatten() {
-            sum.iter_mut().for_each(|v| *v *= factor);
+        // Multiplying by 1 changes nothing, so only a clip that bites touches the values.
+        if factor < 1.0 {
+            for sum in self.sums.iter_mut().flatten() {
+                sum.par_chunks_mut(CHUNK)
+                    .for_each(|c| c.iter_mut().for_each(|v| *v *= factor));
+            }
         }
         Ok(norm)
     }
@@ -163,33 +180,30 @@ impl AdamW {
                 false => 1.0,
             };
             let tensor = parameter.var.as_tensor();
-            let mut values = tensor.flatten_all()?.to_vec1::<f32>()?;
             let (m, v) = &mut self.moments[index];
             if m.is_empty() {
-                *m = vec![0.0; values.len()];
-                *v = vec![0.0; values.len()];
+                *m = vec![0.0; gradient.len()];
+                *v = vec![0.0; gradient.len()];
             }
-            let (beta1_weight, beta2, beta2_weight) = (
-                (1.0 - s.beta1) as f32,
-                s.beta2 as f32,
-                (1.0 - s.beta2) as f32,
-            );
-            let (correction2, eps) = (bias_correction2_sqrt as f32, s.eps as f32);
-            for (((p, &g), m), v) in values
-                .iter_mut()
-                .zip(gradient)
-                .zip(m.iter_mut())
-                .zip(v.iter_mut())
-            {
-                *p *= decay;
-                *m += beta1_weight * (g - *m);
-                *v = *v * beta2 + beta2_weight * (g * g);
-                let denominator = v.sqrt() / correction2 + eps;
-                *p += -step_size * (*m / denominator);
-            }
+            let update = Update {
+                decay,
+                beta1_weight: (1.0 - s.beta1) as f32,
+                beta2: s.beta2 as f32,
+                beta2_weight: (1.0 - s.beta2) as f32,
+                correction2: bias_correction2_sqrt as f32,
+                eps: s.eps as f32,
+                step_size,
+            };
+            let mut updated = values(tensor)?.to_vec();
+            updated
+                .par_chunks_mut(CHUNK)
+                .zip(gradient.par_chunks(CHUNK))
+                .zip(m.par_chunks_mut(CHUNK))
+                .zip(v.par_chunks_mut(CHUNK))
+                .for_each(|(((p, g), m), v)| update.apply(p, g, m, v));
             parameter
                 .var
-                .set(&Tensor::from_vec(values, tensor.shape(), tensor.device())?)?;
+                .set(&Tensor::from_vec(updated, tensor.shape(), tensor.device())?)?;
         }
         Ok(())
     }
@@ -268,6 +282,34 @@ impl AdamW {
             steps,
             moments,
         })
+    }
+}
+
+/// Values per rayon task in the optimiser's loops.
+const CHUNK: usize = 1 << 15;
+
+/// One AdamW step's constants, in f32 as PyTorch applies them.
+struct Update {
+    decay: f32,
+    beta1_weight: f32,
+    beta2: f32,
+    beta2_weight: f32,
+    correction2: f32,
+    eps: f32,
+    step_size: f32,
+}
+
+impl Update {
+    /// `_single_tensor_adam`'s arithmetic on one chunk: decay, `lerp` of the first moment,
+    /// `mul_`/`addcmul_` of the second, then `addcdiv_`.
+    fn apply(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+        for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+            *p *= self.decay;
+            *m += self.beta1_weight * (g - *m);
+            *v = *v * self.beta2 + self.beta2_weight * (g * g);
+            let denominator = v.sqrt() / self.correction2 + self.eps;
+            *p += -self.step_size * (*m / denominator);
+        }
     }
 }
 
