@@ -14,8 +14,9 @@ use ferroformers::training::{
 };
 use ferroformers::{HubOptions, LoadOptions, Pretrained};
 
-/// The accuracy the fine-tuned model must reach on the held-out combinations: measured 0.982
-/// (110 of 112) on Zen 4 with these settings; the bar leaves two examples of margin.
+/// The accuracy the fine-tuned model must reach on the held-out combinations: measured 1.000
+/// (112 of 112, from epoch 3) on Zen 4 with these settings; the bar leaves four examples of
+/// margin for another CPU's rounding, which changes the run's path.
 const FINE_TUNED_BAR: f64 = 0.96;
 
 #[test]

@@ -933,3 +933,85 @@ fn unreadable_stdin_is_one_line_on_stderr() {
     assert_eq!(stderr.lines().count(), 1, "{stderr:?}");
     assert!(stderr.contains("stdin"), "{stderr:?}");
 }
+
+/// `train` fine-tunes the fixture BERT on a JSON Lines file, prints one JSON line per epoch
+/// with its evaluation, and leaves a folder that `classify` runs with the file's labels.
+#[test]
+fn train_fine_tunes_on_a_file_and_the_saved_model_classifies() {
+    let folder = tempfile::tempdir().unwrap();
+    let data = folder.path().join("train.jsonl");
+    let rows: Vec<String> = (0..24)
+        .map(|i| {
+            let (text, label) = match i % 2 {
+                0 => ("the quick brown fox", "animal"),
+                _ => ("hello world of the city", "place"),
+            };
+            serde_json::json!({"text": text, "label": label}).to_string()
+        })
+        .collect();
+    std::fs::write(&data, rows.join("\n")).unwrap();
+    let output = folder.path().join("model");
+    let model = fixture_model("bert/base");
+    let train = ferroformers(
+        &[
+            "train",
+            "-m",
+            &model,
+            "--quiet",
+            "--task",
+            "classification",
+            "--train",
+            data.to_str().unwrap(),
+            "--eval-fraction",
+            "0.25",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "4",
+            "--learning-rate",
+            "1e-3",
+            "--json",
+            "-o",
+            output.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(
+        train.status.success(),
+        "{}",
+        String::from_utf8_lossy(&train.stderr)
+    );
+    let epochs = json_lines(&train);
+    assert_eq!(epochs.len(), 2);
+    for (i, epoch) in epochs.iter().enumerate() {
+        assert_eq!(epoch["epoch"], i + 1);
+        assert!(epoch["train_loss"].as_f64().unwrap().is_finite());
+        let accuracy = epoch["evaluation"]["metrics"]["accuracy"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&accuracy));
+    }
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(output.join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["id2label"]["0"], "animal");
+    assert_eq!(config["architectures"][0], "BertForSequenceClassification");
+    let classify = ferroformers(
+        &[
+            "classify",
+            "-m",
+            output.to_str().unwrap(),
+            "--json",
+            "the quick brown fox",
+        ],
+        None,
+    );
+    assert!(
+        classify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&classify.stderr)
+    );
+    let label = json_lines(&classify)[0][0]["label"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(label == "animal" || label == "place", "{label}");
+}
