@@ -31,6 +31,20 @@ fn f32_slice<'a>(
     Ok(&data[start..end])
 }
 
+/// The three inputs of a [`CustomOp3`] as f32 slices.
+fn three_slices<'a>(
+    op: &str,
+    (a, a_layout): (&'a CpuStorage, &Layout),
+    (b, b_layout): (&'a CpuStorage, &Layout),
+    (c, c_layout): (&'a CpuStorage, &Layout),
+) -> candle_core::Result<(&'a [f32], &'a [f32], &'a [f32])> {
+    Ok((
+        f32_slice(a, a_layout, op)?,
+        f32_slice(b, b_layout, op)?,
+        f32_slice(c, c_layout, op)?,
+    ))
+}
+
 /// A tensor's values as one f32 slice: borrowed from its storage when it is contiguous on
 /// the CPU (the backward passes read activations and gradients of tens of megabytes), else
 /// copied.
@@ -98,11 +112,8 @@ impl CustomOp3 for LayerNorm {
         b: &CpuStorage,
         b_layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x_values = f32_slice(x, x_layout, self.name())?;
-        let (w, b) = (
-            f32_slice(w, w_layout, self.name())?,
-            f32_slice(b, b_layout, self.name())?,
-        );
+        let (x_values, w, b) =
+            three_slices(self.name(), (x, x_layout), (w, w_layout), (b, b_layout))?;
         let width = w.len();
         let mut out = vec![0f32; x_values.len()];
         out.par_chunks_mut(width * ROWS_PER_TASK)
@@ -372,11 +383,7 @@ impl CustomOp3 for Linear {
         b: &CpuStorage,
         b_layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (x, w, b) = (
-            f32_slice(x, x_layout, self.name())?,
-            f32_slice(w, w_layout, self.name())?,
-            f32_slice(b, b_layout, self.name())?,
-        );
+        let (x, w, b) = three_slices(self.name(), (x, x_layout), (w, w_layout), (b, b_layout))?;
         let (rows, inputs) = x_layout.shape().dims2()?;
         let outputs = b.len();
         let mut y: Vec<f32> = b.iter().copied().cycle().take(rows * outputs).collect();
@@ -581,11 +588,7 @@ impl CustomOp3 for Attention {
         v: &CpuStorage,
         v_layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (q, k, v) = (
-            f32_slice(q, q_layout, self.name())?,
-            f32_slice(k, k_layout, self.name())?,
-            f32_slice(v, v_layout, self.name())?,
-        );
+        let (q, k, v) = three_slices(self.name(), (q, q_layout), (k, k_layout), (v, v_layout))?;
         let AttentionShape {
             batch,
             seq,
