@@ -161,16 +161,11 @@ impl Dense {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut shape = x.dims().to_vec();
-        let inputs = shape.pop().unwrap_or(1);
-        let rows = x.elem_count() / inputs.max(1);
-        shape.push(self.weight.dim(0)?);
-        let y = ops::linear(&x.reshape((rows, inputs))?, &self.weight, &self.bias)?;
-        Ok(y.reshape(shape)?)
+        ops::linear(x, &self.weight, &self.bias)
     }
 }
 
-/// Layer normalisation over the last dimension, from primitives (mean, variance, scale).
+/// Layer normalisation over the last dimension ([`ops::layer_norm`]).
 #[derive(Debug, Clone)]
 struct Norm {
     weight: Tensor,

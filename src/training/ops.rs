@@ -264,17 +264,19 @@ impl CustomOp1 for GeluErf {
     }
 }
 
-/// `x @ weight.T + bias` for `x` (rows, in), `weight` (out, in), `bias` (out): the bias
+/// `x @ weight.T + bias` for `x` (..., in), `weight` (out, in), `bias` (out), without a
+/// reshape (whose backward pass would be one more accumulation of the gradient): the bias
 /// written first and the product summed onto it by one GEMM; backward, two GEMMs and a
 /// column sum, with no transposed copies.
 pub(crate) fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    let (rows, inputs) = x.dims2()?;
+    let inputs = x.dims().last().copied().unwrap_or(0);
     let (outputs, weight_inputs) = weight.dims2()?;
     if weight_inputs != inputs || bias.dims() != [outputs] {
         return Err(Error::InvalidInput(format!(
-            "a linear layer of weight {:?} and bias {:?} cannot take inputs ({rows}, {inputs})",
+            "a linear layer of weight {:?} and bias {:?} cannot take inputs {:?}",
             weight.dims(),
-            bias.dims()
+            bias.dims(),
+            x.dims()
         )));
     }
     Ok(x.contiguous()?
@@ -384,7 +386,8 @@ impl CustomOp3 for Linear {
         b_layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, w, b) = three_slices(self.name(), (x, x_layout), (w, w_layout), (b, b_layout))?;
-        let (rows, inputs) = x_layout.shape().dims2()?;
+        let inputs = w.len() / b.len().max(1);
+        let rows = x.len() / inputs.max(1);
         let outputs = b.len();
         let mut y: Vec<f32> = b.iter().copied().cycle().take(rows * outputs).collect();
         // y += x (rows × in) · wᵀ (in × out); wᵀ's element (i, o) is w[o · in + i].
@@ -394,7 +397,11 @@ impl CustomOp3 for Linear {
             (x, inputs as isize, 1),
             (w, 1, inputs as isize),
         );
-        Ok((CpuStorage::F32(y), Shape::from((rows, outputs))))
+        let mut shape = x_layout.dims().to_vec();
+        if let Some(last) = shape.last_mut() {
+            *last = outputs;
+        }
+        Ok((CpuStorage::F32(y), Shape::from(shape)))
     }
 
     fn bwd(
@@ -405,8 +412,8 @@ impl CustomOp3 for Linear {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (rows, inputs) = x.dims2()?;
-        let outputs = weight.dim(0)?;
+        let (outputs, inputs) = weight.dims2()?;
+        let rows = x.elem_count() / inputs.max(1);
         let (xs, w, g) = (values(x)?, values(weight)?, values(grad)?);
         // dx (rows × in) = g (rows × out) · w (out × in).
         let dx = new_product(
@@ -440,7 +447,7 @@ impl CustomOp3 for Linear {
             );
         let device = x.device();
         Ok((
-            Some(Tensor::from_vec(dx, (rows, inputs), device)?),
+            Some(Tensor::from_vec(dx, x.shape(), device)?),
             Some(Tensor::from_vec(dw, (outputs, inputs), device)?),
             Some(Tensor::from_vec(db, outputs, device)?),
         ))
