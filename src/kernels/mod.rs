@@ -81,7 +81,7 @@ pub fn on_worker<T: Send>(work: impl FnOnce() -> T + Send) -> T {
 }
 
 /// The contiguous f32 data of one input of the custom op `op`.
-fn f32_slice<'a>(
+pub(crate) fn f32_slice<'a>(
     storage: &'a CpuStorage,
     layout: &Layout,
     op: &str,
@@ -182,7 +182,7 @@ dispatch! {
 }
 
 /// `row = softmax(row * scale + mask)`, in place, with `isa`'s kernel.
-fn softmax_row(isa: isa::Isa, out: &mut [f32], mask: &[f32], scale: f32) {
+pub(crate) fn softmax_row(isa: isa::Isa, out: &mut [f32], mask: &[f32], scale: f32) {
     #[cfg(target_arch = "x86_64")]
     if let Some(avx512) = simd::Avx512::on(isa) {
         return avx512.softmax(out, mask, scale);

@@ -12,24 +12,12 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::kernels::math::{erf, exp};
+use crate::kernels::isa::Isa;
+use crate::kernels::math::erf;
+use crate::kernels::{f32_slice, softmax_row};
 
 /// Rows handed to one rayon task: enough work to outweigh the task's cost.
 const ROWS_PER_TASK: usize = 64;
-
-fn f32_slice<'a>(
-    storage: &'a CpuStorage,
-    layout: &Layout,
-    op: &str,
-) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(data) = storage else {
-        candle_core::bail!("{op}: f32 only")
-    };
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        candle_core::bail!("{op}: contiguous input only")
-    };
-    Ok(&data[start..end])
-}
 
 /// The three inputs of a [`CustomOp3`] as f32 slices.
 fn three_slices<'a>(
@@ -183,19 +171,6 @@ impl CustomOp3 for LayerNorm {
             Some(Tensor::from_vec(db, width, device)?),
         ))
     }
-}
-
-/// `out = softmax(row * scale + mask)`.
-fn softmax_row(out: &mut [f32], row: &[f32], mask: &[f32], scale: f32) {
-    let mut max = f32::NEG_INFINITY;
-    for ((o, &s), &m) in out.iter_mut().zip(row).zip(mask) {
-        *o = s * scale + m;
-        max = max.max(*o);
-    }
-    // The kernels' exp (relative error below 2e-7), which vectorises; f32::exp does not.
-    out.iter_mut().for_each(|o| *o = exp(*o - max));
-    let sum: f32 = out.iter().sum();
-    out.iter_mut().for_each(|o| *o /= sum);
 }
 
 /// `dx = scale · p ⊙ (g − Σ g ⊙ p)` for one row: the softmax's backward pass.
@@ -499,6 +474,7 @@ pub(crate) fn attention(
         mask: values(mask)?.to_vec(),
         scale,
         dropout,
+        isa: Isa::current(),
     };
     Ok(query
         .contiguous()?
@@ -545,6 +521,8 @@ struct Attention {
     mask: Vec<f32>,
     scale: f32,
     dropout: Option<Vec<f32>>,
+    /// The instruction set of the kernels' softmax, decided once per op.
+    isa: Isa,
 }
 
 impl Attention {
@@ -553,18 +531,17 @@ impl Attention {
         let AttentionShape { seq, head, .. } = self.shape;
         let (k_head, rs, cs) = self.shape.head_of(k, b, h);
         // q kᵀ: kᵀ's element (d, j) is k[j · width + d].
-        let scores = new_product(
+        let mut scores = new_product(
             (seq, seq, head),
             self.shape.head_of(q, b, h),
             (k_head, cs, rs),
             HERE,
         );
         let mask = &self.mask[b * seq..(b + 1) * seq];
-        let mut probabilities = vec![0f32; seq * seq];
-        for (out, row) in probabilities.chunks_mut(seq).zip(scores.chunks(seq)) {
-            softmax_row(out, row, mask, self.scale);
+        for row in scores.chunks_mut(seq) {
+            softmax_row(self.isa, row, mask, self.scale);
         }
-        probabilities
+        scores
     }
 
     /// The probabilities after dropout, for sequence `b`, head `h`.
