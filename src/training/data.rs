@@ -296,14 +296,32 @@ pub fn train_test_split<T>(
 /// `seed` and `epoch`, the same for the same pair (as PyTorch's `DistributedSampler` reseeds
 /// with `seed + epoch`), and a different one each epoch.
 pub fn epoch_order(len: usize, seed: u64, epoch: u64) -> Vec<usize> {
-    // The seed and the epoch fill separate bytes of the generator's seed, so no two
-    // (seed, epoch) pairs share a stream, as `seed + epoch` would.
+    let mut order: Vec<usize> = (0..len).collect();
+    order.shuffle(&mut seeded_stream(seed, Stream::EpochOrder, epoch));
+    order
+}
+
+/// What a run's seeded generator draws for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Stream {
+    /// The order of an epoch's examples, per epoch.
+    EpochOrder,
+    /// The dropout masks of an optimiser step, per step.
+    Dropout,
+}
+
+/// The generator of `stream` number `counter` of a run seeded with `seed`. The seed and the
+/// counter fill separate bytes of the generator's seed (each stream its own bytes), so no two
+/// (seed, stream, counter) share a sequence, as `seed + counter` would.
+pub(crate) fn seeded_stream(seed: u64, stream: Stream, counter: u64) -> StdRng {
     let mut key = [0u8; 32];
     key[..8].copy_from_slice(&seed.to_le_bytes());
-    key[8..16].copy_from_slice(&epoch.to_le_bytes());
-    let mut order: Vec<usize> = (0..len).collect();
-    order.shuffle(&mut StdRng::from_seed(key));
-    order
+    let at = match stream {
+        Stream::EpochOrder => 8,
+        Stream::Dropout => 16,
+    };
+    key[at..at + 8].copy_from_slice(&counter.to_le_bytes());
+    StdRng::from_seed(key)
 }
 
 /// The most classes an unnamed integer column makes: every id up to the largest is a class, so

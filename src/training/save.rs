@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
 use crate::loading::hub::ModelSource;
+use crate::loading::json::write_json;
 use crate::models::pooling::Pooling;
 use crate::training::model::{Problem, TrainableModel, TrainingTask};
 
@@ -181,11 +182,6 @@ impl TrainableModel {
             }),
         )
     }
-}
-
-fn write_json(path: &Path, value: &Value) -> Result<()> {
-    let text = serde_json::to_string_pretty(value).map_err(|e| Error::json(path, e))?;
-    std::fs::write(path, text + "\n").map_err(|e| Error::io(path, e))
 }
 
 fn copy_tokenizer(source: &ModelSource, folder: &Path) -> Result<()> {

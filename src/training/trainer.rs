@@ -13,14 +13,13 @@ use std::time::Instant;
 
 use candle_core::DType;
 use rand::rngs::StdRng;
-use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::loading::json::read_json;
+use crate::loading::json::{read_json, write_json};
 use crate::tokenizer::Tokenizer;
 use crate::training::collate::{Collator, Dataset};
-use crate::training::data::epoch_order;
+use crate::training::data::{epoch_order, seeded_stream, Stream};
 use crate::training::encoder::Dropout;
 use crate::training::evaluation::{evaluate, Evaluation};
 use crate::training::model::TrainableModel;
@@ -328,7 +327,7 @@ impl Trainer {
         self.model.save_pretrained(&folder, DType::F32)?;
         self.optimizer
             .save(self.model.parameters(), &folder.join(OPTIMIZER_FILE))?;
-        write_state(&folder.join(STATE_FILE), &self.state)?;
+        write_json(&folder.join(STATE_FILE), &self.state)?;
         let keep: Vec<PathBuf> = [Some(self.optimizer.steps()), self.best_step()]
             .into_iter()
             .flatten()
@@ -369,7 +368,7 @@ impl Trainer {
             }
             _ => self.model.save_pretrained(output, self.save_dtype)?,
         }
-        write_state(&output.join(STATE_FILE), &self.state)
+        write_json(&output.join(STATE_FILE), &self.state)
     }
 
     /// Evaluate the model as it is now.
@@ -379,21 +378,13 @@ impl Trainer {
     }
 }
 
-/// The dropout generator of optimiser step `step`: the seed and the step fill separate bytes
-/// of its seed, so a resumed run draws what the uninterrupted one drew.
+/// The dropout generator of optimiser step `step`, so a resumed run draws what the
+/// uninterrupted one drew.
 fn step_rng(seed: u64, step: u64) -> StdRng {
-    let mut key = [0u8; 32];
-    key[..8].copy_from_slice(&seed.to_le_bytes());
-    key[16..24].copy_from_slice(&step.to_le_bytes());
-    StdRng::from_seed(key)
+    seeded_stream(seed, Stream::Dropout, step)
 }
 
 /// `output/checkpoint-<step>`, as the Trainer names its checkpoints.
 pub fn checkpoint_folder(output: &Path, step: u64) -> PathBuf {
     output.join(format!("checkpoint-{step}"))
-}
-
-fn write_state(path: &Path, state: &TrainerState) -> Result<()> {
-    let text = serde_json::to_string_pretty(state).map_err(|e| Error::json(path, e))?;
-    std::fs::write(path, text + "\n").map_err(|e| Error::io(path, e))
 }
