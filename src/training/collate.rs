@@ -9,8 +9,8 @@ use tokenizers::{
 use crate::error::{Error, Result};
 use crate::tokenizer::{EncodeOptions, ModelInput, PaddingSide, TextInput, Tokenizer};
 use crate::training::data::{
-    AnchorPositiveExample, ClassificationLabel, ScoredPairExample, TextClassificationData,
-    TokenClassificationData,
+    train_test_split, AnchorPositiveExample, ClassificationLabel, ScoredPairExample,
+    TextClassificationData, TokenClassificationData,
 };
 use crate::training::model::{TrainingBatch, TrainingTask};
 
@@ -42,6 +42,44 @@ impl Dataset {
     /// True without examples.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Hold out `fraction` of the examples as [`train_test_split`] does; both sides keep the
+    /// class names. Returns (train, test).
+    pub fn train_test_split(self, fraction: f64, seed: u64) -> Result<(Dataset, Dataset)> {
+        fn halves<T>(
+            examples: Vec<T>,
+            fraction: f64,
+            seed: u64,
+            wrap: impl Fn(Vec<T>) -> Dataset,
+        ) -> Result<(Dataset, Dataset)> {
+            let (train, test) = train_test_split(examples, fraction, seed)?;
+            Ok((wrap(train), wrap(test)))
+        }
+        match self {
+            Dataset::TextClassification(data) => {
+                halves(data.examples, fraction, seed, |examples| {
+                    Dataset::TextClassification(TextClassificationData {
+                        examples,
+                        labels: data.labels.clone(),
+                    })
+                })
+            }
+            Dataset::TokenClassification(data) => {
+                halves(data.examples, fraction, seed, |examples| {
+                    Dataset::TokenClassification(TokenClassificationData {
+                        examples,
+                        tags: data.tags.clone(),
+                    })
+                })
+            }
+            Dataset::ScoredPairs(examples) => {
+                halves(examples, fraction, seed, Dataset::ScoredPairs)
+            }
+            Dataset::AnchorPositive(examples) => {
+                halves(examples, fraction, seed, Dataset::AnchorPositive)
+            }
+        }
     }
 }
 

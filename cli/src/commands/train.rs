@@ -10,7 +10,7 @@ use ferroformers::models::config::Labels;
 use ferroformers::models::pooling::Pooling;
 use ferroformers::training::data::{
     read_anchor_positive, read_scored_pairs, read_text_classification, read_token_classification,
-    train_test_split, LabelKind, TextClassificationData, TokenClassificationData,
+    LabelKind,
 };
 use ferroformers::training::{
     AdamWSettings, Dataset, EmbeddingLoss, Problem, Progress, TrainableModel, TrainedPart, Trainer,
@@ -268,7 +268,7 @@ fn read_datasets(args: &TrainArgs) -> Result<(Dataset, Option<Dataset>)> {
     if args.eval_fraction <= 0.0 {
         return Ok((train, None));
     }
-    let (train, eval) = split(train, args.eval_fraction, args.seed)?;
+    let (train, eval) = train.train_test_split(args.eval_fraction, args.seed)?;
     Ok((train, Some(eval)))
 }
 
@@ -278,51 +278,6 @@ fn class_names(data: &Dataset) -> Option<Labels> {
         Dataset::TokenClassification(d) => Some(d.tags.clone()),
         _ => None,
     }
-}
-
-/// Hold out `fraction` of `data`, the labels kept on both sides.
-fn split(data: Dataset, fraction: f64, seed: u64) -> Result<(Dataset, Dataset)> {
-    Ok(match data {
-        Dataset::TextClassification(d) => {
-            let (train, eval) = train_test_split(d.examples, fraction, seed)?;
-            let labels = d.labels;
-            (
-                Dataset::TextClassification(TextClassificationData {
-                    examples: train,
-                    labels: labels.clone(),
-                }),
-                Dataset::TextClassification(TextClassificationData {
-                    examples: eval,
-                    labels,
-                }),
-            )
-        }
-        Dataset::TokenClassification(d) => {
-            let (train, eval) = train_test_split(d.examples, fraction, seed)?;
-            let tags = d.tags;
-            (
-                Dataset::TokenClassification(TokenClassificationData {
-                    examples: train,
-                    tags: tags.clone(),
-                }),
-                Dataset::TokenClassification(TokenClassificationData {
-                    examples: eval,
-                    tags,
-                }),
-            )
-        }
-        Dataset::ScoredPairs(examples) => {
-            let (train, eval) = train_test_split(examples, fraction, seed)?;
-            (Dataset::ScoredPairs(train), Dataset::ScoredPairs(eval))
-        }
-        Dataset::AnchorPositive(examples) => {
-            let (train, eval) = train_test_split(examples, fraction, seed)?;
-            (
-                Dataset::AnchorPositive(train),
-                Dataset::AnchorPositive(eval),
-            )
-        }
-    })
 }
 
 fn training_task(args: &TrainArgs, train: &Dataset) -> Result<TrainingTask> {
