@@ -2567,6 +2567,208 @@ def make_modernbert():
 
 
 
+# GTE and NomicBERT: BERT-style post-norm encoders with rotary positions and a gated MLP, which
+# transformers writes over one layer (JinaEmbeddingsV3's). Their references need transformers 5
+# (5.25.0 has `GteModel` and `NomicBertModel`; 4.57 has neither), installed beside the pinned
+# one and put first on the path:
+#     python3 -m pip install --target DIR --no-deps transformers==5.25.0 "huggingface-hub>=2.4,<3" \
+#         "tokenizers>=0.23.1,<0.24" "kernels>=0.19.1,<0.20" typer "httpx2>=2,<3" "click>=8.4.2,<9" \
+#         "hf-xet>=1.6,<2" tomlkit
+#     PYTHONPATH=DIR python3 scripts/make_fixtures.py --only rotary-berts
+# Both save their weights under the original checkpoints' names (`qkv_proj`, `up_gate_proj`,
+# `attn_ln` for GTE's `new`; `Wqkv`, `fc11`/`fc12`, `norm1` for Nomic's), as the Hub holds them.
+ROTARY_BERT_INPUTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Hello, world!",
+    "Café déjà vu: a naïve résumé.",
+    "a",
+    "The quick brown fox jumps over the lazy dog, and the lazy dog sleeps on in the sun while "
+    "the fox runs back over the hill to the woods.",
+]
+# NomicBERT has two token types: the pair makes its segment ids matter.
+NOMIC_INPUTS = ROTARY_BERT_INPUTS + [["Who wrote the book?", "The book was written by people of the city."]]
+
+
+def rotary_bert_tokenizer(folder: pathlib.Path):
+    """The tiny BERT vocabulary's tokenizer files, copied as they are into `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        shutil.copy(FIXTURES / "bert" / "base" / name, folder / name)
+
+
+def gte_ntk_inv_freq(theta: float, head_dim: int, factor: float):
+    """The fixed NTK scaling of GTE's `new` checkpoints (rope_scaling {"type": "ntk"}), written
+    out from vLLM's `NTKScalingRotaryEmbedding._compute_inv_freq` (mixed_b unset): the base
+    times the factor, then every frequency divided by factor^(2 / dim)."""
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim
+    return 1.0 / ((theta * factor) ** exponents) / factor ** (2 / head_dim)
+
+
+def save_rotary_bert(model, folder: pathlib.Path, inputs, batch, config_json=None,
+                     model_inputs=("input_ids", "attention_mask", "token_type_ids")):
+    with torch.no_grad():
+        outputs = model(**{k: batch[k] for k in model_inputs})
+    model.save_pretrained(folder)
+    rotary_bert_tokenizer(folder)
+    if config_json is not None:
+        (folder / "config.json").write_text(json.dumps(config_json, indent=2) + "\n")
+    reference = {k: v.contiguous() for k, v in batch.items()}
+    for key in ("last_hidden_state", "pooler_output", "logits"):
+        if key in outputs and outputs[key] is not None:
+            reference[key] = outputs[key].contiguous()
+    save_file(reference, folder / "reference.safetensors")
+    (folder / "inputs.json").write_text(json.dumps(inputs, ensure_ascii=False, indent=1))
+
+
+def rotary_bert_sentence_transformers(base: pathlib.Path, folder: pathlib.Path, pooling: str,
+                                      prompts=None):
+    """`base` as sentence-transformers lays it out (Pooling, Normalize), with `encode` outputs."""
+    from sentence_transformers import SentenceTransformer, models
+
+    transformer = models.Transformer(str(base), max_seq_length=64)
+    dim = transformer.get_word_embedding_dimension()
+    st = SentenceTransformer(modules=[transformer, models.Pooling(dim, pooling), models.Normalize()],
+                             device="cpu", prompts=prompts)
+    st.save(str(folder))
+    (folder / "README.md").unlink(missing_ok=True)
+    st = SentenceTransformer(str(folder), device="cpu")
+    reference = {
+        "sentences": ST_SENTENCES,
+        "embeddings": st.encode(ST_SENTENCES).tolist(),
+        "alone": [st.encode([s]).tolist()[0] for s in ST_SENTENCES],
+    }
+    if prompts:
+        reference["prompt_name"] = "query"
+        reference["query_embeddings"] = st.encode(ST_SENTENCES, prompt_name="query").tolist()
+    (folder / "reference.json").write_text(json.dumps(reference, indent=1))
+
+
+def make_rotary_berts():
+    """gte/{base,new,sequence-classification,sentence-transformers} and
+    nomic_bert/{base,original-config,sentence-transformers}: tiny random models from
+    transformers 5's `GteModel`/`NomicBertModel`, references from eager attention on a
+    right-padded batch.
+    - gte/base: transformers 5's config (`model_type: gte`, `rope_parameters`).
+    - gte/new: the config as GTE's Hub checkpoints write it (`model_type: new`, `rope_theta`,
+      `rope_scaling` of type `ntk`, no token types), its reference made with the NTK
+      frequencies put into the model's rotary embedding.
+    - gte/sequence-classification: `GteForSequenceClassification` (pooler and classifier, as
+      GTE's rerankers), keys under `gte.`.
+    - nomic_bert/original-config: nomic_bert/base's weights with the config as Nomic's
+      checkpoints write it (`n_embd`, `rotary_emb_base`, `activation_function: swiglu`)."""
+    import transformers
+    from transformers import (GteConfig, GteForSequenceClassification, GteModel, NomicBertConfig,
+                              NomicBertModel)
+
+    if not transformers.__version__.startswith("5."):
+        sys.exit(f"--only rotary-berts needs transformers 5 (GteModel, NomicBertModel); this is "
+                 f"{transformers.__version__}: see the comment above ROTARY_BERT_INPUTS")
+    rotary_bert_tokenizer(FIXTURES / "gte" / "tokenizer-probe")
+    tokenizer = BertTokenizerFast.from_pretrained(str(FIXTURES / "gte" / "tokenizer-probe"))
+    shutil.rmtree(FIXTURES / "gte")
+    common = dict(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                  num_attention_heads=4, intermediate_size=40, max_position_embeddings=64,
+                  initializer_range=0.1, pad_token_id=0)
+    theta = 5000.0
+
+    def build(cls, config, seed):
+        torch.manual_seed(seed)
+        model = cls._from_config(config, attn_implementation="eager")
+        randomise(model)
+        return model.eval()
+
+    # GTE: single texts (its tokenizers give no segment ids), one token type.
+    gte_batch = encode_padded(tokenizer, ROTARY_BERT_INPUTS)
+    gte_batch["token_type_ids"].zero_()
+    gte = FIXTURES / "gte"
+    config = GteConfig(**common, type_vocab_size=1, rope_parameters={"rope_type": "default",
+                                                                     "rope_theta": theta})
+    save_rotary_bert(build(GteModel, config, 900), gte / "base", ROTARY_BERT_INPUTS, gte_batch)
+
+    factor = 2.0
+    ntk = build(GteModel, GteConfig(**{**common, "type_vocab_size": 0},
+                                    rope_parameters={"rope_type": "default", "rope_theta": theta}), 901)
+    inv_freq = gte_ntk_inv_freq(theta, 32 // 4, factor)
+    ntk.rotary_emb.inv_freq.copy_(inv_freq)
+    ntk.rotary_emb.original_inv_freq = inv_freq.clone()
+    new_config = {
+        "architectures": ["NewModel"],
+        "model_type": "new",
+        "vocab_size": common["vocab_size"],
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 40,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.1,
+        "attention_probs_dropout_prob": 0.0,
+        "max_position_embeddings": 64,
+        "type_vocab_size": 0,
+        "initializer_range": 0.1,
+        "layer_norm_type": "layer_norm",
+        "layer_norm_eps": 1e-12,
+        "position_embedding_type": "rope",
+        "rope_theta": theta,
+        "rope_scaling": {"type": "ntk", "factor": factor},
+        "pack_qkv": True,
+        "unpad_inputs": False,
+        "use_memory_efficient_attention": False,
+        "logn_attention_scale": False,
+        "logn_attention_clip1": False,
+        "pad_token_id": 0,
+    }
+    save_rotary_bert(ntk, gte / "new", ROTARY_BERT_INPUTS, gte_batch, new_config,
+                     model_inputs=("input_ids", "attention_mask"))
+
+    classifier = GteConfig(**common, type_vocab_size=1, id2label={0: "irrelevant", 1: "relevant"},
+                           rope_parameters={"rope_type": "default", "rope_theta": theta})
+    save_rotary_bert(build(GteForSequenceClassification, classifier, 902),
+                     gte / "sequence-classification", ROTARY_BERT_INPUTS, gte_batch)
+    rotary_bert_sentence_transformers(gte / "base", gte / "sentence-transformers", "cls")
+
+    # NomicBERT: two token types, the pair among the inputs.
+    nomic = FIXTURES / "nomic_bert"
+    if nomic.exists():
+        shutil.rmtree(nomic)
+    nomic_batch = encode_padded(tokenizer, NOMIC_INPUTS)
+    config = NomicBertConfig(**common, type_vocab_size=2,
+                             rope_parameters={"rope_type": "default", "rope_theta": theta})
+    model = build(NomicBertModel, config, 910)
+    save_rotary_bert(model, nomic / "base", NOMIC_INPUTS, nomic_batch)
+    original = {
+        "architectures": ["NomicBertModel"],
+        "model_type": "nomic_bert",
+        "activation_function": "swiglu",
+        "causal": False,
+        "n_embd": 32,
+        "n_head": 4,
+        "n_inner": 40,
+        "n_layer": 2,
+        "n_positions": 64,
+        "max_trained_positions": 64,
+        "layer_norm_epsilon": 1e-12,
+        "mlp_fc1_bias": False,
+        "mlp_fc2_bias": False,
+        "qkv_proj_bias": False,
+        "parallel_block": False,
+        "prenorm": False,
+        "rotary_emb_base": theta,
+        "rotary_emb_fraction": 1.0,
+        "rotary_emb_interleaved": False,
+        "rotary_emb_scale_base": None,
+        "rotary_scaling_factor": None,
+        "type_vocab_size": 2,
+        "use_rms_norm": False,
+        "vocab_size": common["vocab_size"],
+        "pad_vocab_size_multiple": 1,
+    }
+    save_rotary_bert(model, nomic / "original-config", NOMIC_INPUTS, nomic_batch, original)
+    rotary_bert_sentence_transformers(nomic / "base", nomic / "sentence-transformers", "mean",
+                                      prompts={"query": "search_query: ",
+                                               "document": "search_document: "})
+
+
+
 
 # Tokenizers as GGUF metadata. Texts that split differently under each pre-tokenizer: runs of
 # spaces and newlines, digits (GPT-2 keeps a run, Llama 3 cuts it in threes, Qwen2 and SmolLM
@@ -3117,6 +3319,11 @@ def main():
     if sys.argv[1:] == ["--only", "modernbert"]:
         # ModernBERT alone, leaving the others as they are.
         make_modernbert()
+        fixture_manifest.write_manifest(FIXTURES)
+        return
+    if sys.argv[1:] == ["--only", "rotary-berts"]:
+        # GTE and NomicBERT alone (they need transformers 5; see make_rotary_berts).
+        make_rotary_berts()
         fixture_manifest.write_manifest(FIXTURES)
         return
     if sys.argv[1:] == ["--only", "training-metrics"]:

@@ -73,6 +73,7 @@ pub use models::distilbert::{
     DistilBertForSequenceClassification, DistilBertForTokenClassification, DistilBertModel,
 };
 pub use models::gpt2::{Gpt2Config, Gpt2ForSequenceClassification, Gpt2LMHeadModel, Gpt2Model};
+pub use models::gte::{GteConfig, GteForSequenceClassification, GteModel};
 pub use models::llama::{LlamaConfig, LlamaForCausalLM, LlamaModel};
 pub use models::modernbert::{
     ModernBertConfig, ModernBertForMaskedLM, ModernBertForSequenceClassification,
@@ -82,6 +83,7 @@ pub use models::mpnet::{
     MpNetConfig, MpNetForMaskedLM, MpNetForQuestionAnswering, MpNetForSequenceClassification,
     MpNetForTokenClassification, MpNetModel,
 };
+pub use models::nomic_bert::{NomicBertConfig, NomicBertModel};
 pub use models::pooling::{l2_normalize, Pooling, SpladeActivation, SpladePooling, SpladeStrategy};
 pub use models::pretrained::{FromPretrained, LoadOptions, Pretrained};
 pub use models::roberta::{

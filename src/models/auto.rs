@@ -16,6 +16,7 @@ use crate::models::distilbert::{
     DistilBertForTokenClassification, DistilBertModel,
 };
 use crate::models::gpt2::{Gpt2ForSequenceClassification, Gpt2LMHeadModel};
+use crate::models::gte::{GteForSequenceClassification, GteModel};
 use crate::models::llama::{LlamaEmbeddingModel, LlamaForCausalLM};
 use crate::models::modernbert::{
     ModernBertForMaskedLM, ModernBertForSequenceClassification, ModernBertForTokenClassification,
@@ -25,6 +26,7 @@ use crate::models::mpnet::{
     MpNetForMaskedLM, MpNetForQuestionAnswering, MpNetForSequenceClassification,
     MpNetForTokenClassification, MpNetModel,
 };
+use crate::models::nomic_bert::NomicBertModel;
 use crate::models::pretrained::{checkpoint_mismatch, FromPretrained};
 use crate::models::roberta::{
     RobertaForMaskedLM, RobertaForQuestionAnswering, RobertaForSequenceClassification,
@@ -82,6 +84,8 @@ auto_model!(
         MpNet(MpNetModel),
         Llama(LlamaEmbeddingModel) | Mistral | Qwen2 | Qwen3,
         Modernbert(ModernBertModel),
+        Gte(GteModel) | New,
+        NomicBert(NomicBertModel),
     }
 );
 
@@ -105,6 +109,7 @@ auto_model!(
         MpNet(MpNetForSequenceClassification),
         Gpt2(Gpt2ForSequenceClassification),
         Modernbert(ModernBertForSequenceClassification),
+        Gte(GteForSequenceClassification) | New,
     }
 );
 

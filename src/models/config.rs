@@ -10,9 +10,11 @@ use crate::error::{Error, Result};
 use crate::models::bert::BertConfig;
 use crate::models::distilbert::DistilBertConfig;
 use crate::models::gpt2::Gpt2Config;
+use crate::models::gte::GteConfig;
 use crate::models::llama::{LlamaConfig, LlamaFamily};
 use crate::models::modernbert::ModernBertConfig;
 use crate::models::mpnet::MpNetConfig;
+use crate::models::nomic_bert::NomicBertConfig;
 use crate::models::roberta::RobertaConfig;
 
 /// A model's configuration, dispatched on the `model_type` field of `config.json`.
@@ -47,6 +49,13 @@ pub enum ModelConfig {
     Qwen3(LlamaConfig),
     /// `"model_type": "modernbert"`.
     Modernbert(ModernBertConfig),
+    /// `"model_type": "gte"`: transformers 5's GTE.
+    Gte(GteConfig),
+    /// `"model_type": "new"`: GTE's checkpoints as its remote code wrote them.
+    New(GteConfig),
+    /// `"model_type": "nomic_bert"`.
+    #[serde(rename = "nomic_bert")]
+    NomicBert(NomicBertConfig),
 }
 
 impl ModelConfig {
@@ -64,6 +73,9 @@ impl ModelConfig {
         "qwen2",
         "qwen3",
         "modernbert",
+        "gte",
+        "new",
+        "nomic_bert",
     ];
 
     /// Read and validate `config.json`.
@@ -116,6 +128,9 @@ impl ModelConfig {
             ModelConfig::Qwen2(_) => "qwen2",
             ModelConfig::Qwen3(_) => "qwen3",
             ModelConfig::Modernbert(_) => "modernbert",
+            ModelConfig::Gte(_) => "gte",
+            ModelConfig::New(_) => "new",
+            ModelConfig::NomicBert(_) => "nomic_bert",
         }
     }
 
@@ -134,6 +149,8 @@ impl ModelConfig {
             | ModelConfig::Qwen2(c)
             | ModelConfig::Qwen3(c) => &c.id2label,
             ModelConfig::Modernbert(c) => &c.id2label,
+            ModelConfig::Gte(c) | ModelConfig::New(c) => &c.id2label,
+            ModelConfig::NomicBert(c) => &c.id2label,
         }
     }
 
@@ -152,6 +169,8 @@ impl ModelConfig {
             | ModelConfig::Qwen2(c)
             | ModelConfig::Qwen3(c) => c.id2label.num_classes(),
             ModelConfig::Modernbert(c) => c.num_labels(),
+            ModelConfig::Gte(c) | ModelConfig::New(c) => c.num_labels(),
+            ModelConfig::NomicBert(c) => c.num_labels(),
         }
     }
 
@@ -171,6 +190,8 @@ impl ModelConfig {
             | ModelConfig::Qwen2(c)
             | ModelConfig::Qwen3(c) => c.problem_type.as_deref(),
             ModelConfig::Modernbert(c) => c.problem_type.as_deref(),
+            ModelConfig::Gte(c) | ModelConfig::New(c) => c.problem_type.as_deref(),
+            ModelConfig::NomicBert(c) => c.problem_type.as_deref(),
         }
     }
 
@@ -190,6 +211,8 @@ impl ModelConfig {
             | ModelConfig::Qwen2(c)
             | ModelConfig::Qwen3(c) => c.max_position_embeddings,
             ModelConfig::Modernbert(c) => c.max_position_embeddings,
+            ModelConfig::Gte(c) | ModelConfig::New(c) => c.max_position_embeddings,
+            ModelConfig::NomicBert(c) => c.max_position_embeddings,
         }
     }
 
@@ -234,6 +257,8 @@ impl ModelConfig {
             | ModelConfig::Qwen2(c)
             | ModelConfig::Qwen3(c) => c.hidden_size,
             ModelConfig::Modernbert(c) => c.hidden_size,
+            ModelConfig::Gte(c) | ModelConfig::New(c) => c.hidden_size,
+            ModelConfig::NomicBert(c) => c.hidden_size,
         }
     }
 
@@ -252,6 +277,8 @@ impl ModelConfig {
             | ModelConfig::Qwen2(c)
             | ModelConfig::Qwen3(c) => c.vocab_size,
             ModelConfig::Modernbert(c) => c.vocab_size,
+            ModelConfig::Gte(c) | ModelConfig::New(c) => c.vocab_size,
+            ModelConfig::NomicBert(c) => c.vocab_size,
         }
     }
 
@@ -269,6 +296,8 @@ impl ModelConfig {
             | ModelConfig::Qwen2(config)
             | ModelConfig::Qwen3(config) => config.validate(),
             ModelConfig::Modernbert(config) => config.validate(),
+            ModelConfig::Gte(config) | ModelConfig::New(config) => config.validate(),
+            ModelConfig::NomicBert(config) => config.validate(),
         }
     }
 }
@@ -379,6 +408,8 @@ config_accessor!(gpt2, Gpt2, Gpt2Config, "GPT-2");
 // files in transformers):
 // https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/qwen3/modular_qwen3.py
 config_accessor!(modernbert, Modernbert, ModernBertConfig, "ModernBERT");
+config_accessor!(gte, Gte | New, GteConfig, "GTE");
+config_accessor!(nomic_bert, NomicBert, NomicBertConfig, "NomicBERT");
 config_accessor!(
     llama,
     Llama | Mistral | Qwen2 | Qwen3,

@@ -27,14 +27,17 @@ pub(crate) mod decoder;
 pub mod distilbert;
 pub(crate) mod gguf;
 pub mod gpt2;
+pub mod gte;
 pub(crate) mod layers;
 pub mod llama;
 pub mod modernbert;
 pub mod mpnet;
+pub mod nomic_bert;
 pub mod pooling;
 pub mod pretrained;
 pub mod roberta;
 pub mod rope;
+pub(crate) mod rotary_bert;
 pub mod weight_type;
 pub mod weights;
 
