@@ -2996,7 +2996,40 @@ def make_gguf_tokenizers():
             }
         (out / f"{name}.json").write_text(json.dumps(reference, ensure_ascii=False, indent=1),
                                           encoding="utf-8")
+    make_gguf_default_tokenizer(llama_cpp, gpt2, work, out)
     shutil.rmtree(work)
+
+
+def make_gguf_default_tokenizer(llama_cpp, gpt2, work, out):
+    """gguf/tokenizers/gpt2-default.gguf: GPT-2's vocabulary with `tokenizer.ggml.pre` `default`,
+    what llama.cpp falls back to for a BPE vocabulary whose file names no pre-tokenizer (files
+    converted before May 2024). No `tokenizers` pre-tokenizer is llama.cpp's `default`, so the
+    ids are llama.cpp's own, from its llama-tokenize (special tokens parsed, BOS as the file
+    says); tokens and decodes follow from the ids (byte-level decoding does not depend on the
+    pre-tokenizer)."""
+    folder = work / "gpt2-default"
+    gpt2.save_pretrained(folder)
+    (folder / "config.json").write_text((work / "gpt2" / "config.json").read_text())
+    target = out / "gpt2-default.gguf"
+    subprocess.run([sys.executable, __file__, "--convert-to-gguf", str(llama_cpp), "default",
+                    str(folder), "--vocab-only", "--outfile", str(target)], check=True)
+    tokenize = llama_cpp_tool("llama-tokenize")
+    backend = gpt2.backend_tokenizer
+    cases_out = []
+    for text in GGUF_TOKENIZER_TEXTS:
+        printed = subprocess.run([str(tokenize), "-m", str(target), "--stdin", "--ids",
+                                  "--no-escape", "--log-disable"], input=text.encode("utf-8"),
+                                 capture_output=True, check=True).stdout.decode().strip()
+        ids = json.loads(printed.splitlines()[-1])
+        cases_out.append({
+            "text": text,
+            "ids": ids,
+            "tokens": gpt2.convert_ids_to_tokens(ids),
+            "decode": backend.decode(ids, skip_special_tokens=False),
+            "decode_skip_special": backend.decode(ids, skip_special_tokens=True),
+        })
+    (out / "gpt2-default.json").write_text(
+        json.dumps({"texts": cases_out}, ensure_ascii=False, indent=1), encoding="utf-8")
 
 
 TRAINING_STEPS = 10

@@ -42,7 +42,8 @@ const TYPE_USER_DEFINED: u64 = 4;
 const SPIECE_UNDERLINE: &str = "▁";
 
 /// The `pre` values read, for the error that names an unknown one.
-const SUPPORTED_PRE: &str = "gpt-2, llama-bpe (llama3, llama-v3), qwen2 (deepseek-r1-qwen), smollm";
+const SUPPORTED_PRE: &str =
+    "gpt-2, llama-bpe (llama3, llama-v3), qwen2 (deepseek-r1-qwen), smollm, default";
 
 /// Llama 3's split, as its tokenizer.json writes it (llama.cpp spells `(?i:'s|...)` out as
 /// `'[sS]|...`, the same match).
@@ -52,6 +53,16 @@ const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L
 /// Qwen2's split: Llama 3's with one digit per piece.
 /// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/convert_slow_tokenizer.py#L430>
 const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// llama.cpp's `default` split: four expressions, each splitting the pieces the one before
+/// left (runs of punctuation, GPT-2's words, runs of digits, then three digits at a time).
+/// <https://github.com/ggml-org/llama.cpp/blob/0c1e57098bba43ac29e6e3b677cdceebdd22334f/src/llama-vocab.cpp#L561-L569>
+const DEFAULT_SPLITS: [&str; 4] = [
+    r"[\p{P}\$\+<=>\^~\|]+",
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)",
+    r"\p{N}+",
+    r"[0-9][0-9][0-9]",
+];
 
 impl Tokenizer {
     /// The tokenizer that the `tokenizer.ggml.*` metadata of a GGUF file describes (see the
@@ -210,19 +221,35 @@ fn byte_level_bpe(
     header: &GgufHeader,
     vocabulary: &Vocabulary,
 ) -> Result<(tokenizers::Tokenizer, bool)> {
-    let pre = string(header, "tokenizer.ggml.pre")?;
-    let split = |pattern: &str| -> Result<PreTokenizerWrapper> {
-        let split = Split::new(
-            SplitPattern::Regex(pattern.to_string()),
-            SplitDelimiterBehavior::Isolated,
-            false,
-        )
-        .map_err(|e| Error::tokenizer("cannot compile the pre-tokenizer's regex", e))?;
-        Ok(PreTokenizerSequence::new(vec![
-            split.into(),
-            ByteLevel::new(false, false, false).into(),
-        ])
-        .into())
+    // llama.cpp reads a vocabulary whose file names no pre-tokenizer (converted before May
+    // 2024) with its `default` split, and warns that generation may degrade.
+    // <https://github.com/ggml-org/llama.cpp/blob/0c1e57098bba43ac29e6e3b677cdceebdd22334f/src/llama-vocab.cpp#L2159-L2169>
+    let pre = match header.metadata.get("tokenizer.ggml.pre") {
+        None => {
+            tracing::warn!(
+                "the GGUF names no tokenizer.ggml.pre: splitting text as llama.cpp's `default`"
+            );
+            "default"
+        }
+        Some(_) => string(header, "tokenizer.ggml.pre")?,
+    };
+    // Each expression splits the pieces of the one before (llama.cpp's `unicode_regex_split`
+    // keeps both the matches and the text between them), then bytes become symbols.
+    let split = |patterns: &[&str]| -> Result<PreTokenizerWrapper> {
+        let mut steps = patterns
+            .iter()
+            .map(|pattern| {
+                Split::new(
+                    SplitPattern::Regex(pattern.to_string()),
+                    SplitDelimiterBehavior::Isolated,
+                    false,
+                )
+                .map(PreTokenizerWrapper::from)
+                .map_err(|e| Error::tokenizer("cannot compile the pre-tokenizer's regex", e))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        steps.push(ByteLevel::new(false, false, false).into());
+        Ok(PreTokenizerSequence::new(steps).into())
     };
     // (pre-tokenizer, NFC first, ignore_merges, BOS added by default)
     let (pre_tokenizer, nfc, ignore_merges, add_bos): (PreTokenizerWrapper, _, _, _) = match pre {
@@ -236,9 +263,11 @@ fn byte_level_bpe(
         // llama.cpp sets ignore_merges and add_bos for these: a word that is a token is that
         // token, whatever the merges would make of it (tokenizers' `ignore_merges`, which
         // Llama 3's tokenizer.json sets too).
-        "llama-bpe" | "llama3" | "llama-v3" => (split(LLAMA3_SPLIT)?, false, true, true),
+        "llama-bpe" | "llama3" | "llama-v3" => (split(&[LLAMA3_SPLIT])?, false, true, true),
         // transformers' Qwen2Converter normalises to NFC first (llama.cpp does not).
-        "qwen2" | "deepseek-r1-qwen" => (split(QWEN2_SPLIT)?, true, false, false),
+        "qwen2" | "deepseek-r1-qwen" => (split(&[QWEN2_SPLIT])?, true, false, false),
+        // llama.cpp's own split, which no tokenizer.json has; BOS only where the file says.
+        "default" => (split(&DEFAULT_SPLITS)?, false, false, false),
         // SmolLM's tokenizer.json: single digits, then GPT-2's regex.
         "smollm" => (
             PreTokenizerSequence::new(vec![

@@ -10,7 +10,16 @@ use crate::loading::gguf::GgufFile;
 use crate::tokenizer::chat_template::{ChatTemplate, Message};
 use crate::tokenizer::EncodeOptions;
 
-const FIXTURES: [&str; 5] = ["gpt2", "qwen2", "llama-bpe", "smollm", "llama-spm"];
+/// `gpt2-default`'s reference is llama.cpp's own llama-tokenize (no `tokenizers` pipeline
+/// splits as its `default` does); the others' is `tokenizers`.
+const FIXTURES: [&str; 6] = [
+    "gpt2",
+    "qwen2",
+    "llama-bpe",
+    "smollm",
+    "llama-spm",
+    "gpt2-default",
+];
 
 fn fixture(name: &str) -> (GgufFile, serde_json::Value) {
     let folder = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gguf/tokenizers");
@@ -160,6 +169,24 @@ fn well_formed_metadata_of_either_model_builds_a_tokenizer() {
     let options = EncodeOptions::default();
     let bpe = Tokenizer::from_gguf(&header(byte_level_metadata())).unwrap();
     assert_eq!(bpe.encode("ab<|end|>", &options).unwrap().get_ids(), [2, 3]);
+    // A file that names no pre-tokenizer splits as llama.cpp's `default`, as llama.cpp reads it.
+    let mut unnamed = byte_level_metadata();
+    unnamed.remove("tokenizer.ggml.pre");
+    let mut named = byte_level_metadata();
+    named.insert(
+        "tokenizer.ggml.pre".into(),
+        GgufValue::String("default".into()),
+    );
+    let text = "ab, ab;ab<|end|> ab";
+    let ids = |metadata| {
+        Tokenizer::from_gguf(&header(metadata))
+            .unwrap()
+            .encode(text, &options)
+            .unwrap()
+            .get_ids()
+            .to_vec()
+    };
+    assert_eq!(ids(unnamed), ids(named));
     let spm = Tokenizer::from_gguf(&header(sentencepiece_metadata())).unwrap();
     // BOS by default, the dummy prefix, `a b` merged before `▁ ab`; `c`, without a byte token,
     // unknown.
@@ -199,9 +226,9 @@ fn malformed_metadata_is_an_error_that_names_the_key() {
             "tokenizer.ggml.pre is `mystery`",
         ),
         (
-            "no pre",
-            |m| drop(m.remove("tokenizer.ggml.pre")),
-            "no `tokenizer.ggml.pre`",
+            "pre not a string",
+            |m| drop(m.insert("tokenizer.ggml.pre".into(), GgufValue::U32(1))),
+            "`tokenizer.ggml.pre` is an integer, not a string",
         ),
         (
             "model not a string",
