@@ -3,7 +3,8 @@
 
 use candle_core::{Device, Tensor};
 use tokenizers::{
-    EncodeInput, InputSequence, TruncationDirection, TruncationParams, TruncationStrategy,
+    EncodeInput, InputSequence, PreTokenizerWrapper, TruncationDirection, TruncationParams,
+    TruncationStrategy,
 };
 
 use crate::error::{Error, Result};
@@ -102,6 +103,15 @@ impl<'a> Collator<'a> {
                 direction: TruncationDirection::Right,
             }))
             .map_err(|e| Error::tokenizer("cannot set truncation", e))?;
+        // A byte-level BPE (RoBERTa's) reads a word with no space before it as another token
+        // than the same word inside running text. transformers' run_ner.py loads these
+        // tokenizers with `add_prefix_space=True` for pre-split words, so that every word, the
+        // first too, is read as it is read after a space.
+        // <https://github.com/huggingface/transformers/blob/v4.57.6/examples/pytorch/token-classification/run_ner.py>
+        if let Some(PreTokenizerWrapper::ByteLevel(byte_level)) = words.get_pre_tokenizer() {
+            let prefixed = byte_level.add_prefix_space(true);
+            words.with_pre_tokenizer(Some(prefixed));
+        }
         Ok(Self {
             tokenizer,
             options: EncodeOptions {
@@ -306,5 +316,35 @@ fn task_name(task: &TrainingTask) -> &'static str {
         TrainingTask::TokenClassification { .. } => "token classification",
         TrainingTask::SentenceEmbeddings { .. } => "sentence embeddings",
         TrainingTask::CrossEncoder => "cross-encoder",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loading::hub::HubOptions;
+
+    fn ids(tokenizer: &tokenizers::Tokenizer, input: EncodeInput) -> Vec<u32> {
+        tokenizer.encode(input, true).unwrap().get_ids().to_vec()
+    }
+
+    /// RoBERTa's words read as run_ner.py reads them (`add_prefix_space=True`): as the same
+    /// words in running text after a space; read as they are, they give other tokens.
+    #[test]
+    fn byte_level_words_are_read_as_after_a_space() {
+        let folder = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/roberta/base");
+        let tokenizer =
+            Tokenizer::from_pretrained(folder, &HubOptions::default().with_offline(true)).unwrap();
+        let collator = Collator::new(&tokenizer, 64).unwrap();
+        let words = ["Hello", "world", "quickly"];
+        let split = || EncodeInput::Single(InputSequence::from(&words[..]));
+        let text = EncodeInput::Single(" Hello world quickly".into());
+        let prefixed = ids(&collator.words, split());
+        assert_eq!(prefixed, ids(tokenizer.inner(), text));
+        assert_ne!(
+            ids(tokenizer.inner(), split()),
+            prefixed,
+            "the fixture's vocabulary tells a word after a space from one without"
+        );
     }
 }
