@@ -15,6 +15,7 @@ use crate::models::distilbert::{
     DistilBertForMaskedLM, DistilBertForQuestionAnswering, DistilBertForSequenceClassification,
     DistilBertForTokenClassification, DistilBertModel,
 };
+use crate::models::gemma3::Gemma3TextModel;
 use crate::models::gpt2::{Gpt2ForSequenceClassification, Gpt2LMHeadModel};
 use crate::models::llama::{LlamaEmbeddingModel, LlamaForCausalLM};
 use crate::models::modernbert::{
@@ -74,7 +75,8 @@ macro_rules! auto_model {
 
 auto_model!(
     /// The base encoder: hidden states (and the pooler output where there is one); or a
-    /// Llama-family decoder's, for embedders built on one (Qwen3-Embedding).
+    /// decoder's, for embedders built on one (Qwen3-Embedding on the Llama family,
+    /// EmbeddingGemma on Gemma 3's text model).
     AutoModel -> EncoderOutput, "feature extraction" {
         Bert(BertModel),
         Roberta(RobertaModel) | XlmRoberta | Camembert,
@@ -82,6 +84,7 @@ auto_model!(
         MpNet(MpNetModel),
         Llama(LlamaEmbeddingModel) | Mistral | Qwen2 | Qwen3,
         Modernbert(ModernBertModel),
+        Gemma3Text(Gemma3TextModel),
     }
 );
 

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::models::bert::BertConfig;
 use crate::models::distilbert::DistilBertConfig;
+use crate::models::gemma3::Gemma3TextConfig;
 use crate::models::gpt2::Gpt2Config;
 use crate::models::llama::{LlamaConfig, LlamaFamily};
 use crate::models::modernbert::ModernBertConfig;
@@ -47,6 +48,9 @@ pub enum ModelConfig {
     Qwen3(LlamaConfig),
     /// `"model_type": "modernbert"`.
     Modernbert(ModernBertConfig),
+    /// `"model_type": "gemma3_text"`: Gemma 3's text model (EmbeddingGemma).
+    #[serde(rename = "gemma3_text")]
+    Gemma3Text(Gemma3TextConfig),
 }
 
 impl ModelConfig {
@@ -64,6 +68,7 @@ impl ModelConfig {
         "qwen2",
         "qwen3",
         "modernbert",
+        "gemma3_text",
     ];
 
     /// Read and validate `config.json`.
@@ -116,6 +121,7 @@ impl ModelConfig {
             ModelConfig::Qwen2(_) => "qwen2",
             ModelConfig::Qwen3(_) => "qwen3",
             ModelConfig::Modernbert(_) => "modernbert",
+            ModelConfig::Gemma3Text(_) => "gemma3_text",
         }
     }
 
@@ -134,6 +140,7 @@ impl ModelConfig {
             | ModelConfig::Qwen2(c)
             | ModelConfig::Qwen3(c) => &c.id2label,
             ModelConfig::Modernbert(c) => &c.id2label,
+            ModelConfig::Gemma3Text(c) => &c.id2label,
         }
     }
 
@@ -152,6 +159,7 @@ impl ModelConfig {
             | ModelConfig::Qwen2(c)
             | ModelConfig::Qwen3(c) => c.id2label.num_classes(),
             ModelConfig::Modernbert(c) => c.num_labels(),
+            ModelConfig::Gemma3Text(c) => c.num_labels(),
         }
     }
 
@@ -171,6 +179,7 @@ impl ModelConfig {
             | ModelConfig::Qwen2(c)
             | ModelConfig::Qwen3(c) => c.problem_type.as_deref(),
             ModelConfig::Modernbert(c) => c.problem_type.as_deref(),
+            ModelConfig::Gemma3Text(c) => c.problem_type.as_deref(),
         }
     }
 
@@ -190,6 +199,7 @@ impl ModelConfig {
             | ModelConfig::Qwen2(c)
             | ModelConfig::Qwen3(c) => c.max_position_embeddings,
             ModelConfig::Modernbert(c) => c.max_position_embeddings,
+            ModelConfig::Gemma3Text(c) => c.max_position_embeddings,
         }
     }
 
@@ -234,6 +244,7 @@ impl ModelConfig {
             | ModelConfig::Qwen2(c)
             | ModelConfig::Qwen3(c) => c.hidden_size,
             ModelConfig::Modernbert(c) => c.hidden_size,
+            ModelConfig::Gemma3Text(c) => c.hidden_size,
         }
     }
 
@@ -252,6 +263,7 @@ impl ModelConfig {
             | ModelConfig::Qwen2(c)
             | ModelConfig::Qwen3(c) => c.vocab_size,
             ModelConfig::Modernbert(c) => c.vocab_size,
+            ModelConfig::Gemma3Text(c) => c.vocab_size,
         }
     }
 
@@ -269,6 +281,7 @@ impl ModelConfig {
             | ModelConfig::Qwen2(config)
             | ModelConfig::Qwen3(config) => config.validate(),
             ModelConfig::Modernbert(config) => config.validate(),
+            ModelConfig::Gemma3Text(config) => config.validate(),
         }
     }
 }
@@ -379,6 +392,7 @@ config_accessor!(gpt2, Gpt2, Gpt2Config, "GPT-2");
 // files in transformers):
 // https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/qwen3/modular_qwen3.py
 config_accessor!(modernbert, Modernbert, ModernBertConfig, "ModernBERT");
+config_accessor!(gemma3_text, Gemma3Text, Gemma3TextConfig, "Gemma 3 text");
 config_accessor!(
     llama,
     Llama | Mistral | Qwen2 | Qwen3,
