@@ -29,6 +29,10 @@ Layout:
     tests/fixtures/xlm-roberta/sentence-transformers-{dense,prompts}/ Dense modules and prompts, with
                                         SentenceTransformer.encode outputs in reference.json
     tests/fixtures/qwen3/sentence-transformers/ Qwen3-Embedding's layout (`--only qwen3-embedding`)
+    tests/fixtures/gemma3/sentence-transformers/ EmbeddingGemma's layout (bidirectional Gemma 3,
+                                        mean pooling, two Dense, Normalize, prompts) with hidden
+                                        states and `encode` outputs; gemma3/causal/ the same
+                                        weights as a causal model (`--only gemma3-embedding`)
     tests/fixtures/xlm-roberta/bge-m3/  BGE-M3's sparse and ColBERT heads over xlm-roberta/base, with
                                         FlagEmbedding's outputs in reference.json (`--only bge-m3`)
     tests/fixtures/qwen3/reranker/      Qwen3-Reranker's layout with the model card's yes/no
@@ -1916,6 +1920,124 @@ def make_qwen3_embedding():
     (folder / "reference.json").write_text(json.dumps(reference, indent=1))
 
 
+# Sentences long enough (with <bos> and <eos>) to pass the gemma3 fixture's window of 3 keys on
+# each side, and short ones that pad the batch.
+GEMMA3_INPUTS = ST_SENTENCES + ["In a shocking finding, scientists discovered a herd of unicorns."]
+GEMMA3_PROMPTS = {"query": "task: search result | query: ", "document": "title: none | text: "}
+
+
+def make_gemma3_embedding():
+    """gemma3/sentence-transformers: EmbeddingGemma's layout on a tiny random Gemma3TextModel,
+    saved by SentenceTransformer.save: the keys at the root, a tokenizer that puts <bos> before
+    and <eos> after every input (EmbeddingGemma's), Pooling(mean) -> Dense(32 -> 128, no bias,
+    Identity) -> Dense(128 -> 32, no bias, Identity) -> Normalize, and EmbeddingGemma's query and
+    document prompts. The model: bidirectional attention, four layers (sliding, sliding, full,
+    sliding), 4 query heads over 2 key/value heads of 16 values (not 32 / 4), a
+    query_pre_attn_scalar of 24 (not 16), and config.json's sliding_window 6, which transformers
+    reads as a window of 6 // 2 + 1 = 4 (|query - key| < 4) on every load, as it reads
+    EmbeddingGemma's 512 as 257. References: the hidden states of a right-padded batch from
+    eager attention (reference.safetensors) and `encode` with no prompt, each prompt, and each
+    sentence alone (reference.json).
+    gemma3/causal: the same weights under `use_bidirectional_attention: false`, with linear
+    rope_scaling on the full layers and an attn_logit_softcapping that transformers 4.57.6's
+    Gemma 3 does not apply (asserted here): its config.json and hidden states only; the test
+    puts the weights beside them."""
+    from sentence_transformers import SentenceTransformer, models
+    from tokenizers import processors
+    from transformers import Gemma3TextConfig, Gemma3TextModel
+
+    encoder, merges = gpt2_bpe()
+    tokenizer = decoder_tokenizer(encoder, merges, ["<pad>", "<eos>", "<bos>", "<unk>"], None)
+    bos, eos = tokenizer.convert_tokens_to_ids("<bos>"), tokenizer.convert_tokens_to_ids("<eos>")
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<bos> $A <eos>", pair="<bos> $A <eos> $B <eos>",
+        special_tokens=[("<bos>", bos), ("<eos>", eos)])
+    tokenizer.bos_token, tokenizer.eos_token = "<bos>", "<eos>"
+    tokenizer.pad_token, tokenizer.unk_token = "<pad>", "<unk>"
+    released_window = 6
+    torch.manual_seed(660)
+    config = Gemma3TextConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=24,
+        max_position_embeddings=128, rms_norm_eps=1e-6, rope_theta=1000000.0,
+        rope_local_base_freq=10000.0, sliding_window=released_window,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention",
+                     "sliding_attention"],
+        use_bidirectional_attention=True, hidden_activation="gelu_pytorch_tanh",
+        initializer_range=0.1, pad_token_id=tokenizer.pad_token_id, bos_token_id=bos,
+        eos_token_id=eos)
+    model = Gemma3TextModel(config).eval()
+    randomise(model)
+    work = pathlib.Path(tempfile.mkdtemp())
+    model.save_pretrained(work, safe_serialization=True)
+    tokenizer.save_pretrained(work)
+    transformer = models.Transformer(str(work), max_seq_length=64)
+    st = SentenceTransformer(
+        modules=[transformer, models.Pooling(32, "mean"),
+                 models.Dense(32, 128, bias=False, activation_function=torch.nn.Identity()),
+                 models.Dense(128, 32, bias=False, activation_function=torch.nn.Identity()),
+                 models.Normalize()],
+        prompts=GEMMA3_PROMPTS, device="cpu")
+    for dense in (st[2], st[3]):
+        randomise(dense)
+    out = FIXTURES / "gemma3"
+    if out.exists():
+        shutil.rmtree(out)
+    folder = out / "sentence-transformers"
+    st.save(str(folder))
+    shutil.rmtree(work)
+    (folder / "README.md").unlink(missing_ok=True)
+    # The window as a released config.json writes it: every load turns it into n // 2 + 1.
+    path = folder / "config.json"
+    saved = json.loads(path.read_text())
+    saved["sliding_window"] = released_window
+    path.write_text(json.dumps(saved, indent=2))
+
+    st = SentenceTransformer(str(folder), device="cpu")
+    reference = {
+        "sentences": ST_SENTENCES,
+        "embeddings": st.encode(ST_SENTENCES).tolist(),
+        "query": st.encode(ST_SENTENCES, prompt_name="query").tolist(),
+        "document": st.encode(ST_SENTENCES, prompt_name="document").tolist(),
+        "alone": [st.encode([s]).tolist()[0] for s in ST_SENTENCES],
+    }
+    (folder / "reference.json").write_text(json.dumps(reference, indent=1))
+
+    batch = encode_padded(tokenizer, GEMMA3_INPUTS)
+
+    def hidden_states(checkpoint):
+        model = Gemma3TextModel.from_pretrained(checkpoint, attn_implementation="eager").eval()
+        with torch.no_grad():
+            return model, model(input_ids=batch["input_ids"],
+                                attention_mask=batch["attention_mask"]).last_hidden_state
+
+    model, hidden = hidden_states(folder)
+    assert model.config.sliding_window == released_window // 2 + 1
+    reference = {k: v.contiguous() for k, v in batch.items()}
+    reference["last_hidden_state"] = hidden.contiguous()
+    save_file(reference, folder / "reference.safetensors")
+    (folder / "inputs.json").write_text(json.dumps(GEMMA3_INPUTS, ensure_ascii=False, indent=1))
+
+    causal = out / "causal"
+    causal.mkdir()
+    work = pathlib.Path(tempfile.mkdtemp())
+    shutil.copy(folder / "model.safetensors", work / "model.safetensors")
+    causal_config = dict(saved, use_bidirectional_attention=False, sliding_window=4,
+                         rope_scaling={"rope_type": "linear", "factor": 4.0})
+    (work / "config.json").write_text(json.dumps(causal_config, indent=2))
+    _, uncapped = hidden_states(work)
+    causal_config["attn_logit_softcapping"] = 0.5
+    (work / "config.json").write_text(json.dumps(causal_config, indent=2))
+    _, hidden = hidden_states(work)
+    assert torch.equal(hidden, uncapped), "transformers' Gemma 3 applies attn_logit_softcapping"
+    shutil.copy(work / "config.json", causal / "config.json")
+    shutil.rmtree(work)
+    reference = {k: v.contiguous() for k, v in batch.items()}
+    reference["last_hidden_state"] = hidden.contiguous()
+    save_file(reference, causal / "reference.safetensors")
+    (causal / "inputs.json").write_text(json.dumps(GEMMA3_INPUTS, ensure_ascii=False, indent=1))
+
+
 def make_qwen3_reranker():
     """qwen3/reranker: Qwen3-Reranker's layout on a tiny random Qwen3ForCausalLM (its tokenizer
     with "yes" and "no" as vocabulary tokens, <think> and </think> added, left padding), and
@@ -3339,6 +3461,11 @@ def main():
         # The decoder embedder alone, leaving the others as they are.
         make_qwen3_embedding()
         return
+    if sys.argv[1:] == ["--only", "gemma3-embedding"]:
+        # EmbeddingGemma's layout alone, leaving the others as they are.
+        make_gemma3_embedding()
+        fixture_manifest.write_manifest(FIXTURES)
+        return
     if sys.argv[1:] == ["--only", "splade"]:
         # SPLADE alone, from the masked-LM fixtures as they are.
         make_splade()
@@ -3396,6 +3523,7 @@ def main():
     make_sentence_transformers_modules()
     make_qwen3_embedding()
     make_qwen3_reranker()
+    make_gemma3_embedding()
     make_splade()
     make_mpnet()
     make_modernbert()

@@ -72,6 +72,7 @@ pub use models::distilbert::{
     DistilBertConfig, DistilBertForMaskedLM, DistilBertForQuestionAnswering,
     DistilBertForSequenceClassification, DistilBertForTokenClassification, DistilBertModel,
 };
+pub use models::gemma3::{Gemma3TextConfig, Gemma3TextModel};
 pub use models::gpt2::{Gpt2Config, Gpt2ForSequenceClassification, Gpt2LMHeadModel, Gpt2Model};
 pub use models::gte::{GteConfig, GteForSequenceClassification, GteModel};
 pub use models::llama::{LlamaConfig, LlamaForCausalLM, LlamaModel};

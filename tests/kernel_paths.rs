@@ -10,16 +10,18 @@ mod common;
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
-use common::{fixture_model, ids_and_mask, lengths, real_positions, reference, reference_input};
+use common::{
+    fixture_model, ids_and_mask, lengths, real_positions, reference, reference_input, row,
+};
 use ferroformers::kernels::gemm::{self, Epilogue, PackedWeights, WeightFormat};
 use ferroformers::kernels::isa::{set_isa_limit, skipped_paths_summary, test_can_run, Isa};
 use ferroformers::kernels::{
     erf, exp, gelu_erf_scalar, gelu_tanh_scalar, set_kernel_mode, KernelMode,
 };
 use ferroformers::{
-    BertForMaskedLM, DType, DistilBertForQuestionAnswering, FromPretrained, Gpt2LMHeadModel,
-    LlamaForCausalLM, LoadOptions, MpNetForMaskedLM, RobertaForTokenClassification, Tensor,
-    WeightType,
+    BertForMaskedLM, DType, DistilBertForQuestionAnswering, FromPretrained, Gemma3TextModel,
+    Gpt2LMHeadModel, LlamaForCausalLM, LoadOptions, MpNetForMaskedLM,
+    RobertaForTokenClassification, Tensor, WeightType,
 };
 
 /// f32 weights, any path: the project's bar against PyTorch.
@@ -120,8 +122,9 @@ fn tolerance(weights: WeightType, mode: KernelMode) -> f32 {
 }
 
 /// The five fixtures' models (encoders with exact GELU and the fused attention, MPNet's with
-/// its position bias too, GPT-2 with gelu_new and the decoder attention), loaded with
-/// `options` in the current mode, against PyTorch. Returns the worst error, after asserting
+/// its position bias too, GPT-2 with gelu_new and the decoder attention), and with f32 weights
+/// the Llama family's and Gemma 3's text model, loaded with `options` in the current mode,
+/// against PyTorch. Returns the worst error, after asserting
 /// each within `tolerance`.
 fn check_fixtures(options: &LoadOptions, tolerance: f32, path: &str) -> f32 {
     let mut worst = 0f32;
@@ -209,6 +212,25 @@ fn check_fixtures(options: &LoadOptions, tolerance: f32, path: &str) -> f32 {
         let (ids, mask) = ids_and_mask(&expected);
         let logits = model.forward(&ids, Some(&mask), None).unwrap();
         check_real_positions(&logits, &expected, family);
+    }
+
+    // Gemma 3's bidirectional text model (its norms of 1 + weight, GeGLU, the windowed and
+    // full masks), right-padded: the first `len` positions of each row. Its reduced-precision
+    // drift has bars of its own in tests/gemma3.rs.
+    let name = "gemma3/sentence-transformers";
+    let expected = reference(name);
+    let model =
+        Gemma3TextModel::from_pretrained(&fixture_model(name), options).expect("gemma3 loads");
+    let hidden = model
+        .forward(&reference_input(&expected))
+        .unwrap()
+        .last_hidden_state;
+    for (i, len) in lengths(&expected).into_iter().enumerate() {
+        check(
+            &row(&hidden, i, Some(len)),
+            &row(&expected["last_hidden_state"], i, Some(len)),
+            &format!("gemma3 row {i}"),
+        );
     }
     worst
 }

@@ -93,27 +93,50 @@ fn dimensions_truncate_the_embeddings_as_the_pipeline_does() {
     }
 }
 
-/// A decoder embedder (Qwen3-Embedding's layout) served: `/embed` equals
-/// the pipeline, and `/info` names its last-token pooling as TEI does.
+/// Decoder embedders served: Qwen3-Embedding's layout (causal, last-token pooling) and
+/// EmbeddingGemma's (bidirectional Gemma 3, mean pooling, two Dense modules): `/embed` equals
+/// the pipeline, without a prompt and with `prompt_name` "query", and `/info` names the
+/// pooling as TEI does.
 #[test]
-fn a_decoder_embedder_serves_as_the_pipeline_embeds() {
-    let pipeline = load(Task::Embeddings, "qwen3/sentence-transformers");
-    let server = TestServer::start(pipeline.clone(), config());
-    let expected = pipeline
-        .as_embeddings()
-        .unwrap()
-        .run(TEXTS, &EmbeddingsOptions::default())
-        .unwrap();
-    let client = client();
-    let (status, answer) = post(&client, &server.url("/embed"), &json!({ "inputs": TEXTS }));
-    assert_eq!(status, 200, "{answer}");
-    let rows: Vec<Vec<f32>> = answer.as_array().unwrap().iter().map(floats).collect();
-    assert_same_len(&rows, &expected, "/embed");
-    for (row, expected) in rows.iter().zip(&expected) {
-        assert_close_slices(row, expected, TOLERANCE, "/embed");
+fn decoder_embedders_serve_as_the_pipeline_embeds() {
+    for (name, pooling) in [
+        ("qwen3/sentence-transformers", "last_token"),
+        ("gemma3/sentence-transformers", "mean"),
+    ] {
+        let pipeline = load(Task::Embeddings, name);
+        let server = TestServer::start(pipeline.clone(), config());
+        let client = client();
+        for prompt in [None, Some("query")] {
+            let options = match prompt {
+                Some(prompt) => {
+                    EmbeddingsOptions::default().with_prompt(Prompt::Named(prompt.into()))
+                }
+                None => EmbeddingsOptions::default(),
+            };
+            let expected = pipeline
+                .as_embeddings()
+                .unwrap()
+                .run(TEXTS, &options)
+                .unwrap();
+            let mut request = json!({ "inputs": TEXTS });
+            if let Some(prompt) = prompt {
+                request["prompt_name"] = prompt.into();
+            }
+            let what = format!("{name} /embed, prompt {prompt:?}");
+            let (status, answer) = post(&client, &server.url("/embed"), &request);
+            assert_eq!(status, 200, "{what}: {answer}");
+            let rows: Vec<Vec<f32>> = answer.as_array().unwrap().iter().map(floats).collect();
+            assert_same_len(&rows, &expected, &what);
+            for (row, expected) in rows.iter().zip(&expected) {
+                assert_close_slices(row, expected, TOLERANCE, &what);
+            }
+        }
+        let info = get(&client, &server.url("/info")).json();
+        assert_eq!(
+            info["model_type"]["embedding"]["pooling"], pooling,
+            "{name}"
+        );
     }
-    let info = get(&client, &server.url("/info")).json();
-    assert_eq!(info["model_type"]["embedding"]["pooling"], "last_token");
 }
 
 /// `/embed_all`: every token's vector of each input, as the pipeline's token embeddings, and

@@ -15,6 +15,7 @@ use crate::models::distilbert::{
     DistilBertForMaskedLM, DistilBertForQuestionAnswering, DistilBertForSequenceClassification,
     DistilBertForTokenClassification, DistilBertModel,
 };
+use crate::models::gemma3::Gemma3TextModel;
 use crate::models::gpt2::{Gpt2ForSequenceClassification, Gpt2LMHeadModel};
 use crate::models::gte::{GteForSequenceClassification, GteModel};
 use crate::models::llama::{LlamaEmbeddingModel, LlamaForCausalLM};
@@ -76,7 +77,8 @@ macro_rules! auto_model {
 
 auto_model!(
     /// The base encoder: hidden states (and the pooler output where there is one); or a
-    /// Llama-family decoder's, for embedders built on one (Qwen3-Embedding).
+    /// decoder's, for embedders built on one (Qwen3-Embedding on the Llama family,
+    /// EmbeddingGemma on Gemma 3's text model).
     AutoModel -> EncoderOutput, "feature extraction" {
         Bert(BertModel),
         Roberta(RobertaModel) | XlmRoberta | Camembert,
@@ -86,6 +88,7 @@ auto_model!(
         Modernbert(ModernBertModel),
         Gte(GteModel) | New,
         NomicBert(NomicBertModel),
+        Gemma3Text(Gemma3TextModel),
     }
 );
 

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::models::bert::BertConfig;
 use crate::models::distilbert::DistilBertConfig;
+use crate::models::gemma3::Gemma3TextConfig;
 use crate::models::gpt2::Gpt2Config;
 use crate::models::gte::GteConfig;
 use crate::models::llama::{LlamaConfig, LlamaFamily};
@@ -56,6 +57,9 @@ pub enum ModelConfig {
     /// `"model_type": "nomic_bert"`.
     #[serde(rename = "nomic_bert")]
     NomicBert(NomicBertConfig),
+    /// `"model_type": "gemma3_text"`: Gemma 3's text model (EmbeddingGemma).
+    #[serde(rename = "gemma3_text")]
+    Gemma3Text(Gemma3TextConfig),
 }
 
 impl ModelConfig {
@@ -76,6 +80,7 @@ impl ModelConfig {
         "gte",
         "new",
         "nomic_bert",
+        "gemma3_text",
     ];
 
     /// Read and validate `config.json`.
@@ -131,6 +136,7 @@ impl ModelConfig {
             ModelConfig::Gte(_) => "gte",
             ModelConfig::New(_) => "new",
             ModelConfig::NomicBert(_) => "nomic_bert",
+            ModelConfig::Gemma3Text(_) => "gemma3_text",
         }
     }
 
@@ -151,6 +157,7 @@ impl ModelConfig {
             ModelConfig::Modernbert(c) => &c.id2label,
             ModelConfig::Gte(c) | ModelConfig::New(c) => &c.id2label,
             ModelConfig::NomicBert(c) => &c.id2label,
+            ModelConfig::Gemma3Text(c) => &c.id2label,
         }
     }
 
@@ -171,6 +178,7 @@ impl ModelConfig {
             ModelConfig::Modernbert(c) => c.num_labels(),
             ModelConfig::Gte(c) | ModelConfig::New(c) => c.num_labels(),
             ModelConfig::NomicBert(c) => c.num_labels(),
+            ModelConfig::Gemma3Text(c) => c.num_labels(),
         }
     }
 
@@ -192,6 +200,7 @@ impl ModelConfig {
             ModelConfig::Modernbert(c) => c.problem_type.as_deref(),
             ModelConfig::Gte(c) | ModelConfig::New(c) => c.problem_type.as_deref(),
             ModelConfig::NomicBert(c) => c.problem_type.as_deref(),
+            ModelConfig::Gemma3Text(c) => c.problem_type.as_deref(),
         }
     }
 
@@ -213,6 +222,7 @@ impl ModelConfig {
             ModelConfig::Modernbert(c) => c.max_position_embeddings,
             ModelConfig::Gte(c) | ModelConfig::New(c) => c.max_position_embeddings,
             ModelConfig::NomicBert(c) => c.max_position_embeddings,
+            ModelConfig::Gemma3Text(c) => c.max_position_embeddings,
         }
     }
 
@@ -259,6 +269,7 @@ impl ModelConfig {
             ModelConfig::Modernbert(c) => c.hidden_size,
             ModelConfig::Gte(c) | ModelConfig::New(c) => c.hidden_size,
             ModelConfig::NomicBert(c) => c.hidden_size,
+            ModelConfig::Gemma3Text(c) => c.hidden_size,
         }
     }
 
@@ -279,6 +290,7 @@ impl ModelConfig {
             ModelConfig::Modernbert(c) => c.vocab_size,
             ModelConfig::Gte(c) | ModelConfig::New(c) => c.vocab_size,
             ModelConfig::NomicBert(c) => c.vocab_size,
+            ModelConfig::Gemma3Text(c) => c.vocab_size,
         }
     }
 
@@ -298,6 +310,7 @@ impl ModelConfig {
             ModelConfig::Modernbert(config) => config.validate(),
             ModelConfig::Gte(config) | ModelConfig::New(config) => config.validate(),
             ModelConfig::NomicBert(config) => config.validate(),
+            ModelConfig::Gemma3Text(config) => config.validate(),
         }
     }
 }
@@ -410,6 +423,7 @@ config_accessor!(gpt2, Gpt2, Gpt2Config, "GPT-2");
 config_accessor!(modernbert, Modernbert, ModernBertConfig, "ModernBERT");
 config_accessor!(gte, Gte | New, GteConfig, "GTE");
 config_accessor!(nomic_bert, NomicBert, NomicBertConfig, "NomicBERT");
+config_accessor!(gemma3_text, Gemma3Text, Gemma3TextConfig, "Gemma 3 text");
 config_accessor!(
     llama,
     Llama | Mistral | Qwen2 | Qwen3,

@@ -632,6 +632,55 @@ impl SelfAttention {
     }
 }
 
+/// RMS normalisation over the last dimension, `x / sqrt(mean(x²) + eps) · scale`, computed in
+/// f32 and given back in `x`'s dtype (f32 on the CPU's kernels), as `LlamaRMSNorm` and
+/// `Gemma3RMSNorm` both return `type_as(x)`.
+/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/llama/modeling_llama.py#L52>
+#[derive(Debug, Clone)]
+pub(crate) struct RmsNorm {
+    /// The scale, f32.
+    scale: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    /// A norm whose checkpoint stores its scale (`LlamaRMSNorm`: `weight · x̂`).
+    pub fn load(vb: ModelWeights, size: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            scale: vb.get(size, "weight")?.to_dtype(DType::F32)?,
+            eps: eps as f32,
+        })
+    }
+
+    /// A norm whose checkpoint stores its scale less one: `Gemma3RMSNorm` multiplies by
+    /// `1 + weight` (its weights start at 0), computed in f32 before the product, as here.
+    /// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/gemma3/modeling_gemma3.py#L126-L140>
+    pub fn load_plus_one(vb: ModelWeights, size: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            scale: (vb.get(size, "weight")?.to_dtype(DType::F32)? + 1.0)?,
+            eps: eps as f32,
+        })
+    }
+
+    /// The scale, f32 (what [`HeadNorms`](crate::kernels::HeadNorms) takes).
+    pub fn scale(&self) -> &Tensor {
+        &self.scale
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(crate::kernels::rms_norm(x, &self.scale, self.eps)?.to_dtype(x.dtype())?)
+    }
+}
+
+/// `activation(a) · b` of a stacked projection `[a, b]`, (…, 2·width) to (…, width): GeGLU and
+/// the gated MLPs (ModernBERT's `Wi`, Gemma's `gate_proj` and `up_proj` stacked).
+pub(crate) fn gated(activation: Activation, stacked: &Tensor) -> Result<Tensor> {
+    let last = stacked.rank().saturating_sub(1);
+    let width = stacked.dim(last)? / 2;
+    let activated = activation.forward(&stacked.narrow(last, 0, width)?.contiguous()?)?;
+    Ok(activated.mul(&stacked.narrow(last, width, width)?)?)
+}
+
 /// Layer norm with learned scale and shift.
 #[derive(Debug, Clone)]
 pub struct LayerNorm {

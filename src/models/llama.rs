@@ -27,7 +27,9 @@ use crate::models::config::{token_ids, Labels};
 use crate::models::decoder::{
     attention_bias, last_position_logits, prepare, prepare_decode, rows_as_alone,
 };
-use crate::models::layers::{require_divisible, require_positive, Activation, Embedding, Linear};
+use crate::models::layers::{
+    require_divisible, require_positive, Activation, Embedding, Linear, RmsNorm,
+};
 use crate::models::rope::{RopeScaling, RotaryEmbedding};
 use crate::models::weight_type::WeightType;
 use crate::models::weights::ModelWeights;
@@ -274,28 +276,6 @@ impl LlamaConfig {
 /// A linear layer whose bias the family may or may not have.
 fn linear(vb: ModelWeights, in_dim: usize, out_dim: usize, bias: bool) -> Result<Linear> {
     Linear::load_with_bias(&vb, in_dim, out_dim, bias)
-}
-
-/// `LlamaRMSNorm`: `weight · x / sqrt(mean(x²) + eps)`, in f32.
-/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/llama/modeling_llama.py#L52>
-#[derive(Debug, Clone)]
-struct RmsNorm {
-    weight: Tensor,
-    eps: f32,
-}
-
-impl RmsNorm {
-    fn load(vb: ModelWeights, size: usize, eps: f64) -> Result<Self> {
-        Ok(Self {
-            weight: vb.get(size, "weight")?.to_dtype(DType::F32)?,
-            eps: eps as f32,
-        })
-    }
-
-    /// Over the last dimension of `x` (f32).
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(crate::kernels::rms_norm(x, &self.weight, self.eps)?)
-    }
 }
 
 /// `self_attn`: q, k and v projected in one product, Qwen3's per-head norms, the rotation,

@@ -25,6 +25,7 @@ pub mod cache;
 pub mod config;
 pub(crate) mod decoder;
 pub mod distilbert;
+pub mod gemma3;
 pub(crate) mod gguf;
 pub mod gpt2;
 pub mod gte;

@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::kernels::{decoder_attention, rotated_heads, RotatedHeads};
 use crate::models::config::Labels;
 use crate::models::layers::{
-    require_divisible, require_positive, Activation, Embedding, LayerNorm, Linear,
+    gated, require_divisible, require_positive, Activation, Embedding, LayerNorm, Linear,
 };
 use crate::models::rope::{RopeScaling, RotaryEmbedding};
 use crate::models::weights::ModelWeights;
@@ -389,7 +389,6 @@ struct ModernBertMlp {
     wi: Linear,
     activation: Activation,
     wo: Linear,
-    intermediate: usize,
 }
 
 impl ModernBertMlp {
@@ -399,16 +398,12 @@ impl ModernBertMlp {
             wi: linear(vb.pp("Wi"), hidden, 2 * intermediate, config.mlp_bias)?,
             activation: config.hidden_activation,
             wo: linear(vb.pp("Wo"), intermediate, hidden, config.mlp_bias)?,
-            intermediate,
         })
     }
 
     /// `x`: the normed (tokens, hidden); returns `residual` plus the MLP's output.
     fn forward(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        let both = self.wi.forward(x)?;
-        let input = both.narrow(D::Minus1, 0, self.intermediate)?.contiguous()?;
-        let gate = both.narrow(D::Minus1, self.intermediate, self.intermediate)?;
-        let gated = self.activation.forward(&input)?.mul(&gate)?;
+        let gated = gated(self.activation, &self.wi.forward(x)?)?;
         self.wo.forward_with(&gated, None, Some(residual))
     }
 }

@@ -14,7 +14,7 @@ use candle_core::{Tensor, D};
 use crate::error::{Error, Result};
 use crate::kernels::gemm::WeightFormat;
 use crate::kernels::AttentionProducts;
-use crate::models::layers::{padding_mask, Activation, Embedding, LayerNorm, Linear};
+use crate::models::layers::{gated, padding_mask, Activation, Embedding, LayerNorm, Linear};
 use crate::models::rope::RotaryEmbedding;
 use crate::models::weights::ModelWeights;
 use crate::models::ModelInput;
@@ -186,26 +186,34 @@ struct RotaryBertLayer {
     qkv: Linear,
     attention_output: Linear,
     attention_norm: LayerNorm,
-    /// `up` and `gate` side by side in one product.
-    up_gate: Linear,
+    /// `gate` and `up` side by side in one product.
+    gate_up: Linear,
     activation: Activation,
     down: Linear,
     mlp_norm: LayerNorm,
     heads: usize,
     hidden: usize,
-    intermediate: usize,
 }
 
 impl RotaryBertLayer {
     fn load(vb: ModelWeights, shape: &EncoderShape, names: &KeyNames) -> Result<Self> {
         let (hidden, intermediate) = (shape.hidden, shape.intermediate);
-        let up_gate = match names.up_gate {
+        let gate_up = match names.up_gate {
+            // Its halves swapped at load, to the gate-first order `gated` takes.
             UpGate::Stacked(name) => {
-                Linear::load_with_bias(&vb.pp(name), hidden, 2 * intermediate, false)?
+                let up_gate = vb.pp(name).get((2 * intermediate, hidden), "weight")?;
+                let gate_up = Tensor::cat(
+                    &[
+                        up_gate.narrow(0, intermediate, intermediate)?,
+                        up_gate.narrow(0, 0, intermediate)?,
+                    ],
+                    0,
+                )?;
+                Linear::new(gate_up, None, vb.weight_type())?
             }
             UpGate::Apart { up, gate } => Linear::stacked(
                 &vb,
-                &[(up, intermediate), (gate, intermediate)],
+                &[(gate, intermediate), (up, intermediate)],
                 hidden,
                 false,
             )?,
@@ -223,13 +231,12 @@ impl RotaryBertLayer {
                 hidden,
                 shape.layer_norm_eps,
             )?,
-            up_gate,
+            gate_up,
             activation: shape.activation,
             down: Linear::load_with_bias(&vb.pp(names.down), intermediate, hidden, shape.biases)?,
             mlp_norm: LayerNorm::load(vb.pp(names.mlp_norm), hidden, shape.layer_norm_eps)?,
             heads: shape.heads,
             hidden,
-            intermediate,
         })
     }
 
@@ -274,12 +281,7 @@ impl RotaryBertLayer {
                     .attention_output
                     .forward_with(&attended, None, Some(hidden))?,
             )?;
-        let both = self.up_gate.forward(&hidden)?;
-        let up = both.narrow(D::Minus1, 0, self.intermediate)?;
-        let gate = both
-            .narrow(D::Minus1, self.intermediate, self.intermediate)?
-            .contiguous()?;
-        let gated = self.activation.forward(&gate)?.mul(&up)?;
+        let gated = gated(self.activation, &self.gate_up.forward(&hidden)?)?;
         self.mlp_norm
             .forward(&self.down.forward_with(&gated, None, Some(&hidden))?)
     }
