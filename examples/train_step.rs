@@ -18,6 +18,7 @@ use ferroformers::{HubOptions, ModelInput, Pretrained};
 
 fn main() -> ferroformers::Result<()> {
     ferroformers::runtime::allocator::keep_freed_memory();
+    ferroformers::runtime::threads::run_candle_ops_inline();
     let args: Vec<String> = std::env::args().collect();
     let [_, model, batch, seq, steps] = args.as_slice() else {
         eprintln!("usage: train_step MODEL_FOLDER BATCH SEQ STEPS");

@@ -23,6 +23,7 @@ use error::CliError;
 
 fn main() -> ExitCode {
     ferroformers::runtime::allocator::keep_freed_memory();
+    ferroformers::runtime::threads::run_candle_ops_inline();
     let args = match commands::Cli::try_parse() {
         Ok(args) => args,
         Err(error) => {

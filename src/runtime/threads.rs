@@ -36,3 +36,24 @@ pub fn set_num_threads(threads: usize) -> Result<()> {
          set_num_threads before loading or running any model (or set RAYON_NUM_THREADS)"
     )))
 }
+
+/// Run candle's own element-wise operations (adds, multiplies, the gradient sums of a backward
+/// pass) on the thread that calls them, instead of on candle's second thread pool.
+///
+/// Since 0.11 candle splits each element-wise operation over a barrier pool of its own, beside
+/// rayon's, and its caller spins until the pool's threads are done. With as many rayon workers
+/// as cores, the two pools' threads compete for the cores; a backward pass, which sums every
+/// gradient with a candle add, spent much of its time spinning at that barrier. These
+/// operations are memory-bound, and our kernels do the heavy work on rayon's pool, so one
+/// thread gives up little.
+///
+/// Like [`allocator::keep_freed_memory`](super::allocator::keep_freed_memory), this changes the
+/// whole process (it sets `CANDLE_NUM_THREADS=1`, which candle reads once, when its pool is
+/// first used), so the library never calls it itself; the `ferroformers` command does. Call it
+/// first thing in `main`, before threads start. A `CANDLE_NUM_THREADS` already set wins.
+pub fn run_candle_ops_inline() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // Only `main` calls this, before any other thread reads the environment.
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+}
