@@ -90,18 +90,9 @@ fn check(model: &Gemma3TextModel, name: &str) {
         .last_hidden_state;
     let error = assert_real_positions_close(&batch, name, F32_TOLERANCE);
     eprintln!("{name}: max abs error {error:.2e} (bar {F32_TOLERANCE:.0e})");
-    for (i, &len) in lengths.iter().enumerate() {
-        let alone = model
-            .forward(&single_input(&reference, i, len))
-            .unwrap()
-            .last_hidden_state;
-        assert_close(
-            &alone,
-            &row(&batch, i, Some(len)),
-            BATCH_TOLERANCE,
-            &format!("{name} input {i} alone"),
-        );
-    }
+    assert_inputs_alone_match_their_rows(&reference, &batch, BATCH_TOLERANCE, name, |input| {
+        model.forward(input).unwrap().last_hidden_state
+    });
 }
 
 #[test]

@@ -57,16 +57,7 @@ fn check(name: &str, forward: impl Fn(&ModelInput) -> Tensor) {
         lengths.iter().any(|&l| l < lengths[0]) && lengths.iter().max() > Some(&5),
         "the batch is padded and longer than the local window",
     );
-    for (i, &len) in lengths.iter().enumerate() {
-        let alone = forward(&single_input(&reference, i, len));
-        let per_token = (batch.rank() == 3).then_some(len);
-        assert_close(
-            &alone,
-            &row(&batch, i, per_token),
-            BATCH_TOLERANCE,
-            &format!("{name} input {i} alone"),
-        );
-    }
+    assert_inputs_alone_match_their_rows(&reference, &batch, BATCH_TOLERANCE, name, forward);
 }
 
 #[test]

@@ -62,16 +62,7 @@ fn check(name: &str, forward: impl Fn(&ModelInput) -> Tensor) -> f32 {
         lengths.iter().any(|&l| l < lengths[0]),
         "the batch is padded",
     );
-    for (i, &len) in lengths.iter().enumerate() {
-        let alone = forward(&single_input(&reference, i, len));
-        let per_token = (batch.rank() == 3).then_some(len);
-        assert_close(
-            &alone,
-            &row(&batch, i, per_token),
-            BATCH_TOLERANCE,
-            &format!("{name} input {i} alone"),
-        );
-    }
+    assert_inputs_alone_match_their_rows(&reference, &batch, BATCH_TOLERANCE, name, forward);
     error
 }
 

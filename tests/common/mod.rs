@@ -143,6 +143,27 @@ pub fn single_input(reference: &HashMap<String, Tensor>, i: usize, len: usize) -
     }
 }
 
+/// Each input of `reference`'s batch run alone (no padding) by `forward`, against its row of
+/// `batch` (a per-token output over its real positions) within `tolerance`: padding changes
+/// nothing of a row but its length.
+pub fn assert_inputs_alone_match_their_rows(
+    reference: &HashMap<String, Tensor>,
+    batch: &Tensor,
+    tolerance: f32,
+    name: &str,
+    forward: impl Fn(&ModelInput) -> Tensor,
+) {
+    for (i, &len) in lengths(reference).iter().enumerate() {
+        let per_token = (batch.rank() == 3).then_some(len);
+        assert_close(
+            &forward(&single_input(reference, i, len)),
+            &row(batch, i, per_token),
+            tolerance,
+            &format!("{name} input {i} alone"),
+        );
+    }
+}
+
 /// Assert two sequences about to be zipped have the same, non-zero length: `zip` stops at the
 /// shorter one, so a missing or empty output would otherwise pass every check made on the pairs.
 pub fn assert_same_len<A, B>(actual: &[A], expected: &[B], what: &str) {
