@@ -164,6 +164,11 @@ impl Cli {
     pub fn threads(&self) -> Option<usize> {
         self.common().and_then(Common::threads)
     }
+
+    /// Whether the subcommand trains (its backward pass sums gradients with candle's ops).
+    pub fn trains(&self) -> bool {
+        matches!(self.command, Command::Train { .. })
+    }
 }
 
 /// Run the subcommand, its output on `out`.
