@@ -36,7 +36,7 @@ fn main() -> ExitCode {
         }
     };
     if args.trains() {
-        // Training only: a backward pass gained 3–9% (MiniLM, 2 cores), while inference lost
+        // Training only: a training step gained 3–10% (MiniLM, 2 cores), while inference lost
         // 1–2% (BERT-base) and more when decoding, where candle's pool helps.
         ferroformers::runtime::threads::run_candle_ops_inline();
     }

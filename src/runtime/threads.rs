@@ -47,9 +47,9 @@ pub fn set_num_threads(threads: usize) -> Result<()> {
 /// operations are memory-bound, and our kernels do the heavy work on rayon's pool, so one
 /// thread gives up little.
 ///
-/// For training: measured on 2 cores of a Zen 4, a MiniLM training step (32 × 128) took 3–9%
-/// less time, while inference lost 1–2% (BERT-base, batch 8) and decoding more, where candle's
-/// pool still pays.
+/// For training: on 2 cores of a Zen 4, in alternating pairs of runs, a MiniLM training step
+/// (32 × 128) took 3–10% less time with it, while inference lost 1–2% (BERT-base, batch 8) and
+/// decoding more, where candle's pool still pays.
 ///
 /// Like [`allocator::keep_freed_memory`](super::allocator::keep_freed_memory), this changes the
 /// whole process (it sets `CANDLE_NUM_THREADS=1`, which candle reads once, when its pool is
