@@ -263,7 +263,10 @@ fn products_match_the_f64_reference_on_every_isa() {
     eprintln!("worst gap: {worst:.2e}");
 }
 
-/// (f) A stack of parts of different types gives each part's product, bit for bit.
+/// (f) A stack of parts of different types gives each part's product, bit for bit, and
+/// each part's rows; rows held in groups give what the same rows held as the file holds them
+/// give: the Q4_0 parts are two groups across the two and four rows past them (alone, the
+/// first is one group and five rows past it).
 #[test]
 fn stacked_types_give_each_parts_product() {
     let (inner, m) = (512, 5);
@@ -272,8 +275,10 @@ fn stacked_types_give_each_parts_product() {
         GgmlType::Q6_K,
         GgmlType::Q6_K,
         GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::Q4_0,
     ];
-    let outers = [9, 3, 4, 6];
+    let outers = [9, 3, 4, 6, 13, 7];
     let part_bytes: Vec<Vec<u8>> = types
         .iter()
         .zip(outers)
@@ -302,11 +307,12 @@ fn stacked_types_give_each_parts_product() {
         stacked.bytes(),
         parts.iter().map(|p| p.bytes()).sum::<usize>()
     );
-    // The two Q6_K parts join into one segment.
+    // Parts of one type one after another join into one segment.
     let expected_segments = vec![
         (GgmlType::Q4_K, 0..9),
         (GgmlType::Q6_K, 9..16),
         (GgmlType::Q8_0, 16..22),
+        (GgmlType::Q4_0, 22..42),
     ];
     assert_eq!(stacked.segments(), expected_segments);
     let x = activations(m * inner, 3);
@@ -324,11 +330,26 @@ fn stacked_types_give_each_parts_product() {
             }
             first += part.outer();
         }
-        let mut row = vec![0f32; inner];
-        let mut part_row = vec![0f32; inner];
-        stacked.unpack_row(12, &mut row);
-        parts[2].unpack_row(12 - 9 - 3, &mut part_row);
-        assert_eq!(bits(&row), bits(&part_row));
+    }
+    let mut row = vec![0f32; inner];
+    let mut part_row = vec![0f32; inner];
+    let mut first = 0;
+    for (part, bytes) in parts.iter().zip(&part_bytes) {
+        let row_bytes = bytes.len() / part.outer();
+        for o in 0..part.outer() {
+            stacked.unpack_row(first + o, &mut row);
+            part.unpack_row(o, &mut part_row);
+            assert_eq!(bits(&row), bits(&part_row), "row {}", first + o);
+            let mut file_row = vec![0f32; inner];
+            dequantize(
+                part.segments[0].ty,
+                &bytes[o * row_bytes..][..row_bytes],
+                &mut file_row,
+            )
+            .unwrap();
+            assert_eq!(bits(&row), bits(&file_row), "row {}", first + o);
+        }
+        first += part.outer();
     }
 }
 
@@ -352,10 +373,8 @@ fn quantize_writes_the_gguf_packages_blocks() {
     for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1] {
         let expected = tensors.tensor(&format!("quantize.{ty:?}.blocks")).unwrap();
         let weights = QuantizedWeights::quantize(ty, &input, 64, 2).unwrap();
-        let mut bytes = Vec::new();
-        for segment in &weights.segments {
-            bytes.extend_from_slice(&segment.bytes);
-        }
+        let segment = &weights.segments[0];
+        let bytes = [segment.row_blocks(0), segment.row_blocks(1)].concat();
         assert_eq!(bytes, expected.data(), "{ty:?}");
     }
     assert!(QuantizedWeights::quantize(GgmlType::Q4_K, &input, 64, 2).is_err());
