@@ -42,6 +42,13 @@ fn nibble_dots(acc: __m256i, w: &[__m256i; 8], x: &[__m256i; 8]) -> __m256i {
     )
 }
 
+/// [`nibble_dots`] from zero, each lane's sum times its scale (in `scale_form`).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn nibble_dots_scaled(w: &[__m256i; 8], x: &[__m256i; 8], scale: __m256i) -> __m256i {
+    _mm256_madd_epi16(nibble_pairs(w, x), scale)
+}
+
 /// The 16-bit sums of adjacent products, added over the 8 pairs of registers.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]

@@ -40,5 +40,12 @@ fn nibble_dots(acc: __m256i, w: &[__m256i; 8], x: &[__m256i; 8]) -> __m256i {
     _mm256_add_epi32(even, odd)
 }
 
+/// [`nibble_dots`] from zero, each lane's sum times its scale.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn nibble_dots_scaled(w: &[__m256i; 8], x: &[__m256i; 8], scale: __m256i) -> __m256i {
+    _mm256_mullo_epi32(nibble_dots(_mm256_setzero_si256(), w, x), scale)
+}
+
 block_kernels!("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni");
 group_kernels!("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni");

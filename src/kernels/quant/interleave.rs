@@ -19,10 +19,19 @@ use rayon::prelude::*;
 /// Rows per group: one 32-bit lane of a 256-bit register each.
 pub(super) const ROWS: usize = 8;
 
+const Q4_K_COLUMNS: [usize; 37] = {
+    let mut columns = [4; 37];
+    columns[0] = 2;
+    columns[1] = 2;
+    columns
+};
+
 /// The widths of the columns of a block of `ty`, in order, if `ty` is held interleaved.
 fn columns(ty: GgmlType) -> Option<&'static [usize]> {
     match ty {
         GgmlType::Q4_0 => Some(&[2, 4, 4, 4, 4]),
+        // `d`, `dmin`, the three words of packed scales and minimums, `qs` in 4-byte runs.
+        GgmlType::Q4_K => Some(&Q4_K_COLUMNS),
         _ => None,
     }
 }

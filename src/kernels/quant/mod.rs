@@ -13,15 +13,18 @@
 //! where it wires [`super::gemm::matmul`]); [`QuantizedWeights::unpack_row`] serves tied
 //! embeddings.
 //!
-//! Q4_0 rows are held in groups of 8, interleaved block by block (`interleave`: the same
-//! bytes, moved at load, in place), the rows past a segment's last whole group as the file
-//! holds them. Per block of one row, the row-by-row kernels spend about 12 operations (a
+//! Q4_0 and Q4_K rows are held in groups of 8, interleaved block by block (`interleave`: the
+//! same bytes, moved at load, in place), the rows past a segment's last whole group as the
+//! file holds them. Per block of one row, the row-by-row kernels spend about 12 operations (a
 //! scale conversion, a nibble unpack, the dot product, a conversion and a multiply-add) on
 //! 18 bytes, which bounds decoding by the cores rather than memory: ~24 GB/s on the 2-core
 //! Zen 4 (896 → 4864) where its memory streams ~37. With a row per 32-bit lane the 8 rows
 //! share the activations' loads and the per-block work: 31 GB/s there, 36 on 2048 → 8192,
-//! and Llama-3.2-1B's Q4_0 decodes 1.15× as fast. A row's product is the same in a group
-//! or out of one: the row-by-row Q4_0 kernel sums in the group kernels' order.
+//! and Llama-3.2-1B's Q4_0 decodes 1.15× as fast. Q4_K's row-by-row kernels already
+//! streamed its larger matrices at about the memory's speed; its groups gain on the smaller
+//! ones (2048 → 2048: 28 → 37 GB/s) and Llama-3.2-1B's Q4_K_M decodes 1.27× as fast. A row's
+//! product is the same in a group or out of one: the row-by-row Q4_0 and Q4_K kernels sum
+//! in the group kernels' order.
 //!
 //! Threads take runs of output rows, whole groups. Decoding (one row of activations) streams
 //! every weight once, spread over the cores in runs of a few rows, read front to back. With
@@ -30,7 +33,8 @@
 //! multiplied with four rows. That prefill is bound by the per-block work (a scale, an int →
 //! float conversion and a multiply-add per block of 32 and row), not by memory, and on the
 //! 2-core Zen 4 the row-by-row kernels run at 60–120 GFLOP/s, where the int8 GEMM's tiles
-//! reach ~340 (512 × 896 → 4864, `examples/quant_gemv`); Q4_0's groups reach ~400.
+//! reach ~340 (512 × 896 → 4864, `examples/quant_gemv`); the groups of Q4_0 and Q4_K reach
+//! ~420 (512 × 2048 → 8192).
 //!
 //! Layout: this file holds the API and the split into tasks; `activations` the quantized
 //! activations; `quantize` f32 weights to blocks; `portable` the block formats and the scalar

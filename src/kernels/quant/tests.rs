@@ -265,12 +265,14 @@ fn products_match_the_f64_reference_on_every_isa() {
 
 /// (f) A stack of parts of different types gives each part's product, bit for bit, and
 /// each part's rows; rows held in groups give what the same rows held as the file holds them
-/// give: the Q4_0 parts are two groups across the two and four rows past them (alone, the
-/// first is one group and five rows past it).
+/// give: the Q4_K parts are one group across the two and three rows past it (alone, rows
+/// as the file holds them), the Q4_0 ones two groups across the two and four rows past
+/// them (alone, the first is one group and five rows past it).
 #[test]
 fn stacked_types_give_each_parts_product() {
     let (inner, m) = (512, 5);
     let types = [
+        GgmlType::Q4_K,
         GgmlType::Q4_K,
         GgmlType::Q6_K,
         GgmlType::Q6_K,
@@ -278,7 +280,7 @@ fn stacked_types_give_each_parts_product() {
         GgmlType::Q4_0,
         GgmlType::Q4_0,
     ];
-    let outers = [9, 3, 4, 6, 13, 7];
+    let outers = [5, 6, 3, 4, 6, 13, 7];
     let part_bytes: Vec<Vec<u8>> = types
         .iter()
         .zip(outers)
@@ -309,10 +311,10 @@ fn stacked_types_give_each_parts_product() {
     );
     // Parts of one type one after another join into one segment.
     let expected_segments = vec![
-        (GgmlType::Q4_K, 0..9),
-        (GgmlType::Q6_K, 9..16),
-        (GgmlType::Q8_0, 16..22),
-        (GgmlType::Q4_0, 22..42),
+        (GgmlType::Q4_K, 0..11),
+        (GgmlType::Q6_K, 11..18),
+        (GgmlType::Q8_0, 18..24),
+        (GgmlType::Q4_0, 24..44),
     ];
     assert_eq!(stacked.segments(), expected_segments);
     let x = activations(m * inner, 3);
