@@ -415,31 +415,23 @@ pub fn matmul(
     };
     let acts: Vec<ActRow> = (0..m).map(act_row).collect();
 
-    // Decoding: enough runs of rows to balance the cores (a few per thread, so that one
-    // slowed thread does not hold the rest). With more rows, runs short enough that a run
-    // of weight rows stays in L1/L2 while every group of activation rows passes over it.
-    // Runs are whole groups of interleaved rows.
     let threads = rayon::current_num_threads();
-    let run = if m == 1 {
-        n.div_ceil(threads * 8).clamp(4, 512)
-    } else {
-        16
-    }
-    .next_multiple_of(interleave::ROWS);
     let tasks: Vec<(&Segment, Range<usize>)> = weights
         .segments
         .iter()
         .flat_map(|segment| {
-            let rows = segment.rows.clone();
-            rows.clone()
-                .step_by(run)
-                .map(move |start| (segment, start..rows.end.min(start + run)))
+            runs(segment.rows.len(), n, m, threads).map(move |run| {
+                (
+                    segment,
+                    run.start + segment.rows.start..run.end + segment.rows.start,
+                )
+            })
         })
         .collect();
     let shared = SharedOut(out.as_mut_ptr());
     let task = |(segment, rows): &(&Segment, Range<usize>)| {
         let local = rows.start - segment.rows.start..rows.end - segment.rows.start;
-        let mut sums = [[0f32; GROUP]; 512];
+        let mut sums = [[0f32; GROUP]; MAX_RUN];
         let sums = &mut sums[..rows.len()];
         let store = |r: usize, o: usize, value: f32| {
             let mut value = value;
@@ -465,7 +457,7 @@ pub fn matmul(
                 }
                 r0 += GROUP;
             } else {
-                let mut single = [[0f32; 1]; 512];
+                let mut single = [[0f32; 1]; MAX_RUN];
                 let single = &mut single[..rows.len()];
                 segment.dot(isa, local.clone(), &[acts[r0]], single);
                 for (o, sum) in rows.clone().zip(single.iter()) {
@@ -480,6 +472,30 @@ pub fn matmul(
     } else {
         tasks.par_iter().for_each(task);
     }
+}
+
+/// Rows a task takes at most (the length of its sums on the stack).
+const MAX_RUN: usize = 512;
+
+/// The runs of a segment's `rows` (of a matrix of `n`) that tasks take, each whole groups of
+/// [`interleave::ROWS`] (but the last), for `m` rows of activations on `threads` threads.
+/// Decoding: about 8 runs per thread over the matrix (so that one slowed thread does not
+/// hold the rest), as even as whole groups allow: runs of a fixed length would leave one
+/// thread a run more than the other where the count does not divide evenly (SmolLM2's 960
+/// rows in runs of 64: 15 runs). With more rows of activations, runs of two groups, short
+/// enough that they stay in L1/L2 while every group of activation rows passes over them.
+fn runs(rows: usize, n: usize, m: usize, threads: usize) -> impl Iterator<Item = Range<usize>> {
+    let groups = rows.div_ceil(interleave::ROWS);
+    let count = if m == 1 {
+        (groups * threads * 8).div_ceil(n.div_ceil(interleave::ROWS))
+    } else {
+        groups.div_ceil(2)
+    };
+    let count = count
+        .max(groups.div_ceil(MAX_RUN / interleave::ROWS))
+        .clamp(1, groups.max(1));
+    let end = move |i: usize| (i * groups / count * interleave::ROWS).min(rows);
+    (0..count).map(move |i| end(i)..end(i + 1))
 }
 
 /// `out[o][r]` = weight row o (of `w`, `row_bytes` each, of type `ty`) · activation row r,

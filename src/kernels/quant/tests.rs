@@ -418,3 +418,33 @@ fn hostile_shapes_are_errors() {
     assert!(QuantizedWeights::stack(&[a, short]).is_err());
     assert!(QuantizedWeights::stack(&[]).is_err());
 }
+
+/// The tasks' runs cover a segment's rows in order, in whole groups (but the last), no
+/// longer than a task's sums; decoding's runs differ by at most a group.
+#[test]
+fn runs_cover_the_rows_in_whole_groups() {
+    for (rows, n, m) in [
+        (960, 960, 1),
+        (1600, 1600, 1),
+        (128, 1152, 1),
+        (37, 37, 1),
+        (151_936, 151_936, 1),
+        (4864, 4864, 512),
+        (5, 9, 3),
+        (0, 8, 1),
+    ] {
+        let runs: Vec<Range<usize>> = runs(rows, n, m, 2).collect();
+        assert_eq!(runs.first().map(|run| run.start), Some(0));
+        assert_eq!(runs.last().map(|run| run.end), Some(rows));
+        for pair in runs.windows(2) {
+            assert_eq!(pair[0].end, pair[1].start);
+            assert_eq!(pair[0].end % interleave::ROWS, 0, "{rows} rows");
+        }
+        let lengths = runs.iter().map(|run| run.len());
+        assert!(lengths.clone().all(|length| length <= MAX_RUN));
+        if m == 1 && rows % interleave::ROWS == 0 {
+            let spread = lengths.clone().max().unwrap() - lengths.min().unwrap();
+            assert!(spread <= interleave::ROWS, "{rows} rows: {runs:?}");
+        }
+    }
+}
