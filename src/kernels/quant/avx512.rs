@@ -2,7 +2,9 @@
 //! products by `vpdpbusd` (unsigned weight bytes × signed activation bytes, four per i32
 //! lane, added in one instruction), sub-block scales by `vpmulld`.
 
-use std::arch::x86_64::{__m256i, _mm256_dpbusd_epi32, _mm256_mullo_epi32, _mm256_setzero_si256};
+use std::arch::x86_64::{
+    __m256i, _mm256_add_epi32, _mm256_dpbusd_epi32, _mm256_mullo_epi32, _mm256_setzero_si256,
+};
 
 /// `acc` plus the sums of each lane's four products.
 #[inline]
@@ -25,4 +27,25 @@ fn dot_scaled(w: __m256i, x: __m256i, scale: __m256i) -> __m256i {
     _mm256_mullo_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), w, x), scale)
 }
 
+/// `acc` plus, in each i32 lane, the sum of the products of the 8 pairs of registers (the
+/// weights' 4 bits matter to AVX2's form only), in two chains that do not wait on each other.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn nibble_dots(acc: __m256i, w: &[__m256i; 8], x: &[__m256i; 8]) -> __m256i {
+    let (mut even, mut odd) = (acc, _mm256_setzero_si256());
+    for i in (0..8).step_by(2) {
+        even = _mm256_dpbusd_epi32(even, w[i], x[i]);
+        odd = _mm256_dpbusd_epi32(odd, w[i + 1], x[i + 1]);
+    }
+    _mm256_add_epi32(even, odd)
+}
+
+/// [`nibble_dots`] from zero, each lane's sum times its scale.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn nibble_dots_scaled(w: &[__m256i; 8], x: &[__m256i; 8], scale: __m256i) -> __m256i {
+    _mm256_mullo_epi32(nibble_dots(_mm256_setzero_si256(), w, x), scale)
+}
+
 block_kernels!("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni");
+group_kernels!("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni");

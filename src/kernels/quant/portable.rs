@@ -20,6 +20,7 @@
 //! scales and sums the blocks in f32, as llama.cpp's `ggml_vec_dot_*` do.
 
 use super::activations::{ActRow, Q8KRow, Q8Row};
+use super::interleave::{row_of_group, ROWS};
 use super::{GgmlType, QK, QK_K};
 use crate::loading::gguf::scales_and_mins;
 
@@ -49,6 +50,28 @@ pub(super) fn dot_rows<const R: usize>(
             GgmlType::Q6_K => blocks256(row, 210, &q8k, q6_k),
             other => unreachable!("QuantizedWeights holds no {other:?}"),
         };
+    }
+}
+
+/// [`dot_rows`] for `w` holding whole groups of rows in the interleaved layout: each row
+/// taken back out of its group and multiplied as [`dot_rows`] does, so that the reference
+/// does not depend on the layout.
+pub(super) fn dot_groups<const R: usize>(
+    ty: GgmlType,
+    w: &[u8],
+    row_bytes: usize,
+    x: &[ActRow; R],
+    out: &mut [[f32; R]],
+) {
+    let mut row = vec![0; row_bytes];
+    for (group, out) in w
+        .chunks_exact(ROWS * row_bytes)
+        .zip(out.chunks_exact_mut(ROWS))
+    {
+        for (r, out) in out.iter_mut().enumerate() {
+            row_of_group(ty, group, r, &mut row);
+            dot_rows(ty, &row, row_bytes, x, std::slice::from_mut(out));
+        }
     }
 }
 

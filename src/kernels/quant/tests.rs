@@ -263,17 +263,24 @@ fn products_match_the_f64_reference_on_every_isa() {
     eprintln!("worst gap: {worst:.2e}");
 }
 
-/// (f) A stack of parts of different types gives each part's product, bit for bit.
+/// (f) A stack of parts of different types gives each part's product, bit for bit, and
+/// each part's rows; rows held in groups give what the same rows held as the file holds them
+/// give: the Q4_K parts are one group across the two and three rows past it (alone, rows
+/// as the file holds them), the Q4_0 ones two groups across the two and four rows past
+/// them (alone, the first is one group and five rows past it).
 #[test]
 fn stacked_types_give_each_parts_product() {
     let (inner, m) = (512, 5);
     let types = [
         GgmlType::Q4_K,
+        GgmlType::Q4_K,
         GgmlType::Q6_K,
         GgmlType::Q6_K,
         GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::Q4_0,
     ];
-    let outers = [9, 3, 4, 6];
+    let outers = [5, 6, 3, 4, 6, 13, 7];
     let part_bytes: Vec<Vec<u8>> = types
         .iter()
         .zip(outers)
@@ -302,11 +309,12 @@ fn stacked_types_give_each_parts_product() {
         stacked.bytes(),
         parts.iter().map(|p| p.bytes()).sum::<usize>()
     );
-    // The two Q6_K parts join into one segment.
+    // Parts of one type one after another join into one segment.
     let expected_segments = vec![
-        (GgmlType::Q4_K, 0..9),
-        (GgmlType::Q6_K, 9..16),
-        (GgmlType::Q8_0, 16..22),
+        (GgmlType::Q4_K, 0..11),
+        (GgmlType::Q6_K, 11..18),
+        (GgmlType::Q8_0, 18..24),
+        (GgmlType::Q4_0, 24..44),
     ];
     assert_eq!(stacked.segments(), expected_segments);
     let x = activations(m * inner, 3);
@@ -324,11 +332,26 @@ fn stacked_types_give_each_parts_product() {
             }
             first += part.outer();
         }
-        let mut row = vec![0f32; inner];
-        let mut part_row = vec![0f32; inner];
-        stacked.unpack_row(12, &mut row);
-        parts[2].unpack_row(12 - 9 - 3, &mut part_row);
-        assert_eq!(bits(&row), bits(&part_row));
+    }
+    let mut row = vec![0f32; inner];
+    let mut part_row = vec![0f32; inner];
+    let mut first = 0;
+    for (part, bytes) in parts.iter().zip(&part_bytes) {
+        let row_bytes = bytes.len() / part.outer();
+        for o in 0..part.outer() {
+            stacked.unpack_row(first + o, &mut row);
+            part.unpack_row(o, &mut part_row);
+            assert_eq!(bits(&row), bits(&part_row), "row {}", first + o);
+            let mut file_row = vec![0f32; inner];
+            dequantize(
+                part.segments[0].ty,
+                &bytes[o * row_bytes..][..row_bytes],
+                &mut file_row,
+            )
+            .unwrap();
+            assert_eq!(bits(&row), bits(&file_row), "row {}", first + o);
+        }
+        first += part.outer();
     }
 }
 
@@ -352,10 +375,8 @@ fn quantize_writes_the_gguf_packages_blocks() {
     for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1] {
         let expected = tensors.tensor(&format!("quantize.{ty:?}.blocks")).unwrap();
         let weights = QuantizedWeights::quantize(ty, &input, 64, 2).unwrap();
-        let mut bytes = Vec::new();
-        for segment in &weights.segments {
-            bytes.extend_from_slice(&segment.bytes);
-        }
+        let segment = &weights.segments[0];
+        let bytes = [segment.row_blocks(0), segment.row_blocks(1)].concat();
         assert_eq!(bytes, expected.data(), "{ty:?}");
     }
     assert!(QuantizedWeights::quantize(GgmlType::Q4_K, &input, 64, 2).is_err());
@@ -396,4 +417,34 @@ fn hostile_shapes_are_errors() {
     };
     assert!(QuantizedWeights::stack(&[a, short]).is_err());
     assert!(QuantizedWeights::stack(&[]).is_err());
+}
+
+/// The tasks' runs cover a segment's rows in order, in whole groups (but the last), no
+/// longer than a task's sums; decoding's runs differ by at most a group.
+#[test]
+fn runs_cover_the_rows_in_whole_groups() {
+    for (rows, n, m) in [
+        (960, 960, 1),
+        (1600, 1600, 1),
+        (128, 1152, 1),
+        (37, 37, 1),
+        (151_936, 151_936, 1),
+        (4864, 4864, 512),
+        (5, 9, 3),
+        (0, 8, 1),
+    ] {
+        let runs: Vec<Range<usize>> = runs(rows, n, m, 2).collect();
+        assert_eq!(runs.first().map(|run| run.start), Some(0));
+        assert_eq!(runs.last().map(|run| run.end), Some(rows));
+        for pair in runs.windows(2) {
+            assert_eq!(pair[0].end, pair[1].start);
+            assert_eq!(pair[0].end % interleave::ROWS, 0, "{rows} rows");
+        }
+        let lengths = runs.iter().map(|run| run.len());
+        assert!(lengths.clone().all(|length| length <= MAX_RUN));
+        if m == 1 && rows % interleave::ROWS == 0 {
+            let spread = lengths.clone().max().unwrap() - lengths.min().unwrap();
+            assert!(spread <= interleave::ROWS, "{rows} rows: {runs:?}");
+        }
+    }
 }

@@ -107,6 +107,15 @@ macro_rules! block_kernels {
             _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
         }
 
+        /// The sum of the 8 lanes (exact: a block's products fit in i32).
+        #[inline]
+        #[target_feature(enable = $features)]
+        fn hsum_i32(v: __m256i) -> i32 {
+            let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+            _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s)))
+        }
+
         /// Each row's two accumulators, summed.
         #[inline]
         #[target_feature(enable = $features)]
@@ -182,13 +191,16 @@ macro_rules! block_kernels {
             finish(&even, &odd)
         }
 
+        /// Q4_0 rows: in the order of the rows held in groups (`x86_groups`), block after
+        /// block in one f32 sum, so that a row's product does not depend on its layout (a
+        /// segment's last rows, past its whole groups, are held as the file holds them).
         #[inline]
         #[target_feature(enable = $features)]
         fn q4_0<const R: usize>(w: &[u8], x: &[Q8Row; R]) -> [f32; R] {
             let blocks = w.len() / 18;
             check32(x, blocks);
-            let (mut even, mut odd) = ([_mm256_setzero_ps(); R], [_mm256_setzero_ps(); R]);
-            each_block!(blocks, even, odd, |b, acc| {
+            let mut acc = [_mm_setzero_ps(); R];
+            for b in 0..blocks {
                 // SAFETY: as in `q8_0`.
                 unsafe {
                     let p = w.as_ptr().add(b * 18);
@@ -197,12 +209,14 @@ macro_rules! block_kernels {
                     for r in 0..R {
                         let values = load32(x[r].values.as_ptr().add(b * 32));
                         let offset = lane0(-8 * *x[r].sums.get_unchecked(b));
-                        let dot = dot_add(offset, q, values);
-                        accumulate(&mut acc[r], dot, d * *x[r].scales.get_unchecked(b));
+                        let dot =
+                            _mm_cvtsi32_ss(_mm_setzero_ps(), hsum_i32(dot_add(offset, q, values)));
+                        let scale = _mm_set_ss(d * *x[r].scales.get_unchecked(b));
+                        acc[r] = _mm_fmadd_ss(dot, scale, acc[r]);
                     }
                 }
-            });
-            finish(&even, &odd)
+            }
+            acc.map(|acc| _mm_cvtss_f32(acc))
         }
 
         #[inline]
@@ -332,14 +346,17 @@ macro_rules! block_kernels {
             }
         }
 
+        /// Q4_K rows: in the order of the rows held in groups (`x86_groups`): per block
+        /// the scaled sub-block products and the minimums' products summed in i32, then
+        /// added to one f32 sum, so that a row's product does not depend on its layout.
         #[inline]
         #[target_feature(enable = $features)]
         fn q4_k<const R: usize>(w: &[u8], x: &[Q8KRow; R]) -> [f32; R] {
             let blocks = w.len() / 144;
             check256(x, blocks);
-            let (mut even, mut odd) = ([_mm256_setzero_ps(); R], [_mm256_setzero_ps(); R]);
+            let mut acc = [_mm_setzero_ps(); R];
             let low_nibbles = _mm256_set1_epi8(0x0F);
-            each_block!(blocks, even, odd, |b, acc| {
+            for b in 0..blocks {
                 // SAFETY: block b is inside the row, and block b of each activation row
                 // inside it (`check256`).
                 unsafe {
@@ -361,10 +378,19 @@ macro_rules! block_kernels {
                             dots[r] = _mm256_add_epi32(dots[r], sum);
                         }
                     }
-                    k_finish(p, b, x, mins, &dots, acc);
+                    let (d, dmin) = (f16_at(p), f16_at(p.add(2)));
+                    for r in 0..R {
+                        let sums = load32(x[r].sums32.as_ptr().add(b * 8));
+                        let min_dot = hsum_i32(_mm256_mullo_epi32(mins, sums));
+                        let dx = *x[r].scales.get_unchecked(b);
+                        let dot = _mm_cvtsi32_ss(_mm_setzero_ps(), hsum_i32(dots[r]));
+                        acc[r] = _mm_fmadd_ss(dot, _mm_set_ss(d * dx), acc[r]);
+                        let min_dot = _mm_cvtsi32_ss(_mm_setzero_ps(), min_dot);
+                        acc[r] = _mm_fnmadd_ss(min_dot, _mm_set_ss(dmin * dx), acc[r]);
+                    }
                 }
-            });
-            finish(&even, &odd)
+            }
+            acc.map(|acc| _mm_cvtss_f32(acc))
         }
 
         #[inline]

@@ -1,0 +1,201 @@
+//! The AVX2 and AVX-512 kernels over rows held in groups (`interleave`), written once as
+//! `group_kernels!(features)` beside `block_kernels!` in the same module, whose helpers they
+//! use, over the products of 8 registers of 4-bit weights that `avx2` and `avx512` give them
+//! (`nibble_dots`, and `nibble_dots_scaled` for a sub-block's scale in each lane).
+//!
+//! A group's block is one register per four bytes of each row, a row per 32-bit lane: the
+//! integer products of all eight rows take one product per register and activation row,
+//! against four activation bytes broadcast to every lane, and the eight scales convert and
+//! multiply as one vector. For Q4_0, per block of eight rows that is 8 products, 12 nibble
+//! operations and 4 per-block ones (scales, conversion, multiply-add), where the row-by-row
+//! kernels spend about 12 operations on each row's block. Each row sums its blocks in one
+//! f32 lane, block after block, whatever `R` is.
+
+macro_rules! group_kernels {
+    ($features:literal) => {
+        use super::interleave::ROWS;
+
+        /// `out[o][r]` = weight row o · activation row r, for `w` holding whole groups of
+        /// rows of `ty` (`row_bytes` each) in the interleaved layout.
+        #[target_feature(enable = $features)]
+        pub(super) fn dot_groups<const R: usize>(
+            ty: GgmlType,
+            w: &[u8],
+            row_bytes: usize,
+            x: &[ActRow; R],
+            out: &mut [[f32; R]],
+        ) {
+            let mut q8 = [Q8Row::default(); R];
+            let mut q8k = [Q8KRow::default(); R];
+            for r in 0..R {
+                q8[r] = x[r].q8;
+                q8k[r] = x[r].q8k;
+            }
+            for (group, out) in w
+                .chunks_exact(ROWS * row_bytes)
+                .zip(out.chunks_exact_mut(ROWS))
+            {
+                let sums = match ty {
+                    GgmlType::Q4_0 => q4_0_group(group, &q8),
+                    GgmlType::Q4_K => q4_k_group(group, &q8k),
+                    other => unreachable!("{other:?} rows are not held in groups"),
+                };
+                for (r, &sums) in sums.iter().enumerate() {
+                    let mut lanes = [0f32; ROWS];
+                    // SAFETY: `lanes` holds the 8 f32 of a register.
+                    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), sums) };
+                    for (out, lane) in out.iter_mut().zip(lanes) {
+                        out[r] = lane;
+                    }
+                }
+            }
+        }
+
+        /// The 4 bytes at `p` in every 32-bit lane.
+        ///
+        /// # Safety
+        /// `p` must point at 4 readable bytes.
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn broadcast4(p: *const i8) -> __m256i {
+            _mm256_set1_epi32(p.cast::<i32>().read_unaligned())
+        }
+
+        /// A group of Q4_0 rows: per block, 8 `d` (f16), then four registers of nibbles.
+        #[inline]
+        #[target_feature(enable = $features)]
+        fn q4_0_group<const R: usize>(w: &[u8], x: &[Q8Row; R]) -> [__m256; R] {
+            const BLOCK: usize = ROWS * 18;
+            let blocks = w.len() / BLOCK;
+            check32(x, blocks);
+            let mut acc = [_mm256_setzero_ps(); R];
+            let low_nibbles = _mm256_set1_epi8(0x0F);
+            for b in 0..blocks {
+                // SAFETY: block b is inside the group, and block b of each activation row
+                // inside it (`check32`).
+                unsafe {
+                    let p = w.as_ptr().add(b * BLOCK);
+                    let d = _mm256_cvtph_ps(_mm_loadu_si128(p.cast()));
+                    // Register 2j: values 4j..4j + 4 of each row (low nibbles); 2j + 1:
+                    // values 16 + 4j.. (high nibbles).
+                    let mut q = [_mm256_setzero_si256(); 8];
+                    for j in 0..4 {
+                        let bytes = load32(p.add(16 + 32 * j));
+                        q[2 * j] = _mm256_and_si256(bytes, low_nibbles);
+                        q[2 * j + 1] = _mm256_and_si256(_mm256_srli_epi16::<4>(bytes), low_nibbles);
+                    }
+                    for r in 0..R {
+                        let values = x[r].values.as_ptr().add(b * 32);
+                        let mut xs = [_mm256_setzero_si256(); 8];
+                        for j in 0..4 {
+                            xs[2 * j] = broadcast4(values.add(4 * j));
+                            xs[2 * j + 1] = broadcast4(values.add(16 + 4 * j));
+                        }
+                        // The offset 8 of every weight, through the block sum.
+                        let offset = _mm256_set1_epi32(-8 * *x[r].sums.get_unchecked(b));
+                        let dot = nibble_dots(offset, &q, &xs);
+                        let scale = _mm256_mul_ps(d, _mm256_set1_ps(*x[r].scales.get_unchecked(b)));
+                        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[r]);
+                    }
+                }
+            }
+            acc
+        }
+
+        /// Byte `i` (0..4) of each lane.
+        #[inline]
+        #[target_feature(enable = $features)]
+        fn byte_of_lanes(v: __m256i, i: usize) -> __m256i {
+            let shifted = _mm256_srlv_epi32(v, _mm256_set1_epi32(8 * i as i32));
+            _mm256_and_si256(shifted, _mm256_set1_epi32(0xFF))
+        }
+
+        /// A group of Q4_K rows: per block, 8 `d`, 8 `dmin` (f16), the three words of each
+        /// row's packed scales and minimums (a register each), then 32 registers of
+        /// nibbles, eight per 64 values (low nibbles: the first sub-block of 32, high: the
+        /// second).
+        #[inline]
+        #[target_feature(enable = $features)]
+        fn q4_k_group<const R: usize>(w: &[u8], x: &[Q8KRow; R]) -> [__m256; R] {
+            const BLOCK: usize = ROWS * 144;
+            let blocks = w.len() / BLOCK;
+            check256(x, blocks);
+            let mut acc = [_mm256_setzero_ps(); R];
+            let low_nibbles = _mm256_set1_epi8(0x0F);
+            let six_bits = _mm256_set1_epi8(0x3F);
+            let top_bits = _mm256_set1_epi8(0x30);
+            for b in 0..blocks {
+                // SAFETY: block b is inside the group, and block b of each activation row
+                // inside it (`check256`).
+                unsafe {
+                    let p = w.as_ptr().add(b * BLOCK);
+                    let [a, m, c] = [32, 64, 96].map(|at| load32(p.add(at)));
+                    // Byte s of each lane of `scales[0]`: sub-block s's scale; of
+                    // `scales[1]`: sub-block 4 + s's (their top two bits in `a`'s bytes);
+                    // the same for the minimums (in `m`).
+                    let high_bits =
+                        |v: __m256i| _mm256_and_si256(_mm256_srli_epi32::<2>(v), top_bits);
+                    let scales = [
+                        _mm256_and_si256(a, six_bits),
+                        _mm256_or_si256(_mm256_and_si256(c, low_nibbles), high_bits(a)),
+                    ];
+                    let mins = [
+                        _mm256_and_si256(m, six_bits),
+                        _mm256_or_si256(
+                            _mm256_and_si256(_mm256_srli_epi32::<4>(c), low_nibbles),
+                            high_bits(m),
+                        ),
+                    ];
+                    let mut dots = [_mm256_setzero_si256(); R];
+                    for s in 0..8 {
+                        // Sub-block s: the low (even s) or high nibbles of 64 values' bytes.
+                        let columns = p.add(128 + 256 * (s / 2));
+                        let mut q = [_mm256_setzero_si256(); 8];
+                        for (t, q) in q.iter_mut().enumerate() {
+                            let bytes = load32(columns.add(32 * t));
+                            let bytes = if s % 2 == 0 {
+                                bytes
+                            } else {
+                                _mm256_srli_epi16::<4>(bytes)
+                            };
+                            *q = _mm256_and_si256(bytes, low_nibbles);
+                        }
+                        let scale = scale_form(byte_of_lanes(scales[s / 4], s % 4));
+                        for r in 0..R {
+                            let values = x[r].values.as_ptr().add(b * 256 + 32 * s);
+                            let mut xs = [_mm256_setzero_si256(); 8];
+                            for (t, xs) in xs.iter_mut().enumerate() {
+                                *xs = broadcast4(values.add(4 * t));
+                            }
+                            dots[r] = _mm256_add_epi32(dots[r], nibble_dots_scaled(&q, &xs, scale));
+                        }
+                    }
+                    let d = _mm256_cvtph_ps(_mm_loadu_si128(p.cast()));
+                    let dmin = _mm256_cvtph_ps(_mm_loadu_si128(p.add(16).cast()));
+                    for r in 0..R {
+                        let sums = x[r].sums32.as_ptr().add(b * 8);
+                        let mut min_dot = _mm256_setzero_si256();
+                        for s in 0..8 {
+                            let sum = _mm256_set1_epi32(*sums.add(s));
+                            let product =
+                                _mm256_mullo_epi32(byte_of_lanes(mins[s / 4], s % 4), sum);
+                            min_dot = _mm256_add_epi32(min_dot, product);
+                        }
+                        let dx = _mm256_set1_ps(*x[r].scales.get_unchecked(b));
+                        acc[r] = _mm256_fmadd_ps(
+                            _mm256_cvtepi32_ps(dots[r]),
+                            _mm256_mul_ps(d, dx),
+                            acc[r],
+                        );
+                        acc[r] = _mm256_fnmadd_ps(
+                            _mm256_cvtepi32_ps(min_dot),
+                            _mm256_mul_ps(dmin, dx),
+                            acc[r],
+                        );
+                    }
+                }
+            }
+            acc
+        }
+    };
+}
