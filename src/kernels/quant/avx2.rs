@@ -31,40 +31,34 @@ fn dot_scaled(w: __m256i, x: __m256i, scale: __m256i) -> __m256i {
 }
 
 /// `acc` plus, in each i32 lane, the sum of the products of the 8 pairs of registers, for
-/// weights of at most 4 bits: the pairs' 16-bit sums are added in 16 bits (at most
-/// 16 · 15 · 127 = 30480 per lane) and widened once.
+/// weights of at most `BITS` bits (7 at most: `vpmaddubsw` saturates above): the pairs'
+/// 16-bit sums are added in 16 bits over as many registers as cannot overflow (each at most
+/// 2 · (2^BITS − 1) · 127: 8 registers of 4-bit weights, 4 of 5-bit ones) before widening.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn nibble_dots(acc: __m256i, w: &[__m256i; 8], x: &[__m256i; 8]) -> __m256i {
-    _mm256_add_epi32(
-        acc,
-        _mm256_madd_epi16(nibble_pairs(w, x), _mm256_set1_epi16(1)),
-    )
+fn small_dots<const BITS: u32>(acc: __m256i, w: &[__m256i; 8], x: &[__m256i; 8]) -> __m256i {
+    small_dots_scaled::<BITS>(acc, w, x, _mm256_set1_epi16(1))
 }
 
-/// [`nibble_dots`] from zero, each lane's sum times its scale (in `scale_form`).
+/// `acc` plus [`small_dots`]' sums each times its lane's scale (in `scale_form`).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn nibble_dots_scaled(w: &[__m256i; 8], x: &[__m256i; 8], scale: __m256i) -> __m256i {
-    _mm256_madd_epi16(nibble_pairs(w, x), scale)
-}
-
-/// The 16-bit sums of adjacent products, added over the 8 pairs of registers.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn nibble_pairs(w: &[__m256i; 8], x: &[__m256i; 8]) -> __m256i {
-    let sum = |i: usize| {
-        let a = _mm256_add_epi16(
-            _mm256_maddubs_epi16(w[i], x[i]),
-            _mm256_maddubs_epi16(w[i + 1], x[i + 1]),
-        );
-        let b = _mm256_add_epi16(
-            _mm256_maddubs_epi16(w[i + 2], x[i + 2]),
-            _mm256_maddubs_epi16(w[i + 3], x[i + 3]),
-        );
-        _mm256_add_epi16(a, b)
-    };
-    _mm256_add_epi16(sum(0), sum(4))
+fn small_dots_scaled<const BITS: u32>(
+    acc: __m256i,
+    w: &[__m256i; 8],
+    x: &[__m256i; 8],
+    scale: __m256i,
+) -> __m256i {
+    let run = (i16::MAX as usize / (2 * ((1 << BITS) - 1) * 127)).clamp(1, 8);
+    let mut acc = acc;
+    for start in (0..8).step_by(run) {
+        let mut pairs = _mm256_maddubs_epi16(w[start], x[start]);
+        for i in start + 1..(start + run).min(8) {
+            pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(w[i], x[i]));
+        }
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, scale));
+    }
+    acc
 }
 
 block_kernels!("avx2,fma,f16c");

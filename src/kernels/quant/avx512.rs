@@ -28,10 +28,10 @@ fn dot_scaled(w: __m256i, x: __m256i, scale: __m256i) -> __m256i {
 }
 
 /// `acc` plus, in each i32 lane, the sum of the products of the 8 pairs of registers (the
-/// weights' 4 bits matter to AVX2's form only), in two chains that do not wait on each other.
+/// weights' `BITS` matter to AVX2's form only), in two chains that do not wait on each other.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-fn nibble_dots(acc: __m256i, w: &[__m256i; 8], x: &[__m256i; 8]) -> __m256i {
+fn small_dots<const BITS: u32>(acc: __m256i, w: &[__m256i; 8], x: &[__m256i; 8]) -> __m256i {
     let (mut even, mut odd) = (acc, _mm256_setzero_si256());
     for i in (0..8).step_by(2) {
         even = _mm256_dpbusd_epi32(even, w[i], x[i]);
@@ -40,11 +40,17 @@ fn nibble_dots(acc: __m256i, w: &[__m256i; 8], x: &[__m256i; 8]) -> __m256i {
     _mm256_add_epi32(even, odd)
 }
 
-/// [`nibble_dots`] from zero, each lane's sum times its scale.
+/// `acc` plus [`small_dots`]' sums each times its lane's scale.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-fn nibble_dots_scaled(w: &[__m256i; 8], x: &[__m256i; 8], scale: __m256i) -> __m256i {
-    _mm256_mullo_epi32(nibble_dots(_mm256_setzero_si256(), w, x), scale)
+fn small_dots_scaled<const BITS: u32>(
+    acc: __m256i,
+    w: &[__m256i; 8],
+    x: &[__m256i; 8],
+    scale: __m256i,
+) -> __m256i {
+    let dots = small_dots::<BITS>(_mm256_setzero_si256(), w, x);
+    _mm256_add_epi32(acc, _mm256_mullo_epi32(dots, scale))
 }
 
 block_kernels!("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni");

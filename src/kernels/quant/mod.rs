@@ -13,18 +13,20 @@
 //! where it wires [`super::gemm::matmul`]); [`QuantizedWeights::unpack_row`] serves tied
 //! embeddings.
 //!
-//! Q4_0 and Q4_K rows are held in groups of 8, interleaved block by block (`interleave`: the
-//! same bytes, moved at load, in place), the rows past a segment's last whole group as the
-//! file holds them. Per block of one row, the row-by-row kernels spend about 12 operations (a
+//! Q4_0, Q5_0 and Q4_K rows are held in groups of 8, interleaved block by block
+//! (`interleave`: the same bytes, moved at load, in place), the rows past a segment's last
+//! whole group as the file holds them. Per block of one row, the row-by-row kernels spend about 12 operations (a
 //! scale conversion, a nibble unpack, the dot product, a conversion and a multiply-add) on
 //! 18 bytes, which bounds decoding by the cores rather than memory: ~24 GB/s on the 2-core
 //! Zen 4 (896 → 4864) where its memory streams ~37. With a row per 32-bit lane the 8 rows
 //! share the activations' loads and the per-block work: 31 GB/s there, 36 on 2048 → 8192,
 //! and Llama-3.2-1B's Q4_0 decodes 1.15× as fast. Q4_K's row-by-row kernels already
 //! streamed its larger matrices at about the memory's speed; its groups gain on the smaller
-//! ones (2048 → 2048: 28 → 37 GB/s) and Llama-3.2-1B's Q4_K_M decodes 1.27× as fast. A row's
-//! product is the same in a group or out of one: the row-by-row Q4_0 and Q4_K kernels sum
-//! in the group kernels' order.
+//! ones (2048 → 2048: 28 → 37 GB/s) and Llama-3.2-1B's Q4_K_M decodes 1.27× as fast. Q5_0,
+//! most of Qwen2.5's and SmolLM2's Q4_K_M files, went from 13–18 to 22–24 GB/s (896 → 4864,
+//! 4864 → 896) and from ~60 to ~170 GFLOP/s in prefill. A row's product is the same in a
+//! group or out of one: the row-by-row kernels of these types sum in the group kernels'
+//! order.
 //!
 //! Threads take runs of output rows, whole groups. Decoding (one row of activations) streams
 //! every weight once, spread over the cores in runs of a few rows, read front to back. With

@@ -267,7 +267,8 @@ fn products_match_the_f64_reference_on_every_isa() {
 /// each part's rows; rows held in groups give what the same rows held as the file holds them
 /// give: the Q4_K parts are one group across the two and three rows past it (alone, rows
 /// as the file holds them), the Q4_0 ones two groups across the two and four rows past
-/// them (alone, the first is one group and five rows past it).
+/// them (alone, the first is one group and five rows past it), the Q5_0 ones two groups
+/// (alone, seven rows as the file holds them, and a group and a row).
 #[test]
 fn stacked_types_give_each_parts_product() {
     let (inner, m) = (512, 5);
@@ -279,8 +280,10 @@ fn stacked_types_give_each_parts_product() {
         GgmlType::Q8_0,
         GgmlType::Q4_0,
         GgmlType::Q4_0,
+        GgmlType::Q5_0,
+        GgmlType::Q5_0,
     ];
-    let outers = [5, 6, 3, 4, 6, 13, 7];
+    let outers = [5, 6, 3, 4, 6, 13, 7, 7, 9];
     let part_bytes: Vec<Vec<u8>> = types
         .iter()
         .zip(outers)
@@ -315,6 +318,7 @@ fn stacked_types_give_each_parts_product() {
         (GgmlType::Q6_K, 11..18),
         (GgmlType::Q8_0, 18..24),
         (GgmlType::Q4_0, 24..44),
+        (GgmlType::Q5_0, 44..60),
     ];
     assert_eq!(stacked.segments(), expected_segments);
     let x = activations(m * inner, 3);

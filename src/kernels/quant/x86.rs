@@ -262,13 +262,14 @@ macro_rules! block_kernels {
             _mm256_and_si256(set, _mm256_set1_epi8(0x10))
         }
 
+        /// Q5_0 rows: in the order of the rows held in groups, as `q4_0`.
         #[inline]
         #[target_feature(enable = $features)]
         fn q5_0<const R: usize>(w: &[u8], x: &[Q8Row; R]) -> [f32; R] {
             let blocks = w.len() / 22;
             check32(x, blocks);
-            let (mut even, mut odd) = ([_mm256_setzero_ps(); R], [_mm256_setzero_ps(); R]);
-            each_block!(blocks, even, odd, |b, acc| {
+            let mut acc = [_mm_setzero_ps(); R];
+            for b in 0..blocks {
                 // SAFETY: as in `q8_0`.
                 unsafe {
                     let p = w.as_ptr().add(b * 22);
@@ -279,12 +280,14 @@ macro_rules! block_kernels {
                     for r in 0..R {
                         let values = load32(x[r].values.as_ptr().add(b * 32));
                         let offset = lane0(-16 * *x[r].sums.get_unchecked(b));
-                        let dot = dot_add(offset, q, values);
-                        accumulate(&mut acc[r], dot, d * *x[r].scales.get_unchecked(b));
+                        let dot =
+                            _mm_cvtsi32_ss(_mm_setzero_ps(), hsum_i32(dot_add(offset, q, values)));
+                        let scale = _mm_set_ss(d * *x[r].scales.get_unchecked(b));
+                        acc[r] = _mm_fmadd_ss(dot, scale, acc[r]);
                     }
                 }
-            });
-            finish(&even, &odd)
+            }
+            acc.map(|acc| _mm_cvtss_f32(acc))
         }
 
         /// The eight 6-bit scales and minimums of a Q4_K/Q5_K block (the 12 bytes at `p`)

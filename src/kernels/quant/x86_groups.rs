@@ -1,7 +1,7 @@
 //! The AVX2 and AVX-512 kernels over rows held in groups (`interleave`), written once as
 //! `group_kernels!(features)` beside `block_kernels!` in the same module, whose helpers they
-//! use, over the products of 8 registers of 4-bit weights that `avx2` and `avx512` give them
-//! (`nibble_dots`, and `nibble_dots_scaled` for a sub-block's scale in each lane).
+//! use, over the products of 8 registers of small weights that `avx2` and `avx512` give them
+//! (`small_dots`, and `small_dots_scaled` for a sub-block's scale in each lane).
 //!
 //! A group's block is one register per four bytes of each row, a row per 32-bit lane: the
 //! integer products of all eight rows take one product per register and activation row,
@@ -37,6 +37,7 @@ macro_rules! group_kernels {
             {
                 let sums = match ty {
                     GgmlType::Q4_0 => q4_0_group(group, &q8),
+                    GgmlType::Q5_0 => q5_0_group(group, &q8),
                     GgmlType::Q4_K => q4_k_group(group, &q8k),
                     other => unreachable!("{other:?} rows are not held in groups"),
                 };
@@ -93,7 +94,58 @@ macro_rules! group_kernels {
                         }
                         // The offset 8 of every weight, through the block sum.
                         let offset = _mm256_set1_epi32(-8 * *x[r].sums.get_unchecked(b));
-                        let dot = nibble_dots(offset, &q, &xs);
+                        let dot = small_dots::<4>(offset, &q, &xs);
+                        let scale = _mm256_mul_ps(d, _mm256_set1_ps(*x[r].scales.get_unchecked(b)));
+                        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[r]);
+                    }
+                }
+            }
+            acc
+        }
+
+        /// A group of Q5_0 rows: per block, 8 `d` (f16), the 8 rows' fifth bits (in the
+        /// order `interleave::hold_fifth_bits` gives them), then four registers of nibbles.
+        #[inline]
+        #[target_feature(enable = $features)]
+        fn q5_0_group<const R: usize>(w: &[u8], x: &[Q8Row; R]) -> [__m256; R] {
+            const BLOCK: usize = ROWS * 22;
+            let blocks = w.len() / BLOCK;
+            check32(x, blocks);
+            let mut acc = [_mm256_setzero_ps(); R];
+            let low_nibbles = _mm256_set1_epi8(0x0F);
+            let fifth = _mm256_set1_epi8(0x10);
+            for b in 0..blocks {
+                // SAFETY: as in `q4_0_group`.
+                unsafe {
+                    let p = w.as_ptr().add(b * BLOCK);
+                    let d = _mm256_cvtph_ps(_mm_loadu_si128(p.cast()));
+                    let qh = load32(p.add(16));
+                    // Register 2j: values 4j..4j + 4 of each row, their fifth bits at bit
+                    // j of each byte of `qh`; 2j + 1: values 16 + 4j.., at bit 4 + j.
+                    let mut q = [_mm256_setzero_si256(); 8];
+                    for j in 0..4 {
+                        let bytes = load32(p.add(48 + 32 * j));
+                        let shift = _mm_cvtsi32_si128(j as i32);
+                        let low_fifth = _mm256_sll_epi32(qh, _mm_cvtsi32_si128(4 - j as i32));
+                        q[2 * j] = _mm256_or_si256(
+                            _mm256_and_si256(bytes, low_nibbles),
+                            _mm256_and_si256(low_fifth, fifth),
+                        );
+                        q[2 * j + 1] = _mm256_or_si256(
+                            _mm256_and_si256(_mm256_srli_epi16::<4>(bytes), low_nibbles),
+                            _mm256_and_si256(_mm256_srl_epi32(qh, shift), fifth),
+                        );
+                    }
+                    for r in 0..R {
+                        let values = x[r].values.as_ptr().add(b * 32);
+                        let mut xs = [_mm256_setzero_si256(); 8];
+                        for j in 0..4 {
+                            xs[2 * j] = broadcast4(values.add(4 * j));
+                            xs[2 * j + 1] = broadcast4(values.add(16 + 4 * j));
+                        }
+                        // The offset 16 of every weight, through the block sum.
+                        let offset = _mm256_set1_epi32(-16 * *x[r].sums.get_unchecked(b));
+                        let dot = small_dots::<5>(offset, &q, &xs);
                         let scale = _mm256_mul_ps(d, _mm256_set1_ps(*x[r].scales.get_unchecked(b)));
                         acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[r]);
                     }
@@ -167,7 +219,7 @@ macro_rules! group_kernels {
                             for (t, xs) in xs.iter_mut().enumerate() {
                                 *xs = broadcast4(values.add(4 * t));
                             }
-                            dots[r] = _mm256_add_epi32(dots[r], nibble_dots_scaled(&q, &xs, scale));
+                            dots[r] = small_dots_scaled::<4>(dots[r], &q, &xs, scale);
                         }
                     }
                     let d = _mm256_cvtph_ps(_mm_loadu_si128(p.cast()));
