@@ -64,7 +64,7 @@ fn main() -> ferroformers::Result<()> {
         let dropout = Dropout::seeded(rand::SeedableRng::seed_from_u64(step as u64));
         let loss = model.loss(&batch_data, &dropout)?;
         let mut gradients = Gradients::new(model.parameters());
-        gradients.add(model.parameters(), &loss.backward()?)?;
+        gradients.add(model.parameters(), &model.backward(&loss)?)?;
         gradients.clip(1.0)?;
         optimizer.step(model.parameters(), &gradients, 5e-5)?;
         if step > 0 {

@@ -179,7 +179,7 @@ fn train_case(case: &str) -> TrainableModel {
             );
             loss_index += 1;
             let scaled = (loss / micro_batches.len() as f64).unwrap();
-            let store = scaled.backward().unwrap();
+            let store = model.backward(&scaled).unwrap();
             assert_key_bias_gradients_vanish(case, &model, &store);
             gradients.add(model.parameters(), &store).unwrap();
         }
@@ -378,11 +378,8 @@ fn every_trainable_parameter_receives_a_gradient() {
         let initial = folder.join("initial");
         let model = load_case(&initial, &task, &reference["settings"]);
         let micro = &reference["batches"][0][0];
-        let store = model
-            .loss(&batch(&task, micro), &Dropout::off())
-            .unwrap()
-            .backward()
-            .unwrap();
+        let loss = model.loss(&batch(&task, micro), &Dropout::off()).unwrap();
+        let store = model.backward(&loss).unwrap();
         let mut trained = 0;
         for parameter in model.parameters().iter() {
             let gradient = store.get(&parameter.var);

@@ -16,7 +16,7 @@
 
 use std::cell::RefCell;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use rand::rngs::{SmallRng, StdRng};
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
@@ -25,6 +25,7 @@ use crate::error::{Error, Result};
 use crate::models::config::ModelConfig;
 use crate::models::layers::Activation;
 use crate::tokenizer::ModelInput;
+use crate::training::layer::Layer;
 use crate::training::ops;
 use crate::training::parameters::ParameterReader;
 
@@ -139,8 +140,8 @@ impl Dropout {
 /// `x @ weight.T + bias`, `weight` (out, in) as `torch.nn.Linear` holds it.
 #[derive(Debug, Clone)]
 pub(crate) struct Dense {
-    weight: Tensor,
-    bias: Tensor,
+    pub weight: Tensor,
+    pub bias: Tensor,
 }
 
 impl Dense {
@@ -183,14 +184,14 @@ impl Dense {
 
 /// Layer normalisation over the last dimension ([`ops::layer_norm`]).
 #[derive(Debug, Clone)]
-struct Norm {
-    weight: Tensor,
-    bias: Tensor,
-    eps: f64,
+pub(crate) struct Norm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub eps: f64,
 }
 
 impl Norm {
-    fn read(params: &mut ParameterReader, name: &str, width: usize, eps: f64) -> Result<Self> {
+    pub fn read(params: &mut ParameterReader, name: &str, width: usize, eps: f64) -> Result<Self> {
         Ok(Self {
             weight: params.read(&format!("{name}.weight"), &[width])?,
             bias: params.read(&format!("{name}.bias"), &[width])?,
@@ -384,148 +385,6 @@ fn position_ids(
     Ok(tensor)
 }
 
-/// The names of one layer's sub-modules in the family's checkpoints.
-struct LayerNames {
-    query: &'static str,
-    key: &'static str,
-    value: &'static str,
-    attention_output: &'static str,
-    attention_norm: &'static str,
-    intermediate: &'static str,
-    output: &'static str,
-    output_norm: &'static str,
-}
-
-const BERT_LAYER: LayerNames = LayerNames {
-    query: "attention.self.query",
-    key: "attention.self.key",
-    value: "attention.self.value",
-    attention_output: "attention.output.dense",
-    attention_norm: "attention.output.LayerNorm",
-    intermediate: "intermediate.dense",
-    output: "output.dense",
-    output_norm: "output.LayerNorm",
-};
-
-const DISTILBERT_LAYER: LayerNames = LayerNames {
-    query: "attention.q_lin",
-    key: "attention.k_lin",
-    value: "attention.v_lin",
-    attention_output: "attention.out_lin",
-    attention_norm: "sa_layer_norm",
-    intermediate: "ffn.lin1",
-    output: "ffn.lin2",
-    output_norm: "output_layer_norm",
-};
-
-/// One post-norm transformer block: self-attention, then the feed-forward layer, each added
-/// to its input and normalised.
-#[derive(Debug, Clone)]
-struct Layer {
-    query: Dense,
-    key: Dense,
-    value: Dense,
-    attention_output: Dense,
-    attention_norm: Norm,
-    intermediate: Dense,
-    output: Dense,
-    output_norm: Norm,
-}
-
-impl Layer {
-    fn read(params: &mut ParameterReader, name: &str, shape: &EncoderShape) -> Result<Self> {
-        let names = match shape.family {
-            Family::DistilBert => &DISTILBERT_LAYER,
-            Family::Bert | Family::Roberta => &BERT_LAYER,
-        };
-        let (h, i) = (shape.hidden, shape.intermediate);
-        let mut dense = |part: &str, inputs, outputs| {
-            Dense::read(params, &format!("{name}.{part}"), inputs, outputs)
-        };
-        let query = dense(names.query, h, h)?;
-        let key = dense(names.key, h, h)?;
-        let value = dense(names.value, h, h)?;
-        let attention_output = dense(names.attention_output, h, h)?;
-        let attention_norm = Norm::read(
-            params,
-            &format!("{name}.{}", names.attention_norm),
-            h,
-            shape.eps,
-        )?;
-        let intermediate = Dense::read(params, &format!("{name}.{}", names.intermediate), h, i)?;
-        let output = Dense::read(params, &format!("{name}.{}", names.output), i, h)?;
-        let output_norm = Norm::read(
-            params,
-            &format!("{name}.{}", names.output_norm),
-            h,
-            shape.eps,
-        )?;
-        Ok(Self {
-            query,
-            key,
-            value,
-            attention_output,
-            attention_norm,
-            intermediate,
-            output,
-            output_norm,
-        })
-    }
-
-    fn forward(
-        &self,
-        x: &Tensor,
-        mask: &Tensor,
-        encoder: &Encoder,
-        dropout: &Dropout,
-    ) -> Result<Tensor> {
-        let rates = encoder.rates;
-        let attended = self.attention(x, mask, encoder, dropout)?;
-        let attended = dropout.apply(&self.attention_output.forward(&attended)?, rates.hidden)?;
-        let x = self.attention_norm.forward(&attended.add(x)?)?;
-        let inner = activation(encoder.shape.activation, &self.intermediate.forward(&x)?)?;
-        let out = dropout.apply(&self.output.forward(&inner)?, rates.hidden)?;
-        self.output_norm.forward(&out.add(&x)?)
-    }
-
-    /// Multi-head attention over `x` (batch, seq, hidden); `mask` is additive, (batch, 1, 1, seq).
-    fn attention(
-        &self,
-        x: &Tensor,
-        mask: &Tensor,
-        encoder: &Encoder,
-        dropout: &Dropout,
-    ) -> Result<Tensor> {
-        let (batch, seq, hidden) = x.dims3()?;
-        let heads = encoder.shape.heads;
-        let scale = 1.0 / ((hidden / heads) as f64).sqrt();
-        let query = self.query.forward(x)?;
-        let (key, value) = (self.key.forward(x)?, self.value.forward(x)?);
-        let factors = dropout.factors(batch * heads * seq * seq, encoder.rates.attention);
-        // DistilBERT scales the queries before the product, BERT the scores after it; the
-        // order is kept so that the rounding is the reference's.
-        match encoder.shape.family {
-            Family::DistilBert => {
-                ops::attention(&(query * scale)?, &key, &value, heads, mask, 1.0, factors)
-            }
-            Family::Bert | Family::Roberta => {
-                ops::attention(&query, &key, &value, heads, mask, scale as f32, factors)
-            }
-        }
-    }
-}
-
-/// The activations, each with a backward pass.
-pub(crate) fn activation(kind: Activation, x: &Tensor) -> Result<Tensor> {
-    Ok(match kind {
-        Activation::Gelu => ops::gelu_erf(x)?,
-        Activation::GeluNew => x.gelu()?,
-        Activation::Relu => x.relu()?,
-        Activation::Silu => x.silu()?,
-        Activation::Tanh => x.tanh()?,
-    })
-}
-
 /// The encoder: embeddings and the stack of layers.
 #[derive(Debug, Clone)]
 pub(crate) struct Encoder {
@@ -553,7 +412,17 @@ impl Encoder {
             Family::Bert | Family::Roberta => "encoder.layer",
         };
         let layers = (0..shape.layers)
-            .map(|i| Layer::read(params, &scoped(&format!("{stack}.{i}")), &shape))
+            .map(|i| {
+                let name = scoped(&format!("{stack}.{i}"));
+                Layer::read(
+                    params,
+                    &name,
+                    shape.family,
+                    shape.hidden,
+                    shape.intermediate,
+                    shape.eps,
+                )
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             shape,
@@ -574,22 +443,23 @@ impl Encoder {
         }
         let mask = match &input.attention_mask {
             Some(mask) => additive_mask(mask)?,
-            None => Tensor::zeros((batch, 1, 1, seq), DType::F32, &Device::Cpu)?,
+            None => vec![0.0; batch * seq],
         };
         let mut x = self
             .embeddings
             .forward(input, &self.shape, dropout, self.rates.hidden)?;
         for layer in &self.layers {
-            x = layer.forward(&x, &mask, self, dropout)?;
+            x = layer.forward(&x, &mask, &self.shape, self.rates, dropout)?;
         }
         Ok(x)
     }
 }
 
 /// 0 where a token is attended, the lowest f32 where it is padding, as transformers'
-/// extended attention mask (`torch.finfo(dtype).min`).
-fn additive_mask(mask: &Tensor) -> Result<Tensor> {
-    let (batch, seq) = mask.dims2()?;
+/// extended attention mask (`torch.finfo(dtype).min`), (batch, seq).
+fn additive_mask(mask: &Tensor) -> Result<Vec<f32>> {
     let blocked = (1.0 - mask.to_dtype(DType::F32)?)?;
-    Ok((blocked * f32::MIN as f64)?.reshape((batch, 1, 1, seq))?)
+    Ok((blocked * f32::MIN as f64)?
+        .flatten_all()?
+        .to_vec1::<f32>()?)
 }

@@ -14,6 +14,7 @@ mod collate;
 pub mod data;
 mod encoder;
 mod evaluation;
+mod layer;
 pub mod losses;
 pub mod metrics;
 mod model;

@@ -1,5 +1,6 @@
 //! A BERT-family model with the head of a training task, over parameters that train.
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, D};
 
 use crate::error::{Error, Result};
@@ -9,9 +10,7 @@ use crate::models::pooling::Pooling;
 use crate::models::pretrained::{LoadOptions, Pretrained};
 use crate::models::weight_type::WeightType;
 use crate::tokenizer::ModelInput;
-use crate::training::encoder::{
-    activation, Dense, Dropout, DropoutRates, Encoder, EncoderShape, Family,
-};
+use crate::training::encoder::{Dense, Dropout, DropoutRates, Encoder, EncoderShape, Family};
 use crate::training::losses::{
     binary_cross_entropy_with_logits, cross_entropy, cross_entropy_ignoring, mean_squared_error,
     EmbeddingLoss,
@@ -262,7 +261,7 @@ impl TrainableModel {
                 pre_classifier,
                 classifier,
             } => {
-                let x = activation(
+                let x = crate::training::ops::activation(
                     crate::models::layers::Activation::Relu,
                     &pre_classifier.forward(&first()?)?,
                 )?;
@@ -287,11 +286,21 @@ impl TrainableModel {
         }
     }
 
-    /// The task's loss on `batch`, a scalar whose `backward()` gives every trainable
-    /// parameter its gradient.
+    /// The task's loss on `batch`, a scalar whose [`TrainableModel::backward`] gives every
+    /// trainable parameter its gradient.
     pub fn loss(&self, batch: &TrainingBatch, dropout: &Dropout) -> Result<Tensor> {
         let outputs = self.outputs(batch, dropout)?;
         self.loss_of(&outputs, batch)
+    }
+
+    /// The gradients of `loss` (from this model's forward pass) for every trainable
+    /// parameter: candle's backward pass, with the encoder layers' parameters' gradients
+    /// added, which the layers' fused ops hand over beside it. `loss.backward()` alone
+    /// misses them, and [`Gradients::add`](super::Gradients::add) then fails.
+    pub fn backward(&self, loss: &Tensor) -> Result<GradStore> {
+        let mut store = loss.backward()?;
+        self.parameters.layer_gradients().move_into(&mut store)?;
+        Ok(store)
     }
 
     /// The head's outputs on `batch`: its logits, or one embedding matrix per column.

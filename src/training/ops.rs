@@ -1,6 +1,8 @@
-//! The training graph's heavy steps as single candle ops with backward passes: linear layers,
-//! layer normalisation, multi-head attention (scaled, masked softmax and dropout inside) and
-//! exact GELU.
+//! The training graph's heavy steps with their backward passes: linear layers, layer
+//! normalisation, multi-head attention (scaled, masked softmax and dropout inside) and the
+//! activations. Each is a function over f32 slices, which the fused encoder layer
+//! ([`layer`](super::layer)) composes, and the linear, norm and activation steps also a
+//! single candle op, for the embeddings and the heads.
 //!
 //! Written from candle's primitives they were a dozen passes each way over their tensors,
 //! each a fresh allocation, most of them on one thread: 0.34× PyTorch's step time on MiniLM
@@ -15,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::kernels::isa::Isa;
 use crate::kernels::math::erf;
 use crate::kernels::{f32_slice, softmax_row};
+use crate::models::layers::Activation;
 
 /// Rows handed to one rayon task: enough work to outweigh the task's cost.
 const ROWS_PER_TASK: usize = 64;
@@ -76,13 +79,82 @@ struct LayerNorm {
     eps: f32,
 }
 
-impl LayerNorm {
-    /// The mean and 1/std of a row, as PyTorch computes them (biased variance).
-    fn moments(&self, row: &[f32]) -> (f32, f32) {
-        let n = row.len() as f32;
-        let mean = row.iter().sum::<f32>() / n;
-        let variance = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
-        (mean, 1.0 / (variance + self.eps).sqrt())
+/// The mean and 1/std of a row, as PyTorch computes them (biased variance).
+fn moments(row: &[f32], eps: f32) -> (f32, f32) {
+    let n = row.len() as f32;
+    let mean = row.iter().sum::<f32>() / n;
+    let variance = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    (mean, 1.0 / (variance + eps).sqrt())
+}
+
+/// Layer normalisation of each `weight.len()`-wide row of `x`, in place.
+pub(crate) fn layer_norm_in_place(x: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
+    let width = weight.len();
+    x.par_chunks_mut(width * ROWS_PER_TASK).for_each(|rows| {
+        for row in rows.chunks_mut(width) {
+            let (mean, rstd) = moments(row, eps);
+            for ((v, &w), &b) in row.iter_mut().zip(weight).zip(bias) {
+                *v = (*v - mean) * rstd * w + b;
+            }
+        }
+    });
+}
+
+/// The gradients of a layer normalisation of `x`'s rows given `grad`, the output's.
+pub(crate) struct NormGradients {
+    pub input: Vec<f32>,
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
+}
+
+pub(crate) fn layer_norm_backward(
+    x: &[f32],
+    weight: &[f32],
+    grad: &[f32],
+    eps: f32,
+) -> NormGradients {
+    let width = weight.len();
+    let mut dx = vec![0f32; x.len()];
+    // Each task sums its rows' weight and bias gradients; the sums are added after.
+    let partial: Vec<(Vec<f32>, Vec<f32>)> = dx
+        .par_chunks_mut(width * ROWS_PER_TASK)
+        .zip(x.par_chunks(width * ROWS_PER_TASK))
+        .zip(grad.par_chunks(width * ROWS_PER_TASK))
+        .map(|((dx, x), g)| {
+            let (mut dw, mut db) = (vec![0f32; width], vec![0f32; width]);
+            for ((dx, row), g) in dx
+                .chunks_mut(width)
+                .zip(x.chunks(width))
+                .zip(g.chunks(width))
+            {
+                let (mean, rstd) = moments(row, eps);
+                let (mut sum_dy, mut sum_dy_xhat) = (0f32, 0f32);
+                for i in 0..width {
+                    let xhat = (row[i] - mean) * rstd;
+                    let dy = g[i] * weight[i];
+                    sum_dy += dy;
+                    sum_dy_xhat += dy * xhat;
+                    dw[i] += g[i] * xhat;
+                    db[i] += g[i];
+                }
+                let n = width as f32;
+                for i in 0..width {
+                    let xhat = (row[i] - mean) * rstd;
+                    dx[i] = rstd * (g[i] * weight[i] - sum_dy / n - xhat * sum_dy_xhat / n);
+                }
+            }
+            (dw, db)
+        })
+        .collect();
+    let (mut dw, mut db) = (vec![0f32; width], vec![0f32; width]);
+    for (pw, pb) in partial {
+        dw.iter_mut().zip(pw).for_each(|(a, b)| *a += b);
+        db.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
+    }
+    NormGradients {
+        input: dx,
+        weight: dw,
+        bias: db,
     }
 }
 
@@ -100,20 +172,9 @@ impl CustomOp3 for LayerNorm {
         b: &CpuStorage,
         b_layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (x_values, w, b) =
-            three_slices(self.name(), (x, x_layout), (w, w_layout), (b, b_layout))?;
-        let width = w.len();
-        let mut out = vec![0f32; x_values.len()];
-        out.par_chunks_mut(width * ROWS_PER_TASK)
-            .zip(x_values.par_chunks(width * ROWS_PER_TASK))
-            .for_each(|(out, x)| {
-                for (out, row) in out.chunks_mut(width).zip(x.chunks(width)) {
-                    let (mean, rstd) = self.moments(row);
-                    for (((o, &v), &w), &b) in out.iter_mut().zip(row).zip(w).zip(b) {
-                        *o = (v - mean) * rstd * w + b;
-                    }
-                }
-            });
+        let (x, w, b) = three_slices(self.name(), (x, x_layout), (w, w_layout), (b, b_layout))?;
+        let mut out = x.to_vec();
+        layer_norm_in_place(&mut out, w, b, self.eps);
         Ok((CpuStorage::F32(out), x_layout.shape().clone()))
     }
 
@@ -127,48 +188,12 @@ impl CustomOp3 for LayerNorm {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (xs, w, g) = (values(x)?, values(weight)?, values(grad)?);
         let width = w.len();
-        let mut dx = vec![0f32; xs.len()];
-        // Each task sums its rows' weight and bias gradients; the sums are added after.
-        let partial: Vec<(Vec<f32>, Vec<f32>)> = dx
-            .par_chunks_mut(width * ROWS_PER_TASK)
-            .zip(xs.par_chunks(width * ROWS_PER_TASK))
-            .zip(g.par_chunks(width * ROWS_PER_TASK))
-            .map(|((dx, x), g)| {
-                let (mut dw, mut db) = (vec![0f32; width], vec![0f32; width]);
-                for ((dx, row), g) in dx
-                    .chunks_mut(width)
-                    .zip(x.chunks(width))
-                    .zip(g.chunks(width))
-                {
-                    let (mean, rstd) = self.moments(row);
-                    let (mut sum_dy, mut sum_dy_xhat) = (0f32, 0f32);
-                    for i in 0..width {
-                        let xhat = (row[i] - mean) * rstd;
-                        let dy = g[i] * w[i];
-                        sum_dy += dy;
-                        sum_dy_xhat += dy * xhat;
-                        dw[i] += g[i] * xhat;
-                        db[i] += g[i];
-                    }
-                    let n = width as f32;
-                    for i in 0..width {
-                        let xhat = (row[i] - mean) * rstd;
-                        dx[i] = rstd * (g[i] * w[i] - sum_dy / n - xhat * sum_dy_xhat / n);
-                    }
-                }
-                (dw, db)
-            })
-            .collect();
-        let (mut dw, mut db) = (vec![0f32; width], vec![0f32; width]);
-        for (pw, pb) in partial {
-            dw.iter_mut().zip(pw).for_each(|(a, b)| *a += b);
-            db.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
-        }
+        let gradients = layer_norm_backward(&xs, &w, &g, self.eps);
         let device = x.device();
         Ok((
-            Some(Tensor::from_vec(dx, x.shape(), device)?),
-            Some(Tensor::from_vec(dw, width, device)?),
-            Some(Tensor::from_vec(db, width, device)?),
+            Some(Tensor::from_vec(gradients.input, x.shape(), device)?),
+            Some(Tensor::from_vec(gradients.weight, width, device)?),
+            Some(Tensor::from_vec(gradients.bias, width, device)?),
         ))
     }
 }
@@ -181,23 +206,81 @@ fn softmax_row_backward(dx: &mut [f32], p: &[f32], g: &[f32], scale: f32) {
     }
 }
 
-/// Exact GELU, `x · Φ(x)`, with its gradient `Φ(x) + x · φ(x)`.
-pub(crate) fn gelu_erf(x: &Tensor) -> Result<Tensor> {
-    Ok(x.contiguous()?.apply_op1(GeluErf)?)
+/// An activation applied element-wise, with a backward pass.
+pub(crate) fn activation(kind: Activation, x: &Tensor) -> Result<Tensor> {
+    Ok(x.contiguous()?.apply_op1(Activate(kind))?)
 }
 
-struct GeluErf;
+struct Activate(Activation);
 
 /// Φ(x), the standard normal distribution function.
 fn normal_cdf(x: f32) -> f32 {
     0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
+/// √(2/π), GELU's tanh approximation's factor.
+const SQRT_TWO_OVER_PI: f32 = 0.797_884_6;
+
+/// The activation of `x`, as PyTorch computes it: exact GELU `x · Φ(x)`; `gelu_new`'s
+/// `0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))`; ReLU; SiLU `x · σ(x)`; tanh.
+fn activate(kind: Activation, x: f32) -> f32 {
+    match kind {
+        Activation::Gelu => x * normal_cdf(x),
+        Activation::GeluNew => {
+            0.5 * x * (1.0 + (SQRT_TWO_OVER_PI * (x + 0.044715 * x * x * x)).tanh())
+        }
+        Activation::Relu => x.max(0.0),
+        Activation::Silu => x / (1.0 + (-x).exp()),
+        Activation::Tanh => x.tanh(),
+    }
+}
+
+/// The activation's derivative at `x` (ReLU's is 0 at 0, as PyTorch's).
+fn derivative(kind: Activation, x: f32) -> f32 {
+    match kind {
+        Activation::Gelu => {
+            // 1/√(2π).
+            const DENSITY: f32 = 0.398_942_3;
+            normal_cdf(x) + x * DENSITY * (-0.5 * x * x).exp()
+        }
+        Activation::GeluNew => {
+            let t = (SQRT_TWO_OVER_PI * (x + 0.044715 * x * x * x)).tanh();
+            0.5 * (1.0 + t)
+                + 0.5 * x * (1.0 - t * t) * SQRT_TWO_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x)
+        }
+        Activation::Relu => f32::from(x > 0.0),
+        Activation::Silu => {
+            let sigmoid = 1.0 / (1.0 + (-x).exp());
+            sigmoid * (1.0 + x * (1.0 - sigmoid))
+        }
+        Activation::Tanh => 1.0 - x.tanh() * x.tanh(),
+    }
+}
+
 const CHUNK: usize = 1 << 14;
 
-impl CustomOp1 for GeluErf {
+/// `kind` applied to each of `x`.
+pub(crate) fn activated(kind: Activation, x: &[f32]) -> Vec<f32> {
+    let mut out = x.to_vec();
+    out.par_chunks_mut(CHUNK)
+        .for_each(|out| out.iter_mut().for_each(|v| *v = activate(kind, *v)));
+    out
+}
+
+/// `grad ⊙ kind'(x)`, in `grad`'s place: the gradient through the activation of `x`.
+pub(crate) fn activation_backward_in_place(kind: Activation, x: &[f32], grad: &mut [f32]) {
+    grad.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(g, x)| {
+            g.iter_mut()
+                .zip(x)
+                .for_each(|(g, &v)| *g *= derivative(kind, v))
+        });
+}
+
+impl CustomOp1 for Activate {
     fn name(&self) -> &'static str {
-        "training-gelu-erf"
+        "training-activation"
     }
 
     fn cpu_fwd(
@@ -206,15 +289,10 @@ impl CustomOp1 for GeluErf {
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = f32_slice(storage, layout, self.name())?;
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK))
-            .for_each(|(out, x)| {
-                out.iter_mut()
-                    .zip(x)
-                    .for_each(|(o, &v)| *o = v * normal_cdf(v))
-            });
-        Ok((CpuStorage::F32(out), layout.shape().clone()))
+        Ok((
+            CpuStorage::F32(activated(self.0, x)),
+            layout.shape().clone(),
+        ))
     }
 
     fn bwd(
@@ -223,18 +301,9 @@ impl CustomOp1 for GeluErf {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
-        let (x, g) = (values(arg)?, values(grad)?);
-        // 1/sqrt(2π).
-        const DENSITY: f32 = 0.398_942_3;
-        let mut dx = vec![0f32; x.len()];
-        dx.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK))
-            .zip(g.par_chunks(CHUNK))
-            .for_each(|((dx, x), g)| {
-                for ((d, &v), &g) in dx.iter_mut().zip(x).zip(g) {
-                    *d = g * (normal_cdf(v) + v * DENSITY * (-0.5 * v * v).exp());
-                }
-            });
+        let x = values(arg)?;
+        let mut dx = values(grad)?.to_vec();
+        activation_backward_in_place(self.0, &x, &mut dx);
         Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
     }
 }
@@ -259,6 +328,96 @@ pub(crate) fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tenso
 }
 
 struct Linear;
+
+/// `x (rows × in) · weightᵀ + bias` for `weight` (out × in) row-major, `bias` (out).
+pub(crate) fn linear_rows(x: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32> {
+    let outputs = bias.len();
+    let inputs = weight.len() / outputs.max(1);
+    let rows = x.len() / inputs.max(1);
+    let mut y = vec![0f32; rows * outputs];
+    y.par_chunks_mut(outputs.max(1) * ROWS_PER_TASK)
+        .for_each(|rows| {
+            rows.chunks_mut(outputs.max(1))
+                .for_each(|row| row.copy_from_slice(bias))
+        });
+    // y += x (rows × in) · wᵀ (in × out); wᵀ's element (i, o) is w[o · in + i].
+    product_onto(
+        (rows, outputs, inputs),
+        &mut y,
+        (x, inputs as isize, 1),
+        (weight, 1, inputs as isize),
+    );
+    y
+}
+
+/// The gradients of `weight` and `bias` in a linear layer's backward pass: `gradᵀ · x` and
+/// `grad`'s column sums, for `grad` (rows × out) and `x` (rows × in).
+pub(crate) fn linear_parameter_gradients(
+    x: &[f32],
+    grad: &[f32],
+    inputs: usize,
+    outputs: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let rows = x.len() / inputs.max(1);
+    // dw (out × in) = gᵀ (out × rows) · x (rows × in); gᵀ's element (o, r) is g[r · out + o].
+    let dw = new_product(
+        (outputs, inputs, rows),
+        (grad, 1, outputs as isize),
+        (x, inputs as isize, 1),
+        all_threads(),
+    );
+    (dw, column_sums(grad, outputs))
+}
+
+/// `grad (rows × out) · weight (out × in)`: the input's gradient in a linear layer's
+/// backward pass.
+pub(crate) fn linear_input_gradient(grad: &[f32], weight: &[f32], outputs: usize) -> Vec<f32> {
+    let inputs = weight.len() / outputs.max(1);
+    let rows = grad.len() / outputs.max(1);
+    new_product(
+        (rows, inputs, outputs),
+        (grad, outputs as isize, 1),
+        (weight, inputs as isize, 1),
+        all_threads(),
+    )
+}
+
+/// `dx (rows × in) += grad (rows × out) · weight (out × in)`: the input's gradient in a
+/// linear layer's backward pass, summed onto what `dx` holds.
+pub(crate) fn linear_input_gradient_onto(
+    dx: &mut [f32],
+    grad: &[f32],
+    weight: &[f32],
+    outputs: usize,
+) {
+    let inputs = weight.len() / outputs.max(1);
+    let rows = grad.len() / outputs.max(1);
+    product_onto(
+        (rows, inputs, outputs),
+        dx,
+        (grad, outputs as isize, 1),
+        (weight, inputs as isize, 1),
+    );
+}
+
+/// The sum of each column of `rows` (rows × width).
+fn column_sums(rows: &[f32], width: usize) -> Vec<f32> {
+    rows.par_chunks(width.max(1) * ROWS_PER_TASK)
+        .map(|rows| {
+            let mut sums = vec![0f32; width];
+            for row in rows.chunks(width.max(1)) {
+                sums.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+            }
+            sums
+        })
+        .reduce(
+            || vec![0f32; width],
+            |mut a, b| {
+                a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+                a
+            },
+        )
+}
 
 /// `dst (m × n) += lhs (m × k) · rhs (k × n)`, each operand given by its row and column
 /// strides, on every rayon thread.
@@ -361,20 +520,10 @@ impl CustomOp3 for Linear {
         b_layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, w, b) = three_slices(self.name(), (x, x_layout), (w, w_layout), (b, b_layout))?;
-        let inputs = w.len() / b.len().max(1);
-        let rows = x.len() / inputs.max(1);
-        let outputs = b.len();
-        let mut y: Vec<f32> = b.iter().copied().cycle().take(rows * outputs).collect();
-        // y += x (rows × in) · wᵀ (in × out); wᵀ's element (i, o) is w[o · in + i].
-        product_onto(
-            (rows, outputs, inputs),
-            &mut y,
-            (x, inputs as isize, 1),
-            (w, 1, inputs as isize),
-        );
+        let y = linear_rows(x, w, b);
         let mut shape = x_layout.dims().to_vec();
         if let Some(last) = shape.last_mut() {
-            *last = outputs;
+            *last = b.len();
         }
         Ok((CpuStorage::F32(y), Shape::from(shape)))
     }
@@ -388,38 +537,9 @@ impl CustomOp3 for Linear {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (outputs, inputs) = weight.dims2()?;
-        let rows = x.elem_count() / inputs.max(1);
         let (xs, w, g) = (values(x)?, values(weight)?, values(grad)?);
-        // dx (rows × in) = g (rows × out) · w (out × in).
-        let dx = new_product(
-            (rows, inputs, outputs),
-            (&g, outputs as isize, 1),
-            (&w, inputs as isize, 1),
-            all_threads(),
-        );
-        // dw (out × in) = gᵀ (out × rows) · x (rows × in); gᵀ's element (o, r) is g[r · out + o].
-        let dw = new_product(
-            (outputs, inputs, rows),
-            (&g, 1, outputs as isize),
-            (&xs, inputs as isize, 1),
-            all_threads(),
-        );
-        let db = g
-            .par_chunks(outputs * ROWS_PER_TASK)
-            .map(|rows| {
-                let mut sums = vec![0f32; outputs];
-                for row in rows.chunks(outputs) {
-                    sums.iter_mut().zip(row).for_each(|(s, v)| *s += v);
-                }
-                sums
-            })
-            .reduce(
-                || vec![0f32; outputs],
-                |mut a, b| {
-                    a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
-                    a
-                },
-            );
+        let dx = linear_input_gradient(&g, &w, outputs);
+        let (dw, db) = linear_parameter_gradients(&xs, &g, inputs, outputs);
         let device = x.device();
         Ok((
             Some(Tensor::from_vec(dx, x.shape(), device)?),
@@ -429,111 +549,95 @@ impl CustomOp3 for Linear {
     }
 }
 
-/// Multi-head attention over `query`, `key` and `value`, each (batch, seq, heads · head_dim)
-/// as the projections make them: per sequence and head, `softmax(q kᵀ · scale + mask)`,
-/// dropped out by `dropout` ((batch, heads, seq, seq) factors, 0 or 1/keep) when given, times
-/// v; returns (batch, seq, heads · head_dim). No head is copied out: the products read the
-/// projections through strides. The backward pass recomputes the probabilities instead of
-/// keeping them (one more product of the four, and no (batch, heads, seq, seq) tensor held
-/// from the forward pass to the backward one but the dropout's).
-pub(crate) fn attention(
-    query: &Tensor,
-    key: &Tensor,
-    value: &Tensor,
-    heads: usize,
-    mask: &Tensor,
-    scale: f32,
-    dropout: Option<Vec<f32>>,
-) -> Result<Tensor> {
-    let (batch, seq, width) = query.dims3()?;
-    let shapes_agree = key.dims() == query.dims() && value.dims() == query.dims();
-    if !shapes_agree || width % heads != 0 || mask.dims() != [batch, 1, 1, seq] {
-        return Err(Error::InvalidInput(format!(
-            "attention over q {:?}, k {:?}, v {:?} with {heads} heads and a mask {:?}",
-            query.dims(),
-            key.dims(),
-            value.dims(),
-            mask.dims()
-        )));
-    }
-    if dropout
-        .as_ref()
-        .is_some_and(|d| d.len() != batch * heads * seq * seq)
-    {
-        return Err(Error::InvalidInput(
-            "the attention dropout mask has another size".into(),
-        ));
-    }
-    let op = Attention {
-        shape: AttentionShape {
-            batch,
-            seq,
-            heads,
-            head: width / heads,
-        },
-        mask: values(mask)?.to_vec(),
-        scale,
-        dropout,
-        isa: Isa::current(),
-    };
-    Ok(query
-        .contiguous()?
-        .apply_op3(&key.contiguous()?, &value.contiguous()?, op)?)
+/// The shape of a multi-head attention over packed projections: each of `batch · seq` rows
+/// holds the queries, keys and values side by side, `heads · head` values each.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct AttentionShape {
+    pub batch: usize,
+    pub seq: usize,
+    pub heads: usize,
+    pub head: usize,
 }
 
+/// Which third of a packed projection row.
 #[derive(Clone, Copy)]
-struct AttentionShape {
-    batch: usize,
-    seq: usize,
-    heads: usize,
-    head: usize,
+enum Part {
+    Query = 0,
+    Key = 1,
+    Value = 2,
 }
 
 impl AttentionShape {
-    fn width(&self) -> usize {
+    pub fn width(&self) -> usize {
         self.heads * self.head
     }
 
-    /// Where head `h` of sequence `b` starts in a (batch, seq, width) tensor, and its row
-    /// and column strides.
-    fn head_of<'a>(&self, data: &'a [f32], b: usize, h: usize) -> (&'a [f32], isize, isize) {
-        let start = b * self.seq * self.width() + h * self.head;
-        (&data[start..], self.width() as isize, 1)
+    /// Where head `h` of sequence `b` starts in the packed projections, and its row and
+    /// column strides.
+    fn head_of<'a>(
+        &self,
+        qkv: &'a [f32],
+        part: Part,
+        b: usize,
+        h: usize,
+    ) -> (&'a [f32], isize, isize) {
+        let row = 3 * self.width();
+        let start = b * self.seq * row + part as usize * self.width() + h * self.head;
+        (&qkv[start..], row as isize, 1)
     }
 
-    /// Write each (sequence, head)'s (seq, head_dim) block into a (batch, seq, width) tensor.
-    fn gather(&self, blocks: &[Vec<f32>]) -> Vec<f32> {
-        let mut out = vec![0f32; self.batch * self.seq * self.width()];
-        for (index, block) in blocks.iter().enumerate() {
-            let (b, h) = (index / self.heads, index % self.heads);
-            for (i, row) in block.chunks(self.head).enumerate() {
-                let start = (b * self.seq + i) * self.width() + h * self.head;
-                out[start..start + self.head].copy_from_slice(row);
-            }
-        }
+    /// Where head `h` of sequence `b` starts in an output (or its gradient), (rows, width).
+    fn output_head_of<'a>(&self, out: &'a [f32], b: usize, h: usize) -> (&'a [f32], isize, isize) {
+        let start = b * self.seq * self.width() + h * self.head;
+        (&out[start..], self.width() as isize, 1)
+    }
+
+    /// Copy each (sequence, head)'s blocks, (seq, head) each, into rows of `row` values: the
+    /// `i`-th block of a head at column `i · width + h · head`. In parallel over sequences.
+    fn scatter<const N: usize>(&self, blocks: &[[Vec<f32>; N]], row: usize) -> Vec<f32> {
+        let mut out = vec![0f32; self.batch * self.seq * row];
+        out.par_chunks_mut(self.seq * row)
+            .enumerate()
+            .for_each(|(b, rows)| {
+                for h in 0..self.heads {
+                    for (part, block) in blocks[b * self.heads + h].iter().enumerate() {
+                        let column = part * self.width() + h * self.head;
+                        for (i, values) in block.chunks(self.head).enumerate() {
+                            let start = i * row + column;
+                            rows[start..start + self.head].copy_from_slice(values);
+                        }
+                    }
+                }
+            });
         out
     }
 }
 
-struct Attention {
-    shape: AttentionShape,
+/// Multi-head attention: per sequence and head, `softmax(q kᵀ · scale + mask)`, dropped out
+/// by `dropout` ((batch, heads, seq, seq) factors, 0 or 1/keep) when given, times v. No head
+/// is copied out: the products read the projections through strides. The backward pass
+/// recomputes the probabilities instead of keeping them (one more product of the four, and
+/// no (batch, heads, seq, seq) tensor held from the forward pass to the backward one but the
+/// dropout's).
+pub(crate) struct Attention<'a> {
+    pub shape: AttentionShape,
     /// Additive, (batch, seq).
-    mask: Vec<f32>,
-    scale: f32,
-    dropout: Option<Vec<f32>>,
-    /// The instruction set of the kernels' softmax, decided once per op.
-    isa: Isa,
+    pub mask: &'a [f32],
+    pub scale: f32,
+    pub dropout: Option<&'a [f32]>,
+    /// The instruction set of the kernels' softmax.
+    pub isa: Isa,
 }
 
-impl Attention {
+impl Attention<'_> {
     /// The probabilities of sequence `b`, head `h`: (seq, seq), before dropout.
-    fn probabilities(&self, q: &[f32], k: &[f32], b: usize, h: usize) -> Vec<f32> {
+    fn probabilities(&self, qkv: &[f32], b: usize, h: usize) -> Vec<f32> {
         let AttentionShape { seq, head, .. } = self.shape;
-        let (k_head, rs, cs) = self.shape.head_of(k, b, h);
-        // q kᵀ: kᵀ's element (d, j) is k[j · width + d].
+        let (k_head, rs, cs) = self.shape.head_of(qkv, Part::Key, b, h);
+        // q kᵀ: kᵀ's element (d, j) is k[j · row + d].
         let mut scores = new_product(
             (seq, seq, head),
-            self.shape.head_of(q, b, h),
+            self.shape.head_of(qkv, Part::Query, b, h),
             (k_head, cs, rs),
             HERE,
         );
@@ -546,7 +650,7 @@ impl Attention {
 
     /// The probabilities after dropout, for sequence `b`, head `h`.
     fn dropped(&self, mut probabilities: Vec<f32>, b: usize, h: usize) -> Vec<f32> {
-        if let Some(dropout) = &self.dropout {
+        if let Some(dropout) = self.dropout {
             let block = self.shape.seq * self.shape.seq;
             let start = (b * self.shape.heads + h) * block;
             probabilities
@@ -556,57 +660,34 @@ impl Attention {
         }
         probabilities
     }
-}
 
-impl CustomOp3 for Attention {
-    fn name(&self) -> &'static str {
-        "training-attention"
-    }
-
-    fn cpu_fwd(
-        &self,
-        q: &CpuStorage,
-        q_layout: &Layout,
-        k: &CpuStorage,
-        k_layout: &Layout,
-        v: &CpuStorage,
-        v_layout: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (q, k, v) = three_slices(self.name(), (q, q_layout), (k, k_layout), (v, v_layout))?;
+    /// The attended values, (batch · seq, width), of the packed projections `qkv`.
+    pub fn forward(&self, qkv: &[f32]) -> Vec<f32> {
         let AttentionShape {
             batch,
             seq,
             heads,
             head,
         } = self.shape;
-        let blocks: Vec<Vec<f32>> = (0..batch * heads)
+        let blocks: Vec<[Vec<f32>; 1]> = (0..batch * heads)
             .into_par_iter()
             .map(|index| {
                 let (b, h) = (index / heads, index % heads);
-                let p = self.dropped(self.probabilities(q, k, b, h), b, h);
-                new_product(
+                let p = self.dropped(self.probabilities(qkv, b, h), b, h);
+                [new_product(
                     (seq, head, seq),
                     (&p, seq as isize, 1),
-                    self.shape.head_of(v, b, h),
+                    self.shape.head_of(qkv, Part::Value, b, h),
                     HERE,
-                )
+                )]
             })
             .collect();
-        Ok((
-            CpuStorage::F32(self.shape.gather(&blocks)),
-            q_layout.shape().clone(),
-        ))
+        self.shape.scatter(&blocks, self.shape.width())
     }
 
-    fn bwd(
-        &self,
-        query: &Tensor,
-        key: &Tensor,
-        value: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (q, k, v, g) = (values(query)?, values(key)?, values(value)?, values(grad)?);
+    /// The gradient of the packed projections, laid out as they are, given `grad`, the
+    /// attended values' (batch · seq, width).
+    pub fn backward(&self, qkv: &[f32], grad: &[f32]) -> Vec<f32> {
         let AttentionShape {
             batch,
             seq,
@@ -617,13 +698,13 @@ impl CustomOp3 for Attention {
             .into_par_iter()
             .map(|index| {
                 let (b, h) = (index / heads, index % heads);
-                let p = self.probabilities(&q, &k, b, h);
+                let p = self.probabilities(qkv, b, h);
                 let dropped = self.dropped(p.clone(), b, h);
-                let g_head = self.shape.head_of(&g, b, h);
+                let g_head = self.shape.output_head_of(grad, b, h);
                 // dv = dropped(p)ᵀ · g.
                 let dv = new_product((seq, head, seq), (&dropped, 1, seq as isize), g_head, HERE);
                 // d(dropped p) = g · vᵀ, then through the dropout.
-                let (v_head, rs, cs) = self.shape.head_of(&v, b, h);
+                let (v_head, rs, cs) = self.shape.head_of(qkv, Part::Value, b, h);
                 let dp = new_product((seq, seq, head), g_head, (v_head, cs, rs), HERE);
                 let dp = self.dropped(dp, b, h);
                 let mut ds = vec![0f32; seq * seq];
@@ -634,34 +715,24 @@ impl CustomOp3 for Attention {
                 let dq = new_product(
                     (seq, head, seq),
                     (&ds, seq as isize, 1),
-                    self.shape.head_of(&k, b, h),
+                    self.shape.head_of(qkv, Part::Key, b, h),
                     HERE,
                 );
                 let dk = new_product(
                     (seq, head, seq),
                     (&ds, 1, seq as isize),
-                    self.shape.head_of(&q, b, h),
+                    self.shape.head_of(qkv, Part::Query, b, h),
                     HERE,
                 );
                 [dq, dk, dv]
             })
             .collect();
-        let (mut dq, mut dk, mut dv) = (Vec::new(), Vec::new(), Vec::new());
-        for [q, k, v] in blocks {
-            dq.push(q);
-            dk.push(k);
-            dv.push(v);
-        }
-        let device = query.device();
-        let tensor = |blocks: &[Vec<f32>]| {
-            Tensor::from_vec(self.shape.gather(blocks), query.shape(), device)
-        };
-        Ok((Some(tensor(&dq)?), Some(tensor(&dk)?), Some(tensor(&dv)?)))
+        self.shape.scatter(&blocks, 3 * self.shape.width())
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     //! Each op's gradients against the same computation in candle's primitives, whose
     //! backward passes candle derives: dropout on, padding in the mask.
 
@@ -669,7 +740,7 @@ mod tests {
 
     use super::*;
 
-    fn random(shape: &[usize], seed: u64) -> Var {
+    pub(crate) fn random(shape: &[usize], seed: u64) -> Var {
         let mut state = seed
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
@@ -684,7 +755,7 @@ mod tests {
         Var::from_tensor(&Tensor::from_vec(values, shape, &Device::Cpu).unwrap()).unwrap()
     }
 
-    fn max_gap(a: &Tensor, b: &Tensor) -> f32 {
+    pub(crate) fn max_gap(a: &Tensor, b: &Tensor) -> f32 {
         let gap = (a - b)
             .unwrap()
             .abs()
@@ -722,6 +793,47 @@ mod tests {
         }
     }
 
+    /// Multi-head attention of (batch, seq, heads · head) projections in candle's primitives:
+    /// `mask` (batch, 1, 1, seq) additive, `factors` (batch, heads, seq, seq) dropout.
+    pub(crate) fn primitive_attention(
+        (q, k, v): (&Tensor, &Tensor, &Tensor),
+        heads: usize,
+        mask: &Tensor,
+        scale: f64,
+        factors: Option<&[f32]>,
+    ) -> Tensor {
+        let (batch, seq, width) = q.dims3().unwrap();
+        let head = width / heads;
+        let split = |t: &Tensor| {
+            t.reshape((batch, seq, heads, head))
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .contiguous()
+                .unwrap()
+        };
+        let scores = (split(q).matmul(&split(k).t().unwrap()).unwrap() * scale).unwrap();
+        let scores = scores.broadcast_add(mask).unwrap();
+        let shifted = scores
+            .broadcast_sub(&scores.max_keepdim(D::Minus1).unwrap().detach())
+            .unwrap()
+            .exp()
+            .unwrap();
+        let mut p = shifted
+            .broadcast_div(&shifted.sum_keepdim(D::Minus1).unwrap())
+            .unwrap();
+        if let Some(factors) = factors {
+            let factors = Tensor::from_slice(factors, (batch, heads, seq, seq), &Device::Cpu);
+            p = p.mul(&factors.unwrap()).unwrap();
+        }
+        p.matmul(&split(v))
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .reshape((batch, seq, width))
+            .unwrap()
+    }
+
     #[test]
     fn attention_with_padding_and_dropout_has_the_primitives_gradients() {
         let (batch, seq, heads, head) = (2, 5, 3, 4);
@@ -735,45 +847,55 @@ mod tests {
         let mask: Vec<f32> = (0..batch * seq)
             .map(|i| if i >= seq + 3 { f32::MIN } else { 0.0 })
             .collect();
-        let mask = Tensor::from_vec(mask, (batch, 1, 1, seq), &Device::Cpu).unwrap();
         let factors: Vec<f32> = (0..batch * heads * seq * seq)
             .map(|i| if i % 7 == 3 { 0.0 } else { 1.0 / 0.9 })
             .collect();
         let scale = 0.5;
-        let fused = attention(&q, &k, &v, heads, &mask, scale, Some(factors.clone())).unwrap();
-        let split = |t: &Tensor| {
-            t.reshape((batch, seq, heads, head))
-                .unwrap()
-                .transpose(1, 2)
-                .unwrap()
-                .contiguous()
-                .unwrap()
+        let attention = Attention {
+            shape: AttentionShape {
+                batch,
+                seq,
+                heads,
+                head,
+            },
+            mask: &mask,
+            scale,
+            dropout: Some(&factors),
+            isa: Isa::current(),
         };
-        let scores = (split(&q).matmul(&split(&k).t().unwrap()).unwrap() * scale as f64).unwrap();
-        let scores = scores.broadcast_add(&mask).unwrap();
-        let shifted = scores
-            .broadcast_sub(&scores.max_keepdim(D::Minus1).unwrap().detach())
+        let qkv = Tensor::cat(&[q.as_tensor(), k.as_tensor(), v.as_tensor()], 2).unwrap();
+        let qkv = qkv.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let fused = attention.forward(&qkv);
+        let weights = random(&[batch, seq, width], 99);
+        let grad = weights.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let fused_grads = attention.backward(&qkv, &grad);
+
+        let mask = Tensor::from_vec(mask.clone(), (batch, 1, 1, seq), &Device::Cpu).unwrap();
+        let primitive =
+            primitive_attention((&q, &k, &v), heads, &mask, scale as f64, Some(&factors));
+        let fused = Tensor::from_vec(fused, (batch, seq, width), &Device::Cpu).unwrap();
+        assert!(
+            max_gap(&fused, &primitive) < 1e-5,
+            "attention: outputs differ"
+        );
+        let store = primitive
+            .mul(weights.as_tensor())
             .unwrap()
-            .exp()
-            .unwrap();
-        let p = shifted
-            .broadcast_div(&shifted.sum_keepdim(D::Minus1).unwrap())
-            .unwrap();
-        let p = p
-            .mul(&Tensor::from_vec(factors, (batch, heads, seq, seq), &Device::Cpu).unwrap())
-            .unwrap();
-        let primitive = p
-            .matmul(&split(&v))
+            .sum_all()
             .unwrap()
-            .transpose(1, 2)
-            .unwrap()
-            .reshape((batch, seq, width))
+            .backward()
             .unwrap();
-        assert_same_gradients(fused, primitive, &[&q, &k, &v], "attention");
+        let fused_grads =
+            Tensor::from_vec(fused_grads, (batch, seq, 3 * width), &Device::Cpu).unwrap();
+        for (part, var) in [&q, &k, &v].into_iter().enumerate() {
+            let fused = fused_grads.narrow(2, part * width, width).unwrap();
+            let gap = max_gap(&fused, store.get(var).unwrap());
+            assert!(gap < 1e-5, "attention: gradient {part} differs by {gap}");
+        }
     }
 
     #[test]
-    fn layer_norm_linear_and_gelu_have_the_primitives_gradients() {
+    fn layer_norm_linear_and_activations_have_the_primitives_gradients() {
         let (x, w, b) = (random(&[6, 8], 4), random(&[8], 5), random(&[8], 6));
         let fused = layer_norm(&x, &w, &b, 1e-5).unwrap();
         let centred = x
@@ -798,8 +920,16 @@ mod tests {
             .unwrap();
         assert_same_gradients(fused, primitive, &[&x, &weight, &bias], "linear");
 
-        let fused = gelu_erf(&x).unwrap();
-        let primitive = x.gelu_erf().unwrap();
-        assert_same_gradients(fused, primitive, &[&x], "gelu");
+        let scaled = (x.as_tensor() * 3.0).unwrap();
+        for (kind, primitive) in [
+            (Activation::Gelu, scaled.gelu_erf().unwrap()),
+            (Activation::GeluNew, scaled.gelu().unwrap()),
+            (Activation::Relu, scaled.relu().unwrap()),
+            (Activation::Silu, scaled.silu().unwrap()),
+            (Activation::Tanh, scaled.tanh().unwrap()),
+        ] {
+            let fused = activation(kind, &scaled).unwrap();
+            assert_same_gradients(fused, primitive, &[&x], &format!("{kind:?}"));
+        }
     }
 }

@@ -34,7 +34,18 @@ impl Gradients {
     }
 
     /// Add the gradients of one backward pass.
+    ///
+    /// The store must come from [`TrainableModel::backward`](super::TrainableModel::backward),
+    /// which adds the encoder layers' gradients; one from `loss.backward()` lacks them and is
+    /// refused.
     pub fn add(&mut self, parameters: &Parameters, store: &GradStore) -> Result<()> {
+        if !parameters.layer_gradients().is_empty() {
+            return Err(Error::InvalidInput(
+                "the encoder layers' gradients were left out of this backward pass: take it \
+                 with TrainableModel::backward(&loss), not loss.backward()"
+                    .into(),
+            ));
+        }
         for (sum, parameter) in self.sums.iter_mut().zip(parameters.trainable()) {
             let Some(gradient) = store.get(parameter.var.as_tensor()) else {
                 continue;

@@ -11,6 +11,7 @@ use rand_distr_normal::standard_normal;
 
 use crate::error::{Error, Result};
 use crate::models::weights::ModelWeights;
+use crate::training::layer::LayerGradients;
 
 /// One named weight.
 #[derive(Debug, Clone)]
@@ -48,6 +49,7 @@ pub(crate) enum Init {
 pub struct Parameters {
     entries: Vec<Parameter>,
     index: HashMap<String, usize>,
+    layer_gradients: LayerGradients,
 }
 
 /// Reads the parameters as a model declares them: each under its name, the base model's
@@ -64,6 +66,7 @@ pub(crate) struct ParameterReader<'a> {
     frozen: Option<String>,
     entries: Vec<Parameter>,
     initialised: Vec<String>,
+    layer_gradients: LayerGradients,
 }
 
 impl<'a> ParameterReader<'a> {
@@ -81,7 +84,13 @@ impl<'a> ParameterReader<'a> {
             frozen: None,
             entries: Vec::new(),
             initialised: Vec::new(),
+            layer_gradients: LayerGradients::default(),
         }
+    }
+
+    /// Where the fused encoder layers of these parameters leave their gradients.
+    pub fn layer_gradients(&self) -> LayerGradients {
+        self.layer_gradients.clone()
     }
 
     /// Freeze every parameter read from now on whose name starts with `prefix.`.
@@ -183,6 +192,7 @@ impl<'a> ParameterReader<'a> {
             Parameters {
                 entries: self.entries,
                 index,
+                layer_gradients: self.layer_gradients,
             },
             self.initialised,
         )
@@ -208,6 +218,11 @@ impl Parameters {
     /// Number of values that train.
     pub fn trainable_count(&self) -> usize {
         self.trainable().map(|p| p.var.elem_count()).sum()
+    }
+
+    /// Where the fused encoder layers leave their parameters' gradients in a backward pass.
+    pub(crate) fn layer_gradients(&self) -> &LayerGradients {
+        &self.layer_gradients
     }
 
     /// The values by name, as `state_dict()` gives them.

@@ -252,10 +252,8 @@ impl Trainer {
                     }
                     loss_sum += value * indices.len() as f64;
                     seen += indices.len();
-                    gradients.add(
-                        self.model.parameters(),
-                        &(loss / group.len() as f64)?.backward()?,
-                    )?;
+                    let store = self.model.backward(&(loss / group.len() as f64)?)?;
+                    gradients.add(self.model.parameters(), &store)?;
                 }
                 gradients.clip(settings.max_grad_norm)?;
                 let rate = schedule.rate(self.optimizer.steps());
