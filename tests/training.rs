@@ -410,6 +410,46 @@ fn every_trainable_parameter_receives_a_gradient() {
     }
 }
 
+/// A backward pass taken with candle's `loss.backward()` alone lacks the encoder layers'
+/// gradients, which their fused ops hand to the model: adding it is refused, not silently
+/// short of most parameters; the same loss through `TrainableModel::backward` is then taken,
+/// with nothing of the refused pass in it.
+#[test]
+fn a_backward_pass_without_the_layers_gradients_is_refused() {
+    let folder = fixture("training/bert-single-label");
+    let reference: Value =
+        serde_json::from_str(&std::fs::read_to_string(folder.join("steps.json")).unwrap()).unwrap();
+    let task = task_of(&reference["settings"]);
+    let model = load_case(&folder.join("initial"), &task, &reference["settings"]);
+    let micro = &reference["batches"][0][0];
+    let mut gradients = Gradients::new(model.parameters());
+    let loss = model.loss(&batch(&task, micro), &Dropout::off()).unwrap();
+    let error = gradients
+        .add(model.parameters(), &loss.backward().unwrap())
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("TrainableModel::backward"),
+        "{error}"
+    );
+    let loss = model.loss(&batch(&task, micro), &Dropout::off()).unwrap();
+    gradients
+        .add(model.parameters(), &model.backward(&loss).unwrap())
+        .unwrap();
+    let fresh = load_case(&folder.join("initial"), &task, &reference["settings"]);
+    let mut expected = Gradients::new(fresh.parameters());
+    let loss = fresh.loss(&batch(&task, micro), &Dropout::off()).unwrap();
+    expected
+        .add(fresh.parameters(), &fresh.backward(&loss).unwrap())
+        .unwrap();
+    for index in 0..model.parameters().trainable().count() {
+        assert_eq!(
+            gradients.get(index),
+            expected.get(index),
+            "parameter {index}"
+        );
+    }
+}
+
 fn first_input(case: &str) -> ModelInput {
     let folder = fixture(&format!("training/{case}"));
     let reference: Value =

@@ -37,9 +37,9 @@ impl Gradients {
     ///
     /// The store must come from [`TrainableModel::backward`](super::TrainableModel::backward),
     /// which adds the encoder layers' gradients; one from `loss.backward()` lacks them and is
-    /// refused.
+    /// refused (the gradients it left aside are dropped, so that the next pass starts clean).
     pub fn add(&mut self, parameters: &Parameters, store: &GradStore) -> Result<()> {
-        if !parameters.layer_gradients().is_empty() {
+        if parameters.layer_gradients().discard() {
             return Err(Error::InvalidInput(
                 "the encoder layers' gradients were left out of this backward pass: take it \
                  with TrainableModel::backward(&loss), not loss.backward()"
