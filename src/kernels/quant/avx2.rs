@@ -3,8 +3,9 @@
 //! block's values can overflow: at most 2 · 63 · 127) and `vpmaddwd`.
 
 use std::arch::x86_64::{
-    __m256i, _mm256_add_epi16, _mm256_add_epi32, _mm256_and_si256, _mm256_madd_epi16,
-    _mm256_maddubs_epi16, _mm256_or_si256, _mm256_set1_epi16, _mm256_set1_epi32, _mm256_slli_epi32,
+    __m256i, _mm256_abs_epi8, _mm256_add_epi16, _mm256_add_epi32, _mm256_and_si256,
+    _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_or_si256, _mm256_set1_epi16, _mm256_set1_epi32,
+    _mm256_sign_epi8, _mm256_slli_epi32,
 };
 
 /// `acc` plus the sums of each lane's four products.
@@ -57,6 +58,27 @@ fn small_dots_scaled<const BITS: u32>(
             pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(w[i], x[i]));
         }
         acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, scale));
+    }
+    acc
+}
+
+/// Signed weight bytes as [`signed_dots`] takes them: as they are.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn signed_weights(w: __m256i) -> __m256i {
+    w
+}
+
+/// `acc` plus, in each i32 lane, the sum of the products of the 8 pairs of registers, for
+/// signed weights: `vpmaddubsw` of their magnitudes and the activations with their signs,
+/// one register at a time (a pair's sum is at most 2 · 128 · 127, inside i16).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn signed_dots(acc: __m256i, w: &[__m256i; 8], x: &[__m256i; 8], _block_sum: i32) -> __m256i {
+    let mut acc = acc;
+    for (w, x) in w.iter().zip(x) {
+        let pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(*w), _mm256_sign_epi8(*x, *w));
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
     }
     acc
 }

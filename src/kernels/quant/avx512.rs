@@ -3,7 +3,8 @@
 //! lane, added in one instruction), sub-block scales by `vpmulld`.
 
 use std::arch::x86_64::{
-    __m256i, _mm256_add_epi32, _mm256_dpbusd_epi32, _mm256_mullo_epi32, _mm256_setzero_si256,
+    __m256i, _mm256_add_epi32, _mm256_dpbusd_epi32, _mm256_mullo_epi32, _mm256_set1_epi32,
+    _mm256_set1_epi8, _mm256_setzero_si256, _mm256_xor_si256,
 };
 
 /// `acc` plus the sums of each lane's four products.
@@ -51,6 +52,25 @@ fn small_dots_scaled<const BITS: u32>(
 ) -> __m256i {
     let dots = small_dots::<BITS>(_mm256_setzero_si256(), w, x);
     _mm256_add_epi32(acc, _mm256_mullo_epi32(dots, scale))
+}
+
+/// Signed weight bytes as [`signed_dots`] takes them: their sign bit flipped, which is 128
+/// added, so that `vpdpbusd` reads them unsigned.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn signed_weights(w: __m256i) -> __m256i {
+    _mm256_xor_si256(w, _mm256_set1_epi8(i8::MIN))
+}
+
+/// `acc` plus, in each i32 lane, the sum of the products of the 8 pairs of registers, for
+/// signed weights as [`signed_weights`] gives them; `block_sum` is the sum of the 32
+/// activations that each lane multiplies, through which the offset 128 comes out (exactly:
+/// `vpdpbusd` sums in i32, and 255 · 127 · 32 is far inside it).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn signed_dots(acc: __m256i, w: &[__m256i; 8], x: &[__m256i; 8], block_sum: i32) -> __m256i {
+    let offset = _mm256_add_epi32(acc, _mm256_set1_epi32(-128 * block_sum));
+    small_dots::<8>(offset, w, x)
 }
 
 block_kernels!("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni");

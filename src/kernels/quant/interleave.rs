@@ -50,6 +50,18 @@ fn columns(ty: GgmlType) -> Option<&'static [Column]> {
     use Column::{Bytes, FifthBits};
     match ty {
         GgmlType::Q4_0 => Some(&[Bytes(2), Bytes(4), Bytes(4), Bytes(4), Bytes(4)]),
+        // `d`, then the 32 signed values in 4-byte runs.
+        GgmlType::Q8_0 => Some(&[
+            Bytes(2),
+            Bytes(4),
+            Bytes(4),
+            Bytes(4),
+            Bytes(4),
+            Bytes(4),
+            Bytes(4),
+            Bytes(4),
+            Bytes(4),
+        ]),
         GgmlType::Q5_0 => Some(&[Bytes(2), FifthBits, Bytes(4), Bytes(4), Bytes(4), Bytes(4)]),
         // `d`, `dmin`, the three words of packed scales and minimums, `qs` in 4-byte runs.
         GgmlType::Q4_K => Some(&Q4_K_COLUMNS),

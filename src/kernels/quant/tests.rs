@@ -266,7 +266,8 @@ fn products_match_the_f64_reference_on_every_isa() {
 /// (f) A stack of parts of different types gives each part's product, bit for bit, and
 /// each part's rows; rows held in groups give what the same rows held as the file holds them
 /// give: the Q4_K parts are one group across the two and three rows past it (alone, rows
-/// as the file holds them), the Q4_0 ones two groups across the two and four rows past
+/// as the file holds them), the Q8_0 ones likewise (alone, six and five rows as the file
+/// holds them), the Q4_0 ones two groups across the two and four rows past
 /// them (alone, the first is one group and five rows past it), the Q5_0 ones two groups
 /// (alone, seven rows as the file holds them, and a group and a row).
 #[test]
@@ -278,12 +279,13 @@ fn stacked_types_give_each_parts_product() {
         GgmlType::Q6_K,
         GgmlType::Q6_K,
         GgmlType::Q8_0,
+        GgmlType::Q8_0,
         GgmlType::Q4_0,
         GgmlType::Q4_0,
         GgmlType::Q5_0,
         GgmlType::Q5_0,
     ];
-    let outers = [5, 6, 3, 4, 6, 13, 7, 7, 9];
+    let outers = [5, 6, 3, 4, 6, 5, 13, 7, 7, 9];
     let part_bytes: Vec<Vec<u8>> = types
         .iter()
         .zip(outers)
@@ -316,9 +318,9 @@ fn stacked_types_give_each_parts_product() {
     let expected_segments = vec![
         (GgmlType::Q4_K, 0..11),
         (GgmlType::Q6_K, 11..18),
-        (GgmlType::Q8_0, 18..24),
-        (GgmlType::Q4_0, 24..44),
-        (GgmlType::Q5_0, 44..60),
+        (GgmlType::Q8_0, 18..29),
+        (GgmlType::Q4_0, 29..49),
+        (GgmlType::Q5_0, 49..65),
     ];
     assert_eq!(stacked.segments(), expected_segments);
     let x = activations(m * inner, 3);

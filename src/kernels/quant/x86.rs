@@ -166,13 +166,15 @@ macro_rules! block_kernels {
             _mm256_setr_epi32(value, 0, 0, 0, 0, 0, 0, 0)
         }
 
+        /// Q8_0 rows: in the order of the rows held in groups (`x86_groups`), block after
+        /// block in one f32 sum, as `q4_0`.
         #[inline]
         #[target_feature(enable = $features)]
         fn q8_0<const R: usize>(w: &[u8], x: &[Q8Row; R]) -> [f32; R] {
             let blocks = w.len() / 34;
             check32(x, blocks);
-            let (mut even, mut odd) = ([_mm256_setzero_ps(); R], [_mm256_setzero_ps(); R]);
-            each_block!(blocks, even, odd, |b, acc| {
+            let mut acc = [_mm_setzero_ps(); R];
+            for b in 0..blocks {
                 // SAFETY: block b is inside the row, and block b of each activation row
                 // inside it (`check32`).
                 unsafe {
@@ -184,11 +186,13 @@ macro_rules! block_kernels {
                         let values = load32(x[r].values.as_ptr().add(b * 32));
                         let signed = _mm256_sign_epi8(values, q);
                         let dot = dot_add(_mm256_setzero_si256(), magnitudes, signed);
-                        accumulate(&mut acc[r], dot, d * *x[r].scales.get_unchecked(b));
+                        let dot = _mm_cvtsi32_ss(_mm_setzero_ps(), hsum_i32(dot));
+                        let scale = _mm_set_ss(d * *x[r].scales.get_unchecked(b));
+                        acc[r] = _mm_fmadd_ss(dot, scale, acc[r]);
                     }
                 }
-            });
-            finish(&even, &odd)
+            }
+            acc.map(|acc| _mm_cvtss_f32(acc))
         }
 
         /// Q4_0 rows: in the order of the rows held in groups (`x86_groups`), block after

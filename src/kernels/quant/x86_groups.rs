@@ -36,6 +36,7 @@ macro_rules! group_kernels {
                 .zip(out.chunks_exact_mut(ROWS))
             {
                 let sums = match ty {
+                    GgmlType::Q8_0 => q8_0_group(group, &q8),
                     GgmlType::Q4_0 => q4_0_group(group, &q8),
                     GgmlType::Q5_0 => q5_0_group(group, &q8),
                     GgmlType::Q4_K => q4_k_group(group, &q8k),
@@ -60,6 +61,41 @@ macro_rules! group_kernels {
         #[target_feature(enable = $features)]
         unsafe fn broadcast4(p: *const i8) -> __m256i {
             _mm256_set1_epi32(p.cast::<i32>().read_unaligned())
+        }
+
+        /// A group of Q8_0 rows: per block, 8 `d` (f16), then eight registers of signed
+        /// bytes, register j holding values 4j..4j + 4 of each row.
+        #[inline]
+        #[target_feature(enable = $features)]
+        fn q8_0_group<const R: usize>(w: &[u8], x: &[Q8Row; R]) -> [__m256; R] {
+            const BLOCK: usize = ROWS * 34;
+            let blocks = w.len() / BLOCK;
+            check32(x, blocks);
+            let mut acc = [_mm256_setzero_ps(); R];
+            for b in 0..blocks {
+                // SAFETY: block b is inside the group, and block b of each activation row
+                // inside it (`check32`).
+                unsafe {
+                    let p = w.as_ptr().add(b * BLOCK);
+                    let d = _mm256_cvtph_ps(_mm_loadu_si128(p.cast()));
+                    let mut q = [_mm256_setzero_si256(); 8];
+                    for (j, q) in q.iter_mut().enumerate() {
+                        *q = signed_weights(load32(p.add(16 + 32 * j)));
+                    }
+                    for r in 0..R {
+                        let values = x[r].values.as_ptr().add(b * 32);
+                        let mut xs = [_mm256_setzero_si256(); 8];
+                        for (j, xs) in xs.iter_mut().enumerate() {
+                            *xs = broadcast4(values.add(4 * j));
+                        }
+                        let sum = *x[r].sums.get_unchecked(b);
+                        let dot = signed_dots(_mm256_setzero_si256(), &q, &xs, sum);
+                        let scale = _mm256_mul_ps(d, _mm256_set1_ps(*x[r].scales.get_unchecked(b)));
+                        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[r]);
+                    }
+                }
+            }
+            acc
         }
 
         /// A group of Q4_0 rows: per block, 8 `d` (f16), then four registers of nibbles.
