@@ -5,9 +5,9 @@
 //! The inference models run fused kernels (packed GEMM, fused attention and layer norm) that
 //! have no backward pass; candle's own fused `layer_norm` and `softmax_last_dim` have none
 //! either, and a parameter upstream of them silently gets no gradient (candle issues 3011,
-//! 2168). Here every step is a candle primitive or one of [`ops`]' fused steps, each with a
-//! backward pass, and `tests/training.rs` checks that every trainable parameter receives a
-//! gradient.
+//! 2168). Here the embeddings are candle primitives and [`ops`]' steps, and each layer is one
+//! op with its own backward pass ([`Layer`]); `tests/training.rs` checks that every trainable
+//! parameter receives a gradient.
 //!
 //! References: transformers v4.57.6 `modeling_bert.py`, `modeling_roberta.py` and
 //! `modeling_distilbert.py`

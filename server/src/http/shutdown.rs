@@ -38,12 +38,19 @@ pub(crate) async fn refuse_when_draining(
     request: Request,
     next: Next,
 ) -> Response {
+    let flavor = Flavor::of_path(request.uri().path());
+    let health = request.uri().path() == "/health";
+    let refusal = || ServeError::Library(Error::ShuttingDown).into_response_as(flavor);
     let mut response = if draining.is_on() {
-        ServeError::Library(Error::ShuttingDown)
-            .into_response_as(Flavor::of_path(request.uri().path()))
+        refusal()
     } else {
         next.run(request).await
     };
+    // A health check that was running when the drain began answers as of its end: a 200
+    // closing its connection would leave its client no chance to see the 503.
+    if health && draining.is_on() {
+        response = refusal();
+    }
     if draining.is_on() {
         response
             .headers_mut()
