@@ -414,14 +414,7 @@ impl Encoder {
         let layers = (0..shape.layers)
             .map(|i| {
                 let name = scoped(&format!("{stack}.{i}"));
-                Layer::read(
-                    params,
-                    &name,
-                    shape.family,
-                    shape.hidden,
-                    shape.intermediate,
-                    shape.eps,
-                )
+                Layer::read(params, &name, &shape)
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {

@@ -129,19 +129,12 @@ pub(crate) struct Layer {
 }
 
 impl Layer {
-    pub fn read(
-        params: &mut ParameterReader,
-        name: &str,
-        family: Family,
-        hidden: usize,
-        intermediate: usize,
-        eps: f64,
-    ) -> Result<Self> {
-        let names = match family {
+    pub fn read(params: &mut ParameterReader, name: &str, shape: &EncoderShape) -> Result<Self> {
+        let names = match shape.family {
             Family::DistilBert => &DISTILBERT_LAYER,
             Family::Bert | Family::Roberta => &BERT_LAYER,
         };
-        let (h, i) = (hidden, intermediate);
+        let (h, i, eps) = (shape.hidden, shape.intermediate, shape.eps);
         let mut dense = |part: &str, inputs, outputs| {
             Dense::read(params, &format!("{name}.{part}"), inputs, outputs)
         };
@@ -292,6 +285,66 @@ impl FusedLayer {
         }
     }
 
+    /// `norm(dense(input) ⊙ dropout + residual)`: the sum (the norm's input, which the
+    /// backward pass reads) and the normalised rows.
+    fn project_add_norm(
+        &self,
+        dense: &Dense,
+        input: &[f32],
+        dropout: Option<&[f32]>,
+        residual: &[f32],
+        norm: &Norm,
+    ) -> candle_core::Result<(Vec<f32>, Vec<f32>)> {
+        let mut sum = ops::linear_rows(input, &values(&dense.weight)?, &values(&dense.bias)?);
+        add_residual(&mut sum, dropout, residual);
+        let mut normed = sum.clone();
+        let (weight, bias) = (values(&norm.weight)?, values(&norm.bias)?);
+        ops::layer_norm_in_place(&mut normed, &weight, &bias, self.eps);
+        Ok((sum, normed))
+    }
+
+    /// Back through `norm` of `sum`, given its output's gradient: its parameters' gradients
+    /// to the layer's sink, the sum's returned.
+    fn norm_backward(
+        &self,
+        norm: &Norm,
+        sum: &[f32],
+        grad: &[f32],
+    ) -> candle_core::Result<Vec<f32>> {
+        let gradients = ops::layer_norm_backward(sum, &values(&norm.weight)?, grad, self.eps);
+        self.layer.gradients.add(&norm.weight, gradients.weight)?;
+        self.layer.gradients.add(&norm.bias, gradients.bias)?;
+        Ok(gradients.input)
+    }
+
+    /// Back through `dense` over `input`, dropped out by `dropout` before the sum whose
+    /// gradient is `sum_grad`: its parameters' gradients to the layer's sink, its input's
+    /// returned.
+    fn dense_backward(
+        &self,
+        dense: &Dense,
+        input: &[f32],
+        sum_grad: &[f32],
+        dropout: Option<&[f32]>,
+    ) -> candle_core::Result<Vec<f32>> {
+        let grad = dropped(sum_grad, dropout);
+        let (outputs, inputs) = dense.weight.dims2()?;
+        let input_grad = ops::linear_input_gradient(&grad, &values(&dense.weight)?, outputs);
+        let parameters = ops::linear_parameter_gradients(input, &grad, inputs, outputs);
+        self.add_dense_gradients(dense, parameters)?;
+        Ok(input_grad)
+    }
+
+    /// Hand `dense`'s weight and bias gradients to the layer's sink.
+    fn add_dense_gradients(
+        &self,
+        dense: &Dense,
+        (weight, bias): (Vec<f32>, Vec<f32>),
+    ) -> candle_core::Result<()> {
+        self.layer.gradients.add(&dense.weight, weight)?;
+        self.layer.gradients.add(&dense.bias, bias)
+    }
+
     /// Scale each row's queries (the first `hidden` of each packed row) by 1/√head.
     fn scale_queries(&self, qkv: &mut [f32]) {
         let width = self.shape.width();
@@ -330,48 +383,26 @@ impl CustomOp1 for FusedLayer {
             self.scale_queries(&mut qkv);
         }
         let attended = self.attention().forward(&qkv);
-        let mut attention_sum = ops::linear_rows(
+        let (attention_sum, attention_normed) = self.project_add_norm(
+            &l.attention_output,
             &attended,
-            &values(&l.attention_output.weight)?,
-            &values(&l.attention_output.bias)?,
-        );
-        add_residual(
-            &mut attention_sum,
             self.attention_output_dropout.as_deref(),
             x,
-        );
-        let mut attention_normed = attention_sum.clone();
-        let norm = &l.attention_norm;
-        ops::layer_norm_in_place(
-            &mut attention_normed,
-            &values(&norm.weight)?,
-            &values(&norm.bias)?,
-            self.eps,
-        );
+            &l.attention_norm,
+        )?;
         let intermediate = ops::linear_rows(
             &attention_normed,
             &values(&l.intermediate.weight)?,
             &values(&l.intermediate.bias)?,
         );
         let activated = ops::activated(self.activation, &intermediate);
-        let mut output_sum = ops::linear_rows(
+        let (output_sum, out) = self.project_add_norm(
+            &l.output,
             &activated,
-            &values(&l.output.weight)?,
-            &values(&l.output.bias)?,
-        );
-        add_residual(
-            &mut output_sum,
             self.output_dropout.as_deref(),
             &attention_normed,
-        );
-        let mut out = output_sum.clone();
-        let norm = &l.output_norm;
-        ops::layer_norm_in_place(
-            &mut out,
-            &values(&norm.weight)?,
-            &values(&norm.bias)?,
-            self.eps,
-        );
+            &l.output_norm,
+        )?;
         if self.keeps_activations {
             *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some(Activations {
                 qkv_weight,
@@ -399,29 +430,19 @@ impl CustomOp1 for FusedLayer {
                 "an encoder layer's backward pass ran twice, or without its forward pass"
             );
         };
-        let (l, sink) = (&self.layer, &self.layer.gradients);
+        let l = &self.layer;
         let width = self.shape.width();
         let inner = l.intermediate.bias.elem_count();
         let (x, grad) = (values(arg)?, values(grad)?);
 
         // The second norm, the output projection (through its dropout) and the activation.
-        let norm = ops::layer_norm_backward(
-            &a.output_sum,
-            &values(&l.output_norm.weight)?,
-            &grad,
-            self.eps,
-        );
-        sink.add(&l.output_norm.weight, norm.weight)?;
-        sink.add(&l.output_norm.bias, norm.bias)?;
-        let mut normed_grad = norm.input;
-        let output_grad = dropped(&normed_grad, self.output_dropout.as_deref());
-        let mut intermediate_grad =
-            ops::linear_input_gradient(&output_grad, &values(&l.output.weight)?, width);
-        let (weight, bias) =
-            ops::linear_parameter_gradients(&a.activated, &output_grad, inner, width);
-        drop(output_grad);
-        sink.add(&l.output.weight, weight)?;
-        sink.add(&l.output.bias, bias)?;
+        let mut normed_grad = self.norm_backward(&l.output_norm, &a.output_sum, &grad)?;
+        let mut intermediate_grad = self.dense_backward(
+            &l.output,
+            &a.activated,
+            &normed_grad,
+            self.output_dropout.as_deref(),
+        )?;
         ops::activation_backward_in_place(self.activation, &a.intermediate, &mut intermediate_grad);
 
         // The intermediate projection, its input's gradient summed onto the residual's.
@@ -431,33 +452,21 @@ impl CustomOp1 for FusedLayer {
             &values(&l.intermediate.weight)?,
             inner,
         );
-        let (weight, bias) =
-            ops::linear_parameter_gradients(&a.attention_normed, &intermediate_grad, width, inner);
-        sink.add(&l.intermediate.weight, weight)?;
-        sink.add(&l.intermediate.bias, bias)?;
+        self.add_dense_gradients(
+            &l.intermediate,
+            ops::linear_parameter_gradients(&a.attention_normed, &intermediate_grad, width, inner),
+        )?;
         drop(intermediate_grad);
 
         // The first norm and the attention's output projection (through its dropout).
-        let norm = ops::layer_norm_backward(
-            &a.attention_sum,
-            &values(&l.attention_norm.weight)?,
-            &normed_grad,
-            self.eps,
-        );
-        sink.add(&l.attention_norm.weight, norm.weight)?;
-        sink.add(&l.attention_norm.bias, norm.bias)?;
-        let mut input_grad = norm.input;
-        let projected_grad = dropped(&input_grad, self.attention_output_dropout.as_deref());
-        let attended_grad = ops::linear_input_gradient(
-            &projected_grad,
-            &values(&l.attention_output.weight)?,
-            width,
-        );
-        let (weight, bias) =
-            ops::linear_parameter_gradients(&a.attended, &projected_grad, width, width);
-        drop(projected_grad);
-        sink.add(&l.attention_output.weight, weight)?;
-        sink.add(&l.attention_output.bias, bias)?;
+        let mut input_grad =
+            self.norm_backward(&l.attention_norm, &a.attention_sum, &normed_grad)?;
+        let attended_grad = self.dense_backward(
+            &l.attention_output,
+            &a.attended,
+            &input_grad,
+            self.attention_output_dropout.as_deref(),
+        )?;
 
         // The attention and the packed projections, the input's gradient summed onto the
         // residual's.
@@ -468,11 +477,9 @@ impl CustomOp1 for FusedLayer {
         ops::linear_input_gradient_onto(&mut input_grad, &qkv_grad, &a.qkv_weight, 3 * width);
         let (weight, bias) = ops::linear_parameter_gradients(&x, &qkv_grad, width, 3 * width);
         for (part, dense) in [&l.query, &l.key, &l.value].into_iter().enumerate() {
-            sink.add(
-                &dense.weight,
-                weight[part * width * width..(part + 1) * width * width].to_vec(),
-            )?;
-            sink.add(&dense.bias, bias[part * width..(part + 1) * width].to_vec())?;
+            let weight = weight[part * width * width..(part + 1) * width * width].to_vec();
+            let bias = bias[part * width..(part + 1) * width].to_vec();
+            self.add_dense_gradients(dense, (weight, bias))?;
         }
         Ok(Some(Tensor::from_vec(
             input_grad,
