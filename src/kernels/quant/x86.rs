@@ -59,12 +59,7 @@ macro_rules! block_kernels {
             x: &[ActRow; R],
             out: &mut [[f32; R]],
         ) {
-            let mut q8 = [Q8Row::default(); R];
-            let mut q8k = [Q8KRow::default(); R];
-            for r in 0..R {
-                q8[r] = x[r].q8;
-                q8k[r] = x[r].q8k;
-            }
+            let (q8, q8k) = (x.map(|row| row.q8), x.map(|row| row.q8k));
             for (row, out) in w.chunks_exact(row_bytes).zip(out) {
                 *out = match ty {
                     GgmlType::Q8_0 => q8_0(row, &q8),

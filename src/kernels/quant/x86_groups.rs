@@ -25,12 +25,7 @@ macro_rules! group_kernels {
             x: &[ActRow; R],
             out: &mut [[f32; R]],
         ) {
-            let mut q8 = [Q8Row::default(); R];
-            let mut q8k = [Q8KRow::default(); R];
-            for r in 0..R {
-                q8[r] = x[r].q8;
-                q8k[r] = x[r].q8k;
-            }
+            let (q8, q8k) = (x.map(|row| row.q8), x.map(|row| row.q8k));
             for (group, out) in w
                 .chunks_exact(ROWS * row_bytes)
                 .zip(out.chunks_exact_mut(ROWS))
@@ -63,8 +58,38 @@ macro_rules! group_kernels {
             _mm256_set1_epi32(p.cast::<i32>().read_unaligned())
         }
 
+        /// A block's 32 activations at `values` as the group kernels pair them with their
+        /// weight registers: register 2j holds values 4j..4j + 4 in every lane, register
+        /// 2j + 1 values 16 + 4j.. (a nibble register's low and high halves).
+        ///
+        /// # Safety
+        /// `values` must point at 32 readable bytes.
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn block_activations(values: *const i8) -> [__m256i; 8] {
+            let mut xs = [_mm256_setzero_si256(); 8];
+            for j in 0..4 {
+                // SAFETY: 4j + 4 and 16 + 4j + 4 are within the 32 bytes.
+                unsafe {
+                    xs[2 * j] = broadcast4(values.add(4 * j));
+                    xs[2 * j + 1] = broadcast4(values.add(16 + 4 * j));
+                }
+            }
+            xs
+        }
+
+        /// `acc` plus a block's integer sums scaled by each row's `d` and the activation
+        /// row's scale `dx`.
+        #[inline]
+        #[target_feature(enable = $features)]
+        fn add_scaled(acc: __m256, dot: __m256i, d: __m256, dx: f32) -> __m256 {
+            let scale = _mm256_mul_ps(d, _mm256_set1_ps(dx));
+            _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc)
+        }
+
         /// A group of Q8_0 rows: per block, 8 `d` (f16), then eight registers of signed
-        /// bytes, register j holding values 4j..4j + 4 of each row.
+        /// bytes, register c holding values 4c..4c + 4 of each row (taken in
+        /// [`block_activations`]' order).
         #[inline]
         #[target_feature(enable = $features)]
         fn q8_0_group<const R: usize>(w: &[u8], x: &[Q8Row; R]) -> [__m256; R] {
@@ -79,19 +104,15 @@ macro_rules! group_kernels {
                     let p = w.as_ptr().add(b * BLOCK);
                     let d = _mm256_cvtph_ps(_mm_loadu_si128(p.cast()));
                     let mut q = [_mm256_setzero_si256(); 8];
-                    for (j, q) in q.iter_mut().enumerate() {
-                        *q = signed_weights(load32(p.add(16 + 32 * j)));
+                    for j in 0..4 {
+                        q[2 * j] = signed_weights(load32(p.add(16 + 32 * j)));
+                        q[2 * j + 1] = signed_weights(load32(p.add(16 + 32 * (4 + j))));
                     }
                     for r in 0..R {
-                        let values = x[r].values.as_ptr().add(b * 32);
-                        let mut xs = [_mm256_setzero_si256(); 8];
-                        for (j, xs) in xs.iter_mut().enumerate() {
-                            *xs = broadcast4(values.add(4 * j));
-                        }
+                        let xs = block_activations(x[r].values.as_ptr().add(b * 32));
                         let sum = *x[r].sums.get_unchecked(b);
                         let dot = signed_dots(_mm256_setzero_si256(), &q, &xs, sum);
-                        let scale = _mm256_mul_ps(d, _mm256_set1_ps(*x[r].scales.get_unchecked(b)));
-                        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[r]);
+                        acc[r] = add_scaled(acc[r], dot, d, *x[r].scales.get_unchecked(b));
                     }
                 }
             }
@@ -122,17 +143,11 @@ macro_rules! group_kernels {
                         q[2 * j + 1] = _mm256_and_si256(_mm256_srli_epi16::<4>(bytes), low_nibbles);
                     }
                     for r in 0..R {
-                        let values = x[r].values.as_ptr().add(b * 32);
-                        let mut xs = [_mm256_setzero_si256(); 8];
-                        for j in 0..4 {
-                            xs[2 * j] = broadcast4(values.add(4 * j));
-                            xs[2 * j + 1] = broadcast4(values.add(16 + 4 * j));
-                        }
+                        let xs = block_activations(x[r].values.as_ptr().add(b * 32));
                         // The offset 8 of every weight, through the block sum.
                         let offset = _mm256_set1_epi32(-8 * *x[r].sums.get_unchecked(b));
                         let dot = small_dots::<4>(offset, &q, &xs);
-                        let scale = _mm256_mul_ps(d, _mm256_set1_ps(*x[r].scales.get_unchecked(b)));
-                        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[r]);
+                        acc[r] = add_scaled(acc[r], dot, d, *x[r].scales.get_unchecked(b));
                     }
                 }
             }
@@ -173,17 +188,11 @@ macro_rules! group_kernels {
                         );
                     }
                     for r in 0..R {
-                        let values = x[r].values.as_ptr().add(b * 32);
-                        let mut xs = [_mm256_setzero_si256(); 8];
-                        for j in 0..4 {
-                            xs[2 * j] = broadcast4(values.add(4 * j));
-                            xs[2 * j + 1] = broadcast4(values.add(16 + 4 * j));
-                        }
+                        let xs = block_activations(x[r].values.as_ptr().add(b * 32));
                         // The offset 16 of every weight, through the block sum.
                         let offset = _mm256_set1_epi32(-16 * *x[r].sums.get_unchecked(b));
                         let dot = small_dots::<5>(offset, &q, &xs);
-                        let scale = _mm256_mul_ps(d, _mm256_set1_ps(*x[r].scales.get_unchecked(b)));
-                        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[r]);
+                        acc[r] = add_scaled(acc[r], dot, d, *x[r].scales.get_unchecked(b));
                     }
                 }
             }
@@ -269,12 +278,9 @@ macro_rules! group_kernels {
                                 _mm256_mullo_epi32(byte_of_lanes(mins[s / 4], s % 4), sum);
                             min_dot = _mm256_add_epi32(min_dot, product);
                         }
-                        let dx = _mm256_set1_ps(*x[r].scales.get_unchecked(b));
-                        acc[r] = _mm256_fmadd_ps(
-                            _mm256_cvtepi32_ps(dots[r]),
-                            _mm256_mul_ps(d, dx),
-                            acc[r],
-                        );
+                        let dx = *x[r].scales.get_unchecked(b);
+                        acc[r] = add_scaled(acc[r], dots[r], d, dx);
+                        let dx = _mm256_set1_ps(dx);
                         acc[r] = _mm256_fnmadd_ps(
                             _mm256_cvtepi32_ps(min_dot),
                             _mm256_mul_ps(dmin, dx),
