@@ -137,9 +137,12 @@ impl<M: FromPretrained> PipelineBase<M> {
     /// Load from a repository already opened, for pipelines that also read other files of
     /// it (sentence-transformers modules, a chat template, ...).
     pub fn load(pretrained: &Pretrained, options: &LoadOptions) -> Result<Self> {
+        // The tokenizer first: what its build frees is handed back before the weights are
+        // resident (`Pretrained::tokenizer`), rather than adding to the load's peak.
+        let tokenizer = pretrained.tokenizer()?;
         Ok(Self::new(
             pretrained.load::<M>(options)?,
-            pretrained.tokenizer()?,
+            tokenizer,
             pretrained.config().clone(),
             options.device.clone(),
         ))
