@@ -371,12 +371,18 @@ mod tests {
     #[test]
     fn a_buffer_tail_under_a_huge_page_is_not_advised_huge() {
         let bytes = 4 * HUGE_PAGE + 12_345;
-        assert!(bytes > SHARED_MAX, "the buffer should have a region of its own");
+        assert!(
+            bytes > SHARED_MAX,
+            "the buffer should have a region of its own"
+        );
         let mut buffer = StreamBuffer::<u8>::zeroed(bytes);
         buffer.fill(1);
         let start = buffer.as_ptr() as usize;
         let tail = mapping_flags(start + bytes - 1);
-        assert!(!tail.iter().any(|f| f == "hg"), "tail advised huge: {tail:?}");
+        assert!(
+            !tail.iter().any(|f| f == "hg"),
+            "tail advised huge: {tail:?}"
+        );
         // Where the kernel takes the advice at all, the whole pages have it.
         let head = mapping_flags(start);
         let middle = mapping_flags(start + 4 * HUGE_PAGE - 1);

@@ -102,6 +102,7 @@ macro_rules! group_kernels {
                 // inside it (`check32`).
                 unsafe {
                     let p = w.as_ptr().add(b * BLOCK);
+                    prefetch_ahead(p, BLOCK);
                     let d = _mm256_cvtph_ps(_mm_loadu_si128(p.cast()));
                     let mut q = [_mm256_setzero_si256(); 8];
                     for j in 0..4 {
@@ -133,6 +134,7 @@ macro_rules! group_kernels {
                 // inside it (`check32`).
                 unsafe {
                     let p = w.as_ptr().add(b * BLOCK);
+                    prefetch_ahead(p, BLOCK);
                     let d = _mm256_cvtph_ps(_mm_loadu_si128(p.cast()));
                     // Register 2j: values 4j..4j + 4 of each row (low nibbles); 2j + 1:
                     // values 16 + 4j.. (high nibbles).
@@ -169,6 +171,7 @@ macro_rules! group_kernels {
                 // SAFETY: as in `q4_0_group`.
                 unsafe {
                     let p = w.as_ptr().add(b * BLOCK);
+                    prefetch_ahead(p, BLOCK);
                     let d = _mm256_cvtph_ps(_mm_loadu_si128(p.cast()));
                     let qh = load32(p.add(16));
                     // Register 2j: values 4j..4j + 4 of each row, their fifth bits at bit
@@ -226,6 +229,7 @@ macro_rules! group_kernels {
                 // inside it (`check256`).
                 unsafe {
                     let p = w.as_ptr().add(b * BLOCK);
+                    prefetch_ahead(p, BLOCK);
                     let [a, m, c] = [32, 64, 96].map(|at| load32(p.add(at)));
                     // Byte s of each lane of `scales[0]`: sub-block s's scale; of
                     // `scales[1]`: sub-block 4 + s's (their top two bits in `a`'s bytes);
