@@ -344,25 +344,12 @@ mod tests {
     /// The flags (`VmFlags` of /proc/self/smaps) of the mapping that holds `address`.
     #[cfg(target_os = "linux")]
     fn mapping_flags(address: usize) -> Vec<String> {
-        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-        let mut inside = false;
-        for line in smaps.lines() {
-            if let Some((range, _)) = line.split_once(' ') {
-                if let Some((start, end)) = range.split_once('-') {
-                    if let (Ok(start), Ok(end)) = (
-                        usize::from_str_radix(start, 16),
-                        usize::from_str_radix(end, 16),
-                    ) {
-                        inside = (start..end).contains(&address);
-                        continue;
-                    }
-                }
-            }
-            if let Some(flags) = line.strip_prefix("VmFlags:").filter(|_| inside) {
-                return flags.split_whitespace().map(str::to_string).collect();
-            }
-        }
-        panic!("no mapping holds {address:#x}")
+        let mappings = crate::runtime::smaps::mappings();
+        let Some(mapping) = mappings.iter().find(|m| m.range.contains(&address)) else {
+            panic!("no mapping holds {address:#x}")
+        };
+        let flags = mapping.field("VmFlags").unwrap_or("");
+        flags.split_whitespace().map(str::to_string).collect()
     }
 
     /// A buffer of its own region is advised as huge pages (`hg`) only over the whole 2 MiB

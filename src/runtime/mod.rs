@@ -7,4 +7,6 @@ pub mod allocator;
 #[doc(hidden)]
 pub mod benchmark;
 pub(crate) mod buffer;
+#[cfg(all(test, target_os = "linux"))]
+pub(crate) mod smaps;
 pub mod threads;

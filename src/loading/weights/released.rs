@@ -340,23 +340,19 @@ mod tests {
     /// /proc/self/smaps under each mapping whose line names the file).
     #[cfg(target_os = "linux")]
     fn mapped_rss(path: &std::path::Path) -> usize {
-        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
         let name = path.to_str().unwrap();
-        let mut in_file = false;
-        let mut kilobytes = 0;
-        for line in smaps.lines() {
-            let first = line.split_whitespace().next().unwrap_or("");
-            if first.contains('-') && !first.ends_with(':') {
-                in_file = line.ends_with(name);
-            } else if in_file && first == "Rss:" {
-                kilobytes += line
-                    .split_whitespace()
-                    .nth(1)
+        let kilobytes: usize = crate::runtime::smaps::mappings()
+            .iter()
+            .filter(|m| m.header.ends_with(name))
+            .map(|m| {
+                let rss = m.field("Rss").unwrap();
+                rss.split_whitespace()
+                    .next()
                     .unwrap()
                     .parse::<usize>()
-                    .unwrap();
-            }
-        }
+                    .unwrap()
+            })
+            .sum();
         kilobytes * 1024
     }
 
