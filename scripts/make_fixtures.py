@@ -2372,8 +2372,11 @@ def fnv1a(data: bytes) -> str:
 def llama_cpp_greedy(model: pathlib.Path, prompts: list, new_tokens: int) -> list:
     """llama.cpp's greedy continuation of each prompt (token ids), from llama-server's
     /completion at temperature 0, the end token ignored. The KV cache is f32 (llama.cpp's
-    default is f16), as ours is for f32 activations, so that only the weights' and the
-    products' arithmetic differ."""
+    default is f16), as ours is for f32 activations, and flash attention is off: with it on
+    (the default, `auto`, turns it on for a CPU) llama.cpp casts an f32 cache's keys and values
+    to f16 before attending (src/llama-graph.cpp, `build_attn_mha`), which moved its logits by
+    0.007 to 0.1 from an f32 attention's. So only the weights' and the products' arithmetic
+    differ."""
     import socket
     import time
     import urllib.request
@@ -2383,7 +2386,7 @@ def llama_cpp_greedy(model: pathlib.Path, prompts: list, new_tokens: int) -> lis
         port = probe.getsockname()[1]
     server = subprocess.Popen(
         [str(llama_cpp_tool("llama-server")), "-m", str(model), "--port", str(port), "-c", "512",
-         "-t", "2", "-np", "1", "--cache-type-k", "f32", "--cache-type-v", "f32"],
+         "-t", "2", "-np", "1", "--cache-type-k", "f32", "--cache-type-v", "f32", "-fa", "off"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(600):
@@ -2490,8 +2493,7 @@ def make_gguf_quantized():
         subprocess.run([str(quantize), str(work / "llama-256-f32.gguf"), str(out), "Q4_K_M", "2"],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         files[out.name] = out
-    hashes, greedy = {}, {}
-    prompts = [[856, 40, 300, 12, 77, 5], [856, 600, 601, 9]]
+    hashes = {}
     for name, path in files.items():
         reader = GGUFReader(path)
         hashes[name] = {
@@ -2500,9 +2502,18 @@ def make_gguf_quantized():
                                          .astype("<f4").tobytes())}
             for tensor in reader.tensors
         }
-        greedy[name] = {"prompts": prompts, "tokens": llama_cpp_greedy(path, prompts, 32)}
     (folder / "dequantized.json").write_text(json.dumps(hashes, indent=1) + "\n")
-    (folder / "greedy.json").write_text(json.dumps(greedy) + "\n")
+    make_gguf_greedy()
+
+
+def make_gguf_greedy():
+    """gguf/greedy.json: llama.cpp's greedy continuations of two prompts by each quantized
+    Llama fixture (`make_fixtures.py --only gguf-greedy` remakes it alone, from the files)."""
+    prompts = [[856, 40, 300, 12, 77, 5], [856, 600, 601, 9]]
+    greedy = {name: {"prompts": prompts,
+                     "tokens": llama_cpp_greedy(FIXTURES / "gguf" / name, prompts, 32)}
+              for name in ["llama-q8_0.gguf", "llama-q4_0.gguf", "llama256-q4_k_m.gguf"]}
+    (FIXTURES / "gguf" / "greedy.json").write_text(json.dumps(greedy) + "\n")
 
 
 # Values and bytes per block of the ggml types above (ggml's blck_size and type_size).
@@ -3439,6 +3450,10 @@ def main():
         make_gguf_quantized()
         make_block_quantized_references()
         make_llama_cpp_perplexities()
+        fixture_manifest.write_manifest(FIXTURES)
+        return
+    if sys.argv[1:] == ["--only", "gguf-greedy"]:
+        make_gguf_greedy()
         fixture_manifest.write_manifest(FIXTURES)
         return
     if sys.argv[1:] == ["--only", "gguf-tokenizers"]:

@@ -202,33 +202,27 @@ fn greedy_agreement(name: &str, model: &AutoModelForCausalLM) -> Vec<(usize, usi
         .collect()
 }
 
-/// Greedy tokens against llama.cpp's (`llama-server`, f32 KV cache, temperature 0) on two
-/// prompts, 32 new tokens each. Both engines round every row of activations to int8 blocks
-/// and multiply integers, but their logits still differ by 0.05 to 0.1 on these tiny random
-/// models (summation order, llama.cpp's interleaved rotation, its batched prefill), so a
-/// token whose top two logits are closer than that can go either way: Q8_0's first prompt
-/// turns at its 17th token, where llama.cpp's top two are 0.017 apart. The counts measured
-/// on AVX-512 are the floor (a change that moves our products away from llama.cpp's shows
-/// here); the three ISAs give the same counts. Q8_0's second prompt agrees all the way.
+/// Greedy tokens against llama.cpp's (`llama-server`, f32 KV cache, flash attention off,
+/// temperature 0) on two prompts, 32 new tokens each: identical for every file. Both engines
+/// round every row of activations to int8 blocks and multiply integers; teacher-forced on these
+/// sequences the two engines' logits are within 5e-7 (Q8_0, Q4_0) and 3e-6 (Q4_K_M) of each
+/// other (measured with libllama on AVX2). Two things had moved them 0.05–0.1 apart, and
+/// Q8_0's first prompt to another token at its 17th step: llama.cpp's flash attention, on by
+/// default, casts an f32 cache to f16 (the reference is now made with it off), and our RMS
+/// norm summed its squares in f32 where ggml sums in f64 (`kernels::math::inverse_rms`).
+/// Measured here on AVX2 and portable; the x86 group kernels share their float code.
 #[test]
 fn greedy_tokens_against_llama_cpp() {
-    for (name, floor) in [
-        ("llama-q8_0.gguf", [16, 32]),
-        ("llama-q4_0.gguf", [20, 27]),
-        ("llama256-q4_k_m.gguf", [32, 6]),
-    ] {
+    for name in ["llama-q8_0.gguf", "llama-q4_0.gguf", "llama256-q4_k_m.gguf"] {
         let model = load_gguf_file(name);
         let agreement = greedy_agreement(name, &model);
         eprintln!(
             "{name} ({:?}): {agreement:?} (agreeing, of) new tokens as llama.cpp's",
             kernel_isa()
         );
-        for ((agree, of), floor) in agreement.into_iter().zip(floor) {
+        for (agree, of) in agreement {
             assert_eq!(of, 32, "{name}: llama.cpp's reference has 32 tokens");
-            assert!(
-                agree >= floor,
-                "{name}: {agree} tokens as llama.cpp's, {floor} before"
-            );
+            assert_eq!(agree, of, "{name}: {agree} of {of} tokens as llama.cpp's");
         }
     }
 }

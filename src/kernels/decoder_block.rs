@@ -32,7 +32,7 @@ struct RmsNorm {
 dispatch! {
     /// RMSNorm of one row.
     fn rms_norm_row(isa: Isa, out: &mut [MaybeUninit<f32>], row: &[f32], weight: &[f32], eps: f32) {
-        let inverse = 1.0 / (math::sum_squared_deviations(row, 0.0) / row.len() as f32 + eps).sqrt();
+        let inverse = math::inverse_rms(row, eps);
         for ((out, &x), &w) in out.iter_mut().zip(row).zip(weight) {
             out.write(x * inverse * w);
         }
@@ -243,8 +243,7 @@ dispatch! {
         let mut normed = [0f32; 512];
         let row = match norm {
             Some((weight, eps)) if row.len() <= normed.len() => {
-                let inverse =
-                    1.0 / (math::sum_squared_deviations(row, 0.0) / row.len() as f32 + eps).sqrt();
+                let inverse = math::inverse_rms(row, eps);
                 for ((n, &x), &w) in normed.iter_mut().zip(row).zip(weight) {
                     *n = x * inverse * w;
                 }

@@ -92,6 +92,25 @@ pub fn sum_squared_deviations(values: &[f32], center: f32) -> f32 {
     lane_sum(values, |v| (v - center) * (v - center))
 }
 
+/// `1 / √(mean(v²) + eps)`, as ggml's RMS norm computes it: each square rounded to f32, summed
+/// in f64, the mean rounded to f32. Summed in f32, the mean moved by an ulp on some rows, and
+/// the normed row then rounded to different int8 activations than llama.cpp's on a Q8_0 file
+/// (a 1e-3 change in every later logit of that sequence).
+/// <https://github.com/ggml-org/llama.cpp/blob/0c1e57098bba43ac29e6e3b677cdceebdd22334f/ggml/src/ggml-cpu/ops.cpp#L4140-L4147>
+#[inline(always)]
+pub fn inverse_rms(values: &[f32], eps: f32) -> f32 {
+    let mut lanes = [0f64; 8];
+    let mut chunks = values.chunks_exact(8);
+    for chunk in &mut chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane += f64::from(v * v);
+        }
+    }
+    let tail: f64 = chunks.remainder().iter().map(|&v| f64::from(v * v)).sum();
+    let mean = ((lanes.iter().sum::<f64>() + tail) / values.len() as f64) as f32;
+    1.0 / (mean + eps).sqrt()
+}
+
 /// Maximum with 16 independent lanes.
 #[inline(always)]
 pub fn max(values: &[f32]) -> f32 {
@@ -107,4 +126,50 @@ pub fn max(values: &[f32]) -> f32 {
         .iter()
         .chain(lanes.iter())
         .fold(f32::NEG_INFINITY, |a, &b| a.max(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// ggml's RMS scale of one row, as its loop computes it (in order, in f64).
+    fn ggml_inverse_rms(values: &[f32], eps: f32) -> f32 {
+        let mut sum = 0f64;
+        for &v in values {
+            sum += f64::from(v * v);
+        }
+        let mean = (sum / values.len() as f64) as f32;
+        1.0 / (mean + eps).sqrt()
+    }
+
+    /// `inverse_rms` gives ggml's bits on rows of widths with and without a tail, where the f32
+    /// sum it replaced does not on some of them.
+    #[test]
+    fn inverse_rms_is_ggmls_bit_for_bit() {
+        let mut state = 0x2545_f491_u32;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            (state as f32 / u32::MAX as f32 - 0.5) * 6.0
+        };
+        let mut f32_sum_differs = 0;
+        for width in [64, 896, 2048, 3 * 64 + 5] {
+            for _ in 0..200 {
+                let row: Vec<f32> = (0..width).map(|_| next()).collect();
+                let expected = ggml_inverse_rms(&row, 1e-5);
+                assert!(expected.is_finite());
+                assert_eq!(
+                    inverse_rms(&row, 1e-5).to_bits(),
+                    expected.to_bits(),
+                    "{width}"
+                );
+                let f32_sum =
+                    1.0 / (sum_squared_deviations(&row, 0.0) / width as f32 + 1e-5).sqrt();
+                f32_sum_differs += usize::from(f32_sum.to_bits() != expected.to_bits());
+            }
+        }
+        assert!(f32_sum_differs > 0, "no row tells the two sums apart");
+        eprintln!("{f32_sum_differs} of 800 rows differ with an f32 sum");
+    }
 }
