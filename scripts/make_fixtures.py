@@ -32,7 +32,10 @@ Layout:
     tests/fixtures/gemma3/sentence-transformers/ EmbeddingGemma's layout (bidirectional Gemma 3,
                                         mean pooling, two Dense, Normalize, prompts) with hidden
                                         states and `encode` outputs; gemma3/causal/ the same
-                                        weights as a causal model (`--only gemma3-embedding`)
+                                        weights as a causal model (`--only gemma3-embedding`);
+                                        gemma3/{transformers5,causal-transformers5}/ both configs as
+                                        transformers 5.25.0 saves them (`rope_parameters` by layer
+                                        type) with its hidden states (`--only gemma3-transformers5`)
     tests/fixtures/gte/<head>/, tests/fixtures/nomic_bert/<head>/ transformers 5.25.0's GTE and
                                         NomicBERT (base, configs as the Hub writes them,
                                         sentence-transformers/) with `--only rotary-berts`, their
@@ -1987,8 +1990,11 @@ def make_gemma3_embedding():
     for dense in (st[2], st[3]):
         randomise(dense)
     out = FIXTURES / "gemma3"
-    if out.exists():
-        shutil.rmtree(out)
+    # Its own folders only: gemma3/*transformers5 come from transformers 5
+    # (make_gemma3_transformers5, which reads these; rerun it after this).
+    for name in ("sentence-transformers", "causal"):
+        if (out / name).exists():
+            shutil.rmtree(out / name)
     folder = out / "sentence-transformers"
     st.save(str(folder))
     shutil.rmtree(work)
@@ -2042,6 +2048,56 @@ def make_gemma3_embedding():
     reference["last_hidden_state"] = hidden.contiguous()
     save_file(reference, causal / "reference.safetensors")
     (causal / "inputs.json").write_text(json.dumps(GEMMA3_INPUTS, ensure_ascii=False, indent=1))
+
+
+def make_gemma3_transformers5():
+    """gemma3/{transformers5,causal-transformers5}: the configs of gemma3/sentence-transformers
+    and gemma3/causal as transformers 5 writes them (`rope_parameters` keyed by layer type:
+    `full_attention` with rope_theta and the causal one's linear scaling, `sliding_attention`
+    with the local base; no rope_theta, rope_scaling or rope_local_base_freq), each loaded by
+    transformers 5.25.0 from transformers 4's config and saved again, with the hidden states
+    transformers 5 gives for the same weights on the same batch, which must be transformers
+    4's (asserted here). Only config.json, inputs.json and reference.safetensors: the test puts
+    the embedder's weights beside them. Needs transformers 5 (the comment above
+    ROTARY_BERT_INPUTS); `--only gemma3-transformers5`."""
+    import transformers
+    from transformers import Gemma3TextModel
+
+    if not transformers.__version__.startswith("5."):
+        sys.exit(f"--only gemma3-transformers5 needs transformers 5; this is "
+                 f"{transformers.__version__}: see the comment above ROTARY_BERT_INPUTS")
+    gemma3 = FIXTURES / "gemma3"
+    weights = gemma3 / "sentence-transformers" / "model.safetensors"
+    for source, target in [("sentence-transformers", "transformers5"),
+                           ("causal", "causal-transformers5")]:
+        old = load_file(gemma3 / source / "reference.safetensors")
+        work = pathlib.Path(tempfile.mkdtemp())
+        shutil.copy(gemma3 / source / "config.json", work / "config.json")
+        shutil.copy(weights, work / "model.safetensors")
+        model = Gemma3TextModel.from_pretrained(work, attn_implementation="eager").eval()
+        folder = gemma3 / target
+        if folder.exists():
+            shutil.rmtree(folder)
+        model.save_pretrained(folder)
+        (folder / "model.safetensors").unlink()
+        saved = json.loads((folder / "config.json").read_text())
+        assert "rope_theta" not in saved and "rope_scaling" not in saved, saved
+        assert set(saved["rope_parameters"]) == {"full_attention", "sliding_attention"}, saved
+        # Loaded again from what it saved, as a user's transformers 5 checkpoint is.
+        shutil.copy(folder / "config.json", work / "config.json")
+        model = Gemma3TextModel.from_pretrained(work, attn_implementation="eager").eval()
+        shutil.rmtree(work)
+        with torch.no_grad():
+            hidden = model(input_ids=old["input_ids"],
+                           attention_mask=old["attention_mask"]).last_hidden_state
+        real = old["attention_mask"].bool()
+        gap = (hidden - old["last_hidden_state"])[real].abs().max().item()
+        assert gap <= 1e-5, f"{target}: transformers 5 differs from 4 by {gap}"
+        print(f"gemma3/{target}: transformers 5 against 4, max abs gap {gap:.1e}")
+        reference = {k: v.contiguous() for k, v in old.items() if k != "last_hidden_state"}
+        reference["last_hidden_state"] = hidden.contiguous()
+        save_file(reference, folder / "reference.safetensors")
+        shutil.copy(gemma3 / source / "inputs.json", folder / "inputs.json")
 
 
 def make_qwen3_reranker():
@@ -2705,7 +2761,7 @@ def make_modernbert():
 #     PYTHONPATH=DIR python3 scripts/make_fixtures.py --only rotary-berts
 # (httpx2's own dependencies, httpcore2, truststore and h11, are not in the pinned environment:
 # without them `import transformers` fails.) `--only rotary-bert-heads` remakes the task heads
-# alone.
+# alone, `--only gemma3-transformers5` Gemma 3's configs as transformers 5 writes them.
 # Both save their weights under the original checkpoints' names (`qkv_proj`, `up_gate_proj`,
 # `attn_ln` for GTE's `new`; `Wqkv`, `fc11`/`fc12`, `norm1` for Nomic's), as the Hub holds them.
 ROTARY_BERT_INPUTS = [
@@ -3586,6 +3642,11 @@ def main():
     if sys.argv[1:] == ["--only", "rotary-bert-heads"]:
         # GTE's and NomicBERT's task heads alone (transformers 5; see make_rotary_bert_heads).
         make_rotary_bert_heads()
+        fixture_manifest.write_manifest(FIXTURES)
+        return
+    if sys.argv[1:] == ["--only", "gemma3-transformers5"]:
+        # Gemma 3's configs as transformers 5 writes them (see make_gemma3_transformers5).
+        make_gemma3_transformers5()
         fixture_manifest.write_manifest(FIXTURES)
         return
     if sys.argv[1:] == ["--only", "training-metrics"]:
