@@ -32,7 +32,16 @@ Layout:
     tests/fixtures/gemma3/sentence-transformers/ EmbeddingGemma's layout (bidirectional Gemma 3,
                                         mean pooling, two Dense, Normalize, prompts) with hidden
                                         states and `encode` outputs; gemma3/causal/ the same
-                                        weights as a causal model (`--only gemma3-embedding`)
+                                        weights as a causal model (`--only gemma3-embedding`);
+                                        gemma3/{transformers5,causal-transformers5}/ both configs as
+                                        transformers 5.25.0 saves them (`rope_parameters` by layer
+                                        type) with its hidden states (`--only gemma3-transformers5`)
+    tests/fixtures/gte/<head>/, tests/fixtures/nomic_bert/<head>/ transformers 5.25.0's GTE and
+                                        NomicBERT (base, configs as the Hub writes them,
+                                        sentence-transformers/) with `--only rotary-berts`, their
+                                        task heads (masked-lm, token-classification, NomicBERT's
+                                        sequence-classification; transformers' pipeline outputs in
+                                        pipeline.json) with it or alone by `--only rotary-bert-heads`
     tests/fixtures/xlm-roberta/bge-m3/  BGE-M3's sparse and ColBERT heads over xlm-roberta/base, with
                                         FlagEmbedding's outputs in reference.json (`--only bge-m3`)
     tests/fixtures/qwen3/reranker/      Qwen3-Reranker's layout with the model card's yes/no
@@ -1981,8 +1990,11 @@ def make_gemma3_embedding():
     for dense in (st[2], st[3]):
         randomise(dense)
     out = FIXTURES / "gemma3"
-    if out.exists():
-        shutil.rmtree(out)
+    # Its own folders only: gemma3/*transformers5 come from transformers 5
+    # (make_gemma3_transformers5, which reads these; rerun it after this).
+    for name in ("sentence-transformers", "causal"):
+        if (out / name).exists():
+            shutil.rmtree(out / name)
     folder = out / "sentence-transformers"
     st.save(str(folder))
     shutil.rmtree(work)
@@ -2036,6 +2048,56 @@ def make_gemma3_embedding():
     reference["last_hidden_state"] = hidden.contiguous()
     save_file(reference, causal / "reference.safetensors")
     (causal / "inputs.json").write_text(json.dumps(GEMMA3_INPUTS, ensure_ascii=False, indent=1))
+
+
+def make_gemma3_transformers5():
+    """gemma3/{transformers5,causal-transformers5}: the configs of gemma3/sentence-transformers
+    and gemma3/causal as transformers 5 writes them (`rope_parameters` keyed by layer type:
+    `full_attention` with rope_theta and the causal one's linear scaling, `sliding_attention`
+    with the local base; no rope_theta, rope_scaling or rope_local_base_freq), each loaded by
+    transformers 5.25.0 from transformers 4's config and saved again, with the hidden states
+    transformers 5 gives for the same weights on the same batch, which must be transformers
+    4's (asserted here). Only config.json, inputs.json and reference.safetensors: the test puts
+    the embedder's weights beside them. Needs transformers 5 (the comment above
+    ROTARY_BERT_INPUTS); `--only gemma3-transformers5`."""
+    import transformers
+    from transformers import Gemma3TextModel
+
+    if not transformers.__version__.startswith("5."):
+        sys.exit(f"--only gemma3-transformers5 needs transformers 5; this is "
+                 f"{transformers.__version__}: see the comment above ROTARY_BERT_INPUTS")
+    gemma3 = FIXTURES / "gemma3"
+    weights = gemma3 / "sentence-transformers" / "model.safetensors"
+    for source, target in [("sentence-transformers", "transformers5"),
+                           ("causal", "causal-transformers5")]:
+        old = load_file(gemma3 / source / "reference.safetensors")
+        work = pathlib.Path(tempfile.mkdtemp())
+        shutil.copy(gemma3 / source / "config.json", work / "config.json")
+        shutil.copy(weights, work / "model.safetensors")
+        model = Gemma3TextModel.from_pretrained(work, attn_implementation="eager").eval()
+        folder = gemma3 / target
+        if folder.exists():
+            shutil.rmtree(folder)
+        model.save_pretrained(folder)
+        (folder / "model.safetensors").unlink()
+        saved = json.loads((folder / "config.json").read_text())
+        assert "rope_theta" not in saved and "rope_scaling" not in saved, saved
+        assert set(saved["rope_parameters"]) == {"full_attention", "sliding_attention"}, saved
+        # Loaded again from what it saved, as a user's transformers 5 checkpoint is.
+        shutil.copy(folder / "config.json", work / "config.json")
+        model = Gemma3TextModel.from_pretrained(work, attn_implementation="eager").eval()
+        shutil.rmtree(work)
+        with torch.no_grad():
+            hidden = model(input_ids=old["input_ids"],
+                           attention_mask=old["attention_mask"]).last_hidden_state
+        real = old["attention_mask"].bool()
+        gap = (hidden - old["last_hidden_state"])[real].abs().max().item()
+        assert gap <= 1e-5, f"{target}: transformers 5 differs from 4 by {gap}"
+        print(f"gemma3/{target}: transformers 5 against 4, max abs gap {gap:.1e}")
+        reference = {k: v.contiguous() for k, v in old.items() if k != "last_hidden_state"}
+        reference["last_hidden_state"] = hidden.contiguous()
+        save_file(reference, folder / "reference.safetensors")
+        shutil.copy(gemma3 / source / "inputs.json", folder / "inputs.json")
 
 
 def make_qwen3_reranker():
@@ -2706,8 +2768,11 @@ def make_modernbert():
 # one and put first on the path:
 #     python3 -m pip install --target DIR --no-deps transformers==5.25.0 "huggingface-hub>=2.4,<3" \
 #         "tokenizers>=0.23.1,<0.24" "kernels>=0.19.1,<0.20" typer "httpx2>=2,<3" "click>=8.4.2,<9" \
-#         "hf-xet>=1.6,<2" tomlkit
+#         "hf-xet>=1.6,<2" tomlkit httpcore2 truststore h11
 #     PYTHONPATH=DIR python3 scripts/make_fixtures.py --only rotary-berts
+# (httpx2's own dependencies, httpcore2, truststore and h11, are not in the pinned environment:
+# without them `import transformers` fails.) `--only rotary-bert-heads` remakes the task heads
+# alone, `--only gemma3-transformers5` Gemma 3's configs as transformers 5 writes them.
 # Both save their weights under the original checkpoints' names (`qkv_proj`, `up_gate_proj`,
 # `attn_ln` for GTE's `new`; `Wqkv`, `fc11`/`fc12`, `norm1` for Nomic's), as the Hub holds them.
 ROTARY_BERT_INPUTS = [
@@ -2788,7 +2853,8 @@ def make_rotary_berts():
     - gte/sequence-classification: `GteForSequenceClassification` (pooler and classifier, as
       GTE's rerankers), keys under `gte.`.
     - nomic_bert/original-config: nomic_bert/base's weights with the config as Nomic's
-      checkpoints write it (`n_embd`, `rotary_emb_base`, `activation_function: swiglu`)."""
+      checkpoints write it (`n_embd`, `rotary_emb_base`, `activation_function: swiglu`).
+    Then the task heads (make_rotary_bert_heads)."""
     import transformers
     from transformers import (GteConfig, GteForSequenceClassification, GteModel, NomicBertConfig,
                               NomicBertModel)
@@ -2899,6 +2965,93 @@ def make_rotary_berts():
     rotary_bert_sentence_transformers(nomic / "base", nomic / "sentence-transformers", "mean",
                                       prompts={"query": "search_query: ",
                                                "document": "search_document: "})
+    make_rotary_bert_heads()
+
+
+# The task heads' inputs: the fill-mask input and a shorter one (a masked LM's reference is
+# vocabulary-wide at every position, so its batch stays short); the classifiers get a third,
+# and NomicBERT's a pair.
+ROTARY_BERT_HEAD_INPUTS = ["The capital of France is [MASK].", "a"]
+GTE_CLASSIFIER_INPUTS = ROTARY_BERT_HEAD_INPUTS + ["Hello, world!"]
+NOMIC_HEAD_INPUTS = GTE_CLASSIFIER_INPUTS + [["Who wrote the book?", "The people of the city."]]
+NER_LABELS = {0: "O", 1: "B-PER", 2: "I-PER", 3: "B-LOC", 4: "I-LOC"}
+
+
+def rotary_bert_pipeline_reference(folder: pathlib.Path, task: str):
+    """transformers' pipeline for `task` on the checkpoint in `folder`, its outputs in
+    folder/pipeline.json (as make_pipeline_references writes pipelines.json)."""
+    from transformers import pipeline
+
+    pipe = pipeline(task, model=str(folder))
+    if task == "fill-mask":
+        text = ROTARY_BERT_HEAD_INPUTS[0]
+        reference = {"text": text, "default": to_plain(pipe(text)),
+                     "top_k_3": to_plain(pipe(text, top_k=3))}
+    elif task == "token-classification":
+        reference = {"texts": NER_TEXTS, **{
+            strategy: to_plain([pipe(t, aggregation_strategy=strategy) for t in NER_TEXTS])
+            for strategy in ["none", "simple", "first", "average", "max"]}}
+    else:
+        texts = ["The quick brown fox.", "Hello, world!", "a"]
+        reference = {"texts": texts, "top_1": to_plain([pipe(t) for t in texts]),
+                     "all": to_plain([pipe(t, top_k=None) for t in texts])}
+    (folder / "pipeline.json").write_text(json.dumps(reference, ensure_ascii=False))
+
+
+def make_rotary_bert_heads():
+    """The task heads transformers 5.25.0 defines for GTE and NomicBERT, each a tiny random
+    model (hidden 16, two heads of 8: the logits of a masked LM span the vocabulary) with its
+    reference on a right-padded batch and transformers' pipeline outputs (pipeline.json):
+    - gte/{masked-lm,token-classification}: `GteForMaskedLM` (`lm_head`: dense, exact GELU,
+      layer norm, decoder tied to the word embeddings) and `GteForTokenClassification`;
+    - nomic_bert/{masked-lm,sequence-classification,token-classification}:
+      `NomicBertForMaskedLM` (BERT's `cls.predictions`), `NomicBertForSequenceClassification`
+      (pooler and classifier) and `NomicBertForTokenClassification`.
+    Remade alone by `--only rotary-bert-heads`; needs transformers 5, as make_rotary_berts."""
+    import transformers
+    from transformers import (GteConfig, GteForMaskedLM, GteForTokenClassification,
+                              NomicBertConfig, NomicBertForMaskedLM,
+                              NomicBertForSequenceClassification, NomicBertForTokenClassification)
+
+    if not transformers.__version__.startswith("5."):
+        sys.exit(f"--only rotary-bert-heads needs transformers 5; this is "
+                 f"{transformers.__version__}: see the comment above ROTARY_BERT_INPUTS")
+    tokenizer = BertTokenizerFast.from_pretrained(str(FIXTURES / "bert" / "base"))
+    common = dict(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=2,
+                  num_attention_heads=2, intermediate_size=24, max_position_embeddings=64,
+                  initializer_range=0.1, pad_token_id=0,
+                  rope_parameters={"rope_type": "default", "rope_theta": 5000.0})
+    heads = [
+        ("gte", "masked-lm", GteForMaskedLM, GteConfig(**common, type_vocab_size=1), 920,
+         ROTARY_BERT_HEAD_INPUTS, "fill-mask"),
+        ("gte", "token-classification", GteForTokenClassification,
+         GteConfig(**common, type_vocab_size=1, id2label=NER_LABELS), 921,
+         GTE_CLASSIFIER_INPUTS, "token-classification"),
+        ("nomic_bert", "masked-lm", NomicBertForMaskedLM,
+         NomicBertConfig(**common, type_vocab_size=2), 930, ROTARY_BERT_HEAD_INPUTS,
+         "fill-mask"),
+        ("nomic_bert", "sequence-classification", NomicBertForSequenceClassification,
+         NomicBertConfig(**common, type_vocab_size=2,
+                         id2label={0: "negative", 1: "neutral", 2: "positive"}), 931,
+         NOMIC_HEAD_INPUTS, "text-classification"),
+        ("nomic_bert", "token-classification", NomicBertForTokenClassification,
+         NomicBertConfig(**common, type_vocab_size=2, id2label=NER_LABELS), 932,
+         NOMIC_HEAD_INPUTS, "token-classification"),
+    ]
+    for family, head, cls, config, seed, inputs, task in heads:
+        folder = FIXTURES / family / head
+        if folder.exists():
+            shutil.rmtree(folder)
+        torch.manual_seed(seed)
+        model = cls._from_config(config, attn_implementation="eager")
+        randomise(model)
+        model.eval()
+        batch = encode_padded(tokenizer, inputs)
+        if family == "gte":
+            # GTE's tokenizers give no segment ids; its config has one token type.
+            batch["token_type_ids"].zero_()
+        save_rotary_bert(model, folder, inputs, batch)
+        rotary_bert_pipeline_reference(folder, task)
 
 
 
@@ -3499,6 +3652,16 @@ def main():
     if sys.argv[1:] == ["--only", "rotary-berts"]:
         # GTE and NomicBERT alone (they need transformers 5; see make_rotary_berts).
         make_rotary_berts()
+        fixture_manifest.write_manifest(FIXTURES)
+        return
+    if sys.argv[1:] == ["--only", "rotary-bert-heads"]:
+        # GTE's and NomicBERT's task heads alone (transformers 5; see make_rotary_bert_heads).
+        make_rotary_bert_heads()
+        fixture_manifest.write_manifest(FIXTURES)
+        return
+    if sys.argv[1:] == ["--only", "gemma3-transformers5"]:
+        # Gemma 3's configs as transformers 5 writes them (see make_gemma3_transformers5).
+        make_gemma3_transformers5()
         fixture_manifest.write_manifest(FIXTURES)
         return
     if sys.argv[1:] == ["--only", "training-metrics"]:

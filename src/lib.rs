@@ -74,7 +74,9 @@ pub use models::distilbert::{
 };
 pub use models::gemma3::{Gemma3TextConfig, Gemma3TextModel};
 pub use models::gpt2::{Gpt2Config, Gpt2ForSequenceClassification, Gpt2LMHeadModel, Gpt2Model};
-pub use models::gte::{GteConfig, GteForSequenceClassification, GteModel};
+pub use models::gte::{
+    GteConfig, GteForMaskedLM, GteForSequenceClassification, GteForTokenClassification, GteModel,
+};
 pub use models::llama::{LlamaConfig, LlamaForCausalLM, LlamaModel};
 pub use models::modernbert::{
     ModernBertConfig, ModernBertForMaskedLM, ModernBertForSequenceClassification,
@@ -84,7 +86,10 @@ pub use models::mpnet::{
     MpNetConfig, MpNetForMaskedLM, MpNetForQuestionAnswering, MpNetForSequenceClassification,
     MpNetForTokenClassification, MpNetModel,
 };
-pub use models::nomic_bert::{NomicBertConfig, NomicBertModel};
+pub use models::nomic_bert::{
+    NomicBertConfig, NomicBertForMaskedLM, NomicBertForSequenceClassification,
+    NomicBertForTokenClassification, NomicBertModel,
+};
 pub use models::pooling::{l2_normalize, Pooling, SpladeActivation, SpladePooling, SpladeStrategy};
 pub use models::pretrained::{FromPretrained, LoadOptions, Pretrained};
 pub use models::roberta::{

@@ -8,7 +8,9 @@
 //! attention's hidden states on a right-padded batch, and `SentenceTransformer.encode`.
 //! tests/fixtures/gemma3/causal holds the hidden states of the same weights as a causal model
 //! (and linear rope scaling on the full layer, and an `attn_logit_softcapping` transformers
-//! does not apply).
+//! does not apply). tests/fixtures/gemma3/{transformers5,causal-transformers5} hold both
+//! configs as transformers 5.25.0 saves them (`rope_parameters` keyed by layer type) and the
+//! hidden states transformers 5 gives with them (`--only gemma3-transformers5`).
 
 mod common;
 
@@ -24,6 +26,8 @@ use serde_json::Value;
 
 const EMBEDDER: &str = "gemma3/sentence-transformers";
 const CAUSAL: &str = "gemma3/causal";
+const EMBEDDER_TRANSFORMERS5: &str = "gemma3/transformers5";
+const CAUSAL_TRANSFORMERS5: &str = "gemma3/causal-transformers5";
 
 /// f32 hidden states against PyTorch's f32: the brief's bar.
 const F32_TOLERANCE: f32 = 1e-4;
@@ -357,5 +361,135 @@ fn reduced_precision_weights_stay_within_their_bars() {
             .last_hidden_state;
         let error = assert_real_positions_close(&hidden, EMBEDDER, tolerance);
         eprintln!("{weight_type:?}: max abs error {error:.2e} (bar {tolerance:.1e})");
+    }
+}
+
+/// Both configs as transformers 5 saves them: `rope_parameters` keyed by layer type in place
+/// of `rope_theta`, `rope_scaling` and `rope_local_base_freq`, the same hidden states (measured
+/// 3.6e-6 bidirectional, 2.7e-6 causal, as with transformers 4's configs).
+#[test]
+fn transformers_5_configs_give_the_same_hidden_states() {
+    for (name, earlier) in [
+        (EMBEDDER_TRANSFORMERS5, EMBEDDER),
+        (CAUSAL_TRANSFORMERS5, CAUSAL),
+    ] {
+        let config = fixture_json(&format!("{name}/config.json"));
+        fixture_sanity(
+            config["transformers_version"] == "5.25.0"
+                && config.get("rope_theta").is_none()
+                && config.get("rope_scaling").is_none()
+                && config.get("rope_local_base_freq").is_none()
+                && config["rope_parameters"]["full_attention"].is_object()
+                && config["rope_parameters"]["sliding_attention"].is_object(),
+            "transformers 5's config keeps the rotations in rope_parameters alone",
+        );
+        let folder = with_config(&config);
+        let model = load_from(folder.path(), WeightType::F32).unwrap();
+        check(&model, name);
+        // transformers 4's reference too: the two versions agree (make_fixtures asserts 1e-5).
+        let hidden = model
+            .forward(&reference_input(&reference(earlier)))
+            .unwrap()
+            .last_hidden_state;
+        assert_real_positions_close(&hidden, earlier, F32_TOLERANCE);
+    }
+    let causal = fixture_json(&format!("{CAUSAL_TRANSFORMERS5}/config.json"));
+    fixture_sanity(
+        causal["rope_parameters"]["full_attention"]["rope_type"] == "linear",
+        "the causal config scales the full layers",
+    );
+}
+
+/// Each entry of `rope_parameters` is read for its own layers: another base for the sliding
+/// layers, or no scaling on the full one, gives other hidden states.
+#[test]
+fn each_rope_parameters_entry_changes_its_layers() {
+    let reference = reference(CAUSAL_TRANSFORMERS5);
+    let len = lengths(&reference)[0];
+    for (entry, field, value) in [
+        ("sliding_attention", "rope_theta", Value::from(100.0)),
+        ("full_attention", "rope_type", Value::from("default")),
+    ] {
+        let mut config = fixture_json(&format!("{CAUSAL_TRANSFORMERS5}/config.json"));
+        config["rope_parameters"][entry][field] = value;
+        let folder = with_config(&config);
+        let hidden = load_from(folder.path(), WeightType::F32)
+            .unwrap()
+            .forward(&reference_input(&reference))
+            .unwrap()
+            .last_hidden_state;
+        let difference = max_abs_diff(
+            &row(&hidden, 0, Some(len)),
+            &row(&reference["last_hidden_state"], 0, Some(len)),
+        );
+        assert!(
+            difference > 1e-2,
+            "{entry}.{field} changed the output by only {difference:e}"
+        );
+    }
+}
+
+/// The reference batch padded on the left: the pad id before each input, its mask 0 there.
+fn left_padded(reference: &std::collections::HashMap<String, Tensor>) -> ferroformers::ModelInput {
+    let (ids, _) = ids_and_mask(reference);
+    let ids = ids.to_vec2::<u32>().unwrap();
+    let pad = fixture_json(&format!("{EMBEDDER}/config.json"))["pad_token_id"]
+        .as_u64()
+        .unwrap() as u32;
+    let lengths = lengths(reference);
+    let seq = ids[0].len();
+    let (mut input_ids, mut mask) = (Vec::new(), Vec::new());
+    for (row, &len) in ids.iter().zip(&lengths) {
+        input_ids.extend(std::iter::repeat_n(pad, seq - len).chain(row[..len].iter().copied()));
+        mask.extend(std::iter::repeat_n(0u32, seq - len).chain(std::iter::repeat_n(1, len)));
+    }
+    let tensor = |values: Vec<u32>| {
+        Tensor::from_vec(values, (ids.len(), seq), &ferroformers::Device::Cpu).unwrap()
+    };
+    ferroformers::ModelInput {
+        input_ids: tensor(input_ids),
+        attention_mask: Some(tensor(mask)),
+        token_type_ids: None,
+    }
+}
+
+/// A batch padded on the left gives each input's hidden states as it gives them alone, within
+/// BATCH_TOLERANCE, bidirectional and causal: positions count from 0 over the padding, as
+/// transformers counts them, and rotary attention depends on distances alone, so the shift
+/// changes only rounding; the padding is hidden from every real query. Measured: 4.4e-6
+/// bidirectional, 2.0e-6 causal (2.7e-6 and 2.6e-6 on candle's ops).
+#[test]
+fn left_padding_gives_each_row_as_alone() {
+    for name in [EMBEDDER, CAUSAL] {
+        let reference = reference(name);
+        let lengths = lengths(&reference);
+        let seq = reference["input_ids"].dim(1).unwrap();
+        fixture_sanity(
+            lengths.iter().any(|&len| len + 4 < seq),
+            "an input with more padding than the sliding window",
+        );
+        let config = fixture_json(&format!("{name}/config.json"));
+        let folder = with_config(&config);
+        let model = load_from(folder.path(), WeightType::F32).unwrap();
+        let batch = model
+            .forward(&left_padded(&reference))
+            .unwrap()
+            .last_hidden_state;
+        let mut worst = 0f32;
+        for (i, &len) in lengths.iter().enumerate() {
+            let alone = model
+                .forward(&single_input(&reference, i, len))
+                .unwrap()
+                .last_hidden_state;
+            let ours = real_positions(&batch, i, len);
+            let error = max_abs_diff(&ours, &alone);
+            assert!(
+                error <= BATCH_TOLERANCE,
+                "{name} input {i}: left-padded row against alone {error:e} exceeds \
+                 {BATCH_TOLERANCE:e}"
+            );
+            worst = worst.max(error);
+        }
+        eprintln!("{name}: left padding against alone, max abs error {worst:.2e}");
     }
 }

@@ -9,16 +9,26 @@
 //!   NTK rotary scaling and no token types, its reference made with those frequencies;
 //! - `gte/sequence-classification`: pooler and classifier, as GTE's rerankers;
 //! - `nomic_bert/base` and `nomic_bert/original-config`: one model, with transformers 5's config
-//!   and with Nomic's (`n_embd`, `rotary_emb_base`, `activation_function: swiglu`).
+//!   and with Nomic's (`n_embd`, `rotary_emb_base`, `activation_function: swiglu`);
+//! - the task heads transformers 5.25.0 defines (`--only rotary-bert-heads`):
+//!   `gte/{masked-lm,token-classification}` and
+//!   `nomic_bert/{masked-lm,sequence-classification,token-classification}`, each with
+//!   transformers' pipeline outputs on it (`pipeline.json`).
 
 mod common;
 
 use common::*;
-use ferroformers::pipelines::{EmbeddingsOptions, EmbeddingsPipeline, Pipeline, Prompt};
+use ferroformers::pipelines::{
+    EmbeddingsOptions, EmbeddingsPipeline, FillMaskOptions, FillMaskPipeline, Pipeline, Prompt,
+    TextClassificationOptions, TextClassificationPipeline, TokenClassificationOptions,
+    TokenClassificationPipeline,
+};
 use ferroformers::{
-    AutoModel, AutoModelForSequenceClassification, Error, FromPretrained,
-    GteForSequenceClassification, GteModel, HubOptions, LoadOptions, ModelConfig, ModelInput,
-    NomicBertModel, Tensor, WeightType,
+    AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification,
+    AutoModelForTokenClassification, Error, FromPretrained, GteForMaskedLM,
+    GteForSequenceClassification, GteForTokenClassification, GteModel, HubOptions, LoadOptions,
+    ModelConfig, ModelInput, NomicBertForMaskedLM, NomicBertForSequenceClassification,
+    NomicBertForTokenClassification, NomicBertModel, Tensor, TextInput, WeightType,
 };
 use serde_json::Value;
 
@@ -29,6 +39,8 @@ const F32_TOLERANCE: f32 = 1e-4;
 const BATCH_TOLERANCE: f32 = 1e-5;
 /// sentence-transformers' `encode` against ours, on unit-length embeddings: the brief's bar.
 const ENCODE_TOLERANCE: f32 = 1e-5;
+/// Pipeline scores (probabilities) against transformers' pipelines, as tests/pipelines.rs.
+const SCORE_TOLERANCE: f64 = 1e-4;
 
 fn options(weight_type: WeightType) -> LoadOptions {
     LoadOptions::default()
@@ -372,4 +384,241 @@ fn reduced_precision_weights_stay_within_their_bars() {
             );
         }
     }
+}
+
+// The task heads, each against PyTorch within F32_TOLERANCE and alone against its row of the
+// batch within BATCH_TOLERANCE (`check`). Measured on x86-64 (AVX2; candle's ops alike): logits
+// within 8.3e-7 (gte/masked-lm), 2.8e-7 (gte/token-classification), 6.0e-7
+// (nomic_bert/masked-lm), 6.0e-8 (nomic_bert/sequence-classification) and 4.8e-7
+// (nomic_bert/token-classification).
+
+#[test]
+fn gte_masked_lm_matches_pytorch() {
+    let config = fixture_json("gte/masked-lm/config.json");
+    fixture_sanity(
+        config["architectures"][0] == "GteForMaskedLM",
+        "gte/masked-lm is transformers 5's GteForMaskedLM",
+    );
+    let model: GteForMaskedLM = load("gte/masked-lm");
+    check("gte/masked-lm", |input| model.forward(input).unwrap());
+}
+
+#[test]
+fn gte_token_classification_matches_pytorch() {
+    let model: GteForTokenClassification = load("gte/token-classification");
+    check("gte/token-classification", |input| {
+        model.forward(input).unwrap()
+    });
+}
+
+#[test]
+fn nomic_bert_masked_lm_matches_pytorch() {
+    let model: NomicBertForMaskedLM = load("nomic_bert/masked-lm");
+    check("nomic_bert/masked-lm", |input| {
+        model.forward(input).unwrap()
+    });
+}
+
+#[test]
+fn nomic_bert_sequence_classification_matches_pytorch() {
+    let model: NomicBertForSequenceClassification = load("nomic_bert/sequence-classification");
+    check("nomic_bert/sequence-classification", |input| {
+        model.forward(input).unwrap()
+    });
+}
+
+#[test]
+fn nomic_bert_token_classification_matches_pytorch() {
+    let model: NomicBertForTokenClassification = load("nomic_bert/token-classification");
+    check("nomic_bert/token-classification", |input| {
+        model.forward(input).unwrap()
+    });
+    let types = reference("nomic_bert/token-classification")["token_type_ids"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<i64>()
+        .unwrap();
+    fixture_sanity(
+        types.contains(&1),
+        "a pair in the batch gives segment ids of 1",
+    );
+}
+
+/// transformers 5 saves the masked LMs without their decoder weight (tied to the word
+/// embeddings), so the comparisons above go through the tie; a checkpoint that holds the
+/// weight uses its own: the same file with a zeroed decoder gives logits of the bias alone.
+#[test]
+fn masked_lm_decoders_are_tied_to_the_word_embeddings_unless_saved() {
+    for (name, prefix, decoder, bias) in [
+        (
+            "gte/masked-lm",
+            "gte",
+            "lm_head.decoder.weight",
+            "lm_head.decoder.bias",
+        ),
+        (
+            "nomic_bert/masked-lm",
+            "nomic_bert",
+            "cls.predictions.decoder.weight",
+            "cls.predictions.bias",
+        ),
+    ] {
+        let path = fixture(name).join("model.safetensors");
+        let mut weights =
+            candle_core::safetensors::load(&path, &ferroformers::Device::Cpu).unwrap();
+        fixture_sanity(
+            !weights.contains_key(decoder),
+            "transformers 5 leaves the tied decoder weight out",
+        );
+        let folder = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(fixture(name)).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), folder.path().join(entry.file_name())).unwrap();
+        }
+        let bias_values = weights[bias].clone();
+        let table = &weights[&format!("{prefix}.embeddings.word_embeddings.weight")];
+        weights.insert(decoder.to_string(), table.zeros_like().unwrap());
+        candle_core::safetensors::save(&weights, folder.path().join("model.safetensors")).unwrap();
+        let model = AutoModelForMaskedLM::from_pretrained(
+            &folder.path().to_string_lossy(),
+            &options(WeightType::F32),
+        )
+        .unwrap();
+        let logits = model
+            .forward(&reference_input(&reference(name)))
+            .unwrap()
+            .narrow(0, 0, 1)
+            .unwrap()
+            .narrow(1, 0, 1)
+            .unwrap()
+            .flatten_all()
+            .unwrap();
+        assert_close(&logits, &bias_values, 1e-6, &format!("{name} untied"));
+    }
+}
+
+#[test]
+fn auto_classes_load_the_heads() {
+    let logits = |name: &str, forward: &dyn Fn(&ModelInput) -> Tensor| {
+        let expected = reference(name);
+        assert_close(
+            &forward(&reference_input(&expected)),
+            &expected["logits"],
+            F32_TOLERANCE,
+            &format!("auto class {name}"),
+        );
+    };
+    for name in ["gte/masked-lm", "nomic_bert/masked-lm"] {
+        let model: AutoModelForMaskedLM = load(name);
+        logits(name, &|input| model.forward(input).unwrap());
+    }
+    for name in [
+        "gte/token-classification",
+        "nomic_bert/token-classification",
+    ] {
+        let model: AutoModelForTokenClassification = load(name);
+        logits(name, &|input| model.forward(input).unwrap());
+    }
+    let name = "nomic_bert/sequence-classification";
+    let model: AutoModelForSequenceClassification = load(name);
+    logits(name, &|input| model.forward(input).unwrap());
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Value {
+    serde_json::to_value(value).unwrap()
+}
+
+/// The fill-mask pipeline against transformers 5's on both masked LMs: candidates, their
+/// tokens, words and sequences exactly, scores within 1e-4.
+#[test]
+fn fill_mask_pipeline_matches_transformers() {
+    for name in ["gte/masked-lm", "nomic_bert/masked-lm"] {
+        let case = fixture_json(&format!("{name}/pipeline.json"));
+        let pipeline =
+            FillMaskPipeline::from_pretrained(&fixture_model(name), &options(WeightType::F32))
+                .unwrap();
+        let text = case["text"].as_str().unwrap();
+        let default = pipeline.run(&[text], &FillMaskOptions::default()).unwrap();
+        assert_json_matches(
+            &json(&default[0]),
+            &case["default"],
+            SCORE_TOLERANCE,
+            &format!("{name} default"),
+        );
+        let three = FillMaskOptions {
+            top_k: 3,
+            ..FillMaskOptions::default()
+        };
+        assert_json_matches(
+            &json(&pipeline.run(&[text], &three).unwrap()[0]),
+            &case["top_k_3"],
+            SCORE_TOLERANCE,
+            &format!("{name} top_k 3"),
+        );
+    }
+}
+
+/// The token-classification pipeline against transformers 5's, for every aggregation.
+#[test]
+fn token_classification_pipeline_matches_transformers() {
+    for name in [
+        "gte/token-classification",
+        "nomic_bert/token-classification",
+    ] {
+        let case = fixture_json(&format!("{name}/pipeline.json"));
+        let pipeline = TokenClassificationPipeline::from_pretrained(
+            &fixture_model(name),
+            &options(WeightType::F32),
+        )
+        .unwrap();
+        let texts: Vec<String> = serde_json::from_value(case["texts"].clone()).unwrap();
+        let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+        for strategy in ["none", "simple", "first", "average", "max"] {
+            fixture_sanity(
+                case[strategy][0].as_array().is_some_and(|e| !e.is_empty()),
+                "transformers finds entities in the first text",
+            );
+            let ours = pipeline
+                .run(
+                    &texts,
+                    &TokenClassificationOptions::default()
+                        .with_aggregation_strategy(strategy.parse().unwrap()),
+                )
+                .unwrap();
+            assert_json_matches(
+                &json(&ours),
+                &case[strategy],
+                SCORE_TOLERANCE,
+                &format!("{name} {strategy}"),
+            );
+        }
+    }
+}
+
+/// The text-classification pipeline against transformers 5's on NomicBERT's classifier.
+#[test]
+fn text_classification_pipeline_matches_transformers() {
+    let name = "nomic_bert/sequence-classification";
+    let case = fixture_json(&format!("{name}/pipeline.json"));
+    let pipeline = TextClassificationPipeline::from_pretrained(
+        &fixture_model(name),
+        &options(WeightType::F32),
+    )
+    .unwrap();
+    let texts: Vec<String> = serde_json::from_value(case["texts"].clone()).unwrap();
+    let inputs: Vec<TextInput> = texts.iter().map(|t| TextInput::Single(t)).collect();
+    let top_1 = pipeline
+        .run(&inputs, &TextClassificationOptions::default())
+        .unwrap();
+    assert_json_matches(&json(&top_1), &case["top_1"], SCORE_TOLERANCE, "top 1");
+    let all = TextClassificationOptions {
+        top_k: None,
+        ..TextClassificationOptions::default()
+    };
+    assert_json_matches(
+        &json(&pipeline.run(&inputs, &all).unwrap()),
+        &case["all"],
+        SCORE_TOLERANCE,
+        "all",
+    );
 }

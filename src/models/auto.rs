@@ -17,7 +17,9 @@ use crate::models::distilbert::{
 };
 use crate::models::gemma3::Gemma3TextModel;
 use crate::models::gpt2::{Gpt2ForSequenceClassification, Gpt2LMHeadModel};
-use crate::models::gte::{GteForSequenceClassification, GteModel};
+use crate::models::gte::{
+    GteForMaskedLM, GteForSequenceClassification, GteForTokenClassification, GteModel,
+};
 use crate::models::llama::{LlamaEmbeddingModel, LlamaForCausalLM};
 use crate::models::modernbert::{
     ModernBertForMaskedLM, ModernBertForSequenceClassification, ModernBertForTokenClassification,
@@ -27,7 +29,10 @@ use crate::models::mpnet::{
     MpNetForMaskedLM, MpNetForQuestionAnswering, MpNetForSequenceClassification,
     MpNetForTokenClassification, MpNetModel,
 };
-use crate::models::nomic_bert::NomicBertModel;
+use crate::models::nomic_bert::{
+    NomicBertForMaskedLM, NomicBertForSequenceClassification, NomicBertForTokenClassification,
+    NomicBertModel,
+};
 use crate::models::pretrained::{checkpoint_mismatch, FromPretrained};
 use crate::models::roberta::{
     RobertaForMaskedLM, RobertaForQuestionAnswering, RobertaForSequenceClassification,
@@ -100,6 +105,8 @@ auto_model!(
         Distilbert(DistilBertForMaskedLM),
         Modernbert(ModernBertForMaskedLM),
         MpNet(MpNetForMaskedLM),
+        Gte(GteForMaskedLM) | New,
+        NomicBert(NomicBertForMaskedLM),
     }
 );
 
@@ -113,6 +120,7 @@ auto_model!(
         Gpt2(Gpt2ForSequenceClassification),
         Modernbert(ModernBertForSequenceClassification),
         Gte(GteForSequenceClassification) | New,
+        NomicBert(NomicBertForSequenceClassification),
     }
 );
 
@@ -124,6 +132,8 @@ auto_model!(
         Distilbert(DistilBertForTokenClassification),
         Modernbert(ModernBertForTokenClassification),
         MpNet(MpNetForTokenClassification),
+        Gte(GteForTokenClassification) | New,
+        NomicBert(NomicBertForTokenClassification),
     }
 );
 

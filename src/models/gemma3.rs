@@ -14,7 +14,8 @@
 //!   attention, before and after the MLP;
 //! - attention scores are scaled by `query_pre_attn_scalar^-0.5`, not `head_dim^-0.5`;
 //! - `layer_types` makes each layer full or sliding; sliding layers rotate with
-//!   `rope_local_base_freq` (no scaling), full ones with `rope_theta` and `rope_scaling`;
+//!   `rope_local_base_freq` (no scaling), full ones with `rope_theta` and `rope_scaling`, or,
+//!   as transformers 5 writes the config, each with its entry of `rope_parameters`;
 //! - the MLP is `down(act(gate(x)) · up(x))` with `hidden_activation` (GeGLU with the tanh GELU);
 //! - `use_bidirectional_attention` (EmbeddingGemma) makes attention non-causal: full layers see
 //!   every real token, sliding layers the tokens within the window on both sides.
@@ -110,16 +111,37 @@ pub struct Gemma3TextConfig {
     /// Non-causal attention (EmbeddingGemma).
     #[serde(default)]
     pub use_bidirectional_attention: bool,
-    /// transformers 5's form of the rotary settings, which this reader does not implement: an
-    /// error rather than defaults in its place.
+    /// transformers 5's rotary settings, one entry per layer type; where present they take the
+    /// place of `rope_theta`, `rope_scaling` and `rope_local_base_freq`.
     #[serde(default)]
-    rope_parameters: Option<serde_json::Value>,
+    pub rope_parameters: Option<Gemma3RopeParameters>,
     /// Class names, for a classification head (none is implemented for this model).
     #[serde(default)]
     pub id2label: Labels,
     /// `single_label_classification`, `multi_label_classification` or `regression`.
     #[serde(default)]
     pub problem_type: Option<String>,
+}
+
+/// `rope_parameters` as transformers 5 saves Gemma 3's config: keyed by layer type, e.g.
+/// `{"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0},
+/// "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}`. transformers 5 builds
+/// it from transformers 4's fields when a config has those (`rope_scaling` onto the full
+/// layers, `rope_local_base_freq` as the sliding layers' base), and a missing entry or base
+/// falls back to them.
+/// <https://github.com/huggingface/transformers/blob/v5.25.0/src/transformers/models/gemma3/configuration_gemma3.py#L132-L159>
+#[derive(Debug, Clone, Deserialize)]
+pub struct Gemma3RopeParameters {
+    /// The full-attention layers' rotation.
+    #[serde(default)]
+    pub full_attention: Option<RopeScaling>,
+    /// The sliding layers' rotation (which transformers 5 may scale too).
+    #[serde(default)]
+    pub sliding_attention: Option<RopeScaling>,
+    /// Any other key: a flat `rope_parameters` (the form of single-rotation models), which
+    /// transformers 5 does not read as Gemma 3's either; refused by `validate`.
+    #[serde(flatten)]
+    other: serde_json::Map<String, serde_json::Value>,
 }
 
 fn default_vocab_size() -> usize {
@@ -191,12 +213,16 @@ impl Gemma3TextConfig {
                 self.query_pre_attn_scalar
             )));
         }
-        if self.rope_parameters.is_some() {
-            return Err(Error::InvalidConfig(
-                "gemma3_text's rope_parameters (transformers 5's form) is not read: write \
-                 rope_theta, rope_scaling and rope_local_base_freq as transformers 4 does"
-                    .to_string(),
-            ));
+        if let Some(key) = self
+            .rope_parameters
+            .as_ref()
+            .and_then(|p| p.other.keys().next())
+        {
+            return Err(Error::InvalidConfig(format!(
+                "gemma3_text's rope_parameters has `{key}`: it must be keyed by layer type \
+                 (`full_attention`, `sliding_attention`), each entry with its rope_type and \
+                 rope_theta, as transformers 5 saves it"
+            )));
         }
         if let Some(types) = &self.layer_types {
             if types.len() != self.num_hidden_layers {
@@ -252,15 +278,22 @@ impl Gemma3TextConfig {
         })
     }
 
-    /// The rotation of the layers of `kind`: the global one from `rope_theta` and
-    /// `rope_scaling`, the local one from `rope_local_base_freq` unscaled (transformers copies
-    /// the config with `rope_scaling = {"rope_type": "default"}` for it).
+    /// The rotation of the layers of `kind`: transformers 5's `rope_parameters` entry for it
+    /// where there is one (its base, else the transformers 4 field's); else the global one from
+    /// `rope_theta` and `rope_scaling`, the local one from `rope_local_base_freq` unscaled
+    /// (transformers 4 copies the config with `rope_scaling = {"rope_type": "default"}` for it).
     /// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/gemma3/modeling_gemma3.py#L472-L480>
+    /// <https://github.com/huggingface/transformers/blob/v5.25.0/src/transformers/models/gemma3/modeling_gemma3.py#L140-L159>
     fn rotary(&self, kind: LayerType) -> Result<RotaryEmbedding> {
+        let entry = self.rope_parameters.as_ref().and_then(|p| match kind {
+            LayerType::FullAttention => p.full_attention.as_ref(),
+            LayerType::SlidingAttention => p.sliding_attention.as_ref(),
+        });
         let (theta, scaling) = match kind {
-            LayerType::FullAttention => (self.rope_theta, self.rope_scaling.as_ref()),
-            LayerType::SlidingAttention => (self.rope_local_base_freq, None),
+            LayerType::FullAttention => (self.rope_theta, entry.or(self.rope_scaling.as_ref())),
+            LayerType::SlidingAttention => (self.rope_local_base_freq, entry),
         };
+        let theta = entry.and_then(|e| e.rope_theta).unwrap_or(theta);
         RotaryEmbedding::new(theta, self.head_dim, scaling, self.max_position_embeddings)
     }
 

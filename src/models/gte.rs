@@ -10,17 +10,20 @@
 //! `attention.o_proj`, `attn_ln`, `mlp.up_gate_proj` (up, then gate), `mlp.down_proj`, `mlp_ln`.
 //! Both configs are read: transformers 5's (`"model_type": "gte"`, `rope_parameters`) and the
 //! remote code's (`"new"`, `rope_theta` and `rope_scaling`).
+//!
+//! The heads are transformers 5's: `GteForMaskedLM`, `GteForSequenceClassification` and
+//! `GteForTokenClassification`, the base model under `gte.` (or the remote code's `new.`).
 
 use candle_core::Tensor;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::models::config::Labels;
-use crate::models::layers::{require_divisible, require_positive, Activation, Linear};
+use crate::models::layers::{require_divisible, require_positive, Activation, LayerNorm, Linear};
 use crate::models::rope::{RopeScaling, RotaryEmbedding};
 use crate::models::rotary_bert::{EncoderShape, KeyNames, RotaryBertEncoder, UpGate};
 use crate::models::weights::ModelWeights;
-use crate::models::{EncoderOutput, ModelInput};
+use crate::models::{tied_weight, EncoderOutput, MaskedLmHead, ModelInput};
 
 /// `GteConfig` (transformers 5) or the remote code's `NewConfig`, from `config.json`, with
 /// transformers 5's defaults (gte-multilingual-base's).
@@ -75,7 +78,7 @@ pub struct GteConfig {
     logn_attention_scale: bool,
     #[serde(default)]
     logn_attention_clip1: bool,
-    /// Class names of the sequence-classification head (rerankers: one logit).
+    /// Class names of the classification heads (rerankers: one logit).
     #[serde(default)]
     pub id2label: Labels,
     /// `single_label_classification`, `multi_label_classification` or `regression`.
@@ -321,4 +324,84 @@ impl GteForSequenceClassification {
     }
 }
 
-from_pretrained_impls!(gte: GteModel, GteForSequenceClassification);
+/// `GteForMaskedLM`: the encoder and `lm_head`, which is RoBERTa's head but for the decoder's
+/// own bias (`lm_head.decoder.bias`, not `lm_head.bias`): `dense`, exact GELU whatever
+/// `hidden_act` says, `layer_norm`, then `decoder` to the vocabulary, its weight tied to the
+/// word embeddings (and used from there when the checkpoint omits it, as transformers 5 saves
+/// it). The layer norm is saved as `lm_head.norm`, the remote code's name, which transformers
+/// 5 renames at load (`conversion_mapping.py`, "gte").
+/// <https://github.com/huggingface/transformers/blob/v5.25.0/src/transformers/models/gte/modeling_gte.py#L423-L441>
+/// <https://github.com/huggingface/transformers/blob/v5.25.0/src/transformers/models/gte/modeling_gte.py#L444-L506>
+#[derive(Debug, Clone)]
+pub struct GteForMaskedLM {
+    model: GteModel,
+    head: MaskedLmHead,
+}
+
+impl GteForMaskedLM {
+    /// Load the encoder (under `gte.` or `new.`) and `lm_head.*`.
+    pub fn load(vb: ModelWeights, config: &GteConfig) -> Result<Self> {
+        let model = GteModel::load(vb.clone(), config)?;
+        let (hidden, vocab) = (config.hidden_size, config.vocab_size);
+        let lm_head = vb.pp("lm_head");
+        let decoder = lm_head.pp("decoder");
+        let word_embeddings = model.encoder.word_embeddings()?;
+        let head = MaskedLmHead {
+            dense: Linear::load(lm_head.pp("dense"), hidden, hidden)?,
+            activation: Activation::Gelu,
+            layer_norm: LayerNorm::load(lm_head.pp("norm"), hidden, config.layer_norm_eps)?,
+            decoder: Linear::new(
+                tied_weight(&decoder, "weight", word_embeddings)?,
+                Some(decoder.get(vocab, "bias")?),
+                vb.weight_type(),
+            )?,
+        };
+        Ok(Self { model, head })
+    }
+
+    /// The parsed `config.json` the model was loaded with.
+    pub fn config(&self) -> &GteConfig {
+        self.model.config()
+    }
+
+    /// Vocabulary logits, (batch, seq, vocab_size).
+    pub fn forward(&self, input: &ModelInput) -> Result<Tensor> {
+        self.head.forward(&self.model.encoder.forward(input)?)
+    }
+}
+
+/// `GteForTokenClassification`: `classifier` on every token.
+/// <https://github.com/huggingface/transformers/blob/v5.25.0/src/transformers/models/gte/modeling_gte.py#L588-L641>
+#[derive(Debug, Clone)]
+pub struct GteForTokenClassification {
+    model: GteModel,
+    classifier: Linear,
+}
+
+impl GteForTokenClassification {
+    /// Load the encoder (under `gte.` or `new.`) and `classifier`, with
+    /// [`GteConfig::num_labels`] outputs.
+    pub fn load(vb: ModelWeights, config: &GteConfig) -> Result<Self> {
+        Ok(Self {
+            model: GteModel::load(vb.clone(), config)?,
+            classifier: Linear::load(vb.pp("classifier"), config.hidden_size, config.num_labels())?,
+        })
+    }
+
+    /// The parsed `config.json` the model was loaded with.
+    pub fn config(&self) -> &GteConfig {
+        self.model.config()
+    }
+
+    /// Per-token class logits, (batch, seq, num_labels).
+    pub fn forward(&self, input: &ModelInput) -> Result<Tensor> {
+        self.classifier.forward(&self.model.encoder.forward(input)?)
+    }
+}
+
+from_pretrained_impls!(
+    gte: GteModel,
+    GteForMaskedLM,
+    GteForSequenceClassification,
+    GteForTokenClassification
+);

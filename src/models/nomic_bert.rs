@@ -9,16 +9,21 @@
 //! `mlp.fc12` (gate), `mlp.fc2`, `norm1`, `norm2`. Their `config.json` uses GPT-2's names
 //! (`n_embd`, `n_head`, `n_layer`, `n_inner`, `rotary_emb_base`); transformers 5's uses BERT's.
 //! Both are read.
+//!
+//! The heads are transformers 5's, BERT's over this encoder under `nomic_bert.`:
+//! `NomicBertForMaskedLM` (`cls.predictions`), `NomicBertForSequenceClassification` (pooler
+//! and classifier) and `NomicBertForTokenClassification`.
 
+use candle_core::Tensor;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::models::config::Labels;
-use crate::models::layers::{require_divisible, require_positive, Activation};
+use crate::models::layers::{require_divisible, require_positive, Activation, LayerNorm, Linear};
 use crate::models::rope::{RopeScaling, RotaryEmbedding};
 use crate::models::rotary_bert::{EncoderShape, KeyNames, RotaryBertEncoder, UpGate};
 use crate::models::weights::ModelWeights;
-use crate::models::{base_model_weights, EncoderOutput, ModelInput};
+use crate::models::{base_model_weights, tied_weight, EncoderOutput, MaskedLmHead, ModelInput};
 
 /// `NomicBertConfig` (transformers 5), or the remote code's config, from `config.json`, with
 /// transformers 5's defaults (nomic-embed-text-v1.5's).
@@ -264,4 +269,123 @@ impl NomicBertModel {
     }
 }
 
-from_pretrained_impls!(nomic_bert: NomicBertModel);
+/// `NomicBertForMaskedLM`: the encoder and BERT's `cls.predictions`: `transform.dense`, the
+/// config's activation (`hidden_act`, SiLU by default, not BERT's GELU),
+/// `transform.layer_norm` (lower case, unlike BERT's `LayerNorm`), then `decoder` tied to the
+/// word embeddings with `cls.predictions.bias` (transformers 5 ties `decoder.bias` to it and
+/// saves neither tied tensor).
+/// <https://github.com/huggingface/transformers/blob/v5.25.0/src/transformers/models/nomic_bert/modeling_nomic_bert.py#L300-L313>
+/// <https://github.com/huggingface/transformers/blob/v5.25.0/src/transformers/models/nomic_bert/modeling_nomic_bert.py#L446-L461>
+/// <https://github.com/huggingface/transformers/blob/v5.25.0/src/transformers/models/nomic_bert/modeling_nomic_bert.py#L474-L532>
+#[derive(Debug, Clone)]
+pub struct NomicBertForMaskedLM {
+    model: NomicBertModel,
+    head: MaskedLmHead,
+}
+
+impl NomicBertForMaskedLM {
+    /// Load the encoder (under `nomic_bert.`) and `cls.predictions.*`.
+    pub fn load(vb: ModelWeights, config: &NomicBertConfig) -> Result<Self> {
+        let model = NomicBertModel::load(vb.clone(), config)?;
+        let hidden = config.hidden_size;
+        let predictions = vb.pp("cls").pp("predictions");
+        let transform = predictions.pp("transform");
+        let word_embeddings = model.encoder.word_embeddings()?;
+        // The remote code's padded table gives as many logits as it has rows.
+        let vocab = word_embeddings.dim(0)?;
+        let head = MaskedLmHead {
+            dense: Linear::load(transform.pp("dense"), hidden, hidden)?,
+            activation: config.activation()?,
+            layer_norm: LayerNorm::load(transform.pp("layer_norm"), hidden, config.layer_norm_eps)?,
+            decoder: Linear::new(
+                tied_weight(&predictions, "decoder.weight", word_embeddings)?,
+                Some(predictions.get(vocab, "bias")?),
+                vb.weight_type(),
+            )?,
+        };
+        Ok(Self { model, head })
+    }
+
+    /// The parsed `config.json` the model was loaded with.
+    pub fn config(&self) -> &NomicBertConfig {
+        self.model.config()
+    }
+
+    /// Vocabulary logits, (batch, seq, vocab_size).
+    pub fn forward(&self, input: &ModelInput) -> Result<Tensor> {
+        self.head.forward(&self.model.encoder.forward(input)?)
+    }
+}
+
+/// `NomicBertForSequenceClassification`: BERT's pooler (dense and tanh on the first token,
+/// `nomic_bert.pooler.dense`) and `classifier`.
+/// <https://github.com/huggingface/transformers/blob/v5.25.0/src/transformers/models/nomic_bert/modeling_nomic_bert.py#L535-L611>
+#[derive(Debug, Clone)]
+pub struct NomicBertForSequenceClassification {
+    model: NomicBertModel,
+    pooler: Linear,
+    classifier: Linear,
+}
+
+impl NomicBertForSequenceClassification {
+    /// Load the encoder and its pooler (under `nomic_bert.`), and `classifier` with
+    /// [`NomicBertConfig::num_labels`] outputs.
+    pub fn load(vb: ModelWeights, config: &NomicBertConfig) -> Result<Self> {
+        let base = base_model_weights(&vb, "nomic_bert", "embeddings.word_embeddings.weight")?;
+        let hidden = config.hidden_size;
+        Ok(Self {
+            model: NomicBertModel::load(vb.clone(), config)?,
+            pooler: Linear::load(base.pp("pooler").pp("dense"), hidden, hidden)?,
+            classifier: Linear::load(vb.pp("classifier"), hidden, config.num_labels())?,
+        })
+    }
+
+    /// The parsed `config.json` the model was loaded with.
+    pub fn config(&self) -> &NomicBertConfig {
+        self.model.config()
+    }
+
+    /// Class logits, (batch, num_labels).
+    pub fn forward(&self, input: &ModelInput) -> Result<Tensor> {
+        let hidden = self.model.encoder.forward(input)?;
+        let first = hidden.narrow(1, 0, 1)?.squeeze(1)?;
+        let pooled = self.pooler.forward(&first)?.tanh()?;
+        self.classifier.forward(&pooled)
+    }
+}
+
+/// `NomicBertForTokenClassification`: `classifier` on every token.
+/// <https://github.com/huggingface/transformers/blob/v5.25.0/src/transformers/models/nomic_bert/modeling_nomic_bert.py#L614-L667>
+#[derive(Debug, Clone)]
+pub struct NomicBertForTokenClassification {
+    model: NomicBertModel,
+    classifier: Linear,
+}
+
+impl NomicBertForTokenClassification {
+    /// Load the encoder (under `nomic_bert.`) and `classifier`, with
+    /// [`NomicBertConfig::num_labels`] outputs.
+    pub fn load(vb: ModelWeights, config: &NomicBertConfig) -> Result<Self> {
+        Ok(Self {
+            model: NomicBertModel::load(vb.clone(), config)?,
+            classifier: Linear::load(vb.pp("classifier"), config.hidden_size, config.num_labels())?,
+        })
+    }
+
+    /// The parsed `config.json` the model was loaded with.
+    pub fn config(&self) -> &NomicBertConfig {
+        self.model.config()
+    }
+
+    /// Per-token class logits, (batch, seq, num_labels).
+    pub fn forward(&self, input: &ModelInput) -> Result<Tensor> {
+        self.classifier.forward(&self.model.encoder.forward(input)?)
+    }
+}
+
+from_pretrained_impls!(
+    nomic_bert: NomicBertModel,
+    NomicBertForMaskedLM,
+    NomicBertForSequenceClassification,
+    NomicBertForTokenClassification
+);

@@ -115,6 +115,11 @@ impl RotaryBertEncoder {
         })
     }
 
+    /// The word-embedding table, (vocab_rows, hidden): what a masked-LM decoder is tied to.
+    pub fn word_embeddings(&self) -> Result<&Tensor> {
+        self.word_embeddings.weight()
+    }
+
     /// The last hidden state, (batch, seq, hidden), f32 on the CPU whatever the weights' dtype.
     /// Errors: [`Error::InputTooLong`] past the config's longest input, [`Error::InvalidInput`]
     /// for an id outside the vocabulary or the token types.
