@@ -111,7 +111,7 @@ fn a_gguf_file_gives_the_same_perplexity() {
 /// (`gguf/perplexity.json`, by `make_fixtures.py --only gguf-greedy`; f32 cache, flash
 /// attention off), within the 0.5%: a quantization's drift, stated by both the same
 /// way. Measured on AVX2: f32 and Q4_0 equal to the printed digits, Q8_0 0.007% and Q4_K_M
-/// 0.003% apart (llama.cpp's 32-token batches take other product kernels than its decoding).
+/// 0.003% apart (the 32-token batches' products; not traced further).
 #[test]
 fn gguf_perplexities_agree_with_llama_cpps() {
     let references = fixture_json("gguf/perplexity.json");
