@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::models::config::Labels;
 use crate::models::layers::{
     padding_mask, require_divisible, require_positive, Activation, Embedding, LayerNorm, Linear,
-    SelfAttention,
+    Pooler, SelfAttention,
 };
 use crate::models::weights::ModelWeights;
 use crate::models::{
@@ -273,33 +273,13 @@ impl BertLayer {
     }
 }
 
-/// `pooler`: a dense layer and tanh on the first (`[CLS]`) token.
-/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/bert/modeling_bert.py#L691>
-#[derive(Debug, Clone)]
-struct BertPooler {
-    dense: Linear,
-}
-
-impl BertPooler {
-    fn load(vb: ModelWeights, config: &BertConfig) -> Result<Self> {
-        Ok(Self {
-            dense: Linear::load(vb.pp("dense"), config.hidden_size, config.hidden_size)?,
-        })
-    }
-
-    fn forward(&self, hidden: &Tensor) -> Result<Tensor> {
-        let first = hidden.narrow(1, 0, 1)?.squeeze(1)?;
-        Ok(self.dense.forward(&first)?.tanh()?)
-    }
-}
-
 /// The BERT encoder: embeddings, `encoder.layer.*` and an optional pooler.
 /// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/bert/modeling_bert.py#L842>
 #[derive(Debug, Clone)]
 pub struct BertModel {
     embeddings: BertEmbeddings,
     layers: Vec<BertLayer>,
-    pooler: Option<BertPooler>,
+    pooler: Option<Pooler>,
     positions: Positions,
     config: BertConfig,
 }
@@ -324,7 +304,7 @@ impl BertModel {
             .map(|i| BertLayer::load(encoder.pp(i), config))
             .collect::<Result<Vec<_>>>()?;
         let pooler = if vb.contains_tensor("pooler.dense.weight") {
-            Some(BertPooler::load(vb.pp("pooler"), config)?)
+            Some(Pooler::load(vb.pp("pooler"), config.hidden_size)?)
         } else {
             tracing::info!("no pooler weights (pooler.dense.*): the model has no pooler output");
             None

@@ -19,7 +19,9 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::models::config::Labels;
-use crate::models::layers::{require_divisible, require_positive, Activation, LayerNorm, Linear};
+use crate::models::layers::{
+    require_divisible, require_positive, Activation, LayerNorm, Linear, Pooler,
+};
 use crate::models::rope::{RopeScaling, RotaryEmbedding};
 use crate::models::rotary_bert::{EncoderShape, KeyNames, RotaryBertEncoder, UpGate};
 use crate::models::weights::ModelWeights;
@@ -293,7 +295,7 @@ impl GteModel {
 #[derive(Debug, Clone)]
 pub struct GteForSequenceClassification {
     model: GteModel,
-    pooler: Linear,
+    pooler: Pooler,
     classifier: Linear,
 }
 
@@ -305,7 +307,7 @@ impl GteForSequenceClassification {
         let hidden = config.hidden_size;
         Ok(Self {
             model: GteModel::load(vb.clone(), config)?,
-            pooler: Linear::load(base.pp("pooler").pp("dense"), hidden, hidden)?,
+            pooler: Pooler::load(base.pp("pooler"), hidden)?,
             classifier: Linear::load(vb.pp("classifier"), hidden, config.num_labels())?,
         })
     }
@@ -317,9 +319,7 @@ impl GteForSequenceClassification {
 
     /// Class logits, (batch, num_labels).
     pub fn forward(&self, input: &ModelInput) -> Result<Tensor> {
-        let hidden = self.model.encoder.forward(input)?;
-        let first = hidden.narrow(1, 0, 1)?.squeeze(1)?;
-        let pooled = self.pooler.forward(&first)?.tanh()?;
+        let pooled = self.pooler.forward(&self.model.encoder.forward(input)?)?;
         self.classifier.forward(&pooled)
     }
 }

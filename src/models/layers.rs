@@ -632,6 +632,29 @@ impl SelfAttention {
     }
 }
 
+/// `pooler`: a dense layer and tanh on the first token (`[CLS]`, `<s>`), as BERT has it and
+/// the encoders built on it (MPNet, GTE, NomicBERT) keep it.
+/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/bert/modeling_bert.py#L691>
+#[derive(Debug, Clone)]
+pub(crate) struct Pooler {
+    dense: Linear,
+}
+
+impl Pooler {
+    /// `dense` under `vb` (the model's `pooler`).
+    pub fn load(vb: ModelWeights, hidden: usize) -> Result<Self> {
+        Ok(Self {
+            dense: Linear::load(vb.pp("dense"), hidden, hidden)?,
+        })
+    }
+
+    /// (batch, hidden) of the hidden states (batch, seq, hidden).
+    pub fn forward(&self, hidden: &Tensor) -> Result<Tensor> {
+        let first = hidden.narrow(1, 0, 1)?.squeeze(1)?;
+        Ok(self.dense.forward(&first)?.tanh()?)
+    }
+}
+
 /// RMS normalisation over the last dimension, `x / sqrt(mean(x²) + eps) · scale`, computed in
 /// f32 and given back in `x`'s dtype (f32 on the CPU's kernels), as `LlamaRMSNorm` and
 /// `Gemma3RMSNorm` both return `type_as(x)`.

@@ -15,7 +15,7 @@ use crate::models::bert::Positions;
 use crate::models::config::Labels;
 use crate::models::layers::{
     padding_mask, require_divisible, require_positive, Activation, Embedding, LayerNorm, Linear,
-    SelfAttention,
+    Pooler, SelfAttention,
 };
 use crate::models::weights::ModelWeights;
 use crate::models::{
@@ -307,27 +307,13 @@ impl MpNetEncoder {
     }
 }
 
-/// `pooler`: a dense layer and tanh on the first (`<s>`) token.
-/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/mpnet/modeling_mpnet.py#L403>
-#[derive(Debug, Clone)]
-struct MpNetPooler {
-    dense: Linear,
-}
-
-impl MpNetPooler {
-    fn forward(&self, hidden: &Tensor) -> Result<Tensor> {
-        let first = hidden.narrow(1, 0, 1)?.squeeze(1)?;
-        Ok(self.dense.forward(&first)?.tanh()?)
-    }
-}
-
 /// The MPNet encoder: embeddings, `encoder.*` and an optional pooler.
 /// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/mpnet/modeling_mpnet.py#L419>
 #[derive(Debug, Clone)]
 pub struct MpNetModel {
     embeddings: MpNetEmbeddings,
     encoder: MpNetEncoder,
-    pooler: Option<MpNetPooler>,
+    pooler: Option<Pooler>,
     config: MpNetConfig,
 }
 
@@ -341,13 +327,7 @@ impl MpNetModel {
     pub fn load(vb: ModelWeights, config: &MpNetConfig) -> Result<Self> {
         let vb = base_model_weights(&vb, "mpnet", "embeddings.word_embeddings.weight")?;
         let pooler = if vb.contains_tensor("pooler.dense.weight") {
-            Some(MpNetPooler {
-                dense: Linear::load(
-                    vb.pp("pooler").pp("dense"),
-                    config.hidden_size,
-                    config.hidden_size,
-                )?,
-            })
+            Some(Pooler::load(vb.pp("pooler"), config.hidden_size)?)
         } else {
             tracing::info!("no pooler weights (pooler.dense.*): the model has no pooler output");
             None

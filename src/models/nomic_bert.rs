@@ -19,7 +19,9 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::models::config::Labels;
-use crate::models::layers::{require_divisible, require_positive, Activation, LayerNorm, Linear};
+use crate::models::layers::{
+    require_divisible, require_positive, Activation, LayerNorm, Linear, Pooler,
+};
 use crate::models::rope::{RopeScaling, RotaryEmbedding};
 use crate::models::rotary_bert::{EncoderShape, KeyNames, RotaryBertEncoder, UpGate};
 use crate::models::weights::ModelWeights;
@@ -323,7 +325,7 @@ impl NomicBertForMaskedLM {
 #[derive(Debug, Clone)]
 pub struct NomicBertForSequenceClassification {
     model: NomicBertModel,
-    pooler: Linear,
+    pooler: Pooler,
     classifier: Linear,
 }
 
@@ -335,7 +337,7 @@ impl NomicBertForSequenceClassification {
         let hidden = config.hidden_size;
         Ok(Self {
             model: NomicBertModel::load(vb.clone(), config)?,
-            pooler: Linear::load(base.pp("pooler").pp("dense"), hidden, hidden)?,
+            pooler: Pooler::load(base.pp("pooler"), hidden)?,
             classifier: Linear::load(vb.pp("classifier"), hidden, config.num_labels())?,
         })
     }
@@ -347,9 +349,7 @@ impl NomicBertForSequenceClassification {
 
     /// Class logits, (batch, num_labels).
     pub fn forward(&self, input: &ModelInput) -> Result<Tensor> {
-        let hidden = self.model.encoder.forward(input)?;
-        let first = hidden.narrow(1, 0, 1)?.squeeze(1)?;
-        let pooled = self.pooler.forward(&first)?.tanh()?;
+        let pooled = self.pooler.forward(&self.model.encoder.forward(input)?)?;
         self.classifier.forward(&pooled)
     }
 }
