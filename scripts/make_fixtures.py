@@ -42,6 +42,11 @@ Layout:
                                         task heads (masked-lm, token-classification, NomicBERT's
                                         sequence-classification; transformers' pipeline outputs in
                                         pipeline.json) with it or alone by `--only rotary-bert-heads`
+    tests/fixtures/jina_bert/<name>/    JinaBERT v2 (ALiBi, GeGLU; remote code jina-bert-implementation)
+                                        from a plain-torch reference written from the remote code,
+                                        held to llama.cpp's llama-embedding on the same checkpoint
+                                        converted by its convert_hf_to_gguf.py: base, six-heads,
+                                        reglu, sentence-transformers/ (`--only jina-bert`)
     tests/fixtures/xlm-roberta/bge-m3/  BGE-M3's sparse and ColBERT heads over xlm-roberta/base, with
                                         FlagEmbedding's outputs in reference.json (`--only bge-m3`)
     tests/fixtures/qwen3/reranker/      Qwen3-Reranker's layout with the model card's yes/no
@@ -3096,6 +3101,329 @@ GGUF_CHAT = [
 ]
 
 
+# JinaBERT v2 (jina-embeddings-v2-base-en, -small-en): `model_type: bert` checkpoints written by
+# the remote code jinaai/jina-bert-implementation (modeling_bert.py), which no package registry
+# ships, so neither transformers nor sentence-transformers can run them here. The reference is
+# therefore written out below in plain torch ops from that remote code, and held to llama.cpp's
+# independent implementation (src/models/bert.cpp, LLM_ARCH_JINA_BERT_V2) on the same
+# checkpoint converted by llama.cpp's own convert_hf_to_gguf.py: `--only jina-bert`.
+JINA_BERT_INPUTS = ROTARY_BERT_INPUTS
+# llama.cpp's GELU is the tanh approximation read from an f16 table (ggml-cpu/vec.h,
+# GGML_GELU_FP16), the remote code's is exact (erf): the two agree to about 1e-3, not 1e-5. The
+# bar is the measured gap (make_jina_bert prints it and records it in reference.json) with
+# headroom.
+JINA_LLAMA_CPP_BAR = 1e-2
+
+
+def jina_alibi_slopes(n_heads: int) -> list:
+    """The remote code's `_get_alibi_head_slopes` (the ALiBi paper's): a geometric series from
+    2^(-8/n) for a power-of-two head count; otherwise the closest power of two's slopes, then
+    every other slope of twice that count."""
+    import math
+
+    def power_of_2(n):
+        start = 2 ** (-(2 ** -(math.log2(n) - 3)))
+        return [start * start ** i for i in range(n)]
+
+    if math.log2(n_heads).is_integer():
+        return power_of_2(n_heads)
+    closest = 2 ** math.floor(math.log2(n_heads))
+    return power_of_2(closest) + jina_alibi_slopes(2 * closest)[0::2][: n_heads - closest]
+
+
+def jina_bert_weights(config: dict, seed: int) -> dict:
+    """Random weights under the remote code's key names (`JinaBertModel`'s state dict, as
+    jina-embeddings-v2-base-en's model.safetensors holds it, pooler included)."""
+    generator = torch.Generator().manual_seed(seed)
+    hidden, inner = config["hidden_size"], config["intermediate_size"]
+
+    def noise(*shape, scale=0.1, base=0.0):
+        return base + torch.randn(*shape, generator=generator) * scale
+
+    w = {
+        "embeddings.word_embeddings.weight": noise(config["vocab_size"], hidden, scale=0.5),
+        "embeddings.token_type_embeddings.weight": noise(config["type_vocab_size"], hidden, scale=0.5),
+        "embeddings.LayerNorm.weight": noise(hidden, base=1.0),
+        "embeddings.LayerNorm.bias": noise(hidden),
+        "pooler.dense.weight": noise(hidden, hidden, scale=0.2),
+        "pooler.dense.bias": noise(hidden),
+    }
+    for i in range(config["num_hidden_layers"]):
+        p = f"encoder.layer.{i}."
+        for name in ("query", "key", "value"):
+            # Larger q and k than the rest, so that attention is far from uniform and the ALiBi
+            # bias competes with the scores rather than deciding alone.
+            scale = 0.5 if name != "value" else 0.2
+            w[f"{p}attention.self.{name}.weight"] = noise(hidden, hidden, scale=scale)
+            w[f"{p}attention.self.{name}.bias"] = noise(hidden)
+        w[f"{p}attention.output.dense.weight"] = noise(hidden, hidden, scale=0.2)
+        w[f"{p}attention.output.dense.bias"] = noise(hidden)
+        w[f"{p}attention.output.LayerNorm.weight"] = noise(hidden, base=1.0)
+        w[f"{p}attention.output.LayerNorm.bias"] = noise(hidden)
+        w[f"{p}mlp.gated_layers.weight"] = noise(2 * inner, hidden, scale=0.3)
+        w[f"{p}mlp.wo.weight"] = noise(hidden, inner, scale=0.2)
+        w[f"{p}mlp.wo.bias"] = noise(hidden)
+        w[f"{p}mlp.layernorm.weight"] = noise(hidden, base=1.0)
+        w[f"{p}mlp.layernorm.bias"] = noise(hidden)
+    return w
+
+
+def jina_bert_forward(w: dict, config: dict, input_ids, attention_mask, token_type_ids):
+    """JinaBertModel's last hidden state, written from the remote code's modeling_bert.py
+    (https://huggingface.co/jinaai/jina-bert-implementation/blob/main/modeling_bert.py):
+    - embeddings: word + token type (no position table: `position_embedding_type: alibi`),
+      `embeddings.LayerNorm`;
+    - self-attention: q, k, v with biases, scores / sqrt(head_dim) plus the extended padding
+      mask (1 - mask) * finfo.min, then softmax(scores + alibi), where the encoder's
+      `rebuild_alibi_tensor` makes alibi[h, i, j] = -slope_h * |i - j| (symmetric: not causal);
+      `attention.output.dense`, `attention.output.LayerNorm(x + residual)`;
+    - JinaBertGLUMLP: `gated_layers` (no bias) to 2 * intermediate, the FIRST half through
+      GELU (nn.GELU: exact erf; ReLU for reglu) times the second half, `wo`, then
+      `layernorm(out + residual)`."""
+    import math
+
+    import torch.nn.functional as F
+
+    hidden, heads = config["hidden_size"], config["num_attention_heads"]
+    inner, eps = config["intermediate_size"], config["layer_norm_eps"]
+    head_dim = hidden // heads
+    act = {"geglu": F.gelu, "reglu": F.relu}[config["feed_forward_type"]]
+
+    def norm(x, name):
+        return F.layer_norm(x, (hidden,), w[f"{name}.weight"], w[f"{name}.bias"], eps)
+
+    def linear(x, name):
+        return F.linear(x, w[f"{name}.weight"], w.get(f"{name}.bias"))
+
+    batch, seq = input_ids.shape
+    x = (w["embeddings.word_embeddings.weight"][input_ids]
+         + w["embeddings.token_type_embeddings.weight"][token_type_ids])
+    x = norm(x, "embeddings.LayerNorm")
+    positions = torch.arange(seq)
+    distance = (positions[None, :] - positions[:, None]).abs()
+    slopes = torch.tensor(jina_alibi_slopes(heads))
+    alibi = (-slopes)[:, None, None] * distance[None]  # (heads, seq, seq)
+    mask = (1.0 - attention_mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
+    for i in range(config["num_hidden_layers"]):
+        p = f"encoder.layer.{i}."
+
+        def heads_of(name):  # (batch, heads, seq, head_dim)
+            return linear(x, p + "attention.self." + name).view(batch, seq, heads, head_dim).transpose(1, 2)
+
+        q, k, v = heads_of("query"), heads_of("key"), heads_of("value")
+        scores = q @ k.transpose(-1, -2) / math.sqrt(head_dim) + mask
+        probs = torch.softmax(scores + alibi, dim=-1)
+        context = (probs @ v).transpose(1, 2).reshape(batch, seq, hidden)
+        x = norm(linear(context, p + "attention.output.dense") + x, p + "attention.output.LayerNorm")
+        gate_up = F.linear(x, w[p + "mlp.gated_layers.weight"])
+        gated = act(gate_up[..., :inner]) * gate_up[..., inner:]
+        x = norm(linear(gated, p + "mlp.wo") + x, p + "mlp.layernorm")
+    return x
+
+
+def jina_bert_config(vocab_size: int, hidden: int, heads: int, feed_forward_type: str) -> dict:
+    """config.json as jina-embeddings-v2-base-en's reads (its fields and values), sized down."""
+    base = "jinaai/jina-bert-implementation--"
+    return {
+        "_name_or_path": "jinaai/jina-bert-implementation",
+        "architectures": ["JinaBertForMaskedLM"],
+        "attention_probs_dropout_prob": 0.0,
+        "attn_implementation": "torch",
+        "auto_map": {
+            "AutoConfig": base + "configuration_bert.JinaBertConfig",
+            "AutoModel": base + "modeling_bert.JinaBertModel",
+            "AutoModelForMaskedLM": base + "modeling_bert.JinaBertForMaskedLM",
+            "AutoModelForSequenceClassification": base + "modeling_bert.JinaBertForSequenceClassification",
+        },
+        "classifier_dropout": None,
+        "emb_pooler": "mean",
+        "feed_forward_type": feed_forward_type,
+        "gradient_checkpointing": False,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.1,
+        "hidden_size": hidden,
+        "initializer_range": 0.02,
+        "intermediate_size": 40,
+        "layer_norm_eps": 1e-12,
+        "max_position_embeddings": 64,
+        "model_max_length": 64,
+        "model_type": "bert",
+        "num_attention_heads": heads,
+        "num_hidden_layers": 2,
+        "pad_token_id": 0,
+        "position_embedding_type": "alibi",
+        "torch_dtype": "float32",
+        "transformers_version": "4.26.0",
+        "type_vocab_size": 2,
+        "use_cache": True,
+        "vocab_size": vocab_size,
+    }
+
+
+def mean_pool(hidden, attention_mask):
+    mask = attention_mask[..., None].float()
+    return (hidden * mask).sum(1) / mask.sum(1)
+
+
+def llama_cpp_jina_embeddings(folder: pathlib.Path, texts: list, pooling: str):
+    """llama.cpp's embeddings of `texts` (one sequence each, no padding) from the checkpoint in
+    `folder`, converted to an f32 GGUF by llama.cpp's converter: per token (`pooling` none,
+    a (tokens, hidden) tensor per text) or pooled (a (texts, hidden) tensor), unnormalized; and
+    the ids llama.cpp tokenized each text to. Read from llama-server's /embedding and /tokenize:
+    llama-embedding prints through llama.cpp's asynchronous log, which loses lines at exit
+    (8 of 79 rows went missing in some runs here)."""
+    import socket
+    import time
+    import urllib.request
+
+    gguf = folder / "model-f32.gguf"
+    if not gguf.exists():
+        convert_to_gguf(folder, gguf, "f32", "jina-v2-en")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [str(llama_cpp_tool("llama-server")), "-m", str(gguf), "--port", str(port), "-c", "512",
+         "-b", "512", "-ub", "512", "-t", "2", "-np", "1", "--embedding", "--pooling", pooling,
+         "-fa", "off"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def post(path, body):
+        request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", json.dumps(body).encode(),
+                                         {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request) as response:
+            return json.loads(response.read())
+
+    try:
+        for _ in range(600):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health") as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.1)
+        ids = [post("/tokenize", {"content": text, "add_special": True})["tokens"] for text in texts]
+        rows = [torch.tensor(post("/embedding", {"content": text, "embd_normalize": -1})[0]["embedding"])
+                for text in texts]
+    finally:
+        server.terminate()
+        server.wait()
+    if pooling != "none":
+        return torch.cat(rows), ids
+    return rows, ids
+
+
+def make_jina_bert():
+    """jina_bert/{base,six-heads,reglu,sentence-transformers}: tiny JinaBERT v2 checkpoints
+    (random weights under the remote code's key names, config as the Hub's), with the PyTorch
+    reference's hidden states and mean-pooled embeddings on a right-padded batch
+    (reference.safetensors) and the ALiBi slopes and llama.cpp's gap (reference.json).
+    - base: 4 heads, geglu (jina-embeddings-v2-base-en's MLP);
+    - six-heads: 6 heads (not a power of two: the interleaved slopes), geglu;
+    - reglu: base's shape with `feed_forward_type: reglu`. llama.cpp's graph always gates with
+      GELU, so this one is held to the PyTorch reference only;
+    - sentence-transformers: base in jina-embeddings-v2's sentence-transformers layout
+      (Transformer, Pooling mean, Normalize), with the reference's normalized mean-pooled
+      embeddings of ST_SENTENCES (sentence-transformers itself cannot run the remote code here).
+    base and six-heads are converted by llama.cpp's convert_hf_to_gguf.py and run by its
+    llama-embedding (per token and mean-pooled); the largest gap to the reference must stay
+    under JINA_LLAMA_CPP_BAR."""
+    from safetensors.torch import save_file as save
+
+    root = FIXTURES / "jina_bert"
+    if root.exists():
+        shutil.rmtree(root)
+    rotary_bert_tokenizer(root / "tokenizer-probe")
+    tokenizer = BertTokenizerFast.from_pretrained(str(root / "tokenizer-probe"))
+    shutil.rmtree(root / "tokenizer-probe")
+    batch = encode_padded(tokenizer, JINA_BERT_INPUTS)
+    batch["token_type_ids"].zero_()
+    cases = {"base": (32, 4, "geglu", 1000), "six-heads": (36, 6, "geglu", 1001),
+             "reglu": (32, 4, "reglu", 1002)}
+    work = pathlib.Path(tempfile.mkdtemp())
+    for name, (hidden, heads, feed_forward_type, seed) in cases.items():
+        folder = root / name
+        config = jina_bert_config(tokenizer.vocab_size, hidden, heads, feed_forward_type)
+        weights = jina_bert_weights(config, seed)
+        rotary_bert_tokenizer(folder)
+        (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        save(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        with torch.no_grad():
+            last = jina_bert_forward(weights, config, batch["input_ids"], batch["attention_mask"],
+                                     batch["token_type_ids"])
+        reference = {k: v.contiguous() for k, v in batch.items()}
+        reference["last_hidden_state"] = last.contiguous()
+        reference["mean_pooled"] = mean_pool(last, batch["attention_mask"]).contiguous()
+        save(reference, str(folder / "reference.safetensors"))
+        (folder / "inputs.json").write_text(json.dumps(JINA_BERT_INPUTS, ensure_ascii=False, indent=1))
+        summary = {"alibi_slopes": jina_alibi_slopes(heads)}
+        if feed_forward_type == "geglu":
+            summary.update(jina_llama_cpp_gap(folder, work / name, batch, last))
+        (folder / "reference.json").write_text(json.dumps(summary, indent=1) + "\n")
+    jina_bert_sentence_transformers(root / "base", root / "sentence-transformers", tokenizer)
+    shutil.rmtree(work)
+
+
+def jina_llama_cpp_gap(folder: pathlib.Path, work: pathlib.Path, batch, last) -> dict:
+    """llama.cpp's hidden states and mean-pooled embeddings of the batch's texts against the
+    reference's rows (their real tokens), with the ids checked equal first."""
+    shutil.copytree(folder, work)
+    lengths = batch["attention_mask"].sum(1).tolist()
+    per_token, ids = llama_cpp_jina_embeddings(work, JINA_BERT_INPUTS, "none")
+    for i, tokens in enumerate(ids):
+        ours = batch["input_ids"][i, :lengths[i]].tolist()
+        if tokens != ours:
+            sys.exit(f"llama.cpp tokenized {JINA_BERT_INPUTS[i]!r} to {tokens}, tokenizers to {ours}")
+    hidden_gap = max(float((per_token[i] - last[i, :lengths[i]]).abs().max())
+                     for i in range(len(lengths)))
+    pooled, _ = llama_cpp_jina_embeddings(work, JINA_BERT_INPUTS, "mean")
+    pooled_gap = float((pooled - mean_pool(last, batch["attention_mask"])).abs().max())
+    print(f"jina_bert/{folder.name}: llama.cpp vs the PyTorch reference: hidden states "
+          f"{hidden_gap:.2e}, mean-pooled {pooled_gap:.2e} (bar {JINA_LLAMA_CPP_BAR:.0e})")
+    if not (hidden_gap <= JINA_LLAMA_CPP_BAR and pooled_gap <= JINA_LLAMA_CPP_BAR):
+        sys.exit(f"jina_bert/{folder.name}: llama.cpp disagrees with the reference")
+    return {"llama_cpp": {"version": f"llama-cpp-python {LLAMA_CPP_PYTHON[1]} (vendored llama.cpp)",
+                          "hidden_state_max_abs_diff": hidden_gap,
+                          "mean_pooled_max_abs_diff": pooled_gap,
+                          "bar": JINA_LLAMA_CPP_BAR}}
+
+
+def jina_bert_sentence_transformers(base: pathlib.Path, folder: pathlib.Path, tokenizer):
+    """`base` in jina-embeddings-v2's sentence-transformers layout (Transformer, Pooling mean,
+    Normalize), files as sentence-transformers 5.1.2 writes them, and the reference's
+    normalized mean-pooled embeddings of ST_SENTENCES, in a batch and each alone."""
+    import torch.nn.functional as F
+
+    shutil.copytree(base, folder, ignore=shutil.ignore_patterns("reference.*", "inputs.json"))
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+    ]
+    (folder / "modules.json").write_text(json.dumps(modules, indent=2))
+    (folder / "sentence_bert_config.json").write_text(
+        json.dumps({"max_seq_length": 64, "do_lower_case": False}, indent=4))
+    config = json.loads((base / "config.json").read_text())
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({
+        "word_embedding_dimension": config["hidden_size"], "pooling_mode_cls_token": False,
+        "pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False, "pooling_mode_weightedmean_tokens": False,
+        "pooling_mode_lasttoken": False, "include_prompt": True}, indent=4))
+    weights = load_file(str(base / "model.safetensors"))
+
+    def encode(texts):
+        batch = encode_padded(tokenizer, texts)
+        with torch.no_grad():
+            last = jina_bert_forward(weights, config, batch["input_ids"], batch["attention_mask"],
+                                     torch.zeros_like(batch["input_ids"]))
+        return F.normalize(mean_pool(last, batch["attention_mask"]), dim=-1).tolist()
+
+    reference = {"sentences": ST_SENTENCES, "embeddings": encode(ST_SENTENCES),
+                 "alone": [encode([s])[0] for s in ST_SENTENCES]}
+    (folder / "reference.json").write_text(json.dumps(reference, indent=1))
+
+
 def run_converter(llama_cpp, pre, arguments):
     """Run llama.cpp's convert_hf_to_gguf.py with `arguments`, in this process (a subprocess of
     make_gguf_tokenizers).
@@ -3658,6 +3986,11 @@ def main():
     if sys.argv[1:] == ["--only", "rotary-berts"]:
         # GTE and NomicBERT alone (they need transformers 5; see make_rotary_berts).
         make_rotary_berts()
+        fixture_manifest.write_manifest(FIXTURES)
+        return
+    if sys.argv[1:] == ["--only", "jina-bert"]:
+        # JinaBERT v2 alone, held to llama.cpp (see make_jina_bert).
+        make_jina_bert()
         fixture_manifest.write_manifest(FIXTURES)
         return
     if sys.argv[1:] == ["--only", "rotary-bert-heads"]:

@@ -77,6 +77,7 @@ pub use models::gpt2::{Gpt2Config, Gpt2ForSequenceClassification, Gpt2LMHeadMode
 pub use models::gte::{
     GteConfig, GteForMaskedLM, GteForSequenceClassification, GteForTokenClassification, GteModel,
 };
+pub use models::jina_bert::{JinaBertConfig, JinaBertModel};
 pub use models::llama::{LlamaConfig, LlamaForCausalLM, LlamaModel};
 pub use models::modernbert::{
     ModernBertConfig, ModernBertForMaskedLM, ModernBertForSequenceClassification,

@@ -20,6 +20,7 @@ use crate::models::gpt2::{Gpt2ForSequenceClassification, Gpt2LMHeadModel};
 use crate::models::gte::{
     GteForMaskedLM, GteForSequenceClassification, GteForTokenClassification, GteModel,
 };
+use crate::models::jina_bert::JinaBertModel;
 use crate::models::llama::{LlamaEmbeddingModel, LlamaForCausalLM};
 use crate::models::modernbert::{
     ModernBertForMaskedLM, ModernBertForSequenceClassification, ModernBertForTokenClassification,
@@ -94,6 +95,7 @@ auto_model!(
         Gte(GteModel) | New,
         NomicBert(NomicBertModel),
         Gemma3Text(Gemma3TextModel),
+        JinaBert(JinaBertModel),
     }
 );
 

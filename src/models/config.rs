@@ -12,6 +12,7 @@ use crate::models::distilbert::DistilBertConfig;
 use crate::models::gemma3::Gemma3TextConfig;
 use crate::models::gpt2::Gpt2Config;
 use crate::models::gte::GteConfig;
+use crate::models::jina_bert::JinaBertConfig;
 use crate::models::llama::{LlamaConfig, LlamaFamily};
 use crate::models::modernbert::ModernBertConfig;
 use crate::models::mpnet::MpNetConfig;
@@ -60,6 +61,11 @@ pub enum ModelConfig {
     /// `"model_type": "gemma3_text"`: Gemma 3's text model (EmbeddingGemma).
     #[serde(rename = "gemma3_text")]
     Gemma3Text(Gemma3TextConfig),
+    /// JinaBERT v2: a `"model_type": "bert"` config that [`JinaBertConfig`] describes
+    /// (`position_embedding_type: alibi`, or a `feed_forward_type`, or a `JinaBert*`
+    /// architecture). Never picked by the tag: [`ModelConfig::from_json`] picks it.
+    #[serde(skip_deserializing)]
+    JinaBert(JinaBertConfig),
 }
 
 impl ModelConfig {
@@ -104,7 +110,18 @@ impl ModelConfig {
                 supported: Self::SUPPORTED.join(", "),
             });
         }
-        let mut config: Self = serde_json::from_str(text).map_err(|e| Error::json(path, e))?;
+        // JinaBERT's remote code kept BERT's `model_type`; its config is told apart by what
+        // plain BERT's cannot have (JinaBertConfig::describes).
+        let jina = model_type == "bert" && {
+            let value: serde_json::Value =
+                serde_json::from_str(text).map_err(|e| Error::json(path, e))?;
+            JinaBertConfig::describes(&value)
+        };
+        let mut config: Self = if jina {
+            ModelConfig::JinaBert(serde_json::from_str(text).map_err(|e| Error::json(path, e))?)
+        } else {
+            serde_json::from_str(text).map_err(|e| Error::json(path, e))?
+        };
         // The Llama family shares one config struct; `model_type` says which family's
         // defaults apply.
         match &mut config {
@@ -137,6 +154,8 @@ impl ModelConfig {
             ModelConfig::New(_) => "new",
             ModelConfig::NomicBert(_) => "nomic_bert",
             ModelConfig::Gemma3Text(_) => "gemma3_text",
+            // Not a `model_type` of its own (the config says `bert`): the name messages show.
+            ModelConfig::JinaBert(_) => "bert (JinaBERT)",
         }
     }
 
@@ -158,6 +177,7 @@ impl ModelConfig {
             ModelConfig::Gte(c) | ModelConfig::New(c) => &c.id2label,
             ModelConfig::NomicBert(c) => &c.id2label,
             ModelConfig::Gemma3Text(c) => &c.id2label,
+            ModelConfig::JinaBert(c) => &c.id2label,
         }
     }
 
@@ -179,6 +199,7 @@ impl ModelConfig {
             ModelConfig::Gte(c) | ModelConfig::New(c) => c.num_labels(),
             ModelConfig::NomicBert(c) => c.num_labels(),
             ModelConfig::Gemma3Text(c) => c.num_labels(),
+            ModelConfig::JinaBert(c) => c.num_labels(),
         }
     }
 
@@ -201,6 +222,7 @@ impl ModelConfig {
             ModelConfig::Gte(c) | ModelConfig::New(c) => c.problem_type.as_deref(),
             ModelConfig::NomicBert(c) => c.problem_type.as_deref(),
             ModelConfig::Gemma3Text(c) => c.problem_type.as_deref(),
+            ModelConfig::JinaBert(c) => c.problem_type.as_deref(),
         }
     }
 
@@ -223,6 +245,7 @@ impl ModelConfig {
             ModelConfig::Gte(c) | ModelConfig::New(c) => c.max_position_embeddings,
             ModelConfig::NomicBert(c) => c.max_position_embeddings,
             ModelConfig::Gemma3Text(c) => c.max_position_embeddings,
+            ModelConfig::JinaBert(c) => c.max_position_embeddings,
         }
     }
 
@@ -270,6 +293,7 @@ impl ModelConfig {
             ModelConfig::Gte(c) | ModelConfig::New(c) => c.hidden_size,
             ModelConfig::NomicBert(c) => c.hidden_size,
             ModelConfig::Gemma3Text(c) => c.hidden_size,
+            ModelConfig::JinaBert(c) => c.hidden_size,
         }
     }
 
@@ -291,6 +315,7 @@ impl ModelConfig {
             ModelConfig::Gte(c) | ModelConfig::New(c) => c.vocab_size,
             ModelConfig::NomicBert(c) => c.vocab_size,
             ModelConfig::Gemma3Text(c) => c.vocab_size,
+            ModelConfig::JinaBert(c) => c.vocab_size,
         }
     }
 
@@ -311,6 +336,7 @@ impl ModelConfig {
             ModelConfig::Gte(config) | ModelConfig::New(config) => config.validate(),
             ModelConfig::NomicBert(config) => config.validate(),
             ModelConfig::Gemma3Text(config) => config.validate(),
+            ModelConfig::JinaBert(config) => config.validate(),
         }
     }
 }
@@ -424,6 +450,7 @@ config_accessor!(modernbert, Modernbert, ModernBertConfig, "ModernBERT");
 config_accessor!(gte, Gte | New, GteConfig, "GTE");
 config_accessor!(nomic_bert, NomicBert, NomicBertConfig, "NomicBERT");
 config_accessor!(gemma3_text, Gemma3Text, Gemma3TextConfig, "Gemma 3 text");
+config_accessor!(jina_bert, JinaBert, JinaBertConfig, "JinaBERT");
 config_accessor!(
     llama,
     Llama | Mistral | Qwen2 | Qwen3,

@@ -29,6 +29,7 @@ pub mod gemma3;
 pub(crate) mod gguf;
 pub mod gpt2;
 pub mod gte;
+pub mod jina_bert;
 pub(crate) mod layers;
 pub mod llama;
 pub mod modernbert;
