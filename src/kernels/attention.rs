@@ -23,24 +23,62 @@ pub enum AttentionProducts {
     Bf16,
 }
 
+/// What a model adds to every sequence's scores, per head, beside the padding mask.
+#[derive(Clone, Copy, Debug)]
+pub enum PositionBias<'a> {
+    /// Additive f32, (heads, seq, seq): MPNet's relative position buckets.
+    Table(&'a Tensor),
+    /// ALiBi's symmetric bias, `-slope_h · |i − j|` for query i and key j, one slope per head
+    /// (JinaBERT). The fused kernel computes each query's row as it needs it: a table would
+    /// grow with the square of the input, 3.2 GB for 12 heads at JinaBERT's 8,192 tokens.
+    Alibi(&'a [f64]),
+}
+
+impl PositionBias<'_> {
+    /// The bias as a (heads, seq, seq) table, for the path that adds it to the scores whole.
+    fn table(self, len: usize, device: &candle_core::Device) -> candle_core::Result<Tensor> {
+        match self {
+            PositionBias::Table(table) => Ok(table.clone()),
+            PositionBias::Alibi(slopes) => {
+                let values: Vec<f32> = slopes
+                    .iter()
+                    .flat_map(|&slope| {
+                        (0..len).flat_map(move |i| (0..len).map(move |j| alibi(slope, i, j)))
+                    })
+                    .collect();
+                Tensor::from_vec(values, (slopes.len(), len, len), device)
+            }
+        }
+    }
+}
+
+/// ALiBi's bias of query `i` for key `j`: `-slope · |i − j|`, in f64, rounded once to f32.
+fn alibi(slope: f64, i: usize, j: usize) -> f32 {
+    (-slope * i.abs_diff(j) as f64) as f32
+}
+
 /// Attention over packed projections `qkv`: (batch, seq, 3 · heads · head_dim), query, key
 /// and value side by side as one GEMM makes them. Returns (batch, seq, heads · head_dim).
 /// `mask`: additive f32, (batch, 1, 1, seq), as `layers::padding_mask` makes it.
-/// `position_bias`: additive f32, (heads, seq, seq), the same for every sequence of the batch
-/// (MPNet's relative positions); `None` for the encoders without one. On the CPU in f32 this
-/// is one fused kernel; elsewhere the heads are split and `reference::attention` runs.
+/// `position_bias`: the same for every sequence of the batch; `None` for the encoders without
+/// one. On the CPU in f32 this is one fused kernel; elsewhere the heads are split and
+/// `reference::attention` runs.
 pub fn multi_head_attention(
     qkv: &Tensor,
     heads: usize,
     mask: Option<&Tensor>,
-    position_bias: Option<&Tensor>,
+    position_bias: Option<PositionBias>,
     scale: f64,
     products: AttentionProducts,
 ) -> candle_core::Result<Tensor> {
     let fused = super::use_kernels(qkv)
         && mask.is_none_or(|m| m.dims().len() == 4 && m.dim(2).ok() == Some(1));
     if !fused {
-        return split_heads_attention(qkv, heads, mask, position_bias, scale);
+        let len = qkv.dim(1)?;
+        let table = position_bias
+            .map(|bias| bias.table(len, qkv.device()))
+            .transpose()?;
+        return split_heads_attention(qkv, heads, mask, table.as_ref(), scale);
     }
     let host = |t: &Tensor| {
         t.to_dtype(candle_core::DType::F32)?
@@ -51,7 +89,14 @@ pub fn multi_head_attention(
         heads,
         scale: scale as f32,
         mask: mask.map(host).transpose()?,
-        position_bias: position_bias.map(host).transpose()?,
+        position_bias: position_bias
+            .map(|bias| -> candle_core::Result<HostBias> {
+                Ok(match bias {
+                    PositionBias::Table(table) => HostBias::Table(host(table)?),
+                    PositionBias::Alibi(slopes) => HostBias::Alibi(slopes.to_vec()),
+                })
+            })
+            .transpose()?,
         products,
     };
     qkv.contiguous()?.apply_op1_no_bwd(&op)
@@ -88,9 +133,24 @@ struct FusedAttention {
     scale: f32,
     /// (batch, k_seq) additive mask, on the host.
     mask: Option<Vec<f32>>,
-    /// (heads, q_seq, k_seq) additive bias, on the host.
-    position_bias: Option<Vec<f32>>,
+    position_bias: Option<HostBias>,
     products: AttentionProducts,
+}
+
+/// [`PositionBias`] on the host.
+enum HostBias {
+    /// (heads, q_seq, k_seq) additive.
+    Table(Vec<f32>),
+    /// One slope per head.
+    Alibi(Vec<f64>),
+}
+
+/// One head's part of a [`HostBias`].
+#[derive(Clone, Copy)]
+enum HeadBias<'a> {
+    /// (q_seq, k_seq) additive.
+    Table(&'a [f32]),
+    Alibi(f64),
 }
 
 /// What is added to one head's scores before the softmax: its sequence's padding mask, the
@@ -98,7 +158,7 @@ struct FusedAttention {
 #[derive(Clone, Copy)]
 struct ScoreBias<'a> {
     mask: &'a [f32],
-    position: Option<&'a [f32]>,
+    position: Option<HeadBias<'a>>,
 }
 
 impl<'a> ScoreBias<'a> {
@@ -115,12 +175,20 @@ impl<'a> ScoreBias<'a> {
         };
         let len = self.mask.len();
         buffer.clear();
-        buffer.extend(
-            self.mask
-                .iter()
-                .zip(&position[i * len..(i + 1) * len])
-                .map(|(mask, bias)| mask + bias),
-        );
+        match position {
+            HeadBias::Table(table) => buffer.extend(
+                self.mask
+                    .iter()
+                    .zip(&table[i * len..(i + 1) * len])
+                    .map(|(mask, bias)| mask + bias),
+            ),
+            HeadBias::Alibi(slope) => buffer.extend(
+                self.mask
+                    .iter()
+                    .enumerate()
+                    .map(|(j, mask)| mask + alibi(slope, i, j)),
+            ),
+        }
         buffer
     }
 }
@@ -194,14 +262,22 @@ impl CustomOp1 for FusedAttention {
                 )
             }
         }
-        if let Some(bias) = &self.position_bias {
-            if bias.len() != self.heads * len * len {
+        match &self.position_bias {
+            Some(HostBias::Table(table)) if table.len() != self.heads * len * len => {
                 candle_core::bail!(
                     "fused-attention: position bias of {} values for {} heads x {len} x {len}",
-                    bias.len(),
+                    table.len(),
                     self.heads
                 )
             }
+            Some(HostBias::Alibi(slopes)) if slopes.len() != self.heads => {
+                candle_core::bail!(
+                    "fused-attention: {} ALiBi slopes for {} heads",
+                    slopes.len(),
+                    self.heads
+                )
+            }
+            _ => {}
         }
         let head_dim = width / self.heads;
         let no_mask = vec![0f32; len];
@@ -220,10 +296,12 @@ impl CustomOp1 for FusedAttention {
                 Some(mask) => &mask[b * len..(b + 1) * len],
                 None => &no_mask[..],
             },
-            position: self
-                .position_bias
-                .as_deref()
-                .map(|bias| &bias[h * len * len..(h + 1) * len * len]),
+            position: self.position_bias.as_ref().map(|bias| match bias {
+                HostBias::Table(table) => {
+                    HeadBias::Table(&table[h * len * len..(h + 1) * len * len])
+                }
+                HostBias::Alibi(slopes) => HeadBias::Alibi(slopes[h]),
+            }),
         };
         // The bf16 kernels take whole panels of a head's output columns.
         let bf16 = self.products == AttentionProducts::Bf16
@@ -569,7 +647,10 @@ mod tests {
                     .expect("a tensor of its own size")
             });
             let run = |products| {
-                let (mask, bias) = (Some(&mask_tensor), bias_tensor.as_ref());
+                let (mask, bias) = (
+                    Some(&mask_tensor),
+                    bias_tensor.as_ref().map(PositionBias::Table),
+                );
                 multi_head_attention(&tensor, heads, mask, bias, scale, products)
                     .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
                     .expect("attention runs")
@@ -596,6 +677,74 @@ mod tests {
                 worst <= BF16_ATTENTION_BOUND,
                 "len {len}, d {d}, bias {with_bias}: {worst} > bound"
             );
+        }
+    }
+
+    /// ALiBi computed row by row in the fused kernel (f32 and, where the CPU has it, bf16
+    /// products) equals its table added whole on the split heads, for a head count that is no
+    /// power of two, with padding.
+    #[test]
+    fn alibi_rows_in_the_fused_kernel_match_the_table() {
+        let (batch, len, heads, d) = (2, 21, 3, 32);
+        let width = heads * d;
+        let device = candle_core::Device::Cpu;
+        let qkv = Tensor::from_vec(
+            pseudo_random(batch * len * 3 * width, 21),
+            (batch, len, 3 * width),
+            &device,
+        )
+        .expect("a tensor of its own size");
+        let mut mask = vec![0f32; batch * len];
+        mask[len + len - 6..].fill(f32::MIN);
+        let mask = Tensor::from_vec(mask, (batch, 1, 1, len), &device).expect("mask");
+        let slopes = [0.5, 0.125, 0.0078125];
+        let alibi = PositionBias::Alibi(&slopes);
+        let table = alibi.table(len, &device).expect("the table");
+        let values = |t: candle_core::Result<Tensor>| {
+            t.and_then(|t| t.flatten_all()?.to_vec1::<f32>())
+                .expect("attention runs")
+        };
+        let gap = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max)
+        };
+        let scale = 1.0 / (d as f64).sqrt();
+        let split = values(split_heads_attention(
+            &qkv,
+            heads,
+            Some(&mask),
+            Some(&table),
+            scale,
+        ));
+        let unbiased = values(split_heads_attention(&qkv, heads, Some(&mask), None, scale));
+        assert!(
+            gap(&split, &unbiased) > 1e-2,
+            "ALiBi must change the output"
+        );
+        for products in [AttentionProducts::F32, AttentionProducts::Bf16] {
+            let run = |bias| {
+                values(multi_head_attention(
+                    &qkv,
+                    heads,
+                    Some(&mask),
+                    Some(bias),
+                    scale,
+                    products,
+                ))
+            };
+            let (rows, whole) = (run(alibi), run(PositionBias::Table(&table)));
+            assert!(rows.iter().all(|v| v.is_finite()));
+            assert_eq!(
+                rows.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                whole.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "{products:?}: the rows computed in the kernel are the table's"
+            );
+            if products == AttentionProducts::F32 {
+                let error = gap(&rows, &split);
+                assert!(error <= 1e-5, "fused against split heads: {error}");
+            }
         }
     }
 
@@ -651,7 +800,7 @@ mod tests {
                 &qkv,
                 heads,
                 Some(&mask),
-                Some(&bias),
+                Some(PositionBias::Table(&bias)),
                 scale,
                 AttentionProducts::F32,
             )

@@ -11,7 +11,7 @@ mod reference;
 #[cfg(target_arch = "x86_64")]
 mod simd;
 
-pub use attention::{multi_head_attention, AttentionProducts};
+pub use attention::{multi_head_attention, AttentionProducts, PositionBias};
 pub use decoder_attention::decoder_attention;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};

@@ -26,6 +26,7 @@ use candle_core::Tensor;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::kernels::PositionBias;
 use crate::models::config::Labels;
 use crate::models::layers::{
     gated, padding_mask, require_divisible, require_positive, Activation, Embedding, LayerNorm,
@@ -187,21 +188,6 @@ pub fn alibi_slopes(heads: usize) -> Vec<f64> {
     slopes
 }
 
-/// `alibi[h, i, j] = -slope_h · |i − j|`, (heads, seq, seq) f32: symmetric, as the remote
-/// code's encoder builds it (`rebuild_alibi_tensor`) for a bidirectional model, and added to
-/// every sequence's scores with the padding mask. Distances are between positions 0..seq of
-/// the padded row, so right padding does not move a real token's biases.
-fn alibi_bias(slopes: &[f64], seq: usize, device: &candle_core::Device) -> Result<Tensor> {
-    let values: Vec<f32> = slopes
-        .iter()
-        .flat_map(|&slope| {
-            (0..seq)
-                .flat_map(move |i| (0..seq).map(move |j| (-slope * i.abs_diff(j) as f64) as f32))
-        })
-        .collect();
-    Ok(Tensor::from_vec(values, (slopes.len(), seq, seq), device)?)
-}
-
 /// One block: self-attention with the ALiBi bias, `attention.output` (dense, added, normed),
 /// then the gated feed-forward (added, normed): `JinaBertLayer` with `JinaBertGLUMLP`.
 #[derive(Debug, Clone)]
@@ -249,10 +235,14 @@ impl JinaBertLayer {
         })
     }
 
-    fn forward(&self, hidden: &Tensor, mask: Option<&Tensor>, alibi: &Tensor) -> Result<Tensor> {
-        let attended = self
-            .attention
-            .forward_with_bias(hidden, mask, Some(alibi))?;
+    /// `slopes`: ALiBi's, one per head; the kernel adds `-slope · |i − j|` to query i's score
+    /// of key j, symmetric, as the remote code's encoder builds its table for a bidirectional
+    /// model (`rebuild_alibi_tensor`). Distances are between positions of the padded row, so
+    /// right padding does not move a real token's biases.
+    fn forward(&self, hidden: &Tensor, mask: Option<&Tensor>, slopes: &[f64]) -> Result<Tensor> {
+        let attended =
+            self.attention
+                .forward_with_bias(hidden, mask, Some(PositionBias::Alibi(slopes)))?;
         let hidden = self
             .attention_norm
             .forward(
@@ -346,14 +336,13 @@ impl JinaBertModel {
             .forward(&input.input_ids)?
             .add(&self.token_type_embeddings.forward(&types)?)?;
         let mut hidden = self.embeddings_norm.forward(&hidden)?;
-        let alibi = alibi_bias(&self.slopes, seq, hidden.device())?;
         let mask = input
             .attention_mask
             .as_ref()
             .map(padding_mask)
             .transpose()?;
         for layer in &self.layers {
-            hidden = layer.forward(&hidden, mask.as_ref(), &alibi)?;
+            hidden = layer.forward(&hidden, mask.as_ref(), &self.slopes)?;
         }
         Ok(EncoderOutput {
             last_hidden_state: hidden,

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::kernels::gemm::{Activations, Epilogue, Isa, Output, PackedWeights, WeightFormat};
 use crate::kernels::quant::QuantizedWeights;
-use crate::kernels::{kernel_mode, AttentionProducts, KernelMode};
+use crate::kernels::{kernel_mode, AttentionProducts, KernelMode, PositionBias};
 use crate::models::weight_type::WeightType;
 use crate::models::weights::{Matrix, ModelWeights};
 
@@ -607,13 +607,13 @@ impl SelfAttention {
         self.forward_with_bias(hidden, mask, None)
     }
 
-    /// [`SelfAttention::forward`] with `position_bias`, (heads, seq, seq) f32, added to every
-    /// sequence's scores before the mask (MPNet's relative positions).
+    /// [`SelfAttention::forward`] with `position_bias` added to every sequence's scores before
+    /// the mask (MPNet's relative positions, JinaBERT's ALiBi).
     pub fn forward_with_bias(
         &self,
         hidden: &Tensor,
         mask: Option<&Tensor>,
-        position_bias: Option<&Tensor>,
+        position_bias: Option<PositionBias>,
     ) -> Result<Tensor> {
         let qkv = self.qkv.forward(hidden)?;
         // bf16 weights get bf16 attention products, as PyTorch computes a bf16 model's.

@@ -11,6 +11,7 @@ use candle_core::{DType, Tensor};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::kernels::PositionBias;
 use crate::models::bert::Positions;
 use crate::models::config::Labels;
 use crate::models::layers::{
@@ -195,9 +196,9 @@ impl MpNetAttention {
         mask: Option<&Tensor>,
         position_bias: &Tensor,
     ) -> Result<Tensor> {
-        let attended = self
-            .attn
-            .forward_with_bias(hidden, mask, Some(position_bias))?;
+        let attended =
+            self.attn
+                .forward_with_bias(hidden, mask, Some(PositionBias::Table(position_bias)))?;
         let output = self.o.forward_with(&attended, None, Some(hidden))?;
         self.layer_norm.forward(&output)
     }
