@@ -2438,7 +2438,7 @@ def fnv1a(data: bytes) -> str:
 
 def llama_cpp_greedy(model: pathlib.Path, prompts: list, new_tokens: int) -> list:
     """llama.cpp's greedy continuation of each prompt (token ids), from llama-server's
-    /completion at temperature 0, the end token ignored. The KV cache is f32 (llama.cpp's
+    /completion at temperature 0, the end token ignored, with each step's top-two logit gap. The KV cache is f32 (llama.cpp's
     default is f16), as ours is for f32 activations, and flash attention is off: with it on
     (the default, `auto`, turns it on for a CPU) llama.cpp casts an f32 cache's keys and values
     to f16 before attending (src/llama-graph.cpp, `build_attn_mha`), which moved its logits by
@@ -2467,11 +2467,24 @@ def llama_cpp_greedy(model: pathlib.Path, prompts: list, new_tokens: int) -> lis
         for prompt in prompts:
             body = json.dumps({"prompt": prompt, "n_predict": new_tokens, "temperature": 0,
                                "ignore_eos": True, "return_tokens": True,
-                               "cache_prompt": False}).encode()
+                               "cache_prompt": False, "n_probs": 2}).encode()
             request = urllib.request.Request(f"http://127.0.0.1:{port}/completion", body,
                                              {"Content-Type": "application/json"})
             with urllib.request.urlopen(request) as response:
-                continuations.append(json.loads(response.read())["tokens"])
+                answer = json.loads(response.read())
+            # Each step's margin: its top two log-probabilities apart, as their logits are.
+            # The server leaves out the steps whose token is part of a UTF-8 character (None).
+            steps = iter(answer["completion_probabilities"])
+            step = next(steps, None)
+            gaps = []
+            for token in answer["tokens"]:
+                if step is not None and step["id"] == token:
+                    top = step["top_logprobs"]
+                    gaps.append(round(top[0]["logprob"] - top[1]["logprob"], 4))
+                    step = next(steps, None)
+                else:
+                    gaps.append(None)
+            continuations.append((answer["tokens"], gaps))
         return continuations
     finally:
         server.terminate()
@@ -2579,11 +2592,14 @@ def make_gguf_quantized():
 
 def make_gguf_greedy():
     """gguf/greedy.json: llama.cpp's greedy continuations of two prompts by each quantized
-    Llama fixture (`make_fixtures.py --only gguf-greedy` remakes it alone, from the files)."""
+    Llama fixture, and at each step the gap between its top two logits
+    (`make_fixtures.py --only gguf-greedy` remakes it alone, from the files)."""
     prompts = [[856, 40, 300, 12, 77, 5], [856, 600, 601, 9]]
-    greedy = {name: {"prompts": prompts,
-                     "tokens": llama_cpp_greedy(FIXTURES / "gguf" / name, prompts, 32)}
-              for name in ["llama-q8_0.gguf", "llama-q4_0.gguf", "llama256-q4_k_m.gguf"]}
+    greedy = {}
+    for name in ["llama-q8_0.gguf", "llama-q4_0.gguf", "llama256-q4_k_m.gguf"]:
+        runs = llama_cpp_greedy(FIXTURES / "gguf" / name, prompts, 32)
+        greedy[name] = {"prompts": prompts, "tokens": [tokens for tokens, _ in runs],
+                        "gaps": [gaps for _, gaps in runs]}
     (FIXTURES / "gguf" / "greedy.json").write_text(json.dumps(greedy) + "\n")
 
 

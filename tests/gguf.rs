@@ -173,12 +173,15 @@ fn every_quantized_tensor_dequantizes_as_the_gguf_package_does() {
 }
 
 /// Greedy continuations of llama.cpp's prompts (ids), the end token ignored, as llama.cpp's
-/// server made them (`greedy.json`): how many of the first new tokens agree, per prompt.
-fn greedy_agreement(name: &str, model: &AutoModelForCausalLM) -> Vec<(usize, usize)> {
+/// server made them (`greedy.json`), per prompt: how many of the first new tokens agree, of
+/// how many, and llama.cpp's top-two logit gap at the first step that does not (`None` when
+/// all agree, or where the server gave no gap for the step).
+fn greedy_agreement(name: &str, model: &AutoModelForCausalLM) -> Vec<(usize, usize, Option<f64>)> {
     use ferroformers::generation::{GenerationConfig, Generator, PromptBatch};
     let reference = &fixture_json("gguf/greedy.json")[name];
     let prompts: Vec<Vec<u32>> = serde_json::from_value(reference["prompts"].clone()).unwrap();
     let expected: Vec<Vec<u32>> = serde_json::from_value(reference["tokens"].clone()).unwrap();
+    let gaps: Vec<Vec<Option<f64>>> = serde_json::from_value(reference["gaps"].clone()).unwrap();
     let config = GenerationConfig {
         max_new_tokens: Some(32),
         eos_token_id: Vec::new(),
@@ -188,7 +191,8 @@ fn greedy_agreement(name: &str, model: &AutoModelForCausalLM) -> Vec<(usize, usi
     prompts
         .iter()
         .zip(&expected)
-        .map(|(prompt, theirs)| {
+        .zip(&gaps)
+        .map(|((prompt, theirs), gaps)| {
             let batch =
                 PromptBatch::new(vec![prompt.clone()], vec![vec![1; prompt.len()]]).unwrap();
             let ours = Generator::without_tokenizer(model)
@@ -197,32 +201,53 @@ fn greedy_agreement(name: &str, model: &AutoModelForCausalLM) -> Vec<(usize, usi
                 .remove(0);
             let ours = &ours[prompt.len()..];
             let agree = ours.iter().zip(theirs).take_while(|(a, b)| a == b).count();
-            (agree, theirs.len())
+            (agree, theirs.len(), gaps.get(agree).copied().flatten())
         })
         .collect()
 }
 
+/// Below this gap between llama.cpp's top two logits a step may go either way on an instruction
+/// set not measured against this reference: the largest logit shift that one int8 activation
+/// rounded the other way caused in the traces behind the test below (0.12 on Q4_K_M; 0.05 to
+/// 0.1 on Q8_0), with a margin.
+const NEAR_TIE: f64 = 0.15;
+
 /// Greedy tokens against llama.cpp's (`llama-server`, f32 KV cache, flash attention off,
-/// temperature 0) on two prompts, 32 new tokens each: identical for every file. Both engines
-/// round every row of activations to int8 blocks and multiply integers; teacher-forced on these
-/// sequences the two engines' logits are within 5e-7 (Q8_0, Q4_0) and 3e-6 (Q4_K_M) of each
-/// other (measured with libllama on AVX2). Two things had moved them 0.05–0.1 apart, and
-/// Q8_0's first prompt to another token at its 17th step: llama.cpp's flash attention, on by
-/// default, casts an f32 cache to f16 (the reference is now made with it off), and our RMS
-/// norm summed its squares in f32 where ggml sums in f64 (`kernels::math::inverse_rms`).
-/// Measured here on AVX2 and portable; the x86 group kernels share their float code.
+/// temperature 0) on two prompts, 32 new tokens each. Both engines round every row of
+/// activations to int8 blocks and multiply integers; teacher-forced on these sequences the two
+/// engines' logits are within 5e-7 (Q8_0, Q4_0) and 3e-6 (Q4_K_M) of each other (measured
+/// with libllama on AVX2). Two things had moved them 0.05–0.1 apart, and Q8_0's first prompt
+/// to another token at its 17th step: llama.cpp's flash attention, on by default, casts an f32
+/// cache to f16 (the reference is now made with it off), and our RMS norm summed its squares
+/// in f32 where ggml sums in f64 (`kernels::math::inverse_rms`).
+///
+/// On AVX2 and portable, measured here, every token agrees, and that is asserted. AVX-512's
+/// attention sums in other lanes (1e-7 apart), which can round one activation the other way;
+/// it was not run against this reference, so there a prompt may stop agreeing only at a step
+/// that llama.cpp itself calls within [`NEAR_TIE`].
 #[test]
 fn greedy_tokens_against_llama_cpp() {
+    // AVX2 and portable; an AVX-512 CPU is the one not measured.
+    let measured = !kernel_isa().has_avx512();
     for name in ["llama-q8_0.gguf", "llama-q4_0.gguf", "llama256-q4_k_m.gguf"] {
         let model = load_gguf_file(name);
         let agreement = greedy_agreement(name, &model);
         eprintln!(
-            "{name} ({:?}): {agreement:?} (agreeing, of) new tokens as llama.cpp's",
+            "{name} ({:?}): {agreement:?} (agreeing, of, llama.cpp's gap where they part) new \
+             tokens as llama.cpp's",
             kernel_isa()
         );
-        for (agree, of) in agreement {
+        for (agree, of, gap) in agreement {
             assert_eq!(of, 32, "{name}: llama.cpp's reference has 32 tokens");
-            assert_eq!(agree, of, "{name}: {agree} of {of} tokens as llama.cpp's");
+            if measured || agree == of {
+                assert_eq!(agree, of, "{name}: {agree} of {of} tokens as llama.cpp's");
+            } else {
+                assert!(
+                    gap.is_some_and(|gap| gap < NEAR_TIE),
+                    "{name}: parted from llama.cpp after {agree} tokens, where its top two \
+                     logits are {gap:?} apart (not a near tie)"
+                );
+            }
         }
     }
 }
