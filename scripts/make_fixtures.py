@@ -3927,8 +3927,41 @@ def make_chase_baseline(snapshot: pathlib.Path):
                                "best_test_accuracy": best}, indent=1) + "\n")
 
 
+# `make_fixtures.py --only NAME`: these makers alone, leaving the other fixtures as they are,
+# then the manifest.
+ONLY_SECTIONS = {
+    "perplexity": [make_perplexity_references],
+    # The decoder fixtures as GGUF files, converted by llama.cpp's converter and quantized
+    # by its llama-quantize, with llama.cpp's greedy outputs.
+    "gguf-models": [make_gguf_models, make_gguf_quantized, make_block_quantized_references,
+                    make_llama_cpp_perplexities],
+    # llama.cpp's greedy tokens and perplexities on the GGUF fixtures as they are.
+    "gguf-greedy": [make_gguf_greedy, make_llama_cpp_perplexities],
+    "gguf-tokenizers": [make_gguf_tokenizers],
+    # EmbeddingGemma's layout alone, leaving the others as they are.
+    "gemma3-embedding": [make_gemma3_embedding],
+    # ModernBERT alone, leaving the others as they are.
+    "modernbert": [make_modernbert],
+    # GTE and NomicBERT alone (they need transformers 5; see make_rotary_berts).
+    "rotary-berts": [make_rotary_berts],
+    # JinaBERT v2 alone, held to llama.cpp (see make_jina_bert).
+    "jina-bert": [make_jina_bert],
+    # GTE's and NomicBERT's task heads alone (transformers 5; see make_rotary_bert_heads).
+    "rotary-bert-heads": [make_rotary_bert_heads],
+    # Gemma 3's configs as transformers 5 writes them (see make_gemma3_transformers5).
+    "gemma3-transformers5": [make_gemma3_transformers5],
+    # The metric references alone (scikit-learn, SciPy, seqeval; no model).
+    "training-metrics": [make_training_metric_references],
+}
+
+
 def main():
     torch.set_num_threads(1)
+    if len(sys.argv) == 3 and sys.argv[1] == "--only" and sys.argv[2] in ONLY_SECTIONS:
+        for make in ONLY_SECTIONS[sys.argv[2]]:
+            make()
+        fixture_manifest.write_manifest(FIXTURES)
+        return
     if sys.argv[1:] == ["--only", "training"]:
         # The fine-tuning references alone, leaving the others as they are.
         make_training_references()
@@ -3939,29 +3972,6 @@ def main():
         return
     if sys.argv[1:] == ["--only", "gguf"]:
         make_gguf_dequantize_references()
-        return
-    if sys.argv[1:] == ["--only", "perplexity"]:
-        make_perplexity_references()
-        fixture_manifest.write_manifest(FIXTURES)
-        return
-    if sys.argv[1:] == ["--only", "gguf-models"]:
-        # The decoder fixtures as GGUF files, converted by llama.cpp's converter and quantized
-        # by its llama-quantize, with llama.cpp's greedy outputs.
-        make_gguf_models()
-        make_gguf_quantized()
-        make_block_quantized_references()
-        make_llama_cpp_perplexities()
-        fixture_manifest.write_manifest(FIXTURES)
-        return
-    if sys.argv[1:] == ["--only", "gguf-greedy"]:
-        # llama.cpp's greedy tokens and perplexities on the GGUF fixtures as they are.
-        make_gguf_greedy()
-        make_llama_cpp_perplexities()
-        fixture_manifest.write_manifest(FIXTURES)
-        return
-    if sys.argv[1:] == ["--only", "gguf-tokenizers"]:
-        make_gguf_tokenizers()
-        fixture_manifest.write_manifest(FIXTURES)
         return
     if sys.argv[1:2] == ["--convert-to-gguf"]:
         # make_gguf_tokenizers' subprocess: llama.cpp's converter, in a process of its own.
@@ -3979,11 +3989,6 @@ def main():
         # The decoder embedder alone, leaving the others as they are.
         make_qwen3_embedding()
         return
-    if sys.argv[1:] == ["--only", "gemma3-embedding"]:
-        # EmbeddingGemma's layout alone, leaving the others as they are.
-        make_gemma3_embedding()
-        fixture_manifest.write_manifest(FIXTURES)
-        return
     if sys.argv[1:] == ["--only", "splade"]:
         # SPLADE alone, from the masked-LM fixtures as they are.
         make_splade()
@@ -3993,36 +3998,6 @@ def main():
         make_mpnet()
         count = fixture_manifest.write_manifest(FIXTURES)
         print(f"{fixture_manifest.MANIFEST}: {count} files")
-        return
-    if sys.argv[1:] == ["--only", "modernbert"]:
-        # ModernBERT alone, leaving the others as they are.
-        make_modernbert()
-        fixture_manifest.write_manifest(FIXTURES)
-        return
-    if sys.argv[1:] == ["--only", "rotary-berts"]:
-        # GTE and NomicBERT alone (they need transformers 5; see make_rotary_berts).
-        make_rotary_berts()
-        fixture_manifest.write_manifest(FIXTURES)
-        return
-    if sys.argv[1:] == ["--only", "jina-bert"]:
-        # JinaBERT v2 alone, held to llama.cpp (see make_jina_bert).
-        make_jina_bert()
-        fixture_manifest.write_manifest(FIXTURES)
-        return
-    if sys.argv[1:] == ["--only", "rotary-bert-heads"]:
-        # GTE's and NomicBERT's task heads alone (transformers 5; see make_rotary_bert_heads).
-        make_rotary_bert_heads()
-        fixture_manifest.write_manifest(FIXTURES)
-        return
-    if sys.argv[1:] == ["--only", "gemma3-transformers5"]:
-        # Gemma 3's configs as transformers 5 writes them (see make_gemma3_transformers5).
-        make_gemma3_transformers5()
-        fixture_manifest.write_manifest(FIXTURES)
-        return
-    if sys.argv[1:] == ["--only", "training-metrics"]:
-        # The metric references alone (scikit-learn, SciPy, seqeval; no model).
-        make_training_metric_references()
-        fixture_manifest.write_manifest(FIXTURES)
         return
     if sys.argv[1:] == ["--only", "decoders"]:
         # The Llama-family fixtures alone, leaving the others as they are.
