@@ -735,6 +735,11 @@ mod tests {
                 ))
             };
             let (rows, whole) = (run(alibi), run(PositionBias::Table(&table)));
+            eprintln!(
+                "ALiBi rows, {products:?} products asked, {:?} kernels (bf16 products need \
+                 AVX-512; elsewhere they are f32)",
+                Isa::current()
+            );
             assert!(rows.iter().all(|v| v.is_finite()));
             assert_eq!(
                 rows.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
