@@ -174,7 +174,10 @@ def milliseconds(text):
 
 def run_wrk(url, script, connections, seconds, cpus):
     out = subprocess.run(
-        ["taskset", "-c", cpus, "wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency",
+        # wrk's default 2 s timeout would count a slow server's large requests (TEI's p99 was
+        # 1.93 s on 2 AVX2 cores) as socket errors instead of latencies.
+        ["taskset", "-c", cpus, "wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "30s",
+         "--latency",
          "-s", str(script), url + "/embed"], capture_output=True, text=True, check=True).stdout
     result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}
     for pct in ("50", "99"):
@@ -261,7 +264,10 @@ def embed(args, work_dir):
             runs = results[(server.name, workload)]
             ratio = "n/a"
             if tei is not None and server is not tei:
-                ratios = [r["rps"] / t["rps"] for r, t in zip(runs, results[(tei.name, workload)])]
+                # A round in which TEI answered nothing (a run shorter than one large request)
+                # has no ratio.
+                ratios = [r["rps"] / t["rps"] for r, t in zip(runs, results[(tei.name, workload)])
+                          if t["rps"] > 0] or [math.nan]
                 ratio = f"{statistics.median(ratios):.2f}x ({', '.join(f'{x:.2f}' for x in ratios)})"
             median = lambda key: statistics.median(r[key] for r in runs)
             print(f"| {workload} ({WORKLOADS[workload]['connections']} connections) | {server.name} "
