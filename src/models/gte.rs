@@ -1,6 +1,6 @@
 //! Alibaba's GTE (gte-multilingual-base, gte-base-en-v1.5, gte-large-en-v1.5 and their
-//! rerankers): the rotary encoder of [`rotary_bert`](super::rotary_bert) with biases and a
-//! GeGLU feed-forward.
+//! rerankers): the encoder of [`gated_bert`](super::gated_bert) with rotary positions, biases
+//! and a GeGLU feed-forward.
 //!
 //! Reference: transformers v5.25.0, `src/transformers/models/gte/modular_gte.py`
 //! (<https://github.com/huggingface/transformers/blob/v5.25.0/src/transformers/models/gte/modular_gte.py>).
@@ -19,11 +19,11 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::models::config::Labels;
+use crate::models::gated_bert::{EncoderShape, GatedBertEncoder, KeyNames, Positions, Qkv, UpGate};
 use crate::models::layers::{
     require_divisible, require_positive, Activation, LayerNorm, Linear, Pooler,
 };
 use crate::models::rope::{RopeScaling, RotaryEmbedding};
-use crate::models::rotary_bert::{EncoderShape, KeyNames, RotaryBertEncoder, UpGate};
 use crate::models::weights::ModelWeights;
 use crate::models::{tied_weight, EncoderOutput, MaskedLmHead, ModelInput};
 
@@ -229,10 +229,10 @@ impl GteConfig {
 const KEY_NAMES: KeyNames = KeyNames {
     embeddings_norm: "embeddings.LayerNorm",
     layers: "encoder.layer",
-    qkv: "attention.qkv_proj",
+    qkv: Qkv::Stacked("attention.qkv_proj"),
     attention_output: "attention.o_proj",
     attention_norm: "attn_ln",
-    up_gate: UpGate::Stacked("mlp.up_gate_proj"),
+    up_gate: UpGate::UpThenGate("mlp.up_gate_proj"),
     down: "mlp.down_proj",
     mlp_norm: "mlp_ln",
 };
@@ -258,7 +258,7 @@ fn base_weights(vb: &ModelWeights) -> Result<ModelWeights> {
 /// The GTE encoder.
 #[derive(Debug, Clone)]
 pub struct GteModel {
-    encoder: RotaryBertEncoder,
+    encoder: GatedBertEncoder,
     config: Box<GteConfig>,
 }
 
@@ -267,7 +267,12 @@ impl GteModel {
     pub fn load(vb: ModelWeights, config: &GteConfig) -> Result<Self> {
         let vb = base_weights(&vb)?;
         Ok(Self {
-            encoder: RotaryBertEncoder::load(&vb, &config.shape(), &KEY_NAMES, config.rotary()?)?,
+            encoder: GatedBertEncoder::load(
+                &vb,
+                &config.shape(),
+                &KEY_NAMES,
+                Positions::Rotary(config.rotary()?),
+            )?,
             config: Box::new(config.clone()),
         })
     }

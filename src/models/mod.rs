@@ -25,6 +25,7 @@ pub mod cache;
 pub mod config;
 pub(crate) mod decoder;
 pub mod distilbert;
+pub(crate) mod gated_bert;
 pub mod gemma3;
 pub(crate) mod gguf;
 pub mod gpt2;
@@ -39,7 +40,6 @@ pub mod pooling;
 pub mod pretrained;
 pub mod roberta;
 pub mod rope;
-pub(crate) mod rotary_bert;
 pub mod weight_type;
 pub mod weights;
 

@@ -1,5 +1,6 @@
-//! NomicBERT (nomic-embed-text v1 and v1.5, nomic-bert-2048): the rotary encoder of
-//! [`rotary_bert`](super::rotary_bert) without biases, with a SwiGLU feed-forward.
+//! NomicBERT (nomic-embed-text v1 and v1.5, nomic-bert-2048): the encoder of
+//! [`gated_bert`](super::gated_bert) with rotary positions, without biases, with a SwiGLU
+//! feed-forward.
 //!
 //! Reference: transformers v5.25.0, `src/transformers/models/nomic_bert/modular_nomic_bert.py`
 //! (<https://github.com/huggingface/transformers/blob/v5.25.0/src/transformers/models/nomic_bert/modular_nomic_bert.py>).
@@ -19,11 +20,11 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::models::config::Labels;
+use crate::models::gated_bert::{EncoderShape, GatedBertEncoder, KeyNames, Positions, Qkv, UpGate};
 use crate::models::layers::{
     require_divisible, require_positive, Activation, LayerNorm, Linear, Pooler,
 };
 use crate::models::rope::{RopeScaling, RotaryEmbedding};
-use crate::models::rotary_bert::{EncoderShape, KeyNames, RotaryBertEncoder, UpGate};
 use crate::models::weights::ModelWeights;
 use crate::models::{base_model_weights, tied_weight, EncoderOutput, MaskedLmHead, ModelInput};
 
@@ -227,7 +228,7 @@ impl NomicBertConfig {
 const KEY_NAMES: KeyNames = KeyNames {
     embeddings_norm: "emb_ln",
     layers: "encoder.layers",
-    qkv: "attn.Wqkv",
+    qkv: Qkv::Stacked("attn.Wqkv"),
     attention_output: "attn.out_proj",
     attention_norm: "norm1",
     up_gate: UpGate::Apart {
@@ -241,7 +242,7 @@ const KEY_NAMES: KeyNames = KeyNames {
 /// The NomicBERT encoder.
 #[derive(Debug, Clone)]
 pub struct NomicBertModel {
-    encoder: RotaryBertEncoder,
+    encoder: GatedBertEncoder,
     config: Box<NomicBertConfig>,
 }
 
@@ -250,7 +251,12 @@ impl NomicBertModel {
     pub fn load(vb: ModelWeights, config: &NomicBertConfig) -> Result<Self> {
         let vb = base_model_weights(&vb, "nomic_bert", "embeddings.word_embeddings.weight")?;
         Ok(Self {
-            encoder: RotaryBertEncoder::load(&vb, &config.shape()?, &KEY_NAMES, config.rotary()?)?,
+            encoder: GatedBertEncoder::load(
+                &vb,
+                &config.shape()?,
+                &KEY_NAMES,
+                Positions::Rotary(config.rotary()?),
+            )?,
             config: Box::new(config.clone()),
         })
     }
