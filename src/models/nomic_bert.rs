@@ -20,10 +20,10 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::models::config::Labels;
-use crate::models::gated_bert::{EncoderShape, GatedBertEncoder, KeyNames, Positions, Qkv, UpGate};
-use crate::models::layers::{
-    require_divisible, require_positive, Activation, LayerNorm, Linear, Pooler,
+use crate::models::gated_bert::{
+    gated_bert_heads, EncoderShape, GatedBertEncoder, KeyNames, Positions, Qkv, UpGate,
 };
+use crate::models::layers::{require_divisible, require_positive, Activation, LayerNorm, Linear};
 use crate::models::rope::{RopeScaling, RotaryEmbedding};
 use crate::models::weights::ModelWeights;
 use crate::models::{base_model_weights, tied_weight, EncoderOutput, MaskedLmHead, ModelInput};
@@ -239,6 +239,11 @@ const KEY_NAMES: KeyNames = KeyNames {
     mlp_norm: "norm2",
 };
 
+/// The base model's weights: at the root, or under `nomic_bert.` (transformers 5's heads).
+fn base_weights(vb: &ModelWeights) -> Result<ModelWeights> {
+    base_model_weights(vb, "nomic_bert", "embeddings.word_embeddings.weight")
+}
+
 /// The NomicBERT encoder.
 #[derive(Debug, Clone)]
 pub struct NomicBertModel {
@@ -249,7 +254,7 @@ pub struct NomicBertModel {
 impl NomicBertModel {
     /// Load the encoder from its keys, at the checkpoint's root or under `nomic_bert.`.
     pub fn load(vb: ModelWeights, config: &NomicBertConfig) -> Result<Self> {
-        let vb = base_model_weights(&vb, "nomic_bert", "embeddings.word_embeddings.weight")?;
+        let vb = base_weights(&vb)?;
         Ok(Self {
             encoder: GatedBertEncoder::load(
                 &vb,
@@ -277,116 +282,49 @@ impl NomicBertModel {
     }
 }
 
-/// `NomicBertForMaskedLM`: the encoder and BERT's `cls.predictions`: `transform.dense`, the
-/// config's activation (`hidden_act`, SiLU by default, not BERT's GELU),
-/// `transform.layer_norm` (lower case, unlike BERT's `LayerNorm`), then `decoder` tied to the
-/// word embeddings with `cls.predictions.bias` (transformers 5 ties `decoder.bias` to it and
-/// saves neither tied tensor).
+/// BERT's `cls.predictions`: `transform.dense`, the config's activation (`hidden_act`, SiLU by
+/// default, not BERT's GELU), `transform.layer_norm` (lower case, unlike BERT's `LayerNorm`),
+/// then `decoder` tied to the word embeddings with `cls.predictions.bias` (transformers 5 ties
+/// `decoder.bias` to it and saves neither tied tensor).
 /// <https://github.com/huggingface/transformers/blob/v5.25.0/src/transformers/models/nomic_bert/modeling_nomic_bert.py#L300-L313>
 /// <https://github.com/huggingface/transformers/blob/v5.25.0/src/transformers/models/nomic_bert/modeling_nomic_bert.py#L446-L461>
-/// <https://github.com/huggingface/transformers/blob/v5.25.0/src/transformers/models/nomic_bert/modeling_nomic_bert.py#L474-L532>
-#[derive(Debug, Clone)]
-pub struct NomicBertForMaskedLM {
+fn masked_lm_head(
+    vb: &ModelWeights,
+    config: &NomicBertConfig,
+    word_embeddings: &Tensor,
+) -> Result<MaskedLmHead> {
+    let hidden = config.hidden_size;
+    let predictions = vb.pp("cls").pp("predictions");
+    let transform = predictions.pp("transform");
+    // The remote code's padded table gives as many logits as it has rows.
+    let vocab = word_embeddings.dim(0)?;
+    Ok(MaskedLmHead {
+        dense: Linear::load(transform.pp("dense"), hidden, hidden)?,
+        activation: config.activation()?,
+        layer_norm: LayerNorm::load(transform.pp("layer_norm"), hidden, config.layer_norm_eps)?,
+        decoder: Linear::new(
+            tied_weight(&predictions, "decoder.weight", word_embeddings)?,
+            Some(predictions.get(vocab, "bias")?),
+            vb.weight_type(),
+        )?,
+    })
+}
+
+gated_bert_heads! {
     model: NomicBertModel,
-    head: MaskedLmHead,
-}
-
-impl NomicBertForMaskedLM {
-    /// Load the encoder (under `nomic_bert.`) and `cls.predictions.*`.
-    pub fn load(vb: ModelWeights, config: &NomicBertConfig) -> Result<Self> {
-        let model = NomicBertModel::load(vb.clone(), config)?;
-        let hidden = config.hidden_size;
-        let predictions = vb.pp("cls").pp("predictions");
-        let transform = predictions.pp("transform");
-        let word_embeddings = model.encoder.word_embeddings()?;
-        // The remote code's padded table gives as many logits as it has rows.
-        let vocab = word_embeddings.dim(0)?;
-        let head = MaskedLmHead {
-            dense: Linear::load(transform.pp("dense"), hidden, hidden)?,
-            activation: config.activation()?,
-            layer_norm: LayerNorm::load(transform.pp("layer_norm"), hidden, config.layer_norm_eps)?,
-            decoder: Linear::new(
-                tied_weight(&predictions, "decoder.weight", word_embeddings)?,
-                Some(predictions.get(vocab, "bias")?),
-                vb.weight_type(),
-            )?,
-        };
-        Ok(Self { model, head })
-    }
-
-    /// The parsed `config.json` the model was loaded with.
-    pub fn config(&self) -> &NomicBertConfig {
-        self.model.config()
-    }
-
-    /// Vocabulary logits, (batch, seq, vocab_size).
-    pub fn forward(&self, input: &ModelInput) -> Result<Tensor> {
-        self.head.forward(&self.model.encoder.forward(input)?)
-    }
-}
-
-/// `NomicBertForSequenceClassification`: BERT's pooler (dense and tanh on the first token,
-/// `nomic_bert.pooler.dense`) and `classifier`.
-/// <https://github.com/huggingface/transformers/blob/v5.25.0/src/transformers/models/nomic_bert/modeling_nomic_bert.py#L535-L611>
-#[derive(Debug, Clone)]
-pub struct NomicBertForSequenceClassification {
-    model: NomicBertModel,
-    pooler: Pooler,
-    classifier: Linear,
-}
-
-impl NomicBertForSequenceClassification {
-    /// Load the encoder and its pooler (under `nomic_bert.`), and `classifier` with
-    /// [`NomicBertConfig::num_labels`] outputs.
-    pub fn load(vb: ModelWeights, config: &NomicBertConfig) -> Result<Self> {
-        let base = base_model_weights(&vb, "nomic_bert", "embeddings.word_embeddings.weight")?;
-        let hidden = config.hidden_size;
-        Ok(Self {
-            model: NomicBertModel::load(vb.clone(), config)?,
-            pooler: Pooler::load(base.pp("pooler"), hidden)?,
-            classifier: Linear::load(vb.pp("classifier"), hidden, config.num_labels())?,
-        })
-    }
-
-    /// The parsed `config.json` the model was loaded with.
-    pub fn config(&self) -> &NomicBertConfig {
-        self.model.config()
-    }
-
-    /// Class logits, (batch, num_labels).
-    pub fn forward(&self, input: &ModelInput) -> Result<Tensor> {
-        let pooled = self.pooler.forward(&self.model.encoder.forward(input)?)?;
-        self.classifier.forward(&pooled)
-    }
-}
-
-/// `NomicBertForTokenClassification`: `classifier` on every token.
-/// <https://github.com/huggingface/transformers/blob/v5.25.0/src/transformers/models/nomic_bert/modeling_nomic_bert.py#L614-L667>
-#[derive(Debug, Clone)]
-pub struct NomicBertForTokenClassification {
-    model: NomicBertModel,
-    classifier: Linear,
-}
-
-impl NomicBertForTokenClassification {
-    /// Load the encoder (under `nomic_bert.`) and `classifier`, with
-    /// [`NomicBertConfig::num_labels`] outputs.
-    pub fn load(vb: ModelWeights, config: &NomicBertConfig) -> Result<Self> {
-        Ok(Self {
-            model: NomicBertModel::load(vb.clone(), config)?,
-            classifier: Linear::load(vb.pp("classifier"), config.hidden_size, config.num_labels())?,
-        })
-    }
-
-    /// The parsed `config.json` the model was loaded with.
-    pub fn config(&self) -> &NomicBertConfig {
-        self.model.config()
-    }
-
-    /// Per-token class logits, (batch, seq, num_labels).
-    pub fn forward(&self, input: &ModelInput) -> Result<Tensor> {
-        self.classifier.forward(&self.model.encoder.forward(input)?)
-    }
+    config: NomicBertConfig,
+    base_weights: base_weights,
+    under: "`nomic_bert.`",
+    /// `NomicBertForMaskedLM`: the encoder and BERT's `cls.predictions` ([`masked_lm_head`]).
+    /// <https://github.com/huggingface/transformers/blob/v5.25.0/src/transformers/models/nomic_bert/modeling_nomic_bert.py#L474-L532>
+    masked_lm: NomicBertForMaskedLM = masked_lm_head("`cls.predictions.*`"),
+    /// `NomicBertForSequenceClassification`: BERT's pooler (dense and tanh on the first token,
+    /// `nomic_bert.pooler.dense`) and `classifier`.
+    /// <https://github.com/huggingface/transformers/blob/v5.25.0/src/transformers/models/nomic_bert/modeling_nomic_bert.py#L535-L611>
+    sequence_classification: NomicBertForSequenceClassification,
+    /// `NomicBertForTokenClassification`: `classifier` on every token.
+    /// <https://github.com/huggingface/transformers/blob/v5.25.0/src/transformers/models/nomic_bert/modeling_nomic_bert.py#L614-L667>
+    token_classification: NomicBertForTokenClassification,
 }
 
 from_pretrained_impls!(
