@@ -22,7 +22,7 @@ use crate::models::config::Labels;
 use crate::models::gated_bert::{
     gated_bert_heads, EncoderShape, GatedBertEncoder, KeyNames, Positions, Qkv, UpGate,
 };
-use crate::models::layers::{require_divisible, require_positive, Activation, LayerNorm, Linear};
+use crate::models::layers::{require_encoder_sizes, Activation, LayerNorm, Linear};
 use crate::models::rope::{RopeScaling, RotaryEmbedding};
 use crate::models::weights::ModelWeights;
 use crate::models::{tied_weight, EncoderOutput, MaskedLmHead, ModelInput};
@@ -130,17 +130,7 @@ const DEFAULT_ROPE_THETA: f64 = 160_000.0;
 
 impl GteConfig {
     pub(crate) fn validate(&self) -> Result<()> {
-        require_positive("vocab_size", self.vocab_size)?;
-        require_positive("hidden_size", self.hidden_size)?;
-        require_positive("num_hidden_layers", self.num_hidden_layers)?;
-        require_positive("intermediate_size", self.intermediate_size)?;
-        require_positive("max_position_embeddings", self.max_position_embeddings)?;
-        require_divisible(
-            "hidden_size",
-            self.hidden_size,
-            "num_attention_heads",
-            self.num_attention_heads,
-        )?;
+        require_encoder_sizes!(self)?;
         let unsupported = |what: String| {
             Err(Error::InvalidConfig(format!(
                 "GTE with {what} is not supported: the released checkpoints use rotary \

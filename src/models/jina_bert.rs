@@ -28,7 +28,7 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::models::config::Labels;
 use crate::models::gated_bert::{EncoderShape, GatedBertEncoder, KeyNames, Positions, Qkv, UpGate};
-use crate::models::layers::{require_divisible, require_positive, Activation};
+use crate::models::layers::{require_encoder_sizes, require_positive, Activation};
 use crate::models::weights::ModelWeights;
 use crate::models::{base_model_weights, EncoderOutput, ModelInput};
 
@@ -115,19 +115,10 @@ impl JinaBertConfig {
     }
 
     pub(crate) fn validate(&self) -> Result<()> {
-        require_positive("vocab_size", self.vocab_size)?;
-        require_positive("hidden_size", self.hidden_size)?;
-        require_positive("num_hidden_layers", self.num_hidden_layers)?;
+        // Before the shared sizes, which would refuse 0 heads as a divisor rather than name them.
         require_positive("num_attention_heads", self.num_attention_heads)?;
-        require_positive("intermediate_size", self.intermediate_size)?;
-        require_positive("max_position_embeddings", self.max_position_embeddings)?;
+        require_encoder_sizes!(self)?;
         require_positive("type_vocab_size", self.type_vocab_size)?;
-        require_divisible(
-            "hidden_size",
-            self.hidden_size,
-            "num_attention_heads",
-            self.num_attention_heads,
-        )?;
         if self.position_embedding_type != "alibi" {
             return Err(Error::InvalidConfig(format!(
                 "JinaBERT with position_embedding_type `{}` is not supported: the released \

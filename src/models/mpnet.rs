@@ -15,8 +15,8 @@ use crate::kernels::PositionBias;
 use crate::models::bert::Positions;
 use crate::models::config::Labels;
 use crate::models::layers::{
-    padding_mask, require_divisible, require_positive, Activation, Embedding, LayerNorm, Linear,
-    Pooler, SelfAttention,
+    padding_mask, require_encoder_sizes, require_positive, Activation, Embedding, LayerNorm,
+    Linear, Pooler, SelfAttention,
 };
 use crate::models::weights::ModelWeights;
 use crate::models::{
@@ -68,18 +68,9 @@ fn default_relative_attention_num_buckets() -> usize {
 
 impl MpNetConfig {
     pub(crate) fn validate(&self) -> Result<()> {
-        require_positive("vocab_size", self.vocab_size)?;
-        require_positive("hidden_size", self.hidden_size)?;
-        require_positive("num_hidden_layers", self.num_hidden_layers)?;
+        // Before the shared sizes, which would refuse 0 heads as a divisor rather than name them.
         require_positive("num_attention_heads", self.num_attention_heads)?;
-        require_positive("intermediate_size", self.intermediate_size)?;
-        require_positive("max_position_embeddings", self.max_position_embeddings)?;
-        require_divisible(
-            "hidden_size",
-            self.hidden_size,
-            "num_attention_heads",
-            self.num_attention_heads,
-        )?;
+        require_encoder_sizes!(self)?;
         if self.relative_attention_num_buckets < RELATIVE_POSITION_BUCKETS {
             return Err(Error::InvalidConfig(format!(
                 "relative_attention_num_buckets {} is below {RELATIVE_POSITION_BUCKETS}: MPNet \
