@@ -19,11 +19,10 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::models::config::Labels;
-use crate::models::gated_bert::{
-    gated_bert_heads, EncoderShape, GatedBertEncoder, KeyNames, Positions, Qkv, UpGate,
-};
+use crate::models::gated_bert::{EncoderShape, GatedBertEncoder, KeyNames, Positions, Qkv, UpGate};
 use crate::models::layers::{require_encoder_sizes, Activation, LayerNorm, Linear};
 use crate::models::rope::{RopeScaling, RotaryEmbedding};
+use crate::models::task_heads::task_heads;
 use crate::models::weights::ModelWeights;
 use crate::models::{tied_weight, EncoderOutput, MaskedLmHead, ModelInput};
 
@@ -282,6 +281,14 @@ impl GteModel {
             pooler_output: None,
         })
     }
+
+    fn word_embeddings(&self) -> Result<&Tensor> {
+        self.encoder.word_embeddings()
+    }
+
+    fn last_hidden_state(&self, input: &ModelInput) -> Result<Tensor> {
+        self.encoder.forward(input)
+    }
 }
 
 /// `lm_head`, which is RoBERTa's head but for the decoder's own bias (`lm_head.decoder.bias`,
@@ -311,18 +318,18 @@ fn masked_lm_head(
     })
 }
 
-gated_bert_heads! {
+task_heads! {
     model: GteModel,
     config: GteConfig,
-    base_weights: base_weights,
     under: "`gte.` or `new.`",
+    num_labels: "[`GteConfig::num_labels`]",
     /// `GteForMaskedLM`: the encoder and `lm_head` ([`masked_lm_head`]).
     /// <https://github.com/huggingface/transformers/blob/v5.25.0/src/transformers/models/gte/modeling_gte.py#L444-L506>
     masked_lm: GteForMaskedLM = masked_lm_head("`lm_head.*`"),
     /// `GteForSequenceClassification` (GTE's rerankers): BERT's pooler (dense and tanh on the
     /// first token) and a classifier.
     /// <https://github.com/huggingface/transformers/blob/v5.25.0/src/transformers/models/gte/modular_gte.py#L230>
-    sequence_classification: GteForSequenceClassification,
+    sequence_classification: GteForSequenceClassification = pooler(base_weights),
     /// `GteForTokenClassification`: `classifier` on every token.
     /// <https://github.com/huggingface/transformers/blob/v5.25.0/src/transformers/models/gte/modeling_gte.py#L588-L641>
     token_classification: GteForTokenClassification,

@@ -20,11 +20,10 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::models::config::Labels;
-use crate::models::gated_bert::{
-    gated_bert_heads, EncoderShape, GatedBertEncoder, KeyNames, Positions, Qkv, UpGate,
-};
+use crate::models::gated_bert::{EncoderShape, GatedBertEncoder, KeyNames, Positions, Qkv, UpGate};
 use crate::models::layers::{require_encoder_sizes, Activation, LayerNorm, Linear};
 use crate::models::rope::{RopeScaling, RotaryEmbedding};
+use crate::models::task_heads::task_heads;
 use crate::models::weights::ModelWeights;
 use crate::models::{base_model_weights, tied_weight, EncoderOutput, MaskedLmHead, ModelInput};
 
@@ -270,6 +269,14 @@ impl NomicBertModel {
             pooler_output: None,
         })
     }
+
+    fn word_embeddings(&self) -> Result<&Tensor> {
+        self.encoder.word_embeddings()
+    }
+
+    fn last_hidden_state(&self, input: &ModelInput) -> Result<Tensor> {
+        self.encoder.forward(input)
+    }
 }
 
 /// BERT's `cls.predictions`: `transform.dense`, the config's activation (`hidden_act`, SiLU by
@@ -300,18 +307,18 @@ fn masked_lm_head(
     })
 }
 
-gated_bert_heads! {
+task_heads! {
     model: NomicBertModel,
     config: NomicBertConfig,
-    base_weights: base_weights,
     under: "`nomic_bert.`",
+    num_labels: "[`NomicBertConfig::num_labels`]",
     /// `NomicBertForMaskedLM`: the encoder and BERT's `cls.predictions` ([`masked_lm_head`]).
     /// <https://github.com/huggingface/transformers/blob/v5.25.0/src/transformers/models/nomic_bert/modeling_nomic_bert.py#L474-L532>
     masked_lm: NomicBertForMaskedLM = masked_lm_head("`cls.predictions.*`"),
     /// `NomicBertForSequenceClassification`: BERT's pooler (dense and tanh on the first token,
     /// `nomic_bert.pooler.dense`) and `classifier`.
     /// <https://github.com/huggingface/transformers/blob/v5.25.0/src/transformers/models/nomic_bert/modeling_nomic_bert.py#L535-L611>
-    sequence_classification: NomicBertForSequenceClassification,
+    sequence_classification: NomicBertForSequenceClassification = pooler(base_weights),
     /// `NomicBertForTokenClassification`: `classifier` on every token.
     /// <https://github.com/huggingface/transformers/blob/v5.25.0/src/transformers/models/nomic_bert/modeling_nomic_bert.py#L614-L667>
     token_classification: NomicBertForTokenClassification,

@@ -8,7 +8,6 @@
 //! [`nomic_bert`](super::nomic_bert) and [`jina_bert`](super::jina_bert) say which.
 //! <https://github.com/huggingface/transformers/blob/v5.25.0/src/transformers/models/jina_embeddings_v3/modular_jina_embeddings_v3.py>
 
-mod heads;
 mod positions;
 
 use candle_core::Tensor;
@@ -20,7 +19,6 @@ use crate::models::layers::{gated, padding_mask, Activation, Embedding, LayerNor
 use crate::models::weights::ModelWeights;
 use crate::models::ModelInput;
 
-pub(crate) use heads::gated_bert_heads;
 use positions::LengthPositions;
 pub(crate) use positions::Positions;
 
