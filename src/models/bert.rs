@@ -11,8 +11,8 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::models::config::Labels;
 use crate::models::layers::{
-    padding_mask, require_divisible, require_positive, Activation, Embedding, LayerNorm, Linear,
-    Pooler, SelfAttention,
+    padding_mask, require_encoder_sizes, require_positive, Activation, Embedding, LayerNorm,
+    Linear, Pooler, SelfAttention,
 };
 use crate::models::weights::ModelWeights;
 use crate::models::{
@@ -73,19 +73,10 @@ fn default_position_embedding_type() -> String {
 
 impl BertConfig {
     pub(crate) fn validate(&self) -> Result<()> {
-        require_positive("vocab_size", self.vocab_size)?;
-        require_positive("hidden_size", self.hidden_size)?;
-        require_positive("num_hidden_layers", self.num_hidden_layers)?;
+        // Before the shared sizes, which would refuse 0 heads as a divisor rather than name them.
         require_positive("num_attention_heads", self.num_attention_heads)?;
-        require_positive("intermediate_size", self.intermediate_size)?;
-        require_positive("max_position_embeddings", self.max_position_embeddings)?;
+        require_encoder_sizes!(self)?;
         require_positive("type_vocab_size", self.type_vocab_size)?;
-        require_divisible(
-            "hidden_size",
-            self.hidden_size,
-            "num_attention_heads",
-            self.num_attention_heads,
-        )?;
         if self.position_embedding_type != "absolute" {
             return Err(Error::InvalidConfig(format!(
                 "position_embedding_type `{}` is not supported; only `absolute` is",

@@ -1,6 +1,6 @@
 //! Alibaba's GTE (gte-multilingual-base, gte-base-en-v1.5, gte-large-en-v1.5 and their
-//! rerankers): the rotary encoder of [`rotary_bert`](super::rotary_bert) with biases and a
-//! GeGLU feed-forward.
+//! rerankers): the encoder of [`gated_bert`](super::gated_bert) with rotary positions, biases
+//! and a GeGLU feed-forward.
 //!
 //! Reference: transformers v5.25.0, `src/transformers/models/gte/modular_gte.py`
 //! (<https://github.com/huggingface/transformers/blob/v5.25.0/src/transformers/models/gte/modular_gte.py>).
@@ -19,11 +19,10 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::models::config::Labels;
-use crate::models::layers::{
-    require_divisible, require_positive, Activation, LayerNorm, Linear, Pooler,
-};
+use crate::models::gated_bert::{EncoderShape, GatedBertEncoder, KeyNames, Positions, Qkv, UpGate};
+use crate::models::layers::{require_encoder_sizes, Activation, LayerNorm, Linear};
 use crate::models::rope::{RopeScaling, RotaryEmbedding};
-use crate::models::rotary_bert::{EncoderShape, KeyNames, RotaryBertEncoder, UpGate};
+use crate::models::task_heads::task_heads;
 use crate::models::weights::ModelWeights;
 use crate::models::{tied_weight, EncoderOutput, MaskedLmHead, ModelInput};
 
@@ -130,17 +129,7 @@ const DEFAULT_ROPE_THETA: f64 = 160_000.0;
 
 impl GteConfig {
     pub(crate) fn validate(&self) -> Result<()> {
-        require_positive("vocab_size", self.vocab_size)?;
-        require_positive("hidden_size", self.hidden_size)?;
-        require_positive("num_hidden_layers", self.num_hidden_layers)?;
-        require_positive("intermediate_size", self.intermediate_size)?;
-        require_positive("max_position_embeddings", self.max_position_embeddings)?;
-        require_divisible(
-            "hidden_size",
-            self.hidden_size,
-            "num_attention_heads",
-            self.num_attention_heads,
-        )?;
+        require_encoder_sizes!(self)?;
         let unsupported = |what: String| {
             Err(Error::InvalidConfig(format!(
                 "GTE with {what} is not supported: the released checkpoints use rotary \
@@ -229,10 +218,10 @@ impl GteConfig {
 const KEY_NAMES: KeyNames = KeyNames {
     embeddings_norm: "embeddings.LayerNorm",
     layers: "encoder.layer",
-    qkv: "attention.qkv_proj",
+    qkv: Qkv::Stacked("attention.qkv_proj"),
     attention_output: "attention.o_proj",
     attention_norm: "attn_ln",
-    up_gate: UpGate::Stacked("mlp.up_gate_proj"),
+    up_gate: UpGate::UpThenGate("mlp.up_gate_proj"),
     down: "mlp.down_proj",
     mlp_norm: "mlp_ln",
 };
@@ -258,7 +247,7 @@ fn base_weights(vb: &ModelWeights) -> Result<ModelWeights> {
 /// The GTE encoder.
 #[derive(Debug, Clone)]
 pub struct GteModel {
-    encoder: RotaryBertEncoder,
+    encoder: GatedBertEncoder,
     config: Box<GteConfig>,
 }
 
@@ -267,7 +256,12 @@ impl GteModel {
     pub fn load(vb: ModelWeights, config: &GteConfig) -> Result<Self> {
         let vb = base_weights(&vb)?;
         Ok(Self {
-            encoder: RotaryBertEncoder::load(&vb, &config.shape(), &KEY_NAMES, config.rotary()?)?,
+            encoder: GatedBertEncoder::load(
+                &vb,
+                &config.shape(),
+                &KEY_NAMES,
+                Positions::Rotary(config.rotary()?),
+            )?,
             config: Box::new(config.clone()),
         })
     }
@@ -287,116 +281,58 @@ impl GteModel {
             pooler_output: None,
         })
     }
-}
 
-/// `GteForSequenceClassification` (GTE's rerankers): BERT's pooler (dense and tanh on the
-/// first token) and a classifier.
-/// <https://github.com/huggingface/transformers/blob/v5.25.0/src/transformers/models/gte/modular_gte.py#L230>
-#[derive(Debug, Clone)]
-pub struct GteForSequenceClassification {
-    model: GteModel,
-    pooler: Pooler,
-    classifier: Linear,
-}
-
-impl GteForSequenceClassification {
-    /// Load the encoder (under `gte.` or `new.`), its `pooler.dense` and `classifier`, with
-    /// [`GteConfig::num_labels`] outputs.
-    pub fn load(vb: ModelWeights, config: &GteConfig) -> Result<Self> {
-        let base = base_weights(&vb)?;
-        let hidden = config.hidden_size;
-        Ok(Self {
-            model: GteModel::load(vb.clone(), config)?,
-            pooler: Pooler::load(base.pp("pooler"), hidden)?,
-            classifier: Linear::load(vb.pp("classifier"), hidden, config.num_labels())?,
-        })
+    fn word_embeddings(&self) -> Result<&Tensor> {
+        self.encoder.word_embeddings()
     }
 
-    /// The parsed `config.json` the model was loaded with.
-    pub fn config(&self) -> &GteConfig {
-        self.model.config()
-    }
-
-    /// Class logits, (batch, num_labels).
-    pub fn forward(&self, input: &ModelInput) -> Result<Tensor> {
-        let pooled = self.pooler.forward(&self.model.encoder.forward(input)?)?;
-        self.classifier.forward(&pooled)
+    fn last_hidden_state(&self, input: &ModelInput) -> Result<Tensor> {
+        self.encoder.forward(input)
     }
 }
 
-/// `GteForMaskedLM`: the encoder and `lm_head`, which is RoBERTa's head but for the decoder's
-/// own bias (`lm_head.decoder.bias`, not `lm_head.bias`): `dense`, exact GELU whatever
-/// `hidden_act` says, `layer_norm`, then `decoder` to the vocabulary, its weight tied to the
-/// word embeddings (and used from there when the checkpoint omits it, as transformers 5 saves
-/// it). The layer norm is saved as `lm_head.norm`, the remote code's name, which transformers
-/// 5 renames at load (`conversion_mapping.py`, "gte").
+/// `lm_head`, which is RoBERTa's head but for the decoder's own bias (`lm_head.decoder.bias`,
+/// not `lm_head.bias`): `dense`, exact GELU whatever `hidden_act` says, `layer_norm`, then
+/// `decoder` to the vocabulary, its weight tied to the word embeddings (and used from there
+/// when the checkpoint omits it, as transformers 5 saves it). The layer norm is saved as
+/// `lm_head.norm`, the remote code's name, which transformers 5 renames at load
+/// (`conversion_mapping.py`, "gte").
 /// <https://github.com/huggingface/transformers/blob/v5.25.0/src/transformers/models/gte/modeling_gte.py#L423-L441>
-/// <https://github.com/huggingface/transformers/blob/v5.25.0/src/transformers/models/gte/modeling_gte.py#L444-L506>
-#[derive(Debug, Clone)]
-pub struct GteForMaskedLM {
+fn masked_lm_head(
+    vb: &ModelWeights,
+    config: &GteConfig,
+    word_embeddings: &Tensor,
+) -> Result<MaskedLmHead> {
+    let (hidden, vocab) = (config.hidden_size, config.vocab_size);
+    let lm_head = vb.pp("lm_head");
+    let decoder = lm_head.pp("decoder");
+    Ok(MaskedLmHead {
+        dense: Linear::load(lm_head.pp("dense"), hidden, hidden)?,
+        activation: Activation::Gelu,
+        layer_norm: LayerNorm::load(lm_head.pp("norm"), hidden, config.layer_norm_eps)?,
+        decoder: Linear::new(
+            tied_weight(&decoder, "weight", word_embeddings)?,
+            Some(decoder.get(vocab, "bias")?),
+            vb.weight_type(),
+        )?,
+    })
+}
+
+task_heads! {
     model: GteModel,
-    head: MaskedLmHead,
-}
-
-impl GteForMaskedLM {
-    /// Load the encoder (under `gte.` or `new.`) and `lm_head.*`.
-    pub fn load(vb: ModelWeights, config: &GteConfig) -> Result<Self> {
-        let model = GteModel::load(vb.clone(), config)?;
-        let (hidden, vocab) = (config.hidden_size, config.vocab_size);
-        let lm_head = vb.pp("lm_head");
-        let decoder = lm_head.pp("decoder");
-        let word_embeddings = model.encoder.word_embeddings()?;
-        let head = MaskedLmHead {
-            dense: Linear::load(lm_head.pp("dense"), hidden, hidden)?,
-            activation: Activation::Gelu,
-            layer_norm: LayerNorm::load(lm_head.pp("norm"), hidden, config.layer_norm_eps)?,
-            decoder: Linear::new(
-                tied_weight(&decoder, "weight", word_embeddings)?,
-                Some(decoder.get(vocab, "bias")?),
-                vb.weight_type(),
-            )?,
-        };
-        Ok(Self { model, head })
-    }
-
-    /// The parsed `config.json` the model was loaded with.
-    pub fn config(&self) -> &GteConfig {
-        self.model.config()
-    }
-
-    /// Vocabulary logits, (batch, seq, vocab_size).
-    pub fn forward(&self, input: &ModelInput) -> Result<Tensor> {
-        self.head.forward(&self.model.encoder.forward(input)?)
-    }
-}
-
-/// `GteForTokenClassification`: `classifier` on every token.
-/// <https://github.com/huggingface/transformers/blob/v5.25.0/src/transformers/models/gte/modeling_gte.py#L588-L641>
-#[derive(Debug, Clone)]
-pub struct GteForTokenClassification {
-    model: GteModel,
-    classifier: Linear,
-}
-
-impl GteForTokenClassification {
-    /// Load the encoder (under `gte.` or `new.`) and `classifier`, with
-    /// [`GteConfig::num_labels`] outputs.
-    pub fn load(vb: ModelWeights, config: &GteConfig) -> Result<Self> {
-        Ok(Self {
-            model: GteModel::load(vb.clone(), config)?,
-            classifier: Linear::load(vb.pp("classifier"), config.hidden_size, config.num_labels())?,
-        })
-    }
-
-    /// The parsed `config.json` the model was loaded with.
-    pub fn config(&self) -> &GteConfig {
-        self.model.config()
-    }
-
-    /// Per-token class logits, (batch, seq, num_labels).
-    pub fn forward(&self, input: &ModelInput) -> Result<Tensor> {
-        self.classifier.forward(&self.model.encoder.forward(input)?)
-    }
+    config: GteConfig,
+    under: "`gte.` or `new.`",
+    num_labels: "[`GteConfig::num_labels`]",
+    /// `GteForMaskedLM`: the encoder and `lm_head` ([`masked_lm_head`]).
+    /// <https://github.com/huggingface/transformers/blob/v5.25.0/src/transformers/models/gte/modeling_gte.py#L444-L506>
+    masked_lm: GteForMaskedLM = masked_lm_head("`lm_head.*`"),
+    /// `GteForSequenceClassification` (GTE's rerankers): BERT's pooler (dense and tanh on the
+    /// first token) and a classifier.
+    /// <https://github.com/huggingface/transformers/blob/v5.25.0/src/transformers/models/gte/modular_gte.py#L230>
+    sequence_classification: GteForSequenceClassification = pooler(base_weights),
+    /// `GteForTokenClassification`: `classifier` on every token.
+    /// <https://github.com/huggingface/transformers/blob/v5.25.0/src/transformers/models/gte/modeling_gte.py#L588-L641>
+    token_classification: GteForTokenClassification,
 }
 
 from_pretrained_impls!(

@@ -1,6 +1,7 @@
 //! JinaBERT v2 (jina-embeddings-v2-base-en, -small-en and their language pairs): BERT's
 //! post-norm encoder with ALiBi in place of a position table and a gated feed-forward (GeGLU,
-//! or ReGLU) in place of BERT's two products.
+//! or ReGLU) in place of BERT's two products: the encoder of [`gated_bert`](super::gated_bert)
+//! with ALiBi's positions.
 //!
 //! Reference: Jina AI's remote code, `modeling_bert.py` of the Hub repository
 //! `jinaai/jina-bert-implementation`
@@ -22,16 +23,12 @@
 //! that checkpoint's `up_gated_layer` halves in the opposite order to Hugging Face's TEI, so
 //! there is no independent reading to prove an implementation against.
 
-use candle_core::Tensor;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::kernels::PositionBias;
 use crate::models::config::Labels;
-use crate::models::layers::{
-    gated, padding_mask, require_divisible, require_positive, Activation, Embedding, LayerNorm,
-    Linear, SelfAttention,
-};
+use crate::models::gated_bert::{EncoderShape, GatedBertEncoder, KeyNames, Positions, Qkv, UpGate};
+use crate::models::layers::{require_encoder_sizes, require_positive, Activation};
 use crate::models::weights::ModelWeights;
 use crate::models::{base_model_weights, EncoderOutput, ModelInput};
 
@@ -118,19 +115,10 @@ impl JinaBertConfig {
     }
 
     pub(crate) fn validate(&self) -> Result<()> {
-        require_positive("vocab_size", self.vocab_size)?;
-        require_positive("hidden_size", self.hidden_size)?;
-        require_positive("num_hidden_layers", self.num_hidden_layers)?;
+        // Before the shared sizes, which would refuse 0 heads as a divisor rather than name them.
         require_positive("num_attention_heads", self.num_attention_heads)?;
-        require_positive("intermediate_size", self.intermediate_size)?;
-        require_positive("max_position_embeddings", self.max_position_embeddings)?;
+        require_encoder_sizes!(self)?;
         require_positive("type_vocab_size", self.type_vocab_size)?;
-        require_divisible(
-            "hidden_size",
-            self.hidden_size,
-            "num_attention_heads",
-            self.num_attention_heads,
-        )?;
         if self.position_embedding_type != "alibi" {
             return Err(Error::InvalidConfig(format!(
                 "JinaBERT with position_embedding_type `{}` is not supported: the released \
@@ -188,84 +176,32 @@ pub fn alibi_slopes(heads: usize) -> Vec<f64> {
     slopes
 }
 
-/// One block: self-attention with the ALiBi bias, `attention.output` (dense, added, normed),
-/// then the gated feed-forward (added, normed): `JinaBertLayer` with `JinaBertGLUMLP`.
-#[derive(Debug, Clone)]
-struct JinaBertLayer {
-    attention: SelfAttention,
-    attention_output: Linear,
-    attention_norm: LayerNorm,
-    /// `mlp.gated_layers`: the gate's half first, then the other, as `gated` takes them.
-    gated_layers: Linear,
-    activation: Activation,
-    wo: Linear,
-    mlp_norm: LayerNorm,
-}
-
-impl JinaBertLayer {
-    fn load(vb: ModelWeights, config: &JinaBertConfig) -> Result<Self> {
-        let (hidden, inner, eps) = (
-            config.hidden_size,
-            config.intermediate_size,
-            config.layer_norm_eps,
-        );
-        let attention = vb.pp("attention");
-        let mlp = vb.pp("mlp");
-        Ok(Self {
-            attention: SelfAttention::load(
-                attention.pp("self"),
-                ["query", "key", "value"],
-                hidden,
-                config.num_attention_heads,
-            )?,
-            attention_output: Linear::load(attention.pp("output").pp("dense"), hidden, hidden)?,
-            attention_norm: LayerNorm::load(attention.pp("output").pp("LayerNorm"), hidden, eps)?,
-            // `act(h[..., :inner]) * h[..., inner:]`: the first half is the gate, in the
-            // remote code's `JinaBertGLUMLP.forward` and in llama.cpp's GEGLU on `ffn_up`
-            // (ggml_geglu activates the first half).
-            gated_layers: Linear::load_with_bias(
-                &mlp.pp("gated_layers"),
-                hidden,
-                2 * inner,
-                false,
-            )?,
-            activation: config.activation()?,
-            wo: Linear::load(mlp.pp("wo"), inner, hidden)?,
-            mlp_norm: LayerNorm::load(mlp.pp("layernorm"), hidden, eps)?,
-        })
-    }
-
-    /// `slopes`: ALiBi's, one per head; the kernel adds `-slope · |i − j|` to query i's score
-    /// of key j, symmetric, as the remote code's encoder builds its table for a bidirectional
-    /// model (`rebuild_alibi_tensor`). Distances are between positions of the padded row, so
-    /// right padding does not move a real token's biases.
-    fn forward(&self, hidden: &Tensor, mask: Option<&Tensor>, slopes: &[f64]) -> Result<Tensor> {
-        let attended =
-            self.attention
-                .forward_with_bias(hidden, mask, Some(PositionBias::Alibi(slopes)))?;
-        let hidden = self
-            .attention_norm
-            .forward(
-                &self
-                    .attention_output
-                    .forward_with(&attended, None, Some(hidden))?,
-            )?;
-        let gated = gated(self.activation, &self.gated_layers.forward(&hidden)?)?;
-        self.mlp_norm
-            .forward(&self.wo.forward_with(&gated, None, Some(&hidden))?)
-    }
-}
+/// JinaBERT's key names: BERT's for the attention, the remote code's for the feed-forward.
+/// The block is `JinaBertLayer` with `JinaBertGLUMLP`: self-attention with the ALiBi bias,
+/// `attention.output` (dense, added, normed), then the gated feed-forward (added, normed).
+const KEY_NAMES: KeyNames = KeyNames {
+    embeddings_norm: "embeddings.LayerNorm",
+    layers: "encoder.layer",
+    qkv: Qkv::Apart {
+        module: "attention.self",
+        names: ["query", "key", "value"],
+    },
+    attention_output: "attention.output.dense",
+    attention_norm: "attention.output.LayerNorm",
+    // `act(h[..., :inner]) * h[..., inner:]`: the first half is the gate, in the remote code's
+    // `JinaBertGLUMLP.forward` and in llama.cpp's GEGLU on `ffn_up` (ggml_geglu activates the
+    // first half).
+    up_gate: UpGate::GateThenUp("mlp.gated_layers"),
+    down: "mlp.wo",
+    mlp_norm: "mlp.layernorm",
+};
 
 /// The JinaBERT v2 encoder: word and token-type embeddings (no position table), their layer
 /// norm, and the blocks. The remote code's pooler (`pooler.dense`, in the checkpoints) is not
 /// loaded: the embedders pool by mean.
 #[derive(Debug, Clone)]
 pub struct JinaBertModel {
-    word_embeddings: Embedding,
-    token_type_embeddings: Embedding,
-    embeddings_norm: LayerNorm,
-    layers: Vec<JinaBertLayer>,
-    slopes: Vec<f64>,
+    encoder: GatedBertEncoder,
     config: Box<JinaBertConfig>,
 }
 
@@ -276,29 +212,21 @@ impl JinaBertModel {
     pub fn load(vb: ModelWeights, config: &JinaBertConfig) -> Result<Self> {
         let vb = base_model_weights(&vb, "bert", "embeddings.word_embeddings.weight")?;
         refuse_qk_post_norm(&vb)?;
-        let embeddings = vb.pp("embeddings");
-        let hidden = config.hidden_size;
-        let layers = vb.pp("encoder").pp("layer");
+        let shape = EncoderShape {
+            hidden: config.hidden_size,
+            heads: config.num_attention_heads,
+            intermediate: config.intermediate_size,
+            layers: config.num_hidden_layers,
+            vocab_rows: config.vocab_size,
+            type_vocab_size: config.type_vocab_size,
+            activation: config.activation()?,
+            layer_norm_eps: config.layer_norm_eps,
+            biases: true,
+            max_positions: config.max_position_embeddings,
+        };
+        let positions = Positions::Alibi(alibi_slopes(config.num_attention_heads));
         Ok(Self {
-            word_embeddings: Embedding::load(
-                embeddings.pp("word_embeddings"),
-                config.vocab_size,
-                hidden,
-            )?,
-            token_type_embeddings: Embedding::load(
-                embeddings.pp("token_type_embeddings"),
-                config.type_vocab_size,
-                hidden,
-            )?,
-            embeddings_norm: LayerNorm::load(
-                embeddings.pp("LayerNorm"),
-                hidden,
-                config.layer_norm_eps,
-            )?,
-            layers: (0..config.num_hidden_layers)
-                .map(|i| JinaBertLayer::load(layers.pp(i), config))
-                .collect::<Result<_>>()?,
-            slopes: alibi_slopes(config.num_attention_heads),
+            encoder: GatedBertEncoder::load(&vb, &shape, &KEY_NAMES, positions)?,
             config: Box::new(config.clone()),
         })
     }
@@ -310,7 +238,8 @@ impl JinaBertModel {
 
     /// The ALiBi slope of each head ([`alibi_slopes`]).
     pub fn alibi_slopes(&self) -> &[f64] {
-        &self.slopes
+        // Loaded with ALiBi's positions, the encoder always has slopes.
+        self.encoder.alibi_slopes().unwrap_or_default()
     }
 
     /// `last_hidden_state`, (batch, seq, hidden_size), f32 on the CPU whatever the weights'
@@ -318,34 +247,8 @@ impl JinaBertModel {
     /// `max_position_embeddings`, [`Error::InvalidInput`] for an id outside the vocabulary or
     /// the token types.
     pub fn forward(&self, input: &ModelInput) -> Result<EncoderOutput> {
-        crate::kernels::on_worker(|| self.forward_on_worker(input))
-    }
-
-    fn forward_on_worker(&self, input: &ModelInput) -> Result<EncoderOutput> {
-        let (_, seq) = input.input_ids.dims2()?;
-        let max = self.config.max_position_embeddings;
-        if seq > max {
-            return Err(Error::InputTooLong { length: seq, max });
-        }
-        let types = match &input.token_type_ids {
-            Some(types) => types.clone(),
-            None => input.input_ids.zeros_like()?,
-        };
-        let hidden = self
-            .word_embeddings
-            .forward(&input.input_ids)?
-            .add(&self.token_type_embeddings.forward(&types)?)?;
-        let mut hidden = self.embeddings_norm.forward(&hidden)?;
-        let mask = input
-            .attention_mask
-            .as_ref()
-            .map(padding_mask)
-            .transpose()?;
-        for layer in &self.layers {
-            hidden = layer.forward(&hidden, mask.as_ref(), &self.slopes)?;
-        }
         Ok(EncoderOutput {
-            last_hidden_state: hidden,
+            last_hidden_state: self.encoder.forward(input)?,
             pooler_output: None,
         })
     }

@@ -948,3 +948,57 @@ pub(crate) fn require_positive(name: &str, value: usize) -> Result<()> {
     }
     Ok(())
 }
+
+/// The sizes that every BERT-like encoder's config has, named by transformers' BERT fields.
+pub(crate) struct EncoderSizes {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    pub max_position_embeddings: usize,
+}
+
+impl EncoderSizes {
+    /// Each size but the heads' count positive, in this order, then `hidden_size` divisible by
+    /// `num_attention_heads`. GTE's and NomicBERT's configs refuse 0 heads only there, as a
+    /// divisor; the others name them with [`require_positive`] first.
+    pub fn validate(&self) -> Result<()> {
+        require_positive("vocab_size", self.vocab_size)?;
+        require_positive("hidden_size", self.hidden_size)?;
+        require_positive("num_hidden_layers", self.num_hidden_layers)?;
+        require_positive("intermediate_size", self.intermediate_size)?;
+        require_positive("max_position_embeddings", self.max_position_embeddings)?;
+        require_divisible(
+            "hidden_size",
+            self.hidden_size,
+            "num_attention_heads",
+            self.num_attention_heads,
+        )
+    }
+}
+
+/// [`EncoderSizes::validate`] of a config that names its sizes as BERT's does (`vocab_size`,
+/// `hidden_size`, `num_hidden_layers`, `num_attention_heads`, `intermediate_size`,
+/// `max_position_embeddings`); `intermediate_size: expr` where the config computes it.
+macro_rules! require_encoder_sizes {
+    ($config:expr) => {
+        $crate::models::layers::require_encoder_sizes!(
+            $config,
+            intermediate_size: $config.intermediate_size
+        )
+    };
+    ($config:expr, intermediate_size: $intermediate:expr) => {
+        $crate::models::layers::EncoderSizes {
+            vocab_size: $config.vocab_size,
+            hidden_size: $config.hidden_size,
+            num_hidden_layers: $config.num_hidden_layers,
+            num_attention_heads: $config.num_attention_heads,
+            intermediate_size: $intermediate,
+            max_position_embeddings: $config.max_position_embeddings,
+        }
+        .validate()
+    };
+}
+
+pub(crate) use require_encoder_sizes;

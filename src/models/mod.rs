@@ -25,6 +25,7 @@ pub mod cache;
 pub mod config;
 pub(crate) mod decoder;
 pub mod distilbert;
+pub(crate) mod gated_bert;
 pub mod gemma3;
 pub(crate) mod gguf;
 pub mod gpt2;
@@ -39,14 +40,14 @@ pub mod pooling;
 pub mod pretrained;
 pub mod roberta;
 pub mod rope;
-pub(crate) mod rotary_bert;
+pub(crate) mod task_heads;
 pub mod weight_type;
 pub mod weights;
 
 use candle_core::{Tensor, D};
 
 use crate::error::{Error, Result};
-use crate::models::layers::{Activation, LayerNorm, Linear};
+use crate::models::layers::{Activation, LayerNorm, Linear, Pooler};
 use crate::models::weights::ModelWeights;
 
 // What every model's `forward` takes lives with the tokenizer, which makes it; it keeps its
@@ -187,5 +188,33 @@ impl FirstTokenClassifier {
         let first = hidden.narrow(1, 0, 1)?.squeeze(1)?;
         let features = self.dense.forward(&first)?.tanh()?;
         self.out_proj.forward(&features)
+    }
+}
+
+/// BERT's sequence-classification head as GTE and NomicBERT keep it: the pooler (dense and tanh
+/// on the first token), saved beside the base model, then `classifier`.
+#[derive(Debug, Clone)]
+pub(crate) struct PoolerClassifier {
+    pooler: Pooler,
+    classifier: Linear,
+}
+
+impl PoolerClassifier {
+    /// `dense` under `pooler`, and `classifier` with `labels` outputs.
+    pub fn load(
+        pooler: ModelWeights,
+        classifier: ModelWeights,
+        hidden: usize,
+        labels: usize,
+    ) -> Result<Self> {
+        Ok(Self {
+            pooler: Pooler::load(pooler, hidden)?,
+            classifier: Linear::load(classifier, hidden, labels)?,
+        })
+    }
+
+    /// (batch, seq, hidden) hidden states -> (batch, labels) logits.
+    pub fn forward(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.classifier.forward(&self.pooler.forward(hidden)?)
     }
 }

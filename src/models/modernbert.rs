@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::kernels::{decoder_attention, rotated_heads, RotatedHeads};
 use crate::models::config::Labels;
 use crate::models::layers::{
-    gated, require_divisible, require_positive, Activation, Embedding, LayerNorm, Linear,
+    gated, require_encoder_sizes, require_positive, Activation, Embedding, LayerNorm, Linear,
 };
 use crate::models::rope::{RopeScaling, RotaryEmbedding};
 use crate::models::weights::ModelWeights;
@@ -160,22 +160,13 @@ fn default_classifier_pooling() -> ClassifierPooling {
 
 impl ModernBertConfig {
     pub(crate) fn validate(&self) -> Result<()> {
-        require_positive("vocab_size", self.vocab_size)?;
-        require_positive("hidden_size", self.hidden_size)?;
-        require_positive("intermediate_size", self.intermediate_size)?;
-        require_positive("num_hidden_layers", self.num_hidden_layers)?;
+        // Before the shared sizes, which would refuse 0 heads as a divisor rather than name them.
         require_positive("num_attention_heads", self.num_attention_heads)?;
-        require_positive("max_position_embeddings", self.max_position_embeddings)?;
         require_positive(
             "global_attn_every_n_layers",
             self.global_attn_every_n_layers,
         )?;
-        require_divisible(
-            "hidden_size",
-            self.hidden_size,
-            "num_attention_heads",
-            self.num_attention_heads,
-        )?;
+        require_encoder_sizes!(self)?;
         // Builds both rotary embeddings: an odd head width, a theta of 1 or less or an
         // unknown rope_type is an error here, when config.json is read.
         self.rotary(AttentionSpan::Global)?;

@@ -15,14 +15,12 @@ use crate::kernels::PositionBias;
 use crate::models::bert::Positions;
 use crate::models::config::Labels;
 use crate::models::layers::{
-    padding_mask, require_divisible, require_positive, Activation, Embedding, LayerNorm, Linear,
-    Pooler, SelfAttention,
+    padding_mask, require_encoder_sizes, require_positive, Activation, Embedding, LayerNorm,
+    Linear, Pooler, SelfAttention,
 };
+use crate::models::task_heads::task_heads;
 use crate::models::weights::ModelWeights;
-use crate::models::{
-    base_model_weights, EncoderOutput, FirstTokenClassifier, MaskedLmHead, ModelInput,
-    QuestionAnsweringOutput,
-};
+use crate::models::{base_model_weights, EncoderOutput, ModelInput};
 
 /// `MPNetConfig` from `config.json`.
 /// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/mpnet/configuration_mpnet.py#L81>
@@ -68,18 +66,9 @@ fn default_relative_attention_num_buckets() -> usize {
 
 impl MpNetConfig {
     pub(crate) fn validate(&self) -> Result<()> {
-        require_positive("vocab_size", self.vocab_size)?;
-        require_positive("hidden_size", self.hidden_size)?;
-        require_positive("num_hidden_layers", self.num_hidden_layers)?;
+        // Before the shared sizes, which would refuse 0 heads as a divisor rather than name them.
         require_positive("num_attention_heads", self.num_attention_heads)?;
-        require_positive("intermediate_size", self.intermediate_size)?;
-        require_positive("max_position_embeddings", self.max_position_embeddings)?;
-        require_divisible(
-            "hidden_size",
-            self.hidden_size,
-            "num_attention_heads",
-            self.num_attention_heads,
-        )?;
+        require_encoder_sizes!(self)?;
         if self.relative_attention_num_buckets < RELATIVE_POSITION_BUCKETS {
             return Err(Error::InvalidConfig(format!(
                 "relative_attention_num_buckets {} is below {RELATIVE_POSITION_BUCKETS}: MPNet \
@@ -384,131 +373,25 @@ impl MpNetModel {
     }
 }
 
-/// `MPNetForMaskedLM`: `lm_head` is dense, exact GELU (whatever `hidden_act` says), layer
-/// norm, then a decoder tied to the word embeddings, whose bias is `lm_head.bias`.
-/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/mpnet/modeling_mpnet.py#L579>
-#[derive(Debug, Clone)]
-pub struct MpNetForMaskedLM {
-    mpnet: MpNetModel,
-    head: MaskedLmHead,
-}
-
-impl MpNetForMaskedLM {
-    /// Load the encoder (at the root or under `mpnet.`) and `lm_head.*`. The decoder weight
-    /// is tied to the word embeddings and used from there when the checkpoint omits it.
-    pub fn load(vb: ModelWeights, config: &MpNetConfig) -> Result<Self> {
-        let mpnet = MpNetModel::load(vb.clone(), config)?;
-        let head = MaskedLmHead::roberta(
-            vb.pp("lm_head"),
-            config.hidden_size,
-            config.layer_norm_eps,
-            mpnet.word_embeddings()?,
-        )?;
-        Ok(Self { mpnet, head })
-    }
-
-    /// Vocabulary logits, (batch, seq, vocab).
-    pub fn forward(&self, input: &ModelInput) -> Result<Tensor> {
-        self.head.forward(&self.mpnet.last_hidden_state(input)?)
-    }
-
-    /// The parsed `config.json` the model was loaded with: sizes, labels, special ids.
-    pub fn config(&self) -> &MpNetConfig {
-        self.mpnet.config()
-    }
-}
-
-/// `MPNetForSequenceClassification`: `classifier.dense`, tanh, `classifier.out_proj`, on the
-/// `<s>` token (no pooler), as RoBERTa's head.
-/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/mpnet/modeling_mpnet.py#L852>
-#[derive(Debug, Clone)]
-pub struct MpNetForSequenceClassification {
-    mpnet: MpNetModel,
-    classifier: FirstTokenClassifier,
-}
-
-impl MpNetForSequenceClassification {
-    /// Load the encoder, `classifier.dense`, and `classifier.out_proj` with
-    /// [`MpNetConfig::num_labels`] outputs.
-    pub fn load(vb: ModelWeights, config: &MpNetConfig) -> Result<Self> {
-        Ok(Self {
-            mpnet: MpNetModel::load(vb.clone(), config)?,
-            classifier: FirstTokenClassifier::load(
-                vb.pp("classifier"),
-                config.hidden_size,
-                config.num_labels(),
-            )?,
-        })
-    }
-
-    /// Class logits, (batch, num_labels).
-    pub fn forward(&self, input: &ModelInput) -> Result<Tensor> {
-        self.classifier
-            .forward(&self.mpnet.last_hidden_state(input)?)
-    }
-
-    /// The parsed `config.json` the model was loaded with: sizes, labels, special ids.
-    pub fn config(&self) -> &MpNetConfig {
-        self.mpnet.config()
-    }
-}
-
-/// `MPNetForTokenClassification`: `classifier` on every token.
-/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/mpnet/modeling_mpnet.py#L787>
-#[derive(Debug, Clone)]
-pub struct MpNetForTokenClassification {
-    mpnet: MpNetModel,
-    classifier: Linear,
-}
-
-impl MpNetForTokenClassification {
-    /// Load the encoder and `classifier`, with [`MpNetConfig::num_labels`] outputs.
-    pub fn load(vb: ModelWeights, config: &MpNetConfig) -> Result<Self> {
-        Ok(Self {
-            mpnet: MpNetModel::load(vb.clone(), config)?,
-            classifier: Linear::load(vb.pp("classifier"), config.hidden_size, config.num_labels())?,
-        })
-    }
-
-    /// Per-token class logits, (batch, seq, num_labels).
-    pub fn forward(&self, input: &ModelInput) -> Result<Tensor> {
-        self.classifier
-            .forward(&self.mpnet.last_hidden_state(input)?)
-    }
-
-    /// The parsed `config.json` the model was loaded with: sizes, labels, special ids.
-    pub fn config(&self) -> &MpNetConfig {
-        self.mpnet.config()
-    }
-}
-
-/// `MPNetForQuestionAnswering`: `qa_outputs` gives a start and an end logit per token.
-/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/mpnet/modeling_mpnet.py#L872>
-#[derive(Debug, Clone)]
-pub struct MpNetForQuestionAnswering {
-    mpnet: MpNetModel,
-    qa_outputs: Linear,
-}
-
-impl MpNetForQuestionAnswering {
-    /// Load the encoder and `qa_outputs` (two outputs: start and end).
-    pub fn load(vb: ModelWeights, config: &MpNetConfig) -> Result<Self> {
-        Ok(Self {
-            mpnet: MpNetModel::load(vb.clone(), config)?,
-            qa_outputs: Linear::load(vb.pp("qa_outputs"), config.hidden_size, 2)?,
-        })
-    }
-
-    /// Start and end logits, each (batch, seq).
-    pub fn forward(&self, input: &ModelInput) -> Result<QuestionAnsweringOutput> {
-        let hidden = self.mpnet.last_hidden_state(input)?;
-        QuestionAnsweringOutput::from_logits(&self.qa_outputs.forward(&hidden)?)
-    }
-
-    /// The parsed `config.json` the model was loaded with: sizes, labels, special ids.
-    pub fn config(&self) -> &MpNetConfig {
-        self.mpnet.config()
-    }
+task_heads! {
+    model: MpNetModel,
+    config: MpNetConfig,
+    under: "`mpnet.`",
+    num_labels: "[`MpNetConfig::num_labels`]",
+    /// `MPNetForMaskedLM`: `lm_head` is dense, exact GELU (whatever `hidden_act` says), layer
+    /// norm, then a decoder tied to the word embeddings, whose bias is `lm_head.bias`.
+    /// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/mpnet/modeling_mpnet.py#L579>
+    masked_lm: MpNetForMaskedLM = roberta,
+    /// `MPNetForSequenceClassification`: `classifier.dense`, tanh, `classifier.out_proj`, on the
+    /// `<s>` token (no pooler), as RoBERTa's head.
+    /// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/mpnet/modeling_mpnet.py#L852>
+    sequence_classification: MpNetForSequenceClassification = first_token,
+    /// `MPNetForTokenClassification`: `classifier` on every token.
+    /// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/mpnet/modeling_mpnet.py#L787>
+    token_classification: MpNetForTokenClassification,
+    /// `MPNetForQuestionAnswering`: `qa_outputs` gives a start and an end logit per token.
+    /// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/mpnet/modeling_mpnet.py#L872>
+    question_answering: MpNetForQuestionAnswering,
 }
 
 from_pretrained_impls!(

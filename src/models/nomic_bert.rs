@@ -1,5 +1,6 @@
-//! NomicBERT (nomic-embed-text v1 and v1.5, nomic-bert-2048): the rotary encoder of
-//! [`rotary_bert`](super::rotary_bert) without biases, with a SwiGLU feed-forward.
+//! NomicBERT (nomic-embed-text v1 and v1.5, nomic-bert-2048): the encoder of
+//! [`gated_bert`](super::gated_bert) with rotary positions, without biases, with a SwiGLU
+//! feed-forward.
 //!
 //! Reference: transformers v5.25.0, `src/transformers/models/nomic_bert/modular_nomic_bert.py`
 //! (<https://github.com/huggingface/transformers/blob/v5.25.0/src/transformers/models/nomic_bert/modular_nomic_bert.py>).
@@ -19,11 +20,10 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::models::config::Labels;
-use crate::models::layers::{
-    require_divisible, require_positive, Activation, LayerNorm, Linear, Pooler,
-};
+use crate::models::gated_bert::{EncoderShape, GatedBertEncoder, KeyNames, Positions, Qkv, UpGate};
+use crate::models::layers::{require_encoder_sizes, Activation, LayerNorm, Linear};
 use crate::models::rope::{RopeScaling, RotaryEmbedding};
-use crate::models::rotary_bert::{EncoderShape, KeyNames, RotaryBertEncoder, UpGate};
+use crate::models::task_heads::task_heads;
 use crate::models::weights::ModelWeights;
 use crate::models::{base_model_weights, tied_weight, EncoderOutput, MaskedLmHead, ModelInput};
 
@@ -128,17 +128,7 @@ const DEFAULT_ROPE_THETA: f64 = 1000.0;
 
 impl NomicBertConfig {
     pub(crate) fn validate(&self) -> Result<()> {
-        require_positive("vocab_size", self.vocab_size)?;
-        require_positive("hidden_size", self.hidden_size)?;
-        require_positive("num_hidden_layers", self.num_hidden_layers)?;
-        require_positive("intermediate_size", self.intermediate())?;
-        require_positive("max_position_embeddings", self.max_position_embeddings)?;
-        require_divisible(
-            "hidden_size",
-            self.hidden_size,
-            "num_attention_heads",
-            self.num_attention_heads,
-        )?;
+        require_encoder_sizes!(self, intermediate_size: self.intermediate())?;
         let unsupported = |what: &str| {
             Err(Error::InvalidConfig(format!(
                 "NomicBERT with {what} is not supported: the released checkpoints are post-norm, \
@@ -227,7 +217,7 @@ impl NomicBertConfig {
 const KEY_NAMES: KeyNames = KeyNames {
     embeddings_norm: "emb_ln",
     layers: "encoder.layers",
-    qkv: "attn.Wqkv",
+    qkv: Qkv::Stacked("attn.Wqkv"),
     attention_output: "attn.out_proj",
     attention_norm: "norm1",
     up_gate: UpGate::Apart {
@@ -238,19 +228,29 @@ const KEY_NAMES: KeyNames = KeyNames {
     mlp_norm: "norm2",
 };
 
+/// The base model's weights: at the root, or under `nomic_bert.` (transformers 5's heads).
+fn base_weights(vb: &ModelWeights) -> Result<ModelWeights> {
+    base_model_weights(vb, "nomic_bert", "embeddings.word_embeddings.weight")
+}
+
 /// The NomicBERT encoder.
 #[derive(Debug, Clone)]
 pub struct NomicBertModel {
-    encoder: RotaryBertEncoder,
+    encoder: GatedBertEncoder,
     config: Box<NomicBertConfig>,
 }
 
 impl NomicBertModel {
     /// Load the encoder from its keys, at the checkpoint's root or under `nomic_bert.`.
     pub fn load(vb: ModelWeights, config: &NomicBertConfig) -> Result<Self> {
-        let vb = base_model_weights(&vb, "nomic_bert", "embeddings.word_embeddings.weight")?;
+        let vb = base_weights(&vb)?;
         Ok(Self {
-            encoder: RotaryBertEncoder::load(&vb, &config.shape()?, &KEY_NAMES, config.rotary()?)?,
+            encoder: GatedBertEncoder::load(
+                &vb,
+                &config.shape()?,
+                &KEY_NAMES,
+                Positions::Rotary(config.rotary()?),
+            )?,
             config: Box::new(config.clone()),
         })
     }
@@ -269,118 +269,59 @@ impl NomicBertModel {
             pooler_output: None,
         })
     }
+
+    fn word_embeddings(&self) -> Result<&Tensor> {
+        self.encoder.word_embeddings()
+    }
+
+    fn last_hidden_state(&self, input: &ModelInput) -> Result<Tensor> {
+        self.encoder.forward(input)
+    }
 }
 
-/// `NomicBertForMaskedLM`: the encoder and BERT's `cls.predictions`: `transform.dense`, the
-/// config's activation (`hidden_act`, SiLU by default, not BERT's GELU),
-/// `transform.layer_norm` (lower case, unlike BERT's `LayerNorm`), then `decoder` tied to the
-/// word embeddings with `cls.predictions.bias` (transformers 5 ties `decoder.bias` to it and
-/// saves neither tied tensor).
+/// BERT's `cls.predictions`: `transform.dense`, the config's activation (`hidden_act`, SiLU by
+/// default, not BERT's GELU), `transform.layer_norm` (lower case, unlike BERT's `LayerNorm`),
+/// then `decoder` tied to the word embeddings with `cls.predictions.bias` (transformers 5 ties
+/// `decoder.bias` to it and saves neither tied tensor).
 /// <https://github.com/huggingface/transformers/blob/v5.25.0/src/transformers/models/nomic_bert/modeling_nomic_bert.py#L300-L313>
 /// <https://github.com/huggingface/transformers/blob/v5.25.0/src/transformers/models/nomic_bert/modeling_nomic_bert.py#L446-L461>
-/// <https://github.com/huggingface/transformers/blob/v5.25.0/src/transformers/models/nomic_bert/modeling_nomic_bert.py#L474-L532>
-#[derive(Debug, Clone)]
-pub struct NomicBertForMaskedLM {
+fn masked_lm_head(
+    vb: &ModelWeights,
+    config: &NomicBertConfig,
+    word_embeddings: &Tensor,
+) -> Result<MaskedLmHead> {
+    let hidden = config.hidden_size;
+    let predictions = vb.pp("cls").pp("predictions");
+    let transform = predictions.pp("transform");
+    // The remote code's padded table gives as many logits as it has rows.
+    let vocab = word_embeddings.dim(0)?;
+    Ok(MaskedLmHead {
+        dense: Linear::load(transform.pp("dense"), hidden, hidden)?,
+        activation: config.activation()?,
+        layer_norm: LayerNorm::load(transform.pp("layer_norm"), hidden, config.layer_norm_eps)?,
+        decoder: Linear::new(
+            tied_weight(&predictions, "decoder.weight", word_embeddings)?,
+            Some(predictions.get(vocab, "bias")?),
+            vb.weight_type(),
+        )?,
+    })
+}
+
+task_heads! {
     model: NomicBertModel,
-    head: MaskedLmHead,
-}
-
-impl NomicBertForMaskedLM {
-    /// Load the encoder (under `nomic_bert.`) and `cls.predictions.*`.
-    pub fn load(vb: ModelWeights, config: &NomicBertConfig) -> Result<Self> {
-        let model = NomicBertModel::load(vb.clone(), config)?;
-        let hidden = config.hidden_size;
-        let predictions = vb.pp("cls").pp("predictions");
-        let transform = predictions.pp("transform");
-        let word_embeddings = model.encoder.word_embeddings()?;
-        // The remote code's padded table gives as many logits as it has rows.
-        let vocab = word_embeddings.dim(0)?;
-        let head = MaskedLmHead {
-            dense: Linear::load(transform.pp("dense"), hidden, hidden)?,
-            activation: config.activation()?,
-            layer_norm: LayerNorm::load(transform.pp("layer_norm"), hidden, config.layer_norm_eps)?,
-            decoder: Linear::new(
-                tied_weight(&predictions, "decoder.weight", word_embeddings)?,
-                Some(predictions.get(vocab, "bias")?),
-                vb.weight_type(),
-            )?,
-        };
-        Ok(Self { model, head })
-    }
-
-    /// The parsed `config.json` the model was loaded with.
-    pub fn config(&self) -> &NomicBertConfig {
-        self.model.config()
-    }
-
-    /// Vocabulary logits, (batch, seq, vocab_size).
-    pub fn forward(&self, input: &ModelInput) -> Result<Tensor> {
-        self.head.forward(&self.model.encoder.forward(input)?)
-    }
-}
-
-/// `NomicBertForSequenceClassification`: BERT's pooler (dense and tanh on the first token,
-/// `nomic_bert.pooler.dense`) and `classifier`.
-/// <https://github.com/huggingface/transformers/blob/v5.25.0/src/transformers/models/nomic_bert/modeling_nomic_bert.py#L535-L611>
-#[derive(Debug, Clone)]
-pub struct NomicBertForSequenceClassification {
-    model: NomicBertModel,
-    pooler: Pooler,
-    classifier: Linear,
-}
-
-impl NomicBertForSequenceClassification {
-    /// Load the encoder and its pooler (under `nomic_bert.`), and `classifier` with
-    /// [`NomicBertConfig::num_labels`] outputs.
-    pub fn load(vb: ModelWeights, config: &NomicBertConfig) -> Result<Self> {
-        let base = base_model_weights(&vb, "nomic_bert", "embeddings.word_embeddings.weight")?;
-        let hidden = config.hidden_size;
-        Ok(Self {
-            model: NomicBertModel::load(vb.clone(), config)?,
-            pooler: Pooler::load(base.pp("pooler"), hidden)?,
-            classifier: Linear::load(vb.pp("classifier"), hidden, config.num_labels())?,
-        })
-    }
-
-    /// The parsed `config.json` the model was loaded with.
-    pub fn config(&self) -> &NomicBertConfig {
-        self.model.config()
-    }
-
-    /// Class logits, (batch, num_labels).
-    pub fn forward(&self, input: &ModelInput) -> Result<Tensor> {
-        let pooled = self.pooler.forward(&self.model.encoder.forward(input)?)?;
-        self.classifier.forward(&pooled)
-    }
-}
-
-/// `NomicBertForTokenClassification`: `classifier` on every token.
-/// <https://github.com/huggingface/transformers/blob/v5.25.0/src/transformers/models/nomic_bert/modeling_nomic_bert.py#L614-L667>
-#[derive(Debug, Clone)]
-pub struct NomicBertForTokenClassification {
-    model: NomicBertModel,
-    classifier: Linear,
-}
-
-impl NomicBertForTokenClassification {
-    /// Load the encoder (under `nomic_bert.`) and `classifier`, with
-    /// [`NomicBertConfig::num_labels`] outputs.
-    pub fn load(vb: ModelWeights, config: &NomicBertConfig) -> Result<Self> {
-        Ok(Self {
-            model: NomicBertModel::load(vb.clone(), config)?,
-            classifier: Linear::load(vb.pp("classifier"), config.hidden_size, config.num_labels())?,
-        })
-    }
-
-    /// The parsed `config.json` the model was loaded with.
-    pub fn config(&self) -> &NomicBertConfig {
-        self.model.config()
-    }
-
-    /// Per-token class logits, (batch, seq, num_labels).
-    pub fn forward(&self, input: &ModelInput) -> Result<Tensor> {
-        self.classifier.forward(&self.model.encoder.forward(input)?)
-    }
+    config: NomicBertConfig,
+    under: "`nomic_bert.`",
+    num_labels: "[`NomicBertConfig::num_labels`]",
+    /// `NomicBertForMaskedLM`: the encoder and BERT's `cls.predictions` ([`masked_lm_head`]).
+    /// <https://github.com/huggingface/transformers/blob/v5.25.0/src/transformers/models/nomic_bert/modeling_nomic_bert.py#L474-L532>
+    masked_lm: NomicBertForMaskedLM = masked_lm_head("`cls.predictions.*`"),
+    /// `NomicBertForSequenceClassification`: BERT's pooler (dense and tanh on the first token,
+    /// `nomic_bert.pooler.dense`) and `classifier`.
+    /// <https://github.com/huggingface/transformers/blob/v5.25.0/src/transformers/models/nomic_bert/modeling_nomic_bert.py#L535-L611>
+    sequence_classification: NomicBertForSequenceClassification = pooler(base_weights),
+    /// `NomicBertForTokenClassification`: `classifier` on every token.
+    /// <https://github.com/huggingface/transformers/blob/v5.25.0/src/transformers/models/nomic_bert/modeling_nomic_bert.py#L614-L667>
+    token_classification: NomicBertForTokenClassification,
 }
 
 from_pretrained_impls!(

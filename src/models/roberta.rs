@@ -10,11 +10,9 @@ use candle_core::Tensor;
 
 use crate::error::{Error, Result};
 use crate::models::bert::{BertConfig, BertModel, Positions};
-use crate::models::layers::Linear;
+use crate::models::task_heads::task_heads;
 use crate::models::weights::ModelWeights;
-use crate::models::{
-    EncoderOutput, FirstTokenClassifier, MaskedLmHead, ModelInput, QuestionAnsweringOutput,
-};
+use crate::models::{EncoderOutput, ModelInput};
 
 /// RoBERTa's `config.json` has BERT's fields; `pad_token_id` (1 in released checkpoints)
 /// decides the position numbering.
@@ -62,132 +60,25 @@ impl RobertaModel {
     }
 }
 
-/// `RobertaForMaskedLM`: `lm_head` is dense, GELU, layer norm, then a decoder tied to the word
-/// embeddings, whose bias is `lm_head.bias`.
-/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/roberta/modeling_roberta.py#L1108>
-#[derive(Debug, Clone)]
-pub struct RobertaForMaskedLM {
-    roberta: RobertaModel,
-    head: MaskedLmHead,
-}
-
-impl RobertaForMaskedLM {
-    /// Load the encoder (at the root or under `roberta.`) and `lm_head.*`. The decoder weight
-    /// is tied to the word embeddings and used from there when the checkpoint omits it.
-    pub fn load(vb: ModelWeights, config: &RobertaConfig) -> Result<Self> {
-        let roberta = RobertaModel::load(vb.clone(), config)?;
-        let head = MaskedLmHead::roberta(
-            vb.pp("lm_head"),
-            config.hidden_size,
-            config.layer_norm_eps,
-            roberta.word_embeddings()?,
-        )?;
-        Ok(Self { roberta, head })
-    }
-
-    /// Vocabulary logits, (batch, seq, vocab).
-    pub fn forward(&self, input: &ModelInput) -> Result<Tensor> {
-        self.head.forward(&self.roberta.last_hidden_state(input)?)
-    }
-
-    /// The parsed `config.json` the model was loaded with: sizes, labels, special ids.
-    pub fn config(&self) -> &RobertaConfig {
-        self.roberta.config()
-    }
-}
-
-/// `RobertaForSequenceClassification`: `classifier.dense`, tanh, `classifier.out_proj`, on the
-/// `<s>` token (no pooler).
-/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/roberta/modeling_roberta.py#L1426>
-#[derive(Debug, Clone)]
-pub struct RobertaForSequenceClassification {
-    roberta: RobertaModel,
-    classifier: FirstTokenClassifier,
-}
-
-impl RobertaForSequenceClassification {
-    /// Load the encoder, `classifier.dense`, and `classifier.out_proj` with
-    /// [`RobertaConfig::num_labels`](BertConfig::num_labels) outputs.
-    pub fn load(vb: ModelWeights, config: &RobertaConfig) -> Result<Self> {
-        Ok(Self {
-            roberta: RobertaModel::load(vb.clone(), config)?,
-            classifier: FirstTokenClassifier::load(
-                vb.pp("classifier"),
-                config.hidden_size,
-                config.num_labels(),
-            )?,
-        })
-    }
-
-    /// Class logits, (batch, num_labels).
-    pub fn forward(&self, input: &ModelInput) -> Result<Tensor> {
-        self.classifier
-            .forward(&self.roberta.last_hidden_state(input)?)
-    }
-
-    /// The parsed `config.json` the model was loaded with: sizes, labels, special ids.
-    pub fn config(&self) -> &RobertaConfig {
-        self.roberta.config()
-    }
-}
-
-/// `RobertaForTokenClassification`: `classifier` on every token.
-/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/roberta/modeling_roberta.py#L1346>
-#[derive(Debug, Clone)]
-pub struct RobertaForTokenClassification {
-    roberta: RobertaModel,
-    classifier: Linear,
-}
-
-impl RobertaForTokenClassification {
-    /// Load the encoder and `classifier`, with
-    /// [`RobertaConfig::num_labels`](BertConfig::num_labels) outputs.
-    pub fn load(vb: ModelWeights, config: &RobertaConfig) -> Result<Self> {
-        Ok(Self {
-            roberta: RobertaModel::load(vb.clone(), config)?,
-            classifier: Linear::load(vb.pp("classifier"), config.hidden_size, config.num_labels())?,
-        })
-    }
-
-    /// Per-token class logits, (batch, seq, num_labels).
-    pub fn forward(&self, input: &ModelInput) -> Result<Tensor> {
-        self.classifier
-            .forward(&self.roberta.last_hidden_state(input)?)
-    }
-
-    /// The parsed `config.json` the model was loaded with: sizes, labels, special ids.
-    pub fn config(&self) -> &RobertaConfig {
-        self.roberta.config()
-    }
-}
-
-/// `RobertaForQuestionAnswering`: `qa_outputs` gives a start and an end logit per token.
-/// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/roberta/modeling_roberta.py#L1449>
-#[derive(Debug, Clone)]
-pub struct RobertaForQuestionAnswering {
-    roberta: RobertaModel,
-    qa_outputs: Linear,
-}
-
-impl RobertaForQuestionAnswering {
-    /// Load the encoder and `qa_outputs` (two outputs: start and end).
-    pub fn load(vb: ModelWeights, config: &RobertaConfig) -> Result<Self> {
-        Ok(Self {
-            roberta: RobertaModel::load(vb.clone(), config)?,
-            qa_outputs: Linear::load(vb.pp("qa_outputs"), config.hidden_size, 2)?,
-        })
-    }
-
-    /// Start and end logits, each (batch, seq). Token type ids are ignored.
-    pub fn forward(&self, input: &ModelInput) -> Result<QuestionAnsweringOutput> {
-        let hidden = self.roberta.last_hidden_state(input)?;
-        QuestionAnsweringOutput::from_logits(&self.qa_outputs.forward(&hidden)?)
-    }
-
-    /// The parsed `config.json` the model was loaded with: sizes, labels, special ids.
-    pub fn config(&self) -> &RobertaConfig {
-        self.roberta.config()
-    }
+task_heads! {
+    model: RobertaModel,
+    config: RobertaConfig,
+    under: "`roberta.`",
+    num_labels: "[`RobertaConfig::num_labels`](BertConfig::num_labels)",
+    /// `RobertaForMaskedLM`: `lm_head` is dense, GELU, layer norm, then a decoder tied to the
+    /// word embeddings, whose bias is `lm_head.bias`.
+    /// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/roberta/modeling_roberta.py#L1108>
+    masked_lm: RobertaForMaskedLM = roberta,
+    /// `RobertaForSequenceClassification`: `classifier.dense`, tanh, `classifier.out_proj`, on
+    /// the `<s>` token (no pooler).
+    /// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/roberta/modeling_roberta.py#L1426>
+    sequence_classification: RobertaForSequenceClassification = first_token,
+    /// `RobertaForTokenClassification`: `classifier` on every token.
+    /// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/roberta/modeling_roberta.py#L1346>
+    token_classification: RobertaForTokenClassification,
+    /// `RobertaForQuestionAnswering`: `qa_outputs` gives a start and an end logit per token.
+    /// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/roberta/modeling_roberta.py#L1449>
+    question_answering: RobertaForQuestionAnswering,
 }
 
 from_pretrained_impls!(

@@ -1,23 +1,26 @@
-//! The encoder that GTE and NomicBERT share: BERT's post-norm blocks with rotary positions in
-//! place of a position table and a gated feed-forward (`down(act(gate) · up)`) in place of
-//! BERT's two products. transformers 5 writes both over one layer, JinaEmbeddingsV3's (each
-//! sub-block added to its input, then layer-normed); only the checkpoints' key names, the
-//! biases and the activation differ, and [`gte`](super::gte) and
-//! [`nomic_bert`](super::nomic_bert) say which.
+//! The encoder that GTE, NomicBERT and JinaBERT v2 share: BERT's post-norm blocks with a gated
+//! feed-forward (`down(act(gate) · up)`) in place of BERT's two products, and no position
+//! table: rotary positions or ALiBi's bias in attention instead ([`Positions`]).
+//! transformers 5 writes GTE and NomicBERT over one layer, JinaEmbeddingsV3's (each sub-block
+//! added to its input, then layer-normed), and JinaBERT's remote code (`JinaBertLayer` with
+//! `JinaBertGLUMLP`) is the same block; only the checkpoints' key names, the biases, the
+//! activation and the positions differ, and [`gte`](super::gte),
+//! [`nomic_bert`](super::nomic_bert) and [`jina_bert`](super::jina_bert) say which.
 //! <https://github.com/huggingface/transformers/blob/v5.25.0/src/transformers/models/jina_embeddings_v3/modular_jina_embeddings_v3.py>
-//!
-//! Positions count from 0 in every row (`position_ids = arange(seq)`), padding on the right,
-//! and the heads of q and k are rotated as the Llama family rotates them (`rotate_half`).
 
-use candle_core::{Tensor, D};
+mod positions;
+
+use candle_core::Tensor;
 
 use crate::error::{Error, Result};
 use crate::kernels::gemm::WeightFormat;
 use crate::kernels::AttentionProducts;
 use crate::models::layers::{gated, padding_mask, Activation, Embedding, LayerNorm, Linear};
-use crate::models::rope::RotaryEmbedding;
 use crate::models::weights::ModelWeights;
 use crate::models::ModelInput;
+
+use positions::LengthPositions;
+pub(crate) use positions::Positions;
 
 /// The sizes of one encoder, from its family's config.
 #[derive(Debug, Clone)]
@@ -33,17 +36,32 @@ pub(crate) struct EncoderShape {
     /// The gate's activation.
     pub activation: Activation,
     pub layer_norm_eps: f64,
-    /// Whether the q/k/v, output and down projections have biases (GTE's do).
+    /// Whether the q/k/v, output and down projections have biases (GTE's and JinaBERT's do).
     pub biases: bool,
-    /// The longest input (no table bounds a rotary embedding; the config does).
+    /// The longest input (no table bounds the positions; the config does).
     pub max_positions: usize,
+}
+
+/// How the q, k and v projections are stored.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Qkv {
+    /// One matrix: q's rows, then k's, then v's (GTE's `qkv_proj`, Nomic's `Wqkv`).
+    Stacked(&'static str),
+    /// Three matrices under `module`, stacked at load (BERT's `attention.self.{query,key,value}`,
+    /// which JinaBERT keeps).
+    Apart {
+        module: &'static str,
+        names: [&'static str; 3],
+    },
 }
 
 /// How the feed-forward's two input products are stored.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum UpGate {
     /// One matrix whose first half of rows is `up` and second `gate` (GTE's `up_gate_proj`).
-    Stacked(&'static str),
+    UpThenGate(&'static str),
+    /// One matrix whose first half of rows is `gate`, the order `gated` takes.
+    GateThenUp(&'static str),
     /// Two matrices (Nomic's `fc11`, the up half, and `fc12`, the gate).
     Apart {
         up: &'static str,
@@ -57,8 +75,7 @@ pub(crate) enum UpGate {
 pub(crate) struct KeyNames {
     pub embeddings_norm: &'static str,
     pub layers: &'static str,
-    /// The q, k and v projections as one matrix (q's rows, then k's, then v's).
-    pub qkv: &'static str,
+    pub qkv: Qkv,
     pub attention_output: &'static str,
     pub attention_norm: &'static str,
     pub up_gate: UpGate,
@@ -68,22 +85,22 @@ pub(crate) struct KeyNames {
 
 /// Embeddings, then the layers.
 #[derive(Debug, Clone)]
-pub(crate) struct RotaryBertEncoder {
+pub(crate) struct GatedBertEncoder {
     word_embeddings: Embedding,
     token_type_embeddings: Option<Embedding>,
     embeddings_norm: LayerNorm,
-    layers: Vec<RotaryBertLayer>,
-    rotary: RotaryEmbedding,
+    layers: Vec<GatedBertLayer>,
+    positions: Positions,
     max_positions: usize,
 }
 
-impl RotaryBertEncoder {
+impl GatedBertEncoder {
     /// Load from the encoder's keys under `vb`.
     pub fn load(
         vb: &ModelWeights,
         shape: &EncoderShape,
         names: &KeyNames,
-        rotary: RotaryEmbedding,
+        positions: Positions,
     ) -> Result<Self> {
         let embeddings = vb.pp("embeddings");
         let layers = vb.pp(names.layers);
@@ -108,9 +125,9 @@ impl RotaryBertEncoder {
                 shape.layer_norm_eps,
             )?,
             layers: (0..shape.layers)
-                .map(|i| RotaryBertLayer::load(layers.pp(i), shape, names))
+                .map(|i| GatedBertLayer::load(layers.pp(i), shape, names))
                 .collect::<Result<_>>()?,
-            rotary,
+            positions,
             max_positions: shape.max_positions,
         })
     }
@@ -118,6 +135,14 @@ impl RotaryBertEncoder {
     /// The word-embedding table, (vocab_rows, hidden): what a masked-LM decoder is tied to.
     pub fn word_embeddings(&self) -> Result<&Tensor> {
         self.word_embeddings.weight()
+    }
+
+    /// ALiBi's slope of each head; `None` for rotary positions.
+    pub fn alibi_slopes(&self) -> Option<&[f64]> {
+        match &self.positions {
+            Positions::Alibi(slopes) => Some(slopes),
+            Positions::Rotary(_) => None,
+        }
     }
 
     /// The last hidden state, (batch, seq, hidden), f32 on the CPU whatever the weights' dtype.
@@ -145,49 +170,24 @@ impl RotaryBertEncoder {
             hidden = hidden.add(&table.forward(&types)?)?;
         }
         hidden = self.embeddings_norm.forward(&hidden)?;
-        let rotation = Rotation::new(&self.rotary, seq, &hidden)?;
+        let positions = self.positions.for_length(seq, &hidden)?;
         let mask = input
             .attention_mask
             .as_ref()
             .map(padding_mask)
             .transpose()?;
         for layer in &self.layers {
-            hidden = layer.forward(&hidden, mask.as_ref(), &rotation)?;
+            hidden = layer.forward(&hidden, mask.as_ref(), &positions)?;
         }
         Ok(hidden)
     }
 }
 
-/// Cosines and sines of positions 0..seq, (seq, head_dim / 2) each: the first half of
-/// transformers' `cat(freqs, freqs)`, which is all `rope_thd` reads.
-struct Rotation {
-    cos: Tensor,
-    sin: Tensor,
-}
-
-impl Rotation {
-    fn new(rotary: &RotaryEmbedding, seq: usize, like: &Tensor) -> Result<Self> {
-        let positions: Vec<u32> = (0..seq as u32).collect();
-        let (cos, sin) = rotary.cos_sin(&positions, 1, like.device())?;
-        let half = |t: Tensor| -> Result<Tensor> {
-            let dim = t.dim(D::Minus1)?;
-            Ok(t.narrow(D::Minus1, 0, dim / 2)?
-                .reshape((seq, dim / 2))?
-                .to_dtype(like.dtype())?
-                .contiguous()?)
-        };
-        Ok(Self {
-            cos: half(cos)?,
-            sin: half(sin)?,
-        })
-    }
-}
-
-/// One block: attention (q, k rotated), added and normed; the gated feed-forward, added and
-/// normed.
+/// One block: attention (with the positions), added and normed; the gated feed-forward, added
+/// and normed.
 /// <https://github.com/huggingface/transformers/blob/v5.25.0/src/transformers/models/jina_embeddings_v3/modular_jina_embeddings_v3.py#L180-L205>
 #[derive(Debug, Clone)]
-struct RotaryBertLayer {
+struct GatedBertLayer {
     qkv: Linear,
     attention_output: Linear,
     attention_norm: LayerNorm,
@@ -200,12 +200,12 @@ struct RotaryBertLayer {
     hidden: usize,
 }
 
-impl RotaryBertLayer {
+impl GatedBertLayer {
     fn load(vb: ModelWeights, shape: &EncoderShape, names: &KeyNames) -> Result<Self> {
         let (hidden, intermediate) = (shape.hidden, shape.intermediate);
         let gate_up = match names.up_gate {
             // Its halves swapped at load, to the gate-first order `gated` takes.
-            UpGate::Stacked(name) => {
+            UpGate::UpThenGate(name) => {
                 let up_gate = vb.pp(name).get((2 * intermediate, hidden), "weight")?;
                 let gate_up = Tensor::cat(
                     &[
@@ -216,6 +216,9 @@ impl RotaryBertLayer {
                 )?;
                 Linear::new(gate_up, None, vb.weight_type())?
             }
+            UpGate::GateThenUp(name) => {
+                Linear::load_with_bias(&vb.pp(name), hidden, 2 * intermediate, false)?
+            }
             UpGate::Apart { up, gate } => Linear::stacked(
                 &vb,
                 &[(gate, intermediate), (up, intermediate)],
@@ -223,8 +226,19 @@ impl RotaryBertLayer {
                 false,
             )?,
         };
+        let qkv = match names.qkv {
+            Qkv::Stacked(name) => {
+                Linear::load_with_bias(&vb.pp(name), hidden, 3 * hidden, shape.biases)?
+            }
+            Qkv::Apart { module, names } => Linear::stacked(
+                &vb.pp(module),
+                &names.map(|name| (name, hidden)),
+                hidden,
+                shape.biases,
+            )?,
+        };
         Ok(Self {
-            qkv: Linear::load_with_bias(&vb.pp(names.qkv), hidden, 3 * hidden, shape.biases)?,
+            qkv,
             attention_output: Linear::load_with_bias(
                 &vb.pp(names.attention_output),
                 hidden,
@@ -249,33 +263,20 @@ impl RotaryBertLayer {
         &self,
         hidden: &Tensor,
         mask: Option<&Tensor>,
-        rotation: &Rotation,
+        positions: &LengthPositions,
     ) -> Result<Tensor> {
-        let qkv = self.qkv.forward(hidden)?;
-        let (batch, seq, _) = qkv.dims3()?;
-        let head_dim = self.hidden / self.heads;
-        let rotated = |part: usize| -> Result<Tensor> {
-            let heads = qkv
-                .narrow(D::Minus1, part * self.hidden, self.hidden)?
-                .contiguous()?
-                .reshape((batch, seq, self.heads, head_dim))?;
-            Ok(
-                candle_nn::rotary_emb::rope_thd(&heads, &rotation.cos, &rotation.sin)?
-                    .reshape((batch, seq, self.hidden))?,
-            )
-        };
-        let value = qkv.narrow(D::Minus1, 2 * self.hidden, self.hidden)?;
-        let qkv = Tensor::cat(&[rotated(0)?, rotated(1)?, value], D::Minus1)?;
+        let (qkv, position_bias) = positions.apply(self.qkv.forward(hidden)?, self.heads)?;
         // bf16 weights get bf16 attention products, as PyTorch computes a bf16 model's.
         let products = match self.qkv.weight_format() {
             Some(WeightFormat::Bf16) => AttentionProducts::Bf16,
             _ => AttentionProducts::F32,
         };
+        let head_dim = self.hidden / self.heads;
         let attended = crate::kernels::multi_head_attention(
             &qkv,
             self.heads,
             mask,
-            None,
+            position_bias,
             1.0 / (head_dim as f64).sqrt(),
             products,
         )?;
