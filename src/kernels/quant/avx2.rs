@@ -84,7 +84,7 @@ fn signed_dots(acc: __m256i, w: &[__m256i; 8], x: &[__m256i; 8], _block_sum: i32
 }
 
 /// Ask for the cache lines of the `bytes` bytes that start `PREFETCH_AHEAD` bytes past `p`:
-/// a group kernel's block a few blocks ahead. On the Zen 3 VM one decoding product waited on
+/// a group kernel's block (or a Q6_K row's) a few blocks ahead. On the Zen 3 VM one decoding product waited on
 /// memory at about one instruction per cycle with no prefetch, below the bandwidth (Q4_0
 /// 1×2048→8192 at 20–24 GB/s against a 32–34 GB/s triad); 1 KiB ahead it streamed 10–20%
 /// faster (`quant_gemv`, three alternating rounds), 2 KiB ahead no better on the wide shapes

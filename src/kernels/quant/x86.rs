@@ -460,6 +460,11 @@ macro_rules! block_kernels {
                 // SAFETY: as in `q4_k`.
                 unsafe {
                     let p = w.as_ptr().add(b * 210);
+                    // Q6_K stays in rows (not groups of 8) but streams the same way: the tied
+                    // head of a Q4_K_M file is Q6_K. On the Zen 3 VM, 12 alternating pairs of
+                    // binaries: 1×2048→128256 8% and 1×8192→2048 10% faster (medians of the
+                    // pairs' ratios; 11 of 12 pairs faster in each).
+                    prefetch_ahead(p, 210);
                     let scale_bytes = p.add(192);
                     let scales = [
                         _mm256_cvtepi8_epi32(_mm_loadl_epi64(scale_bytes.cast())),
