@@ -294,12 +294,7 @@ impl BertModel {
         let layers = (0..config.num_hidden_layers)
             .map(|i| BertLayer::load(encoder.pp(i), config))
             .collect::<Result<Vec<_>>>()?;
-        let pooler = if vb.contains_tensor("pooler.dense.weight") {
-            Some(Pooler::load(vb.pp("pooler"), config.hidden_size)?)
-        } else {
-            tracing::info!("no pooler weights (pooler.dense.*): the model has no pooler output");
-            None
-        };
+        let pooler = Pooler::load_if_present(&vb, config.hidden_size)?;
         // `embeddings.position_ids` (a buffer that older checkpoints saved) is never read.
         Ok(Self {
             embeddings: BertEmbeddings::load(vb.pp("embeddings"), config)?,

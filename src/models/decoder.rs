@@ -120,14 +120,6 @@ fn check_layers(cache: &KvCache, layers: usize) -> Result<()> {
     Ok(())
 }
 
-/// `head` (the LM head) on the hidden state of each sequence's last position, (batch, new,
-/// hidden) -> (batch, vocab): what the next step of generation needs, with the largest matrix
-/// run on one row per sequence rather than on every prompt position.
-pub(crate) fn last_position_logits(head: &Linear, hidden: &Tensor) -> Result<Tensor> {
-    let last = hidden.dim(1)? - 1;
-    head.forward(&hidden.narrow(1, last, 1)?.squeeze(1)?)
-}
-
 /// `linear` over the rows of a ragged decoding step, in groups small enough that each row's
 /// output is bitwise what it is when its sequence decodes alone
 /// ([`Linear::rows_summed_as_alone`]). The GEMM sums inputs longer than one K block in

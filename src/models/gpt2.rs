@@ -16,10 +16,9 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::models::cache::{KvCache, LayerKv};
+use crate::models::causal_lm::{DecoderStack, DecoderWithHead};
 use crate::models::config::Labels;
-use crate::models::decoder::{
-    attention_bias, last_position_logits, prepare, prepare_decode, rows_as_alone,
-};
+use crate::models::decoder::{attention_bias, prepare, prepare_decode, rows_as_alone};
 use crate::models::layers::{
     require_divisible, require_positive, Activation, Embedding, LayerNorm, Linear,
 };
@@ -340,6 +339,17 @@ impl Gpt2Model {
         crate::kernels::on_worker(|| self.forward_on_worker(input_ids, attention_mask, cache))
     }
 
+    /// Hidden states, (rows, 1, n_embd), of one new token for each of several independent
+    /// sequences: `tokens[i]` follows the positions in `caches[i]` (each a cache of one
+    /// sequence, any length, even empty). The weight products run once over all the rows, and
+    /// attention runs per sequence over its own cache, with no padding; each row is bitwise
+    /// what [`Gpt2Model::forward`] gives that sequence alone on the CPU kernels.
+    pub fn decode_step(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor> {
+        crate::kernels::on_worker(|| self.decode_step_on_worker(tokens, caches))
+    }
+}
+
+impl DecoderStack for Gpt2Model {
     fn forward_on_worker(
         &self,
         input_ids: &Tensor,
@@ -366,17 +376,6 @@ impl Gpt2Model {
         }
         self.ln_f.forward(&hidden)
     }
-}
-
-impl Gpt2Model {
-    /// Hidden states, (rows, 1, n_embd), of one new token for each of several independent
-    /// sequences: `tokens[i]` follows the positions in `caches[i]` (each a cache of one
-    /// sequence, any length, even empty). The weight products run once over all the rows, and
-    /// attention runs per sequence over its own cache, with no padding; each row is bitwise
-    /// what [`Gpt2Model::forward`] gives that sequence alone on the CPU kernels.
-    pub fn decode_step(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor> {
-        crate::kernels::on_worker(|| self.decode_step_on_worker(tokens, caches))
-    }
 
     fn decode_step_on_worker(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor> {
         let positions = prepare_decode(tokens, caches, self.blocks.len(), self.config.n_positions)?;
@@ -395,46 +394,48 @@ impl Gpt2Model {
         }
         self.ln_f.forward(&hidden)
     }
+
+    fn weight_bytes_per_token(&self) -> usize {
+        Gpt2Model::weight_bytes_per_token(self)
+    }
 }
 
 /// `GPT2LMHeadModel`: the decoder and `lm_head`, tied to `wte`.
 /// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/gpt2/modeling_gpt2.py#L981>
 #[derive(Debug, Clone)]
 pub struct Gpt2LMHeadModel {
-    transformer: Gpt2Model,
-    lm_head: Linear,
+    lm: DecoderWithHead<Gpt2Model>,
 }
 
 impl Gpt2LMHeadModel {
     /// Load the decoder (at the root or under `transformer.`) and `lm_head`, which is tied to
     /// `wte` and used from there when the checkpoint omits it.
     pub fn load(vb: ModelWeights, config: &Gpt2Config) -> Result<Self> {
-        let transformer = Gpt2Model::load(vb.clone(), config)?;
+        let decoder = Gpt2Model::load(vb.clone(), config)?;
         let lm_head = Linear::new(
-            tied_weight(&vb.pp("lm_head"), "weight", transformer.wte.weight()?)?,
+            tied_weight(&vb.pp("lm_head"), "weight", decoder.wte.weight()?)?,
             None,
             vb.weight_type(),
         )?;
         Ok(Self {
-            transformer,
-            lm_head,
+            lm: DecoderWithHead { decoder, lm_head },
         })
     }
 
     /// The parsed `config.json` the model was loaded with: sizes, labels, special ids.
     pub fn config(&self) -> &Gpt2Config {
-        self.transformer.config()
+        self.lm.decoder.config()
     }
 
     /// An empty KV cache to pass to every [`Gpt2LMHeadModel::forward`] of one generation; a
     /// cache holds one batch, so start a new one (or [`KvCache::reset`]) for the next.
     pub fn new_cache(&self) -> KvCache {
-        self.transformer.new_cache()
+        self.lm.decoder.new_cache()
     }
 
     /// The device the weights are on.
     pub fn device(&self) -> &Device {
-        self.transformer.wte.device()
+        self.lm.decoder.wte.device()
     }
 
     /// Prompt plus new tokens may not exceed this (`n_positions`).
@@ -449,8 +450,7 @@ impl Gpt2LMHeadModel {
         attention_mask: Option<&Tensor>,
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
-        let hidden = self.transformer.forward(input_ids, attention_mask, cache)?;
-        self.lm_head.forward(&hidden)
+        self.lm.forward(input_ids, attention_mask, cache)
     }
 
     /// Logits of the last new token only, (batch, vocab): what the next step of generation
@@ -462,10 +462,7 @@ impl Gpt2LMHeadModel {
         attention_mask: Option<&Tensor>,
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
-        crate::kernels::on_worker(|| {
-            let hidden = self.transformer.forward(input_ids, attention_mask, cache)?;
-            last_position_logits(&self.lm_head, &hidden)
-        })
+        self.lm.forward_last(input_ids, attention_mask, cache)
     }
 
     /// Logits, (rows, vocab), of the token after `tokens[i]` for each of several independent
@@ -473,16 +470,13 @@ impl Gpt2LMHeadModel {
     /// See [`Gpt2Model::decode_step`]; each row is bitwise what
     /// [`Gpt2LMHeadModel::forward_last`] gives that sequence alone on the CPU kernels.
     pub fn decode_step(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor> {
-        crate::kernels::on_worker(|| {
-            let hidden = self.transformer.decode_step(tokens, caches)?.squeeze(1)?;
-            rows_as_alone(&self.lm_head, &hidden, None, None)
-        })
+        self.lm.decode_step(tokens, caches)
     }
 
     /// Bytes of weights one decoding step reads: every linear layer and the LM head
     /// (embedding lookups read one row each and are left out).
     pub fn weight_bytes_per_token(&self) -> usize {
-        self.transformer.weight_bytes_per_token() + self.lm_head.weight_bytes()
+        self.lm.weight_bytes_per_token()
     }
 }
 

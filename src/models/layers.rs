@@ -648,6 +648,17 @@ impl Pooler {
         })
     }
 
+    /// The `pooler` under `vb` (the model's root), or `None` when the checkpoint has no pooler
+    /// weights: the model then has no pooler output.
+    pub fn load_if_present(vb: &ModelWeights, hidden: usize) -> Result<Option<Self>> {
+        if vb.contains_tensor("pooler.dense.weight") {
+            Ok(Some(Self::load(vb.pp("pooler"), hidden)?))
+        } else {
+            tracing::info!("no pooler weights (pooler.dense.*): the model has no pooler output");
+            Ok(None)
+        }
+    }
+
     /// (batch, hidden) of the hidden states (batch, seq, hidden).
     pub fn forward(&self, hidden: &Tensor) -> Result<Tensor> {
         let first = hidden.narrow(1, 0, 1)?.squeeze(1)?;

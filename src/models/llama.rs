@@ -23,10 +23,9 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::kernels::{rotated_heads, swiglu, HeadNorms, RotatedHeads};
 use crate::models::cache::{KvCache, LayerKv};
+use crate::models::causal_lm::{DecoderStack, DecoderWithHead};
 use crate::models::config::{token_ids, Labels};
-use crate::models::decoder::{
-    attention_bias, last_position_logits, prepare, prepare_decode, rows_as_alone,
-};
+use crate::models::decoder::{attention_bias, prepare, prepare_decode, rows_as_alone};
 use crate::models::layers::{
     require_divisible, require_positive, Activation, Embedding, Linear, RmsNorm,
 };
@@ -580,6 +579,16 @@ impl LlamaModel {
         crate::kernels::on_worker(|| self.forward_on_worker(input_ids, attention_mask, cache))
     }
 
+    /// Hidden states, (rows, 1, hidden), of one new token for each of several independent
+    /// sequences, each over its own cache (of one sequence): the products run once over all
+    /// the rows and attention per sequence, each row bitwise what [`LlamaModel::forward`]
+    /// gives that sequence alone on the CPU kernels.
+    pub fn decode_step(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor> {
+        crate::kernels::on_worker(|| self.decode_step_on_worker(tokens, caches))
+    }
+}
+
+impl DecoderStack for LlamaModel {
     fn forward_on_worker(
         &self,
         input_ids: &Tensor,
@@ -618,14 +627,6 @@ impl LlamaModel {
         self.norm.forward(&hidden)
     }
 
-    /// Hidden states, (rows, 1, hidden), of one new token for each of several independent
-    /// sequences, each over its own cache (of one sequence): the products run once over all
-    /// the rows and attention per sequence, each row bitwise what [`LlamaModel::forward`]
-    /// gives that sequence alone on the CPU kernels.
-    pub fn decode_step(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor> {
-        crate::kernels::on_worker(|| self.decode_step_on_worker(tokens, caches))
-    }
-
     fn decode_step_on_worker(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor> {
         let positions = prepare_decode(
             tokens,
@@ -662,6 +663,10 @@ impl LlamaModel {
             hidden = layer.decode_step(&hidden, &steps, &mut layers)?;
         }
         self.norm.forward(&hidden)
+    }
+
+    fn weight_bytes_per_token(&self) -> usize {
+        LlamaModel::weight_bytes_per_token(self)
     }
 }
 
@@ -702,8 +707,7 @@ impl LlamaEmbeddingModel {
 /// <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/llama/modeling_llama.py#L409>
 #[derive(Debug, Clone)]
 pub struct LlamaForCausalLM {
-    model: LlamaModel,
-    lm_head: Linear,
+    lm: DecoderWithHead<LlamaModel>,
 }
 
 impl LlamaForCausalLM {
@@ -731,31 +735,35 @@ impl LlamaForCausalLM {
             // The table as read is freed now; without this the heap would keep it resident
             // while every layer is loaded, the load's peak.
             crate::runtime::allocator::release_freed_memory();
-            let model = LlamaModel::load_with(vb.pp("model"), config, embed_tokens)?;
-            return Ok(Self { model, lm_head });
+            let decoder = LlamaModel::load_with(vb.pp("model"), config, embed_tokens)?;
+            return Ok(Self {
+                lm: DecoderWithHead { decoder, lm_head },
+            });
         }
         let table = embed.get((vocab, hidden), "weight")?;
-        let model = LlamaModel::load_with(vb.pp("model"), config, Embedding::new(table))?;
+        let decoder = LlamaModel::load_with(vb.pp("model"), config, Embedding::new(table))?;
         let head = vb.pp("lm_head").matrix((vocab, hidden), "weight")?;
         Ok(Self {
-            model,
-            lm_head: Linear::from_matrix(head, None, vb.weight_type())?,
+            lm: DecoderWithHead {
+                decoder,
+                lm_head: Linear::from_matrix(head, None, vb.weight_type())?,
+            },
         })
     }
 
     /// The parsed `config.json` the model was loaded with.
     pub fn config(&self) -> &LlamaConfig {
-        self.model.config()
+        self.lm.decoder.config()
     }
 
     /// An empty KV cache for one generation.
     pub fn new_cache(&self) -> KvCache {
-        self.model.new_cache()
+        self.lm.decoder.new_cache()
     }
 
     /// The device the weights are on.
     pub fn device(&self) -> &Device {
-        self.model.embed_tokens.device()
+        self.lm.decoder.embed_tokens.device()
     }
 
     /// Prompt plus new tokens may not exceed this (`max_position_embeddings`).
@@ -770,8 +778,7 @@ impl LlamaForCausalLM {
         attention_mask: Option<&Tensor>,
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
-        let hidden = self.model.forward(input_ids, attention_mask, cache)?;
-        self.lm_head.forward(&hidden)
+        self.lm.forward(input_ids, attention_mask, cache)
     }
 
     /// Logits of the last new token only, (batch, vocab): the LM head runs on one row per
@@ -782,24 +789,18 @@ impl LlamaForCausalLM {
         attention_mask: Option<&Tensor>,
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
-        crate::kernels::on_worker(|| {
-            let hidden = self.model.forward(input_ids, attention_mask, cache)?;
-            last_position_logits(&self.lm_head, &hidden)
-        })
+        self.lm.forward_last(input_ids, attention_mask, cache)
     }
 
     /// Logits, (rows, vocab), of one decoding step of several independent sequences; each row
     /// bitwise what [`LlamaForCausalLM::forward_last`] gives that sequence alone.
     pub fn decode_step(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Tensor> {
-        crate::kernels::on_worker(|| {
-            let hidden = self.model.decode_step(tokens, caches)?.squeeze(1)?;
-            rows_as_alone(&self.lm_head, &hidden, None, None)
-        })
+        self.lm.decode_step(tokens, caches)
     }
 
     /// Bytes of weights one decoding step reads: every linear layer and the LM head.
     pub fn weight_bytes_per_token(&self) -> usize {
-        self.model.weight_bytes_per_token() + self.lm_head.weight_bytes()
+        self.lm.weight_bytes_per_token()
     }
 }
 

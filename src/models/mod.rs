@@ -22,6 +22,7 @@ pub mod auto;
 pub mod bert;
 pub mod bge_m3;
 pub mod cache;
+pub(crate) mod causal_lm;
 pub mod config;
 pub(crate) mod decoder;
 pub mod distilbert;

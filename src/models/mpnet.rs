@@ -316,12 +316,7 @@ impl MpNetModel {
     /// Load from `embeddings.*`, `encoder.*`, `pooler.*`, at the root or under `mpnet.`.
     pub fn load(vb: ModelWeights, config: &MpNetConfig) -> Result<Self> {
         let vb = base_model_weights(&vb, "mpnet", "embeddings.word_embeddings.weight")?;
-        let pooler = if vb.contains_tensor("pooler.dense.weight") {
-            Some(Pooler::load(vb.pp("pooler"), config.hidden_size)?)
-        } else {
-            tracing::info!("no pooler weights (pooler.dense.*): the model has no pooler output");
-            None
-        };
+        let pooler = Pooler::load_if_present(&vb, config.hidden_size)?;
         Ok(Self {
             embeddings: MpNetEmbeddings::load(vb.pp("embeddings"), config)?,
             encoder: MpNetEncoder::load(vb.pp("encoder"), config)?,

@@ -11,8 +11,7 @@ use crate::models::pooling::Pooling;
 use crate::models::pretrained::{LoadOptions, Pretrained};
 use crate::pipelines::sentence_transformers::{Prompt, SentenceTransformersSetup};
 use crate::pipelines::{
-    encode_all, BatchOptions, Pipeline, PipelineBase, Text, Truncation, TruncationOptions,
-    DEFAULT_BATCH_SIZE,
+    BatchOptions, Pipeline, PipelineBase, Text, Truncation, TruncationOptions, DEFAULT_BATCH_SIZE,
 };
 use crate::tokenizer::EncodeOptions;
 
@@ -193,21 +192,12 @@ impl EmbeddingsPipeline {
     /// max_seq_length as sentence-transformers does.
     pub fn encode(&self, texts: &[&str], options: &EmbeddingsOptions) -> Result<EncodedTexts> {
         let prompt = self.setup.prompt(&options.prompt)?;
-        let prompted: Vec<String> = texts
-            .iter()
-            .map(|text| format!("{}{text}", prompt.unwrap_or_default()))
-            .collect();
-        let tokenizer = self.base.tokenizer();
-        let limit = options
-            .truncation
-            .max_length
-            .or(self.setup.max_seq_length)
-            .or(tokenizer.model_max_length());
-        let truncation = Truncation {
-            enabled: options.truncation.enabled && limit.is_some(),
-            max_length: limit,
-        };
-        let encodings = encode_all(tokenizer, &prompted, &truncation.encode_options())?;
+        let encodings = self.setup.encode_prompted(
+            self.base.tokenizer(),
+            texts,
+            prompt.unwrap_or_default(),
+            &options.truncation,
+        )?;
         let prompt_length = match prompt {
             Some(prompt) if !self.setup.include_prompt => self.prompt_length(prompt)?,
             _ => 0,

@@ -9,12 +9,15 @@ use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Module as _, Tensor};
 use serde::Deserialize;
+use tokenizers::Encoding;
 
 use crate::error::{Error, Result};
 use crate::loading::hub::ModelSource;
 use crate::loading::json::read_json;
 use crate::loading::weights::WeightFiles;
 use crate::models::pooling::{Pooling, SpladePooling};
+use crate::pipelines::{encode_all, Truncation};
+use crate::tokenizer::Tokenizer;
 
 /// An entry of `modules.json`.
 #[derive(Debug, Deserialize)]
@@ -320,6 +323,28 @@ impl SentenceTransformersSetup {
         self.dense
             .iter()
             .try_fold(pooled, |embeddings, dense| dense.forward(&embeddings))
+    }
+
+    /// Tokenize each of `texts` after `prompt`, truncated as sentence-transformers does: at
+    /// the call's `max_length`, else the model's `max_seq_length`, else the tokenizer's
+    /// `model_max_length` (not at all when none is known).
+    pub fn encode_prompted(
+        &self,
+        tokenizer: &Tokenizer,
+        texts: &[&str],
+        prompt: &str,
+        truncation: &Truncation,
+    ) -> Result<Vec<Encoding>> {
+        let prompted: Vec<String> = texts.iter().map(|text| format!("{prompt}{text}")).collect();
+        let limit = truncation
+            .max_length
+            .or(self.max_seq_length)
+            .or(tokenizer.model_max_length());
+        let truncation = Truncation {
+            enabled: truncation.enabled && limit.is_some(),
+            max_length: limit,
+        };
+        encode_all(tokenizer, &prompted, &truncation.encode_options())
     }
 
     /// The prompt text `choice` stands for, as `SentenceTransformer.encode` resolves it;

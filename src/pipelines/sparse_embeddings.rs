@@ -12,8 +12,7 @@ use crate::models::pooling::SpladePooling;
 use crate::models::pretrained::{LoadOptions, Pretrained};
 use crate::pipelines::sentence_transformers::{Prompt, SentenceTransformersSetup};
 use crate::pipelines::{
-    encode_all, BatchOptions, Pipeline, PipelineBase, Text, Truncation, TruncationOptions,
-    DEFAULT_BATCH_SIZE,
+    BatchOptions, Pipeline, PipelineBase, Text, Truncation, TruncationOptions, DEFAULT_BATCH_SIZE,
 };
 
 /// One non-zero entry of a sparse embedding: a vocabulary id and its weight (TEI's
@@ -145,18 +144,8 @@ impl SparseEmbeddingsPipeline {
         options: &SparseEmbeddingsOptions,
     ) -> Result<Vec<Encoding>> {
         let prompt = self.setup.prompt(&options.prompt)?.unwrap_or_default();
-        let prompted: Vec<String> = texts.iter().map(|text| format!("{prompt}{text}")).collect();
-        let tokenizer = self.base.tokenizer();
-        let limit = options
-            .truncation
-            .max_length
-            .or(self.setup.max_seq_length)
-            .or(tokenizer.model_max_length());
-        let truncation = Truncation {
-            enabled: options.truncation.enabled && limit.is_some(),
-            max_length: limit,
-        };
-        encode_all(tokenizer, &prompted, &truncation.encode_options())
+        self.setup
+            .encode_prompted(self.base.tokenizer(), texts, prompt, &options.truncation)
     }
 
     /// Forward, `batch_size` encodings at a time, and the SPLADE pooling of the logits: one
