@@ -155,25 +155,12 @@ fn the_config_picks_jinabert_and_the_auto_classes_load_it() {
     }
 }
 
-fn encode_reference(name: &str) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(fixture(name).join("reference.json")).unwrap())
-        .unwrap()
-}
-
-fn assert_embeddings(ours: &[Vec<f32>], theirs: &Value, what: &str) {
-    let theirs: Vec<Vec<f32>> = serde_json::from_value(theirs.clone()).unwrap();
-    assert_same_len(ours, &theirs, what);
-    for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
-        assert_close_slices(a, b, TIGHT_TOLERANCE, &format!("{what}: sentence {i}"));
-    }
-}
-
 /// The sentence-transformers layout through the embeddings pipeline (what `/embed` serves):
 /// mean pooling and Normalize, in a batch and each sentence alone.
 #[test]
 fn the_embeddings_pipeline_matches_the_reference() {
     let name = "jina_bert/sentence-transformers";
-    let reference = encode_reference(name);
+    let reference = fixture_reference(name);
     let sentences: Vec<String> = serde_json::from_value(reference["sentences"].clone()).unwrap();
     let sentences: Vec<&str> = sentences.iter().map(String::as_str).collect();
     let pipeline =
@@ -183,13 +170,14 @@ fn the_embeddings_pipeline_matches_the_reference() {
     assert_embeddings(
         &pipeline.run(&sentences, &default).unwrap(),
         &reference["embeddings"],
+        TIGHT_TOLERANCE,
         "batch",
     );
     let alone: Vec<Vec<f32>> = sentences
         .iter()
         .map(|s| pipeline.run(&[*s], &default).unwrap().remove(0))
         .collect();
-    assert_embeddings(&alone, &reference["alone"], "alone");
+    assert_embeddings(&alone, &reference["alone"], TIGHT_TOLERANCE, "alone");
 }
 
 /// A copy of `name` with `edit` applied to its config.json.

@@ -293,19 +293,6 @@ fn inputs_past_the_limits_are_errors() {
     );
 }
 
-fn encode_reference(name: &str) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(fixture(name).join("reference.json")).unwrap())
-        .unwrap()
-}
-
-fn assert_embeddings(ours: &[Vec<f32>], theirs: &Value, what: &str) {
-    let theirs: Vec<Vec<f32>> = serde_json::from_value(theirs.clone()).unwrap();
-    assert_same_len(ours, &theirs, what);
-    for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
-        assert_close_slices(a, b, ENCODE_TOLERANCE, &format!("{what}: sentence {i}"));
-    }
-}
-
 /// GTE: CLS pooling and Normalize; NomicBERT: mean pooling, Normalize, and its prompts
 /// (`search_query: `), each in a batch and alone.
 #[test]
@@ -314,7 +301,7 @@ fn sentence_embeddings_match_sentence_transformers_encode() {
         "gte/sentence-transformers",
         "nomic_bert/sentence-transformers",
     ] {
-        let reference = encode_reference(name);
+        let reference = fixture_reference(name);
         let sentences: Vec<String> =
             serde_json::from_value(reference["sentences"].clone()).unwrap();
         let sentences: Vec<&str> = sentences.iter().map(String::as_str).collect();
@@ -325,13 +312,19 @@ fn sentence_embeddings_match_sentence_transformers_encode() {
         assert_embeddings(
             &pipeline.run(&sentences, &default).unwrap(),
             &reference["embeddings"],
+            ENCODE_TOLERANCE,
             &format!("{name} batch"),
         );
         let alone: Vec<Vec<f32>> = sentences
             .iter()
             .map(|s| pipeline.run(&[*s], &default).unwrap().remove(0))
             .collect();
-        assert_embeddings(&alone, &reference["alone"], &format!("{name} alone"));
+        assert_embeddings(
+            &alone,
+            &reference["alone"],
+            ENCODE_TOLERANCE,
+            &format!("{name} alone"),
+        );
         if let Some(queries) = reference.get("query_embeddings") {
             let prompted = default
                 .clone()
@@ -339,6 +332,7 @@ fn sentence_embeddings_match_sentence_transformers_encode() {
             assert_embeddings(
                 &pipeline.run(&sentences, &prompted).unwrap(),
                 queries,
+                ENCODE_TOLERANCE,
                 &format!("{name} with the query prompt"),
             );
         }

@@ -5,7 +5,10 @@
 
 mod common;
 
-use common::{assert_close_slices, assert_same_len, fixture, fixture_model};
+use common::{
+    assert_close_slices, assert_embeddings, assert_same_len, fixture, fixture_model,
+    fixture_reference,
+};
 use ferroformers::pipelines::{
     pipeline, EmbeddingsOptions, EmbeddingsPipeline, M3EmbeddingsPipeline, M3Options, Pipeline,
     PipelineBase, Prompt, SparseEmbeddingsOptions, SparseEmbeddingsPipeline, SparseValue, Task,
@@ -18,21 +21,8 @@ use serde_json::Value;
 
 const F32_TOLERANCE: f32 = 1e-4;
 
-fn reference(folder: &str) -> Value {
-    let path = fixture(folder).join("reference.json");
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
 fn load(folder: &std::path::Path) -> Result<EmbeddingsPipeline, Error> {
     EmbeddingsPipeline::from_pretrained(&folder.to_string_lossy(), &LoadOptions::default())
-}
-
-fn assert_embeddings(ours: &[Vec<f32>], theirs: &Value, what: &str) {
-    let theirs: Vec<Vec<f32>> = serde_json::from_value(theirs.clone()).unwrap();
-    assert_same_len(ours, &theirs, what);
-    for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
-        assert_close_slices(a, b, F32_TOLERANCE, &format!("{what}: sentence {i}"));
-    }
 }
 
 /// A copy of a fixture folder, to edit its files.
@@ -69,7 +59,7 @@ fn dense_modules_apply_in_order_after_the_pooling() {
     // Pooling(cls) -> Dense(16 -> 24, tanh; safetensors) -> Dense(24 -> 8, no bias, identity;
     // pytorch_model.bin) -> Normalize, LaBSE's layout with a second Dense.
     let name = "xlm-roberta/sentence-transformers-dense";
-    let reference = reference(name);
+    let reference = fixture_reference(name);
     let sentences = sentences(&reference);
     let sentences: Vec<&str> = sentences.iter().map(String::as_str).collect();
     let pipeline = load(&fixture(name)).unwrap();
@@ -77,7 +67,7 @@ fn dense_modules_apply_in_order_after_the_pooling() {
         .run(&sentences, &EmbeddingsOptions::default())
         .unwrap();
     assert_eq!(ours[0].len(), 8, "the last Dense gives 8 features");
-    assert_embeddings(&ours, &reference["embeddings"], name);
+    assert_embeddings(&ours, &reference["embeddings"], F32_TOLERANCE, name);
 }
 
 /// A decoder as an embedder, in Qwen3-Embedding's layout: a Qwen3Model checkpoint with its
@@ -88,7 +78,7 @@ fn dense_modules_apply_in_order_after_the_pooling() {
 #[test]
 fn a_decoder_embeds_with_last_token_pooling_as_sentence_transformers_does() {
     let name = "qwen3/sentence-transformers";
-    let reference = reference(name);
+    let reference = fixture_reference(name);
     let sentences = sentences(&reference);
     let sentences: Vec<&str> = sentences.iter().map(String::as_str).collect();
     let pipeline = load(&fixture(name)).unwrap();
@@ -96,10 +86,10 @@ fn a_decoder_embeds_with_last_token_pooling_as_sentence_transformers_does() {
     let ours = pipeline
         .run(&sentences, &EmbeddingsOptions::default())
         .unwrap();
-    assert_embeddings(&ours, &reference["embeddings"], name);
+    assert_embeddings(&ours, &reference["embeddings"], F32_TOLERANCE, name);
     let options = EmbeddingsOptions::default().with_prompt(Prompt::Named("query".to_string()));
     let queries = pipeline.run(&sentences, &options).unwrap();
-    assert_embeddings(&queries, &reference["query"], "query prompt");
+    assert_embeddings(&queries, &reference["query"], F32_TOLERANCE, "query prompt");
     for (i, sentence) in sentences.iter().enumerate() {
         let alone = pipeline
             .run(&[*sentence], &EmbeddingsOptions::default())
@@ -115,7 +105,7 @@ fn a_decoder_embeds_with_last_token_pooling_as_sentence_transformers_does() {
 #[test]
 fn truncate_dim_cuts_after_the_modules_and_normalises_when_asked() {
     let name = "xlm-roberta/sentence-transformers-dense";
-    let reference = reference(name);
+    let reference = fixture_reference(name);
     let sentences = sentences(&reference);
     let sentences: Vec<&str> = sentences.iter().map(String::as_str).collect();
     let full: Vec<Vec<f32>> = serde_json::from_value(reference["embeddings"].clone()).unwrap();
@@ -137,6 +127,7 @@ fn truncate_dim_cuts_after_the_modules_and_normalises_when_asked() {
     assert_embeddings(
         &ours,
         &serde_json::to_value(&cut).unwrap(),
+        F32_TOLERANCE,
         "truncate_dim 4",
     );
     let ours = pipeline
@@ -145,6 +136,7 @@ fn truncate_dim_cuts_after_the_modules_and_normalises_when_asked() {
     assert_embeddings(
         &ours,
         &serde_json::to_value(&unit).unwrap(),
+        F32_TOLERANCE,
         "truncate_dim 4, normalised",
     );
     for dimensions in [0, 9] {
@@ -160,7 +152,7 @@ fn prompts_are_chosen_as_sentence_transformers_chooses_them() {
     // prompts {query: "query: ", passage: "passage: "}, default_prompt_name "query"; mean
     // pooling over the prompt tokens too (include_prompt true), then without them.
     let name = "xlm-roberta/sentence-transformers-prompts";
-    let reference = reference(name);
+    let reference = fixture_reference(name);
     let sentences = sentences(&reference);
     let sentences: Vec<&str> = sentences.iter().map(String::as_str).collect();
     let calls = [
@@ -186,7 +178,12 @@ fn prompts_are_chosen_as_sentence_transformers_chooses_them() {
                     &EmbeddingsOptions::default().with_prompt(prompt.clone()),
                 )
                 .unwrap();
-            assert_embeddings(&ours, &reference[key][call], &format!("{key} {call}"));
+            assert_embeddings(
+                &ours,
+                &reference[key][call],
+                F32_TOLERANCE,
+                &format!("{key} {call}"),
+            );
         }
     }
     // The default options use the model's default prompt.
@@ -195,6 +192,7 @@ fn prompts_are_chosen_as_sentence_transformers_chooses_them() {
             .run(&sentences, &EmbeddingsOptions::default())
             .unwrap(),
         &reference["include_prompt"]["default"],
+        F32_TOLERANCE,
         "embed",
     );
     // The prompt changes the vectors, so the comparisons above could fail without it.
@@ -283,7 +281,7 @@ fn floats(value: &Value) -> Vec<f32> {
 /// within 1e-5 of the batch.
 #[test]
 fn bge_m3_outputs_match_flag_embedding() {
-    let refs = reference("xlm-roberta/bge-m3");
+    let refs = fixture_reference("xlm-roberta/bge-m3");
     let pipeline = M3EmbeddingsPipeline::from_pretrained(
         &fixture_model("xlm-roberta/bge-m3"),
         &LoadOptions::default(),
@@ -433,7 +431,7 @@ fn densify(row: &[SparseValue], width: usize) -> Vec<f32> {
 
 #[test]
 fn a_sparse_encoder_gives_sentence_transformers_splade_vectors() {
-    let reference = reference("splade");
+    let reference = fixture_reference("splade");
     let sentences = sentences(&reference);
     let sentences: Vec<&str> = sentences.iter().map(String::as_str).collect();
     let folder = fixture("splade/sparse-encoder");
@@ -474,7 +472,7 @@ fn a_sparse_encoder_gives_sentence_transformers_splade_vectors() {
 
 #[test]
 fn splade_pooling_settings_are_read_from_the_module_config() {
-    let reference = reference("splade");
+    let reference = fixture_reference("splade");
     let sentences = sentences(&reference);
     let sentences: Vec<&str> = sentences.iter().map(String::as_str).collect();
     for (strategy, activation, key) in [
@@ -516,7 +514,7 @@ fn splade_pooling_settings_are_read_from_the_module_config() {
 
 #[test]
 fn a_plain_masked_lm_gets_the_default_splade_pooling_as_sparse_encoder_builds_it() {
-    let reference = reference("splade");
+    let reference = fixture_reference("splade");
     let sentences = sentences(&reference);
     let sentences: Vec<&str> = sentences.iter().map(String::as_str).collect();
     for (family, key) in [
@@ -558,7 +556,7 @@ fn a_plain_masked_lm_gets_the_default_splade_pooling_as_sparse_encoder_builds_it
 
 #[test]
 fn splade_in_bf16_and_int8_stays_near_f32() {
-    let reference = reference("splade");
+    let reference = fixture_reference("splade");
     let sentences = sentences(&reference);
     let sentences: Vec<&str> = sentences.iter().map(String::as_str).collect();
     let folder = fixture("splade/sparse-encoder");
@@ -622,7 +620,7 @@ const ENCODE_TOLERANCE: f32 = 1e-5;
 #[test]
 fn mpnet_embeds_as_sentence_transformers_does() {
     let name = "mpnet/sentence-transformers";
-    let reference = reference(name);
+    let reference = fixture_reference(name);
     let sentences = sentences(&reference);
     let sentences: Vec<&str> = sentences.iter().map(String::as_str).collect();
     let pipeline = load(&fixture(name)).unwrap();

@@ -19,12 +19,17 @@ pub fn fixture(path: &str) -> PathBuf {
     fixtures.join(path)
 }
 
-/// A fixture folder (`family/head`) as the `model` argument of `from_pretrained`.
 /// A JSON file under tests/fixtures (reference outputs, inputs, configs).
 pub fn fixture_json(path: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(fixture(path)).unwrap()).unwrap()
 }
 
+/// The `reference.json` of a fixture folder (`family/head`).
+pub fn fixture_reference(folder: &str) -> Value {
+    fixture_json(&format!("{folder}/reference.json"))
+}
+
+/// A fixture folder (`family/head`) as the `model` argument of `from_pretrained`.
 pub fn fixture_model(name: &str) -> String {
     fixture(name).to_string_lossy().into_owned()
 }
@@ -161,6 +166,16 @@ pub fn assert_inputs_alone_match_their_rows(
             tolerance,
             &format!("{name} input {i} alone"),
         );
+    }
+}
+
+/// Sentence embeddings, row by row, each within `tolerance` of a reference's rows (`theirs`, a
+/// JSON array of arrays).
+pub fn assert_embeddings(ours: &[Vec<f32>], theirs: &Value, tolerance: f32, what: &str) {
+    let theirs: Vec<Vec<f32>> = serde_json::from_value(theirs.clone()).unwrap();
+    assert_same_len(ours, &theirs, what);
+    for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+        assert_close_slices(a, b, tolerance, &format!("{what}: sentence {i}"));
     }
 }
 
