@@ -68,6 +68,7 @@ Layout:
     tests/fixtures/training/metrics.json scikit-learn's, SciPy's and seqeval's metrics on small
                                         fixed cases (`--only training-metrics`)
 """
+import contextlib
 import json
 import os
 import pathlib
@@ -2428,6 +2429,43 @@ def llama_cpp_tool(name: str) -> pathlib.Path:
     return program
 
 
+@contextlib.contextmanager
+def llama_server(model: pathlib.Path, *options: str):
+    """llama-server on `model` with `options` (2 threads, one slot, flash attention off), on a
+    free local port, until the block ends; yields `post(path, body)`, which sends `body` as
+    JSON and returns the decoded answer. It is healthy (GET /health) before the block runs."""
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [str(llama_cpp_tool("llama-server")), "-m", str(model), "--port", str(port), "-t", "2",
+         "-np", "1", "-fa", "off", *options],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def post(path, body):
+        request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", json.dumps(body).encode(),
+                                         {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request) as response:
+            return json.loads(response.read())
+
+    try:
+        for _ in range(600):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health") as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.1)
+        yield post
+    finally:
+        server.terminate()
+        server.wait()
+
+
 def fnv1a(data: bytes) -> str:
     """64-bit FNV-1a of `data`, as hex: the tests hash their dequantized values the same way."""
     value = 0xcbf29ce484222325
@@ -2444,34 +2482,12 @@ def llama_cpp_greedy(model: pathlib.Path, prompts: list, new_tokens: int) -> lis
     to f16 before attending (src/llama-graph.cpp, `build_attn_mha`), which moved its logits by
     0.007 to 0.1 from an f32 attention's. So only the weights' and the products' arithmetic
     differ."""
-    import socket
-    import time
-    import urllib.request
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen(
-        [str(llama_cpp_tool("llama-server")), "-m", str(model), "--port", str(port), "-c", "512",
-         "-t", "2", "-np", "1", "--cache-type-k", "f32", "--cache-type-v", "f32", "-fa", "off"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(600):
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health") as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.1)
-        continuations = []
+    continuations = []
+    with llama_server(model, "-c", "512", "--cache-type-k", "f32", "--cache-type-v", "f32") as post:
         for prompt in prompts:
-            body = json.dumps({"prompt": prompt, "n_predict": new_tokens, "temperature": 0,
-                               "ignore_eos": True, "return_tokens": True,
-                               "cache_prompt": False, "n_probs": 2}).encode()
-            request = urllib.request.Request(f"http://127.0.0.1:{port}/completion", body,
-                                             {"Content-Type": "application/json"})
-            with urllib.request.urlopen(request) as response:
-                answer = json.loads(response.read())
+            answer = post("/completion", {"prompt": prompt, "n_predict": new_tokens, "temperature": 0,
+                                          "ignore_eos": True, "return_tokens": True,
+                                          "cache_prompt": False, "n_probs": 2})
             # Each step's margin: its top two log-probabilities apart, as their logits are.
             # The server leaves out the steps whose token is part of a UTF-8 character (None).
             steps = iter(answer["completion_probabilities"])
@@ -2485,10 +2501,7 @@ def llama_cpp_greedy(model: pathlib.Path, prompts: list, new_tokens: int) -> lis
                 else:
                     gaps.append(None)
             continuations.append((answer["tokens"], gaps))
-        return continuations
-    finally:
-        server.terminate()
-        server.wait()
+    return continuations
 
 
 def make_llama_cpp_perplexities():
@@ -3288,42 +3301,14 @@ def llama_cpp_jina_embeddings(folder: pathlib.Path, texts: list, pooling: str):
     the ids llama.cpp tokenized each text to. Read from llama-server's /embedding and /tokenize:
     llama-embedding prints through llama.cpp's asynchronous log, which loses lines at exit
     (8 of 79 rows went missing in some runs here)."""
-    import socket
-    import time
-    import urllib.request
-
     gguf = folder / "model-f32.gguf"
     if not gguf.exists():
         convert_to_gguf(folder, gguf, "f32", "jina-v2-en")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen(
-        [str(llama_cpp_tool("llama-server")), "-m", str(gguf), "--port", str(port), "-c", "512",
-         "-b", "512", "-ub", "512", "-t", "2", "-np", "1", "--embedding", "--pooling", pooling,
-         "-fa", "off"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def post(path, body):
-        request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", json.dumps(body).encode(),
-                                         {"Content-Type": "application/json"})
-        with urllib.request.urlopen(request) as response:
-            return json.loads(response.read())
-
-    try:
-        for _ in range(600):
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health") as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.1)
+    with llama_server(gguf, "-c", "512", "-b", "512", "-ub", "512", "--embedding",
+                      "--pooling", pooling) as post:
         ids = [post("/tokenize", {"content": text, "add_special": True})["tokens"] for text in texts]
         rows = [torch.tensor(post("/embedding", {"content": text, "embd_normalize": -1})[0]["embedding"])
                 for text in texts]
-    finally:
-        server.terminate()
-        server.wait()
     if pooling != "none":
         return torch.cat(rows), ids
     return rows, ids
