@@ -561,6 +561,46 @@ mod tests {
         bf16_value(bf16_bits(x)) as f64
     }
 
+    /// Random q/k/v, (batch, len, 3 · heads · d), from `seed`, and an additive mask that pads
+    /// the last `padding` positions of the second row.
+    fn padded_qkv(
+        (batch, len, heads, d): (usize, usize, usize, usize),
+        seed: u32,
+        padding: usize,
+    ) -> (Tensor, Tensor) {
+        let device = candle_core::Device::Cpu;
+        let width = 3 * heads * d;
+        let qkv = Tensor::from_vec(
+            pseudo_random(batch * len * width, seed),
+            (batch, len, width),
+            &device,
+        )
+        .expect("a tensor of its own size");
+        let mut mask = vec![0f32; batch * len];
+        mask[2 * len - padding..].fill(f32::MIN);
+        let mask = Tensor::from_vec(mask, (batch, 1, 1, len), &device).expect("mask");
+        (qkv, mask)
+    }
+
+    /// An attention's output, flattened.
+    fn values(output: candle_core::Result<Tensor>) -> Vec<f32> {
+        output
+            .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
+            .expect("attention runs")
+    }
+
+    /// The largest difference between `a` and `b`; NaN when any difference is NaN, so that a
+    /// comparison against a bound fails on it.
+    fn max_gap(a: &[f32], b: &[f32]) -> f32 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(
+                0f32,
+                |worst, gap| if gap.is_nan() { gap } else { worst.max(gap) },
+            )
+    }
+
     /// What the bf16 products promise, in f64: q, k, v and the probabilities rounded to bf16,
     /// everything else exact; `bias` (heads, len, len) added to the scores before the mask.
     /// Returns (batch, len, width).
@@ -685,31 +725,13 @@ mod tests {
     /// power of two, with padding.
     #[test]
     fn alibi_rows_in_the_fused_kernel_match_the_table() {
-        let (batch, len, heads, d) = (2, 21, 3, 32);
-        let width = heads * d;
-        let device = candle_core::Device::Cpu;
-        let qkv = Tensor::from_vec(
-            pseudo_random(batch * len * 3 * width, 21),
-            (batch, len, 3 * width),
-            &device,
-        )
-        .expect("a tensor of its own size");
-        let mut mask = vec![0f32; batch * len];
-        mask[len + len - 6..].fill(f32::MIN);
-        let mask = Tensor::from_vec(mask, (batch, 1, 1, len), &device).expect("mask");
+        let (len, heads, d) = (21, 3, 32);
+        let (qkv, mask) = padded_qkv((2, len, heads, d), 21, 6);
         let slopes = [0.5, 0.125, 0.0078125];
         let alibi = PositionBias::Alibi(&slopes);
-        let table = alibi.table(len, &device).expect("the table");
-        let values = |t: candle_core::Result<Tensor>| {
-            t.and_then(|t| t.flatten_all()?.to_vec1::<f32>())
-                .expect("attention runs")
-        };
-        let gap = |a: &[f32], b: &[f32]| {
-            a.iter()
-                .zip(b)
-                .map(|(x, y)| (x - y).abs())
-                .fold(0f32, f32::max)
-        };
+        let table = alibi
+            .table(len, &candle_core::Device::Cpu)
+            .expect("the table");
         let scale = 1.0 / (d as f64).sqrt();
         let split = values(split_heads_attention(
             &qkv,
@@ -720,7 +742,7 @@ mod tests {
         ));
         let unbiased = values(split_heads_attention(&qkv, heads, Some(&mask), None, scale));
         assert!(
-            gap(&split, &unbiased) > 1e-2,
+            max_gap(&split, &unbiased) > 1e-2,
             "ALiBi must change the output"
         );
         for products in [AttentionProducts::F32, AttentionProducts::Bf16] {
@@ -747,7 +769,7 @@ mod tests {
                 "{products:?}: the rows computed in the kernel are the table's"
             );
             if products == AttentionProducts::F32 {
-                let error = gap(&rows, &split);
+                let error = max_gap(&rows, &split);
                 assert!(error <= 1e-5, "fused against split heads: {error}");
             }
         }
@@ -759,59 +781,36 @@ mod tests {
     /// instruction set.)
     #[test]
     fn position_bias_in_the_fused_kernel_matches_the_split_heads() {
-        let (batch, len, heads, d) = (2, 19, 3, 8);
-        let width = heads * d;
-        let device = candle_core::Device::Cpu;
-        let qkv = Tensor::from_vec(
-            pseudo_random(batch * len * 3 * width, 11),
-            (batch, len, 3 * width),
-            &device,
-        )
-        .expect("a tensor of its own size");
-        let mut mask = vec![0f32; batch * len];
-        mask[len + len - 5..].fill(f32::MIN);
-        let mask = Tensor::from_vec(mask, (batch, 1, 1, len), &device).expect("mask");
+        let (len, heads, d) = (19, 3, 8);
+        let (qkv, mask) = padded_qkv((2, len, heads, d), 11, 5);
         let bias = Tensor::from_vec(
             pseudo_random(heads * len * len, 12),
             (heads, len, len),
-            &device,
+            &candle_core::Device::Cpu,
         )
         .expect("bias");
         let scale = 1.0 / (d as f64).sqrt();
-        let values = |t: Tensor| {
-            t.flatten_all()
-                .and_then(|t| t.to_vec1::<f32>())
-                .expect("values")
-        };
-        let split = values(
-            split_heads_attention(&qkv, heads, Some(&mask), Some(&bias), scale)
-                .expect("split heads run"),
-        );
-        let unbiased = values(
-            split_heads_attention(&qkv, heads, Some(&mask), None, scale).expect("split heads run"),
-        );
-        let gap = |a: &[f32], b: &[f32]| {
-            a.iter()
-                .zip(b)
-                .map(|(x, y)| (x - y).abs())
-                .fold(0f32, f32::max)
-        };
+        let split = values(split_heads_attention(
+            &qkv,
+            heads,
+            Some(&mask),
+            Some(&bias),
+            scale,
+        ));
+        let unbiased = values(split_heads_attention(&qkv, heads, Some(&mask), None, scale));
         assert!(
-            gap(&split, &unbiased) > 1e-2,
+            max_gap(&split, &unbiased) > 1e-2,
             "the bias must change the output"
         );
-        let fused = values(
-            multi_head_attention(
-                &qkv,
-                heads,
-                Some(&mask),
-                Some(PositionBias::Table(&bias)),
-                scale,
-                AttentionProducts::F32,
-            )
-            .expect("fused attention runs"),
-        );
-        let error = gap(&fused, &split);
+        let fused = values(multi_head_attention(
+            &qkv,
+            heads,
+            Some(&mask),
+            Some(PositionBias::Table(&bias)),
+            scale,
+            AttentionProducts::F32,
+        ));
+        let error = max_gap(&fused, &split);
         eprintln!(
             "{}: {error:.1e} from the split heads",
             Isa::current().name()
