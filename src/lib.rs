@@ -73,6 +73,7 @@ pub use models::distilbert::{
     DistilBertForSequenceClassification, DistilBertForTokenClassification, DistilBertModel,
 };
 pub use models::gemma3::{Gemma3TextConfig, Gemma3TextModel};
+pub use models::gguf::{GgufWritten, GGUF_OUTTYPES};
 pub use models::gpt2::{Gpt2Config, Gpt2ForSequenceClassification, Gpt2LMHeadModel, Gpt2Model};
 pub use models::gte::{
     GteConfig, GteForMaskedLM, GteForSequenceClassification, GteForTokenClassification, GteModel,

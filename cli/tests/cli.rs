@@ -199,6 +199,55 @@ fn generate_streams_plain_text_without_json() {
 }
 
 #[test]
+fn convert_writes_a_gguf_file_that_generates_as_the_checkpoint() {
+    // Q8_0: the Qwen2 fixture's tied head makes the file the checkpoint at --dtype q8_0.
+    let model = fixture_model("qwen2/lm-head");
+    let folder = tempfile::tempdir().unwrap();
+    let file = folder.path().join("qwen2-q8_0.gguf");
+    let file = file.to_str().unwrap();
+    let output = ferroformers(
+        &[
+            "convert",
+            "-m",
+            &model,
+            "--outtype",
+            "q8_0",
+            "--outfile",
+            file,
+        ],
+        None,
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let listing = String::from_utf8(output.stdout).unwrap();
+    assert!(listing.contains("blk.0.attn_q.weight: q8_0"), "{listing}");
+    assert!(listing.contains("blk.0.attn_q.bias: f32"), "{listing}");
+    let generated = |model: &str| {
+        let lines = json_lines(&ferroformers(
+            &[
+                "generate",
+                "-m",
+                model,
+                "--dtype",
+                "q8_0",
+                "--json",
+                "--max-new-tokens",
+                "12",
+                "Hello",
+            ],
+            None,
+        ));
+        lines[0]["generated_token_ids"].clone()
+    };
+    let from_file = generated(file);
+    assert_eq!(from_file.as_array().map(Vec::len), Some(12));
+    assert_eq!(from_file, generated(&model));
+}
+
+#[test]
 fn embed_json_is_an_array_of_floats_per_input() {
     let folder = fixture("bert/sentence-transformers");
     let reference: Value =

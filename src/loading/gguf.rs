@@ -16,9 +16,11 @@ use crate::error::{Error, Result};
 
 mod checkpoint;
 mod dequantize;
+mod write;
 pub use checkpoint::{GgufCheckpoint, StoredBlocks, StoredLayout, StoredTensor, TensorNames};
 pub use dequantize::dequantize;
 pub(crate) use dequantize::scales_and_mins;
+pub use write::{write_gguf, PlannedTensor};
 
 /// `GGUF`, read as a little-endian u32.
 const MAGIC: u32 = u32::from_le_bytes(*b"GGUF");
@@ -131,32 +133,76 @@ pub enum GgmlType {
 }
 
 impl GgmlType {
+    /// Every type, in ggml's order of ids.
+    const ALL: [GgmlType; 15] = [
+        Self::F32,
+        Self::F16,
+        Self::Q4_0,
+        Self::Q4_1,
+        Self::Q5_0,
+        Self::Q5_1,
+        Self::Q8_0,
+        Self::Q8_1,
+        Self::Q2_K,
+        Self::Q3_K,
+        Self::Q4_K,
+        Self::Q5_K,
+        Self::Q6_K,
+        Self::Q8_K,
+        Self::BF16,
+    ];
+
     /// The type of ggml's id (`enum ggml_type` in ggml.h), or an error naming the id.
     pub fn from_id(id: u32) -> Result<Self> {
-        Ok(match id {
-            0 => Self::F32,
-            1 => Self::F16,
-            2 => Self::Q4_0,
-            3 => Self::Q4_1,
-            6 => Self::Q5_0,
-            7 => Self::Q5_1,
-            8 => Self::Q8_0,
-            9 => Self::Q8_1,
-            10 => Self::Q2_K,
-            11 => Self::Q3_K,
-            12 => Self::Q4_K,
-            13 => Self::Q5_K,
-            14 => Self::Q6_K,
-            15 => Self::Q8_K,
-            30 => Self::BF16,
-            other => {
-                return Err(Error::InvalidWeights(format!(
-                    "a GGUF tensor has ggml type {other}, which this library does not read \
-                     (it reads F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1 and the \
-                     K-quants Q2_K to Q8_K): convert the model to one of those"
-                )))
-            }
+        Self::ALL.into_iter().find(|t| t.id() == id).ok_or_else(|| {
+            Error::InvalidWeights(format!(
+                "a GGUF tensor has ggml type {id}, which this library does not read \
+                 (it reads F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1 and the \
+                 K-quants Q2_K to Q8_K): convert the model to one of those"
+            ))
         })
+    }
+
+    /// ggml's id of the type (`enum ggml_type`), as a file's tensor table holds it.
+    pub fn id(self) -> u32 {
+        match self {
+            Self::F32 => 0,
+            Self::F16 => 1,
+            Self::Q4_0 => 2,
+            Self::Q4_1 => 3,
+            Self::Q5_0 => 6,
+            Self::Q5_1 => 7,
+            Self::Q8_0 => 8,
+            Self::Q8_1 => 9,
+            Self::Q2_K => 10,
+            Self::Q3_K => 11,
+            Self::Q4_K => 12,
+            Self::Q5_K => 13,
+            Self::Q6_K => 14,
+            Self::Q8_K => 15,
+            Self::BF16 => 30,
+        }
+    }
+
+    /// llama.cpp's lower-case name of the type (`q4_0`, `bf16`), as its tools take it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+            Self::BF16 => "bf16",
+            Self::Q4_0 => "q4_0",
+            Self::Q4_1 => "q4_1",
+            Self::Q5_0 => "q5_0",
+            Self::Q5_1 => "q5_1",
+            Self::Q8_0 => "q8_0",
+            Self::Q8_1 => "q8_1",
+            Self::Q2_K => "q2_k",
+            Self::Q3_K => "q3_k",
+            Self::Q4_K => "q4_k",
+            Self::Q5_K => "q5_k",
+            Self::Q6_K => "q6_k",
+            Self::Q8_K => "q8_k",
+        }
     }
 
     /// Values per block, and bytes per block (ggml's `blck_size` and `type_size`).

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use candle_core::Device;
 
 use crate::error::{Error, Result};
-use crate::loading::gguf::{is_gguf_file, GgufCheckpoint, GgufFile};
+use crate::loading::gguf::{is_gguf_file, GgmlType, GgufCheckpoint, GgufFile};
 use crate::loading::hub::{HubOptions, ModelSource};
 use crate::loading::weights::WeightFiles;
 use crate::models::config::ModelConfig;
@@ -157,6 +157,22 @@ impl Pretrained {
             }
             None => ModelWeights::open(&WeightFiles::resolve(&self.source)?, weight_type, device),
         }
+    }
+
+    /// Write this model (a safetensors or PyTorch checkpoint, with its tokenizer) as a GGUF
+    /// file at `path`, its matrices in `outtype` (f32, f16, bf16, Q8_0, Q4_0 or Q4_1), as
+    /// llama.cpp's `convert_hf_to_gguf.py` writes it: llama.cpp reads the file, and so does
+    /// this library. Llama, Mistral, Qwen2, Qwen3 and GPT-2 models.
+    ///
+    /// ```no_run
+    /// use ferroformers::{loading::gguf::GgmlType, HubOptions, Pretrained};
+    ///
+    /// let model = Pretrained::open("Qwen/Qwen2.5-0.5B-Instruct", &HubOptions::from_env())?;
+    /// model.save_gguf(GgmlType::Q4_0, "qwen2.5-0.5b-instruct-q4_0.gguf".as_ref())?;
+    /// # Ok::<(), ferroformers::Error>(())
+    /// ```
+    pub fn save_gguf(&self, outtype: GgmlType, path: &Path) -> Result<gguf::GgufWritten> {
+        gguf::save_gguf(self, outtype, path)
     }
 
     /// Fetch the weights and build `M` from them, as `options` place and store them.

@@ -233,6 +233,51 @@ fn byte_level_bpe(
         }
         Some(_) => string(header, "tokenizer.ggml.pre")?,
     };
+    let ByteLevelSplit {
+        pre_tokenizer,
+        nfc,
+        ignore_merges,
+        add_bos,
+    } = byte_level_split(pre)?;
+    let merges = strings(header, "tokenizer.ggml.merges")?
+        .iter()
+        .enumerate()
+        .map(|(index, merge)| split_merge(vocabulary, index, merge))
+        .collect::<Result<Vec<_>>>()?;
+    let model = BPE::builder()
+        .vocab_and_merges(vocabulary.bpe_vocab(), merges)
+        .ignore_merges(ignore_merges)
+        .build()
+        .map_err(|e| Error::tokenizer("cannot build the BPE model of the GGUF vocabulary", e))?;
+    let mut tokenizer = tokenizers::Tokenizer::new(model);
+    if nfc {
+        tokenizer
+            .with_normalizer(Some(NFC))
+            .map_err(|e| Error::tokenizer("cannot set the NFC normaliser", e))?;
+    }
+    tokenizer.with_pre_tokenizer(Some(pre_tokenizer));
+    tokenizer.with_decoder(Some(ByteLevelDecoder::default()));
+    Ok((tokenizer, add_bos))
+}
+
+/// How llama.cpp splits text before byte-level BPE for one `tokenizer.ggml.pre`, as a
+/// tokenizer.json would say it.
+pub(super) struct ByteLevelSplit {
+    pub(super) pre_tokenizer: PreTokenizerWrapper,
+    /// transformers normalises to NFC first.
+    nfc: bool,
+    /// A word that is a token is that token, whatever the merges would make of it.
+    ignore_merges: bool,
+    /// llama.cpp adds BOS by default for this `pre`.
+    add_bos: bool,
+}
+
+/// The `pre` names of [`byte_level_split`] that a tokenizer.json can have (llama.cpp's
+/// `default` is its own), each under the name llama.cpp's converter writes.
+pub(super) const BYTE_LEVEL_PRES: [&str; 4] = ["gpt-2", "llama-bpe", "qwen2", "smollm"];
+
+/// The split that `tokenizer.ggml.pre` names.
+pub(super) fn byte_level_split(pre: &str) -> Result<ByteLevelSplit> {
     // Each expression splits the pieces of the one before (llama.cpp's `unicode_regex_split`
     // keeps both the matches and the text between them), then bytes become symbols.
     let split = |patterns: &[&str]| -> Result<PreTokenizerWrapper> {
@@ -286,25 +331,12 @@ fn byte_level_bpe(
             )))
         }
     };
-    let merges = strings(header, "tokenizer.ggml.merges")?
-        .iter()
-        .enumerate()
-        .map(|(index, merge)| split_merge(vocabulary, index, merge))
-        .collect::<Result<Vec<_>>>()?;
-    let model = BPE::builder()
-        .vocab_and_merges(vocabulary.bpe_vocab(), merges)
-        .ignore_merges(ignore_merges)
-        .build()
-        .map_err(|e| Error::tokenizer("cannot build the BPE model of the GGUF vocabulary", e))?;
-    let mut tokenizer = tokenizers::Tokenizer::new(model);
-    if nfc {
-        tokenizer
-            .with_normalizer(Some(NFC))
-            .map_err(|e| Error::tokenizer("cannot set the NFC normaliser", e))?;
-    }
-    tokenizer.with_pre_tokenizer(Some(pre_tokenizer));
-    tokenizer.with_decoder(Some(ByteLevelDecoder::default()));
-    Ok((tokenizer, add_bos))
+    Ok(ByteLevelSplit {
+        pre_tokenizer,
+        nfc,
+        ignore_merges,
+        add_bos,
+    })
 }
 
 /// A merge `left right` of tokens, split at the first space after its first character (a
@@ -573,5 +605,6 @@ fn kind(value: &GgufValue) -> &'static str {
     }
 }
 
+mod export;
 #[cfg(test)]
 mod tests;

@@ -2,6 +2,7 @@
 //! function.
 
 mod bench;
+mod convert;
 mod encoders;
 mod generate;
 mod perplexity;
@@ -124,6 +125,15 @@ enum Command {
         #[command(flatten)]
         args: serve::ServeArgs,
     },
+    /// Write a Llama, Mistral, Qwen2, Qwen3 or GPT-2 checkpoint as a GGUF file, as llama.cpp's
+    /// convert_hf_to_gguf.py does (its tensor names, metadata and tokenizer), for llama.cpp,
+    /// Ollama and --model FILE.gguf here. --dtype is not read: --outtype gives the file's type.
+    Convert {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        args: convert::ConvertArgs,
+    },
     /// Upload a folder to a Hub repository in one commit, creating the repository when it is
     /// missing (needs a write token: HF_TOKEN, `huggingface-cli login` or --token); prints the
     /// commit's URL.
@@ -147,7 +157,8 @@ impl Cli {
             | Command::Train { common, .. }
             | Command::Bench { common, .. }
             | Command::Chat { common, .. }
-            | Command::Serve { common, .. } => Some(common),
+            | Command::Serve { common, .. }
+            | Command::Convert { common, .. } => Some(common),
             Command::Push { .. } => None,
         }
     }
@@ -185,6 +196,7 @@ pub fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
         Command::Bench { common, args } => bench::bench(&common, args, out),
         Command::Chat { common, args } => generate::chat(&common, &args, out),
         Command::Serve { common, args } => serve::serve(&common, args, out),
+        Command::Convert { common, args } => convert::convert(&common, args, out),
         Command::Push { args } => push::push(args, out),
     }
 }

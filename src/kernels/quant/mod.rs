@@ -94,6 +94,34 @@ pub const KERNEL_TYPES: [GgmlType; 7] = [
 /// Rows of activations a kernel call multiplies with each weight block it unpacks.
 const GROUP: usize = 4;
 
+/// The GGUF blocks of `weights` (`outer` × `inner`, row-major) in `ty`, row after row, bit for
+/// bit as `gguf.quants.quantize` makes them: Q8_0, Q4_0 or Q4_1 (the types gguf-py quantizes
+/// that have kernels).
+pub fn quantize_blocks(
+    ty: GgmlType,
+    weights: &[f32],
+    inner: usize,
+    outer: usize,
+) -> Result<Vec<u8>> {
+    if !matches!(ty, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1) {
+        return Err(Error::InvalidInput(format!(
+            "weights are quantized here to Q8_0, Q4_0 or Q4_1, not {ty:?}"
+        )));
+    }
+    let row_bytes = row_bytes(ty, inner)?;
+    if inner.checked_mul(outer) != Some(weights.len()) {
+        return Err(Error::InvalidInput(format!(
+            "{} weights for a {outer} × {inner} matrix",
+            weights.len()
+        )));
+    }
+    let mut bytes = Vec::with_capacity(outer * row_bytes);
+    for row in weights.chunks_exact(inner.max(1)).take(outer) {
+        quantize::quantize_row(ty, row, &mut bytes);
+    }
+    Ok(bytes)
+}
+
 /// Rows of one block type: `rows` of the matrix, `row_bytes` each, in `bytes`: the first
 /// `grouped` of them in groups of [`interleave::ROWS`] (see `interleave`), the rest row after
 /// row.
@@ -178,26 +206,9 @@ impl QuantizedWeights {
         }])
     }
 
-    /// `weights` (`outer` × `inner`, row-major) quantized to `ty`, bit for bit as
-    /// `gguf.quants.quantize` does it: Q8_0, Q4_0 or Q4_1 (the types gguf-py quantizes that
-    /// have kernels).
+    /// `weights` (`outer` × `inner`, row-major) quantized to `ty` ([`quantize_blocks`]).
     pub fn quantize(ty: GgmlType, weights: &[f32], inner: usize, outer: usize) -> Result<Self> {
-        if !matches!(ty, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1) {
-            return Err(Error::InvalidInput(format!(
-                "weights are quantized at load time to Q8_0, Q4_0 or Q4_1, not {ty:?}"
-            )));
-        }
-        let row_bytes = row_bytes(ty, inner)?;
-        if inner.checked_mul(outer) != Some(weights.len()) {
-            return Err(Error::InvalidInput(format!(
-                "{} weights for a {outer} × {inner} matrix",
-                weights.len()
-            )));
-        }
-        let mut bytes = Vec::with_capacity(outer * row_bytes);
-        for row in weights.chunks_exact(inner.max(1)).take(outer) {
-            quantize::quantize_row(ty, row, &mut bytes);
-        }
+        let bytes = quantize_blocks(ty, weights, inner, outer)?;
         Self::from_blocks(ty, inner, outer, &bytes)
     }
 

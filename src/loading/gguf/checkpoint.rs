@@ -39,6 +39,46 @@ pub enum StoredLayout {
     },
 }
 
+impl StoredLayout {
+    /// The checkpoint tensor `values` of (PyTorch) `shape` changed as the converter changes
+    /// it, with the stored tensor's shape: what reading undoes.
+    pub fn store(
+        self,
+        values: Vec<f32>,
+        shape: &[usize],
+        name: &str,
+    ) -> Result<(Vec<f32>, Vec<usize>)> {
+        match self {
+            StoredLayout::AsIs => Ok((values, shape.to_vec())),
+            StoredLayout::Transposed => {
+                let &[rows, columns] = shape else {
+                    return Err(Error::InvalidWeights(format!(
+                        "`{name}` should be a matrix but has shape {shape:?}"
+                    )));
+                };
+                let mut stored = vec![0f32; values.len()];
+                for (r, row) in values.chunks_exact(columns.max(1)).enumerate() {
+                    for (c, &v) in row.iter().enumerate() {
+                        stored[c * rows + r] = v;
+                    }
+                }
+                Ok((stored, vec![columns, rows]))
+            }
+            StoredLayout::InterleavedRotary { heads } => {
+                let rows = shape.first().copied().unwrap_or(0);
+                let row = values.len() / rows.max(1);
+                let mut stored = vec![0f32; values.len()];
+                for (checkpoint, at) in rotary_row_order(rows, heads, name)?.into_iter().enumerate()
+                {
+                    stored[at * row..(at + 1) * row]
+                        .copy_from_slice(&values[checkpoint * row..(checkpoint + 1) * row]);
+                }
+                Ok((stored, shape.to_vec()))
+            }
+        }
+    }
+}
+
 /// Where a checkpoint tensor lives in a GGUF file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredTensor {
@@ -291,6 +331,15 @@ mod tests {
         let restored: Vec<usize> = order.iter().map(|&s| stored[s]).collect();
         assert_eq!(restored, checkpoint);
         assert!(rotary_row_order(12, 5, "q").is_err());
+        // Storing is the converter's permutation.
+        let values: Vec<f32> = checkpoint.iter().map(|&v| v as f32).collect();
+        let layout = super::StoredLayout::InterleavedRotary { heads };
+        let (written, shape) = layout.store(values, &[heads * head_dim, 1], "q").unwrap();
+        assert_eq!(shape, [heads * head_dim, 1]);
+        assert_eq!(
+            written,
+            stored.iter().map(|&v| v as f32).collect::<Vec<_>>()
+        );
         assert!(rotary_row_order(12, 0, "q").is_err());
     }
 }

@@ -77,6 +77,33 @@ impl WeightFiles {
         ))
     }
 
+    /// The names of the checkpoint's tensors, sorted.
+    pub fn tensor_names(&self) -> Result<Vec<String>> {
+        let corrupt = |e: candle_core::Error| {
+            Error::InvalidWeights(format!(
+                "cannot read the tensor names of {self:?}: {e}. The file is damaged; download \
+                 it again"
+            ))
+        };
+        let mut names: Vec<String> = match self {
+            // SAFETY: as in `var_builder`: files in the Hub cache are never changed in place.
+            WeightFiles::Safetensors(paths) => unsafe { ReleasedSafetensors::open(paths) }
+                .map_err(corrupt)?
+                .names(),
+            WeightFiles::PyTorch(path) => {
+                crate::loading::weights::pickle::check_torch_checkpoint(path)?;
+                candle_core::pickle::PthTensors::new(path, None)
+                    .map_err(corrupt)?
+                    .tensor_infos()
+                    .keys()
+                    .cloned()
+                    .collect()
+            }
+        };
+        names.sort_unstable();
+        Ok(names)
+    }
+
     /// A `VarBuilder` that reads every tensor as `dtype`, on `device`.
     ///
     /// Opening checks each safetensors header (length, JSON, dtypes, offsets inside the file

@@ -34,6 +34,11 @@ impl ReleasedSafetensors {
         // SAFETY: passed on to the caller.
         Ok(Self(unsafe { MmapedSafetensors::multi(paths) }?))
     }
+
+    /// The names of the tensors in all the files.
+    pub(super) fn names(&self) -> Vec<String> {
+        self.0.tensors().into_iter().map(|(name, _)| name).collect()
+    }
 }
 
 impl SimpleBackend for ReleasedSafetensors {

@@ -16,6 +16,9 @@ use crate::error::{Error, Result};
 use crate::loading::gguf::{GgufFile, GgufHeader, StoredLayout, StoredTensor, TensorNames};
 use crate::models::config::ModelConfig;
 
+mod export;
+pub use export::{save_gguf, GgufWritten, GGUF_OUTTYPES};
+
 /// llama.cpp's architectures (`general.architecture`) that load as a family here; each is
 /// also the family's `model_type`.
 const ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3", "gpt2"];
@@ -209,10 +212,13 @@ fn gpt2_config(hparams: &Hparams, file: &GgufFile) -> Result<Map<String, Value>>
 pub(crate) fn tensor_names(config: &ModelConfig) -> Result<Arc<TensorNames>> {
     match config {
         ModelConfig::Gpt2(_) => Ok(Arc::new(gpt2_tensor)),
-        ModelConfig::Llama(c) | ModelConfig::Qwen2(c) | ModelConfig::Qwen3(c) => {
-            // Only llama.cpp's `llama` architecture rotates interleaved pairs; Qwen rotates
-            // halves, as transformers does.
-            let rotary = matches!(config, ModelConfig::Llama(_))
+        ModelConfig::Llama(c)
+        | ModelConfig::Mistral(c)
+        | ModelConfig::Qwen2(c)
+        | ModelConfig::Qwen3(c) => {
+            // Only llama.cpp's `llama` architecture (which Mistral's checkpoints are written
+            // as) rotates interleaved pairs; Qwen rotates halves, as transformers does.
+            let rotary = matches!(config, ModelConfig::Llama(_) | ModelConfig::Mistral(_))
                 .then_some((c.num_attention_heads, c.num_key_value_heads()));
             Ok(Arc::new(move |name| llama_tensor(name, rotary)))
         }

@@ -1,0 +1,308 @@
+//! Writing GGUF files (`Pretrained::save_gguf`, `ferroformers convert`): the decoder fixtures
+//! written here against the files llama.cpp's own tools wrote from the same checkpoints
+//! (`tests/fixtures/gguf/`, by `convert_hf_to_gguf.py` and `llama-quantize` from the
+//! llama-cpp-python 0.3.36 sdist), key by key and byte by byte; and the files read back.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use common::*;
+use ferroformers::loading::gguf::{GgmlType, GgufFile, GgufValue};
+use ferroformers::{AutoModelForCausalLM, FromPretrained, HubOptions, LoadOptions, Pretrained};
+use ferroformers::{Tensor, WeightType};
+
+const FAMILIES: [&str; 4] = ["llama", "qwen2", "qwen3", "gpt2"];
+
+fn options() -> LoadOptions {
+    LoadOptions::default().with_hub(HubOptions::default().with_offline(true))
+}
+
+/// A folder of its own for each test's files, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(test: &str) -> Self {
+        let folder = std::env::temp_dir().join(format!(
+            "ferroformers-gguf-export-{test}-{}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&folder).unwrap();
+        Self(folder)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The decoder fixture of `family` written as a GGUF file of `outtype` in `folder`.
+fn written(family: &str, outtype: GgmlType, folder: &Path) -> PathBuf {
+    let path = folder.join(format!("{family}-{}.gguf", outtype.name()));
+    let pretrained =
+        Pretrained::open(&fixture_model(&format!("{family}/lm-head")), &options().hub).unwrap();
+    pretrained.save_gguf(outtype, &path).unwrap();
+    path
+}
+
+/// The keys in which a file written here may differ from the converter's, and why:
+/// - `general.name`: the converter names the model after the folder it converted, which
+///   `make_fixtures.py` named after the family (`Llama`); here it is the fixture's folder;
+/// - `tokenizer.ggml.add_eos_token`: written here always, from what the tokenizer does; the
+///   converter leaves it out when its parse of the post-processor finds no trailing token
+///   (llama.cpp then assumes false, the value written here);
+/// - `tokenizer.ggml.add_sep_token`: the converter's guess from a pair template, which only
+///   rerankers read; not written here.
+const KEYS_THAT_MAY_DIFFER: [&str; 3] = [
+    "general.name",
+    "tokenizer.ggml.add_eos_token",
+    "tokenizer.ggml.add_sep_token",
+];
+
+/// Every metadata key of `ours` and `theirs` equal, but the few of [`KEYS_THAT_MAY_DIFFER`],
+/// and those false where only one file has them.
+fn assert_same_metadata(ours: &GgufFile, theirs: &GgufFile, what: &str) {
+    let (ours, theirs) = (&ours.header().metadata, &theirs.header().metadata);
+    let keys: BTreeSet<&String> = ours.keys().chain(theirs.keys()).collect();
+    let mut compared = 0;
+    for key in keys {
+        match (ours.get(key), theirs.get(key)) {
+            (Some(a), Some(b)) if !KEYS_THAT_MAY_DIFFER.contains(&key.as_str()) => {
+                assert_eq!(a, b, "{what}: `{key}`");
+                compared += 1;
+            }
+            (Some(_), Some(_)) => {}
+            (one, other) => {
+                assert!(
+                    KEYS_THAT_MAY_DIFFER.contains(&key.as_str()),
+                    "{what}: `{key}` is only in {} file",
+                    if one.is_some() {
+                        "our"
+                    } else {
+                        "the converter's"
+                    }
+                );
+                let value = one.or(other).unwrap();
+                if key.starts_with("tokenizer.ggml.add_") {
+                    assert_eq!(value, &GgufValue::Bool(false), "{what}: `{key}`");
+                }
+            }
+        }
+    }
+    assert!(compared > 20, "{what}: only {compared} keys compared");
+}
+
+/// The tensors of `ours` and `theirs` by name: those of the same type and dims must hold the
+/// same bytes; the names whose type differs are returned.
+fn tensors_that_differ_in_type(ours: &GgufFile, theirs: &GgufFile, what: &str) -> Vec<String> {
+    let names = |file: &GgufFile| -> BTreeSet<String> {
+        file.header()
+            .tensors
+            .iter()
+            .map(|t| t.name.clone())
+            .collect()
+    };
+    assert_eq!(names(ours), names(theirs), "{what}: the tensors");
+    let mut other_type = Vec::new();
+    for tensor in &ours.header().tensors {
+        let their = theirs.tensor(&tensor.name).unwrap();
+        assert_eq!(tensor.dims, their.dims, "{what}: dims of {}", tensor.name);
+        if tensor.ggml_type != their.ggml_type {
+            other_type.push(tensor.name.clone());
+            continue;
+        }
+        assert!(
+            ours.data(tensor) == theirs.data(their),
+            "{what}: the bytes of {} ({:?})",
+            tensor.name,
+            tensor.ggml_type
+        );
+    }
+    other_type
+}
+
+#[test]
+fn f32_files_are_the_converters() {
+    let scratch = Scratch::new("f32");
+    for family in FAMILIES {
+        let ours = GgufFile::open(&written(family, GgmlType::F32, &scratch.0)).unwrap();
+        let theirs = GgufFile::open(&fixture(&format!("gguf/{family}-f32.gguf"))).unwrap();
+        assert_same_metadata(&ours, &theirs, family);
+        let differ = tensors_that_differ_in_type(&ours, &theirs, family);
+        assert!(differ.is_empty(), "{family}: {differ:?} of another type");
+    }
+}
+
+#[test]
+fn quantized_files_hold_llama_quantizes_blocks() {
+    // llama-quantize (no --pure) keeps the Q4_0 file's output matrix in Q8_0; every other
+    // matrix, and every tensor of the Q8_0 file, is bit for bit what it wrote.
+    let scratch = Scratch::new("quantized");
+    for (outtype, file, kept_apart) in [
+        (GgmlType::Q8_0, "llama-q8_0.gguf", vec![]),
+        (
+            GgmlType::Q4_0,
+            "llama-q4_0.gguf",
+            vec!["output.weight".to_string()],
+        ),
+    ] {
+        let what = format!("llama {}", outtype.name());
+        let ours = GgufFile::open(&written("llama", outtype, &scratch.0)).unwrap();
+        let theirs = GgufFile::open(&fixture(&format!("gguf/{file}"))).unwrap();
+        assert_same_metadata(&ours, &theirs, &what);
+        assert_eq!(
+            tensors_that_differ_in_type(&ours, &theirs, &what),
+            kept_apart,
+            "{what}"
+        );
+        let blocks = ours
+            .header()
+            .tensors
+            .iter()
+            .filter(|t| t.ggml_type == outtype)
+            .count();
+        assert_eq!(
+            blocks, 16,
+            "{what}: 2 layers' 7 matrices, the embeddings and the output"
+        );
+    }
+}
+
+#[test]
+fn each_matrix_takes_the_outtype_and_the_rest_stays_f32() {
+    let scratch = Scratch::new("types");
+    for outtype in ferroformers::GGUF_OUTTYPES {
+        let path = written("gpt2", outtype, &scratch.0);
+        let file = GgufFile::open(&path).unwrap();
+        for tensor in &file.header().tensors {
+            let matrix = tensor.dims.len() == 2 && tensor.name != "position_embd.weight";
+            let expected = if matrix { outtype } else { GgmlType::F32 };
+            assert_eq!(
+                tensor.ggml_type,
+                expected,
+                "{} {}",
+                outtype.name(),
+                tensor.name
+            );
+        }
+        let file_type = file.header().metadata["general.file_type"]
+            .to_u64()
+            .unwrap();
+        let expected = match outtype {
+            GgmlType::F32 => 0,
+            GgmlType::F16 => 1,
+            GgmlType::Q4_0 => 2,
+            GgmlType::Q4_1 => 3,
+            GgmlType::Q8_0 => 7,
+            _ => 32,
+        };
+        assert_eq!(file_type, expected, "{}: llama_ftype", outtype.name());
+    }
+}
+
+/// The last position's logits of each fixture prompt.
+fn last_logits(model: &AutoModelForCausalLM, family: &str) -> Tensor {
+    let reference = reference(&format!("{family}/lm-head"));
+    let (ids, mask) = ids_and_mask(&reference);
+    model.forward_last(&ids, Some(&mask), None).unwrap()
+}
+
+#[test]
+fn written_files_load_as_the_quantized_checkpoint() {
+    // A tied Llama-style head is quantized at load from the embeddings, and the embeddings
+    // read back from its blocks: a file whose embeddings are those blocks is then the same
+    // model, bit for bit. (Llama's fixture has a head of its own, and GPT-2 keeps `wte` in
+    // f32 beside its quantized head: their f32 embeddings differ from the file's.)
+    let scratch = Scratch::new("load");
+    for family in ["qwen2", "qwen3"] {
+        for (outtype, weight_type) in [
+            (GgmlType::Q8_0, WeightType::Q8_0),
+            (GgmlType::Q4_0, WeightType::Q4_0),
+        ] {
+            let what = format!("{family} {}", outtype.name());
+            let path = written(family, outtype, &scratch.0);
+            let from_file =
+                AutoModelForCausalLM::from_pretrained(path.to_str().unwrap(), &options()).unwrap();
+            let at_load = AutoModelForCausalLM::from_pretrained(
+                &fixture_model(&format!("{family}/lm-head")),
+                &options().with_weight_type(weight_type),
+            )
+            .unwrap();
+            let ours = last_logits(&from_file, family);
+            let values = ours.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert!(
+                values.iter().all(|v| v.is_finite()),
+                "{what}: finite logits"
+            );
+            let theirs = last_logits(&at_load, family).flatten_all().unwrap();
+            assert!(
+                values == theirs.to_vec1::<f32>().unwrap(),
+                "{what}: the file's logits are --dtype {weight_type}'s"
+            );
+        }
+    }
+}
+
+#[test]
+fn written_tokenizers_read_back_as_tokenizer_json() {
+    // The file's tokenizer (no tokenizer.json beside it) against the fixture's tokenizer.json.
+    let scratch = Scratch::new("tokenizers");
+    for family in FAMILIES {
+        let path = written(family, GgmlType::F32, &scratch.0);
+        let from_metadata = Pretrained::open(path.to_str().unwrap(), &options().hub)
+            .unwrap()
+            .tokenizer()
+            .unwrap();
+        let from_json = ferroformers::Tokenizer::from_pretrained(
+            &fixture_model(&format!("{family}/lm-head")),
+            &options().hub,
+        )
+        .unwrap();
+        for text in [
+            "Hello world, 12345 tokens!",
+            "  spaces\tand\nlines  ",
+            "naïve café: ünïcode",
+        ] {
+            let ids = |t: &ferroformers::Tokenizer| {
+                t.inner().encode(text, true).unwrap().get_ids().to_vec()
+            };
+            let expected = ids(&from_json);
+            assert!(expected.len() > 4, "{family}: {text:?} is several tokens");
+            assert_eq!(ids(&from_metadata), expected, "{family}: {text:?}");
+        }
+    }
+}
+
+#[test]
+fn what_cannot_be_written_is_an_error() {
+    let scratch = Scratch::new("errors");
+    let gguf = Pretrained::open(
+        fixture("gguf/qwen2-f32.gguf").to_str().unwrap(),
+        &options().hub,
+    )
+    .unwrap();
+    let error = gguf
+        .save_gguf(GgmlType::Q8_0, &scratch.0.join("again.gguf"))
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("GGUF file already"), "{error}");
+
+    let llama = Pretrained::open(&fixture_model("llama/lm-head"), &options().hub).unwrap();
+    let error = llama
+        .save_gguf(GgmlType::Q4_K, &scratch.0.join("k.gguf"))
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("llama-quantize"), "{error}");
+
+    let bert = Pretrained::open(&fixture_model("bert/base"), &options().hub).unwrap();
+    let error = bert
+        .save_gguf(GgmlType::F32, &scratch.0.join("bert.gguf"))
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("not written as GGUF"), "{error}");
+    // Nothing is left behind by a failed write.
+    assert_eq!(std::fs::read_dir(&scratch.0).unwrap().count(), 0);
+}
