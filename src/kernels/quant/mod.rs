@@ -115,10 +115,19 @@ pub fn quantize_blocks(
             weights.len()
         )));
     }
-    let mut bytes = Vec::with_capacity(outer * row_bytes);
-    for row in weights.chunks_exact(inner.max(1)).take(outer) {
-        quantize::quantize_row(ty, row, &mut bytes);
-    }
+    // Runs of rows quantized on the threads, each into its own part of the output.
+    const ROWS_PER_TASK: usize = 64;
+    let mut bytes = vec![0u8; outer * row_bytes];
+    bytes
+        .par_chunks_mut((ROWS_PER_TASK * row_bytes).max(1))
+        .zip(weights.par_chunks((ROWS_PER_TASK * inner).max(1)))
+        .for_each(|(out, rows)| {
+            let mut blocks = Vec::with_capacity(out.len());
+            for row in rows.chunks_exact(inner.max(1)) {
+                quantize::quantize_row(ty, row, &mut blocks);
+            }
+            out.copy_from_slice(&blocks);
+        });
     Ok(bytes)
 }
 

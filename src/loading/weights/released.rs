@@ -129,13 +129,25 @@ impl Source {
         }
     }
 
-    /// One little-endian value (`bytes` holds `size()` bytes: `chunks_exact` makes them).
-    fn decode(self, bytes: &[u8]) -> f32 {
-        match (self, bytes) {
-            (Source::F32, &[a, b, c, d]) => f32::from_le_bytes([a, b, c, d]),
-            (Source::Bf16, &[a, b]) => bf16::from_le_bytes([a, b]).to_f32(),
-            (Source::F16, &[a, b]) => f16::from_le_bytes([a, b]).to_f32(),
-            _ => f32::NAN,
+    /// The little-endian values of `bytes` into `values`, one per value's bytes; a match per
+    /// block rather than per value, so that the loops vectorise.
+    fn decode_into<T: Target>(self, bytes: &[u8], values: &mut [T]) {
+        match self {
+            Source::F32 => {
+                for (value, bytes) in values.iter_mut().zip(bytes.as_chunks::<4>().0) {
+                    *value = T::from_f32(f32::from_le_bytes(*bytes));
+                }
+            }
+            Source::Bf16 => {
+                for (value, bytes) in values.iter_mut().zip(bytes.as_chunks::<2>().0) {
+                    *value = T::from_f32(bf16::from_le_bytes(*bytes).to_f32());
+                }
+            }
+            Source::F16 => {
+                for (value, bytes) in values.iter_mut().zip(bytes.as_chunks::<2>().0) {
+                    *value = T::from_f32(f16::from_le_bytes(*bytes).to_f32());
+                }
+            }
         }
     }
 }
@@ -173,9 +185,7 @@ fn convert<T: Target>(data: &[u8], source: Source) -> Vec<T> {
         .par_chunks_mut(BLOCK_BYTES / size)
         .zip(data.par_chunks(BLOCK_BYTES))
         .for_each(|(values, bytes)| {
-            for (value, bytes) in values.iter_mut().zip(bytes.chunks_exact(size)) {
-                *value = T::from_f32(source.decode(bytes));
-            }
+            source.decode_into(bytes, values);
             // Inner pages only: the pages at a block's edges hold its neighbours' bytes,
             // which another thread may be reading.
             release(bytes, Rounding::Inward);
