@@ -3535,7 +3535,8 @@ def sentencepiece_llama_tokenizer(work: pathlib.Path):
 
 def make_gguf_tokenizers():
     """gguf/tokenizers/<name>.gguf: vocabulary-only GGUF files that llama.cpp's
-    convert_hf_to_gguf.py (from the llama-cpp-python sdist) writes for five tokenizers, and
+    convert_hf_to_gguf.py (from the llama-cpp-python sdist) writes for five tokenizers;
+    <name>/: the folder it converted (without SentencePiece's tokenizer.model); and
     <name>.json: the ids, tokens and decodes the `tokenizers` library gives on
     GGUF_TOKENIZER_TEXTS with the tokenizer converted, and its chat template rendered."""
     work = pathlib.Path(tempfile.mkdtemp())
@@ -3592,6 +3593,14 @@ def make_gguf_tokenizers():
         subprocess.run([sys.executable, __file__, "--convert-to-gguf", str(llama_cpp),
                         pre or "", str(folder), "--vocab-only", "--outfile",
                         str(out / f"{name}.gguf")], check=True)
+        # The files of the folder converted that our GGUF writing reads to write the same
+        # metadata (tokenizer.json, not SentencePiece's tokenizer.model or GPT-2's vocab.json).
+        kept = out / name
+        kept.mkdir()
+        for file in ["config.json", "tokenizer.json", "tokenizer_config.json",
+                     "special_tokens_map.json", "chat_template.jinja"]:
+            if (folder / file).exists():
+                shutil.copy(folder / file, kept / file)
         backend = tokenizer.backend_tokenizer
         cases_out = []
         for text in GGUF_TOKENIZER_TEXTS:

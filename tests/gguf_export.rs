@@ -306,3 +306,110 @@ fn what_cannot_be_written_is_an_error() {
     // Nothing is left behind by a failed write.
     assert_eq!(std::fs::read_dir(&scratch.0).unwrap().count(), 0);
 }
+
+/// The tokenizers whose folders `make_fixtures.py --only gguf-tokenizers` converted with
+/// llama.cpp's converter (`gguf/tokenizers/<name>/` beside the `<name>.gguf` it wrote).
+const TOKENIZERS: [&str; 5] = ["gpt2", "qwen2", "llama-bpe", "smollm", "llama-spm"];
+
+#[test]
+fn tokenizer_metadata_is_the_converters() {
+    use ferroformers::loading::gguf::GgufHeader;
+    use ferroformers::{ModelSource, Tokenizer};
+    for name in TOKENIZERS {
+        let folder = fixture(&format!("gguf/tokenizers/{name}"));
+        let source = ModelSource::Folder(folder.clone());
+        let config = fixture_json(&format!("gguf/tokenizers/{name}/config.json"));
+        let vocab_size = config["vocab_size"].as_u64().unwrap() as usize;
+        let tokenizer = Tokenizer::from_source(&source).unwrap();
+        let ours: std::collections::BTreeMap<String, GgufValue> = tokenizer
+            .gguf_metadata(&source, vocab_size)
+            .unwrap()
+            .into_iter()
+            .collect();
+        let converted = GgufFile::open(&fixture(&format!("gguf/tokenizers/{name}.gguf"))).unwrap();
+        let theirs = &converted.header().metadata;
+        let mut compared = Vec::new();
+        for (key, value) in theirs.iter().filter(|(k, _)| k.starts_with("tokenizer.")) {
+            match key.as_str() {
+                "tokenizer.ggml.add_sep_token" => continue,
+                "tokenizer.ggml.scores" => {
+                    assert_same_merge_order(
+                        &ours[key],
+                        value,
+                        &theirs["tokenizer.ggml.token_type"],
+                        name,
+                    );
+                }
+                _ => assert_eq!(ours.get(key), Some(value), "{name}: `{key}`"),
+            }
+            compared.push(key.as_str());
+        }
+        assert!(
+            compared.contains(&"tokenizer.ggml.tokens"),
+            "{name}: {compared:?}"
+        );
+        for key in ours.keys().filter(|k| !theirs.contains_key(*k)) {
+            assert_eq!(
+                key, "tokenizer.ggml.add_eos_token",
+                "{name}: only ours has `{key}`"
+            );
+            assert_eq!(ours[key], GgufValue::Bool(false), "{name}: `{key}`");
+        }
+
+        // Read back, the metadata tokenizes as `tokenizers` did with the folder's tokenizer.
+        let header = GgufHeader {
+            version: 3,
+            metadata: ours,
+            tensors: Vec::new(),
+        };
+        let from_metadata = Tokenizer::from_gguf(&header).unwrap();
+        let reference = fixture_json(&format!("gguf/tokenizers/{name}.json"));
+        for case in reference["texts"].as_array().unwrap() {
+            let text = case["text"].as_str().unwrap();
+            let ids: Vec<u64> = from_metadata
+                .inner()
+                .encode(text, true)
+                .unwrap()
+                .get_ids()
+                .iter()
+                .map(|&id| id.into())
+                .collect();
+            let expected: Vec<u64> = case["ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|id| id.as_u64().unwrap())
+                .collect();
+            assert_eq!(ids, expected, "{name}: {text:?}");
+        }
+    }
+}
+
+/// SentencePiece scores: ours, from the merges' ranks, order the tokens that merges make
+/// (NORMAL tokens of more than one character) as `tokenizer.model`'s scores do.
+fn assert_same_merge_order(ours: &GgufValue, theirs: &GgufValue, types: &GgufValue, name: &str) {
+    let floats = |value: &GgufValue| -> Vec<f64> {
+        let GgufValue::Array(values) = value else {
+            panic!("{name}: scores are an array")
+        };
+        values.iter().map(|v| v.to_f64().unwrap()).collect()
+    };
+    let GgufValue::Array(types) = types else {
+        panic!("{name}: token types are an array")
+    };
+    let (ours, theirs) = (floats(ours), floats(theirs));
+    assert_eq!(ours.len(), theirs.len(), "{name}: scores");
+    let mut merged: Vec<usize> = (0..ours.len())
+        .filter(|&id| types[id].to_u64() == Some(1) && ours[id] > -(ours.len() as f64))
+        .collect();
+    assert!(merged.len() > 100, "{name}: {} merged tokens", merged.len());
+    merged.sort_by(|&a, &b| ours[b].total_cmp(&ours[a]));
+    let out_of_order = merged
+        .windows(2)
+        .filter(|pair| theirs[pair[0]] <= theirs[pair[1]])
+        .count();
+    assert_eq!(
+        out_of_order, 0,
+        "{name}: merged tokens ordered otherwise than by their scores"
+    );
+}

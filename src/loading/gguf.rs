@@ -95,6 +95,18 @@ impl GgufValue {
     }
 }
 
+impl From<&str> for GgufValue {
+    fn from(value: &str) -> Self {
+        GgufValue::String(value.to_string())
+    }
+}
+
+impl From<String> for GgufValue {
+    fn from(value: String) -> Self {
+        GgufValue::String(value)
+    }
+}
+
 /// A tensor's element type (`ggml_type`): plain floats, or blocks of quantized values that
 /// share scales.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -355,3 +355,92 @@ fn dequantized_values_are_the_gguf_packages_bit_for_bit() {
     let mut out = [0f32; 32];
     assert!(dequantize(GgmlType::Q8_0, &[0; 33], &mut out).is_err());
 }
+
+#[test]
+fn written_files_read_back_whole() {
+    let folder =
+        std::env::temp_dir().join(format!("ferroformers-gguf-write-{}", std::process::id()));
+    std::fs::create_dir_all(&folder).unwrap();
+    let path = folder.join("every-type.gguf");
+    let metadata: Vec<(String, GgufValue)> = [
+        GgufValue::U8(1),
+        GgufValue::I8(-2),
+        GgufValue::U16(3),
+        GgufValue::I16(-4),
+        GgufValue::U32(5),
+        GgufValue::I32(-6),
+        GgufValue::F32(0.5),
+        GgufValue::Bool(true),
+        GgufValue::String("ünïcode".into()),
+        GgufValue::Array(vec![GgufValue::I32(1), GgufValue::I32(2)]),
+        GgufValue::Array(Vec::new()),
+        GgufValue::U64(1 << 40),
+        GgufValue::I64(-(1 << 40)),
+        GgufValue::F64(0.25),
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, value)| (format!("key.{i}"), value))
+    .collect();
+    let tensors = vec![
+        PlannedTensor {
+            name: "a".into(),
+            dims: vec![3],
+            ggml_type: GgmlType::F32,
+        },
+        PlannedTensor {
+            name: "b".into(),
+            dims: vec![32, 2],
+            ggml_type: GgmlType::Q8_0,
+        },
+    ];
+    let data = |t: &PlannedTensor| Ok(vec![t.name.as_bytes()[0]; t.bytes()?]);
+    write_gguf(&path, &metadata, &tensors, data).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let header = GgufHeader::parse(&bytes).unwrap();
+    assert_eq!(header.version, 3);
+    assert_eq!(header.metadata, metadata.into_iter().collect());
+    for (read, planned) in header.tensors.iter().zip(&tensors) {
+        assert_eq!(
+            (&read.name, &read.dims, read.ggml_type),
+            (&planned.name, &planned.dims, planned.ggml_type)
+        );
+        assert_eq!(read.start % DEFAULT_ALIGNMENT, 0);
+        assert!(bytes[read.start..read.start + read.bytes]
+            .iter()
+            .all(|&b| b == planned.name.as_bytes()[0]));
+    }
+    assert_eq!(header.tensors[1].bytes, 2 * 34);
+
+    // What a reader would refuse is not written, and no file is left behind.
+    let refused = folder.join("refused.gguf");
+    let twice = vec![
+        ("k".to_string(), GgufValue::U8(1)),
+        ("k".to_string(), GgufValue::U8(2)),
+    ];
+    let error = write_gguf(&refused, &twice, &[], data)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("`k` is written twice"), "{error}");
+    let short = |_: &PlannedTensor| Ok(vec![0u8; 5]);
+    let error = write_gguf(&refused, &[], &tensors, short)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("came to 5 bytes"), "{error}");
+    let ragged = [PlannedTensor {
+        name: "c".into(),
+        dims: vec![30],
+        ggml_type: GgmlType::Q4_0,
+    }];
+    let error = write_gguf(&refused, &[], &ragged, data)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("whole blocks of 32"), "{error}");
+    let mixed = [(
+        "m".to_string(),
+        GgufValue::Array(vec![GgufValue::U8(1), GgufValue::I8(1)]),
+    )];
+    assert!(write_gguf(&refused, &mixed, &[], data).is_err());
+    assert!(!refused.exists() && !folder.join("refused.gguf.partial").exists());
+    std::fs::remove_dir_all(folder).unwrap();
+}

@@ -65,6 +65,20 @@ pub fn write_gguf(
             .iter()
             .map(PlannedTensor::bytes)
             .collect::<Result<Vec<_>>>()?;
+        // Readers refuse a file that names a key or a tensor twice (llama.cpp's and ours).
+        let mut keys = std::collections::HashSet::new();
+        if let Some((twice, _)) = metadata.iter().find(|(key, _)| !keys.insert(key)) {
+            return Err(Error::InvalidInput(format!(
+                "the GGUF key `{twice}` is written twice"
+            )));
+        }
+        let mut names = std::collections::HashSet::new();
+        if let Some(twice) = tensors.iter().find(|t| !names.insert(&t.name)) {
+            return Err(Error::InvalidInput(format!(
+                "the GGUF tensor `{}` is written twice",
+                twice.name
+            )));
+        }
         write_header(&mut out, metadata, tensors, &sizes)?;
         for (tensor, &size) in tensors.iter().zip(&sizes) {
             out.pad_to(DEFAULT_ALIGNMENT)?;

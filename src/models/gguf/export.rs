@@ -131,14 +131,6 @@ pub fn save_gguf(pretrained: &Pretrained, outtype: GgmlType, path: &Path) -> Res
         other => return Err(not_written(other)),
     };
     metadata.push(("general.quantization_version".into(), GgufValue::U32(2)));
-    if architecture == "llama" {
-        if let Some(add) = add_prefix_space(pretrained)? {
-            metadata.push((
-                "tokenizer.ggml.add_space_prefix".into(),
-                GgufValue::Bool(add),
-            ));
-        }
-    }
     let tokenizer = pretrained.tokenizer()?;
     metadata.extend(tokenizer.gguf_metadata(pretrained.source(), vocab_size)?);
 
@@ -406,17 +398,6 @@ fn llama3_rope_frequency_divisors(config: &ModelConfig) -> Option<Vec<f32>> {
             })
             .collect(),
     )
-}
-
-/// `add_prefix_space` of `tokenizer_config.json`, which the converter writes for Llama.
-fn add_prefix_space(pretrained: &Pretrained) -> Result<Option<bool>> {
-    let Some(path) = pretrained.source().get("tokenizer_config.json")? else {
-        return Ok(None);
-    };
-    let config: serde_json::Value = crate::loading::json::read_json(&path)?;
-    Ok(config
-        .get("add_prefix_space")
-        .and_then(serde_json::Value::as_bool))
 }
 
 /// The model's name: its folder's or repository's last part.

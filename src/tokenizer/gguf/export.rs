@@ -1,14 +1,25 @@
-//! The `tokenizer.ggml.*` metadata of a byte-level BPE tokenizer (GPT-2, Llama 3, Qwen2,
-//! SmolLM), as llama.cpp's converter writes it from the same tokenizer files
-//! (`TextModel.get_vocab_base` and gguf-py's `SpecialVocab`, in the llama-cpp-python 0.3.36
-//! sdist on PyPI), so that a GGUF file written here tokenizes in llama.cpp as the model's
-//! tokenizer.json does, and reads back here through [`Tokenizer::from_gguf`].
+//! The `tokenizer.ggml.*` metadata of a tokenizer, as llama.cpp's converter writes it from
+//! the same tokenizer files (`TextModel.get_vocab_base` and gguf-py's `SpecialVocab`, in the
+//! llama-cpp-python 0.3.36 sdist on PyPI), so that a GGUF file written here tokenizes in
+//! llama.cpp as the model's tokenizer.json does, and reads back here through
+//! [`Tokenizer::from_gguf`]. The reader's two forms:
+//! - `gpt2`: byte-level BPE (GPT-2, Llama 3, Qwen2, SmolLM): tokens and merges;
+//! - `llama`: SentencePiece BPE as transformers writes it to tokenizer.json (Llama 2,
+//!   TinyLlama, Mistral v0.1: byte fallback, spaces as `▁`): tokens and scores. llama.cpp
+//!   merges the pair whose joined token scores highest. The converter takes the scores from
+//!   `tokenizer.model` (without it, it stopped on this repository's SentencePiece fixture
+//!   folder, and its tokenizer.json fallback, gguf-py's `LlamaHfVocab`, scores every token
+//!   -1000, which leaves llama.cpp no order to merge in); here each token that a merge makes
+//!   scores minus the rank of the first merge that makes it, so that llama.cpp's order is the
+//!   merges' order.
 //!
 //! Where the converter guesses from the files (its parse of the post-processor for
 //! `add_bos_token`), this asks the tokenizer: BOS is added when encoding with special tokens
 //! puts it first. `pre`, which the converter finds by hashing the ids of a check text among
 //! the released models it knows, is here the split of [`byte_level_split`] that the
 //! tokenizer's pre-tokenizer is.
+
+use std::collections::HashMap;
 
 use serde_json::Value;
 
@@ -22,9 +33,14 @@ use crate::tokenizer::{Tokenizer, TokenizerConfig};
 
 /// llama.cpp's token types (`llama_token_type`).
 const NORMAL: i32 = 1;
+const UNKNOWN: i32 = 2;
 const CONTROL: i32 = 3;
 const USER_DEFINED: i32 = 4;
 const UNUSED: i32 = 5;
+const BYTE: i32 = 6;
+
+/// The score the converter gives control and added tokens, which llama.cpp never merges to.
+const UNMERGED_SCORE: f32 = -1000.0;
 
 /// The special tokens the converter looks for, by its names, with the key each is written
 /// under.
@@ -38,53 +54,63 @@ const SPECIALS: [(&str, &str); 7] = [
     ("mask", "mask_token_id"),
 ];
 
+/// Which of llama.cpp's tokenizer models a tokenizer is.
+enum Form {
+    /// `gpt2`, split as the `pre` named.
+    ByteLevel { pre: &'static str },
+    /// `llama`, with a `▁` put before the text or not.
+    SentencePiece { add_space_prefix: bool },
+}
+
 impl Tokenizer {
     /// The `tokenizer.ggml.*` entries (and `tokenizer.chat_template`) of this tokenizer, read
     /// from `source`, for a model of `vocab_size` rows: ids the tokenizer lacks are written as
-    /// unused `[PAD<id>]` tokens, as the converter writes them. A tokenizer that is not
-    /// byte-level BPE split as one of llama.cpp's `pre`s is an [`Error::InvalidInput`].
+    /// unused `[PAD<id>]` tokens, as the converter writes them. A tokenizer of neither form
+    /// (see the module) is an [`Error::InvalidInput`].
     pub fn gguf_metadata(
         &self,
         source: &ModelSource,
         vocab_size: usize,
     ) -> Result<Vec<(String, GgufValue)>> {
-        let pre = self.llama_cpp_pre()?;
-        let inner = self.inner();
-        let vocab = inner.get_vocab(true);
-        let added = inner.get_added_tokens_decoder();
-        let mut by_id: Vec<Option<&str>> = vec![None; vocab_size];
-        for (token, &id) in &vocab {
-            let slot = by_id.get_mut(id as usize).ok_or_else(|| {
-                Error::InvalidInput(format!(
-                    "the tokenizer's token {token:?} has id {id}, past the model's \
-                     vocab_size {vocab_size}"
-                ))
-            })?;
-            *slot = Some(token);
-        }
-        let (tokens, types): (Vec<GgufValue>, Vec<GgufValue>) = by_id
-            .iter()
-            .enumerate()
-            .map(|(id, token)| {
-                let (text, kind) = match (token, added.get(&(id as u32))) {
-                    (None, _) => (format!("[PAD{id}]"), UNUSED),
-                    (Some(token), Some(added)) if added.special || looks_special(token) => {
-                        (token.to_string(), CONTROL)
-                    }
-                    // The converter writes SentencePiece's space as a space in added tokens.
-                    (Some(token), Some(_)) => (token.replace('▁', " "), USER_DEFINED),
-                    (Some(token), None) => (token.to_string(), NORMAL),
-                };
-                (GgufValue::String(text), GgufValue::I32(kind))
-            })
-            .unzip();
-        let mut metadata = vec![
-            entry("tokenizer.ggml.model", GgufValue::String("gpt2".into())),
-            entry("tokenizer.ggml.pre", GgufValue::String(pre.into())),
-            entry("tokenizer.ggml.tokens", GgufValue::Array(tokens)),
-            entry("tokenizer.ggml.token_type", GgufValue::Array(types)),
-            entry("tokenizer.ggml.merges", GgufValue::Array(self.merges()?)),
-        ];
+        let form = self.llama_cpp_form()?;
+        let model = to_json(self.inner().get_model(), "the BPE model")?;
+        let merges = merges(&model)?;
+        let (tokens, types) = self.typed_tokens(&form, &model, vocab_size)?;
+        let mut metadata = match form {
+            Form::ByteLevel { pre } => vec![
+                entry("tokenizer.ggml.model", "gpt2".into()),
+                entry("tokenizer.ggml.pre", pre.into()),
+                entry("tokenizer.ggml.tokens", strings(&tokens)),
+                entry("tokenizer.ggml.token_type", kinds(&types)),
+                entry(
+                    "tokenizer.ggml.merges",
+                    GgufValue::Array(
+                        merges
+                            .iter()
+                            .map(|(l, r)| format!("{l} {r}").into())
+                            .collect(),
+                    ),
+                ),
+            ],
+            Form::SentencePiece { add_space_prefix } => {
+                let scores = scores(&tokens, &types, &merges);
+                vec![
+                    entry(
+                        "tokenizer.ggml.add_space_prefix",
+                        GgufValue::Bool(add_space_prefix),
+                    ),
+                    entry("tokenizer.ggml.model", "llama".into()),
+                    entry("tokenizer.ggml.pre", "default".into()),
+                    entry("tokenizer.ggml.tokens", strings(&tokens)),
+                    entry(
+                        "tokenizer.ggml.scores",
+                        GgufValue::Array(scores.into_iter().map(GgufValue::F32).collect()),
+                    ),
+                    entry("tokenizer.ggml.token_type", kinds(&types)),
+                ]
+            }
+        };
+        let added = self.inner().get_added_tokens_decoder();
         let mut added_by_id: Vec<(u32, &str)> = added
             .iter()
             .map(|(&id, token)| (id, token.content.as_str()))
@@ -103,65 +129,94 @@ impl Tokenizer {
             GgufValue::Bool(add_eos),
         ));
         if let Some(template) = ChatTemplate::from_source(source, None)? {
-            metadata.push(entry(
-                "tokenizer.chat_template",
-                GgufValue::String(template.source().to_string()),
-            ));
+            metadata.push(entry("tokenizer.chat_template", template.source().into()));
         }
         Ok(metadata)
     }
 
-    /// The `pre` whose split this tokenizer's pre-tokenizer is (offsets aside, which do not
-    /// change ids).
-    fn llama_cpp_pre(&self) -> Result<&'static str> {
+    /// Which form the tokenizer is: BPE with a byte-level decoder split as one of the `pre`s
+    /// (offsets aside, which do not change ids), or BPE with byte fallback over text whose
+    /// spaces are `▁` (transformers' Llama tokenizer.json: a normaliser that replaces them,
+    /// after prepending one or not, and no pre-tokenizer).
+    fn llama_cpp_form(&self) -> Result<Form> {
         let inner = self.inner();
-        let byte_level_bpe = matches!(inner.get_model(), tokenizers::ModelWrapper::BPE(_))
-            && matches!(
+        if let tokenizers::ModelWrapper::BPE(bpe) = inner.get_model() {
+            if matches!(
                 inner.get_decoder(),
                 Some(tokenizers::DecoderWrapper::ByteLevel(_))
-            );
-        let ours = inner.get_pre_tokenizer().map(without_offsets).transpose()?;
-        for pre in BYTE_LEVEL_PRES {
-            let theirs = without_offsets(&byte_level_split(pre)?.pre_tokenizer)?;
-            if byte_level_bpe && ours.as_ref() == Some(&theirs) {
-                return Ok(pre);
+            ) {
+                let ours = inner.get_pre_tokenizer().map(without_offsets).transpose()?;
+                for pre in BYTE_LEVEL_PRES {
+                    let theirs = without_offsets(&byte_level_split(pre)?.pre_tokenizer)?;
+                    if ours.as_ref() == Some(&theirs) {
+                        return Ok(Form::ByteLevel { pre });
+                    }
+                }
+            }
+            if bpe.byte_fallback && inner.get_pre_tokenizer().is_none() {
+                if let Some(add_space_prefix) = inner
+                    .get_normalizer()
+                    .map(|n| to_json(n, "the normaliser"))
+                    .transpose()?
+                    .as_ref()
+                    .and_then(sentencepiece_spaces)
+                {
+                    return Ok(Form::SentencePiece { add_space_prefix });
+                }
             }
         }
         Err(Error::InvalidInput(format!(
-            "the tokenizer is not byte-level BPE split as one of llama.cpp's pre-tokenizers \
-             that this library writes ({}); convert this model with llama.cpp's \
+            "the tokenizer is neither byte-level BPE split as one of llama.cpp's \
+             pre-tokenizers that this library writes ({}) nor SentencePiece BPE as \
+             transformers writes Llama's tokenizer.json; convert this model with llama.cpp's \
              convert_hf_to_gguf.py",
             BYTE_LEVEL_PRES.join(", ")
         )))
     }
 
-    /// The BPE merges in rank order, `left right`, spaces inside a token written as U+0120
-    /// (the converter's encoding of tokenizers' pair form).
-    fn merges(&self) -> Result<Vec<GgufValue>> {
-        let model = serde_json::to_value(self.inner().get_model())
-            .map_err(|e| Error::tokenizer("cannot serialise the BPE model", Box::new(e)))?;
-        let merges = model
-            .get("merges")
-            .and_then(Value::as_array)
-            .ok_or_else(|| Error::InvalidInput("the tokenizer's BPE model has no merges".into()))?;
-        let side = |part: &Value| {
-            let text = part.as_str().unwrap_or_default();
-            text.replace(' ', "\u{120}")
-        };
-        merges
+    /// Every id below `vocab_size` with its token and llama.cpp's type of it, as
+    /// `get_vocab_base` types them (and, for SentencePiece, the unknown and byte tokens as
+    /// `tokenizer.model` types them).
+    fn typed_tokens(
+        &self,
+        form: &Form,
+        model: &Value,
+        vocab_size: usize,
+    ) -> Result<(Vec<String>, Vec<i32>)> {
+        let inner = self.inner();
+        let vocab = inner.get_vocab(true);
+        let added = inner.get_added_tokens_decoder();
+        let unknown = model.get("unk_token").and_then(Value::as_str);
+        let sentencepiece = matches!(form, Form::SentencePiece { .. });
+        let mut by_id: Vec<Option<&str>> = vec![None; vocab_size];
+        for (token, &id) in &vocab {
+            let slot = by_id.get_mut(id as usize).ok_or_else(|| {
+                Error::InvalidInput(format!(
+                    "the tokenizer's token {token:?} has id {id}, past the model's \
+                     vocab_size {vocab_size}"
+                ))
+            })?;
+            *slot = Some(token);
+        }
+        Ok(by_id
             .iter()
-            .map(|merge| match merge {
-                Value::String(merge) => Ok(GgufValue::String(merge.clone())),
-                Value::Array(pair) if pair.len() == 2 => Ok(GgufValue::String(format!(
-                    "{} {}",
-                    side(&pair[0]),
-                    side(&pair[1])
-                ))),
-                other => Err(Error::InvalidInput(format!(
-                    "the tokenizer's BPE merge {other} is neither `a b` nor a pair"
-                ))),
+            .enumerate()
+            .map(|(id, token)| match (token, added.get(&(id as u32))) {
+                (None, _) => (format!("[PAD{id}]"), UNUSED),
+                (Some(token), Some(added)) if added.special || looks_special(token) => {
+                    (token.to_string(), CONTROL)
+                }
+                // The converter writes SentencePiece's space as a space in added tokens.
+                (Some(token), Some(_)) => (token.replace('▁', " "), USER_DEFINED),
+                (Some(token), None) if sentencepiece && Some(*token) == unknown => {
+                    (token.to_string(), UNKNOWN)
+                }
+                (Some(token), None) if sentencepiece && is_byte_token(token) => {
+                    (token.to_string(), BYTE)
+                }
+                (Some(token), None) => (token.to_string(), NORMAL),
             })
-            .collect()
+            .unzip())
     }
 
     /// Whether encoding with special tokens adds the BOS and EOS that `metadata` names.
@@ -253,12 +308,105 @@ fn without_offsets(pre: &tokenizers::PreTokenizerWrapper) -> Result<Value> {
             _ => {}
         }
     }
-    let mut value = serde_json::to_value(pre)
-        .map_err(|e| Error::tokenizer("cannot serialise the pre-tokenizer", Box::new(e)))?;
+    let mut value = to_json(pre, "the pre-tokenizer")?;
     strip(&mut value);
     Ok(value)
 }
 
 fn entry(key: &str, value: GgufValue) -> (String, GgufValue) {
     (key.to_string(), value)
+}
+
+/// The BPE merges in rank order as pairs, spaces inside a token written as U+0120 (the
+/// converter's encoding of tokenizers' pair form, where a token may hold a space).
+fn merges(model: &Value) -> Result<Vec<(String, String)>> {
+    let merges = model
+        .get("merges")
+        .and_then(Value::as_array)
+        .ok_or_else(|| Error::InvalidInput("the tokenizer's BPE model has no merges".into()))?;
+    let side = |part: &Value| part.as_str().map(|text| text.replace(' ', "\u{120}"));
+    merges
+        .iter()
+        .map(|merge| {
+            let pair = match merge {
+                Value::String(merge) => merge
+                    .split_once(' ')
+                    .map(|(l, r)| (l.to_string(), r.to_string())),
+                Value::Array(pair) if pair.len() == 2 => side(&pair[0]).zip(side(&pair[1])),
+                _ => None,
+            };
+            pair.ok_or_else(|| {
+                Error::InvalidInput(format!(
+                    "the tokenizer's BPE merge {merge} is neither `a b` nor a pair"
+                ))
+            })
+        })
+        .collect()
+}
+
+/// SentencePiece scores: a token that a merge makes scores minus the rank of the first merge
+/// that makes it; the others (single characters, bytes: never a merge's result) score below
+/// every merge's, and control and added tokens as the converter scores them.
+fn scores(tokens: &[String], types: &[i32], merges: &[(String, String)]) -> Vec<f32> {
+    let mut first_rank: HashMap<String, usize> = HashMap::with_capacity(merges.len());
+    for (rank, (left, right)) in merges.iter().enumerate() {
+        first_rank.entry(format!("{left}{right}")).or_insert(rank);
+    }
+    tokens
+        .iter()
+        .zip(types)
+        .enumerate()
+        .map(|(id, (token, &kind))| match kind {
+            CONTROL | USER_DEFINED | UNKNOWN | UNUSED => UNMERGED_SCORE,
+            BYTE => 0.0,
+            _ => match first_rank.get(token) {
+                Some(&rank) => -(rank as f32),
+                None => -((merges.len() + id) as f32),
+            },
+        })
+        .collect()
+}
+
+/// Whether a normaliser (as JSON) makes SentencePiece's spaces, transformers' Llama form:
+/// `Replace(" ", "▁")`, after `Prepend("▁")` or not; `Some(prepends)` when it does.
+fn sentencepiece_spaces(normalizer: &Value) -> Option<bool> {
+    let steps: Vec<&Value> = match normalizer.get("normalizers").and_then(Value::as_array) {
+        Some(steps) => steps.iter().collect(),
+        None => vec![normalizer],
+    };
+    let is = |step: &Value, kind: &str| step.get("type").and_then(Value::as_str) == Some(kind);
+    let replaces_spaces = |step: &Value| {
+        is(step, "Replace")
+            && step.pointer("/pattern/String").and_then(Value::as_str) == Some(" ")
+            && step.get("content").and_then(Value::as_str) == Some("▁")
+    };
+    let prepends = |step: &Value| {
+        is(step, "Prepend") && step.get("prepend").and_then(Value::as_str) == Some("▁")
+    };
+    match steps.as_slice() {
+        [replace] if replaces_spaces(replace) => Some(false),
+        [prepend, replace] if prepends(prepend) && replaces_spaces(replace) => Some(true),
+        _ => None,
+    }
+}
+
+/// SentencePiece's byte tokens, `<0x00>` to `<0xFF>`.
+fn is_byte_token(token: &str) -> bool {
+    token.len() == 6
+        && token.starts_with("<0x")
+        && token.ends_with('>')
+        && token[3..5].chars().all(|c| c.is_ascii_hexdigit())
+}
+
+fn strings(values: &[String]) -> GgufValue {
+    GgufValue::Array(values.iter().map(|v| v.as_str().into()).collect())
+}
+
+fn kinds(values: &[i32]) -> GgufValue {
+    GgufValue::Array(values.iter().map(|&v| GgufValue::I32(v)).collect())
+}
+
+fn to_json(value: &impl serde::Serialize, what: &str) -> Result<Value> {
+    serde_json::to_value(value)
+        .map_err(|e| Error::tokenizer(format!("cannot serialise {what}"), Box::new(e)))
 }
