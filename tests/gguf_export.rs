@@ -279,30 +279,35 @@ fn written_tokenizers_read_back_as_tokenizer_json() {
 #[test]
 fn what_cannot_be_written_is_an_error() {
     let scratch = Scratch::new("errors");
-    let gguf = Pretrained::open(
-        fixture("gguf/qwen2-f32.gguf").to_str().unwrap(),
-        &options().hub,
-    )
-    .unwrap();
-    let error = gguf
-        .save_gguf(GgmlType::Q8_0, &scratch.0.join("again.gguf"))
-        .unwrap_err()
-        .to_string();
-    assert!(error.contains("GGUF file already"), "{error}");
-
-    let llama = Pretrained::open(&fixture_model("llama/lm-head"), &options().hub).unwrap();
-    let error = llama
-        .save_gguf(GgmlType::Q4_K, &scratch.0.join("k.gguf"))
-        .unwrap_err()
-        .to_string();
-    assert!(error.contains("llama-quantize"), "{error}");
-
-    let bert = Pretrained::open(&fixture_model("bert/base"), &options().hub).unwrap();
-    let error = bert
-        .save_gguf(GgmlType::F32, &scratch.0.join("bert.gguf"))
-        .unwrap_err()
-        .to_string();
-    assert!(error.contains("not written as GGUF"), "{error}");
+    let error_of = |model: &str, outtype: GgmlType| {
+        let pretrained = Pretrained::open(model, &options().hub).unwrap();
+        let path = scratch.0.join(format!("{}.gguf", outtype.name()));
+        pretrained
+            .save_gguf(outtype, &path)
+            .unwrap_err()
+            .to_string()
+    };
+    let gguf = fixture("gguf/qwen2-f32.gguf");
+    for (model, outtype, expected) in [
+        (
+            gguf.to_str().unwrap().to_string(),
+            GgmlType::Q8_0,
+            "GGUF file already",
+        ),
+        (
+            fixture_model("llama/lm-head"),
+            GgmlType::Q4_K,
+            "llama-quantize",
+        ),
+        (
+            fixture_model("bert/base"),
+            GgmlType::F32,
+            "not written as GGUF",
+        ),
+    ] {
+        let error = error_of(&model, outtype);
+        assert!(error.contains(expected), "{model}: {error}");
+    }
     // Nothing is left behind by a failed write.
     assert_eq!(std::fs::read_dir(&scratch.0).unwrap().count(), 0);
 }
