@@ -77,31 +77,32 @@ impl WeightFiles {
         ))
     }
 
-    /// The names of the checkpoint's tensors, sorted.
-    pub fn tensor_names(&self) -> Result<Vec<String>> {
+    /// The checkpoint's tensors, each name with its shape, sorted by name; from the files'
+    /// headers, without reading the tensors.
+    pub fn tensor_shapes(&self) -> Result<Vec<(String, Vec<usize>)>> {
         let corrupt = |e: candle_core::Error| {
             Error::InvalidWeights(format!(
-                "cannot read the tensor names of {self:?}: {e}. The file is damaged; download \
+                "cannot read the tensor table of {self:?}: {e}. The file is damaged; download \
                  it again"
             ))
         };
-        let mut names: Vec<String> = match self {
+        let mut shapes: Vec<(String, Vec<usize>)> = match self {
             // SAFETY: as in `var_builder`: files in the Hub cache are never changed in place.
             WeightFiles::Safetensors(paths) => unsafe { ReleasedSafetensors::open(paths) }
                 .map_err(corrupt)?
-                .names(),
+                .shapes(),
             WeightFiles::PyTorch(path) => {
                 crate::loading::weights::pickle::check_torch_checkpoint(path)?;
                 candle_core::pickle::PthTensors::new(path, None)
                     .map_err(corrupt)?
                     .tensor_infos()
-                    .keys()
-                    .cloned()
+                    .iter()
+                    .map(|(name, info)| (name.clone(), info.layout.dims().to_vec()))
                     .collect()
             }
         };
-        names.sort_unstable();
-        Ok(names)
+        shapes.sort_unstable();
+        Ok(shapes)
     }
 
     /// A `VarBuilder` that reads every tensor as `dtype`, on `device`.

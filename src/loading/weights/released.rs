@@ -35,9 +35,13 @@ impl ReleasedSafetensors {
         Ok(Self(unsafe { MmapedSafetensors::multi(paths) }?))
     }
 
-    /// The names of the tensors in all the files.
-    pub(super) fn names(&self) -> Vec<String> {
-        self.0.tensors().into_iter().map(|(name, _)| name).collect()
+    /// The tensors of all the files, each name with its shape.
+    pub(super) fn shapes(&self) -> Vec<(String, Vec<usize>)> {
+        self.0
+            .tensors()
+            .into_iter()
+            .map(|(name, view)| (name, view.shape().to_vec()))
+            .collect()
     }
 }
 

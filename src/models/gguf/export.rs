@@ -18,7 +18,7 @@ use candle_core::{DType, Device};
 use super::tensor_names;
 use crate::error::{Error, Result};
 use crate::kernels::quant::quantize_blocks;
-use crate::loading::gguf::{write_gguf, GgmlType, GgufValue, PlannedTensor};
+use crate::loading::gguf::{write_gguf, GgmlType, GgufValue, PlannedTensor, StoredLayout};
 use crate::loading::weights::WeightFiles;
 use crate::models::config::ModelConfig;
 use crate::models::gpt2::Gpt2Config;
@@ -63,14 +63,14 @@ pub fn save_gguf(pretrained: &Pretrained, outtype: GgmlType, path: &Path) -> Res
     let files = WeightFiles::resolve(pretrained.source())?;
     let weights = files.var_builder(DType::F32, &Device::Cpu)?;
 
-    // Each tensor: checkpoint name (None for a tensor the converter makes), stored name,
-    // layout, and shape as stored (PyTorch's order).
+    // Each tensor's table entry, and where its values come from; shapes from the files'
+    // headers (PyTorch's order), the tensors read only when written.
     let mut plan = Vec::new();
     if let Some(divisors) = llama3_rope_frequency_divisors(config) {
         let planned = planned("rope_freqs.weight", &[divisors.len()], outtype);
         plan.push((planned, Source::Made(divisors)));
     }
-    for name in files.tensor_names()? {
+    for (name, shape) in files.tensor_shapes()? {
         if skipped(config, &name) {
             continue;
         }
@@ -80,13 +80,8 @@ pub fn save_gguf(pretrained: &Pretrained, outtype: GgmlType, path: &Path) -> Res
                  {architecture} model"
             ))
         })?;
-        let shape = weights
-            .get_unchecked_dtype(&name, DType::F32)
-            .map_err(|e| checkpoint_mismatch(e.into()))?
-            .dims()
-            .to_vec();
         let stored_shape = match stored.layout {
-            crate::loading::gguf::StoredLayout::Transposed => shape.iter().rev().copied().collect(),
+            StoredLayout::Transposed => shape.iter().rev().copied().collect(),
             _ => shape.clone(),
         };
         let planned = planned(&stored.name, &stored_shape, outtype);
@@ -177,7 +172,7 @@ enum Source {
     Checkpoint {
         name: String,
         shape: Vec<usize>,
-        layout: crate::loading::gguf::StoredLayout,
+        layout: StoredLayout,
     },
     /// Values the converter computes (llama3's `rope_freqs`).
     Made(Vec<f32>),
