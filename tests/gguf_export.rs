@@ -172,6 +172,36 @@ fn quantized_files_hold_llama_quantizes_blocks() {
 }
 
 #[test]
+fn f32_gguf_files_requantize_as_llama_quantize_does() {
+    // From the converter's F32 file of the Llama fixture, as llama-quantize made the Q8_0 and
+    // Q4_0 files from it: the same metadata, and its blocks (its Q4_0 file keeps the output
+    // matrix in Q8_0).
+    let scratch = Scratch::new("requantize");
+    let f32_file = fixture("gguf/llama-f32.gguf");
+    let source = Pretrained::open(f32_file.to_str().unwrap(), &options().hub).unwrap();
+    for (outtype, file, kept_apart) in [
+        (GgmlType::Q8_0, "llama-q8_0.gguf", vec![]),
+        (
+            GgmlType::Q4_0,
+            "llama-q4_0.gguf",
+            vec!["output.weight".to_string()],
+        ),
+    ] {
+        let what = format!("llama f32 GGUF to {}", outtype.name());
+        let path = scratch.0.join(format!("{}.gguf", outtype.name()));
+        source.save_gguf(outtype, &path).unwrap();
+        let ours = GgufFile::open(&path).unwrap();
+        let theirs = GgufFile::open(&fixture(&format!("gguf/{file}"))).unwrap();
+        assert_eq!(ours.header().metadata, theirs.header().metadata, "{what}");
+        assert_eq!(
+            tensors_that_differ_in_type(&ours, &theirs, &what),
+            kept_apart,
+            "{what}"
+        );
+    }
+}
+
+#[test]
 fn each_matrix_takes_the_outtype_and_the_rest_stays_f32() {
     let scratch = Scratch::new("types");
     for outtype in ferroformers::GGUF_OUTTYPES {
@@ -287,12 +317,12 @@ fn what_cannot_be_written_is_an_error() {
             .unwrap_err()
             .to_string()
     };
-    let gguf = fixture("gguf/qwen2-f32.gguf");
+    let quantized = fixture("gguf/llama-q8_0.gguf");
     for (model, outtype, expected) in [
         (
-            gguf.to_str().unwrap().to_string(),
-            GgmlType::Q8_0,
-            "GGUF file already",
+            quantized.to_str().unwrap().to_string(),
+            GgmlType::Q4_0,
+            "quantized already",
         ),
         (
             fixture_model("llama/lm-head"),

@@ -162,7 +162,9 @@ impl Pretrained {
     /// Write this model (a safetensors or PyTorch checkpoint, with its tokenizer) as a GGUF
     /// file at `path`, its matrices in `outtype` (f32, f16, bf16, Q8_0, Q4_0 or Q4_1), as
     /// llama.cpp's `convert_hf_to_gguf.py` writes it: llama.cpp reads the file, and so does
-    /// this library. Llama, Mistral, Qwen2, Qwen3 and GPT-2 models.
+    /// this library. Llama, Mistral, Qwen2, Qwen3 and GPT-2 models. A model opened from an
+    /// f32, f16 or bf16 GGUF file is written again in `outtype`, as `llama-quantize --pure`
+    /// would; a quantized one is refused.
     ///
     /// ```no_run
     /// use ferroformers::{loading::gguf::GgmlType, HubOptions, Pretrained};

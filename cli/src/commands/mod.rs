@@ -127,7 +127,8 @@ enum Command {
     },
     /// Write a Llama, Mistral, Qwen2, Qwen3 or GPT-2 checkpoint as a GGUF file, as llama.cpp's
     /// convert_hf_to_gguf.py does (its tensor names, metadata and tokenizer), for llama.cpp,
-    /// Ollama and --model FILE.gguf here. --dtype is not read: --outtype gives the file's type.
+    /// Ollama and --model FILE.gguf here; or an f32/f16/bf16 GGUF file again in --outtype, as
+    /// llama-quantize --pure does. --dtype is not read: --outtype gives the file's type.
     Convert {
         #[command(flatten)]
         common: Common,

@@ -45,18 +45,28 @@ pub struct GgufWritten {
     pub bytes: u64,
 }
 
+impl GgufWritten {
+    /// What writing `tensors` to `path` made.
+    pub(super) fn of(tensors: Vec<PlannedTensor>, path: &Path) -> Result<Self> {
+        let bytes = std::fs::metadata(path)
+            .map_err(|e| Error::io(path, e))?
+            .len();
+        Ok(Self {
+            tensors: tensors.into_iter().map(|t| (t.name, t.ggml_type)).collect(),
+            bytes,
+        })
+    }
+}
+
 /// Write the model of `pretrained` (a safetensors or PyTorch checkpoint with its tokenizer)
 /// to `path` as a GGUF file whose matrices are `outtype` (one of [`GGUF_OUTTYPES`]); norms,
-/// biases and position embeddings stay f32, as the converter keeps them.
+/// biases and position embeddings stay f32, as the converter keeps them. A float GGUF file is
+/// rewritten instead (`requantize`).
 pub fn save_gguf(pretrained: &Pretrained, outtype: GgmlType, path: &Path) -> Result<GgufWritten> {
-    let file_type = file_type(outtype)?;
-    if pretrained.gguf().is_some() {
-        return Err(Error::InvalidInput(
-            "the model is a GGUF file already; write a GGUF file from its safetensors \
-             checkpoint"
-                .into(),
-        ));
+    if let Some(file) = pretrained.gguf() {
+        return super::requantize::requantize(file, outtype, path);
     }
+    let file_type = file_type(outtype)?;
     let config = pretrained.config();
     let architecture = architecture(config)?;
     let names = tensor_names(config)?;
@@ -157,13 +167,7 @@ pub fn save_gguf(pretrained: &Pretrained, outtype: GgmlType, path: &Path) -> Res
         };
         encode(tensor, &values)
     })?;
-    let bytes = std::fs::metadata(path)
-        .map_err(|e| Error::io(path, e))?
-        .len();
-    Ok(GgufWritten {
-        tensors: tensors.into_iter().map(|t| (t.name, t.ggml_type)).collect(),
-        bytes,
-    })
+    GgufWritten::of(tensors, path)
 }
 
 /// Where a tensor's values come from.
@@ -179,7 +183,7 @@ enum Source {
 }
 
 /// `general.file_type` (llama.cpp's `llama_ftype`) of a file whose matrices are `outtype`.
-fn file_type(outtype: GgmlType) -> Result<u32> {
+pub(super) fn file_type(outtype: GgmlType) -> Result<u32> {
     Ok(match outtype {
         GgmlType::F32 => 0,
         GgmlType::F16 => 1,
@@ -239,7 +243,7 @@ fn skipped(config: &ModelConfig, name: &str) -> bool {
 /// A tensor of stored `shape` (PyTorch's order) named `name`, typed as the converter types it:
 /// norms, vectors, biases and position embeddings f32; matrices `outtype`, or f16 when their
 /// rows are not whole blocks of it (the converter's fallback).
-fn planned(name: &str, shape: &[usize], outtype: GgmlType) -> PlannedTensor {
+pub(super) fn planned(name: &str, shape: &[usize], outtype: GgmlType) -> PlannedTensor {
     let dims: Vec<usize> = shape.iter().rev().copied().collect();
     let float = dims.len() <= 1
         || name.ends_with("_norm.weight")
@@ -260,7 +264,7 @@ fn planned(name: &str, shape: &[usize], outtype: GgmlType) -> PlannedTensor {
 }
 
 /// The bytes of `values` as `tensor`'s type.
-fn encode(tensor: &PlannedTensor, values: &[f32]) -> Result<Vec<u8>> {
+pub(super) fn encode(tensor: &PlannedTensor, values: &[f32]) -> Result<Vec<u8>> {
     Ok(match tensor.ggml_type {
         GgmlType::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
         GgmlType::F16 => values

@@ -17,6 +17,7 @@ use crate::loading::gguf::{GgufFile, GgufHeader, StoredLayout, StoredTensor, Ten
 use crate::models::config::ModelConfig;
 
 mod export;
+mod requantize;
 pub use export::{save_gguf, GgufWritten, GGUF_OUTTYPES};
 
 /// llama.cpp's architectures (`general.architecture`) that load as a family here; each is
