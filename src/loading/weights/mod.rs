@@ -105,6 +105,22 @@ impl WeightFiles {
         Ok(shapes)
     }
 
+    /// The checkpoint's tensors as f32 values, one tensor at a time, to write them elsewhere
+    /// (a GGUF file).
+    pub fn values(&self) -> Result<CheckpointValues> {
+        Ok(match self {
+            // SAFETY: as in `var_builder`: files in the Hub cache are never changed in place.
+            WeightFiles::Safetensors(paths) => CheckpointValues(ValueReader::Safetensors(
+                unsafe { ReleasedSafetensors::open(paths) }.map_err(|e| {
+                    Error::InvalidWeights(format!("cannot read {paths:?}: {e}. Download it again"))
+                })?,
+            )),
+            WeightFiles::PyTorch(_) => CheckpointValues(ValueReader::Tensors(
+                self.var_builder(DType::F32, &Device::Cpu)?,
+            )),
+        })
+    }
+
     /// A `VarBuilder` that reads every tensor as `dtype`, on `device`.
     ///
     /// Opening checks each safetensors header (length, JSON, dtypes, offsets inside the file
@@ -127,6 +143,29 @@ impl WeightFiles {
                 VarBuilder::from_pth(path, dtype, device).map_err(|e| corrupt(path, e))
             }
         }
+    }
+}
+
+/// A checkpoint's tensors read as f32 values ([`WeightFiles::values`]).
+pub struct CheckpointValues(ValueReader);
+
+enum ValueReader {
+    /// Safetensors, read straight into the values.
+    Safetensors(ReleasedSafetensors),
+    /// A PyTorch pickle, read through candle.
+    Tensors(VarBuilder<'static>),
+}
+
+impl CheckpointValues {
+    /// The values of the tensor `name`, row-major.
+    pub fn f32(&self, name: &str) -> Result<Vec<f32>> {
+        let values = match &self.0 {
+            ValueReader::Safetensors(files) => files.f32_values(name),
+            ValueReader::Tensors(tensors) => tensors
+                .get_unchecked_dtype(name, DType::F32)
+                .and_then(|t| t.flatten_all()?.to_vec1::<f32>()),
+        };
+        values.map_err(|e| Error::InvalidWeights(format!("cannot read the tensor `{name}`: {e}")))
     }
 }
 

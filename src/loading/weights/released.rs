@@ -43,6 +43,22 @@ impl ReleasedSafetensors {
             .map(|(name, view)| (name, view.shape().to_vec()))
             .collect()
     }
+
+    /// The values of the float tensor `name` as f32, its pages released once read (no
+    /// tensor around them: a caller that writes them elsewhere holds them once).
+    pub(super) fn f32_values(&self, name: &str) -> candle_core::Result<Vec<f32>> {
+        let view = self.0.get(name)?;
+        let data = view.data();
+        let source = Source::of(view.dtype()).ok_or_else(|| {
+            candle_core::Error::Msg(format!(
+                "the tensor `{name}` is {:?}, not a float type",
+                view.dtype()
+            ))
+        })?;
+        let values = convert::<f32>(data, source);
+        release(data, Rounding::Outward);
+        Ok(values)
+    }
 }
 
 impl SimpleBackend for ReleasedSafetensors {

@@ -13,8 +13,6 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Device};
-
 use super::tensor_names;
 use crate::error::{Error, Result};
 use crate::kernels::quant::quantize_blocks;
@@ -23,7 +21,7 @@ use crate::loading::weights::WeightFiles;
 use crate::models::config::ModelConfig;
 use crate::models::gpt2::Gpt2Config;
 use crate::models::llama::LlamaConfig;
-use crate::models::pretrained::{checkpoint_mismatch, Pretrained};
+use crate::models::pretrained::Pretrained;
 use crate::models::rope::RopeScaling;
 
 /// The types a file can be written in.
@@ -71,7 +69,7 @@ pub fn save_gguf(pretrained: &Pretrained, outtype: GgmlType, path: &Path) -> Res
     let architecture = architecture(config)?;
     let names = tensor_names(config)?;
     let files = WeightFiles::resolve(pretrained.source())?;
-    let weights = files.var_builder(DType::F32, &Device::Cpu)?;
+    let weights = files.values()?;
 
     // Each tensor's table entry, and where its values come from; shapes from the files'
     // headers (PyTorch's order), the tensors read only when written.
@@ -151,13 +149,7 @@ pub fn save_gguf(pretrained: &Pretrained, outtype: GgmlType, path: &Path) -> Res
                 name,
                 shape,
                 layout,
-            }) => {
-                let values = weights
-                    .get_unchecked_dtype(&name, DType::F32)
-                    .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
-                    .map_err(|e| checkpoint_mismatch(e.into()))?;
-                layout.store(values, &shape, &name)?.0
-            }
+            }) => layout.store(weights.f32(&name)?, &shape, &name)?.0,
             None => {
                 return Err(Error::InvalidWeights(format!(
                     "two checkpoint tensors are stored as `{}`",
