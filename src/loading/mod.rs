@@ -1,6 +1,6 @@
 //! Files in: the Hub and its cache (or a local folder), JSON files, and weights
 //! (safetensors, sharded or not, vetted `pytorch_model.bin` pickles, and GGUF files' headers);
-//! and files out: a folder pushed to the Hub in one commit.
+//! and files out: a folder pushed to the Hub in one commit, GGUF files written.
 
 // The cargo-fuzz targets' door to the pickle check; not part of the API.
 #[doc(hidden)]
