@@ -1,6 +1,7 @@
 //! Property tests over untrusted inputs, run by `cargo test` with a bounded number of cases:
 //! config parsing, safetensors headers, tokenizer files, pickles and generation settings.
-//! Each property is "returns Ok or a library error, never panics". Failures proptest finds are
+//! Each property is "returns Ok or a library error, never panics"; and GGUF metadata of any
+//! type written reads back as written. Failures proptest finds are
 //! kept in tests/fuzz.proptest-regressions and replayed first on every run.
 
 mod common;
@@ -861,4 +862,64 @@ fn the_fuzzing_entry_point_vets_pickles_as_loading_does() {
         matches!(&error, ferroformers::Error::InvalidWeights(why) if why.contains("os.system")),
         "{error}"
     );
+}
+
+/// GGUF metadata values of every type, arrays of one type each (as the format holds them).
+fn gguf_value() -> impl Strategy<Value = ferroformers::loading::gguf::GgufValue> {
+    use ferroformers::loading::gguf::GgufValue as V;
+    let scalar = prop_oneof![
+        any::<u8>().prop_map(V::U8),
+        any::<i8>().prop_map(V::I8),
+        any::<u16>().prop_map(V::U16),
+        any::<i16>().prop_map(V::I16),
+        any::<u32>().prop_map(V::U32),
+        any::<i32>().prop_map(V::I32),
+        // NaN is not equal to itself: the round trip is checked on the bits below.
+        any::<f32>().prop_map(V::F32),
+        any::<bool>().prop_map(V::Bool),
+        ".{0,20}".prop_map(V::String),
+        any::<u64>().prop_map(V::U64),
+        any::<i64>().prop_map(V::I64),
+        any::<f64>().prop_map(V::F64),
+    ];
+    prop_oneof![
+        4 => scalar,
+        1 => prop::collection::vec(any::<i32>(), 0..8)
+            .prop_map(|v| V::Array(v.into_iter().map(V::I32).collect())),
+        1 => prop::collection::vec(".{0,8}", 0..8)
+            .prop_map(|v| V::Array(v.into_iter().map(V::String).collect())),
+    ]
+}
+
+/// A value's bits, so that NaNs compare.
+fn gguf_bits(value: &ferroformers::loading::gguf::GgufValue) -> String {
+    use ferroformers::loading::gguf::GgufValue as V;
+    match value {
+        V::F32(v) => format!("f32:{:08x}", v.to_bits()),
+        V::F64(v) => format!("f64:{:016x}", v.to_bits()),
+        V::Array(values) => values.iter().map(gguf_bits).collect::<Vec<_>>().join(","),
+        other => format!("{other:?}"),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    #[test]
+    fn written_gguf_metadata_reads_back_as_written(
+        entries in prop::collection::btree_map("[a-z.]{1,12}", gguf_value(), 0..12),
+    ) {
+        use ferroformers::loading::gguf::{write_gguf, GgufHeader};
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().join("metadata.gguf");
+        let metadata: Vec<_> = entries.into_iter().collect();
+        write_gguf(&path, &metadata, &[], |_| Ok(Vec::new())).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let header = GgufHeader::parse(&bytes).unwrap();
+        let read: Vec<(String, String)> =
+            header.metadata.iter().map(|(k, v)| (k.clone(), gguf_bits(v))).collect();
+        let written: Vec<(String, String)> =
+            metadata.iter().map(|(k, v)| (k.clone(), gguf_bits(v))).collect();
+        prop_assert_eq!(read, written);
+    }
 }
