@@ -1,5 +1,5 @@
 //! Alibaba's GTE (gte-multilingual-base, gte-base-en-v1.5, gte-large-en-v1.5 and their
-//! rerankers): the encoder of [`gated_bert`](super::gated_bert) with rotary positions, biases
+//! rerankers): the encoder of `gated_bert` with rotary positions, biases
 //! and a GeGLU feed-forward.
 //!
 //! Reference: transformers v5.25.0, `src/transformers/models/gte/modular_gte.py`
@@ -323,7 +323,7 @@ task_heads! {
     config: GteConfig,
     under: "`gte.` or `new.`",
     num_labels: "[`GteConfig::num_labels`]",
-    /// `GteForMaskedLM`: the encoder and `lm_head` ([`masked_lm_head`]).
+    /// `GteForMaskedLM`: the encoder and `lm_head` (`masked_lm_head`).
     /// <https://github.com/huggingface/transformers/blob/v5.25.0/src/transformers/models/gte/modeling_gte.py#L444-L506>
     masked_lm: GteForMaskedLM = masked_lm_head("`lm_head.*`"),
     /// `GteForSequenceClassification` (GTE's rerankers): BERT's pooler (dense and tanh on the

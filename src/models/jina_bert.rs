@@ -1,6 +1,6 @@
 //! JinaBERT v2 (jina-embeddings-v2-base-en, -small-en and their language pairs): BERT's
 //! post-norm encoder with ALiBi in place of a position table and a gated feed-forward (GeGLU,
-//! or ReGLU) in place of BERT's two products: the encoder of [`gated_bert`](super::gated_bert)
+//! or ReGLU) in place of BERT's two products: the encoder of `gated_bert`
 //! with ALiBi's positions.
 //!
 //! Reference: Jina AI's remote code, `modeling_bert.py` of the Hub repository
@@ -11,7 +11,7 @@
 //! llama.cpp's independent implementation (`LLM_ARCH_JINA_BERT_V2`):
 //! <https://github.com/ggml-org/llama.cpp/blob/0c1e57098bba43ac29e6e3b677cdceebdd22334f/src/models/bert.cpp>
 //!
-//! The checkpoints say `"model_type": "bert"`; [`JinaBertConfig::describes`] says which `bert`
+//! The checkpoints say `"model_type": "bert"`; `JinaBertConfig::describes` says which `bert`
 //! configs are this family (see [`ModelConfig`](super::config::ModelConfig)). Their keys are
 //! BERT's where the layers are BERT's (`embeddings.*`, `attention.self.{query,key,value}`,
 //! `attention.output.{dense,LayerNorm}`), at the root or under `bert.`, and the remote code's

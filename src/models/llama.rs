@@ -566,10 +566,10 @@ impl LlamaModel {
             .sum()
     }
 
-    /// Hidden states of the new tokens, (batch, new, hidden), as [`Gpt2Model::forward`]
-    /// (crate::models::gpt2::Gpt2Model::forward) takes them: `input_ids` (batch, new) after
-    /// those in `cache`, `attention_mask` (batch, cached + new) with 0 for left padding;
-    /// positions are counted from the mask.
+    /// Hidden states of the new tokens, (batch, new, hidden), as
+    /// [`Gpt2Model::forward`](crate::models::gpt2::Gpt2Model::forward) takes them: `input_ids`
+    /// (batch, new) after those in `cache`, `attention_mask` (batch, cached + new) with 0 for
+    /// left padding; positions are counted from the mask.
     pub fn forward(
         &self,
         input_ids: &Tensor,

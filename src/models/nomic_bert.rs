@@ -1,5 +1,5 @@
 //! NomicBERT (nomic-embed-text v1 and v1.5, nomic-bert-2048): the encoder of
-//! [`gated_bert`](super::gated_bert) with rotary positions, without biases, with a SwiGLU
+//! `gated_bert` with rotary positions, without biases, with a SwiGLU
 //! feed-forward.
 //!
 //! Reference: transformers v5.25.0, `src/transformers/models/nomic_bert/modular_nomic_bert.py`
@@ -312,7 +312,7 @@ task_heads! {
     config: NomicBertConfig,
     under: "`nomic_bert.`",
     num_labels: "[`NomicBertConfig::num_labels`]",
-    /// `NomicBertForMaskedLM`: the encoder and BERT's `cls.predictions` ([`masked_lm_head`]).
+    /// `NomicBertForMaskedLM`: the encoder and BERT's `cls.predictions` (`masked_lm_head`).
     /// <https://github.com/huggingface/transformers/blob/v5.25.0/src/transformers/models/nomic_bert/modeling_nomic_bert.py#L474-L532>
     masked_lm: NomicBertForMaskedLM = masked_lm_head("`cls.predictions.*`"),
     /// `NomicBertForSequenceClassification`: BERT's pooler (dense and tanh on the first token,

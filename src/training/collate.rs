@@ -18,7 +18,7 @@ use crate::training::model::{TrainingBatch, TrainingTask};
 /// A dataset of one of the tasks' shapes, as `training::data` reads it.
 #[derive(Debug, Clone)]
 pub enum Dataset {
-    /// `text`[/`text_pair`] and `label`: sequence classification.
+    /// `text` (and `text_pair`) and `label`: sequence classification.
     TextClassification(TextClassificationData),
     /// `tokens` and `ner_tags`: token classification.
     TokenClassification(TokenClassificationData),

@@ -6,7 +6,7 @@
 //! scales in f32.
 //!
 //! [`QuantizedWeights`] keeps a matrix's GGUF blocks (row-major, (out, in) like
-//! `torch.nn.Linear`, each output row `in / block` blocks), in aligned [`StreamBuffer`]s. A
+//! `torch.nn.Linear`, each output row `in / block` blocks), in aligned `StreamBuffer`s. A
 //! fused projection ([`QuantizedWeights::stack`]: q/k/v, gate/up) may join parts of different
 //! types, as a Q4_K_M file stores some of its matrices in Q6_K: the matrix is then a list of
 //! row segments, each of one type. [`matmul`] is the product a model calls (a model wires it
