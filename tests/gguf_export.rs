@@ -19,26 +19,6 @@ fn options() -> LoadOptions {
     LoadOptions::default().with_hub(HubOptions::default().with_offline(true))
 }
 
-/// A folder of its own for each test's files, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(test: &str) -> Self {
-        let folder = std::env::temp_dir().join(format!(
-            "ferroformers-gguf-export-{test}-{}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&folder).unwrap();
-        Self(folder)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// The decoder fixture of `family` written as a GGUF file of `outtype` in `folder`.
 fn written(family: &str, outtype: GgmlType, folder: &Path) -> PathBuf {
     let path = folder.join(format!("{family}-{}.gguf", outtype.name()));
@@ -126,9 +106,9 @@ fn tensors_that_differ_in_type(ours: &GgufFile, theirs: &GgufFile, what: &str) -
 
 #[test]
 fn f32_files_are_the_converters() {
-    let scratch = Scratch::new("f32");
+    let scratch = tempfile::tempdir().unwrap();
     for family in FAMILIES {
-        let ours = GgufFile::open(&written(family, GgmlType::F32, &scratch.0)).unwrap();
+        let ours = GgufFile::open(&written(family, GgmlType::F32, scratch.path())).unwrap();
         let theirs = GgufFile::open(&fixture(&format!("gguf/{family}-f32.gguf"))).unwrap();
         assert_same_metadata(&ours, &theirs, family);
         let differ = tensors_that_differ_in_type(&ours, &theirs, family);
@@ -140,7 +120,7 @@ fn f32_files_are_the_converters() {
 fn quantized_files_hold_llama_quantizes_blocks() {
     // llama-quantize (no --pure) keeps the Q4_0 file's output matrix in Q8_0; every other
     // matrix, and every tensor of the Q8_0 file, is bit for bit what it wrote.
-    let scratch = Scratch::new("quantized");
+    let scratch = tempfile::tempdir().unwrap();
     for (outtype, file, kept_apart) in [
         (GgmlType::Q8_0, "llama-q8_0.gguf", vec![]),
         (
@@ -150,7 +130,7 @@ fn quantized_files_hold_llama_quantizes_blocks() {
         ),
     ] {
         let what = format!("llama {}", outtype.name());
-        let ours = GgufFile::open(&written("llama", outtype, &scratch.0)).unwrap();
+        let ours = GgufFile::open(&written("llama", outtype, scratch.path())).unwrap();
         let theirs = GgufFile::open(&fixture(&format!("gguf/{file}"))).unwrap();
         assert_same_metadata(&ours, &theirs, &what);
         assert_eq!(
@@ -176,7 +156,7 @@ fn f32_gguf_files_requantize_as_llama_quantize_does() {
     // From the converter's F32 file of the Llama fixture, as llama-quantize made the Q8_0 and
     // Q4_0 files from it: the same metadata, and its blocks (its Q4_0 file keeps the output
     // matrix in Q8_0).
-    let scratch = Scratch::new("requantize");
+    let scratch = tempfile::tempdir().unwrap();
     let f32_file = fixture("gguf/llama-f32.gguf");
     let source = Pretrained::open(f32_file.to_str().unwrap(), &options().hub).unwrap();
     for (outtype, file, kept_apart) in [
@@ -188,7 +168,7 @@ fn f32_gguf_files_requantize_as_llama_quantize_does() {
         ),
     ] {
         let what = format!("llama f32 GGUF to {}", outtype.name());
-        let path = scratch.0.join(format!("{}.gguf", outtype.name()));
+        let path = scratch.path().join(format!("{}.gguf", outtype.name()));
         source.save_gguf(outtype, &path).unwrap();
         let ours = GgufFile::open(&path).unwrap();
         let theirs = GgufFile::open(&fixture(&format!("gguf/{file}"))).unwrap();
@@ -203,9 +183,9 @@ fn f32_gguf_files_requantize_as_llama_quantize_does() {
 
 #[test]
 fn each_matrix_takes_the_outtype_and_the_rest_stays_f32() {
-    let scratch = Scratch::new("types");
+    let scratch = tempfile::tempdir().unwrap();
     for outtype in ferroformers::GGUF_OUTTYPES {
-        let path = written("gpt2", outtype, &scratch.0);
+        let path = written("gpt2", outtype, scratch.path());
         let file = GgufFile::open(&path).unwrap();
         for tensor in &file.header().tensors {
             let matrix = tensor.dims.len() == 2 && tensor.name != "position_embd.weight";
@@ -246,14 +226,14 @@ fn written_files_load_as_the_quantized_checkpoint() {
     // read back from its blocks: a file whose embeddings are those blocks is then the same
     // model, bit for bit. (Llama's fixture has a head of its own, and GPT-2 keeps `wte` in
     // f32 beside its quantized head: their f32 embeddings differ from the file's.)
-    let scratch = Scratch::new("load");
+    let scratch = tempfile::tempdir().unwrap();
     for family in ["qwen2", "qwen3"] {
         for (outtype, weight_type) in [
             (GgmlType::Q8_0, WeightType::Q8_0),
             (GgmlType::Q4_0, WeightType::Q4_0),
         ] {
             let what = format!("{family} {}", outtype.name());
-            let path = written(family, outtype, &scratch.0);
+            let path = written(family, outtype, scratch.path());
             let from_file =
                 AutoModelForCausalLM::from_pretrained(path.to_str().unwrap(), &options()).unwrap();
             let at_load = AutoModelForCausalLM::from_pretrained(
@@ -279,9 +259,9 @@ fn written_files_load_as_the_quantized_checkpoint() {
 #[test]
 fn written_tokenizers_read_back_as_tokenizer_json() {
     // The file's tokenizer (no tokenizer.json beside it) against the fixture's tokenizer.json.
-    let scratch = Scratch::new("tokenizers");
+    let scratch = tempfile::tempdir().unwrap();
     for family in FAMILIES {
-        let path = written(family, GgmlType::F32, &scratch.0);
+        let path = written(family, GgmlType::F32, scratch.path());
         let from_metadata = Pretrained::open(path.to_str().unwrap(), &options().hub)
             .unwrap()
             .tokenizer()
@@ -308,10 +288,10 @@ fn written_tokenizers_read_back_as_tokenizer_json() {
 
 #[test]
 fn what_cannot_be_written_is_an_error() {
-    let scratch = Scratch::new("errors");
+    let scratch = tempfile::tempdir().unwrap();
     let error_of = |model: &str, outtype: GgmlType| {
         let pretrained = Pretrained::open(model, &options().hub).unwrap();
-        let path = scratch.0.join(format!("{}.gguf", outtype.name()));
+        let path = scratch.path().join(format!("{}.gguf", outtype.name()));
         pretrained
             .save_gguf(outtype, &path)
             .unwrap_err()
@@ -339,7 +319,7 @@ fn what_cannot_be_written_is_an_error() {
         assert!(error.contains(expected), "{model}: {error}");
     }
     // Nothing is left behind by a failed write.
-    assert_eq!(std::fs::read_dir(&scratch.0).unwrap().count(), 0);
+    assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0);
 }
 
 /// The tokenizers whose folders `make_fixtures.py --only gguf-tokenizers` converted with

@@ -358,9 +358,8 @@ fn dequantized_values_are_the_gguf_packages_bit_for_bit() {
 
 #[test]
 fn written_files_read_back_whole() {
-    let folder =
-        std::env::temp_dir().join(format!("ferroformers-gguf-write-{}", std::process::id()));
-    std::fs::create_dir_all(&folder).unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let folder = scratch.path();
     let path = folder.join("every-type.gguf");
     let metadata: Vec<(String, GgufValue)> = [
         GgufValue::U8(1),
@@ -442,5 +441,4 @@ fn written_files_read_back_whole() {
     )];
     assert!(write_gguf(&refused, &mixed, &[], data).is_err());
     assert!(!refused.exists() && !folder.join("refused.gguf.partial").exists());
-    std::fs::remove_dir_all(folder).unwrap();
 }
