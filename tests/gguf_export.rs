@@ -248,6 +248,10 @@ fn written_files_load_as_the_quantized_checkpoint() {
                 "{what}: finite logits"
             );
             let theirs = last_logits(&at_load, family).flatten_all().unwrap();
+            eprintln!(
+                "{what}: block kernels on {:?}",
+                ferroformers::kernels::isa::Isa::best()
+            );
             assert!(
                 values == theirs.to_vec1::<f32>().unwrap(),
                 "{what}: the file's logits are --dtype {weight_type}'s"
