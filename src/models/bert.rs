@@ -327,11 +327,7 @@ impl BertModel {
             input.token_type_ids.as_ref(),
             &position_ids,
         )?;
-        let mask = input
-            .attention_mask
-            .as_ref()
-            .map(padding_mask)
-            .transpose()?;
+        let mask = padding_mask(input.attention_mask.as_ref())?;
         for layer in &self.layers {
             hidden = layer.forward(&hidden, mask.as_ref())?;
         }

@@ -221,11 +221,7 @@ impl DistilBertModel {
             return Err(Error::InputTooLong { length: seq, max });
         }
         let mut hidden = self.embeddings.forward(&input.input_ids)?;
-        let mask = input
-            .attention_mask
-            .as_ref()
-            .map(padding_mask)
-            .transpose()?;
+        let mask = padding_mask(input.attention_mask.as_ref())?;
         for layer in &self.layers {
             hidden = layer.forward(&hidden, mask.as_ref())?;
         }

@@ -51,14 +51,17 @@ pub fn layer_norm(
     y.to_dtype(dtype)
 }
 
-/// Turn a (batch, seq) 0/1 padding mask into the additive (batch, 1, 1, seq) f32 mask that
-/// the kernels' attention takes: 0 to attend, `f32::MIN` to ignore, as transformers'
-/// `get_extended_attention_mask` does with `torch.finfo(dtype).min`.
-pub fn padding_mask(attention_mask: &Tensor) -> candle_core::Result<Tensor> {
+/// Turn a (batch, seq) 0/1 padding mask, where the input has one, into the additive
+/// (batch, 1, 1, seq) f32 mask that the kernels' attention takes: 0 to attend, `f32::MIN` to
+/// ignore, as transformers' `get_extended_attention_mask` does with `torch.finfo(dtype).min`.
+pub fn padding_mask(attention_mask: Option<&Tensor>) -> candle_core::Result<Option<Tensor>> {
+    let Some(attention_mask) = attention_mask else {
+        return Ok(None);
+    };
     let (batch, seq) = attention_mask.dims2()?;
     let keep = attention_mask.to_dtype(DType::F32)?;
     let blocked = (1.0 - keep)?;
-    (blocked * f32::MIN as f64)?.reshape((batch, 1, 1, seq))
+    Ok(Some((blocked * f32::MIN as f64)?.reshape((batch, 1, 1, seq))?))
 }
 
 /// A linear layer, `x @ weight.T + bias`, with `weight` (out, in) as `torch.nn.Linear`.

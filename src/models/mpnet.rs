@@ -342,11 +342,7 @@ impl MpNetModel {
         let position_ids =
             Self::POSITIONS.ids(&input.input_ids, self.config.max_position_embeddings)?;
         let hidden = self.embeddings.forward(&input.input_ids, &position_ids)?;
-        let mask = input
-            .attention_mask
-            .as_ref()
-            .map(padding_mask)
-            .transpose()?;
+        let mask = padding_mask(input.attention_mask.as_ref())?;
         let hidden = self.encoder.forward(hidden, mask.as_ref())?;
         let pooler_output = self
             .pooler

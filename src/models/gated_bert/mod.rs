@@ -171,11 +171,7 @@ impl GatedBertEncoder {
         }
         hidden = self.embeddings_norm.forward(&hidden)?;
         let positions = self.positions.for_length(seq, &hidden)?;
-        let mask = input
-            .attention_mask
-            .as_ref()
-            .map(padding_mask)
-            .transpose()?;
+        let mask = padding_mask(input.attention_mask.as_ref())?;
         for layer in &self.layers {
             hidden = layer.forward(&hidden, mask.as_ref(), &positions)?;
         }
