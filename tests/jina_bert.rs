@@ -49,6 +49,14 @@ fn hidden(model: &JinaBertModel, input: &ferroformers::ModelInput) -> Tensor {
 /// on x86-64 (AVX2): hidden states within 1.9e-6, mean-pooled within 4.8e-7.
 #[test]
 fn hidden_states_and_mean_pooling_match_the_reference() {
+    use ferroformers::kernels::{kernel_mode, KernelMode};
+
+    // candle's own matmul (`FERROFORMERS_KERNELS=reference`) splits a lone input's product
+    // otherwise than the batch's: 1.08e-5 apart on Zen 4 (AVX-512, reglu), so 2e-5 there.
+    let alone_tolerance = match kernel_mode() {
+        KernelMode::Reference => 2e-5,
+        _ => TIGHT_TOLERANCE,
+    };
     for name in NAMES {
         let model = load(name);
         let reference = reference(name);
@@ -80,7 +88,7 @@ fn hidden_states_and_mean_pooling_match_the_reference() {
             lengths.iter().any(|&l| l < lengths[0]),
             "the batch is padded",
         );
-        assert_inputs_alone_match_their_rows(&reference, &batch, TIGHT_TOLERANCE, name, |i| {
+        assert_inputs_alone_match_their_rows(&reference, &batch, alone_tolerance, name, |i| {
             hidden(&model, i)
         });
         let mask = input.attention_mask.as_ref().unwrap();
@@ -311,19 +319,27 @@ fn reduced_precision_weights_stay_within_their_bars() {
     use ferroformers::kernels::{kernel_mode, KernelMode};
 
     let reference_ops = kernel_mode() == KernelMode::Reference;
-    // Measured on x86-64 (AVX2), the largest of the three models (six-heads): bf16 3.0e-1
-    // (4.4e-1 on candle's ops), int8 4.5e-1; bars 1.5x those. Far above GTE's and NomicBERT's
-    // because these fixtures' q and k weights are drawn large on purpose (std 0.5, so that
-    // attention is sharp and ALiBi competes with the scores): bf16 rounding of q and k moves
-    // scores of tens by tenths. This checks the reduced-precision paths run and stay bounded;
-    // the f32 test above is the correctness proof.
-    let bf16_tolerance = if reference_ops { 6.5e-1 } else { 4.5e-1 };
-    const INT8_TOLERANCE: f32 = 7e-1;
+    let isa = ferroformers::kernels::isa::Isa::current();
+    let vnni = isa == ferroformers::kernels::isa::Isa::Avx512;
+    // Measured where the three models err most (six-heads), bars about 1.5x those:
+    // bf16 3.0e-1 on AVX2 and portable code, 3.6e-1 on AVX-512 (Zen 4), 4.4e-1 on candle's
+    // ops; int8 4.5e-1 with AVX2's and portable code's 16-bit activations, 9.3e-1 with
+    // AVX-512 VNNI's u8 activations (Zen 4; rotary_berts.rs shows the same 2x). Far above
+    // GTE's and NomicBERT's because these fixtures' q and k weights are drawn large on purpose
+    // (std 0.5, so that attention is sharp and ALiBi competes with the scores): rounding q and
+    // k moves scores of tens by tenths. This checks the reduced-precision paths run and stay
+    // bounded; the f32 test above is the correctness proof.
+    let bf16_tolerance = match (reference_ops, vnni) {
+        (true, _) => 6.5e-1,
+        (false, true) => 5.5e-1,
+        (false, false) => 4.5e-1,
+    };
+    let int8_tolerance = if vnni { 1.4 } else { 7e-1 };
     for name in NAMES {
         let reference = reference(name);
         for (weight_type, tolerance) in [
             (WeightType::Bf16, bf16_tolerance),
-            (WeightType::Int8, INT8_TOLERANCE),
+            (WeightType::Int8, int8_tolerance),
         ] {
             let loaded =
                 JinaBertModel::from_pretrained(&fixture_model(name), &options(weight_type));
@@ -333,7 +349,7 @@ fn reduced_precision_weights_stay_within_their_bars() {
             }
             let hidden = hidden(&loaded.unwrap(), &reference_input(&reference));
             let error = max_abs_diff(&hidden, &reference["last_hidden_state"]);
-            eprintln!("{name} {weight_type:?}: max abs error {error:.2e} (bar {tolerance:.1e})");
+            eprintln!("{name} {weight_type:?} on {isa:?}: max abs error {error:.2e} (bar {tolerance:.1e})");
             assert!(
                 error.is_finite() && error <= tolerance,
                 "{name} {weight_type:?}: max abs error {error:e} exceeds {tolerance:e}"
