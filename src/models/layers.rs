@@ -61,7 +61,9 @@ pub fn padding_mask(attention_mask: Option<&Tensor>) -> candle_core::Result<Opti
     let (batch, seq) = attention_mask.dims2()?;
     let keep = attention_mask.to_dtype(DType::F32)?;
     let blocked = (1.0 - keep)?;
-    Ok(Some((blocked * f32::MIN as f64)?.reshape((batch, 1, 1, seq))?))
+    Ok(Some(
+        (blocked * f32::MIN as f64)?.reshape((batch, 1, 1, seq))?,
+    ))
 }
 
 /// A linear layer, `x @ weight.T + bias`, with `weight` (out, in) as `torch.nn.Linear`.
